@@ -1,0 +1,1 @@
+"""imapsvc: IMAP folders in, INBOUND_EMAIL_RECEIVED events out."""

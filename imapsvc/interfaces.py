@@ -1,0 +1,178 @@
+"""The seams of imapsvc.
+
+Every method that does I/O returns a :class:`~twisted.internet.defer.Deferred`.
+Each interface has a real implementation and an in-memory fake; one contract
+test suite per interface runs against both (``tests/test_*_contract.py``).
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class LeaseLost(Exception):
+    """A fenced write was refused: this worker no longer holds the provider's
+    lease (or it expired by the database clock)."""
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached (connection refused, dropped, timed out)."""
+
+
+class IStore(Interface):
+    """Durable state: providers, cursors, leases, ledger, outbox, secrets.
+
+    Tenancy: every operation names the tenant; implementations filter every
+    query by it (the tables are distributed by tenant on Citus).
+    """
+
+    def list_active_providers(tenant=None):
+        """Providers with ``provider_type='imap'``, ``is_active``, not paused,
+        joined with their config. Optionally for one tenant.
+
+        :rtype: Deferred[list[imapsvc.model.ProviderConfig]]
+        """
+
+    def get_provider(tenant, provider_id):
+        """One provider whatever its state, or ``None``.
+
+        :rtype: Deferred[Optional[ProviderConfig]]
+        """
+
+    def read_cursor(tenant, provider_id, folder):
+        """:rtype: Deferred[Optional[imapsvc.model.FolderCursor]]"""
+
+    def write_cursor(tenant, provider_id, folder, cursor, owner):
+        """Write one folder's cursor (and the top-level mirror columns),
+        fenced by the lease held by ``owner``.
+
+        :raises LeaseLost: (in the Deferred) when ``owner`` does not hold a
+            live lease.
+        """
+
+    def reset_cursors(tenant, provider_id, folder=None):
+        """Resync: drop the cursor of ``folder`` (or of every folder), so the
+        next sync starts at the recent window. Not fenced (admin action)."""
+
+    def acquire_lease(tenant, provider_id, owner, ttl_ms):
+        """Take the lease if it is free, expired or already ``owner``'s,
+        measured by the database clock.
+
+        :rtype: Deferred[bool]
+        """
+
+    def renew_lease(tenant, provider_id, owner, ttl_ms):
+        """Extend a lease ``owner`` still holds.
+
+        :rtype: Deferred[bool]: ``False`` when it was lost.
+        """
+
+    def release_lease(tenant, provider_id, owner):
+        """Give the lease up if ``owner`` holds it."""
+
+    def record_batch(tenant, provider_id, folder, owner, records, cursor):
+        """In one transaction fenced by the lease: for each
+        :class:`~imapsvc.model.MessageRecord` a ledger row (a record whose
+        dedupe key or Message-ID key is already known becomes a duplicate),
+        an outbox row for each new published record, and the folder cursor.
+
+        :rtype: Deferred[imapsvc.model.BatchResult]
+        :raises LeaseLost: nothing is written.
+        """
+
+    def add_outbox(tenant, provider_id, event_id, fields):
+        """Queue one stream entry that belongs to no message (e.g.
+        ``INBOUND_EMAIL_PROVIDER_AUTO_PAUSED``)."""
+
+    def fetch_outbox(limit):
+        """The oldest unpublished outbox rows, in commit order.
+
+        :rtype: Deferred[list[imapsvc.model.OutboxRow]]
+        """
+
+    def mark_published(ids):
+        """Mark outbox rows as published (idempotent)."""
+
+    def outbox_stats():
+        """:rtype: Deferred[tuple[int, Optional[float]]]: backlog count and
+        age in seconds of the oldest unpublished row."""
+
+    def purge_ledger(older_than_days):
+        """Delete ledger rows and published outbox rows older than the
+        retention. :rtype: Deferred[int] rows deleted."""
+
+    def put_secret(tenant, name, ciphertext):
+        """Store an encrypted secret (bytes) under ``name``."""
+
+    def get_secret(tenant, name):
+        """:rtype: Deferred[Optional[bytes]]"""
+
+    def delete_secret(tenant, name):
+        """Remove a secret if present."""
+
+    def set_provider_status(tenant, provider_id, status, error_message=None):
+        """Write ``email_providers.status``/``error_message``."""
+
+    def save_capabilities(tenant, provider_id, capabilities):
+        """Write ``server_capabilities`` as a sorted list of strings."""
+
+    def ping():
+        """Answer when the database answers (readiness)."""
+
+
+class ISink(Interface):
+    """Where stream entries go: a Redis stream, or a JSON Lines file."""
+
+    def publish(entries):
+        """Append entries in order.
+
+        :param entries: a list of ``(event_id, fields)`` with ``fields`` a
+            mapping of flat strings.
+        :rtype: Deferred[None]: fires when every entry is durably appended;
+            fails (and may have appended a prefix) otherwise.
+        """
+
+    def ping():
+        """Answer when the sink is reachable (readiness)."""
+
+
+class IMessagePipeline(Interface):
+    """What the folder engine hands fetched messages to."""
+
+    def handle_batch(provider, folder, owner, messages, cursor):
+        """Parse, dedupe and record one batch.
+
+        :param provider: :class:`~imapsvc.model.ProviderConfig`
+        :param messages: list of :class:`~imapsvc.model.FetchedMessage`, UID order
+        :param cursor: the :class:`~imapsvc.model.FolderCursor` to store with
+            the batch (last UID of the batch)
+        :rtype: Deferred[imapsvc.model.BatchResult]; a failure means nothing
+            was recorded and the cursor must not advance.
+        """
+
+
+class ISecretStore(Interface):
+    """Named per-provider secrets (CONTRACT section 3), encrypted at rest."""
+
+    def get(tenant, name):
+        """:rtype: Deferred[Optional[str]]"""
+
+    def put(tenant, name, value):
+        """Store ``value`` encrypted."""
+
+    def delete(tenant, name):
+        """Remove."""
+
+
+class ICredentialSource(Interface):
+    """Gives the folder engine what it needs to log in."""
+
+    def credentials(provider):
+        """:rtype: Deferred[imapsvc.model.Credentials]: the login
+        (password or a fresh OAuth2 access token)."""
+
+
+class IClock(Interface):
+    """The part of the reactor the pure-ish services use (``IReactorTime``)."""
+
+    seconds = Attribute("callable returning the current time in seconds")

@@ -1,0 +1,44 @@
+"""Packaging for imapsvc.
+
+The Twisted plugin lives in ``twisted/plugins`` with no ``__init__.py`` next
+to it (it is a namespace that Twisted's plugin loader scans), so it is listed
+by hand rather than found by ``find_packages``.
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+setup(
+    name="imapsvc",
+    version="0.1.0",
+    description="Turns mail arriving in IMAP folders into workflow events",
+    python_requires=">=3.11",
+    packages=find_packages(include=["imapsvc", "imapsvc.*"]) + ["twisted.plugins"],
+    package_data={"twisted.plugins": ["imapsvc_plugin.py"], "imapsvc": ["py.typed"]},
+    include_package_data=True,
+    # The SQL migrations ship beside the package so `python -m imapsvc migrate`
+    # works from an installed wheel as well as from a checkout.
+    data_files=[("share/imapsvc/schema", sorted(glob("schema/*.sql")))],
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "txredisapi>=1.4.10",
+        "txpostgres>=1.7.0",
+        "psycopg2-binary>=2.9",
+        "treq>=23.11",
+        "pyopenssl>=24.0",
+        "service-identity>=24.1",
+        "klein>=24.8",
+        # Authenticated encryption of secrets at rest (AES-GCM / Fernet).
+        "cryptography>=42",
+        # /metrics in the Prometheus text format.
+        "prometheus-client>=0.20",
+        # Frozen, validated value types (settings, store records).
+        "attrs>=23.1",
+    ],
+    extras_require={
+        "test": ["hypothesis>=6.100"],
+        "dev": ["hypothesis>=6.100", "ruff", "mypy"],
+    },
+    zip_safe=False,
+)
