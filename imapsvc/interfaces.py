@@ -116,6 +116,36 @@ class IStore(Interface):
     def save_capabilities(tenant, provider_id, capabilities):
         """Write ``server_capabilities`` as a sorted list of strings."""
 
+    def save_access_token(tenant, provider_id, access_token, expires_at):
+        """Store the (already encrypted, text) access token and its expiry in
+        ``access_token``/``token_expires_at``."""
+
+    def put_oauth_state(tenant, nonce, verifier, expires_at):
+        """Remember an OAuth ``state`` nonce with its PKCE verifier (the
+        verifier stays server-side)."""
+
+    def take_oauth_state(tenant, nonce):
+        """Consume a nonce once: the verifier the first time, ``None`` after
+        that or when expired/unknown (single use).
+
+        :rtype: Deferred[Optional[str]]
+        """
+
+    def record_auth_failure(tenant, provider_id, code, pause_after):
+        """Count one authentication failure; when the count reaches
+        ``pause_after`` pause the provider (``inbound_paused_at`` = now,
+        ``inbound_pause_reason='auth_failure'``).
+
+        :rtype: Deferred[tuple[int, bool]]: the new count, and whether this
+            call paused the provider.
+        """
+
+    def reset_auth_failures(tenant, provider_id):
+        """A login succeeded: clear the count (and an ``auth_failure`` pause)."""
+
+    def touch_last_sync(tenant, provider_id):
+        """Set ``email_providers.last_sync_at`` to now."""
+
     def ping():
         """Answer when the database answers (readiness)."""
 
@@ -176,3 +206,21 @@ class IClock(Interface):
     """The part of the reactor the pure-ish services use (``IReactorTime``)."""
 
     seconds = Attribute("callable returning the current time in seconds")
+
+
+class IAdmin(Interface):
+    """Operator actions (the supervisor implements them; the web routes and
+    the CLI call them)."""
+
+    def reconnect(tenant, provider_id):
+        """Drop the provider's connections, keep cursors. :rtype: Deferred[dict]"""
+
+    def resync(tenant, provider_id, folder=None):
+        """Reset cursors to the recent window, seen by the running worker.
+        :rtype: Deferred[dict]"""
+
+    def test_connection(tenant, provider_id):
+        """Log in and out once. :rtype: Deferred[dict] ``{"ok": bool, "error": str?}``"""
+
+    def status():
+        """This replica's providers and folders, redacted. :rtype: dict"""

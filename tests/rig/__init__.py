@@ -1,0 +1,1 @@
+"""Test rig: private Dovecot, a fresh Postgres database, Redis with a per-run prefix."""
