@@ -230,3 +230,19 @@ class Credentials:
     mechanism: str
     username: str
     secret: str = attr.ib(repr=False)
+
+
+MIB = 1024 * 1024
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Limits:
+    """Size caps of CONTRACT section 2 (``IMAP_MAX_*``), in bytes / counts."""
+
+    max_attachment_bytes: int = 10 * MIB
+    max_total_attachment_bytes: int = 25 * MIB
+    max_attachment_count: int = 25
+    max_raw_mime_bytes: int = 25 * MIB
+    #: A text/plain or text/html body part larger than this is fetched only
+    #: up to this many bytes (and reported in ``ingressSkipReasons``).
+    max_text_part_bytes: int = 2 * MIB
