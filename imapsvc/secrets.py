@@ -90,7 +90,7 @@ class SecretBox:
             raise SecretKeyError("at least one secret key is required")
 
     @classmethod
-    def from_setting(cls, value: str) -> "SecretBox":
+    def from_setting(cls, value: str) -> SecretBox:
         return cls(parse_key(part) for part in value.split(",") if part.strip())
 
     @staticmethod
@@ -178,7 +178,8 @@ class SecretStore:
         return plaintext.decode("utf-8")
 
     def put(self, tenant: str, name: str, value: str):
-        return self._store.put_secret(tenant, name, self._box.seal(tenant, name, value.encode("utf-8")))
+        sealed = self._box.seal(tenant, name, value.encode("utf-8"))
+        return self._store.put_secret(tenant, name, sealed)
 
     def delete(self, tenant: str, name: str):
         return self._store.delete_secret(tenant, name)

@@ -37,8 +37,8 @@ class SecretBoxTests(unittest.TestCase):
 
     def test_bound_to_tenant_and_name(self):
         sealed = self.box.seal(T, "imap_password_" + P, b"secret")
-        other_tenant = "33333333-3333-3333-3333-333333333333"
-        self.assertRaises(SecretDecryptError, self.box.open, other_tenant, "imap_password_" + P, sealed)
+        other = "33333333-3333-3333-3333-333333333333"
+        self.assertRaises(SecretDecryptError, self.box.open, other, "imap_password_" + P, sealed)
         self.assertRaises(SecretDecryptError, self.box.open, T, "imap_refresh_token_" + P, sealed)
 
     def test_wrong_key_refused(self):
