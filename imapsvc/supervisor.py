@@ -1,0 +1,464 @@
+"""The supervisor: which providers this replica runs, under which lease.
+
+It discovers active IMAP providers (on a jittered timer that never overlaps
+itself, and at once when Postgres NOTIFYs a change), leases each provider in
+the database, runs one :class:`ProviderService` per leased provider (one
+child service per folder) and gives leases back on shutdown. Leases are
+renewed on their own timer; a provider whose lease cannot be renewed is
+stopped before the lease could have expired, so two replicas never ingest
+the same mailbox at once (and the store refuses fenced writes anyway).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Optional
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from imapsvc.core.discovery import aggregate_status, plan_discovery
+from imapsvc.deferreds import fire_and_forget
+from imapsvc.interfaces import IAdmin
+from imapsvc.model import ProviderConfig
+
+Key = tuple[str, str]
+
+#: Folder states from which a discovery pass retries the provider's login.
+_REAUTH_STATES = ("needsreauth",)
+
+
+def jittered(seconds: float, pct: float, rng: random.Random) -> float:
+    """``seconds`` shortened by up to ``pct`` (so timers of many replicas drift apart)."""
+    return seconds * (1.0 - pct * rng.random())
+
+
+class FolderHooks:
+    """What a folder reports to its provider. One instance per folder."""
+
+    def __init__(self, provider_service: "ProviderService", folder: str):
+        self._provider = provider_service
+        self.folder = folder
+
+    def state_changed(self, state: str, reason: str = "", error: Optional[str] = None) -> None:
+        self._provider.folder_state_changed(self.folder, state, error)
+
+    def auth_failed(self, code: str, text: str = "") -> None:
+        self._provider.auth_failed(self.folder, code)
+
+    def logged_in(self) -> None:
+        self._provider.logged_in(self.folder)
+
+    def synced(self) -> None:
+        self._provider.synced(self.folder)
+
+    def lease_lost(self) -> None:
+        self._provider.lease_lost(self.folder)
+
+
+class ProviderService(service.MultiService):
+    """One leased provider: a child service per configured folder."""
+
+    log = Logger()
+
+    def __init__(self, supervisor: "Supervisor", provider: ProviderConfig, make_folder):
+        super().__init__()
+        self.supervisor = supervisor
+        self.provider = provider
+        self.setName("imap:%s/%s" % provider.key)
+        self._make_folder = make_folder
+        self.folder_states: dict[str, tuple[str, Optional[str]]] = {}
+        self.folders: dict[str, Any] = {}
+        self._status_written: Optional[tuple[str, Optional[str]]] = None
+        self._auth_failure_counted = False
+        self._last_sync_written = None
+        for folder in provider.folders:
+            child = make_folder(provider, folder, FolderHooks(self, folder))
+            child.setName(folder)
+            child.setServiceParent(self)
+            self.folders[folder] = child
+            self.folder_states[folder] = ("Disconnected", None)
+
+    # -- hooks from folders -------------------------------------------------
+
+    def folder_state_changed(self, folder: str, state: str, error: Optional[str]) -> None:
+        self.folder_states[folder] = (state, error)
+        status = aggregate_status(self.folder_states)
+        if status != self._status_written and self.running:
+            self._status_written = status
+            tenant, pid = self.provider.key
+            fire_and_forget(
+                self.supervisor.store.set_provider_status(tenant, pid, status[0], status[1]),
+                self.log,
+                "provider status write failed",
+            )
+
+    def auth_failed(self, folder: str, code: str) -> None:
+        # Several folders of one provider failing in the same attempt are one
+        # failure: count once per start of the provider.
+        if self._auth_failure_counted:
+            return
+        self._auth_failure_counted = True
+        fire_and_forget(
+            self.supervisor.provider_auth_failed(self.provider, code),
+            self.log,
+            "auth failure bookkeeping failed",
+        )
+
+    def logged_in(self, folder: str) -> None:
+        if self.provider.inbound_auth_failure_count:
+            self.provider = _with(self.provider, inbound_auth_failure_count=0)
+            fire_and_forget(
+                self.supervisor.store.reset_auth_failures(*self.provider.key),
+                self.log,
+                "auth failure reset failed",
+            )
+
+    def synced(self, folder: str) -> None:
+        now = self.supervisor.clock.seconds()
+        interval = self.supervisor.last_sync_interval_s
+        if self._last_sync_written is None or now - self._last_sync_written >= interval:
+            self._last_sync_written = now
+            fire_and_forget(
+                self.supervisor.store.touch_last_sync(*self.provider.key),
+                self.log,
+                "last_sync_at write failed",
+            )
+
+    def lease_lost(self, folder: str) -> None:
+        fire_and_forget(
+            self.supervisor.drop_provider(self.provider.key, "lease lost during a write"),
+            self.log,
+            "stopping provider after lease loss failed",
+        )
+
+    # -- queries and actions ------------------------------------------------
+
+    def needs_reauth(self) -> bool:
+        return any(state.lower() in _REAUTH_STATES for state, _ in self.folder_states.values())
+
+    def update(self, provider: ProviderConfig) -> None:
+        """Settings changed that need no new connection (credentials, caps)."""
+        self.provider = provider
+        for child in self.folders.values():
+            if hasattr(child, "update_provider"):
+                child.update_provider(provider)
+
+    def reconnect(self) -> None:
+        for child in self.folders.values():
+            child.reconnect()
+
+    def snapshot(self) -> dict:
+        folders = {}
+        for name, child in self.folders.items():
+            snap = child.snapshot() if hasattr(child, "snapshot") else {}
+            state, error = self.folder_states.get(name, ("Disconnected", None))
+            snap.setdefault("state", state)
+            snap.setdefault("last_error", error)
+            folders[name] = snap
+        status, error = aggregate_status(self.folder_states)
+        return {
+            "tenant": self.provider.tenant,
+            "providerId": self.provider.provider_id,
+            "mailbox": self.provider.mailbox,
+            "host": self.provider.host,
+            "status": status,
+            "error": error,
+            "folders": folders,
+        }
+
+
+def _with(provider: ProviderConfig, **changes) -> ProviderConfig:
+    import attr
+
+    return attr.evolve(provider, **changes)
+
+
+@implementer(IAdmin)
+class Supervisor(service.MultiService):
+    """Discovers providers, holds their leases, runs their services."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store,
+        clock,
+        owner: str,
+        make_folder: Callable[[ProviderConfig, str, FolderHooks], service.IService],
+        *,
+        refresh_s: float = 60.0,
+        lease_ttl_s: float = 120.0,
+        jitter_pct: float = 0.1,
+        max_connections_per_tenant: int = 5,
+        tenants: frozenset[str] = frozenset(),
+        auth_pause_after: int = 3,
+        on_auto_paused: Optional[Callable[[ProviderConfig, int, str], Any]] = None,
+        test_connection: Optional[Callable[[ProviderConfig], defer.Deferred]] = None,
+        last_sync_interval_s: float = 60.0,
+        rng: Optional[random.Random] = None,
+    ):
+        super().__init__()
+        self.setName("supervisor")
+        self.store = store
+        self.clock = clock
+        self.owner = owner
+        self._make_folder = make_folder
+        self.refresh_s = refresh_s
+        self.lease_ttl_s = lease_ttl_s
+        self.jitter_pct = jitter_pct
+        self.max_connections_per_tenant = max_connections_per_tenant
+        self.tenants = tenants
+        self.auth_pause_after = auth_pause_after
+        self._on_auto_paused = on_auto_paused
+        self._test_connection = test_connection
+        self.last_sync_interval_s = last_sync_interval_s
+        self._rng = rng or random.Random()
+        self.providers: dict[Key, ProviderService] = {}
+        self.waiting: dict[Key, str] = {}
+        self._lease_ok_at: dict[Key, float] = {}
+        self._discovering: Optional[defer.Deferred] = None
+        self._again = False
+        self._discovery_call = None
+        self._renew_call = None
+        self.discovered_once = False
+        self.last_discovery_error: Optional[str] = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._discovery_call = self.clock.callLater(0, self.request_discovery)
+        self._schedule_renew()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        for call in (self._discovery_call, self._renew_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._discovery_call = self._renew_call = None
+        if self._discovering is not None:
+            try:
+                yield self._discovering
+            except Exception:
+                pass
+        keys = list(self.providers)
+        yield defer.DeferredList(
+            [self.drop_provider(key, "shutting down") for key in keys], consumeErrors=True
+        )
+        yield super().stopService()
+
+    # -- discovery --------------------------------------------------------------
+
+    def request_discovery(self) -> None:
+        """Run a discovery pass now, or right after the one in progress
+        (NOTIFY and the timer both land here; passes never overlap)."""
+        if not self.running:
+            return
+        if self._discovering is not None:
+            self._again = True
+            return
+        if self._discovery_call is not None and self._discovery_call.active():
+            self._discovery_call.cancel()
+        self._discovering = self._discover()
+        self._discovering.addBoth(self._discovery_done)
+
+    def _discovery_done(self, result) -> None:
+        self._discovering = None
+        if not self.running:
+            return
+        if self._again:
+            self._again = False
+            self.request_discovery()
+            return
+        delay = jittered(self.refresh_s, self.jitter_pct, self._rng)
+        self._discovery_call = self.clock.callLater(delay, self.request_discovery)
+
+    @defer.inlineCallbacks
+    def _discover(self):
+        try:
+            wanted = yield self.store.list_active_providers()
+        except Exception as e:
+            self.last_discovery_error = str(e)
+            self.log.warn("provider discovery failed: {err}", err=str(e))
+            return
+        self.last_discovery_error = None
+        used: dict[str, int] = {}
+        for key, svc in self.providers.items():
+            used[key[0]] = used.get(key[0], 0) + len(svc.provider.folders)
+        running = {key: svc.provider for key, svc in self.providers.items()}
+        plan = plan_discovery(
+            wanted, running, used, self.max_connections_per_tenant, self.tenants
+        )
+        for key in plan.stop:
+            yield self.drop_provider(key, "no longer active, paused or deleted")
+        for provider in plan.restart:
+            yield self.drop_provider(provider.key, "connection settings changed", release=False)
+            yield self._start_provider(provider, have_lease=True)
+        for provider in plan.update:
+            svc = self.providers[provider.key]
+            changed_row = provider.updated_at != svc.provider.updated_at
+            svc.update(provider)
+            if svc.needs_reauth() and changed_row:
+                # New credentials for a provider stuck on a failed login.
+                yield self.drop_provider(provider.key, "credentials changed", release=False)
+                yield self._start_provider(provider, have_lease=True)
+        for key, svc in list(self.providers.items()):
+            if svc.needs_reauth() and key not in [p.key for p in plan.update]:
+                # One retry per discovery pass: slow enough to be no storm,
+                # and it is what counts failures towards the auto-pause.
+                yield self.drop_provider(key, "retrying login", release=False)
+                yield self._start_provider(svc.provider, have_lease=True)
+        self.waiting = dict(plan.waiting)
+        for provider in plan.start:
+            yield self._start_provider(provider)
+        self.discovered_once = True
+
+    @defer.inlineCallbacks
+    def _start_provider(self, provider: ProviderConfig, have_lease: bool = False):
+        key = provider.key
+        ttl_ms = int(self.lease_ttl_s * 1000)
+        try:
+            if have_lease:
+                ok = yield self.store.renew_lease(key[0], key[1], self.owner, ttl_ms)
+            else:
+                ok = yield self.store.acquire_lease(key[0], key[1], self.owner, ttl_ms)
+        except Exception as e:
+            self.log.warn("lease for {key} failed: {err}", key=key, err=str(e))
+            return
+        if not ok:
+            self.waiting.pop(key, None)
+            return
+        if not self.running or key in self.providers:
+            return
+        self._lease_ok_at[key] = self.clock.seconds()
+        svc = ProviderService(self, provider, self._make_folder)
+        self.providers[key] = svc
+        self.log.info(
+            "provider {tenant}/{provider} started with {n} folder(s)",
+            tenant=key[0],
+            provider=key[1],
+            n=len(provider.folders),
+        )
+        svc.setServiceParent(self)
+
+    @defer.inlineCallbacks
+    def drop_provider(self, key: Key, reason: str, release: bool = True):
+        svc = self.providers.pop(key, None)
+        self._lease_ok_at.pop(key, None)
+        if svc is not None:
+            self.log.info(
+                "provider {tenant}/{provider} stopping: {reason}",
+                tenant=key[0],
+                provider=key[1],
+                reason=reason,
+            )
+            try:
+                yield svc.disownServiceParent()
+            except Exception as e:
+                self.log.warn("stopping {key} failed: {err}", key=key, err=str(e))
+        if release:
+            try:
+                yield self.store.release_lease(key[0], key[1], self.owner)
+            except Exception as e:
+                self.log.warn("releasing lease {key} failed: {err}", key=key, err=str(e))
+
+    # -- leases ---------------------------------------------------------------
+
+    def _schedule_renew(self) -> None:
+        # Three renewals per TTL: one missed renewal never loses the lease.
+        delay = jittered(self.lease_ttl_s / 3.0, self.jitter_pct, self._rng)
+        self._renew_call = self.clock.callLater(delay, self._renew_all)
+
+    def _renew_all(self) -> None:
+        d = self.renew_leases()
+        d.addErrback(lambda f: self.log.failure("lease renewal pass failed", f))
+        d.addBoth(lambda _: self._schedule_renew() if self.running else None)
+
+    @defer.inlineCallbacks
+    def renew_leases(self):
+        ttl_ms = int(self.lease_ttl_s * 1000)
+        for key in list(self.providers):
+            try:
+                ok = yield self.store.renew_lease(key[0], key[1], self.owner, ttl_ms)
+            except Exception as e:
+                # The database may be away. Keep running only while the lease
+                # we last confirmed cannot have expired yet (with a margin).
+                age = self.clock.seconds() - self._lease_ok_at.get(key, 0)
+                if age > self.lease_ttl_s * 0.75:
+                    yield self.drop_provider(key, "lease unconfirmed: %s" % e, release=False)
+                continue
+            if ok:
+                self._lease_ok_at[key] = self.clock.seconds()
+            else:
+                yield self.drop_provider(key, "lease taken by another worker", release=False)
+
+    # -- auth failures --------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def provider_auth_failed(self, provider: ProviderConfig, code: str):
+        count, paused = yield self.store.record_auth_failure(
+            provider.tenant, provider.provider_id, code, self.auth_pause_after
+        )
+        self.log.warn(
+            "provider {tenant}/{provider} authentication failed ({code}), {count} in a row",
+            tenant=provider.tenant,
+            provider=provider.provider_id,
+            code=code,
+            count=count,
+        )
+        if paused:
+            if self._on_auto_paused is not None:
+                yield self._on_auto_paused(provider, count, code)
+            yield self.drop_provider(provider.key, "paused after repeated auth failures")
+
+    # -- admin (IAdmin) -------------------------------------------------------
+
+    def _known(self, tenant: str, provider_id: str) -> Optional[ProviderService]:
+        return self.providers.get((tenant, provider_id))
+
+    def reconnect(self, tenant: str, provider_id: str):
+        svc = self._known(tenant, provider_id)
+        if svc is None:
+            return defer.succeed({"success": False, "error": "provider not running here"})
+        svc.reconnect()
+        return defer.succeed({"success": True})
+
+    @defer.inlineCallbacks
+    def resync(self, tenant: str, provider_id: str, folder: Optional[str] = None):
+        # Stop first, so no batch in flight can write its cursor over the
+        # reset; then reset; then start again from the recent window.
+        svc = self._known(tenant, provider_id)
+        if svc is not None:
+            yield self.drop_provider(svc.provider.key, "resync", release=False)
+        yield self.store.reset_cursors(tenant, provider_id, folder)
+        if svc is not None:
+            yield self._start_provider(svc.provider, have_lease=True)
+        return {"success": True, "running": svc is not None}
+
+    @defer.inlineCallbacks
+    def test_connection(self, tenant: str, provider_id: str):
+        provider = yield self.store.get_provider(tenant, provider_id)
+        if provider is None:
+            return {"success": False, "error": "unknown provider"}
+        if self._test_connection is None:
+            return {"success": False, "error": "connection test not available"}
+        try:
+            yield self._test_connection(provider)
+        except Exception as e:
+            return {"success": False, "error": str(e) or e.__class__.__name__}
+        return {"success": True}
+
+    def status(self) -> dict:
+        return {
+            "worker": self.owner,
+            "discovered": self.discovered_once,
+            "discoveryError": self.last_discovery_error,
+            "providers": [svc.snapshot() for _, svc in sorted(self.providers.items())],
+            "waiting": [
+                {"tenant": k[0], "providerId": k[1], "reason": why}
+                for k, why in sorted(self.waiting.items())
+            ],
+        }
