@@ -38,7 +38,7 @@ def jittered(seconds: float, pct: float, rng: random.Random) -> float:
 class FolderHooks:
     """What a folder reports to its provider. One instance per folder."""
 
-    def __init__(self, provider_service: "ProviderService", folder: str):
+    def __init__(self, provider_service: ProviderService, folder: str):
         self._provider = provider_service
         self.folder = folder
 
@@ -63,11 +63,11 @@ class ProviderService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, supervisor: "Supervisor", provider: ProviderConfig, make_folder):
+    def __init__(self, supervisor: Supervisor, provider: ProviderConfig, make_folder):
         super().__init__()
         self.supervisor = supervisor
         self.provider = provider
-        self.setName("imap:%s/%s" % provider.key)
+        self.setName("imap:{}/{}".format(*provider.key))
         self._make_folder = make_folder
         self.folder_states: dict[str, tuple[str, Optional[str]]] = {}
         self.folders: dict[str, Any] = {}
@@ -388,7 +388,7 @@ class Supervisor(service.MultiService):
                 # we last confirmed cannot have expired yet (with a margin).
                 age = self.clock.seconds() - self._lease_ok_at.get(key, 0)
                 if age > self.lease_ttl_s * 0.75:
-                    yield self.drop_provider(key, "lease unconfirmed: %s" % e, release=False)
+                    yield self.drop_provider(key, f"lease unconfirmed: {e}", release=False)
                 continue
             if ok:
                 self._lease_ok_at[key] = self.clock.seconds()
