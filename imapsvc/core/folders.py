@@ -1,0 +1,213 @@
+"""Folder names: modified UTF-7 (RFC 3501 section 5.1.3) and resolving the
+configured ``folder_filters`` against a server's LIST result.
+
+Pure code: no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Iterable, Optional, Sequence
+
+import attr
+
+#: LIST flags that make a name unusable for EXAMINE.
+UNSELECTABLE = frozenset({"\\noselect", "\\nonexistent"})
+
+
+def _is_direct(ch: str) -> bool:
+    return 0x20 <= ord(ch) <= 0x7E
+
+
+def _flush_shifted(buf: list[str], out: list[str]) -> None:
+    if not buf:
+        return
+    raw = "".join(buf).encode("utf-16-be")
+    encoded = base64.b64encode(raw).decode("ascii").rstrip("=").replace("/", ",")
+    out.append("&" + encoded + "-")
+    buf.clear()
+
+
+def encode_mutf7(name: str) -> str:
+    """Encode a Unicode folder name in modified UTF-7."""
+    out: list[str] = []
+    shifted: list[str] = []
+    for ch in name:
+        if _is_direct(ch):
+            _flush_shifted(shifted, out)
+            out.append("&-" if ch == "&" else ch)
+        else:
+            shifted.append(ch)
+    _flush_shifted(shifted, out)
+    return "".join(out)
+
+
+def decode_mutf7(name: str) -> str:
+    """Decode a modified UTF-7 folder name.
+
+    :raises ValueError: when ``name`` is not valid modified UTF-7 (an
+        unterminated or malformed shift sequence, or a non-ASCII character).
+    """
+    out: list[str] = []
+    i = 0
+    n = len(name)
+    while i < n:
+        ch = name[i]
+        if not _is_direct(ch):
+            raise ValueError("not modified UTF-7: character outside printable ASCII")
+        if ch != "&":
+            out.append(ch)
+            i += 1
+            continue
+        end = name.find("-", i + 1)
+        if end < 0:
+            raise ValueError("not modified UTF-7: unterminated shift sequence")
+        chunk = name[i + 1 : end]
+        i = end + 1
+        if not chunk:
+            out.append("&")
+            continue
+        if any(c not in _B64_ALPHABET for c in chunk):
+            raise ValueError("not modified UTF-7: bad base64 in shift sequence")
+        b64 = chunk.replace(",", "/")
+        b64 += "=" * (-len(b64) % 4)
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except ValueError as e:
+            raise ValueError("not modified UTF-7: bad base64 in shift sequence") from e
+        if len(raw) % 2:
+            raise ValueError("not modified UTF-7: odd UTF-16 length")
+        try:
+            out.append(raw.decode("utf-16-be"))
+        except UnicodeDecodeError as e:
+            raise ValueError("not modified UTF-7: bad UTF-16") from e
+    return "".join(out)
+
+
+_B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,")
+
+
+def display_name(server_name: str) -> str:
+    """The human form of a server's folder name (the raw name if it does not
+    decode)."""
+    try:
+        return decode_mutf7(server_name)
+    except ValueError:
+        return server_name
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class ListEntry:
+    """One LIST response line."""
+
+    flags: tuple[str, ...]
+    delimiter: Optional[str]
+    name: str  # as the server spells it (modified UTF-7)
+
+    @property
+    def selectable(self) -> bool:
+        return not any(f.lower() in UNSELECTABLE for f in self.flags)
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Resolution:
+    """What :func:`resolve_folders` found.
+
+    :ivar matched: ``(filter, server_name)`` pairs in filter order, no
+        server name twice.
+    :ivar missing: ``(filter, reason)`` pairs for filters that match no
+        selectable folder.
+    """
+
+    matched: tuple[tuple[str, str], ...]
+    missing: tuple[tuple[str, str], ...]
+
+
+def _candidates(flt: str) -> list[str]:
+    """The forms a filter may be written in: as typed (Unicode or already
+    modified UTF-7), and its decoded form."""
+    forms = [flt]
+    try:
+        decoded = decode_mutf7(flt)
+    except ValueError:
+        decoded = None
+    if decoded is not None and decoded != flt:
+        forms.append(decoded)
+    return forms
+
+
+def _norm_inbox(name: str, delimiter: Optional[str]) -> str:
+    # INBOX is case-insensitive (RFC 3501 5.1), also as a hierarchy prefix.
+    if name.upper() == "INBOX":
+        return "INBOX"
+    if delimiter and name.upper().startswith("INBOX" + delimiter):
+        return "INBOX" + name[5:]
+    return name
+
+
+def resolve_folders(
+    filters: Sequence[str], listing: Iterable[tuple[Sequence[str], Optional[str], str]]
+) -> Resolution:
+    """Match configured folder paths against a LIST result.
+
+    An empty ``filters`` means ``INBOX``. Matching prefers an exact match of
+    the decoded name, then a case-insensitive one (the server's spelling is
+    returned either way); ``/`` in a filter also matches the server's
+    hierarchy delimiter. ``\\Noselect``/``\\NonExistent`` folders never match.
+    """
+    entries = [ListEntry(tuple(f), d, n) for f, d, n in listing]
+    wanted = list(filters) or ["INBOX"]
+    matched: list[tuple[str, str]] = []
+    missing: list[tuple[str, str]] = []
+    used: set[str] = set()
+
+    def names_for(entry: ListEntry) -> list[str]:
+        decoded = display_name(entry.name)
+        return [_norm_inbox(decoded, entry.delimiter), _norm_inbox(entry.name, entry.delimiter)]
+
+    for flt in wanted:
+        forms: list[str] = []
+        typed = [flt] + ([flt.strip()] if flt.strip() != flt else [])
+        for form in [c for t in typed for c in _candidates(t)]:
+            forms.append(form)
+            for entry in entries:
+                if entry.delimiter and entry.delimiter != "/" and "/" in form:
+                    forms.append(form.replace("/", entry.delimiter))
+        forms = list(dict.fromkeys(_norm_inbox(f, "/") for f in forms)) + list(dict.fromkeys(forms))
+        hit: Optional[ListEntry] = None
+        unselectable = False
+        for exact in (True, False):
+            for entry in entries:
+                keys = names_for(entry)
+                for form in forms:
+                    if exact:
+                        ok = any(k == _norm_inbox(form, entry.delimiter) for k in keys)
+                    else:
+                        ok = any(
+                            k.casefold() == _norm_inbox(form, entry.delimiter).casefold()
+                            for k in keys
+                        )
+                    if ok:
+                        if entry.selectable:
+                            hit = entry
+                        else:
+                            unselectable = True
+                        break
+                if hit is not None:
+                    break
+            if hit is not None:
+                break
+        if hit is None:
+            missing.append((flt, "not selectable" if unselectable else "no such folder"))
+        elif hit.name not in used:
+            used.add(hit.name)
+            matched.append((flt, hit.name))
+    return Resolution(tuple(matched), tuple(missing))
+
+
+def resolve_folder(
+    flt: str, listing: Iterable[tuple[Sequence[str], Optional[str], str]]
+) -> Optional[str]:
+    """The server's spelling of one folder filter, or ``None``."""
+    res = resolve_folders([flt], listing)
+    return res.matched[0][1] if res.matched else None

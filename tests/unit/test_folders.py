@@ -1,0 +1,113 @@
+"""Tests for :mod:`imapsvc.core.folders`."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from imapsvc.core.folders import (
+    decode_mutf7,
+    display_name,
+    encode_mutf7,
+    resolve_folder,
+    resolve_folders,
+)
+
+LISTING = [
+    (("\\HasNoChildren",), "/", "INBOX"),
+    (("\\HasChildren",), "/", "Archive"),
+    ((), "/", "Archive/2025"),
+    ((), "/", "Entw&APw-rfe"),
+    (("\\Noselect",), "/", "Shared"),
+    (("\\NonExistent",), "/", "Ghost"),
+    ((), "/", "Support"),
+    ((), "/", "support"),
+]
+
+
+class MUTF7Tests(SynchronousTestCase):
+    def test_rfc_example(self):
+        self.assertEqual(
+            encode_mutf7("~peter/mail/\u53f0\u5317/\u65e5\u672c\u8a9e"),
+            "~peter/mail/&U,BTFw-/&ZeVnLIqe-",
+        )
+        self.assertEqual(decode_mutf7("~peter/mail/&U,BTFw-/&ZeVnLIqe-"), "~peter/mail/台北/日本語")
+
+    def test_ampersand(self):
+        self.assertEqual(encode_mutf7("A&B"), "A&-B")
+        self.assertEqual(decode_mutf7("A&-B"), "A&B")
+
+    def test_ascii_unchanged(self):
+        self.assertEqual(encode_mutf7("INBOX.Sent Items"), "INBOX.Sent Items")
+
+    def test_umlaut(self):
+        self.assertEqual(encode_mutf7("Entwürfe"), "Entw&APw-rfe")
+
+    def test_astral_plane(self):
+        self.assertEqual(decode_mutf7(encode_mutf7("a\U0001f600b")), "a\U0001f600b")
+
+    def test_no_slash_in_base64(self):
+        # U+FFFF encodes with '/' in standard base64, ',' in modified UTF-7.
+        self.assertNotIn("/", encode_mutf7("\uffff\uffff"))
+
+    def test_invalid(self):
+        for bad in ["&AB", "&A=-", "é", "&A/8-", "&AA-"]:
+            self.assertRaises(ValueError, decode_mutf7, bad)
+            self.assertEqual(display_name(bad), bad)
+
+    @given(st.text())
+    def test_roundtrip(self, s):
+        enc = encode_mutf7(s)
+        self.assertTrue(all(0x20 <= ord(c) <= 0x7E for c in enc))
+        self.assertEqual(decode_mutf7(enc), s)
+
+
+class ResolveTests(SynchronousTestCase):
+    def test_empty_means_inbox(self):
+        res = resolve_folders([], LISTING)
+        self.assertEqual(res.matched, (("INBOX", "INBOX"),))
+        self.assertEqual(res.missing, ())
+
+    def test_inbox_any_case(self):
+        self.assertEqual(resolve_folder("inbox", [((), ".", "INBOX")]), "INBOX")
+        self.assertEqual(resolve_folder("INBOX", [((), ".", "Inbox")]), "Inbox")
+
+    def test_case_insensitive_returns_server_spelling(self):
+        self.assertEqual(resolve_folder("ARCHIVE", LISTING), "Archive")
+
+    def test_exact_preferred_over_case_insensitive(self):
+        self.assertEqual(resolve_folder("support", LISTING), "support")
+        self.assertEqual(resolve_folder("Support", LISTING), "Support")
+
+    def test_unicode_filter_matches_encoded_name(self):
+        self.assertEqual(resolve_folder("Entwürfe", LISTING), "Entw&APw-rfe")
+        self.assertEqual(resolve_folder("ENTWÜRFE", LISTING), "Entw&APw-rfe")
+        self.assertEqual(resolve_folder("Entw&APw-rfe", LISTING), "Entw&APw-rfe")
+
+    def test_slash_matches_other_delimiter(self):
+        listing = [((), ".", "INBOX"), ((), ".", "INBOX.Tickets")]
+        self.assertEqual(resolve_folder("INBOX/Tickets", listing), "INBOX.Tickets")
+        self.assertEqual(resolve_folder("inbox.tickets", listing), "INBOX.Tickets")
+
+    def test_unselectable_reported(self):
+        res = resolve_folders(["Shared", "Ghost", "Nope", "Archive/2025"], LISTING)
+        self.assertEqual(res.matched, (("Archive/2025", "Archive/2025"),))
+        self.assertEqual(
+            res.missing,
+            (("Shared", "not selectable"), ("Ghost", "not selectable"), ("Nope", "no such folder")),
+        )
+
+    def test_duplicate_filters_collapse(self):
+        res = resolve_folders(["INBOX", "inbox"], LISTING)
+        self.assertEqual(res.matched, (("INBOX", "INBOX"),))
+
+    def test_noselect_flag_case(self):
+        self.assertIsNone(resolve_folder("x", [(("\\NOSELECT",), "/", "x")]))
+
+    @given(st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=6, unique=True))
+    def test_every_listed_selectable_name_resolves_to_itself(self, names):
+        listing = [((), "/", encode_mutf7(n)) for n in names]
+        for n in names:
+            got = resolve_folder(n, listing)
+            self.assertIsNotNone(got)
+            # Exact matches always win over case-insensitive ones.
+            self.assertEqual(display_name(got), n) if n.upper() != "INBOX" else None
