@@ -298,17 +298,12 @@ class Supervisor(service.MultiService):
             yield self.drop_provider(provider.key, "connection settings changed", release=False)
             yield self._start_provider(provider, have_lease=True)
         for provider in plan.update:
-            svc = self.providers[provider.key]
-            changed_row = provider.updated_at != svc.provider.updated_at
-            svc.update(provider)
-            if svc.needs_reauth() and changed_row:
-                # New credentials for a provider stuck on a failed login.
-                yield self.drop_provider(provider.key, "credentials changed", release=False)
-                yield self._start_provider(provider, have_lease=True)
+            self.providers[provider.key].update(provider)
         for key, svc in list(self.providers.items()):
-            if svc.needs_reauth() and key not in [p.key for p in plan.update]:
-                # One retry per discovery pass: slow enough to be no storm,
-                # and it is what counts failures towards the auto-pause.
+            if svc.needs_reauth():
+                # One login retry per discovery pass (or per NOTIFY, e.g. new
+                # credentials): slow enough to be no storm, and what counts
+                # failures towards the auto-pause.
                 yield self.drop_provider(key, "retrying login", release=False)
                 yield self._start_provider(svc.provider, have_lease=True)
         self.waiting = dict(plan.waiting)

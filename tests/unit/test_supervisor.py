@@ -1,0 +1,264 @@
+"""Supervisor: discovery, leases across two replicas, auth-failure pause, admin actions.
+
+Folders are fakes that record their lifecycle; time is a Clock shared with
+the memory store, so lease expiry is driven, not waited for.
+"""
+
+import random
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from imapsvc.model import FolderCursor
+from imapsvc.store.memory import MemoryStore
+from imapsvc.supervisor import Supervisor
+
+T1 = "11111111-1111-1111-1111-111111111111"
+T2 = "22222222-2222-2222-2222-222222222222"
+
+
+class FakeFolder(service.Service):
+    def __init__(self, log, provider, folder, hooks):
+        self.log, self.provider, self.folder, self.hooks = log, provider, folder, hooks
+        self.reconnects = 0
+
+    def startService(self):
+        super().startService()
+        self.log.append(("start", self.provider.provider_id, self.folder))
+
+    def stopService(self):
+        super().stopService()
+        self.log.append(("stop", self.provider.provider_id, self.folder))
+
+    def reconnect(self):
+        self.reconnects += 1
+
+    def update_provider(self, provider):
+        self.provider = provider
+
+
+class SupervisorTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.store = MemoryStore(self.clock)
+        self.events = []
+        self.folders = {}
+        self.paused = []
+
+    def make_supervisor(self, owner="w1", **kw):
+        def make_folder(provider, folder, hooks):
+            f = FakeFolder(self.events, provider, folder, hooks)
+            self.folders[(owner, provider.provider_id, folder)] = f
+            return f
+
+        def on_auto_paused(provider, count, code):
+            self.paused.append((provider.provider_id, count, code))
+            return defer.succeed(None)
+
+        kw.setdefault("refresh_s", 60)
+        kw.setdefault("lease_ttl_s", 120)
+        sup = Supervisor(
+            self.store, self.clock, owner, make_folder, rng=random.Random(1),
+            on_auto_paused=on_auto_paused, **kw,
+        )
+        sup.startService()
+        self.addCleanup(lambda: sup.running and sup.stopService())
+        return sup
+
+    def add(self, pid, tenant=T1, **kw):
+        return self.store.add_provider(tenant=tenant, provider_id=pid, **kw)
+
+    def test_first_discovery_starts_active_providers(self):
+        self.add("p1", folder_filters=("INBOX", "Support"))
+        self.add("p2", is_active=False)
+        sup = self.make_supervisor()
+        self.assertFalse(sup.discovered_once)
+        self.clock.advance(0)
+        self.assertTrue(sup.discovered_once)
+        self.assertEqual(sorted(k[1] for k in sup.providers), ["p1"])
+        self.assertIn(("start", "p1", "Support"), self.events)
+        self.assertEqual(self.store.provider_row(T1, "p1")["lease_owner"], "w1")
+
+    def test_two_replicas_split_without_overlap_and_take_over_after_expiry(self):
+        for i in range(6):
+            self.add(f"p{i}")
+        a = self.make_supervisor("a", max_connections_per_tenant=3)
+        b = self.make_supervisor("b", max_connections_per_tenant=10)
+        self.clock.advance(0)
+        self.assertEqual(len(a.providers), 3)
+        self.assertEqual(len(b.providers), 3)
+        self.assertFalse(set(a.providers) & set(b.providers))
+        # Replica a dies without releasing anything (SIGKILL).
+        a_keys = set(a.providers)
+        a._discovery_call.cancel()
+        a._renew_call.cancel()
+        a.running = False
+        # Within TTL + one refresh, b owns everything; b renews meanwhile.
+        for _ in range(10):
+            self.clock.advance(20)
+        self.assertEqual(set(b.providers), a_keys | set(b.providers))
+        self.assertEqual(len(b.providers), 6)
+
+    def test_deactivated_provider_stopped_on_notify_and_lease_released(self):
+        self.add("p1")
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        self.store.set_active(T1, "p1", False)
+        sup.request_discovery()
+        self.assertEqual(sup.providers, {})
+        self.assertIn(("stop", "p1", "INBOX"), self.events)
+        self.assertIsNone(self.store.provider_row(T1, "p1")["lease_owner"])
+        self.store.set_active(T1, "p1", True)
+        sup.request_discovery()
+        self.assertEqual(list(sup.providers), [(T1, "p1")])
+
+    def test_paused_and_deleted_stopped(self):
+        self.add("p1")
+        self.add("p2")
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        self.store.set_paused(T1, "p1", "manual")
+        self.store.remove_provider(T1, "p2")
+        sup.request_discovery()
+        self.assertEqual(sup.providers, {})
+
+    def test_signature_change_restarts_credentials_do_not(self):
+        self.add("p1")
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        self.store.update_provider(T1, "p1", access_token="fresh")
+        sup.request_discovery()
+        self.assertEqual(self.events.count(("start", "p1", "INBOX")), 1)
+        self.store.update_provider(T1, "p1", host="imap2.example.com")
+        sup.request_discovery()
+        self.assertEqual(self.events.count(("start", "p1", "INBOX")), 2)
+        self.assertEqual(self.store.provider_row(T1, "p1")["lease_owner"], "w1")
+
+    def test_lost_lease_stops_provider(self):
+        self.add("p1")
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        self.store.expire_lease(T1, "p1")
+        self.successResultOf(self.store.acquire_lease(T1, "p1", "thief", 120000))
+        self.successResultOf(sup.renew_leases())
+        self.assertEqual(sup.providers, {})
+        self.assertEqual(self.store.provider_row(T1, "p1")["lease_owner"], "thief")
+
+    def test_unreachable_store_stops_before_ttl(self):
+        self.add("p1")
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+
+        def broken(*a, **k):
+            return defer.fail(ConnectionError("db away"))
+
+        self.store.renew_lease = broken
+        self.clock.advance(60)
+        self.assertEqual(len(sup.providers), 1)  # still inside the safe margin
+        self.clock.advance(40)
+        self.assertEqual(sup.providers, {})
+
+    def test_three_auth_failures_pause_once(self):
+        self.add("p1", folder_filters=("INBOX", "Other"))
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        for attempt in range(3):
+            svc = sup.providers[(T1, "p1")]
+            for folder in ("INBOX", "Other"):  # both folders fail: one failure
+                svc.folder_state_changed(folder, "NeedsReauth", "AUTHENTICATIONFAILED")
+                svc.auth_failed(folder, "AUTHENTICATIONFAILED")
+            if attempt < 2:
+                self.assertEqual(self.paused, [])
+                self.clock.advance(60)  # next discovery pass retries the login
+        self.assertEqual(self.paused, [("p1", 3, "AUTHENTICATIONFAILED")])
+        row = self.store.provider_row(T1, "p1")
+        self.assertEqual(row["inbound_pause_reason"], "auth_failure")
+        self.assertEqual(sup.providers, {})
+        self.clock.advance(60)
+        self.assertEqual(len(self.paused), 1)
+
+    def test_login_resets_failure_count(self):
+        self.add("p1")
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        sup.providers[(T1, "p1")].auth_failed("INBOX", "AUTHENTICATIONFAILED")
+        self.assertEqual(self.store.provider_row(T1, "p1")["inbound_auth_failure_count"], 1)
+        self.store.update_provider(T1, "p1", host="h2")  # restart with the new row
+        sup.request_discovery()
+        sup.providers[(T1, "p1")].logged_in("INBOX")
+        self.assertEqual(self.store.provider_row(T1, "p1")["inbound_auth_failure_count"], 0)
+
+    def test_status_written_only_on_change(self):
+        self.add("p1", folder_filters=("INBOX", "B"))
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        writes = []
+        real = self.store.set_provider_status
+
+        def spy(*a, **k):
+            writes.append(a[2:])
+            return real(*a, **k)
+
+        self.store.set_provider_status = spy
+        svc = sup.providers[(T1, "p1")]
+        svc.folder_state_changed("INBOX", "Idling", None)
+        svc.folder_state_changed("B", "Syncing", None)
+        svc.folder_state_changed("B", "Idling", None)
+        svc.folder_state_changed("INBOX", "Syncing", None)
+        self.assertEqual(writes, [("disconnected", None), ("connected", None)])
+        self.assertEqual(self.store.provider_row(T1, "p1")["status"], "connected")
+
+    def test_tenant_limit_waits_with_reason(self):
+        self.add("a", folder_filters=("1", "2", "3"))
+        self.add("b", folder_filters=("1", "2", "3"))
+        self.add("c", tenant=T2)
+        sup = self.make_supervisor(max_connections_per_tenant=5)
+        self.clock.advance(0)
+        self.assertEqual(len(sup.providers), 2)
+        waiting = sup.status()["waiting"]
+        self.assertEqual(len(waiting), 1)
+        self.assertIn("limit", waiting[0]["reason"])
+
+    def test_resync_resets_cursor_and_restarts(self):
+        self.add("p1", folder_state={"INBOX": FolderCursor("7", "4242", None)})
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        result = self.successResultOf(sup.resync(T1, "p1"))
+        self.assertTrue(result["success"])
+        self.assertIsNone(self.successResultOf(self.store.read_cursor(T1, "p1", "INBOX")))
+        self.assertEqual(self.events.count(("start", "p1", "INBOX")), 2)
+        self.assertEqual(self.events.count(("stop", "p1", "INBOX")), 1)
+
+    def test_reconnect_and_unknown(self):
+        self.add("p1")
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        self.assertTrue(self.successResultOf(sup.reconnect(T1, "p1"))["success"])
+        self.assertEqual(self.folders[("w1", "p1", "INBOX")].reconnects, 1)
+        self.assertFalse(self.successResultOf(sup.reconnect(T1, "nope"))["success"])
+
+    def test_shutdown_releases_leases(self):
+        self.add("p1")
+        self.add("p2")
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        self.successResultOf(defer.maybeDeferred(sup.stopService))
+        for pid in ("p1", "p2"):
+            self.assertIsNone(self.store.provider_row(T1, pid)["lease_owner"])
+        self.assertEqual(sum(1 for e in self.events if e[0] == "stop"), 2)
+
+    def test_discovery_failure_is_retried(self):
+        self.add("p1")
+        real = self.store.list_active_providers
+        self.store.list_active_providers = lambda *a: defer.fail(ConnectionError("db down"))
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        self.assertEqual(sup.last_discovery_error, "db down")
+        self.assertFalse(sup.discovered_once)
+        self.store.list_active_providers = real
+        self.clock.advance(60)
+        self.assertTrue(sup.discovered_once)
+        self.assertEqual(len(sup.providers), 1)
