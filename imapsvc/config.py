@@ -1,0 +1,622 @@
+"""Environment and command-line options -> one frozen, validated :class:`Settings`.
+
+The table :data:`SETTINGS` is the single source of truth: one row per setting
+(environment variable, parser, default, one line of help). ``twistd imapsvc
+--help``, ``python -m imapsvc config`` and ``docs/settings.md`` are all
+generated from it.
+
+Precedence, highest first: command-line option, environment variable, a file
+named after the variable in ``IMAPSVC_SECRETS_DIR`` (a mounted Kubernetes
+secret), the default. An empty value counts as unset.
+
+Every problem raises :class:`ConfigError` with a one-line message naming the
+variable. Values of sensitive settings never appear in those messages.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Any, Callable, Mapping, Optional
+from urllib.parse import urlsplit
+
+import attr
+
+from imapsvc.model import MIB, Limits
+
+#: IMAP servers may close an IDLE after 30 minutes (RFC 2177 asks clients to
+#: re-issue it at least every 29): the restart interval must stay below this.
+IDLE_RESTART_LIMIT_MS = 29 * 60 * 1000
+
+#: Dovecot sends ``* OK Still here`` every 2 minutes during IDLE; an inactivity
+#: watchdog at or below that would drop healthy connections.
+DOVECOT_KEEPALIVE_MS = 2 * 60 * 1000
+
+MASK = "***"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or inconsistent. ``str(error)`` is one
+    line that names the variable and never contains a sensitive value."""
+
+
+class _Invalid(ValueError):
+    """Raised by parsers; the loader turns it into a :class:`ConfigError`."""
+
+
+# -- parsers: str -> value, raising _Invalid with a message that does not
+# -- repeat the value (the loader adds it back for non-sensitive settings).
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise _Invalid("is not an integer") from None
+
+
+def positive_int(text: str) -> int:
+    value = _int(text)
+    if value <= 0:
+        raise _Invalid("must be a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise _Invalid("must be zero or a positive integer")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise _Invalid("is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise _Invalid("must be between 0 and 1 (a fraction, e.g. 0.1 for 10%)")
+    return value
+
+
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+
+
+def boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise _Invalid("must be one of true/false/1/0/yes/no")
+
+
+def port(text: str) -> int:
+    value = _int(text)
+    if not 1 <= value <= 65535:
+        raise _Invalid("must be a port number between 1 and 65535")
+    return value
+
+
+def string(text: str) -> str:
+    return text.strip()
+
+
+def _url(schemes: tuple[str, ...], need_host: bool) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        text = text.strip()
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            raise _Invalid("is not a valid URL") from None
+        if parts.scheme.lower() not in schemes:
+            raise _Invalid("must be a URL starting with " + " or ".join(s + "://" for s in schemes))
+        if need_host and not parts.hostname:
+            raise _Invalid("must name a host")
+        return text
+
+    return parse
+
+
+postgres_url = _url(("postgres", "postgresql"), need_host=False)
+redis_url = _url(("redis", "rediss"), need_host=False)
+http_url = _url(("http", "https"), need_host=True)
+
+
+def comma_list(item: Callable[[str], str]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        out = []
+        for piece in text.split(","):
+            piece = piece.strip()
+            if piece:
+                out.append(item(piece))
+        return tuple(out)
+
+    return parse
+
+
+def _host(text: str) -> str:
+    if any(c.isspace() for c in text) or "/" in text:
+        raise _Invalid("must be a comma-separated list of host names")
+    return text.lower()
+
+
+def _tenant(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise _Invalid("must be a comma-separated list of tenant UUIDs") from None
+
+
+def _key(text: str) -> str:
+    # Checked here so a bad key stops start-up rather than the first secret
+    # write; the key itself never reaches the message.
+    from imapsvc.secrets import SecretKeyError, parse_key
+
+    try:
+        parse_key(text)
+    except SecretKeyError:
+        raise _Invalid("each key must be 32 bytes as url-safe base64 (44 chars) or hex") from None
+    return text
+
+
+def choice(*values: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        lowered = text.strip().lower()
+        if lowered not in values:
+            raise _Invalid("must be one of " + ", ".join(values))
+        return lowered
+
+    return parse
+
+
+def existing_file(text: str) -> str:
+    text = text.strip()
+    if not os.path.isfile(text):
+        raise _Invalid("names a file that does not exist")
+    return text
+
+
+def existing_dir(text: str) -> str:
+    text = text.strip()
+    if not os.path.isdir(text):
+        raise _Invalid("names a directory that does not exist")
+    return text
+
+
+def worker_id(text: str) -> str:
+    text = text.strip()
+    if len(text) > 255:  # lease_owner is varchar(255)
+        raise _Invalid("must be at most 255 characters")
+    return text
+
+
+def default_worker_id() -> str:
+    """``<hostname>-<pid>``: unique per process, readable in ``lease_owner``."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+# -- the table -------------------------------------------------------------
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Setting:
+    """One row of the settings table.
+
+    :ivar env: the environment variable.
+    :ivar parse: turns the (non-empty) text into the value or raises.
+    :ivar default: the value when unset (already parsed), or a zero-argument
+        callable computing it.
+    :ivar help: one line for ``--help`` and the docs.
+    :ivar group: heading in the docs.
+    :ivar sensitive: never shown, logged or put in an error message.
+    :ivar shown_default: how the default is written in help, when the value
+        itself is not the right thing to show.
+    """
+
+    env: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    group: str
+    sensitive: bool = False
+    shown_default: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        """The :class:`Settings` attribute: the variable lower-cased without
+        its ``IMAPSVC_``/``IMAP_`` prefix."""
+        env = self.env
+        for prefix in ("IMAPSVC_", "IMAP_"):
+            if env.startswith(prefix):
+                env = env[len(prefix) :]
+                break
+        return env.lower()
+
+    @property
+    def option(self) -> str:
+        """The ``twistd imapsvc`` long option, without the dashes."""
+        return self.name.replace("_", "-")
+
+    def default_text(self) -> str:
+        if self.shown_default is not None:
+            return self.shown_default
+        value = self.default
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, tuple):
+            return ",".join(value) or "(empty)"
+        if value == "":
+            return "(empty)"
+        return str(value)
+
+
+_T, _C, _P, _W, _S, _O = (
+    "Timing",
+    "Connection",
+    "Capacity and size caps",
+    "Wiring",
+    "Secrets and security",
+    "Operations",
+)
+
+SETTINGS: tuple[Setting, ...] = (
+    # Timing (CONTRACT 5)
+    Setting("IMAP_PROVIDER_REFRESH_MS", positive_int, 60000,
+            "how often providers are re-read from the database and leases renewed", _T),
+    Setting("IMAP_LEASE_TTL_MS", positive_int, 120000,
+            "lifetime of a provider lease; must outlast a jittered refresh interval", _T),
+    Setting("IMAP_POLL_INTERVAL_MS", positive_int, 30000,
+            "poll interval for servers without IDLE", _T),
+    Setting("IMAP_IDLE_RESTART_MS", positive_int, 1500000,
+            "re-issue IDLE after this long; must be below 29 minutes (1740000)", _T),
+    Setting("IMAP_STARTUP_STAGGER_MS", non_negative_int, 2000,
+            "spread provider start-ups over this window", _T),
+    Setting("IMAP_TIMER_JITTER_PCT", fraction, 0.1,
+            "jitter fraction for refresh, heartbeat, poll sleep and IDLE restart", _T),
+    Setting("IMAP_RECONNECT_BASE_MS", positive_int, 2000,
+            "first reconnect delay after a dropped connection", _T),
+    Setting("IMAP_RECONNECT_MAX_MS", positive_int, 60000,
+            "longest reconnect delay; must be >= IMAP_RECONNECT_BASE_MS", _T),
+    Setting("IMAP_RECONNECT_JITTER_PCT", fraction, 0.5,
+            "reconnect delay drawn from [delay*(1-j), delay]", _T),
+    Setting("IMAP_COMMAND_TIMEOUT_MS", positive_int, 60000,
+            "an IMAP command (other than IDLE) unanswered this long drops the connection", _T),
+    Setting("IMAP_INACTIVITY_TIMEOUT_MS", positive_int, 300000,
+            "drop a connection silent this long; must exceed Dovecot's 2 minute keep-alive", _T),
+    Setting("IMAP_SHUTDOWN_TIMEOUT_MS", positive_int, 20000,
+            "time allowed for a clean shutdown (finish batches, release leases)", _T),
+    Setting("REDIS_TIMEOUT_MS", positive_int, 5000,
+            "deadline of every Redis command", _T),
+    # Connection
+    Setting("IMAP_CONNECTION_TIMEOUT_MS", positive_int, 10000,
+            "TCP/TLS connect timeout (a provider's own value wins)", _C),
+    Setting("IMAP_SOCKET_KEEPALIVE", boolean, True,
+            "TCP keep-alive on IMAP sockets (a provider's own value wins)", _C),
+    Setting("IMAP_TLS_CA_FILE", existing_file, "",
+            "PEM file of CA certificates to trust instead of the system store", _C),
+    Setting("IMAP_TLS_INSECURE", boolean, False,
+            "turn off TLS certificate verification (testing only)", _C),
+    Setting("IMAP_BROKEN_BODYSTRUCTURE_HOSTS", comma_list(_host), (),
+            "comma list of IMAP hosts whose BODYSTRUCTURE is not trusted (full fetch)", _C),
+    Setting("IMAP_AUTH_FAILURE_PAUSE_AFTER", positive_int, 3,
+            "pause a provider after this many consecutive authentication failures", _C),
+    # Capacity
+    Setting("IMAP_MAX_EMAILS_PER_SYNC", positive_int, 5,
+            "recent window (messages) for a folder with no cursor", _P),
+    Setting("IMAP_MAX_CONNECTIONS_PER_TENANT", positive_int, 5,
+            "IMAP connections one tenant may hold at once", _P),
+    Setting("IMAP_MAX_ATTACHMENT_BYTES", positive_int, 10 * MIB,
+            "largest single attachment reported as accepted", _P),
+    Setting("IMAP_MAX_TOTAL_ATTACHMENT_BYTES", positive_int, 25 * MIB,
+            "largest total of attachments per message", _P),
+    Setting("IMAP_MAX_ATTACHMENT_COUNT", positive_int, 25,
+            "most attachments per message", _P),
+    Setting("IMAP_MAX_RAW_MIME_BYTES", positive_int, 25 * MIB,
+            "a message larger than this is never downloaded whole", _P),
+    Setting("IMAP_MAX_TEXT_PART_BYTES", positive_int, 2 * MIB,
+            "text/plain and text/html parts are fetched up to this many bytes", _P),
+    Setting("IMAP_FETCH_CHUNK", positive_int, 200,
+            "UIDs per UID FETCH command", _P),
+    Setting("IMAP_PARSE_THREAD_THRESHOLD_BYTES", non_negative_int, 262144,
+            "messages larger than this are parsed off the reactor thread", _P),
+    Setting("IMAP_LEDGER_RETENTION_DAYS", positive_int, 90,
+            "keep dedupe ledger rows this many days", _P),
+    Setting("IMAP_EVENT_STREAM_MAXLEN", non_negative_int, 0,
+            "XADD MAXLEN ~ N; 0 keeps every entry (trimming drops unread events)", _P),
+    # Wiring
+    Setting("DATABASE_URL", postgres_url, "",
+            "postgres(ql):// URL; empty uses the embedded SQLite store", _W, sensitive=True),
+    Setting("REDIS_URL", redis_url, "",
+            "redis(s):// URL; empty writes events to IMAPSVC_EVENTS_FILE", _W, sensitive=True),
+    Setting("IMAP_EVENT_STREAM", string, "workflow:events:global",
+            "Redis stream the events are added to", _W),
+    Setting("PORT", port, 8080,
+            "HTTP port of /healthz, /readyz, /metrics, /status, OAuth and admin routes", _W),
+    Setting("IMAPSVC_PUBLIC_BASE_URL", http_url, "",
+            "external base URL of this service (builds the OAuth redirect URI)", _W),
+    Setting("IMAPSVC_REDIRECT_ALLOWLIST", comma_list(http_url), (),
+            "comma list of URLs the OAuth callback may redirect to", _W),
+    Setting("IMAPSVC_SQLITE_PATH", string, "imapsvc.sqlite3",
+            "SQLite file of the embedded store (when DATABASE_URL is empty)", _W),
+    Setting("IMAPSVC_EVENTS_FILE", string, "events.jsonl",
+            "JSON Lines file of the embedded sink (when REDIS_URL is empty)", _W),
+    Setting("IMAPSVC_TENANTS", comma_list(_tenant), (),
+            "comma list of tenant UUIDs to serve; empty serves all", _W),
+    Setting("IMAPSVC_WORKER_ID", worker_id, default_worker_id,
+            "this replica's lease owner name", _W, shown_default="<hostname>-<pid>"),
+    # Secrets
+    Setting("IMAPSVC_ADMIN_TOKEN", string, "",
+            "bearer token for the admin and OAuth-initiate routes", _S, sensitive=True),
+    Setting("IMAPSVC_SECRET_KEY", comma_list(_key), (),
+            "comma list of secret-encryption keys: the first encrypts, all decrypt (rotation)",
+            _S, sensitive=True),
+    Setting("IMAPSVC_SECRETS_DIR", existing_dir, "",
+            "directory of mounted files named like these variables, read when a variable is unset",
+            _S),
+    # Operations
+    Setting("IMAPSVC_LOG_FORMAT", choice("json", "text"), "json",
+            "log format on stdout or --logfile: json (one object a line) or text", _O),
+)  # fmt: skip
+
+SETTINGS_BY_ENV: Mapping[str, Setting] = {s.env: s for s in SETTINGS}
+SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+
+#: The environment variables of CONTRACT section 5.
+CONTRACT_VARIABLES: tuple[str, ...] = (
+    "IMAP_PROVIDER_REFRESH_MS", "IMAP_LEASE_TTL_MS", "IMAP_POLL_INTERVAL_MS",
+    "IMAP_IDLE_RESTART_MS", "IMAP_STARTUP_STAGGER_MS", "IMAP_TIMER_JITTER_PCT",
+    "IMAP_RECONNECT_BASE_MS", "IMAP_RECONNECT_MAX_MS", "IMAP_RECONNECT_JITTER_PCT",
+    "IMAP_CONNECTION_TIMEOUT_MS", "IMAP_SOCKET_KEEPALIVE", "IMAP_MAX_EMAILS_PER_SYNC",
+    "IMAP_MAX_CONNECTIONS_PER_TENANT", "IMAP_MAX_ATTACHMENT_BYTES",
+    "IMAP_MAX_TOTAL_ATTACHMENT_BYTES", "IMAP_MAX_ATTACHMENT_COUNT", "IMAP_MAX_RAW_MIME_BYTES",
+    "DATABASE_URL", "REDIS_URL", "IMAP_EVENT_STREAM", "PORT", "IMAPSVC_ADMIN_TOKEN",
+    "IMAPSVC_SECRET_KEY", "IMAPSVC_PUBLIC_BASE_URL", "IMAPSVC_REDIRECT_ALLOWLIST",
+)  # fmt: skip
+
+
+def _default(env: str) -> Any:
+    return SETTINGS_BY_ENV[env].default
+
+
+@attr.s(frozen=True, auto_attribs=True, slots=True)
+class Settings:
+    """Validated, frozen settings; build them with :func:`load_settings`.
+
+    One attribute per row of :data:`SETTINGS`, named :attr:`Setting.name`
+    (``IMAP_PROVIDER_REFRESH_MS`` -> ``provider_refresh_ms``), defaulting to
+    the table's default (``Settings()`` is the all-defaults configuration,
+    handy in tests). The repr leaves out sensitive values.
+    """
+
+    provider_refresh_ms: int = _default("IMAP_PROVIDER_REFRESH_MS")
+    lease_ttl_ms: int = _default("IMAP_LEASE_TTL_MS")
+    poll_interval_ms: int = _default("IMAP_POLL_INTERVAL_MS")
+    idle_restart_ms: int = _default("IMAP_IDLE_RESTART_MS")
+    startup_stagger_ms: int = _default("IMAP_STARTUP_STAGGER_MS")
+    timer_jitter_pct: float = _default("IMAP_TIMER_JITTER_PCT")
+    reconnect_base_ms: int = _default("IMAP_RECONNECT_BASE_MS")
+    reconnect_max_ms: int = _default("IMAP_RECONNECT_MAX_MS")
+    reconnect_jitter_pct: float = _default("IMAP_RECONNECT_JITTER_PCT")
+    command_timeout_ms: int = _default("IMAP_COMMAND_TIMEOUT_MS")
+    inactivity_timeout_ms: int = _default("IMAP_INACTIVITY_TIMEOUT_MS")
+    shutdown_timeout_ms: int = _default("IMAP_SHUTDOWN_TIMEOUT_MS")
+    redis_timeout_ms: int = _default("REDIS_TIMEOUT_MS")
+    connection_timeout_ms: int = _default("IMAP_CONNECTION_TIMEOUT_MS")
+    socket_keepalive: bool = _default("IMAP_SOCKET_KEEPALIVE")
+    tls_ca_file: str = _default("IMAP_TLS_CA_FILE")
+    tls_insecure: bool = _default("IMAP_TLS_INSECURE")
+    broken_bodystructure_hosts: tuple[str, ...] = _default("IMAP_BROKEN_BODYSTRUCTURE_HOSTS")
+    auth_failure_pause_after: int = _default("IMAP_AUTH_FAILURE_PAUSE_AFTER")
+    max_emails_per_sync: int = _default("IMAP_MAX_EMAILS_PER_SYNC")
+    max_connections_per_tenant: int = _default("IMAP_MAX_CONNECTIONS_PER_TENANT")
+    max_attachment_bytes: int = _default("IMAP_MAX_ATTACHMENT_BYTES")
+    max_total_attachment_bytes: int = _default("IMAP_MAX_TOTAL_ATTACHMENT_BYTES")
+    max_attachment_count: int = _default("IMAP_MAX_ATTACHMENT_COUNT")
+    max_raw_mime_bytes: int = _default("IMAP_MAX_RAW_MIME_BYTES")
+    max_text_part_bytes: int = _default("IMAP_MAX_TEXT_PART_BYTES")
+    fetch_chunk: int = _default("IMAP_FETCH_CHUNK")
+    parse_thread_threshold_bytes: int = _default("IMAP_PARSE_THREAD_THRESHOLD_BYTES")
+    ledger_retention_days: int = _default("IMAP_LEDGER_RETENTION_DAYS")
+    event_stream_maxlen: int = _default("IMAP_EVENT_STREAM_MAXLEN")
+    database_url: str = attr.ib(default=_default("DATABASE_URL"), repr=False)
+    redis_url: str = attr.ib(default=_default("REDIS_URL"), repr=False)
+    event_stream: str = _default("IMAP_EVENT_STREAM")
+    port: int = _default("PORT")
+    public_base_url: str = _default("IMAPSVC_PUBLIC_BASE_URL")
+    redirect_allowlist: tuple[str, ...] = _default("IMAPSVC_REDIRECT_ALLOWLIST")
+    sqlite_path: str = _default("IMAPSVC_SQLITE_PATH")
+    events_file: str = _default("IMAPSVC_EVENTS_FILE")
+    tenants: tuple[str, ...] = _default("IMAPSVC_TENANTS")
+    worker_id: str = attr.ib(factory=default_worker_id)
+    admin_token: str = attr.ib(default=_default("IMAPSVC_ADMIN_TOKEN"), repr=False)
+    secret_key: tuple[str, ...] = attr.ib(default=_default("IMAPSVC_SECRET_KEY"), repr=False)
+    secrets_dir: str = _default("IMAPSVC_SECRETS_DIR")
+    log_format: str = _default("IMAPSVC_LOG_FORMAT")
+
+    def limits(self) -> Limits:
+        """The size caps as :class:`imapsvc.model.Limits`."""
+        return Limits(
+            max_attachment_bytes=self.max_attachment_bytes,
+            max_total_attachment_bytes=self.max_total_attachment_bytes,
+            max_attachment_count=self.max_attachment_count,
+            max_raw_mime_bytes=self.max_raw_mime_bytes,
+            max_text_part_bytes=self.max_text_part_bytes,
+        )
+
+    def masked(self) -> dict[str, str]:
+        """``{ENV_NAME: text}`` of every setting, safe to print: sensitive
+        values are replaced (URLs keep everything but their password)."""
+        return {s.env: display_value(s, getattr(self, s.name)) for s in SETTINGS}
+
+
+def display_value(setting: Setting, value: Any) -> str:
+    """How ``value`` of ``setting`` may be shown to a human."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        if setting.sensitive:
+            return f"{MASK} ({len(value)} keys)" if value else "(empty)"
+        return ",".join(value) or "(empty)"
+    if setting.sensitive:
+        if not value:
+            return "(empty)"
+        if setting.parse in (postgres_url, redis_url):
+            return _mask_url_password(value)
+        return MASK
+    if value == "":
+        return "(empty)"
+    return str(value)
+
+
+def _mask_url_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc
+    userinfo, _, hostport = netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:{MASK}@{hostport}").geturl()
+
+
+def _read_secret_file(directory: str, env: str) -> Optional[str]:
+    path = os.path.join(directory, env)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ConfigError(f"IMAPSVC_SECRETS_DIR: cannot read {env}: {e.strerror}") from None
+
+
+def _describe(setting: Setting, text: str) -> str:
+    return setting.env if setting.sensitive else f"{setting.env}={text!r}"
+
+
+def load_settings(
+    environ: Optional[Mapping[str, str]] = None,
+    overrides: Optional[Mapping[str, Optional[str]]] = None,
+) -> Settings:
+    """Build :class:`Settings` from the environment and option overrides.
+
+    :param environ: the environment (``os.environ`` when ``None``).
+    :param overrides: raw option values keyed by environment variable name
+        or attribute name; ``None`` and ``""`` mean "not given". They win
+        over the environment.
+    :raises ConfigError: on the first bad value or inconsistent pair.
+    """
+    if environ is None:
+        environ = os.environ
+    given: dict[str, str] = {}
+    for key, value in (overrides or {}).items():
+        if value is None or str(value).strip() == "":
+            continue
+        setting = SETTINGS_BY_ENV.get(key) or SETTINGS_BY_NAME.get(key)
+        if setting is None:
+            raise ConfigError(f"unknown setting {key}")
+        given[setting.env] = str(value)
+
+    def raw(setting: Setting) -> Optional[str]:
+        if setting.env in given:
+            return given[setting.env]
+        text = environ.get(setting.env)
+        if text is not None and text.strip() != "":
+            return text
+        return None
+
+    values: dict[str, Any] = {}
+    secrets_setting = SETTINGS_BY_ENV["IMAPSVC_SECRETS_DIR"]
+    secrets_dir = _parse_one(secrets_setting, raw(secrets_setting))
+    for setting in SETTINGS:
+        text = raw(setting)
+        if text is None and secrets_dir and setting is not secrets_setting:
+            text = _read_secret_file(secrets_dir, setting.env) or None
+        values[setting.name] = _parse_one(setting, text)
+    settings = Settings(**values)
+    _check_relations(settings)
+    return settings
+
+
+def _parse_one(setting: Setting, text: Optional[str]) -> Any:
+    if text is None:
+        return setting.default() if callable(setting.default) else setting.default
+    try:
+        return setting.parse(text)
+    except _Invalid as e:
+        raise ConfigError(f"{_describe(setting, text.strip())} {e}") from None
+
+
+def _check_relations(s: Settings) -> None:
+    if s.reconnect_base_ms > s.reconnect_max_ms:
+        raise ConfigError(
+            f"IMAP_RECONNECT_BASE_MS ({s.reconnect_base_ms}) must not exceed "
+            f"IMAP_RECONNECT_MAX_MS ({s.reconnect_max_ms})"
+        )
+    if s.idle_restart_ms >= IDLE_RESTART_LIMIT_MS:
+        raise ConfigError(
+            f"IMAP_IDLE_RESTART_MS ({s.idle_restart_ms}) must be below 29 minutes "
+            f"({IDLE_RESTART_LIMIT_MS}); servers drop IDLE after 30"
+        )
+    if s.inactivity_timeout_ms <= DOVECOT_KEEPALIVE_MS:
+        raise ConfigError(
+            f"IMAP_INACTIVITY_TIMEOUT_MS ({s.inactivity_timeout_ms}) must exceed "
+            f"{DOVECOT_KEEPALIVE_MS} (the 2 minute IDLE keep-alive of Dovecot)"
+        )
+    # The lease is renewed on the refresh tick, which jitter may stretch: a
+    # TTL shorter than the longest tick would let a healthy worker lose it.
+    longest_tick = s.provider_refresh_ms * (1 + s.timer_jitter_pct)
+    if s.lease_ttl_ms <= longest_tick:
+        raise ConfigError(
+            f"IMAP_LEASE_TTL_MS ({s.lease_ttl_ms}) must exceed IMAP_PROVIDER_REFRESH_MS "
+            f"plus its jitter ({int(longest_tick)}) or leases expire between renewals"
+        )
+    if s.tls_insecure and s.tls_ca_file:
+        raise ConfigError("IMAP_TLS_INSECURE and IMAP_TLS_CA_FILE contradict each other: set one")
+    if s.max_attachment_bytes > s.max_raw_mime_bytes:
+        raise ConfigError(
+            f"IMAP_MAX_ATTACHMENT_BYTES ({s.max_attachment_bytes}) must not exceed "
+            f"IMAP_MAX_RAW_MIME_BYTES ({s.max_raw_mime_bytes})"
+        )
+
+
+def settings_markdown() -> str:
+    """``docs/settings.md``: the settings table as Markdown."""
+    lines = [
+        "# Settings",
+        "",
+        "Generated from `imapsvc/config.py` by `python -m imapsvc config --markdown`;",
+        "do not edit by hand.",
+        "",
+        "Every setting is an environment variable and a `twistd imapsvc` option",
+        "(`--provider-refresh-ms` for `IMAP_PROVIDER_REFRESH_MS`). Precedence, highest first:",
+        "the option, the environment variable, a file named like the variable in",
+        "`IMAPSVC_SECRETS_DIR`, the default. An empty value counts as unset.",
+        "A bad value stops start-up with one line naming the variable (exit status 2).",
+        "Booleans accept true/false/1/0/yes/no; `_PCT` values are fractions between 0 and 1.",
+        "",
+        "Consistency rules: `IMAP_RECONNECT_BASE_MS` <= `IMAP_RECONNECT_MAX_MS`;",
+        f"`IMAP_IDLE_RESTART_MS` < {IDLE_RESTART_LIMIT_MS} (29 min);",
+        f"`IMAP_INACTIVITY_TIMEOUT_MS` > {DOVECOT_KEEPALIVE_MS} (Dovecot's IDLE keep-alive);",
+        "`IMAP_LEASE_TTL_MS` > `IMAP_PROVIDER_REFRESH_MS` * (1 + `IMAP_TIMER_JITTER_PCT`);",
+        "`IMAP_MAX_ATTACHMENT_BYTES` <= `IMAP_MAX_RAW_MIME_BYTES`;",
+        "`IMAP_TLS_INSECURE` and `IMAP_TLS_CA_FILE` are not set together.",
+        "",
+        "Sensitive settings (marked *secret*) are never printed, logged or repeated in",
+        "error messages; prefer the environment or `IMAPSVC_SECRETS_DIR` over options,",
+        "which other local users can read from the process list.",
+    ]
+    group = None
+    for setting in SETTINGS:
+        if setting.group != group:
+            group = setting.group
+            lines += ["", f"## {group}", "", "| variable | option | default | meaning |",
+                      "|---|---|---|---|"]  # fmt: skip
+        meaning = setting.help + (" (*secret*)" if setting.sensitive else "")
+        lines.append(
+            f"| `{setting.env}` | `--{setting.option}` | `{setting.default_text()}` | {meaning} |"
+        )
+    return "\n".join(lines) + "\n"
