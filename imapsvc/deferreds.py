@@ -1,0 +1,87 @@
+"""Small Deferred helpers shared by the Twisted shells.
+
+- :func:`with_deadline`: every call to an external peer gets a deadline
+  (txredisapi waits forever for a connection while Redis is down).
+- :func:`fire_and_forget`: a background Deferred that nobody waits for still
+  ends in an errback that logs (and optionally counts) its failure.
+- :func:`thread_runner` / :func:`synchronous_runner`: how heavy pure work is
+  moved off the reactor thread, injectable so tests stay synchronous.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, TypeVar
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+T = TypeVar("T")
+
+_log = Logger()
+
+#: ``runner(f, *args, **kwargs) -> Deferred`` of ``f``'s result.
+Runner = Callable[..., "defer.Deferred[Any]"]
+
+
+class DeadlineExceeded(Exception):
+    """An operation did not finish within its deadline."""
+
+
+def with_deadline(
+    d: defer.Deferred[T], seconds: float, clock: Any, what: str = "operation"
+) -> defer.Deferred[T]:
+    """Fail ``d`` with :class:`DeadlineExceeded` (and cancel what it waits
+    for) when it has not fired within ``seconds`` on ``clock``.
+
+    :param what: a short, secret-free description for the error message.
+    """
+
+    def on_timeout(result: Any, timeout: float) -> Any:
+        if isinstance(result, Failure) and result.check(defer.TimeoutError):
+            raise DeadlineExceeded(f"{what} did not finish within {timeout:g}s")
+        return result
+
+    return d.addTimeout(seconds, clock, onTimeoutCancel=on_timeout)
+
+
+def fire_and_forget(
+    d: defer.Deferred[Any],
+    log: Optional[Logger] = None,
+    what: str = "background task",
+    on_error: Optional[Callable[[Failure], None]] = None,
+) -> defer.Deferred[None]:
+    """Make ``d`` safe to drop: a failure is logged (and handed to
+    ``on_error``, e.g. a metrics counter) instead of becoming an
+    "Unhandled error in Deferred".
+
+    :return: ``d``, which now always succeeds with ``None``.
+    """
+    logger = log or _log
+
+    def failed(failure: Failure) -> None:
+        logger.failure("{what} failed", failure=failure, what=what)
+        if on_error is not None:
+            try:
+                on_error(failure)
+            except Exception:
+                logger.failure("error hook of {what} failed", what=what)
+
+    return d.addCallbacks(lambda _: None, failed)
+
+
+def synchronous_runner(f: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
+    """Run ``f`` right here and wrap its outcome in a Deferred (for tests and
+    for the embedded setup where nothing is heavy)."""
+    return defer.maybeDeferred(f, *args, **kwargs)
+
+
+def thread_runner(reactor: Any, pool: Any) -> Runner:
+    """A runner that calls ``f`` in ``pool`` (a started
+    :class:`~twisted.python.threadpool.ThreadPool`) and fires on ``reactor``."""
+
+    def run(f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        return deferToThreadPool(reactor, pool, f, *args, **kwargs)
+
+    return run

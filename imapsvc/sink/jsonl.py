@@ -1,0 +1,208 @@
+"""The embedded default sink: stream entries appended to a JSON Lines file.
+
+File format, one JSON object per line (UTF-8)::
+
+    {"stream": "workflow:events:global", "id": "1736512496789-0",
+     "fields": {"event_id": "...", "event_name": "INBOUND_EMAIL_RECEIVED", ...}}
+
+``stream`` is the configured stream name, ``id`` a Redis-style entry id
+(``<milliseconds>-<sequence>``, strictly increasing within the file, also
+across restarts) and ``fields`` the flat string fields exactly as they would
+be XADDed. A consumer deduplicates by ``fields["event_id"]``, as with Redis.
+
+Durability: each :meth:`JsonLinesSink.publish` writes its whole batch, then
+flushes and fsyncs before its Deferred fires. A crash in the middle of a
+write can leave a partial last line; :meth:`JsonLinesSink.start` cuts it off
+(that batch was never acknowledged, so the relay publishes it again).
+
+The file I/O is synchronous on the calling thread: a few small lines and one
+fsync per batch, which is acceptable for the single-node embedded setup this
+sink exists for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from imapsvc.interfaces import ISink
+
+_log = Logger()
+
+
+def _parse_id(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq)
+
+
+def read_entries(path: str) -> Iterator[dict[str, Any]]:
+    """Yield the complete entries of a JSON Lines sink file, in order
+    (a partial last line is ignored)."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            yield json.loads(line)
+
+
+@implementer(ISink)
+class JsonLinesSink:
+    """Append stream entries to ``path`` (see the module docstring).
+
+    :param path: the file; its directory must exist.
+    :param stream: the stream name written into every line.
+    :param clock: an ``IReactorTime`` for the ids' millisecond part
+        (default: the wall clock).
+    """
+
+    def __init__(
+        self, path: str, stream: str = "workflow:events:global", clock: Optional[Any] = None
+    ) -> None:
+        self.path = path
+        self.stream = stream
+        self._now = clock.seconds if clock is not None else time.time
+        self._fd: Optional[int] = None
+        self._last: tuple[int, int] = (0, 0)
+
+    def start(self) -> defer.Deferred[None]:
+        """Open the file, repair a partial last line, resume the id sequence."""
+        return defer.maybeDeferred(self._open)
+
+    def _open(self) -> None:
+        if self._fd is not None:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            self._last = self._repair(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _repair(self, fd: int) -> tuple[int, int]:
+        """Truncate after the last complete line; return the last id in it."""
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return (0, 0)
+        # Scan backwards for the last newline: the file may be large.
+        block = 64 * 1024
+        end = size
+        good_end = 0
+        tail = b""
+        while end > 0:
+            start = max(0, end - block)
+            chunk = os.pread(fd, end - start, start)
+            tail = chunk + tail
+            idx = chunk.rfind(b"\n")
+            if idx >= 0:
+                good_end = start + idx + 1
+                break
+            end = start
+        if good_end != size:
+            _log.warn(
+                "Cutting off a partial last line ({count} bytes) of {path}",
+                count=size - good_end,
+                path=self.path,
+            )
+            os.ftruncate(fd, good_end)
+            os.fsync(fd)
+        if good_end == 0:
+            return (0, 0)
+        # The last complete line ends at good_end; read it back.
+        line_start = good_end - 1
+        window = 64 * 1024
+        while True:
+            start = max(0, line_start - window)
+            chunk = os.pread(fd, line_start - start, start)
+            idx = chunk.rfind(b"\n")
+            if idx >= 0 or start == 0:
+                first = start + idx + 1 if idx >= 0 else 0
+                break
+            window *= 2
+        last_line = os.pread(fd, good_end - first, first)
+        try:
+            return _parse_id(json.loads(last_line)["id"])
+        except (ValueError, KeyError, TypeError):
+            _log.warn("Last line of {path} has no readable id; ids restart", path=self.path)
+            return (0, 0)
+
+    def _next_id(self) -> str:
+        ms = int(self._now() * 1000)
+        last_ms, last_seq = self._last
+        if ms <= last_ms:
+            self._last = (last_ms, last_seq + 1)
+        else:
+            self._last = (ms, 0)
+        return f"{self._last[0]}-{self._last[1]}"
+
+    def publish(
+        self, entries: Sequence[tuple[str, Mapping[str, str]]]
+    ) -> defer.Deferred[list[str]]:
+        """Append ``entries`` (``(event_id, fields)``) as one write, then fsync.
+
+        :return: Deferred of the ids given to the entries, in order.
+        """
+        return defer.maybeDeferred(self._publish, entries)
+
+    def _publish(self, entries: Sequence[tuple[str, Mapping[str, str]]]) -> list[str]:
+        self._open()
+        assert self._fd is not None
+        if not entries:
+            return []
+        saved = self._last
+        ids = []
+        lines = []
+        try:
+            for _event_id, fields in entries:
+                for key, value in fields.items():
+                    if not isinstance(key, str) or not isinstance(value, str):
+                        raise TypeError("stream fields must be strings")
+                stream_id = self._next_id()
+                ids.append(stream_id)
+                lines.append(
+                    json.dumps(
+                        {"stream": self.stream, "id": stream_id, "fields": dict(fields)},
+                        ensure_ascii=False,
+                        separators=(",", ":"),
+                    )
+                )
+        except BaseException:
+            self._last = saved
+            raise
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        before = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            os.fsync(self._fd)
+        except BaseException:
+            # Do not leave a partial line for the next batch to continue.
+            self._last = saved
+            try:
+                os.ftruncate(self._fd, before)
+            except OSError:
+                _log.failure("Could not cut a failed write off {path}", path=self.path)
+            raise
+        return ids
+
+    def ping(self) -> defer.Deferred[bool]:
+        """Answer when the file is open (or can be opened)."""
+        return defer.maybeDeferred(lambda: (self._open(), True)[1])
+
+    def stop(self) -> defer.Deferred[None]:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        return defer.succeed(None)

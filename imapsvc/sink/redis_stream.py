@@ -1,0 +1,237 @@
+"""The production sink: one ``XADD`` per entry to a Redis stream (txredisapi).
+
+txredisapi has no stream commands, so entries go out through
+``execute_command("XADD", stream, [MAXLEN ~ n], "*", k1, v1, ...)``. A batch
+is written on one connection without waiting for replies in between (Redis
+pipelining: the protocol writes each command as it is issued), so entries are
+appended in order and a batch of 500 costs one round trip, not 500.
+
+While Redis is down txredisapi parks new commands until a connection comes
+back, without any timeout; every call here therefore carries a deadline, and
+a batch that misses it aborts the connection so commands already written do
+not pile up on a socket that stopped answering.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+from urllib.parse import unquote, urlsplit
+
+import attr
+import txredisapi
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from imapsvc.deferreds import DeadlineExceeded, with_deadline
+from imapsvc.interfaces import ISink
+
+_log = Logger()
+
+
+class SinkUnavailable(Exception):
+    """The Redis stream could not be written (down, refused, timed out)."""
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class RedisAddress:
+    """What a ``redis://`` / ``rediss://`` URL names. The password never
+    appears in ``repr``."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: Optional[int] = None
+    username: Optional[str] = None
+    password: Optional[str] = attr.ib(default=None, repr=False)
+    tls: bool = False
+
+    def redacted(self) -> str:
+        """The URL without credentials, for logs."""
+        scheme = "rediss" if self.tls else "redis"
+        db = f"/{self.db}" if self.db is not None else ""
+        return f"{scheme}://{self.host}:{self.port}{db}"
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """Parse ``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS).
+
+    :raises ValueError: with a message that does not contain the password.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("REDIS_URL must start with redis:// or rediss://")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError("REDIS_URL has an invalid port") from None
+    db: Optional[int] = None
+    path = parts.path.strip("/")
+    if path:
+        if not path.isdigit():
+            raise ValueError("REDIS_URL database must be a number")
+        db = int(path)
+    return RedisAddress(
+        host=parts.hostname or "127.0.0.1",
+        port=port,
+        db=db,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        tls=parts.scheme == "rediss",
+    )
+
+
+def xadd_args(stream: str, fields: Mapping[str, str], maxlen: int = 0) -> list[str]:
+    """The arguments of one ``XADD`` (pure; raises ``TypeError`` on a
+    non-string field so nothing of a bad batch is written)."""
+    args = ["XADD", stream]
+    if maxlen > 0:
+        # "~": trimming at macro-node boundaries is far cheaper than exact.
+        args += ["MAXLEN", "~", str(maxlen)]
+    args.append("*")
+    if not fields:
+        raise ValueError("a stream entry needs at least one field")
+    for key, value in fields.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError("stream fields must be strings")
+        args += [key, value]
+    return args
+
+
+@implementer(ISink)
+class RedisStreamSink:
+    """Publish stream entries with ``XADD``.
+
+    :param reactor: the reactor (``IReactorTCP`` + ``IReactorTime``).
+    :param url: ``REDIS_URL``.
+    :param stream: ``IMAP_EVENT_STREAM``.
+    :param timeout_s: deadline of every call (a whole batch, or a ping).
+    :param maxlen: ``MAXLEN ~ maxlen`` when > 0; off by default because
+        trimming drops entries nobody has read yet.
+    :param reconnect_max_s: the longest pause between reconnection attempts.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        url: str,
+        stream: str,
+        timeout_s: float,
+        maxlen: int = 0,
+        reconnect_max_s: float = 5.0,
+    ) -> None:
+        self._reactor = reactor
+        self._address = parse_redis_url(url)
+        self.stream = stream
+        self._timeout_s = timeout_s
+        self._maxlen = maxlen
+        self._reconnect_max_s = reconnect_max_s
+        self._factory: Optional[txredisapi.RedisFactory] = None
+
+    def __repr__(self) -> str:
+        return f"<RedisStreamSink {self._address.redacted()} stream={self.stream!r}>"
+
+    # -- lifecycle -----------------------------------------------------
+
+    def start(self) -> defer.Deferred[None]:
+        """Start connecting (in the background; commands wait for it)."""
+        if self._factory is None:
+            a = self._address
+            factory = txredisapi.RedisFactory(
+                a.redacted(),
+                a.db,
+                1,  # one connection: order of a batch is the order on the wire
+                isLazy=True,
+                handler=txredisapi.ConnectionHandler,
+                charset="utf-8",
+                password=a.password,
+                replyTimeout=None,  # our own deadline covers the whole call
+                convertNumbers=False,
+                username=a.username,
+            )
+            factory.reconnect = True
+            factory.maxDelay = self._reconnect_max_s
+            factory.initialDelay = min(factory.initialDelay, self._reconnect_max_s)
+            endpoint: Any = HostnameEndpoint(
+                self._reactor, a.host, a.port, timeout=max(1, int(self._timeout_s))
+            )
+            if a.tls:
+                endpoint = wrapClientTLS(optionsForClientTLS(a.host), endpoint)
+            factory.startConnecting(endpoint)
+            self._factory = factory
+            _log.info("Redis sink connecting to {address}", address=a.redacted())
+        return defer.succeed(None)
+
+    def stop(self) -> defer.Deferred[None]:
+        """Close the connection and stop reconnecting."""
+        factory, self._factory = self._factory, None
+        if factory is None:
+            return defer.succeed(None)
+        d = with_deadline(factory.disconnect(), self._timeout_s, self._reactor, "Redis disconnect")
+        d.addErrback(lambda f: _log.failure("Redis sink did not close cleanly", failure=f))
+        return d.addCallback(lambda _: None)
+
+    # -- ISink ---------------------------------------------------------
+
+    def publish(
+        self, entries: Sequence[tuple[str, Mapping[str, str]]]
+    ) -> defer.Deferred[list[str]]:
+        """XADD every entry, pipelined on one connection, in order.
+
+        :return: Deferred of the stream ids, in order; fails with
+            :class:`SinkUnavailable` (a prefix may have been appended).
+        """
+        if not entries:
+            return defer.succeed([])
+        if self._factory is None:
+            return defer.fail(SinkUnavailable("Redis sink is not started"))
+        try:
+            commands = [xadd_args(self.stream, fields, self._maxlen) for _, fields in entries]
+        except (TypeError, ValueError) as e:
+            return defer.fail(e)
+        sent_on: list[Any] = []
+
+        def send(conn: Any) -> defer.Deferred[list[Any]]:
+            sent_on.append(conn)
+            # Each execute_command writes at once; replies are matched in order.
+            replies = [conn.execute_command(*args) for args in commands]
+            return defer.gatherResults(replies, consumeErrors=True)
+
+        d = self._factory.getConnection(peek=True)
+        d.addCallback(send)
+        with_deadline(d, self._timeout_s, self._reactor, "Redis XADD batch")
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(DeadlineExceeded) and sent_on and sent_on[0].transport:
+                # Replies may never come: drop the socket, the pool reconnects.
+                sent_on[0].transport.abortConnection()
+            if failure.check(defer.FirstError):
+                failure = failure.value.subFailure
+            raise SinkUnavailable(f"XADD to {self.stream!r} failed: {_describe(failure)}")
+
+        d.addCallbacks(lambda ids: [_text(i) for i in ids], failed)
+        return d
+
+    def ping(self) -> defer.Deferred[Any]:
+        """``PING`` with a deadline; fails with :class:`SinkUnavailable`."""
+        if self._factory is None:
+            return defer.fail(SinkUnavailable("Redis sink is not started"))
+        d = self._factory.getConnection(peek=True)
+        d.addCallback(lambda conn: conn.execute_command("PING"))
+        with_deadline(d, self._timeout_s, self._reactor, "Redis PING")
+
+        def failed(failure: Failure) -> None:
+            raise SinkUnavailable(f"Redis PING failed: {_describe(failure)}")
+
+        return d.addErrback(failed)
+
+
+def _text(value: Any) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else str(value)
+
+
+def _describe(failure: Failure) -> str:
+    # Exception text from Redis/txredisapi never carries the password.
+    return f"{type(failure.value).__name__}: {failure.value}"
