@@ -1,0 +1,880 @@
+"""The IMAP client protocol the folder engine drives.
+
+:class:`FolderIMAPClient` subclasses :class:`twisted.mail.imap4.IMAP4Client`
+but replaces its response reader and command machinery, because the
+inherited ones have defects that lose data or hang (see
+``/work/shared/STACK.md``): results keyed by sequence number, bodies decoded
+as text, 16 KiB line limit, a literal at the end of a line eats the line
+end, an empty line raises, no client IDLE, XOAUTH2 wrapped at 76 columns,
+``login()`` falling back to cleartext, no per-command deadline.
+
+Only the methods documented here are supported; the inherited command
+methods (``select``, ``fetchSpecific``, ...) are disabled.
+
+Rules every method follows:
+
+- commands go out one at a time, in submission order; a command submitted
+  while another (e.g. IDLE) is outstanding goes out after its tagged answer;
+- a command that gets NO/BAD, no answer within ``command_timeout`` seconds
+  of silence, or a response we cannot parse, fails its Deferred and drops the
+  connection (the folder engine reconnects); the other queued commands
+  fail with :class:`~imapsvc.imap.errors.ConnectionGone`;
+- secrets (passwords, tokens) are never logged nor put in exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from twisted.internet import defer
+from twisted.internet.interfaces import ISSLTransport, ITLSTransport
+from twisted.logger import Logger
+from twisted.mail.imap4 import IMAP4Client
+from twisted.python.failure import Failure
+
+from imapsvc.imap import responses
+from imapsvc.imap.errors import (
+    AuthenticationFailed,
+    CleartextRefused,
+    CommandFailed,
+    CommandTimeout,
+    ConnectionGone,
+    IMAPError,
+    ProtocolViolation,
+    Throttled,
+    TLSRequired,
+)
+from imapsvc.imap.responses import ResponseParseError
+
+log = Logger()
+
+Caps = dict[bytes, Optional[list[bytes]]]
+
+_MIB = 1024 * 1024
+
+
+class _Command:
+    """One command in flight or queued.
+
+    :ivar chunks: what to write: the first chunk follows the tag; every
+        further chunk is written after a ``+`` continuation (synchronising
+        literals).
+    :ivar kind: how the answer is interpreted (``"auth"``, ``"idle"``, ...).
+    """
+
+    def __init__(self, name: bytes, chunks: list[bytes], kind: str = "plain") -> None:
+        self.name = name
+        self.chunks = chunks
+        self.kind = kind
+        self.defer: defer.Deferred = defer.Deferred()
+        self.tag: Optional[bytes] = None
+        self.untagged: list[tuple[str, Any]] = []
+        self.fetches: dict[int, dict[str, Any]] = {}
+        self.codes: list[tuple[str, Optional[str], str, str]] = []
+        self.exists: Optional[int] = None
+        self.deadline: Any = None
+        self.on_continuation: Optional[Callable[[_Command, bytes], None]] = None
+        self.on_ok: Optional[Callable[[_Command, Optional[str]], Any]] = None
+        self.on_exists: Optional[Callable[[int], Any]] = None
+        self.continuations = 0
+
+
+class FolderIMAPClient(IMAP4Client):
+    """IMAP client for one folder connection.
+
+    :param clock: ``IReactorTime`` used for every deadline.
+    :param command_timeout: seconds of silence after which an outstanding
+        command (or a missing greeting) drops the connection.
+    :param contextFactory: kept for ``IMAP4Client`` compatibility; TLS is
+        started only by :meth:`start_tls` with an explicit creator.
+    :param inactivity_timeout: seconds without any byte from the server
+        after which the connection is dropped (``None``: off). Must exceed the
+        server's keepalive interval (Dovecot: 2 minutes) and the IDLE
+        re-issue interval for servers that send no keepalive.
+
+    :ivar greeted: fires with the capability dict after the greeting (a
+        ``CAPABILITY`` is issued when the greeting carries none).
+    :ivar capabilities: the latest capability dict (Twisted's shape:
+        ``{b"IDLE": None, b"AUTH": [b"XOAUTH2"]}``) or ``None``.
+    :ivar on_bye: ``callable(text)`` called once when the server says BYE
+        outside LOGOUT; a normal reason to reconnect, not an error.
+    :ivar idling: ``True`` between the server's ``+`` to IDLE and DONE.
+    :ivar last_exists: the last ``* n EXISTS`` seen, whatever the command.
+    """
+
+    # A "* SEARCH" answer is one line: 1,000,000 UIDs of 7 digits are 8 MB.
+    # Literals (message bodies) do not count against this; this bounds only
+    # the memory a hostile or broken server can make us buffer for a line.
+    MAX_LENGTH = 16 * _MIB
+    #: Largest literal accepted; the engine fetches at most the raw-MIME cap
+    #: (25 MiB) in one literal, anything far beyond that is an attack or a bug.
+    max_literal_bytes = 64 * _MIB
+
+    def __init__(
+        self,
+        clock,
+        command_timeout: float,
+        contextFactory=None,
+        inactivity_timeout: Optional[float] = None,
+    ) -> None:
+        IMAP4Client.__init__(self, contextFactory)
+        self.clock = clock
+        self.command_timeout = command_timeout
+        self.inactivity_timeout = inactivity_timeout
+        self.greeted: defer.Deferred = defer.Deferred()
+        self.capabilities: Optional[Caps] = None
+        self.on_bye: Optional[Callable[[str], Any]] = None
+        self.bye_text: Optional[str] = None
+        self.idling = False
+        self.last_exists: Optional[int] = None
+        self._current: Optional[_Command] = None
+        self._waiting: list[_Command] = []
+        self._texts: Optional[list[bytes]] = None
+        self._literals: list[bytes] = []
+        self._literal_left = 0
+        self._literal_chunks: list[bytes] = []
+        self._closed = False
+        self._tls_started = False
+        self._logging_out = False
+        self._greeting_deadline: Any = None
+        self._watchdog: Any = None
+        self._idle_cmd: Optional[_Command] = None
+        self._idle_done_requested = False
+        self._idle_done_sent = False
+
+    # -- connection lifecycle -------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._greeting_deadline = self.clock.callLater(
+            self.command_timeout, self._greeting_timed_out
+        )
+        if self.inactivity_timeout:
+            self._watchdog = self.clock.callLater(self.inactivity_timeout, self._inactive)
+
+    def connectionLost(self, reason=None) -> None:
+        was_closed = self._closed
+        self._closed = True
+        self.idling = False
+        self._cancel_timers()
+        if reason is None:
+            reason = Failure(ConnectionGone("connection lost"))
+        commands = self._take_all_commands()
+        for cmd in commands:
+            if cmd.kind == "logout":
+                cmd.defer.callback(None)  # the server closing is LOGOUT's answer
+            else:
+                cmd.defer.errback(reason)
+        if not self.greeted.called:
+            self.greeted.errback(reason)
+        if not was_closed:
+            log.info("IMAP connection lost: {why}", why=reason.getErrorMessage())
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._greeting_deadline, self._watchdog):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._greeting_deadline = self._watchdog = None
+        if self._current is not None:
+            self._disarm(self._current)
+
+    def _take_all_commands(self) -> list[_Command]:
+        commands = ([self._current] if self._current is not None else []) + self._waiting
+        self._current = None
+        self._waiting = []
+        self._idle_cmd = None
+        for cmd in commands:
+            self._disarm(cmd)
+        return commands
+
+    def _drop(self, error: Exception, abort: bool = True) -> None:
+        """Fail the outstanding command with ``error``, the queued ones with
+        :class:`ConnectionGone`, and close the connection."""
+        if self._closed:
+            return
+        self._closed = True
+        self.idling = False
+        self._cancel_timers()
+        commands = self._take_all_commands()
+        log.warn("Dropping IMAP connection: {error}", error=str(error))
+        for index, cmd in enumerate(commands):
+            if index == 0:
+                cmd.defer.errback(Failure(error))
+            else:
+                cmd.defer.errback(Failure(ConnectionGone(f"connection dropped: {error}")))
+        if not self.greeted.called:
+            self.greeted.errback(Failure(error))
+        if self.transport is not None:
+            if abort and hasattr(self.transport, "abortConnection"):
+                self.transport.abortConnection()
+            else:
+                self.transport.loseConnection()
+
+    def _greeting_timed_out(self) -> None:
+        self._greeting_deadline = None
+        self._drop(CommandTimeout(f"no greeting within {self.command_timeout}s"))
+
+    def _inactive(self) -> None:
+        self._watchdog = None
+        self._drop(CommandTimeout(f"no data from the server for {self.inactivity_timeout}s"))
+
+    # -- reading ----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.reset(self.inactivity_timeout)
+        current = self._current
+        # The deadline measures silence: a large literal still arriving is
+        # progress, not a hang.
+        if current is not None and current.deadline is not None and current.deadline.active():
+            current.deadline.reset(self.command_timeout)
+        IMAP4Client.dataReceived(self, data)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._drop(ProtocolViolation(f"server line longer than {self.MAX_LENGTH} bytes"))
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._closed:
+            return
+        if self._texts is None:
+            if not line:
+                # Some servers send stray empty lines; Twisted raises on them.
+                log.debug("Ignoring an empty line from the IMAP server")
+                return
+            self._texts = [line]
+            self._literals = []
+        else:
+            # The rest of a line after a literal; may be empty when the
+            # literal was the line's last token.
+            self._texts.append(line)
+        size = responses.literal_size(line)
+        if size is not None:
+            if size > self.max_literal_bytes:
+                self._drop(ProtocolViolation(f"literal of {size} bytes exceeds the limit"))
+                return
+            if size == 0:
+                self._literals.append(b"")
+                return
+            self._literal_left = size
+            self._literal_chunks = []
+            self.setRawMode()
+            return
+        texts, literals = self._texts, self._literals
+        self._texts, self._literals = None, []
+        self._dispatch(texts, literals)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        take = data[: self._literal_left]
+        rest = data[len(take) :]
+        self._literal_chunks.append(take)
+        self._literal_left -= len(take)
+        if self._literal_left == 0:
+            self._literals.append(b"".join(self._literal_chunks))
+            self._literal_chunks = []
+            # Unlike Twisted we keep the bytes after the literal as they are:
+            # a CRLF right there ends the response.
+            self.setLineMode(rest)
+
+    def _dispatch(self, texts: list[bytes], literals: list[bytes]) -> None:
+        tag, _, first = texts[0].partition(b" ")
+        texts = [first] + texts[1:]
+        try:
+            if tag == b"+":
+                self._on_continuation(texts[0])
+            elif tag == b"*":
+                self._on_untagged(texts, literals)
+            else:
+                self._on_tagged(tag, texts, literals)
+        except ResponseParseError as exc:
+            self._drop(ProtocolViolation(f"unparseable server response: {exc}"))
+
+    # -- responses --------------------------------------------------------
+
+    def _on_continuation(self, text: bytes) -> None:
+        cmd = self._current
+        if cmd is None or cmd.on_continuation is None:
+            self._drop(ProtocolViolation("unexpected continuation request"))
+            return
+        cmd.continuations += 1
+        cmd.on_continuation(cmd, text)
+
+    def _on_untagged(self, texts: list[bytes], literals: list[bytes]) -> None:
+        head = texts[0]
+        cmd = self._current
+        status = responses.parse_status(head) if not literals else None
+        if status is not None:
+            kind, code, args, text = status
+            if self.state is None:
+                self._on_greeting(kind, code, args, text)
+                return
+            if kind == "BYE":
+                self._on_bye(text)
+                return
+            if code == "CAPABILITY":
+                self.capabilities = responses.parse_capabilities(args.split())
+            if cmd is not None and cmd.kind != "idle":
+                cmd.codes.append(status)
+            return
+        word, _, rest = head.partition(b" ")
+        if word.isdigit():
+            number = int(word)
+            what, _, data = rest.partition(b" ")
+            what = what.upper()
+            if what == b"EXISTS":
+                self.last_exists = number
+                if cmd is not None:
+                    cmd.exists = number
+                    if cmd.on_exists is not None:
+                        try:
+                            cmd.on_exists(number)
+                        except Exception:
+                            log.failure("on_exists callback failed")
+            elif what == b"FETCH" and cmd is not None and cmd.kind == "fetch":
+                self._on_fetch(cmd, number, [data] + texts[1:], literals)
+            return
+        keyword = word.upper().decode("latin-1")
+        if keyword == "SEARCH":
+            if cmd is not None and not literals:
+                cmd.untagged.append((keyword, responses.parse_search(rest)))
+        elif keyword == "CAPABILITY":
+            caps = responses.parse_capabilities(rest.decode("latin-1").split())
+            self.capabilities = caps
+            if cmd is not None:
+                cmd.untagged.append((keyword, caps))
+        elif keyword in ("LIST", "FLAGS") and cmd is not None:
+            tokens = responses.tokenize(texts, literals)
+            cmd.untagged.append((keyword, tokens[1:]))
+
+    def _on_fetch(self, cmd: _Command, seq: int, texts: list[bytes], literals: list[bytes]):
+        try:
+            tokens = responses.tokenize(texts, literals)
+            if len(tokens) != 1 or not isinstance(tokens[0], list):
+                raise ResponseParseError("FETCH data is not one list")
+            pairs = responses.fetch_pairs(tokens[0])
+        except ResponseParseError as exc:
+            # One odd message (e.g. a broken BODYSTRUCTURE) must not make the
+            # whole folder unreadable: keep what can be recovered, mark it.
+            log.warn("Unparseable FETCH response for seq {seq}: {error}", seq=seq, error=exc)
+            pairs = responses.salvage_fetch(texts, literals)
+        cmd.fetches.setdefault(seq, {}).update(pairs)
+
+    def _on_greeting(self, kind: str, code: Optional[str], args: str, text: str) -> None:
+        if self._greeting_deadline is not None and self._greeting_deadline.active():
+            self._greeting_deadline.cancel()
+        self._greeting_deadline = None
+        if kind == "OK":
+            self.state = "unauth"
+        elif kind == "PREAUTH":
+            self.state = "auth"
+        else:
+            self.bye_text = text
+            self._drop(IMAPError(f"server refused the connection: {kind} {text}"), abort=False)
+            return
+        caps = responses.parse_capabilities(args.split()) if code == "CAPABILITY" else None
+        if caps is not None:
+            self.capabilities = caps
+        self.serverGreeting(caps)
+
+    def serverGreeting(self, caps) -> None:
+        """Fire :attr:`greeted`, asking for CAPABILITY first when the greeting
+        carried none."""
+        if caps is not None:
+            self.greeted.callback(caps)
+            return
+        d = self.capability()
+        d.addCallbacks(self._greeted_ok, self._greeted_failed)
+
+    def _greeted_ok(self, caps: Caps) -> None:
+        if not self.greeted.called:
+            self.greeted.callback(caps)
+
+    def _greeted_failed(self, failure: Failure) -> None:
+        if not self.greeted.called:
+            self.greeted.errback(failure)
+
+    def _on_bye(self, text: str) -> None:
+        self.bye_text = text
+        if self._logging_out:
+            return
+        log.info("IMAP server said BYE: {text}", text=text)
+        if self.on_bye is not None:
+            try:
+                self.on_bye(text)
+            except Exception:
+                log.failure("on_bye callback failed")
+
+    def _on_tagged(self, tag: bytes, texts: list[bytes], literals: list[bytes]) -> None:
+        cmd = self._current
+        if cmd is None or tag != cmd.tag:
+            self._drop(ProtocolViolation(f"answer with unknown tag {tag[:20]!r}"))
+            return
+        status = responses.parse_status(b"".join(texts) if not literals else texts[0])
+        if status is None:
+            self._drop(ProtocolViolation(f"bad tagged answer to {cmd.name!r}"))
+            return
+        kind, code, args, text = status
+        self._disarm(cmd)
+        if code == "CAPABILITY":
+            self.capabilities = responses.parse_capabilities(args.split())
+        if kind != "OK":
+            self._drop(self._error_for(cmd, kind, code, text), abort=False)
+            return
+        try:
+            result = cmd.on_ok(cmd, code) if cmd.on_ok is not None else None
+        except IMAPError as exc:
+            self._drop(exc)
+            return
+        if self._closed:
+            return
+        self._current = None
+        self._send_next()
+        cmd.defer.callback(result)
+
+    def _error_for(self, cmd: _Command, kind: str, code: Optional[str], text: str) -> Exception:
+        throttled, delay = responses.throttle_delay(code, text)
+        if throttled:
+            return Throttled(delay, text)
+        if cmd.kind == "auth":
+            return AuthenticationFailed(code, text)
+        return CommandFailed(code, f"{cmd.name.decode('ascii')} {kind}: {text}")
+
+    # -- writing ----------------------------------------------------------
+
+    def sendCommand(self, cmd):
+        """Twisted's command path is disabled: use the documented methods."""
+        raise NotImplementedError("FolderIMAPClient supports only its own command methods")
+
+    def _submit(self, cmd: _Command) -> defer.Deferred:
+        if self._closed:
+            return defer.fail(ConnectionGone("connection is closed"))
+        self._waiting.append(cmd)
+        if self._current is None:
+            self._send_next()
+        return cmd.defer
+
+    def _send_next(self) -> None:
+        if self._current is not None or not self._waiting or self._closed:
+            return
+        cmd = self._waiting.pop(0)
+        cmd.tag = self.makeTag()
+        self._current = cmd
+        if len(cmd.chunks) > 1 and cmd.on_continuation is None:
+            cmd.on_continuation = self._send_next_chunk
+        first, cmd.chunks = cmd.chunks[0], cmd.chunks[1:]
+        self._arm(cmd)
+        self.transport.write(cmd.tag + b" " + first + b"\r\n")
+
+    def _send_next_chunk(self, cmd: _Command, text: bytes) -> None:
+        if not cmd.chunks:
+            self._drop(ProtocolViolation("continuation request with nothing left to send"))
+            return
+        chunk, cmd.chunks = cmd.chunks[0], cmd.chunks[1:]
+        self.transport.write(chunk + b"\r\n")
+
+    def _arm(self, cmd: _Command) -> None:
+        self._disarm(cmd)
+        cmd.deadline = self.clock.callLater(self.command_timeout, self._timed_out, cmd)
+
+    def _disarm(self, cmd: _Command) -> None:
+        if cmd.deadline is not None and cmd.deadline.active():
+            cmd.deadline.cancel()
+        cmd.deadline = None
+
+    def _timed_out(self, cmd: _Command) -> None:
+        cmd.deadline = None
+        if cmd is self._current:
+            self._drop(
+                CommandTimeout(
+                    f"{cmd.name.decode('ascii')} got no answer within {self.command_timeout}s"
+                )
+            )
+
+    def _arguments(self, prefix: bytes, values: list[bytes]) -> list[bytes]:
+        """Chunks for ``prefix`` followed by string arguments: quoted when
+        possible, else a literal (non-synchronising with LITERAL+)."""
+        caps = self.capabilities or {}
+        chunks: list[bytes] = []
+        current = prefix
+        for value in values:
+            if not responses.needs_literal(value):
+                current += b" " + responses.quote(value)
+            elif b"LITERAL+" in caps:
+                current += b" {%d+}\r\n" % len(value) + value
+            else:
+                chunks.append(current + b" {%d}" % len(value))
+                current = value
+        chunks.append(current)
+        return chunks
+
+    # -- commands ---------------------------------------------------------
+
+    def capability(self) -> defer.Deferred:
+        """``CAPABILITY``; fires with the new capability dict."""
+        cmd = _Command(b"CAPABILITY", [b"CAPABILITY"])
+        cmd.on_ok = lambda cmd, code: self.capabilities or {}
+        return self._submit(cmd)
+
+    def noop(self) -> defer.Deferred:
+        """``NOOP``; fires with the last EXISTS count seen during it (or None)."""
+        cmd = _Command(b"NOOP", [b"NOOP"])
+        cmd.on_ok = lambda cmd, code: cmd.exists
+        return self._submit(cmd)
+
+    def logout(self) -> defer.Deferred:
+        """``LOGOUT``, then close. The server's BYE does not call
+        :attr:`on_bye`."""
+        self._logging_out = True
+        cmd = _Command(b"LOGOUT", [b"LOGOUT"], kind="logout")
+
+        def close(cmd, code):
+            self.transport.loseConnection()
+
+        cmd.on_ok = close
+        return self._submit(cmd)
+
+    def _is_tls(self) -> bool:
+        return self._tls_started or ISSLTransport.providedBy(self.transport)
+
+    def start_tls(self, context_factory) -> defer.Deferred:
+        """``STARTTLS`` with ``context_factory`` (a verifying
+        ``IOpenSSLClientConnectionCreator``), then ``CAPABILITY`` over TLS.
+
+        Fails with :class:`TLSRequired` (nothing sent, connection closed) when
+        the server does not offer STARTTLS; bytes received after the tagged OK
+        and before the handshake (an injection attempt) drop the connection.
+        """
+        if self._is_tls():
+            return defer.fail(IMAPError("the connection already uses TLS"))
+        d = defer.succeed(self.capabilities) if self.capabilities else self.capability()
+
+        def upgrade(caps: Caps) -> defer.Deferred:
+            if b"STARTTLS" not in caps:
+                error = TLSRequired("server does not offer STARTTLS")
+            elif ITLSTransport(self.transport, None) is None:
+                error = TLSRequired("transport cannot start TLS")
+            else:
+                cmd = _Command(b"STARTTLS", [b"STARTTLS"], kind="starttls")
+                cmd.on_ok = lambda cmd, code: self._begin_tls(context_factory)
+                return self._submit(cmd)
+            self._drop(error, abort=False)
+            raise error
+
+        d.addCallback(upgrade)
+        d.addCallback(lambda _: self.capability())
+        d.addCallback(lambda _: None)
+        return d
+
+    def _begin_tls(self, context_factory) -> None:
+        if self._buffer or self._texts is not None:
+            raise ProtocolViolation("data received after STARTTLS before the TLS handshake")
+        # Whatever was said in cleartext may have been forged.
+        self.capabilities = None
+        self.transport.startTLS(context_factory)
+        self._tls_started = True
+
+    def authenticate_with(self, credentials) -> defer.Deferred:
+        """Log in with :class:`imapsvc.model.Credentials`; fires with the
+        refreshed capability dict.
+
+        Refuses (:class:`CleartextRefused`, nothing sent) when the connection
+        is not TLS, for passwords and bearer tokens alike.
+        """
+        mechanism = credentials.mechanism.lower()
+        if not self._is_tls():
+            return defer.fail(
+                CleartextRefused(f"refusing {mechanism} login over a connection without TLS")
+            )
+        if mechanism == "password":
+            chunks = self._arguments(
+                b"LOGIN",
+                [credentials.username.encode("utf-8"), credentials.secret.encode("utf-8")],
+            )
+            cmd = _Command(b"LOGIN", chunks, kind="auth")
+        elif mechanism in ("xoauth2", "oauthbearer"):
+            cmd = self._sasl_command(mechanism, credentials.username, credentials.secret)
+            if cmd is None:
+                return defer.fail(
+                    AuthenticationFailed(
+                        "UNSUPPORTED", f"server does not offer AUTH={mechanism.upper()}"
+                    )
+                )
+        else:
+            return defer.fail(ValueError(f"unknown login mechanism {mechanism!r}"))
+        cmd.on_ok = self._logged_in
+        d = self._submit(cmd)
+        d.addCallback(lambda had_caps: self.capabilities if had_caps else self.capability())
+        return d
+
+    def _logged_in(self, cmd: _Command, code: Optional[str]) -> bool:
+        self.state = "auth"
+        return code == "CAPABILITY"
+
+    def _sasl_command(self, mechanism: str, username: str, token: str) -> Optional[_Command]:
+        caps = self.capabilities or {}
+        name = mechanism.upper().encode("ascii")
+        offered = caps.get(b"AUTH") or []
+        if self.capabilities is not None and name not in offered:
+            return None
+        if mechanism == "xoauth2":
+            initial = responses.xoauth2_initial(username, token)
+            # Google/Microsoft: answer the JSON error challenge with an empty line.
+            error_answer = b""
+        else:
+            initial = responses.oauthbearer_initial(username, token)
+            # RFC 7628 3.2.3: the client answers the error with a single %x01.
+            error_answer = b"AQ=="
+        # One line, never wrapped (Twisted wraps base64 at 76 columns).
+        if b"SASL-IR" in caps:
+            cmd = _Command(b"AUTHENTICATE", [b"AUTHENTICATE " + name + b" " + initial], "auth")
+            initial_sent = True
+        else:
+            cmd = _Command(b"AUTHENTICATE", [b"AUTHENTICATE " + name], "auth")
+            initial_sent = False
+
+        def on_continuation(cmd: _Command, text: bytes) -> None:
+            if not initial_sent and cmd.continuations == 1:
+                self.transport.write(initial + b"\r\n")
+            elif cmd.continuations <= (1 if initial_sent else 2):
+                self.transport.write(error_answer + b"\r\n")
+            else:
+                self.transport.write(b"*\r\n")  # cancel; the server answers BAD/NO
+
+        cmd.on_continuation = on_continuation
+        return cmd
+
+    def list_folders(self) -> defer.Deferred:
+        """``LIST "" "*"`` -> ``[(flags, delimiter, name)]``, names as the
+        server spells them (modified UTF-7)."""
+        cmd = _Command(b"LIST", [b'LIST "" "*"'])
+
+        def done(cmd, code):
+            out = []
+            for keyword, tokens in cmd.untagged:
+                if keyword != "LIST" or len(tokens) < 3:
+                    continue
+                flags, delimiter, name = tokens[0], tokens[1], tokens[2]
+                out.append(
+                    (
+                        tuple(str(flag) for flag in (flags or ()) if isinstance(flag, str)),
+                        None if delimiter is None else _text(delimiter),
+                        _text(name),
+                    )
+                )
+            return out
+
+        cmd.on_ok = done
+        return self._submit(cmd)
+
+    def examine_folder(self, name: str) -> defer.Deferred:
+        """``EXAMINE name`` (read-only) -> ``{"uidvalidity", "uidnext",
+        "exists", "read_only"}``; ``uidnext`` is ``None`` when the server
+        gives none."""
+        cmd = _Command(b"EXAMINE", self._arguments(b"EXAMINE", [name.encode("utf-8")]))
+
+        def done(cmd, code):
+            found: dict[str, Optional[int]] = {"uidvalidity": None, "uidnext": None}
+            for _kind, resp_code, args, _text in cmd.codes:
+                key = (resp_code or "").lower()
+                if key in found:
+                    try:
+                        found[key] = int(args.split()[0])
+                    except (ValueError, IndexError):
+                        raise ProtocolViolation(f"bad {resp_code} in EXAMINE answer") from None
+            if found["uidvalidity"] is None:
+                raise ProtocolViolation("EXAMINE answer without UIDVALIDITY")
+            self.state = "selected"
+            return {
+                "uidvalidity": found["uidvalidity"],
+                "uidnext": found["uidnext"],
+                "exists": cmd.exists or 0,
+                "read_only": code != "READ-WRITE",
+            }
+
+        cmd.on_ok = done
+        return self._submit(cmd)
+
+    def uid_search_from(self, first_uid: int) -> defer.Deferred:
+        """``UID SEARCH UID first:*`` -> sorted UIDs ``>= first_uid`` (the
+        range always matches the highest UID, even below ``first_uid``)."""
+        first_uid = max(1, int(first_uid))
+        cmd = _Command(b"UID SEARCH", [b"UID SEARCH UID %d:*" % first_uid])
+
+        def done(cmd, code):
+            uids: set[int] = set()
+            for keyword, numbers in cmd.untagged:
+                if keyword == "SEARCH":
+                    uids.update(uid for uid in numbers if uid >= first_uid)
+            return sorted(uids)
+
+        cmd.on_ok = done
+        return self._submit(cmd)
+
+    def _uid_fetch(self, uids, items: bytes) -> defer.Deferred:
+        cmd = _Command(
+            b"UID FETCH", [b"UID FETCH " + responses.uid_set(uids) + b" " + items], "fetch"
+        )
+        wanted = {int(uid) for uid in uids}
+
+        def done(cmd, code):
+            by_uid: dict[int, dict[str, Any]] = {}
+            for pairs in cmd.fetches.values():
+                try:
+                    uid = int(pairs.get("UID"))  # type: ignore[arg-type]
+                except (TypeError, ValueError):
+                    continue  # an unsolicited FETCH (flags) without UID
+                if uid in wanted:
+                    by_uid.setdefault(uid, {}).update(pairs)
+            return by_uid
+
+        cmd.on_ok = done
+        return self._submit(cmd)
+
+    def fetch_meta(self, uids) -> defer.Deferred:
+        """Size, INTERNALDATE, BODYSTRUCTURE and exact header bytes, keyed by
+        UID: ``{uid: {"size", "internaldate", "bodystructure", "header"}}``.
+        ``bodystructure`` is a nested list of ``str``/``None`` or ``None``."""
+        d = self._uid_fetch(
+            uids, b"(UID RFC822.SIZE INTERNALDATE BODYSTRUCTURE BODY.PEEK[HEADER])"
+        )
+
+        def shape(by_uid):
+            out = {}
+            for uid, pairs in by_uid.items():
+                sections = _sections(pairs)
+                size = pairs.get("RFC822.SIZE")
+                date = pairs.get("INTERNALDATE")
+                structure = pairs.get("BODYSTRUCTURE")
+                out[uid] = {
+                    "size": int(size) if isinstance(size, str) and size.isdigit() else 0,
+                    "internaldate": None if date is None else _text(date),
+                    "bodystructure": responses.to_text_tree(structure)
+                    if isinstance(structure, list)
+                    else None,
+                    "header": sections.get(("HEADER", None), b""),
+                }
+            return out
+
+        d.addCallback(shape)
+        return d
+
+    def fetch_sections(self, requests) -> defer.Deferred:
+        """``BODY.PEEK[section]`` (``<0.N>`` when a length is given) for each
+        UID -> ``{uid: {section: exact bytes}}``. UIDs that ask for the same
+        sections share one command."""
+        groups: dict[tuple, list[int]] = {}
+        for uid, wanted in requests.items():
+            key = tuple((str(section), length) for section, length in wanted)
+            if key:
+                groups.setdefault(key, []).append(int(uid))
+        results: dict[int, dict[str, bytes]] = {}
+        d: defer.Deferred = defer.succeed(None)
+        for key, uids in groups.items():
+            d.addCallback(lambda _, key=key, uids=uids: self._fetch_group(key, uids, results))
+        d.addCallback(lambda _: results)
+        return d
+
+    def _fetch_group(self, key, uids, results) -> defer.Deferred:
+        items = [b"UID"]
+        for section, length in key:
+            item = b"BODY.PEEK[" + section.encode("ascii") + b"]"
+            if length is not None:
+                item += b"<0.%d>" % int(length)
+            items.append(item)
+        d = self._uid_fetch(uids, b"(" + b" ".join(items) + b")")
+
+        def collect(by_uid):
+            for uid, pairs in by_uid.items():
+                sections = _sections(pairs)
+                got = results.setdefault(uid, {})
+                for section, length in key:
+                    origin = None if length is None else 0
+                    value = sections.get((section.upper(), origin))
+                    if value is None and origin is not None:
+                        # Some servers omit <0> when the part is shorter.
+                        value = sections.get((section.upper(), None))
+                    if value is not None:
+                        got[section] = value
+
+        d.addCallback(collect)
+        return d
+
+    def fetch_full(self, uids) -> defer.Deferred:
+        """``BODY.PEEK[]`` -> ``{uid: exact message bytes}``."""
+        d = self._uid_fetch(uids, b"(UID BODY.PEEK[])")
+
+        def shape(by_uid):
+            out = {}
+            for uid, pairs in by_uid.items():
+                body = _sections(pairs).get(("", None))
+                if body is not None:
+                    out[uid] = body
+            return out
+
+        d.addCallback(shape)
+        return d
+
+    def idle(self, on_exists: Callable[[int], Any]) -> defer.Deferred:
+        """``IDLE`` (RFC 2177): ``on_exists(n)`` for every ``* n EXISTS``;
+        fires when the server ends the command (after :meth:`done`)."""
+        cmd = _Command(b"IDLE", [b"IDLE"], kind="idle")
+        cmd.on_exists = on_exists
+        cmd.on_continuation = self._idle_started
+
+        def finished(cmd, code):
+            if self._idle_cmd is cmd:
+                self._idle_cmd = None
+            self.idling = False
+            return None
+
+        cmd.on_ok = finished
+        self._idle_cmd = cmd
+        self._idle_done_requested = False
+        self._idle_done_sent = False
+        return self._submit(cmd)
+
+    def _idle_started(self, cmd: _Command, text: bytes) -> None:
+        if cmd.continuations > 1:
+            return
+        self.idling = True
+        # While idling the server is silent by design: no command deadline,
+        # the inactivity watchdog alone watches the connection.
+        self._disarm(cmd)
+        if self._idle_done_requested:
+            self._send_done(cmd)
+
+    def done(self) -> None:
+        """End IDLE: sends ``DONE`` once (deferred until the server's ``+``
+        when that has not arrived yet)."""
+        cmd = self._idle_cmd
+        if cmd is None or self._idle_done_sent or self._closed:
+            return
+        if self.idling:
+            self._send_done(cmd)
+        else:
+            self._idle_done_requested = True
+
+    def _send_done(self, cmd: _Command) -> None:
+        self._idle_done_sent = True
+        self.idling = False
+        self.transport.write(b"DONE\r\n")
+        self._arm(cmd)
+
+
+def _text(value: Any) -> str:
+    raw = responses.as_bytes(value)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _sections(pairs: dict[str, Any]) -> dict[tuple[str, Optional[int]], bytes]:
+    out: dict[tuple[str, Optional[int]], bytes] = {}
+    for key, value in pairs.items():
+        section = responses.body_section_key(key)
+        if section is not None:
+            out[section] = responses.as_bytes(value) if not isinstance(value, list) else b""
+    return out

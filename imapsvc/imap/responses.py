@@ -1,0 +1,309 @@
+"""Pure parsing of IMAP server responses (no I/O, no Twisted).
+
+A complete server response arrives as text segments with the literals that
+sat between them: ``texts[i]`` ends with ``{n}`` and is followed by
+``literals[i]`` (exact bytes), so ``len(texts) == len(literals) + 1``.
+
+Tokens: atoms are ``str`` (ASCII), quoted strings and literals are ``bytes``
+(exact, unescaped), ``NIL`` is ``None``, parenthesised lists are ``list``.
+An atom keeps a bracketed section whole: ``BODY[HEADER.FIELDS (TO)]<0>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any, Optional, Sequence
+
+_ATOM = re.compile(rb'(?:[^\s()\["{]|\[[^\]]*\])+')
+_QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_UNESCAPE = re.compile(rb"\\(.)", re.DOTALL)
+_LITERAL_AT_END = re.compile(rb"\{(\d+)\+?\}$")
+_SPACE = re.compile(rb"[ \t]+")
+_STATUS = re.compile(
+    rb"^(OK|NO|BAD|BYE|PREAUTH)(?:[ ]+\[([^\]]*)\])?[ ]*(.*)$", re.IGNORECASE | re.DOTALL
+)
+_BACKOFF = re.compile(
+    rb"Suggested\s+Backoff\s+Time:\s*(\d+)\s*(milliseconds|ms|seconds|s)?", re.IGNORECASE
+)
+_FETCH_BODY_KEY = re.compile(r"^BODY\[(.*)\](?:<(\d+)>)?$", re.IGNORECASE | re.DOTALL)
+
+#: Response codes that mean "slow down" rather than "refused".
+THROTTLE_CODES = frozenset({"THROTTLED", "LIMIT"})
+
+
+class ResponseParseError(ValueError):
+    """The server sent something that is not valid IMAP syntax."""
+
+
+def literal_size(line: bytes) -> Optional[int]:
+    """The octet count when ``line`` ends with a literal announcement
+    (``{n}`` or ``{n+}``), else ``None``."""
+    match = _LITERAL_AT_END.search(line)
+    return int(match.group(1)) if match else None
+
+
+def tokenize(texts: Sequence[bytes], literals: Sequence[bytes] = ()) -> list[Any]:
+    """Parse one response (already split into text segments and literals)
+    into nested tokens.
+
+    :raises ResponseParseError: unbalanced parentheses, bad quoting, a
+        literal marker that is not at the end of its segment.
+    """
+    if len(texts) != len(literals) + 1:
+        raise ResponseParseError("literal count does not match segments")
+    stack: list[list[Any]] = [[]]
+    for index, text in enumerate(texts):
+        pos = 0
+        end = len(text)
+        while pos < end:
+            char = text[pos : pos + 1]
+            if char in (b" ", b"\t"):
+                pos = _SPACE.match(text, pos).end()  # type: ignore[union-attr]
+            elif char == b"(":
+                stack.append([])
+                pos += 1
+            elif char == b")":
+                if len(stack) < 2:
+                    raise ResponseParseError("unbalanced ')'")
+                done = stack.pop()
+                stack[-1].append(done)
+                pos += 1
+            elif char == b'"':
+                match = _QUOTED.match(text, pos)
+                if match is None:
+                    raise ResponseParseError("unterminated quoted string")
+                stack[-1].append(_UNESCAPE.sub(rb"\1", match.group(1)))
+                pos = match.end()
+            elif char == b"{":
+                match = _LITERAL_AT_END.match(text, pos)
+                if match is None or match.end() != end or index >= len(literals):
+                    raise ResponseParseError("literal marker not at end of line")
+                if int(match.group(1)) != len(literals[index]):
+                    raise ResponseParseError("literal size mismatch")
+                stack[-1].append(literals[index])
+                pos = end
+            else:
+                match = _ATOM.match(text, pos)
+                if match is None:
+                    raise ResponseParseError(f"unexpected byte {char!r}")
+                atom = match.group(0).decode("latin-1")
+                stack[-1].append(None if atom.upper() == "NIL" else atom)
+                pos = match.end()
+    if len(stack) != 1:
+        raise ResponseParseError("unbalanced '('")
+    return stack[0]
+
+
+def parse_status(text: bytes) -> Optional[tuple[str, Optional[str], str, str]]:
+    """Split a status response (``OK``/``NO``/``BAD``/``BYE``/``PREAUTH``).
+
+    :returns: ``(status, code, code_args, text)`` with ``status`` and ``code``
+        upper-cased (``code`` ``None`` when there is none), or ``None`` when
+        ``text`` is not a status response.
+    """
+    match = _STATUS.match(text)
+    if match is None:
+        return None
+    status = match.group(1).decode("ascii").upper()
+    code: Optional[str] = None
+    args = ""
+    if match.group(2) is not None:
+        inner = match.group(2).decode("latin-1").strip()
+        head, _, args = inner.partition(" ")
+        code = head.upper() or None
+    return status, code, args.strip(), match.group(3).decode("utf-8", "replace")
+
+
+def parse_capabilities(words: Sequence[str]) -> dict[bytes, Optional[list[bytes]]]:
+    """Capability atoms -> the dict shape Twisted uses: ``{b"IMAP4REV1": None,
+    b"AUTH": [b"PLAIN", b"XOAUTH2"]}`` (names upper-cased)."""
+    caps: dict[bytes, Optional[list[bytes]]] = {}
+    for word in words:
+        name, sep, value = word.upper().partition("=")
+        key = name.encode("ascii", "replace")
+        if sep:
+            existing = caps.get(key) or []
+            existing.append(value.encode("ascii", "replace"))
+            caps[key] = existing
+        else:
+            caps.setdefault(key, None)
+    return caps
+
+
+def capability_strings(caps: Optional[dict[bytes, Optional[list[bytes]]]]) -> list[str]:
+    """A capability dict as the sorted list of strings stored in
+    ``server_capabilities`` (``"AUTH=PLAIN"``, ``"IDLE"``, ...)."""
+    out: list[str] = []
+    for key, values in (caps or {}).items():
+        name = key.decode("ascii", "replace")
+        if values is None:
+            out.append(name)
+        else:
+            out.extend(f"{name}={value.decode('ascii', 'replace')}" for value in values)
+    return sorted(out)
+
+
+def throttle_delay(code: Optional[str], text: str) -> tuple[bool, Optional[float]]:
+    """Whether a response asks us to slow down, and for how many seconds.
+
+    Recognises the ``[THROTTLED]`` and ``[LIMIT]`` codes and Office 365's
+    "Suggested Backoff Time: N milliseconds".
+    """
+    match = _BACKOFF.search(text.encode("utf-8", "replace"))
+    delay: Optional[float] = None
+    if match:
+        unit = (match.group(2) or b"milliseconds").lower()
+        value = int(match.group(1))
+        delay = value / 1000.0 if unit in (b"milliseconds", b"ms") else float(value)
+    throttled = (code is not None and code.upper() in THROTTLE_CODES) or match is not None
+    return throttled, delay
+
+
+def parse_search(text: bytes) -> list[int]:
+    """The numbers of a ``SEARCH`` response body (everything after the word
+    ``SEARCH``). Fast path: a split, no tokenizer, for very long lines.
+
+    :raises ResponseParseError: a token that is not a number (e.g. a
+        ``(MODSEQ n)`` suffix is skipped, anything else is an error).
+    """
+    out: list[int] = []
+    words = text.split()
+    skip = False
+    for word in words:
+        if word.startswith(b"("):
+            skip = not word.endswith(b")")
+            continue
+        if skip:
+            skip = not word.endswith(b")")
+            continue
+        if not word.isdigit():
+            raise ResponseParseError(f"bad SEARCH number {word[:20]!r}")
+        out.append(int(word))
+    return out
+
+
+def fetch_pairs(items: Sequence[Any]) -> dict[str, Any]:
+    """A FETCH response's parenthesised list -> ``{KEY: value}``; keys are
+    upper-cased outside the brackets (``BODY[1.2]<0>`` stays as sent).
+
+    :raises ResponseParseError: an odd number of items.
+    """
+    if len(items) % 2:
+        raise ResponseParseError("FETCH data with a dangling key")
+    out: dict[str, Any] = {}
+    for key, value in zip(items[0::2], items[1::2]):
+        if not isinstance(key, str):
+            raise ResponseParseError("FETCH key is not an atom")
+        head, bracket, tail = key.partition("[")
+        out[head.upper() + bracket + tail] = value
+    return out
+
+
+def body_section_key(key: str) -> Optional[tuple[str, Optional[int]]]:
+    """``BODY[1.2]<0>`` -> ``("1.2", 0)``; ``BODY[]`` -> ``("", None)``;
+    section upper-cased; ``None`` for any other key."""
+    match = _FETCH_BODY_KEY.match(key)
+    if match is None:
+        return None
+    origin = match.group(2)
+    return match.group(1).upper(), (int(origin) if origin is not None else None)
+
+
+def to_text_tree(value: Any) -> Any:
+    """Turn tokens into the shape Twisted's fetch parsing gives: strings
+    (``bytes`` decoded as UTF-8, falling back to Latin-1), ``None`` and
+    nested lists. Used for BODYSTRUCTURE."""
+    if isinstance(value, list):
+        return [to_text_tree(item) for item in value]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value.decode("latin-1")
+    return value
+
+
+def as_bytes(value: Any) -> bytes:
+    """A string/literal/atom token as bytes (``NIL`` -> ``b""``)."""
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("latin-1")
+    raise ResponseParseError("expected a string")
+
+
+def quote(value: bytes) -> bytes:
+    """An IMAP quoted string (caller checks :func:`needs_literal` first)."""
+    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def needs_literal(value: bytes) -> bool:
+    """Whether ``value`` cannot be sent as a quoted string (8-bit, CR, LF,
+    NUL)."""
+    return any(byte > 0x7E or byte in (0, 0x0A, 0x0D) for byte in value)
+
+
+def xoauth2_initial(username: str, token: str) -> bytes:
+    """The XOAUTH2 initial client response, base64 encoded, one line."""
+    raw = f"user={username}\x01auth=Bearer {token}\x01\x01".encode()
+    return base64.b64encode(raw)
+
+
+def _gs2_name(username: str) -> str:
+    return username.replace("=", "=3D").replace(",", "=2C")
+
+
+def oauthbearer_initial(username: str, token: str) -> bytes:
+    """The OAUTHBEARER (RFC 7628) initial client response, base64, one line."""
+    raw = f"n,a={_gs2_name(username)},\x01auth=Bearer {token}\x01\x01".encode()
+    return base64.b64encode(raw)
+
+
+def uid_set(uids: Sequence[int]) -> bytes:
+    """A compact UID set (``1:3,7,9:10``) from any iterable of UIDs."""
+    ordered = sorted(set(int(uid) for uid in uids))
+    if not ordered:
+        raise ValueError("empty UID set")
+    ranges: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        ranges.append(f"{start}:{prev}" if start != prev else str(start))
+        start = prev = uid
+    ranges.append(f"{start}:{prev}" if start != prev else str(start))
+    return ",".join(ranges).encode("ascii")
+
+
+_SALVAGE_UID = re.compile(rb"\bUID\s+(\d+)", re.IGNORECASE)
+_SALVAGE_SIZE = re.compile(rb"\bRFC822\.SIZE\s+(\d+)", re.IGNORECASE)
+_SALVAGE_DATE = re.compile(rb'\bINTERNALDATE\s+"([^"]*)"', re.IGNORECASE)
+_SALVAGE_LITERAL_KEY = re.compile(rb"(BODY\[[^\]]*\](?:<\d+>)?)\s*\{\d+\+?\}$", re.IGNORECASE)
+
+
+def salvage_fetch(texts: Sequence[bytes], literals: Sequence[bytes]) -> dict[str, Any]:
+    """Best effort for a FETCH response the tokenizer rejects (e.g. a
+    broken BODYSTRUCTURE): UID, size, date and the literal body sections, so
+    the caller can fall back to the whole message instead of failing the
+    folder forever. BODYSTRUCTURE is left out."""
+    joined = b" ".join(texts)
+    out: dict[str, Any] = {}
+    for key, pattern in (
+        ("UID", _SALVAGE_UID),
+        ("RFC822.SIZE", _SALVAGE_SIZE),
+        ("INTERNALDATE", _SALVAGE_DATE),
+    ):
+        match = pattern.search(joined)
+        if match:
+            value = match.group(1)
+            out[key] = value if key == "INTERNALDATE" else value.decode("ascii")
+    for text, literal in zip(texts, literals):
+        match = _SALVAGE_LITERAL_KEY.search(text)
+        if match:
+            head, bracket, tail = match.group(1).decode("latin-1").partition("[")
+            out[head.upper() + bracket + tail] = literal
+    return out
