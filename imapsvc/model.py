@@ -196,6 +196,8 @@ class BodyPart:
     filename: Optional[str] = None
     lines: Optional[int] = None
     is_body_text: bool = False  # a text/plain or text/html part that is the message body
+    #: The part sits directly inside a multipart/related (an inline image of an HTML body).
+    in_related: bool = False
 
 
 @attr.s(frozen=True, auto_attribs=True)
