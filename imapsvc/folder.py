@@ -1,0 +1,625 @@
+"""One watched folder of one provider: its lifecycle and its sync loop.
+
+:class:`FolderService` is a thin Twisted shell around the pure core
+(``core.cursor``, ``core.folders``, ``core.plan``, ``core.backoff``): a
+:class:`~imapsvc.imap.factory.FolderClientFactory` (re)connects, and on each
+connection the service logs in, finds the folder, and then loops
+
+``EXAMINE -> read cursor -> UID SEARCH -> chunks of (fetch_meta -> plan ->
+fetch_sections | fetch_full -> pipeline.handle_batch) -> IDLE or poll``
+
+The cursor only advances when the pipeline's Deferred succeeds; any failure
+drops the connection and the factory reconnects with back-off. Every state
+change goes through :meth:`FolderService._set_state` (table in
+:mod:`imapsvc.folder_state`), is logged, kept in ``history`` and reported to
+the owner's hooks.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from typing import Any, Callable, Optional
+
+import attr
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from imapsvc import folder_state as S
+from imapsvc.core import plan as P
+from imapsvc.core.backoff import Rand, timer_delay
+from imapsvc.core.cursor import REASON_RESUME, advance, compute_start
+from imapsvc.core.folders import display_name, resolve_folder
+from imapsvc.imap.factory import FolderClientFactory, set_keepalive
+from imapsvc.interfaces import LeaseLost
+from imapsvc.model import FolderCursor, Limits, ProviderConfig
+
+HISTORY_SIZE = 50
+
+
+class FolderNotFound(Exception):
+    """No selectable folder on the server matches the configured filter."""
+
+
+class _Stopping(Exception):
+    """The service is stopping: end the session loop quietly."""
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class FolderOptions:
+    """The settings one folder needs (explicit values, no global settings).
+
+    Durations in milliseconds, as configured (CONTRACT section 5).
+    """
+
+    max_emails_per_sync: int = 5
+    poll_interval_ms: int = 30000
+    idle_restart_ms: int = 1500000
+    timer_jitter_pct: float = 0.1
+    startup_stagger_ms: int = 2000
+    reconnect_base_ms: int = 2000
+    reconnect_max_ms: int = 60000
+    reconnect_jitter_pct: float = 0.5
+    connection_timeout_ms: int = 10000
+    socket_keepalive: bool = True
+    command_timeout_ms: int = 60000
+    inactivity_timeout_ms: int = 300000
+    shutdown_timeout_ms: int = 10000
+    fetch_chunk: int = P.DEFAULT_FETCH_CHUNK
+    fetch_bytes: int = P.DEFAULT_FETCH_BYTES
+    limits: Limits = attr.Factory(Limits)
+    broken_bodystructure_hosts: tuple[str, ...] = ()
+    tls_ca_file: Optional[str] = None
+    tls_insecure: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> FolderOptions:
+        """Build from an :class:`imapsvc.config.Settings`-like object."""
+        names = [f.name for f in attr.fields(cls) if f.name not in ("limits", "fetch_bytes")]
+        values = {n: getattr(settings, n) for n in names if hasattr(settings, n)}
+        if hasattr(settings, "fetch_chunk"):
+            values["fetch_chunk"] = settings.fetch_chunk
+        if values.get("tls_ca_file") == "":
+            values["tls_ca_file"] = None
+        limits = settings.limits() if hasattr(settings, "limits") else Limits()
+        return cls(limits=limits, **values)
+
+
+def _caps_names(caps: Any) -> list[str]:
+    """Capability names (``str``, upper case) from a caps dict/list whose
+    keys may be bytes (Twisted) or str."""
+    out = set()
+    for key in caps or ():
+        name = key.decode("ascii", "replace") if isinstance(key, bytes) else str(key)
+        values = caps[key] if isinstance(caps, dict) else None
+        if values:
+            for v in values:
+                v = v.decode("ascii", "replace") if isinstance(v, bytes) else str(v)
+                out.add(f"{name}={v}".upper())
+        else:
+            out.add(name.upper())
+    return sorted(out)
+
+
+def _default_protocol_factory(clock: Any, options: FolderOptions) -> Callable[[], Any]:
+    def build() -> Any:
+        from imapsvc.imap.protocol import FolderIMAPClient
+
+        return FolderIMAPClient(
+            clock,
+            options.command_timeout_ms / 1000.0,
+            inactivity_timeout=options.inactivity_timeout_ms / 1000.0,
+        )
+
+    return build
+
+
+def _default_tls(options: FolderOptions) -> Callable[[str], Any]:
+    def make(host: str) -> Any:
+        from imapsvc.imap.tls import client_tls_options
+
+        return client_tls_options(host, ca_file=options.tls_ca_file, insecure=options.tls_insecure)
+
+    return make
+
+
+class FolderService(service.Service):
+    """Watches one folder of one provider.
+
+    :param provider: the provider's :class:`ProviderConfig`.
+    :param folder_filter: the configured folder path (``"INBOX"``, ...).
+    :param reactor: ``connectTCP`` + ``callLater``/``seconds`` (a
+        ``MemoryReactorClock`` in tests).
+    :param store: ``read_cursor``, ``save_capabilities`` of
+        :class:`~imapsvc.interfaces.IStore`.
+    :param pipeline: an :class:`~imapsvc.interfaces.IMessagePipeline`.
+    :param credentials: an :class:`~imapsvc.interfaces.ICredentialSource`.
+    :param owner: this worker's id (lease owner), passed to the pipeline.
+    :param options: :class:`FolderOptions`.
+    :param hooks: optional object with ``state_changed(state, reason,
+        error)``, ``auth_failed(code, text)``, ``logged_in()``, ``synced()``,
+        ``lease_lost()`` (each optional).
+    :param protocol_factory: ``() -> protocol``; default builds
+        :class:`~imapsvc.imap.protocol.FolderIMAPClient`.
+    :param tls_factory: ``hostname -> IOpenSSLClientConnectionCreator``.
+    :param parser: BODYSTRUCTURE parser; default is the
+        ``core.bodystructure`` one if present.
+    :param rand: random source for jitter.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        provider: ProviderConfig,
+        folder_filter: str,
+        reactor: Any,
+        store: Any,
+        pipeline: Any,
+        credentials: Any,
+        owner: str,
+        options: Optional[FolderOptions] = None,
+        hooks: Any = None,
+        protocol_factory: Optional[Callable[[], Any]] = None,
+        tls_factory: Optional[Callable[[str], Any]] = None,
+        parser: Any = "default",
+        rand: Optional[Rand] = None,
+    ) -> None:
+        self.provider = provider
+        self.folder_filter = folder_filter
+        self.reactor = reactor
+        self.store = store
+        self.pipeline = pipeline
+        self.credentials = credentials
+        self.owner = owner
+        self.options = options or FolderOptions()
+        self.hooks = hooks
+        self.rand: Rand = rand or random.random
+        self.parser = P.default_parser() if parser == "default" else parser
+        self.trust_structure = not P.host_has_broken_bodystructure(
+            provider.host, self.options.broken_bodystructure_hosts
+        )
+        self._tls_factory = tls_factory or _default_tls(self.options)
+        self.state = S.DISCONNECTED
+        self.last_error: Optional[str] = None
+        self.history: collections.deque[S.Transition] = collections.deque(maxlen=HISTORY_SIZE)
+        self.invalid_transitions = 0
+        self.server_name: Optional[str] = None
+        self.cursor: Optional[FolderCursor] = None
+        self.capabilities: list[str] = []
+        self.sync_count = 0
+        self.handed_off = 0
+        self._proto: Any = None
+        self._stopping = False
+        self._wake_pending = False
+        self._idle_done_sent = False
+        self._idle_timer: Any = None
+        self._poll_timer: Any = None
+        self._poll_wait: Optional[defer.Deferred] = None
+        self._closed_waiters: list[defer.Deferred] = []
+        tls_creator = self._tls_factory(provider.host) if provider.secure else None
+        timeout_ms = provider.connection_timeout_ms or self.options.connection_timeout_ms
+        self.factory = FolderClientFactory(
+            self,
+            reactor,
+            provider.host,
+            provider.port,
+            protocol_factory or _default_protocol_factory(reactor, self.options),
+            tls_creator=tls_creator,
+            connect_timeout=timeout_ms / 1000.0,
+            reconnect_base_ms=self.options.reconnect_base_ms,
+            reconnect_max_ms=self.options.reconnect_max_ms,
+            reconnect_jitter_pct=self.options.reconnect_jitter_pct,
+            startup_stagger_ms=self.options.startup_stagger_ms,
+            rand=self.rand,
+            label=self.label,
+        )
+
+    # -- identity and status ---------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        return f"imap:{self.provider.tenant}/{self.provider.provider_id}/{self.folder_filter}"
+
+    @property
+    def keepalive(self) -> bool:
+        if self.provider.socket_keepalive is not None:
+            return bool(self.provider.socket_keepalive)
+        return self.options.socket_keepalive
+
+    def snapshot(self) -> dict:
+        """This folder for ``/status`` (no secrets)."""
+        return {
+            "folder": self.folder_filter,
+            "serverName": self.server_name,
+            "state": self.state,
+            "last_error": self.last_error,
+            "cursor": self.cursor.to_json() if self.cursor else None,
+            "syncs": self.sync_count,
+            "handedOff": self.handed_off,
+            "history": [t.to_json() for t in self.history],
+        }
+
+    def update_provider(self, provider: ProviderConfig) -> None:
+        """Settings that need no reconnect changed (credentials are read at
+        every login)."""
+        self.provider = provider
+
+    def _set_state(self, new: str, reason: str, error: Optional[str] = None) -> None:
+        old = self.state
+        if error is not None:
+            self.last_error = error
+        if old == new:
+            return
+        if not S.allowed(old, new):
+            # Never crash the folder over bookkeeping; make it loud instead.
+            self.invalid_transitions += 1
+            self.log.error(
+                "{label}: unexpected transition {old} -> {new} ({reason})",
+                label=self.label,
+                old=old,
+                new=new,
+                reason=reason,
+            )
+        self.state = new
+        self.history.append(S.Transition(self.reactor.seconds(), old, new, reason, error))
+        self.log.info(
+            "{label}: {old} -> {new} ({reason})",
+            label=self.label,
+            tenant=self.provider.tenant,
+            provider=self.provider.provider_id,
+            folder=self.folder_filter,
+            old=old,
+            new=new,
+            reason=reason,
+            error=error,
+        )
+        self._hook("state_changed", new, reason, error)
+
+    def _hook(self, name: str, *args: Any) -> None:
+        fn = getattr(self.hooks, name, None) if self.hooks is not None else None
+        if fn is None:
+            return
+        try:
+            fn(*args)
+        except Exception:
+            self.log.failure("{label}: hook {hook} failed", label=self.label, hook=name)
+
+    # -- Service -------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        self.factory.start(stagger=True)
+
+    def stopService(self) -> defer.Deferred:
+        """Leave IDLE, LOGOUT, stop reconnecting; fires once the connection
+        is closed (or after ``shutdown_timeout_ms``, aborting it)."""
+        super().stopService()
+        self._stopping = True
+        self.factory.stopTrying()
+        self._cancel_timers()
+        if self._poll_wait is not None and not self._poll_wait.called:
+            self._poll_wait.callback(None)
+        proto = self._proto
+        if proto is None:
+            self._set_state(S.STOPPED, "service stopped")
+            return defer.succeed(None)
+        closed: defer.Deferred = defer.Deferred()
+        self._closed_waiters.append(closed)
+        self._end_idle("stopping")
+        try:
+            d = proto.logout()
+        except Exception:
+            d = defer.fail()
+        d.addErrback(lambda f: None)  # logout failing is fine: we close anyway
+        d.addBoth(lambda _: self._lose(proto))
+        timeout = self.options.shutdown_timeout_ms / 1000.0
+
+        def on_timeout(result: Any, _t: float) -> None:
+            self.log.warn("{label}: connection did not close in time; aborting", label=self.label)
+            transport = getattr(proto, "transport", None)
+            if transport is not None and hasattr(transport, "abortConnection"):
+                transport.abortConnection()
+
+        closed.addTimeout(timeout, self.reactor, onTimeoutCancel=on_timeout)
+        closed.addBoth(lambda _: self._set_state(S.STOPPED, "service stopped"))
+        return closed
+
+    def reconnect(self) -> None:
+        """Operator action (or a new login attempt after NeedsReauth): drop
+        the connection if any and connect again at once."""
+        if self._stopping:
+            return
+        if self._proto is not None:
+            self.factory.set_next_delay(0)
+            self._lose(self._proto)
+        elif self.state in (S.NEEDS_REAUTH, S.STOPPED, S.DISCONNECTED):
+            self.factory.start(stagger=False)
+        else:
+            self.factory.reconnect_now()
+
+    def wake(self) -> None:
+        """Sync as soon as possible (an EXISTS, an admin resync). At most one
+        sync runs at a time: a wake-up during a sync runs one more after it."""
+        if self.state == S.IDLING:
+            self._end_idle("wake-up")
+        elif self._poll_wait is not None and not self._poll_wait.called:
+            if self._poll_timer is not None and self._poll_timer.active():
+                self._poll_timer.cancel()
+            self._poll_wait.callback(None)
+        else:
+            self._wake_pending = True
+
+    # -- factory owner -------------------------------------------------------
+
+    def factory_connecting(self) -> None:
+        self._set_state(S.CONNECTING, f"connecting to {self.provider.host}:{self.provider.port}")
+
+    def factory_protocol(self, proto: Any) -> None:
+        self._proto = proto
+        self._idle_done_sent = False
+        proto.on_bye = self._on_bye
+        d = self._session(proto)
+        d.addErrback(self._session_failed, proto)
+        d.addErrback(self._bug)
+
+    def factory_connection_ended(self, reason: Failure, connected: bool) -> None:
+        if self._proto is not None:
+            self._proto = None
+        self._cancel_timers()
+        if self._poll_wait is not None and not self._poll_wait.called:
+            self._poll_wait.errback(Failure(_Stopping("connection lost")))
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for w in waiters:
+            if not w.called:
+                w.callback(None)
+        if self._stopping or self.state in (S.NEEDS_REAUTH, S.STOPPED):
+            return
+        what = "connection lost" if connected else "connection failed"
+        self._set_state(S.BACKOFF, what, error=self.last_error or _describe(reason.value))
+
+    def factory_retry_scheduled(self, delay: float) -> None:
+        self.log.info("{label}: reconnecting in {delay:.1f}s", label=self.label, delay=delay)
+
+    # -- the session -----------------------------------------------------------
+
+    def _bug(self, failure: Failure) -> None:
+        self.log.failure("{label}: folder engine bug", failure, label=self.label)
+
+    def _on_bye(self, text: Any) -> None:
+        self.log.info("{label}: server said BYE ({text})", label=self.label, text=text)
+
+    def _check(self) -> None:
+        if self._stopping:
+            raise _Stopping()
+
+    @defer.inlineCallbacks
+    def _session(self, proto: Any):  # type: ignore[no-untyped-def]
+        timeout = (self.provider.connection_timeout_ms or self.options.connection_timeout_ms) / 1e3
+        greeted = proto.greeted
+        greeted.addTimeout(timeout, self.reactor)
+        yield greeted
+        self._check()
+        if self.keepalive:
+            set_keepalive(getattr(proto, "transport", None), self.log)
+        if not self.provider.secure and self.provider.allow_starttls:
+            yield proto.start_tls(self._tls_factory(self.provider.host))
+            self._check()
+        self._set_state(S.AUTHENTICATING, "greeted")
+        creds = yield self.credentials.credentials(self.provider)
+        self._check()
+        caps = yield proto.authenticate_with(creds)
+        self._check()
+        self._hook("logged_in")
+        self.capabilities = _caps_names(caps)
+        d = defer.maybeDeferred(
+            self.store.save_capabilities,
+            self.provider.tenant,
+            self.provider.provider_id,
+            self.capabilities,
+        )
+        d.addErrback(
+            lambda f: self.log.warn(
+                "{label}: saving capabilities failed: {err}", label=self.label, err=f.value
+            )
+        )
+        listing = yield proto.list_folders()
+        self._check()
+        name = resolve_folder(self.folder_filter, listing)
+        if name is None:
+            raise FolderNotFound(f"no selectable folder matches {self.folder_filter!r}")
+        self.server_name = name
+        self._set_state(S.SELECTED, f"folder {display_name(name)!r} found")
+        has_idle = "IDLE" in self.capabilities
+        while True:
+            self._check()
+            yield self._sync(proto, name)
+            self.factory.resetDelay()
+            self._hook("synced")
+            if self._wake_pending:
+                continue
+            if has_idle:
+                yield self._idle(proto)
+            else:
+                yield self._poll()
+
+    @defer.inlineCallbacks
+    def _sync(self, proto: Any, name: str):  # type: ignore[no-untyped-def]
+        self._set_state(S.SYNCING, "sync")
+        self._wake_pending = False
+        self.sync_count += 1
+        info = yield proto.examine_folder(name)
+        self._check()
+        tenant, pid = self.provider.tenant, self.provider.provider_id
+        # Read at every sync so an operator's resync is seen by this worker.
+        stored = yield self.store.read_cursor(tenant, pid, name)
+        self._check()
+        start = compute_start(
+            stored, info["uidvalidity"], info.get("uidnext"), self.options.max_emails_per_sync
+        )
+        if start.reason != REASON_RESUME:
+            self.log.info(
+                "{label}: starting at UID {first} ({reason}: {detail})",
+                label=self.label,
+                first=start.first_uid,
+                reason=start.reason,
+                detail=start.detail,
+            )
+        self.cursor = stored or start.cursor
+        uids = yield proto.uid_search_from(start.first_uid)
+        self._check()
+        uids = sorted({u for u in uids if u > start.last_uid})
+        if start.keep_last is not None:
+            uids = uids[-start.keep_last :]
+        cursor = start.cursor
+        validity = start.cursor.uid_validity or ""
+        for chunk in P.chunk_by_count(uids, self.options.fetch_chunk):
+            self._check()
+            messages = yield self._fetch_chunk(proto, name, validity, chunk)
+            self._check()
+            after = advance(cursor, chunk[-1], self.reactor.seconds())
+            if messages:
+                yield self.pipeline.handle_batch(self.provider, name, self.owner, messages, after)
+                self.handed_off += len(messages)
+            cursor = after
+            self.cursor = after
+
+    @defer.inlineCallbacks
+    def _fetch_chunk(self, proto: Any, name: str, validity: str, chunk: list[int]):  # type: ignore[no-untyped-def]
+        meta = yield proto.fetch_meta(chunk)
+        plans = []
+        for uid in chunk:
+            if uid not in meta:
+                self.log.info("{label}: UID {uid} vanished before FETCH", label=self.label, uid=uid)
+                continue
+            plans.append(
+                P.plan_message(
+                    uid, meta[uid], self.options.limits, self.trust_structure, self.parser
+                )
+            )
+        sections: dict[int, dict[str, bytes]] = {}
+        raws: dict[int, bytes] = {}
+        by_uid = {p.uid: p for p in plans}
+        wanted = [
+            (p.uid, p.expected_bytes) for p in plans if p.kind == P.KIND_STRUCTURE and p.sections
+        ]
+        for group in P.chunk_by_bytes(wanted, self.options.fetch_chunk, self.options.fetch_bytes):
+            self._check()
+            got = yield proto.fetch_sections({u: list(by_uid[u].sections) for u in group})
+            sections.update(got)
+        full = [(p.uid, p.expected_bytes) for p in plans if p.kind == P.KIND_FULL]
+        for group in P.chunk_by_bytes(full, self.options.fetch_chunk, self.options.fetch_bytes):
+            self._check()
+            got = yield proto.fetch_full(group)
+            raws.update(got)
+        messages = []
+        for p in plans:
+            if p.kind == P.KIND_FULL and p.uid not in raws:
+                self.log.info(
+                    "{label}: UID {uid} vanished before FETCH", label=self.label, uid=p.uid
+                )
+                continue
+            if p.kind == P.KIND_HEADER_ONLY:
+                self.log.info(
+                    "{label}: UID {uid} ({size} bytes) not downloaded: {reason}",
+                    label=self.label,
+                    uid=p.uid,
+                    size=p.size,
+                    reason=p.reason,
+                )
+            messages.append(
+                P.build_message(
+                    p, meta[p.uid], name, validity, sections.get(p.uid), raws.get(p.uid)
+                )
+            )
+        return messages
+
+    @defer.inlineCallbacks
+    def _idle(self, proto: Any):  # type: ignore[no-untyped-def]
+        self._set_state(S.IDLING, "waiting for new mail (IDLE)")
+        self._idle_done_sent = False
+        delay = timer_delay(self.options.idle_restart_ms, self.options.timer_jitter_pct, self.rand)
+        self._idle_timer = self.reactor.callLater(delay, self._end_idle, "IDLE restart")
+        try:
+            yield proto.idle(self._on_exists)
+        finally:
+            if self._idle_timer is not None and self._idle_timer.active():
+                self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _on_exists(self, count: int) -> None:
+        self._end_idle(f"EXISTS {count}")
+
+    def _end_idle(self, why: str) -> None:
+        proto = self._proto
+        if proto is None or self._idle_done_sent or not getattr(proto, "idling", False):
+            return
+        self._idle_done_sent = True
+        self.log.debug("{label}: leaving IDLE ({why})", label=self.label, why=why)
+        proto.done()
+
+    @defer.inlineCallbacks
+    def _poll(self):  # type: ignore[no-untyped-def]
+        self._set_state(S.SELECTED, "waiting for the next poll")
+        delay = timer_delay(self.options.poll_interval_ms, self.options.timer_jitter_pct, self.rand)
+        self._poll_wait = defer.Deferred()
+        self._poll_timer = self.reactor.callLater(delay, self._poll_wait.callback, None)
+        try:
+            yield self._poll_wait
+        finally:
+            self._poll_wait = None
+            self._poll_timer = None
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._idle_timer, self._poll_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._idle_timer = self._poll_timer = None
+
+    def _lose(self, proto: Any) -> None:
+        transport = getattr(proto, "transport", None)
+        if transport is not None:
+            transport.loseConnection()
+
+    def _session_failed(self, failure: Failure, proto: Any) -> None:
+        from imapsvc.imap import errors
+
+        current = proto is self._proto
+        if failure.check(_Stopping) or self._stopping:
+            if current:
+                self._lose(proto)
+            return
+        err = failure.value
+        text = _describe(err)
+        self.last_error = text
+        if failure.check(errors.AuthenticationFailed):
+            # Retrying bad credentials only locks the account: wait for the
+            # supervisor (a new login attempt) instead.
+            self.factory.stopTrying()
+            self._set_state(S.NEEDS_REAUTH, "authentication failed", error=text)
+            self._hook("auth_failed", err.code or "AUTHENTICATIONFAILED", err.text)
+        elif failure.check(LeaseLost):
+            self.factory.stopTrying()
+            self._set_state(S.STOPPED, "lease lost", error=text)
+            self._hook("lease_lost")
+        else:
+            if failure.check(errors.Throttled) and err.retry_after is not None:
+                self.factory.set_next_delay(err.retry_after)
+            elif failure.check(errors.CleartextRefused, errors.TLSRequired, FolderNotFound):
+                # Configuration problems: do not hammer the server.
+                self.factory.set_next_delay(self.options.reconnect_max_ms / 1000.0)
+            self.log.warn("{label}: session failed: {error}", label=self.label, error=text)
+        if current:
+            self._lose(proto)
+
+
+def _describe(err: Any) -> str:
+    """A short, secret-free description of an error (exception class and
+    message; our errors never carry secrets)."""
+    message = str(err)
+    if len(message) > 300:
+        message = message[:300] + "..."
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__

@@ -1,0 +1,228 @@
+"""One reconnecting client factory per watched folder.
+
+:class:`FolderClientFactory` owns *when* to connect (startup stagger,
+exponential back-off with jitter, a server's throttling hint, giving up on
+bad credentials) and *how* (TCP with a connect timeout, implicit TLS by
+wrapping the factory in TLS). What happens on the connection is the owner's
+business (:class:`imapsvc.folder.FolderService`); the factory tells it about
+every step through the :class:`FactoryOwner` methods.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Optional, Protocol
+
+from twisted.internet.protocol import ReconnectingClientFactory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from imapsvc.core.backoff import Rand, reconnect_delay, startup_stagger
+
+
+class FactoryOwner(Protocol):
+    """What the factory reports to (the folder service)."""
+
+    def factory_connecting(self) -> None:
+        """A connection attempt starts."""
+
+    def factory_protocol(self, protocol: Any) -> None:
+        """A protocol was built for a new connection (not yet greeted)."""
+
+    def factory_connection_ended(self, reason: Failure, connected: bool) -> None:
+        """The connection attempt failed (``connected=False``) or an
+        established connection was lost. Called before the retry is
+        scheduled, so the owner may :meth:`~FolderClientFactory.stopTrying`
+        or :meth:`~FolderClientFactory.set_next_delay`."""
+
+    def factory_retry_scheduled(self, delay: float) -> None:
+        """The next attempt is due in ``delay`` seconds."""
+
+
+def set_keepalive(transport: Any, log: Optional[Logger] = None) -> bool:
+    """Turn TCP keepalive on for ``transport`` or the TCP transport under its
+    TLS wrapper. :return: whether it worked."""
+    seen = 0
+    while transport is not None and seen < 4:
+        setter = getattr(type(transport), "setTcpKeepAlive", None)
+        if setter is not None:
+            try:
+                transport.setTcpKeepAlive(1)
+                return True
+            except Exception:  # not a TCP socket (tests, UNIX sockets)
+                break
+        transport = getattr(transport, "transport", None)
+        seen += 1
+    if log is not None:
+        log.debug("TCP keepalive not available on this transport")
+    return False
+
+
+class FolderClientFactory(ReconnectingClientFactory):
+    """Connects one folder's IMAP session and reconnects it with back-off.
+
+    :param owner: a :class:`FactoryOwner`.
+    :param reactor: provides ``connectTCP`` and ``callLater``.
+    :param protocol_factory: ``() -> protocol`` (a
+        :class:`~imapsvc.imap.protocol.FolderIMAPClient` in production).
+    :param tls_creator: an ``IOpenSSLClientConnectionCreator`` for implicit
+        TLS, or ``None`` for a plain (maybe later STARTTLS) connection.
+    :param connect_timeout: seconds for the TCP connect.
+    :param rand: ``() -> float in [0, 1)`` for jitter and stagger.
+    """
+
+    log = Logger()
+    noisy = False
+
+    def __init__(
+        self,
+        owner: FactoryOwner,
+        reactor: Any,
+        host: str,
+        port: int,
+        protocol_factory: Callable[[], Any],
+        tls_creator: Any = None,
+        connect_timeout: float = 10.0,
+        reconnect_base_ms: int = 2000,
+        reconnect_max_ms: int = 60000,
+        reconnect_jitter_pct: float = 0.5,
+        startup_stagger_ms: int = 0,
+        rand: Optional[Rand] = None,
+        label: str = "",
+    ) -> None:
+        self.owner = owner
+        self.reactor = reactor
+        self.clock = reactor
+        self.host = host
+        self.port = port
+        self.protocol_factory = protocol_factory
+        self.tls_creator = tls_creator
+        self.connect_timeout = connect_timeout
+        self.reconnect_base_ms = reconnect_base_ms
+        self.reconnect_max_ms = reconnect_max_ms
+        self.reconnect_jitter_pct = reconnect_jitter_pct
+        self.startup_stagger_ms = startup_stagger_ms
+        self.rand: Rand = rand or random.random
+        self.label = label
+        self.initialDelay = reconnect_base_ms / 1000.0
+        self.maxDelay = reconnect_max_ms / 1000.0
+        self.delay = self.initialDelay
+        self._next_delay: Optional[float] = None
+        self._connected = False
+        self.connect_calls = 0
+
+    # -- starting and stopping ----------------------------------------------
+
+    def start(self, stagger: bool = True) -> float:
+        """Schedule the first connection after a random startup stagger.
+
+        :return: the stagger delay in seconds.
+        """
+        self.continueTrying = True
+        self.retries = 0
+        delay = startup_stagger(self.startup_stagger_ms, self.rand) if stagger else 0.0
+        self._cancel_pending()
+        self._callID = self.clock.callLater(delay, self._first_connect)
+        return delay
+
+    def _first_connect(self) -> None:
+        self._callID = None
+        if not self.continueTrying:
+            return
+        factory: Any = self
+        if self.tls_creator is not None:
+            factory = TLSMemoryBIOFactory(self.tls_creator, True, self)
+        self.connect_calls += 1
+        self.connector = self.reactor.connectTCP(
+            self.host, self.port, factory, timeout=self.connect_timeout
+        )
+
+    def _cancel_pending(self) -> None:
+        if self._callID is not None and self._callID.active():
+            self._callID.cancel()
+        self._callID = None
+
+    def stopTrying(self) -> None:
+        """Never reconnect again (until :meth:`start`); a pending attempt is
+        cancelled, a connection in progress is abandoned."""
+        self._cancel_pending()
+        self.continueTrying = 0
+        if self.connector is not None and not self._connected:
+            try:
+                self.connector.stopConnecting()
+            except Exception:  # not connecting any more: nothing to stop
+                pass
+
+    def resetDelay(self) -> None:
+        """Back to the base delay; called after a successful sync (not merely
+        on connect, so a server that accepts and then fails every session
+        still backs off)."""
+        self.retries = 0
+        self.delay = self.initialDelay
+        self._next_delay = None
+
+    def set_next_delay(self, seconds: float) -> None:
+        """Use ``seconds`` (a server's throttling hint) for the next retry
+        instead of the computed back-off (never more than ten times the
+        configured maximum)."""
+        self._next_delay = max(0.0, min(float(seconds), 10 * self.maxDelay))
+
+    def reconnect_now(self) -> None:
+        """Cancel a pending back-off wait and connect at once."""
+        if self._callID is not None and self._callID.active() and self.continueTrying:
+            self._callID.reset(0)
+
+    # -- ClientFactory -------------------------------------------------------
+
+    def startedConnecting(self, connector: Any) -> None:
+        self.owner.factory_connecting()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        proto = self.protocol_factory()
+        proto.factory = self
+        self._connected = True
+        self.owner.factory_protocol(proto)
+        return proto
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self._connected = False
+        self.owner.factory_connection_ended(reason, False)
+        self.retry(connector)
+
+    def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
+        self._connected = False
+        self.owner.factory_connection_ended(reason, True)
+        self.retry(connector)
+
+    def retry(self, connector: Any = None) -> None:
+        """Schedule the next attempt: the throttling hint if the server gave
+        one, else exponential back-off with jitter (``core.backoff``)."""
+        if not self.continueTrying:
+            return
+        if connector is None:
+            connector = self.connector
+        if connector is None:
+            raise ValueError("no connector to retry")
+        if self._next_delay is not None:
+            delay, self._next_delay = self._next_delay, None
+        else:
+            delay = reconnect_delay(
+                self.retries,
+                self.reconnect_base_ms,
+                self.reconnect_max_ms,
+                self.reconnect_jitter_pct,
+                self.rand,
+            )
+        self.retries += 1
+        self.delay = delay
+
+        def reconnector() -> None:
+            self._callID = None
+            if self.continueTrying:
+                self.connect_calls += 1
+                connector.connect()
+
+        self._cancel_pending()
+        self._callID = self.clock.callLater(delay, reconnector)
+        self.owner.factory_retry_scheduled(delay)
