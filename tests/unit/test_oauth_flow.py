@@ -1,0 +1,221 @@
+"""OAuth flow and credential source against a fake token endpoint (StubTreq)."""
+
+import json
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import attr
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+from twisted.web.resource import Resource
+
+from imapsvc import oauth
+from imapsvc.core import oauth_state as o
+from imapsvc.secrets import (
+    SecretBox,
+    SecretStore,
+    client_secret_name,
+    generate_key,
+    password_name,
+    refresh_token_name,
+)
+from imapsvc.store.memory import MemoryStore
+
+T = "11111111-1111-1111-1111-111111111111"
+P = "22222222-2222-2222-2222-222222222222"
+
+
+class TokenEndpoint(Resource):
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.requests = []
+        self.answers = []
+
+    def render_POST(self, request):
+        form = {k.decode(): v[0].decode() for k, v in request.args.items()}
+        self.requests.append(form)
+        status, body = self.answers.pop(0)
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(body).encode()
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.store = MemoryStore(self.clock)
+        self.box = SecretBox.from_setting(generate_key())
+        self.secrets = SecretStore(self.store, self.box)
+        self.endpoint = TokenEndpoint()
+        self.http = StubTreq(self.endpoint)
+        self.provider = self.store.add_provider(
+            tenant=T,
+            provider_id=P,
+            host="imap.example.com",
+            auth_type="oauth2",
+            username="user@example.com",
+            oauth_authorize_url="https://auth.example.com/authorize",
+            oauth_token_url="https://auth.example.com/token",
+            oauth_client_id="client-1",
+            oauth_scopes="imap offline",
+        )
+        self.successResultOf(self.secrets.put(T, client_secret_name(P), "client-secret-xyz"))
+        self.connected = []
+        self.flow = oauth.OAuthFlow(
+            self.store, self.secrets, self.box, self.http, self.clock,
+            o.state_key("k"), "https://svc.example.com/",
+            ["https://app.example.com/settings"],
+            on_connected=lambda t, p: self.connected.append((t, p)),
+        )
+
+
+class FlowTests(Base):
+    def initiate(self, return_url=None):
+        return self.successResultOf(self.flow.initiate(T, P, return_url))
+
+    def callback(self, code, state, **kw):
+        d = self.flow.callback(code, state, **kw)
+        self.http.flush()
+        return d
+
+    def test_initiate(self):
+        out = self.initiate("https://app.example.com/settings/mail")
+        self.assertTrue(out["success"])
+        self.assertEqual(out["provider"], "imap")
+        q = parse_qs(urlsplit(out["authUrl"]).query)
+        self.assertEqual(q["state"], [out["state"]])
+        self.assertEqual(q["client_id"], ["client-1"])
+        self.assertEqual(
+            q["redirect_uri"], ["https://svc.example.com/api/email/oauth/imap/callback"]
+        )
+        self.assertEqual(q["code_challenge_method"], ["S256"])
+        self.assertNotIn("client-secret", out["authUrl"])
+
+    def test_initiate_refuses_foreign_redirect_and_unknown_provider(self):
+        f = self.failureResultOf(self.flow.initiate(T, P, "https://evil.net/"), oauth.OAuthError)
+        self.assertEqual(f.value.status, 400)
+        f = self.failureResultOf(self.flow.initiate(T, "nope"), oauth.OAuthError)
+        self.assertEqual(f.value.status, 404)
+
+    def test_round_trip_stores_tokens_encrypted(self):
+        out = self.initiate("https://app.example.com/settings")
+        self.endpoint.answers.append(
+            (200, {"access_token": "at-1", "refresh_token": "rt-1", "expires_in": 3600})
+        )
+        d = self.callback("the-code", out["state"])
+        self.assertEqual(self.successResultOf(d), "https://app.example.com/settings")
+        req = self.endpoint.requests[0]
+        self.assertEqual(req["grant_type"], "authorization_code")
+        self.assertEqual(req["code"], "the-code")
+        self.assertEqual(req["client_secret"], "client-secret-xyz")
+        # PKCE: the verifier sent matches the challenge of the authorize URL.
+        challenge = parse_qs(urlsplit(out["authUrl"]).query)["code_challenge"][0]
+        self.assertEqual(o.pkce_challenge(req["code_verifier"]), challenge)
+        row = self.store.provider_row(T, P)
+        self.assertNotIn("at-1", row["access_token"])
+        raw = self.successResultOf(self.store.get_secret(T, refresh_token_name(P)))
+        self.assertNotIn(b"rt-1", raw)
+        self.assertEqual(self.successResultOf(self.secrets.get(T, refresh_token_name(P))), "rt-1")
+        self.assertEqual(row["status"], "connected")
+        self.assertEqual(self.connected, [(T, P)])
+
+    def test_replayed_state_refused(self):
+        out = self.initiate()
+        self.endpoint.answers.append((200, {"access_token": "a", "expires_in": 60}))
+        self.successResultOf(self.callback("c", out["state"]))
+        f = self.failureResultOf(self.callback("c", out["state"]), oauth.OAuthError)
+        self.assertEqual((f.value.status, f.value.code), (400, "invalid_state"))
+        self.assertEqual(len(self.endpoint.requests), 1)
+
+    def test_expired_state_refused(self):
+        out = self.initiate()
+        self.clock.advance(601)
+        f = self.failureResultOf(self.callback("c", out["state"]), oauth.OAuthError)
+        self.assertIn("expired", str(f.value))
+
+    def test_tampered_and_cross_tenant_state_refused(self):
+        out = self.initiate()
+        bad = out["state"][:-2] + ("AA" if not out["state"].endswith("AA") else "BB")
+        self.failureResultOf(self.callback("c", bad), oauth.OAuthError)
+        f = self.failureResultOf(
+            self.callback("c", out["state"], tenant="33333333-3333-3333-3333-333333333333"),
+            oauth.OAuthError,
+        )
+        self.assertIn("tenant", str(f.value))
+
+    def test_token_error_is_clear(self):
+        out = self.initiate()
+        self.endpoint.answers.append((400, {"error": "invalid_grant"}))
+        f = self.failureResultOf(self.callback("c", out["state"]), oauth.OAuthError)
+        self.assertEqual(f.value.status, 502)
+        self.assertIn("invalid_grant", str(f.value))
+
+
+class CredentialSourceTests(Base):
+    def source(self):
+        return oauth.CredentialSource(self.store, self.secrets, self.box, self.http, self.clock)
+
+    def test_password(self):
+        p = attr.evolve(self.provider, auth_type="password")
+        self.successResultOf(self.secrets.put(T, password_name(P), "pw"))
+        creds = self.successResultOf(self.source().credentials(p))
+        self.assertEqual(
+            (creds.mechanism, creds.username, creds.secret), ("password", "user@example.com", "pw")
+        )
+        self.assertNotIn("pw", repr(creds))
+
+    def test_missing_password(self):
+        p = attr.evolve(self.provider, auth_type="password")
+        self.failureResultOf(self.source().credentials(p), oauth.MissingCredentials)
+
+    def test_valid_token_used_without_refresh(self):
+        sealed = self.box.seal_text(T, oauth.access_token_name(P), "at-live")
+        expires = datetime.fromtimestamp(self.clock.seconds(), tz=UTC) + timedelta(hours=1)
+        p = attr.evolve(self.provider, access_token=sealed, token_expires_at=expires)
+        creds = self.successResultOf(self.source().credentials(p))
+        self.assertEqual((creds.mechanism, creds.secret), ("xoauth2", "at-live"))
+        self.assertEqual(self.endpoint.requests, [])
+
+    def test_expiring_token_refreshed_once_and_rotation_stored_first(self):
+        sealed = self.box.seal_text(T, oauth.access_token_name(P), "at-old")
+        expires = datetime.fromtimestamp(self.clock.seconds(), tz=UTC) + timedelta(minutes=4)
+        p = attr.evolve(self.provider, access_token=sealed, token_expires_at=expires)
+        self.successResultOf(self.secrets.put(T, refresh_token_name(P), "rt-old"))
+        order = []
+        real_put, real_save = self.store.put_secret, self.store.save_access_token
+        self.store.put_secret = lambda *a: (order.append("refresh"), real_put(*a))[1]
+        self.store.save_access_token = lambda *a: (order.append("access"), real_save(*a))[1]
+        self.endpoint.answers.append(
+            (200, {"access_token": "at-new", "refresh_token": "rt-new", "expires_in": 3600})
+        )
+        src = self.source()
+        d1, d2 = src.credentials(p), src.credentials(p)
+        self.http.flush()
+        self.assertEqual(self.successResultOf(d1).secret, "at-new")
+        self.assertEqual(self.successResultOf(d2).secret, "at-new")
+        self.assertEqual(len(self.endpoint.requests), 1)
+        self.assertEqual(self.endpoint.requests[0]["refresh_token"], "rt-old")
+        self.assertEqual(order, ["refresh", "access"])
+        self.store.put_secret = real_put
+        self.assertEqual(self.successResultOf(self.secrets.get(T, refresh_token_name(P))), "rt-new")
+
+    def test_invalid_grant_is_auth_failure(self):
+        self.successResultOf(self.secrets.put(T, refresh_token_name(P), "rt"))
+        self.endpoint.answers.append((400, {"error": "invalid_grant"}))
+        d = self.source().credentials(self.provider)
+        self.http.flush()
+        f = self.failureResultOf(d, oauth.TokenEndpointError)
+        self.assertTrue(f.value.auth_failure)
+        self.assertNotIn("rt", str(f.value).replace("grant", ""))
+
+    def test_server_error_is_not_auth_failure(self):
+        self.successResultOf(self.secrets.put(T, refresh_token_name(P), "rt"))
+        self.endpoint.answers.append((503, {"error": "temporarily_unavailable"}))
+        d = self.source().credentials(self.provider)
+        self.http.flush()
+        self.assertFalse(self.failureResultOf(d, oauth.TokenEndpointError).value.auth_failure)
+
