@@ -158,6 +158,8 @@ def _bodies(
         except Exception:
             decoded = data
         text = clean_text(decode_bytes(decoded, _param(part, "charset")))
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
         (html if part.content_type == "text/html" else plain).append(text)
     text = "\n".join(t for t in plain if t)
     html_text = "\n".join(h for h in html if h)

@@ -58,7 +58,7 @@ class _Collector(HTMLParser):
         if tag in _SKIP:
             if self.skip_depth:
                 self.skip_depth -= 1
-        elif tag in _BLOCK or tag == "li":
+        elif tag in _BLOCK:
             if tag == "pre" and self.pre_depth:
                 self.pre_depth -= 1
             self.out.append("\n")

@@ -1,0 +1,256 @@
+"""Checks a stream entry against CONTRACT section 2.
+
+``validate_stream_entry(fields)`` returns a list of human-readable
+violations (empty when the entry conforms). Integration tests of other
+components use it on what really reached Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, Mapping
+
+from imapsvc.core.addresses import is_valid_address
+from imapsvc.core.dates import is_iso_z
+
+RECEIVED = "INBOUND_EMAIL_RECEIVED"
+AUTO_PAUSED = "INBOUND_EMAIL_PROVIDER_AUTO_PAUSED"
+
+FIELDS = (
+    "event_id",
+    "execution_id",
+    "event_name",
+    "event_type",
+    "tenant",
+    "timestamp",
+    "user_id",
+    "from_state",
+    "to_state",
+    "payload_json",
+)
+
+
+def _is_uuid(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False
+
+
+def _is_msgid(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) > 2
+        and value.startswith("<")
+        and value.endswith(">")
+        and not any(c.isspace() for c in value)
+        and "<" not in value[1:-1]
+        and ">" not in value[1:-1]
+    )
+
+
+def _check_address(where: str, value: Any, errors: list[str]) -> None:
+    if not isinstance(value, dict):
+        errors.append(f"{where}: not an object")
+        return
+    if set(value) != {"email", "name"}:
+        errors.append(f"{where}: keys {sorted(value)} != ['email', 'name']")
+    if not is_valid_address(value.get("email")):
+        errors.append(f"{where}.email: invalid address {value.get('email')!r}")
+    if not isinstance(value.get("name"), str):
+        errors.append(f"{where}.name: not a string")
+
+
+def _check_email_data(data: Any, tenant: str, provider_id: Any, errors: list[str]) -> None:
+    if not isinstance(data, dict):
+        errors.append("emailData: not an object")
+        return
+    for key in ("id", "from", "subject", "body"):
+        if key not in data or data[key] is None:
+            errors.append(f"emailData.{key}: missing")
+    if not _is_msgid(data.get("id")):
+        errors.append(f"emailData.id: not a <...> id: {data.get('id')!r}")
+    if data.get("provider") != "imap":
+        errors.append("emailData.provider: not 'imap'")
+    if data.get("providerId") != provider_id:
+        errors.append("emailData.providerId: differs from payload providerId")
+    if data.get("tenant") != tenant:
+        errors.append("emailData.tenant: differs from the entry's tenant")
+    if not is_iso_z(data.get("receivedAt")):
+        errors.append(f"emailData.receivedAt: not ISO Z: {data.get('receivedAt')!r}")
+    if data.get("from") is not None:
+        _check_address("emailData.from", data["from"], errors)
+    for key in ("to", "cc"):
+        value = data.get(key)
+        if not isinstance(value, list):
+            errors.append(f"emailData.{key}: not a list")
+            continue
+        for i, item in enumerate(value):
+            _check_address(f"emailData.{key}[{i}]", item, errors)
+    if "subject" in data and not isinstance(data["subject"], str):
+        errors.append("emailData.subject: not a string")
+    body = data.get("body")
+    if body is not None:
+        if not isinstance(body, dict):
+            errors.append("emailData.body: not an object")
+        else:
+            for key in ("text", "html"):
+                if not isinstance(body.get(key), str):
+                    errors.append(f"emailData.body.{key}: not a string")
+    attachments = data.get("attachments")
+    if not isinstance(attachments, list):
+        errors.append("emailData.attachments: not a list")
+    else:
+        for i, att in enumerate(attachments):
+            where = f"emailData.attachments[{i}]"
+            if not isinstance(att, dict):
+                errors.append(f"{where}: not an object")
+                continue
+            missing = {"id", "name", "contentType", "size", "contentId", "isInline"} - set(att)
+            if missing:
+                errors.append(f"{where}: missing {sorted(missing)}")
+            size = att.get("size")
+            if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+                errors.append(f"{where}.size: not an integer > 0: {size!r}")
+            for key in ("id", "name", "contentType"):
+                if not isinstance(att.get(key), str) or not att.get(key):
+                    errors.append(f"{where}.{key}: not a non-empty string")
+            if att.get("contentId") is not None and not isinstance(att.get("contentId"), str):
+                errors.append(f"{where}.contentId: not a string or null")
+            if not isinstance(att.get("isInline"), bool):
+                errors.append(f"{where}.isInline: not a boolean")
+    references = data.get("references")
+    if not isinstance(references, list) or not all(_is_msgid(r) for r in references):
+        errors.append(f"emailData.references: not a list of <...> ids: {references!r}")
+        references = []
+    in_reply_to = data.get("inReplyTo")
+    if in_reply_to is not None and not _is_msgid(in_reply_to):
+        errors.append(f"emailData.inReplyTo: not a <...> id: {in_reply_to!r}")
+    expected_thread = references[0] if references else (in_reply_to or data.get("id"))
+    if data.get("threadId") != expected_thread:
+        errors.append(
+            f"emailData.threadId: {data.get('threadId')!r} is not the first reference,"
+            f" else inReplyTo, else id ({expected_thread!r})"
+        )
+    headers = data.get("headers")
+    if not isinstance(headers, dict):
+        errors.append("emailData.headers: not an object")
+    else:
+        for name, value in headers.items():
+            if not isinstance(value, str):
+                errors.append(f"emailData.headers[{name!r}]: not a string")
+    reasons = data.get("ingressSkipReasons")
+    if not isinstance(reasons, list):
+        errors.append("emailData.ingressSkipReasons: not a list")
+    else:
+        for i, reason in enumerate(reasons):
+            where = f"emailData.ingressSkipReasons[{i}]"
+            if not isinstance(reason, dict):
+                errors.append(f"{where}: not an object")
+                continue
+            for key in ("type", "reason"):
+                if not isinstance(reason.get(key), str) or not reason.get(key):
+                    errors.append(f"{where}.{key}: not a non-empty string")
+            for key in ("size", "cap"):
+                value = reason.get(key)
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    errors.append(f"{where}.{key}: not an integer >= 0")
+            for key in ("attachmentId", "attachmentName"):
+                if key in reason and not isinstance(reason[key], str):
+                    errors.append(f"{where}.{key}: not a string")
+    imap = data.get("imap")
+    if not isinstance(imap, dict):
+        errors.append("emailData.imap: not an object")
+    else:
+        missing = {"mailbox", "uidValidity", "uid", "internalDate", "size"} - set(imap)
+        if missing:
+            errors.append(f"emailData.imap: missing {sorted(missing)}")
+        if not isinstance(imap.get("mailbox"), str):
+            errors.append("emailData.imap.mailbox: not a string")
+        if not isinstance(imap.get("uidValidity"), str) or not imap["uidValidity"].isdigit():
+            errors.append("emailData.imap.uidValidity: not a decimal string")
+        if not isinstance(imap.get("uid"), int) or imap["uid"] <= 0:
+            errors.append("emailData.imap.uid: not an integer > 0")
+        if imap.get("internalDate") is not None and not is_iso_z(imap["internalDate"]):
+            errors.append("emailData.imap.internalDate: not ISO Z or null")
+        if not isinstance(imap.get("size"), int) or imap["size"] < 0:
+            errors.append("emailData.imap.size: not an integer >= 0")
+
+
+def validate_stream_entry(fields: Mapping[Any, Any]) -> list[str]:
+    """Violations of CONTRACT section 2 by one stream entry (flat fields;
+    ``bytes`` keys/values, as read from Redis, are accepted)."""
+    errors: list[str] = []
+    flat: dict[str, Any] = {}
+    for key, value in fields.items():
+        if isinstance(key, bytes):
+            key = key.decode("utf-8", "replace")
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                errors.append(f"{key}: not UTF-8")
+                continue
+        flat[key] = value
+    missing = [f for f in FIELDS if f not in flat]
+    if missing:
+        errors.append(f"missing fields {missing}")
+    extra = sorted(set(flat) - set(FIELDS))
+    if extra:
+        errors.append(f"unexpected fields {extra}")
+    for key, value in flat.items():
+        if not isinstance(value, str):
+            errors.append(f"{key}: not a string")
+    for key in ("event_id", "execution_id"):
+        if not _is_uuid(flat.get(key)):
+            errors.append(f"{key}: not a uuid")
+    event_type = flat.get("event_type")
+    if event_type not in (RECEIVED, AUTO_PAUSED):
+        errors.append(f"event_type: unexpected {event_type!r}")
+    if flat.get("event_name") != event_type:
+        errors.append("event_name: differs from event_type")
+    if not _is_uuid(flat.get("tenant")) and not (
+        isinstance(flat.get("tenant"), str) and flat["tenant"]
+    ):
+        errors.append("tenant: empty")
+    if not is_iso_z(flat.get("timestamp")):
+        errors.append(f"timestamp: not ISO Z with milliseconds: {flat.get('timestamp')!r}")
+    for key in ("user_id", "from_state", "to_state"):
+        if flat.get(key) != "":
+            errors.append(f"{key}: not ''")
+    try:
+        payload = json.loads(flat.get("payload_json") or "")
+    except (TypeError, ValueError):
+        errors.append("payload_json: not JSON")
+        return errors
+    if not isinstance(payload, dict):
+        errors.append("payload_json: not an object")
+        return errors
+    tenant = flat.get("tenant")
+    if payload.get("tenantId") != tenant:
+        errors.append("payload.tenantId: differs from tenant")
+    if not isinstance(payload.get("providerId"), str) or not payload.get("providerId"):
+        errors.append("payload.providerId: missing")
+    if not is_iso_z(payload.get("occurredAt")):
+        errors.append(f"payload.occurredAt: not ISO Z: {payload.get('occurredAt')!r}")
+    if event_type == RECEIVED:
+        if payload.get("tenant") != tenant:
+            errors.append("payload.tenant: differs from tenant")
+        if payload.get("emailData", {}) is None or "emailData" not in payload:
+            errors.append("payload.emailData: missing")
+        else:
+            _check_email_data(payload["emailData"], tenant, payload.get("providerId"), errors)
+            if payload["emailData"].get("from") is None:
+                errors.append("emailData.from: a message without From must not be published")
+    elif event_type == AUTO_PAUSED:
+        if not isinstance(payload.get("reason"), str):
+            errors.append("payload.reason: not a string")
+        count = payload.get("failureCount")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            errors.append("payload.failureCount: not an integer >= 0")
+        if "lastErrorCode" not in payload:
+            errors.append("payload.lastErrorCode: missing")
+    return errors
