@@ -39,7 +39,9 @@ def with_deadline(
     """
 
     def on_timeout(result: Any, timeout: float) -> Any:
-        if isinstance(result, Failure) and result.check(defer.TimeoutError):
+        # Called only when the deadline hit; ``result`` is what cancelling
+        # produced (normally a CancelledError).
+        if isinstance(result, Failure) and result.check(defer.CancelledError):
             raise DeadlineExceeded(f"{what} did not finish within {timeout:g}s")
         return result
 

@@ -1,0 +1,269 @@
+"""The outbox relay: committed outbox rows -> the sink, oldest first.
+
+Delivery is at-least-once. A row is marked published only after the sink
+acknowledged it, so a crash (or a failed ``mark_published``) between the two
+publishes the row again later, with the same ``event_id`` (the id is in the
+row, decided when the message was recorded); consumers deduplicate by it.
+
+Scheduling:
+
+- :meth:`Relay.wake` is called right after each commit. Runs are coalesced:
+  one at a time, and a wake during a run makes one more run follow it, so a
+  row committed while a fetch was in flight is never left behind.
+- A periodic timer (``interval_s``) wakes the relay too, for rows that other
+  replicas or an earlier process left behind, and refreshes the backlog.
+- When the sink (or the store) fails, the relay waits with exponential
+  backoff up to ``max_backoff_s`` before it tries again; wakes meanwhile do
+  not cause a retry (no busy loop). Ingestion is not blocked: the outbox
+  simply grows until the sink is back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from imapsvc.deferreds import fire_and_forget, with_deadline
+
+_log = Logger()
+
+
+class Relay(Service):
+    """Moves outbox rows to the sink.
+
+    :param store: an :class:`~imapsvc.interfaces.IStore` (``fetch_outbox``,
+        ``mark_published``, ``outbox_stats``).
+    :param sink: an :class:`~imapsvc.interfaces.ISink`.
+    :param clock: ``IReactorTime``.
+    :param batch_size: rows per fetch/publish.
+    :param interval_s: period of the safety-net timer.
+    :param max_backoff_s: ceiling of the retry delay after failures.
+    :param base_backoff_s: the first retry delay.
+
+    :ivar stats: counters for metrics: ``published`` (entries acknowledged
+        by the sink), ``errors`` (failed runs), ``backlog`` and
+        ``oldest_age_s`` (last known outbox state), ``consecutive_failures``,
+        ``last_error`` (text), ``last_published_at`` (clock seconds),
+        ``runs``.
+    """
+
+    name = "relay"
+
+    def __init__(
+        self,
+        store: Any,
+        sink: Any,
+        clock: Any,
+        batch_size: int = 500,
+        interval_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        base_backoff_s: float = 0.5,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self._store = store
+        self._sink = sink
+        self._clock = clock
+        self._batch_size = batch_size
+        self._interval_s = interval_s
+        self._max_backoff_s = max_backoff_s
+        self._base_backoff_s = min(base_backoff_s, max_backoff_s)
+        self.stats: dict[str, Any] = {
+            "published": 0,
+            "errors": 0,
+            "backlog": 0,
+            "oldest_age_s": None,
+            "consecutive_failures": 0,
+            "last_error": None,
+            "last_published_at": None,
+            "runs": 0,
+        }
+        self._run_no = 0
+        self._in_run = False
+        self._again = False
+        self._retry_call: Any = None
+        self._timer: Optional[LoopingCall] = None
+        # (first run number that may satisfy it, Deferred[bool])
+        self._flush_waiters: list[tuple[int, defer.Deferred[bool]]] = []
+        self._idle_waiters: list[defer.Deferred[None]] = []
+
+    # -- service -------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._timer = LoopingCall(self._tick)
+        self._timer.clock = self._clock
+        fire_and_forget(self._timer.start(self._interval_s, now=False), _log, "relay timer")
+        # Rows left by an earlier process go out first.
+        self.wake()
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop the timers; fires when the run in progress (if any) ended.
+        Call :meth:`flush` first for a graceful drain."""
+        super().stopService()
+        if self._timer is not None and self._timer.running:
+            self._timer.stop()
+        self._timer = None
+        self._cancel_retry()
+        if not self._in_run:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._idle_waiters.append(d)
+        return d
+
+    # -- public --------------------------------------------------------
+
+    @property
+    def backing_off(self) -> bool:
+        """Whether the relay is waiting before a retry."""
+        return self._retry_call is not None and self._retry_call.active()
+
+    def wake(self) -> None:
+        """There may be new outbox rows (call after each commit). Cheap and
+        safe to call often."""
+        if not self.running:
+            return
+        if self._in_run:
+            self._again = True
+            return
+        if self.backing_off:
+            return  # the pending retry will pick the rows up
+        self._start_run()
+
+    def flush(self, timeout_s: float = 10.0) -> defer.Deferred[bool]:
+        """Publish everything committed so far, now (skipping a pending
+        backoff): fires ``True`` once a run that started after this call
+        found the outbox empty, ``False`` when that run failed or after
+        ``timeout_s``. Never fails."""
+        d: defer.Deferred[bool] = defer.Deferred()
+        self._flush_waiters.append((self._run_no + 1, d))
+        if self._in_run:
+            self._again = True
+        else:
+            self._cancel_retry()
+            self._start_run(force=True)
+
+        def timed_out(result: Any, timeout: float) -> Any:
+            # Called only when the deadline hit (result: the CancelledError).
+            if isinstance(result, Failure) and result.check(defer.CancelledError):
+                self._flush_waiters[:] = [(n, w) for n, w in self._flush_waiters if w is not d]
+                _log.warn("Relay flush did not finish within {timeout}s", timeout=timeout)
+                return False
+            return result
+
+        return d.addTimeout(timeout_s, self._clock, onTimeoutCancel=timed_out)
+
+    # -- the run -------------------------------------------------------
+
+    def _start_run(self, force: bool = False) -> None:
+        if not (self.running or force):
+            return
+        self._in_run = True
+        self._again = False
+        self._run_no += 1
+        run_no = self._run_no
+        self.stats["runs"] += 1
+        d = self._drain()
+        d.addBoth(self._run_done, run_no)
+        fire_and_forget(d, _log, "relay run")
+
+    @defer.inlineCallbacks
+    def _drain(self) -> Any:
+        while True:
+            rows = yield self._store.fetch_outbox(self._batch_size)
+            if not rows:
+                self.stats["backlog"] = 0
+                self.stats["oldest_age_s"] = None
+                return
+            yield self._sink.publish([(row.event_id, row.fields) for row in rows])
+            # A crash here publishes these rows again later: same event_ids.
+            yield self._store.mark_published([row.id for row in rows])
+            self.stats["published"] += len(rows)
+            self.stats["last_published_at"] = self._clock.seconds()
+            self.stats["consecutive_failures"] = 0
+            _log.debug("Relay published {count} entries", count=len(rows))
+            if not self.running and not self._flush_waiters:
+                return  # stopping: the next process picks up the rest
+
+    def _run_done(self, result: Any, run_no: int) -> None:
+        self._in_run = False
+        ok = not isinstance(result, Failure)
+        if ok:
+            self.stats["consecutive_failures"] = 0
+        else:
+            assert isinstance(result, Failure)
+            self.stats["errors"] += 1
+            self.stats["consecutive_failures"] += 1
+            self.stats["last_error"] = f"{type(result.value).__name__}: {result.getErrorMessage()}"
+        self._notify_flush(run_no, ok)
+        if self._idle_waiters and not self.running:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for w in waiters:
+                w.callback(None)
+            return
+        if not self.running:
+            return
+        if not ok:
+            delay = self._backoff_delay()
+            _log.warn(
+                "Relay could not publish ({error}); retry {attempt} in {delay:.1f}s",
+                error=self.stats["last_error"],
+                attempt=self.stats["consecutive_failures"],
+                delay=delay,
+            )
+            self._again = False
+            self._retry_call = self._clock.callLater(delay, self._retry)
+            self._refresh_backlog()
+            return
+        if self._again:
+            self._start_run()
+
+    def _retry(self) -> None:
+        self._retry_call = None
+        if self.running and not self._in_run:
+            self._start_run()
+
+    def _cancel_retry(self) -> None:
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
+
+    def _backoff_delay(self) -> float:
+        n = min(self.stats["consecutive_failures"], 32)
+        return float(min(self._max_backoff_s, self._base_backoff_s * (2 ** (n - 1))))
+
+    def _notify_flush(self, run_no: int, ok: bool) -> None:
+        ready = [(n, d) for n, d in self._flush_waiters if n <= run_no]
+        if not ready:
+            return
+        self._flush_waiters = [(n, d) for n, d in self._flush_waiters if n > run_no]
+        for _, d in ready:
+            if not d.called:
+                d.callback(ok)
+
+    # -- timer ---------------------------------------------------------
+
+    def _tick(self) -> None:
+        if self.backing_off:
+            return  # the failed run refreshed the backlog; spare the store
+        self.wake()
+        self._refresh_backlog()
+
+    def _refresh_backlog(self) -> None:
+        def got(stats: Any) -> None:
+            count, age = stats
+            self.stats["backlog"] = count
+            self.stats["oldest_age_s"] = age
+
+        d = with_deadline(
+            defer.maybeDeferred(self._store.outbox_stats),
+            max(self._interval_s, 1.0) * 5,
+            self._clock,
+            "outbox stats",
+        )
+        fire_and_forget(d.addCallback(got), _log, "outbox stats")

@@ -1,0 +1,313 @@
+"""The outbox relay on a fake clock, the in-memory store and the memory sink."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from imapsvc.sink.memory import MemorySink
+from imapsvc.sink.relay import Relay
+from imapsvc.store.memory import MemoryStore
+from tests.sink_contract import entry
+
+T = "11111111-1111-4111-8111-111111111111"
+P = "22222222-2222-4222-8222-222222222222"
+
+
+class FlakyStore:
+    """Wraps a store: ``mark_published`` can fail (a crash between XADD and
+    the mark), ``fetch_outbox`` can be held to model a query in flight."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self.mark_failures = 0
+        self.fetch_failures = 0
+        self.hold_fetch = False
+        self.held: list[defer.Deferred[Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def fetch_outbox(self, limit: int) -> Any:
+        if self.fetch_failures:
+            self.fetch_failures -= 1
+            return defer.fail(ConnectionError("store down"))
+        snapshot = self._store.fetch_outbox(limit)  # taken now, delivered later
+        if not self.hold_fetch:
+            return snapshot
+        gate: defer.Deferred[Any] = defer.Deferred()
+        self.held.append(gate)
+        return gate.addCallback(lambda _: snapshot)
+
+    def release_fetch(self) -> None:
+        self.hold_fetch = False
+        held, self.held = self.held, []
+        for d in held:
+            d.callback(None)
+
+    def mark_published(self, ids: Any) -> Any:
+        if self.mark_failures:
+            self.mark_failures -= 1
+            return defer.fail(ConnectionError("crash before mark_published"))
+        return self._store.mark_published(ids)
+
+
+class RelayTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.memstore = MemoryStore(self.clock)
+        self.store = FlakyStore(self.memstore)
+        self.sink = MemorySink()
+
+    def relay(self, **kwargs: Any) -> Relay:
+        kwargs.setdefault("interval_s", 1.0)
+        kwargs.setdefault("max_backoff_s", 30.0)
+        kwargs.setdefault("base_backoff_s", 0.5)
+        relay = Relay(self.store, self.sink, self.clock, **kwargs)
+        self.addCleanup(self.stop, relay)
+        return relay
+
+    def stop(self, relay: Relay) -> None:
+        if relay.running:
+            self.successResultOf(relay.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [], "no timers left behind")
+
+    def add(self, *numbers: int) -> list[str]:
+        ids = []
+        for n in numbers:
+            event_id, fields = entry(n)
+            self.successResultOf(self.memstore.add_outbox(T, P, event_id, fields))
+            ids.append(event_id)
+        return ids
+
+    def pending(self) -> int:
+        return len(self.successResultOf(self.memstore.fetch_outbox(10_000)))
+
+    def test_wake_publishes_oldest_first_and_marks_published(self) -> None:
+        relay = self.relay()
+        relay.startService()
+        expected = self.add(1, 2, 3)
+        relay.wake()
+        self.assertEqual(self.sink.event_ids, expected)
+        self.assertEqual(self.sink.entries[0][2], entry(1)[1], "fields go out unchanged")
+        self.assertEqual(self.pending(), 0)
+        self.assertEqual(relay.stats["published"], 3)
+
+    def test_not_started_ignores_wake(self) -> None:
+        relay = self.relay()
+        self.add(1)
+        relay.wake()
+        self.assertEqual(self.sink.calls, 0)
+
+    def test_start_publishes_leftovers(self) -> None:
+        expected = self.add(1, 2)
+        relay = self.relay()
+        relay.startService()
+        self.assertEqual(self.sink.event_ids, expected)
+
+    def test_batches_of_batch_size_in_order(self) -> None:
+        relay = self.relay(batch_size=2)
+        relay.startService()
+        expected = self.add(*range(5))
+        relay.wake()
+        self.assertEqual(self.sink.calls, 3)
+        self.assertEqual(self.sink.event_ids, expected)
+
+    def test_wakes_during_a_run_are_coalesced(self) -> None:
+        relay = self.relay()
+        relay.startService()
+        self.sink.hold()
+        first = self.add(1)
+        relay.wake()
+        self.assertEqual(self.sink.calls, 1)
+        second = self.add(2, 3)
+        for _ in range(5):
+            relay.wake()
+        self.assertEqual(self.sink.calls, 1, "one run at a time")
+        self.sink.release()
+        self.sink.release()
+        self.assertEqual(self.sink.event_ids, first + second)
+        self.assertEqual(self.sink.calls, 2)
+        self.assertEqual(self.pending(), 0)
+
+    def test_commit_during_inflight_fetch_is_not_left_behind(self) -> None:
+        # The fetch's snapshot predates the commit; the wake during the run
+        # must cause another run, not wait for the timer.
+        relay = self.relay()
+        relay.startService()
+        self.store.hold_fetch = True
+        relay.wake()
+        late = self.add(1)
+        relay.wake()
+        self.store.release_fetch()
+        self.assertEqual(self.sink.event_ids, late)
+
+    def test_periodic_timer_picks_up_rows_without_wake(self) -> None:
+        relay = self.relay(interval_s=1.0)
+        relay.startService()
+        expected = self.add(1)
+        self.assertEqual(self.sink.calls, 0)
+        self.clock.advance(1.0)
+        self.assertEqual(self.sink.event_ids, expected)
+
+    def test_sink_down_backs_off_exponentially_without_busy_loop(self) -> None:
+        relay = self.relay(base_backoff_s=0.5, max_backoff_s=4.0, interval_s=1.0)
+        relay.startService()
+        self.sink.fail()
+        self.add(1)
+        relay.wake()
+        self.assertEqual(self.sink.calls, 1)
+        self.assertTrue(relay.backing_off)
+        attempts = [self.clock.seconds()]
+        for _ in range(7):
+            calls = self.sink.calls
+            for _ in range(1000):  # wakes and timer ticks do not force retries
+                relay.wake()
+                self.clock.advance(0.01)
+                if self.sink.calls != calls:
+                    break
+            self.assertEqual(self.sink.calls, calls + 1)
+            attempts.append(self.clock.seconds())
+        gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+        for gap, want in zip(gaps, [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0], strict=True):
+            self.assertLess(abs(gap - want), 0.015, (gaps, want))
+        self.assertEqual(relay.stats["errors"], 8)
+        self.assertIn("SinkDown", relay.stats["last_error"])
+
+    def test_ingestion_continues_and_backlog_grows_while_down(self) -> None:
+        relay = self.relay(max_backoff_s=2.0)
+        relay.startService()
+        self.sink.fail()
+        self.add(1)
+        relay.wake()
+        expected_more = self.add(*range(2, 12))
+        relay.wake()
+        self.clock.advance(0.1)
+        self.assertEqual(relay.stats["backlog"], 1)  # refreshed at the failure
+        self.clock.advance(2.0)  # a retry fails, refreshes the backlog
+        self.assertEqual(relay.stats["backlog"], 11)
+        self.sink.recover()
+        self.clock.advance(2.0)
+        self.assertEqual(self.sink.event_ids, [entry(1)[0]] + expected_more)
+        self.assertEqual(relay.stats["backlog"], 0)
+        self.assertEqual(relay.stats["consecutive_failures"], 0)
+        self.assertFalse(relay.backing_off)
+
+    def test_store_down_backs_off_too(self) -> None:
+        relay = self.relay()
+        relay.startService()
+        self.store.fetch_failures = 1
+        expected = self.add(1)
+        relay.wake()
+        self.assertEqual(self.sink.calls, 0)
+        self.assertEqual(relay.stats["errors"], 1)
+        self.clock.advance(0.5)
+        self.assertEqual(self.sink.event_ids, expected)
+
+    def test_crash_between_publish_and_mark_republishes_same_event_ids(self) -> None:
+        relay = self.relay()
+        relay.startService()
+        self.store.mark_failures = 1
+        expected = self.add(1, 2)
+        relay.wake()
+        self.assertEqual(self.sink.event_ids, expected)
+        self.assertEqual(self.pending(), 2, "not marked")
+        self.clock.advance(0.5)
+        self.assertEqual(self.sink.event_ids, expected + expected)
+        self.assertEqual(self.pending(), 0)
+        # Every copy carries the same event_id field as the first.
+        self.assertEqual([f["event_id"] for _, _, f in self.sink.entries], expected + expected)
+
+    def test_crash_then_new_process_republishes_same_event_ids(self) -> None:
+        first = self.relay()
+        first.startService()
+        self.store.mark_failures = 1
+        expected = self.add(1)
+        first.wake()
+        self.successResultOf(first.stopService())  # the process "dies"
+        second = self.relay()
+        second.startService()
+        self.assertEqual(self.sink.event_ids, expected + expected)
+        self.assertEqual(self.pending(), 0)
+
+    def test_prefix_published_before_failure_is_republished(self) -> None:
+        relay = self.relay()
+        relay.startService()
+        self.sink.fail(after=2)
+        expected = self.add(1, 2, 3)
+        relay.wake()
+        self.assertEqual(self.sink.event_ids, expected[:2])
+        self.sink.recover()
+        self.clock.advance(0.5)
+        self.assertEqual(self.sink.event_ids, expected[:2] + expected)
+        self.assertEqual(set(self.sink.event_ids), set(expected))
+
+    def test_flush_true_when_drained(self) -> None:
+        relay = self.relay()
+        relay.startService()
+        self.sink.hold()
+        self.add(1)
+        relay.wake()
+        self.add(2)
+        d = relay.flush(timeout_s=5)
+        self.assertNoResult(d)
+        self.sink.release()
+        self.assertIs(self.successResultOf(d), True)
+        self.assertEqual(self.pending(), 0)
+
+    def test_flush_waits_for_a_run_that_started_after_it(self) -> None:
+        relay = self.relay()
+        relay.startService()
+        self.store.hold_fetch = True
+        relay.wake()  # run 1: its (empty) snapshot predates row 1
+        expected = self.add(1)
+        d = relay.flush(timeout_s=5)
+        self.sink.hold()
+        self.store.release_fetch()  # run 1 ends "empty": not good enough
+        self.assertNoResult(d)
+        self.sink.release()
+        self.assertIs(self.successResultOf(d), True)
+        self.assertEqual(self.sink.event_ids, expected)
+
+    def test_flush_skips_backoff_and_reports_failure(self) -> None:
+        relay = self.relay(max_backoff_s=30, base_backoff_s=30)
+        relay.startService()
+        self.sink.fail()
+        self.add(1)
+        relay.wake()
+        self.assertTrue(relay.backing_off)
+        self.sink.recover()
+        self.assertIs(self.successResultOf(relay.flush()), True)
+        self.assertEqual(self.pending(), 0)
+        self.sink.fail()
+        self.add(2)
+        self.assertIs(self.successResultOf(relay.flush()), False)
+
+    def test_flush_is_bounded(self) -> None:
+        relay = self.relay()
+        relay.startService()
+        self.sink.hold()
+        self.add(1)
+        d = relay.flush(timeout_s=3)
+        self.clock.advance(2.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.2)
+        self.assertIs(self.successResultOf(d), False)
+        self.sink.release()
+
+    def test_stop_waits_for_the_run_in_progress(self) -> None:
+        relay = self.relay()
+        relay.startService()
+        self.sink.hold()
+        self.add(1)
+        relay.wake()
+        d: Optional[defer.Deferred[None]] = relay.stopService()
+        self.assertNoResult(d)
+        self.sink.release()
+        self.successResultOf(d)
+        self.assertEqual(self.pending(), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
