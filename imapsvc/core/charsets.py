@@ -106,7 +106,7 @@ def lookup_charset(label: Optional[str]) -> Optional[str]:
         info = codecs.lookup(name)
     except (LookupError, ValueError, TypeError):
         return None
-    if not getattr(info, "_is_text_encoding", True) or info.name in _REFUSED:
+    if not getattr(info, "_is_text_encoding", True) or info.name.replace("-", "_") in _REFUSED:
         return None
     if info.name in ("ascii", "latin-1", "iso8859-1"):
         return _ALIASES["ascii"] if info.name == "ascii" else _FALLBACK_1252

