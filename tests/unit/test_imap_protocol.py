@@ -12,7 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.mail.imap4 import IMAP4Client
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import directlyProvides
+from zope.interface import alsoProvides, directlyProvides, implementer
 
 from imapsvc.imap import responses
 from imapsvc.imap.errors import (
@@ -27,6 +27,7 @@ from imapsvc.imap.protocol import FolderIMAPClient
 GREETING = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ IDLE STARTTLS AUTH=PLAIN] ready\r\n"
 
 
+@implementer(ITLSTransport)
 class TLSCapableTransport(StringTransport):
     """A string transport that records ``startTLS`` (and then says it is TLS)."""
 
@@ -34,7 +35,7 @@ class TLSCapableTransport(StringTransport):
 
     def startTLS(self, context_factory):
         self.tls_context = context_factory
-        directlyProvides(self, ISSLTransport, ITLSTransport)
+        alsoProvides(self, ISSLTransport)
 
 
 def make_client(
