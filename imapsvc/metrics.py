@@ -1,0 +1,127 @@
+"""Prometheus metrics, collected at scrape time from the components' own
+counters (folder snapshots, relay stats, pipeline stats), so the components
+stay free of a metrics dependency and a test can read the same numbers.
+
+A private :class:`~prometheus_client.CollectorRegistry` per process (not the
+global one), so tests can build as many as they like.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+class ServiceCollector(Collector):
+    """Reads ``status()`` of the supervisor, ``stats`` of the relay and of
+    the pipeline. Any of them may be ``None`` (not wired)."""
+
+    def __init__(
+        self,
+        status: Callable[[], dict],
+        relay_stats: Optional[Callable[[], dict]] = None,
+        pipeline_stats: Optional[Callable[[], dict]] = None,
+    ):
+        self._status = status
+        self._relay = relay_stats
+        self._pipeline = pipeline_stats
+
+    def collect(self) -> Iterable[Any]:
+        status = self._status() or {}
+        providers = status.get("providers", [])
+        leases = GaugeMetricFamily(
+            "imapsvc_leases_held", "Providers this replica holds a lease for"
+        )
+        leases.add_metric([], len(providers))
+        yield leases
+        waiting = GaugeMetricFamily(
+            "imapsvc_providers_waiting", "Providers waiting for capacity on this replica"
+        )
+        waiting.add_metric([], len(status.get("waiting", [])))
+        yield waiting
+
+        labels = ["tenant", "provider", "folder"]
+        syncs = CounterMetricFamily("imapsvc_folder_syncs", "Folder syncs run", labels=labels)
+        handed = CounterMetricFamily(
+            "imapsvc_messages_fetched", "Messages fetched and handed to the pipeline",
+            labels=labels,
+        )
+        bytes_ = CounterMetricFamily(
+            "imapsvc_bytes_fetched", "Message bytes read from IMAP", labels=labels
+        )
+        wakeups = CounterMetricFamily(
+            "imapsvc_idle_wakeups", "IDLE wake-ups (EXISTS)", labels=labels
+        )
+        reconnects = CounterMetricFamily(
+            "imapsvc_reconnects", "Reconnects by reason", labels=labels + ["reason"]
+        )
+        lag = GaugeMetricFamily(
+            "imapsvc_folder_cursor_lag", "UIDNEXT - 1 - last_uid of a folder", labels=labels
+        )
+        state = GaugeMetricFamily(
+            "imapsvc_folder_state", "1 for the state a folder is in", labels=labels + ["state"]
+        )
+        for p in providers:
+            for name, f in (p.get("folders") or {}).items():
+                key = [p.get("tenant", ""), p.get("providerId", ""), name]
+                syncs.add_metric(key, _num(f.get("syncs")))
+                handed.add_metric(key, _num(f.get("handedOff")))
+                bytes_.add_metric(key, _num(f.get("bytesFetched")))
+                wakeups.add_metric(key, _num(f.get("idleWakeups")))
+                for reason, n in (f.get("reconnects") or {}).items():
+                    reconnects.add_metric(key + [str(reason)], _num(n))
+                if f.get("lag") is not None:
+                    lag.add_metric(key, _num(f.get("lag")))
+                state.add_metric(key + [str(f.get("state", ""))], 1)
+        yield from (syncs, handed, bytes_, wakeups, reconnects, lag, state)
+
+        pipe = self._pipeline() if self._pipeline else {}
+        outcomes = CounterMetricFamily(
+            "imapsvc_messages", "Messages recorded, by outcome", labels=["outcome"]
+        )
+        for outcome in ("published", "skipped", "duplicate"):
+            outcomes.add_metric([outcome], _num(pipe.get(outcome)))
+        yield outcomes
+        auth = CounterMetricFamily("imapsvc_auth_failures", "Authentication failures")
+        auth.add_metric([], _num(status.get("authFailures")))
+        yield auth
+
+        relay = self._relay() if self._relay else {}
+        published = CounterMetricFamily(
+            "imapsvc_events_published", "Stream entries acknowledged by the sink"
+        )
+        published.add_metric([], _num(relay.get("published")))
+        yield published
+        errors = CounterMetricFamily("imapsvc_relay_errors", "Failed relay runs")
+        errors.add_metric([], _num(relay.get("errors")))
+        yield errors
+        backlog = GaugeMetricFamily("imapsvc_outbox_backlog", "Unpublished outbox rows")
+        backlog.add_metric([], _num(relay.get("backlog")))
+        yield backlog
+        age = GaugeMetricFamily(
+            "imapsvc_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row"
+        )
+        age.add_metric([], _num(relay.get("oldest_age_s")))
+        yield age
+
+
+def make_registry(collector: Collector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

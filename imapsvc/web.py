@@ -1,0 +1,227 @@
+"""The HTTP surface (CONTRACT section 4), a Klein app built as an object.
+
+Dependencies come through ``__init__``; tests drive it with
+``treq.testing.StubTreq(app.resource())``. Every handler answers with JSON
+(or a redirect / small page for the OAuth callback) and never with a
+traceback; error texts are the components' secret-free messages.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from typing import Any, Callable, Optional
+
+from klein import Klein
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from imapsvc.deferreds import with_deadline
+from imapsvc.metrics import CONTENT_TYPE, render
+from imapsvc.oauth import CALLBACK_PATH, OAuthError
+
+_UUIDISH = re.compile(r"^[0-9A-Za-z-]{1,64}$")
+_MAX_BODY = 64 * 1024
+
+
+class BadRequest(Exception):
+    pass
+
+
+def _json(request, status: int, body: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body, sort_keys=True, default=str).encode("utf-8")
+
+
+def _body(request) -> dict:
+    raw = request.content.read(_MAX_BODY + 1) if request.content is not None else b""
+    if len(raw) > _MAX_BODY:
+        raise BadRequest("request body too large")
+    try:
+        data = json.loads(raw.decode("utf-8") or "{}")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest("request body is not JSON") from e
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def _ident(data: dict, key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not _UUIDISH.match(value):
+        raise BadRequest(f"{key} is missing or not an id")
+    return value
+
+
+class WebApp:
+    """Routes: health, readiness, metrics, status, OAuth, admin actions."""
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        clock,
+        admin,
+        store,
+        sink,
+        registry,
+        oauth_flow=None,
+        admin_token: str = "",
+        discovered: Callable[[], bool] = lambda: True,
+        ready_deadline_s: float = 2.0,
+    ):
+        self._clock = clock
+        self._admin = admin
+        self._store = store
+        self._sink = sink
+        self._registry = registry
+        self._oauth = oauth_flow
+        self._token = admin_token.encode("utf-8") if admin_token else b""
+        self._discovered = discovered
+        self._deadline = ready_deadline_s
+
+    def resource(self):
+        return self.app.resource()
+
+    # -- helpers --------------------------------------------------------------
+
+    def _authorized(self, request) -> Optional[bytes]:
+        """``None`` when the bearer token matches, else the error response."""
+        if not self._token:
+            return _json(request, 403, {"success": False, "error": "admin API disabled"})
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
+            request.setHeader(b"www-authenticate", b"Bearer")
+            return _json(request, 401, {"success": False, "error": "unauthorized"})
+        return None
+
+    @defer.inlineCallbacks
+    def _admin_call(self, request, action: str):
+        denied = self._authorized(request)
+        if denied is not None:
+            return denied
+        try:
+            data = _body(request)
+            tenant, provider = _ident(data, "tenant"), _ident(data, "providerId")
+            folder = data.get("folder")
+            if folder is not None and not isinstance(folder, str):
+                raise BadRequest("folder must be a string")
+        except BadRequest as e:
+            return _json(request, 400, {"success": False, "error": str(e)})
+        try:
+            if action == "reconnect":
+                result = yield self._admin.reconnect(tenant, provider)
+            elif action == "resync":
+                result = yield self._admin.resync(tenant, provider, folder)
+            else:
+                result = yield self._admin.test_connection(tenant, provider)
+        except Exception as e:
+            self.log.warn("admin {action} failed: {err}", action=action, err=str(e))
+            return _json(request, 500, {"success": False, "error": "internal error"})
+        return _json(request, 200, result)
+
+    # -- routes ---------------------------------------------------------------
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request):
+        return _json(request, 200, {"status": "ok"})
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request):
+        return _json(request, 200, {"status": "ok"})
+
+    @app.route("/readyz", methods=["GET"])
+    @defer.inlineCallbacks
+    def readyz(self, request):
+        reasons = []
+        for name, dep in (("database", self._store), ("event stream", self._sink)):
+            try:
+                yield with_deadline(
+                    defer.maybeDeferred(dep.ping), self._deadline, self._clock, name
+                )
+            except Exception as e:
+                reasons.append(f"{name} unreachable: {e}")
+        if not self._discovered():
+            reasons.append("first provider discovery not done")
+        if reasons:
+            return _json(request, 503, {"ready": False, "reasons": reasons})
+        return _json(request, 200, {"ready": True})
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request):
+        request.setHeader(b"content-type", CONTENT_TYPE.encode())
+        return render(self._registry)
+
+    @app.route("/status", methods=["GET"])
+    def status(self, request):
+        denied = self._authorized(request)
+        if denied is not None:
+            return denied
+        return _json(request, 200, self._admin.status())
+
+    @app.route("/api/email/imap/reconnect", methods=["POST"])
+    def reconnect(self, request):
+        return self._admin_call(request, "reconnect")
+
+    @app.route("/api/email/imap/resync", methods=["POST"])
+    def resync(self, request):
+        return self._admin_call(request, "resync")
+
+    @app.route("/api/email/imap/test-connection", methods=["POST"])
+    def test_connection(self, request):
+        return self._admin_call(request, "test")
+
+    @app.route("/api/email/oauth/imap/initiate", methods=["POST"])
+    @defer.inlineCallbacks
+    def oauth_initiate(self, request):
+        denied = self._authorized(request)
+        if denied is not None:
+            return denied
+        if self._oauth is None:
+            return _json(request, 503, {"success": False, "error": "OAuth is not configured"})
+        try:
+            data = _body(request)
+            tenant, provider = _ident(data, "tenant"), _ident(data, "providerId")
+            redirect = data.get("redirectUri")
+            if redirect is not None and not isinstance(redirect, str):
+                raise BadRequest("redirectUri must be a string")
+            result = yield self._oauth.initiate(tenant, provider, redirect)
+        except BadRequest as e:
+            return _json(request, 400, {"success": False, "error": str(e)})
+        except OAuthError as e:
+            return _json(request, e.status, {"success": False, "error": str(e), "code": e.code})
+        except Exception as e:
+            self.log.warn("OAuth initiate failed: {err}", err=type(e).__name__)
+            return _json(request, 500, {"success": False, "error": "internal error"})
+        return _json(request, 200, result)
+
+    @app.route(CALLBACK_PATH, methods=["GET"])
+    @defer.inlineCallbacks
+    def oauth_callback(self, request):
+        def arg(name: str) -> Optional[str]:
+            values = request.args.get(name.encode())
+            if not values:
+                return None
+            return values[0].decode("utf-8", "replace")
+
+        if self._oauth is None:
+            return _json(request, 503, {"success": False, "error": "OAuth is not configured"})
+        try:
+            target = yield self._oauth.callback(
+                arg("code"), arg("state"), error=arg("error"), tenant=arg("tenant")
+            )
+        except OAuthError as e:
+            return _json(request, e.status, {"success": False, "error": str(e), "code": e.code})
+        except Exception as e:
+            self.log.warn("OAuth callback failed: {err}", err=type(e).__name__)
+            return _json(request, 500, {"success": False, "error": "internal error"})
+        if target:
+            request.redirect(target.encode("utf-8"))
+            return b""
+        return _json(request, 200, {"success": True, "provider": "imap"})

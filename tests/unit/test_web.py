@@ -1,0 +1,190 @@
+"""The Klein app through StubTreq: auth, readiness, metrics, admin, OAuth errors."""
+
+import json
+
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from imapsvc.core import oauth_state as o
+from imapsvc.metrics import ServiceCollector, make_registry
+from imapsvc.oauth import OAuthFlow
+from imapsvc.secrets import SecretBox, SecretStore, generate_key
+from imapsvc.sink.memory import MemorySink
+from imapsvc.store.memory import MemoryStore
+from imapsvc.web import WebApp
+
+T = "11111111-1111-1111-1111-111111111111"
+P = "22222222-2222-2222-2222-222222222222"
+TOKEN = "admin-token-123"
+
+
+class FakeAdmin:
+    def __init__(self):
+        self.calls = []
+
+    def reconnect(self, tenant, provider_id):
+        self.calls.append(("reconnect", tenant, provider_id))
+        return defer.succeed({"success": True})
+
+    def resync(self, tenant, provider_id, folder=None):
+        self.calls.append(("resync", tenant, provider_id, folder))
+        return defer.succeed({"success": True})
+
+    def test_connection(self, tenant, provider_id):
+        self.calls.append(("test", tenant, provider_id))
+        return defer.fail(RuntimeError("boom with password=hunter2"))
+
+    def status(self):
+        return {
+            "providers": [
+                {
+                    "tenant": T,
+                    "providerId": P,
+                    "folders": {"INBOX": {"state": "Idling", "syncs": 3, "handedOff": 7,
+                                          "lag": 2, "reconnects": {"bye": 1}}},
+                }
+            ],
+            "waiting": [],
+        }
+
+
+class WebTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.store = MemoryStore(self.clock)
+        self.sink = MemorySink()
+        self.admin = FakeAdmin()
+        self.discovered = True
+        box = SecretBox.from_setting(generate_key())
+        self.store.add_provider(
+            tenant=T, provider_id=P, host="imap.gmail.com", auth_type="oauth2",
+            oauth_client_id="cid",
+        )
+        flow = OAuthFlow(
+            self.store, SecretStore(self.store, box), box, None, self.clock,
+            o.state_key("k"), "https://svc.example.com", ["https://app.example.com"],
+        )
+        self.web = WebApp(
+            clock=self.clock,
+            admin=self.admin,
+            store=self.store,
+            sink=self.sink,
+            registry=make_registry(ServiceCollector(self.admin.status, lambda: {"backlog": 4})),
+            oauth_flow=flow,
+            admin_token=TOKEN,
+            discovered=lambda: self.discovered,
+        )
+        self.http = StubTreq(self.web.resource())
+
+    def request(self, method, path, body=None, token=TOKEN, **kw):
+        headers = {}
+        if token:
+            headers[b"authorization"] = [b"Bearer " + token.encode()]
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        d = self.http.request(method, "http://svc" + path, data=data, headers=headers, **kw)
+        self.http.flush()
+        response = self.successResultOf(d)
+        content = self.successResultOf(self.http.content(response))
+        return response.code, content
+
+    def test_health(self):
+        for path in ("/healthz", "/health"):
+            code, body = self.request("GET", path, token=None)
+            self.assertEqual((code, json.loads(body)), (200, {"status": "ok"}))
+
+    def test_ready_and_not_ready(self):
+        self.assertEqual(self.request("GET", "/readyz", token=None)[0], 200)
+        self.discovered = False
+        self.sink.fail()
+        code, body = self.request("GET", "/readyz", token=None)
+        self.assertEqual(code, 503)
+        reasons = json.loads(body)["reasons"]
+        self.assertEqual(len(reasons), 2, reasons)
+
+    def test_ready_times_out_on_hanging_dependency(self):
+        self.store.ping = lambda: defer.Deferred()
+        d = self.http.get("http://svc/readyz")
+        self.http.flush()
+        self.assertNoResult(d)
+        self.clock.advance(2.5)
+        self.http.flush()
+        self.assertEqual(self.successResultOf(d).code, 503)
+
+    def test_metrics(self):
+        code, body = self.request("GET", "/metrics", token=None)
+        self.assertEqual(code, 200)
+        text = body.decode()
+        self.assertIn("imapsvc_leases_held 1.0", text)
+        self.assertIn("imapsvc_outbox_backlog 4.0", text)
+        self.assertIn('imapsvc_folder_cursor_lag{folder="INBOX"', text)
+        self.assertIn('reason="bye"', text)
+
+    def test_admin_requires_token(self):
+        body = {"tenant": T, "providerId": P}
+        path = "/api/email/imap/reconnect"
+        self.assertEqual(self.request("POST", path, body, token=None)[0], 401)
+        self.assertEqual(self.request("POST", path, body, token="x")[0], 401)
+        self.assertEqual(self.request("GET", "/status", token="wrong")[0], 401)
+        self.assertEqual(self.admin.calls, [])
+        self.assertEqual(self.request("POST", "/api/email/imap/reconnect", body)[0], 200)
+        self.assertEqual(self.admin.calls, [("reconnect", T, P)])
+
+    def test_admin_disabled_without_token(self):
+        self.web._token = b""
+        code, _ = self.request("POST", "/api/email/imap/resync", {"tenant": T, "providerId": P})
+        self.assertEqual(code, 403)
+        self.assertEqual(self.admin.calls, [])
+
+    def test_resync_with_folder(self):
+        code, _ = self.request(
+            "POST", "/api/email/imap/resync", {"tenant": T, "providerId": P, "folder": "INBOX"}
+        )
+        self.assertEqual(code, 200)
+        self.assertEqual(self.admin.calls, [("resync", T, P, "INBOX")])
+
+    def test_bad_bodies(self):
+        for body in [b"not json", b"[1]", {"tenant": T}, {"tenant": "../x", "providerId": P},
+                     b"x" * 70000]:
+            code, text = self.request("POST", "/api/email/imap/reconnect", body)
+            self.assertEqual(code, 400, body)
+            self.assertNotIn(b"Traceback", text)
+
+    def test_internal_error_hides_details(self):
+        code, body = self.request(
+            "POST", "/api/email/imap/test-connection", {"tenant": T, "providerId": P}
+        )
+        self.assertEqual(code, 500)
+        self.assertNotIn(b"hunter2", body)
+        self.flushLoggedErrors()
+
+    def test_status(self):
+        code, body = self.request("GET", "/status")
+        self.assertEqual(code, 200)
+        self.assertEqual(json.loads(body)["providers"][0]["providerId"], P)
+
+    def test_oauth_initiate_and_bad_callbacks(self):
+        code, body = self.request(
+            "POST", "/api/email/oauth/imap/initiate", {"tenant": T, "providerId": P}
+        )
+        self.assertEqual(code, 200, body)
+        out = json.loads(body)
+        self.assertTrue(out["authUrl"].startswith("https://accounts.google.com/"))
+        code, body = self.request(
+            "GET", "/api/email/oauth/imap/callback?code=c&state=garbage", token=None
+        )
+        self.assertEqual(code, 400)
+        self.assertEqual(json.loads(body)["code"], "invalid_state")
+        code, _ = self.request(
+            "POST", "/api/email/oauth/imap/initiate",
+            {"tenant": T, "providerId": P, "redirectUri": "https://evil.net/"},
+        )
+        self.assertEqual(code, 400)
+
+    def test_initiate_requires_token(self):
+        code, _ = self.request(
+            "POST", "/api/email/oauth/imap/initiate", {"tenant": T, "providerId": P}, token=None
+        )
+        self.assertEqual(code, 401)
