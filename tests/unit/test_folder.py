@@ -1,0 +1,743 @@
+"""Unit tests of :class:`imapsvc.folder.FolderService` with a scripted fake
+a protocol object with the ``FolderIMAPClient`` API, a store, a pipeline and
+a credential source. No sockets."""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+
+from imapsvc.imap.errors import AuthenticationFailed, ConnectionGone
+from imapsvc.model import BatchResult, BodyPart, Credentials
+
+IDLE_CAPS = {b"IMAP4rev1": None, b"IDLE": None, b"AUTH": [b"PLAIN"]}
+NO_IDLE_CAPS = {b"IMAP4rev1": None}
+
+
+def simple_parser(struct):
+    """Test BODYSTRUCTURE parser: ``("text", n)`` -> one text part of n
+    bytes plus an attachment; anything else is unusable."""
+    if isinstance(struct, tuple) and struct[0] == "text":
+        return [
+            BodyPart("1", "text/plain", {}, "7bit", struct[1], struct[1], is_body_text=True),
+            BodyPart("2", "application/pdf", {}, "base64", 5000, 3700, disposition="attachment"),
+        ]
+    return None
+
+
+class FakeServer:
+    def __init__(self, uidvalidity=7, caps=IDLE_CAPS, folders=("INBOX",)):
+        self.uidvalidity = uidvalidity
+        self.caps = caps
+        self.folders = list(folders)
+        self.messages: dict[int, dict] = {}
+        self.uidnext = 1
+        self.auth_error = None
+        self.search_extra_highest = True
+        self.commands: list[tuple] = []
+        self.protos: list[FakeProto] = []
+
+    def add(self, count=1, struct=("text", 10), size=100):
+        for _ in range(count):
+            uid = self.uidnext
+            self.uidnext += 1
+            self.messages[uid] = {
+                "size": size,
+                "internaldate": "01-Jan-2026 10:00:00 +0000",
+                "bodystructure": struct,
+                "header": b"Subject: m%d\r\n\r\n" % uid,
+                "body": b"body of %d" % uid,
+            }
+        for p in self.protos:
+            if p.idling and p.on_exists is not None:
+                p.on_exists(len(self.messages))
+
+    def recreate(self):
+        """Delete and recreate the folder: new UIDVALIDITY, UIDs from 1."""
+        self.uidvalidity += 1
+        self.messages.clear()
+        self.uidnext = 1
+
+
+class FakeTransport:
+    def __init__(self, proto):
+        self.proto = proto
+        self.closed = False
+        self.keepalive = None
+
+    def setTcpKeepAlive(self, on):
+        self.keepalive = on
+
+    def loseConnection(self):
+        if not self.closed:
+            self.closed = True
+            self.proto.connection_lost()
+
+    abortConnection = loseConnection
+
+
+class FakeProto:
+    def __init__(self, server: FakeServer, connector=None):
+        self.server = server
+        self.greeted = defer.Deferred()
+        self.idling = False
+        self.on_exists = None
+        self.on_bye = None
+        self.transport = FakeTransport(self)
+        self.pending: list[defer.Deferred] = []
+        self.done_calls = 0
+        self.logged_out = False
+        self.factory = None
+        self.connector = connector
+        self.hold = set()  # command names whose Deferreds the test fires
+
+    def _reply(self, name, value, *args):
+        self.server.commands.append((name,) + args)
+        if self.transport.closed:
+            return defer.fail(ConnectionGone("closed"))
+        d = defer.Deferred()
+        self.pending.append(d)
+        if name not in self.hold:
+            self.pending.remove(d)
+            if isinstance(value, Exception):
+                d.errback(value)
+            else:
+                d.callback(value)
+        else:
+            d.value_to_send = value
+        return d
+
+    def release(self):
+        for d in list(self.pending):
+            self.pending.remove(d)
+            d.callback(d.value_to_send)
+
+    def connection_lost(self):
+        self.idling = False
+        for d in list(self.pending):
+            self.pending.remove(d)
+            d.errback(ConnectionGone("connection lost"))
+        if self.factory is not None:
+            self.factory.clientConnectionLost(self.connector, Failure(ConnectionDone()))
+
+    # -- the FolderIMAPClient API --
+    def start_tls(self, ctx):
+        return self._reply("STARTTLS", None)
+
+    def authenticate_with(self, creds):
+        if self.server.auth_error is not None:
+            return self._reply("LOGIN", self.server.auth_error, creds.username)
+        return self._reply("LOGIN", dict(self.server.caps), creds.username)
+
+    def list_folders(self):
+        return self._reply("LIST", [((), "/", f) for f in self.server.folders])
+
+    def examine_folder(self, name):
+        s = self.server
+        return self._reply(
+            "EXAMINE",
+            {"uidvalidity": s.uidvalidity, "uidnext": s.uidnext, "exists": len(s.messages)},
+            name,
+        )
+
+    def uid_search_from(self, first):
+        uids = sorted(u for u in self.server.messages if u >= first)
+        if not uids and self.server.search_extra_highest and self.server.messages:
+            uids = [max(self.server.messages)]  # "n:*" matches the highest UID
+        return self._reply("SEARCH", uids, first)
+
+    def fetch_meta(self, uids):
+        m = self.server.messages
+        out = {
+            u: {k: m[u][k] for k in ("size", "internaldate", "bodystructure", "header")}
+            for u in uids
+            if u in m
+        }
+        return self._reply("FETCH_META", out, tuple(uids))
+
+    def fetch_sections(self, requests):
+        out = {}
+        for uid, secs in requests.items():
+            body = self.server.messages[uid]["body"]
+            out[uid] = {s: body if n is None else body[:n] for s, n in secs}
+        return self._reply("FETCH_SECTIONS", out, {u: tuple(s) for u, s in requests.items()})
+
+    def fetch_full(self, uids):
+        m = self.server.messages
+        out = {u: m[u]["header"] + m[u]["body"] for u in uids if u in m}
+        return self._reply("FETCH_FULL", out, tuple(uids))
+
+    def idle(self, on_exists):
+        self.server.commands.append(("IDLE",))
+        self.idling = True
+        self.on_exists = on_exists
+        self._idle_d = defer.Deferred()
+        self.pending.append(self._idle_d)
+        return self._idle_d
+
+    def done(self):
+        self.done_calls += 1
+        assert self.idling, "DONE outside IDLE"
+        self.idling = False
+        self.pending.remove(self._idle_d)
+        self._idle_d.callback(None)
+
+    def logout(self):
+        self.logged_out = True
+        return self._reply("LOGOUT", None)
+
+
+class FakeStore:
+    def __init__(self):
+        self.cursors = {}
+        self.capabilities = []
+
+    def read_cursor(self, tenant, provider_id, folder):
+        return defer.succeed(self.cursors.get(folder))
+
+    def save_capabilities(self, tenant, provider_id, caps):
+        self.capabilities.append(list(caps))
+        return defer.succeed(None)
+
+
+class FakePipeline:
+    """Records batches; writes the cursor into the store like the real one.
+    ``fail_with`` makes the next batch fail; ``hold`` keeps batches pending."""
+
+    def __init__(self, store: FakeStore):
+        self.store = store
+        self.batches = []
+        self.fail_with = None
+        self.hold = False
+        self.pending = []
+
+    @property
+    def uids(self):
+        return [m.uid for b in self.batches for m in b[0]]
+
+    def handle_batch(self, provider, folder, owner, messages, cursor):
+        if self.fail_with is not None:
+            err, self.fail_with = self.fail_with, None
+            return defer.fail(err)
+        d = defer.Deferred()
+
+        def commit(_):
+            self.batches.append((list(messages), cursor, folder, owner))
+            self.store.cursors[folder] = cursor
+            return BatchResult(tuple("published" for _ in messages))
+
+        d.addCallback(commit)
+        if self.hold:
+            self.pending.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def release(self):
+        pending, self.pending = self.pending, []
+        for d in pending:
+            d.callback(None)
+
+
+class FakeCredentials:
+    def __init__(self):
+        self.calls = 0
+
+    def credentials(self, provider):
+        self.calls += 1
+        return defer.succeed(Credentials("password", provider.username, "s3cret-pw"))
+
+
+class RecordingHooks:
+    def __init__(self):
+        self.events = []
+
+    def state_changed(self, state, reason="", error=None):
+        self.events.append(("state", state))
+
+    def auth_failed(self, code, text=""):
+        self.events.append(("auth_failed", code))
+
+    def logged_in(self):
+        self.events.append(("logged_in",))
+
+    def synced(self):
+        self.events.append(("synced",))
+
+    def lease_lost(self):
+        self.events.append(("lease_lost",))
+
+
+def auth_error():
+    return AuthenticationFailed("AUTHENTICATIONFAILED", "Authentication failed.")
+
+
+# ---------------------------------------------------------------------------
+# tests
+
+from twisted.internet.testing import MemoryReactorClock  # noqa: E402
+from twisted.trial.unittest import SynchronousTestCase  # noqa: E402
+
+from imapsvc import folder_state as S  # noqa: E402
+from imapsvc.folder import FolderOptions, FolderService  # noqa: E402
+from imapsvc.imap.errors import Throttled  # noqa: E402
+from imapsvc.interfaces import LeaseLost  # noqa: E402
+from imapsvc.model import FolderCursor, Limits, ProviderConfig  # noqa: E402
+
+PROVIDER = ProviderConfig(
+    tenant="t1",
+    provider_id="p1",
+    provider_name="Support",
+    mailbox="support@example.com",
+    host="imap.example.com",
+    port=993,
+    username="support@example.com",
+)
+
+OPTIONS = FolderOptions(
+    max_emails_per_sync=5,
+    poll_interval_ms=30000,
+    idle_restart_ms=600000,
+    timer_jitter_pct=0.1,
+    startup_stagger_ms=2000,
+    reconnect_base_ms=2000,
+    reconnect_max_ms=60000,
+    reconnect_jitter_pct=0.5,
+    fetch_chunk=200,
+    limits=Limits(max_raw_mime_bytes=10000, max_text_part_bytes=100),
+)
+
+
+class Rig:
+    """One FolderService wired to the fakes."""
+
+    def __init__(self, server=None, options=OPTIONS, provider=PROVIDER, folder="INBOX"):
+        self.server = server or FakeServer()
+        self.reactor = MemoryReactorClock()
+        self.store = FakeStore()
+        self.pipeline = FakePipeline(self.store)
+        self.creds = FakeCredentials()
+        self.hooks = RecordingHooks()
+        self.svc = FolderService(
+            provider,
+            folder,
+            self.reactor,
+            self.store,
+            self.pipeline,
+            self.creds,
+            "worker-1",
+            options,
+            hooks=self.hooks,
+            protocol_factory=self._proto,
+            tls_factory=lambda host: None,
+            parser=simple_parser,
+            rand=lambda: 0.5,
+        )
+        self.factory = self.svc.factory
+
+    def _proto(self):
+        p = FakeProto(self.server, self.reactor.connectors[-1])
+        self.server.protos.append(p)
+        return p
+
+    @property
+    def proto(self):
+        return self.server.protos[-1]
+
+    def start(self):
+        self.svc.startService()
+        self.reactor.advance(1.0)  # stagger: 2000 ms * 0.5
+        return self.accept()
+
+    def accept(self):
+        """The pending connection attempt succeeds and the server greets."""
+        proto = self.factory.buildProtocol(None)
+        proto.greeted.callback(dict(self.server.caps))
+        return proto
+
+    def reconnect_after(self, delay):
+        before = self.factory.connect_calls
+        self.reactor.advance(delay)
+        assert self.factory.connect_calls == before + 1, "no reconnect attempt"
+        self.factory.startedConnecting(self.reactor.connectors[-1])
+        return self.accept()
+
+    def states(self):
+        return [t.new for t in self.svc.history]
+
+
+class FolderServiceTests(SynchronousTestCase):
+    def rig(self, **kw):
+        rig = Rig(**kw)
+        self.addCleanup(self._stop, rig)
+        return rig
+
+    def _stop(self, rig):
+        if rig.svc.running:
+            rig.svc.stopService()
+        self.assertEqual(rig.svc.invalid_transitions, 0, rig.states())
+        self.assertEqual(rig.reactor.getDelayedCalls(), [])
+
+    # -- where a sync starts --------------------------------------------------
+
+    def test_no_cursor_takes_recent_window(self):
+        r = self.rig()
+        r.server.add(10)
+        r.start()
+        self.assertEqual(r.pipeline.uids, [6, 7, 8, 9, 10])
+        self.assertEqual(r.store.cursors["INBOX"].last_uid, "10")
+        self.assertEqual(r.store.cursors["INBOX"].uid_validity, "7")
+        self.assertEqual(r.svc.state, S.IDLING)
+
+    def test_resume_at_n_plus_one(self):
+        r = self.rig()
+        r.server.add(10)
+        r.store.cursors["INBOX"] = FolderCursor("7", "3", None)
+        r.start()
+        self.assertIn(("SEARCH", 4), r.server.commands)
+        self.assertEqual(r.pipeline.uids, [4, 5, 6, 7, 8, 9, 10])
+
+    def test_zero_rescans_everything(self):
+        r = self.rig()
+        r.server.add(8)
+        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.start()
+        self.assertEqual(r.pipeline.uids, list(range(1, 9)))
+
+    def test_uidvalidity_change_resets_to_window(self):
+        r = self.rig()
+        r.server.add(10)
+        r.store.cursors["INBOX"] = FolderCursor("6", "4242", None)
+        r.start()
+        self.assertEqual(r.pipeline.uids, [6, 7, 8, 9, 10])
+        self.assertEqual(r.store.cursors["INBOX"].uid_validity, "7")
+
+    def test_highest_uid_below_start_is_dropped(self):
+        r = self.rig()
+        r.server.add(5)
+        r.store.cursors["INBOX"] = FolderCursor("7", "5", None)
+        r.start()
+        self.assertIn(("SEARCH", 6), r.server.commands)
+        self.assertEqual(r.pipeline.uids, [])
+
+    def test_cursor_read_at_every_sync(self):
+        r = self.rig()
+        r.server.add(3)
+        r.store.cursors["INBOX"] = FolderCursor("7", "3", None)
+        r.start()
+        self.assertEqual(r.pipeline.uids, [])
+        # An operator's "rescan" lands in the store while we idle.
+        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.svc.wake()
+        self.assertEqual(r.pipeline.uids, [1, 2, 3])
+
+    # -- batches ----------------------------------------------------------------
+
+    def test_backlog_drains_in_chunks(self):
+        r = self.rig(options=FolderOptions(**{**_opts(), "fetch_chunk": 200}))
+        r.server.add(450)
+        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.start()
+        self.assertEqual(r.pipeline.uids, list(range(1, 451)))
+        self.assertEqual([b[1].last_uid for b in r.pipeline.batches], ["200", "400", "450"])
+        self.assertEqual([len(b[0]) for b in r.pipeline.batches], [200, 200, 50])
+        self.assertTrue(all(b[3] == "worker-1" for b in r.pipeline.batches))
+
+    def test_structure_path_fetches_text_only(self):
+        r = self.rig()
+        r.server.add(1, struct=("text", 10))
+        r.server.add(1, struct=("text", 500))  # above the 100-byte text cap
+        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.start()
+        fetches = [c for c in r.server.commands if c[0].startswith("FETCH_")]
+        self.assertEqual(
+            fetches,
+            [("FETCH_META", (1, 2)), ("FETCH_SECTIONS", {1: (("1", None),), 2: (("1", 100),)})],
+        )
+        m1, m2 = r.pipeline.batches[0][0]
+        self.assertEqual(dict(m1.texts), {"1": b"body of 1"})
+        self.assertEqual(tuple(m2.truncated), ("1",))
+        self.assertEqual(m1.internal_date, "2026-01-01T10:00:00.000Z")
+        self.assertEqual(m1.header, b"Subject: m1\r\n\r\n")
+        self.assertEqual((m1.mailbox, m1.uid_validity), ("INBOX", "7"))
+        self.assertIsNone(m1.raw)
+
+    def test_fallback_fetches_whole_message_within_cap(self):
+        r = self.rig()
+        r.server.add(1, struct=None, size=100)
+        r.server.add(1, struct="garbage", size=20000)  # above the 10000-byte raw cap
+        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.start()
+        fetches = [c for c in r.server.commands if c[0].startswith("FETCH_")]
+        self.assertEqual(fetches, [("FETCH_META", (1, 2)), ("FETCH_FULL", (1,))])
+        m1, m2 = r.pipeline.batches[0][0]
+        self.assertEqual(m1.raw, b"Subject: m1\r\n\r\nbody of 1")
+        self.assertIsNone(m2.raw)
+        self.assertEqual(tuple(m2.truncated), ("TEXT",))
+        self.assertEqual(r.store.cursors["INBOX"].last_uid, "2")
+
+    def test_broken_bodystructure_host_uses_fallback(self):
+        r = self.rig(
+            options=FolderOptions(**{**_opts(), "broken_bodystructure_hosts": ("example.com",)})
+        )
+        r.server.add(1)
+        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.start()
+        self.assertIn(("FETCH_FULL", (1,)), r.server.commands)
+        self.assertFalse([c for c in r.server.commands if c[0] == "FETCH_SECTIONS"])
+
+    # -- failures ---------------------------------------------------------------
+
+    def test_pipeline_failure_keeps_cursor_and_reconnects(self):
+        r = self.rig()
+        r.server.add(3)
+        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.pipeline.fail_with = RuntimeError("database down")
+        r.start()
+        self.assertEqual(r.store.cursors["INBOX"], FolderCursor("7", "0", None))
+        self.assertEqual(r.svc.state, S.BACKOFF)
+        self.assertIn("database down", r.svc.last_error)
+        self.assertTrue(r.proto.transport.closed)
+        # base 2 s, jitter 0.5, rand 0.5 -> 1.5 s
+        r.reconnect_after(1.5)
+        self.assertEqual(r.pipeline.uids, [1, 2, 3])
+        self.assertEqual(r.store.cursors["INBOX"].last_uid, "3")
+
+    def test_lease_lost_stops(self):
+        r = self.rig()
+        r.server.add(3)
+        r.pipeline.fail_with = LeaseLost()
+        r.start()
+        self.assertEqual(r.svc.state, S.STOPPED)
+        self.assertIn(("lease_lost",), r.hooks.events)
+        calls = r.factory.connect_calls
+        r.reactor.advance(3600)
+        self.assertEqual(r.factory.connect_calls, calls)
+        self.assertEqual(r.store.cursors, {})
+
+    def test_auth_failure_needs_reauth_without_retry(self):
+        server = FakeServer()
+        server.auth_error = auth_error()
+        r = self.rig(server=server)
+        r.start()
+        self.assertEqual(r.svc.state, S.NEEDS_REAUTH)
+        self.assertEqual(r.hooks.events.count(("auth_failed", "AUTHENTICATIONFAILED")), 1)
+        self.assertEqual(r.factory.connect_calls, 1)
+        r.reactor.advance(24 * 3600)
+        self.assertEqual(r.factory.connect_calls, 1)
+        self.assertEqual(r.creds.calls, 1)
+        # The supervisor asks for a new attempt (credentials fixed).
+        server.auth_error = None
+        r.svc.reconnect()
+        r.reactor.advance(0)
+        r.factory.startedConnecting(r.reactor.connectors[-1])
+        r.accept()
+        self.assertEqual(r.svc.state, S.IDLING)
+
+    def test_secret_not_in_logs_or_errors(self):
+        from twisted.logger import globalLogPublisher
+
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        server = FakeServer()
+        server.auth_error = auth_error()
+        r = self.rig(server=server)
+        r.start()
+        from twisted.logger import formatEvent
+
+        text = " ".join(formatEvent(e) + repr(e) for e in seen) + repr(r.svc.snapshot())
+        self.assertNotIn("s3cret-pw", text)
+
+    def test_backoff_grows_with_jitter_and_resets_after_sync(self):
+        r = self.rig()
+        r.start()
+        delays = []
+        r.proto.transport.loseConnection()
+        delays.append(r.factory.delay)
+        r.reactor.advance(r.factory.delay)
+        # the next attempt is refused
+        r.factory.clientConnectionFailed(r.reactor.connectors[-1], Failure(RuntimeError("x")))
+        delays.append(r.factory.delay)
+        r.reconnect_after(r.factory.delay)
+        # rand=0.5, jitter 0.5: d*(0.75) for d = 2, 4 -> 1.5, 3.0; then the
+        # successful sync resets the delay.
+        self.assertEqual(delays, [1.5, 3.0])
+        self.assertEqual(r.factory.retries, 0)
+        self.assertEqual(r.svc.state, S.IDLING)
+
+    def test_backoff_caps_at_max(self):
+        r = self.rig()
+        r.start()
+        r.proto.transport.loseConnection()
+        seen = [r.factory.delay]
+        for _ in range(8):
+            r.reactor.advance(r.factory.delay)
+            r.factory.clientConnectionFailed(r.reactor.connectors[-1], Failure(RuntimeError("x")))
+            seen.append(r.factory.delay)
+        self.assertEqual(seen, [1.5, 3.0, 6.0, 12.0, 24.0, 45.0, 45.0, 45.0, 45.0])
+        self.assertEqual(r.svc.state, S.BACKOFF)
+
+    def test_throttled_delay_honoured(self):
+        server = FakeServer()
+        r = self.rig(server=server)
+        r.start()
+        r.proto.hold.add("EXAMINE")
+        r.svc.wake()
+        d = r.proto.pending[-1]
+        r.proto.pending.remove(d)
+        d.errback(Throttled(12.345, "Request is throttled."))
+        self.assertEqual(r.factory.delay, 12.345)
+        self.assertEqual(r.svc.state, S.BACKOFF)
+        r.reconnect_after(12.345)
+
+    def test_bye_is_a_normal_reconnect(self):
+        r = self.rig()
+        r.start()
+        r.proto.on_bye("Server shutting down")
+        r.proto.transport.loseConnection()
+        self.assertEqual(r.svc.state, S.BACKOFF)
+        r.reconnect_after(1.5)
+        self.assertEqual(r.svc.state, S.IDLING)
+
+    def test_missing_folder_backs_off_long(self):
+        r = self.rig(folder="Tickets")
+        r.start()
+        self.assertEqual(r.svc.state, S.BACKOFF)
+        self.assertIn("Tickets", r.svc.last_error)
+        self.assertEqual(r.factory.delay, 60.0)
+
+    def test_folder_resolved_case_insensitively(self):
+        server = FakeServer(folders=("INBOX", "Entw&APw-rfe"))
+        r = self.rig(server=server, folder="ENTWÜRFE")
+        server.add(1)
+        r.start()
+        self.assertEqual(r.svc.server_name, "Entw&APw-rfe")
+        self.assertEqual(r.pipeline.batches[0][2], "Entw&APw-rfe")
+        self.assertIn(("EXAMINE", "Entw&APw-rfe"), server.commands)
+
+    # -- waking up ---------------------------------------------------------------
+
+    def test_exists_while_idling_syncs_at_once(self):
+        r = self.rig()
+        r.start()
+        self.assertTrue(r.proto.idling)
+        r.server.add(1)
+        self.assertEqual(r.proto.done_calls, 1)
+        self.assertEqual(r.pipeline.uids, [1])
+        self.assertTrue(r.proto.idling)
+        self.assertEqual(r.svc.state, S.IDLING)
+
+    def test_wake_during_sync_runs_one_more(self):
+        r = self.rig()
+        r.server.add(1)
+        r.pipeline.hold = True
+        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.start()
+        self.assertEqual(r.svc.state, S.SYNCING)
+        r.server.add(1)  # no IDLE running: no EXISTS callback
+        r.svc.wake()
+        r.svc.wake()
+        self.assertEqual(len([c for c in r.server.commands if c[0] == "SEARCH"]), 1)
+        r.pipeline.hold = False
+        r.pipeline.release()
+        self.assertEqual(r.pipeline.uids, [1, 2])
+        self.assertEqual(len([c for c in r.server.commands if c[0] == "SEARCH"]), 2)
+        self.assertEqual(r.svc.state, S.IDLING)
+
+    def test_idle_restart_timer(self):
+        r = self.rig()
+        r.start()
+        idles = lambda: len([c for c in r.server.commands if c[0] == "IDLE"])  # noqa: E731
+        self.assertEqual(idles(), 1)
+        # 600 s, jitter 0.1 with rand 0.5 -> 570 s
+        r.reactor.advance(569.9)
+        self.assertEqual(r.proto.done_calls, 0)
+        r.reactor.advance(0.1)
+        self.assertEqual(r.proto.done_calls, 1)
+        self.assertEqual(idles(), 2)
+        self.assertTrue(r.proto.idling)
+
+    def test_poll_without_idle(self):
+        r = self.rig(server=FakeServer(caps=NO_IDLE_CAPS))
+        r.start()
+        self.assertEqual(r.svc.state, S.SELECTED)
+        self.assertFalse([c for c in r.server.commands if c[0] == "IDLE"])
+        r.server.add(2)
+        # 30 s, jitter 0.1, rand 0.5 -> 28.5 s
+        r.reactor.advance(28.4)
+        self.assertEqual(r.pipeline.uids, [])
+        r.reactor.advance(0.1)
+        self.assertEqual(r.pipeline.uids, [1, 2])
+        r.server.add(1)
+        r.svc.wake()
+        self.assertEqual(r.pipeline.uids, [1, 2, 3])
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def test_startup_stagger(self):
+        r = self.rig()
+        r.svc.startService()
+        r.reactor.advance(0.99)
+        self.assertEqual(r.reactor.tcpClients, [])
+        r.reactor.advance(0.01)
+        host, port, factory, timeout, _ = r.reactor.tcpClients[0]
+        self.assertEqual((host, port, timeout), ("imap.example.com", 993, 10.0))
+        r.accept()
+
+    def test_capabilities_saved_sorted_once_per_login(self):
+        r = self.rig()
+        r.start()
+        self.assertEqual(r.store.capabilities, [["AUTH=PLAIN", "IDLE", "IMAP4REV1"]])
+        r.server.add(1)
+        self.assertEqual(len(r.store.capabilities), 1)
+
+    def test_keepalive_set(self):
+        r = self.rig()
+        proto = r.start()
+        self.assertEqual(proto.transport.keepalive, 1)
+
+    def test_stop_leaves_idle_and_logs_out(self):
+        r = self.rig()
+        proto = r.start()
+        d = r.svc.stopService()
+        self.assertEqual(proto.done_calls, 1)
+        self.assertTrue(proto.logged_out)
+        self.assertTrue(proto.transport.closed)
+        self.successResultOf(d)
+        self.assertEqual(r.svc.state, S.STOPPED)
+        r.reactor.advance(3600)
+        self.assertEqual(r.factory.connect_calls, 1)
+
+    def test_stop_is_bounded(self):
+        r = self.rig()
+        proto = r.start()
+        proto.hold.add("LOGOUT")
+        proto.transport.loseConnection = lambda: None  # a peer that never closes
+        aborted = []
+        proto.transport.abortConnection = lambda: (aborted.append(1), proto.connection_lost())
+        d = r.svc.stopService()
+        self.assertNoResult(d)
+        r.reactor.advance(10)
+        self.assertEqual(aborted, [1])
+        self.successResultOf(d)
+        self.assertEqual(r.svc.state, S.STOPPED)
+
+    def test_snapshot(self):
+        r = self.rig()
+        r.server.add(6)
+        r.start()
+        snap = r.svc.snapshot()
+        self.assertEqual(snap["state"], S.IDLING)
+        self.assertEqual(snap["cursor"]["last_uid"], "6")
+        self.assertEqual(
+            [h["to"] for h in snap["history"]],
+            [S.CONNECTING, S.AUTHENTICATING, S.SELECTED, S.SYNCING, S.IDLING],
+        )
+
+
+def _opts():
+    import attr
+
+    return attr.asdict(OPTIONS, recurse=False)
