@@ -1,0 +1,730 @@
+"""The production :class:`~imapsvc.interfaces.IStore`: PostgreSQL via txpostgres.
+
+Every operation runs in its own transaction on a pooled asynchronous
+connection. Each connection has a dead-connection detector: txpostgres'
+pool otherwise keeps a connection the server dropped and fails on it
+forever. While a connection is being re-established operations on it fail
+fast with :class:`~imapsvc.interfaces.StoreUnavailable`; callers retry.
+
+Lease times are the database's clock (``now()``), never this host's, so
+replicas with skewed clocks agree on who holds a provider. Every query names
+the tenant: on Citus the tables are distributed by it.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import psycopg2
+from psycopg2.extras import Json
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txpostgres import reconnection, retrying, txpostgres
+from zope.interface import implementer
+
+from imapsvc.interfaces import IStore, LeaseLost, StoreUnavailable
+from imapsvc.model import (
+    OUTCOME_DUPLICATE,
+    OUTCOME_PUBLISHED,
+    BatchResult,
+    FolderCursor,
+    MessageRecord,
+    OutboxRow,
+    ProviderConfig,
+)
+from imapsvc.store import (
+    check_records,
+    first_occurrences,
+    last_message_id,
+    parse_seen_at,
+    sorted_capabilities,
+)
+
+log = Logger()
+
+#: Failures that mean "the database is not reachable right now".
+_UNAVAILABLE = (
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+    reconnection.ConnectionDead,
+    txpostgres.RollbackFailed,
+    defer.TimeoutError,
+)
+
+_CHANNEL = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+_PROVIDER_COLUMNS = """
+    p.tenant, p.id, p.provider_name, p.mailbox,
+    c.host, c.port, c.secure, c.allow_starttls, c.auth_type, c.username,
+    c.connection_timeout_ms, c.socket_keepalive, c.max_emails_per_sync, c.folder_filters,
+    c.oauth_authorize_url, c.oauth_token_url, c.oauth_client_id, c.oauth_scopes,
+    c.access_token, c.token_expires_at, c.folder_state, c.server_capabilities,
+    c.lease_owner, c.lease_expires_at,
+    p.status, p.is_active, p.inbound_paused_at, p.inbound_auth_failure_count,
+    GREATEST(p.updated_at, c.updated_at)
+"""
+
+_PROVIDER_FROM = """
+    FROM email_providers p
+    JOIN imap_email_provider_config c ON c.tenant = p.tenant AND c.email_provider_id = p.id
+"""
+
+# The fence: the config row locked, and still ours by the database clock
+# (clock_timestamp, not the transaction start, since the lock may have waited).
+_LOCK_LEASE = """
+    SELECT 1 FROM imap_email_provider_config
+    WHERE tenant = %s AND email_provider_id = %s
+      AND lease_owner = %s AND lease_expires_at > clock_timestamp()
+    FOR UPDATE
+"""
+
+_WRITE_CURSOR = """
+    UPDATE imap_email_provider_config SET
+        folder_state = COALESCE(folder_state, '{}'::jsonb)
+                       || jsonb_build_object(%s::text, %s::jsonb),
+        uid_validity = %s, last_uid = %s, last_seen_at = %s, updated_at = now()
+    WHERE tenant = %s AND email_provider_id = %s
+"""
+
+
+def _cursors(state: Any) -> dict[str, FolderCursor]:
+    out = {}
+    for folder, data in (state or {}).items():
+        cursor = FolderCursor.from_json(data if isinstance(data, dict) else None)
+        if cursor is not None:
+            out[str(folder)] = cursor
+    return out
+
+
+def _provider(row: Sequence[Any]) -> ProviderConfig:
+    (tenant, pid, name, mailbox, host, port, secure, starttls, auth_type, username,
+     timeout_ms, keepalive, max_emails, filters, authorize_url, token_url, client_id,
+     scopes, access_token, token_expires_at, folder_state, caps, lease_owner,
+     lease_expires_at, status, is_active, paused_at, failures, updated_at) = row
+    return ProviderConfig(
+        tenant=str(tenant),
+        provider_id=str(pid),
+        provider_name=name or "",
+        mailbox=mailbox or "",
+        host=host,
+        port=int(port),
+        secure=bool(secure),
+        allow_starttls=bool(starttls),
+        auth_type=auth_type,
+        username=username or "",
+        connection_timeout_ms=timeout_ms,
+        socket_keepalive=keepalive,
+        max_emails_per_sync=50 if max_emails is None else int(max_emails),
+        folder_filters=tuple(str(f) for f in (filters or ()) if f),
+        oauth_authorize_url=authorize_url,
+        oauth_token_url=token_url,
+        oauth_client_id=client_id,
+        oauth_scopes=scopes,
+        access_token=access_token,
+        token_expires_at=token_expires_at,
+        folder_state=_cursors(folder_state),
+        server_capabilities=tuple(str(c) for c in (caps or ())),
+        lease_owner=lease_owner,
+        lease_expires_at=lease_expires_at,
+        status=status,
+        is_active=bool(is_active),
+        inbound_paused_at=paused_at,
+        inbound_auth_failure_count=int(failures or 0),
+        updated_at=updated_at,
+    )
+
+
+class _Detector(reconnection.DeadConnectionDetector):
+    """A dead-connection detector that logs, backs off, and can be stopped
+    (txpostgres' own retry loop cannot be cancelled cleanly)."""
+
+    def __init__(self, reactor: Any, label: str) -> None:
+        super().__init__(reactor=reactor)
+        self._label = label
+        self._stopped = False
+        self._pending: Any = None
+        self._delays: Iterator[float] = iter(())
+
+    def startReconnecting(self, f: Failure) -> None:  # noqa: N802 (txpostgres name)
+        log.warn("database connection {label} lost ({error}); reconnecting",
+                 label=self._label, error=f.getErrorMessage())
+        self._delays = retrying.simpleBackoffIterator(
+            initialDelay=0.5, maxDelay=10.0, factor=2.0, maxRetries=0, now=True)
+        self._attempt()
+
+    def _attempt(self) -> None:
+        self._pending = None
+        if self._stopped:
+            return
+        d = defer.maybeDeferred(self.reconnect)
+        d.addCallbacks(self._recovered, self._retry_later)
+        d.addErrback(lambda f: log.failure("database reconnection {label}", f,
+                                           label=self._label))
+
+    def _recovered(self, _: Any) -> Any:
+        if self._stopped:
+            self.reconnectable.close()
+            return None
+        log.info("database connection {label} re-established", label=self._label)
+        return self.connectionRecovered()
+
+    def _retry_later(self, f: Failure) -> None:
+        if self._stopped:
+            return
+        delay = next(self._delays)
+        log.debug("database reconnection {label} failed ({error}); next try in {delay:.1f}s",
+                  label=self._label, error=f.getErrorMessage(), delay=delay)
+        self._pending = self.reactor.callLater(delay, self._attempt)
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        self._pending = None
+
+
+class _Connection(txpostgres.Connection):
+    """A txpostgres connection that reports a dropped server as a lost
+    connection (to its detector) instead of an unhandled reactor error, and
+    does not try to roll back on a connection that is already gone."""
+
+    def doRead(self) -> Any:  # noqa: N802 (Twisted name)
+        try:
+            return super().doRead()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+            # Returning the exception makes the reactor call connectionLost.
+            return e
+
+    def _runInteraction(self, interaction: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        cursor = self.cursor()
+        d = cursor.execute("begin")
+        d.addCallback(interaction, *args, **kwargs)
+        d.addCallback(lambda result: cursor.execute("commit").addCallback(lambda _: result))
+        d.addErrback(self._rollback, cursor)
+        return d
+
+    def _rollback(self, f: Failure, cursor: Any) -> Any:
+        if f.check(*_UNAVAILABLE) or self._connection.closed:
+            return f  # the server ended the transaction with the connection
+
+        def failed(rf: Failure) -> Failure:
+            log.warn("rollback failed: {error}", error=rf.getErrorMessage())
+            return Failure(txpostgres.RollbackFailed(self, f))
+
+        d = defer.maybeDeferred(cursor.execute, "rollback")
+        return d.addCallbacks(lambda _: f, failed)
+
+
+class _Pool(txpostgres.ConnectionPool):
+    """A txpostgres pool whose connections heal, preferring live ones."""
+
+    def __init__(self, reactor: Any, size: int, connargs: tuple[Any, ...],
+                 connkw: dict[str, Any]) -> None:
+        self.reactor = reactor
+        self._serial = 0
+        super().__init__(None, *connargs, min=size, **connkw)
+
+    def connectionFactory(self, reactor: Any, cooperator: Any) -> Any:  # noqa: N802
+        self._serial += 1
+        detector = _Detector(reactor, f"pool-{self._serial}")
+        return _Connection(reactor, cooperator, detector=detector)
+
+    def _take(self) -> Any:
+        for conn in self.connections:
+            if not conn.detector.connectionIsDead:
+                self.connections.discard(conn)
+                return conn
+        return self.connections.pop()
+
+    def _runInteraction(self, interaction: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        conn = self._take()
+        d = conn.runInteraction(interaction, *args, **kwargs)
+        return d.addBoth(self._putBackAndPassthrough, conn)
+
+    def stop(self) -> None:
+        for conn in self.connections:
+            conn.detector.stop()
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+class Listener:
+    """One ``LISTEN`` on its own connection; see :meth:`PostgresStore.listen`."""
+
+    def __init__(self, reactor: Any, dsn: str, connkw: dict[str, Any], channel: str,
+                 callback: Callable[[str], Any],
+                 on_reconnect: Optional[Callable[[], Any]]) -> None:
+        self.channel = channel
+        self._callback = callback
+        self._on_reconnect = on_reconnect
+        self._detector = _Detector(reactor, f"listen-{channel}")
+        self._conn = _Connection(reactor, detector=self._detector)
+        self._dsn = dsn
+        self._connkw = connkw
+
+    def _notified(self, notify: Any) -> Any:
+        if notify.channel != self.channel:
+            return None
+        return defer.maybeDeferred(self._callback, notify.payload).addErrback(
+            lambda f: log.failure("LISTEN {channel} callback failed", f, channel=self.channel))
+
+    def _recovered(self) -> Any:
+        d = self._conn.runOperation(f'LISTEN "{self.channel}"')
+        if self._on_reconnect is not None:
+            # Notifications sent while we were away are lost: let the owner resync.
+            d.addCallback(lambda _: self._on_reconnect())  # type: ignore[misc]
+        return d.addErrback(
+            lambda f: log.failure("re-LISTEN {channel} failed", f, channel=self.channel))
+
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        self._conn.addNotifyObserver(self._notified)
+        self._detector.addRecoveryHandler(self._recovered)
+        yield self._conn.connect(self._dsn, **self._connkw)
+        yield self._conn.runOperation(f'LISTEN "{self.channel}"')
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and close the connection."""
+        self._detector.stop()
+        self._conn.removeNotifyObserver(self._notified)
+        try:
+            self._conn.close()
+        except Exception:
+            pass
+
+
+def _unavailable(f: Failure) -> Failure:
+    """Turn connection-level failures into StoreUnavailable (no DSN in it)."""
+    if f.check(*_UNAVAILABLE):
+        err = StoreUnavailable(" ".join(f.getErrorMessage().split()) or "database unavailable")
+        return Failure(err)
+    return f
+
+
+@implementer(IStore)
+class PostgresStore:
+    """:class:`~imapsvc.interfaces.IStore` on PostgreSQL (or Citus).
+
+    :param dsn: a libpq connection string or ``postgresql://`` URL.
+    :param reactor: the reactor (``IReactorFDSet`` and ``IReactorTime``).
+    :param pool_size: connections kept open.
+    :param connect_timeout: seconds allowed for :meth:`start` to connect.
+    """
+
+    def __init__(self, dsn: str, reactor: Any, pool_size: int = 4,
+                 connect_timeout: float = 10.0) -> None:
+        self._dsn = dsn
+        self._reactor = reactor
+        self._connect_timeout = connect_timeout
+        # Keepalives notice a vanished server on an idle connection.
+        self._connkw = {
+            "application_name": "imapsvc",
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        }
+        self._pool = _Pool(reactor, pool_size, (dsn,), self._connkw)
+        self._listeners: list[Listener] = []
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> defer.Deferred:
+        """Open the pool. Fails with StoreUnavailable (and leaves nothing
+        open) when the database cannot be reached in time."""
+        d = self._pool.start()
+        d.addTimeout(self._connect_timeout, self._reactor)
+
+        def failed(f: Failure) -> Failure:
+            self._pool.stop()
+            if f.check(defer.FirstError):
+                f = f.value.subFailure
+            if f.check(defer.CancelledError, defer.TimeoutError):
+                return Failure(StoreUnavailable("timed out connecting to the database"))
+            return _unavailable(f)
+
+        d.addCallbacks(lambda _: None, failed)
+        return d
+
+    def stop(self) -> defer.Deferred:
+        """Close the pool and every listener."""
+        for listener in self._listeners:
+            listener.stop()
+        self._listeners = []
+        self._pool.stop()
+        return defer.succeed(None)
+
+    def listen(self, channel: str, callback: Callable[[str], Any],
+               on_reconnect: Optional[Callable[[], Any]] = None) -> defer.Deferred:
+        """``LISTEN channel`` on a dedicated connection; ``callback(payload)``
+        for every notification. The connection heals like the pool's; after
+        it does, ``on_reconnect()`` runs, since notifications sent meanwhile
+        are lost. Stopped by :meth:`stop` or the :class:`Listener`'s ``stop``.
+
+        :rtype: Deferred[Listener]
+        """
+        if not _CHANNEL.match(channel):
+            return defer.fail(ValueError(f"bad channel name {channel!r}"))
+        listener = Listener(self._reactor, self._dsn, self._connkw, channel, callback,
+                            on_reconnect)
+        self._listeners.append(listener)
+        d = listener.start()
+
+        def failed(f: Failure) -> Failure:
+            listener.stop()
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+            return _unavailable(f)
+
+        return d.addErrback(failed)
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _interact(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Run ``fn(cursor, *args)`` (an inlineCallbacks generator function
+        or plain function) in one transaction."""
+        return self._pool.runInteraction(fn, *args).addErrback(_unavailable)
+
+    @defer.inlineCallbacks
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        def run(cur: Any) -> Any:
+            return cur.execute(sql, params).addCallback(
+                lambda c: c.fetchall() if c.description is not None else c.rowcount)
+
+        result = yield self._interact(run)
+        return result
+
+    # -- providers -------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def list_active_providers(self, tenant: Optional[str] = None) -> Any:
+        sql = ("SELECT" + _PROVIDER_COLUMNS + _PROVIDER_FROM
+               + " WHERE p.provider_type = 'imap' AND p.is_active"
+               " AND p.inbound_paused_at IS NULL")
+        params: tuple[Any, ...] = ()
+        if tenant is not None:
+            sql += " AND p.tenant = %s"
+            params = (tenant,)
+        rows = yield self._query(sql + " ORDER BY p.tenant, p.id", params)
+        return [_provider(r) for r in rows]
+
+    @defer.inlineCallbacks
+    def get_provider(self, tenant: str, provider_id: str) -> Any:
+        rows = yield self._query(
+            "SELECT" + _PROVIDER_COLUMNS + _PROVIDER_FROM + " WHERE p.tenant = %s AND p.id = %s",
+            (tenant, provider_id))
+        return _provider(rows[0]) if rows else None
+
+    # -- cursors -------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def read_cursor(self, tenant: str, provider_id: str, folder: str) -> Any:
+        rows = yield self._query(
+            "SELECT folder_state -> %s FROM imap_email_provider_config"
+            " WHERE tenant = %s AND email_provider_id = %s",
+            (folder, tenant, provider_id))
+        if not rows or not isinstance(rows[0][0], dict):
+            return None
+        return FolderCursor.from_json(rows[0][0])
+
+    @staticmethod
+    def _cursor_params(tenant: str, provider_id: str, folder: str,
+                       cursor: FolderCursor) -> tuple[Any, ...]:
+        return (folder, Json(cursor.to_json()), cursor.uid_validity, cursor.last_uid,
+                parse_seen_at(cursor.last_seen_at), tenant, provider_id)
+
+    def write_cursor(self, tenant: str, provider_id: str, folder: str, cursor: FolderCursor,
+                     owner: str) -> defer.Deferred:
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            yield cur.execute(_LOCK_LEASE, (tenant, provider_id, owner))
+            if not cur.fetchall():
+                raise LeaseLost(f"{tenant}/{provider_id}")
+            yield cur.execute(_WRITE_CURSOR,
+                              self._cursor_params(tenant, provider_id, folder, cursor))
+
+        return self._interact(run)
+
+    def reset_cursors(self, tenant: str, provider_id: str,
+                      folder: Optional[str] = None) -> defer.Deferred:
+        if folder is None:
+            d = self._query(
+                "UPDATE imap_email_provider_config SET folder_state = '{}'::jsonb,"
+                " uid_validity = NULL, last_uid = NULL, last_seen_at = NULL, updated_at = now()"
+                " WHERE tenant = %s AND email_provider_id = %s",
+                (tenant, provider_id))
+        else:
+            d = self._query(
+                "UPDATE imap_email_provider_config SET folder_state = folder_state - %s,"
+                " updated_at = now() WHERE tenant = %s AND email_provider_id = %s",
+                (folder, tenant, provider_id))
+        return d.addCallback(lambda _: None)
+
+    # -- leases ---------------------------------------------------------------
+
+    def acquire_lease(self, tenant: str, provider_id: str, owner: str,
+                      ttl_ms: int) -> defer.Deferred:
+        return self._query(
+            "UPDATE imap_email_provider_config SET lease_owner = %s,"
+            " lease_expires_at = now() + make_interval(secs => %s)"
+            " WHERE tenant = %s AND email_provider_id = %s"
+            " AND (lease_owner IS NULL OR lease_owner = %s OR lease_expires_at IS NULL"
+            "      OR lease_expires_at <= now())"
+            " RETURNING 1",
+            (owner, ttl_ms / 1000.0, tenant, provider_id, owner),
+        ).addCallback(bool)
+
+    def renew_lease(self, tenant: str, provider_id: str, owner: str,
+                    ttl_ms: int) -> defer.Deferred:
+        return self._query(
+            "UPDATE imap_email_provider_config"
+            " SET lease_expires_at = now() + make_interval(secs => %s)"
+            " WHERE tenant = %s AND email_provider_id = %s"
+            " AND lease_owner = %s AND lease_expires_at > now()"
+            " RETURNING 1",
+            (ttl_ms / 1000.0, tenant, provider_id, owner),
+        ).addCallback(bool)
+
+    def release_lease(self, tenant: str, provider_id: str, owner: str) -> defer.Deferred:
+        return self._query(
+            "UPDATE imap_email_provider_config SET lease_owner = NULL, lease_expires_at = NULL"
+            " WHERE tenant = %s AND email_provider_id = %s AND lease_owner = %s",
+            (tenant, provider_id, owner),
+        ).addCallback(lambda _: None)
+
+    # -- the batch -----------------------------------------------------------
+
+    def record_batch(self, tenant: str, provider_id: str, folder: str, owner: str,
+                     records: Sequence[MessageRecord],
+                     cursor: Optional[FolderCursor]) -> defer.Deferred:
+        records = list(records)
+        try:
+            check_records(records)
+        except ValueError:
+            return defer.fail()
+        first = first_occurrences(records)
+
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            yield cur.execute(_LOCK_LEASE, (tenant, provider_id, owner))
+            if not cur.fetchall():
+                raise LeaseLost(f"{tenant}/{provider_id}")
+            candidates = [r for r, f in zip(records, first) if f]
+            inserted: set[str] = set()
+            if candidates:
+                values = b",".join(
+                    cur.mogrify(
+                        "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                        (tenant, provider_id, r.dedupe_key, r.message_id_key, r.folder,
+                         r.uid_validity, r.uid, r.outcome, r.reason, r.event_id),
+                    )
+                    for r in candidates
+                )
+                # DO NOTHING covers both unique keys (UID key and Message-ID).
+                yield cur.execute(
+                    b"INSERT INTO imap_message_ledger (tenant, provider_id, dedupe_key,"
+                    b" message_id_key, folder, uid_validity, uid, outcome, reason, event_id)"
+                    b" VALUES " + values + b" ON CONFLICT DO NOTHING RETURNING dedupe_key")
+                inserted = {row[0] for row in cur.fetchall()}
+            new = [f and r.dedupe_key in inserted for r, f in zip(records, first)]
+            published = [r for r, n in zip(records, new) if n and r.outcome == OUTCOME_PUBLISHED]
+            if published:
+                values = b",".join(
+                    cur.mogrify("(%s, %s, %s, %s)",
+                                (tenant, provider_id, r.event_id, Json(dict(r.fields or {}))))
+                    for r in published
+                )
+                yield cur.execute(
+                    b"INSERT INTO imap_event_outbox (tenant, provider_id, event_id, fields)"
+                    b" VALUES " + values)
+            message_id = last_message_id(records, new)
+            if message_id is not None:
+                yield cur.execute(
+                    "UPDATE imap_email_provider_config SET last_processed_message_id = %s"
+                    " WHERE tenant = %s AND email_provider_id = %s",
+                    (message_id, tenant, provider_id))
+            if cursor is not None:
+                yield cur.execute(_WRITE_CURSOR,
+                                  self._cursor_params(tenant, provider_id, folder, cursor))
+            return BatchResult(tuple(
+                r.outcome if n else OUTCOME_DUPLICATE for r, n in zip(records, new)))
+
+        return self._interact(run)
+
+    # -- outbox -------------------------------------------------------------
+
+    def add_outbox(self, tenant: str, provider_id: str, event_id: str,
+                   fields: Any) -> defer.Deferred:
+        return self._query(
+            "INSERT INTO imap_event_outbox (tenant, provider_id, event_id, fields)"
+            " VALUES (%s, %s, %s, %s)",
+            (tenant, provider_id, event_id, Json({str(k): str(v) for k, v in fields.items()})),
+        ).addCallback(lambda _: None)
+
+    @defer.inlineCallbacks
+    def fetch_outbox(self, limit: int) -> Any:
+        rows = yield self._query(
+            "SELECT id, tenant, provider_id, event_id, fields, created_at"
+            " FROM imap_event_outbox WHERE published_at IS NULL ORDER BY id LIMIT %s",
+            (int(limit),))
+        return [OutboxRow(int(i), str(t), str(p), e, f, c) for i, t, p, e, f, c in rows]
+
+    def mark_published(self, ids: Sequence[int]) -> defer.Deferred:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return defer.succeed(None)
+        return self._query(
+            "UPDATE imap_event_outbox SET published_at = now()"
+            " WHERE id = ANY(%s) AND published_at IS NULL",
+            (ids,),
+        ).addCallback(lambda _: None)
+
+    @defer.inlineCallbacks
+    def outbox_stats(self) -> Any:
+        rows = yield self._query(
+            "SELECT count(*), EXTRACT(EPOCH FROM (now() - min(created_at)))"
+            " FROM imap_event_outbox WHERE published_at IS NULL")
+        count, age = rows[0]
+        return (int(count), None if age is None else max(0.0, float(age)))
+
+    def purge_ledger(self, older_than_days: float) -> defer.Deferred:
+        seconds = float(older_than_days) * 86400
+
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            yield cur.execute(
+                "DELETE FROM imap_message_ledger"
+                " WHERE created_at < now() - make_interval(secs => %s)", (seconds,))
+            deleted = cur.rowcount
+            # Unpublished rows stay whatever their age: they are undelivered events.
+            yield cur.execute(
+                "DELETE FROM imap_event_outbox WHERE published_at IS NOT NULL"
+                " AND published_at < now() - make_interval(secs => %s)", (seconds,))
+            return deleted + cur.rowcount
+
+        return self._interact(run)
+
+    # -- secrets ---------------------------------------------------------------
+
+    def put_secret(self, tenant: str, name: str, ciphertext: bytes) -> defer.Deferred:
+        return self._query(
+            "INSERT INTO imap_secrets (tenant, name, ciphertext) VALUES (%s, %s, %s)"
+            " ON CONFLICT (tenant, name) DO UPDATE"
+            " SET ciphertext = EXCLUDED.ciphertext, updated_at = now()",
+            (tenant, name, psycopg2.Binary(bytes(ciphertext))),
+        ).addCallback(lambda _: None)
+
+    @defer.inlineCallbacks
+    def get_secret(self, tenant: str, name: str) -> Any:
+        rows = yield self._query(
+            "SELECT ciphertext FROM imap_secrets WHERE tenant = %s AND name = %s",
+            (tenant, name))
+        # bytea arrives as a memoryview.
+        return bytes(rows[0][0]) if rows else None
+
+    def delete_secret(self, tenant: str, name: str) -> defer.Deferred:
+        return self._query(
+            "DELETE FROM imap_secrets WHERE tenant = %s AND name = %s", (tenant, name),
+        ).addCallback(lambda _: None)
+
+    # -- provider runtime columns -------------------------------------------
+
+    def set_provider_status(self, tenant: str, provider_id: str, status: str,
+                            error_message: Optional[str] = None) -> defer.Deferred:
+        return self._query(
+            "UPDATE email_providers SET status = %s, error_message = %s, updated_at = now()"
+            " WHERE tenant = %s AND id = %s",
+            (status, error_message, tenant, provider_id),
+        ).addCallback(lambda _: None)
+
+    def save_capabilities(self, tenant: str, provider_id: str,
+                          capabilities: Any) -> defer.Deferred:
+        return self._query(
+            "UPDATE imap_email_provider_config SET server_capabilities = %s"
+            " WHERE tenant = %s AND email_provider_id = %s",
+            (Json(sorted_capabilities(capabilities)), tenant, provider_id),
+        ).addCallback(lambda _: None)
+
+    def save_access_token(self, tenant: str, provider_id: str, access_token: Optional[str],
+                          expires_at: Optional[datetime]) -> defer.Deferred:
+        return self._query(
+            "UPDATE imap_email_provider_config SET access_token = %s, token_expires_at = %s,"
+            " updated_at = now() WHERE tenant = %s AND email_provider_id = %s",
+            (access_token, expires_at, tenant, provider_id),
+        ).addCallback(lambda _: None)
+
+    def touch_last_sync(self, tenant: str, provider_id: str) -> defer.Deferred:
+        return self._query(
+            "UPDATE email_providers SET last_sync_at = now() WHERE tenant = %s AND id = %s",
+            (tenant, provider_id),
+        ).addCallback(lambda _: None)
+
+    def record_auth_failure(self, tenant: str, provider_id: str, code: Optional[str],
+                            pause_after: int) -> defer.Deferred:
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            yield cur.execute(
+                "SELECT inbound_auth_failure_count, inbound_paused_at FROM email_providers"
+                " WHERE tenant = %s AND id = %s FOR UPDATE", (tenant, provider_id))
+            rows = cur.fetchall()
+            if not rows:
+                return (0, False)
+            count = int(rows[0][0] or 0) + 1
+            pause = rows[0][1] is None and count >= pause_after
+            yield cur.execute(
+                "UPDATE email_providers SET inbound_auth_failure_count = %s,"
+                " inbound_auth_failure_last_at = now(), inbound_auth_failure_code = %s,"
+                " inbound_paused_at = CASE WHEN %s THEN now() ELSE inbound_paused_at END,"
+                " inbound_pause_reason = CASE WHEN %s THEN 'auth_failure'"
+                "   ELSE inbound_pause_reason END,"
+                " updated_at = now() WHERE tenant = %s AND id = %s",
+                (count, code, pause, pause, tenant, provider_id))
+            return (count, pause)
+
+        return self._interact(run)
+
+    def reset_auth_failures(self, tenant: str, provider_id: str) -> defer.Deferred:
+        # Skips the write when there is nothing to clear: this runs on every login.
+        return self._query(
+            "UPDATE email_providers SET inbound_auth_failure_count = 0,"
+            " inbound_auth_failure_code = NULL,"
+            " inbound_paused_at = CASE WHEN inbound_pause_reason = 'auth_failure'"
+            "   THEN NULL ELSE inbound_paused_at END,"
+            " inbound_pause_reason = CASE WHEN inbound_pause_reason = 'auth_failure'"
+            "   THEN NULL ELSE inbound_pause_reason END,"
+            " updated_at = now()"
+            " WHERE tenant = %s AND id = %s AND (inbound_auth_failure_count <> 0"
+            "   OR inbound_auth_failure_code IS NOT NULL"
+            "   OR inbound_pause_reason = 'auth_failure')",
+            (tenant, provider_id),
+        ).addCallback(lambda _: None)
+
+    # -- OAuth state --------------------------------------------------------
+
+    def put_oauth_state(self, tenant: str, nonce: str, verifier: str,
+                        expires_at: datetime) -> defer.Deferred:
+        return self._query(
+            "INSERT INTO imap_oauth_states (tenant, nonce, verifier, expires_at)"
+            " VALUES (%s, %s, %s, %s)",
+            (tenant, nonce, verifier, expires_at),
+        ).addCallback(lambda _: None)
+
+    @defer.inlineCallbacks
+    def take_oauth_state(self, tenant: str, nonce: str) -> Any:
+        rows = yield self._query(
+            "UPDATE imap_oauth_states SET used_at = now()"
+            " WHERE tenant = %s AND nonce = %s AND used_at IS NULL AND expires_at > now()"
+            " RETURNING verifier",
+            (tenant, nonce))
+        return rows[0][0] if rows else None
+
+    # -- readiness -----------------------------------------------------------
+
+    def ping(self) -> defer.Deferred:
+        return self._query("SELECT 1").addCallback(lambda _: None)
