@@ -21,10 +21,12 @@ each test its own user (:func:`unique_user`) so mailboxes never collide.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import grp
 import itertools
 import os
 import pwd
+import re
 import shutil
 import socket
 import ssl
@@ -44,6 +46,7 @@ DOVEADM = "/usr/bin/doveadm"
 MAIL_USER = "vmail"
 DEFAULT_PASSWORD = "secret"
 DOMAIN = "example.com"
+_USER_RE = re.compile(r"^[A-Za-z0-9._+-]+(@[A-Za-z0-9.-]+)?$")
 
 
 class RigError(Exception):
@@ -258,6 +261,11 @@ first_valid_gid = {min(mail_gid, 100)}
 mail_uid = {mail_uid}
 mail_gid = {mail_gid}
 mail_location = maildir:~/Maildir
+namespace inbox {{
+  inbox = yes
+  # "/" as most providers use it; folder names then may not contain ".".
+  separator = /
+}}
 mail_max_userip_connections = 500
 auth_mechanisms = plain login xoauth2 oauthbearer
 auth_failure_delay = {auth_failure_delay}
@@ -269,7 +277,9 @@ shutdown_clients = yes
 
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {users_file}
+  # One file per user: Dovecot re-checks a passwd-file at most once a second,
+  # so a user added to a shared file could stay unknown for up to a second.
+  args = scheme=PLAIN username_format=%u {users_file}/%u
   mechanisms = plain login none
 }}
 passdb {{
@@ -345,7 +355,10 @@ class Dovecot:
         os.makedirs(self.home_root)
         os.chown(self.home_root, self.mail_uid, self.mail_gid)
         self.users_file = os.path.join(self.root, "users")
-        self._write_users()
+        self._dovecot_gid = grp.getgrnam("dovecot").gr_gid
+        os.makedirs(self.users_file)
+        os.chown(self.users_file, 0, self._dovecot_gid)
+        os.chmod(self.users_file, 0o750)
         self.oauth_args = os.path.join(self.root, "dovecot-oauth2.conf.ext")
         with open(self.oauth_args, "w", encoding="utf-8") as f:
             f.write(
@@ -456,36 +469,69 @@ class Dovecot:
 
     # -- users -------------------------------------------------------------
 
-    def _write_users(self) -> None:
-        tmp = self.users_file + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for name, password in sorted(self._users.items()):
-                f.write(f"{name}:{{PLAIN}}{password}::::::\n")
+    def _write_user(self, name: str, password: str | None) -> None:
+        path = os.path.join(self.users_file, name)
+        if password is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{name}:{{PLAIN}}{password}::::::\n")
         # The auth process runs as the internal user "dovecot".
-        os.chown(tmp, 0, grp.getgrnam("dovecot").gr_gid)
-        os.chmod(tmp, 0o640)
-        # Rename: a new inode and mtime, so Dovecot re-reads the file on the next lookup.
-        os.replace(tmp, self.users_file)
+        os.chown(tmp, 0, self._dovecot_gid)
+        # Rename: a new inode and mtime, so Dovecot re-reads it on its next check.
+        os.replace(tmp, path)
+
+    def _auth_test(self, name: str, password: str) -> bool:
+        result = self._main.doveadm("auth", "test", "-x", "service=imap", name, password)
+        return result.returncode == 0
+
+    def _await_auth(self, name: str, password: str, expect: bool) -> None:
+        """
+        Wait until Dovecot's auth process agrees that ``name``/``password``
+        does (or does not) log in. Each attempt is a ``doveadm`` run, which
+        paces the loop; a changed file is noticed within about a second.
+        """
+        if not self.running:
+            return
+        for _ in range(100):
+            if self._auth_test(name, password) == expect:
+                return
+        raise RigError(f"Dovecot did not pick up the change to user {name!r}")
 
     def add_user(self, name: str, password: str = DEFAULT_PASSWORD) -> str:
         """
-        Add (or change the password of) ``name`` in the passwd-file.
-        Dovecot re-reads the file on the next login.
+        Add ``name``, or change its password, and return once Dovecot accepts it.
+
+        A new user is usable at once. A changed password can take up to a
+        second to be noticed (Dovecot checks a passwd-file at most once a
+        second); this call waits for that, so the old password is refused
+        when it returns.
 
         :return: ``name``.
         """
-        if any(c in name for c in ":\n") or any(c in password for c in ":\n"):
-            raise ValueError("user names and passwords may not contain ':' or newlines")
+        if not _USER_RE.match(name):
+            raise ValueError(f"unsupported user name {name!r}")
+        if any(c in password for c in ":\n\r"):
+            raise ValueError("passwords may not contain ':' or line breaks")
         with self._lock:
+            previous = self._users.get(name)
             self._users[name] = password
-            self._write_users()
+            self._write_user(name, password)
+        if previous is not None and previous != password:
+            self._await_auth(name, previous, expect=False)
+        self._await_auth(name, password, expect=True)
         return name
 
     def remove_user(self, name: str) -> None:
-        """Remove ``name``; its next LOGIN fails. Existing sessions stay."""
+        """Remove ``name`` and wait until its LOGIN fails. Existing sessions stay."""
         with self._lock:
-            self._users.pop(name, None)
-            self._write_users()
+            previous = self._users.pop(name, None)
+            self._write_user(name, None)
+        if previous is not None:
+            self._await_auth(name, previous, expect=False)
 
     def kick(self, user: str) -> bool:
         """

@@ -111,7 +111,7 @@ def make_tls_files(directory: str | None = None) -> TLSFiles:
     if directory is None:
         directory = tempfile.mkdtemp(prefix="imapsvc-tls-")
     os.makedirs(directory, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("imapsvc test CA")
     ca_cert = (
