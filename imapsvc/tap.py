@@ -133,9 +133,15 @@ def make_sink(settings: Settings, reactor: Any) -> Any:
     """The :class:`~imapsvc.interfaces.ISink`: a Redis stream when
     ``REDIS_URL`` is set, else JSON Lines in ``IMAPSVC_EVENTS_FILE``."""
     if settings.redis_url:
-        # TODO(integrator): imapsvc.sink.redis with settings.redis_timeout_ms
-        # and settings.event_stream_maxlen.
-        return None
+        from imapsvc.sink.redis_stream import RedisStreamSink
+
+        return RedisStreamSink(
+            reactor,
+            settings.redis_url,
+            settings.event_stream,
+            timeout_s=settings.redis_timeout_ms / 1000.0,
+            maxlen=settings.event_stream_maxlen,
+        )
     from imapsvc.sink.jsonl import JsonLinesSink
 
     return JsonLinesSink(settings.events_file, stream=settings.event_stream, clock=reactor)

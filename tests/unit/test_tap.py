@@ -155,3 +155,22 @@ class TwistdTests(TestCase):
         self.assertEqual(result.returncode, 2)
         self.assertIn("IMAP_RECONNECT_BASE_MS", result.stderr)
         self.assertNotIn("Traceback", result.stdout + result.stderr)
+
+
+class SinkChoiceTests(TestCase):
+    def test_redis_when_url_set(self) -> None:
+        from imapsvc.sink.redis_stream import RedisStreamSink
+
+        sink = tap.make_sink(
+            Settings(redis_url="redis://:pw@cache:6379/0", event_stream_maxlen=1000),
+            MemoryReactorClock(),
+        )
+        self.assertIsInstance(sink, RedisStreamSink)
+        self.assertEqual(sink.stream, "workflow:events:global")
+
+    def test_jsonl_by_default(self) -> None:
+        from imapsvc.sink.jsonl import JsonLinesSink
+
+        sink = tap.make_sink(Settings(events_file="x.jsonl"), MemoryReactorClock())
+        self.assertIsInstance(sink, JsonLinesSink)
+        self.assertEqual(sink.path, "x.jsonl")
