@@ -1,0 +1,214 @@
+"""From fetched messages to one recorded batch (:class:`IMessagePipeline`).
+
+For each :class:`~imapsvc.model.FetchedMessage` of a batch: map it to
+``emailData`` (:func:`imapsvc.core.email_data.map_message`), derive the
+deterministic ids from the ledger dedupe key
+(:func:`imapsvc.core.event.event_ids`), build the stream entry
+(:func:`imapsvc.core.event.build_stream_entry`) and a
+:class:`~imapsvc.model.MessageRecord`. Then one ``store.record_batch`` writes
+ledger rows, outbox rows and the folder cursor in one transaction, and the
+relay is woken to publish.
+
+Mapping is pure but not cheap (MIME, charsets, HTML to text): a batch whose
+downloaded bytes exceed ``thread_threshold_bytes`` is mapped by the injected
+``threadpool_runner`` (a thread pool in production), so the reactor keeps
+serving IDLE connections meanwhile.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Callable, Optional, Sequence
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from imapsvc.core import email_data as _email_data
+from imapsvc.core import event as _event
+from imapsvc.interfaces import IMessagePipeline
+from imapsvc.model import (
+    OUTCOME_PUBLISHED,
+    OUTCOME_SKIPPED,
+    BatchResult,
+    FetchedMessage,
+    FolderCursor,
+    Limits,
+    MessageRecord,
+    ProviderConfig,
+)
+
+_log = Logger()
+
+#: ``skip_reason`` of a message whose entry could not be built (a bug, or an
+#: input the mapper did not foresee). It is recorded as skipped, so one bad
+#: message cannot stop its folder forever; the error is logged.
+SKIP_BUILD_ERROR = "build_error"
+
+
+def batch_bytes(messages: Sequence[FetchedMessage]) -> int:
+    """The bytes a batch holds in memory (what the mapping has to chew)."""
+    total = 0
+    for msg in messages:
+        total += len(msg.header or b"") + len(msg.raw or b"")
+        total += sum(len(v) for v in msg.texts.values())
+    return total
+
+
+def build_records(
+    messages: Sequence[FetchedMessage],
+    tenant: str,
+    provider_id: str,
+    folder: str,
+    now: datetime,
+    limits: Limits,
+    map_message: Callable[..., Any] = _email_data.map_message,
+    event_ids: Callable[..., tuple[str, str]] = _event.event_ids,
+    build_stream_entry: Callable[..., dict[str, str]] = _event.build_stream_entry,
+) -> list[MessageRecord]:
+    """The ledger records of a batch (pure; safe to run in a thread).
+
+    :param now: the fetch time (fallback ``receivedAt``) and the event
+        ``timestamp``/``occurredAt``.
+    """
+    records = []
+    for msg in messages:
+        mapped = map_message(msg, tenant, provider_id, now, limits)
+        event_id, execution_id = event_ids(tenant, provider_id, mapped.dedupe_key)
+        reason: Optional[str] = mapped.skip_reason
+        fields: Optional[dict[str, str]] = None
+        if reason is None:
+            try:
+                fields = build_stream_entry(
+                    tenant, provider_id, mapped.email_data, event_id, execution_id, now
+                )
+            except Exception as exc:
+                # Logged, not swallowed: the record says why it was skipped.
+                _log.failure(
+                    "Could not build the stream entry of {folder} UID {uid}",
+                    folder=folder,
+                    uid=msg.uid,
+                )
+                reason = f"{SKIP_BUILD_ERROR}: {type(exc).__name__}"
+        records.append(
+            MessageRecord(
+                dedupe_key=mapped.dedupe_key,
+                folder=folder,
+                uid_validity=str(msg.uid_validity),
+                uid=int(msg.uid),
+                message_id_key=mapped.message_id_key,
+                outcome=OUTCOME_SKIPPED if reason is not None else OUTCOME_PUBLISHED,
+                event_id=event_id,
+                reason=reason,
+                fields=fields,
+            )
+        )
+    return records
+
+
+@implementer(IMessagePipeline)
+class Pipeline:
+    """Parse, dedupe and record batches; wake the relay after each commit.
+
+    :param store: the :class:`~imapsvc.interfaces.IStore`.
+    :param relay_wake: called with no arguments after a batch that queued
+        outbox rows was committed (``Relay.wake``).
+    :param clock: ``IReactorTime`` (the fetch time of a batch).
+    :param limits: the size caps (:class:`~imapsvc.model.Limits`).
+    :param thread_threshold_bytes: batches holding more bytes than this are
+        mapped through ``threadpool_runner``; smaller ones on the calling thread.
+    :param threadpool_runner: ``runner(f, *args) -> Deferred`` (see
+        :func:`imapsvc.deferreds.thread_runner`;
+        :func:`imapsvc.deferreds.synchronous_runner` in tests).
+
+    :ivar stats: counters for metrics: ``batches``, ``messages``,
+        ``published``, ``skipped``, ``duplicates``, ``failures`` (batches not
+        recorded), ``threaded`` (batches mapped in the pool).
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        relay_wake: Callable[[], Any],
+        clock: Any,
+        limits: Limits,
+        thread_threshold_bytes: int,
+        threadpool_runner: Callable[..., defer.Deferred[Any]],
+        build: Callable[..., list[MessageRecord]] = build_records,
+    ) -> None:
+        self._store = store
+        self._relay_wake = relay_wake
+        self._clock = clock
+        self._limits = limits
+        self._threshold = thread_threshold_bytes
+        self._runner = threadpool_runner
+        self._build = build
+        self.stats: dict[str, int] = {
+            "batches": 0,
+            "messages": 0,
+            "published": 0,
+            "skipped": 0,
+            "duplicates": 0,
+            "failures": 0,
+            "threaded": 0,
+        }
+
+    def handle_batch(
+        self,
+        provider: ProviderConfig,
+        folder: str,
+        owner: str,
+        messages: Sequence[FetchedMessage],
+        cursor: Optional[FolderCursor],
+    ) -> defer.Deferred[BatchResult]:
+        """See :meth:`IMessagePipeline.handle_batch`. A failure (mapping,
+        store, lost lease) means nothing of the batch was recorded."""
+        d = self._handle(provider, folder, owner, list(messages), cursor)
+
+        def failed(failure: Any) -> Any:
+            self.stats["failures"] += 1
+            return failure
+
+        return d.addErrback(failed)
+
+    @defer.inlineCallbacks
+    def _handle(
+        self,
+        provider: ProviderConfig,
+        folder: str,
+        owner: str,
+        messages: list[FetchedMessage],
+        cursor: Optional[FolderCursor],
+    ) -> Any:
+        tenant, provider_id = provider.tenant, provider.provider_id
+        now = datetime.fromtimestamp(self._clock.seconds(), tz=UTC)
+        args = (messages, tenant, provider_id, folder, now, self._limits)
+        if messages and batch_bytes(messages) > self._threshold:
+            self.stats["threaded"] += 1
+            records = yield self._runner(self._build, *args)
+        else:
+            records = self._build(*args)
+        result = yield self._store.record_batch(tenant, provider_id, folder, owner, records, cursor)
+        self.stats["batches"] += 1
+        self.stats["messages"] += len(records)
+        self.stats["published"] += result.published
+        self.stats["skipped"] += result.skipped
+        self.stats["duplicates"] += result.duplicates
+        _log.info(
+            "Recorded {count} messages of {tenant}/{provider_id} {folder}: "
+            "{published} to publish, {skipped} skipped, {duplicates} duplicates",
+            count=len(records),
+            tenant=tenant,
+            provider_id=provider_id,
+            folder=folder,
+            published=result.published,
+            skipped=result.skipped,
+            duplicates=result.duplicates,
+        )
+        if result.published:
+            try:
+                self._relay_wake()
+            except Exception:
+                # The batch is committed; the relay's timer will catch up.
+                _log.failure("Waking the relay failed")
+        return result
