@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from OpenSSL.SSL import Error as SSLError
+from service_identity.exceptions import VerificationError
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.trial.unittest import TestCase
@@ -169,7 +169,7 @@ class DovecotProtocolTests(TestCase):
 
     @defer.inlineCallbacks
     def test_wrong_hostname_refused(self):
-        with self.assertRaises(SSLError):
+        with self.assertRaises(VerificationError):
             yield self.open(port=self.dovecot.ports.imaps_wrong)
 
     @defer.inlineCallbacks
