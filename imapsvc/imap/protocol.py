@@ -102,6 +102,8 @@ class FolderIMAPClient(IMAP4Client):
     :ivar last_exists: the last ``* n EXISTS`` seen, whatever the command.
     """
 
+    state: Optional[str] = None  # type: ignore[assignment]
+
     # A "* SEARCH" answer is one line: 1,000,000 UIDs of 7 digits are 8 MB.
     # Literals (message bodies) do not count against this; this bounds only
     # the memory a hostile or broken server can make us buffer for a line.
@@ -203,11 +205,12 @@ class FolderIMAPClient(IMAP4Client):
                 cmd.defer.errback(Failure(ConnectionGone(f"connection dropped: {error}")))
         if not self.greeted.called:
             self.greeted.errback(Failure(error))
-        if self.transport is not None:
-            if abort and hasattr(self.transport, "abortConnection"):
-                self.transport.abortConnection()
+        transport: Any = self.transport
+        if transport is not None:
+            if abort and hasattr(transport, "abortConnection"):
+                transport.abortConnection()
             else:
-                self.transport.loseConnection()
+                transport.loseConnection()
 
     def _greeting_timed_out(self) -> None:
         self._greeting_deadline = None
@@ -465,14 +468,18 @@ class FolderIMAPClient(IMAP4Client):
             cmd.on_continuation = self._send_next_chunk
         first, cmd.chunks = cmd.chunks[0], cmd.chunks[1:]
         self._arm(cmd)
-        self.transport.write(cmd.tag + b" " + first + b"\r\n")
+        self._write(cmd.tag + b" " + first + b"\r\n")
 
     def _send_next_chunk(self, cmd: _Command, text: bytes) -> None:
         if not cmd.chunks:
             self._drop(ProtocolViolation("continuation request with nothing left to send"))
             return
         chunk, cmd.chunks = cmd.chunks[0], cmd.chunks[1:]
-        self.transport.write(chunk + b"\r\n")
+        self._write(chunk + b"\r\n")
+
+    def _write(self, data: bytes) -> None:
+        transport: Any = self.transport
+        transport.write(data)
 
     def _arm(self, cmd: _Command) -> None:
         self._disarm(cmd)
@@ -572,7 +579,8 @@ class FolderIMAPClient(IMAP4Client):
             raise ProtocolViolation("data received after STARTTLS before the TLS handshake")
         # Whatever was said in cleartext may have been forged.
         self.capabilities = None
-        self.transport.startTLS(context_factory)
+        transport: Any = self.transport
+        transport.startTLS(context_factory)
         self._tls_started = True
 
     def authenticate_with(self, credentials) -> defer.Deferred:
@@ -594,13 +602,14 @@ class FolderIMAPClient(IMAP4Client):
             )
             cmd = _Command(b"LOGIN", chunks, kind="auth")
         elif mechanism in ("xoauth2", "oauthbearer"):
-            cmd = self._sasl_command(mechanism, credentials.username, credentials.secret)
-            if cmd is None:
+            sasl = self._sasl_command(mechanism, credentials.username, credentials.secret)
+            if sasl is None:
                 return defer.fail(
                     AuthenticationFailed(
                         "UNSUPPORTED", f"server does not offer AUTH={mechanism.upper()}"
                     )
                 )
+            cmd = sasl
         else:
             return defer.fail(ValueError(f"unknown login mechanism {mechanism!r}"))
         cmd.on_ok = self._logged_in
@@ -636,11 +645,11 @@ class FolderIMAPClient(IMAP4Client):
 
         def on_continuation(cmd: _Command, text: bytes) -> None:
             if not initial_sent and cmd.continuations == 1:
-                self.transport.write(initial + b"\r\n")
+                self._write(initial + b"\r\n")
             elif cmd.continuations <= (1 if initial_sent else 2):
-                self.transport.write(error_answer + b"\r\n")
+                self._write(error_answer + b"\r\n")
             else:
-                self.transport.write(b"*\r\n")  # cancel; the server answers BAD/NO
+                self._write(b"*\r\n")  # cancel; the server answers BAD/NO
 
         cmd.on_continuation = on_continuation
         return cmd
@@ -772,9 +781,12 @@ class FolderIMAPClient(IMAP4Client):
         results: dict[int, dict[str, bytes]] = {}
         d: defer.Deferred = defer.succeed(None)
         for key, uids in groups.items():
-            d.addCallback(lambda _, key=key, uids=uids: self._fetch_group(key, uids, results))
+            d.addCallback(self._next_group, key, uids, results)
         d.addCallback(lambda _: results)
         return d
+
+    def _next_group(self, _ignored, key, uids, results) -> defer.Deferred:
+        return self._fetch_group(key, uids, results)
 
     def _fetch_group(self, key, uids, results) -> defer.Deferred:
         items = [b"UID"]
@@ -859,7 +871,7 @@ class FolderIMAPClient(IMAP4Client):
     def _send_done(self, cmd: _Command) -> None:
         self._idle_done_sent = True
         self.idling = False
-        self.transport.write(b"DONE\r\n")
+        self._write(b"DONE\r\n")
         self._arm(cmd)
 
 

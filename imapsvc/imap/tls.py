@@ -9,7 +9,7 @@ explicit, logged choice for test rigs only.
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Optional, cast
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -75,7 +75,7 @@ def client_tls_options(
         log.warn(
             "TLS certificate verification DISABLED for {hostname}", hostname=hostname
         )
-        return _UnverifiedClientTLS(hostname)
+        return cast(IOpenSSLClientConnectionCreator, _UnverifiedClientTLS(hostname))
     if ca_file:
         return optionsForClientTLS(hostname, trustRoot=load_ca_bundle(ca_file))
     return optionsForClientTLS(hostname)
