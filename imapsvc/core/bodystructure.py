@@ -314,10 +314,10 @@ def decode_params(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
             plain[key] = value
     out = {k: decode_words(v) for k, v in plain.items()}
     for base, segments in extended.items():
-        value = _join_rfc2231(segments)
-        if value is not None:
+        joined = _join_rfc2231(segments)
+        if joined is not None:
             # The extended form is the more faithful one when both exist.
-            out[base] = value
+            out[base] = joined
     return out
 
 

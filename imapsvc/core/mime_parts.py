@@ -155,6 +155,7 @@ def _entity(
     header, body_start = _header_span(buf, start, end)
     fields = _fields(header)
     ctype_value = fields.get(b"content-type")
+    params: dict[str, str]
     if ctype_value is None:
         content_type, params = default_type, {}
     else:
