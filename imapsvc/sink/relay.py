@@ -20,7 +20,7 @@ Scheduling:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -31,6 +31,29 @@ from twisted.python.failure import Failure
 from imapsvc.deferreds import fire_and_forget, with_deadline
 
 _log = Logger()
+
+#: The field order of CONTRACT section 2. A store may not keep the order of
+#: a row's fields (Postgres ``jsonb`` does not), so the relay restores it;
+#: unknown fields follow in their stored order.
+FIELD_ORDER = (
+    "event_id",
+    "execution_id",
+    "event_name",
+    "event_type",
+    "tenant",
+    "timestamp",
+    "user_id",
+    "from_state",
+    "to_state",
+    "payload_json",
+)
+_RANK = {name: i for i, name in enumerate(FIELD_ORDER)}
+
+
+def ordered_fields(fields: Mapping[str, str]) -> dict[str, str]:
+    """``fields`` in the contract's order (pure)."""
+    keys = sorted(fields, key=lambda k: _RANK.get(k, len(_RANK)))
+    return {k: fields[k] for k in keys}
 
 
 class Relay(Service):
@@ -180,7 +203,7 @@ class Relay(Service):
                 self.stats["backlog"] = 0
                 self.stats["oldest_age_s"] = None
                 return
-            yield self._sink.publish([(row.event_id, row.fields) for row in rows])
+            yield self._sink.publish([(row.event_id, ordered_fields(row.fields)) for row in rows])
             # A crash here publishes these rows again later: same event_ids.
             yield self._store.mark_published([row.id for row in rows])
             self.stats["published"] += len(rows)

@@ -58,10 +58,17 @@ class MarkFailsOnce:
 
 
 class PipelineToRedisTests(unittest.TestCase):
-    def setUp(self) -> None:
+    """On the in-memory store (the Postgres variant below reuses every test)."""
+
+    def setUp(self) -> Any:
         self.store = MemoryStore(reactor)
         self.provider = self.store.add_provider(tenant=T, provider_id=P, mailbox="s@example.com")
-        self.assertTrue(self.successResultOf(self.store.acquire_lease(T, P, OWNER, 600_000)))
+        return self.take_lease()
+
+    @defer.inlineCallbacks
+    def take_lease(self) -> Any:
+        taken = yield self.store.acquire_lease(T, P, OWNER, 600_000)
+        self.assertTrue(taken)
 
     def wire(self, url: str, stream: str, store: Any = None) -> tuple[Pipeline, Relay]:
         sink = RedisStreamSink(reactor, url, stream, timeout_s=0.5, reconnect_max_s=0.2)
@@ -81,18 +88,22 @@ class PipelineToRedisTests(unittest.TestCase):
         pipeline = Pipeline(self.store, relay.wake, reactor, Limits(), 10**9, synchronous_runner)
         return pipeline, relay
 
-    def pending(self) -> int:
-        return len(self.successResultOf(self.store.fetch_outbox(100_000)))
+    @defer.inlineCallbacks
+    def pending(self) -> Any:
+        count, _age = yield self.store.outbox_stats()
+        return count
 
     @defer.inlineCallbacks
     def drain(self, relay: Relay, within_s: float = 20.0) -> Any:
         deadline = reactor.seconds() + within_s
+        left = -1
         while reactor.seconds() < deadline:
             ok = yield relay.flush(timeout_s=2.0)
-            if ok and self.pending() == 0:
+            left = yield self.pending()
+            if ok and left == 0:
                 return
             yield sleep(0.1)
-        self.fail(f"outbox not drained within {within_s}s ({self.pending()} left)")
+        self.fail(f"outbox not drained within {within_s}s ({left} left)")
 
     @defer.inlineCallbacks
     def test_exact_field_layout_in_the_stream(self) -> Any:
@@ -146,7 +157,8 @@ class PipelineToRedisTests(unittest.TestCase):
             )
             self.assertEqual(result.published, 20)
             yield sleep(0.05)  # let the relay try (and fail) in between
-        self.assertEqual(self.pending(), 200)
+        pending = yield self.pending()
+        self.assertEqual(pending, 200)
         self.assertGreater(relay.stats["errors"], 0)
         self.assertEqual(relay.stats["published"], 0)
         yield server.start()
@@ -179,6 +191,32 @@ class PipelineToRedisTests(unittest.TestCase):
         self.assertEqual(
             [f for _, f in entries[:5]], [f for _, f in entries[5:]], "identical copies"
         )
+
+
+class PipelineToRedisPostgresTests(PipelineToRedisTests):
+    """The same, with the outbox in the real Postgres store."""
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        from imapsvc.store.postgres import PostgresStore
+        from tests.integration.test_postgres_store import insert_provider
+        from tests.rig import postgres as pg
+
+        dsn = pg.database_dsn()
+        pg.truncate_all(dsn)
+        self.store = PostgresStore(dsn, reactor, pool_size=2)
+        yield self.store.start()
+        self.addCleanup(self.store.stop)
+        self.provider = insert_provider(
+            dsn,
+            tenant=T,
+            provider_id=P,
+            provider_name="Support",
+            mailbox="s@example.com",
+            host="127.0.0.1",
+            port=993,
+        )
+        yield self.take_lease()
 
 
 def _host_port(url: str) -> tuple[str, int]:

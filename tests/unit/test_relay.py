@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from imapsvc.sink.memory import MemorySink
-from imapsvc.sink.relay import Relay
+from imapsvc.sink.relay import FIELD_ORDER, Relay, ordered_fields
 from imapsvc.store.memory import MemoryStore
 from tests.sink_contract import entry
 
@@ -311,3 +311,23 @@ class RelayTests(unittest.TestCase):
         self.successResultOf(d)
         self.assertEqual(self.pending(), 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class OrderedFieldsTests(unittest.TestCase):
+    def test_contract_order_restored_and_unknown_fields_kept_last(self) -> None:
+        shuffled = dict(sorted(entry(1)[1].items(), reverse=True))
+        shuffled["zz_extra"] = "1"
+        got = ordered_fields(shuffled)
+        self.assertEqual(list(got), list(FIELD_ORDER) + ["zz_extra"])
+        self.assertEqual(got, shuffled)
+
+    def test_relay_publishes_in_contract_order(self) -> None:
+        clock = Clock()
+        store = MemoryStore(clock)
+        sink = MemorySink()
+        event_id, fields = entry(1)
+        self.successResultOf(store.add_outbox(T, P, event_id, dict(sorted(fields.items()))))
+        relay = Relay(store, sink, clock)
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        self.assertEqual(list(sink.entries[0][2]), list(FIELD_ORDER))
