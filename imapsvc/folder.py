@@ -194,6 +194,7 @@ class FolderService(service.Service):
         self._proto: Any = None
         self._stopping = False
         self._wake_pending = False
+        self._exists_at_sync: Optional[int] = None
         self._idle_done_sent = False
         self._idle_timer: Any = None
         self._poll_timer: Any = None
@@ -441,6 +442,10 @@ class FolderService(service.Service):
             self._hook("synced")
             if self._wake_pending:
                 continue
+            if getattr(proto, "last_exists", None) != self._exists_at_sync:
+                # New mail was announced while we were fetching; IDLE would
+                # not report it again, so it would wait for the IDLE restart.
+                continue
             if has_idle:
                 yield self._idle(proto)
             else:
@@ -453,6 +458,9 @@ class FolderService(service.Service):
         self.sync_count += 1
         info = yield proto.examine_folder(name)
         self._check()
+        # EXISTS that arrives during this sync's commands is not an IDLE
+        # event: remember where we started so the loop can sync again.
+        self._exists_at_sync = getattr(proto, "last_exists", None)
         tenant, pid = self.provider.tenant, self.provider.provider_id
         # Read at every sync so an operator's resync is seen by this worker.
         stored = yield self.store.read_cursor(tenant, pid, name)
@@ -595,12 +603,14 @@ class FolderService(service.Service):
         err = failure.value
         text = _describe(err)
         self.last_error = text
-        if failure.check(errors.AuthenticationFailed):
+        if failure.check(errors.AuthenticationFailed) or getattr(err, "auth_failure", False):
             # Retrying bad credentials only locks the account: wait for the
-            # supervisor (a new login attempt) instead.
+            # supervisor (a new login attempt) instead. Credential-source
+            # errors (no password stored, invalid_grant) count the same way.
             self.factory.stopTrying()
             self._set_state(S.NEEDS_REAUTH, "authentication failed", error=text)
-            self._hook("auth_failed", err.code or "AUTHENTICATIONFAILED", err.text)
+            code = getattr(err, "code", None) or "AUTHENTICATIONFAILED"
+            self._hook("auth_failed", code, getattr(err, "text", "") or "")
         elif failure.check(LeaseLost):
             self.factory.stopTrying()
             self._set_state(S.STOPPED, "lease lost", error=text)

@@ -50,6 +50,8 @@ class FakeServer:
                 "body": b"body of %d" % uid,
             }
         for p in self.protos:
+            if not p.transport.closed:
+                p.last_exists = len(self.messages)
             if p.idling and p.on_exists is not None:
                 p.on_exists(len(self.messages))
 
@@ -91,6 +93,7 @@ class FakeProto:
         self.factory = None
         self.connector = connector
         self.hold = set()  # command names whose Deferreds the test fires
+        self.last_exists = None  # as FolderIMAPClient: last EXISTS, any command
 
     def _reply(self, name, value, *args):
         self.server.commands.append((name,) + args)
@@ -645,6 +648,33 @@ class FolderServiceTests(SynchronousTestCase):
         self.assertEqual(r.pipeline.uids, [1, 2])
         self.assertEqual(len([c for c in r.server.commands if c[0] == "SEARCH"]), 2)
         self.assertEqual(r.svc.state, S.IDLING)
+
+    def test_exists_during_sync_syncs_again_before_idle(self):
+        # The server announced new mail in an untagged EXISTS during a FETCH;
+        # IDLE will not repeat it, so the folder must not go idle yet.
+        r = self.rig()
+        r.server.add(1)
+        r.pipeline.hold = True
+        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.start()
+        r.server.add(1)
+        r.pipeline.hold = False
+        r.pipeline.release()
+        self.assertEqual(r.pipeline.uids, [1, 2])
+        self.assertEqual(r.svc.state, S.IDLING)
+
+    def test_credential_source_auth_failure_needs_reauth(self):
+        class NoPassword(Exception):
+            auth_failure = True
+            code = "missing_credentials"
+
+        r = self.rig()
+        r.creds.credentials = lambda provider: defer.fail(NoPassword("no password stored"))
+        r.start()
+        self.assertEqual(r.svc.state, S.NEEDS_REAUTH)
+        self.assertEqual(r.hooks.events.count(("auth_failed", "missing_credentials")), 1)
+        r.reactor.advance(3600)
+        self.assertEqual(r.factory.connect_calls, 1)
 
     def test_idle_restart_timer(self):
         r = self.rig()
