@@ -286,27 +286,21 @@ def _text(value: bytes) -> str:
         return fix_8bit(value.decode("latin-1"))
 
 
+_PARAM_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|[^;"]+|;', re.S)
+
+
 def _split_params(value: str) -> list[str]:
     """Split on ``;`` outside quoted strings."""
+    if '"' not in value:
+        return value.split(";")
     items: list[str] = []
     current: list[str] = []
-    quoted = False
-    escaped = False
-    for char in value:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\" and quoted:
-            current.append(char)
-            escaped = True
-        elif char == '"':
-            current.append(char)
-            quoted = not quoted
-        elif char == ";" and not quoted:
+    for token in _PARAM_TOKEN.findall(value):
+        if token == ";":
             items.append("".join(current))
             current = []
         else:
-            current.append(char)
+            current.append(token)
     items.append("".join(current))
     return items
 
