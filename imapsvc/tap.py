@@ -15,12 +15,9 @@ import os
 import sys
 from typing import Any, Mapping, Optional
 
-from twisted.application import strports
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from imapsvc import logging as imapsvc_logging
 from imapsvc.config import SETTINGS, ConfigError, Settings, load_settings
@@ -115,135 +112,19 @@ def makeService(options: Options) -> MultiService:
 
 
 # -- the tree --------------------------------------------------------------
-#
-# Each make_* builds one component from the settings and returns it (an
-# IService is attached to the tree; anything else is passed on as a
-# dependency) or None when that part of the service is not available yet.
-# The integrator finishes these as the store, sink, supervisor and web land.
-
-
-def make_store(settings: Settings, reactor: Any) -> Any:
-    """The :class:`~imapsvc.interfaces.IStore`: Postgres when
-    ``DATABASE_URL`` is set, else SQLite at ``IMAPSVC_SQLITE_PATH``."""
-    # TODO(integrator): imapsvc.store.postgres / imapsvc.store.sqlite.
-    return None
 
 
 def make_sink(settings: Settings, reactor: Any) -> Any:
     """The :class:`~imapsvc.interfaces.ISink`: a Redis stream when
     ``REDIS_URL`` is set, else JSON Lines in ``IMAPSVC_EVENTS_FILE``."""
-    if settings.redis_url:
-        from imapsvc.sink.redis_stream import RedisStreamSink
+    from imapsvc.runtime import build_sink
 
-        return RedisStreamSink(
-            reactor,
-            settings.redis_url,
-            settings.event_stream,
-            timeout_s=settings.redis_timeout_ms / 1000.0,
-            maxlen=settings.event_stream_maxlen,
-        )
-    from imapsvc.sink.jsonl import JsonLinesSink
-
-    return JsonLinesSink(settings.events_file, stream=settings.event_stream, clock=reactor)
-
-
-def make_secret_store(settings: Settings, store: Any) -> Any:
-    """The :class:`~imapsvc.interfaces.ISecretStore` over ``store``, or
-    None without a store or without ``IMAPSVC_SECRET_KEY``."""
-    if store is None or not settings.secret_key:
-        return None
-    from imapsvc.secrets import SecretBox, SecretStore, parse_key
-
-    box = SecretBox([parse_key(k) for k in settings.secret_key])
-    return SecretStore(store, box, settings.secrets_dir or None)
-
-
-def make_supervisor(settings: Settings, reactor: Any, store: Any, sink: Any, secrets: Any) -> Any:
-    """The provider supervisor (discovery, leases, folders)."""
-    # TODO(integrator): imapsvc.supervisor.
-    return None
-
-
-def make_web(settings: Settings, reactor: Any, **deps: Any) -> Any:
-    """The HTTP service on ``PORT``. Until :mod:`imapsvc.web` is wired in,
-    a placeholder answering ``/healthz`` and ``/health``."""
-    # TODO(integrator): the Klein app of imapsvc.web, given deps.
-    site: Any = Site(placeholder_resource())
-    return strports.service(f"tcp:{settings.port}", site, reactor=reactor)
-
-
-class _Health(Resource):
-    isLeaf = True
-
-    def render_GET(self, request: Any) -> bytes:
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"ok\n"
-
-
-def placeholder_resource() -> Resource:
-    """A root answering ``GET /healthz`` and ``GET /health`` with ``ok``."""
-    root = Resource()
-    health: Any = _Health()
-    root.putChild(b"healthz", health)
-    root.putChild(b"health", health)
-    return root
-
-
-class _StartStop(Service):
-    """Runs a component's ``start()``/``stop()`` (if it has them) with the tree."""
-
-    def __init__(self, name: str, component: Any) -> None:
-        self.setName(name)
-        self.component = component
-
-    def startService(self) -> None:
-        super().startService()
-        start = getattr(self.component, "start", None)
-        if start is not None:
-            from twisted.internet import defer
-
-            defer.maybeDeferred(start).addErrback(
-                lambda f: log.failure("starting {name} failed", f, name=self.name)
-            )
-
-    def stopService(self) -> Any:
-        super().stopService()
-        stop = getattr(self.component, "stop", None) or getattr(self.component, "close", None)
-        if stop is not None:
-            from twisted.internet import defer
-
-            return defer.maybeDeferred(stop)
-        return None
-
-
-def _attach(parent: MultiService, name: str, component: Any) -> None:
-    if component is None:
-        return
-    service = component if IService.providedBy(component) else _StartStop(name, component)
-    if service.name is None:
-        service.setName(name)
-    service.setServiceParent(parent)
+    return build_sink(settings, reactor)
 
 
 def build_service(settings: Settings, reactor: Any) -> MultiService:
-    """``MultiService("imapsvc")``: store, sink, supervisor, web, in that
-    start order (and reverse stop order)."""
-    top = MultiService()
-    top.setName("imapsvc")
-    store = make_store(settings, reactor)
-    _attach(top, "store", store)
-    sink = make_sink(settings, reactor)
-    _attach(top, "sink", sink)
-    secrets = make_secret_store(settings, store)
-    supervisor = make_supervisor(settings, reactor, store, sink, secrets)
-    _attach(top, "supervisor", supervisor)
-    web = make_web(
-        settings, reactor, store=store, sink=sink, secrets=secrets, supervisor=supervisor
-    )
-    _attach(top, "web", web)
-    missing = [
-        n for n, c in (("store", store), ("sink", sink), ("supervisor", supervisor)) if c is None
-    ]
-    if missing:
-        log.warn("imapsvc started without {missing}: not wired yet", missing=", ".join(missing))
-    return top
+    """``MultiService("imapsvc")``: the web service, then the runtime (store,
+    sink, relay, supervisor), see :mod:`imapsvc.runtime`."""
+    from imapsvc.runtime import build_tree
+
+    return build_tree(settings, reactor)

@@ -1,0 +1,296 @@
+"""The running service: builds every component from the settings and
+starts/stops them in an order that loses nothing.
+
+Start: the web service first (liveness answers at once, readiness says what
+is missing); then the store (retried until the database answers), the sink,
+the relay, the supervisor, the LISTEN hook and the ledger cleanup.
+Stop (SIGTERM): the supervisor stops folders (leave IDLE, LOGOUT) and gives
+leases back, the relay flushes what was committed, then sink and store
+close, all within ``IMAP_SHUTDOWN_TIMEOUT_MS``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from twisted.application import service, strports
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web.server import Site
+
+from imapsvc.deferreds import fire_and_forget, thread_runner
+
+log = Logger(namespace="imapsvc.runtime")
+
+
+def build_store(settings: Any, reactor: Any) -> Any:
+    if settings.database_url:
+        from imapsvc.store.postgres import PostgresStore
+
+        return PostgresStore(settings.database_url, reactor)
+    from imapsvc.store.sqlite import SqliteStore
+
+    return SqliteStore(settings.sqlite_path, reactor)
+
+
+def build_sink(settings: Any, reactor: Any) -> Any:
+    if settings.redis_url:
+        from imapsvc.sink.redis_stream import RedisStreamSink
+
+        return RedisStreamSink(
+            reactor,
+            settings.redis_url,
+            settings.event_stream,
+            timeout_s=settings.redis_timeout_ms / 1000.0,
+            maxlen=settings.event_stream_maxlen,
+        )
+    from imapsvc.sink.jsonl import JsonLinesSink
+
+    return JsonLinesSink(settings.events_file, stream=settings.event_stream, clock=reactor)
+
+
+class Runtime(service.MultiService):
+    """Everything but the web service, started once the store answers."""
+
+    def __init__(self, settings: Any, reactor: Any, http: Any = None):
+        super().__init__()
+        self.setName("runtime")
+        self.settings = settings
+        self.reactor = reactor
+        self.store = build_store(settings, reactor)
+        self.sink = build_sink(settings, reactor)
+        self._build(http)
+        self._boot: Optional[defer.Deferred] = None
+        self._listener: Any = None
+        self._store_started = False
+        self._sink_started = False
+        self.store_error: Optional[str] = None
+
+    def _build(self, http: Any) -> None:
+        from imapsvc.core.event import build_auto_paused_entry
+        from imapsvc.core.oauth_state import state_key
+        from imapsvc.folder import FolderOptions, FolderService
+        from imapsvc.imap.probe import test_login
+        from imapsvc.imap.tls import client_tls_options
+        from imapsvc.oauth import CredentialSource, OAuthFlow
+        from imapsvc.pipeline import Pipeline
+        from imapsvc.secrets import SecretBox, SecretStore
+        from imapsvc.sink.relay import Relay
+        from imapsvc.supervisor import Supervisor
+
+        s, reactor = self.settings, self.reactor
+        if http is None:
+            import treq as http
+        secret_setting = ",".join(s.secret_key)
+        self.box = SecretBox.from_setting(secret_setting) if secret_setting else None
+        self.secrets = (
+            SecretStore(self.store, self.box, s.secrets_dir or None) if self.box else None
+        )
+        self.credentials = CredentialSource(self.store, self.secrets, self.box, http, reactor)
+        self.relay = Relay(self.store, self.sink, reactor)
+        self.pool = ThreadPool(minthreads=0, maxthreads=2, name="imapsvc-parse")
+        self.pipeline = Pipeline(
+            self.store,
+            self.relay.wake,
+            reactor,
+            s.limits(),
+            s.parse_thread_threshold_bytes,
+            thread_runner(reactor, self.pool),
+        )
+        options = FolderOptions.from_settings(s)
+
+        def tls(host: str) -> Any:
+            return client_tls_options(host, options.tls_ca_file, options.tls_insecure)
+
+        def make_folder(provider, folder, hooks):
+            return FolderService(
+                provider, folder, reactor, self.store, self.pipeline, self.credentials,
+                s.worker_id, options, hooks=hooks, tls_factory=tls,
+            )
+
+        def on_auto_paused(provider, count, code):
+            now = _utcnow(reactor)
+            event_id, fields = build_auto_paused_entry(
+                provider.tenant, provider.provider_id, "auth_failure", count, code, now
+            )
+            d = defer.maybeDeferred(
+                self.store.add_outbox, provider.tenant, provider.provider_id, event_id, fields
+            )
+            d.addCallback(lambda _: self.relay.wake())
+            return d
+
+        self.supervisor = Supervisor(
+            self.store,
+            reactor,
+            s.worker_id,
+            make_folder,
+            refresh_s=s.provider_refresh_ms / 1000.0,
+            lease_ttl_s=s.lease_ttl_ms / 1000.0,
+            jitter_pct=s.timer_jitter_pct,
+            max_connections_per_tenant=s.max_connections_per_tenant,
+            tenants=frozenset(s.tenants),
+            auth_pause_after=s.auth_failure_pause_after,
+            on_auto_paused=on_auto_paused,
+            test_connection=lambda p: test_login(
+                reactor, p, self.credentials, tls, s.connection_timeout_ms / 1000.0
+            ),
+        )
+        self.oauth = None
+        if self.box is not None and s.public_base_url:
+            self.oauth = OAuthFlow(
+                self.store,
+                self.secrets,
+                self.box,
+                http,
+                reactor,
+                state_key(secret_setting),
+                s.public_base_url,
+                s.redirect_allowlist,
+                on_connected=lambda t, p: self.supervisor.request_discovery(),
+            )
+        self.cleanup = LoopingCall(self._purge)
+        self.cleanup.clock = reactor
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def startService(self) -> None:
+        # Children are started by _start_rest once the store answers.
+        service.Service.startService(self)
+        self._boot = self._start()
+        fire_and_forget(self._boot, log, "start-up")
+
+    @defer.inlineCallbacks
+    def _start(self):
+        delay = 1.0
+        while self.running:
+            try:
+                yield self.store.start()
+                break
+            except Exception as e:
+                self.store_error = str(e)
+                log.warn("store unavailable ({err}); retrying in {delay:.0f}s", err=e, delay=delay)
+                yield _sleep(self.reactor, delay)
+                delay = min(delay * 2, 30.0)
+        if not self.running:
+            return
+        self._store_started = True
+        self.store_error = None
+        yield defer.maybeDeferred(getattr(self.sink, "start", lambda: None))
+        self._sink_started = True
+        self.pool.start()
+        self.relay.setServiceParent(self)
+        self.supervisor.setServiceParent(self)
+        listen = getattr(self.store, "listen", None)
+        if listen is not None:
+            try:
+                self._listener = yield listen(
+                    "imapsvc_providers",
+                    lambda payload: self.supervisor.request_discovery(),
+                    on_reconnect=self.supervisor.request_discovery,
+                )
+            except Exception as e:
+                log.warn("LISTEN for provider changes failed: {err}", err=e)
+        self.cleanup.start(3600, now=True).addErrback(
+            lambda f: log.failure("ledger cleanup loop failed", f)
+        )
+
+    def _purge(self):
+        d = defer.maybeDeferred(self.store.purge_ledger, self.settings.ledger_retention_days)
+        d.addCallback(lambda n: n and log.info("ledger cleanup removed {n} rows", n=n))
+        return fire_and_forget(d, log, "ledger cleanup")
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        service.Service.stopService(self)
+        bound = self.settings.shutdown_timeout_ms / 1000.0
+        if self.cleanup.running:
+            self.cleanup.stop()
+        if self._listener is not None:
+            yield defer.maybeDeferred(self._listener.stop).addErrback(lambda f: None)
+        if self.supervisor.running:
+            yield _bounded(self.supervisor.stopService(), bound * 0.6, self.reactor, "folders")
+        if self.relay.running:
+            yield _bounded(self.relay.flush(bound * 0.3), bound * 0.3, self.reactor, "relay")
+            yield self.relay.stopService()
+        if self.pool.started:
+            self.pool.stop()
+        if self._sink_started:
+            yield defer.maybeDeferred(self.sink.stop).addErrback(lambda f: None)
+        if self._store_started:
+            yield defer.maybeDeferred(self.store.stop).addErrback(lambda f: None)
+
+    # -- readiness ------------------------------------------------------------
+
+    def discovered(self) -> bool:
+        return self.supervisor.discovered_once
+
+
+def _utcnow(reactor: Any):
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(reactor.seconds(), tz=UTC)
+
+
+def _sleep(reactor: Any, seconds: float) -> defer.Deferred:
+    d: defer.Deferred = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+def _bounded(d: Any, seconds: float, reactor: Any, what: str) -> defer.Deferred:
+    d = defer.maybeDeferred(lambda: d)
+    d.addTimeout(seconds, reactor)
+
+    def late(f):
+        log.warn("shutdown of {what} did not finish in {s:.1f}s: {err}", what=what, s=seconds,
+                 err=f.getErrorMessage())
+
+    return d.addErrback(late)
+
+
+def build_web(settings: Any, reactor: Any, runtime: Runtime) -> Any:
+    from imapsvc.metrics import ServiceCollector, make_registry
+    from imapsvc.web import WebApp
+
+    registry = make_registry(
+        ServiceCollector(
+            runtime.supervisor.status,
+            lambda: runtime.relay.stats,
+            lambda: runtime.pipeline.stats,
+        )
+    )
+    app = WebApp(
+        clock=reactor,
+        admin=runtime.supervisor,
+        store=runtime.store,
+        sink=runtime.sink,
+        registry=registry,
+        oauth_flow=runtime.oauth,
+        admin_token=settings.admin_token,
+        discovered=runtime.discovered,
+    )
+    site = Site(app.resource())
+    site.displayTracebacks = False
+    return strports.service(f"tcp:{settings.port}", site, reactor=reactor)
+
+
+def build_tree(settings: Any, reactor: Any) -> service.MultiService:
+    top = service.MultiService()
+    top.setName("imapsvc")
+    runtime = Runtime(settings, reactor)
+    web = build_web(settings, reactor, runtime)
+    web.setName("web")
+    # Web first: /healthz must answer while the store is still coming up;
+    # twistd stops children in reverse order, so the runtime drains first.
+    web.setServiceParent(top)
+    runtime.setServiceParent(top)
+    log.info(
+        "imapsvc worker {worker} starting: store {store}, sink {sink}",
+        worker=settings.worker_id,
+        store="postgres" if settings.database_url else "sqlite",
+        sink=json.dumps(settings.event_stream) if settings.redis_url else settings.events_file,
+    )
+    return top
