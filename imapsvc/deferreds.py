@@ -40,8 +40,9 @@ def with_deadline(
 
     def on_timeout(result: Any, timeout: float) -> Any:
         # Called only when the deadline hit; ``result`` is what cancelling
-        # produced (normally a CancelledError).
-        if isinstance(result, Failure) and result.check(defer.CancelledError):
+        # produced: a CancelledError, or whatever the cancelled chain turned
+        # it into (e.g. a FirstError from gatherResults).
+        if isinstance(result, Failure):
             raise DeadlineExceeded(f"{what} did not finish within {timeout:g}s")
         return result
 

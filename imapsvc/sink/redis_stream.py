@@ -4,7 +4,9 @@ txredisapi has no stream commands, so entries go out through
 ``execute_command("XADD", stream, [MAXLEN ~ n], "*", k1, v1, ...)``. A batch
 is written on one connection without waiting for replies in between (Redis
 pipelining: the protocol writes each command as it is issued), so entries are
-appended in order and a batch of 500 costs one round trip, not 500.
+appended in order and a batch of 500 costs one round trip, not 500. (txredisapi
+parses one bulk reply per reactor turn when several arrive in one read, so
+replies of a big batch take a few hundred cheap reactor turns.)
 
 While Redis is down txredisapi parks new commands until a connection comes
 back, without any timeout; every call here therefore carries a deadline, and
@@ -111,6 +113,9 @@ class RedisStreamSink:
     :param maxlen: ``MAXLEN ~ maxlen`` when > 0; off by default because
         trimming drops entries nobody has read yet.
     :param reconnect_max_s: the longest pause between reconnection attempts.
+    :param factory: for tests: a connection source in place of the
+        ``txredisapi.RedisFactory`` that :meth:`start` would create (it needs
+        ``getConnection(peek=True)`` and ``disconnect()``).
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class RedisStreamSink:
         timeout_s: float,
         maxlen: int = 0,
         reconnect_max_s: float = 5.0,
+        factory: Optional[Any] = None,
     ) -> None:
         self._reactor = reactor
         self._address = parse_redis_url(url)
@@ -128,7 +134,7 @@ class RedisStreamSink:
         self._timeout_s = timeout_s
         self._maxlen = maxlen
         self._reconnect_max_s = reconnect_max_s
-        self._factory: Optional[txredisapi.RedisFactory] = None
+        self._factory: Optional[Any] = factory
 
     def __repr__(self) -> str:
         return f"<RedisStreamSink {self._address.redacted()} stream={self.stream!r}>"

@@ -105,3 +105,97 @@ def deferLater(seconds: float) -> defer.Deferred[None]:
     from twisted.internet import task
 
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+class _FakeFactory:
+    """Hands out one protocol on a string transport (no network)."""
+
+    def __init__(self, protocol: Any = None) -> None:
+        self.protocol = protocol
+        self.waiting: list[defer.Deferred[Any]] = []
+
+    def getConnection(self, peek: bool = False) -> defer.Deferred[Any]:  # noqa: N802
+        if self.protocol is None:
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.waiting.append(d)
+            return d
+        return defer.succeed(self.protocol)
+
+    def disconnect(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+
+class RedisSinkWireTests(unittest.TestCase):
+    """Byte level, on a string transport and a fake clock (no Redis needed)."""
+
+    def setUp(self) -> None:
+        import txredisapi
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        self.clock = Clock()
+        self.transport = StringTransport()
+        self.proto = txredisapi.RedisProtocol(charset="utf-8", convertNumbers=False)
+        self.proto.callLater = self.clock.callLater  # its line parser defers leftovers
+        self.proto.factory = _FakeFactory()
+        self.proto.makeConnection(self.transport)
+        self.factory = _FakeFactory(self.proto)
+
+    def sink(self, factory: Any = None, **kwargs: Any) -> RedisStreamSink:
+        return RedisStreamSink(
+            self.clock,
+            "redis://127.0.0.1:1",
+            "s",
+            timeout_s=2.0,
+            factory=factory or self.factory,
+            **kwargs,
+        )
+
+    def test_batch_is_pipelined_before_any_reply(self) -> None:
+        d = self.sink().publish([entry(1), entry(2), entry(3)])
+        written = self.transport.value()
+        self.assertEqual(written.count(b"$4\r\nXADD\r\n"), 3, "all sent before a reply")
+        self.assertNoResult(d)
+        self.proto.dataReceived(b"$3\r\n1-0\r\n$3\r\n1-1\r\n$3\r\n1-2\r\n")
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(d), ["1-0", "1-1", "1-2"])
+
+    def test_wire_layout_with_maxlen(self) -> None:
+        self.sink(maxlen=100).publish([("e", {"event_id": "e", "uid": "0042"})])
+        self.assertEqual(
+            self.transport.value(),
+            b"*10\r\n$4\r\nXADD\r\n$1\r\ns\r\n$6\r\nMAXLEN\r\n$1\r\n~\r\n$3\r\n100\r\n"
+            b"$1\r\n*\r\n$8\r\nevent_id\r\n$1\r\ne\r\n$3\r\nuid\r\n$4\r\n0042\r\n",
+        )
+
+    def test_error_reply_fails_the_batch(self) -> None:
+        d = self.sink().publish([entry(1)])
+        self.proto.dataReceived(b"-WRONGTYPE Operation against a key\r\n")
+        failure = self.failureResultOf(d, SinkUnavailable)
+        self.assertIn("WRONGTYPE", str(failure.value))
+
+    def test_deadline_while_waiting_for_replies_aborts_the_connection(self) -> None:
+        d = self.sink().publish([entry(1)])
+        self.clock.advance(1.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.2)
+        self.failureResultOf(d, SinkUnavailable)
+        self.assertTrue(self.transport.disconnected, "a silent socket is dropped")
+
+    def test_deadline_while_no_connection_writes_nothing(self) -> None:
+        factory = _FakeFactory(None)
+        d = self.sink(factory=factory).publish([entry(1)])
+        self.clock.advance(2.1)
+        self.failureResultOf(d, SinkUnavailable)
+        factory.protocol = self.proto
+        for waiter in factory.waiting:
+            waiter.callback(self.proto)  # the connection comes back later
+        self.assertEqual(self.transport.value(), b"", "a timed-out batch is not sent late")
+
+    def test_url_password_never_in_repr(self) -> None:
+        sink = RedisStreamSink(
+            self.clock, "redis://user:s3cret-pw@redis.example:6380/2", "s", timeout_s=1.0
+        )
+        self.assertNotIn("s3cret", repr(sink))
+        self.assertIn("redis://redis.example:6380/2", repr(sink))
