@@ -199,7 +199,11 @@ class JsonLinesSink:
 
     def ping(self) -> defer.Deferred[bool]:
         """Answer when the file is open (or can be opened)."""
-        return defer.maybeDeferred(lambda: (self._open(), True)[1])
+        def check() -> bool:
+            self._open()
+            return True
+
+        return defer.maybeDeferred(check)
 
     def stop(self) -> defer.Deferred[None]:
         if self._fd is not None:

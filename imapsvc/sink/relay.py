@@ -75,7 +75,7 @@ class Relay(Service):
         ``runs``.
     """
 
-    name = "relay"
+    name = "relay"  # type: ignore[assignment]
 
     def __init__(
         self,
