@@ -1,0 +1,195 @@
+"""The embedded store's schema: the Postgres tables of ``schema/`` in SQLite.
+
+Same table and column names as CONTRACT section 1 and ``schema/0002``, so a
+reader of one understands the other. SQLite has no uuid, jsonb, boolean or
+timestamptz, so:
+
+- uuids are ``TEXT`` (canonical lower-case form),
+- jsonb columns are ``TEXT`` holding JSON,
+- booleans are ``INTEGER`` 0/1,
+- timestamps are ``TEXT`` in one fixed-width UTC form,
+  ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (:func:`imapsvc.store.sqlite.ts`), so
+  comparing the strings compares the instants.
+
+:func:`ensure_schema` is idempotent (``IF NOT EXISTS`` throughout) and
+records :data:`SCHEMA_VERSION` in ``PRAGMA user_version``; a file written
+by a newer version is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+#: Bumped with every change below; stored in ``PRAGMA user_version``.
+SCHEMA_VERSION = 1
+
+
+class SchemaTooNew(Exception):
+    """The SQLite file was written by a newer imapsvc."""
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS email_providers (
+    id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    provider_type TEXT NOT NULL,
+    provider_name TEXT NOT NULL,
+    mailbox TEXT NOT NULL,
+    is_active INTEGER NOT NULL DEFAULT 1,
+    status TEXT NOT NULL DEFAULT 'configuring'
+        CHECK (status IN ('connected', 'disconnected', 'error', 'configuring')),
+    error_message TEXT,
+    last_sync_at TEXT,
+    inbound_paused_at TEXT,
+    inbound_pause_reason TEXT
+        CHECK (inbound_pause_reason IS NULL
+               OR inbound_pause_reason IN ('manual', 'tenant_cancelled', 'auth_failure')),
+    inbound_auth_failure_count INTEGER NOT NULL DEFAULT 0,
+    inbound_auth_failure_last_at TEXT,
+    inbound_auth_failure_code TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (id, tenant),
+    UNIQUE (tenant, mailbox),
+    CHECK ((inbound_paused_at IS NULL) = (inbound_pause_reason IS NULL))
+);
+
+CREATE TABLE IF NOT EXISTS imap_email_provider_config (
+    email_provider_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    secure INTEGER NOT NULL DEFAULT 1,
+    allow_starttls INTEGER NOT NULL DEFAULT 0,
+    auth_type TEXT NOT NULL DEFAULT 'password' CHECK (auth_type IN ('password', 'oauth2')),
+    username TEXT,
+    connection_timeout_ms INTEGER,
+    socket_keepalive INTEGER,
+    max_emails_per_sync INTEGER NOT NULL DEFAULT 50,
+    folder_filters TEXT NOT NULL DEFAULT '[]',
+    oauth_authorize_url TEXT,
+    oauth_token_url TEXT,
+    oauth_client_id TEXT,
+    oauth_client_secret TEXT,
+    oauth_scopes TEXT,
+    access_token TEXT,
+    refresh_token TEXT,
+    token_expires_at TEXT,
+    folder_state TEXT NOT NULL DEFAULT '{}',
+    uid_validity TEXT,
+    last_uid TEXT,
+    last_seen_at TEXT,
+    last_processed_message_id TEXT,
+    server_capabilities TEXT NOT NULL DEFAULT '[]',
+    lease_owner TEXT,
+    lease_expires_at TEXT,
+    last_error TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (email_provider_id, tenant),
+    FOREIGN KEY (email_provider_id, tenant)
+        REFERENCES email_providers (id, tenant) ON DELETE CASCADE
+);
+
+CREATE TABLE IF NOT EXISTS imap_message_ledger (
+    tenant TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    dedupe_key TEXT NOT NULL,
+    message_id_key TEXT,
+    folder TEXT NOT NULL,
+    uid_validity TEXT NOT NULL,
+    uid INTEGER NOT NULL,
+    outcome TEXT NOT NULL CHECK (outcome IN ('published', 'skipped')),
+    reason TEXT,
+    event_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, provider_id, dedupe_key)
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS imap_message_ledger_message_id_key
+    ON imap_message_ledger (tenant, provider_id, message_id_key)
+    WHERE message_id_key IS NOT NULL;
+
+CREATE INDEX IF NOT EXISTS imap_message_ledger_created_idx
+    ON imap_message_ledger (created_at);
+
+-- AUTOINCREMENT: ids never reused, so commit order is id order for ever.
+CREATE TABLE IF NOT EXISTS imap_event_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    published_at TEXT
+);
+
+CREATE INDEX IF NOT EXISTS imap_event_outbox_unpublished_idx
+    ON imap_event_outbox (id) WHERE published_at IS NULL;
+
+CREATE TABLE IF NOT EXISTS imap_secrets (
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    ciphertext BLOB NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
+
+CREATE TABLE IF NOT EXISTS imap_oauth_states (
+    tenant TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    verifier TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used_at TEXT,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, nonce)
+);
+"""
+
+
+def connect(path: str, timeout_s: float = 10.0) -> sqlite3.Connection:
+    """Open ``path`` the way every imapsvc user of the file must: WAL (readers
+    never block the writer), ``synchronous=FULL`` (a committed batch survives
+    a power cut; a lost message is a lost customer request), foreign keys on,
+    and a busy timeout so the CLI and the service can share the file.
+
+    The connection is in autocommit mode (``isolation_level=None``): callers
+    open transactions explicitly with ``BEGIN IMMEDIATE``.
+    """
+    conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None,
+                           check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+    except Exception:
+        conn.close()
+        raise
+    return conn
+
+
+def ensure_schema(conn: sqlite3.Connection) -> bool:
+    """Create the tables when missing.
+
+    :return: ``True`` when this call created or upgraded the schema.
+    :raises SchemaTooNew: the file comes from a newer imapsvc.
+    """
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"the SQLite file has schema version {version}; this imapsvc knows "
+            f"up to {SCHEMA_VERSION}")
+    if version == SCHEMA_VERSION:
+        return False
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return True
