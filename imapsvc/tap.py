@@ -108,7 +108,24 @@ def makeService(options: Options) -> MultiService:
         settings = settings_or_exit(options.environ, options.overrides(), options.stderr)
     from twisted.internet import reactor
 
+    reactor.callWhenRunning(_graceful_sigterm, reactor)
     return build_service(settings, reactor)
+
+
+def _graceful_sigterm(reactor: Any) -> None:
+    """Make SIGTERM a normal stop that exits 0 once the services drained.
+
+    twistd's own handler re-raises the signal after shutdown (exit status
+    143), which Kubernetes and supervisors read as a crash. Installed once
+    the reactor runs, i.e. after the reactor's own handlers.
+    """
+    import signal
+
+    def on_term(signum: int, frame: Any) -> None:
+        log.info("SIGTERM received: stopping")
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 # -- the tree --------------------------------------------------------------

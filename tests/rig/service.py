@@ -1,0 +1,199 @@
+"""Run the real ``twistd imapsvc`` against the rig's Postgres, Redis and Dovecot.
+
+Test helpers: put providers and their sealed passwords into the run's
+database, start/stop/kill service processes, wait for conditions with the
+reactor (no sleeps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from typing import Any, Callable, Optional
+
+from twisted.internet import defer, reactor, task
+
+from imapsvc.secrets import SecretBox, generate_key, password_name
+from tests.rig import postgres as pg
+
+SECRET_KEY = generate_key()
+
+
+def database_url(dsn: str) -> str:
+    """The rig's libpq DSN as the ``postgresql://`` URL the service expects."""
+    from urllib.parse import quote
+
+    from psycopg2.extensions import parse_dsn
+
+    p = parse_dsn(dsn)
+    auth = quote(p.get("user", "postgres"))
+    if p.get("password"):
+        auth += ":" + quote(p["password"])
+    host = p.get("host", "127.0.0.1")
+    return f"postgresql://{auth}@{host}:{p.get('port', '5432')}/{p['dbname']}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def add_provider(
+    dsn: str,
+    user: str,
+    password: str,
+    port: int,
+    *,
+    tenant: Optional[str] = None,
+    folders: tuple[str, ...] = (),
+    cursor: Optional[dict] = None,
+    active: bool = True,
+) -> tuple[str, str]:
+    """Insert an IMAP provider (both tables) and its sealed password."""
+    tenant = tenant or str(uuid.uuid4())
+    pid = str(uuid.uuid4())
+    pg.execute(
+        dsn,
+        "INSERT INTO email_providers (id, tenant, provider_type, provider_name, mailbox,"
+        " is_active) VALUES (%s, %s, 'imap', 'Support', %s, %s)",
+        (pid, tenant, f"{user}@{pid[:8]}", active),
+    )
+    pg.execute(
+        dsn,
+        "INSERT INTO imap_email_provider_config (email_provider_id, tenant, host, port, secure,"
+        " auth_type, username, folder_filters, folder_state) VALUES"
+        " (%s, %s, 'localhost', %s, true, 'password', %s, %s, %s)",
+        (pid, tenant, port, user, json.dumps(list(folders)), json.dumps(cursor or {})),
+    )
+    set_password(dsn, tenant, pid, password)
+    return tenant, pid
+
+
+def set_password(dsn: str, tenant: str, pid: str, password: str) -> None:
+    name = password_name(pid)
+    sealed = SecretBox.from_setting(SECRET_KEY).seal(tenant, name, password.encode())
+    pg.execute(
+        dsn,
+        "INSERT INTO imap_secrets (tenant, name, ciphertext, updated_at)"
+        " VALUES (%s, %s, %s, now()) ON CONFLICT (tenant, name)"
+        " DO UPDATE SET ciphertext = EXCLUDED.ciphertext, updated_at = now()",
+        (tenant, name, sealed),
+    )
+
+
+class ServiceProcess:
+    """One ``twistd -n imapsvc`` process."""
+
+    def __init__(self, env: dict[str, str], worker: str):
+        self.port = free_port()
+        self.worker = worker
+        self.dir = tempfile.mkdtemp(prefix="imapsvc-svc-")
+        self.log_path = os.path.join(self.dir, "service.log")
+        environ = {
+            k: v for k, v in os.environ.items() if not k.startswith(("IMAP", "PORT", "REDIS"))
+        }
+        environ.update(
+            {
+                "PORT": str(self.port),
+                "IMAPSVC_WORKER_ID": worker,
+                "IMAPSVC_SECRET_KEY": SECRET_KEY,
+                "IMAPSVC_ADMIN_TOKEN": "test-admin-token",
+                "IMAPSVC_LOG_FORMAT": "json",
+                "IMAP_STARTUP_STAGGER_MS": "0",
+            }
+        )
+        environ.update(env)
+        self.env = environ
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> None:
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [twistd, "-n", "--pidfile=", "imapsvc"],
+            env=self.env,
+            cwd=self.dir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.signal(signal.SIGTERM)
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        return code
+
+    def log_text(self) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+def http_get(url: str, token: Optional[str] = None) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(req, timeout=2) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""
+
+
+def http_post(url: str, body: dict, token: str = "test-admin-token") -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@defer.inlineCallbacks
+def wait_for(
+    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+):
+    """Poll ``condition`` on the reactor until it is truthy; fail after ``timeout``."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        yield task.deferLater(reactor, interval, lambda: None)
