@@ -184,9 +184,7 @@ class RenderAndSchemaTests(TestCase):
         if real is None:
             raise SkipTest("neither kustomize nor kubectl is on PATH")
         key = self.v._key
-        self.assertEqual(
-            {key(d): d for d in real}, {key(d): d for d in self.m.docs}
-        )
+        self.assertEqual({key(d): d for d in real}, {key(d): d for d in self.m.docs})
 
     def test_script_exit_status(self) -> None:
         ok = subprocess.run(
@@ -320,9 +318,7 @@ class DeploymentTests(TestCase):
         self.assertEqual(sorted(spec["policyTypes"]), ["Egress", "Ingress"])
         (ingress,) = spec["ingress"]
         self.assertEqual(ingress["ports"], [{"protocol": "TCP", "port": 8080}])
-        egress = {
-            (p["protocol"], p["port"]) for rule in spec["egress"] for p in rule["ports"]
-        }
+        egress = {(p["protocol"], p["port"]) for rule in spec["egress"] for p in rule["ports"]}
         self.assertEqual(
             egress,
             {("UDP", 53), ("TCP", 53), ("TCP", 5432), ("TCP", 6379), ("TCP", 993),
