@@ -196,6 +196,7 @@ class FolderService(service.Service):
         self._wake_pending = False
         self._exists_at_sync: Optional[int] = None
         self._idle_done_sent = False
+        self._idle_submitted = False
         self._idle_timer: Any = None
         self._poll_timer: Any = None
         self._poll_wait: Optional[defer.Deferred] = None
@@ -547,13 +548,19 @@ class FolderService(service.Service):
 
     @defer.inlineCallbacks
     def _idle(self, proto: Any):  # type: ignore[no-untyped-def]
-        self._set_state(S.IDLING, "waiting for new mail (IDLE)")
         self._idle_done_sent = False
+        self._set_state(S.IDLING, "waiting for new mail (IDLE)")
+        if self._wake_pending or self._stopping:
+            # A hook reacting to Idling woke or stopped us: IDLE would only
+            # have to be ended again.
+            return
         delay = timer_delay(self.options.idle_restart_ms, self.options.timer_jitter_pct, self.rand)
         self._idle_timer = self.reactor.callLater(delay, self._end_idle, "IDLE restart")
+        self._idle_submitted = True
         try:
             yield proto.idle(self._on_exists)
         finally:
+            self._idle_submitted = False
             if self._idle_timer is not None and self._idle_timer.active():
                 self._idle_timer.cancel()
             self._idle_timer = None
@@ -563,8 +570,16 @@ class FolderService(service.Service):
 
     def _end_idle(self, why: str) -> None:
         proto = self._proto
-        if proto is None or self._idle_done_sent or not getattr(proto, "idling", False):
+        if proto is None or self._idle_done_sent:
             return
+        if not self._idle_submitted:
+            # IDLE not sent yet: remember the wake-up instead of losing it.
+            self._wake_pending = True
+            return
+        # Also before the server's "+" arrived (proto.idling still False):
+        # the protocol then sends DONE right after the "+". Waiting for
+        # ``idling`` here lost wake-ups and made stopService hang until its
+        # timeout when they came in that window.
         self._idle_done_sent = True
         self.log.debug("{label}: leaving IDLE ({why})", label=self.label, why=why)
         proto.done()
