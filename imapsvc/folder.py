@@ -184,6 +184,7 @@ class FolderService(service.Service):
         self._tls_factory = tls_factory or _default_tls(self.options)
         self.state = S.DISCONNECTED
         self.last_error: Optional[str] = None
+        self._session_error: Optional[str] = None
         self.history: collections.deque[S.Transition] = collections.deque(maxlen=HISTORY_SIZE)
         self.invalid_transitions = 0
         self.server_name: Optional[str] = None
@@ -362,6 +363,7 @@ class FolderService(service.Service):
 
     def factory_protocol(self, proto: Any) -> None:
         self._proto = proto
+        self._session_error = None
         self._idle_done_sent = False
         proto.on_bye = self._on_bye
         d = self._session(proto)
@@ -381,7 +383,11 @@ class FolderService(service.Service):
         if self._stopping or self.state in (S.NEEDS_REAUTH, S.STOPPED):
             return
         what = "connection lost" if connected else "connection failed"
-        self._set_state(S.BACKOFF, what, error=self.last_error or _describe(reason.value))
+        # This connection's own error: what its session failed with, else
+        # why it ended (a refused connect). Not an older session's error,
+        # which would otherwise stick in last_error through an outage.
+        error, self._session_error = self._session_error, None
+        self._set_state(S.BACKOFF, what, error=error or _describe(reason.value))
 
     def factory_retry_scheduled(self, delay: float) -> None:
         self.log.info("{label}: reconnecting in {delay:.1f}s", label=self.label, delay=delay)
@@ -618,6 +624,8 @@ class FolderService(service.Service):
         err = failure.value
         text = _describe(err)
         self.last_error = text
+        if current:
+            self._session_error = text
         if failure.check(errors.AuthenticationFailed) or getattr(err, "auth_failure", False):
             # Retrying bad credentials only locks the account: wait for the
             # supervisor (a new login attempt) instead. Credential-source
