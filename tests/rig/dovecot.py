@@ -22,18 +22,22 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import grp
 import itertools
 import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from unittest import SkipTest
 
 import attr
@@ -159,6 +163,36 @@ def _tail(path: str, lines: int = 30) -> str:
 _instance_counter = itertools.count(1)
 
 
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """
+    A ``preexec_fn`` that makes the kernel send SIGTERM to Dovecot's master
+    when the test process dies, even by SIGKILL, so no orphan instance is left
+    listening. Linux only. PR_SET_PDEATHSIG fires when the *thread* that
+    forked exits, so it is used only when starting from the main thread.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        # The parent may have died between fork and prctl.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return hook
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 class _Instance:
     """One ``dovecot -F`` process with its own directories and config."""
 
@@ -181,6 +215,7 @@ class _Instance:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=early_log,
+                preexec_fn=_die_with_parent_hook(),
             )
         try:
             for port, use_tls in ready:
