@@ -320,6 +320,12 @@ class FolderIMAPClient(IMAP4Client):
                 self.capabilities = responses.parse_capabilities(args.split())
             if cmd is not None and cmd.kind != "idle":
                 cmd.codes.append(status)
+            elif cmd is not None and kind in ("NO", "BAD"):
+                # A warning during IDLE (Dovecot: the selected folder was
+                # deleted) is never repeated: leave IDLE so the caller looks
+                # at the folder again instead of waiting for the restart.
+                log.info("untagged {kind} during IDLE: leaving IDLE", kind=kind)
+                self.done()
             return
         word, _, rest = head.partition(b" ")
         if word.isdigit():

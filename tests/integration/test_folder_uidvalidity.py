@@ -203,8 +203,3 @@ class UidValidityTests(TestCase):
         """What it should do: treat the untagged NO during IDLE as a reason
         to leave IDLE and sync again, within a second or two."""
         return self._recreate_under_idle(timeout=4)
-
-    test_recreated_while_idling_noticed_at_once.todo = (  # type: ignore[attr-defined]
-        "FolderIMAPClient ignores an untagged NO during IDLE (Dovecot's answer to the "
-        "selected folder being deleted); reported to the protocol owner"
-    )

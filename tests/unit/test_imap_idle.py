@@ -77,3 +77,27 @@ class IdleTests(ClientTestCase):
         client.done()
         client.dataReceived(b"0001 OK done\r\n")
         self.successResultOf(d)
+
+    def test_untagged_no_during_idle_leaves_idle(self):
+        # Dovecot, when the selected folder is deleted under an idling session.
+        client, transport, clock = self.connect()
+        d = client.idle(lambda n: None)
+        client.dataReceived(b"+ idling\r\n")
+        self.assertEqual(sent(transport), b"0001 IDLE\r\n")
+        client.dataReceived(b"* NO Internal error occurred. Refer to server log.\r\n")
+        self.assertEqual(sent(transport), b"DONE\r\n")
+        self.assertFalse(client.idling)
+        client.dataReceived(b"0001 OK Idle completed.\r\n")
+        self.successResultOf(d)
+
+    def test_untagged_ok_during_idle_keeps_idling(self):
+        client, transport, clock = self.connect()
+        d = client.idle(lambda n: None)
+        client.dataReceived(b"+ idling\r\n")
+        sent(transport)
+        client.dataReceived(b"* OK Still here\r\n")
+        self.assertEqual(sent(transport), b"")
+        self.assertTrue(client.idling)
+        client.done()
+        client.dataReceived(b"0001 OK Idle completed.\r\n")
+        self.successResultOf(d)
