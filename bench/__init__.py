@@ -1,0 +1,1 @@
+"""Benchmarks of imapsvc against the reference pipeline (see ``bench/README.md``)."""

@@ -1,0 +1,353 @@
+"""``python -m bench.backlog``: drain one IMAP folder through the real service.
+
+The service's figure for ``shared/bench/suite.py --cmd "imapsvc=python -m
+bench.backlog"``. It reads the connection from the environment suite.py sets
+(``IMAP_HOST``, ``IMAP_PORT``, ``IMAP_SECURITY``, ``IMAP_USER``,
+``IMAP_PASSWORD``, ``IMAP_FOLDER``, ``IMAP_CAFILE``, ``IMAP_INSECURE``,
+``REDIS_URL``, ``BENCH_STREAM``) plus ``DATABASE_URL``.
+
+Set-up, not timed: a fresh database state (by default the scratch database
+``imapsvc_bench`` on 127.0.0.1:5432 is dropped, recreated and migrated; with
+``DATABASE_URL`` set, the bench tenant's rows are deleted instead), one
+provider whose password is sealed in the secret store, and its cursor set to
+``last_uid = '0'`` so the whole folder drains.
+
+Timed: the production wiring (:class:`imapsvc.runtime.Runtime`: Postgres
+store, pipeline with its parse thread pool, relay, Redis stream sink,
+supervisor with its lease, one :class:`~imapsvc.folder.FolderService`) from
+just before the first IMAP connect until the first sync of the folder has
+ended (every batch committed: ledger, outbox, cursor) and the relay has had
+the last event acknowledged by Redis and marked published.
+
+The last line of stdout is the kit's JSON::
+
+    {"messages": N, "seconds": S, "msgs_per_s": R, "bytes": B, "peak_rss_mb": M}
+
+``bytes`` is the sum of RFC822.SIZE of the messages handled; ``peak_rss_mb``
+is ``ru_maxrss`` of this process (threads included). Everything else goes to
+stderr (warnings and errors of the service; ``BENCH_LOG_LEVEL=info`` for more).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from typing import Any, Optional
+from urllib.parse import urlsplit, urlunsplit
+
+#: The reference pipeline's default tenant (``reference/drain.js``), so both
+#: put the same tenant into their events.
+BENCH_TENANT = os.environ.get("BENCH_TENANT", "00000000-0000-4000-8000-000000000001")
+BENCH_PROVIDER_ID = "00000000-0000-4000-8000-00000000b001"
+SCRATCH_DB = "imapsvc_bench"
+ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+#: Tables that carry the bench tenant's state (children before parents).
+_TENANT_TABLES = (
+    "imap_event_outbox",
+    "imap_message_ledger",
+    "imap_secrets",
+    "imap_oauth_states",
+    "imap_email_provider_config",
+    "email_providers",
+)
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process (all threads), MiB; Linux reports KiB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+def result_line(messages: int, seconds: float, nbytes: int) -> str:
+    """The kit's one-line JSON result (same keys, same order as benchlib)."""
+    return json.dumps(
+        {
+            "messages": int(messages),
+            "seconds": round(seconds, 3),
+            "msgs_per_s": round(messages / seconds, 1) if seconds > 0 else None,
+            "bytes": int(nbytes),
+            "peak_rss_mb": peak_rss_mb(),
+        }
+    )
+
+
+# -- set-up (synchronous, not timed) ------------------------------------------
+
+
+def scratch_database() -> str:
+    """Drop, recreate and migrate the scratch database; return its DSN."""
+    import psycopg2
+
+    admin = psycopg2.connect(ADMIN_DSN)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)")
+            cur.execute(f"CREATE DATABASE {SCRATCH_DB}")
+    finally:
+        admin.close()
+    parts = urlsplit(ADMIN_DSN)
+    return urlunsplit(parts._replace(path="/" + SCRATCH_DB))
+
+
+def reset_tenant(dsn: str) -> None:
+    """Delete the bench tenant's rows from a database we do not own."""
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            for table in _TENANT_TABLES:
+                cur.execute(f"DELETE FROM {table} WHERE tenant = %s", (BENCH_TENANT,))
+    finally:
+        conn.close()
+
+
+def add_provider(dsn: str, box: Any, env: dict[str, str]) -> Any:
+    """Insert the bench provider, its sealed password and a '0' cursor."""
+    import psycopg2
+    from psycopg2.extras import Json
+
+    from imapsvc.model import ProviderConfig
+    from imapsvc.secrets import password_name
+    from imapsvc.store.admin_sync import PostgresAdmin
+
+    security = env["security"]
+    config = ProviderConfig(
+        tenant=BENCH_TENANT,
+        provider_id=BENCH_PROVIDER_ID,
+        provider_name="bench",
+        mailbox=env["user"],
+        host=env["host"],
+        port=env["port"],
+        secure=security == "tls",
+        allow_starttls=security == "starttls",
+        auth_type="password",
+        username=env["user"],
+        folder_filters=(env["folder"],),
+    )
+    admin = PostgresAdmin(dsn)
+    try:
+        admin.add_provider(config)
+        name = password_name(BENCH_PROVIDER_ID)
+        admin.put_secret(BENCH_TENANT, name, box.seal(BENCH_TENANT, name, env["password"].encode()))
+    finally:
+        admin.close()
+    # '0' rescans the folder from UID 1 whatever UIDVALIDITY says (CONTRACT 1).
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "UPDATE imap_email_provider_config SET folder_state = %s"
+                " WHERE tenant = %s AND email_provider_id = %s",
+                (Json({env["folder"]: {"last_uid": "0"}}), BENCH_TENANT, BENCH_PROVIDER_ID),
+            )
+    finally:
+        conn.close()
+    return config
+
+
+def read_env() -> dict[str, Any]:
+    e = os.environ.get
+    security = e("IMAP_SECURITY", "plain") or "plain"
+    if security not in ("tls", "starttls", "plain"):
+        raise SystemExit(f"IMAP_SECURITY must be tls, starttls or plain, not {security!r}")
+    port = int(e("IMAP_PORT", "") or (993 if security == "tls" else 143))
+    user, password = e("IMAP_USER", ""), e("IMAP_PASSWORD")
+    if not user or password is None:
+        raise SystemExit("IMAP_USER and IMAP_PASSWORD are required")
+    return {
+        "host": e("IMAP_HOST", "127.0.0.1") or "127.0.0.1",
+        "port": port,
+        "security": security,
+        "user": user,
+        "password": password,
+        "folder": e("IMAP_FOLDER", "INBOX") or "INBOX",
+        "cafile": e("IMAP_CAFILE", "") or "",
+        "insecure": (e("IMAP_INSECURE", "0") or "0") in ("1", "true", "yes"),
+        "redis": e("REDIS_URL", "redis://127.0.0.1:6379") or "redis://127.0.0.1:6379",
+        "stream": e("BENCH_STREAM", "bench:events") or "bench:events",
+        "timeout_s": float(e("BENCH_TIMEOUT_S", "1800") or 1800),
+    }
+
+
+# -- the timed part -----------------------------------------------------------
+
+
+class _Watch:
+    """Observes the running service: when the first connect starts, what the
+    pipeline recorded, when the first sync ended."""
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.t0: Optional[float] = None
+        self.messages = 0
+        self.bytes = 0
+        self.last_commit: Optional[float] = None
+        self.synced = None  # a Deferred, set by run()
+        self.folders: list[Any] = []
+
+    def wrap_make_folder(self, make_folder: Any) -> Any:
+        watch = self
+
+        def make(provider: Any, folder: str, hooks: Any) -> Any:
+            svc = make_folder(provider, folder, _Hooks(hooks, watch))
+            watch.folders.append(svc)
+            start = svc.startService
+
+            def start_and_stamp() -> None:
+                # The folder connects from here (no start-up stagger).
+                if watch.t0 is None:
+                    watch.t0 = watch.clock.seconds()
+                start()
+
+            svc.startService = start_and_stamp
+            return svc
+
+        return make
+
+    def wrap_pipeline(self, pipeline: Any) -> None:
+        handle = pipeline.handle_batch
+        watch = self
+
+        def handle_batch(provider, folder, owner, messages, cursor):  # type: ignore[no-untyped-def]
+            messages = list(messages)
+            d = handle(provider, folder, owner, messages, cursor)
+
+            def recorded(result: Any) -> Any:
+                watch.messages += len(messages)
+                watch.bytes += sum(int(m.size or 0) for m in messages)
+                watch.last_commit = watch.clock.seconds()
+                return result
+
+            return d.addCallback(recorded)
+
+        pipeline.handle_batch = handle_batch
+
+
+class _Hooks:
+    """Passes every folder hook on to the supervisor's, and notes the end of
+    the first sync."""
+
+    def __init__(self, inner: Any, watch: _Watch) -> None:
+        self._inner = inner
+        self._watch = watch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def synced(self) -> None:
+        self._inner.synced()
+        d = self._watch.synced
+        if d is not None and not d.called:
+            d.callback(None)
+
+
+def run(env: dict[str, Any], settings: Any) -> tuple[int, float, int]:
+    from twisted.internet import defer, reactor
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    from imapsvc.runtime import Runtime
+
+    level = LogLevel.levelWithName(os.environ.get("BENCH_LOG_LEVEL", "warn"))
+    globalLogBeginner.beginLoggingTo(
+        [
+            FilteringLogObserver(
+                textFileLogObserver(sys.stderr),
+                [LogLevelFilterPredicate(defaultLogLevel=level)],
+            )
+        ],
+        redirectStandardIO=False,
+    )
+
+    runtime = Runtime(settings, reactor)
+    watch = _Watch(reactor)
+    watch.synced = defer.Deferred()
+    runtime.supervisor._make_folder = watch.wrap_make_folder(runtime.supervisor._make_folder)
+    watch.wrap_pipeline(runtime.pipeline)
+    outcome: dict[str, Any] = {}
+
+    @defer.inlineCallbacks
+    def drive() -> Any:
+        runtime.startService()
+        yield watch.synced.addTimeout(env["timeout_s"], reactor)
+        # Everything is committed; publish what is left and note when the
+        # last XADD was acknowledged (and its rows marked published).
+        flushed = yield runtime.relay.flush(timeout_s=120.0)
+        if not flushed:
+            raise RuntimeError("the relay could not publish everything")
+        last_pub = runtime.relay.stats["last_published_at"] or 0.0
+        end = max(last_pub, watch.last_commit or 0.0)
+        outcome["result"] = (watch.messages, end - (watch.t0 or end), watch.bytes)
+        outcome["published"] = runtime.relay.stats["published"]
+        outcome["pipeline"] = dict(runtime.pipeline.stats)
+
+    def finished(result: Any) -> Any:
+        if isinstance(result, Exception) or hasattr(result, "getTraceback"):
+            outcome["error"] = result.getTraceback()
+        d = defer.maybeDeferred(runtime.stopService)
+        d.addBoth(lambda _: reactor.stop())
+        return None
+
+    reactor.callWhenRunning(lambda: drive().addBoth(finished))
+    reactor.run()
+    if "error" in outcome:
+        _err(outcome["error"])
+        raise SystemExit(1)
+    _err(f"pipeline {outcome['pipeline']}; relay published {outcome['published']}")
+    return outcome["result"]
+
+
+def main() -> int:
+    env = read_env()
+    from imapsvc.config import load_settings
+    from imapsvc.secrets import SecretBox, generate_key
+    from imapsvc.store.migrate import apply_migrations
+
+    dsn = os.environ.get("DATABASE_URL", "")
+    if dsn:
+        apply_migrations(dsn, out=sys.stderr)
+        reset_tenant(dsn)
+    else:
+        dsn = scratch_database()
+        apply_migrations(dsn, out=sys.stderr)
+    key = generate_key()
+    box = SecretBox.from_setting(key)
+    add_provider(dsn, box, env)
+
+    overrides = {
+        "DATABASE_URL": dsn,
+        "REDIS_URL": env["redis"],
+        "IMAP_EVENT_STREAM": env["stream"],
+        "IMAPSVC_SECRET_KEY": key,
+        "IMAP_TLS_CA_FILE": env["cafile"] or None,
+        "IMAP_TLS_INSECURE": "true" if env["insecure"] else None,
+        "IMAP_STARTUP_STAGGER_MS": "0",
+        "IMAPSVC_WORKER_ID": f"bench-{os.getpid()}",
+        "IMAPSVC_TENANTS": BENCH_TENANT,
+    }
+    # The service's own tuning variables (IMAP_FETCH_CHUNK, ...) still come
+    # from the environment; the connection-level ones are set here.
+    settings = load_settings(os.environ, overrides)
+    start = time.perf_counter()
+    messages, seconds, nbytes = run(env, settings)
+    _err(f"wall {time.perf_counter() - start:.2f}s including start-up and shutdown")
+    print(result_line(messages, seconds, nbytes), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
