@@ -197,3 +197,31 @@ def wait_for(
         if reactor.seconds() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         yield task.deferLater(reactor, interval, lambda: None)
+
+
+def lease_owners(dsn: str, pids: list[str]) -> dict[str, Optional[str]]:
+    """``{provider_id: lease_owner}`` for the given providers (unexpired or not)."""
+    rows = pg.execute(
+        dsn,
+        "SELECT email_provider_id::text, lease_owner FROM imap_email_provider_config"
+        " WHERE email_provider_id::text = ANY(%s)",
+        (list(pids),),
+    )
+    return {pid: owner for pid, owner in rows}
+
+
+def admin_status(proc: ServiceProcess) -> Optional[dict]:
+    """The replica's ``GET /status`` document, or ``None`` when it does not answer 200."""
+    code, body = http_get(proc.url("/status"), token="test-admin-token")
+    if code != 200:
+        return None
+    return json.loads(body)
+
+
+def status_provider(proc: ServiceProcess, pid: str) -> Optional[dict]:
+    """This replica's ``/status`` entry for one provider, ``None`` if it does not run it."""
+    status = admin_status(proc)
+    for entry in (status or {}).get("providers", []):
+        if entry.get("providerId") == pid:
+            return entry
+    return None
