@@ -110,8 +110,9 @@ def reset_tenant(dsn: str) -> None:
         conn.close()
 
 
-def add_provider(dsn: str, box: Any, env: dict[str, str]) -> Any:
-    """Insert the bench provider, its sealed password and a '0' cursor."""
+def add_provider(dsn: str, box: Any, env: dict[str, Any], cursor: Optional[dict] = None) -> Any:
+    """Insert the bench provider, its sealed password and its cursor
+    (default ``last_uid = '0'``: the whole folder)."""
     import psycopg2
     from psycopg2.extras import Json
 
@@ -147,7 +148,8 @@ def add_provider(dsn: str, box: Any, env: dict[str, str]) -> Any:
             cur.execute(
                 "UPDATE imap_email_provider_config SET folder_state = %s"
                 " WHERE tenant = %s AND email_provider_id = %s",
-                (Json({env["folder"]: {"last_uid": "0"}}), BENCH_TENANT, BENCH_PROVIDER_ID),
+                (Json({env["folder"]: cursor or {"last_uid": "0"}}), BENCH_TENANT,
+                 BENCH_PROVIDER_ID),
             )
     finally:
         conn.close()
@@ -193,6 +195,8 @@ class _Watch:
         self.last_commit: Optional[float] = None
         self.synced = None  # a Deferred, set by run()
         self.folders: list[Any] = []
+        #: called with each folder state name (``"Idling"``, ...)
+        self.on_state: Optional[Any] = None
 
     def wrap_make_folder(self, make_folder: Any) -> Any:
         watch = self
@@ -243,6 +247,11 @@ class _Hooks:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    def state_changed(self, state: str, reason: str = "", error: Optional[str] = None) -> None:
+        self._inner.state_changed(state, reason, error)
+        if self._watch.on_state is not None:
+            self._watch.on_state(state)
+
     def synced(self) -> None:
         self._inner.synced()
         d = self._watch.synced
@@ -250,8 +259,8 @@ class _Hooks:
             d.callback(None)
 
 
-def run(env: dict[str, Any], settings: Any) -> tuple[int, float, int]:
-    from twisted.internet import defer, reactor
+def start_logging() -> None:
+    """Service log events of ``BENCH_LOG_LEVEL`` (default warn) and up to stderr."""
     from twisted.logger import (
         FilteringLogObserver,
         LogLevel,
@@ -259,8 +268,6 @@ def run(env: dict[str, Any], settings: Any) -> tuple[int, float, int]:
         globalLogBeginner,
         textFileLogObserver,
     )
-
-    from imapsvc.runtime import Runtime
 
     level = LogLevel.levelWithName(os.environ.get("BENCH_LOG_LEVEL", "warn"))
     globalLogBeginner.beginLoggingTo(
@@ -273,6 +280,45 @@ def run(env: dict[str, Any], settings: Any) -> tuple[int, float, int]:
         redirectStandardIO=False,
     )
 
+
+def prepare(env: dict[str, Any], cursor: Optional[dict] = None) -> Any:
+    """Fresh database state, the bench provider, and the service settings."""
+    from imapsvc.config import load_settings
+    from imapsvc.secrets import SecretBox, generate_key
+    from imapsvc.store.migrate import apply_migrations
+
+    dsn = os.environ.get("DATABASE_URL", "")
+    if dsn:
+        apply_migrations(dsn, out=sys.stderr)
+        reset_tenant(dsn)
+    else:
+        dsn = scratch_database()
+        apply_migrations(dsn, out=sys.stderr)
+    key = generate_key()
+    box = SecretBox.from_setting(key)
+    add_provider(dsn, box, env, cursor)
+    overrides = {
+        "DATABASE_URL": dsn,
+        "REDIS_URL": env["redis"],
+        "IMAP_EVENT_STREAM": env["stream"],
+        "IMAPSVC_SECRET_KEY": key,
+        "IMAP_TLS_CA_FILE": env["cafile"] or None,
+        "IMAP_TLS_INSECURE": "true" if env["insecure"] else None,
+        "IMAP_STARTUP_STAGGER_MS": "0",
+        "IMAPSVC_WORKER_ID": f"bench-{os.getpid()}",
+        "IMAPSVC_TENANTS": BENCH_TENANT,
+    }
+    # The service's own tuning variables (IMAP_FETCH_CHUNK, ...) still come
+    # from the environment; the connection-level ones are set here.
+    return load_settings(os.environ, overrides)
+
+
+def run(env: dict[str, Any], settings: Any) -> tuple[int, float, int]:
+    from twisted.internet import defer, reactor
+
+    from imapsvc.runtime import Runtime
+
+    start_logging()
     runtime = Runtime(settings, reactor)
     watch = _Watch(reactor)
     watch.synced = defer.Deferred()
@@ -313,35 +359,7 @@ def run(env: dict[str, Any], settings: Any) -> tuple[int, float, int]:
 
 def main() -> int:
     env = read_env()
-    from imapsvc.config import load_settings
-    from imapsvc.secrets import SecretBox, generate_key
-    from imapsvc.store.migrate import apply_migrations
-
-    dsn = os.environ.get("DATABASE_URL", "")
-    if dsn:
-        apply_migrations(dsn, out=sys.stderr)
-        reset_tenant(dsn)
-    else:
-        dsn = scratch_database()
-        apply_migrations(dsn, out=sys.stderr)
-    key = generate_key()
-    box = SecretBox.from_setting(key)
-    add_provider(dsn, box, env)
-
-    overrides = {
-        "DATABASE_URL": dsn,
-        "REDIS_URL": env["redis"],
-        "IMAP_EVENT_STREAM": env["stream"],
-        "IMAPSVC_SECRET_KEY": key,
-        "IMAP_TLS_CA_FILE": env["cafile"] or None,
-        "IMAP_TLS_INSECURE": "true" if env["insecure"] else None,
-        "IMAP_STARTUP_STAGGER_MS": "0",
-        "IMAPSVC_WORKER_ID": f"bench-{os.getpid()}",
-        "IMAPSVC_TENANTS": BENCH_TENANT,
-    }
-    # The service's own tuning variables (IMAP_FETCH_CHUNK, ...) still come
-    # from the environment; the connection-level ones are set here.
-    settings = load_settings(os.environ, overrides)
+    settings = prepare(env)
     start = time.perf_counter()
     messages, seconds, nbytes = run(env, settings)
     _err(f"wall {time.perf_counter() - start:.2f}s including start-up and shutdown")
