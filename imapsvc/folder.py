@@ -35,8 +35,13 @@ from imapsvc.core.folders import display_name, resolve_folder
 from imapsvc.imap.factory import FolderClientFactory, set_keepalive
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import FolderCursor, Limits, ProviderConfig
+from imapsvc.oauth import REFRESH_MARGIN_S
 
 HISTORY_SIZE = 50
+#: When an access token's lifetime is already inside the refresh margin at
+#: login (a token endpoint handing out very short tokens), reconnect after
+#: this long rather than at once: every login would refresh again.
+TOKEN_RETRY_S = 60.0
 
 
 class FolderNotFound(Exception):
@@ -45,6 +50,11 @@ class FolderNotFound(Exception):
 
 class _Stopping(Exception):
     """The service is stopping: end the session loop quietly."""
+
+
+class _TokenRefreshDue(Exception):
+    """The OAuth2 access token of this session expires soon: log out and
+    log in again at once (the next login refreshes the token)."""
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -201,6 +211,9 @@ class FolderService(service.Service):
         self._idle_timer: Any = None
         self._poll_timer: Any = None
         self._poll_wait: Optional[defer.Deferred] = None
+        self._token_timer: Any = None
+        self._token_refresh_due = False
+        self._refresh_reconnect = False
         self._closed_waiters: list[defer.Deferred] = []
         tls_creator = self._tls_factory(provider.host) if provider.secure else None
         timeout_ms = provider.connection_timeout_ms or self.options.connection_timeout_ms
@@ -365,6 +378,8 @@ class FolderService(service.Service):
         self._proto = proto
         self._session_error = None
         self._idle_done_sent = False
+        self._token_refresh_due = False
+        self._refresh_reconnect = False
         proto.on_bye = self._on_bye
         d = self._session(proto)
         d.addErrback(self._session_failed, proto)
@@ -381,6 +396,11 @@ class FolderService(service.Service):
             if not w.called:
                 w.callback(None)
         if self._stopping or self.state in (S.NEEDS_REAUTH, S.STOPPED):
+            return
+        if self._refresh_reconnect:
+            self._refresh_reconnect = False
+            self._session_error = None
+            self._set_state(S.BACKOFF, "reconnecting with a refreshed access token")
             return
         what = "connection lost" if connected else "connection failed"
         # This connection's own error: what its session failed with, else
@@ -421,6 +441,7 @@ class FolderService(service.Service):
         self._check()
         caps = yield proto.authenticate_with(creds)
         self._check()
+        self._schedule_token_refresh(creds)
         self._hook("logged_in")
         self.capabilities = _caps_names(caps)
         d = defer.maybeDeferred(
@@ -444,10 +465,12 @@ class FolderService(service.Service):
         has_idle = "IDLE" in self.capabilities
         while True:
             self._check()
+            if self._token_refresh_due:
+                yield self._end_for_token_refresh(proto)
             yield self._sync(proto, name)
             self.factory.resetDelay()
             self._hook("synced")
-            if self._wake_pending:
+            if self._wake_pending or self._token_refresh_due:
                 continue
             if getattr(proto, "last_exists", None) != self._exists_at_sync:
                 # New mail was announced while we were fetching; IDLE would
@@ -603,10 +626,71 @@ class FolderService(service.Service):
             self._poll_timer = None
 
     def _cancel_timers(self) -> None:
-        for timer in (self._idle_timer, self._poll_timer):
+        for timer in (self._idle_timer, self._poll_timer, self._token_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._idle_timer = self._poll_timer = None
+        self._idle_timer = self._poll_timer = self._token_timer = None
+
+    # -- OAuth2 refresh-ahead ----------------------------------------------------
+
+    def _schedule_token_refresh(self, creds: Any) -> None:
+        """After an OAuth2 login, plan a reconnect at ``expiry -
+        REFRESH_MARGIN_S``: an IDLE session must not outlive its token (some
+        servers drop it then, others stop delivering), and the next login's
+        ``credentials()`` refreshes a token that is inside the margin."""
+        if getattr(creds, "mechanism", None) not in ("xoauth2", "oauthbearer"):
+            return
+        expiry_of = getattr(self.credentials, "token_expiry", None)
+        if expiry_of is None:
+            return
+        try:
+            expiry = expiry_of(self.provider)
+        except Exception:
+            self.log.failure("{label}: reading the token expiry failed", label=self.label)
+            return
+        if expiry is None:
+            return
+        delay = float(expiry) - REFRESH_MARGIN_S - self.reactor.seconds()
+        if delay <= 0:
+            delay = TOKEN_RETRY_S
+        if self._token_timer is not None and self._token_timer.active():
+            self._token_timer.cancel()
+        self._token_timer = self.reactor.callLater(delay, self._token_expiring)
+        self.log.debug(
+            "{label}: reconnecting for a token refresh in {delay:.0f}s",
+            label=self.label,
+            delay=delay,
+        )
+
+    def _token_expiring(self) -> None:
+        self._token_timer = None
+        if self._proto is None or self._stopping:
+            return
+        self.log.info(
+            "{label}: access token expires within {margin}s; reconnecting to refresh it",
+            label=self.label,
+            margin=REFRESH_MARGIN_S,
+        )
+        self._token_refresh_due = True
+        # Leave IDLE / the poll wait; a sync in progress finishes first (the
+        # loop checks the flag before the next one).
+        if self.state == S.IDLING:
+            self._end_idle("access token expiring")
+        elif self._poll_wait is not None and not self._poll_wait.called:
+            if self._poll_timer is not None and self._poll_timer.active():
+                self._poll_timer.cancel()
+            self._poll_wait.callback(None)
+
+    @defer.inlineCallbacks
+    def _end_for_token_refresh(self, proto: Any):  # type: ignore[no-untyped-def]
+        self._refresh_reconnect = True
+        # Reconnect at once, whichever way this connection ends.
+        self.factory.set_next_delay(0)
+        try:
+            yield proto.logout()
+        except Exception:
+            pass  # closing anyway
+        raise _TokenRefreshDue()
 
     def _lose(self, proto: Any) -> None:
         transport = getattr(proto, "transport", None)
@@ -618,6 +702,10 @@ class FolderService(service.Service):
 
         current = proto is self._proto
         if failure.check(_Stopping) or self._stopping:
+            if current:
+                self._lose(proto)
+            return
+        if failure.check(_TokenRefreshDue):
             if current:
                 self._lose(proto)
             return

@@ -291,8 +291,14 @@ class CredentialSource:
     def access_token(self, provider: ProviderConfig, force_refresh: bool = False):
         now = self._clock.seconds()
         if not force_refresh:
-            cached = self._cache.get(provider.key) or self._from_row(provider)
+            # The later-expiring of this process's cache and the stored row:
+            # the row is newer after a re-consent, the cache after a refresh
+            # (the row in ``provider`` may be a discovery pass behind).
+            known = [c for c in (self._cache.get(provider.key), self._from_row(provider)) if c]
+            cached = max(known, key=lambda c: c[1]) if known else None
             if cached and cached[1] - now > REFRESH_MARGIN_S:
+                # Remember it so token_expiry() answers for this token too.
+                self._cache[provider.key] = cached
                 return defer.succeed(cached[0])
         waiter: defer.Deferred = defer.Deferred()
         waiters = self._inflight.get(provider.key)

@@ -771,3 +771,160 @@ def _opts():
     import attr
 
     return attr.asdict(OPTIONS, recurse=False)
+
+
+# -- OAuth2 refresh-ahead -------------------------------------------------------
+
+from imapsvc.folder import TOKEN_RETRY_S  # noqa: E402
+from imapsvc.oauth import REFRESH_MARGIN_S  # noqa: E402
+
+
+class FakeOAuthCredentials:
+    """A credential source handing out XOAUTH2 tokens: each login gets a new
+    token valid ``lifetime`` seconds (as a refresh would)."""
+
+    def __init__(self, clock, lifetime):
+        self.clock = clock
+        self.lifetime = lifetime
+        self.calls = 0
+        self.expiry = None
+
+    def credentials(self, provider):
+        self.calls += 1
+        self.expiry = self.clock.seconds() + self.lifetime
+        return defer.succeed(Credentials("xoauth2", provider.username, f"token-{self.calls}"))
+
+    def token_expiry(self, provider):
+        return self.expiry
+
+
+class RefreshAheadTests(SynchronousTestCase):
+    LIFETIME = REFRESH_MARGIN_S + 100
+
+    def rig(self, lifetime=LIFETIME, **kw):
+        rig = Rig(**kw)
+        rig.creds = FakeOAuthCredentials(rig.reactor, lifetime)
+        rig.svc.credentials = rig.creds
+        self.addCleanup(FolderServiceTests._stop, self, rig)
+        return rig
+
+    def reconnected(self, rig, attempts=2):
+        """The reconnect was scheduled with no delay (the clock already ran
+        it, or runs it now): let it succeed."""
+        rig.reactor.advance(0)
+        self.assertEqual(rig.factory.connect_calls, attempts)
+        rig.factory.startedConnecting(rig.reactor.connectors[-1])
+        return rig.accept()
+
+    def logouts(self, rig):
+        return len([c for c in rig.server.commands if c[0] == "LOGOUT"])
+
+    def test_idle_ends_and_reconnects_at_expiry_minus_margin(self):
+        r = self.rig()
+        first = r.start()
+        self.assertEqual(r.svc.state, S.IDLING)
+        self.assertEqual(r.creds.calls, 1)
+        r.reactor.advance(99.9)
+        self.assertEqual(first.done_calls, 0)
+        self.assertFalse(first.transport.closed)
+        r.reactor.advance(0.1)
+        # IDLE ended with DONE, LOGOUT, connection closed, no new sync on it.
+        self.assertEqual(first.done_calls, 1)
+        self.assertEqual(self.logouts(r), 1)
+        self.assertTrue(first.transport.closed)
+        self.assertEqual(r.svc.state, S.BACKOFF)
+        self.assertEqual(r.svc.history[-1].reason, "reconnecting with a refreshed access token")
+        self.assertIsNone(r.svc.history[-1].error)
+        # Mail arriving between the sessions is picked up by the next one.
+        r.server.add(2)
+        second = self.reconnected(r)
+        self.assertIsNot(second, first)
+        self.assertEqual(r.creds.calls, 2)
+        self.assertEqual(r.svc.state, S.IDLING)
+        self.assertEqual(r.pipeline.uids, [1, 2])
+        # The new token gets its own timer, one only.
+        due = r.reactor.seconds() + 100
+        timers = [c for c in r.reactor.getDelayedCalls() if c.func == r.svc._token_expiring]
+        self.assertEqual([c.getTime() for c in timers], [due])
+
+    def test_due_during_sync_finishes_the_sync_then_reconnects(self):
+        r = self.rig()
+        r.start()
+        r.pipeline.hold = True
+        r.server.add(3)  # EXISTS while idling: a sync starts and holds
+        self.assertEqual(r.svc.state, S.SYNCING)
+        r.reactor.advance(100)
+        self.assertEqual(self.logouts(r), 0, "the sync in progress is not cut off")
+        r.pipeline.hold = False
+        r.pipeline.release()
+        self.assertEqual(r.pipeline.uids, [1, 2, 3])
+        self.assertEqual(r.store.cursors["INBOX"].last_uid, "3")
+        self.assertEqual(self.logouts(r), 1)
+        self.assertFalse([c for c in r.server.commands[-3:] if c[0] == "IDLE"])
+        self.reconnected(r)
+        self.assertEqual(r.creds.calls, 2)
+        self.assertEqual(r.pipeline.uids, [1, 2, 3])
+
+    def test_poll_wait_ends_early(self):
+        r = self.rig(server=FakeServer(caps=NO_IDLE_CAPS), lifetime=REFRESH_MARGIN_S + 10)
+        r.start()
+        self.assertEqual(r.svc.state, S.SELECTED)
+        r.reactor.advance(10)
+        self.assertEqual(self.logouts(r), 1)
+        self.reconnected(r)
+        self.assertEqual(r.creds.calls, 2)
+
+    def test_password_login_schedules_nothing(self):
+        r = Rig()
+        self.addCleanup(FolderServiceTests._stop, self, r)
+        r.creds.token_expiry = lambda provider: r.reactor.seconds() + 400
+        r.start()
+        # Only the IDLE restart timer.
+        self.assertEqual(len(r.reactor.getDelayedCalls()), 1)
+        r.reactor.advance(400)
+        self.assertEqual(self.logouts(r), 0)
+
+    def test_no_expiry_known_schedules_nothing(self):
+        r = self.rig()
+        r.creds.token_expiry = lambda provider: None
+        r.start()
+        self.assertEqual(len(r.reactor.getDelayedCalls()), 1)
+
+    def test_token_already_inside_margin_waits_before_reconnecting(self):
+        r = self.rig(lifetime=REFRESH_MARGIN_S - 60)
+        r.start()
+        r.reactor.advance(TOKEN_RETRY_S - 0.1)
+        self.assertEqual(self.logouts(r), 0)
+        r.reactor.advance(0.1)
+        self.assertEqual(self.logouts(r), 1)
+        self.reconnected(r)
+
+    def test_timer_cancelled_on_disconnect(self):
+        r = self.rig()
+        first = r.start()
+        r.reactor.advance(50)
+        first.transport.loseConnection()  # the server dropped us
+        self.assertEqual(r.svc.state, S.BACKOFF)
+        timers = [c for c in r.reactor.getDelayedCalls() if c.func == r.svc._token_expiring]
+        self.assertEqual(timers, [])
+        # back-off 2 s, jitter 0.5, rand 0.5 -> 1.5 s
+        r.reconnect_after(1.5)
+        self.assertEqual(r.creds.calls, 2)
+        new_due = r.reactor.seconds() + 100
+        # The old session's due time passes without a reconnect...
+        r.reactor.advance(50)
+        self.assertEqual(self.logouts(r), 0)
+        # ...the new session's comes at its own.
+        r.reactor.advance(new_due - r.reactor.seconds() - 0.1)
+        self.assertEqual(self.logouts(r), 0)
+        r.reactor.advance(0.1)
+        self.assertEqual(self.logouts(r), 1)
+        self.reconnected(r, attempts=3)
+
+    def test_timer_cancelled_on_stop(self):
+        r = self.rig()
+        r.start()
+        d = r.svc.stopService()
+        self.successResultOf(d)
+        self.assertEqual(r.reactor.getDelayedCalls(), [])
+        self.assertEqual(r.creds.calls, 1)
