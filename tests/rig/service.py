@@ -225,3 +225,55 @@ def status_provider(proc: ServiceProcess, pid: str) -> Optional[dict]:
         if entry.get("providerId") == pid:
             return entry
     return None
+
+
+def set_secret(dsn: str, tenant: str, name: str, value: str) -> None:
+    """Seal ``value`` under the run's key and store it as secret ``name``."""
+    sealed = SecretBox.from_setting(SECRET_KEY).seal(tenant, name, value.encode())
+    pg.execute(
+        dsn,
+        "INSERT INTO imap_secrets (tenant, name, ciphertext, updated_at)"
+        " VALUES (%s, %s, %s, now()) ON CONFLICT (tenant, name)"
+        " DO UPDATE SET ciphertext = EXCLUDED.ciphertext, updated_at = now()",
+        (tenant, name, sealed),
+    )
+
+
+def set_oauth_client_secret(dsn: str, tenant: str, pid: str, secret: str) -> None:
+    """Store the provider's OAuth client secret, sealed, under its CONTRACT name."""
+    from imapsvc.secrets import client_secret_name
+
+    set_secret(dsn, tenant, client_secret_name(pid), secret)
+
+
+def add_oauth_provider(
+    dsn: str,
+    user: str,
+    port: int,
+    *,
+    authorize_url: str,
+    token_url: str,
+    client_id: str,
+    client_secret: str,
+    tenant: Optional[str] = None,
+    scopes: str = "imap",
+) -> tuple[str, str]:
+    """Insert an ``auth_type = 'oauth2'`` IMAP provider (no tokens yet) and
+    its sealed client secret."""
+    tenant = tenant or str(uuid.uuid4())
+    pid = str(uuid.uuid4())
+    pg.execute(
+        dsn,
+        "INSERT INTO email_providers (id, tenant, provider_type, provider_name, mailbox,"
+        " is_active) VALUES (%s, %s, 'imap', 'Support', %s, true)",
+        (pid, tenant, f"{user}@{pid[:8]}"),
+    )
+    pg.execute(
+        dsn,
+        "INSERT INTO imap_email_provider_config (email_provider_id, tenant, host, port, secure,"
+        " auth_type, username, oauth_authorize_url, oauth_token_url, oauth_client_id,"
+        " oauth_scopes) VALUES (%s, %s, 'localhost', %s, true, 'oauth2', %s, %s, %s, %s, %s)",
+        (pid, tenant, port, user, authorize_url, token_url, client_id, scopes),
+    )
+    set_oauth_client_secret(dsn, tenant, pid, client_secret)
+    return tenant, pid
