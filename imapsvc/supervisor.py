@@ -225,6 +225,8 @@ class Supervisor(service.MultiService):
         self._renew_call = None
         self.discovered_once = False
         self.last_discovery_error: Optional[str] = None
+        #: Failed logins counted towards auto-pause (``imapsvc_auth_failures``).
+        self.auth_failures = 0
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -394,6 +396,7 @@ class Supervisor(service.MultiService):
 
     @defer.inlineCallbacks
     def provider_auth_failed(self, provider: ProviderConfig, code: str):
+        self.auth_failures += 1
         count, paused = yield self.store.record_auth_failure(
             provider.tenant, provider.provider_id, code, self.auth_pause_after
         )
@@ -451,6 +454,7 @@ class Supervisor(service.MultiService):
             "worker": self.owner,
             "discovered": self.discovered_once,
             "discoveryError": self.last_discovery_error,
+            "authFailures": self.auth_failures,
             "providers": [svc.snapshot() for _, svc in sorted(self.providers.items())],
             "waiting": [
                 {"tenant": k[0], "providerId": k[1], "reason": why}

@@ -372,6 +372,9 @@ class ReplicaTests(unittest.TestCase):
         self.assertEqual(payload["reason"], "auth_failure")
         self.assertEqual(payload["failureCount"], 3)
         self.assertEqual(self.provider_row(pid, "inbound_auth_failure_count")[0], 3)
+        code, metrics = http_get(proc.url("/metrics"))
+        self.assertEqual(code, 200)
+        self.assertIn(b"\nimapsvc_auth_failures_total 3.0\n", metrics)
         self.assertNotIn("not-the-password", proc.log_text())
 
     # -- 5. test-connection ---------------------------------------------------

@@ -174,6 +174,8 @@ class SupervisorTests(unittest.TestCase):
                 self.assertEqual(self.paused, [])
                 self.clock.advance(60)  # next discovery pass retries the login
         self.assertEqual(self.paused, [("p1", 3, "AUTHENTICATIONFAILED")])
+        # Counted once per failed attempt (not per folder), for /metrics.
+        self.assertEqual(sup.status()["authFailures"], 3)
         row = self.store.provider_row(T1, "p1")
         self.assertEqual(row["inbound_pause_reason"], "auth_failure")
         self.assertEqual(sup.providers, {})
