@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from datetime import UTC, datetime
 from typing import Any, Callable, Optional, Sequence
 
@@ -601,6 +602,21 @@ def _unavailable(f: Failure) -> Failure:
     return f
 
 
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    thread = threading.Thread(*args, **kwargs)
+    # A store that was never stopped (a test reactor that never runs, a
+    # crash during start-up) must not keep the process alive; SQLite's
+    # journal makes dying mid-transaction safe.
+    thread.daemon = True
+    return thread
+
+
+class _Pool(ThreadPool):
+    """A one-thread pool whose thread does not block interpreter exit."""
+
+    threadFactory = staticmethod(_daemon_thread)  # type: ignore[assignment]  # noqa: N815
+
+
 def _delegate(name: str) -> Callable[..., defer.Deferred]:
     def method(self: SqliteStore, *args: Any, **kwargs: Any) -> defer.Deferred:
         return self._call(name, *args, **kwargs)
@@ -628,6 +644,7 @@ class SqliteStore:
         self._clock = clock if clock is not None else reactor
         self._pool: Optional[ThreadPool] = None
         self._ops: Optional[SqliteOps] = None
+        self._trigger: Any = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -635,9 +652,12 @@ class SqliteStore:
         """Start the worker thread, open the file and create the schema.
         Fails with StoreUnavailable (and leaves nothing running) when the file
         cannot be opened or was written by a newer imapsvc."""
-        pool = ThreadPool(minthreads=1, maxthreads=1, name="imapsvc-sqlite")
+        pool = _Pool(minthreads=1, maxthreads=1, name="imapsvc-sqlite")
         pool.start()
         self._pool = pool
+        # Like the reactor's own pool: stopped at shutdown even if nobody
+        # calls stop() (stop() then finds nothing to do).
+        self._trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
 
         def open_file() -> SqliteOps:
             conn = connect(self.path)
@@ -652,7 +672,9 @@ class SqliteStore:
             self._ops = ops
 
         def failed(f: Failure) -> Any:
-            self._pool = None
+            if self._pool is pool:
+                self._pool = None
+                self._remove_trigger()
             pool.stop()
             if f.check(SchemaTooNew):
                 return Failure(StoreUnavailable(f.getErrorMessage()))
@@ -665,6 +687,7 @@ class SqliteStore:
         """Close the connection and stop the thread (after queued work)."""
         pool, ops = self._pool, self._ops
         self._pool = self._ops = None
+        self._remove_trigger()
         if pool is None:
             return defer.succeed(None)
 
@@ -676,6 +699,14 @@ class SqliteStore:
         d.addErrback(lambda f: log.failure("closing the SQLite store", f))
         # pool.stop() joins the thread: by now it has nothing left to do.
         return d.addBoth(lambda _: pool.stop())
+
+    def _remove_trigger(self) -> None:
+        if self._trigger is not None:
+            trigger, self._trigger = self._trigger, None
+            try:
+                self._reactor.removeSystemEventTrigger(trigger)
+            except (ValueError, KeyError):
+                pass  # already fired: this is the shutdown
 
     @property
     def ops(self) -> SqliteOps:

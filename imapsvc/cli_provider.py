@@ -1,0 +1,369 @@
+"""``python -m imapsvc provider ...``: providers and their secrets, straight
+in the store (see :mod:`imapsvc.store.admin_sync`), no running service
+needed.
+
+Passwords and client secrets are read from a terminal prompt or, with
+``--password-stdin``, from the first line of standard input; never from the
+command line, where the shell history and the process list would keep
+them. They are sealed by :class:`imapsvc.secrets.SecretStore` under the key
+of ``IMAPSVC_SECRET_KEY`` before they reach the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from typing import Any, Callable, Optional, Sequence, TextIO
+
+import attr
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from imapsvc.model import ProviderConfig
+from imapsvc.secrets import (
+    SecretBox,
+    SecretKeyError,
+    SecretStore,
+    client_secret_name,
+    password_name,
+    refresh_token_name,
+)
+from imapsvc.store.admin_sync import AdminError, AdminStore
+
+
+#: What the CLI commands share: streams, prompts, the opened store.
+@attr.s(auto_attribs=True)
+class Context:
+    out: TextIO
+    err: TextIO
+    stdin: TextIO
+    getpass: Callable[[str], str]
+    secret_keys: tuple[str, ...] = ()
+    secrets_dir: str = ""
+    open_store: Callable[[bool], AdminStore] = attr.ib(default=None)
+
+
+def parse_uuid(text: str, what: str) -> str:
+    """The canonical form of a uuid argument, or a one-line error."""
+    try:
+        return str(uuid.UUID(text.strip()))
+    except ValueError:
+        raise AdminError(f"{what} is not a UUID: {text!r}") from None
+
+
+def parse_bool(text: str, what: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise AdminError(f"{what} must be true or false, not {text!r}")
+
+
+def read_secret(ctx: Context, from_stdin: bool, label: str, allow_empty: bool = False) -> str:
+    """A password from stdin's first line or a prompt (typed twice)."""
+    if from_stdin:
+        value = ctx.stdin.readline().rstrip("\r\n")
+    else:
+        isatty = getattr(ctx.stdin, "isatty", None)
+        if not (isatty and isatty()):
+            raise AdminError(f"no terminal to prompt for the {label} on: "
+                             "pipe it in with --password-stdin")
+        value = ctx.getpass(f"{label}: ")
+        if value and ctx.getpass(f"{label} (again): ") != value:
+            raise AdminError(f"the two {label} entries differ")
+    if not value and not allow_empty:
+        raise AdminError(f"empty {label}")
+    return value
+
+
+class _SyncBackend:
+    """The three secret methods of an IStore over a synchronous AdminStore,
+    as already-fired Deferreds, so :class:`SecretStore` runs without a
+    reactor."""
+
+    def __init__(self, store: AdminStore) -> None:
+        self._store = store
+
+    def put_secret(self, tenant: str, name: str, ciphertext: bytes) -> defer.Deferred:
+        return defer.maybeDeferred(self._store.put_secret, tenant, name, ciphertext)
+
+    def get_secret(self, tenant: str, name: str) -> defer.Deferred:
+        return defer.maybeDeferred(self._store.get_secret, tenant, name)
+
+    def delete_secret(self, tenant: str, name: str) -> defer.Deferred:
+        return defer.maybeDeferred(self._store.delete_secret, tenant, name)
+
+
+def resolved(d: defer.Deferred) -> Any:
+    """The result of a Deferred that has already fired (or its exception)."""
+    box: list[Any] = []
+    d.addBoth(box.append)
+    if not box:
+        raise RuntimeError("operation did not complete synchronously")
+    if isinstance(box[0], Failure):
+        box[0].raiseException()
+    return box[0]
+
+
+def secret_store(ctx: Context, store: AdminStore) -> SecretStore:
+    """:raises AdminError: no usable ``IMAPSVC_SECRET_KEY``."""
+    if not ctx.secret_keys:
+        raise AdminError(
+            "IMAPSVC_SECRET_KEY is not set: secrets are stored encrypted with it; create one "
+            "with `python -m imapsvc keygen` and give the same value to the service")
+    try:
+        box = SecretBox.from_setting(",".join(ctx.secret_keys))
+    except SecretKeyError:
+        raise AdminError("IMAPSVC_SECRET_KEY must be 32 bytes as url-safe base64 or hex"
+                         ) from None
+    # The mounted-secrets directory is the service's read path only: writes
+    # always go to the store, so no secrets_dir here.
+    return SecretStore(_SyncBackend(store), box)
+
+
+# -- commands ----------------------------------------------------------------
+
+
+def add(ctx: Context, args: argparse.Namespace) -> int:
+    tenant = parse_uuid(args.tenant, "--tenant")
+    provider_id = parse_uuid(args.provider_id, "--provider-id") if args.provider_id \
+        else str(uuid.uuid4())
+    starttls = args.tls_mode == "starttls"
+    port = args.port if args.port is not None else (143 if starttls else 993)
+    if not 1 <= port <= 65535:
+        raise AdminError(f"--port must be between 1 and 65535, not {port}")
+    oauth = args.auth == "oauth2"
+    if oauth:
+        missing = [flag for flag, value in (
+            ("--oauth-client-id", args.oauth_client_id),
+            ("--oauth-authorize-url", args.oauth_authorize_url),
+            ("--oauth-token-url", args.oauth_token_url),
+        ) if not value]
+        if missing:
+            raise AdminError("--auth oauth2 needs " + ", ".join(missing))
+    config = ProviderConfig(
+        tenant=tenant,
+        provider_id=provider_id,
+        provider_name=args.name or args.mailbox,
+        mailbox=args.mailbox,
+        host=args.host,
+        port=port,
+        secure=not starttls,
+        allow_starttls=starttls,
+        auth_type=args.auth,
+        username=args.username,
+        connection_timeout_ms=args.connection_timeout_ms,
+        max_emails_per_sync=args.max_emails_per_sync,
+        folder_filters=tuple(args.folder or ()),
+        oauth_authorize_url=args.oauth_authorize_url if oauth else None,
+        oauth_token_url=args.oauth_token_url if oauth else None,
+        oauth_client_id=args.oauth_client_id if oauth else None,
+        oauth_scopes=args.oauth_scopes if oauth else None,
+        is_active=not args.inactive,
+    )
+    store = ctx.open_store(True)
+    try:
+        # Everything that can fail before a write, first: the key and the secret.
+        secrets = secret_store(ctx, store)
+        if oauth:
+            secret = read_secret(ctx, args.password_stdin,
+                                 "OAuth client secret (empty for a public client)",
+                                 allow_empty=True)
+        else:
+            secret = read_secret(ctx, args.password_stdin, "IMAP password")
+        store.add_provider(config)
+        name = client_secret_name(provider_id) if oauth else password_name(provider_id)
+        if secret:
+            try:
+                resolved(secrets.put(tenant, name, secret))
+            except AdminError:
+                # No half-added provider without its credential.
+                store.remove_provider(tenant, provider_id)
+                raise
+        where = store.describe()
+    finally:
+        store.close()
+    ctx.out.write(f"added provider {provider_id} for {config.mailbox} (tenant {tenant}) "
+                  f"in {where}\n")
+    if oauth:
+        ctx.out.write("next: authorise it through POST /api/email/oauth/imap/initiate\n")
+    return 0
+
+
+def set_password(ctx: Context, args: argparse.Namespace) -> int:
+    tenant = parse_uuid(args.tenant, "--tenant")
+    provider_id = parse_uuid(args.provider, "--provider")
+    store = ctx.open_store(False)
+    try:
+        secrets = secret_store(ctx, store)
+        config = store.get_provider(tenant, provider_id)
+        if config.auth_type == "oauth2":
+            label, name = "OAuth client secret", client_secret_name(provider_id)
+        else:
+            label, name = "IMAP password", password_name(provider_id)
+        secret = read_secret(ctx, args.password_stdin, label)
+        resolved(secrets.put(tenant, name, secret))
+    finally:
+        store.close()
+    ctx.out.write(f"stored the {label} of provider {provider_id}; the service uses it at "
+                  "its next login (`python -m imapsvc reconnect` to log in now)\n")
+    return 0
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+             for r in [list(headers), *rows]]
+    return "\n".join(lines) + "\n"
+
+
+def list_(ctx: Context, args: argparse.Namespace) -> int:
+    tenant = parse_uuid(args.tenant, "--tenant") if args.tenant else None
+    store = ctx.open_store(False)
+    try:
+        providers = store.list_providers(tenant)
+        rows = []
+        for config, provider_type in providers:
+            name = (client_secret_name if config.auth_type == "oauth2" else password_name)(
+                config.provider_id)
+            has_secret = store.get_secret(config.tenant, name) is not None
+            if config.auth_type == "oauth2":
+                has_refresh = store.get_secret(
+                    config.tenant, refresh_token_name(config.provider_id)) is not None
+                secret = ("client secret" if has_secret else "public client") + \
+                    (", authorised" if has_refresh else ", not authorised")
+            else:
+                secret = "password set" if has_secret else "NO PASSWORD"
+            rows.append([
+                config.tenant, config.provider_id, config.mailbox,
+                f"{config.host}:{config.port}",
+                "tls" if config.secure else ("starttls" if config.allow_starttls else "none"),
+                config.auth_type,
+                "yes" if config.is_active else "no",
+                "yes" if config.inbound_paused_at is not None else "no",
+                config.status,
+                ",".join(config.folders),
+                secret,
+            ] + ([] if provider_type == "imap" else [f"(type {provider_type})"]))
+    finally:
+        store.close()
+    if not rows:
+        ctx.out.write("no providers\n")
+        return 0
+    headers = ["TENANT", "PROVIDER", "MAILBOX", "SERVER", "TLS", "AUTH", "ACTIVE", "PAUSED",
+               "STATUS", "FOLDERS", "SECRET"]
+    rows = [r[:len(headers)] for r in rows]
+    ctx.out.write(_table(headers, rows))
+    return 0
+
+
+def set_active(ctx: Context, args: argparse.Namespace) -> int:
+    tenant = parse_uuid(args.tenant, "--tenant")
+    provider_id = parse_uuid(args.provider, "--provider")
+    active = parse_bool(args.active, "--active")
+    store = ctx.open_store(False)
+    try:
+        store.set_active(tenant, provider_id, active)
+    finally:
+        store.close()
+    ctx.out.write(f"provider {provider_id} is now {'active' if active else 'inactive'}\n")
+    return 0
+
+
+def remove(ctx: Context, args: argparse.Namespace) -> int:
+    tenant = parse_uuid(args.tenant, "--tenant")
+    provider_id = parse_uuid(args.provider, "--provider")
+    store = ctx.open_store(False)
+    try:
+        store.remove_provider(tenant, provider_id)
+        # Its secrets go with it; no key is needed to delete ciphertext.
+        for name in (password_name(provider_id), client_secret_name(provider_id),
+                     refresh_token_name(provider_id)):
+            store.delete_secret(tenant, name)
+    finally:
+        store.close()
+    ctx.out.write(f"removed provider {provider_id} and its secrets\n")
+    return 0
+
+
+def resync_offline(ctx: Context, tenant: str, provider_id: str,
+                   folder: Optional[str]) -> int:
+    """Reset cursors in the store directly (no service running)."""
+    store = ctx.open_store(False)
+    try:
+        store.reset_cursors(tenant, provider_id, folder)
+    finally:
+        store.close()
+    what = f"folder {folder}" if folder else "every folder"
+    ctx.out.write(f"reset the cursor of {what} of provider {provider_id}: the next sync "
+                  "starts at the recent window\n")
+    return 0
+
+
+def add_parsers(commands: Any, parent: argparse.ArgumentParser,
+                parser_class: Any) -> None:
+    """The ``provider`` command and its subcommands."""
+    provider = commands.add_parser(
+        "provider", help="add, list, switch and remove IMAP providers in the store",
+        parents=[parent])
+    sub = provider.add_subparsers(dest="provider_command", metavar="action", required=True,
+                                  parser_class=parser_class)
+
+    def ident(p: argparse.ArgumentParser, provider_flag: bool = True) -> None:
+        p.add_argument("--tenant", required=True, help="tenant UUID")
+        if provider_flag:
+            p.add_argument("--provider", required=True, help="provider UUID")
+
+    p = sub.add_parser("add", help="add an IMAP provider (password from a prompt or stdin)",
+                       parents=[parent])
+    ident(p, provider_flag=False)
+    p.add_argument("--provider-id", help="provider UUID (default: a new one)")
+    p.add_argument("--mailbox", required=True, help="the address the mailbox receives")
+    p.add_argument("--name", help="display name (default: the mailbox)")
+    p.add_argument("--host", required=True, help="IMAP server host")
+    p.add_argument("--port", type=int, help="IMAP port (default 993 with --tls, 143 with "
+                   "--starttls)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--tls", dest="tls_mode", action="store_const", const="tls",
+                      help="implicit TLS (the default)")
+    mode.add_argument("--starttls", dest="tls_mode", action="store_const", const="starttls",
+                      help="plain connection upgraded with STARTTLS (required, never skipped)")
+    p.set_defaults(tls_mode="tls")
+    p.add_argument("--auth", choices=("password", "oauth2"), default="password")
+    p.add_argument("--username", required=True, help="IMAP login name")
+    p.add_argument("--folder", action="append",
+                   help="folder to watch (repeat; default INBOX)")
+    p.add_argument("--max-emails-per-sync", type=int, default=50)
+    p.add_argument("--connection-timeout-ms", type=int)
+    p.add_argument("--inactive", action="store_true", help="add it switched off")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password (or OAuth client secret) from stdin's first line")
+    p.add_argument("--oauth-client-id")
+    p.add_argument("--oauth-authorize-url")
+    p.add_argument("--oauth-token-url")
+    p.add_argument("--oauth-scopes", help="space separated")
+    p.set_defaults(provider_run=add)
+
+    p = sub.add_parser("set-password",
+                       help="replace a provider's password (or OAuth client secret)",
+                       parents=[parent])
+    ident(p)
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read it from stdin's first line instead of a prompt")
+    p.set_defaults(provider_run=set_password)
+
+    p = sub.add_parser("list", help="list providers (never shows secrets)", parents=[parent])
+    p.add_argument("--tenant", help="only this tenant")
+    p.set_defaults(provider_run=list_)
+
+    p = sub.add_parser("set-active", help="switch is_active", parents=[parent])
+    ident(p)
+    p.add_argument("--active", required=True, help="true or false")
+    p.set_defaults(provider_run=set_active)
+
+    p = sub.add_parser("remove", help="delete a provider and its secrets", parents=[parent])
+    ident(p)
+    p.set_defaults(provider_run=remove)
