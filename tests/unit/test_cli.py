@@ -1,0 +1,512 @@
+"""``python -m imapsvc`` in-process against a temporary SQLite file, with
+fake stdin, prompts, HTTP and Redis."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import urllib.error
+import uuid
+from typing import Any, Optional
+
+from twisted.trial.unittest import TestCase
+
+from imapsvc import cli
+from imapsvc.model import FolderCursor
+from imapsvc.secrets import SecretBox, generate_key, password_name, refresh_token_name
+from imapsvc.store.sqlite import SqliteOps
+from imapsvc.store.sqlite_schema import connect
+
+PASSWORD = "s3cret-Pässword-42"
+
+
+class _TTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class CliTestBase(TestCase):
+    def setUp(self) -> None:
+        d = self.mktemp()
+        os.makedirs(d)
+        self.dir = d
+        self.db = os.path.join(d, "imapsvc.sqlite3")
+        self.key = generate_key()
+        self.environ = {"IMAPSVC_SQLITE_PATH": self.db, "IMAPSVC_SECRET_KEY": self.key,
+                        "IMAPSVC_EVENTS_FILE": os.path.join(d, "events.jsonl")}
+        self.tenant = str(uuid.uuid4())
+
+    def run_cli(self, *argv: str, stdin: Optional[io.StringIO] = None,
+                **seams: Any) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        status = cli.main(list(argv), environ=self.environ, out=out, err=err,
+                          stdin=stdin if stdin is not None else io.StringIO(""), **seams)
+        return status, out.getvalue(), err.getvalue()
+
+    def assert_one_line_error(self, result: tuple[int, str, str], *fragments: str) -> str:
+        status, _out, err = result
+        self.assertNotEqual(status, 0)
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertTrue(err.endswith("\n"))
+        self.assertNotIn("Traceback", err)
+        for fragment in fragments:
+            self.assertIn(fragment, err)
+        return err
+
+    def add(self, *extra: str, password: str = PASSWORD, mailbox: str = "help@example.com",
+            tenant: Optional[str] = None) -> str:
+        status, out, err = self.run_cli(
+            "provider", "add", "--tenant", tenant or self.tenant, "--mailbox", mailbox,
+            "--host", "imap.example.com", "--username", "help", "--password-stdin", *extra,
+            stdin=io.StringIO(password + "\n"))
+        self.assertEqual((status, err), (0, ""))
+        return out.split()[2]  # "added provider <id> ..."
+
+    def rows(self, sql: str, params: Any = ()) -> list[Any]:
+        conn = connect(self.db)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+
+class ProviderTests(CliTestBase):
+    def test_migrate_creates_sqlite_schema_once(self) -> None:
+        status, out, _ = self.run_cli("migrate")
+        self.assertEqual(status, 0)
+        self.assertIn("created the imapsvc schema", out)
+        self.assertIn("email_providers", {r[0] for r in self.rows(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")})
+        status, out, _ = self.run_cli("migrate")
+        self.assertEqual(status, 0)
+        self.assertIn("up to date", out)
+
+    def test_add_then_list(self) -> None:
+        pid = self.add("--folder", "INBOX", "--folder", "Support/Urgent", "--port", "1993")
+        self.assertEqual(str(uuid.UUID(pid)), pid)
+        status, out, err = self.run_cli("provider", "list")
+        self.assertEqual((status, err), (0, ""))
+        header, line = out.splitlines()
+        self.assertTrue(header.startswith("TENANT"))
+        for value in (self.tenant, pid, "help@example.com", "imap.example.com:1993", "tls",
+                      "password", "INBOX,Support/Urgent", "password set"):
+            self.assertIn(value, line)
+        self.assertNotIn(PASSWORD, out)
+        # The row is what the service reads.
+        conn = connect(self.db)
+        self.addCleanup(conn.close)
+        config = SqliteOps(conn, lambda: 0.0).get_provider(self.tenant, pid)
+        assert config is not None
+        self.assertEqual((config.secure, config.allow_starttls, config.folder_filters,
+                          config.is_active, config.auth_type, config.username),
+                         (True, False, ("INBOX", "Support/Urgent"), True, "password", "help"))
+
+    def test_starttls_default_port(self) -> None:
+        pid = self.add("--starttls")
+        [(port, secure, starttls)] = self.rows(
+            "SELECT port, secure, allow_starttls FROM imap_email_provider_config"
+            " WHERE email_provider_id = ?", (pid,))
+        self.assertEqual((port, secure, starttls), (143, 0, 1))
+
+    def test_password_stored_sealed_not_plaintext(self) -> None:
+        pid = self.add()
+        [(sealed,)] = self.rows("SELECT ciphertext FROM imap_secrets WHERE tenant = ? AND name = ?",
+                                (self.tenant, password_name(pid)))
+        self.assertNotIn(PASSWORD.encode("utf-8"), sealed)
+        box = SecretBox.from_setting(self.key)
+        self.assertEqual(box.open(self.tenant, password_name(pid), sealed).decode("utf-8"),
+                         PASSWORD)
+        # Nowhere in the file either (WAL included).
+        for name in os.listdir(self.dir):
+            with open(os.path.join(self.dir, name), "rb") as f:
+                self.assertNotIn(PASSWORD.encode("utf-8"), f.read(), name)
+
+    def test_prompt_asks_twice(self) -> None:
+        answers = iter([PASSWORD, PASSWORD])
+        prompts: list[str] = []
+
+        def getpass(prompt: str) -> str:
+            prompts.append(prompt)
+            return next(answers)
+
+        status, _, err = self.run_cli(
+            "provider", "add", "--tenant", self.tenant, "--mailbox", "p@example.com",
+            "--host", "h", "--username", "u", stdin=_TTY(), getpass=getpass)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(len(prompts), 2)
+        self.assertEqual(len(self.rows("SELECT * FROM imap_secrets")), 1)
+
+    def test_prompt_mismatch_adds_nothing(self) -> None:
+        answers = iter([PASSWORD, "typo"])
+        result = self.run_cli(
+            "provider", "add", "--tenant", self.tenant, "--mailbox", "p@example.com",
+            "--host", "h", "--username", "u", stdin=_TTY(), getpass=lambda p: next(answers))
+        err = self.assert_one_line_error(result, "differ")
+        self.assertNotIn(PASSWORD, err)
+        self.assertEqual(self.rows("SELECT * FROM email_providers"), [])
+
+    def test_no_terminal_and_no_stdin_flag(self) -> None:
+        result = self.run_cli("provider", "add", "--tenant", self.tenant, "--mailbox", "p@x.com",
+                              "--host", "h", "--username", "u")
+        self.assert_one_line_error(result, "--password-stdin")
+        self.assertEqual(self.rows("SELECT * FROM email_providers"), [])
+
+    def test_password_never_from_argv(self) -> None:
+        for args in (["--password", PASSWORD], [f"--password={PASSWORD}"],
+                     ["--client-secret", PASSWORD]):
+            result = self.run_cli("provider", "add", "--tenant", self.tenant, "--mailbox",
+                                  "p@x.com", "--host", "h", "--username", "u", *args)
+            err = self.assert_one_line_error(result, "refused")
+            self.assertEqual(result[0], 2)
+            self.assertNotIn(PASSWORD, err)
+        self.assertFalse(os.path.exists(self.db))
+        # ...and no abbreviation sneaks --password in as --password-stdin.
+        result = self.run_cli("provider", "set-password", "--tenant", self.tenant,
+                              "--provider", str(uuid.uuid4()), "--password-std")
+        self.assert_one_line_error(result, "unrecognized arguments")
+
+    def test_missing_secret_key(self) -> None:
+        del self.environ["IMAPSVC_SECRET_KEY"]
+        result = self.run_cli("provider", "add", "--tenant", self.tenant, "--mailbox", "p@x.com",
+                              "--host", "h", "--username", "u", "--password-stdin",
+                              stdin=io.StringIO(PASSWORD + "\n"))
+        self.assert_one_line_error(result, "IMAPSVC_SECRET_KEY is not set", "keygen")
+        self.assertEqual(self.rows("SELECT * FROM email_providers"), [])
+
+    def test_bad_secret_key_not_echoed(self) -> None:
+        self.environ["IMAPSVC_SECRET_KEY"] = "short-key-value"
+        result = self.run_cli("provider", "list")
+        err = self.assert_one_line_error(result, "IMAPSVC_SECRET_KEY")
+        self.assertNotIn("short-key-value", err)
+
+    def test_bad_uuid(self) -> None:
+        result = self.run_cli("provider", "add", "--tenant", "acme", "--mailbox", "p@x.com",
+                              "--host", "h", "--username", "u", "--password-stdin",
+                              stdin=io.StringIO("pw\n"))
+        self.assert_one_line_error(result, "--tenant is not a UUID")
+        result = self.run_cli("provider", "set-active", "--tenant", self.tenant,
+                              "--provider", "12", "--active", "true")
+        self.assert_one_line_error(result, "--provider is not a UUID")
+
+    def test_duplicate_mailbox(self) -> None:
+        self.add()
+        result = self.run_cli("provider", "add", "--tenant", self.tenant, "--mailbox",
+                              "help@example.com", "--host", "h", "--username", "u",
+                              "--password-stdin", stdin=io.StringIO("pw\n"))
+        self.assert_one_line_error(result, "already has a provider with that mailbox")
+        self.assertEqual(len(self.rows("SELECT * FROM email_providers")), 1)
+        self.assertEqual(len(self.rows("SELECT * FROM imap_secrets")), 1)
+
+    def test_set_active(self) -> None:
+        pid = self.add()
+        status, out, _ = self.run_cli("provider", "set-active", "--tenant", self.tenant,
+                                      "--provider", pid, "--active", "false")
+        self.assertEqual(status, 0)
+        self.assertIn("inactive", out)
+        self.assertEqual(self.rows("SELECT is_active FROM email_providers"), [(0,)])
+        self.run_cli("provider", "set-active", "--tenant", self.tenant, "--provider", pid,
+                     "--active", "yes")
+        self.assertEqual(self.rows("SELECT is_active FROM email_providers"), [(1,)])
+        result = self.run_cli("provider", "set-active", "--tenant", self.tenant,
+                              "--provider", pid, "--active", "maybe")
+        self.assert_one_line_error(result, "true or false")
+
+    def test_unknown_provider(self) -> None:
+        self.add()
+        other = str(uuid.uuid4())
+        for action in (["set-active", "--active", "false"], ["remove"],
+                       ["set-password", "--password-stdin"]):
+            result = self.run_cli("provider", action[0], "--tenant", self.tenant,
+                                  "--provider", other, *action[1:],
+                                  stdin=io.StringIO("pw\n"))
+            self.assert_one_line_error(result, f"has no provider {other}")
+        # Another tenant's provider is unknown too.
+        pid = self.rows("SELECT id FROM email_providers")[0][0]
+        result = self.run_cli("provider", "remove", "--tenant", str(uuid.uuid4()),
+                              "--provider", pid)
+        self.assert_one_line_error(result, "has no provider")
+        self.assertEqual(len(self.rows("SELECT * FROM email_providers")), 1)
+
+    def test_set_password_replaces_secret(self) -> None:
+        pid = self.add()
+        [(before,)] = self.rows("SELECT ciphertext FROM imap_secrets")
+        status, _, err = self.run_cli("provider", "set-password", "--tenant", self.tenant,
+                                      "--provider", pid, "--password-stdin",
+                                      stdin=io.StringIO("new-pass\n"))
+        self.assertEqual((status, err), (0, ""))
+        [(after,)] = self.rows("SELECT ciphertext FROM imap_secrets")
+        self.assertNotEqual(before, after)
+        box = SecretBox.from_setting(self.key)
+        self.assertEqual(box.open(self.tenant, password_name(pid), after), b"new-pass")
+        result = self.run_cli("provider", "set-password", "--tenant", self.tenant,
+                              "--provider", pid, "--password-stdin", stdin=io.StringIO("\n"))
+        self.assert_one_line_error(result, "empty")
+
+    def test_remove_takes_secrets(self) -> None:
+        pid = self.add()
+        keep = self.add(mailbox="other@example.com")
+        conn = connect(self.db)
+        self.addCleanup(conn.close)
+        SqliteOps(conn, lambda: 0.0).put_secret(self.tenant, refresh_token_name(pid), b"x")
+        status, _, _ = self.run_cli("provider", "remove", "--tenant", self.tenant,
+                                    "--provider", pid)
+        self.assertEqual(status, 0)
+        self.assertEqual(self.rows("SELECT id FROM email_providers"), [(keep,)])
+        self.assertEqual(self.rows("SELECT email_provider_id FROM imap_email_provider_config"),
+                         [(keep,)])
+        self.assertEqual(self.rows("SELECT name FROM imap_secrets"), [(password_name(keep),)])
+
+    def test_list_missing_file_and_empty(self) -> None:
+        result = self.run_cli("provider", "list")
+        self.assert_one_line_error(result, "no SQLite database", "migrate")
+        self.assertFalse(os.path.exists(self.db))
+        self.run_cli("migrate")
+        status, out, _ = self.run_cli("provider", "list")
+        self.assertEqual((status, out), (0, "no providers\n"))
+
+    def test_oauth2_needs_its_urls_and_client_id(self) -> None:
+        result = self.run_cli("provider", "add", "--tenant", self.tenant, "--mailbox", "o@x.com",
+                              "--host", "h", "--username", "u", "--auth", "oauth2",
+                              "--password-stdin", stdin=io.StringIO("\n"))
+        self.assert_one_line_error(result, "--oauth-client-id", "--oauth-token-url")
+        status, _, err = self.run_cli(
+            "provider", "add", "--tenant", self.tenant, "--mailbox", "o@x.com", "--host", "h",
+            "--username", "u", "--auth", "oauth2", "--oauth-client-id", "cid",
+            "--oauth-authorize-url", "https://login.example.com/auth",
+            "--oauth-token-url", "https://login.example.com/token", "--oauth-scopes", "a b",
+            "--password-stdin", stdin=io.StringIO("\n"))  # public client: no secret
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(self.rows("SELECT * FROM imap_secrets"), [])
+        _, out, _ = self.run_cli("provider", "list")
+        self.assertIn("public client, not authorised", out)
+
+    def test_unreachable_postgres_is_one_line(self) -> None:
+        result = self.run_cli("--database-url", "postgresql://u:pw-secret-9@127.0.0.1:1/x",
+                              "provider", "list")
+        err = self.assert_one_line_error(result, "cannot reach the database")
+        self.assertNotIn("pw-secret-9", err)
+
+    def test_resync_offline(self) -> None:
+        pid = self.add("--folder", "INBOX", "--folder", "Sent")
+        conn = connect(self.db)
+        self.addCleanup(conn.close)
+        ops = SqliteOps(conn, lambda: 1767225600.0)
+        self.assertTrue(ops.acquire_lease(self.tenant, pid, "w", 60000))
+        for folder in ("INBOX", "Sent"):
+            ops.write_cursor(self.tenant, pid, folder, FolderCursor("7", "9"), "w")
+        status, out, _ = self.run_cli("resync", "--tenant", self.tenant, "--provider", pid,
+                                      "--folder", "Sent", "--offline")
+        self.assertEqual(status, 0)
+        self.assertIsNone(ops.read_cursor(self.tenant, pid, "Sent"))
+        self.assertEqual(ops.read_cursor(self.tenant, pid, "INBOX"), FolderCursor("7", "9"))
+
+    def test_usage_error_is_one_line(self) -> None:
+        result = self.run_cli("provider", "frobnicate")
+        self.assert_one_line_error(result, "invalid choice")
+        self.assertEqual(result[0], 2)
+
+    def test_keygen(self) -> None:
+        status, out, _ = self.run_cli("keygen")
+        self.assertEqual(status, 0)
+        SecretBox.from_setting(out.strip())  # a usable key
+
+
+class _Response(io.BytesIO):
+    def __enter__(self) -> _Response:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class AdminApiTests(CliTestBase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.environ.update({"IMAPSVC_ADMIN_TOKEN": "adm-token-77", "PORT": "8181"})
+        self.requests: list[Any] = []
+        self.answer: Any = {"success": True}
+
+    def urlopen(self, request: Any, timeout: float) -> Any:
+        self.requests.append(request)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return _Response(json.dumps(self.answer).encode("utf-8"))
+
+    def test_reconnect_posts_with_bearer(self) -> None:
+        pid = str(uuid.uuid4())
+        status, out, _ = self.run_cli("reconnect", "--tenant", self.tenant.upper(),
+                                      "--provider", pid, urlopen=self.urlopen)
+        self.assertEqual(status, 0)
+        [req] = self.requests
+        self.assertEqual((req.get_method(), req.full_url),
+                         ("POST", "http://127.0.0.1:8181/api/email/imap/reconnect"))
+        self.assertEqual(req.get_header("Authorization"), "Bearer adm-token-77")
+        self.assertEqual(json.loads(req.data), {"tenant": self.tenant, "providerId": pid})
+        self.assertEqual(json.loads(out), {"success": True})
+
+    def test_resync_folder_and_url(self) -> None:
+        pid = str(uuid.uuid4())
+        self.run_cli("resync", "--tenant", self.tenant, "--provider", pid, "--folder", "Sent",
+                     "--url", "http://svc:9000/", urlopen=self.urlopen)
+        [req] = self.requests
+        self.assertEqual(req.full_url, "http://svc:9000/api/email/imap/resync")
+        self.assertEqual(json.loads(req.data)["folder"], "Sent")
+
+    def test_test_connection_failure_exit_status(self) -> None:
+        self.answer = {"ok": False, "error": "AUTHENTICATIONFAILED"}
+        status, out, _ = self.run_cli("test-connection", "--tenant", self.tenant,
+                                      "--provider", str(uuid.uuid4()), urlopen=self.urlopen)
+        self.assertEqual(status, 1)
+        self.assertIn("AUTHENTICATIONFAILED", out)
+
+    def test_refused_token(self) -> None:
+        self.answer = urllib.error.HTTPError(
+            "http://x", 401, "Unauthorized", None,  # type: ignore[arg-type]
+            io.BytesIO(b'{"error": "unauthorized"}'))
+        result = self.run_cli("reconnect", "--tenant", self.tenant, "--provider",
+                              str(uuid.uuid4()), urlopen=self.urlopen)
+        err = self.assert_one_line_error(result, "refused IMAPSVC_ADMIN_TOKEN")
+        self.assertNotIn("adm-token-77", err)
+
+    def test_service_down_suggests_offline(self) -> None:
+        self.answer = urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+        result = self.run_cli("resync", "--tenant", self.tenant, "--provider",
+                              str(uuid.uuid4()), urlopen=self.urlopen)
+        self.assert_one_line_error(result, "no imapsvc answering", "--offline")
+
+    def test_no_token(self) -> None:
+        del self.environ["IMAPSVC_ADMIN_TOKEN"]
+        result = self.run_cli("status", urlopen=self.urlopen)
+        self.assert_one_line_error(result, "IMAPSVC_ADMIN_TOKEN is not set")
+        self.assertEqual(self.requests, [])
+
+    def test_status_table(self) -> None:
+        self.answer = {
+            "worker": "host-1", "discovered": True, "discoveryError": None,
+            "providers": [{
+                "tenant": self.tenant, "providerId": "p-1", "mailbox": "help@example.com",
+                "host": "imap.example.com", "status": "connected", "error": None,
+                "folders": {"INBOX": {"state": "Idling", "last_error": None,
+                                      "cursor": {"uid_validity": "7", "last_uid": "42"}}},
+            }],
+            "waiting": [{"tenant": self.tenant, "providerId": "p-2", "reason": "lease held"}],
+        }
+        status, out, _ = self.run_cli("status", urlopen=self.urlopen)
+        self.assertEqual(status, 0)
+        self.assertEqual(self.requests[0].get_method(), "GET")
+        self.assertTrue(self.requests[0].full_url.endswith(":8181/status"))
+        lines = out.splitlines()
+        self.assertIn("worker host-1", lines[0])
+        row = [line for line in lines if "help@example.com" in line][0]
+        for value in ("connected", "INBOX", "Idling", "42"):
+            self.assertIn(value, row)
+        self.assertIn("lease held", out)
+
+
+def _entry(n: int) -> str:
+    return json.dumps({"stream": "workflow:events:global", "id": f"{n}-0",
+                       "fields": {"event_id": f"e{n}", "subject": "é"}}) + "\n"
+
+
+class EventsTailTests(CliTestBase):
+    def write(self, *lines: str) -> None:
+        with open(self.environ["IMAPSVC_EVENTS_FILE"], "a", encoding="utf-8") as f:
+            f.write("".join(lines))
+
+    def test_tail_file_last_n(self) -> None:
+        self.write(*(_entry(n) for n in range(1, 6)), '{"partial": ')
+        status, out, _ = self.run_cli("events", "tail", "--count", "2")
+        self.assertEqual(status, 0)
+        got = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual([g["id"] for g in got], ["4-0", "5-0"])
+        self.assertEqual(got[0]["fields"], {"event_id": "e4", "subject": "é"})
+
+    def test_follow_file(self) -> None:
+        self.write(_entry(1), '{"id": "2-0", "fie')  # a line being written
+        waits: list[float] = []
+        steps = iter([
+            lambda: self.write('lds": {"event_id": "e2"}}\n'),
+            lambda: None,
+            lambda: self.write(_entry(3)),
+        ])
+
+        def wait(seconds: float) -> None:
+            waits.append(seconds)
+            next(steps)()
+
+        status, out, _ = self.run_cli("events", "tail", "--follow", wait=wait,
+                                      stop=lambda: len(waits) >= 3)
+        self.assertEqual(status, 0)
+        self.assertEqual([json.loads(x)["id"] for x in out.splitlines()], ["1-0", "2-0", "3-0"])
+
+    def test_missing_file(self) -> None:
+        result = self.run_cli("events", "tail")
+        self.assert_one_line_error(result, "no events file")
+
+    def test_tail_redis(self) -> None:
+        self.environ["REDIS_URL"] = "redis://127.0.0.1:6379/0"
+        calls: list[tuple[Any, ...]] = []
+        replies = iter([
+            [[b"2-0", [b"event_id", b"e2"]], [b"1-0", [b"event_id", b"e1"]]],  # XREVRANGE
+            None,  # XREAD timed out
+            [[b"workflow:events:global", [[b"3-0", [b"event_id", b"e3"]]]]],
+        ])
+
+        class FakeRedis:
+            def __init__(self, url: str) -> None:
+                self.url = url
+
+            def call(self, *args: Any) -> Any:
+                calls.append(args)
+                return next(replies)
+
+            def settimeout(self, seconds: float) -> None:
+                pass
+
+            def close(self) -> None:
+                calls.append(("closed",))
+
+        status, out, _ = self.run_cli("events", "tail", "--follow", redis=FakeRedis,
+                                      stop=lambda: len(calls) >= 3)
+        self.assertEqual(status, 0)
+        self.assertEqual([json.loads(x)["id"] for x in out.splitlines()], ["1-0", "2-0", "3-0"])
+        self.assertEqual(calls[0], ("XREVRANGE", "workflow:events:global", "+", "-", "COUNT", 10))
+        # Follows from the newest entry seen, then from each new one.
+        self.assertEqual(calls[1][-1], b"2-0")
+        self.assertEqual(calls[2][-1], b"2-0")
+        self.assertEqual(calls[-1], ("closed",))
+
+
+class RespTests(TestCase):
+    def test_encode(self) -> None:
+        self.assertEqual(cli.resp_encode("XREAD", 5, b"\x00"),
+                         b"*3\r\n$5\r\nXREAD\r\n$1\r\n5\r\n$1\r\n\x00\r\n")
+
+    def test_read_nested(self) -> None:
+        data = (b"*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\na\r\n$-1\r\n"
+                b":42\r\n+OK\r\n*-1\r\n")
+        f = io.BytesIO(data)
+        self.assertEqual(cli.resp_read(f), [b"1-0", [b"a", None]])
+        self.assertEqual(cli.resp_read(f), 42)
+        self.assertEqual(cli.resp_read(f), b"OK")
+        self.assertIsNone(cli.resp_read(f))
+
+    def test_bulk_with_crlf_inside(self) -> None:
+        self.assertEqual(cli.resp_read(io.BytesIO(b"$4\r\na\r\nb\r\n")), b"a\r\nb")
+
+    def test_error_and_eof(self) -> None:
+        self.assertRaises(cli.RedisError, cli.resp_read, io.BytesIO(b"-WRONGTYPE no\r\n"))
+        self.assertRaises(cli.RedisError, cli.resp_read, io.BytesIO(b"$10\r\nshort"))
+        self.assertRaises(cli.RedisError, cli.resp_read, io.BytesIO(b""))
+
+    def test_unreachable(self) -> None:
+        def refuse(address: Any, timeout: float) -> Any:
+            raise ConnectionRefusedError(111, "Connection refused")
+
+        with self.assertRaises(cli.AdminError) as caught:
+            cli.RespClient("redis://:pw@127.0.0.1:1/0", connect=refuse)
+        self.assertIn("cannot reach Redis at 127.0.0.1:1", str(caught.exception))
+        self.assertNotIn("pw", str(caught.exception))
+
+
