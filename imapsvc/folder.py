@@ -514,6 +514,12 @@ class FolderService(service.Service):
             uids = uids[-start.keep_last :]
         cursor = start.cursor
         validity = start.cursor.uid_validity or ""
+        if not uids and start.reason != REASON_RESUME and stored != start.cursor:
+            # A new (or reset) cursor with nothing to fetch yet must still be
+            # stored: otherwise the next sync computes the recent window
+            # again from a higher UIDNEXT and skips what arrived meanwhile.
+            yield self.store.write_cursor(tenant, pid, name, start.cursor, self.owner)
+            self._check()
         for chunk in P.chunk_by_count(uids, self.options.fetch_chunk):
             self._check()
             messages = yield self._fetch_chunk(proto, name, validity, chunk)

@@ -203,6 +203,10 @@ class FakeStore:
         self.capabilities.append(list(caps))
         return defer.succeed(None)
 
+    def write_cursor(self, tenant, provider_id, folder, cursor, owner):
+        self.cursors[folder] = cursor
+        return defer.succeed(None)
+
 
 class FakePipeline:
     """Records batches; writes the cursor into the store like the real one.
@@ -392,6 +396,25 @@ class FolderServiceTests(SynchronousTestCase):
         self.assertEqual(r.store.cursors["INBOX"].last_uid, "10")
         self.assertEqual(r.store.cursors["INBOX"].uid_validity, "7")
         self.assertEqual(r.svc.state, S.IDLING)
+
+    def test_empty_first_sync_stores_cursor_so_a_burst_is_not_skipped(self):
+        # Window 5, an empty folder: the cursor must be stored now, or the
+        # next sync would take the window again and skip the burst's head.
+        r = self.rig()
+        r.start()
+        self.assertEqual(r.store.cursors["INBOX"].last_uid, "0")
+        self.assertEqual(r.store.cursors["INBOX"].uid_validity, "7")
+        r.server.add(8)
+        self.assertEqual(r.pipeline.uids, list(range(1, 9)))
+
+    def test_uidvalidity_reset_on_empty_folder_is_stored(self):
+        r = self.rig()
+        r.store.cursors["INBOX"] = FolderCursor("6", "4242", None)
+        r.server.add(3)
+        r.server.messages.clear()
+        r.start()
+        self.assertEqual(r.store.cursors["INBOX"].uid_validity, "7")
+        self.assertEqual(r.store.cursors["INBOX"].last_uid, "0")
 
     def test_resume_at_n_plus_one(self):
         r = self.rig()
