@@ -1,0 +1,105 @@
+"""``python -m imapsvc provider ...`` and ``events tail`` against the real
+Postgres and Redis."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import SkipTest, TestCase
+
+from imapsvc import cli
+from imapsvc.secrets import SecretBox, SecretStore, generate_key, password_name
+from imapsvc.store.postgres import PostgresStore
+from tests.rig import postgres as rig
+
+
+def as_url(dsn: str) -> str:
+    """The rig's DSN as the postgresql:// URL that DATABASE_URL requires."""
+    if dsn.startswith(("postgres://", "postgresql://")):
+        return dsn
+    from urllib.parse import quote
+
+    from psycopg2.extensions import parse_dsn
+
+    p = parse_dsn(dsn)
+    auth = quote(p.get("user", "postgres"), safe="")
+    if p.get("password"):
+        auth += ":" + quote(p["password"], safe="")
+    host = p.get("host", "127.0.0.1")
+    return f"postgresql://{auth}@{host}:{p.get('port', '5432')}/{p['dbname']}"
+
+
+class PostgresCliTests(TestCase):
+    def setUp(self) -> None:
+        self.dsn = rig.database_dsn()
+        rig.truncate_all(self.dsn)
+        self.key = generate_key()
+        self.environ = {"DATABASE_URL": as_url(self.dsn), "IMAPSVC_SECRET_KEY": self.key}
+        self.tenant = str(uuid.uuid4())
+
+    def run_cli(self, *argv: str, stdin: str = "") -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        status = cli.main(list(argv), environ=self.environ, out=out, err=err,
+                          stdin=io.StringIO(stdin))
+        return status, out.getvalue(), err.getvalue()
+
+    @defer.inlineCallbacks
+    def test_add_list_and_the_service_reads_it(self) -> Any:
+        status, out, err = self.run_cli(
+            "provider", "add", "--tenant", self.tenant, "--mailbox", "help@example.com",
+            "--host", "imap.example.com", "--username", "help", "--starttls",
+            "--folder", "INBOX", "--folder", "Support", "--password-stdin", stdin="pg-pw-1\n")
+        self.assertEqual((status, err), (0, ""))
+        pid = out.split()[2]
+        status, out, _ = self.run_cli("provider", "list", "--tenant", self.tenant)
+        self.assertEqual(status, 0)
+        self.assertIn(pid, out)
+        self.assertIn("imap.example.com:143", out)
+        self.assertIn("password set", out)
+        [(sealed,)] = rig.execute(self.dsn, "SELECT ciphertext FROM imap_secrets")
+        self.assertNotIn(b"pg-pw-1", bytes(sealed))
+        # The running service's store sees the provider and opens the secret.
+        store = PostgresStore(self.dsn, reactor, pool_size=1)
+        yield store.start()
+        self.addCleanup(store.stop)
+        [config] = yield store.list_active_providers(self.tenant)
+        self.assertEqual((config.provider_id, config.allow_starttls, config.secure,
+                          config.folder_filters), (pid, True, False, ("INBOX", "Support")))
+        secrets = SecretStore(store, SecretBox.from_setting(self.key))
+        self.assertEqual((yield secrets.get(self.tenant, password_name(pid))), "pg-pw-1")
+        # Switch off, then remove.
+        self.assertEqual(self.run_cli("provider", "set-active", "--tenant", self.tenant,
+                                      "--provider", pid, "--active", "false")[0], 0)
+        self.assertEqual((yield store.list_active_providers(self.tenant)), [])
+        self.assertEqual(self.run_cli("provider", "remove", "--tenant", self.tenant,
+                                      "--provider", pid)[0], 0)
+        self.assertEqual(rig.execute(self.dsn, "SELECT count(*) FROM imap_secrets"), [(0,)])
+        status, _, err = self.run_cli("provider", "remove", "--tenant", self.tenant,
+                                      "--provider", pid)
+        self.assertEqual(status, 1)
+        self.assertIn("has no provider", err)
+
+
+class RedisTailTests(TestCase):
+    def test_tail_real_stream(self) -> None:
+        try:
+            client = cli.RespClient("redis://127.0.0.1:6379/0", timeout=2)
+        except cli.AdminError as e:
+            raise SkipTest(str(e)) from None
+        stream = f"imapsvc:test:{uuid.uuid4()}"
+        self.addCleanup(client.close)
+        self.addCleanup(client.call, "DEL", stream)
+        for n in range(3):
+            client.call("XADD", stream, "*", "event_id", f"e{n}", "subject", "é")
+        out, err = io.StringIO(), io.StringIO()
+        status = cli.main(["events", "tail", "--count", "2"],
+                          environ={"REDIS_URL": "redis://127.0.0.1:6379/0",
+                                   "IMAP_EVENT_STREAM": stream}, out=out, err=err)
+        self.assertEqual((status, err.getvalue()), (0, ""))
+        got = [json.loads(line)["fields"] for line in out.getvalue().splitlines()]
+        self.assertEqual(got, [{"event_id": "e1", "subject": "é"},
+                               {"event_id": "e2", "subject": "é"}])
