@@ -91,8 +91,14 @@ class ServiceCollector(Collector):
         outcomes = CounterMetricFamily(
             "imapsvc_messages", "Messages recorded, by outcome", labels=["outcome"]
         )
-        for outcome in ("published", "skipped", "duplicate"):
-            outcomes.add_metric([outcome], _num(pipe.get(outcome)))
+        # Label values are the ledger outcomes; the pipeline counts them
+        # under its own stat names.
+        for outcome, stat in (
+            ("published", "published"),
+            ("skipped", "skipped"),
+            ("duplicate", "duplicates"),
+        ):
+            outcomes.add_metric([outcome], _num(pipe.get(stat)))
         yield outcomes
         auth = CounterMetricFamily("imapsvc_auth_failures", "Authentication failures")
         auth.add_metric([], _num(status.get("authFailures")))

@@ -427,8 +427,3 @@ class ReplicaTests(unittest.TestCase):
         uids = sorted(json.loads(f["payload_json"])["emailData"]["imap"]["uid"]
                       for f in self.entries())
         self.assertEqual(uids, [1, 2, 3, 4, 5])
-
-    test_burst_into_new_empty_mailbox_is_not_lost.todo = (
-        "imapsvc/folder.py _sync: a sync that starts without a stored cursor and finds"
-        " no UIDs never writes start.cursor, so the next sync restarts at the window"
-    )

@@ -72,7 +72,13 @@ class WebTests(unittest.TestCase):
             admin=self.admin,
             store=self.store,
             sink=self.sink,
-            registry=make_registry(ServiceCollector(self.admin.status, lambda: {"backlog": 4})),
+            registry=make_registry(
+                ServiceCollector(
+                    self.admin.status,
+                    lambda: {"backlog": 4},
+                    lambda: {"published": 5, "skipped": 1, "duplicates": 2},
+                )
+            ),
             oauth_flow=flow,
             admin_token=TOKEN,
             discovered=lambda: self.discovered,
@@ -121,6 +127,8 @@ class WebTests(unittest.TestCase):
         self.assertIn("imapsvc_outbox_backlog 4.0", text)
         self.assertIn('imapsvc_folder_cursor_lag{folder="INBOX"', text)
         self.assertIn('reason="bye"', text)
+        self.assertIn('imapsvc_messages_total{outcome="duplicate"} 2.0', text)
+        self.assertIn('imapsvc_messages_total{outcome="published"} 5.0', text)
 
     def test_admin_requires_token(self):
         body = {"tenant": T, "providerId": P}
