@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import uuid
 
 from twisted.internet import defer
 from twisted.trial import unittest
@@ -29,7 +30,7 @@ class ServiceTests(unittest.TestCase):
         self.stream = unique_stream("e2e")
         self.processes = []
 
-    def service(self, worker="w1", **env):
+    def service(self, worker="w1", tenant=None, **env):
         settings = {
             "DATABASE_URL": database_url(self.dsn),
             "REDIS_URL": self.redis_url,
@@ -38,6 +39,9 @@ class ServiceTests(unittest.TestCase):
             "IMAP_PROVIDER_REFRESH_MS": "1000",
             "IMAP_LEASE_TTL_MS": "6000",
         }
+        if tenant:
+            # The run's database is shared: serve only this test's tenant.
+            settings["IMAPSVC_TENANTS"] = tenant
         settings.update(env)
         proc = ServiceProcess(settings, worker)
         self.processes.append(proc)
@@ -56,9 +60,10 @@ class ServiceTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_appended_message_becomes_one_event(self):
-        user = self.user()
-        tenant, pid = add_provider(self.dsn, user, DEFAULT_PASSWORD, self.dovecot.ports.imaps)
-        proc = self.service()
+        password = "Pw-" + uuid.uuid4().hex
+        user = self.dovecot.add_user(unique_user("e2e"), password)
+        tenant, pid = add_provider(self.dsn, user, password, self.dovecot.ports.imaps)
+        proc = self.service(tenant=tenant)
         yield self.ready(proc)
         yield wait_for(
             lambda: pg.execute(
@@ -68,7 +73,7 @@ class ServiceTests(unittest.TestCase):
             "provider connected",
         )
         raw = mail.make_message(subject="Printer on fire", message_id="<fire-1@example.org>")
-        uid = mail.append(user, DEFAULT_PASSWORD, "INBOX", raw)
+        uid = mail.append(user, password, "INBOX", raw)
         yield wait_for(lambda: len(self.entries()) == 1, 15, "the event in the stream")
         _id, fields = self.entries()[0]
         self.assertEqual(validate_stream_entry(fields), [])
@@ -80,7 +85,7 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual(data["id"], "<fire-1@example.org>")
         self.assertEqual(data["providerId"], pid)
         self.assertEqual(data["imap"]["uid"], uid)
-        self.assertNotIn("\\Seen", mail.flags(user, DEFAULT_PASSWORD, "INBOX", uid))
+        self.assertNotIn("\\Seen", mail.flags(user, password, "INBOX", uid))
         cursor = pg.execute(
             self.dsn,
             "SELECT folder_state FROM imap_email_provider_config WHERE email_provider_id = %s",
@@ -96,16 +101,16 @@ class ServiceTests(unittest.TestCase):
             (pid,),
         )[0][0]
         self.assertIsNone(owner)
-        self.assertNotIn(DEFAULT_PASSWORD + '"', proc.log_text())
+        self.assertNotIn(password, proc.log_text())
 
     @defer.inlineCallbacks
     def test_kill_between_commit_and_publish_keeps_event_ids(self):
         """A second process re-publishes what the first committed with the
         same event_id; nothing is lost and no new id appears."""
         user = self.user()
-        _tenant, pid = add_provider(self.dsn, user, DEFAULT_PASSWORD, self.dovecot.ports.imaps)
+        tenant, pid = add_provider(self.dsn, user, DEFAULT_PASSWORD, self.dovecot.ports.imaps)
         # Redis unreachable for the first process: it records but cannot publish.
-        first = self.service(REDIS_URL="redis://127.0.0.1:1/0")
+        first = self.service(tenant=tenant, REDIS_URL="redis://127.0.0.1:1/0")
         for i in range(3):
             mail.append(user, DEFAULT_PASSWORD, "INBOX", mail.make_message(subject=f"m{i}"))
         yield wait_for(
@@ -122,7 +127,7 @@ class ServiceTests(unittest.TestCase):
             " WHERE email_provider_id = %s",
             (pid,),
         )
-        second = self.service(worker="w2")
+        second = self.service(worker="w2", tenant=tenant)
         yield wait_for(lambda: len(self.entries()) >= 3, 30, "three events")
         ids = [f["event_id"] for _, f in self.entries()]
         self.assertEqual(len(ids), len(set(ids)))
@@ -134,3 +139,46 @@ class ServiceTests(unittest.TestCase):
         }
         self.assertEqual(set(ids), expected)
         second.signal(signal.SIGTERM)
+
+    @defer.inlineCallbacks
+    def test_same_message_in_two_folders_is_one_event(self):
+        user = self.user()
+        mail.create_folder(user, DEFAULT_PASSWORD, "Support")
+        tenant, pid = add_provider(
+            self.dsn, user, DEFAULT_PASSWORD, self.dovecot.ports.imaps,
+            folders=("INBOX", "Support"),
+        )
+        proc = self.service(tenant=tenant)
+        yield self.ready(proc)
+        yield wait_for(
+            lambda: pg.execute(
+                self.dsn, "SELECT status FROM email_providers WHERE id = %s", (pid,)
+            )[0][0] == "connected",
+            20,
+            "both folders selected",
+        )
+        raw = mail.make_message(subject="Copied", message_id="<copy-1@example.org>")
+        mail.append(user, DEFAULT_PASSWORD, "INBOX", raw)
+        mail.append(user, DEFAULT_PASSWORD, "Support", raw)
+
+        def cursors():
+            state = pg.execute(
+                self.dsn,
+                "SELECT folder_state FROM imap_email_provider_config"
+                " WHERE email_provider_id = %s",
+                (pid,),
+            )[0][0]
+            return {f: c.get("last_uid") for f, c in state.items()}
+
+        # Both folders' cursors move past their copy: the copy seen second
+        # is a duplicate by Message-ID (it gets no ledger row of its own).
+        yield wait_for(
+            lambda: cursors() == {"INBOX": "1", "Support": "1"}, 15, "both cursors advanced"
+        )
+        yield wait_for(lambda: len(self.entries()) >= 1, 10, "the event")
+        ids = [json.loads(f["payload_json"])["emailData"]["id"] for _, f in self.entries()]
+        self.assertEqual(ids, ["<copy-1@example.org>"])
+        outbox = pg.execute(
+            self.dsn, "SELECT count(*) FROM imap_event_outbox WHERE provider_id = %s", (pid,)
+        )[0][0]
+        self.assertEqual(outbox, 1)
