@@ -148,6 +148,10 @@ class BatchResult:
     """What :meth:`IStore.record_batch` did, in the order of the input."""
 
     outcomes: tuple[str, ...]
+    #: The outbox rows this batch queued (:class:`OutboxRow`, commit order),
+    #: when the store reports them (empty otherwise). The relay publishes
+    #: them from memory instead of reading them back; not part of equality.
+    outbox: tuple[Any, ...] = attr.ib(default=(), eq=False, repr=False)
 
     @property
     def published(self) -> int:

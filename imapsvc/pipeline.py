@@ -46,13 +46,14 @@ _log = Logger()
 SKIP_BUILD_ERROR = "build_error"
 
 
+def message_bytes(msg: FetchedMessage) -> int:
+    """The bytes one message holds in memory."""
+    return len(msg.header or b"") + len(msg.raw or b"") + sum(len(v) for v in msg.texts.values())
+
+
 def batch_bytes(messages: Sequence[FetchedMessage]) -> int:
     """The bytes a batch holds in memory (what the mapping has to chew)."""
-    total = 0
-    for msg in messages:
-        total += len(msg.header or b"") + len(msg.raw or b"")
-        total += sum(len(v) for v in msg.texts.values())
-    return total
+    return sum(message_bytes(msg) for msg in messages)
 
 
 def build_records(
@@ -120,6 +121,13 @@ class Pipeline:
     :param threadpool_runner: ``runner(f, *args) -> Deferred`` (see
         :func:`imapsvc.deferreds.thread_runner`;
         :func:`imapsvc.deferreds.synchronous_runner` in tests).
+    :param parse_pool: optional :class:`~imapsvc.parse_pool.ParsePool`
+        (``running`` and ``build(messages, *args) -> Deferred``): while it
+        runs, large batches are mapped in its worker processes; when it fails
+        the batch is mapped once more through ``threadpool_runner``.
+    :param relay_offer: optional ``offer(outbox_entries)`` of the relay
+        (:meth:`~imapsvc.sink.relay.Relay.offer`): the committed entries are
+        handed over in memory, so the relay need not read them back.
 
     :ivar stats: counters for metrics: ``batches``, ``messages``,
         ``published``, ``skipped``, ``duplicates``, ``failures`` (batches not
@@ -135,6 +143,8 @@ class Pipeline:
         thread_threshold_bytes: int,
         threadpool_runner: Callable[..., defer.Deferred[Any]],
         build: Callable[..., list[MessageRecord]] = build_records,
+        parse_pool: Any = None,
+        relay_offer: Optional[Callable[[Any], Any]] = None,
     ) -> None:
         self._store = store
         self._relay_wake = relay_wake
@@ -143,6 +153,8 @@ class Pipeline:
         self._threshold = thread_threshold_bytes
         self._runner = threadpool_runner
         self._build = build
+        self._pool = parse_pool
+        self._relay_offer = relay_offer
         self.stats: dict[str, int] = {
             "batches": 0,
             "messages": 0,
@@ -151,6 +163,8 @@ class Pipeline:
             "duplicates": 0,
             "failures": 0,
             "threaded": 0,
+            "processes": 0,
+            "pool_fallbacks": 0,
         }
 
     def handle_batch(
@@ -184,8 +198,7 @@ class Pipeline:
         now = datetime.fromtimestamp(self._clock.seconds(), tz=UTC)
         args = (messages, tenant, provider_id, folder, now, self._limits)
         if messages and batch_bytes(messages) > self._threshold:
-            self.stats["threaded"] += 1
-            records = yield self._runner(self._build, *args)
+            records = yield self._map_off_reactor(args)
         else:
             records = self._build(*args)
         result = yield self._store.record_batch(tenant, provider_id, folder, owner, records, cursor)
@@ -207,8 +220,29 @@ class Pipeline:
         )
         if result.published:
             try:
-                self._relay_wake()
+                outbox = getattr(result, "outbox", None)
+                if self._relay_offer is not None and outbox:
+                    self._relay_offer(outbox)
+                else:
+                    self._relay_wake()
             except Exception:
                 # The batch is committed; the relay's timer will catch up.
                 _log.failure("Waking the relay failed")
         return result
+
+    @defer.inlineCallbacks
+    def _map_off_reactor(self, args: tuple[Any, ...]) -> Any:
+        pool = self._pool
+        if pool is not None and pool.running:
+            try:
+                records = yield pool.build(*args)
+                self.stats["processes"] += 1
+                return records
+            except Exception:
+                # A worker died (or the pool stopped): nothing is recorded
+                # yet, so mapping the batch here instead loses nothing.
+                self.stats["pool_fallbacks"] += 1
+                _log.failure("Parse pool failed; mapping the batch in a thread")
+        self.stats["threaded"] += 1
+        records = yield self._runner(self._build, *args)
+        return records

@@ -92,6 +92,10 @@ class Runtime(service.MultiService):
         self.credentials = CredentialSource(self.store, self.secrets, self.box, http, reactor)
         self.relay = Relay(self.store, self.sink, reactor)
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="imapsvc-parse")
+        # -- parse process pool (owned by the pipeline/performance task) --
+        from imapsvc.parse_pool import ParsePool
+
+        self.parse_pool = ParsePool(reactor, int(getattr(s, "parse_processes", 0) or 0))
         self.pipeline = Pipeline(
             self.store,
             self.relay.wake,
@@ -99,7 +103,10 @@ class Runtime(service.MultiService):
             s.limits(),
             s.parse_thread_threshold_bytes,
             thread_runner(reactor, self.pool),
+            parse_pool=self.parse_pool,
+            relay_offer=self.relay.offer,
         )
+        # -- end parse process pool --
         options = FolderOptions.from_settings(s)
 
         def tls(host: str) -> Any:
@@ -181,6 +188,7 @@ class Runtime(service.MultiService):
         yield defer.maybeDeferred(getattr(self.sink, "start", lambda: None))
         self._sink_started = True
         self.pool.start()
+        yield self.parse_pool.start()  # never fails; falls back to threads
         self.relay.setServiceParent(self)
         self.supervisor.setServiceParent(self)
         listen = getattr(self.store, "listen", None)
@@ -217,6 +225,7 @@ class Runtime(service.MultiService):
             yield self.relay.stopService()
         if self.pool.started:
             self.pool.stop()
+        yield self.parse_pool.stop()
         if self._sink_started:
             yield defer.maybeDeferred(self.sink.stop).addErrback(lambda f: None)
         if self._store_started:

@@ -7,7 +7,16 @@ row, decided when the message was recorded); consumers deduplicate by it.
 
 Scheduling:
 
-- :meth:`Relay.wake` is called right after each commit. Runs are coalesced:
+- :meth:`Relay.offer` hands over the rows a commit just queued (the store
+  reports them); while the relay is *caught up* (its last outbox read found
+  nothing left) it publishes them from memory, in commit order, without
+  reading them back. The outbox stays the durable record: the rows are
+  marked published exactly as on the read path, and any failure, a full
+  memory queue or a run of the read path drops the memory queue and goes
+  back to reading the outbox, so a crash after the commit re-publishes the
+  rows from the outbox with the same ``event_id``.
+- :meth:`Relay.wake` (after a commit the relay was not offered, e.g. an
+  auto-pause entry) makes it read the outbox. Runs are coalesced:
   one at a time, and a wake during a run makes one more run follow it, so a
   row committed while a fetch was in flight is never left behind.
 - A periodic timer (``interval_s``) wakes the relay too, for rows that other
@@ -20,7 +29,8 @@ Scheduling:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections import deque
+from typing import Any, Mapping, Optional, Sequence
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -67,12 +77,14 @@ class Relay(Service):
     :param interval_s: period of the safety-net timer.
     :param max_backoff_s: ceiling of the retry delay after failures.
     :param base_backoff_s: the first retry delay.
+    :param max_memory_rows: offered rows held in memory at most; beyond it
+        the relay reads the outbox instead.
 
     :ivar stats: counters for metrics: ``published`` (entries acknowledged
         by the sink), ``errors`` (failed runs), ``backlog`` and
         ``oldest_age_s`` (last known outbox state), ``consecutive_failures``,
         ``last_error`` (text), ``last_published_at`` (clock seconds),
-        ``runs``.
+        ``runs``, ``from_memory`` (entries published without a read-back).
     """
 
     name = "relay"  # type: ignore[assignment]
@@ -86,6 +98,7 @@ class Relay(Service):
         interval_s: float = 1.0,
         max_backoff_s: float = 30.0,
         base_backoff_s: float = 0.5,
+        max_memory_rows: int = 10_000,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -105,7 +118,13 @@ class Relay(Service):
             "last_error": None,
             "last_published_at": None,
             "runs": 0,
+            "from_memory": 0,
         }
+        self._max_memory = max_memory_rows
+        # Offered rows not yet published; only filled while caught up.
+        self._memory: deque[Any] = deque()
+        self._caught_up = False
+        self._full_run = False  # the run in progress reads the outbox
         self._run_no = 0
         self._in_run = False
         self._again = False
@@ -158,6 +177,30 @@ class Relay(Service):
             return  # the pending retry will pick the rows up
         self._start_run()
 
+    def offer(self, rows: Sequence[Any]) -> None:
+        """Rows (:class:`~imapsvc.model.OutboxRow`) a commit just queued, in
+        commit order; they are published from memory when possible, else
+        (not caught up, queue full) read from the outbox. Call it instead of
+        :meth:`wake` after a commit."""
+        if not self.running:
+            return
+        if not self._caught_up or (self._in_run and self._full_run):
+            # The outbox holds them; make sure a read follows that sees them.
+            self.wake()
+            return
+        if len(self._memory) + len(rows) > self._max_memory:
+            self._drop_memory()
+            self.wake()
+            return
+        self._memory.extend(rows)
+        if self._in_run or self.backing_off:
+            return  # the memory run in progress picks them up
+        self._start_run(full=False)
+
+    def _drop_memory(self) -> None:
+        self._memory.clear()
+        self._caught_up = False
+
     def flush(self, timeout_s: float = 10.0) -> defer.Deferred[bool]:
         """Publish everything committed so far, now (skipping a pending
         backoff): fires ``True`` once a run that started after this call
@@ -183,15 +226,19 @@ class Relay(Service):
 
     # -- the run -------------------------------------------------------
 
-    def _start_run(self, force: bool = False) -> None:
+    def _start_run(self, force: bool = False, full: bool = True) -> None:
         if not (self.running or force):
             return
         self._in_run = True
-        self._again = False
+        self._full_run = full
+        if full:
+            self._again = False
+            # The outbox holds everything offered so far: read it instead.
+            self._drop_memory()
         self._run_no += 1
         run_no = self._run_no
         self.stats["runs"] += 1
-        d = self._drain()
+        d = self._drain() if full else self._drain_memory()
         d.addBoth(self._run_done, run_no)
         fire_and_forget(d, _log, "relay run")
 
@@ -202,6 +249,8 @@ class Relay(Service):
             if not rows:
                 self.stats["backlog"] = 0
                 self.stats["oldest_age_s"] = None
+                # Rows committed from now on are offered (or woken for).
+                self._caught_up = True
                 return
             yield self._sink.publish([(row.event_id, ordered_fields(row.fields)) for row in rows])
             # A crash here publishes these rows again later: same event_ids.
@@ -213,13 +262,29 @@ class Relay(Service):
             if not self.running and not self._flush_waiters:
                 return  # stopping: the next process picks up the rest
 
+    @defer.inlineCallbacks
+    def _drain_memory(self) -> Any:
+        while self._memory and (self.running or self._flush_waiters):
+            count = min(len(self._memory), self._batch_size)
+            rows = [self._memory.popleft() for _ in range(count)]
+            yield self._sink.publish([(row.event_id, row.fields) for row in rows])
+            # A crash here publishes these rows again from the outbox.
+            yield self._store.mark_published([row.id for row in rows])
+            self.stats["published"] += len(rows)
+            self.stats["from_memory"] += len(rows)
+            self.stats["last_published_at"] = self._clock.seconds()
+            self.stats["consecutive_failures"] = 0
+
     def _run_done(self, result: Any, run_no: int) -> None:
         self._in_run = False
+        self._full_run = False
         ok = not isinstance(result, Failure)
         if ok:
             self.stats["consecutive_failures"] = 0
         else:
             assert isinstance(result, Failure)
+            # Whatever was offered is in the outbox; the retry reads it.
+            self._drop_memory()
             self.stats["errors"] += 1
             self.stats["consecutive_failures"] += 1
             self.stats["last_error"] = f"{type(result.value).__name__}: {result.getErrorMessage()}"
@@ -245,6 +310,8 @@ class Relay(Service):
             return
         if self._again:
             self._start_run()
+        elif self._memory and self._caught_up:
+            self._start_run(full=False)
 
     def _retry(self) -> None:
         self._retry_call = None

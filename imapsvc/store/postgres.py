@@ -534,15 +534,22 @@ class PostgresStore:
                 inserted = {row[0] for row in cur.fetchall()}
             new = [f and r.dedupe_key in inserted for r, f in zip(records, first)]
             published = [r for r, n in zip(records, new) if n and r.outcome == OUTCOME_PUBLISHED]
+            outbox: list[OutboxRow] = []
             if published:
                 values = b",".join(
                     cur.mogrify("(%s, %s, %s, %s)",
                                 (tenant, provider_id, r.event_id, Json(dict(r.fields or {}))))
                     for r in published
                 )
+                # RETURNING: the relay publishes these rows from memory.
                 yield cur.execute(
                     b"INSERT INTO imap_event_outbox (tenant, provider_id, event_id, fields)"
-                    b" VALUES " + values)
+                    b" VALUES " + values + b" RETURNING id, event_id, created_at")
+                by_event = {r.event_id: r for r in published}
+                outbox = sorted(
+                    (OutboxRow(int(i), tenant, provider_id, e, dict(by_event[e].fields or {}), c)
+                     for i, e, c in cur.fetchall()),
+                    key=lambda row: row.id)
             message_id = last_message_id(records, new)
             if message_id is not None:
                 yield cur.execute(
@@ -553,7 +560,8 @@ class PostgresStore:
                 yield cur.execute(_WRITE_CURSOR,
                                   self._cursor_params(tenant, provider_id, folder, cursor))
             return BatchResult(tuple(
-                r.outcome if n else OUTCOME_DUPLICATE for r, n in zip(records, new)))
+                r.outcome if n else OUTCOME_DUPLICATE for r, n in zip(records, new)),
+                outbox=tuple(outbox))
 
         return self._interact(run)
 

@@ -331,3 +331,117 @@ class OrderedFieldsTests(unittest.TestCase):
         relay.startService()
         self.addCleanup(relay.stopService)
         self.assertEqual(list(sink.entries[0][2]), list(FIELD_ORDER))
+
+
+class RelayMemoryPathTests(unittest.TestCase):
+    """Rows handed over after a commit (:meth:`Relay.offer`) go out without a
+    read-back while the relay is caught up; the outbox stays the record."""
+
+    setUp = RelayTests.setUp
+    relay = RelayTests.relay
+    stop = RelayTests.stop
+    add = RelayTests.add
+    pending = RelayTests.pending
+
+    def committed(self, *numbers: int) -> list[Any]:
+        # What a store reports after a commit: the rows just queued.
+        before = {row.id for row in self.successResultOf(self.memstore.fetch_outbox(10_000))}
+        self.add(*numbers)
+        rows = self.successResultOf(self.memstore.fetch_outbox(10_000))
+        return [row for row in rows if row.id not in before]
+
+    def counting_fetches(self) -> list[int]:
+        calls: list[int] = []
+        original = self.store.fetch_outbox
+
+        def counted(limit: int) -> Any:
+            calls.append(limit)
+            return original(limit)
+
+        self.store.fetch_outbox = counted  # type: ignore[method-assign]
+        return calls
+
+    def test_offer_when_caught_up_publishes_without_reading_the_outbox(self) -> None:
+        relay = self.relay()
+        relay.startService()  # the start-up read finds nothing: caught up
+        fetches = self.counting_fetches()
+        rows = self.committed(1, 2)
+        relay.offer(rows)
+        self.assertEqual(fetches, [], "no read-back on the hot path")
+        self.assertEqual(self.sink.event_ids, [r.event_id for r in rows])
+        self.assertEqual(self.sink.entries[0][2], entry(1)[1])
+        self.assertEqual(self.pending(), 0, "marked published in the outbox")
+        self.assertEqual(relay.stats["from_memory"], 2)
+
+    def test_offer_before_caught_up_reads_the_outbox_in_order(self) -> None:
+        older = self.add(1)
+        self.sink.fail(ConnectionError("down"))
+        relay = self.relay()
+        relay.startService()  # the start-up run fails: not caught up
+        self.assertEqual(self.sink.event_ids, [])
+        self.sink.recover()
+        self.clock.advance(0.5)  # retry publishes the older row
+        rows = self.committed(2)
+        relay.offer(rows)
+        self.assertEqual(self.sink.event_ids, older + [rows[0].event_id])
+        self.assertEqual(self.pending(), 0)
+
+    def test_crash_after_publish_before_mark_republishes_same_event_id(self) -> None:
+        relay = self.relay()
+        relay.startService()
+        rows = self.committed(1)
+        self.store.mark_failures = 1  # the process "dies" between XADD and mark
+        relay.offer(rows)
+        self.assertEqual(self.sink.event_ids, [rows[0].event_id])
+        self.assertEqual(self.pending(), 1, "still in the outbox")
+        self.clock.advance(0.5)  # the retry reads the outbox
+        self.assertEqual(self.sink.event_ids, [rows[0].event_id] * 2, "same event_id")
+        self.assertEqual(self.pending(), 0)
+
+    def test_commit_without_publish_is_recovered_from_the_outbox(self) -> None:
+        # Committed, then the process stopped before the relay saw the rows:
+        # a new relay publishes them from the outbox at start-up.
+        rows = self.committed(1, 2)
+        relay = self.relay()
+        relay.startService()
+        self.assertEqual(self.sink.event_ids, [r.event_id for r in rows])
+
+    def test_offer_during_a_full_read_does_not_duplicate(self) -> None:
+        relay = self.relay()
+        relay.startService()
+        self.store.hold_fetch = True
+        relay.wake()  # a read of the outbox is in flight
+        rows = self.committed(1)
+        relay.offer(rows)
+        self.store.release_fetch()
+        self.store.hold_fetch = False
+        self.assertEqual(self.sink.event_ids, [rows[0].event_id], "published once")
+        self.assertEqual(self.pending(), 0)
+
+    def test_offers_during_a_memory_run_keep_commit_order(self) -> None:
+        relay = self.relay()
+        relay.startService()
+        self.sink.hold()
+        first = self.committed(1)
+        relay.offer(first)
+        second = self.committed(2, 3)
+        relay.offer(second)
+        self.assertEqual(self.sink.calls, 1)
+        self.sink.release()
+        self.sink.release()
+        self.assertEqual(self.sink.event_ids, [r.event_id for r in first + second])
+        self.assertEqual(self.pending(), 0)
+
+    def test_memory_cap_falls_back_to_the_outbox(self) -> None:
+        relay = self.relay(max_memory_rows=1)
+        relay.startService()
+        fetches = self.counting_fetches()
+        rows = self.committed(1, 2)
+        relay.offer(rows)
+        self.assertTrue(fetches, "read the outbox instead")
+        self.assertEqual(self.sink.event_ids, [r.event_id for r in rows])
+
+    def test_offer_when_stopped_is_ignored(self) -> None:
+        relay = self.relay()
+        relay.offer(self.committed(1))
+        self.assertEqual(self.sink.calls, 0)
