@@ -1,0 +1,1 @@
+"""The quick-start demo (``make run``); see demo/run.py."""
