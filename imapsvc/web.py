@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from imapsvc.deferreds import with_deadline
 from imapsvc.metrics import CONTENT_TYPE, render
@@ -23,6 +24,28 @@ from imapsvc.oauth import CALLBACK_PATH, OAuthError
 
 _UUIDISH = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 _MAX_BODY = 64 * 1024
+
+
+def _detached(d: defer.Deferred) -> defer.Deferred:
+    """``d``'s result in a Deferred whose cancellation does not reach ``d``.
+
+    A deadline cancels what it waits for; cancelling a txpostgres query
+    runs libpq's blocking ``PQcancel`` on the reactor thread, which freezes
+    the whole process while the database is unreachable (a partition). The
+    ping is left to finish (or fail) on its own instead.
+    """
+    out: defer.Deferred = defer.Deferred()
+
+    def relay(result: Any) -> None:
+        if out.called:  # cancelled by the deadline: drop the late result
+            return
+        if isinstance(result, Failure):
+            out.errback(result)
+        else:
+            out.callback(result)
+
+    d.addBoth(relay)
+    return out
 
 
 class BadRequest(Exception):
@@ -143,7 +166,7 @@ class WebApp:
         for name, dep in (("database", self._store), ("event stream", self._sink)):
             try:
                 yield with_deadline(
-                    defer.maybeDeferred(dep.ping), self._deadline, self._clock, name
+                    _detached(defer.maybeDeferred(dep.ping)), self._deadline, self._clock, name
                 )
             except Exception as e:
                 reasons.append(f"{name} unreachable: {e}")
