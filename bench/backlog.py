@@ -24,7 +24,8 @@ The last line of stdout is the kit's JSON::
     {"messages": N, "seconds": S, "msgs_per_s": R, "bytes": B, "peak_rss_mb": M}
 
 ``bytes`` is the sum of RFC822.SIZE of the messages handled; ``peak_rss_mb``
-is ``ru_maxrss`` of this process (threads included). Everything else goes to
+is ``ru_maxrss`` of this process (threads included) plus the summed peak
+RSS of its helper processes (parse-pool workers, fork server). Everything else goes to
 stderr (warnings and errors of the service; ``BENCH_LOG_LEVEL=info`` for more).
 """
 
@@ -60,9 +61,51 @@ def _err(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+#: Peak RSS (KiB) of the helper processes (parse-pool workers, fork server,
+#: resource tracker), summed; filled by :func:`note_children_peak` while they
+#: still run.
+_CHILDREN_PEAK_KIB = [0]
+
+
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            out.append(kid)
+            out.extend(_descendants(kid))
+    return out
+
+
+def note_children_peak() -> None:
+    """Sum the peak RSS (``VmHWM``) of every descendant process. A sum of
+    peaks overstates the simultaneous peak (and counts shared pages twice):
+    a conservative figure."""
+    total = 0
+    for pid in _descendants(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    _CHILDREN_PEAK_KIB[0] = max(_CHILDREN_PEAK_KIB[0], total)
+
+
 def peak_rss_mb() -> float:
-    """Peak RSS of this process (all threads), MiB; Linux reports KiB."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    """Peak RSS of this process (all threads) plus its helper processes'
+    peaks (see :func:`note_children_peak`), MiB; Linux reports KiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round((own + _CHILDREN_PEAK_KIB[0]) / 1024.0, 1)
 
 
 def result_line(messages: int, seconds: float, nbytes: int) -> str:
@@ -340,6 +383,8 @@ def run(env: dict[str, Any], settings: Any) -> tuple[int, float, int]:
         outcome["result"] = (watch.messages, end - (watch.t0 or end), watch.bytes)
         outcome["published"] = runtime.relay.stats["published"]
         outcome["pipeline"] = dict(runtime.pipeline.stats)
+        note_children_peak()  # before the pool stops
+        outcome["children_mb"] = round(_CHILDREN_PEAK_KIB[0] / 1024.0, 1)
 
     def finished(result: Any) -> Any:
         if isinstance(result, Exception) or hasattr(result, "getTraceback"):
@@ -353,7 +398,8 @@ def run(env: dict[str, Any], settings: Any) -> tuple[int, float, int]:
     if "error" in outcome:
         _err(outcome["error"])
         raise SystemExit(1)
-    _err(f"pipeline {outcome['pipeline']}; relay published {outcome['published']}")
+    _err(f"pipeline {outcome['pipeline']}; relay published {outcome['published']}; "
+         f"helper processes' peak RSS {outcome['children_mb']} MiB (included)")
     return outcome["result"]
 
 
