@@ -13,16 +13,17 @@ the tenant: on Citus the tables are distributed by it.
 
 from __future__ import annotations
 
+import random
 import re
 from datetime import datetime
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import psycopg2
 from psycopg2.extras import Json
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from txpostgres import reconnection, retrying, txpostgres
+from txpostgres import reconnection, txpostgres
 from zope.interface import implementer
 
 from imapsvc.interfaces import IStore, LeaseLost, StoreUnavailable
@@ -50,6 +51,7 @@ _UNAVAILABLE = (
     psycopg2.OperationalError,
     psycopg2.InterfaceError,
     reconnection.ConnectionDead,
+    error.ConnectionClosed,  # our own close() while an operation was running
     txpostgres.RollbackFailed,
     defer.TimeoutError,
 )
@@ -137,66 +139,79 @@ def _provider(row: Sequence[Any]) -> ProviderConfig:
     )
 
 
-class _Detector(reconnection.DeadConnectionDetector):
-    """A dead-connection detector that logs, backs off, and can be stopped
-    (txpostgres' own retry loop cannot be cancelled cleanly)."""
-
-    def __init__(self, reactor: Any, label: str) -> None:
-        super().__init__(reactor=reactor)
-        self._label = label
-        self._stopped = False
-        self._pending: Any = None
-        self._delays: Iterator[float] = iter(())
-
-    def startReconnecting(self, f: Failure) -> None:  # noqa: N802 (txpostgres name)
-        log.warn("database connection {label} lost ({error}); reconnecting",
-                 label=self._label, error=f.getErrorMessage())
-        self._delays = retrying.simpleBackoffIterator(
-            initialDelay=0.5, maxDelay=10.0, factor=2.0, maxRetries=0, now=True)
-        self._attempt()
-
-    def _attempt(self) -> None:
-        self._pending = None
-        if self._stopped:
-            return
-        d = defer.maybeDeferred(self.reconnect)
-        d.addCallbacks(self._recovered, self._retry_later)
-        d.addErrback(lambda f: log.failure("database reconnection {label}", f,
-                                           label=self._label))
-
-    def _recovered(self, _: Any) -> Any:
-        if self._stopped:
-            self.reconnectable.close()
-            return None
-        log.info("database connection {label} re-established", label=self._label)
-        return self.connectionRecovered()
-
-    def _retry_later(self, f: Failure) -> None:
-        if self._stopped:
-            return
-        delay = next(self._delays)
-        log.debug("database reconnection {label} failed ({error}); next try in {delay:.1f}s",
-                  label=self._label, error=f.getErrorMessage(), delay=delay)
-        self._pending = self.reactor.callLater(delay, self._attempt)
-
-    def stop(self) -> None:
-        self._stopped = True
-        if self._pending is not None and self._pending.active():
-            self._pending.cancel()
-        self._pending = None
+def _backoff() -> Iterator[float]:
+    """Delays between reconnection attempts: the first at once, then short and
+    capped at two seconds, so a pool is whole again within a couple of seconds
+    of the database coming back (operations fail fast meanwhile)."""
+    yield 0.0
+    delay = 0.25
+    while True:
+        yield delay * random.uniform(0.75, 1.0)  # jitter: replicas do not stampede
+        delay = min(delay * 2, 2.0)
 
 
 class _Connection(txpostgres.Connection):
     """A txpostgres connection that reports a dropped server as a lost
-    connection (to its detector) instead of an unhandled reactor error, and
-    does not try to roll back on a connection that is already gone."""
+    connection (to :attr:`lost`) instead of an unhandled reactor error, and
+    does not try to roll back on a connection that is already gone.
+
+    It has no txpostgres ``DeadConnectionDetector``: a dead connection is
+    thrown away and replaced by a fresh one (see :class:`_Redial`), since a
+    reused connection object keeps stale state (a stopped detector flagged
+    "dead", a pending poll) that made it fail every query forever.
+    """
+
+    #: Called once with this connection when the server side goes away.
+    lost: Optional[Callable[[_Connection], Any]] = None
+    label = "db"
+
+    def _socket_ok(self) -> bool:
+        # libpq reports socket -1 for a broken connection that psycopg2 does
+        # not flag as closed yet; registering -1 with the reactor raises.
+        conn = self._connection
+        return conn is not None and not conn.closed and conn.fileno() >= 0
 
     def doRead(self) -> Any:  # noqa: N802 (Twisted name)
+        # txpostgres' doRead, made safe for a connection that just broke: the
+        # reactor is told (by the returned reason) instead of an exception.
+        self.reactor.removeReader(self)
         try:
-            return super().doRead()
+            if not self._connection.closed:
+                self.continuePolling()
+            self.checkForNotifies()
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
-            # Returning the exception makes the reactor call connectionLost.
             return e
+        if not self._socket_ok():
+            return error.ConnectionLost("database connection broken")
+        self.reactor.addReader(self)
+        return None
+
+    def cursorFinished(self, cursor: Any) -> None:  # noqa: N802 (txpostgres name)
+        self._cursors.discard(cursor)
+        if self._socket_ok():
+            self.reactor.addReader(self)
+            self.checkForNotifies()
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802 (Twisted name)
+        super().connectionLost(reason)
+        lost, self.lost = self.lost, None
+        if lost is not None:
+            lost(self)
+
+    @property
+    def dead(self) -> bool:
+        """True once the underlying connection is closed (by either side)."""
+        return not self._socket_ok()
+
+    def discard(self) -> None:
+        """Close without reporting a loss; safe to call in any state."""
+        self.lost = None
+        if self._connection is None:
+            return
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def _runInteraction(self, interaction: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
         cursor = self.cursor()
@@ -218,54 +233,271 @@ class _Connection(txpostgres.Connection):
         return d.addCallbacks(lambda _: f, failed)
 
 
-class _Pool(txpostgres.ConnectionPool):
-    """A txpostgres pool whose connections heal, preferring live ones."""
+def _open(reactor: Any, dsn: str, connkw: dict[str, Any], timeout: float,
+          label: str) -> defer.Deferred:
+    """Open a fresh :class:`_Connection`, bounded by ``timeout`` seconds
+    (libpq does not time out asynchronous connects itself). Cancelling the
+    result, or the timeout, closes the half-open connection: nothing leaks.
 
-    def __init__(self, reactor: Any, size: int, connargs: tuple[Any, ...],
-                 connkw: dict[str, Any]) -> None:
-        self.reactor = reactor
-        self._serial = 0
-        super().__init__(None, *connargs, min=size, **connkw)
+    :rtype: Deferred[_Connection]
+    """
+    conn = _Connection(reactor)
+    conn.label = label
+    over = []  # set once cancelled or timed out: closing then fails the connect
 
-    def connectionFactory(self, reactor: Any, cooperator: Any) -> Any:  # noqa: N802
-        self._serial += 1
-        detector = _Detector(reactor, f"pool-{self._serial}")
-        return _Connection(reactor, cooperator, detector=detector)
+    def cancel(_: Any) -> None:
+        over.append(True)
+        if timer.active():
+            timer.cancel()
+        conn.discard()
 
-    def _take(self) -> Any:
-        for conn in self.connections:
-            if not conn.detector.connectionIsDead:
-                self.connections.discard(conn)
-                return conn
-        return self.connections.pop()
+    result: defer.Deferred = defer.Deferred(cancel)
 
-    def _runInteraction(self, interaction: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
-        conn = self._take()
-        d = conn.runInteraction(interaction, *args, **kwargs)
-        return d.addBoth(self._putBackAndPassthrough, conn)
+    def expire() -> None:
+        over.append(True)
+        result.errback(defer.TimeoutError(f"connecting took over {timeout:g}s"))
+        conn.discard()
+
+    timer = reactor.callLater(timeout, expire)
+
+    def connected(_: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        if over:
+            conn.discard()
+        else:
+            result.callback(conn)
+
+    def failed(f: Failure) -> None:
+        if timer.active():
+            timer.cancel()
+        conn.discard()
+        if not over:
+            result.errback(f)
+
+    conn.connect(dsn, **connkw).addCallbacks(connected, failed)
+    return result
+
+
+class _Redial:
+    """Calls ``attempt()`` (which returns a Deferred connection) with
+    :func:`_backoff` delays until it succeeds, then ``done(conn)``. Stoppable
+    at any point without leaving a connection or a delayed call behind."""
+
+    def __init__(self, reactor: Any, label: str, attempt: Callable[[], defer.Deferred],
+                 done: Callable[[Any], Any]) -> None:
+        self._reactor = reactor
+        self._label = label
+        self._attempt_fn = attempt
+        self._done = done
+        self._delays = _backoff()
+        self._timer: Any = None
+        self._pending: Optional[defer.Deferred] = None
+        self._stopped = False
+        self.attempts = 0
+
+    def start(self) -> _Redial:
+        self._schedule()
+        return self
+
+    def _schedule(self) -> None:
+        delay = next(self._delays)
+        self._timer = self._reactor.callLater(delay, self._attempt)
+
+    def _attempt(self) -> None:
+        self._timer = None
+        if self._stopped:
+            return
+        self.attempts += 1
+        d = self._pending = self._attempt_fn()
+        d.addCallbacks(self._connected, self._failed)
+        d.addErrback(lambda f: log.failure("database reconnection {label}", f,
+                                           label=self._label))
+
+    def _connected(self, conn: Any) -> Any:
+        self._pending = None
+        if self._stopped:
+            conn.discard()
+            return None
+        log.info("database connection {label} re-established after {n} attempt(s)",
+                 label=self._label, n=self.attempts)
+        return self._done(conn)
+
+    def _failed(self, f: Failure) -> None:
+        self._pending = None
+        if self._stopped:
+            return
+        if self.attempts == 1 or self.attempts % 10 == 0:
+            log.info("database reconnection {label} failed ({error}); retrying",
+                     label=self._label, error=_one_line(f))
+        self._schedule()
 
     def stop(self) -> None:
-        for conn in self.connections:
-            conn.detector.stop()
-            try:
-                conn.close()
-            except Exception:
-                pass
+        self._stopped = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.cancel()
+
+
+def _one_line(f: Failure) -> str:
+    return " ".join(f.getErrorMessage().split()) or f.type.__name__
+
+
+class _Pool:
+    """A fixed number of connections that heal themselves.
+
+    A connection found dead (lost while idle, or an operation on it failed
+    because the connection went away) is closed and its slot redialled with
+    a *fresh* connection in the background. While no live connection is free,
+    operations fail fast with :class:`StoreUnavailable` rather than queueing
+    behind a database that is not there.
+    """
+
+    def __init__(self, reactor: Any, size: int, dsn: str, connkw: dict[str, Any],
+                 connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._size = size
+        self._dsn = dsn
+        self._connkw = connkw
+        self._connect_timeout = connect_timeout
+        self._idle: list[_Connection] = []
+        self._busy: set[_Connection] = set()
+        self._redials: set[_Redial] = set()
+        self._starting: list[defer.Deferred] = []
+        self._semaphore = defer.DeferredSemaphore(size)
+        self._serial = 0
+        self._closed = False
+
+    def _open(self) -> defer.Deferred:
+        self._serial += 1
+        return _open(self._reactor, self._dsn, self._connkw, self._connect_timeout,
+                     f"pool-{self._serial}")
+
+    @property
+    def live(self) -> int:
+        """Connections currently open (idle or in use)."""
+        return len(self._idle) + len(self._busy)
+
+    def start(self) -> defer.Deferred:
+        """Open every connection. Succeeds when at least one opens (the others
+        are redialled); fails, with everything closed, when none does."""
+        self._starting = [self._open() for _ in range(self._size)]
+        d = defer.DeferredList(self._starting, consumeErrors=True)
+
+        def opened(results: list[tuple[bool, Any]]) -> Any:
+            self._starting = []
+            conns = [c for ok, c in results if ok]
+            errors = [f for ok, f in results if not ok]
+            if self._closed:
+                for conn in conns:
+                    conn.discard()
+                raise StoreUnavailable("database store stopped while starting")
+            if not conns:
+                return errors[0]
+            for conn in conns:
+                self._add(conn)
+            if errors:
+                log.warn("{n} of {size} database connections failed to open ({error});"
+                         " retrying them", n=len(errors), size=self._size,
+                         error=_one_line(errors[0]))
+                for _ in errors:
+                    self._redial()
+            return None
+
+        return d.addCallback(opened)
+
+    def _add(self, conn: _Connection) -> None:
+        if self._closed:
+            conn.discard()
+            return
+        conn.lost = self._lost
+        self._idle.append(conn)
+
+    def _lost(self, conn: _Connection) -> None:
+        """The server side of ``conn`` went away."""
+        if conn in self._idle:
+            self._idle.remove(conn)
+            self._replace(conn, "lost while idle")
+        # A busy connection is replaced when its operation finishes (_done).
+
+    def _replace(self, conn: _Connection, why: str) -> None:
+        conn.discard()
+        if self._closed:
+            return
+        log.warn("database connection {label} {why}; reconnecting", label=conn.label, why=why)
+        self._redial()
+
+    def _redial(self) -> None:
+        def done(conn: _Connection) -> None:
+            self._redials.discard(redial)
+            self._add(conn)
+
+        redial = _Redial(self._reactor, "pool", self._open, done)
+        self._redials.add(redial)
+        redial.start()
+
+    def run_interaction(self, interaction: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Run ``interaction(cursor, *args)`` in a transaction on a free
+        connection."""
+        if self._closed:
+            return defer.fail(StoreUnavailable("database store is stopped"))
+        return self._semaphore.run(self._run, interaction, *args)
+
+    def _run(self, interaction: Callable[..., Any], *args: Any) -> defer.Deferred:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.dead:  # closed, and the reactor has not told us yet
+                self._replace(conn, "found closed")
+                continue
+            self._busy.add(conn)
+            d = conn.runInteraction(interaction, *args)
+            return d.addBoth(self._done, conn)
+        return defer.fail(StoreUnavailable("database unavailable (reconnecting)"))
+
+    def _done(self, result: Any, conn: _Connection) -> Any:
+        self._busy.discard(conn)
+        broken = isinstance(result, Failure) and result.check(*_UNAVAILABLE)
+        if self._closed:
+            conn.discard()
+        elif conn.dead or broken:
+            self._replace(conn, "failed during an operation")
+        else:
+            self._idle.append(conn)
+        return result
+
+    def close(self) -> None:
+        """Close every connection (operations in flight fail) and stop
+        redialling."""
+        self._closed = True
+        for d in self._starting:
+            d.cancel()
+        for redial in list(self._redials):
+            redial.stop()
+        self._redials.clear()
+        for conn in self._idle + list(self._busy):
+            conn.discard()
+        self._idle = []
 
 
 class Listener:
     """One ``LISTEN`` on its own connection; see :meth:`PostgresStore.listen`."""
 
-    def __init__(self, reactor: Any, dsn: str, connkw: dict[str, Any], channel: str,
+    def __init__(self, reactor: Any, open_conn: Callable[[str], defer.Deferred], channel: str,
                  callback: Callable[[str], Any],
                  on_reconnect: Optional[Callable[[], Any]]) -> None:
         self.channel = channel
+        self._reactor = reactor
+        self._open_conn = open_conn
         self._callback = callback
         self._on_reconnect = on_reconnect
-        self._detector = _Detector(reactor, f"listen-{channel}")
-        self._conn = _Connection(reactor, detector=self._detector)
-        self._dsn = dsn
-        self._connkw = connkw
+        self._conn: Optional[_Connection] = None
+        self._redial: Optional[_Redial] = None
+        self._stopped = False
+        #: How many times the connection was re-established (for tests/metrics).
+        self.reconnects = 0
 
     def _notified(self, notify: Any) -> Any:
         if notify.channel != self.channel:
@@ -273,30 +505,64 @@ class Listener:
         return defer.maybeDeferred(self._callback, notify.payload).addErrback(
             lambda f: log.failure("LISTEN {channel} callback failed", f, channel=self.channel))
 
-    def _recovered(self) -> Any:
-        d = self._conn.runOperation(f'LISTEN "{self.channel}"')
-        if self._on_reconnect is not None:
-            # Notifications sent while we were away are lost: let the owner resync.
-            d.addCallback(lambda _: self._on_reconnect())  # type: ignore[misc]
-        return d.addErrback(
-            lambda f: log.failure("re-LISTEN {channel} failed", f, channel=self.channel))
+    @defer.inlineCallbacks
+    def _connect(self) -> Any:
+        """A fresh connection with the LISTEN issued (closed if that fails)."""
+        conn = yield self._open_conn(f"listen-{self.channel}")
+        try:
+            yield conn.runOperation(f'LISTEN "{self.channel}"')
+        except BaseException:
+            conn.discard()
+            raise
+        return conn
+
+    def _attach(self, conn: _Connection) -> None:
+        if self._stopped:
+            conn.discard()
+            return
+        conn.addNotifyObserver(self._notified)
+        conn.lost = self._lost
+        self._conn = conn
+
+    def _lost(self, conn: _Connection) -> None:
+        if self._stopped or conn is not self._conn:
+            return
+        self._conn = None
+        conn.removeNotifyObserver(self._notified)
+        conn.discard()
+        log.warn("LISTEN {channel} connection lost; reconnecting", channel=self.channel)
+        self._redial = _Redial(self._reactor, f"listen-{self.channel}", self._connect,
+                               self._reconnected).start()
+
+    def _reconnected(self, conn: _Connection) -> Any:
+        self._redial = None
+        self._attach(conn)
+        if self._stopped:
+            return None
+        self.reconnects += 1
+        if self._on_reconnect is None:
+            return None
+        # Notifications sent while we were away are lost: let the owner resync.
+        return defer.maybeDeferred(self._on_reconnect).addErrback(
+            lambda f: log.failure("LISTEN {channel} on_reconnect failed", f,
+                                  channel=self.channel))
 
     @defer.inlineCallbacks
     def start(self) -> Any:
-        self._conn.addNotifyObserver(self._notified)
-        self._detector.addRecoveryHandler(self._recovered)
-        yield self._conn.connect(self._dsn, **self._connkw)
-        yield self._conn.runOperation(f'LISTEN "{self.channel}"')
+        conn = yield self._connect()
+        self._attach(conn)
         return self
 
     def stop(self) -> None:
         """Stop listening and close the connection."""
-        self._detector.stop()
-        self._conn.removeNotifyObserver(self._notified)
-        try:
-            self._conn.close()
-        except Exception:
-            pass
+        self._stopped = True
+        if self._redial is not None:
+            self._redial.stop()
+            self._redial = None
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.removeNotifyObserver(self._notified)
+            conn.discard()
 
 
 def _unavailable(f: Failure) -> Failure:
@@ -314,65 +580,80 @@ class PostgresStore:
     :param dsn: a libpq connection string or ``postgresql://`` URL.
     :param reactor: the reactor (``IReactorFDSet`` and ``IReactorTime``).
     :param pool_size: connections kept open.
-    :param connect_timeout: seconds allowed for :meth:`start` to connect.
+    :param connect_timeout: seconds allowed for one connection attempt
+        (in :meth:`start` and in every reconnection).
+    :param application_name: shown in ``pg_stat_activity``; give each
+        worker its own (e.g. ``imapsvc-<worker id>``) so operators can tell
+        replicas' connections apart.
     """
 
     def __init__(self, dsn: str, reactor: Any, pool_size: int = 4,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, application_name: str = "imapsvc") -> None:
         self._dsn = dsn
         self._reactor = reactor
+        self._pool_size = pool_size
         self._connect_timeout = connect_timeout
         # Keepalives notice a vanished server on an idle connection.
         self._connkw = {
-            "application_name": "imapsvc",
+            "application_name": application_name[:63],
             "keepalives": 1,
             "keepalives_idle": 30,
             "keepalives_interval": 10,
             "keepalives_count": 3,
         }
-        self._pool = _Pool(reactor, pool_size, (dsn,), self._connkw)
+        # Built afresh by every start(): a pool is never reused after a
+        # failed start or a stop (stale connection state is what used to
+        # make a restarted pool fail every query).
+        self._pool: Optional[_Pool] = None
         self._listeners: list[Listener] = []
 
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> defer.Deferred:
         """Open the pool. Fails with StoreUnavailable (and leaves nothing
-        open) when the database cannot be reached in time."""
-        d = self._pool.start()
-        d.addTimeout(self._connect_timeout, self._reactor)
+        open) when no connection could be opened in time; may be called
+        again after that, or after :meth:`stop`."""
+        if self._pool is not None:
+            self._pool.close()
+        pool = self._pool = _Pool(self._reactor, self._pool_size, self._dsn, self._connkw,
+                                  self._connect_timeout)
 
         def failed(f: Failure) -> Failure:
-            self._pool.stop()
-            if f.check(defer.FirstError):
-                f = f.value.subFailure
+            pool.close()
+            if self._pool is pool:
+                self._pool = None
             if f.check(defer.CancelledError, defer.TimeoutError):
                 return Failure(StoreUnavailable("timed out connecting to the database"))
             return _unavailable(f)
 
-        d.addCallbacks(lambda _: None, failed)
-        return d
+        return pool.start().addErrback(failed)
 
     def stop(self) -> defer.Deferred:
         """Close the pool and every listener."""
         for listener in self._listeners:
             listener.stop()
         self._listeners = []
-        self._pool.stop()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.close()
         return defer.succeed(None)
+
+    def _open(self, label: str) -> defer.Deferred:
+        return _open(self._reactor, self._dsn, self._connkw, self._connect_timeout, label)
 
     def listen(self, channel: str, callback: Callable[[str], Any],
                on_reconnect: Optional[Callable[[], Any]] = None) -> defer.Deferred:
         """``LISTEN channel`` on a dedicated connection; ``callback(payload)``
-        for every notification. The connection heals like the pool's; after
-        it does, ``on_reconnect()`` runs, since notifications sent meanwhile
-        are lost. Stopped by :meth:`stop` or the :class:`Listener`'s ``stop``.
+        for every notification. A lost connection is replaced by a fresh one
+        (retried until the database answers); after that, ``on_reconnect()``
+        runs, since notifications sent meanwhile are lost. Stopped by
+        :meth:`stop` or the :class:`Listener`'s ``stop``.
 
         :rtype: Deferred[Listener]
         """
         if not _CHANNEL.match(channel):
             return defer.fail(ValueError(f"bad channel name {channel!r}"))
-        listener = Listener(self._reactor, self._dsn, self._connkw, channel, callback,
-                            on_reconnect)
+        listener = Listener(self._reactor, self._open, channel, callback, on_reconnect)
         self._listeners.append(listener)
         d = listener.start()
 
@@ -389,7 +670,9 @@ class PostgresStore:
     def _interact(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
         """Run ``fn(cursor, *args)`` (an inlineCallbacks generator function
         or plain function) in one transaction."""
-        return self._pool.runInteraction(fn, *args).addErrback(_unavailable)
+        if self._pool is None:
+            return defer.fail(StoreUnavailable("database store not started"))
+        return self._pool.run_interaction(fn, *args).addErrback(_unavailable)
 
     @defer.inlineCallbacks
     def _query(self, sql: str, params: Sequence[Any] = ()) -> Any:
