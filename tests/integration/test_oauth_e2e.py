@@ -259,6 +259,40 @@ class OAuthEndToEndTests(unittest.TestCase):
         code = self.proc.terminate()
         self.assertEqual(code, 0, self.proc.log_text()[-2000:])
 
+    @defer.inlineCallbacks
+    def test_revoked_refresh_token_needs_reauth(self):
+        """Refresh-ahead meets a revoked grant: ``invalid_grant`` is an auth
+        failure (counted, no retry loop against the token endpoint)."""
+        self.auth.expires_in = REFRESH_MARGIN_S + 5
+        status, _location, body = request(self.consent(self.return_base))
+        self.assertEqual(status, 302, body)
+        yield wait_for(lambda: self.provider_status() == "connected", 20, "XOAUTH2 login")
+        self.auth.revoke_refresh_tokens()
+        yield wait_for(
+            lambda: ("refresh_token", "invalid_grant") in self.auth.refused, 20, "refused refresh"
+        )
+
+        def reauth_or_paused():
+            # The supervisor retries one login per discovery pass and pauses
+            # the provider after a few failures: either is the right outcome.
+            paused = pg.execute(
+                self.dsn, "SELECT inbound_pause_reason FROM email_providers WHERE id = %s",
+                (self.pid,),
+            )[0][0]
+            return paused == "auth_failure" or self.folder_state() == "NeedsReauth"
+
+        yield wait_for(reauth_or_paused, 10, "NeedsReauth")
+        count, code = pg.execute(
+            self.dsn,
+            "SELECT inbound_auth_failure_count, inbound_auth_failure_code FROM email_providers"
+            " WHERE id = %s",
+            (self.pid,),
+        )[0]
+        self.assertGreaterEqual(count, 1)
+        self.assertEqual(code, "invalid_grant")
+        self.assertEqual(self.auth.grants, ["authorization_code"])
+        self.assert_no_plaintext_tokens()
+
     def folder_state(self):
         history = self.folder_history()
         return history[-1]["to"] if history else None
