@@ -46,7 +46,7 @@ class FolderCursor:
         return out
 
     @classmethod
-    def from_json(cls, data: Optional[Mapping[str, Any]]) -> Optional["FolderCursor"]:
+    def from_json(cls, data: Optional[Mapping[str, Any]]) -> Optional[FolderCursor]:
         if not data:
             return None
 
