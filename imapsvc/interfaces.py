@@ -84,8 +84,10 @@ class IStore(Interface):
         """Queue one stream entry that belongs to no message (e.g.
         ``INBOUND_EMAIL_PROVIDER_AUTO_PAUSED``)."""
 
-    def fetch_outbox(limit):
-        """The oldest unpublished outbox rows, in commit order.
+    def fetch_outbox(limit, owner=None):
+        """The oldest unpublished outbox rows, in commit order. With
+        ``owner``: only rows of providers that ``owner`` leases or that no
+        worker holds a live lease for (released, expired, deleted).
 
         :rtype: Deferred[list[imapsvc.model.OutboxRow]]
         """

@@ -90,7 +90,7 @@ class Runtime(service.MultiService):
             SecretStore(self.store, self.box, s.secrets_dir or None) if self.box else None
         )
         self.credentials = CredentialSource(self.store, self.secrets, self.box, http, reactor)
-        self.relay = Relay(self.store, self.sink, reactor)
+        self.relay = Relay(self.store, self.sink, reactor, owner=s.worker_id)
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="imapsvc-parse")
         # -- parse process pool (owned by the pipeline/performance task) --
         from imapsvc.parse_pool import ParsePool

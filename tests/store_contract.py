@@ -308,6 +308,31 @@ class StoreContractMixin:
         self.assertIsNotNone(row["last_seen_at"])
 
     @defer.inlineCallbacks
+    def test_fetch_outbox_for_owner_skips_rows_another_worker_leases(self) -> Any:
+        mine = yield self.leased("worker-a")
+        theirs = yield self.leased("worker-b")
+        for p, owner in ((mine, "worker-a"), (theirs, "worker-b")):
+            yield self.store.record_batch(
+                p.tenant, p.provider_id, "INBOX", owner,
+                [record(1, message_id=f"<{owner}@x>")], FolderCursor("7", "1"))
+        orphan = yield self.leased("worker-c")
+        yield self.store.add_outbox(orphan.tenant, orphan.provider_id, new_id(), {"k": "v"})
+        yield self.store.release_lease(orphan.tenant, orphan.provider_id, "worker-c")
+
+        def keys(rows: Any) -> list[tuple[str, str]]:
+            return [(r.tenant, r.provider_id) for r in rows]
+
+        self.assertEqual(len((yield self.store.fetch_outbox(100))), 3)
+        self.assertEqual(keys((yield self.store.fetch_outbox(100, "worker-a"))),
+                         [mine.key, orphan.key])
+        self.assertEqual(keys((yield self.store.fetch_outbox(100, "worker-b"))),
+                         [theirs.key, orphan.key])
+        # Once worker-b's lease has expired its rows are anybody's.
+        yield defer.maybeDeferred(self.expire_lease, theirs.tenant, theirs.provider_id)
+        self.assertEqual(keys((yield self.store.fetch_outbox(100, "worker-a"))),
+                         [mine.key, theirs.key, orphan.key])
+
+    @defer.inlineCallbacks
     def test_record_batch_duplicates(self) -> Any:
         p = yield self.leased()
         yield self.store.record_batch(

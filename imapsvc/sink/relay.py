@@ -99,12 +99,16 @@ class Relay(Service):
         max_backoff_s: float = 30.0,
         base_backoff_s: float = 0.5,
         max_memory_rows: int = 10_000,
+        owner: Optional[str] = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self._store = store
         self._sink = sink
         self._clock = clock
+        # With several replicas each relays only the rows of providers it
+        # leases (or that nobody leases): two relays never XADD one row.
+        self._owner = owner
         self._batch_size = batch_size
         self._interval_s = interval_s
         self._max_backoff_s = max_backoff_s
@@ -245,7 +249,10 @@ class Relay(Service):
     @defer.inlineCallbacks
     def _drain(self) -> Any:
         while True:
-            rows = yield self._store.fetch_outbox(self._batch_size)
+            if self._owner is None:
+                rows = yield self._store.fetch_outbox(self._batch_size)
+            else:
+                rows = yield self._store.fetch_outbox(self._batch_size, self._owner)
             if not rows:
                 self.stats["backlog"] = 0
                 self.stats["oldest_age_s"] = None

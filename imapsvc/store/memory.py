@@ -340,8 +340,17 @@ class MemoryStore:
         self._append_outbox(tenant, provider_id, event_id, fields)
 
     @_wrap
-    def fetch_outbox(self, limit: int) -> list[OutboxRow]:
-        rows = [r for r in self._outbox if r["published_at"] is None][:limit]
+    def fetch_outbox(self, limit: int, owner: Optional[str] = None) -> list[OutboxRow]:
+        def relayable(r: dict[str, Any]) -> bool:
+            if owner is None:
+                return True
+            row = self._row(r["tenant"], r["provider_id"])
+            if row is None or row["lease_owner"] is None or row["lease_owner"] == owner:
+                return True
+            expires = row["lease_expires_at"]
+            return expires is None or expires <= self.now()
+
+        rows = [r for r in self._outbox if r["published_at"] is None and relayable(r)][:limit]
         return [
             OutboxRow(r["id"], r["tenant"], r["provider_id"], r["event_id"], dict(r["fields"]),
                       r["created_at"])

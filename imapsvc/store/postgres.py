@@ -859,11 +859,21 @@ class PostgresStore:
         ).addCallback(lambda _: None)
 
     @defer.inlineCallbacks
-    def fetch_outbox(self, limit: int) -> Any:
+    def fetch_outbox(self, limit: int, owner: Optional[str] = None) -> Any:
+        # With an owner: rows of providers it leases, or that nobody holds a
+        # live lease for (released, expired, deleted). Rows another replica
+        # is relaying right now are left to it, so two relays never XADD the
+        # same row.
         rows = yield self._query(
-            "SELECT id, tenant, provider_id, event_id, fields, created_at"
-            " FROM imap_event_outbox WHERE published_at IS NULL ORDER BY id LIMIT %s",
-            (int(limit),))
+            "SELECT o.id, o.tenant, o.provider_id, o.event_id, o.fields, o.created_at"
+            " FROM imap_event_outbox o LEFT JOIN imap_email_provider_config c"
+            "   ON c.tenant = o.tenant AND c.email_provider_id = o.provider_id"
+            " WHERE o.published_at IS NULL AND (%s::text IS NULL"
+            "   OR c.email_provider_id IS NULL OR c.lease_owner IS NULL"
+            "   OR c.lease_owner = %s OR c.lease_expires_at IS NULL"
+            "   OR c.lease_expires_at <= now())"
+            " ORDER BY o.id LIMIT %s",
+            (owner, owner, int(limit)))
         return [OutboxRow(int(i), str(t), str(p), e, f, c) for i, t, p, e, f, c in rows]
 
     def mark_published(self, ids: Sequence[int]) -> defer.Deferred:

@@ -435,10 +435,18 @@ class SqliteOps:
             (tenant, provider_id, event_id,
              json.dumps({str(k): str(v) for k, v in fields.items()}), self.now()))
 
-    def fetch_outbox(self, limit: int) -> list[OutboxRow]:
+    def fetch_outbox(self, limit: int, owner: Optional[str] = None) -> list[OutboxRow]:
+        # Same rule as Postgres: with an owner, skip rows of providers that
+        # another worker holds a live lease for.
         rows = self._all(
-            "SELECT id, tenant, provider_id, event_id, fields, created_at FROM imap_event_outbox"
-            " WHERE published_at IS NULL ORDER BY id LIMIT ?", (int(limit),))
+            "SELECT o.id, o.tenant, o.provider_id, o.event_id, o.fields, o.created_at"
+            " FROM imap_event_outbox o LEFT JOIN imap_email_provider_config c"
+            "   ON c.tenant = o.tenant AND c.email_provider_id = o.provider_id"
+            " WHERE o.published_at IS NULL AND (? IS NULL"
+            "   OR c.email_provider_id IS NULL OR c.lease_owner IS NULL"
+            "   OR c.lease_owner = ? OR c.lease_expires_at IS NULL"
+            "   OR c.lease_expires_at <= ?)"
+            " ORDER BY o.id LIMIT ?", (owner, owner, self.now(), int(limit)))
         return [OutboxRow(int(i), t, p, e, json.loads(f), from_ts(c))  # type: ignore[arg-type]
                 for i, t, p, e, f, c in rows]
 

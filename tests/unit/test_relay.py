@@ -31,11 +31,11 @@ class FlakyStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    def fetch_outbox(self, limit: int) -> Any:
+    def fetch_outbox(self, limit: int, owner: Any = None) -> Any:
         if self.fetch_failures:
             self.fetch_failures -= 1
             return defer.fail(ConnectionError("store down"))
-        snapshot = self._store.fetch_outbox(limit)  # taken now, delivered later
+        snapshot = self._store.fetch_outbox(limit, owner)  # taken now, delivered later
         if not self.hold_fetch:
             return snapshot
         gate: defer.Deferred[Any] = defer.Deferred()
@@ -96,6 +96,21 @@ class RelayTests(unittest.TestCase):
         self.assertEqual(self.sink.entries[0][2], entry(1)[1], "fields go out unchanged")
         self.assertEqual(self.pending(), 0)
         self.assertEqual(relay.stats["published"], 3)
+
+    def test_owner_relays_only_rows_it_may(self) -> None:
+        # Another replica leases P: its committed rows are its to publish.
+        self.memstore.add_provider(tenant=T, provider_id=P)
+        self.successResultOf(self.memstore.acquire_lease(T, P, "other", 60000))
+        self.add(1, 2)
+        relay = self.relay(owner="me")
+        relay.startService()
+        relay.wake()
+        self.assertEqual(self.sink.event_ids, [])
+        self.assertEqual(self.pending(), 2)
+        # Its lease lapses (the replica died): now they are anybody's.
+        self.memstore.expire_lease(T, P)
+        relay.wake()
+        self.assertEqual(len(self.sink.event_ids), 2)
 
     def test_not_started_ignores_wake(self) -> None:
         relay = self.relay()
