@@ -36,6 +36,8 @@ REFRESH_MARGIN_S = 300
 #: Token-endpoint error codes that mean the grant or client is dead: an auth
 #: failure for the supervisor (counts towards the auto-pause), not a retry.
 AUTH_FAILURE_CODES = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
+#: The auth-failure code of a provider still waiting for its first consent.
+AWAITING_CONSENT = "awaiting_consent"
 
 
 class OAuthError(Exception):
@@ -64,6 +66,14 @@ class MissingCredentials(Exception):
 
     auth_failure = True
     code = "missing_credentials"
+
+
+class AwaitingConsent(MissingCredentials):
+    """An OAuth2 provider that was never consented to (no token of any kind
+    yet): it waits for the operator, and does not count towards the
+    auto-pause for repeated authentication failures."""
+
+    code = AWAITING_CONSENT
 
 
 def access_token_name(provider_id: str) -> str:
@@ -336,6 +346,8 @@ class CredentialSource:
             provider.tenant, refresh_token_name(provider.provider_id)
         )
         if not refresh:
+            if not provider.access_token:
+                raise AwaitingConsent("waiting for the mailbox owner's OAuth consent")
             raise MissingCredentials("no refresh token is stored; re-consent is needed")
         _a, token_url, _s = o.endpoints(
             provider.host,

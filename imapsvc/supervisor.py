@@ -24,6 +24,10 @@ from imapsvc.deferreds import fire_and_forget
 from imapsvc.interfaces import IAdmin
 from imapsvc.model import ProviderConfig
 
+#: The folder's auth-failure code for an OAuth2 provider never consented to
+#: (see imapsvc.oauth.AwaitingConsent); kept here to avoid importing oauth.
+AWAITING_CONSENT = "awaiting_consent"
+
 Key = tuple[str, str]
 
 #: Folder states from which a discovery pass retries the provider's login.
@@ -396,6 +400,15 @@ class Supervisor(service.MultiService):
 
     @defer.inlineCallbacks
     def provider_auth_failed(self, provider: ProviderConfig, code: str):
+        if code == AWAITING_CONSENT:
+            # Never consented: nothing failed yet, the row just waits for the
+            # OAuth callback (which NOTIFYs and starts it at once).
+            self.log.info(
+                "provider {tenant}/{provider} waits for OAuth consent",
+                tenant=provider.tenant,
+                provider=provider.provider_id,
+            )
+            return
         self.auth_failures += 1
         count, paused = yield self.store.record_auth_failure(
             provider.tenant, provider.provider_id, code, self.auth_pause_after

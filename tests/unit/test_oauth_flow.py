@@ -203,6 +203,19 @@ class CredentialSourceTests(Base):
         self.store.put_secret = real_put
         self.assertEqual(self.successResultOf(self.secrets.get(T, refresh_token_name(P))), "rt-new")
 
+    def test_never_consented_is_awaiting_consent(self):
+        f = self.failureResultOf(self.source().credentials(self.provider), oauth.AwaitingConsent)
+        self.assertEqual(f.value.code, oauth.AWAITING_CONSENT)
+        self.assertEqual(self.endpoint.requests, [])
+
+    def test_lost_refresh_token_after_consent_is_missing_credentials(self):
+        sealed = self.box.seal_text(T, oauth.access_token_name(P), "at-old")
+        expired = datetime.fromtimestamp(self.clock.seconds() - 10, tz=UTC)
+        p = attr.evolve(self.provider, access_token=sealed, token_expires_at=expired)
+        f = self.failureResultOf(self.source().credentials(p), oauth.MissingCredentials)
+        self.assertNotIsInstance(f.value, oauth.AwaitingConsent)
+        self.assertEqual(f.value.code, "missing_credentials")
+
     def test_invalid_grant_is_auth_failure(self):
         self.successResultOf(self.secrets.put(T, refresh_token_name(P), "rt"))
         self.endpoint.answers.append((400, {"error": "invalid_grant"}))

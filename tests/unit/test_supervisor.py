@@ -182,6 +182,20 @@ class SupervisorTests(unittest.TestCase):
         self.clock.advance(60)
         self.assertEqual(len(self.paused), 1)
 
+    def test_awaiting_consent_is_not_counted(self):
+        self.add("p1", auth_type="oauth2")
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        for _ in range(4):
+            svc = sup.providers[(T1, "p1")]
+            svc.folder_state_changed("INBOX", "NeedsReauth", "waiting for consent")
+            svc.auth_failed("INBOX", "awaiting_consent")
+            self.clock.advance(60)
+        self.assertEqual(self.paused, [])
+        row = self.store.provider_row(T1, "p1")
+        self.assertEqual(row["inbound_auth_failure_count"], 0)
+        self.assertIsNone(row["inbound_paused_at"])
+
     def test_login_resets_failure_count(self):
         self.add("p1")
         sup = self.make_supervisor()
