@@ -520,14 +520,34 @@ class FolderService(service.Service):
             # again from a higher UIDNEXT and skips what arrived meanwhile.
             yield self.store.write_cursor(tenant, pid, name, start.cursor, self.owner)
             self._check()
-        for chunk in P.chunk_by_count(uids, self.options.fetch_chunk):
+        chunks = list(P.chunk_by_count(uids, self.options.fetch_chunk))
+        ahead: Optional[defer.Deferred] = None
+        for i, chunk in enumerate(chunks):
             self._check()
-            messages = yield self._fetch_chunk(proto, name, validity, chunk)
+            fetching = ahead if ahead is not None else self._fetch_chunk(
+                proto, name, validity, chunk
+            )
+            ahead = None
+            messages = yield fetching
             self._check()
+            if i + 1 < len(chunks):
+                # Fetch the next chunk while this one is mapped and committed,
+                # so IMAP round trips overlap the pipeline's work. One chunk
+                # ahead at most; batches are still handed off in UID order.
+                ahead = self._fetch_chunk(proto, name, validity, chunks[i + 1])
             after = advance(cursor, chunk[-1], self.reactor.seconds())
-            if messages:
-                yield self.pipeline.handle_batch(self.provider, name, self.owner, messages, after)
-                self.handed_off += len(messages)
+            try:
+                if messages:
+                    yield self.pipeline.handle_batch(
+                        self.provider, name, self.owner, messages, after
+                    )
+                    self.handed_off += len(messages)
+            except BaseException:
+                if ahead is not None:
+                    # The session is dropped for this failure; the chunk read
+                    # ahead dies with the connection and is fetched again.
+                    ahead.addErrback(lambda _f: None)
+                raise
             cursor = after
             self.cursor = after
 

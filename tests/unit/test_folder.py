@@ -470,6 +470,31 @@ class FolderServiceTests(SynchronousTestCase):
         self.assertEqual([len(b[0]) for b in r.pipeline.batches], [200, 200, 50])
         self.assertTrue(all(b[3] == "worker-1" for b in r.pipeline.batches))
 
+    def test_next_chunk_fetched_while_the_previous_is_committed(self):
+        r = self.rig(options=FolderOptions(**{**_opts(), "fetch_chunk": 200}))
+        r.server.add(450)
+        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.pipeline.hold = True
+        r.start()
+        metas = [c for c in r.server.commands if c[0] == "FETCH_META"]
+        # Chunk 1 is with the pipeline, chunk 2 is already read; not chunk 3.
+        self.assertEqual([m[1][0] for m in metas], [1, 201])
+        self.assertEqual(r.pipeline.batches, [])
+        r.pipeline.hold = False
+        r.pipeline.release()
+        self.assertEqual(r.pipeline.uids, list(range(1, 451)))
+        self.assertEqual([b[1].last_uid for b in r.pipeline.batches], ["200", "400", "450"])
+
+    def test_failed_batch_with_a_chunk_read_ahead_keeps_the_cursor(self):
+        r = self.rig(options=FolderOptions(**{**_opts(), "fetch_chunk": 200}))
+        r.server.add(450)
+        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.pipeline.fail_with = RuntimeError("db down")
+        r.start()
+        self.assertEqual(r.store.cursors["INBOX"].last_uid, "0")
+        self.assertEqual(r.pipeline.batches, [])
+        self.flushLoggedErrors(RuntimeError)
+
     def test_structure_path_fetches_text_only(self):
         r = self.rig()
         r.server.add(1, struct=("text", 10))
