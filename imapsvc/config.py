@@ -323,6 +323,9 @@ SETTINGS: tuple[Setting, ...] = (
             "UIDs per UID FETCH command", _P),
     Setting("IMAP_PARSE_THREAD_THRESHOLD_BYTES", non_negative_int, 262144,
             "messages larger than this are parsed off the reactor thread", _P),
+    Setting("IMAP_PARSE_PROCESSES", non_negative_int, 0,
+            "worker processes for parsing large batches (0: a thread; more trades "
+            "memory for throughput, see docs/performance.md)", _P),
     Setting("IMAP_LEDGER_RETENTION_DAYS", positive_int, 90,
             "keep dedupe ledger rows this many days", _P),
     Setting("IMAP_EVENT_STREAM_MAXLEN", non_negative_int, 0,
@@ -420,6 +423,7 @@ class Settings:
     max_text_part_bytes: int = _default("IMAP_MAX_TEXT_PART_BYTES")
     fetch_chunk: int = _default("IMAP_FETCH_CHUNK")
     parse_thread_threshold_bytes: int = _default("IMAP_PARSE_THREAD_THRESHOLD_BYTES")
+    parse_processes: int = _default("IMAP_PARSE_PROCESSES")
     ledger_retention_days: int = _default("IMAP_LEDGER_RETENTION_DAYS")
     event_stream_maxlen: int = _default("IMAP_EVENT_STREAM_MAXLEN")
     database_url: str = attr.ib(default=_default("DATABASE_URL"), repr=False)

@@ -30,7 +30,10 @@ def build_store(settings: Any, reactor: Any) -> Any:
     if settings.database_url:
         from imapsvc.store.postgres import PostgresStore
 
-        return PostgresStore(settings.database_url, reactor)
+        # application_name tells workers apart in pg_stat_activity.
+        return PostgresStore(
+            settings.database_url, reactor, application_name=f"imapsvc-{settings.worker_id}"
+        )
     from imapsvc.store.sqlite import SqliteStore
 
     return SqliteStore(settings.sqlite_path, reactor)
@@ -95,7 +98,7 @@ class Runtime(service.MultiService):
         # -- parse process pool (owned by the pipeline/performance task) --
         from imapsvc.parse_pool import ParsePool
 
-        self.parse_pool = ParsePool(reactor, int(getattr(s, "parse_processes", 0) or 0))
+        self.parse_pool = ParsePool(reactor, s.parse_processes)
         self.pipeline = Pipeline(
             self.store,
             self.relay.wake,
