@@ -672,7 +672,7 @@ class PostgresStore:
         or plain function) in one transaction."""
         if self._pool is None:
             return defer.fail(StoreUnavailable("database store not started"))
-        return self._pool.run_interaction(fn, *args).addErrback(_unavailable)
+        return _shielded(self._pool.run_interaction(fn, *args).addErrback(_unavailable))
 
     @defer.inlineCallbacks
     def _query(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -1029,3 +1029,23 @@ class PostgresStore:
 
     def ping(self) -> defer.Deferred:
         return self._query("SELECT 1").addCallback(lambda _: None)
+
+
+def _shielded(inner: defer.Deferred) -> defer.Deferred:
+    """A Deferred with ``inner``'s result that can be cancelled (deadlines,
+    shutdown) without cancelling ``inner``.
+
+    Cancelling a txpostgres operation runs libpq's blocking ``PQcancel`` on
+    the reactor thread, which freezes the whole service while the server is
+    unreachable. The abandoned operation finishes (or fails) on its own and
+    its connection returns to the pool as usual.
+    """
+    outer: defer.Deferred = defer.Deferred()
+
+    def relay(result: Any) -> None:
+        if not outer.called:
+            outer.callback(result) if not isinstance(result, Failure) else outer.errback(result)
+        return None  # an abandoned failure is not an unhandled error
+
+    inner.addBoth(relay)
+    return outer

@@ -345,3 +345,33 @@ class ListenRecoveryTests(RecoveryTestBase):
         yield _tick(2.5)
         self.assertEqual(self.resyncs, 0)
         self.assertEqual(self.backends(listening=True), [])
+
+
+class CancellationTests(RecoveryTestBase):
+    @defer.inlineCallbacks
+    def test_deadline_during_a_partition_does_not_freeze_the_reactor(self) -> Any:
+        """A caller's deadline cancels its wait, not the txpostgres query
+        (whose cancel is a blocking PQcancel on the reactor thread)."""
+        from twisted.internet.task import LoopingCall
+
+        from imapsvc.deferreds import DeadlineExceeded, with_deadline
+
+        store = self.make_store()
+        yield store.start()
+        self.proxy.stall()  # packets vanish both ways: a partition
+        ticks: list[float] = []
+        ticker = LoopingCall(lambda: ticks.append(reactor.seconds()))
+        ticker.start(0.05)
+        self.addCleanup(lambda: ticker.running and ticker.stop())
+        t0 = reactor.seconds()
+        yield self.assertFailure(
+            with_deadline(store.ping(), 0.5, reactor, "ping"), DeadlineExceeded
+        )
+        self.assertLess(reactor.seconds() - t0, 1.5)
+        yield until(lambda: reactor.seconds() - t0 > 2.0, 5, "two seconds of reactor time")
+        ticker.stop()
+        gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+        self.assertLess(max(gaps), 0.5, "the reactor stalled")
+        self.proxy.resume()
+        self.proxy.cut()
+        yield self.healed(store, reactor.seconds())

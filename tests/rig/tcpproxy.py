@@ -33,7 +33,8 @@ class _Upstream(protocol.Protocol):
         self.downstream = downstream
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted name)
-        self.downstream.transport.write(data)
+        if not self.downstream.proxy.stalled:
+            self.downstream.transport.write(data)
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
         self.downstream.upstream_lost()
@@ -79,6 +80,8 @@ class _Downstream(protocol.Protocol):
             self.abort()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.proxy.stalled:
+            return  # a partition: what the client sends is lost
         if self.upstream is not None:
             self.upstream.transport.write(data)
         else:
@@ -119,6 +122,7 @@ class TcpProxy:
         self.target_host = target_host
         self.target_port = target_port
         self.mode = FORWARD
+        self.stalled = False
         self.accepted = 0
         self.live: set[_Downstream] = set()
         self.port = 0
@@ -139,9 +143,16 @@ class TcpProxy:
         """Accept new connections and never answer them."""
         self.mode = HOLD
 
+    def stall(self) -> None:
+        """A partition for live connections too: bytes in either direction
+        are dropped (sockets stay open) until :meth:`resume`."""
+        self.stalled = True
+        self.mode = HOLD
+
     def resume(self) -> None:
-        """Forward new connections again."""
+        """Forward new connections again (and live ones, after a stall)."""
         self.mode = FORWARD
+        self.stalled = False
 
     def cut(self) -> int:
         """Abort every live connection; returns how many were cut."""
