@@ -18,21 +18,11 @@ from imapsvc.pipeline import Pipeline
 from imapsvc.sink.redis_stream import RedisStreamSink
 from imapsvc.sink.relay import Relay
 from imapsvc.store.memory import MemoryStore
+from tests.contract_validator import FIELDS
 from tests.rig.redis import PrivateRedis, SyncRedis, shared_redis, unique_stream
 from tests.unit.test_pipeline import OWNER, P, T, fetched
 
-CONTRACT_FIELDS = [
-    "event_id",
-    "execution_id",
-    "event_name",
-    "event_type",
-    "tenant",
-    "timestamp",
-    "user_id",
-    "from_state",
-    "to_state",
-    "payload_json",
-]
+CONTRACT_FIELDS = list(FIELDS)
 
 
 def sleep(seconds: float) -> defer.Deferred[None]:

@@ -24,6 +24,7 @@ from imapsvc.model import (
 )
 from imapsvc.pipeline import Pipeline, batch_bytes, build_records
 from imapsvc.store.memory import MemoryStore
+from tests.contract_validator import FIELDS as CONTRACT_FIELDS
 
 T = "11111111-1111-4111-8111-111111111111"
 P = "22222222-2222-4222-8222-222222222222"
@@ -105,20 +106,7 @@ class PipelineTests(unittest.TestCase):
         self.assertEqual(rows[0].event_id, expected_event)
         self.assertEqual(
             sorted(fields),
-            sorted(
-                [
-                    "event_id",
-                    "execution_id",
-                    "event_name",
-                    "event_type",
-                    "tenant",
-                    "timestamp",
-                    "user_id",
-                    "from_state",
-                    "to_state",
-                    "payload_json",
-                ]
-            ),
+            sorted(CONTRACT_FIELDS),
         )
         self.assertEqual(fields["event_id"], expected_event)
         self.assertEqual(fields["execution_id"], expected_exec)
