@@ -26,12 +26,12 @@ from imapsvc.oauth import REFRESH_MARGIN_S, access_token_name
 from imapsvc.secrets import SecretBox, refresh_token_name
 from tests.rig import mail
 from tests.rig import postgres as pg
-from tests.rig.dovecot import DEFAULT_PASSWORD, get_dovecot, unique_user
+from tests.rig.dovecot import DEFAULT_PASSWORD, unique_user
 from tests.rig.oauth_server import OAuthServer
-from tests.rig.redis import SyncRedis, _host_port, shared_redis, unique_stream
 from tests.rig.service import (
     SECRET_KEY,
     ServiceProcess,
+    ServiceRigMixin,
     add_oauth_provider,
     database_url,
     free_port,
@@ -57,16 +57,11 @@ def request(url: str, method: str = "GET") -> tuple[int, str, bytes]:
         conn.close()
 
 
-class OAuthEndToEndTests(unittest.TestCase):
+class OAuthEndToEndTests(ServiceRigMixin, unittest.TestCase):
     timeout = 180
 
     def setUp(self):
-        self.dovecot = get_dovecot()
-        self.dsn = pg.database_dsn()
-        self.redis_url = shared_redis()
-        self.redis = SyncRedis(*_host_port(self.redis_url))
-        self.addCleanup(self.redis.close)
-        self.stream = unique_stream("oauth")
+        self.set_up_service_rig("oauth")
         # A user with a password nobody gives the service: only XOAUTH2 opens it.
         self.user = self.dovecot.add_user(unique_user("oauth"))
         self.client_secret = "cs-" + secrets.token_urlsafe(16)

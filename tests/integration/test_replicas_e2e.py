@@ -17,13 +17,12 @@ from twisted.trial import unittest
 from tests.contract_validator import validate_stream_entry
 from tests.rig import mail
 from tests.rig import postgres as pg
-from tests.rig.dovecot import DEFAULT_PASSWORD, get_dovecot, unique_user
-from tests.rig.redis import SyncRedis, _host_port, shared_redis, unique_stream
+from tests.rig.dovecot import DEFAULT_PASSWORD, unique_user
 from tests.rig.service import (
     ServiceProcess,
+    ServiceRigMixin,
     add_provider,
     admin_status,
-    database_url,
     http_get,
     http_post,
     lease_owners,
@@ -41,30 +40,21 @@ AUTO_PAUSED = "INBOUND_EMAIL_PROVIDER_AUTO_PAUSED"
 RECEIVED = "INBOUND_EMAIL_RECEIVED"
 
 
-class ReplicaTests(unittest.TestCase):
+class ReplicaTests(ServiceRigMixin, unittest.TestCase):
     timeout = 90
 
     def setUp(self):
-        self.dovecot = get_dovecot()
-        self.dsn = pg.database_dsn()
-        self.redis_url = shared_redis()
-        self.redis = SyncRedis(*_host_port(self.redis_url))
-        self.addCleanup(self.redis.close)
-        self.stream = unique_stream("replicas")
+        self.set_up_service_rig("replicas")
         self.tenant = str(uuid.uuid4())
 
     # -- helpers --------------------------------------------------------------
 
     def service(self, worker, **env):
-        settings = {
-            "DATABASE_URL": database_url(self.dsn),
-            "REDIS_URL": self.redis_url,
-            "IMAP_EVENT_STREAM": self.stream,
-            "IMAP_TLS_CA_FILE": self.dovecot.ca_file,
-            "IMAP_PROVIDER_REFRESH_MS": str(REFRESH_MS),
-            "IMAP_LEASE_TTL_MS": str(LEASE_TTL_MS),
-            "IMAPSVC_TENANTS": self.tenant,
-        }
+        settings = self.service_env(
+            IMAP_PROVIDER_REFRESH_MS=str(REFRESH_MS),
+            IMAP_LEASE_TTL_MS=str(LEASE_TTL_MS),
+            IMAPSVC_TENANTS=self.tenant,
+        )
         settings.update(env)
         proc = ServiceProcess(settings, worker)
         self.addCleanup(proc.cleanup)

@@ -13,32 +13,25 @@ from twisted.trial import unittest
 from tests.contract_validator import validate_stream_entry
 from tests.rig import mail
 from tests.rig import postgres as pg
-from tests.rig.dovecot import DEFAULT_PASSWORD, get_dovecot, unique_user
-from tests.rig.redis import SyncRedis, _host_port, shared_redis, unique_stream
-from tests.rig.service import ServiceProcess, add_provider, database_url, http_get, wait_for
+from tests.rig.dovecot import DEFAULT_PASSWORD, unique_user
+from tests.rig.service import (
+    ServiceProcess,
+    ServiceRigMixin,
+    add_provider,
+    http_get,
+    wait_for,
+)
 
 
-class ServiceTests(unittest.TestCase):
+class ServiceTests(ServiceRigMixin, unittest.TestCase):
     timeout = 120
 
     def setUp(self):
-        self.dovecot = get_dovecot()
-        self.dsn = pg.database_dsn()
-        self.redis_url = shared_redis()
-        self.redis = SyncRedis(*_host_port(self.redis_url))
-        self.addCleanup(self.redis.close)
-        self.stream = unique_stream("e2e")
+        self.set_up_service_rig("e2e")
         self.processes = []
 
     def service(self, worker="w1", tenant=None, **env):
-        settings = {
-            "DATABASE_URL": database_url(self.dsn),
-            "REDIS_URL": self.redis_url,
-            "IMAP_EVENT_STREAM": self.stream,
-            "IMAP_TLS_CA_FILE": self.dovecot.ca_file,
-            "IMAP_PROVIDER_REFRESH_MS": "1000",
-            "IMAP_LEASE_TTL_MS": "6000",
-        }
+        settings = self.service_env(IMAP_PROVIDER_REFRESH_MS="1000", IMAP_LEASE_TTL_MS="6000")
         if tenant:
             # The run's database is shared: serve only this test's tenant.
             settings["IMAPSVC_TENANTS"] = tenant
@@ -51,9 +44,6 @@ class ServiceTests(unittest.TestCase):
 
     def user(self):
         return self.dovecot.add_user(unique_user("e2e"))
-
-    def entries(self):
-        return self.redis.xrange(self.stream)
 
     def ready(self, proc):
         return wait_for(lambda: http_get(proc.url("/readyz"))[0] == 200, 30, "readiness")

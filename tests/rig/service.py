@@ -277,3 +277,32 @@ def add_oauth_provider(
     )
     set_oauth_client_secret(dsn, tenant, pid, client_secret)
     return tenant, pid
+
+
+class ServiceRigMixin:
+    """Shared set-up of the end-to-end tests: the rig's Dovecot, this run's
+    database, Redis with a fresh stream, and the base service environment."""
+
+    def set_up_service_rig(self, label: str) -> None:
+        from tests.rig.dovecot import get_dovecot
+        from tests.rig.redis import SyncRedis, _host_port, shared_redis, unique_stream
+
+        self.dovecot = get_dovecot()
+        self.dsn = pg.database_dsn()
+        self.redis_url = shared_redis()
+        self.redis = SyncRedis(*_host_port(self.redis_url))
+        self.addCleanup(self.redis.close)  # type: ignore[attr-defined]
+        self.stream = unique_stream(label)
+
+    def service_env(self, **overrides: str) -> dict[str, str]:
+        env = {
+            "DATABASE_URL": database_url(self.dsn),
+            "REDIS_URL": self.redis_url,
+            "IMAP_EVENT_STREAM": self.stream,
+            "IMAP_TLS_CA_FILE": self.dovecot.ca_file,
+        }
+        env.update(overrides)
+        return env
+
+    def entries(self) -> list:
+        return self.redis.xrange(self.stream)
