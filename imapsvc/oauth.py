@@ -68,6 +68,14 @@ class MissingCredentials(Exception):
     code = "missing_credentials"
 
 
+class NoSecretKey(Exception):
+    """``IMAPSVC_SECRET_KEY`` is not configured: no stored credential can be
+    opened. A configuration problem, not an authentication failure."""
+
+    auth_failure = False
+    code = "no_secret_key"
+
+
 class AwaitingConsent(MissingCredentials):
     """An OAuth2 provider that was never consented to (no token of any kind
     yet): it waits for the operator, and does not count towards the
@@ -274,7 +282,7 @@ class CredentialSource:
 
     log = Logger()
 
-    def __init__(self, store, secret_store, box: SecretBox, http: Any, clock):
+    def __init__(self, store, secret_store, box: Optional[SecretBox], http: Any, clock):
         self._store = store
         self._secrets = secret_store
         self._box = box
@@ -290,6 +298,8 @@ class CredentialSource:
 
     @defer.inlineCallbacks
     def credentials(self, provider: ProviderConfig):
+        if self._secrets is None or self._box is None:
+            raise NoSecretKey("IMAPSVC_SECRET_KEY is not set: stored credentials cannot be read")
         if provider.auth_type == "oauth2":
             token = yield self.access_token(provider)
             return Credentials("xoauth2", provider.username, token)
@@ -329,7 +339,7 @@ class CredentialSource:
         return waiter
 
     def _from_row(self, provider: ProviderConfig) -> Optional[tuple[str, float]]:
-        if not provider.access_token or provider.token_expires_at is None:
+        if self._box is None or not provider.access_token or provider.token_expires_at is None:
             return None
         try:
             token = self._box.open_text(
@@ -342,6 +352,8 @@ class CredentialSource:
 
     @defer.inlineCallbacks
     def _refresh(self, provider: ProviderConfig):
+        if self._secrets is None or self._box is None:
+            raise NoSecretKey("IMAPSVC_SECRET_KEY is not set: tokens cannot be stored")
         refresh = yield self._secrets.get(
             provider.tenant, refresh_token_name(provider.provider_id)
         )

@@ -225,7 +225,7 @@ def build_message(
     header = meta.get("header") or b""
     if isinstance(header, str):
         header = header.encode("charmap")
-    common = dict(
+    common: dict[str, Any] = dict(
         mailbox=mailbox,
         uid_validity=uid_validity,
         uid=plan.uid,
@@ -234,13 +234,13 @@ def build_message(
         header=header,
     )
     if plan.kind == KIND_FULL:
-        return FetchedMessage(raw=raw if raw is not None else b"", **common)  # type: ignore[arg-type]
+        return FetchedMessage(raw=raw if raw is not None else b"", **common)
     if plan.kind == KIND_HEADER_ONLY:
         # Convention with the pipeline: no raw, no parts and ``truncated ==
         # ("TEXT",)`` means the body was not downloaded (raw-MIME cap).
-        return FetchedMessage(truncated=(TEXT_NOT_DOWNLOADED,), **common)  # type: ignore[arg-type]
+        return FetchedMessage(truncated=(TEXT_NOT_DOWNLOADED,), **common)
     got = sections or {}
     texts = {s: got[s] for s, _ in plan.sections if s in got}
-    return FetchedMessage(  # type: ignore[arg-type]
+    return FetchedMessage(
         parts=plan.parts, texts=texts, truncated=plan.truncated, **common
     )

@@ -93,7 +93,7 @@ class FolderClientFactory(ReconnectingClientFactory):
     ) -> None:
         self.owner = owner
         self.reactor = reactor
-        self.clock = reactor
+        self.clock: Any = reactor
         self.host = host
         self.port = port
         self.protocol_factory = protocol_factory
@@ -106,7 +106,7 @@ class FolderClientFactory(ReconnectingClientFactory):
         self.rand: Rand = rand or random.random
         self.label = label
         self.initialDelay = reconnect_base_ms / 1000.0
-        self.maxDelay = reconnect_max_ms / 1000.0
+        self.maxDelay = reconnect_max_ms / 1000.0  # type: ignore[assignment]  # int in Twisted
         self.delay = self.initialDelay
         self._next_delay: Optional[float] = None
         self._connected = False

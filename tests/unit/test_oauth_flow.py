@@ -203,6 +203,13 @@ class CredentialSourceTests(Base):
         self.store.put_secret = real_put
         self.assertEqual(self.successResultOf(self.secrets.get(T, refresh_token_name(P))), "rt-new")
 
+    def test_no_secret_key_is_a_configuration_error(self):
+        src = oauth.CredentialSource(self.store, None, None, self.http, self.clock)
+        p = attr.evolve(self.provider, auth_type="password")
+        f = self.failureResultOf(src.credentials(p), oauth.NoSecretKey)
+        self.assertFalse(f.value.auth_failure)
+        self.failureResultOf(src.credentials(self.provider), oauth.NoSecretKey)
+
     def test_never_consented_is_awaiting_consent(self):
         f = self.failureResultOf(self.source().credentials(self.provider), oauth.AwaitingConsent)
         self.assertEqual(f.value.code, oauth.AWAITING_CONSENT)
