@@ -92,6 +92,11 @@ class Runtime(service.MultiService):
         self.secrets = (
             SecretStore(self.store, self.box, s.secrets_dir or None) if self.box else None
         )
+        if self.box is None:
+            log.error(
+                "IMAPSVC_SECRET_KEY is not set: no stored password or token can be read, "
+                "folders will report a configuration error and OAuth is disabled"
+            )
         self.credentials = CredentialSource(self.store, self.secrets, self.box, http, reactor)
         self.relay = Relay(self.store, self.sink, reactor, owner=s.worker_id)
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="imapsvc-parse")
