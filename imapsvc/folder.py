@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 import attr
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -202,6 +203,12 @@ class FolderService(service.Service):
         self.capabilities: list[str] = []
         self.sync_count = 0
         self.handed_off = 0
+        # Counters for /metrics (scraped through snapshot()).
+        self.bytes_fetched = 0
+        self.idle_wakeups = 0
+        self.reconnects: collections.Counter[str] = collections.Counter()
+        self._reconnect_reason: Optional[str] = None
+        self.uid_next: Optional[int] = None
         self._proto: Any = None
         self._stopping = False
         self._wake_pending = False
@@ -255,8 +262,22 @@ class FolderService(service.Service):
             "cursor": self.cursor.to_json() if self.cursor else None,
             "syncs": self.sync_count,
             "handedOff": self.handed_off,
+            "bytesFetched": self.bytes_fetched,
+            "idleWakeups": self.idle_wakeups,
+            "reconnects": dict(self.reconnects),
+            "uidNext": self.uid_next,
+            "lag": self.lag(),
             "history": [t.to_json() for t in self.history],
         }
+
+    def lag(self) -> Optional[int]:
+        """Messages the server has beyond the cursor: UIDNEXT - 1 - last_uid."""
+        if self.uid_next is None or self.cursor is None or self.cursor.last_uid is None:
+            return None
+        try:
+            return max(0, self.uid_next - 1 - int(self.cursor.last_uid))
+        except ValueError:
+            return None
 
     def update_provider(self, provider: ProviderConfig) -> None:
         """Settings that need no reconnect changed (credentials are read at
@@ -397,12 +418,15 @@ class FolderService(service.Service):
                 w.callback(None)
         if self._stopping or self.state in (S.NEEDS_REAUTH, S.STOPPED):
             return
+        cause, self._reconnect_reason = self._reconnect_reason, None
         if self._refresh_reconnect:
             self._refresh_reconnect = False
             self._session_error = None
+            self.reconnects["token_refresh"] += 1
             self._set_state(S.BACKOFF, "reconnecting with a refreshed access token")
             return
         what = "connection lost" if connected else "connection failed"
+        self.reconnects[cause or what.replace(" ", "_")] += 1
         # This connection's own error: what its session failed with, else
         # why it ended (a refused connect). Not an older session's error,
         # which would otherwise stick in last_error through an outage.
@@ -418,6 +442,7 @@ class FolderService(service.Service):
         self.log.failure("{label}: folder engine bug", failure, label=self.label)
 
     def _on_bye(self, text: Any) -> None:
+        self._reconnect_reason = "bye"
         self.log.info("{label}: server said BYE ({text})", label=self.label, text=text)
 
     def _check(self) -> None:
@@ -491,6 +516,7 @@ class FolderService(service.Service):
         # EXISTS that arrives during this sync's commands is not an IDLE
         # event: remember where we started so the loop can sync again.
         self._exists_at_sync = getattr(proto, "last_exists", None)
+        self.uid_next = info.get("uidnext")
         tenant, pid = self.provider.tenant, self.provider.provider_id
         # Read at every sync so an operator's resync is seen by this worker.
         stored = yield self.store.read_cursor(tenant, pid, name)
@@ -599,6 +625,10 @@ class FolderService(service.Service):
                     p, meta[p.uid], name, validity, sections.get(p.uid), raws.get(p.uid)
                 )
             )
+        self.bytes_fetched += sum(
+            len(m.header) + sum(len(t) for t in m.texts.values()) + len(m.raw or b"")
+            for m in messages
+        )
         return messages
 
     @defer.inlineCallbacks
@@ -621,6 +651,7 @@ class FolderService(service.Service):
             self._idle_timer = None
 
     def _on_exists(self, count: int) -> None:
+        self.idle_wakeups += 1
         self._end_idle(f"EXISTS {count}")
 
     def _end_idle(self, why: str) -> None:
@@ -736,6 +767,10 @@ class FolderService(service.Service):
                 self._lose(proto)
             return
         err = failure.value
+        if not failure.check(errors.ConnectionGone, ConnectionDone, ConnectionLost):
+            # Named by the error class (secret-free) for the reconnect metric;
+            # a plain lost connection is counted as such when it ends.
+            self._reconnect_reason = self._reconnect_reason or type(err).__name__
         text = _describe(err)
         self.last_error = text
         if current:

@@ -814,6 +814,29 @@ class FolderServiceTests(SynchronousTestCase):
             [S.CONNECTING, S.AUTHENTICATING, S.SELECTED, S.SYNCING, S.IDLING],
         )
 
+    def test_snapshot_counters_for_metrics(self):
+        r = self.rig()
+        r.server.add(6)
+        r.start()
+        snap = r.svc.snapshot()
+        # Window of 5 from UIDNEXT 7: header + text bytes of UIDs 2..6 only.
+        fetched = sum(
+            len(r.server.messages[u]["header"]) + len(r.server.messages[u]["body"])
+            for u in range(2, 7)
+        )
+        self.assertEqual(snap["bytesFetched"], fetched)
+        self.assertEqual((snap["uidNext"], snap["lag"]), (7, 0))
+        r.server.add(2)  # EXISTS while idling
+        snap = r.svc.snapshot()
+        self.assertEqual(snap["idleWakeups"], 1)
+        self.assertEqual(snap["lag"], 0)
+        r.proto.on_bye("Server shutting down")
+        r.proto.transport.loseConnection()
+        self.assertEqual(r.svc.snapshot()["reconnects"], {"bye": 1})
+        r.reconnect_after(1.5)
+        r.proto.transport.loseConnection()
+        self.assertEqual(r.svc.snapshot()["reconnects"], {"bye": 1, "connection_lost": 1})
+
 
 def _opts():
     import attr
