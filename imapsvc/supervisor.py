@@ -22,6 +22,7 @@ from zope.interface import implementer
 from imapsvc.core.discovery import aggregate_status, plan_discovery
 from imapsvc.deferreds import fire_and_forget
 from imapsvc.interfaces import IAdmin
+from imapsvc.logging import redact
 from imapsvc.model import ProviderConfig
 
 #: The folder's auth-failure code for an OAuth2 provider never consented to
@@ -161,6 +162,9 @@ class ProviderService(service.MultiService):
             state, error = self.folder_states.get(name, ("Disconnected", None))
             snap.setdefault("state", state)
             snap.setdefault("last_error", error)
+            if snap.get("last_error"):
+                # Errors are written secret-free; /status masks them again anyway.
+                snap["last_error"] = redact(str(snap["last_error"]))
             folders[name] = snap
         status, error = aggregate_status(self.folder_states)
         return {
@@ -169,7 +173,7 @@ class ProviderService(service.MultiService):
             "mailbox": self.provider.mailbox,
             "host": self.provider.host,
             "status": status,
-            "error": error,
+            "error": redact(error) if error else None,
             "folders": folders,
         }
 

@@ -227,6 +227,17 @@ class SupervisorTests(unittest.TestCase):
         self.assertEqual(writes, [("disconnected", None), ("connected", None)])
         self.assertEqual(self.store.provider_row(T1, "p1")["status"], "connected")
 
+    def test_status_errors_are_redacted(self):
+        self.add("p1")
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        svc = sup.providers[(T1, "p1")]
+        leak = "server said: Authorization: Bearer ya29.SECRET"
+        svc.folder_state_changed("INBOX", "Backoff", leak)
+        text = repr(sup.status())
+        self.assertNotIn("ya29.SECRET", text)
+        self.assertIn("INBOX", text)
+
     def test_tenant_limit_waits_with_reason(self):
         self.add("a", folder_filters=("1", "2", "3"))
         self.add("b", folder_filters=("1", "2", "3"))
