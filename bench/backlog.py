@@ -356,6 +356,33 @@ def prepare(env: dict[str, Any], cursor: Optional[dict] = None) -> Any:
     return load_settings(os.environ, overrides)
 
 
+class _NoParsePool:
+    """Stands in for the parse pool when ``IMAP_PARSE_PROCESSES=0``: never
+    running, so the pipeline maps large batches in its thread."""
+
+    running = False
+    workers = 0
+
+    def start(self) -> Any:
+        from twisted.internet import defer
+
+        return defer.succeed(None)
+
+    def stop(self) -> Any:
+        return self.start()
+
+
+def apply_parse_processes(runtime: Any, settings: Any) -> None:
+    """Make ``IMAP_PARSE_PROCESSES=0`` mean what ``config.py`` documents (map
+    in a thread, no worker process). ``Runtime`` passes the 0 on to
+    ``ParsePool``, which reads 0 as "default" (2 workers), so without this
+    the bench would measure two worker processes under the name "default"."""
+    if int(getattr(settings, "parse_processes", 0) or 0) > 0:
+        return
+    runtime.parse_pool = _NoParsePool()
+    runtime.pipeline._pool = None
+
+
 def run(env: dict[str, Any], settings: Any) -> tuple[int, float, int]:
     from twisted.internet import defer, reactor
 
@@ -363,6 +390,7 @@ def run(env: dict[str, Any], settings: Any) -> tuple[int, float, int]:
 
     start_logging()
     runtime = Runtime(settings, reactor)
+    apply_parse_processes(runtime, settings)
     watch = _Watch(reactor)
     watch.synced = defer.Deferred()
     runtime.supervisor._make_folder = watch.wrap_make_folder(runtime.supervisor._make_folder)

@@ -147,6 +147,9 @@ def decode_value(raw: Optional[str]) -> str:
     if not raw:
         return ""
     text = decode_rfc2047(decode_header_text(raw))
-    if not text.isprintable():
+    # isprintable() is False for a tab, and unfolded values (DKIM-Signature,
+    # Received) are full of tabs: only walk the characters when something
+    # other than a tab is not printable.
+    if not text.isprintable() and not text.replace("\t", " ").isprintable():
         text = "".join(c if c.isprintable() or c == "\t" else " " for c in text)
     return clean_text(text)

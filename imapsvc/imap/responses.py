@@ -15,11 +15,22 @@ import base64
 import re
 from typing import Any, Optional, Sequence
 
-_ATOM = re.compile(rb'(?:[^\s()\["{]|\[[^\]]*\])+')
-_QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"', re.DOTALL)
 _UNESCAPE = re.compile(rb"\\(.)", re.DOTALL)
 _LITERAL_AT_END = re.compile(rb"\{(\d+)\+?\}$")
-_SPACE = re.compile(rb"[ \t]+")
+#: One alternative per token kind; the last catches any byte that is not
+#: IMAP syntax, so ``findall`` accounts for every byte of a segment (blanks
+#: give an all-empty tuple). Groups: ``(``, ``)``, quoted string (with its
+#: quotes, so ``""`` is not empty), literal size, atom, bad byte.
+_TOKEN = re.compile(
+    rb'[ \t]+'
+    rb'|(\()'
+    rb'|(\))'
+    rb'|("(?:[^"\\]|\\.)*")'
+    rb"|\{(\d+)\+?\}"
+    rb'|((?:[^\s()\["{]|\[[^\]]*\])+)'
+    rb"|(.)",
+    re.DOTALL,
+)
 _STATUS = re.compile(
     rb"^(OK|NO|BAD|BYE|PREAUTH)(?:[ ]+\[([^\]]*)\])?[ ]*(.*)$", re.IGNORECASE | re.DOTALL
 )
@@ -52,47 +63,49 @@ def tokenize(texts: Sequence[bytes], literals: Sequence[bytes] = ()) -> list[Any
     """
     if len(texts) != len(literals) + 1:
         raise ResponseParseError("literal count does not match segments")
-    stack: list[list[Any]] = [[]]
+    top: list[Any] = []
+    current = top
+    stack: list[list[Any]] = []
+    findall = _TOKEN.findall
     for index, text in enumerate(texts):
-        pos = 0
-        end = len(text)
-        while pos < end:
-            char = text[pos : pos + 1]
-            if char in (b" ", b"\t"):
-                pos = _SPACE.match(text, pos).end()  # type: ignore[union-attr]
-            elif char == b"(":
-                stack.append([])
-                pos += 1
-            elif char == b")":
-                if len(stack) < 2:
+        # One C-level pass per segment; a FETCH of BODYSTRUCTURE is hundreds
+        # of tokens, and a Python loop per byte/token was the hot spot.
+        tokens = findall(text)
+        last = len(tokens) - 1
+        for n, (opening, closing, quoted, literal, atom, bad) in enumerate(tokens):
+            if atom:
+                if len(atom) == 3 and atom.upper() == b"NIL":
+                    current.append(None)
+                else:
+                    current.append(atom.decode("latin-1"))
+            elif opening:
+                stack.append(current)
+                inner: list[Any] = []
+                current.append(inner)
+                current = inner
+            elif closing:
+                if not stack:
                     raise ResponseParseError("unbalanced ')'")
-                done = stack.pop()
-                stack[-1].append(done)
-                pos += 1
-            elif char == b'"':
-                match = _QUOTED.match(text, pos)
-                if match is None:
-                    raise ResponseParseError("unterminated quoted string")
-                stack[-1].append(_UNESCAPE.sub(rb"\1", match.group(1)))
-                pos = match.end()
-            elif char == b"{":
-                match = _LITERAL_AT_END.match(text, pos)
-                if match is None or match.end() != end or index >= len(literals):
+                current = stack.pop()
+            elif quoted:
+                value = quoted[1:-1]
+                current.append(_UNESCAPE.sub(rb"\1", value) if b"\\" in value else value)
+            elif literal:
+                if n != last or index >= len(literals):
                     raise ResponseParseError("literal marker not at end of line")
-                if int(match.group(1)) != len(literals[index]):
+                if int(literal) != len(literals[index]):
                     raise ResponseParseError("literal size mismatch")
-                stack[-1].append(literals[index])
-                pos = end
-            else:
-                match = _ATOM.match(text, pos)
-                if match is None:
-                    raise ResponseParseError(f"unexpected byte {char!r}")
-                atom = match.group(0).decode("latin-1")
-                stack[-1].append(None if atom.upper() == "NIL" else atom)
-                pos = match.end()
-    if len(stack) != 1:
+                current.append(literals[index])
+            elif bad:
+                if bad == b'"':
+                    raise ResponseParseError("unterminated quoted string")
+                if bad == b"{":
+                    raise ResponseParseError("literal marker not at end of line")
+                raise ResponseParseError(f"unexpected byte {bad!r}")
+            # else: blanks between tokens
+    if stack:
         raise ResponseParseError("unbalanced '('")
-    return stack[0]
+    return top
 
 
 def parse_status(text: bytes) -> Optional[tuple[str, Optional[str], str, str]]:
