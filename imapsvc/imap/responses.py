@@ -17,18 +17,20 @@ from typing import Any, Optional, Sequence
 
 _UNESCAPE = re.compile(rb"\\(.)", re.DOTALL)
 _LITERAL_AT_END = re.compile(rb"\{(\d+)\+?\}$")
-#: One alternative per token kind; the last catches any byte that is not
-#: IMAP syntax, so ``findall`` accounts for every byte of a segment (blanks
-#: give an all-empty tuple). Groups: ``(``, ``)``, quoted string (with its
-#: quotes, so ``""`` is not empty), literal size, atom, bad byte.
+#: One token with the blanks before it. Groups: quoted string (with its
+#: quotes, so ``""`` is not empty), atom, ``(``, ``)``, literal size, any other
+#: byte (an error). Trailing blanks match the last branch (all groups empty).
+#: Every byte of a segment is accounted for, so ``findall`` skips nothing.
+#: The unrolled quoted/atom loops keep ``re`` from trying every branch per byte.
 _TOKEN = re.compile(
-    rb'[ \t]+'
-    rb'|(\()'
-    rb'|(\))'
-    rb'|("(?:[^"\\]|\\.)*")'
+    rb'[ \t]*(?:'
+    rb'("[^"\\]*(?:\\.[^"\\]*)*")'
+    rb'|((?:[^\s()\["{]+|\[[^\]]*\])+)'
+    rb"|(\()"
+    rb"|(\))"
     rb"|\{(\d+)\+?\}"
-    rb'|((?:[^\s()\["{]|\[[^\]]*\])+)'
-    rb"|(.)",
+    rb"|([^ \t])"
+    rb")|[ \t]+",
     re.DOTALL,
 )
 _STATUS = re.compile(
@@ -72,12 +74,15 @@ def tokenize(texts: Sequence[bytes], literals: Sequence[bytes] = ()) -> list[Any
         # of tokens, and a Python loop per byte/token was the hot spot.
         tokens = findall(text)
         last = len(tokens) - 1
-        for n, (opening, closing, quoted, literal, atom, bad) in enumerate(tokens):
+        for n, (quoted, atom, opening, closing, literal, bad) in enumerate(tokens):
             if atom:
                 if len(atom) == 3 and atom.upper() == b"NIL":
                     current.append(None)
                 else:
                     current.append(atom.decode("latin-1"))
+            elif quoted:
+                value = quoted[1:-1]
+                current.append(_UNESCAPE.sub(rb"\1", value) if b"\\" in value else value)
             elif opening:
                 stack.append(current)
                 inner: list[Any] = []
@@ -87,9 +92,6 @@ def tokenize(texts: Sequence[bytes], literals: Sequence[bytes] = ()) -> list[Any
                 if not stack:
                     raise ResponseParseError("unbalanced ')'")
                 current = stack.pop()
-            elif quoted:
-                value = quoted[1:-1]
-                current.append(_UNESCAPE.sub(rb"\1", value) if b"\\" in value else value)
             elif literal:
                 if n != last or index >= len(literals):
                     raise ResponseParseError("literal marker not at end of line")
