@@ -233,6 +233,7 @@ class _Watch:
     def __init__(self, clock: Any) -> None:
         self.clock = clock
         self.t0: Optional[float] = None
+        self.rss_at_start_mb: Optional[float] = None
         self.messages = 0
         self.bytes = 0
         self.last_commit: Optional[float] = None
@@ -253,6 +254,10 @@ class _Watch:
                 # The folder connects from here (no start-up stagger).
                 if watch.t0 is None:
                     watch.t0 = watch.clock.seconds()
+                    # What start-up alone costs (imports, pools, connections).
+                    watch.rss_at_start_mb = round(
+                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1
+                    )
                 start()
 
             svc.startService = start_and_stamp
@@ -413,6 +418,7 @@ def run(env: dict[str, Any], settings: Any) -> tuple[int, float, int]:
         outcome["pipeline"] = dict(runtime.pipeline.stats)
         note_children_peak()  # before the pool stops
         outcome["children_mb"] = round(_CHILDREN_PEAK_KIB[0] / 1024.0, 1)
+        outcome["start_mb"] = watch.rss_at_start_mb
 
     def finished(result: Any) -> Any:
         if isinstance(result, Exception) or hasattr(result, "getTraceback"):
@@ -427,7 +433,8 @@ def run(env: dict[str, Any], settings: Any) -> tuple[int, float, int]:
         _err(outcome["error"])
         raise SystemExit(1)
     _err(f"pipeline {outcome['pipeline']}; relay published {outcome['published']}; "
-         f"helper processes' peak RSS {outcome['children_mb']} MiB (included)")
+         f"helper processes' peak RSS {outcome['children_mb']} MiB (included); "
+         f"own peak RSS before the first connect {outcome['start_mb']} MiB")
     return outcome["result"]
 
 
