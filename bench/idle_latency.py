@@ -138,11 +138,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from twisted.internet import defer, reactor, threads
 
-    from bench.backlog import _Watch
+    from bench.backlog import _Watch, apply_parse_processes
     from imapsvc.runtime import Runtime
 
     start_logging()
     runtime = Runtime(settings, reactor)
+    apply_parse_processes(runtime, settings)
     watch = _Watch(reactor)
     runtime.supervisor._make_folder = watch.wrap_make_folder(runtime.supervisor._make_folder)
     idling: defer.Deferred = defer.Deferred()
