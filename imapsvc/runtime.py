@@ -103,7 +103,9 @@ class Runtime(service.MultiService):
         # -- parse process pool (owned by the pipeline/performance task) --
         from imapsvc.parse_pool import ParsePool
 
-        self.parse_pool = ParsePool(reactor, s.parse_processes)
+        # IMAP_PARSE_PROCESSES=0 (the default) means a thread and no pool:
+        # ParsePool itself reads 0 as "one worker per core".
+        self.parse_pool = ParsePool(reactor, s.parse_processes) if s.parse_processes else None
         self.pipeline = Pipeline(
             self.store,
             self.relay.wake,
@@ -196,7 +198,8 @@ class Runtime(service.MultiService):
         yield defer.maybeDeferred(getattr(self.sink, "start", lambda: None))
         self._sink_started = True
         self.pool.start()
-        yield self.parse_pool.start()  # never fails; falls back to threads
+        if self.parse_pool is not None:
+            yield self.parse_pool.start()  # never fails; falls back to threads
         self.relay.setServiceParent(self)
         self.supervisor.setServiceParent(self)
         listen = getattr(self.store, "listen", None)
@@ -233,7 +236,8 @@ class Runtime(service.MultiService):
             yield self.relay.stopService()
         if self.pool.started:
             self.pool.stop()
-        yield self.parse_pool.stop()
+        if self.parse_pool is not None:
+            yield self.parse_pool.stop()
         if self._sink_started:
             yield defer.maybeDeferred(self.sink.stop).addErrback(lambda f: None)
         if self._store_started:

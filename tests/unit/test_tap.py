@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
@@ -169,3 +170,22 @@ class SinkChoiceTests(TestCase):
         sink = tap.make_sink(Settings(events_file="x.jsonl"), MemoryReactorClock())
         self.assertIsInstance(sink, JsonLinesSink)
         self.assertEqual(sink.path, "x.jsonl")
+
+
+class ParsePoolChoiceTests(TestCase):
+    def runtime(self, **kw: Any) -> Any:
+        from imapsvc.runtime import Runtime
+
+        d = tempfile.mkdtemp()
+        settings = Settings(
+            events_file=os.path.join(d, "e.jsonl"), sqlite_path=os.path.join(d, "s.db"), **kw
+        )
+        return Runtime(settings, MemoryReactorClock())
+
+    def test_default_parses_in_a_thread_without_processes(self) -> None:
+        self.assertIsNone(self.runtime().parse_pool)
+
+    def test_processes_when_asked(self) -> None:
+        from imapsvc.parse_pool import ParsePool
+
+        self.assertIsInstance(self.runtime(parse_processes=1).parse_pool, ParsePool)
