@@ -111,6 +111,11 @@ class FolderIMAPClient(IMAP4Client):
     #: Largest literal accepted; the engine fetches at most the raw-MIME cap
     #: (25 MiB) in one literal, anything far beyond that is an attack or a bug.
     max_literal_bytes = 64 * _MIB
+    #: Largest response (its lines and all its literals): without it a
+    #: server could chain literals under the cap into one endless response.
+    #: The engine's largest legitimate response is one message's sections
+    #: (at most the raw-MIME cap plus text parts), far below this.
+    max_response_bytes = 128 * _MIB
 
     def __init__(
         self,
@@ -134,6 +139,7 @@ class FolderIMAPClient(IMAP4Client):
         self._texts: Optional[list[bytes]] = None
         self._literals: list[bytes] = []
         self._literal_left = 0
+        self._response_bytes = 0
         self._literal_chunks: list[bytes] = []
         self._closed = False
         self._tls_started = False
@@ -246,15 +252,25 @@ class FolderIMAPClient(IMAP4Client):
                 log.debug("Ignoring an empty line from the IMAP server")
                 return
             self._texts = [line]
+            self._response_bytes = 0
             self._literals = []
         else:
             # The rest of a line after a literal; may be empty when the
             # literal was the line's last token.
             self._texts.append(line)
-        size = responses.literal_size(line)
+        try:
+            size = responses.literal_size(line)
+        except ValueError:
+            # More digits than int() accepts: no literal we would take anyway.
+            self._drop(ProtocolViolation("literal size too large to read"))
+            return
         if size is not None:
+            self._response_bytes += len(line) + size
             if size > self.max_literal_bytes:
                 self._drop(ProtocolViolation(f"literal of {size} bytes exceeds the limit"))
+                return
+            if self._response_bytes > self.max_response_bytes:
+                self._drop(ProtocolViolation("response exceeds the size limit"))
                 return
             if size == 0:
                 self._literals.append(b"")
@@ -291,8 +307,10 @@ class FolderIMAPClient(IMAP4Client):
                 self._on_untagged(texts, literals)
             else:
                 self._on_tagged(tag, texts, literals)
-        except ResponseParseError as exc:
-            self._drop(ProtocolViolation(f"unparseable server response: {exc}"))
+        except ValueError as exc:
+            # ResponseParseError, and int()/decode errors on hostile input
+            # (e.g. a 5000-digit number): the stream cannot be trusted.
+            self._drop(ProtocolViolation(f"unparseable server response: {str(exc)[:200]}"))
 
     # -- responses --------------------------------------------------------
 
@@ -329,7 +347,7 @@ class FolderIMAPClient(IMAP4Client):
             return
         word, _, rest = head.partition(b" ")
         if word.isdigit():
-            number = int(word)
+            number = _number(word)
             what, _, data = rest.partition(b" ")
             what = what.upper()
             if what == b"EXISTS":
@@ -763,8 +781,8 @@ class FolderIMAPClient(IMAP4Client):
                 date = pairs.get("INTERNALDATE")
                 structure = pairs.get("BODYSTRUCTURE")
                 out[uid] = {
-                    "size": int(size) if isinstance(size, str) and size.isdigit() else 0,
-                    "internaldate": None if date is None else _text(date),
+                    "size": _size(size),
+                    "internaldate": _text(date) if isinstance(date, (bytes, str)) else None,
                     "bodystructure": responses.to_text_tree(structure)
                     if isinstance(structure, list)
                     else None,
@@ -889,10 +907,34 @@ def _text(value: Any) -> str:
         return raw.decode("latin-1")
 
 
+def _number(raw: bytes) -> int:
+    """An IMAP number (ASCII digits, at most 64 bits).
+
+    :raises ResponseParseError: anything else; ``int()`` alone would accept
+        ``²`` or raise a plain ``ValueError`` past 4300 digits.
+    """
+    if not raw.isdigit() or len(raw) > 20:
+        raise ResponseParseError(f"bad number {raw[:20]!r}")
+    return int(raw)
+
+
+def _size(value: Any) -> int:
+    """RFC822.SIZE as an int; 0 when it is not a number."""
+    if not isinstance(value, str):
+        return 0
+    try:
+        return _number(value.encode("latin-1"))
+    except (ResponseParseError, UnicodeEncodeError):
+        return 0
+
+
 def _sections(pairs: dict[str, Any]) -> dict[tuple[str, Optional[int]], bytes]:
     out: dict[tuple[str, Optional[int]], bytes] = {}
     for key, value in pairs.items():
-        section = responses.body_section_key(key)
+        try:
+            section = responses.body_section_key(key)
+        except ValueError:
+            continue  # e.g. an origin <n> of thousands of digits
         if section is not None:
             out[section] = responses.as_bytes(value) if not isinstance(value, list) else b""
     return out

@@ -374,3 +374,82 @@ class PureParsingTests(SynchronousTestCase):
     def test_throttle_delay(self):
         self.assertEqual(responses.throttle_delay("THROTTLED", "slow down"), (True, None))
         self.assertEqual(responses.throttle_delay(None, "No such message"), (False, None))
+
+
+class HostileServerRegressionTests(ClientTestCase):
+    """Inputs found by ``test_imap_fuzz`` that used to raise out of
+    ``dataReceived``, fail a command with a bare ``ValueError`` or let a
+    response grow without bound."""
+
+    BIG = b"1" * 5000  # int() refuses more than 4300 digits
+
+    def test_huge_sequence_number_drops(self):
+        client, transport, clock = self.connect()
+        d = client.noop()
+        sent(transport)
+        client.dataReceived(b"* " + self.BIG + b" EXISTS\r\n")
+        self.failureResultOf(d, ProtocolViolation)
+        self.assertDropped(transport)
+
+    def test_huge_search_number_drops(self):
+        client, transport, clock = self.connect()
+        d = client.uid_search_from(1)
+        sent(transport)
+        client.dataReceived(b"* SEARCH 7 " + self.BIG + b"\r\n0001 OK done\r\n")
+        self.failureResultOf(d, ProtocolViolation)
+        self.assertDropped(transport)
+
+    def test_huge_literal_size_digits_drop(self):
+        client, transport, clock = self.connect()
+        d = client.fetch_full([5])
+        sent(transport)
+        client.dataReceived(b"* 1 FETCH (UID 5 BODY[] {" + self.BIG + b"}\r\nxyz")
+        self.failureResultOf(d, ProtocolViolation)
+        self.assertDropped(transport)
+        self.assertEqual(client._literal_chunks, [])
+
+    def test_odd_size_and_date_are_not_errors(self):
+        # "\xb2" (superscript two) is str.isdigit() but not int()-able.
+        client, transport, clock = self.connect()
+        d = client.fetch_meta([5, 6, 7])
+        sent(transport)
+        client.dataReceived(
+            b"* 1 FETCH (UID 5 RFC822.SIZE \xb2 BODY[HEADER] {3}\r\nA:b)\r\n"
+            b"* 2 FETCH (UID 6 RFC822.SIZE " + self.BIG + b' INTERNALDATE "d")\r\n'
+            b"* 3 FETCH (UID 7 RFC822.SIZE 12 INTERNALDATE (a b))\r\n"
+            b"0001 OK done\r\n"
+        )
+        result = self.successResultOf(d)
+        self.assertEqual(result[5]["size"], 0)
+        self.assertEqual(result[5]["header"], b"A:b")
+        self.assertEqual(result[6]["size"], 0)
+        self.assertEqual(result[6]["internaldate"], "d")
+        self.assertEqual(result[7]["size"], 12)
+        self.assertIsNone(result[7]["internaldate"])
+        self.assertFalse(transport.disconnecting)
+
+    def test_huge_section_origin_is_skipped(self):
+        client, transport, clock = self.connect()
+        d = client.fetch_sections({5: [("1", None)]})
+        sent(transport)
+        client.dataReceived(
+            b"* 1 FETCH (UID 5 BODY[1]<" + self.BIG + b'> "junk" BODY[1] {2}\r\nok)\r\n'
+            b"0001 OK done\r\n"
+        )
+        self.assertEqual(self.successResultOf(d), {5: {"1": b"ok"}})
+
+    def test_chained_literals_bounded(self):
+        # Every literal is under max_literal_bytes; the response as a whole
+        # must still stop at max_response_bytes.
+        client, transport, clock = self.connect()
+        client.max_literal_bytes = 100
+        client.max_response_bytes = 1000
+        d = client.fetch_full([5])
+        sent(transport)
+        piece = b" BODY[1] {100}\r\n" + b"x" * 100
+        client.dataReceived(b"* 1 FETCH (UID 5" + piece * 6)
+        self.assertNoResult(d)
+        client.dataReceived(piece * 5)
+        self.failureResultOf(d, ProtocolViolation)
+        self.assertDropped(transport)
+        self.assertLessEqual(sum(map(len, client._literals)), 1000)
