@@ -908,7 +908,8 @@ def _text(value: Any) -> str:
 
 
 def _number(raw: bytes) -> int:
-    """An IMAP number (ASCII digits, at most 64 bits).
+    """An IMAP number: ASCII digits, at most 20 of them (64-bit mod-sequences
+    fit; RFC 3501 numbers are 32-bit).
 
     :raises ResponseParseError: anything else; ``int()`` alone would accept
         ``²`` or raise a plain ``ValueError`` past 4300 digits.

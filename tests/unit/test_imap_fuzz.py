@@ -28,7 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
 
 from imapsvc.imap import responses
-from imapsvc.imap.errors import ConnectionGone, IMAPError
+from imapsvc.imap.errors import CommandTimeout, ConnectionGone, IMAPError, ProtocolViolation
 from imapsvc.imap.protocol import FolderIMAPClient
 from imapsvc.imap.responses import ResponseParseError
 from imapsvc.model import Credentials
@@ -383,6 +383,13 @@ class Harness:
                 case.assertTrue(shape(result), f"{name} gave {result!r}")
         if self.client._closed and not lost:
             case.assertTrue(self.transport.disconnecting, "gave up but left the connection open")
+        untrusted = any(
+            box and isinstance(box[0], Failure) and box[0].check(ProtocolViolation, CommandTimeout)
+            for _name, _shape, box in self.outcomes
+        )
+        if untrusted and not lost:
+            # Nothing more may be read from a stream we cannot parse.
+            case.assertTrue(self.transport.disconnected, "unparseable stream not aborted")
         failed_badly = any(
             box and isinstance(box[0], Failure) and not isinstance(box[0].value, ConnectionGone)
             for name, shape, box in self.outcomes
