@@ -49,11 +49,28 @@ class ResponseParseError(ValueError):
     """The server sent something that is not valid IMAP syntax."""
 
 
+#: No number an IMAP server has reason to send is longer (UIDs, sizes and
+#: counts are 32/63-bit); longer ones are hostile and would also make int()
+#: slow or raise a bare ValueError past 4300 digits.
+MAX_DIGITS = 20
+
+
+def number(digits: bytes | str) -> int:
+    """``int(digits)`` for a run of ASCII digits of a sane length.
+
+    :raises ResponseParseError: anything else.
+    """
+    raw = digits.encode("latin-1") if isinstance(digits, str) else digits
+    if not raw or len(raw) > MAX_DIGITS or not raw.isdigit() or not raw.isascii():
+        raise ResponseParseError(f"bad number {raw[:24]!r}")
+    return int(raw)
+
+
 def literal_size(line: bytes) -> Optional[int]:
     """The octet count when ``line`` ends with a literal announcement
     (``{n}`` or ``{n+}``), else ``None``."""
     match = _LITERAL_AT_END.search(line)
-    return int(match.group(1)) if match else None
+    return number(match.group(1)) if match else None
 
 
 def tokenize(texts: Sequence[bytes], literals: Sequence[bytes] = ()) -> list[Any]:
@@ -95,7 +112,7 @@ def tokenize(texts: Sequence[bytes], literals: Sequence[bytes] = ()) -> list[Any
             elif literal:
                 if n != last or index >= len(literals):
                     raise ResponseParseError("literal marker not at end of line")
-                if int(literal) != len(literals[index]):
+                if number(literal) != len(literals[index]):
                     raise ResponseParseError("literal size mismatch")
                 current.append(literals[index])
             elif bad:
@@ -169,7 +186,10 @@ def throttle_delay(code: Optional[str], text: str) -> tuple[bool, Optional[float
     delay: Optional[float] = None
     if match:
         unit = (match.group(2) or b"milliseconds").lower()
-        value = int(match.group(1))
+        try:
+            value = number(match.group(1))
+        except ResponseParseError:
+            return True, None
         delay = value / 1000.0 if unit in (b"milliseconds", b"ms") else float(value)
     throttled = (code is not None and code.upper() in THROTTLE_CODES) or match is not None
     return throttled, delay
@@ -194,7 +214,7 @@ def parse_search(text: bytes) -> list[int]:
             continue
         if not word.isdigit():
             raise ResponseParseError(f"bad SEARCH number {word[:20]!r}")
-        out.append(int(word))
+        out.append(number(word))
     return out
 
 
@@ -222,7 +242,7 @@ def body_section_key(key: str) -> Optional[tuple[str, Optional[int]]]:
     if match is None:
         return None
     origin = match.group(2)
-    return match.group(1).upper(), (int(origin) if origin is not None else None)
+    return match.group(1).upper(), (number(origin) if origin is not None else None)
 
 
 def to_text_tree(value: Any) -> Any:

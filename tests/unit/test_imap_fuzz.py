@@ -499,57 +499,41 @@ _segment = st.one_of(
 )
 
 
-#: ``int()`` refuses more than 4300 digits with a plain ValueError; the
-#: parsers in ``responses`` do not turn that into ResponseParseError yet
-#: (see :class:`ResponsesDigitLimitTests`). The property tests tolerate exactly
-#: that error, so every other escape still fails them.
-_DIGIT_LIMIT = "Exceeds the limit"
-
-
 def _parse(case: SynchronousTestCase, function, *args):
     """``function(*args)``, or ``None`` when it raised ResponseParseError."""
     try:
         return function(*args)
     except ResponseParseError:
         return None
-    except ValueError as exc:
-        if type(exc) is ValueError and _DIGIT_LIMIT in str(exc):
-            return None
-        raise
 
 
 class ResponsesDigitLimitTests(SynchronousTestCase):
-    """Known bugs of ``responses`` (owned elsewhere, not edited here): a
-    number of more than 4300 digits raises a bare ``ValueError`` from
-    ``int()`` instead of :class:`ResponseParseError`. The client guards
-    against it (``protocol`` treats any ValueError as a parse error)."""
+    """A number of more than 4300 digits made ``int()`` raise a bare
+    ``ValueError``; every parser now refuses over-long numbers with
+    :class:`ResponseParseError`."""
 
     BIG = b"9" * 5000
 
     def test_parse_search(self):
         self.assertRaises(ResponseParseError, responses.parse_search, b"1 " + self.BIG)
 
-    test_parse_search.todo = "parse_search: int() of a 5000-digit number, bare ValueError"  # type: ignore[attr-defined]
 
     def test_literal_size(self):
         self.assertRaises(
             ResponseParseError, responses.literal_size, b"* 1 FETCH (BODY[] {" + self.BIG + b"}"
         )
 
-    test_literal_size.todo = "literal_size: int() of a 5000-digit size, bare ValueError"  # type: ignore[attr-defined]
 
     def test_tokenize(self):
         self.assertRaises(
             ResponseParseError, responses.tokenize, [b"(A {" + self.BIG + b"}", b")"], [b"x"]
         )
 
-    test_tokenize.todo = "tokenize: int() of a 5000-digit literal size, bare ValueError"  # type: ignore[attr-defined]
 
     def test_body_section_key(self):
         key = "BODY[1]<" + self.BIG.decode() + ">"
         self.assertRaises(ResponseParseError, responses.body_section_key, key)
 
-    test_body_section_key.todo = "body_section_key: int() of a 5000-digit origin, bare ValueError"  # type: ignore[attr-defined]
 
 
 class ParserFuzzTests(SynchronousTestCase):
