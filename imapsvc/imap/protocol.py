@@ -77,6 +77,8 @@ class _Command:
         self.on_ok: Optional[Callable[[_Command, Optional[str]], Any]] = None
         self.on_exists: Optional[Callable[[int], Any]] = None
         self.continuations = 0
+        #: Bytes of untagged responses received for this command.
+        self.received = 0
 
 
 class FolderIMAPClient(IMAP4Client):
@@ -116,6 +118,11 @@ class FolderIMAPClient(IMAP4Client):
     #: The engine's largest legitimate response is one message's sections
     #: (at most the raw-MIME cap plus text parts), far below this.
     max_response_bytes = 128 * _MIB
+    #: Largest total of untagged responses for one command: a server must
+    #: not keep one command open with endless SEARCH/FETCH/OK lines. The
+    #: engine's largest legitimate answer is a chunk of sections (a few MiB)
+    #: or one message up to the raw-MIME cap.
+    max_command_bytes = 256 * _MIB
 
     def __init__(
         self,
@@ -304,6 +311,12 @@ class FolderIMAPClient(IMAP4Client):
             if tag == b"+":
                 self._on_continuation(texts[0])
             elif tag == b"*":
+                cmd = self._current
+                if cmd is not None:
+                    cmd.received += sum(map(len, texts)) + sum(map(len, literals))
+                    if cmd.received > self.max_command_bytes:
+                        self._drop(ProtocolViolation("command answer exceeds the size limit"))
+                        return
                 self._on_untagged(texts, literals)
             else:
                 self._on_tagged(tag, texts, literals)

@@ -453,3 +453,27 @@ class HostileServerRegressionTests(ClientTestCase):
         self.failureResultOf(d, ProtocolViolation)
         self.assertDropped(transport)
         self.assertLessEqual(sum(map(len, client._literals)), 1000)
+
+    def test_endless_untagged_answer_to_one_command_drops(self):
+        client, transport, clock = self.connect(command_timeout=30)
+        client.max_command_bytes = 10_000
+        d = client.uid_search_from(1)
+        sent(transport)
+        line = b"* OK still busy " + b"x" * 80 + b"\r\n"
+        for _ in range(300):  # each line keeps the deadline alive
+            client.dataReceived(line)
+            clock.advance(1)
+            if transport.disconnecting:
+                break
+        self.failureResultOf(d, ProtocolViolation)
+        self.assertDropped(transport)
+
+    def test_untagged_budget_is_per_command(self):
+        client, transport, clock = self.connect()
+        client.max_command_bytes = 200
+        for tag in (b"0001", b"0002", b"0003"):
+            d = client.uid_search_from(1)
+            sent(transport)
+            hits = b" ".join(b"%d" % n for n in range(1, 41))
+            client.dataReceived(b"* SEARCH " + hits + b"\r\n" + tag + b" OK done\r\n")
+            self.assertEqual(len(self.successResultOf(d)), 40)
