@@ -1,10 +1,10 @@
 """The production :class:`~imapsvc.interfaces.IStore`: PostgreSQL via txpostgres.
 
 Every operation runs in its own transaction on a pooled asynchronous
-connection. Each connection has a dead-connection detector: txpostgres'
-pool otherwise keeps a connection the server dropped and fails on it
-forever. While a connection is being re-established operations on it fail
-fast with :class:`~imapsvc.interfaces.StoreUnavailable`; callers retry.
+connection from :mod:`imapsvc.store.pg_connections`, which replaces dead
+connections itself (txpostgres' pool would keep them and fail forever).
+While no connection is free, operations fail fast with
+:class:`~imapsvc.interfaces.StoreUnavailable`; callers retry.
 
 Lease times are the database's clock (``now()``), never this host's, so
 replicas with skewed clocks agree on who holds a provider. Every query names
@@ -13,17 +13,14 @@ the tenant: on Citus the tables are distributed by it.
 
 from __future__ import annotations
 
-import random
-import re
 from datetime import datetime
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import psycopg2
 from psycopg2.extras import Json
-from twisted.internet import defer, error
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from txpostgres import reconnection, txpostgres
 from zope.interface import implementer
 
 from imapsvc.interfaces import IStore, LeaseLost, StoreUnavailable
@@ -43,20 +40,16 @@ from imapsvc.store import (
     parse_seen_at,
     sorted_capabilities,
 )
-
-log = Logger()
-
-#: Failures that mean "the database is not reachable right now".
-_UNAVAILABLE = (
-    psycopg2.OperationalError,
-    psycopg2.InterfaceError,
-    reconnection.ConnectionDead,
-    error.ConnectionClosed,  # our own close() while an operation was running
-    txpostgres.RollbackFailed,
-    defer.TimeoutError,
+from imapsvc.store.pg_connections import (
+    CHANNEL_NAME,
+    Listener,
+    Pool,
+    open_connection,
+    shielded,
+    unavailable,
 )
 
-_CHANNEL = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+log = Logger()
 
 _PROVIDER_COLUMNS = """
     p.tenant, p.id, p.provider_name, p.mailbox,
@@ -101,7 +94,7 @@ def _cursors(state: Any) -> dict[str, FolderCursor]:
     return out
 
 
-def _provider(row: Sequence[Any]) -> ProviderConfig:
+def provider_from_row(row: Sequence[Any]) -> ProviderConfig:
     (tenant, pid, name, mailbox, host, port, secure, starttls, auth_type, username,
      timeout_ms, keepalive, max_emails, filters, authorize_url, token_url, client_id,
      scopes, access_token, token_expires_at, folder_state, caps, lease_owner,
@@ -139,440 +132,6 @@ def _provider(row: Sequence[Any]) -> ProviderConfig:
     )
 
 
-def _backoff() -> Iterator[float]:
-    """Delays between reconnection attempts: the first at once, then short and
-    capped at two seconds, so a pool is whole again within a couple of seconds
-    of the database coming back (operations fail fast meanwhile)."""
-    yield 0.0
-    delay = 0.25
-    while True:
-        yield delay * random.uniform(0.75, 1.0)  # jitter: replicas do not stampede
-        delay = min(delay * 2, 2.0)
-
-
-class _Connection(txpostgres.Connection):
-    """A txpostgres connection that reports a dropped server as a lost
-    connection (to :attr:`lost`) instead of an unhandled reactor error, and
-    does not try to roll back on a connection that is already gone.
-
-    It has no txpostgres ``DeadConnectionDetector``: a dead connection is
-    thrown away and replaced by a fresh one (see :class:`_Redial`), since a
-    reused connection object keeps stale state (a stopped detector flagged
-    "dead", a pending poll) that made it fail every query forever.
-    """
-
-    #: Called once with this connection when the server side goes away.
-    lost: Optional[Callable[[_Connection], Any]] = None
-    label = "db"
-
-    def _socket_ok(self) -> bool:
-        # libpq reports socket -1 for a broken connection that psycopg2 does
-        # not flag as closed yet; registering -1 with the reactor raises.
-        conn = self._connection
-        return conn is not None and not conn.closed and conn.fileno() >= 0
-
-    def doRead(self) -> Any:  # noqa: N802 (Twisted name)
-        # txpostgres' doRead, made safe for a connection that just broke: the
-        # reactor is told (by the returned reason) instead of an exception.
-        self.reactor.removeReader(self)
-        try:
-            if not self._connection.closed:
-                self.continuePolling()
-            self.checkForNotifies()
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
-            return e
-        if not self._socket_ok():
-            return error.ConnectionLost("database connection broken")
-        self.reactor.addReader(self)
-        return None
-
-    def cursorFinished(self, cursor: Any) -> None:  # noqa: N802 (txpostgres name)
-        self._cursors.discard(cursor)
-        if self._socket_ok():
-            self.reactor.addReader(self)
-            self.checkForNotifies()
-
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802 (Twisted name)
-        super().connectionLost(reason)
-        lost, self.lost = self.lost, None
-        if lost is not None:
-            lost(self)
-
-    @property
-    def dead(self) -> bool:
-        """True once the underlying connection is closed (by either side)."""
-        return not self._socket_ok()
-
-    def discard(self) -> None:
-        """Close without reporting a loss; safe to call in any state."""
-        self.lost = None
-        if self._connection is None:
-            return
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def _runInteraction(self, interaction: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
-        cursor = self.cursor()
-        d = cursor.execute("begin")
-        d.addCallback(interaction, *args, **kwargs)
-        d.addCallback(lambda result: cursor.execute("commit").addCallback(lambda _: result))
-        d.addErrback(self._rollback, cursor)
-        return d
-
-    def _rollback(self, f: Failure, cursor: Any) -> Any:
-        if f.check(*_UNAVAILABLE) or self._connection.closed:
-            return f  # the server ended the transaction with the connection
-
-        def failed(rf: Failure) -> Failure:
-            log.warn("rollback failed: {error}", error=rf.getErrorMessage())
-            return Failure(txpostgres.RollbackFailed(self, f))
-
-        d = defer.maybeDeferred(cursor.execute, "rollback")
-        return d.addCallbacks(lambda _: f, failed)
-
-
-def _open(reactor: Any, dsn: str, connkw: dict[str, Any], timeout: float,
-          label: str) -> defer.Deferred:
-    """Open a fresh :class:`_Connection`, bounded by ``timeout`` seconds
-    (libpq does not time out asynchronous connects itself). Cancelling the
-    result, or the timeout, closes the half-open connection: nothing leaks.
-
-    :rtype: Deferred[_Connection]
-    """
-    conn = _Connection(reactor)
-    conn.label = label
-    over = []  # set once cancelled or timed out: closing then fails the connect
-
-    def cancel(_: Any) -> None:
-        over.append(True)
-        if timer.active():
-            timer.cancel()
-        conn.discard()
-
-    result: defer.Deferred = defer.Deferred(cancel)
-
-    def expire() -> None:
-        over.append(True)
-        result.errback(defer.TimeoutError(f"connecting took over {timeout:g}s"))
-        conn.discard()
-
-    timer = reactor.callLater(timeout, expire)
-
-    def connected(_: Any) -> None:
-        if timer.active():
-            timer.cancel()
-        if over:
-            conn.discard()
-        else:
-            result.callback(conn)
-
-    def failed(f: Failure) -> None:
-        if timer.active():
-            timer.cancel()
-        conn.discard()
-        if not over:
-            result.errback(f)
-
-    conn.connect(dsn, **connkw).addCallbacks(connected, failed)
-    return result
-
-
-class _Redial:
-    """Calls ``attempt()`` (which returns a Deferred connection) with
-    :func:`_backoff` delays until it succeeds, then ``done(conn)``. Stoppable
-    at any point without leaving a connection or a delayed call behind."""
-
-    def __init__(self, reactor: Any, label: str, attempt: Callable[[], defer.Deferred],
-                 done: Callable[[Any], Any]) -> None:
-        self._reactor = reactor
-        self._label = label
-        self._attempt_fn = attempt
-        self._done = done
-        self._delays = _backoff()
-        self._timer: Any = None
-        self._pending: Optional[defer.Deferred] = None
-        self._stopped = False
-        self.attempts = 0
-
-    def start(self) -> _Redial:
-        self._schedule()
-        return self
-
-    def _schedule(self) -> None:
-        delay = next(self._delays)
-        self._timer = self._reactor.callLater(delay, self._attempt)
-
-    def _attempt(self) -> None:
-        self._timer = None
-        if self._stopped:
-            return
-        self.attempts += 1
-        d = self._pending = self._attempt_fn()
-        d.addCallbacks(self._connected, self._failed)
-        d.addErrback(lambda f: log.failure("database reconnection {label}", f,
-                                           label=self._label))
-
-    def _connected(self, conn: Any) -> Any:
-        self._pending = None
-        if self._stopped:
-            conn.discard()
-            return None
-        log.info("database connection {label} re-established after {n} attempt(s)",
-                 label=self._label, n=self.attempts)
-        return self._done(conn)
-
-    def _failed(self, f: Failure) -> None:
-        self._pending = None
-        if self._stopped:
-            return
-        if self.attempts == 1 or self.attempts % 10 == 0:
-            log.info("database reconnection {label} failed ({error}); retrying",
-                     label=self._label, error=_one_line(f))
-        self._schedule()
-
-    def stop(self) -> None:
-        self._stopped = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.cancel()
-
-
-def _one_line(f: Failure) -> str:
-    return " ".join(f.getErrorMessage().split()) or f.type.__name__
-
-
-class _Pool:
-    """A fixed number of connections that heal themselves.
-
-    A connection found dead (lost while idle, or an operation on it failed
-    because the connection went away) is closed and its slot redialled with
-    a *fresh* connection in the background. While no live connection is free,
-    operations fail fast with :class:`StoreUnavailable` rather than queueing
-    behind a database that is not there.
-    """
-
-    def __init__(self, reactor: Any, size: int, dsn: str, connkw: dict[str, Any],
-                 connect_timeout: float) -> None:
-        self._reactor = reactor
-        self._size = size
-        self._dsn = dsn
-        self._connkw = connkw
-        self._connect_timeout = connect_timeout
-        self._idle: list[_Connection] = []
-        self._busy: set[_Connection] = set()
-        self._redials: set[_Redial] = set()
-        self._starting: list[defer.Deferred] = []
-        self._semaphore = defer.DeferredSemaphore(size)
-        self._serial = 0
-        self._closed = False
-
-    def _open(self) -> defer.Deferred:
-        self._serial += 1
-        return _open(self._reactor, self._dsn, self._connkw, self._connect_timeout,
-                     f"pool-{self._serial}")
-
-    @property
-    def live(self) -> int:
-        """Connections currently open (idle or in use)."""
-        return len(self._idle) + len(self._busy)
-
-    def start(self) -> defer.Deferred:
-        """Open every connection. Succeeds when at least one opens (the others
-        are redialled); fails, with everything closed, when none does."""
-        self._starting = [self._open() for _ in range(self._size)]
-        d = defer.DeferredList(self._starting, consumeErrors=True)
-
-        def opened(results: list[tuple[bool, Any]]) -> Any:
-            self._starting = []
-            conns = [c for ok, c in results if ok]
-            errors = [f for ok, f in results if not ok]
-            if self._closed:
-                for conn in conns:
-                    conn.discard()
-                raise StoreUnavailable("database store stopped while starting")
-            if not conns:
-                return errors[0]
-            for conn in conns:
-                self._add(conn)
-            if errors:
-                log.warn("{n} of {size} database connections failed to open ({error});"
-                         " retrying them", n=len(errors), size=self._size,
-                         error=_one_line(errors[0]))
-                for _ in errors:
-                    self._redial()
-            return None
-
-        return d.addCallback(opened)
-
-    def _add(self, conn: _Connection) -> None:
-        if self._closed:
-            conn.discard()
-            return
-        conn.lost = self._lost
-        self._idle.append(conn)
-
-    def _lost(self, conn: _Connection) -> None:
-        """The server side of ``conn`` went away."""
-        if conn in self._idle:
-            self._idle.remove(conn)
-            self._replace(conn, "lost while idle")
-        # A busy connection is replaced when its operation finishes (_done).
-
-    def _replace(self, conn: _Connection, why: str) -> None:
-        conn.discard()
-        if self._closed:
-            return
-        log.warn("database connection {label} {why}; reconnecting", label=conn.label, why=why)
-        self._redial()
-
-    def _redial(self) -> None:
-        def done(conn: _Connection) -> None:
-            self._redials.discard(redial)
-            self._add(conn)
-
-        redial = _Redial(self._reactor, "pool", self._open, done)
-        self._redials.add(redial)
-        redial.start()
-
-    def run_interaction(self, interaction: Callable[..., Any], *args: Any) -> defer.Deferred:
-        """Run ``interaction(cursor, *args)`` in a transaction on a free
-        connection."""
-        if self._closed:
-            return defer.fail(StoreUnavailable("database store is stopped"))
-        return self._semaphore.run(self._run, interaction, *args)
-
-    def _run(self, interaction: Callable[..., Any], *args: Any) -> defer.Deferred:
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.dead:  # closed, and the reactor has not told us yet
-                self._replace(conn, "found closed")
-                continue
-            self._busy.add(conn)
-            d = conn.runInteraction(interaction, *args)
-            return d.addBoth(self._done, conn)
-        return defer.fail(StoreUnavailable("database unavailable (reconnecting)"))
-
-    def _done(self, result: Any, conn: _Connection) -> Any:
-        self._busy.discard(conn)
-        broken = isinstance(result, Failure) and result.check(*_UNAVAILABLE)
-        if self._closed:
-            conn.discard()
-        elif conn.dead or broken:
-            self._replace(conn, "failed during an operation")
-        else:
-            self._idle.append(conn)
-        return result
-
-    def close(self) -> None:
-        """Close every connection (operations in flight fail) and stop
-        redialling."""
-        self._closed = True
-        for d in self._starting:
-            d.cancel()
-        for redial in list(self._redials):
-            redial.stop()
-        self._redials.clear()
-        for conn in self._idle + list(self._busy):
-            conn.discard()
-        self._idle = []
-
-
-class Listener:
-    """One ``LISTEN`` on its own connection; see :meth:`PostgresStore.listen`."""
-
-    def __init__(self, reactor: Any, open_conn: Callable[[str], defer.Deferred], channel: str,
-                 callback: Callable[[str], Any],
-                 on_reconnect: Optional[Callable[[], Any]]) -> None:
-        self.channel = channel
-        self._reactor = reactor
-        self._open_conn = open_conn
-        self._callback = callback
-        self._on_reconnect = on_reconnect
-        self._conn: Optional[_Connection] = None
-        self._redial: Optional[_Redial] = None
-        self._stopped = False
-        #: How many times the connection was re-established (for tests/metrics).
-        self.reconnects = 0
-
-    def _notified(self, notify: Any) -> Any:
-        if notify.channel != self.channel:
-            return None
-        return defer.maybeDeferred(self._callback, notify.payload).addErrback(
-            lambda f: log.failure("LISTEN {channel} callback failed", f, channel=self.channel))
-
-    @defer.inlineCallbacks
-    def _connect(self) -> Any:
-        """A fresh connection with the LISTEN issued (closed if that fails)."""
-        conn = yield self._open_conn(f"listen-{self.channel}")
-        try:
-            yield conn.runOperation(f'LISTEN "{self.channel}"')
-        except BaseException:
-            conn.discard()
-            raise
-        return conn
-
-    def _attach(self, conn: _Connection) -> None:
-        if self._stopped:
-            conn.discard()
-            return
-        conn.addNotifyObserver(self._notified)
-        conn.lost = self._lost
-        self._conn = conn
-
-    def _lost(self, conn: _Connection) -> None:
-        if self._stopped or conn is not self._conn:
-            return
-        self._conn = None
-        conn.removeNotifyObserver(self._notified)
-        conn.discard()
-        log.warn("LISTEN {channel} connection lost; reconnecting", channel=self.channel)
-        self._redial = _Redial(self._reactor, f"listen-{self.channel}", self._connect,
-                               self._reconnected).start()
-
-    def _reconnected(self, conn: _Connection) -> Any:
-        self._redial = None
-        self._attach(conn)
-        if self._stopped:
-            return None
-        self.reconnects += 1
-        if self._on_reconnect is None:
-            return None
-        # Notifications sent while we were away are lost: let the owner resync.
-        return defer.maybeDeferred(self._on_reconnect).addErrback(
-            lambda f: log.failure("LISTEN {channel} on_reconnect failed", f,
-                                  channel=self.channel))
-
-    @defer.inlineCallbacks
-    def start(self) -> Any:
-        conn = yield self._connect()
-        self._attach(conn)
-        return self
-
-    def stop(self) -> None:
-        """Stop listening and close the connection."""
-        self._stopped = True
-        if self._redial is not None:
-            self._redial.stop()
-            self._redial = None
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            conn.removeNotifyObserver(self._notified)
-            conn.discard()
-
-
-def _unavailable(f: Failure) -> Failure:
-    """Turn connection-level failures into StoreUnavailable (no DSN in it)."""
-    if f.check(*_UNAVAILABLE):
-        err = StoreUnavailable(" ".join(f.getErrorMessage().split()) or "database unavailable")
-        return Failure(err)
-    return f
-
-
 @implementer(IStore)
 class PostgresStore:
     """:class:`~imapsvc.interfaces.IStore` on PostgreSQL (or Citus).
@@ -604,7 +163,7 @@ class PostgresStore:
         # Built afresh by every start(): a pool is never reused after a
         # failed start or a stop (stale connection state is what used to
         # make a restarted pool fail every query).
-        self._pool: Optional[_Pool] = None
+        self._pool: Optional[Pool] = None
         self._listeners: list[Listener] = []
 
     # -- lifecycle ----------------------------------------------------------
@@ -615,7 +174,7 @@ class PostgresStore:
         again after that, or after :meth:`stop`."""
         if self._pool is not None:
             self._pool.close()
-        pool = self._pool = _Pool(self._reactor, self._pool_size, self._dsn, self._connkw,
+        pool = self._pool = Pool(self._reactor, self._pool_size, self._dsn, self._connkw,
                                   self._connect_timeout)
 
         def failed(f: Failure) -> Failure:
@@ -624,7 +183,7 @@ class PostgresStore:
                 self._pool = None
             if f.check(defer.CancelledError, defer.TimeoutError):
                 return Failure(StoreUnavailable("timed out connecting to the database"))
-            return _unavailable(f)
+            return unavailable(f)
 
         return pool.start().addErrback(failed)
 
@@ -638,8 +197,8 @@ class PostgresStore:
             pool.close()
         return defer.succeed(None)
 
-    def _open(self, label: str) -> defer.Deferred:
-        return _open(self._reactor, self._dsn, self._connkw, self._connect_timeout, label)
+    def open_connection(self, label: str) -> defer.Deferred:
+        return open_connection(self._reactor, self._dsn, self._connkw, self._connect_timeout, label)
 
     def listen(self, channel: str, callback: Callable[[str], Any],
                on_reconnect: Optional[Callable[[], Any]] = None) -> defer.Deferred:
@@ -651,9 +210,9 @@ class PostgresStore:
 
         :rtype: Deferred[Listener]
         """
-        if not _CHANNEL.match(channel):
+        if not CHANNEL_NAME.match(channel):
             return defer.fail(ValueError(f"bad channel name {channel!r}"))
-        listener = Listener(self._reactor, self._open, channel, callback, on_reconnect)
+        listener = Listener(self._reactor, self.open_connection, channel, callback, on_reconnect)
         self._listeners.append(listener)
         d = listener.start()
 
@@ -661,7 +220,7 @@ class PostgresStore:
             listener.stop()
             if listener in self._listeners:
                 self._listeners.remove(listener)
-            return _unavailable(f)
+            return unavailable(f)
 
         return d.addErrback(failed)
 
@@ -672,7 +231,7 @@ class PostgresStore:
         or plain function) in one transaction."""
         if self._pool is None:
             return defer.fail(StoreUnavailable("database store not started"))
-        return _shielded(self._pool.run_interaction(fn, *args).addErrback(_unavailable))
+        return shielded(self._pool.run_interaction(fn, *args).addErrback(unavailable))
 
     @defer.inlineCallbacks
     def _query(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -695,14 +254,14 @@ class PostgresStore:
             sql += " AND p.tenant = %s"
             params = (tenant,)
         rows = yield self._query(sql + " ORDER BY p.tenant, p.id", params)
-        return [_provider(r) for r in rows]
+        return [provider_from_row(r) for r in rows]
 
     @defer.inlineCallbacks
     def get_provider(self, tenant: str, provider_id: str) -> Any:
         rows = yield self._query(
             "SELECT" + _PROVIDER_COLUMNS + _PROVIDER_FROM + " WHERE p.tenant = %s AND p.id = %s",
             (tenant, provider_id))
-        return _provider(rows[0]) if rows else None
+        return provider_from_row(rows[0]) if rows else None
 
     # -- cursors -------------------------------------------------------------
 
@@ -1029,23 +588,3 @@ class PostgresStore:
 
     def ping(self) -> defer.Deferred:
         return self._query("SELECT 1").addCallback(lambda _: None)
-
-
-def _shielded(inner: defer.Deferred) -> defer.Deferred:
-    """A Deferred with ``inner``'s result that can be cancelled (deadlines,
-    shutdown) without cancelling ``inner``.
-
-    Cancelling a txpostgres operation runs libpq's blocking ``PQcancel`` on
-    the reactor thread, which freezes the whole service while the server is
-    unreachable. The abandoned operation finishes (or fails) on its own and
-    its connection returns to the pool as usual.
-    """
-    outer: defer.Deferred = defer.Deferred()
-
-    def relay(result: Any) -> None:
-        if not outer.called:
-            outer.callback(result) if not isinstance(result, Failure) else outer.errback(result)
-        return None  # an abandoned failure is not an unhandled error
-
-    inner.addBoth(relay)
-    return outer
