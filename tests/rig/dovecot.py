@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from unittest import SkipTest
@@ -531,9 +532,15 @@ class Dovecot:
         """
         if not self.running:
             return
-        for _ in range(100):
+        # Bounded by time, not attempts: right after start-up doveadm can
+        # fail fast (auth process not listening yet), a hundred times in
+        # well under a second on a loaded machine.
+        deadline = time.monotonic() + 15.0
+        pause = threading.Event()
+        while time.monotonic() < deadline:
             if self._auth_test(name, password) == expect:
                 return
+            pause.wait(0.05)
         raise RigError(f"Dovecot did not pick up the change to user {name!r}")
 
     def add_user(self, name: str, password: str = DEFAULT_PASSWORD) -> str:
