@@ -73,6 +73,36 @@ def normalise_address(addr: str) -> str | None:
     return candidate if is_valid_address(candidate) else None
 
 
+#: Characters that make an address list more than "Name <a@b>, c@d":
+#: quotes, comments, groups, escapes, literals. With none of them the fast
+#: path below gives what :func:`email.utils.getaddresses` gives.
+_NOT_SIMPLE = re.compile(r'["():;\\\[\]]')
+_NAMED = re.compile(r"^([^<>@]*)<([^<>\s@]+@[^<>\s@]+)>$")
+_BARE = re.compile(r"^[^\s<>@]+@[^\s<>@]+$")
+
+
+def simple_addresses(texts: list[str]) -> list[tuple[str, str]] | None:
+    """``getaddresses(texts)`` for the common plain forms, without the
+    stdlib's pure-Python RFC 2822 parser (the costliest step of mapping a
+    message); ``None`` when any part is not plain (the caller falls back)."""
+    pairs: list[tuple[str, str]] = []
+    for text in texts:
+        if _NOT_SIMPLE.search(text):
+            return None
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            named = _NAMED.match(part)
+            if named is not None:
+                pairs.append((" ".join(named.group(1).split()), named.group(2)))
+            elif _BARE.match(part):
+                pairs.append(("", part))
+            else:
+                return None
+    return pairs
+
+
 def parse_addresses(raw_values: Iterable[str]) -> list[dict[str, str]]:
     """Parse raw address header values (``surrogateescape`` text, as from
     :class:`imapsvc.core.headers.Headers`) into valid ``{"email", "name"}``
@@ -89,10 +119,14 @@ def parse_addresses(raw_values: Iterable[str]) -> list[dict[str, str]]:
         texts.append(text)
     if not texts:
         return []
-    try:
-        pairs = getaddresses(texts)
-    except Exception:
-        return []
+    simple = simple_addresses(texts)
+    if simple is not None:
+        pairs = simple
+    else:
+        try:
+            pairs = getaddresses(texts)
+        except Exception:
+            return []
     out: list[dict[str, str]] = []
     for name, spec in pairs:
         if len(out) >= MAX_ADDRESSES:

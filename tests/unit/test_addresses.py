@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from imapsvc.core.addresses import is_valid_address, parse_addresses
+from imapsvc.core.addresses import is_valid_address, parse_addresses, simple_addresses
 
 
 class ValidatorTests(SynchronousTestCase):
@@ -61,3 +63,53 @@ class ParseTests(SynchronousTestCase):
         value = ", ".join(f"u{i}@example.com" for i in range(20000))
         out = parse_addresses([value])
         self.assertTrue(0 < len(out) <= 500)
+
+
+class SimpleFastPathTests(SynchronousTestCase):
+    """The fast path agrees with the stdlib parser wherever it answers."""
+
+    @staticmethod
+    def stdlib(texts):
+        from email.utils import getaddresses
+
+        return [(n, a) for n, a in getaddresses(texts) if a]
+
+    @settings(max_examples=400, derandomize=True, deadline=None)
+    @given(st.lists(st.text(alphabet="ab.-_=?@<> ,\tö1", max_size=40), min_size=1, max_size=3))
+    def test_agrees_with_getaddresses(self, texts):
+        fast = simple_addresses(texts)
+        if fast is not None:
+            self.assertEqual(fast, self.stdlib(texts))
+
+    _name = st.text(alphabet="ab .-_=?\u00f6\t1'", max_size=20)
+    _addr = st.builds(
+        lambda local, domain: local + "@" + domain,
+        st.text(alphabet="ab.-_1+'", max_size=8),
+        st.text(alphabet="ab.-1\u00f6", max_size=8),
+    )
+    _part = st.one_of(
+        _addr,
+        st.builds(lambda n, a, sp: n + sp + "<" + a + ">", _name, _addr,
+                  st.sampled_from(["", " ", "  ", "\t"])),
+    )
+
+    @settings(max_examples=400, derandomize=True, deadline=None)
+    @given(st.lists(st.lists(_part, min_size=1, max_size=4).map(", ".join), min_size=1,
+                    max_size=2))
+    def test_agrees_on_plausible_lists(self, texts):
+        fast = simple_addresses(texts)
+        if fast is not None:
+            self.assertEqual(fast, self.stdlib(texts))
+
+    def test_common_forms_take_the_fast_path(self):
+        for text in [
+            "Alice Example <alice@example.org>",
+            "a@b.com, Jane Q. Doe <c@d.org>",
+            "=?utf-8?q?J=C3=B6rg?= <j@x.de>",
+        ]:
+            self.assertIsNotNone(simple_addresses([text]), text)
+            self.assertEqual(simple_addresses([text]), self.stdlib([text]))
+
+    def test_anything_else_falls_back(self):
+        for text in ['"Doe, J" <j@x.com>', "a@b.com (comment)", "Team: a@b.com;", "x\\y <a@b.c>"]:
+            self.assertIsNone(simple_addresses([text]), text)
