@@ -483,7 +483,12 @@ class Dovecot:
             _Instance.wait_stopped(proc)
 
     def restart(self) -> None:
-        """Stop and start the main instance on the same ports; clients are cut off."""
+        """Stop and start the main instance on the same ports.
+
+        Dovecot 2.3 leaves running imap sessions alive across a master
+        restart, so this does not by itself cut clients off: use
+        :meth:`kick` (or stop the old session processes) for that.
+        """
         self._main.stop()
         self._main.start([(self.ports.imap, False), (self.ports.imaps, True)])
 
