@@ -319,7 +319,7 @@ SETTINGS: tuple[Setting, ...] = (
             "a message larger than this is never downloaded whole", _P),
     Setting("IMAP_MAX_TEXT_PART_BYTES", positive_int, 2 * MIB,
             "text/plain and text/html parts are fetched up to this many bytes", _P),
-    Setting("IMAP_FETCH_CHUNK", positive_int, 200,
+    Setting("IMAP_FETCH_CHUNK", positive_int, 100,
             "UIDs per UID FETCH command", _P),
     Setting("IMAP_PARSE_THREAD_THRESHOLD_BYTES", non_negative_int, 262144,
             "messages larger than this are parsed off the reactor thread", _P),
