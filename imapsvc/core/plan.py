@@ -18,7 +18,8 @@ import attr
 from imapsvc.model import BodyPart, FetchedMessage, Limits
 
 #: Default ``IMAP_FETCH_CHUNK``: UIDs per metadata FETCH. 100 keeps peak memory at about
-#: 0.4 of the reference pipeline for 6% less throughput than 200 (docs/performance.md).
+#: 0.4 of the reference pipeline for a few percent less throughput than 200
+#: (docs/performance.md, sessions 3 to 5).
 DEFAULT_FETCH_CHUNK = 100
 #: Default byte budget of one body FETCH (sum of expected literal sizes).
 DEFAULT_FETCH_BYTES = 8 * 1024 * 1024
