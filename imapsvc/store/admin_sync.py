@@ -22,6 +22,7 @@ from typing import Any, Iterator, Optional
 
 from imapsvc.model import ProviderConfig
 from imapsvc.store import sorted_capabilities
+from imapsvc.store.pg_errors import connect_failure
 
 
 class AdminError(Exception):
@@ -199,8 +200,7 @@ class PostgresAdmin(AdminStore):
             self.conn = psycopg2.connect(dsn, connect_timeout=10,
                                          application_name="imapsvc-cli")
         except psycopg2.OperationalError as e:
-            # libpq's message names host and port, never the password.
-            raise AdminError(f"cannot reach the database: {' '.join(str(e).split())}") from None
+            raise AdminError(connect_failure(e)) from None
         params = self.conn.get_dsn_parameters()
         self._where = f"{params.get('host', '?')}:{params.get('port', '?')}/{params.get('dbname')}"
 

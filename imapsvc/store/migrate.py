@@ -19,6 +19,8 @@ from typing import Optional, Sequence, TextIO
 
 import psycopg2
 
+from imapsvc.store.pg_errors import connect_failure
+
 #: Arbitrary constant for ``pg_advisory_lock``: "imapsvc migrate".
 _LOCK_KEY = 0x1A9_5C_0001
 
@@ -173,9 +175,7 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout,
     try:
         applied = apply_migrations(args.database_url, out=out)
     except psycopg2.OperationalError as e:
-        # libpq's message names host and port, never the password.
-        reason = " ".join(str(e).split())
-        print(f"imapsvc migrate: cannot reach the database: {reason}", file=err)
+        print(f"imapsvc migrate: {connect_failure(e)}", file=err)
         return 1
     except MigrationError as e:
         print(f"imapsvc migrate: {e}", file=err)

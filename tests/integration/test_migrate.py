@@ -79,6 +79,14 @@ class MigrateTests(unittest.TestCase):
         self.assertIn("cannot reach the database", err)
         self.assertNotIn("hunter2", err + out)
 
+    def test_missing_database_is_named_not_unreachable(self) -> None:
+        missing = self.name + "_absent"
+        code, out, err = self.run_main("--database-url", make_dsn(rig.admin_dsn(), dbname=missing))
+        self.assertEqual(code, 1)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn(f'the database "{missing}" does not exist', err)
+        self.assertNotIn("cannot reach", err)
+
     def test_failed_migration_leaves_nothing(self) -> None:
         directory = self.mktemp()
         import os
