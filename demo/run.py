@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -51,6 +53,8 @@ from demo.send import INFO_FILE, SendError, send_message, state_dir  # noqa: E40
 
 DEMO_USER = "demo@example.com"
 EVENT_NAME = "INBOUND_EMAIL_RECEIVED"
+#: Shell exports for the admin CLI, in the state folder.
+CLI_ENV = "cli.env"
 #: Settings a user's shell may carry that would point the demo somewhere real.
 FOREIGN_SETTINGS = ("DATABASE_URL", "REDIS_URL", "IMAPSVC_SECRETS_DIR", "IMAP_TLS_INSECURE",
                     "IMAPSVC_TENANTS", "IMAP_EVENT_STREAM")
@@ -207,6 +211,7 @@ class Demo:
         self.printer: Optional[EventPrinter] = None
         self.env: dict[str, str] = {}
         self.port = 0
+        self._lock_fd: Optional[int] = None
 
     # -- set-up ------------------------------------------------------------------
 
@@ -251,7 +256,7 @@ class Demo:
         say("starting a private Dovecot on 127.0.0.1 (TLS, throwaway CA)")
         try:
             self.dovecot = Dovecot()
-            self.dovecot.start()
+            self.dovecot.start(wrong_certificate=False)
         except (RigError, SkipTest) as e:
             raise DemoError(f"Dovecot did not start: {e}") from None
         password = secrets.token_urlsafe(12)
@@ -345,11 +350,40 @@ class Demo:
             return "see its log above"
         return f"last lines of {self.log_path}:\n{_tail_of(self.log_path)}"
 
+    def _lock(self) -> None:
+        """One demo per state folder: a second ``make run`` would delete the
+        first one's store and event file and take ``make send`` over."""
+        path = os.path.join(self.state, "demo.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = ""
+            with contextlib.suppress(OSError, ValueError):
+                other = os.read(fd, 32).decode().strip()
+            os.close(fd)
+            raise DemoError(
+                f"another demo is running (pid {other or '?'}) on {self.state}: stop it with "
+                "Ctrl-C, or start this one with DEMO_STATE_DIR=<another folder>") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _write_cli_env(self) -> None:
+        """``<state>/cli.env``: what the admin CLI needs to reach this demo."""
+        names = ("IMAPSVC_SQLITE_PATH", "IMAPSVC_EVENTS_FILE", "PORT", "IMAPSVC_ADMIN_TOKEN",
+                 "IMAPSVC_SECRET_KEY")
+        lines = ["# . demo/.state/cli.env  points `python -m imapsvc` at the running demo"]
+        lines += [f"export {name}={shlex.quote(self.env[name])}" for name in names]
+        _write_private(os.path.join(self.state, CLI_ENV), "\n".join(lines) + "\n")
+
     def start(self) -> None:
         os.makedirs(self.state, mode=0o700, exist_ok=True)
+        self._lock()
         self._fresh_files()
         self.env = {k: v for k, v in os.environ.items() if k not in FOREIGN_SETTINGS}
         self.env.pop("IMAPSVC_SECRET_KEY", None)
+        self.env.pop("IMAPSVC_ADMIN_TOKEN", None)
         self.port = _free_port()
         self.env.update(
             IMAPSVC_SQLITE_PATH=self.sqlite_path,
@@ -359,6 +393,9 @@ class Demo:
             PYTHONUNBUFFERED="1",
         )
         self.env["IMAPSVC_SECRET_KEY"] = self._secret_key()
+        # The admin API (`python -m imapsvc status`, reconnect, ...) needs a token.
+        self.env["IMAPSVC_ADMIN_TOKEN"] = secrets.token_urlsafe(32)
+        self._write_cli_env()
         info = self._start_dovecot()
         self.env["IMAP_TLS_CA_FILE"] = info["ca_file"]
         self._add_provider(info)
@@ -393,6 +430,8 @@ class Demo:
             f"  service log:      {self.log_path if not self.verbose else '(this terminal)'}\n"
             f"  events file:      {self.events_path}\n"
             f"  health:           curl http://127.0.0.1:{self.port}/readyz\n"
+            f"  admin CLI:        . {os.path.join(self.state, CLI_ENV)} && "
+            ".venv/bin/python -m imapsvc status\n"
             "  stop:             Ctrl-C\n",
             flush=True,
         )
@@ -420,8 +459,13 @@ class Demo:
         if self.dovecot is not None:
             self.dovecot.cleanup()
             self.dovecot = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.state, INFO_FILE))
+        if self._lock_fd is not None:
+            # Only the demo holding the lock owns these files.
+            for name in (INFO_FILE, CLI_ENV):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.state, name))
+            os.close(self._lock_fd)
+            self._lock_fd = None
         say("stopped")
 
 

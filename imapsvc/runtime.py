@@ -100,7 +100,7 @@ class Runtime(service.MultiService):
         self.credentials = CredentialSource(self.store, self.secrets, self.box, http, reactor)
         self.relay = Relay(self.store, self.sink, reactor, owner=s.worker_id)
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="imapsvc-parse")
-        # -- parse process pool (owned by the pipeline/performance task) --
+        # -- parse process pool (IMAP_PARSE_PROCESSES; docs/performance.md) --
         from imapsvc.parse_pool import ParsePool
 
         # IMAP_PARSE_PROCESSES=0 (the default) means a thread and no pool:

@@ -2,11 +2,11 @@
 
 :class:`FolderIMAPClient` subclasses :class:`twisted.mail.imap4.IMAP4Client`
 but replaces its response reader and command machinery, because the
-inherited ones have defects that lose data or hang (see
-``/work/shared/STACK.md``): results keyed by sequence number, bodies decoded
-as text, 16 KiB line limit, a literal at the end of a line eats the line
-end, an empty line raises, no client IDLE, XOAUTH2 wrapped at 76 columns,
-``login()`` falling back to cleartext, no per-command deadline.
+inherited ones have defects that lose data or hang: results keyed by
+sequence number, bodies decoded as text, 16 KiB line limit, a literal at
+the end of a line eats the line end, an empty line raises, no client IDLE,
+XOAUTH2 wrapped at 76 columns, ``login()`` falling back to cleartext, no
+per-command deadline.
 
 Only the methods documented here are supported; the inherited command
 methods (``select``, ``fetchSpecific``, ...) are disabled.

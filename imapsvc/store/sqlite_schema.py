@@ -18,6 +18,7 @@ by a newer version is refused rather than guessed at.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 #: Bumped with every change below; stored in ``PRAGMA user_version``.
@@ -147,6 +148,23 @@ CREATE TABLE IF NOT EXISTS imap_oauth_states (
 """
 
 
+def _create_private(path: str) -> None:
+    """Create a missing store file readable by its owner only.
+
+    It holds sealed secrets and every tenant's cursors and outbox; SQLite gives
+    its ``-wal`` and ``-shm`` files the main file's mode, so this covers them too.
+    """
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError:
+        # No folder, no permission: sqlite3.connect reports it as the store does.
+        pass
+
+
 def connect(path: str, timeout_s: float = 10.0) -> sqlite3.Connection:
     """Open ``path`` the way every imapsvc user of the file must: WAL (readers
     never block the writer), ``synchronous=FULL`` (a committed batch survives
@@ -156,6 +174,7 @@ def connect(path: str, timeout_s: float = 10.0) -> sqlite3.Connection:
     The connection is in autocommit mode (``isolation_level=None``): callers
     open transactions explicitly with ``BEGIN IMMEDIATE``.
     """
+    _create_private(path)
     conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None,
                            check_same_thread=False)
     try:

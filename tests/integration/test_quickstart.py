@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import uuid
@@ -221,6 +222,37 @@ class QuickStartTests(TestCase):
         self.assertIn("twistd", running)
         self.assertIn("events tail", running)
         self.assertIn("dovecot", running)
+        # Only the Dovecot the demo uses (the rig's wrong-certificate one is for tests).
+        masters = [line for line in running.splitlines() if "dovecot -F -c" in line]
+        self.assertEqual(len(masters), 1, running)
+        # Sealed secrets live in the store: not readable by other local users.
+        store = os.path.join(self.state, "imapsvc.sqlite3")
+        self.assertEqual(os.stat(store).st_mode & 0o077, 0)
+
+        # A second run on the same state folder refuses instead of taking over.
+        second, _ = self.start_demo()
+        second_status = yield second.ended
+        self.assertEqual(second_status, 1, second.text)
+        self.assertIn("another demo is running", second.text)
+        self.assertTrue(demo.running, demo.text)
+        self.assertTrue(os.path.exists(store))
+
+        # cli.env points the admin CLI at this demo: `status` answers.
+        exports = {}
+        with open(os.path.join(self.state, "cli.env"), encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("export "):
+                    name, _, value = line[len("export "):].strip().partition("=")
+                    exports[name] = shlex.split(value)[0]
+        cli = _Demo()
+        reactor.spawnProcess(
+            cli, sys.executable, [sys.executable, "-m", "imapsvc", "status"],
+            env={**{k: v for k, v in os.environ.items() if not k.startswith(("IMAP", "PORT"))},
+                 **exports},
+            path=self.state,
+        )
+        self.assertEqual((yield cli.ended), 0, cli.text)
+        self.assertIn("INBOX", cli.text)
 
         # demo/send.py, as `make send` runs it.
         subject = f"ctrl-c test {uuid.uuid4().hex[:8]}"

@@ -7,6 +7,7 @@ the machine or the rig, not at the service.
 from __future__ import annotations
 
 import imaplib
+import os
 import ssl
 
 from OpenSSL import SSL
@@ -192,6 +193,14 @@ class RigTestCase(unittest.TestCase):
             with self.assertRaises(imaplib.IMAP4.abort):
                 conn.noop()
         self.assertFalse(self.dovecot.kick(self.user))
+
+    def test_service_process_removes_its_folder(self) -> None:
+        from tests.rig.service import ServiceProcess
+
+        proc = ServiceProcess({}, "rig-test")
+        self.assertTrue(os.path.isdir(proc.dir))
+        proc.cleanup()
+        self.assertFalse(os.path.exists(proc.dir))
 
     def test_mail_helpers(self) -> None:
         """Bulk APPEND keeps order and leaves mail unread; folders with any name work."""

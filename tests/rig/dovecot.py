@@ -471,10 +471,15 @@ class Dovecot:
         """The main instance's log file."""
         return self._main.log_path
 
-    def start(self) -> None:
-        """Start both instances and wait until their ports greet."""
+    def start(self, wrong_certificate: bool = True) -> None:
+        """Start both instances and wait until their ports greet.
+
+        ``wrong_certificate=False`` starts only the main instance (the demo has
+        no use for a server with a certificate for another name).
+        """
         self._main.start([(self.ports.imap, False), (self.ports.imaps, True)])
-        self._wrong.start([(self.ports.imaps_wrong, True)])
+        if wrong_certificate:
+            self._wrong.start([(self.ports.imaps_wrong, True)])
 
     def stop(self) -> None:
         """Stop both instances (mail stays on disk)."""

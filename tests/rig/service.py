@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -147,10 +148,14 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def cleanup(self) -> None:
+        """Kill the process if it still runs and delete its folder (log included:
+        tests that need the log read it before; ``IMAPSVC_TEST_KEEP_DIRS=1`` keeps it)."""
         if self.proc is not None and self.proc.poll() is None:
             self.kill()
         if getattr(self, "_log", None):
             self._log.close()
+        if not os.environ.get("IMAPSVC_TEST_KEEP_DIRS"):
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def http_get(url: str, token: Optional[str] = None) -> tuple[int, bytes]:

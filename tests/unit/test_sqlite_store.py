@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 from datetime import UTC, datetime
 from typing import Any
 
@@ -106,6 +107,21 @@ class SqliteStoreExtrasTests(SqliteStoreTestBase):
         mode = self.side.execute("PRAGMA journal_mode").fetchone()[0]
         self.assertEqual(mode, "wal")
         self.assertEqual(self.side.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
+
+    def test_files_private_to_the_owner(self) -> None:
+        # Sealed secrets and every tenant's outbox: not for other local users,
+        # whatever the umask (the demo ran with 022 and left it world-readable).
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                self.assertEqual(stat.S_IMODE(os.stat(self.path + suffix).st_mode), 0o600, suffix)
+
+    def test_existing_file_mode_is_left_alone(self) -> None:
+        other = self.mktemp()
+        with open(other, "w"):
+            pass
+        os.chmod(other, 0o640)
+        connect(other).close()
+        self.assertEqual(stat.S_IMODE(os.stat(other).st_mode), 0o640)
 
     @defer.inlineCallbacks
     def test_restart_keeps_data_and_schema(self) -> Any:
