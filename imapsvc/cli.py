@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, Callable, Mapping, Optional, Sequence, TextIO
 from urllib.parse import unquote, urlsplit
 
 from imapsvc import cli_provider
-from imapsvc.cli_provider import AdminError, Context, parse_uuid
+from imapsvc.cli_provider import AdminError, Context, InputError, parse_uuid
 from imapsvc.config import SETTINGS, ConfigError, Settings, load_settings, settings_markdown
 
 #: Exit status of a usage error (argparse's) and of a bad setting.
@@ -569,6 +569,9 @@ def main(
         return _run(args, settings, out, err, stdin or sys.stdin,
                     getpass or getpass_module.getpass, urlopen or urllib.request.urlopen,
                     redis or RespClient, wait or _wait, stop or (lambda: False))
+    except InputError as e:
+        err.write(f"imapsvc: {e}\n")
+        return USAGE
     except AdminError as e:
         err.write(f"imapsvc: {e}\n")
         return 1

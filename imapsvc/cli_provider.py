@@ -28,7 +28,7 @@ from imapsvc.secrets import (
     password_name,
     refresh_token_name,
 )
-from imapsvc.store.admin_sync import AdminError, AdminStore
+from imapsvc.store.admin_sync import AdminError, AdminStore, InputError
 
 
 #: What the CLI commands share: streams, prompts, the opened store.
@@ -48,7 +48,7 @@ def parse_uuid(text: str, what: str) -> str:
     try:
         return str(uuid.UUID(text.strip()))
     except ValueError:
-        raise AdminError(f"{what} is not a UUID: {text!r}") from None
+        raise InputError(f"{what} is not a UUID: {text!r}") from None
 
 
 def parse_bool(text: str, what: str) -> bool:
@@ -57,7 +57,7 @@ def parse_bool(text: str, what: str) -> bool:
         return True
     if lowered in ("false", "no", "0", "off"):
         return False
-    raise AdminError(f"{what} must be true or false, not {text!r}")
+    raise InputError(f"{what} must be true or false, not {text!r}")
 
 
 def read_secret(ctx: Context, from_stdin: bool, label: str, allow_empty: bool = False) -> str:
@@ -109,13 +109,13 @@ def resolved(d: defer.Deferred) -> Any:
 def secret_store(ctx: Context, store: AdminStore) -> SecretStore:
     """:raises AdminError: no usable ``IMAPSVC_SECRET_KEY``."""
     if not ctx.secret_keys:
-        raise AdminError(
+        raise InputError(
             "IMAPSVC_SECRET_KEY is not set: secrets are stored encrypted with it; create one "
             "with `python -m imapsvc keygen` and give the same value to the service")
     try:
         box = SecretBox.from_setting(",".join(ctx.secret_keys))
     except SecretKeyError:
-        raise AdminError("IMAPSVC_SECRET_KEY must be 32 bytes as url-safe base64 or hex"
+        raise InputError("IMAPSVC_SECRET_KEY must be 32 bytes as url-safe base64 or hex"
                          ) from None
     # The mounted-secrets directory is the service's read path only: writes
     # always go to the store, so no secrets_dir here.
@@ -132,7 +132,7 @@ def add(ctx: Context, args: argparse.Namespace) -> int:
     starttls = args.tls_mode == "starttls"
     port = args.port if args.port is not None else (143 if starttls else 993)
     if not 1 <= port <= 65535:
-        raise AdminError(f"--port must be between 1 and 65535, not {port}")
+        raise InputError(f"--port must be between 1 and 65535, not {port}")
     oauth = args.auth == "oauth2"
     if oauth:
         missing = [flag for flag, value in (
@@ -141,7 +141,7 @@ def add(ctx: Context, args: argparse.Namespace) -> int:
             ("--oauth-token-url", args.oauth_token_url),
         ) if not value]
         if missing:
-            raise AdminError("--auth oauth2 needs " + ", ".join(missing))
+            raise InputError("--auth oauth2 needs " + ", ".join(missing))
     config = ProviderConfig(
         tenant=tenant,
         provider_id=provider_id,

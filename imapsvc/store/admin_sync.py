@@ -29,6 +29,11 @@ class AdminError(Exception):
     """A one-line, user-facing reason an admin operation failed."""
 
 
+class InputError(AdminError):
+    """An argument or a setting is wrong, not the operation: exit status 2,
+    like argparse's usage errors (``docs/cli.md``)."""
+
+
 class NotFound(AdminError):
     """The tenant has no such provider."""
 

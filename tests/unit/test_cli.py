@@ -172,6 +172,7 @@ class ProviderTests(CliTestBase):
                               "--host", "h", "--username", "u", "--password-stdin",
                               stdin=io.StringIO(PASSWORD + "\n"))
         self.assert_one_line_error(result, "IMAPSVC_SECRET_KEY is not set", "keygen")
+        self.assertEqual(result[0], 2, "a missing setting is a usage error (docs/cli.md)")
         self.assertEqual(self.rows("SELECT * FROM email_providers"), [])
 
     def test_bad_secret_key_not_echoed(self) -> None:
@@ -179,15 +180,18 @@ class ProviderTests(CliTestBase):
         result = self.run_cli("provider", "list")
         err = self.assert_one_line_error(result, "IMAPSVC_SECRET_KEY")
         self.assertNotIn("short-key-value", err)
+        self.assertEqual(result[0], 2)
 
     def test_bad_uuid(self) -> None:
         result = self.run_cli("provider", "add", "--tenant", "acme", "--mailbox", "p@x.com",
                               "--host", "h", "--username", "u", "--password-stdin",
                               stdin=io.StringIO("pw\n"))
         self.assert_one_line_error(result, "--tenant is not a UUID")
+        self.assertEqual(result[0], 2, "a bad argument value is a usage error (docs/cli.md)")
         result = self.run_cli("provider", "set-active", "--tenant", self.tenant,
                               "--provider", "12", "--active", "true")
         self.assert_one_line_error(result, "--provider is not a UUID")
+        self.assertEqual(result[0], 2)
 
     def test_duplicate_mailbox(self) -> None:
         self.add()
@@ -195,6 +199,7 @@ class ProviderTests(CliTestBase):
                               "help@example.com", "--host", "h", "--username", "u",
                               "--password-stdin", stdin=io.StringIO("pw\n"))
         self.assert_one_line_error(result, "already has a provider with that mailbox")
+        self.assertEqual(result[0], 1, "a refused operation, not a usage error")
         self.assertEqual(len(self.rows("SELECT * FROM email_providers")), 1)
         self.assertEqual(len(self.rows("SELECT * FROM imap_secrets")), 1)
 
@@ -211,6 +216,7 @@ class ProviderTests(CliTestBase):
         result = self.run_cli("provider", "set-active", "--tenant", self.tenant,
                               "--provider", pid, "--active", "maybe")
         self.assert_one_line_error(result, "true or false")
+        self.assertEqual(result[0], 2)
 
     def test_unknown_provider(self) -> None:
         self.add()
@@ -270,6 +276,7 @@ class ProviderTests(CliTestBase):
                               "--host", "h", "--username", "u", "--auth", "oauth2",
                               "--password-stdin", stdin=io.StringIO("\n"))
         self.assert_one_line_error(result, "--oauth-client-id", "--oauth-token-url")
+        self.assertEqual(result[0], 2)
         status, _, err = self.run_cli(
             "provider", "add", "--tenant", self.tenant, "--mailbox", "o@x.com", "--host", "h",
             "--username", "u", "--auth", "oauth2", "--oauth-client-id", "cid",
