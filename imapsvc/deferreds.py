@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, TypeVar
 
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from imapsvc.interfaces import StoreUnavailable
 
 T = TypeVar("T")
 
@@ -49,6 +51,24 @@ def with_deadline(
     return d.addTimeout(seconds, clock, onTimeoutCancel=on_timeout)
 
 
+#: Failures that mean "a peer is away for now" (database restarting, Redis
+#: down, a deadline hit), as opposed to a bug.
+EXPECTED_OUTAGES: tuple[type[BaseException], ...] = (
+    DeadlineExceeded,
+    StoreUnavailable,
+    ConnectionError,
+    error.ConnectError,
+    error.ConnectionLost,
+    error.ConnectionDone,
+    defer.TimeoutError,
+)
+
+
+def _one_line(failure: Failure) -> str:
+    text = " ".join(str(failure.value).split())
+    return f"{type(failure.value).__name__}: {text}" if text else type(failure.value).__name__
+
+
 def fire_and_forget(
     d: defer.Deferred[Any],
     log: Optional[Logger] = None,
@@ -64,7 +84,12 @@ def fire_and_forget(
     logger = log or _log
 
     def failed(failure: Failure) -> None:
-        logger.failure("{what} failed", failure=failure, what=what)
+        if failure.check(*EXPECTED_OUTAGES):
+            # A peer that is away is retried by whoever scheduled this: worth a
+            # line, not a critical entry with a traceback per attempt.
+            logger.warn("{what} failed: {err}", what=what, err=_one_line(failure))
+        else:
+            logger.failure("{what} failed", failure=failure, what=what)
         if on_error is not None:
             try:
                 on_error(failure)
