@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from imapsvc.core.backoff import jitter_around
 from imapsvc.core.discovery import aggregate_status, plan_discovery
 from imapsvc.deferreds import fire_and_forget
 from imapsvc.interfaces import IAdmin
@@ -37,8 +38,9 @@ _REAUTH_STATES = ("needsreauth",)
 
 
 def jittered(seconds: float, pct: float, rng: random.Random) -> float:
-    """``seconds`` shortened by up to ``pct`` (so timers of many replicas drift apart)."""
-    return seconds * (1.0 - pct * rng.random())
+    """``seconds`` jittered by up to ``pct`` either way, as the app does, so
+    the timers of many replicas drift apart (``core.backoff.jitter_around``)."""
+    return jitter_around(seconds, pct, rng.random)
 
 
 class FolderHooks:
@@ -451,7 +453,11 @@ class Supervisor(service.MultiService):
 
     def _schedule_renew(self) -> None:
         # Three renewals per TTL: one missed renewal never loses the lease.
-        delay = jittered(self.lease_ttl_s / 3.0, self.jitter_pct, self._rng)
+        # Jitter goes both ways around a nominal that keeps the longest draw
+        # at TTL/3, so the "stop before the lease could expire" margin of
+        # renew_leases holds as it did with shortening-only jitter.
+        nominal = self.lease_ttl_s / 3.0 / (1.0 + max(0.0, min(1.0, self.jitter_pct)))
+        delay = jittered(nominal, self.jitter_pct, self._rng)
         self._renew_call = self.clock.callLater(delay, self._renew_all)
 
     def _renew_all(self) -> None:

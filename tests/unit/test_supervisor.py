@@ -180,7 +180,7 @@ class SupervisorTests(unittest.TestCase):
                 svc.auth_failed(folder, "AUTHENTICATIONFAILED")
             if attempt < 2:
                 self.assertEqual(self.paused, [])
-                self.clock.advance(60)  # next discovery pass retries the login
+                self.clock.advance(66)  # next pass (60 s +/- 10 %) retries the login
         self.assertEqual(self.paused, [("p1", 3, "AUTHENTICATIONFAILED")])
         # Counted once per failed attempt (not per folder), for /metrics.
         self.assertEqual(sup.status()["authFailures"], 3)
@@ -294,9 +294,48 @@ class SupervisorTests(unittest.TestCase):
         self.assertEqual(sup.last_discovery_error, "db down")
         self.assertFalse(sup.discovered_once)
         self.store.list_active_providers = real
-        self.clock.advance(60)
+        self.clock.advance(66)  # 60 s +/- 10 %
         self.assertTrue(sup.discovered_once)
         self.assertEqual(len(sup.providers), 1)
+
+
+class TimerJitterTests(unittest.TestCase):
+    """IMAP_TIMER_JITTER_PCT spreads refresh and heartbeat both ways."""
+
+    def delays(self, jitter_pct, n=400):
+        clock = Clock()
+        sup = Supervisor(MemoryStore(clock), clock, "w1", lambda *a: None, refresh_s=60,
+                         lease_ttl_s=120, jitter_pct=jitter_pct, rng=random.Random(7))
+        sup.running = True
+        refresh, heartbeat = [], []
+        for _ in range(n):
+            sup._discovery_done(None)
+            refresh.append(sup._discovery_call.getTime() - clock.seconds())
+            sup._discovery_call.cancel()
+            sup._schedule_renew()
+            heartbeat.append(sup._renew_call.getTime() - clock.seconds())
+            sup._renew_call.cancel()
+        return refresh, heartbeat
+
+    def test_refresh_both_ways_within_bounds(self):
+        refresh, _ = self.delays(0.1)
+        self.assertTrue(all(54.0 <= d <= 66.0 for d in refresh))
+        self.assertGreater(sum(1 for d in refresh if d < 60), 150)
+        self.assertGreater(sum(1 for d in refresh if d > 60), 150)
+
+    def test_heartbeat_both_ways_never_beyond_a_third_of_the_ttl(self):
+        for pct in (0.1, 0.5, 1.0):
+            _, heartbeat = self.delays(pct)
+            nominal = 40.0 / (1 + pct)
+            self.assertTrue(all(d <= 40.0 + 1e-9 for d in heartbeat), pct)
+            self.assertTrue(all(d >= nominal * (1 - pct) - 1e-9 for d in heartbeat), pct)
+            self.assertGreater(sum(1 for d in heartbeat if d < nominal), 100)
+            self.assertGreater(sum(1 for d in heartbeat if d > nominal), 100)
+
+    def test_no_jitter_is_exact(self):
+        refresh, heartbeat = self.delays(0.0, n=5)
+        self.assertEqual(set(refresh), {60.0})
+        self.assertEqual(set(heartbeat), {40.0})
 
 
 class BadRowTests(unittest.TestCase):
