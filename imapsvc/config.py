@@ -272,11 +272,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IMAP_POLL_INTERVAL_MS", positive_int, 30000,
             "poll interval for servers without IDLE", _T),
     Setting("IMAP_IDLE_RESTART_MS", positive_int, 1500000,
-            "re-issue IDLE after this long; must be below 29 minutes (1740000)", _T),
+            "leave IDLE and sync after this long; must be below 29 minutes (1740000)", _T),
+    Setting("IMAP_IDLE_KEEPALIVE_MS", positive_int, 240000,
+            "while idling, end and re-issue IDLE this often, so a server silent while idling "
+            "is not dropped; capped at 90% of IMAP_INACTIVITY_TIMEOUT_MS", _T),
     Setting("IMAP_STARTUP_STAGGER_MS", non_negative_int, 2000,
             "spread provider start-ups over this window", _T),
     Setting("IMAP_TIMER_JITTER_PCT", fraction, 0.1,
-            "jitter fraction for refresh, heartbeat, poll sleep and IDLE restart", _T),
+            "jitter fraction, either way, for refresh, heartbeat, poll sleep, IDLE restart "
+            "and IDLE keep-alive", _T),
     Setting("IMAP_RECONNECT_BASE_MS", positive_int, 2000,
             "first reconnect delay after a dropped connection", _T),
     Setting("IMAP_RECONNECT_MAX_MS", positive_int, 60000,
@@ -399,6 +403,7 @@ class Settings:
     lease_ttl_ms: int = _default("IMAP_LEASE_TTL_MS")
     poll_interval_ms: int = _default("IMAP_POLL_INTERVAL_MS")
     idle_restart_ms: int = _default("IMAP_IDLE_RESTART_MS")
+    idle_keepalive_ms: int = _default("IMAP_IDLE_KEEPALIVE_MS")
     startup_stagger_ms: int = _default("IMAP_STARTUP_STAGGER_MS")
     timer_jitter_pct: float = _default("IMAP_TIMER_JITTER_PCT")
     reconnect_base_ms: int = _default("IMAP_RECONNECT_BASE_MS")
@@ -608,6 +613,11 @@ def settings_markdown() -> str:
         "`IMAP_LEASE_TTL_MS` > `IMAP_PROVIDER_REFRESH_MS` * (1 + `IMAP_TIMER_JITTER_PCT`);",
         "`IMAP_MAX_ATTACHMENT_BYTES` <= `IMAP_MAX_RAW_MIME_BYTES`;",
         "`IMAP_TLS_INSECURE` and `IMAP_TLS_CA_FILE` are not set together.",
+        "",
+        "`IMAP_TIMER_JITTER_PCT` draws each periodic timer (provider refresh, lease heartbeat,",
+        "poll sleep, IDLE restart, IDLE keep-alive) uniformly from `interval * (1 +/- pct)`,",
+        "as the app does; whatever the draw (and the setting), an IDLE restart stays below",
+        "29 minutes and an IDLE keep-alive at or below 90 % of `IMAP_INACTIVITY_TIMEOUT_MS`.",
         "",
         "Sensitive settings (marked *secret*) are never printed, logged or repeated in",
         "error messages; prefer the environment or `IMAPSVC_SECRETS_DIR` over options,",

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imapsvc import folder_state as S
+from imapsvc.config import IDLE_RESTART_LIMIT_MS
 from imapsvc.core import plan as P
 from imapsvc.core.backoff import Rand, timer_delay
 from imapsvc.core.cursor import REASON_RESUME, advance, compute_start
@@ -39,6 +40,11 @@ from imapsvc.model import FolderCursor, Limits, ProviderConfig
 from imapsvc.oauth import REFRESH_MARGIN_S
 
 HISTORY_SIZE = 50
+#: Why an IDLE ended when the keep-alive timer ended it (see ``_idle``).
+IDLE_KEEPALIVE = "keep-alive"
+#: Share of the inactivity watchdog the IDLE keep-alive may use at most, so
+#: DONE's answer arrives before the watchdog fires.
+KEEPALIVE_SHARE = 0.9
 #: When an access token's lifetime is already inside the refresh margin at
 #: login (a token endpoint handing out very short tokens), reconnect after
 #: this long rather than at once: every login would refresh again.
@@ -68,6 +74,7 @@ class FolderOptions:
     max_emails_per_sync: int = 5
     poll_interval_ms: int = 30000
     idle_restart_ms: int = 1500000
+    idle_keepalive_ms: int = 240000
     timer_jitter_pct: float = 0.1
     startup_stagger_ms: int = 2000
     reconnect_base_ms: int = 2000
@@ -215,7 +222,11 @@ class FolderService(service.Service):
         self._exists_at_sync: Optional[int] = None
         self._idle_done_sent = False
         self._idle_submitted = False
+        self._idle_ended_for: Optional[str] = None
         self._idle_timer: Any = None
+        self._keepalive_timer: Any = None
+        #: IDLEs ended and re-issued by the keep-alive (no sync in between).
+        self.idle_keepalives = 0
         self._poll_timer: Any = None
         self._poll_wait: Optional[defer.Deferred] = None
         self._token_timer: Any = None
@@ -264,6 +275,7 @@ class FolderService(service.Service):
             "handedOff": self.handed_off,
             "bytesFetched": self.bytes_fetched,
             "idleWakeups": self.idle_wakeups,
+            "idleKeepalives": self.idle_keepalives,
             "reconnects": dict(self.reconnects),
             "uidNext": self.uid_next,
             "lag": self.lag(),
@@ -633,22 +645,64 @@ class FolderService(service.Service):
 
     @defer.inlineCallbacks
     def _idle(self, proto: Any):  # type: ignore[no-untyped-def]
+        """Idle until new mail, a wake-up or the IDLE restart (then the loop
+        syncs). Meanwhile the keep-alive ends and re-issues IDLE, with no
+        sync, well before the inactivity watchdog: servers that send
+        nothing while idling (Exchange Online) are not dropped as dead, and
+        a dead one still is (DONE unanswered within the command deadline,
+        or the watchdog)."""
         self._idle_done_sent = False
         self._set_state(S.IDLING, "waiting for new mail (IDLE)")
         if self._wake_pending or self._stopping:
             # A hook reacting to Idling woke or stopped us: IDLE would only
             # have to be ended again.
             return
-        delay = timer_delay(self.options.idle_restart_ms, self.options.timer_jitter_pct, self.rand)
+        jitter, rand = self.options.timer_jitter_pct, self.rand
+        # Capped just below the 29 minutes whatever the jitter drew.
+        delay = timer_delay(
+            self.options.idle_restart_ms, jitter, rand, ceiling_s=IDLE_RESTART_LIMIT_MS / 1e3 - 1
+        )
         self._idle_timer = self.reactor.callLater(delay, self._end_idle, "IDLE restart")
-        self._idle_submitted = True
         try:
-            yield proto.idle(self._on_exists)
+            while True:
+                self._idle_done_sent = False
+                self._idle_ended_for = None
+                keepalive = self._keepalive_delay()
+                if keepalive is not None:
+                    self._keepalive_timer = self.reactor.callLater(
+                        keepalive, self._end_idle, IDLE_KEEPALIVE
+                    )
+                self._idle_submitted = True
+                try:
+                    yield proto.idle(self._on_exists)
+                finally:
+                    self._idle_submitted = False
+                    if self._keepalive_timer is not None and self._keepalive_timer.active():
+                        self._keepalive_timer.cancel()
+                    self._keepalive_timer = None
+                if (
+                    self._idle_ended_for != IDLE_KEEPALIVE
+                    or self._wake_pending
+                    or self._stopping
+                    or self._token_refresh_due
+                    or getattr(proto, "last_exists", None) != self._exists_at_sync
+                ):
+                    return
+                # Nothing announced and nothing asked: idle on at once.
+                self.idle_keepalives += 1
         finally:
-            self._idle_submitted = False
             if self._idle_timer is not None and self._idle_timer.active():
                 self._idle_timer.cancel()
             self._idle_timer = None
+
+    def _keepalive_delay(self) -> Optional[float]:
+        """Seconds until the next keep-alive, jittered, below the watchdog."""
+        ceiling = None
+        if self.options.inactivity_timeout_ms:
+            ceiling = self.options.inactivity_timeout_ms / 1000.0 * KEEPALIVE_SHARE
+        return timer_delay(
+            self.options.idle_keepalive_ms, self.options.timer_jitter_pct, self.rand, ceiling
+        )
 
     def _on_exists(self, count: int) -> None:
         self.idle_wakeups += 1
@@ -656,17 +710,26 @@ class FolderService(service.Service):
 
     def _end_idle(self, why: str) -> None:
         proto = self._proto
-        if proto is None or self._idle_done_sent:
+        if proto is None:
+            return
+        if self._idle_done_sent:
+            # DONE is out (say, for the keep-alive) and its answer not yet
+            # in: remember the stronger reason, or a wake-up in that window
+            # would only re-issue IDLE.
+            if why != IDLE_KEEPALIVE:
+                self._idle_ended_for = why
             return
         if not self._idle_submitted:
             # IDLE not sent yet: remember the wake-up instead of losing it.
-            self._wake_pending = True
+            if why != IDLE_KEEPALIVE:
+                self._wake_pending = True
             return
         # Also before the server's "+" arrived (proto.idling still False):
         # the protocol then sends DONE right after the "+". Waiting for
         # ``idling`` here lost wake-ups and made stopService hang until its
         # timeout when they came in that window.
         self._idle_done_sent = True
+        self._idle_ended_for = why
         self.log.debug("{label}: leaving IDLE ({why})", label=self.label, why=why)
         proto.done()
 
@@ -683,10 +746,11 @@ class FolderService(service.Service):
             self._poll_timer = None
 
     def _cancel_timers(self) -> None:
-        for timer in (self._idle_timer, self._poll_timer, self._token_timer):
+        timers = (self._idle_timer, self._keepalive_timer, self._poll_timer, self._token_timer)
+        for timer in timers:
             if timer is not None and timer.active():
                 timer.cancel()
-        self._idle_timer = self._poll_timer = self._token_timer = None
+        self._idle_timer = self._keepalive_timer = self._poll_timer = self._token_timer = None
 
     # -- OAuth2 refresh-ahead ----------------------------------------------------
 

@@ -13,6 +13,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import attr
 
+from imapsvc.core.folders import unique_folders
+
 #: ``email_providers.status`` values.
 STATUS_CONNECTED = "connected"
 STATUS_DISCONNECTED = "disconnected"
@@ -92,6 +94,11 @@ class ProviderConfig:
     inbound_paused_at: Optional[datetime] = None
     inbound_auth_failure_count: int = 0
     updated_at: Optional[datetime] = None
+    #: Set by a store when the row could not be read faithfully (say, a
+    #: ``folder_filters`` that is not a list of strings): the supervisor
+    #: marks such a provider ``error`` with this reason instead of running it.
+    #: Not a column.
+    config_error: Optional[str] = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -99,8 +106,11 @@ class ProviderConfig:
 
     @property
     def folders(self) -> tuple[str, ...]:
-        """The configured folder paths; empty configuration means INBOX."""
-        return self.folder_filters or ("INBOX",)
+        """The configured folder paths, one per connection; empty
+        configuration means INBOX. Filters that differ only in case (or
+        surrounding blanks) are one folder: the first spelling wins (see
+        :func:`imapsvc.core.folders.unique_folders`)."""
+        return unique_folders(self.folder_filters) or ("INBOX",)
 
     def connection_signature(self) -> tuple[Any, ...]:
         """What forces a restart of the provider's connections when it changes."""

@@ -17,8 +17,10 @@ from typing import Any, Callable, Optional
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from imapsvc.core.backoff import jitter_around
 from imapsvc.core.discovery import aggregate_status, plan_discovery
 from imapsvc.deferreds import fire_and_forget
 from imapsvc.interfaces import IAdmin
@@ -36,8 +38,9 @@ _REAUTH_STATES = ("needsreauth",)
 
 
 def jittered(seconds: float, pct: float, rng: random.Random) -> float:
-    """``seconds`` shortened by up to ``pct`` (so timers of many replicas drift apart)."""
-    return seconds * (1.0 - pct * rng.random())
+    """``seconds`` jittered by up to ``pct`` either way, as the app does, so
+    the timers of many replicas drift apart (``core.backoff.jitter_around``)."""
+    return jitter_around(seconds, pct, rng.random)
 
 
 class FolderHooks:
@@ -233,6 +236,11 @@ class Supervisor(service.MultiService):
         self._renew_call = None
         self.discovered_once = False
         self.last_discovery_error: Optional[str] = None
+        #: Providers that cannot run, with the reason written to their
+        #: ``error_message`` (see :meth:`_provider_invalid`).
+        self.invalid: dict[Key, str] = {}
+        self._invalid_written: set[Key] = set()
+        self._start_failed_now: set[Key] = set()
         #: Failed logins counted towards auto-pause (``imapsvc_auth_failures``).
         self.auth_failures = 0
 
@@ -277,6 +285,11 @@ class Supervisor(service.MultiService):
 
     def _discovery_done(self, result) -> None:
         self._discovering = None
+        if isinstance(result, Failure):
+            # Per-provider problems are handled inside the pass; anything
+            # reaching here is a bug: say so rather than stall silently.
+            self.last_discovery_error = result.getErrorMessage()
+            self.log.failure("provider discovery pass failed", result)
         if not self.running:
             return
         if self._again:
@@ -302,13 +315,29 @@ class Supervisor(service.MultiService):
         plan = plan_discovery(
             wanted, running, used, self.max_connections_per_tenant, self.tenants
         )
+        invalid = dict(plan.invalid)
+        self._start_failed_now = set()
         for key in plan.stop:
-            yield self.drop_provider(key, "no longer active, paused or deleted")
+            why = invalid.get(key)
+            yield self.drop_provider(
+                key,
+                f"configuration error: {why}" if why else "no longer active, paused or deleted",
+            )
         for provider in plan.restart:
             yield self.drop_provider(provider.key, "connection settings changed", release=False)
             yield self._start_provider(provider, have_lease=True)
         for provider in plan.update:
-            self.providers[provider.key].update(provider)
+            svc = self.providers.get(provider.key)
+            if svc is None:
+                continue
+            try:
+                svc.update(provider)
+            except Exception:
+                self.log.failure(
+                    "updating provider {tenant}/{provider} failed",
+                    tenant=provider.tenant,
+                    provider=provider.provider_id,
+                )
         for key, svc in list(self.providers.items()):
             if svc.needs_reauth():
                 # One login retry per discovery pass (or per NOTIFY, e.g. new
@@ -317,9 +346,40 @@ class Supervisor(service.MultiService):
                 yield self.drop_provider(key, "retrying login", release=False)
                 yield self._start_provider(svc.provider, have_lease=True)
         self.waiting = dict(plan.waiting)
+        for key, reason in sorted(invalid.items()):
+            yield self._provider_invalid(key, reason)
         for provider in plan.start:
             yield self._start_provider(provider)
+        # A reason is forgotten once its provider is fine (or gone), so a
+        # later breakage is reported again.
+        for key in list(self.invalid):
+            if key not in invalid and key not in self._start_failed_now:
+                self.invalid.pop(key, None)
+                self._invalid_written.discard(key)
         self.discovered_once = True
+
+    @defer.inlineCallbacks
+    def _provider_invalid(self, key: Key, reason: str):
+        """A provider that cannot run: ``status = 'error'`` with ``reason``,
+        logged and written once per reason (not on every pass)."""
+        if self.invalid.get(key) != reason:
+            self.invalid[key] = reason
+            self._invalid_written.discard(key)
+            self.log.warn(
+                "provider {tenant}/{provider} not started: {reason}",
+                tenant=key[0],
+                provider=key[1],
+                reason=reason,
+            )
+        if key in self._invalid_written:
+            return
+        try:
+            yield self.store.set_provider_status(key[0], key[1], "error", reason)
+        except Exception as e:
+            # Retried on the next pass.
+            self.log.warn("status write for {key} failed: {err}", key=key, err=str(e))
+            return
+        self._invalid_written.add(key)
 
     @defer.inlineCallbacks
     def _start_provider(self, provider: ProviderConfig, have_lease: bool = False):
@@ -339,15 +399,34 @@ class Supervisor(service.MultiService):
         if not self.running or key in self.providers:
             return
         self._lease_ok_at[key] = self.clock.seconds()
-        svc = ProviderService(self, provider, self._make_folder)
-        self.providers[key] = svc
+        svc = None
+        try:
+            svc = ProviderService(self, provider, self._make_folder)
+            self.providers[key] = svc
+            svc.setServiceParent(self)
+        except Exception as e:
+            # Whatever this row makes fail (a folder that cannot be built,
+            # a TLS name nothing caught earlier) stays with this row.
+            self.providers.pop(key, None)
+            self._lease_ok_at.pop(key, None)
+            if svc is not None and svc.parent is not None:
+                try:
+                    yield svc.disownServiceParent()
+                except Exception:
+                    pass
+            try:
+                yield self.store.release_lease(key[0], key[1], self.owner)
+            except Exception as err:
+                self.log.warn("releasing lease {key} failed: {err}", key=key, err=str(err))
+            self._start_failed_now.add(key)
+            yield self._provider_invalid(key, f"cannot start: {redact(str(e) or repr(e))}")
+            return
         self.log.info(
             "provider {tenant}/{provider} started with {n} folder(s)",
             tenant=key[0],
             provider=key[1],
             n=len(provider.folders),
         )
-        svc.setServiceParent(self)
 
     @defer.inlineCallbacks
     def drop_provider(self, key: Key, reason: str, release: bool = True):
@@ -374,7 +453,11 @@ class Supervisor(service.MultiService):
 
     def _schedule_renew(self) -> None:
         # Three renewals per TTL: one missed renewal never loses the lease.
-        delay = jittered(self.lease_ttl_s / 3.0, self.jitter_pct, self._rng)
+        # Jitter goes both ways around a nominal that keeps the longest draw
+        # at TTL/3, so the "stop before the lease could expire" margin of
+        # renew_leases holds as it did with shortening-only jitter.
+        nominal = self.lease_ttl_s / 3.0 / (1.0 + max(0.0, min(1.0, self.jitter_pct)))
+        delay = jittered(nominal, self.jitter_pct, self._rng)
         self._renew_call = self.clock.callLater(delay, self._renew_all)
 
     def _renew_all(self) -> None:
@@ -476,5 +559,9 @@ class Supervisor(service.MultiService):
             "waiting": [
                 {"tenant": k[0], "providerId": k[1], "reason": why}
                 for k, why in sorted(self.waiting.items())
+            ],
+            "invalid": [
+                {"tenant": k[0], "providerId": k[1], "reason": redact(why)}
+                for k, why in sorted(self.invalid.items())
             ],
         }

@@ -70,6 +70,11 @@ class StoreContractMixin:
         """Make the current lease expired by the store's clock."""
         raise NotImplementedError
 
+    def set_folder_filters_raw(self, tenant: str, provider_id: str, value: Any) -> Any:
+        """Write ``value`` (any JSON value) into ``folder_filters`` as the
+        main app could, bypassing ProviderConfig."""
+        raise NotImplementedError
+
     def provider_row(self, tenant: str, provider_id: str) -> Any:
         """Every column of both tables as a dict (or a Deferred of it)."""
         raise NotImplementedError
@@ -155,6 +160,37 @@ class StoreContractMixin:
             )
             self.assertEqual(config.key, p.key)
             self.assertEqual(config.port, 993)
+
+    @defer.inlineCallbacks
+    def test_folder_filters_differing_in_case_are_one_folder(self) -> Any:
+        p = yield self.provider(folder_filters=("INBOX", "inbox", "Support", " support", ""))
+        self.set_folder_filters_raw(p.tenant, p.provider_id,
+                                    ["INBOX", "Inbox", None, "Support", "SUPPORT", "Sent"])
+        [listed] = yield self.store.list_active_providers(p.tenant)
+        self.assertEqual(listed.folder_filters, ("INBOX", "Support", "Sent"))
+        self.assertIsNone(listed.config_error)
+
+    @defer.inlineCallbacks
+    def test_unreadable_row_is_listed_with_its_reason(self) -> Any:
+        # One bad row must not hide (or break the reading of) the others.
+        tenant = new_id()
+        rows = []
+        for _ in range(4):
+            rows.append((yield self.provider(tenant=tenant)))
+        self.set_folder_filters_raw(tenant, rows[1].provider_id, "INBOX")
+        self.set_folder_filters_raw(tenant, rows[2].provider_id, ["INBOX", 7])
+        listed = yield self.store.list_active_providers(tenant)
+        by_id = {p.provider_id: p for p in listed}
+        self.assertEqual(sorted(by_id), sorted(p.provider_id for p in rows))
+        for good in (rows[0], rows[3]):
+            self.assertIsNone(by_id[good.provider_id].config_error)
+        self.assertIn("folder_filters must be a JSON array",
+                      by_id[rows[1].provider_id].config_error)
+        self.assertIn("folder_filters[1] is a number", by_id[rows[2].provider_id].config_error)
+        bad = by_id[rows[1].provider_id]
+        self.assertEqual((bad.tenant, bad.mailbox), (tenant, rows[1].mailbox))
+        one = yield self.store.get_provider(tenant, rows[2].provider_id)
+        self.assertIn("folder_filters[1]", one.config_error)
 
     @defer.inlineCallbacks
     def test_get_provider_any_state_and_unknown(self) -> Any:

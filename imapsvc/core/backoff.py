@@ -7,7 +7,7 @@ such as :func:`random.random` or ``random.Random(seed).random``.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 Rand = Callable[[], float]
 
@@ -43,10 +43,31 @@ def reconnect_delay(
     return jitter_down(nominal / 1000.0, jitter_pct, rand)
 
 
-def timer_delay(interval_ms: int, jitter_pct: float, rand: Rand) -> float:
-    """A periodic timer's next delay (poll sleep, IDLE restart, heartbeat),
-    jittered down by ``IMAP_TIMER_JITTER_PCT``."""
-    return jitter_down(max(0, int(interval_ms)) / 1000.0, jitter_pct, rand)
+def jitter_around(delay_s: float, pct: float, rand: Rand) -> float:
+    """A delay drawn uniformly from ``[delay*(1-pct), delay*(1+pct)]``, as the
+    app does (``delay * (1 + pct * uniform(-1, 1))``): periodic timers of
+    many replicas and connections drift apart both ways around the nominal
+    interval instead of all running early."""
+    pct = _clamp_pct(pct)
+    delay_s = max(0.0, float(delay_s))
+    return delay_s * (1.0 + pct * (2.0 * rand() - 1.0))
+
+
+def timer_delay(
+    interval_ms: int, jitter_pct: float, rand: Rand, ceiling_s: Optional[float] = None
+) -> float:
+    """A periodic timer's next delay (provider refresh, lease heartbeat, poll
+    sleep, IDLE restart, IDLE keep-alive), jittered by
+    ``IMAP_TIMER_JITTER_PCT`` around ``interval_ms``.
+
+    :param ceiling_s: a bound the jittered delay must stay below whatever the
+        settings say (the 29 minute IDLE limit, the inactivity watchdog);
+        settings validation keeps it out of reach, this keeps it a guarantee.
+    """
+    delay = jitter_around(max(0, int(interval_ms)) / 1000.0, jitter_pct, rand)
+    if ceiling_s is not None:
+        delay = min(delay, max(0.0, ceiling_s))
+    return delay
 
 
 def startup_stagger(stagger_ms: int, rand: Rand) -> float:

@@ -2,18 +2,82 @@
 
 Given the providers the database says are wanted and the ones this replica
 runs, :func:`plan_discovery` returns the actions, in an order that frees
-capacity before it is used: stops first, then restarts, then starts.
+capacity before it is used: stops first, then restarts, then starts. A
+provider whose row cannot work (:func:`provider_problem`) is set apart with
+its reason, so it never stops the others.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+import ipaddress
+from typing import Iterable, Mapping, Optional
 
 import attr
 
 from imapsvc.model import ProviderConfig
 
+try:  # what Twisted's TLS (optionsForClientTLS) encodes the host with
+    import idna as _idna
+except ImportError:  # pragma: no cover - idna comes with twisted[tls]
+    _idna = None  # type: ignore[assignment]
+
 Key = tuple[str, str]
+
+#: ``auth_type`` values the service can log in with.
+AUTH_TYPES = ("password", "oauth2")
+#: A host name is cut to this many characters in an error message.
+_HOST_SHOWN = 80
+
+
+def _shown(host: str) -> str:
+    return repr(host if len(host) <= _HOST_SHOWN else host[:_HOST_SHOWN] + "...")
+
+
+def host_problem(host: str, tls: bool) -> Optional[str]:
+    """Why ``host`` cannot be connected to, or ``None``.
+
+    With TLS (implicit or STARTTLS) the name must pass IDNA encoding, as the
+    certificate check and SNI need it: a label over 63 characters, an empty
+    label, an ``xn--`` label that is no valid Punycode or a character such
+    as ``_`` or a blank fails there. IP addresses are not encoded.
+    """
+    if not isinstance(host, str) or not host.strip():
+        return "host is empty"
+    if host != host.strip():
+        return f"host {_shown(host)} has leading or trailing blanks"
+    if len(host.rstrip(".")) > 253:
+        return f"host {_shown(host)} is longer than 253 characters"
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if not tls:
+        return None
+    try:
+        if _idna is not None:
+            _idna.encode(host)
+        else:  # pragma: no cover
+            host.encode("idna")
+    except (UnicodeError, ValueError) as e:
+        return f"host {_shown(host)} is not a valid host name for TLS (IDNA: {e})"
+    return None
+
+
+def provider_problem(provider: ProviderConfig) -> Optional[str]:
+    """Why this provider cannot be started, or ``None``: a row its store
+    could not read, a host TLS cannot use, a port out of range, an unknown
+    ``auth_type``. The reason is shown in ``error_message``: no secrets."""
+    if provider.config_error:
+        return provider.config_error
+    problem = host_problem(provider.host, provider.secure or provider.allow_starttls)
+    if problem:
+        return problem
+    if not isinstance(provider.port, int) or not 0 < provider.port < 65536:
+        return f"port {provider.port!r} is not between 1 and 65535"
+    if provider.auth_type not in AUTH_TYPES:
+        return f"auth_type {provider.auth_type!r} is not one of {', '.join(AUTH_TYPES)}"
+    return None
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -29,6 +93,9 @@ class DiscoveryPlan:
     start: tuple[ProviderConfig, ...] = ()
     #: Providers that must wait, with the reason shown in /status.
     waiting: tuple[tuple[Key, str], ...] = ()
+    #: Wanted providers that cannot run (:func:`provider_problem`), with the
+    #: reason for ``error_message``; stopped when running, never started.
+    invalid: tuple[tuple[Key, str], ...] = ()
 
 
 def plan_discovery(
@@ -47,8 +114,13 @@ def plan_discovery(
     :param tenants: when not empty, only these tenants are served.
     """
     wanted_by_key: dict[Key, ProviderConfig] = {}
+    invalid: dict[Key, str] = {}
     for provider in wanted:
         if tenants and provider.tenant not in tenants:
+            continue
+        problem = provider_problem(provider)
+        if problem is not None:
+            invalid[provider.key] = problem
             continue
         wanted_by_key[provider.key] = provider
 
@@ -87,7 +159,14 @@ def plan_discovery(
             continue
         used[provider.tenant] = have + need
         start.append(provider)
-    return DiscoveryPlan(tuple(stop), tuple(restart), tuple(update), tuple(start), tuple(waiting))
+    return DiscoveryPlan(
+        tuple(stop),
+        tuple(restart),
+        tuple(update),
+        tuple(start),
+        tuple(waiting),
+        tuple(sorted(invalid.items())),
+    )
 
 
 def aggregate_status(folder_states: Mapping[str, tuple[str, str | None]]) -> tuple[str, str | None]:

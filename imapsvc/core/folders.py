@@ -211,3 +211,82 @@ def resolve_folder(
     """The server's spelling of one folder filter, or ``None``."""
     res = resolve_folders([flt], listing)
     return res.matched[0][1] if res.matched else None
+
+
+# -- configured filters ---------------------------------------------------------
+
+#: Characters that cannot be part of a folder path sent in a command line.
+_FORBIDDEN_IN_FILTER = frozenset("\r\n\x00")
+
+
+def folder_key(flt: str) -> str:
+    """What makes two configured filters the same folder.
+
+    Case-insensitive for every name, not only INBOX (RFC 3501 makes only
+    INBOX case-insensitive): filters that differ only in case, surrounding
+    blanks or modified-UTF-7 spelling open one connection, as the resolver
+    would match them to the same server folder whenever the server has only
+    one of the spellings. A mailbox that really holds ``Sent`` and ``sent``
+    can have only the first configured one watched.
+    """
+    text = flt.strip()
+    try:
+        text = decode_mutf7(text)
+    except ValueError:
+        pass
+    return text.casefold()
+
+
+def unique_folders(filters: Iterable[str]) -> tuple[str, ...]:
+    """``filters`` without blanks and repeats (by :func:`folder_key`), in
+    order, each in its first spelling."""
+    seen: set[str] = set()
+    out = []
+    for flt in filters:
+        key = folder_key(flt)
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        out.append(flt)
+    return tuple(out)
+
+
+def folder_filters_from_json(value: object) -> tuple[str, ...]:
+    """The ``folder_filters`` column (decoded JSON) as filters for
+    :class:`~imapsvc.model.ProviderConfig`: ``None`` or ``[]`` is empty
+    (INBOX); ``null`` and blank entries (skipped before too) and repeats
+    (:func:`unique_folders`) are dropped.
+
+    :raises ValueError: with a reason naming the column, when the value is
+        not a list of strings or a path holds a line break or NUL.
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(
+            f"folder_filters must be a JSON array of folder paths, not {_json_kind(value)}"
+        )
+    for index, item in enumerate(value):
+        if item is None:
+            continue
+        if not isinstance(item, str):
+            raise ValueError(f"folder_filters[{index}] is {_json_kind(item)}, not a folder path")
+        if any(ch in _FORBIDDEN_IN_FILTER for ch in item):
+            raise ValueError(f"folder_filters[{index}] contains a line break or NUL")
+    return unique_folders(item for item in value if item is not None)
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    return type(value).__name__

@@ -8,9 +8,12 @@ helpers here hold the decisions both make the same way.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
-from imapsvc.model import OUTCOME_PUBLISHED, OUTCOME_SKIPPED, MessageRecord
+from imapsvc.model import OUTCOME_PUBLISHED, OUTCOME_SKIPPED, MessageRecord, ProviderConfig
+
+#: Longest ``config_error`` a store puts on an unreadable row.
+_ROW_ERROR_MAX = 300
 
 
 def check_records(records: Sequence[MessageRecord]) -> None:
@@ -71,3 +74,34 @@ def parse_seen_at(value: Optional[str]) -> Optional[datetime]:
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else None
+
+
+def provider_or_invalid(
+    convert: Callable[[Any], ProviderConfig], row: Any, head: Optional[Sequence[Any]] = None
+) -> ProviderConfig:
+    """``convert(row)``, or for a row it cannot convert a placeholder that
+    carries the reason in ``config_error``, so one bad row never hides the
+    providers after it.
+
+    :param head: ``tenant, id, provider_name, mailbox, host`` of the row;
+        by default its first five columns (the SQL stores' column order).
+    """
+    if head is None:
+        head = row
+    try:
+        return convert(row)
+    except Exception as e:
+        # Messages name columns and non-secret values (a port, a path); a
+        # credential column is never parsed, but redact anyway.
+        from imapsvc.logging import redact
+
+        reason = redact(str(e) or e.__class__.__name__)[:_ROW_ERROR_MAX]
+        return ProviderConfig(
+            tenant=str(head[0]),
+            provider_id=str(head[1]),
+            provider_name=str(head[2] or ""),
+            mailbox=str(head[3] or ""),
+            host=str(head[4] or ""),
+            port=0,
+            config_error=f"unreadable configuration: {reason}",
+        )

@@ -260,22 +260,24 @@ class PostgresAdmin(AdminStore):
                  Json(sorted_capabilities(config.server_capabilities))))
 
     def list_providers(self, tenant: Optional[str] = None) -> list[tuple[ProviderConfig, str]]:
+        from imapsvc.store import provider_or_invalid
         from imapsvc.store.postgres import provider_from_row
 
         sql, params = _PG_PROVIDER_SELECT, ()
         if tenant is not None:
             sql, params = sql + " WHERE p.tenant = %s", (tenant,)  # type: ignore[assignment]
         rows = self._run(sql + " ORDER BY p.tenant, p.mailbox", params, fetch=True)
-        return [(provider_from_row(r[1:]), r[0]) for r in rows]
+        return [(provider_or_invalid(provider_from_row, r[1:]), r[0]) for r in rows]
 
     def get_provider(self, tenant: str, provider_id: str) -> ProviderConfig:
+        from imapsvc.store import provider_or_invalid
         from imapsvc.store.postgres import provider_from_row
 
         rows = self._run(_PG_PROVIDER_SELECT + " WHERE p.tenant = %s AND p.id = %s",
                          (tenant, provider_id), fetch=True)
         if not rows:
             raise _missing(tenant, provider_id)
-        return provider_from_row(rows[0][1:])
+        return provider_or_invalid(provider_from_row, rows[0][1:])
 
     def set_active(self, tenant: str, provider_id: str, active: bool) -> None:
         if not self._run("UPDATE email_providers SET is_active = %s, updated_at = now()"

@@ -17,6 +17,7 @@ import attr
 from twisted.internet import defer
 from zope.interface import implementer
 
+from imapsvc.core.folders import folder_filters_from_json
 from imapsvc.interfaces import IClock, IStore, LeaseLost
 from imapsvc.model import (
     OUTCOME_DUPLICATE,
@@ -32,10 +33,12 @@ from imapsvc.store import (
     first_occurrences,
     last_message_id,
     parse_seen_at,
+    provider_or_invalid,
     sorted_capabilities,
 )
 
-_CONFIG_FIELDS = frozenset(f.name for f in attr.fields(ProviderConfig))
+#: ``config_error`` is no column: only a store reading a bad row sets it.
+_CONFIG_FIELDS = frozenset(f.name for f in attr.fields(ProviderConfig)) - {"config_error"}
 
 #: Columns of the two provider tables that ProviderConfig does not carry.
 _EXTRA_DEFAULTS: dict[str, Any] = {
@@ -108,6 +111,7 @@ class MemoryStore:
         elif kwargs:
             config = attr.evolve(config, **kwargs)
         row = attr.asdict(config, recurse=False)
+        row.pop("config_error", None)
         row.update(_EXTRA_DEFAULTS)
         row.update(extra)
         if row["inbound_paused_at"] is not None and row["inbound_pause_reason"] is None:
@@ -165,8 +169,14 @@ class MemoryStore:
     # -- internals ----------------------------------------------------------
 
     def _config(self, row: dict[str, Any]) -> ProviderConfig:
+        head = [row[k] for k in ("tenant", "provider_id", "provider_name", "mailbox", "host")]
+        return provider_or_invalid(self._convert, row, head)
+
+    @staticmethod
+    def _convert(row: dict[str, Any]) -> ProviderConfig:
         values = {k: copy.deepcopy(v) for k, v in row.items() if k in _CONFIG_FIELDS}
-        values["folder_filters"] = tuple(values["folder_filters"])
+        # The column may hold anything the app wrote (update_provider), as jsonb would.
+        values["folder_filters"] = folder_filters_from_json(values["folder_filters"])
         values["server_capabilities"] = tuple(values["server_capabilities"])
         return ProviderConfig(**values)
 

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from imapsvc.core.folders import folder_filters_from_json
 from imapsvc.interfaces import IStore, LeaseLost, StoreUnavailable
 from imapsvc.model import (
     OUTCOME_DUPLICATE,
@@ -38,6 +39,7 @@ from imapsvc.store import (
     first_occurrences,
     last_message_id,
     parse_seen_at,
+    provider_or_invalid,
     sorted_capabilities,
 )
 from imapsvc.store.pg_connections import (
@@ -113,7 +115,7 @@ def provider_from_row(row: Sequence[Any]) -> ProviderConfig:
         connection_timeout_ms=timeout_ms,
         socket_keepalive=keepalive,
         max_emails_per_sync=50 if max_emails is None else int(max_emails),
-        folder_filters=tuple(str(f) for f in (filters or ()) if f),
+        folder_filters=folder_filters_from_json(filters),
         oauth_authorize_url=authorize_url,
         oauth_token_url=token_url,
         oauth_client_id=client_id,
@@ -254,14 +256,14 @@ class PostgresStore:
             sql += " AND p.tenant = %s"
             params = (tenant,)
         rows = yield self._query(sql + " ORDER BY p.tenant, p.id", params)
-        return [provider_from_row(r) for r in rows]
+        return [provider_or_invalid(provider_from_row, r) for r in rows]
 
     @defer.inlineCallbacks
     def get_provider(self, tenant: str, provider_id: str) -> Any:
         rows = yield self._query(
             "SELECT" + _PROVIDER_COLUMNS + _PROVIDER_FROM + " WHERE p.tenant = %s AND p.id = %s",
             (tenant, provider_id))
-        return provider_from_row(rows[0]) if rows else None
+        return provider_or_invalid(provider_from_row, rows[0]) if rows else None
 
     # -- cursors -------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from imapsvc.core.folders import folder_filters_from_json
 from imapsvc.interfaces import IStore, LeaseLost, StoreUnavailable
 from imapsvc.model import (
     OUTCOME_DUPLICATE,
@@ -54,6 +55,7 @@ from imapsvc.store import (
     first_occurrences,
     last_message_id,
     parse_seen_at,
+    provider_or_invalid,
     sorted_capabilities,
 )
 from imapsvc.store.sqlite_schema import SchemaTooNew, connect, ensure_schema
@@ -128,7 +130,10 @@ def _provider(row: Sequence[Any]) -> ProviderConfig:
      timeout_ms, keepalive, max_emails, filters, authorize_url, token_url, client_id,
      scopes, access_token, token_expires_at, folder_state, caps, lease_owner,
      lease_expires_at, status, is_active, paused_at, failures, updated_at) = row
-    filters = _json_load(filters, [])
+    try:
+        filters = None if filters is None else json.loads(filters)
+    except ValueError:
+        raise ValueError("folder_filters is not valid JSON") from None
     caps = _json_load(caps, [])
     return ProviderConfig(
         tenant=tenant,
@@ -144,7 +149,7 @@ def _provider(row: Sequence[Any]) -> ProviderConfig:
         connection_timeout_ms=timeout_ms,
         socket_keepalive=_opt_bool(keepalive),
         max_emails_per_sync=50 if max_emails is None else int(max_emails),
-        folder_filters=tuple(str(f) for f in (filters if isinstance(filters, list) else ()) if f),
+        folder_filters=folder_filters_from_json(filters),
         oauth_authorize_url=authorize_url,
         oauth_token_url=token_url,
         oauth_client_id=client_id,
@@ -249,7 +254,7 @@ class SqliteOps:
             sql += " WHERE p.tenant = ?"
             params = (tenant,)
         rows = self._all(sql + " ORDER BY p.tenant, p.mailbox", params)
-        return [(_provider(r[1:]), r[0]) for r in rows]
+        return [(provider_or_invalid(_provider, r[1:]), r[0]) for r in rows]
 
     def set_active(self, tenant: str, provider_id: str, active: bool) -> bool:
         """Switch ``is_active``; ``False`` when the provider is unknown."""
@@ -270,12 +275,13 @@ class SqliteOps:
         if tenant is not None:
             sql += " AND p.tenant = ?"
             params = (tenant,)
-        return [_provider(r) for r in self._all(sql + " ORDER BY p.tenant, p.id", params)]
+        rows = self._all(sql + " ORDER BY p.tenant, p.id", params)
+        return [provider_or_invalid(_provider, r) for r in rows]
 
     def get_provider(self, tenant: str, provider_id: str) -> Optional[ProviderConfig]:
         rows = self._all(_PROVIDER_SELECT + " WHERE p.tenant = ? AND p.id = ?",
                          (tenant, provider_id))
-        return _provider(rows[0]) if rows else None
+        return provider_or_invalid(_provider, rows[0]) if rows else None
 
     # -- cursors -------------------------------------------------------------
 

@@ -36,7 +36,7 @@ class FolderDovecotTests(TestCase):
         self.store = FakeStore()
         self.pipeline = FakePipeline(self.store)
 
-    def service(self, folder="INBOX"):
+    def service(self, folder="INBOX", **options):
         provider = ProviderConfig(
             tenant="t1",
             provider_id="p1",
@@ -58,7 +58,9 @@ class FolderDovecotTests(TestCase):
             self.pipeline,
             creds,
             "worker-1",
-            FolderOptions(startup_stagger_ms=0, reconnect_base_ms=200, reconnect_max_ms=1000),
+            FolderOptions(
+                startup_stagger_ms=0, reconnect_base_ms=200, reconnect_max_ms=1000, **options
+            ),
             tls_factory=lambda host: client_tls_options(host, ca_file=self.dovecot.ca_file),
         )
         svc.startService()
@@ -94,3 +96,19 @@ class FolderDovecotTests(TestCase):
         uid = mail.append(self.user, DEFAULT_PASSWORD, "INBOX", mail.make_message("later"))
         yield wait_for(lambda: uid in self.pipeline.uids)
         self.assertIn(S.BACKOFF, [t.new for t in svc.history])
+
+    @defer.inlineCallbacks
+    def test_idle_keepalive_reissues_idle_and_still_hears_new_mail(self):
+        # A keep-alive every ~0.3 s: Dovecot answers DONE and takes the new
+        # IDLE on the same connection, with no sync in between.
+        svc = self.service(idle_keepalive_ms=300)
+        yield wait_for(lambda: svc.state == S.IDLING)
+        syncs = svc.sync_count
+        yield wait_for(lambda: svc.idle_keepalives >= 3)
+        self.assertEqual(svc.sync_count, syncs)
+        self.assertEqual(dict(svc.reconnects), {})
+        start = reactor.seconds()
+        uid = mail.append(self.user, DEFAULT_PASSWORD, "INBOX", mail.make_message("kept"))
+        yield wait_for(lambda: uid in self.pipeline.uids, timeout=5)
+        self.assertLess(reactor.seconds() - start, 2.0)
+        self.assertEqual(dict(svc.reconnects), {})

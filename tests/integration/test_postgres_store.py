@@ -40,7 +40,7 @@ def insert_provider(dsn: str, **kwargs: Any) -> ProviderConfig:
     provider = {k: values[k] for k in _PROVIDER_COLUMNS if k in values}
     provider["id"] = config.provider_id
     provider["tenant"] = config.tenant
-    skip = set(_PROVIDER_COLUMNS) | {"tenant", "provider_id", "updated_at", "key"}
+    skip = set(_PROVIDER_COLUMNS) | {"tenant", "provider_id", "updated_at", "key", "config_error"}
     cfg = {k: v for k, v in values.items() if k not in skip}
     cfg["email_provider_id"] = config.provider_id
     cfg["tenant"] = config.tenant
@@ -69,6 +69,12 @@ class PostgresStoreTestBase(unittest.TestCase):
 class PostgresStoreContractTests(StoreContractMixin, PostgresStoreTestBase):
     def insert_provider(self, **kwargs: Any) -> Any:
         return insert_provider(self.dsn, **kwargs)
+
+    def set_folder_filters_raw(self, tenant: str, provider_id: str, value: Any) -> None:
+        rig.execute(
+            self.dsn,
+            "UPDATE imap_email_provider_config SET folder_filters = %s"
+            " WHERE tenant = %s AND email_provider_id = %s", (Json(value), tenant, provider_id))
 
     def expire_lease(self, tenant: str, provider_id: str) -> None:
         rig.execute(

@@ -50,14 +50,34 @@ class ReconnectDelayTests(SynchronousTestCase):
 
 
 class TimerTests(SynchronousTestCase):
-    def test_timer_never_exceeds_interval(self):
+    def test_timer_jitters_both_ways_around_the_interval(self):
+        # delay * (1 + pct * uniform(-1, 1)), as the app does.
         self.assertEqual(B.timer_delay(30000, 0.1, const(0.0)), 27.0)
-        self.assertAlmostEqual(B.timer_delay(30000, 0.1, const(0.5)), 28.5)
-        self.assertLess(B.timer_delay(30000, 0.1, const(0.9999)), 30.0)
+        self.assertAlmostEqual(B.timer_delay(30000, 0.1, const(0.5)), 30.0)
+        self.assertAlmostEqual(B.timer_delay(30000, 0.1, const(0.75)), 31.5)
+        self.assertLess(B.timer_delay(30000, 0.1, const(0.9999)), 33.0)
+        self.assertGreater(B.timer_delay(30000, 0.1, const(0.9999)), 32.99)
+
+    def test_ceiling_caps_the_draw(self):
+        self.assertEqual(B.timer_delay(1500000, 0.5, const(0.9), ceiling_s=1739.0), 1739.0)
+        self.assertEqual(B.timer_delay(1500000, 0.5, const(0.0), ceiling_s=1739.0), 750.0)
 
     def test_pct_clamped(self):
         self.assertEqual(B.timer_delay(1000, 5, const(0)), 0.0)
         self.assertEqual(B.timer_delay(1000, -1, const(0)), 1.0)
+
+    def test_seeded_distribution_spreads_both_ways_within_bounds(self):
+        rng = random.Random(10)
+        draws = [B.timer_delay(60000, 0.1, rng.random) for _ in range(2000)]
+        self.assertTrue(all(54.0 <= d <= 66.0 for d in draws))
+        below = sum(1 for d in draws if d < 60.0)
+        above = sum(1 for d in draws if d > 60.0)
+        # Both sides occur, about evenly, and reach near both ends.
+        self.assertGreater(below, 850)
+        self.assertGreater(above, 850)
+        self.assertLess(min(draws), 54.1)
+        self.assertGreater(max(draws), 65.9)
+        self.assertLess(abs(sum(draws) / len(draws) - 60.0), 0.3)
 
     def test_stagger(self):
         self.assertEqual(B.startup_stagger(2000, const(0)), 0.0)
@@ -67,4 +87,4 @@ class TimerTests(SynchronousTestCase):
     @given(st.integers(0, 10**7), st.floats(0, 1), st.floats(0, 1, exclude_max=True))
     def test_timer_bounds(self, ms, pct, r):
         d = B.timer_delay(ms, pct, const(r))
-        self.assertTrue(ms / 1000 * (1 - pct) - 1e-9 <= d <= ms / 1000 + 1e-9)
+        self.assertTrue(ms / 1000 * (1 - pct) - 1e-9 <= d <= ms / 1000 * (1 + pct) + 1e-9)

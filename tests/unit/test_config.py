@@ -223,6 +223,19 @@ class ErrorTests(TestCase):
         self.assertConfigError({"IMAP_IDLE_RESTART_MS": "1740000"}, "IMAP_IDLE_RESTART_MS")
         load_settings({"IMAP_IDLE_RESTART_MS": "1739999"})
 
+    def test_idle_keepalive(self) -> None:
+        self.assertEqual(load_settings({}).idle_keepalive_ms, 240000)
+        self.assertEqual(
+            load_settings({"IMAP_IDLE_KEEPALIVE_MS": "60000"}).idle_keepalive_ms, 60000
+        )
+        self.assertConfigError({"IMAP_IDLE_KEEPALIVE_MS": "0"}, "IMAP_IDLE_KEEPALIVE_MS")
+        # Above the watchdog it is not refused: the folder caps each draw at
+        # 90 % of IMAP_INACTIVITY_TIMEOUT_MS (tests.unit.test_idle_keepalive).
+        load_settings({"IMAP_IDLE_KEEPALIVE_MS": "600000"})
+        # Neither are jitter settings that stretch the IDLE restart past 29
+        # minutes: the restart is capped, and start-up must not fail on them.
+        load_settings({"IMAP_TIMER_JITTER_PCT": "0.5"})
+
     def test_inactivity_above_keepalive(self) -> None:
         self.assertConfigError({"IMAP_INACTIVITY_TIMEOUT_MS": "120000"}, "INACTIVITY")
         load_settings({"IMAP_INACTIVITY_TIMEOUT_MS": "120001"})

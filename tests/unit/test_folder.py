@@ -38,7 +38,7 @@ class FakeServer:
         self.commands: list[tuple] = []
         self.protos: list[FakeProto] = []
 
-    def add(self, count=1, struct=("text", 10), size=100):
+    def add(self, count=1, struct=("text", 10), size=100, notify=True):
         for _ in range(count):
             uid = self.uidnext
             self.uidnext += 1
@@ -49,7 +49,7 @@ class FakeServer:
                 "header": b"Subject: m%d\r\n\r\n" % uid,
                 "body": b"body of %d" % uid,
             }
-        for p in self.protos:
+        for p in self.protos if notify else ():
             if not p.transport.closed:
                 p.last_exists = len(self.messages)
             if p.idling and p.on_exists is not None:
@@ -93,6 +93,7 @@ class FakeProto:
         self.factory = None
         self.connector = connector
         self.hold = set()  # command names whose Deferreds the test fires
+        self.hold_done = False  # DONE's answer waits for finish_idle()
         self.last_exists = None  # as FolderIMAPClient: last EXISTS, any command
 
     def _reply(self, name, value, *args):
@@ -183,6 +184,11 @@ class FakeProto:
         self.done_calls += 1
         assert self.idling, "DONE outside IDLE"
         self.idling = False
+        if not self.hold_done:
+            self.finish_idle()
+
+    def finish_idle(self):
+        """The server's tagged OK to DONE."""
         self.pending.remove(self._idle_d)
         self._idle_d.callback(None)
 
@@ -306,6 +312,7 @@ OPTIONS = FolderOptions(
     max_emails_per_sync=5,
     poll_interval_ms=30000,
     idle_restart_ms=600000,
+    idle_keepalive_ms=240000,
     timer_jitter_pct=0.1,
     startup_stagger_ms=2000,
     reconnect_base_ms=2000,
@@ -728,14 +735,39 @@ class FolderServiceTests(SynchronousTestCase):
         r = self.rig()
         r.start()
         idles = lambda: len([c for c in r.server.commands if c[0] == "IDLE"])  # noqa: E731
-        self.assertEqual(idles(), 1)
-        # 600 s, jitter 0.1 with rand 0.5 -> 570 s
-        r.reactor.advance(569.9)
+        examines = lambda: len([c for c in r.server.commands if c[0] == "EXAMINE"])  # noqa: E731
+        self.assertEqual((idles(), examines()), (1, 1))
+        # Keep-alive: 240 s (+/- 10 %, rand 0.5 -> 240 s): DONE and IDLE again, no sync.
+        r.reactor.advance(239.9)
         self.assertEqual(r.proto.done_calls, 0)
         r.reactor.advance(0.1)
         self.assertEqual(r.proto.done_calls, 1)
-        self.assertEqual(idles(), 2)
+        self.assertEqual((idles(), examines()), (2, 1))
+        self.assertEqual(r.svc.idle_keepalives, 1)
         self.assertTrue(r.proto.idling)
+        r.reactor.advance(240)
+        self.assertEqual((r.proto.done_calls, idles(), examines()), (2, 3, 1))
+        # The restart (600 s) counts from the first IDLE, across keep-alives,
+        # and syncs before idling again.
+        r.reactor.advance(119.9)
+        self.assertEqual(r.proto.done_calls, 2)
+        r.reactor.advance(0.1)
+        self.assertEqual((r.proto.done_calls, idles(), examines()), (3, 4, 2))
+        self.assertTrue(r.proto.idling)
+        self.assertEqual(r.svc.snapshot()["idleKeepalives"], 2)
+
+    def test_wake_during_keepalive_done_syncs(self):
+        r = self.rig()
+        r.start()
+        r.proto.hold_done = True
+        r.reactor.advance(240)
+        self.assertEqual(r.proto.done_calls, 1)
+        # An admin resync arrives before the server answered the keep-alive's DONE.
+        r.server.add(1, notify=False)
+        r.svc.wake()
+        r.proto.finish_idle()
+        self.assertEqual(r.pipeline.uids, [1])
+        self.assertEqual(r.svc.state, S.IDLING)
 
     def test_poll_without_idle(self):
         r = self.rig(server=FakeServer(caps=NO_IDLE_CAPS))
@@ -743,8 +775,8 @@ class FolderServiceTests(SynchronousTestCase):
         self.assertEqual(r.svc.state, S.SELECTED)
         self.assertFalse([c for c in r.server.commands if c[0] == "IDLE"])
         r.server.add(2)
-        # 30 s, jitter 0.1, rand 0.5 -> 28.5 s
-        r.reactor.advance(28.4)
+        # 30 s, jitter +/- 0.1, rand 0.5 -> 30 s
+        r.reactor.advance(29.9)
         self.assertEqual(r.pipeline.uids, [])
         r.reactor.advance(0.1)
         self.assertEqual(r.pipeline.uids, [1, 2])
@@ -950,8 +982,8 @@ class RefreshAheadTests(SynchronousTestCase):
         self.addCleanup(FolderServiceTests._stop, self, r)
         r.creds.token_expiry = lambda provider: r.reactor.seconds() + 400
         r.start()
-        # Only the IDLE restart timer.
-        self.assertEqual(len(r.reactor.getDelayedCalls()), 1)
+        # Only the IDLE restart and keep-alive timers.
+        self.assertEqual(len(r.reactor.getDelayedCalls()), 2)
         r.reactor.advance(400)
         self.assertEqual(self.logouts(r), 0)
 
@@ -959,7 +991,7 @@ class RefreshAheadTests(SynchronousTestCase):
         r = self.rig()
         r.creds.token_expiry = lambda provider: None
         r.start()
-        self.assertEqual(len(r.reactor.getDelayedCalls()), 1)
+        self.assertEqual(len(r.reactor.getDelayedCalls()), 2)
 
     def test_token_already_inside_margin_waits_before_reconnecting(self):
         r = self.rig(lifetime=REFRESH_MARGIN_S - 60)

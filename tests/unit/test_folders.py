@@ -8,8 +8,11 @@ from imapsvc.core.folders import (
     decode_mutf7,
     display_name,
     encode_mutf7,
+    folder_filters_from_json,
+    folder_key,
     resolve_folder,
     resolve_folders,
+    unique_folders,
 )
 
 LISTING = [
@@ -111,3 +114,39 @@ class ResolveTests(SynchronousTestCase):
             self.assertIsNotNone(got)
             # Exact matches always win over case-insensitive ones.
             self.assertEqual(display_name(got), n) if n.upper() != "INBOX" else None
+
+
+class ConfiguredFilterTests(SynchronousTestCase):
+    """``folder_filters`` as a store reads it: one connection per folder."""
+
+    def test_repeats_differing_in_case_blanks_or_encoding_collapse(self):
+        self.assertEqual(
+            unique_folders(["INBOX", "inbox", "Support", " support ", "Entw&APw-rfe",
+                            "entwürfe", "Archive/2025", "INBOX"]),
+            ("INBOX", "Support", "Entw&APw-rfe", "Archive/2025"),
+        )
+
+    def test_first_spelling_kept_and_blanks_dropped(self):
+        self.assertEqual(unique_folders(["", "  ", "sent", "Sent"]), ("sent",))
+        self.assertEqual(folder_key(" Sent "), folder_key("SENT"))
+        self.assertNotEqual(folder_key("Sent"), folder_key("Sent/Old"))
+
+    def test_from_json(self):
+        self.assertEqual(folder_filters_from_json(None), ())
+        self.assertEqual(folder_filters_from_json([]), ())
+        self.assertEqual(folder_filters_from_json(["INBOX", "INBOX"]), ("INBOX",))
+        self.assertEqual(folder_filters_from_json(["INBOX", None, ""]), ("INBOX",))
+
+    def test_from_json_refuses_what_is_no_list_of_paths(self):
+        for value, words in [
+            ("INBOX", "not a string"),
+            ({"INBOX": 1}, "not an object"),
+            (7, "not a number"),
+            (["INBOX", 3], "folder_filters[1] is a number"),
+            ([["INBOX"]], "folder_filters[0] is an array"),
+            (["IN\r\nBOX"], "folder_filters[0] contains a line break"),
+            (["IN\x00BOX"], "NUL"),
+        ]:
+            with self.assertRaises(ValueError) as ctx:
+                folder_filters_from_json(value)
+            self.assertIn(words, str(ctx.exception), value)

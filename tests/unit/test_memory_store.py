@@ -24,6 +24,9 @@ class MemoryStoreContractTests(StoreContractMixin, unittest.TestCase):
     def insert_provider(self, **kwargs: Any) -> Any:
         return self.store.add_provider(**kwargs)
 
+    def set_folder_filters_raw(self, tenant: str, provider_id: str, value: Any) -> None:
+        self.store.update_provider(tenant, provider_id, folder_filters=value)
+
     def expire_lease(self, tenant: str, provider_id: str) -> None:
         self.store.expire_lease(tenant, provider_id)
 

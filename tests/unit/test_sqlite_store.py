@@ -53,6 +53,11 @@ class SqliteStoreContractTests(StoreContractMixin, SqliteStoreTestBase):
         SqliteOps(self.side, reactor.seconds).insert_provider(config, **extra)
         return config
 
+    def set_folder_filters_raw(self, tenant: str, provider_id: str, value: Any) -> None:
+        self.side.execute(
+            "UPDATE imap_email_provider_config SET folder_filters = ?"
+            " WHERE tenant = ? AND email_provider_id = ?", (json.dumps(value), tenant, provider_id))
+
     def expire_lease(self, tenant: str, provider_id: str) -> None:
         self.side.execute(
             "UPDATE imap_email_provider_config SET lease_expires_at = ?"
@@ -103,6 +108,25 @@ class SqliteStoreContractTests(StoreContractMixin, SqliteStoreTestBase):
 
 
 class SqliteStoreExtrasTests(SqliteStoreTestBase):
+    @defer.inlineCallbacks
+    def test_folder_filters_that_are_no_json_are_a_config_error(self) -> Any:
+        from imapsvc.store.sqlite import SqliteOps
+
+        tenant = new_id()
+        ops = SqliteOps(self.side, reactor.seconds)
+        ids = [new_id(), new_id()]
+        for pid in ids:
+            ops.insert_provider(ProviderConfig(tenant=tenant, provider_id=pid, provider_name="S",
+                                               mailbox=f"{pid}@example.com", host="h", port=993))
+        # TEXT, unlike jsonb, holds anything: broken JSON is a reason, not [].
+        self.side.execute("UPDATE imap_email_provider_config SET folder_filters = '[\"INBOX\",'"
+                          " WHERE email_provider_id = ?", (ids[0],))
+        listed = yield self.store.list_active_providers(tenant)
+        by_id = {p.provider_id: p for p in listed}
+        self.assertEqual(by_id[ids[0]].config_error,
+                         "unreadable configuration: folder_filters is not valid JSON")
+        self.assertIsNone(by_id[ids[1]].config_error)
+
     def test_wal_and_schema_version(self) -> None:
         mode = self.side.execute("PRAGMA journal_mode").fetchone()[0]
         self.assertEqual(mode, "wal")

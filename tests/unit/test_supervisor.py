@@ -9,6 +9,7 @@ import random
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from imapsvc.model import FolderCursor
@@ -48,8 +49,15 @@ class SupervisorTests(unittest.TestCase):
         self.folders = {}
         self.paused = []
 
-    def make_supervisor(self, owner="w1", **kw):
+    def make_supervisor(self, owner="w1", fail_for=(), **kw):
         def make_folder(provider, folder, hooks):
+            if provider.provider_id in fail_for:
+                raise RuntimeError(f"cannot build folder {folder}")
+            if provider.secure:
+                # As the runtime's folders do: TLS options are built at once.
+                from imapsvc.imap.tls import client_tls_options
+
+                client_tls_options(provider.host)
             f = FakeFolder(self.events, provider, folder, hooks)
             self.folders[(owner, provider.provider_id, folder)] = f
             return f
@@ -172,7 +180,7 @@ class SupervisorTests(unittest.TestCase):
                 svc.auth_failed(folder, "AUTHENTICATIONFAILED")
             if attempt < 2:
                 self.assertEqual(self.paused, [])
-                self.clock.advance(60)  # next discovery pass retries the login
+                self.clock.advance(66)  # next pass (60 s +/- 10 %) retries the login
         self.assertEqual(self.paused, [("p1", 3, "AUTHENTICATIONFAILED")])
         # Counted once per failed attempt (not per folder), for /metrics.
         self.assertEqual(sup.status()["authFailures"], 3)
@@ -286,6 +294,160 @@ class SupervisorTests(unittest.TestCase):
         self.assertEqual(sup.last_discovery_error, "db down")
         self.assertFalse(sup.discovered_once)
         self.store.list_active_providers = real
-        self.clock.advance(60)
+        self.clock.advance(66)  # 60 s +/- 10 %
         self.assertTrue(sup.discovered_once)
         self.assertEqual(len(sup.providers), 1)
+
+
+class TimerJitterTests(unittest.TestCase):
+    """IMAP_TIMER_JITTER_PCT spreads refresh and heartbeat both ways."""
+
+    def delays(self, jitter_pct, n=400):
+        clock = Clock()
+        sup = Supervisor(MemoryStore(clock), clock, "w1", lambda *a: None, refresh_s=60,
+                         lease_ttl_s=120, jitter_pct=jitter_pct, rng=random.Random(7))
+        sup.running = True
+        refresh, heartbeat = [], []
+        for _ in range(n):
+            sup._discovery_done(None)
+            refresh.append(sup._discovery_call.getTime() - clock.seconds())
+            sup._discovery_call.cancel()
+            sup._schedule_renew()
+            heartbeat.append(sup._renew_call.getTime() - clock.seconds())
+            sup._renew_call.cancel()
+        return refresh, heartbeat
+
+    def test_refresh_both_ways_within_bounds(self):
+        refresh, _ = self.delays(0.1)
+        self.assertTrue(all(54.0 <= d <= 66.0 for d in refresh))
+        self.assertGreater(sum(1 for d in refresh if d < 60), 150)
+        self.assertGreater(sum(1 for d in refresh if d > 60), 150)
+
+    def test_heartbeat_both_ways_never_beyond_a_third_of_the_ttl(self):
+        for pct in (0.1, 0.5, 1.0):
+            _, heartbeat = self.delays(pct)
+            nominal = 40.0 / (1 + pct)
+            self.assertTrue(all(d <= 40.0 + 1e-9 for d in heartbeat), pct)
+            self.assertTrue(all(d >= nominal * (1 - pct) - 1e-9 for d in heartbeat), pct)
+            self.assertGreater(sum(1 for d in heartbeat if d < nominal), 100)
+            self.assertGreater(sum(1 for d in heartbeat if d > nominal), 100)
+
+    def test_no_jitter_is_exact(self):
+        refresh, heartbeat = self.delays(0.0, n=5)
+        self.assertEqual(set(refresh), {60.0})
+        self.assertEqual(set(heartbeat), {40.0})
+
+
+class BadRowTests(unittest.TestCase):
+    """One provider row that cannot run never stops discovery of the others."""
+
+    make_supervisor = SupervisorTests.make_supervisor
+    add = SupervisorTests.add
+
+    def setUp(self):
+        SupervisorTests.setUp(self)
+        self.warnings = []
+
+        def observe(event):
+            if event.get("log_level") == LogLevel.warn:
+                self.warnings.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.status_writes = []
+        real = self.store.set_provider_status
+
+        def spy(tenant, pid, status, error=None):
+            self.status_writes.append((pid, status, error))
+            return real(tenant, pid, status, error)
+
+        self.store.set_provider_status = spy
+
+    def not_started_warnings(self, pid):
+        return [e for e in self.warnings
+                if e.get("provider") == pid and "not started" in e["log_format"]]
+
+    def test_bad_rows_in_the_middle(self):
+        self.add("p1")
+        self.add("p2", folder_filters=("INBOX", "inbox", "Support", "SUPPORT", " INBOX"))
+        self.add("p3", host="a" * 64 + ".example.com")
+        self.add("p4")
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        self.assertTrue(sup.discovered_once)
+        self.assertEqual(sorted(k[1] for k in sup.providers), ["p1", "p2", "p4"])
+        # Repeated filters: one connection per folder, the first spelling.
+        self.assertEqual(
+            sorted(e[2] for e in self.events if e[:2] == ("start", "p2")), ["INBOX", "Support"]
+        )
+        row = self.store.provider_row(T1, "p3")
+        self.assertEqual(row["status"], "error")
+        self.assertIn("not a valid host name for TLS", row["error_message"])
+        self.assertIn("Label too long", row["error_message"])
+        self.assertIsNone(row["lease_owner"])
+        [invalid] = sup.status()["invalid"]
+        self.assertEqual(invalid["providerId"], "p3")
+        self.assertIn("Label too long", invalid["reason"])
+        # Pass after pass: written and logged once, not every time.
+        for _ in range(5):
+            self.clock.advance(70)
+        self.assertEqual([w for w in self.status_writes if w[0] == "p3"],
+                         [("p3", "error", row["error_message"])])
+        self.assertEqual(len(self.not_started_warnings("p3")), 1)
+
+        # Fixed by the app: started at the next pass, the reason forgotten.
+        self.store.update_provider(T1, "p3", host="imap.example.com")
+        sup.request_discovery()
+        self.assertIn((T1, "p3"), sup.providers)
+        self.assertEqual(sup.status()["invalid"], [])
+        sup.providers[(T1, "p3")].folder_state_changed("INBOX", "Connecting", None)
+        self.assertEqual(self.store.provider_row(T1, "p3")["error_message"], None)
+        # Broken again: reported again.
+        self.store.update_provider(T1, "p3", port=0)
+        sup.request_discovery()
+        self.assertNotIn((T1, "p3"), sup.providers)
+        self.assertIn(("stop", "p3", "INBOX"), self.events)
+        self.assertEqual(self.store.provider_row(T1, "p3")["status"], "error")
+        self.assertIn("port 0", self.store.provider_row(T1, "p3")["error_message"])
+        self.assertEqual(len(self.not_started_warnings("p3")), 2)
+
+    def test_unreadable_row_is_an_error_not_a_stop(self):
+        self.add("p1")
+        self.add("p2")
+        self.add("p3")
+        # What jsonb allows and the app might write: a string, not an array.
+        self.store.update_provider(T1, "p2", folder_filters="INBOX")
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        self.assertTrue(sup.discovered_once)
+        self.assertEqual(sorted(k[1] for k in sup.providers), ["p1", "p3"])
+        self.assertIn("folder_filters must be a JSON array",
+                      self.store.provider_row(T1, "p2")["error_message"])
+
+    def test_provider_that_fails_to_start_is_isolated(self):
+        self.add("p1")
+        self.add("p2")
+        self.add("p3")
+        sup = self.make_supervisor(fail_for={"p2"})
+        self.clock.advance(0)
+        self.assertTrue(sup.discovered_once)
+        self.assertEqual(sorted(k[1] for k in sup.providers), ["p1", "p3"])
+        row = self.store.provider_row(T1, "p2")
+        self.assertEqual(row["status"], "error")
+        self.assertEqual(row["error_message"], "cannot start: cannot build folder INBOX")
+        self.assertIsNone(row["lease_owner"])
+        for _ in range(3):
+            self.clock.advance(70)
+        self.assertEqual(len([w for w in self.status_writes if w[0] == "p2"]), 1)
+        self.assertEqual(len(self.not_started_warnings("p2")), 1)
+
+    def test_an_unexpected_error_in_a_pass_is_logged(self):
+        self.add("p1")
+        self.store.list_active_providers = lambda *a: defer.succeed([None])
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        self.assertFalse(sup.discovered_once)
+        self.assertIsNotNone(sup.last_discovery_error)
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+        # And the timer keeps going.
+        self.assertTrue(sup._discovery_call.active())
