@@ -199,9 +199,11 @@ class ISecretStore(Interface):
 class ICredentialSource(Interface):
     """Gives the folder engine what it needs to log in."""
 
-    def credentials(provider):
+    def credentials(provider, force_refresh=False):
         """:rtype: Deferred[imapsvc.model.Credentials]: the login
-        (password or a fresh OAuth2 access token)."""
+        (password or a fresh OAuth2 access token). ``force_refresh=True``
+        (only passed after the server refused an access token) refreshes the
+        token even when it has not expired."""
 
 
 class IClock(Interface):

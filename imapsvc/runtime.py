@@ -152,7 +152,8 @@ class Runtime(service.MultiService):
             auth_pause_after=s.auth_failure_pause_after,
             on_auto_paused=on_auto_paused,
             test_connection=lambda p: test_login(
-                reactor, p, self.credentials, tls, s.connection_timeout_ms / 1000.0
+                reactor, p, self.credentials, tls, s.connection_timeout_ms / 1000.0,
+                oauth_mechanism=s.oauth_auth_mechanism,
             ),
         )
         self.oauth = None
