@@ -126,9 +126,9 @@ class FlowTests(Base):
     def test_callback_lifts_only_an_auth_failure_pause(self):
         for reason, lifted in (("auth_failure", True), ("manual", False),
                                ("tenant_cancelled", False)):
-            self.store._row(T, P).update(inbound_paused_at=datetime.now(tz=UTC), inbound_pause_reason=reason,
-                       inbound_auth_failure_count=3,
-                       inbound_auth_failure_code="AUTHENTICATIONFAILED")
+            self.store._row(T, P).update(
+                inbound_paused_at=datetime.now(tz=UTC), inbound_pause_reason=reason,
+                inbound_auth_failure_count=3, inbound_auth_failure_code="AUTHENTICATIONFAILED")
             out = self.initiate()
             self.endpoint.answers.append(
                 (200, {"access_token": "at", "refresh_token": "rt", "expires_in": 3600}))
