@@ -115,6 +115,10 @@ class IStore(Interface):
     def set_provider_status(tenant, provider_id, status, error_message=None):
         """Write ``email_providers.status``/``error_message``."""
 
+    def set_last_error(tenant, provider_id, last_error):
+        """Write ``imap_email_provider_config.last_error`` (``None`` clears
+        it): the provider's latest error, secret-free, as the app shows it."""
+
     def save_capabilities(tenant, provider_id, capabilities):
         """Write ``server_capabilities`` as a sorted list of strings."""
 

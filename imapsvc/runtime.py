@@ -131,7 +131,8 @@ class Runtime(service.MultiService):
         def on_auto_paused(provider, count, code):
             now = _utcnow(reactor)
             event_id, fields = build_auto_paused_entry(
-                provider.tenant, provider.provider_id, "auth_failure", count, code, now
+                provider.tenant, provider.provider_id, "auth_failure", count, code, now,
+                provider_name=provider.provider_name, mailbox=provider.mailbox,
             )
             d = defer.maybeDeferred(
                 self.store.add_outbox, provider.tenant, provider.provider_id, event_id, fields

@@ -253,4 +253,16 @@ def validate_stream_entry(fields: Mapping[Any, Any]) -> list[str]:
             errors.append("payload.failureCount: not an integer >= 0")
         if "lastErrorCode" not in payload:
             errors.append("payload.lastErrorCode: missing")
+        # What the app's own pause event carries (issue 10).
+        if payload.get("authFailureCode") != payload.get("lastErrorCode"):
+            errors.append("payload.authFailureCode: differs from lastErrorCode")
+        if not is_iso_z(payload.get("pausedAt")):
+            errors.append(f"payload.pausedAt: not ISO Z: {payload.get('pausedAt')!r}")
+        for key in ("providerName", "mailbox"):
+            if key not in payload or not isinstance(payload[key], (str, type(None))):
+                errors.append(f"payload.{key}: missing")
+        if payload.get("providerType") != "imap":
+            errors.append("payload.providerType: not 'imap'")
+        if payload.get("actorType") != "system":
+            errors.append("payload.actorType: not 'system'")
     return errors

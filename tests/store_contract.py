@@ -528,6 +528,19 @@ class StoreContractMixin:
                 self.assertEqual((yield self.store.list_active_providers(p.tenant)), [])
 
     @defer.inlineCallbacks
+    def test_last_error_written_and_cleared(self) -> Any:
+        p = yield self.provider()
+        other = yield self.provider(tenant=p.tenant)
+        yield self.store.set_last_error(p.tenant, p.provider_id, "INBOX: login refused")
+        row = yield self.row(p)
+        self.assertEqual(row["last_error"], "INBOX: login refused")
+        self.assertIsNone((yield self.row(other))["last_error"])
+        yield self.store.set_last_error(p.tenant, p.provider_id, None)
+        self.assertIsNone((yield self.row(p))["last_error"])
+        # Unknown provider: nothing happens.
+        yield self.store.set_last_error(p.tenant, new_id(), "x")
+
+    @defer.inlineCallbacks
     def test_status_writes(self) -> Any:
         p = yield self.provider()
         yield self.store.set_provider_status(p.tenant, p.provider_id, "error", "login refused")
