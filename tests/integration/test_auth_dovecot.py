@@ -220,3 +220,43 @@ class SupervisedTests(TestCase):
         yield wait_for(lambda: self.folders and self.folders[-1].state == S.IDLING, timeout=15)
         self.assertEqual(self.row()["status"], "connected")
         self.assertIsNone(self.row()["last_error"])
+
+
+class ConnectionTestTests(TestCase):
+    """The admin test-connection login honours IMAP_OAUTH_AUTH_MECHANISM."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_oauthbearer_test_login(self):
+        from imapsvc.imap.probe import test_login
+        from imapsvc.model import ProviderConfig
+
+        dovecot = get_dovecot()
+        user = dovecot.add_user(unique_user("probe"))
+        token = new_token()
+        dovecot.introspection.add_token(token, user)
+        provider = ProviderConfig(
+            tenant="t1", provider_id="p1", provider_name="x", mailbox=user,
+            host="localhost", port=dovecot.ports.imaps, username=user, auth_type="oauth2",
+        )
+        caps = yield test_login(
+            reactor, provider, TokenSource(user, [token]),
+            lambda host: client_tls_options(host, ca_file=dovecot.ca_file),
+            timeout_s=TIMEOUT, oauth_mechanism="oauthbearer",
+        )
+        self.assertIn("IDLE", caps)
+        with self.assertRaises(AuthenticationFailed):
+            yield test_login(
+                reactor, provider, TokenSource(user, ["bad"]),
+                lambda host: client_tls_options(host, ca_file=dovecot.ca_file),
+                timeout_s=TIMEOUT, oauth_mechanism="oauthbearer",
+            )
+        # test_login closes without waiting for the TLS close to finish.
+        port = dovecot.ports.imaps
+
+        def closed():
+            return not [c for c in reactor.getReaders() + reactor.getWriters()
+                        if getattr(c, "addr", (None, None))[1] == port]
+
+        yield wait_for(closed, timeout=10)
