@@ -204,10 +204,15 @@ def set_password(ctx: Context, args: argparse.Namespace) -> int:
             label, name = "IMAP password", password_name(provider_id)
         secret = read_secret(ctx, args.password_stdin, label)
         resolved(secrets.put(tenant, name, secret))
+        # New credentials: the failures counted against the old ones no
+        # longer apply, and an auth-failure pause (only that kind) is lifted.
+        unpaused = store.clear_auth_pause(tenant, provider_id)
     finally:
         store.close()
     ctx.out.write(f"stored the {label} of provider {provider_id}; the service uses it at "
                   "its next login (`python -m imapsvc reconnect` to log in now)\n")
+    if unpaused:
+        ctx.out.write("lifted the pause after repeated authentication failures\n")
     return 0
 
 

@@ -308,6 +308,9 @@ SETTINGS: tuple[Setting, ...] = (
             "comma list of IMAP hosts whose BODYSTRUCTURE is not trusted (full fetch)", _C),
     Setting("IMAP_AUTH_FAILURE_PAUSE_AFTER", positive_int, 3,
             "pause a provider after this many consecutive authentication failures", _C),
+    Setting("IMAP_OAUTH_AUTH_MECHANISM", choice("auto", "xoauth2", "oauthbearer"), "auto",
+            "SASL mechanism of OAuth2 logins: auto (OAUTHBEARER only when the server offers it"
+            " and not XOAUTH2), xoauth2 or oauthbearer", _C),
     # Capacity
     Setting("IMAP_MAX_EMAILS_PER_SYNC", positive_int, 5,
             "recent window (messages) for a folder with no cursor", _P),
@@ -419,6 +422,7 @@ class Settings:
     tls_insecure: bool = _default("IMAP_TLS_INSECURE")
     broken_bodystructure_hosts: tuple[str, ...] = _default("IMAP_BROKEN_BODYSTRUCTURE_HOSTS")
     auth_failure_pause_after: int = _default("IMAP_AUTH_FAILURE_PAUSE_AFTER")
+    oauth_auth_mechanism: str = _default("IMAP_OAUTH_AUTH_MECHANISM")
     max_emails_per_sync: int = _default("IMAP_MAX_EMAILS_PER_SYNC")
     max_connections_per_tenant: int = _default("IMAP_MAX_CONNECTIONS_PER_TENANT")
     max_attachment_bytes: int = _default("IMAP_MAX_ATTACHMENT_BYTES")

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from imapsvc import folder_state as S
 from imapsvc.config import IDLE_RESTART_LIMIT_MS
 from imapsvc.core import plan as P
+from imapsvc.core.auth import MECH_AUTO, OAUTH_MECHANISMS
 from imapsvc.core.backoff import Rand, timer_delay
 from imapsvc.core.cursor import REASON_RESUME, advance, compute_start
 from imapsvc.core.folders import display_name, resolve_folder
@@ -49,6 +50,10 @@ KEEPALIVE_SHARE = 0.9
 #: login (a token endpoint handing out very short tokens), reconnect after
 #: this long rather than at once: every login would refresh again.
 TOKEN_RETRY_S = 60.0
+#: Codes of credential-source errors that mean "there is nothing to refresh
+#: the access token with": after the server refused the token, the refusal
+#: then stands and counts.
+NO_REFRESH_CODES = ("missing_credentials", "awaiting_consent")
 
 
 class FolderNotFound(Exception):
@@ -91,6 +96,7 @@ class FolderOptions:
     broken_bodystructure_hosts: tuple[str, ...] = ()
     tls_ca_file: Optional[str] = None
     tls_insecure: bool = False
+    oauth_auth_mechanism: str = MECH_AUTO
 
     @classmethod
     def from_settings(cls, settings: Any) -> FolderOptions:
@@ -232,6 +238,13 @@ class FolderService(service.Service):
         self._token_timer: Any = None
         self._token_refresh_due = False
         self._refresh_reconnect = False
+        # OAuth2: a refused access token gets one forced refresh and one
+        # retry before the refusal counts (see _session_failed).
+        self._login_mechanism: Optional[str] = None
+        self._token_retry_used = False
+        self._force_token_refresh = False
+        self._refusal: Optional[Exception] = None
+        self._refusal_retry = False
         self._closed_waiters: list[defer.Deferred] = []
         tls_creator = self._tls_factory(provider.host) if provider.secure else None
         timeout_ms = provider.connection_timeout_ms or self.options.connection_timeout_ms
@@ -413,6 +426,7 @@ class FolderService(service.Service):
         self._idle_done_sent = False
         self._token_refresh_due = False
         self._refresh_reconnect = False
+        self._refusal_retry = False
         proto.on_bye = self._on_bye
         d = self._session(proto)
         d.addErrback(self._session_failed, proto)
@@ -431,6 +445,12 @@ class FolderService(service.Service):
         if self._stopping or self.state in (S.NEEDS_REAUTH, S.STOPPED):
             return
         cause, self._reconnect_reason = self._reconnect_reason, None
+        if self._refusal_retry:
+            self._refusal_retry = False
+            self._session_error = None
+            self.reconnects["token_refused"] += 1
+            self._set_state(S.BACKOFF, "access token refused: refreshing it once and retrying")
+            return
         if self._refresh_reconnect:
             self._refresh_reconnect = False
             self._session_error = None
@@ -474,10 +494,18 @@ class FolderService(service.Service):
             yield proto.start_tls(self._tls_factory(self.provider.host))
             self._check()
         self._set_state(S.AUTHENTICATING, "greeted")
-        creds = yield self.credentials.credentials(self.provider)
+        creds = yield self._login_credentials()
         self._check()
-        caps = yield proto.authenticate_with(creds)
+        self._login_mechanism = getattr(creds, "mechanism", None)
+        caps = yield proto.authenticate_with(
+            creds,
+            oauth_mechanism=self.options.oauth_auth_mechanism,
+            host=self.provider.host,
+            port=self.provider.port,
+        )
         self._check()
+        self._token_retry_used = False
+        self._refusal = None
         self._schedule_token_refresh(creds)
         self._hook("logged_in")
         self.capabilities = _caps_names(caps)
@@ -517,6 +545,25 @@ class FolderService(service.Service):
                 yield self._idle(proto)
             else:
                 yield self._poll()
+
+    @defer.inlineCallbacks
+    def _login_credentials(self):  # type: ignore[no-untyped-def]
+        """This login's credentials; after the server refused an access
+        token, a freshly refreshed one (once)."""
+        if not self._force_token_refresh:
+            creds = yield self.credentials.credentials(self.provider)
+            return creds
+        try:
+            creds = yield self.credentials.credentials(self.provider, force_refresh=True)
+        except Exception as e:
+            if getattr(e, "code", None) in NO_REFRESH_CODES and self._refusal is not None:
+                # No refresh token to get a new access token with: the
+                # server's refusal of the one we have stands.
+                self._force_token_refresh = False
+                raise self._refusal from e
+            raise  # e.g. token endpoint unreachable: retried, forced again
+        self._force_token_refresh = False
+        return creds
 
     @defer.inlineCallbacks
     def _sync(self, proto: Any, name: str):  # type: ignore[no-untyped-def]
@@ -839,7 +886,24 @@ class FolderService(service.Service):
         self.last_error = text
         if current:
             self._session_error = text
-        if failure.check(errors.AuthenticationFailed) or getattr(err, "auth_failure", False):
+        if (
+            failure.check(errors.AuthenticationFailed)
+            and self._login_mechanism in OAUTH_MECHANISMS
+            and not self._token_retry_used
+        ):
+            # The token may have been revoked or rotated before its expiry:
+            # one forced refresh and one retry before the refusal counts.
+            self._token_retry_used = True
+            self._force_token_refresh = True
+            self._refusal = err
+            self._refusal_retry = True
+            self.factory.set_next_delay(0)
+            self.log.info(
+                "{label}: access token refused ({error}); refreshing it and retrying once",
+                label=self.label,
+                error=text,
+            )
+        elif failure.check(errors.AuthenticationFailed) or getattr(err, "auth_failure", False):
             # Retrying bad credentials only locks the account: wait for the
             # supervisor (a new login attempt) instead. Credential-source
             # errors (no password stored, invalid_grant) count the same way.
@@ -854,7 +918,12 @@ class FolderService(service.Service):
         else:
             if failure.check(errors.Throttled) and err.retry_after is not None:
                 self.factory.set_next_delay(err.retry_after)
-            elif failure.check(errors.CleartextRefused, errors.TLSRequired, FolderNotFound):
+            elif failure.check(
+                errors.CleartextRefused,
+                errors.TLSRequired,
+                errors.MechanismUnsupported,
+                FolderNotFound,
+            ):
                 # Configuration problems: do not hammer the server.
                 self.factory.set_next_delay(self.options.reconnect_max_ms / 1000.0)
             self.log.warn("{label}: session failed: {error}", label=self.label, error=text)

@@ -115,6 +115,10 @@ class IStore(Interface):
     def set_provider_status(tenant, provider_id, status, error_message=None):
         """Write ``email_providers.status``/``error_message``."""
 
+    def set_last_error(tenant, provider_id, last_error):
+        """Write ``imap_email_provider_config.last_error`` (``None`` clears
+        it): the provider's latest error, secret-free, as the app shows it."""
+
     def save_capabilities(tenant, provider_id, capabilities):
         """Write ``server_capabilities`` as a sorted list of strings."""
 
@@ -199,9 +203,11 @@ class ISecretStore(Interface):
 class ICredentialSource(Interface):
     """Gives the folder engine what it needs to log in."""
 
-    def credentials(provider):
+    def credentials(provider, force_refresh=False):
         """:rtype: Deferred[imapsvc.model.Credentials]: the login
-        (password or a fresh OAuth2 access token)."""
+        (password or a fresh OAuth2 access token). ``force_refresh=True``
+        (only passed after the server refused an access token) refreshes the
+        token even when it has not expired."""
 
 
 class IClock(Interface):

@@ -297,11 +297,15 @@ class CredentialSource:
         return cached[1] if cached else None
 
     @defer.inlineCallbacks
-    def credentials(self, provider: ProviderConfig):
+    def credentials(self, provider: ProviderConfig, force_refresh: bool = False):
+        """The login; ``force_refresh`` (after the server refused an access
+        token) refreshes the OAuth2 token whatever its expiry says. The
+        mechanism is ``xoauth2`` for any token: the IMAP client picks
+        XOAUTH2 or OAUTHBEARER from ``IMAP_OAUTH_AUTH_MECHANISM``."""
         if self._secrets is None or self._box is None:
             raise NoSecretKey("IMAPSVC_SECRET_KEY is not set: stored credentials cannot be read")
         if provider.auth_type == "oauth2":
-            token = yield self.access_token(provider)
+            token = yield self.access_token(provider, force_refresh=force_refresh)
             return Credentials("xoauth2", provider.username, token)
         password = yield self._secrets.get(provider.tenant, password_name(provider.provider_id))
         if password is None:

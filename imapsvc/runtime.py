@@ -131,7 +131,8 @@ class Runtime(service.MultiService):
         def on_auto_paused(provider, count, code):
             now = _utcnow(reactor)
             event_id, fields = build_auto_paused_entry(
-                provider.tenant, provider.provider_id, "auth_failure", count, code, now
+                provider.tenant, provider.provider_id, "auth_failure", count, code, now,
+                provider_name=provider.provider_name, mailbox=provider.mailbox,
             )
             d = defer.maybeDeferred(
                 self.store.add_outbox, provider.tenant, provider.provider_id, event_id, fields
@@ -152,7 +153,8 @@ class Runtime(service.MultiService):
             auth_pause_after=s.auth_failure_pause_after,
             on_auto_paused=on_auto_paused,
             test_connection=lambda p: test_login(
-                reactor, p, self.credentials, tls, s.connection_timeout_ms / 1000.0
+                reactor, p, self.credentials, tls, s.connection_timeout_ms / 1000.0,
+                oauth_mechanism=s.oauth_auth_mechanism,
             ),
         )
         self.oauth = None

@@ -102,6 +102,15 @@ class ProviderService(service.MultiService):
                 self.log,
                 "provider status write failed",
             )
+            # The config row's last_error as the app reads it: the error while
+            # there is one, cleared once every folder is connected; kept while
+            # merely (re)connecting, so the last cause stays visible.
+            if status[0] in ("error", "connected"):
+                fire_and_forget(
+                    self.supervisor.store.set_last_error(tenant, pid, status[1]),
+                    self.log,
+                    "provider last_error write failed",
+                )
 
     def auth_failed(self, folder: str, code: str) -> None:
         # Several folders of one provider failing in the same attempt are one
@@ -511,6 +520,18 @@ class Supervisor(service.MultiService):
             if self._on_auto_paused is not None:
                 yield self._on_auto_paused(provider, count, code)
             yield self.drop_provider(provider.key, "paused after repeated auth failures")
+            # After the drop: a stopping provider writes no status of its own.
+            message = (
+                f"inbound paused after {count} consecutive authentication failures ({code}); "
+                "update the credentials to resume"
+            )
+            try:
+                yield self.store.set_provider_status(
+                    provider.tenant, provider.provider_id, "error", message
+                )
+                yield self.store.set_last_error(provider.tenant, provider.provider_id, message)
+            except Exception as e:
+                self.log.warn("pause status write failed: {err}", err=str(e))
 
     # -- admin (IAdmin) -------------------------------------------------------
 

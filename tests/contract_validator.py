@@ -64,6 +64,47 @@ def _check_address(where: str, value: Any, errors: list[str]) -> None:
         errors.append(f"{where}.name: not a string")
 
 
+#: What the app's event schema (``emailIngressSkipReasonSchema``) accepts in
+#: ``ingressSkipReasons``: anything else makes it reject the whole payload.
+APP_SKIP_TYPES = frozenset({"attachment", "raw_mime"})
+APP_SKIP_REASONS = frozenset({
+    "attachment_over_max_bytes",
+    "attachment_count_exceeded",
+    "attachment_total_bytes_exceeded",
+    "raw_mime_over_max_bytes",
+})
+
+
+def _check_skip_entries(data: dict, field: str, errors: list[str], app_schema: bool) -> None:
+    entries = data.get(field)
+    if not isinstance(entries, list):
+        errors.append(f"emailData.{field}: not a list")
+        return
+    for i, entry in enumerate(entries):
+        where = f"emailData.{field}[{i}]"
+        if not isinstance(entry, dict):
+            errors.append(f"{where}: not an object")
+            continue
+        for key in ("type", "reason"):
+            if not isinstance(entry.get(key), str) or not entry.get(key):
+                errors.append(f"{where}.{key}: not a non-empty string")
+        for key in ("size", "cap"):
+            value = entry.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                errors.append(f"{where}.{key}: not an integer >= 0")
+        for key in ("attachmentId", "attachmentName"):
+            if key in entry and not isinstance(entry[key], str):
+                errors.append(f"{where}.{key}: not a string")
+        if app_schema:
+            if entry.get("type") not in APP_SKIP_TYPES:
+                errors.append(f"{where}.type: {entry.get('type')!r} is not one of the app's")
+            if entry.get("reason") not in APP_SKIP_REASONS:
+                errors.append(f"{where}.reason: {entry.get('reason')!r} is not one of the app's")
+            cap = entry.get("cap")
+            if not isinstance(cap, int) or cap <= 0:
+                errors.append(f"{where}.cap: not a positive integer")
+
+
 def _check_email_data(data: Any, tenant: str, provider_id: Any, errors: list[str]) -> None:
     if not isinstance(data, dict):
         errors.append("emailData: not an object")
@@ -142,25 +183,9 @@ def _check_email_data(data: Any, tenant: str, provider_id: Any, errors: list[str
         for name, value in headers.items():
             if not isinstance(value, str):
                 errors.append(f"emailData.headers[{name!r}]: not a string")
-    reasons = data.get("ingressSkipReasons")
-    if not isinstance(reasons, list):
-        errors.append("emailData.ingressSkipReasons: not a list")
-    else:
-        for i, reason in enumerate(reasons):
-            where = f"emailData.ingressSkipReasons[{i}]"
-            if not isinstance(reason, dict):
-                errors.append(f"{where}: not an object")
-                continue
-            for key in ("type", "reason"):
-                if not isinstance(reason.get(key), str) or not reason.get(key):
-                    errors.append(f"{where}.{key}: not a non-empty string")
-            for key in ("size", "cap"):
-                value = reason.get(key)
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    errors.append(f"{where}.{key}: not an integer >= 0")
-            for key in ("attachmentId", "attachmentName"):
-                if key in reason and not isinstance(reason[key], str):
-                    errors.append(f"{where}.{key}: not a string")
+    _check_skip_entries(data, "ingressSkipReasons", errors, app_schema=True)
+    if "ingressNotes" in data:
+        _check_skip_entries(data, "ingressNotes", errors, app_schema=False)
     imap = data.get("imap")
     if not isinstance(imap, dict):
         errors.append("emailData.imap: not an object")
@@ -253,4 +278,16 @@ def validate_stream_entry(fields: Mapping[Any, Any]) -> list[str]:
             errors.append("payload.failureCount: not an integer >= 0")
         if "lastErrorCode" not in payload:
             errors.append("payload.lastErrorCode: missing")
+        # What the app's own pause event carries (issue 10).
+        if payload.get("authFailureCode") != payload.get("lastErrorCode"):
+            errors.append("payload.authFailureCode: differs from lastErrorCode")
+        if not is_iso_z(payload.get("pausedAt")):
+            errors.append(f"payload.pausedAt: not ISO Z: {payload.get('pausedAt')!r}")
+        for key in ("providerName", "mailbox"):
+            if key not in payload or not isinstance(payload[key], (str, type(None))):
+                errors.append(f"payload.{key}: missing")
+        if payload.get("providerType") != "imap":
+            errors.append("payload.providerType: not 'imap'")
+        if payload.get("actorType") != "system":
+            errors.append("payload.actorType: not 'system'")
     return errors

@@ -544,6 +544,39 @@ class StoreContractMixin:
         self.assertEqual(row["inbound_pause_reason"], "manual")
 
     @defer.inlineCallbacks
+    def test_reset_auth_failures_lifts_only_an_auth_failure_pause(self) -> Any:
+        # What a successful login, `provider set-password` and a completed
+        # OAuth callback do: counters go, an auth_failure pause goes, a manual
+        # or tenant_cancelled pause stays.
+        for reason in ("auth_failure", "manual", "tenant_cancelled"):
+            p = yield self.provider(inbound_paused_at=self.now(), inbound_pause_reason=reason)
+            yield self.store.record_auth_failure(p.tenant, p.provider_id, "AUTHENTICATIONFAILED", 9)
+            yield self.store.reset_auth_failures(p.tenant, p.provider_id)
+            row = yield self.row(p)
+            self.assertEqual(row["inbound_auth_failure_count"], 0, reason)
+            self.assertIsNone(row["inbound_auth_failure_code"], reason)
+            if reason == "auth_failure":
+                self.assertIsNone(row["inbound_paused_at"])
+                self.assertIsNone(row["inbound_pause_reason"])
+            else:
+                self.assertIsNotNone(row["inbound_paused_at"], reason)
+                self.assertEqual(row["inbound_pause_reason"], reason)
+                self.assertEqual((yield self.store.list_active_providers(p.tenant)), [])
+
+    @defer.inlineCallbacks
+    def test_last_error_written_and_cleared(self) -> Any:
+        p = yield self.provider()
+        other = yield self.provider(tenant=p.tenant)
+        yield self.store.set_last_error(p.tenant, p.provider_id, "INBOX: login refused")
+        row = yield self.row(p)
+        self.assertEqual(row["last_error"], "INBOX: login refused")
+        self.assertIsNone((yield self.row(other))["last_error"])
+        yield self.store.set_last_error(p.tenant, p.provider_id, None)
+        self.assertIsNone((yield self.row(p))["last_error"])
+        # Unknown provider: nothing happens.
+        yield self.store.set_last_error(p.tenant, new_id(), "x")
+
+    @defer.inlineCallbacks
     def test_status_writes(self) -> Any:
         p = yield self.provider()
         yield self.store.set_provider_status(p.tenant, p.provider_id, "error", "login refused")

@@ -108,7 +108,14 @@ def parse_addresses(raw_values: Iterable[str]) -> list[dict[str, str]]:
     :class:`imapsvc.core.headers.Headers`) into valid ``{"email", "name"}``
     entries, in order. Invalid and address-less entries are dropped; groups
     are flattened; names are RFC 2047 decoded (after splitting, so an
-    encoded comma cannot split an address)."""
+    encoded comma cannot split an address). At most :data:`MAX_ADDRESSES`."""
+    return parse_addresses_counted(raw_values)[0]
+
+
+def parse_addresses_counted(raw_values: Iterable[str]) -> tuple[list[dict[str, str]], int]:
+    """:func:`parse_addresses`, and how many valid addresses the field held
+    before the cut to :data:`MAX_ADDRESSES` (more than ``len(list)`` when it
+    was cut)."""
     texts = []
     budget = MAX_FIELD_CHARS
     for raw in raw_values:
@@ -118,7 +125,7 @@ def parse_addresses(raw_values: Iterable[str]) -> list[dict[str, str]]:
         budget -= len(text)
         texts.append(text)
     if not texts:
-        return []
+        return [], 0
     simple = simple_addresses(texts)
     if simple is not None:
         pairs = simple
@@ -126,17 +133,19 @@ def parse_addresses(raw_values: Iterable[str]) -> list[dict[str, str]]:
         try:
             pairs = getaddresses(texts)
         except Exception:
-            return []
+            return [], 0
     out: list[dict[str, str]] = []
+    total = 0
     for name, spec in pairs:
-        if len(out) >= MAX_ADDRESSES:
-            break
         email = normalise_address(spec) if spec else None
         if email is None:
             continue
+        total += 1
+        if len(out) >= MAX_ADDRESSES:
+            continue  # counted only, to say what was cut
         display = decode_value(name).strip().strip("\"'").strip()[:MAX_NAME_CHARS]
         out.append({"email": email, "name": display})
-    return out
+    return out, total
 
 
 def first_address(raw_values: Iterable[str]) -> dict[str, str] | None:

@@ -3,12 +3,14 @@
 Attachment content is never downloaded nor put in the event: every leaf part
 that is not body text is described from its structure alone (CONTRACT
 section 2, ``attachments``). The caps of :class:`~imapsvc.model.Limits` are
-reported through ``ingressSkipReasons``:
+reported through ``ingressSkipReasons`` with ``type: "attachment"`` and the
+app's codes in ``reason`` (its schema accepts only those; ``detail`` says it
+in words):
 
-- ``attachment_too_large``: one entry per attachment whose decoded size is
-  above ``max_attachment_bytes``. The attachment is still listed.
-- ``attachments_total_too_large``: one entry per attachment that does not fit
-  in what is left of ``max_total_attachment_bytes`` once the attachments
+- ``attachment_over_max_bytes``: one entry per attachment whose decoded size
+  is above ``max_attachment_bytes``. The attachment is still listed.
+- ``attachment_total_bytes_exceeded``: one entry per attachment that does not
+  fit in what is left of ``max_total_attachment_bytes`` once the attachments
   before it (in message order, leaving out the individually too large ones)
   are counted. The attachment is still listed.
 - ``attachment_count_exceeded``: the attachments after the first
@@ -21,6 +23,13 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional
 
 from imapsvc.model import BodyPart, Limits
+
+#: ``type`` of every attachment entry of ``ingressSkipReasons`` (the app's).
+SKIP_TYPE_ATTACHMENT = "attachment"
+#: The app's ``reason`` codes for the attachment caps.
+REASON_OVER_MAX_BYTES = "attachment_over_max_bytes"
+REASON_TOTAL_BYTES_EXCEEDED = "attachment_total_bytes_exceeded"
+REASON_COUNT_EXCEEDED = "attachment_count_exceeded"
 
 _EXTENSIONS = {
     "application/pdf": "pdf",
@@ -103,7 +112,7 @@ def attachment_metadata(
         if size > limits.max_attachment_bytes:
             reasons.append(
                 _reason(
-                    "attachment_too_large",
+                    REASON_OVER_MAX_BYTES,
                     f"attachment is {size} bytes, above the {limits.max_attachment_bytes}"
                     " byte cap; listed without content",
                     part.section,
@@ -116,7 +125,7 @@ def attachment_metadata(
         if running_total + size > limits.max_total_attachment_bytes:
             reasons.append(
                 _reason(
-                    "attachments_total_too_large",
+                    REASON_TOTAL_BYTES_EXCEEDED,
                     f"attachments before this one already use {running_total} of the"
                     f" {limits.max_total_attachment_bytes} byte total cap; listed without content",
                     part.section,
@@ -131,7 +140,7 @@ def attachment_metadata(
         dropped = len(candidates) - len(listed)
         reasons.append(
             _reason(
-                "attachment_count_exceeded",
+                REASON_COUNT_EXCEEDED,
                 f"message has {len(candidates)} attachments; only the first"
                 f" {len(listed)} are listed, {dropped} left out",
                 None,
@@ -152,18 +161,19 @@ def is_inline(part: BodyPart) -> bool:
 
 
 def _reason(
-    kind: str,
+    code: str,
     words: str,
     attachment_id: Optional[str],
     attachment_name: Optional[str],
     size: int,
     cap: int,
 ) -> dict[str, Any]:
-    entry: dict[str, Any] = {"type": kind, "reason": words}
+    entry: dict[str, Any] = {"type": SKIP_TYPE_ATTACHMENT, "reason": code}
     if attachment_id is not None:
         entry["attachmentId"] = attachment_id
     if attachment_name is not None:
         entry["attachmentName"] = attachment_name
     entry["size"] = size
     entry["cap"] = cap
+    entry["detail"] = words
     return entry

@@ -11,8 +11,22 @@ Decisions the contract leaves open, made here:
 - ``headers``: keys are lower-cased field names; repeated fields are joined
   with ``", "`` in order; each value is cut to :data:`MAX_HEADER_VALUE_CHARS`
   (and the whole map to :data:`MAX_HEADERS_CHARS`), noted in
-  ``ingressSkipReasons`` as ``header_truncated``. ``subject`` is cut the same
+  ``ingressNotes`` as ``header_truncated``. ``subject`` is cut the same
   way.
+- ``ingressSkipReasons`` holds only what the app's schema accepts there
+  (``type`` ``attachment`` or ``raw_mime``; ``reason``
+  ``attachment_over_max_bytes``, ``attachment_total_bytes_exceeded``,
+  ``attachment_count_exceeded``, ``raw_mime_over_max_bytes``): one entry
+  more of another kind would make the app reject the whole event. Everything
+  else that was cut or could not be read goes, in the same shape, to
+  ``ingressNotes``: ``body_truncated`` (type ``body``), ``header_truncated``
+  (``header``), ``parse_error`` (``message``) and ``address_count_exceeded``
+  (type ``to``/``cc``, ``size`` the field's address count, ``cap``
+  :data:`~imapsvc.core.addresses.MAX_ADDRESSES`). Every entry also has a
+  ``detail`` in words.
+- A message above ``max_raw_mime_bytes`` carries a ``raw_mime`` entry
+  (``size`` its RFC822.SIZE): on the fallback path its body was not
+  downloaded at all, on the structure path only its text parts were.
 - ``threadId``: first of ``references``, else ``inReplyTo``, else the
   message's own ``id`` (a thread root names its own thread, which is what its
   replies' ``References`` will start with).
@@ -34,7 +48,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import attr
 
 from imapsvc.core import ledger
-from imapsvc.core.addresses import first_address, parse_addresses
+from imapsvc.core.addresses import MAX_ADDRESSES, first_address, parse_addresses_counted
 from imapsvc.core.charsets import clean_text, decode_bytes
 from imapsvc.core.dates import iso_z, parse_iso, parse_rfc2822_date
 from imapsvc.core.headers import Headers, decode_value, header_block
@@ -52,6 +66,14 @@ SYNTHETIC_ID_DOMAIN = "imapsvc.local"
 REASON_PARSE_ERROR = "parse_error"
 REASON_BODY_TRUNCATED = "body_truncated"
 REASON_HEADER_TRUNCATED = "header_truncated"
+REASON_ADDRESS_COUNT_EXCEEDED = "address_count_exceeded"
+REASON_RAW_MIME_OVER_MAX_BYTES = "raw_mime_over_max_bytes"
+#: ``type`` of the ``ingressNotes`` entries, by reason code.
+_NOTE_TYPES = {
+    REASON_PARSE_ERROR: "message",
+    REASON_BODY_TRUNCATED: "body",
+    REASON_HEADER_TRUNCATED: "header",
+}
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -71,12 +93,51 @@ class MappedMessage:
     skip_reason: Optional[str] = None
 
 
-def _reason(type_: str, reason: str, size: int = 0, cap: int = 0, **extra: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": type_, "reason": reason}
-    out.update(extra)
-    out["size"] = int(size)
-    out["cap"] = int(cap)
-    return out
+def _reason(
+    code: str, detail: str, size: int = 0, cap: int = 0, type_: Optional[str] = None
+) -> dict[str, Any]:
+    """One ``ingressNotes`` entry (or, for ``raw_mime``, a skip reason)."""
+    return {
+        "type": type_ or _NOTE_TYPES[code],
+        "reason": code,
+        "size": int(size),
+        "cap": int(cap),
+        "detail": detail,
+    }
+
+
+def _address_field(
+    headers: Headers, name: str, notes: list[dict[str, Any]]
+) -> list[dict[str, str]]:
+    found, total = parse_addresses_counted(headers.get_all(name))
+    if total > len(found):
+        notes.append(
+            _reason(
+                REASON_ADDRESS_COUNT_EXCEEDED,
+                f"{name} has {total} addresses; only the first {len(found)} are listed",
+                size=total,
+                cap=MAX_ADDRESSES,
+                type_=name,
+            )
+        )
+    return found
+
+
+def _raw_mime_reason(msg: FetchedMessage, limits: Limits) -> list[dict[str, Any]]:
+    if msg.size <= limits.max_raw_mime_bytes:
+        return []
+    header_only = msg.raw is None and not msg.parts and not msg.texts
+    what = "its body was not downloaded" if header_only else "only its text parts were read"
+    return [
+        _reason(
+            REASON_RAW_MIME_OVER_MAX_BYTES,
+            f"message is {msg.size} bytes, above the {limits.max_raw_mime_bytes} byte"
+            f" raw MIME cap; {what}",
+            size=msg.size,
+            cap=limits.max_raw_mime_bytes,
+            type_="raw_mime",
+        )
+    ]
 
 
 def synthetic_message_id(header: bytes, size: int, internal_date: Optional[str]) -> str:
@@ -246,7 +307,7 @@ def map_message(
     try:
         return _map(msg, tenant, provider_id, fetched_at, limits, dedupe)
     except Exception as exc:  # a bug or an input we did not foresee
-        return _last_resort(msg, tenant, provider_id, fetched_at, dedupe, exc)
+        return _last_resort(msg, tenant, provider_id, fetched_at, dedupe, exc, limits)
 
 
 def _imap_block(msg: FetchedMessage) -> dict[str, Any]:
@@ -324,8 +385,8 @@ def _map(
         "tenant": tenant,
         "receivedAt": _received_at(headers, msg.internal_date, fetched_at),
         "from": sender,
-        "to": parse_addresses(headers.get_all("to")),
-        "cc": parse_addresses(headers.get_all("cc")),
+        "to": _address_field(headers, "to", reasons),
+        "cc": _address_field(headers, "cc", reasons),
         "subject": subject,
         "body": body,
         "attachments": attachments,
@@ -335,7 +396,8 @@ def _map(
     if in_reply_to is not None:
         email_data["inReplyTo"] = in_reply_to
     email_data["headers"] = header_map
-    email_data["ingressSkipReasons"] = attachment_reasons + reasons
+    email_data["ingressSkipReasons"] = attachment_reasons + _raw_mime_reason(msg, limits)
+    email_data["ingressNotes"] = reasons
     email_data["imap"] = _imap_block(msg)
     return MappedMessage(
         email_data=email_data,
@@ -352,6 +414,7 @@ def _last_resort(
     fetched_at: datetime,
     dedupe: str,
     exc: Exception,
+    limits: Optional[Limits] = None,
 ) -> MappedMessage:
     """What is left when mapping failed unexpectedly: ids, dates and a
     ``parse_error``. Published only if a From address can still be read."""
@@ -388,7 +451,8 @@ def _last_resort(
         "threadId": message_id,
         "references": [],
         "headers": {},
-        "ingressSkipReasons": [
+        "ingressSkipReasons": _raw_mime_reason(msg, limits or Limits()),
+        "ingressNotes": [
             _reason(REASON_PARSE_ERROR, f"message could not be mapped ({type(exc).__name__})")
         ],
         "imap": _imap_block(msg),

@@ -103,11 +103,16 @@ def build_auto_paused_entry(
     failure_count: int,
     last_error_code: Optional[str],
     now: datetime,
+    provider_name: Optional[str] = None,
+    mailbox: Optional[str] = None,
 ) -> tuple[str, dict[str, str]]:
     """The ``INBOUND_EMAIL_PROVIDER_AUTO_PAUSED`` entry.
 
     The ids derive from the provider and the pause time (``now`` to the
-    millisecond), so re-publishing the same pause keeps its event id.
+    millisecond), so re-publishing the same pause keeps its event id. Besides
+    the contract's fields the payload carries what the app's own pause event
+    carries (``authFailureCode``, ``pausedAt``, ``providerName``,
+    ``mailbox``, ``providerType``, ``actorType``).
 
     :return: ``(event_id, fields)``.
     """
@@ -120,6 +125,12 @@ def build_auto_paused_entry(
         "failureCount": int(failure_count),
         "lastErrorCode": last_error_code,
         "occurredAt": occurred,
+        "authFailureCode": last_error_code,
+        "pausedAt": occurred,
+        "providerName": provider_name,
+        "mailbox": mailbox,
+        "providerType": "imap",
+        "actorType": "system",
     }
     fields = _fields(
         event_id, execution_id, EVENT_PROVIDER_AUTO_PAUSED, tenant, now, _dumps(payload)

@@ -1,10 +1,13 @@
 """Errors of the IMAP protocol layer.
 
 The folder engine tells them apart to pick its next state: an
-:class:`AuthenticationFailed` means "needs re-authentication" (count it,
-maybe pause the provider), :class:`Throttled` means "back off for
-``retry_after`` seconds", everything else means "drop and reconnect with
-back-off". Messages never carry secrets.
+:class:`AuthenticationFailed` (the server refused the credentials, see
+:func:`imapsvc.core.auth.is_refusal`) means "needs re-authentication" (count
+it, maybe pause the provider), :class:`Throttled` means "back off for
+``retry_after`` seconds", everything else (including
+:class:`AuthenticationUnavailable` and :class:`MechanismUnsupported`) means
+"drop and reconnect with back-off", never counted. Messages never carry
+secrets.
 """
 
 from __future__ import annotations
@@ -33,6 +36,36 @@ class AuthenticationFailed(IMAPError):
         if self.code:
             return f"authentication failed [{self.code}] {self.text}"
         return f"authentication failed: {self.text}"
+
+
+class AuthenticationUnavailable(IMAPError):
+    """The server answered LOGIN/AUTHENTICATE without refusing the
+    credentials (``NO [UNAVAILABLE]``, ``[SERVERBUG]``, an unknown code,
+    ``BAD``): transient, not an authentication failure.
+
+    :ivar code: the response code without brackets, or ``None``.
+    :ivar text: the server's text.
+    """
+
+    def __init__(self, code: Optional[str], text: str, kind: str = "NO") -> None:
+        super().__init__(code, text)
+        self.code = code
+        self.text = text
+        self.kind = kind
+
+    def __str__(self) -> str:
+        code = f" [{self.code}]" if self.code else ""
+        return f"login not checked now ({self.kind}{code}): {self.text}"
+
+
+class MechanismUnsupported(IMAPError):
+    """The server does not offer the SASL mechanism the login needs (nothing
+    was sent): a configuration problem, not an authentication failure.
+
+    :ivar code: always ``"UNSUPPORTED"``.
+    """
+
+    code = "UNSUPPORTED"
 
 
 class CleartextRefused(IMAPError):

@@ -19,6 +19,7 @@ def test_login(
     credentials: Any,
     tls_factory: Callable[[str], Any],
     timeout_s: float = 15.0,
+    oauth_mechanism: str = "auto",
 ):
     """Fires with the server's sorted capabilities; fails with the error."""
     proto = FolderIMAPClient(reactor, timeout_s, inactivity_timeout=timeout_s * 2)
@@ -37,7 +38,9 @@ def test_login(
         if not provider.secure:
             yield proto.start_tls(tls_factory(provider.host))
         creds = yield credentials.credentials(provider)
-        caps = yield proto.authenticate_with(creds)
+        caps = yield proto.authenticate_with(
+            creds, oauth_mechanism=oauth_mechanism, host=provider.host, port=provider.port
+        )
         try:
             yield proto.logout()
         except Exception:

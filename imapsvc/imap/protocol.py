@@ -32,14 +32,17 @@ from twisted.logger import Logger
 from twisted.mail.imap4 import IMAP4Client
 from twisted.python.failure import Failure
 
+from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism, is_refusal
 from imapsvc.imap import responses
 from imapsvc.imap.errors import (
     AuthenticationFailed,
+    AuthenticationUnavailable,
     CleartextRefused,
     CommandFailed,
     CommandTimeout,
     ConnectionGone,
     IMAPError,
+    MechanismUnsupported,
     ProtocolViolation,
     Throttled,
     TLSRequired,
@@ -137,6 +140,9 @@ class FolderIMAPClient(IMAP4Client):
         self.inactivity_timeout = inactivity_timeout
         self.greeted: defer.Deferred = defer.Deferred()
         self.capabilities: Optional[Caps] = None
+        #: The login mechanism last used (``"password"``, ``"xoauth2"``,
+        #: ``"oauthbearer"``), or ``None`` before a login.
+        self.auth_mechanism: Optional[str] = None
         self.on_bye: Optional[Callable[[str], Any]] = None
         self.bye_text: Optional[str] = None
         self.idling = False
@@ -478,7 +484,9 @@ class FolderIMAPClient(IMAP4Client):
         if throttled:
             return Throttled(delay, text)
         if cmd.kind == "auth":
-            return AuthenticationFailed(code, text)
+            if is_refusal(kind, code):
+                return AuthenticationFailed(code, text)
+            return AuthenticationUnavailable(code, text, kind)
         return CommandFailed(code, f"{cmd.name.decode('ascii')} {kind}: {text}")
 
     # -- writing ----------------------------------------------------------
@@ -620,14 +628,31 @@ class FolderIMAPClient(IMAP4Client):
         transport.startTLS(context_factory)
         self._tls_started = True
 
-    def authenticate_with(self, credentials) -> defer.Deferred:
+    def authenticate_with(
+        self,
+        credentials,
+        oauth_mechanism: Optional[str] = None,
+        host: Optional[str] = None,
+        port: Optional[int] = None,
+    ) -> defer.Deferred:
         """Log in with :class:`imapsvc.model.Credentials`; fires with the
         refreshed capability dict.
 
+        :param oauth_mechanism: for an OAuth2 login, ``IMAP_OAUTH_AUTH_MECHANISM``
+            (``auto``/``xoauth2``/``oauthbearer``): the mechanism is then
+            chosen from the server's ``AUTH=`` capabilities
+            (:func:`imapsvc.core.auth.choose_oauth_mechanism`). ``None`` uses
+            ``credentials.mechanism`` as it is.
+        :param host: the server's host name and ``port``, sent in the
+            OAUTHBEARER message (RFC 7628 ``host``/``port`` keys).
+
         Refuses (:class:`CleartextRefused`, nothing sent) when the connection
-        is not TLS, for passwords and bearer tokens alike.
+        is not TLS, for passwords and bearer tokens alike. A mechanism the
+        server does not offer fails with :class:`MechanismUnsupported`.
         """
         mechanism = credentials.mechanism.lower()
+        if mechanism in OAUTH_MECHANISMS and oauth_mechanism is not None:
+            mechanism = choose_oauth_mechanism(oauth_mechanism, self._auth_offered())
         if not self._is_tls():
             return defer.fail(
                 CleartextRefused(f"refusing {mechanism} login over a connection without TLS")
@@ -638,27 +663,41 @@ class FolderIMAPClient(IMAP4Client):
                 [credentials.username.encode("utf-8"), credentials.secret.encode("utf-8")],
             )
             cmd = _Command(b"LOGIN", chunks, kind="auth")
-        elif mechanism in ("xoauth2", "oauthbearer"):
-            sasl = self._sasl_command(mechanism, credentials.username, credentials.secret)
+        elif mechanism in OAUTH_MECHANISMS:
+            sasl = self._sasl_command(
+                mechanism, credentials.username, credentials.secret, host, port
+            )
             if sasl is None:
                 return defer.fail(
-                    AuthenticationFailed(
-                        "UNSUPPORTED", f"server does not offer AUTH={mechanism.upper()}"
-                    )
+                    MechanismUnsupported(f"server does not offer AUTH={mechanism.upper()}")
                 )
             cmd = sasl
         else:
             return defer.fail(ValueError(f"unknown login mechanism {mechanism!r}"))
+        self.auth_mechanism = mechanism
         cmd.on_ok = self._logged_in
         d = self._submit(cmd)
         d.addCallback(lambda had_caps: self.capabilities if had_caps else self.capability())
         return d
 
+    def _auth_offered(self) -> Optional[list[str]]:
+        """The server's ``AUTH=`` mechanisms, or ``None`` when unknown."""
+        if self.capabilities is None:
+            return None
+        return [m.decode("ascii", "replace") for m in self.capabilities.get(b"AUTH") or []]
+
     def _logged_in(self, cmd: _Command, code: Optional[str]) -> bool:
         self.state = "auth"
         return code == "CAPABILITY"
 
-    def _sasl_command(self, mechanism: str, username: str, token: str) -> Optional[_Command]:
+    def _sasl_command(
+        self,
+        mechanism: str,
+        username: str,
+        token: str,
+        host: Optional[str] = None,
+        port: Optional[int] = None,
+    ) -> Optional[_Command]:
         caps = self.capabilities or {}
         name = mechanism.upper().encode("ascii")
         offered = caps.get(b"AUTH") or []
@@ -669,7 +708,7 @@ class FolderIMAPClient(IMAP4Client):
             # Google/Microsoft: answer the JSON error challenge with an empty line.
             error_answer = b""
         else:
-            initial = responses.oauthbearer_initial(username, token)
+            initial = responses.oauthbearer_initial(username, token, host, port)
             # RFC 7628 3.2.3: the client answers the error with a single %x01.
             error_answer = b"AQ=="
         # One line, never wrapped (Twisted wraps base64 at 76 columns).

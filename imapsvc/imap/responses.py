@@ -291,9 +291,19 @@ def _gs2_name(username: str) -> str:
     return username.replace("=", "=3D").replace(",", "=2C")
 
 
-def oauthbearer_initial(username: str, token: str) -> bytes:
-    """The OAUTHBEARER (RFC 7628) initial client response, base64, one line."""
-    raw = f"n,a={_gs2_name(username)},\x01auth=Bearer {token}\x01\x01".encode()
+def oauthbearer_initial(
+    username: str, token: str, host: Optional[str] = None, port: Optional[int] = None
+) -> bytes:
+    """The OAUTHBEARER (RFC 7628 section 3.1) initial client response, base64,
+    one line: the gs2 header ``n,a=<user>,`` then ``host``/``port`` (when
+    known) and ``auth`` key-value pairs, each ended by ``%x01``, and a final
+    ``%x01``."""
+    pairs = ""
+    if host:
+        pairs += f"host={host}\x01"
+    if port:
+        pairs += f"port={int(port)}\x01"
+    raw = f"n,a={_gs2_name(username)},\x01{pairs}auth=Bearer {token}\x01\x01".encode()
     return base64.b64encode(raw)
 
 

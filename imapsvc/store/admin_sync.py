@@ -72,6 +72,13 @@ class AdminStore:
         """:raises NotFound:"""
         raise NotImplementedError
 
+    def clear_auth_pause(self, tenant: str, provider_id: str) -> bool:
+        """New credentials were stored: reset the authentication-failure
+        counters and lift an ``auth_failure`` pause (never a ``manual`` or
+        ``tenant_cancelled`` one). :return: whether a pause was lifted.
+        :raises NotFound:"""
+        raise NotImplementedError
+
     def put_secret(self, tenant: str, name: str, ciphertext: bytes) -> None:
         raise NotImplementedError
 
@@ -154,6 +161,18 @@ class SqliteAdmin(AdminStore):
     def reset_cursors(self, tenant: str, provider_id: str, folder: Optional[str]) -> None:
         if not self._guard(self.ops.reset_cursors, tenant, provider_id, folder):
             raise _missing(tenant, provider_id)
+
+    def clear_auth_pause(self, tenant: str, provider_id: str) -> bool:
+        def run() -> Optional[str]:
+            rows = self.conn.execute(
+                "SELECT inbound_pause_reason FROM email_providers WHERE tenant = ? AND id = ?",
+                (tenant, provider_id)).fetchall()
+            if not rows:
+                raise _missing(tenant, provider_id)
+            self.ops.reset_auth_failures(tenant, provider_id)
+            return rows[0][0]  # type: ignore[no-any-return]
+
+        return self._guard(run) == "auth_failure"
 
     def put_secret(self, tenant: str, name: str, ciphertext: bytes) -> None:
         self._guard(self.ops.put_secret, tenant, name, ciphertext)
@@ -302,6 +321,25 @@ class PostgresAdmin(AdminStore):
                 (folder, tenant, provider_id))
         if not count:
             raise _missing(tenant, provider_id)
+
+    def clear_auth_pause(self, tenant: str, provider_id: str) -> bool:
+        with self._errors(), self.conn, self.conn.cursor() as cur:
+            cur.execute("SELECT inbound_pause_reason FROM email_providers"
+                        " WHERE tenant = %s AND id = %s FOR UPDATE", (tenant, provider_id))
+            rows = cur.fetchall()
+            if not rows:
+                raise _missing(tenant, provider_id)
+            # As PostgresStore.reset_auth_failures (what a successful login does).
+            cur.execute(
+                "UPDATE email_providers SET inbound_auth_failure_count = 0,"
+                " inbound_auth_failure_code = NULL,"
+                " inbound_paused_at = CASE WHEN inbound_pause_reason = 'auth_failure'"
+                "   THEN NULL ELSE inbound_paused_at END,"
+                " inbound_pause_reason = CASE WHEN inbound_pause_reason = 'auth_failure'"
+                "   THEN NULL ELSE inbound_pause_reason END,"
+                " updated_at = now() WHERE tenant = %s AND id = %s",
+                (tenant, provider_id))
+            return bool(rows[0][0] == "auth_failure")
 
     def put_secret(self, tenant: str, name: str, ciphertext: bytes) -> None:
         self._run(

@@ -422,6 +422,13 @@ class MemoryStore:
         row["updated_at"] = self.now()
 
     @_wrap
+    def set_last_error(self, tenant: str, provider_id: str, last_error: Optional[str]) -> None:
+        row = self._row(tenant, provider_id)
+        if row is not None:
+            row["last_error"] = last_error
+            row["updated_at"] = self.now()
+
+    @_wrap
     def save_capabilities(self, tenant: str, provider_id: str, capabilities: Any) -> None:
         row = self._row(tenant, provider_id)
         if row is not None:

@@ -505,6 +505,14 @@ class PostgresStore:
             (status, error_message, tenant, provider_id),
         ).addCallback(lambda _: None)
 
+    def set_last_error(self, tenant: str, provider_id: str,
+                       last_error: Optional[str]) -> defer.Deferred:
+        return self._query(
+            "UPDATE imap_email_provider_config SET last_error = %s, updated_at = now()"
+            " WHERE tenant = %s AND email_provider_id = %s",
+            (last_error, tenant, provider_id),
+        ).addCallback(lambda _: None)
+
     def save_capabilities(self, tenant: str, provider_id: str,
                           capabilities: Any) -> defer.Deferred:
         return self._query(

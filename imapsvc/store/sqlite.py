@@ -521,6 +521,12 @@ class SqliteOps:
             " WHERE tenant = ? AND id = ?",
             (status, error_message, self.now(), tenant, provider_id))
 
+    def set_last_error(self, tenant: str, provider_id: str, last_error: Optional[str]) -> None:
+        self._run(
+            "UPDATE imap_email_provider_config SET last_error = ?, updated_at = ?"
+            " WHERE tenant = ? AND email_provider_id = ?",
+            (last_error, self.now(), tenant, provider_id))
+
     def save_capabilities(self, tenant: str, provider_id: str, capabilities: Any) -> None:
         self._run(
             "UPDATE imap_email_provider_config SET server_capabilities = ?"
@@ -756,6 +762,7 @@ class SqliteStore:
     get_secret = _delegate("get_secret")
     delete_secret = _delegate("delete_secret")
     set_provider_status = _delegate("set_provider_status")
+    set_last_error = _delegate("set_last_error")
     save_capabilities = _delegate("save_capabilities")
     save_access_token = _delegate("save_access_token")
     put_oauth_state = _delegate("put_oauth_state")

@@ -84,6 +84,35 @@ class PostgresCliTests(TestCase):
         self.assertIn("has no provider", err)
 
 
+    def test_set_password_lifts_only_an_auth_failure_pause(self) -> None:
+        pids = {}
+        for reason in ("auth_failure", "manual", "tenant_cancelled"):
+            status, out, err = self.run_cli(
+                "provider", "add", "--tenant", self.tenant, "--mailbox", f"{reason}@example.com",
+                "--host", "imap.example.com", "--username", "help", "--password-stdin",
+                stdin="pw\n")
+            self.assertEqual((status, err), (0, ""))
+            pids[reason] = pid = out.split()[2]
+            rig.execute(self.dsn,
+                        "UPDATE email_providers SET inbound_paused_at = now(),"
+                        " inbound_pause_reason = %s, inbound_auth_failure_count = 3,"
+                        " inbound_auth_failure_code = 'AUTHENTICATIONFAILED' WHERE id = %s",
+                        (reason, pid))
+        for reason, pid in pids.items():
+            status, out, err = self.run_cli("provider", "set-password", "--tenant", self.tenant,
+                                            "--provider", pid, "--password-stdin",
+                                            stdin="new-pw\n")
+            self.assertEqual((status, err), (0, ""))
+            self.assertEqual("lifted the pause" in out, reason == "auth_failure")
+            [row] = rig.execute(
+                self.dsn,
+                "SELECT inbound_paused_at IS NOT NULL, inbound_pause_reason,"
+                " inbound_auth_failure_count, inbound_auth_failure_code"
+                " FROM email_providers WHERE id = %s", (pid,))
+            expected = (False, None) if reason == "auth_failure" else (True, reason)
+            self.assertEqual(tuple(row), expected + (0, None))
+
+
 class RedisTailTests(TestCase):
     def test_tail_real_stream(self) -> None:
         try:

@@ -113,3 +113,15 @@ class SimpleFastPathTests(SynchronousTestCase):
     def test_anything_else_falls_back(self):
         for text in ['"Doe, J" <j@x.com>', "a@b.com (comment)", "Team: a@b.com;", "x\\y <a@b.c>"]:
             self.assertIsNone(simple_addresses([text]), text)
+
+
+class CountedTests(SynchronousTestCase):
+    def test_counts_beyond_the_cap(self) -> None:
+        from imapsvc.core.addresses import MAX_ADDRESSES, parse_addresses_counted
+
+        many = ", ".join(f"u{i}@example.com" for i in range(MAX_ADDRESSES + 7))
+        found, total = parse_addresses_counted([many + ", not-an-address"])
+        self.assertEqual((len(found), total), (MAX_ADDRESSES, MAX_ADDRESSES + 7))
+        found, total = parse_addresses_counted(["a@example.com, junk, b@example.org"])
+        self.assertEqual((len(found), total), (2, 2))
+        self.assertEqual(parse_addresses_counted([]), ([], 0))

@@ -92,16 +92,17 @@ class Caps(SynchronousTestCase):
             reasons,
             [
                 {
-                    "type": "attachment_too_large",
-                    "reason": reasons[0]["reason"],
+                    "type": "attachment",
+                    "reason": "attachment_over_max_bytes",
                     "attachmentId": "2",
                     "attachmentName": "big.iso",
                     "size": 5000,
                     "cap": 1000,
+                    "detail": reasons[0]["detail"],
                 }
             ],
         )
-        self.assertIn("5000", reasons[0]["reason"])
+        self.assertIn("5000", reasons[0]["detail"])
 
     def test_total_cap(self) -> None:
         limits = Limits(max_attachment_bytes=1000, max_total_attachment_bytes=1500)
@@ -110,8 +111,8 @@ class Caps(SynchronousTestCase):
         )
         self.assertEqual(len(attachments), 3)
         self.assertEqual(
-            [(r["type"], r["attachmentId"], r["size"], r["cap"]) for r in reasons],
-            [("attachments_total_too_large", "2", 800, 1500)],
+            [(r["type"], r["reason"], r["attachmentId"], r["size"], r["cap"]) for r in reasons],
+            [("attachment", "attachment_total_bytes_exceeded", "2", 800, 1500)],
         )
 
     def test_count_cap_drops_the_rest(self) -> None:
@@ -122,10 +123,11 @@ class Caps(SynchronousTestCase):
             reasons,
             [
                 {
-                    "type": "attachment_count_exceeded",
-                    "reason": reasons[0]["reason"],
+                    "type": "attachment",
+                    "reason": "attachment_count_exceeded",
                     "size": 5,
                     "cap": 2,
+                    "detail": reasons[0]["detail"],
                 }
             ],
         )

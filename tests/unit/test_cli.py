@@ -249,6 +249,46 @@ class ProviderTests(CliTestBase):
                               "--provider", pid, "--password-stdin", stdin=io.StringIO("\n"))
         self.assert_one_line_error(result, "empty")
 
+    def _pause(self, pid: str, reason: str, count: int = 3) -> None:
+        conn = connect(self.db)
+        try:
+            conn.execute(
+                "UPDATE email_providers SET inbound_paused_at = '2026-01-01T00:00:00.000Z',"
+                " inbound_pause_reason = ?,"
+                " inbound_auth_failure_count = ?, inbound_auth_failure_code = 'X'"
+                " WHERE id = ?", (reason, count, pid))
+        finally:
+            conn.close()
+
+    def _pause_row(self, pid: str) -> tuple:
+        [row] = self.rows(
+            "SELECT inbound_paused_at IS NOT NULL, inbound_pause_reason,"
+            " inbound_auth_failure_count, inbound_auth_failure_code"
+            " FROM email_providers WHERE id = ?", (pid,))
+        return tuple(row)
+
+    def test_set_password_lifts_auth_failure_pause(self) -> None:
+        pid = self.add()
+        self._pause(pid, "auth_failure")
+        status, out, err = self.run_cli("provider", "set-password", "--tenant", self.tenant,
+                                        "--provider", pid, "--password-stdin",
+                                        stdin=io.StringIO("new-pass\n"))
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("lifted the pause", out)
+        self.assertEqual(self._pause_row(pid), (0, None, 0, None))
+
+    def test_set_password_keeps_manual_and_tenant_cancelled_pauses(self) -> None:
+        for reason in ("manual", "tenant_cancelled"):
+            pid = self.add(mailbox=f"{reason}@example.com")
+            self._pause(pid, reason)
+            status, out, err = self.run_cli("provider", "set-password", "--tenant", self.tenant,
+                                            "--provider", pid, "--password-stdin",
+                                            stdin=io.StringIO("new-pass\n"))
+            self.assertEqual((status, err), (0, ""))
+            self.assertNotIn("lifted", out)
+            # The pause stays; the counters of the old password go.
+            self.assertEqual(self._pause_row(pid), (1, reason, 0, None))
+
     def test_remove_takes_secrets(self) -> None:
         pid = self.add()
         keep = self.add(mailbox="other@example.com")

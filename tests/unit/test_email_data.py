@@ -53,8 +53,9 @@ class BodyTests(SynchronousTestCase):
         limits = Limits(max_text_part_bytes=16)
         msg = message([part("TEXT", "text/plain", size=5000)], {"TEXT": b"x" * 16}, ("TEXT",))
         data = map_message(msg, "t", "p", NOW, limits).email_data
-        (reason,) = data["ingressSkipReasons"]
-        self.assertEqual(reason["type"], "body_truncated")
+        self.assertEqual(data["ingressSkipReasons"], [])
+        (reason,) = data["ingressNotes"]
+        self.assertEqual((reason["type"], reason["reason"]), ("body", "body_truncated"))
         self.assertEqual((reason["size"], reason["cap"]), (5000, 16))
         self.assertEqual(data["body"]["text"], "x" * 16)
 
@@ -63,7 +64,7 @@ class BodyTests(SynchronousTestCase):
         msg = FetchedMessage("INBOX", "9", 4, len(raw), None, raw=raw)
         data = map_message(msg, "t", "p", NOW, Limits(max_text_part_bytes=10)).email_data
         self.assertEqual(data["body"]["text"], "y" * 10)
-        self.assertEqual([r["type"] for r in data["ingressSkipReasons"]], ["body_truncated"])
+        self.assertEqual([r["reason"] for r in data["ingressNotes"]], ["body_truncated"])
 
     def test_keys(self) -> None:
         result = map_message(message([], {}), "t", "p", NOW, Limits())
@@ -84,7 +85,7 @@ class FailureTests(SynchronousTestCase):
         )
         self.assertIsNone(result.skip_reason)
         self.assertEqual(result.email_data["subject"], "s")
-        self.assertEqual(result.email_data["ingressSkipReasons"][0]["type"], "parse_error")
+        self.assertEqual(result.email_data["ingressNotes"][0]["reason"], "parse_error")
 
     def test_unexpected_failure_still_yields_a_result(self) -> None:
         def boom(*args):
@@ -94,5 +95,82 @@ class FailureTests(SynchronousTestCase):
         result = map_message(message([], {}), "t", "p", NOW, Limits())
         self.assertEqual(result.email_data["from"]["email"], "a@example.com")
         self.assertEqual(result.email_data["id"], "<m1@example.com>")
-        self.assertEqual(result.email_data["ingressSkipReasons"][0]["type"], "parse_error")
+        self.assertEqual(result.email_data["ingressNotes"][0]["reason"], "parse_error")
+        self.assertEqual(result.email_data["ingressSkipReasons"], [])
         self.assertEqual(result.message_id_key, "<m1@example.com>")
+
+
+class SkipReasonTests(SynchronousTestCase):
+    """ingressSkipReasons carries only the app's codes; other cuts go to
+    ingressNotes; both say what was cut (issue 10)."""
+
+    def entry(self, data):
+        from imapsvc.core.event import build_stream_entry
+        from tests.contract_validator import validate_stream_entry
+
+        return validate_stream_entry(
+            build_stream_entry("t", "p", data, "a" * 8 + "-aaaa-4aaa-8aaa-" + "a" * 12,
+                               "b" * 8 + "-bbbb-4bbb-8bbb-" + "b" * 12, NOW)
+        )
+
+    def test_raw_mime_over_cap_header_only(self) -> None:
+        from imapsvc.core import plan as P
+
+        limits = Limits(max_raw_mime_bytes=1000)
+        meta = {"size": 5000, "bodystructure": None, "header": HEADER,
+                "internaldate": "10-Jan-2026 12:00:00 +0000"}
+        plan = P.plan_message(4, meta, limits, trust_structure=True, parser=lambda s: None)
+        self.assertEqual(plan.kind, P.KIND_HEADER_ONLY)
+        msg = P.build_message(plan, meta, "INBOX", "9")
+        data = map_message(msg, "t", "p", NOW, limits).email_data
+        self.assertEqual(data["body"], {"text": "", "html": ""})
+        (reason,) = data["ingressSkipReasons"]
+        self.assertEqual(
+            {k: reason[k] for k in ("type", "reason", "size", "cap")},
+            {"type": "raw_mime", "reason": "raw_mime_over_max_bytes", "size": 5000, "cap": 1000},
+        )
+        self.assertIn("not downloaded", reason["detail"])
+        self.assertEqual(self.entry(data), [])
+
+    def test_raw_mime_over_cap_structure_path(self) -> None:
+        limits = Limits(max_raw_mime_bytes=1000)
+        msg = message([part("1", "text/plain")], {"1": b"hello"})  # size 5000
+        data = map_message(msg, "t", "p", NOW, limits).email_data
+        self.assertEqual(data["body"]["text"], "hello")
+        self.assertEqual([r["reason"] for r in data["ingressSkipReasons"]],
+                         ["raw_mime_over_max_bytes"])
+        self.assertIn("text parts", data["ingressSkipReasons"][0]["detail"])
+
+    def test_raw_mime_at_cap_has_no_reason(self) -> None:
+        msg = message([part("1", "text/plain")], {"1": b"hello"})
+        data = map_message(msg, "t", "p", NOW, Limits(max_raw_mime_bytes=5000)).email_data
+        self.assertEqual(data["ingressSkipReasons"], [])
+
+    def test_address_lists_cut_say_so(self) -> None:
+        to = ", ".join(f"user{i}@example.com" for i in range(600))
+        header = (b"From: a@example.com\r\nTo: " + to.encode() + b"\r\nCc: c@example.com\r\n"
+                  b"Subject: many\r\nMessage-ID: <m2@example.com>\r\n\r\n")
+        msg = FetchedMessage("INBOX", "9", 4, 50000, None, header=header,
+                             parts=[part("1", "text/plain")], texts={"1": b"x"})
+        data = map_message(msg, "t", "p", NOW, Limits()).email_data
+        self.assertEqual(len(data["to"]), 500)
+        self.assertEqual(data["to"][-1]["email"], "user499@example.com")
+        self.assertEqual(len(data["cc"]), 1)
+        # (The long To header value itself is also noted as header_truncated.)
+        (note,) = [n for n in data["ingressNotes"] if n["reason"] == "address_count_exceeded"]
+        self.assertEqual(
+            {k: note[k] for k in ("type", "reason", "size", "cap")},
+            {"type": "to", "reason": "address_count_exceeded", "size": 600, "cap": 500},
+        )
+        self.assertEqual(data["ingressSkipReasons"], [])
+        self.assertEqual(self.entry(data), [])
+
+    def test_validator_refuses_codes_the_app_does_not_know(self) -> None:
+        msg = message([part("1", "text/plain")], {"1": b"hello"})
+        data = map_message(msg, "t", "p", NOW, Limits()).email_data
+        data["ingressSkipReasons"] = [
+            {"type": "body_truncated", "reason": "text part cut", "size": 1, "cap": 1}
+        ]
+        errors = "\n".join(self.entry(data))
+        self.assertIn("ingressSkipReasons[0].type", errors)
+        self.assertIn("ingressSkipReasons[0].reason", errors)

@@ -85,6 +85,26 @@ class EventTests(SynchronousTestCase):
         self.assertEqual(payload["failureCount"], 5)
         self.assertEqual(payload["lastErrorCode"], "AUTHFAILED")
 
+    def test_auto_paused_carries_the_apps_pause_fields(self) -> None:
+        _, fields = build_auto_paused_entry(
+            T, P, "auth_failure", 3, "AUTHENTICATIONFAILED", NOW,
+            provider_name="Support", mailbox="support@example.com",
+        )
+        self.assertEqual(validate_stream_entry(fields), [])
+        payload = json.loads(fields["payload_json"])
+        self.assertEqual(
+            {k: payload[k] for k in ("authFailureCode", "pausedAt", "providerName", "mailbox",
+                                     "providerType", "actorType")},
+            {"authFailureCode": "AUTHENTICATIONFAILED", "pausedAt": payload["occurredAt"],
+             "providerName": "Support", "mailbox": "support@example.com",
+             "providerType": "imap", "actorType": "system"},
+        )
+        # The contract's own fields stay.
+        for key in ("tenantId", "providerId", "reason", "failureCount", "lastErrorCode"):
+            self.assertIn(key, payload)
+        broken = dict(fields, payload_json=json.dumps(dict(payload, actorType="user")))
+        self.assertIn("payload.actorType: not 'system'", validate_stream_entry(broken))
+
     def test_iso_z(self) -> None:
         self.assertEqual(iso_z(datetime(2026, 1, 1)), "2026-01-01T00:00:00.000Z")
 

@@ -34,6 +34,10 @@ class FakeServer:
         self.messages: dict[int, dict] = {}
         self.uidnext = 1
         self.auth_error = None
+        #: Errors for the next logins, one each, before ``auth_error``.
+        self.auth_errors: list = []
+        #: ``(credentials, keyword arguments)`` of every login.
+        self.logins: list = []
         self.search_extra_highest = True
         self.commands: list[tuple] = []
         self.protos: list[FakeProto] = []
@@ -129,9 +133,12 @@ class FakeProto:
     def start_tls(self, ctx):
         return self._reply("STARTTLS", None)
 
-    def authenticate_with(self, creds):
-        if self.server.auth_error is not None:
-            return self._reply("LOGIN", self.server.auth_error, creds.username)
+    def authenticate_with(self, creds, **kwargs):
+        self.server.logins.append((creds, kwargs))
+        error = self.server.auth_errors.pop(0) if self.server.auth_errors else None
+        error = error or self.server.auth_error
+        if error is not None:
+            return self._reply("LOGIN", error, creds.username)
         return self._reply("LOGIN", dict(self.server.caps), creds.username)
 
     def list_folders(self):

@@ -123,6 +123,26 @@ class FlowTests(Base):
         self.assertEqual(row["status"], "connected")
         self.assertEqual(self.connected, [(T, P)])
 
+    def test_callback_lifts_only_an_auth_failure_pause(self):
+        for reason, lifted in (("auth_failure", True), ("manual", False),
+                               ("tenant_cancelled", False)):
+            self.store._row(T, P).update(
+                inbound_paused_at=datetime.now(tz=UTC), inbound_pause_reason=reason,
+                inbound_auth_failure_count=3, inbound_auth_failure_code="AUTHENTICATIONFAILED")
+            out = self.initiate()
+            self.endpoint.answers.append(
+                (200, {"access_token": "at", "refresh_token": "rt", "expires_in": 3600}))
+            self.successResultOf(self.callback("c", out["state"]))
+            row = self.store.provider_row(T, P)
+            self.assertEqual(row["inbound_auth_failure_count"], 0, reason)
+            self.assertIsNone(row["inbound_auth_failure_code"], reason)
+            if lifted:
+                self.assertIsNone(row["inbound_pause_reason"])
+                self.assertIsNone(row["inbound_paused_at"])
+            else:
+                self.assertEqual(row["inbound_pause_reason"], reason)
+                self.assertIsNotNone(row["inbound_paused_at"])
+
     def test_replayed_state_refused(self):
         out = self.initiate()
         self.endpoint.answers.append((200, {"access_token": "a", "expires_in": 60}))
@@ -202,6 +222,23 @@ class CredentialSourceTests(Base):
         self.assertEqual(order, ["refresh", "access"])
         self.store.put_secret = real_put
         self.assertEqual(self.successResultOf(self.secrets.get(T, refresh_token_name(P))), "rt-new")
+
+    def test_force_refresh_ignores_a_valid_token(self):
+        # After the server refused a token that is not expired yet.
+        sealed = self.box.seal_text(T, oauth.access_token_name(P), "at-refused")
+        expires = datetime.fromtimestamp(self.clock.seconds(), tz=UTC) + timedelta(hours=1)
+        p = attr.evolve(self.provider, access_token=sealed, token_expires_at=expires)
+        self.successResultOf(self.secrets.put(T, refresh_token_name(P), "rt-1"))
+        src = self.source()
+        self.assertEqual(self.successResultOf(src.credentials(p)).secret, "at-refused")
+        self.endpoint.answers.append((200, {"access_token": "at-fresh", "expires_in": 3600}))
+        d = src.credentials(p, force_refresh=True)
+        self.http.flush()
+        self.assertEqual(self.successResultOf(d).secret, "at-fresh")
+        self.assertEqual(len(self.endpoint.requests), 1)
+        # Afterwards the fresh token is the one handed out, without a refresh.
+        self.assertEqual(self.successResultOf(src.credentials(p)).secret, "at-fresh")
+        self.assertEqual(len(self.endpoint.requests), 1)
 
     def test_no_secret_key_is_a_configuration_error(self):
         src = oauth.CredentialSource(self.store, None, None, self.http, self.clock)

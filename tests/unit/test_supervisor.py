@@ -190,6 +190,40 @@ class SupervisorTests(unittest.TestCase):
         self.clock.advance(60)
         self.assertEqual(len(self.paused), 1)
 
+    def test_pause_says_so_in_status_and_last_error(self):
+        self.add("p1")
+        sup = self.make_supervisor(auth_pause_after=1)
+        self.clock.advance(0)
+        svc = sup.providers[(T1, "p1")]
+        svc.folder_state_changed("INBOX", "NeedsReauth", "AuthenticationFailed: refused")
+        svc.auth_failed("INBOX", "AUTHENTICATIONFAILED")
+        row = self.store.provider_row(T1, "p1")
+        self.assertEqual(row["status"], "error")
+        self.assertIn("paused after 1 consecutive authentication failures", row["error_message"])
+        self.assertIn("AUTHENTICATIONFAILED", row["error_message"])
+        self.assertEqual(row["last_error"], row["error_message"])
+
+    def test_last_error_follows_folder_errors_and_clears_when_connected(self):
+        self.add("p1", folder_filters=("INBOX", "B"))
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        svc = sup.providers[(T1, "p1")]
+        row = lambda: self.store.provider_row(T1, "p1")  # noqa: E731
+        self.assertIsNone(row()["last_error"])
+        svc.folder_state_changed("B", "Backoff", "FolderNotFound: no folder 'B'")
+        self.assertEqual(row()["last_error"], "B: FolderNotFound: no folder 'B'")
+        self.assertEqual((row()["status"], row()["error_message"]),
+                         ("error", "B: FolderNotFound: no folder 'B'"))
+        # Reconnecting: the last cause stays visible.
+        svc.folder_state_changed("B", "Connecting", None)
+        self.assertEqual(row()["status"], "disconnected")
+        self.assertEqual(row()["last_error"], "B: FolderNotFound: no folder 'B'")
+        # Every folder connected: cleared.
+        svc.folder_state_changed("INBOX", "Idling", None)
+        svc.folder_state_changed("B", "Idling", None)
+        self.assertEqual((row()["status"], row()["error_message"], row()["last_error"]),
+                         ("connected", None, None))
+
     def test_awaiting_consent_is_not_counted(self):
         self.add("p1", auth_type="oauth2")
         sup = self.make_supervisor()
