@@ -19,7 +19,6 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Site
 
 from imapsvc.deferreds import fire_and_forget, thread_runner
 
@@ -275,27 +274,48 @@ def _bounded(d: Any, seconds: float, reactor: Any, what: str) -> defer.Deferred:
 def build_web(settings: Any, reactor: Any, runtime: Runtime) -> Any:
     from imapsvc.metrics import ServiceCollector, make_registry
     from imapsvc.web import WebApp
+    from imapsvc.web_site import GuardedSite
 
-    registry = make_registry(
-        ServiceCollector(
-            runtime.supervisor.status,
-            lambda: runtime.relay.stats,
-            lambda: runtime.pipeline.stats,
+    def registry(detailed: bool) -> Any:
+        return make_registry(
+            ServiceCollector(
+                runtime.supervisor.status,
+                lambda: runtime.relay.stats,
+                lambda: runtime.pipeline.stats,
+                detailed=detailed,
+            )
         )
-    )
+
+    detailed = registry(True)
     app = WebApp(
         clock=reactor,
         admin=runtime.supervisor,
         store=runtime.store,
         sink=runtime.sink,
-        registry=registry,
+        registry=registry(False),
+        detailed_registry=detailed,
         oauth_flow=runtime.oauth,
         admin_token=settings.admin_token,
         discovered=runtime.discovered,
     )
-    site = Site(app.resource())
-    site.displayTracebacks = False
-    return strports.service(f"tcp:{settings.port}", site, reactor=reactor)
+    # HSTS when browsers reach the service over https (a TLS-terminating
+    # proxy in front of it: the public base URL says so).
+    hsts = settings.public_base_url.lower().startswith("https://")
+    site = GuardedSite(app.resource(), max_body=settings.max_request_bytes, hsts=hsts)
+    web = strports.service(f"tcp:{settings.port}", site, reactor=reactor)
+    if not settings.metrics_port:
+        return web
+    from prometheus_client.twisted import MetricsResource
+    from twisted.web.resource import Resource
+
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(detailed))
+    both = service.MultiService()
+    web.setServiceParent(both)
+    metrics_site = GuardedSite(root, max_body=1024, hsts=False)
+    metrics = strports.service(f"tcp:{settings.metrics_port}", metrics_site, reactor=reactor)
+    metrics.setServiceParent(both)
+    return both
 
 
 def build_tree(settings: Any, reactor: Any) -> service.MultiService:

@@ -97,12 +97,15 @@ class WebApp:
         admin_token: str = "",
         discovered: Callable[[], bool] = lambda: True,
         ready_deadline_s: float = 2.0,
+        detailed_registry=None,
     ):
         self._clock = clock
         self._admin = admin
         self._store = store
         self._sink = sink
         self._registry = registry
+        # /metrics with tenant/provider/folder labels: for the admin token only.
+        self._detailed_registry = detailed_registry
         self._oauth = oauth_flow
         self._token = admin_token.encode("utf-8") if admin_token else b""
         self._discovered = discovered
@@ -112,6 +115,14 @@ class WebApp:
         return self.app.resource()
 
     # -- helpers --------------------------------------------------------------
+
+    def _has_token(self, request) -> bool:
+        """The request carries the admin bearer token (no response written)."""
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, given = header.partition(b" ")
+        return bool(self._token) and scheme.lower() == b"bearer" and hmac.compare_digest(
+            given.strip(), self._token
+        )
 
     def _authorized(self, request) -> Optional[bytes]:
         """``None`` when the bearer token matches, else the error response."""
@@ -169,7 +180,10 @@ class WebApp:
                     _detached(defer.maybeDeferred(dep.ping)), self._deadline, self._clock, name
                 )
             except Exception as e:
-                reasons.append(f"{name} unreachable: {e}")
+                # The cause (libpq/Redis text: host names, users) goes to the
+                # log only; the unauthenticated answer stays generic.
+                self.log.warn("readiness: {name} unreachable: {err}", name=name, err=str(e))
+                reasons.append(f"{name} unreachable")
         if not self._discovered():
             reasons.append("first provider discovery not done")
         if reasons:
@@ -179,6 +193,8 @@ class WebApp:
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request):
         request.setHeader(b"content-type", CONTENT_TYPE.encode())
+        if self._detailed_registry is not None and self._has_token(request):
+            return render(self._detailed_registry)
         return render(self._registry)
 
     @app.route("/status", methods=["GET"])

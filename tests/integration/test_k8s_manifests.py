@@ -368,12 +368,21 @@ class SettingsTests(TestCase):
     def test_example_secret_cannot_start_the_service(self) -> None:
         """The placeholder key is refused at start-up, naming the variable
         and not echoing the value."""
-        environ = {**self.m.config, **self.m.example_secret}
-        with self.assertRaises(ConfigError) as raised:
-            load_settings(environ)
-        message = str(raised.exception)
-        self.assertIn("IMAPSVC_SECRET_KEY", message)
-        self.assertNotIn(self.m.example_secret["IMAPSVC_SECRET_KEY"], message)
+        from imapsvc.secrets import generate_key
+
+        real = {
+            "IMAPSVC_SECRET_KEY": generate_key(),
+            "IMAPSVC_ADMIN_TOKEN": "Zk3-9vQ_p2LmX7wR4tYb8NcJ1hGd6FsA0eU5",
+        }
+        # Each placeholder on its own is refused (the admin token too).
+        for env in real:
+            environ = {**self.m.config, **self.m.example_secret, **real}
+            environ[env] = self.m.example_secret[env]
+            with self.assertRaises(ConfigError) as raised:
+                load_settings(environ)
+            message = str(raised.exception)
+            self.assertIn(env, message)
+            self.assertNotIn(self.m.example_secret[env], message)
 
     def test_configmap_with_real_secrets_loads(self) -> None:
         from imapsvc.secrets import generate_key
@@ -382,6 +391,7 @@ class SettingsTests(TestCase):
             **self.m.config,
             **self.m.example_secret,
             "IMAPSVC_SECRET_KEY": generate_key(),
+            "IMAPSVC_ADMIN_TOKEN": "Zk3-9vQ_p2LmX7wR4tYb8NcJ1hGd6FsA0eU5",
             "IMAPSVC_WORKER_ID": "imapsvc-5d8f7c9b4-x2k7q",
         }
         settings = load_settings(environ)

@@ -29,6 +29,7 @@ from tests.rig import postgres as pg
 from tests.rig.dovecot import DEFAULT_PASSWORD, unique_user
 from tests.rig.oauth_server import OAuthServer
 from tests.rig.service import (
+    ADMIN_TOKEN,
     SECRET_KEY,
     ServiceProcess,
     ServiceRigMixin,
@@ -40,7 +41,7 @@ from tests.rig.service import (
     wait_for,
 )
 
-ADMIN = "test-admin-token"
+ADMIN = ADMIN_TOKEN
 RECEIVED = "INBOUND_EMAIL_RECEIVED"
 
 

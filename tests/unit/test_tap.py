@@ -36,9 +36,9 @@ class OptionsTests(TestCase):
             self.assertIn(env, flat)
 
     def test_help_never_shows_current_secret(self) -> None:
-        os_env = {"IMAPSVC_ADMIN_TOKEN": "adm-live-7f3e9c"}
+        os_env = {"IMAPSVC_ADMIN_TOKEN": "adm-live-7f3e9c-0d1e2f3a4b5c6d7e8f9a0b1c"}
         self.patch(os, "environ", os_env)
-        self.assertNotIn("adm-live-7f3e9c", str(tap.Options()))
+        self.assertNotIn("adm-live-7f3e9c-0d1e2f3a4b5c6d7e8f9a0b1c", str(tap.Options()))
 
     def test_option_beats_environment(self) -> None:
         options, _ = parse(["--poll-interval-ms", "1234", "--port=9000"], {"PORT": "8081"})

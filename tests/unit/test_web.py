@@ -17,7 +17,7 @@ from imapsvc.web import WebApp
 
 T = "11111111-1111-1111-1111-111111111111"
 P = "22222222-2222-2222-2222-222222222222"
-TOKEN = "admin-token-123"
+TOKEN = "adm-7Qx2Lw9cVb4Nz8Rt1Yp6Ks3Hd5Fg0Jm"
 
 
 class FakeAdmin:
@@ -77,6 +77,14 @@ class WebTests(unittest.TestCase):
                     self.admin.status,
                     lambda: {"backlog": 4},
                     lambda: {"published": 5, "skipped": 1, "duplicates": 2},
+                    detailed=False,
+                )
+            ),
+            detailed_registry=make_registry(
+                ServiceCollector(
+                    self.admin.status,
+                    lambda: {"backlog": 4},
+                    lambda: {"published": 5, "skipped": 1, "duplicates": 2},
                 )
             ),
             oauth_flow=flow,
@@ -110,6 +118,19 @@ class WebTests(unittest.TestCase):
         reasons = json.loads(body)["reasons"]
         self.assertEqual(len(reasons), 2, reasons)
 
+    def test_readiness_reasons_are_generic(self):
+        def failing_ping():
+            return defer.fail(RuntimeError(
+                'could not connect to server: host "db.internal" user "app" password=hunter2'
+            ))
+
+        self.store.ping = failing_ping
+        code, body = self.request("GET", "/readyz", token=None)
+        self.assertEqual(code, 503)
+        self.assertEqual(json.loads(body)["reasons"], ["database unreachable"])
+        for leak in (b"db.internal", b"hunter2", b"app"):
+            self.assertNotIn(leak, body)
+
     def test_ready_times_out_on_hanging_dependency(self):
         self.store.ping = lambda: defer.Deferred()
         d = self.http.get("http://svc/readyz")
@@ -119,10 +140,23 @@ class WebTests(unittest.TestCase):
         self.http.flush()
         self.assertEqual(self.successResultOf(d).code, 503)
 
+    def test_metrics_without_token_has_no_tenant_labels(self):
+        for token in (None, "wrong-" + TOKEN):
+            code, body = self.request("GET", "/metrics", token=token)
+            self.assertEqual(code, 200)
+            text = body.decode()
+            for leak in (T, P, "INBOX", "tenant=", "provider=", "folder="):
+                self.assertNotIn(leak, text)
+            self.assertIn("imapsvc_leases_held 1.0", text)
+            self.assertIn("imapsvc_folder_syncs_total 3.0", text)
+            self.assertIn('imapsvc_reconnects_total{reason="bye"} 1.0', text)
+            self.assertIn('imapsvc_folder_state{state="Idling"} 1.0', text)
+
     def test_metrics(self):
-        code, body = self.request("GET", "/metrics", token=None)
+        code, body = self.request("GET", "/metrics")
         self.assertEqual(code, 200)
         text = body.decode()
+        self.assertIn(f'tenant="{T}"', text)
         self.assertIn("imapsvc_leases_held 1.0", text)
         self.assertIn("imapsvc_outbox_backlog 4.0", text)
         self.assertIn('imapsvc_folder_cursor_lag{folder="INBOX"', text)
@@ -135,6 +169,7 @@ class WebTests(unittest.TestCase):
         path = "/api/email/imap/reconnect"
         self.assertEqual(self.request("POST", path, body, token=None)[0], 401)
         self.assertEqual(self.request("POST", path, body, token="x")[0], 401)
+        self.assertEqual(self.request("POST", path, body, token=TOKEN[:-1])[0], 401)
         self.assertEqual(self.request("GET", "/status", token="wrong")[0], 401)
         self.assertEqual(self.admin.calls, [])
         self.assertEqual(self.request("POST", "/api/email/imap/reconnect", body)[0], 200)
