@@ -13,13 +13,14 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Callable, Optional, Sequence
 
-import treq
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapsvc.core import oauth_state as o
+from imapsvc.core.netguard import InsecureURL, check_https_url
+from imapsvc.egress import BodyTooLarge, read_capped
 from imapsvc.interfaces import ICredentialSource
 from imapsvc.model import Credentials, ProviderConfig
 from imapsvc.secrets import (
@@ -93,22 +94,79 @@ def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
 
 
-class TokenClient:
-    """Posts to a token endpoint and classifies the answer."""
+#: Largest token-endpoint answer read (a token response is a few kB).
+MAX_TOKEN_RESPONSE_BYTES = 256 * 1024
 
-    def __init__(self, http: Any, timeout_s: float = 15.0):
+
+class TokenClient:
+    """Posts to a token endpoint and classifies the answer.
+
+    The endpoint is tenant-chosen, so: https only (http to loopback only
+    with ``allow_http_loopback``), no redirects (a 307/308 would re-post the
+    client secret and refresh token elsewhere), the body read up to
+    :data:`MAX_TOKEN_RESPONSE_BYTES`, and one deadline for connect, answer
+    and body together. Which addresses it may reach is the HTTP client's
+    business (:func:`imapsvc.egress.guarded_http_client`).
+    """
+
+    def __init__(
+        self,
+        http: Any,
+        timeout_s: float = 15.0,
+        clock: Any = None,
+        allow_http_loopback: bool = False,
+        max_bytes: int = MAX_TOKEN_RESPONSE_BYTES,
+    ):
         self._http = http
         self._timeout = timeout_s
+        self._clock = clock
+        self._allow_http_loopback = allow_http_loopback
+        self._max_bytes = max_bytes
+
+    def post(self, url: str, form: dict[str, str]) -> defer.Deferred:
+        try:
+            check_https_url(url, "token endpoint", self._allow_http_loopback)
+        except InsecureURL:
+            return defer.fail(TokenEndpointError("insecure_endpoint", 0))
+        d = self._exchange(url, form)
+        clock = self._clock
+        if clock is None:
+            from twisted.internet import reactor as clock
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            d.cancel()  # reaches the pending request or body read: drops the connection
+
+        timer = clock.callLater(self._timeout, expire)
+
+        def done(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            if expired and isinstance(result, Failure):
+                # Whatever the cancellation surfaced as (CancelledError,
+                # ResponseNeverReceived, ...), it was the deadline.
+                raise TokenEndpointError("timeout", 0)
+            return result
+
+        return d.addBoth(done)
 
     @defer.inlineCallbacks
-    def post(self, url: str, form: dict[str, str]):
+    def _exchange(self, url: str, form: dict[str, str]):
         response = yield self._http.post(
             url,
             data=form,
             headers={"Accept": ["application/json"]},
-            timeout=self._timeout,
+            allow_redirects=False,
         )
-        body = yield treq.content(response)
+        if 300 <= response.code < 400:
+            # Not followed: drop the connection, say why.
+            yield read_capped(response, 0).addErrback(lambda _f: None)
+            raise TokenEndpointError("redirect_refused", response.code)
+        try:
+            body = yield read_capped(response, self._max_bytes)
+        except BodyTooLarge:
+            raise TokenEndpointError("response_too_large", response.code) from None
         try:
             data = json.loads(body.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
@@ -139,11 +197,13 @@ class OAuthFlow:
         public_base_url: str,
         redirect_allowlist: Sequence[str],
         on_connected: Optional[Callable[[str, str], Any]] = None,
+        allow_http_loopback: bool = False,
     ):
         self._store = store
         self._secrets = secret_store
         self._box = box
-        self._tokens = TokenClient(http)
+        self._allow_http_loopback = allow_http_loopback
+        self._tokens = TokenClient(http, clock=clock, allow_http_loopback=allow_http_loopback)
         self._clock = clock
         self._key = state_key
         self._base = public_base_url.rstrip("/")
@@ -172,6 +232,11 @@ class OAuthFlow:
             )
         except ValueError as e:
             raise OAuthError(400, str(e), "no_endpoints") from e
+        for url, what in ((urls[0], "authorize URL"), (urls[1], "token URL")):
+            try:
+                check_https_url(url, "the provider's OAuth " + what, self._allow_http_loopback)
+            except InsecureURL as e:
+                raise OAuthError(400, str(e), "insecure_endpoint") from e
         return provider, urls
 
     @defer.inlineCallbacks
@@ -282,11 +347,14 @@ class CredentialSource:
 
     log = Logger()
 
-    def __init__(self, store, secret_store, box: Optional[SecretBox], http: Any, clock):
+    def __init__(
+        self, store, secret_store, box: Optional[SecretBox], http: Any, clock,
+        allow_http_loopback: bool = False,
+    ):
         self._store = store
         self._secrets = secret_store
         self._box = box
-        self._tokens = TokenClient(http)
+        self._tokens = TokenClient(http, clock=clock, allow_http_loopback=allow_http_loopback)
         self._clock = clock
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}
         self._inflight: dict[tuple[str, str], list[defer.Deferred]] = {}

@@ -84,8 +84,19 @@ class Runtime(service.MultiService):
         from imapsvc.supervisor import Supervisor
 
         s, reactor = self.settings, self.reactor
-        if http is None:
-            import treq as http
+        from imapsvc.core.netguard import parse_allowlist
+        from imapsvc.egress import checked_address, guarded_http_client
+
+        # Tenant-chosen endpoints (IMAP hosts, OAuth token URLs) reach only
+        # checked addresses: private/loopback/link-local need the allowlist.
+        allow = parse_allowlist(s.private_network_allowlist)
+        self.allow = allow
+        # Only for tenant-chosen endpoints: operator-configured ones (Vault,
+        # ...) may well be private and use plain treq.
+        tenant_http = http if http is not None else guarded_http_client(reactor, allow)
+
+        def resolve(host: str, port: int) -> Any:
+            return checked_address(reactor, host, port, allow)
         secret_setting = ",".join(s.secret_key)
         self.box = SecretBox.from_setting(secret_setting) if secret_setting else None
         self.secrets = (
@@ -96,7 +107,10 @@ class Runtime(service.MultiService):
                 "IMAPSVC_SECRET_KEY is not set: no stored password or token can be read, "
                 "folders will report a configuration error and OAuth is disabled"
             )
-        self.credentials = CredentialSource(self.store, self.secrets, self.box, http, reactor)
+        self.credentials = CredentialSource(
+            self.store, self.secrets, self.box, tenant_http, reactor,
+            allow_http_loopback=s.oauth_allow_http_loopback,
+        )
         self.relay = Relay(self.store, self.sink, reactor, owner=s.worker_id)
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="imapsvc-parse")
         # -- parse process pool (owned by the pipeline/performance task) --
@@ -124,7 +138,7 @@ class Runtime(service.MultiService):
         def make_folder(provider, folder, hooks):
             return FolderService(
                 provider, folder, reactor, self.store, self.pipeline, self.credentials,
-                s.worker_id, options, hooks=hooks, tls_factory=tls,
+                s.worker_id, options, hooks=hooks, tls_factory=tls, resolve=resolve,
             )
 
         def on_auto_paused(provider, count, code):
@@ -151,7 +165,7 @@ class Runtime(service.MultiService):
             auth_pause_after=s.auth_failure_pause_after,
             on_auto_paused=on_auto_paused,
             test_connection=lambda p: test_login(
-                reactor, p, self.credentials, tls, s.connection_timeout_ms / 1000.0
+                reactor, p, self.credentials, tls, s.connection_timeout_ms / 1000.0, allow
             ),
         )
         self.oauth = None
@@ -160,12 +174,13 @@ class Runtime(service.MultiService):
                 self.store,
                 self.secrets,
                 self.box,
-                http,
+                tenant_http,
                 reactor,
                 state_key(secret_setting),
                 s.public_base_url,
                 s.redirect_allowlist,
                 on_connected=lambda t, p: self.supervisor.request_discovery(),
+                allow_http_loopback=s.oauth_allow_http_loopback,
             )
         self.cleanup = LoopingCall(self._purge)
         self.cleanup.clock = reactor
