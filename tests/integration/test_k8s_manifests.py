@@ -325,6 +325,27 @@ class DeploymentTests(TestCase):
              ("TCP", 143), ("TCP", 443)},
         )  # fmt: skip
 
+    def test_network_policy_keeps_tenant_ports_off_private_ranges(self) -> None:
+        """443/993/143 go to tenant-chosen servers: every rule opening them
+        excepts exactly the ranges the service itself refuses."""
+        from imapsvc.core.netguard import PRIVATE_IPV4_CIDRS
+
+        spec = self.m.get("NetworkPolicy", "imapsvc")["spec"]
+        tenant_ports = {443, 993, 143}
+        seen = set()
+        for rule in spec["egress"]:
+            ports = {p["port"] for p in rule["ports"]}
+            if not ports & tenant_ports:
+                continue
+            seen |= ports
+            self.assertLessEqual(ports, tenant_ports)
+            blocks = {b["ipBlock"]["cidr"]: b["ipBlock"]["except"] for b in rule["to"]}
+            self.assertEqual(sorted(blocks), ["0.0.0.0/0", "::/0"])
+            self.assertEqual(sorted(blocks["0.0.0.0/0"]), sorted(PRIVATE_IPV4_CIDRS))
+            for cidr in ("::1/128", "fc00::/7", "fe80::/10"):
+                self.assertIn(cidr, blocks["::/0"])
+        self.assertEqual(seen, tenant_ports)
+
     def test_migration_job(self) -> None:
         c = _container(self.m.job)
         self.assertEqual(c["command"], ["python", "-m", "imapsvc", "migrate"])
