@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from typing import Any, Callable, Optional, Sequence
+from urllib.parse import urlencode
 
+import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,6 +34,9 @@ from imapsvc.secrets import (
 )
 
 CALLBACK_PATH = "/api/email/oauth/imap/callback"
+#: Where ``initiate``'s ``authUrl`` points: this service sets the browser
+#: binding cookie there and redirects to the provider (see OAuthFlow.start).
+START_PATH = "/api/email/oauth/imap/start"
 #: Refresh before connecting when the token expires within this margin.
 REFRESH_MARGIN_S = 300
 #: Token-endpoint error codes that mean the grant or client is dead: an auth
@@ -239,28 +244,64 @@ class OAuthFlow:
                 raise OAuthError(400, str(e), "insecure_endpoint") from e
         return provider, urls
 
+    def _return_allowed(self, url: str) -> bool:
+        return o.redirect_allowed(url, self._allow, self._allow_http_loopback)
+
     @defer.inlineCallbacks
     def initiate(self, tenant: str, provider_id: str, return_url: Optional[str] = None):
-        if return_url and not o.redirect_allowed(return_url, self._allow):
+        """Start a flow. ``authUrl`` is this service's start route (which
+        binds the flow to the browser that opens it, then redirects to the
+        provider); ``state`` is the unbound state it carries."""
+        if return_url and not self._return_allowed(return_url):
             raise OAuthError(400, "redirect URL is not in the allowlist", "redirect_refused")
-        provider, (auth_url, _token_url, scopes) = yield self._oauth_provider(tenant, provider_id)
+        yield self._oauth_provider(tenant, provider_id)  # refuse unusable providers now
         nonce = o.new_nonce()
         verifier, challenge = o.pkce_pair()
         expires = int(self._clock.seconds()) + o.STATE_TTL_S
         yield self._store.put_oauth_state(tenant, nonce, verifier, _utc(expires))
         state = o.sign_state(
-            self._key, o.StateClaims(tenant, provider_id, nonce, expires, return_url or None)
+            self._key,
+            o.StateClaims(tenant, provider_id, nonce, expires, return_url or None, challenge),
         )
+        url = self._base + START_PATH + "?" + urlencode({"state": state})
+        return {"success": True, "authUrl": url, "provider": "imap", "state": state}
+
+    @defer.inlineCallbacks
+    def start(self, state: Optional[str]):
+        """The browser opens ``authUrl``: bind the flow to it.
+
+        Returns ``(provider_url, cookie_name, cookie_value)``: the caller
+        sets the cookie (HttpOnly, Secure, SameSite=Lax) and redirects. The
+        provider sees a new state carrying the cookie's hash; the callback
+        accepts only that one, and only with the cookie.
+        """
+        claims = self._verified(state)
+        if claims.binding is not None or not claims.challenge:
+            raise OAuthError(400, "state cannot start a flow", "invalid_state")
+        provider, (auth_url, _token_url, scopes) = yield self._oauth_provider(
+            claims.tenant, claims.provider_id
+        )
+        secret = o.new_binding()
+        bound = o.sign_state(self._key, attr.evolve(claims, binding=o.binding_hash(secret)))
         url = o.authorize_url(
             auth_url,
             provider.oauth_client_id,
             self.redirect_uri,
             scopes,
-            state,
-            challenge,
+            bound,
+            claims.challenge,
             login_hint=provider.username or None,
         )
-        return {"success": True, "authUrl": url, "provider": "imap", "state": state}
+        return url, o.binding_cookie_name(claims.nonce), secret
+
+    def _verified(self, state: Optional[str], tenant: Optional[str] = None) -> o.StateClaims:
+        try:
+            claims = o.verify_state(self._key, state or "", self._clock.seconds())
+        except o.StateError as e:
+            raise OAuthError(400, str(e), "invalid_state") from e
+        if tenant is not None and tenant != claims.tenant:
+            raise OAuthError(400, "state belongs to another tenant", "invalid_state")
+        return claims
 
     @defer.inlineCallbacks
     def callback(
@@ -269,15 +310,31 @@ class OAuthFlow:
         state: Optional[str],
         error: Optional[str] = None,
         tenant: Optional[str] = None,
+        iss: Optional[str] = None,
+        cookie: Callable[[str], Optional[str]] = lambda name: None,
     ):
         """Finish the flow. Returns the URL to redirect to, or ``None`` when
-        no return URL was given (answer with a plain success page)."""
-        try:
-            claims = o.verify_state(self._key, state or "", self._clock.seconds())
-        except o.StateError as e:
-            raise OAuthError(400, str(e), "invalid_state") from e
-        if tenant is not None and tenant != claims.tenant:
-            raise OAuthError(400, "state belongs to another tenant", "invalid_state")
+        no return URL was given (answer with a plain success page).
+
+        Refusals that a third party can cause (tampered or foreign state, a
+        browser without the binding cookie, a mixed-up issuer) change
+        nothing: they come before the state is consumed.
+        """
+        claims = self._verified(state, tenant)
+        if not o.binding_matches(claims, cookie(o.binding_cookie_name(claims.nonce))):
+            raise OAuthError(
+                400, "this sign-in was started in another browser (or its cookie is gone): "
+                "start it again", "invalid_state",
+            )
+        provider, (auth_url, token_url, _scopes) = yield self._oauth_provider(
+            claims.tenant, claims.provider_id
+        )
+        if iss is not None and not o.issuer_matches(iss, auth_url):
+            # RFC 9207: the answer comes from another authorization server.
+            raise OAuthError(400, "authorization response from an unexpected issuer",
+                             "issuer_mismatch")
+        if claims.return_url and not self._return_allowed(claims.return_url):
+            raise OAuthError(400, "redirect URL is not in the allowlist", "redirect_refused")
         # Single use: consumed before anything else can fail, so a replayed
         # state is refused even when the first attempt did not finish.
         verifier = yield self._store.take_oauth_state(claims.tenant, claims.nonce)
@@ -287,9 +344,6 @@ class OAuthFlow:
             raise OAuthError(400, "authorization was not granted", "access_denied")
         if not code:
             raise OAuthError(400, "missing authorization code", "missing_code")
-        provider, (_auth, token_url, _scopes) = yield self._oauth_provider(
-            claims.tenant, claims.provider_id
-        )
         form = {
             "grant_type": "authorization_code",
             "code": code,

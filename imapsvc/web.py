@@ -9,6 +9,7 @@ traceback; error texts are the components' secret-free messages.
 from __future__ import annotations
 
 import hmac
+import html
 import json
 import re
 from typing import Any, Callable, Optional
@@ -20,7 +21,7 @@ from twisted.python.failure import Failure
 
 from imapsvc.deferreds import with_deadline
 from imapsvc.metrics import CONTENT_TYPE, render
-from imapsvc.oauth import CALLBACK_PATH, OAuthError
+from imapsvc.oauth import CALLBACK_PATH, START_PATH, OAuthError
 
 _UUIDISH = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 _MAX_BODY = 64 * 1024
@@ -70,6 +71,34 @@ def _body(request) -> dict:
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
+
+
+def _oauth_refusal(request, e: OAuthError) -> bytes:
+    """The browser-facing OAuth routes: a small page for a browser, JSON
+    for anything else; either says what went wrong and nothing secret."""
+    accept = (request.getHeader(b"accept") or b"").lower()
+    if b"text/html" not in accept:
+        return _json(request, e.status, {"success": False, "error": str(e), "code": e.code})
+    request.setResponseCode(e.status)
+    request.setHeader(b"content-type", b"text/html; charset=utf-8")
+    page = (
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Mailbox not connected"
+        "</title></head><body><h1>The mailbox was not connected</h1>"
+        f"<p>{html.escape(str(e))}</p><p>Error code: {html.escape(e.code)}</p>"
+        "<p>Nothing was changed. Start the connection again from the application.</p>"
+        "</body></html>"
+    )
+    return page.encode("utf-8")
+
+
+def _binding_cookie(request, name: str, value: str, max_age: int) -> None:
+    # HttpOnly: no script reads it; Secure: https only; SameSite=Lax: sent on
+    # the provider's top-level redirect back to the callback, not on
+    # cross-site subrequests.
+    request.addCookie(
+        name.encode("ascii"), value.encode("ascii"), path=b"/api/email/oauth/imap/",
+        max_age=str(max_age).encode(), secure=True, httpOnly=True, sameSite="lax",
+    )
 
 
 def _ident(data: dict, key: str) -> str:
@@ -240,6 +269,25 @@ class WebApp:
             return _json(request, 500, {"success": False, "error": "internal error"})
         return _json(request, 200, result)
 
+    @app.route(START_PATH, methods=["GET"])
+    @defer.inlineCallbacks
+    def oauth_start(self, request):
+        """``authUrl`` of initiate: bind the flow to this browser (a cookie),
+        then on to the provider. No token: the signed state is the ticket."""
+        if self._oauth is None:
+            return _json(request, 503, {"success": False, "error": "OAuth is not configured"})
+        values = request.args.get(b"state") or [b""]
+        try:
+            url, name, secret = yield self._oauth.start(values[0].decode("utf-8", "replace"))
+        except OAuthError as e:
+            return _oauth_refusal(request, e)
+        except Exception as e:
+            self.log.warn("OAuth start failed: {err}", err=type(e).__name__)
+            return _json(request, 500, {"success": False, "error": "internal error"})
+        _binding_cookie(request, name, secret, 600)
+        request.redirect(url.encode("utf-8"))
+        return b""
+
     @app.route(CALLBACK_PATH, methods=["GET"])
     @defer.inlineCallbacks
     def oauth_callback(self, request):
@@ -249,14 +297,19 @@ class WebApp:
                 return None
             return values[0].decode("utf-8", "replace")
 
+        def cookie(name: str) -> Optional[str]:
+            value = request.getCookie(name.encode("ascii"))
+            return value.decode("ascii", "replace") if value else None
+
         if self._oauth is None:
             return _json(request, 503, {"success": False, "error": "OAuth is not configured"})
         try:
             target = yield self._oauth.callback(
-                arg("code"), arg("state"), error=arg("error"), tenant=arg("tenant")
+                arg("code"), arg("state"), error=arg("error"), tenant=arg("tenant"),
+                iss=arg("iss"), cookie=cookie,
             )
         except OAuthError as e:
-            return _json(request, e.status, {"success": False, "error": str(e), "code": e.code})
+            return _oauth_refusal(request, e)
         except Exception as e:
             self.log.warn("OAuth callback failed: {err}", err=type(e).__name__)
             return _json(request, 500, {"success": False, "error": "internal error"})

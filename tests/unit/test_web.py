@@ -1,6 +1,7 @@
 """The Klein app through StubTreq: auth, readiness, metrics, admin, OAuth errors."""
 
 import json
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from treq.testing import StubTreq
 from twisted.internet import defer
@@ -93,8 +94,8 @@ class WebTests(unittest.TestCase):
         )
         self.http = StubTreq(self.web.resource())
 
-    def request(self, method, path, body=None, token=TOKEN, **kw):
-        headers = {}
+    def request(self, method, path, body=None, token=TOKEN, headers=None, **kw):
+        headers = dict(headers or {})
         if token:
             headers[b"authorization"] = [b"Bearer " + token.encode()]
         data = json.dumps(body).encode() if isinstance(body, dict) else body
@@ -214,7 +215,7 @@ class WebTests(unittest.TestCase):
         )
         self.assertEqual(code, 200, body)
         out = json.loads(body)
-        self.assertTrue(out["authUrl"].startswith("https://accounts.google.com/"))
+        self.assertTrue(out["authUrl"].startswith("https://svc.example.com/api/email/oauth/"))
         code, body = self.request(
             "GET", "/api/email/oauth/imap/callback?code=c&state=garbage", token=None
         )
@@ -225,6 +226,38 @@ class WebTests(unittest.TestCase):
             {"tenant": T, "providerId": P, "redirectUri": "https://evil.net/"},
         )
         self.assertEqual(code, 400)
+
+    def test_oauth_start_binds_the_browser(self):
+        code, body = self.request(
+            "POST", "/api/email/oauth/imap/initiate", {"tenant": T, "providerId": P}
+        )
+        auth_url = json.loads(body)["authUrl"]
+        self.assertTrue(auth_url.startswith("https://svc.example.com/api/email/oauth/imap/start?"))
+        path = auth_url[len("https://svc.example.com"):]
+        d = self.http.get("http://svc" + path, allow_redirects=False)
+        self.http.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 302, self.successResultOf(self.http.content(response)))
+        location = response.headers.getRawHeaders(b"location")[0].decode()
+        self.assertTrue(location.startswith("https://accounts.google.com/"), location)
+        (cookie,) = response.headers.getRawHeaders(b"set-cookie")
+        name, _, rest = cookie.partition(b"=")
+        self.assertTrue(name.startswith(b"imapsvc_oauth_"))
+        for attribute in (b"HttpOnly", b"Secure", b"SameSite=lax", b"Path=/api/email/oauth/imap/"):
+            self.assertIn(attribute.lower(), rest.lower())
+        # The provider sends the browser back; without the cookie: refused
+        # with a page that says why (a browser asks for HTML).
+        state = parse_qs(urlsplit(location).query)["state"][0]
+        callback = "/api/email/oauth/imap/callback?" + urlencode({"code": "c", "state": state})
+        code, page = self.request("GET", callback, token=None,
+                                  headers={b"accept": [b"text/html"]})
+        self.assertEqual(code, 400)
+        self.assertIn(b"another browser", page)
+        self.assertIn(b"<h1>", page)
+        # The start route takes only an unbound, genuine state.
+        for bad in (state, "garbage"):
+            code, _ = self.request("GET", "/api/email/oauth/imap/start?state=" + bad, token=None)
+            self.assertEqual(code, 400)
 
     def test_initiate_requires_token(self):
         code, _ = self.request(
