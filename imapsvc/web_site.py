@@ -112,6 +112,20 @@ class GuardedRequest(server.Request):
         super().process()
 
 
+def access_log_line(timestamp: str, request: Any) -> str:
+    """The combined log format without the query string and the referrer:
+    the OAuth routes carry the state and the authorization code there."""
+    ip = getattr(request.getClientAddress(), "host", "-")
+    agent = (request.getHeader(b"user-agent") or b"-").decode("ascii", "replace")[:200]
+    path = (request.path or b"").decode("ascii", "replace")
+    method = (request.method or b"-").decode("ascii", "replace")
+    proto = (request.clientproto or b"-").decode("ascii", "replace")
+    return (
+        f'"{ip}" - - {timestamp} "{method} {path} {proto}" {request.code} '
+        f'{request.sentLength or "-"} "-" {agent!r}'
+    )
+
+
 class GuardedSite(server.Site):
     """:class:`~twisted.web.server.Site` with :class:`GuardedRequest`.
 
@@ -126,6 +140,7 @@ class GuardedSite(server.Site):
 
     def __init__(self, resource: Any, *, max_body: int = DEFAULT_MAX_BODY, hsts: bool = False,
                  **kw: Any) -> None:
+        kw.setdefault("logFormatter", access_log_line)
         super().__init__(resource, **kw)
         self.max_body = max_body
         self.hsts = hsts

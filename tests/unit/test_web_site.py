@@ -141,6 +141,21 @@ class ByteLevelTests(unittest.TestCase):
         headers = self.headers(transport.value())
         self.assertIn(b"max-age=", headers[b"strict-transport-security"])
 
+    def test_access_log_leaves_out_the_query(self):
+        from imapsvc.web_site import access_log_line
+
+        proto, transport = self.connect()
+        lines = []
+        proto._channel.site._logFile = type("F", (), {"write": lambda self, x: lines.append(x)})()
+        proto.dataReceived(
+            b"GET /api/email/oauth/imap/callback?code=SECRETCODE&state=S HTTP/1.1\r\n"
+            b"Host: x\r\nReferer: https://idp/?code=SECRETCODE\r\n\r\n"
+        )
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("GET /api/email/oauth/imap/callback HTTP/1.1", lines[0])
+        self.assertNotIn("SECRETCODE", lines[0])
+        self.assertIs(proto._channel.site._logFormatter, access_log_line)
+
     def test_request_class(self):
         self.assertIs(GuardedSite(self.echo).requestFactory, GuardedRequest)
 
