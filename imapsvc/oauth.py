@@ -294,6 +294,20 @@ class OAuthFlow:
         )
         return url, o.binding_cookie_name(claims.nonce), secret
 
+    def _check_identity(self, provider: ProviderConfig, tokens: dict) -> None:
+        """Consent given for another mailbox than the row's ``username``
+        (where the provider says whose it is): nothing is stored."""
+        identity = o.granted_identity(tokens)
+        if not o.identity_matches(identity, provider.username):
+            self.log.warn(
+                "OAuth consent for {tenant}/{provider} was given for another account",
+                tenant=provider.tenant, provider=provider.provider_id,
+            )
+            raise OAuthError(
+                400, "the account that granted access is not this mailbox's user",
+                "identity_mismatch",
+            )
+
     def _verified(self, state: Optional[str], tenant: Optional[str] = None) -> o.StateClaims:
         try:
             claims = o.verify_state(self._key, state or "", self._clock.seconds())
@@ -362,6 +376,7 @@ class OAuthFlow:
             raise OAuthError(502, f"token exchange failed: {e.code}", "token_exchange") from e
         except Exception as e:
             raise OAuthError(502, "token endpoint unreachable", "token_exchange") from e
+        self._check_identity(provider, tokens)
         yield store_tokens(self._store, self._secrets, self._box, self._clock, provider, tokens)
         yield self._store.reset_auth_failures(provider.tenant, provider.provider_id)
         yield self._store.set_provider_status(provider.tenant, provider.provider_id, "connected")

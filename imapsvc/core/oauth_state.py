@@ -286,3 +286,38 @@ def redirect_allowed(url: str, allowlist: Iterable[str], allow_http_loopback: bo
         if path == _clean_path(allowed.path or "/"):
             return True
     return False
+
+
+# -- granted identity -----------------------------------------------------------------
+
+#: id_token claims naming the account, in order of preference (Google and
+#: most providers: email; Microsoft: preferred_username / upn).
+_IDENTITY_CLAIMS = ("email", "preferred_username", "upn")
+
+
+def granted_identity(tokens: dict) -> Optional[str]:
+    """The account the grant is for, from the token response's ``id_token``
+    (payload only: it came straight from the token endpoint over TLS, OpenID
+    Connect Core 3.1.3.7), or ``None`` when there is none or it is unreadable."""
+    id_token = tokens.get("id_token")
+    if not isinstance(id_token, str) or id_token.count(".") != 2 or len(id_token) > 16384:
+        return None
+    try:
+        claims = json.loads(_unb64(id_token.split(".")[1]))
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(claims, dict):
+        return None
+    for name in _IDENTITY_CLAIMS:
+        value = claims.get(name)
+        if isinstance(value, str) and "@" in value:
+            return value
+    return None
+
+
+def identity_matches(identity: Optional[str], username: Optional[str]) -> bool:
+    """True unless both are known e-mail addresses and differ (case-insensitive):
+    consent given for another mailbox than the row's ``username``."""
+    if not identity or not username or "@" not in username:
+        return True
+    return identity.strip().lower() == username.strip().lower()

@@ -1,5 +1,6 @@
 """OAuth flow and credential source against a fake token endpoint (StubTreq)."""
 
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
@@ -222,6 +223,39 @@ class BindingAndIssuerTests(FlowTests):
         self.endpoint.answers.append((200, {"access_token": "a", "expires_in": 60}))
         # Same origin as the authorize URL (issuers may carry a path).
         self.successResultOf(self.callback("c", out["bound"], iss="https://auth.example.com/t1"))
+
+    def id_token(self, **claims):
+        def b64(data):
+            return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+        return b64({"alg": "RS256"}) + "." + b64(claims) + ".sig"
+
+    def test_granted_identity_must_be_the_mailbox_user(self):
+        out = self.initiate()
+        self.endpoint.answers.append((200, {
+            "access_token": "a", "refresh_token": "r", "expires_in": 60,
+            "id_token": self.id_token(email="someone-else@example.com"),
+        }))
+        self.refused(self.callback("c", out["bound"]), "identity_mismatch")
+        self.assertIsNone(self.successResultOf(self.secrets.get(T, refresh_token_name(P))))
+        self.assertNotEqual(self.store.provider_row(T, P)["status"], "connected")
+        out = self.initiate()
+        self.endpoint.answers.append((200, {
+            "access_token": "a", "refresh_token": "r", "expires_in": 60,
+            "id_token": self.id_token(email="User@Example.com"),
+        }))
+        self.successResultOf(self.callback("c", out["bound"]))
+        self.assertEqual(self.store.provider_row(T, P)["status"], "connected")
+
+    def test_identity_rules(self):
+        self.assertIsNone(o.granted_identity({"id_token": "not-a-jwt"}))
+        self.assertIsNone(o.granted_identity({}))
+        self.assertEqual(
+            o.granted_identity({"id_token": self.id_token(preferred_username="a@b.c")}), "a@b.c"
+        )
+        self.assertTrue(o.identity_matches(None, "a@b.c"))
+        self.assertTrue(o.identity_matches("x@y.z", "not-an-address"))
+        self.assertFalse(o.identity_matches("x@y.z", "a@b.c"))
 
     def test_insecure_endpoints_refused_at_initiate(self):
         for field in ("oauth_authorize_url", "oauth_token_url"):
