@@ -391,6 +391,9 @@ class Demo:
             PORT=str(self.port),
             IMAPSVC_LOG_FORMAT="text",
             PYTHONUNBUFFERED="1",
+            # The demo's Dovecot listens on loopback, which tenant IMAP hosts
+            # may not use unless allowed (a production safety default).
+            IMAPSVC_PRIVATE_NETWORK_ALLOWLIST="127.0.0.0/8,::1/128,localhost",
         )
         self.env["IMAPSVC_SECRET_KEY"] = self._secret_key()
         # The admin API (`python -m imapsvc status`, reconnect, ...) needs a token.

@@ -163,6 +163,39 @@ def _key(text: str) -> str:
     return text
 
 
+#: Admin tokens that are examples, not secrets (compared case-insensitively,
+#: ignoring "-" and "_"): start-up refuses them whatever their length.
+_PLACEHOLDER_TOKENS = frozenset(
+    {"replaceme", "changeme", "changeit", "secret", "password", "token", "admin", "example",
+     "xxx", "todo", "dev", "devtoken", "test", "testtoken", "admintoken", "default"}
+)
+MIN_ADMIN_TOKEN = 32
+
+
+def admin_token(text: str) -> str:
+    text = text.strip()
+    squashed = text.lower().replace("-", "").replace("_", "")
+    if any(p in squashed for p in ("replaceme", "changeme", "changeit", "placeholder")) or (
+        squashed in _PLACEHOLDER_TOKENS or len(set(squashed)) <= 2
+    ):
+        raise _Invalid("is a placeholder, not a secret: generate one, e.g. "
+                       "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    if len(text) < MIN_ADMIN_TOKEN:
+        raise _Invalid(f"must be at least {MIN_ADMIN_TOKEN} characters (a random secret)")
+    return text
+
+
+def _cidr_or_host(text: str) -> str:
+    from imapsvc.core.netguard import parse_allow_entry
+
+    try:
+        parse_allow_entry(text)
+    except ValueError:
+        raise _Invalid("must be a comma-separated list of CIDRs (10.0.0.0/8), addresses "
+                       "or host names") from None
+    return text.strip().lower()
+
+
 def choice(*values: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         lowered = text.strip().lower()
@@ -350,6 +383,12 @@ SETTINGS: tuple[Setting, ...] = (
             "external base URL of this service (builds the OAuth redirect URI)", _W),
     Setting("IMAPSVC_REDIRECT_ALLOWLIST", comma_list(http_url), (),
             "comma list of URLs the OAuth callback may redirect to", _W),
+    Setting("IMAPSVC_METRICS_PORT", non_negative_int, 0,
+            "separate port serving /metrics with tenant/provider/folder labels and no "
+            "token (keep it cluster-internal); 0: none, and /metrics on PORT shows those "
+            "labels only to the admin token", _W),
+    Setting("IMAPSVC_MAX_REQUEST_BYTES", positive_int, 65536,
+            "largest HTTP request body; larger ones get 413 before they are read", _W),
     Setting("IMAPSVC_SQLITE_PATH", string, "imapsvc.sqlite3",
             "SQLite file of the embedded store (when DATABASE_URL is empty)", _W),
     Setting("IMAPSVC_EVENTS_FILE", string, "events.jsonl",
@@ -359,14 +398,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IMAPSVC_WORKER_ID", worker_id, default_worker_id,
             "this replica's lease owner name", _W, shown_default="<hostname>-<pid>"),
     # Secrets
-    Setting("IMAPSVC_ADMIN_TOKEN", string, "",
-            "bearer token for the admin and OAuth-initiate routes", _S, sensitive=True),
+    Setting("IMAPSVC_ADMIN_TOKEN", admin_token, "",
+            "bearer token for the admin and OAuth-initiate routes: at least 32 characters, "
+            "not a placeholder; empty disables the admin API", _S, sensitive=True),
     Setting("IMAPSVC_SECRET_KEY", comma_list(_key), (),
             "comma list of secret-encryption keys: the first encrypts, all decrypt (rotation)",
             _S, sensitive=True),
     Setting("IMAPSVC_SECRETS_DIR", existing_dir, "",
             "directory of mounted files named like these variables, read when a variable is unset",
             _S),
+    Setting("IMAPSVC_PRIVATE_NETWORK_ALLOWLIST", comma_list(_cidr_or_host), (),
+            "comma list of CIDRs and host names that tenant-chosen IMAP hosts and OAuth "
+            "endpoints may use although private, loopback or link-local (on-premises "
+            "servers); everything else in those ranges is refused", _S),
+    Setting("IMAPSVC_OAUTH_ALLOW_HTTP_LOOPBACK", boolean, False,
+            "accept http:// OAuth endpoints and return URLs on loopback hosts "
+            "(tests and demos only; https is required otherwise)", _S),
     # Operations
     Setting("IMAPSVC_LOG_FORMAT", choice("json", "text"), "json",
             "log format on stdout or --logfile: json (one object a line) or text", _O),
@@ -441,6 +488,8 @@ class Settings:
     port: int = _default("PORT")
     public_base_url: str = _default("IMAPSVC_PUBLIC_BASE_URL")
     redirect_allowlist: tuple[str, ...] = _default("IMAPSVC_REDIRECT_ALLOWLIST")
+    metrics_port: int = _default("IMAPSVC_METRICS_PORT")
+    max_request_bytes: int = _default("IMAPSVC_MAX_REQUEST_BYTES")
     sqlite_path: str = _default("IMAPSVC_SQLITE_PATH")
     events_file: str = _default("IMAPSVC_EVENTS_FILE")
     tenants: tuple[str, ...] = _default("IMAPSVC_TENANTS")
@@ -448,6 +497,8 @@ class Settings:
     admin_token: str = attr.ib(default=_default("IMAPSVC_ADMIN_TOKEN"), repr=False)
     secret_key: tuple[str, ...] = attr.ib(default=_default("IMAPSVC_SECRET_KEY"), repr=False)
     secrets_dir: str = _default("IMAPSVC_SECRETS_DIR")
+    private_network_allowlist: tuple[str, ...] = _default("IMAPSVC_PRIVATE_NETWORK_ALLOWLIST")
+    oauth_allow_http_loopback: bool = _default("IMAPSVC_OAUTH_ALLOW_HTTP_LOOPBACK")
     log_format: str = _default("IMAPSVC_LOG_FORMAT")
 
     def limits(self) -> Limits:
@@ -587,6 +638,8 @@ def _check_relations(s: Settings) -> None:
             f"IMAP_LEASE_TTL_MS ({s.lease_ttl_ms}) must exceed IMAP_PROVIDER_REFRESH_MS "
             f"plus its jitter ({int(longest_tick)}) or leases expire between renewals"
         )
+    if s.metrics_port and s.metrics_port == s.port:
+        raise ConfigError(f"IMAPSVC_METRICS_PORT ({s.metrics_port}) must differ from PORT")
     if s.tls_insecure and s.tls_ca_file:
         raise ConfigError("IMAP_TLS_INSECURE and IMAP_TLS_CA_FILE contradict each other: set one")
     if s.max_attachment_bytes > s.max_raw_mime_bytes:

@@ -190,6 +190,7 @@ class FolderService(service.Service):
         tls_factory: Optional[Callable[[str], Any]] = None,
         parser: Any = "default",
         rand: Optional[Rand] = None,
+        resolve: Optional[Callable[[str, int], Any]] = None,
     ) -> None:
         self.provider = provider
         self.folder_filter = folder_filter
@@ -262,6 +263,7 @@ class FolderService(service.Service):
             startup_stagger_ms=self.options.startup_stagger_ms,
             rand=self.rand,
             label=self.label,
+            resolve=resolve,  # tenant hosts: checked addresses only (imapsvc.egress)
         )
 
     # -- identity and status ---------------------------------------------------

@@ -33,10 +33,14 @@ class ServiceCollector(Collector):
         status: Callable[[], dict],
         relay_stats: Optional[Callable[[], dict]] = None,
         pipeline_stats: Optional[Callable[[], dict]] = None,
+        detailed: bool = True,
     ):
         self._status = status
         self._relay = relay_stats
         self._pipeline = pipeline_stats
+        # Without detail, per-folder series are summed: tenant and provider
+        # ids and folder names are not for unauthenticated scrapers.
+        self._detailed = detailed
 
     def collect(self) -> Iterable[Any]:
         status = self._status() or {}
@@ -52,7 +56,7 @@ class ServiceCollector(Collector):
         waiting.add_metric([], len(status.get("waiting", [])))
         yield waiting
 
-        labels = ["tenant", "provider", "folder"]
+        labels = ["tenant", "provider", "folder"] if self._detailed else []
         syncs = CounterMetricFamily("imapsvc_folder_syncs", "Folder syncs run", labels=labels)
         handed = CounterMetricFamily(
             "imapsvc_messages_fetched", "Messages fetched and handed to the pipeline",
@@ -73,18 +77,21 @@ class ServiceCollector(Collector):
         state = GaugeMetricFamily(
             "imapsvc_folder_state", "1 for the state a folder is in", labels=labels + ["state"]
         )
-        for p in providers:
-            for name, f in (p.get("folders") or {}).items():
-                key = [p.get("tenant", ""), p.get("providerId", ""), name]
-                syncs.add_metric(key, _num(f.get("syncs")))
-                handed.add_metric(key, _num(f.get("handedOff")))
-                bytes_.add_metric(key, _num(f.get("bytesFetched")))
-                wakeups.add_metric(key, _num(f.get("idleWakeups")))
-                for reason, n in (f.get("reconnects") or {}).items():
-                    reconnects.add_metric(key + [str(reason)], _num(n))
-                if f.get("lag") is not None:
-                    lag.add_metric(key, _num(f.get("lag")))
-                state.add_metric(key + [str(f.get("state", ""))], 1)
+        if self._detailed:
+            for p in providers:
+                for name, f in (p.get("folders") or {}).items():
+                    key = [p.get("tenant", ""), p.get("providerId", ""), name]
+                    syncs.add_metric(key, _num(f.get("syncs")))
+                    handed.add_metric(key, _num(f.get("handedOff")))
+                    bytes_.add_metric(key, _num(f.get("bytesFetched")))
+                    wakeups.add_metric(key, _num(f.get("idleWakeups")))
+                    for reason, n in (f.get("reconnects") or {}).items():
+                        reconnects.add_metric(key + [str(reason)], _num(n))
+                    if f.get("lag") is not None:
+                        lag.add_metric(key, _num(f.get("lag")))
+                    state.add_metric(key + [str(f.get("state", ""))], 1)
+        else:
+            self._add_totals(providers, syncs, handed, bytes_, wakeups, reconnects, lag, state)
         yield from (syncs, handed, bytes_, wakeups, reconnects, lag, state)
 
         pipe = self._pipeline() if self._pipeline else {}
@@ -121,6 +128,32 @@ class ServiceCollector(Collector):
         )
         age.add_metric([], _num(relay.get("oldest_age_s")))
         yield age
+
+
+    @staticmethod
+    def _add_totals(providers, syncs, handed, bytes_, wakeups, reconnects, lag, state) -> None:
+        """Per-folder series summed over folders (state: folders per state)."""
+        totals = {"syncs": 0.0, "handedOff": 0.0, "bytesFetched": 0.0, "idleWakeups": 0.0,
+                  "lag": 0.0}
+        by_reason: dict[str, float] = {}
+        by_state: dict[str, float] = {}
+        for p in providers:
+            for f in (p.get("folders") or {}).values():
+                for k in totals:
+                    totals[k] += _num(f.get(k))
+                for reason, n in (f.get("reconnects") or {}).items():
+                    by_reason[str(reason)] = by_reason.get(str(reason), 0.0) + _num(n)
+                name = str(f.get("state", ""))
+                by_state[name] = by_state.get(name, 0.0) + 1
+        syncs.add_metric([], totals["syncs"])
+        handed.add_metric([], totals["handedOff"])
+        bytes_.add_metric([], totals["bytesFetched"])
+        wakeups.add_metric([], totals["idleWakeups"])
+        lag.add_metric([], totals["lag"])
+        for reason, n in sorted(by_reason.items()):
+            reconnects.add_metric([reason], n)
+        for name, n in sorted(by_state.items()):
+            state.add_metric([name], n)
 
 
 def make_registry(collector: Collector) -> CollectorRegistry:

@@ -12,14 +12,17 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from typing import Any, Callable, Optional, Sequence
+from urllib.parse import urlencode
 
-import treq
+import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapsvc.core import oauth_state as o
+from imapsvc.core.netguard import InsecureURL, check_https_url
+from imapsvc.egress import BodyTooLarge, read_capped
 from imapsvc.interfaces import ICredentialSource
 from imapsvc.model import Credentials, ProviderConfig
 from imapsvc.secrets import (
@@ -31,6 +34,9 @@ from imapsvc.secrets import (
 )
 
 CALLBACK_PATH = "/api/email/oauth/imap/callback"
+#: Where ``initiate``'s ``authUrl`` points: this service sets the browser
+#: binding cookie there and redirects to the provider (see OAuthFlow.start).
+START_PATH = "/api/email/oauth/imap/start"
 #: Refresh before connecting when the token expires within this margin.
 REFRESH_MARGIN_S = 300
 #: Token-endpoint error codes that mean the grant or client is dead: an auth
@@ -93,22 +99,79 @@ def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
 
 
-class TokenClient:
-    """Posts to a token endpoint and classifies the answer."""
+#: Largest token-endpoint answer read (a token response is a few kB).
+MAX_TOKEN_RESPONSE_BYTES = 256 * 1024
 
-    def __init__(self, http: Any, timeout_s: float = 15.0):
+
+class TokenClient:
+    """Posts to a token endpoint and classifies the answer.
+
+    The endpoint is tenant-chosen, so: https only (http to loopback only
+    with ``allow_http_loopback``), no redirects (a 307/308 would re-post the
+    client secret and refresh token elsewhere), the body read up to
+    :data:`MAX_TOKEN_RESPONSE_BYTES`, and one deadline for connect, answer
+    and body together. Which addresses it may reach is the HTTP client's
+    business (:func:`imapsvc.egress.guarded_http_client`).
+    """
+
+    def __init__(
+        self,
+        http: Any,
+        timeout_s: float = 15.0,
+        clock: Any = None,
+        allow_http_loopback: bool = False,
+        max_bytes: int = MAX_TOKEN_RESPONSE_BYTES,
+    ):
         self._http = http
         self._timeout = timeout_s
+        self._clock = clock
+        self._allow_http_loopback = allow_http_loopback
+        self._max_bytes = max_bytes
+
+    def post(self, url: str, form: dict[str, str]) -> defer.Deferred:
+        try:
+            check_https_url(url, "token endpoint", self._allow_http_loopback)
+        except InsecureURL:
+            return defer.fail(TokenEndpointError("insecure_endpoint", 0))
+        d = self._exchange(url, form)
+        clock = self._clock
+        if clock is None:
+            from twisted.internet import reactor as clock
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            d.cancel()  # reaches the pending request or body read: drops the connection
+
+        timer = clock.callLater(self._timeout, expire)
+
+        def done(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            if expired and isinstance(result, Failure):
+                # Whatever the cancellation surfaced as (CancelledError,
+                # ResponseNeverReceived, ...), it was the deadline.
+                raise TokenEndpointError("timeout", 0)
+            return result
+
+        return d.addBoth(done)
 
     @defer.inlineCallbacks
-    def post(self, url: str, form: dict[str, str]):
+    def _exchange(self, url: str, form: dict[str, str]):
         response = yield self._http.post(
             url,
             data=form,
             headers={"Accept": ["application/json"]},
-            timeout=self._timeout,
+            allow_redirects=False,
         )
-        body = yield treq.content(response)
+        if 300 <= response.code < 400:
+            # Not followed: drop the connection, say why.
+            yield read_capped(response, 0).addErrback(lambda _f: None)
+            raise TokenEndpointError("redirect_refused", response.code)
+        try:
+            body = yield read_capped(response, self._max_bytes)
+        except BodyTooLarge:
+            raise TokenEndpointError("response_too_large", response.code) from None
         try:
             data = json.loads(body.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
@@ -139,11 +202,13 @@ class OAuthFlow:
         public_base_url: str,
         redirect_allowlist: Sequence[str],
         on_connected: Optional[Callable[[str, str], Any]] = None,
+        allow_http_loopback: bool = False,
     ):
         self._store = store
         self._secrets = secret_store
         self._box = box
-        self._tokens = TokenClient(http)
+        self._allow_http_loopback = allow_http_loopback
+        self._tokens = TokenClient(http, clock=clock, allow_http_loopback=allow_http_loopback)
         self._clock = clock
         self._key = state_key
         self._base = public_base_url.rstrip("/")
@@ -172,30 +237,85 @@ class OAuthFlow:
             )
         except ValueError as e:
             raise OAuthError(400, str(e), "no_endpoints") from e
+        for url, what in ((urls[0], "authorize URL"), (urls[1], "token URL")):
+            try:
+                check_https_url(url, "the provider's OAuth " + what, self._allow_http_loopback)
+            except InsecureURL as e:
+                raise OAuthError(400, str(e), "insecure_endpoint") from e
         return provider, urls
+
+    def _return_allowed(self, url: str) -> bool:
+        return o.redirect_allowed(url, self._allow, self._allow_http_loopback)
 
     @defer.inlineCallbacks
     def initiate(self, tenant: str, provider_id: str, return_url: Optional[str] = None):
-        if return_url and not o.redirect_allowed(return_url, self._allow):
+        """Start a flow. ``authUrl`` is this service's start route (which
+        binds the flow to the browser that opens it, then redirects to the
+        provider); ``state`` is the unbound state it carries."""
+        if return_url and not self._return_allowed(return_url):
             raise OAuthError(400, "redirect URL is not in the allowlist", "redirect_refused")
-        provider, (auth_url, _token_url, scopes) = yield self._oauth_provider(tenant, provider_id)
+        yield self._oauth_provider(tenant, provider_id)  # refuse unusable providers now
         nonce = o.new_nonce()
         verifier, challenge = o.pkce_pair()
         expires = int(self._clock.seconds()) + o.STATE_TTL_S
         yield self._store.put_oauth_state(tenant, nonce, verifier, _utc(expires))
         state = o.sign_state(
-            self._key, o.StateClaims(tenant, provider_id, nonce, expires, return_url or None)
+            self._key,
+            o.StateClaims(tenant, provider_id, nonce, expires, return_url or None, challenge),
         )
+        url = self._base + START_PATH + "?" + urlencode({"state": state})
+        return {"success": True, "authUrl": url, "provider": "imap", "state": state}
+
+    @defer.inlineCallbacks
+    def start(self, state: Optional[str]):
+        """The browser opens ``authUrl``: bind the flow to it.
+
+        Returns ``(provider_url, cookie_name, cookie_value)``: the caller
+        sets the cookie (HttpOnly, Secure, SameSite=Lax) and redirects. The
+        provider sees a new state carrying the cookie's hash; the callback
+        accepts only that one, and only with the cookie.
+        """
+        claims = self._verified(state)
+        if claims.binding is not None or not claims.challenge:
+            raise OAuthError(400, "state cannot start a flow", "invalid_state")
+        provider, (auth_url, _token_url, scopes) = yield self._oauth_provider(
+            claims.tenant, claims.provider_id
+        )
+        secret = o.new_binding()
+        bound = o.sign_state(self._key, attr.evolve(claims, binding=o.binding_hash(secret)))
         url = o.authorize_url(
             auth_url,
             provider.oauth_client_id,
             self.redirect_uri,
             scopes,
-            state,
-            challenge,
+            bound,
+            claims.challenge,
             login_hint=provider.username or None,
         )
-        return {"success": True, "authUrl": url, "provider": "imap", "state": state}
+        return url, o.binding_cookie_name(claims.nonce), secret
+
+    def _check_identity(self, provider: ProviderConfig, tokens: dict) -> None:
+        """Consent given for another mailbox than the row's ``username``
+        (where the provider says whose it is): nothing is stored."""
+        identity = o.granted_identity(tokens)
+        if not o.identity_matches(identity, provider.username):
+            self.log.warn(
+                "OAuth consent for {tenant}/{provider} was given for another account",
+                tenant=provider.tenant, provider=provider.provider_id,
+            )
+            raise OAuthError(
+                400, "the account that granted access is not this mailbox's user",
+                "identity_mismatch",
+            )
+
+    def _verified(self, state: Optional[str], tenant: Optional[str] = None) -> o.StateClaims:
+        try:
+            claims = o.verify_state(self._key, state or "", self._clock.seconds())
+        except o.StateError as e:
+            raise OAuthError(400, str(e), "invalid_state") from e
+        if tenant is not None and tenant != claims.tenant:
+            raise OAuthError(400, "state belongs to another tenant", "invalid_state")
+        return claims
 
     @defer.inlineCallbacks
     def callback(
@@ -204,15 +324,31 @@ class OAuthFlow:
         state: Optional[str],
         error: Optional[str] = None,
         tenant: Optional[str] = None,
+        iss: Optional[str] = None,
+        cookie: Callable[[str], Optional[str]] = lambda name: None,
     ):
         """Finish the flow. Returns the URL to redirect to, or ``None`` when
-        no return URL was given (answer with a plain success page)."""
-        try:
-            claims = o.verify_state(self._key, state or "", self._clock.seconds())
-        except o.StateError as e:
-            raise OAuthError(400, str(e), "invalid_state") from e
-        if tenant is not None and tenant != claims.tenant:
-            raise OAuthError(400, "state belongs to another tenant", "invalid_state")
+        no return URL was given (answer with a plain success page).
+
+        Refusals that a third party can cause (tampered or foreign state, a
+        browser without the binding cookie, a mixed-up issuer) change
+        nothing: they come before the state is consumed.
+        """
+        claims = self._verified(state, tenant)
+        if not o.binding_matches(claims, cookie(o.binding_cookie_name(claims.nonce))):
+            raise OAuthError(
+                400, "this sign-in was started in another browser (or its cookie is gone): "
+                "start it again", "invalid_state",
+            )
+        provider, (auth_url, token_url, _scopes) = yield self._oauth_provider(
+            claims.tenant, claims.provider_id
+        )
+        if iss is not None and not o.issuer_matches(iss, auth_url):
+            # RFC 9207: the answer comes from another authorization server.
+            raise OAuthError(400, "authorization response from an unexpected issuer",
+                             "issuer_mismatch")
+        if claims.return_url and not self._return_allowed(claims.return_url):
+            raise OAuthError(400, "redirect URL is not in the allowlist", "redirect_refused")
         # Single use: consumed before anything else can fail, so a replayed
         # state is refused even when the first attempt did not finish.
         verifier = yield self._store.take_oauth_state(claims.tenant, claims.nonce)
@@ -222,9 +358,6 @@ class OAuthFlow:
             raise OAuthError(400, "authorization was not granted", "access_denied")
         if not code:
             raise OAuthError(400, "missing authorization code", "missing_code")
-        provider, (_auth, token_url, _scopes) = yield self._oauth_provider(
-            claims.tenant, claims.provider_id
-        )
         form = {
             "grant_type": "authorization_code",
             "code": code,
@@ -243,6 +376,7 @@ class OAuthFlow:
             raise OAuthError(502, f"token exchange failed: {e.code}", "token_exchange") from e
         except Exception as e:
             raise OAuthError(502, "token endpoint unreachable", "token_exchange") from e
+        self._check_identity(provider, tokens)
         yield store_tokens(self._store, self._secrets, self._box, self._clock, provider, tokens)
         yield self._store.reset_auth_failures(provider.tenant, provider.provider_id)
         yield self._store.set_provider_status(provider.tenant, provider.provider_id, "connected")
@@ -282,11 +416,14 @@ class CredentialSource:
 
     log = Logger()
 
-    def __init__(self, store, secret_store, box: Optional[SecretBox], http: Any, clock):
+    def __init__(
+        self, store, secret_store, box: Optional[SecretBox], http: Any, clock,
+        allow_http_loopback: bool = False,
+    ):
         self._store = store
         self._secrets = secret_store
         self._box = box
-        self._tokens = TokenClient(http)
+        self._tokens = TokenClient(http, clock=clock, allow_http_loopback=allow_http_loopback)
         self._clock = clock
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}
         self._inflight: dict[tuple[str, str], list[defer.Deferred]] = {}

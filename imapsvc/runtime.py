@@ -19,7 +19,6 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Site
 
 from imapsvc.deferreds import fire_and_forget, thread_runner
 
@@ -85,8 +84,19 @@ class Runtime(service.MultiService):
         from imapsvc.supervisor import Supervisor
 
         s, reactor = self.settings, self.reactor
-        if http is None:
-            import treq as http
+        from imapsvc.core.netguard import parse_allowlist
+        from imapsvc.egress import checked_address, guarded_http_client
+
+        # Tenant-chosen endpoints (IMAP hosts, OAuth token URLs) reach only
+        # checked addresses: private/loopback/link-local need the allowlist.
+        allow = parse_allowlist(s.private_network_allowlist)
+        self.allow = allow
+        # Only for tenant-chosen endpoints: operator-configured ones (Vault,
+        # ...) may well be private and use plain treq.
+        tenant_http = http if http is not None else guarded_http_client(reactor, allow)
+
+        def resolve(host: str, port: int) -> Any:
+            return checked_address(reactor, host, port, allow)
         secret_setting = ",".join(s.secret_key)
         self.box = SecretBox.from_setting(secret_setting) if secret_setting else None
         self.secrets = (
@@ -97,7 +107,10 @@ class Runtime(service.MultiService):
                 "IMAPSVC_SECRET_KEY is not set: no stored password or token can be read, "
                 "folders will report a configuration error and OAuth is disabled"
             )
-        self.credentials = CredentialSource(self.store, self.secrets, self.box, http, reactor)
+        self.credentials = CredentialSource(
+            self.store, self.secrets, self.box, tenant_http, reactor,
+            allow_http_loopback=s.oauth_allow_http_loopback,
+        )
         self.relay = Relay(self.store, self.sink, reactor, owner=s.worker_id)
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="imapsvc-parse")
         # -- parse process pool (IMAP_PARSE_PROCESSES; docs/performance.md) --
@@ -125,7 +138,7 @@ class Runtime(service.MultiService):
         def make_folder(provider, folder, hooks):
             return FolderService(
                 provider, folder, reactor, self.store, self.pipeline, self.credentials,
-                s.worker_id, options, hooks=hooks, tls_factory=tls,
+                s.worker_id, options, hooks=hooks, tls_factory=tls, resolve=resolve,
             )
 
         def on_auto_paused(provider, count, code):
@@ -153,7 +166,7 @@ class Runtime(service.MultiService):
             auth_pause_after=s.auth_failure_pause_after,
             on_auto_paused=on_auto_paused,
             test_connection=lambda p: test_login(
-                reactor, p, self.credentials, tls, s.connection_timeout_ms / 1000.0,
+                reactor, p, self.credentials, tls, s.connection_timeout_ms / 1000.0, allow,
                 oauth_mechanism=s.oauth_auth_mechanism,
             ),
         )
@@ -163,12 +176,13 @@ class Runtime(service.MultiService):
                 self.store,
                 self.secrets,
                 self.box,
-                http,
+                tenant_http,
                 reactor,
                 state_key(secret_setting),
                 s.public_base_url,
                 s.redirect_allowlist,
                 on_connected=lambda t, p: self.supervisor.request_discovery(),
+                allow_http_loopback=s.oauth_allow_http_loopback,
             )
         self.cleanup = LoopingCall(self._purge)
         self.cleanup.clock = reactor
@@ -277,27 +291,48 @@ def _bounded(d: Any, seconds: float, reactor: Any, what: str) -> defer.Deferred:
 def build_web(settings: Any, reactor: Any, runtime: Runtime) -> Any:
     from imapsvc.metrics import ServiceCollector, make_registry
     from imapsvc.web import WebApp
+    from imapsvc.web_site import GuardedSite
 
-    registry = make_registry(
-        ServiceCollector(
-            runtime.supervisor.status,
-            lambda: runtime.relay.stats,
-            lambda: runtime.pipeline.stats,
+    def registry(detailed: bool) -> Any:
+        return make_registry(
+            ServiceCollector(
+                runtime.supervisor.status,
+                lambda: runtime.relay.stats,
+                lambda: runtime.pipeline.stats,
+                detailed=detailed,
+            )
         )
-    )
+
+    detailed = registry(True)
     app = WebApp(
         clock=reactor,
         admin=runtime.supervisor,
         store=runtime.store,
         sink=runtime.sink,
-        registry=registry,
+        registry=registry(False),
+        detailed_registry=detailed,
         oauth_flow=runtime.oauth,
         admin_token=settings.admin_token,
         discovered=runtime.discovered,
     )
-    site = Site(app.resource())
-    site.displayTracebacks = False
-    return strports.service(f"tcp:{settings.port}", site, reactor=reactor)
+    # HSTS when browsers reach the service over https (a TLS-terminating
+    # proxy in front of it: the public base URL says so).
+    hsts = settings.public_base_url.lower().startswith("https://")
+    site = GuardedSite(app.resource(), max_body=settings.max_request_bytes, hsts=hsts)
+    web = strports.service(f"tcp:{settings.port}", site, reactor=reactor)
+    if not settings.metrics_port:
+        return web
+    from prometheus_client.twisted import MetricsResource
+    from twisted.web.resource import Resource
+
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(detailed))
+    both = service.MultiService()
+    web.setServiceParent(both)
+    metrics_site = GuardedSite(root, max_body=1024, hsts=False)
+    metrics = strports.service(f"tcp:{settings.metrics_port}", metrics_site, reactor=reactor)
+    metrics.setServiceParent(both)
+    return both
 
 
 def build_tree(settings: Any, reactor: Any) -> service.MultiService:

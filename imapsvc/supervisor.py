@@ -567,7 +567,9 @@ class Supervisor(service.MultiService):
         try:
             yield self._test_connection(provider)
         except Exception as e:
-            return {"success": False, "error": str(e) or e.__class__.__name__}
+            # A generic class only (imapsvc.imap.probe): raw error text would
+            # make the probe a scanner of the cluster network.
+            return {"success": False, "error": getattr(e, "kind", None) or "connect_failed"}
         return {"success": True}
 
     def status(self) -> dict:

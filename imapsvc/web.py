@@ -9,6 +9,7 @@ traceback; error texts are the components' secret-free messages.
 from __future__ import annotations
 
 import hmac
+import html
 import json
 import re
 from typing import Any, Callable, Optional
@@ -20,7 +21,7 @@ from twisted.python.failure import Failure
 
 from imapsvc.deferreds import with_deadline
 from imapsvc.metrics import CONTENT_TYPE, render
-from imapsvc.oauth import CALLBACK_PATH, OAuthError
+from imapsvc.oauth import CALLBACK_PATH, START_PATH, OAuthError
 
 _UUIDISH = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 _MAX_BODY = 64 * 1024
@@ -72,6 +73,34 @@ def _body(request) -> dict:
     return data
 
 
+def _oauth_refusal(request, e: OAuthError) -> bytes:
+    """The browser-facing OAuth routes: a small page for a browser, JSON
+    for anything else; either says what went wrong and nothing secret."""
+    accept = (request.getHeader(b"accept") or b"").lower()
+    if b"text/html" not in accept:
+        return _json(request, e.status, {"success": False, "error": str(e), "code": e.code})
+    request.setResponseCode(e.status)
+    request.setHeader(b"content-type", b"text/html; charset=utf-8")
+    page = (
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Mailbox not connected"
+        "</title></head><body><h1>The mailbox was not connected</h1>"
+        f"<p>{html.escape(str(e))}</p><p>Error code: {html.escape(e.code)}</p>"
+        "<p>Nothing was changed. Start the connection again from the application.</p>"
+        "</body></html>"
+    )
+    return page.encode("utf-8")
+
+
+def _binding_cookie(request, name: str, value: str, max_age: int) -> None:
+    # HttpOnly: no script reads it; Secure: https only; SameSite=Lax: sent on
+    # the provider's top-level redirect back to the callback, not on
+    # cross-site subrequests.
+    request.addCookie(
+        name.encode("ascii"), value.encode("ascii"), path=b"/api/email/oauth/imap/",
+        max_age=str(max_age).encode(), secure=True, httpOnly=True, sameSite="lax",
+    )
+
+
 def _ident(data: dict, key: str) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not _UUIDISH.match(value):
@@ -97,12 +126,15 @@ class WebApp:
         admin_token: str = "",
         discovered: Callable[[], bool] = lambda: True,
         ready_deadline_s: float = 2.0,
+        detailed_registry=None,
     ):
         self._clock = clock
         self._admin = admin
         self._store = store
         self._sink = sink
         self._registry = registry
+        # /metrics with tenant/provider/folder labels: for the admin token only.
+        self._detailed_registry = detailed_registry
         self._oauth = oauth_flow
         self._token = admin_token.encode("utf-8") if admin_token else b""
         self._discovered = discovered
@@ -112,6 +144,14 @@ class WebApp:
         return self.app.resource()
 
     # -- helpers --------------------------------------------------------------
+
+    def _has_token(self, request) -> bool:
+        """The request carries the admin bearer token (no response written)."""
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, given = header.partition(b" ")
+        return bool(self._token) and scheme.lower() == b"bearer" and hmac.compare_digest(
+            given.strip(), self._token
+        )
 
     def _authorized(self, request) -> Optional[bytes]:
         """``None`` when the bearer token matches, else the error response."""
@@ -169,7 +209,10 @@ class WebApp:
                     _detached(defer.maybeDeferred(dep.ping)), self._deadline, self._clock, name
                 )
             except Exception as e:
-                reasons.append(f"{name} unreachable: {e}")
+                # The cause (libpq/Redis text: host names, users) goes to the
+                # log only; the unauthenticated answer stays generic.
+                self.log.warn("readiness: {name} unreachable: {err}", name=name, err=str(e))
+                reasons.append(f"{name} unreachable")
         if not self._discovered():
             reasons.append("first provider discovery not done")
         if reasons:
@@ -179,6 +222,8 @@ class WebApp:
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request):
         request.setHeader(b"content-type", CONTENT_TYPE.encode())
+        if self._detailed_registry is not None and self._has_token(request):
+            return render(self._detailed_registry)
         return render(self._registry)
 
     @app.route("/status", methods=["GET"])
@@ -224,6 +269,25 @@ class WebApp:
             return _json(request, 500, {"success": False, "error": "internal error"})
         return _json(request, 200, result)
 
+    @app.route(START_PATH, methods=["GET"])
+    @defer.inlineCallbacks
+    def oauth_start(self, request):
+        """``authUrl`` of initiate: bind the flow to this browser (a cookie),
+        then on to the provider. No token: the signed state is the ticket."""
+        if self._oauth is None:
+            return _json(request, 503, {"success": False, "error": "OAuth is not configured"})
+        values = request.args.get(b"state") or [b""]
+        try:
+            url, name, secret = yield self._oauth.start(values[0].decode("utf-8", "replace"))
+        except OAuthError as e:
+            return _oauth_refusal(request, e)
+        except Exception as e:
+            self.log.warn("OAuth start failed: {err}", err=type(e).__name__)
+            return _json(request, 500, {"success": False, "error": "internal error"})
+        _binding_cookie(request, name, secret, 600)
+        request.redirect(url.encode("utf-8"))
+        return b""
+
     @app.route(CALLBACK_PATH, methods=["GET"])
     @defer.inlineCallbacks
     def oauth_callback(self, request):
@@ -233,14 +297,19 @@ class WebApp:
                 return None
             return values[0].decode("utf-8", "replace")
 
+        def cookie(name: str) -> Optional[str]:
+            value = request.getCookie(name.encode("ascii"))
+            return value.decode("ascii", "replace") if value else None
+
         if self._oauth is None:
             return _json(request, 503, {"success": False, "error": "OAuth is not configured"})
         try:
             target = yield self._oauth.callback(
-                arg("code"), arg("state"), error=arg("error"), tenant=arg("tenant")
+                arg("code"), arg("state"), error=arg("error"), tenant=arg("tenant"),
+                iss=arg("iss"), cookie=cookie,
             )
         except OAuthError as e:
-            return _json(request, e.status, {"success": False, "error": str(e), "code": e.code})
+            return _oauth_refusal(request, e)
         except Exception as e:
             self.log.warn("OAuth callback failed: {err}", err=type(e).__name__)
             return _json(request, 500, {"success": False, "error": "internal error"})

@@ -65,20 +65,27 @@ class StateClaims:
     nonce: str
     expires_at: int
     return_url: Optional[str] = None
+    #: The PKCE challenge (public), so the start route can build the
+    #: provider's authorize URL without the verifier.
+    challenge: Optional[str] = None
+    #: Hash of the browser-binding cookie (set by the start route); a state
+    #: without it is not accepted by the callback.
+    binding: Optional[str] = None
 
 
 def sign_state(key: bytes, claims: StateClaims) -> str:
-    body = json.dumps(
-        {
-            "t": claims.tenant,
-            "p": claims.provider_id,
-            "n": claims.nonce,
-            "e": claims.expires_at,
-            "r": claims.return_url,
-        },
-        separators=(",", ":"),
-        sort_keys=True,
-    ).encode("utf-8")
+    fields: dict[str, Any] = {
+        "t": claims.tenant,
+        "p": claims.provider_id,
+        "n": claims.nonce,
+        "e": claims.expires_at,
+        "r": claims.return_url,
+    }
+    if claims.challenge is not None:
+        fields["c"] = claims.challenge
+    if claims.binding is not None:
+        fields["b"] = claims.binding
+    body = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode("utf-8")
     mac = hmac.new(key, body, hashlib.sha256).digest()
     return _b64(body) + "." + _b64(mac)
 
@@ -103,6 +110,8 @@ def verify_state(key: bytes, token: str, now: float) -> StateClaims:
             nonce=str(data["n"]),
             expires_at=int(data["e"]),
             return_url=data.get("r"),
+            challenge=data.get("c"),
+            binding=data.get("b"),
         )
     except (ValueError, KeyError, TypeError) as e:
         raise StateError("state is malformed") from e
@@ -166,19 +175,98 @@ def authorize_url(
     return base + sep + urlencode(params)
 
 
-def redirect_allowed(url: str, allowlist: Iterable[str]) -> bool:
-    """``url`` matches an allowlist entry: same scheme and host (and port),
-    and its path starts at the entry's path on a segment boundary.
+# -- browser binding (RFC 9700 section 4.7) -----------------------------------
 
-    Parsed, not string-prefixed: ``https://app.example.com.evil.net`` and
-    ``https://app.example.com@evil.net`` do not match ``https://app.example.com``.
+#: Cookie name prefix; the name carries part of the flow's nonce, so two
+#: flows started in one browser do not overwrite each other's cookie.
+BINDING_COOKIE_PREFIX = "imapsvc_oauth_"
+
+
+def new_binding() -> str:
+    """A random secret for the browser-binding cookie."""
+    return _b64(os.urandom(32))
+
+
+def binding_hash(secret: str) -> str:
+    return _b64(hashlib.sha256(b"imapsvc oauth binding\x00" + secret.encode("utf-8")).digest())
+
+
+def binding_cookie_name(nonce: str) -> str:
+    safe = "".join(c for c in nonce if c.isalnum())[:16]
+    return BINDING_COOKIE_PREFIX + safe
+
+
+def binding_matches(claims: StateClaims, cookie: Optional[str]) -> bool:
+    if not claims.binding or not cookie:
+        return False
+    return hmac.compare_digest(claims.binding, binding_hash(cookie))
+
+
+# -- issuer (RFC 9207) ------------------------------------------------------------
+
+
+def _origin(url: str) -> Optional[tuple[str, str, Optional[int]]]:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.hostname:
+        return None
+    default = {"https": 443, "http": 80}.get(parts.scheme.lower())
+    return parts.scheme.lower(), parts.hostname.lower().rstrip("."), port or default
+
+
+def issuer_matches(iss: str, authorize_url: str) -> bool:
+    """``iss`` of an authorization response names the server the flow was
+    started with: the same origin as its authorize URL (the service has no
+    separate issuer setting; Microsoft's issuers carry a tenant path)."""
+    got, want = _origin(iss), _origin(authorize_url)
+    return got is not None and got == want
+
+
+# -- return URL -----------------------------------------------------------------------
+
+_BAD_PATH_MARKERS = ("%2e", "%2f", "%5c", "\\", "//")
+
+
+def _clean_path(path: str) -> Optional[str]:
+    """The path with a trailing slash dropped, or ``None`` when it has dot
+    segments, encoded dots/slashes or doubled slashes (ambiguous: browsers,
+    proxies and apps resolve them differently)."""
+    lowered = path.lower()
+    if any(m in lowered for m in _BAD_PATH_MARKERS):
+        return None
+    if any(seg in (".", "..") for seg in path.split("/")):
+        return None
+    return path.rstrip("/") or "/"
+
+
+def redirect_allowed(url: str, allowlist: Iterable[str], allow_http_loopback: bool = False) -> bool:
+    """``url`` is an allowlist entry: the same scheme, host, port and path,
+    after normalisation; a query is allowed (the app's own context), a
+    fragment, user info, dot segments or encoded slashes are not. https only
+    (http to a loopback host with ``allow_http_loopback``: tests).
+
+    Parsed, never string-prefixed: ``https://app.example.com.evil.net``,
+    ``https://app.example.com@evil.net`` and ``/allowed/../x`` do not match.
     """
+    from imapsvc.core.netguard import is_loopback_host
+
     try:
         target = urlsplit(url)
         target_port = target.port
     except ValueError:
         return False
-    if target.scheme not in ("https", "http") or not target.hostname or target.username:
+    if not target.hostname or target.username is not None or target.fragment or "#" in url:
+        return False
+    scheme = target.scheme.lower()
+    if scheme != "https" and not (
+        scheme == "http" and allow_http_loopback and is_loopback_host(target.hostname)
+    ):
+        return False
+    path = _clean_path(target.path or "/")
+    if path is None:
         return False
     for entry in allowlist:
         entry = entry.strip()
@@ -189,14 +277,47 @@ def redirect_allowed(url: str, allowlist: Iterable[str]) -> bool:
             allowed_port = allowed.port
         except ValueError:
             continue
-        if (target.scheme, target.hostname, target_port) != (
-            allowed.scheme,
-            allowed.hostname,
+        if (scheme, target.hostname.lower(), target_port) != (
+            allowed.scheme.lower(),
+            (allowed.hostname or "").lower(),
             allowed_port,
         ):
             continue
-        prefix = allowed.path.rstrip("/")
-        path = target.path or "/"
-        if not prefix or path == prefix or path.startswith(prefix + "/"):
+        if path == _clean_path(allowed.path or "/"):
             return True
     return False
+
+
+# -- granted identity -----------------------------------------------------------------
+
+#: id_token claims naming the account, in order of preference (Google and
+#: most providers: email; Microsoft: preferred_username / upn).
+_IDENTITY_CLAIMS = ("email", "preferred_username", "upn")
+
+
+def granted_identity(tokens: dict) -> Optional[str]:
+    """The account the grant is for, from the token response's ``id_token``
+    (payload only: it came straight from the token endpoint over TLS, OpenID
+    Connect Core 3.1.3.7), or ``None`` when there is none or it is unreadable."""
+    id_token = tokens.get("id_token")
+    if not isinstance(id_token, str) or id_token.count(".") != 2 or len(id_token) > 16384:
+        return None
+    try:
+        claims = json.loads(_unb64(id_token.split(".")[1]))
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(claims, dict):
+        return None
+    for name in _IDENTITY_CLAIMS:
+        value = claims.get(name)
+        if isinstance(value, str) and "@" in value:
+            return value
+    return None
+
+
+def identity_matches(identity: Optional[str], username: Optional[str]) -> bool:
+    """True unless both are known e-mail addresses and differ (case-insensitive):
+    consent given for another mailbox than the row's ``username``."""
+    if not identity or not username or "@" not in username:
+        return True
+    return identity.strip().lower() == username.strip().lower()

@@ -59,6 +59,20 @@ def set_keepalive(transport: Any, log: Optional[Logger] = None) -> bool:
     return False
 
 
+class _ResolvingConnector:
+    """Stands in for a connector when an attempt ended before connectTCP
+    (its address was refused): ``connect()`` starts a fresh attempt."""
+
+    def __init__(self, factory: FolderClientFactory) -> None:
+        self._factory = factory
+
+    def connect(self) -> None:
+        self._factory._first_connect()
+
+    def stopConnecting(self) -> None:
+        pass
+
+
 class FolderClientFactory(ReconnectingClientFactory):
     """Connects one folder's IMAP session and reconnects it with back-off.
 
@@ -74,6 +88,7 @@ class FolderClientFactory(ReconnectingClientFactory):
 
     log = Logger()
     noisy = False
+    _resolving: Any = None
 
     def __init__(
         self,
@@ -90,6 +105,7 @@ class FolderClientFactory(ReconnectingClientFactory):
         startup_stagger_ms: int = 0,
         rand: Optional[Rand] = None,
         label: str = "",
+        resolve: Optional[Callable[[str, int], Any]] = None,
     ) -> None:
         self.owner = owner
         self.reactor = reactor
@@ -111,6 +127,10 @@ class FolderClientFactory(ReconnectingClientFactory):
         self._next_delay: Optional[float] = None
         self._connected = False
         self.connect_calls = 0
+        #: ``(host, port) -> Deferred[address]``: the checked address to
+        #: connect to (tenant hosts may not reach private ranges); resolved
+        #: again on every attempt. ``None`` connects to ``host`` directly.
+        self.resolve = resolve
 
     # -- starting and stopping ----------------------------------------------
 
@@ -134,9 +154,31 @@ class FolderClientFactory(ReconnectingClientFactory):
         if self.tls_creator is not None:
             factory = TLSMemoryBIOFactory(self.tls_creator, True, self)
         self.connect_calls += 1
+        if self.resolve is None:
+            self.connector = self.reactor.connectTCP(
+                self.host, self.port, factory, timeout=self.connect_timeout
+            )
+            return
+        self._resolving = d = self.resolve(self.host, self.port)
+        d.addCallbacks(self._connect_to, self._unresolved, callbackArgs=(factory,))
+
+    def _connect_to(self, address: str, factory: Any) -> None:
+        self._resolving = None
+        if not self.continueTrying:
+            return
         self.connector = self.reactor.connectTCP(
-            self.host, self.port, factory, timeout=self.connect_timeout
+            address, self.port, factory, timeout=self.connect_timeout
         )
+
+    def _unresolved(self, reason: Failure) -> None:
+        # Refused or unresolvable: a failed attempt like a refused connect,
+        # with the same back-off (the name may be fixed or the DNS may heal).
+        self._resolving = None
+        if not self.continueTrying:
+            return
+        self._connected = False
+        self.owner.factory_connection_ended(reason, False)
+        self.retry(_ResolvingConnector(self))
 
     def _cancel_pending(self) -> None:
         if self._callID is not None and self._callID.active():
@@ -219,9 +261,14 @@ class FolderClientFactory(ReconnectingClientFactory):
 
         def reconnector() -> None:
             self._callID = None
-            if self.continueTrying:
-                self.connect_calls += 1
-                connector.connect()
+            if not self.continueTrying:
+                return
+            if self.resolve is not None:
+                # A fresh lookup and check on every attempt.
+                self._first_connect()
+                return
+            self.connect_calls += 1
+            connector.connect()
 
         self._cancel_pending()
         self._callID = self.clock.callLater(delay, reconnector)

@@ -325,6 +325,27 @@ class DeploymentTests(TestCase):
              ("TCP", 143), ("TCP", 443)},
         )  # fmt: skip
 
+    def test_network_policy_keeps_tenant_ports_off_private_ranges(self) -> None:
+        """443/993/143 go to tenant-chosen servers: every rule opening them
+        excepts exactly the ranges the service itself refuses."""
+        from imapsvc.core.netguard import PRIVATE_IPV4_CIDRS
+
+        spec = self.m.get("NetworkPolicy", "imapsvc")["spec"]
+        tenant_ports = {443, 993, 143}
+        seen = set()
+        for rule in spec["egress"]:
+            ports = {p["port"] for p in rule["ports"]}
+            if not ports & tenant_ports:
+                continue
+            seen |= ports
+            self.assertLessEqual(ports, tenant_ports)
+            blocks = {b["ipBlock"]["cidr"]: b["ipBlock"]["except"] for b in rule["to"]}
+            self.assertEqual(sorted(blocks), ["0.0.0.0/0", "::/0"])
+            self.assertEqual(sorted(blocks["0.0.0.0/0"]), sorted(PRIVATE_IPV4_CIDRS))
+            for cidr in ("::1/128", "fc00::/7", "fe80::/10"):
+                self.assertIn(cidr, blocks["::/0"])
+        self.assertEqual(seen, tenant_ports)
+
     def test_migration_job(self) -> None:
         c = _container(self.m.job)
         self.assertEqual(c["command"], ["python", "-m", "imapsvc", "migrate"])
@@ -368,12 +389,21 @@ class SettingsTests(TestCase):
     def test_example_secret_cannot_start_the_service(self) -> None:
         """The placeholder key is refused at start-up, naming the variable
         and not echoing the value."""
-        environ = {**self.m.config, **self.m.example_secret}
-        with self.assertRaises(ConfigError) as raised:
-            load_settings(environ)
-        message = str(raised.exception)
-        self.assertIn("IMAPSVC_SECRET_KEY", message)
-        self.assertNotIn(self.m.example_secret["IMAPSVC_SECRET_KEY"], message)
+        from imapsvc.secrets import generate_key
+
+        real = {
+            "IMAPSVC_SECRET_KEY": generate_key(),
+            "IMAPSVC_ADMIN_TOKEN": "Zk3-9vQ_p2LmX7wR4tYb8NcJ1hGd6FsA0eU5",
+        }
+        # Each placeholder on its own is refused (the admin token too).
+        for env in real:
+            environ = {**self.m.config, **self.m.example_secret, **real}
+            environ[env] = self.m.example_secret[env]
+            with self.assertRaises(ConfigError) as raised:
+                load_settings(environ)
+            message = str(raised.exception)
+            self.assertIn(env, message)
+            self.assertNotIn(self.m.example_secret[env], message)
 
     def test_configmap_with_real_secrets_loads(self) -> None:
         from imapsvc.secrets import generate_key
@@ -382,6 +412,7 @@ class SettingsTests(TestCase):
             **self.m.config,
             **self.m.example_secret,
             "IMAPSVC_SECRET_KEY": generate_key(),
+            "IMAPSVC_ADMIN_TOKEN": "Zk3-9vQ_p2LmX7wR4tYb8NcJ1hGd6FsA0eU5",
             "IMAPSVC_WORKER_ID": "imapsvc-5d8f7c9b4-x2k7q",
         }
         settings = load_settings(environ)

@@ -16,6 +16,7 @@ import http.client
 import json
 import secrets
 import uuid
+from typing import Optional
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from twisted.internet import defer
@@ -29,6 +30,7 @@ from tests.rig import postgres as pg
 from tests.rig.dovecot import DEFAULT_PASSWORD, unique_user
 from tests.rig.oauth_server import OAuthServer
 from tests.rig.service import (
+    ADMIN_TOKEN,
     SECRET_KEY,
     ServiceProcess,
     ServiceRigMixin,
@@ -40,18 +42,30 @@ from tests.rig.service import (
     wait_for,
 )
 
-ADMIN = "test-admin-token"
+ADMIN = ADMIN_TOKEN
 RECEIVED = "INBOUND_EMAIL_RECEIVED"
 
 
-def request(url: str, method: str = "GET") -> tuple[int, str, bytes]:
-    """One HTTP request without following redirects: ``(status, Location, body)``."""
+#: Cookies the "browser" holds (name -> value), as the start route sets them.
+Jar = dict
+
+
+def request(url: str, method: str = "GET", jar: Optional[Jar] = None) -> tuple[int, str, bytes]:
+    """One HTTP request without following redirects: ``(status, Location,
+    body)``. With ``jar``, its cookies are sent and ``Set-Cookie`` lands in it."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
     try:
         path = parts.path + ("?" + parts.query if parts.query else "")
-        conn.request(method, path)
+        headers = {}
+        if jar:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in jar.items())
+        conn.request(method, path, headers=headers)
         response = conn.getresponse()
+        if jar is not None:
+            for value in response.headers.get_all("Set-Cookie") or []:
+                name, _, rest = value.partition("=")
+                jar[name.strip()] = rest.split(";", 1)[0]
         return response.status, response.getheader("Location") or "", response.read()
     finally:
         conn.close()
@@ -106,19 +120,26 @@ class OAuthEndToEndTests(ServiceRigMixin, unittest.TestCase):
         return http_post(self.proc.url("/api/email/oauth/imap/initiate"), body, ADMIN)
 
     def consent(self, return_url):
-        """initiate -> authorize; returns the callback URL the browser would
-        be sent to (the code is not used yet)."""
+        """initiate -> the service's start route (binds the flow to this
+        "browser": ``self.jar``) -> authorize; returns the callback URL the
+        browser would be sent to (the code is not used yet)."""
         code, body = self.initiate(return_url)
         self.assertEqual(code, 200, body)
         answer = json.loads(body)
         self.assertEqual(answer["provider"], "imap")
-        self.assertTrue(answer["authUrl"].startswith(self.auth.authorize_url + "?"))
-        status, location, body = request(answer["authUrl"])
+        self.assertTrue(answer["authUrl"].startswith(
+            self.proc.url("/api/email/oauth/imap/start?")))
+        self.jar: Jar = {}
+        status, provider_url, body = request(answer["authUrl"], jar=self.jar)
+        self.assertEqual(status, 302, body)
+        self.assertEqual(len(self.jar), 1)
+        self.assertTrue(provider_url.startswith(self.auth.authorize_url + "?"), provider_url)
+        status, location, body = request(provider_url)
         self.assertEqual(status, 302, body)
         params = self.auth.authorize_requests[-1]
         self.assertEqual(params["code_challenge_method"], "S256")
         self.assertEqual(params["client_id"], self.auth.client_id)
-        self.assertEqual(params["state"], answer["state"])
+        self.assertEqual(params["state"], parse_qs(urlsplit(provider_url).query)["state"][0])
         callback = self.proc.url("/api/email/oauth/imap/callback")
         self.assertEqual(params["redirect_uri"], callback)
         self.assertTrue(location.startswith(callback + "?"), location)
@@ -205,7 +226,7 @@ class OAuthEndToEndTests(ServiceRigMixin, unittest.TestCase):
         return_url = self.return_base + "?provider=" + self.pid
         callback = self.consent(return_url)
         introspected = self.dovecot.introspection.requests
-        status, location, body = request(callback)
+        status, location, body = request(callback, jar=self.jar)
         self.assertEqual(status, 302, body)
         self.assertEqual(location, return_url)
         self.assertEqual(self.auth.grants, ["authorization_code"])
@@ -259,7 +280,8 @@ class OAuthEndToEndTests(ServiceRigMixin, unittest.TestCase):
         """Refresh-ahead meets a revoked grant: ``invalid_grant`` is an auth
         failure (counted, no retry loop against the token endpoint)."""
         self.auth.expires_in = REFRESH_MARGIN_S + 5
-        status, _location, body = request(self.consent(self.return_base))
+        callback = self.consent(self.return_base)
+        status, _location, body = request(callback, jar=self.jar)
         self.assertEqual(status, 302, body)
         yield wait_for(lambda: self.provider_status() == "connected", 20, "XOAUTH2 login")
         self.auth.revoke_refresh_tokens()
@@ -294,9 +316,9 @@ class OAuthEndToEndTests(ServiceRigMixin, unittest.TestCase):
 
     # -- refusals ---------------------------------------------------------------------
 
-    def assert_refused(self, url, what):
+    def assert_refused(self, url, what, jar=None):
         before = self.auth.token_requests()
-        status, location, body = request(url)
+        status, location, body = request(url, jar=dict(self.jar if jar is None else jar))
         self.assertEqual(status, 400, f"{what}: {status} {location} {body!r}")
         answer = json.loads(body)
         self.assertFalse(answer["success"], what)
@@ -323,13 +345,21 @@ class OAuthEndToEndTests(ServiceRigMixin, unittest.TestCase):
         claims = o.StateClaims(self.tenant, self.pid, o.new_nonce(), 1_000_000_000, None)
         expired = o.sign_state(o.state_key(SECRET_KEY), claims)
         self.assert_refused(base + "?" + urlencode({**query, "state": expired}), "expired")
-        # Unknown nonce: signed and fresh, but never issued by initiate.
-        forged = o.StateClaims(self.tenant, self.pid, o.new_nonce(), 4_000_000_000, None)
+        # Unknown nonce: signed, fresh and bound, but never issued by initiate.
+        nonce = o.new_nonce()
+        forged = o.StateClaims(self.tenant, self.pid, nonce, 4_000_000_000, None,
+                               binding=o.binding_hash("forged-cookie"))
         signed = o.sign_state(o.state_key(SECRET_KEY), forged)
-        self.assert_refused(base + "?" + urlencode({**query, "state": signed}), "unissued")
+        self.assert_refused(base + "?" + urlencode({**query, "state": signed}), "unissued",
+                            jar={o.binding_cookie_name(nonce): "forged-cookie"})
+        # Another browser (no cookie, or someone else's): the genuine state
+        # and code are refused there, and not used up.
+        self.assert_refused(callback, "no cookie", jar={})
+        name = next(iter(self.jar))
+        self.assert_refused(callback, "other browser", jar={name: "x" * 43})
 
         # The genuine one still works once (the refusals did not consume it)...
-        status, location, body = request(callback)
+        status, location, body = request(callback, jar=self.jar)
         self.assertEqual(status, 302, body)
         self.assertEqual(location, self.return_base)
         self.assertEqual(self.auth.grants, ["authorization_code"])
@@ -342,6 +372,8 @@ class OAuthEndToEndTests(ServiceRigMixin, unittest.TestCase):
             "https://evil.example.net/settings/email",
             self.return_base.replace("127.0.0.1", "127.0.0.1.evil.net"),
             self.return_base.replace("/settings/email", "/settings/emailx"),
+            self.return_base + "/../../admin",
+            self.return_base.replace("http://", "https://") + "/sub",
             "http://user@" + self.return_base[len("http://") :],
         ):
             code, body = self.initiate(target)

@@ -50,9 +50,9 @@ class PluginTests(TestCase):
             capture_output=True,
             text=True,
             cwd=tempfile.mkdtemp(),
-            env={**os.environ, "IMAPSVC_ADMIN_TOKEN": "adm-integration-5e6f"},
+            env={**os.environ, "IMAPSVC_ADMIN_TOKEN": "adm-integration-5e6f-7a8b9c0d1e2f3a4b5c6d"},
             timeout=60,
         )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("IMAPSVC_ADMIN_TOKEN", result.stdout)
-        self.assertNotIn("adm-integration-5e6f", result.stdout)
+        self.assertNotIn("adm-integration-5e6f-7a8b9c0d1e2f3a4b5c6d", result.stdout)

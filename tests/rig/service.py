@@ -24,6 +24,10 @@ from imapsvc.secrets import SecretBox, generate_key, password_name
 from tests.rig import postgres as pg
 
 SECRET_KEY = generate_key()
+#: The admin bearer token of the rig's services (32+ characters, as start-up demands).
+ADMIN_TOKEN = "rig-admin-" + "7Qx2Lw9cVb4Nz8Rt1Yp6Ks3Hd5Fg0Jm"
+#: Loopback, where the rig's servers listen: allowed for tenant endpoints.
+RIG_ALLOWLIST = "127.0.0.0/8,::1/128,localhost"
 
 
 def database_url(dsn: str) -> str:
@@ -105,7 +109,11 @@ class ServiceProcess:
                 "PORT": str(self.port),
                 "IMAPSVC_WORKER_ID": worker,
                 "IMAPSVC_SECRET_KEY": SECRET_KEY,
-                "IMAPSVC_ADMIN_TOKEN": "test-admin-token",
+                "IMAPSVC_ADMIN_TOKEN": ADMIN_TOKEN,
+                # The rig's Dovecot, token and introspection endpoints listen
+                # on loopback, which tenant endpoints may not use by default.
+                "IMAPSVC_PRIVATE_NETWORK_ALLOWLIST": RIG_ALLOWLIST,
+                "IMAPSVC_OAUTH_ALLOW_HTTP_LOOPBACK": "true",
                 "IMAPSVC_LOG_FORMAT": "json",
                 "IMAP_STARTUP_STAGGER_MS": "0",
             }
@@ -174,7 +182,7 @@ def http_get(url: str, token: Optional[str] = None) -> tuple[int, bytes]:
         return 0, b""
 
 
-def http_post(url: str, body: dict, token: str = "test-admin-token") -> tuple[int, bytes]:
+def http_post(url: str, body: dict, token: str = ADMIN_TOKEN) -> tuple[int, bytes]:
     import urllib.error
     import urllib.request
 
@@ -217,7 +225,7 @@ def lease_owners(dsn: str, pids: list[str]) -> dict[str, Optional[str]]:
 
 def admin_status(proc: ServiceProcess) -> Optional[dict]:
     """The replica's ``GET /status`` document, or ``None`` when it does not answer 200."""
-    code, body = http_get(proc.url("/status"), token="test-admin-token")
+    code, body = http_get(proc.url("/status"), token=ADMIN_TOKEN)
     if code != 200:
         return None
     return json.loads(body)

@@ -19,6 +19,7 @@ from imapsvc.store.sqlite import SqliteOps
 from imapsvc.store.sqlite_schema import connect
 
 PASSWORD = "s3cret-Pässword-42"
+ADM = "adm-token-77-a1b2c3d4e5f6a7b8c9d0e"
 
 
 class _TTY(io.StringIO):
@@ -370,7 +371,7 @@ class _Response(io.BytesIO):
 class AdminApiTests(CliTestBase):
     def setUp(self) -> None:
         super().setUp()
-        self.environ.update({"IMAPSVC_ADMIN_TOKEN": "adm-token-77", "PORT": "8181"})
+        self.environ.update({"IMAPSVC_ADMIN_TOKEN": ADM, "PORT": "8181"})
         self.requests: list[Any] = []
         self.answer: Any = {"success": True}
 
@@ -388,7 +389,7 @@ class AdminApiTests(CliTestBase):
         [req] = self.requests
         self.assertEqual((req.get_method(), req.full_url),
                          ("POST", "http://127.0.0.1:8181/api/email/imap/reconnect"))
-        self.assertEqual(req.get_header("Authorization"), "Bearer adm-token-77")
+        self.assertEqual(req.get_header("Authorization"), "Bearer " + ADM)
         self.assertEqual(json.loads(req.data), {"tenant": self.tenant, "providerId": pid})
         self.assertEqual(json.loads(out), {"success": True})
 
@@ -414,7 +415,7 @@ class AdminApiTests(CliTestBase):
         result = self.run_cli("reconnect", "--tenant", self.tenant, "--provider",
                               str(uuid.uuid4()), urlopen=self.urlopen)
         err = self.assert_one_line_error(result, "refused IMAPSVC_ADMIN_TOKEN")
-        self.assertNotIn("adm-token-77", err)
+        self.assertNotIn(ADM, err)
 
     def test_service_down_suggests_offline(self) -> None:
         self.answer = urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))

@@ -127,29 +127,29 @@ class ParseTests(TestCase):
         d = tempfile.mkdtemp()
         self.addCleanup(lambda: [os.remove(os.path.join(d, f)) for f in os.listdir(d)])
         with open(os.path.join(d, "IMAPSVC_ADMIN_TOKEN"), "w") as f:
-            f.write("from-file-token\n")
+            f.write("from-file-token-0a1b2c3d4e5f6a7b8c9d\n")
         with open(os.path.join(d, "PORT"), "w") as f:
             f.write("8082\n")
         s = load_settings({"IMAPSVC_SECRETS_DIR": d, "PORT": "8083"})
-        self.assertEqual(s.admin_token, "from-file-token")
+        self.assertEqual(s.admin_token, "from-file-token-0a1b2c3d4e5f6a7b8c9d")
         self.assertEqual(s.port, 8083)  # the environment wins over the file
 
     def test_repr_hides_secrets(self) -> None:
         s = load_settings(
             {
-                "IMAPSVC_ADMIN_TOKEN": "adm-9f8e7d6c5b4a",
+                "IMAPSVC_ADMIN_TOKEN": "adm-9f8e7d6c5b4a-1c2d3e4f5a6b7c8d9e0f",
                 "DATABASE_URL": "postgresql://svc:pg-pass-123@db/app",
                 "IMAPSVC_SECRET_KEY": KEY_A,
             }
         )
         text = repr(s)
-        for secret in ("adm-9f8e7d6c5b4a", "pg-pass-123", KEY_A):
+        for secret in ("adm-9f8e7d6c5b4a-1c2d3e4f5a6b7c8d9e0f", "pg-pass-123", KEY_A):
             self.assertNotIn(secret, text)
 
     def test_masked(self) -> None:
         s = load_settings(
             {
-                "IMAPSVC_ADMIN_TOKEN": "adm-9f8e7d6c5b4a",
+                "IMAPSVC_ADMIN_TOKEN": "adm-9f8e7d6c5b4a-1c2d3e4f5a6b7c8d9e0f",
                 "DATABASE_URL": "postgresql://svc:pg-pass-123@db:5432/app",
                 "REDIS_URL": "redis://cache:6379/0",
                 "IMAPSVC_SECRET_KEY": f"{KEY_A},{KEY_B}",
@@ -205,6 +205,28 @@ class ErrorTests(TestCase):
         self.assertNotIn("r3dis-pw", msg)
         msg = self.assertConfigError({"DATABASE_URL": "postgres://u:pw@h:99x/db"}, "DATABASE_URL")
         self.assertNotIn("pw", msg.replace("DATABASE_URL", ""))
+
+    def test_admin_token_rules(self) -> None:
+        # Too short, and placeholders of any length: refused, never echoed.
+        for token in ("short-token-123", "REPLACE-ME", "replace-me-" + "x" * 40,
+                      "CHANGEME_" + "0" * 30, "a" * 40, "changeit-please-changeit-please-x"):
+            msg = self.assertConfigError({"IMAPSVC_ADMIN_TOKEN": token}, "IMAPSVC_ADMIN_TOKEN")
+            self.assertNotIn(token, msg)
+        good = "Zk3-9vQ_p2LmX7wR4tYb8NcJ1hGd6FsA0eU5"
+        self.assertEqual(load_settings({"IMAPSVC_ADMIN_TOKEN": good}).admin_token, good)
+        # Empty stays allowed: the admin API is then disabled.
+        self.assertEqual(load_settings({}).admin_token, "")
+
+    def test_private_network_allowlist(self) -> None:
+        s = load_settings({"IMAPSVC_PRIVATE_NETWORK_ALLOWLIST": "127.0.0.1/32, Mail.Corp.Example"})
+        self.assertEqual(s.private_network_allowlist, ("127.0.0.1/32", "mail.corp.example"))
+        self.assertConfigError(
+            {"IMAPSVC_PRIVATE_NETWORK_ALLOWLIST": "10.0.0.0/8,not a host"},
+            "IMAPSVC_PRIVATE_NETWORK_ALLOWLIST",
+        )
+
+    def test_metrics_port_differs(self) -> None:
+        self.assertConfigError({"PORT": "9000", "IMAPSVC_METRICS_PORT": "9000"}, "METRICS_PORT")
 
     def test_bad_secret_key_not_echoed(self) -> None:
         msg = self.assertConfigError(
@@ -285,13 +307,13 @@ class CliTests(TestCase):
         status, out, err = self.run_cli(
             ["config"],
             {
-                "IMAPSVC_ADMIN_TOKEN": "adm-9f8e7d6c5b4a",
+                "IMAPSVC_ADMIN_TOKEN": "adm-9f8e7d6c5b4a-1c2d3e4f5a6b7c8d9e0f",
                 "DATABASE_URL": "postgresql://svc:pg-pass-123@db/app",
                 "PORT": "8181",
             },
         )
         self.assertEqual((status, err), (0, ""))
-        self.assertNotIn("adm-9f8e7d6c5b4a", out)
+        self.assertNotIn("adm-9f8e7d6c5b4a-1c2d3e4f5a6b7c8d9e0f", out)
         self.assertNotIn("pg-pass-123", out)
         self.assertIn("postgresql://svc:***@db/app", out)
         self.assertRegex(out, r"PORT\s+8181\s+\(env\)")

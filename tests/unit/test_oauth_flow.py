@@ -1,5 +1,6 @@
 """OAuth flow and credential source against a fake token endpoint (StubTreq)."""
 
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
@@ -74,20 +75,36 @@ class Base(unittest.TestCase):
 
 
 class FlowTests(Base):
+    jar: dict = {}
+
     def initiate(self, return_url=None):
-        return self.successResultOf(self.flow.initiate(T, P, return_url))
+        """initiate, then the browser opens authUrl (the start route): the
+        flow is bound to this test's cookie jar."""
+        out = self.successResultOf(self.flow.initiate(T, P, return_url))
+        url, name, secret = self.successResultOf(self.flow.start(out["state"]))
+        self.jar = {**self.jar, name: secret}
+        out["providerUrl"] = url
+        out["bound"] = parse_qs(urlsplit(url).query)["state"][0]
+        return out
 
     def callback(self, code, state, **kw):
+        kw.setdefault("cookie", self.jar.get)
         d = self.flow.callback(code, state, **kw)
         self.http.flush()
         return d
 
     def test_initiate(self):
-        out = self.initiate("https://app.example.com/settings/mail")
+        out = self.initiate("https://app.example.com/settings")
         self.assertTrue(out["success"])
         self.assertEqual(out["provider"], "imap")
-        q = parse_qs(urlsplit(out["authUrl"]).query)
-        self.assertEqual(q["state"], [out["state"]])
+        self.assertEqual(
+            out["authUrl"].split("?")[0], "https://svc.example.com/api/email/oauth/imap/start"
+        )
+        self.assertEqual(parse_qs(urlsplit(out["authUrl"]).query)["state"], [out["state"]])
+        self.assertTrue(out["providerUrl"].startswith("https://auth.example.com/authorize?"))
+        q = parse_qs(urlsplit(out["providerUrl"]).query)
+        self.assertEqual(q["state"], [out["bound"]])
+        self.assertNotEqual(out["bound"], out["state"])
         self.assertEqual(q["client_id"], ["client-1"])
         self.assertEqual(
             q["redirect_uri"], ["https://svc.example.com/api/email/oauth/imap/callback"]
@@ -106,14 +123,14 @@ class FlowTests(Base):
         self.endpoint.answers.append(
             (200, {"access_token": "at-1", "refresh_token": "rt-1", "expires_in": 3600})
         )
-        d = self.callback("the-code", out["state"])
+        d = self.callback("the-code", out["bound"])
         self.assertEqual(self.successResultOf(d), "https://app.example.com/settings")
         req = self.endpoint.requests[0]
         self.assertEqual(req["grant_type"], "authorization_code")
         self.assertEqual(req["code"], "the-code")
         self.assertEqual(req["client_secret"], "client-secret-xyz")
         # PKCE: the verifier sent matches the challenge of the authorize URL.
-        challenge = parse_qs(urlsplit(out["authUrl"]).query)["code_challenge"][0]
+        challenge = parse_qs(urlsplit(out["providerUrl"]).query)["code_challenge"][0]
         self.assertEqual(o.pkce_challenge(req["code_verifier"]), challenge)
         row = self.store.provider_row(T, P)
         self.assertNotIn("at-1", row["access_token"])
@@ -146,23 +163,23 @@ class FlowTests(Base):
     def test_replayed_state_refused(self):
         out = self.initiate()
         self.endpoint.answers.append((200, {"access_token": "a", "expires_in": 60}))
-        self.successResultOf(self.callback("c", out["state"]))
-        f = self.failureResultOf(self.callback("c", out["state"]), oauth.OAuthError)
+        self.successResultOf(self.callback("c", out["bound"]))
+        f = self.failureResultOf(self.callback("c", out["bound"]), oauth.OAuthError)
         self.assertEqual((f.value.status, f.value.code), (400, "invalid_state"))
         self.assertEqual(len(self.endpoint.requests), 1)
 
     def test_expired_state_refused(self):
         out = self.initiate()
         self.clock.advance(601)
-        f = self.failureResultOf(self.callback("c", out["state"]), oauth.OAuthError)
+        f = self.failureResultOf(self.callback("c", out["bound"]), oauth.OAuthError)
         self.assertIn("expired", str(f.value))
 
     def test_tampered_and_cross_tenant_state_refused(self):
         out = self.initiate()
-        bad = out["state"][:-2] + ("AA" if not out["state"].endswith("AA") else "BB")
+        bad = out["bound"][:-2] + ("AA" if not out["bound"].endswith("AA") else "BB")
         self.failureResultOf(self.callback("c", bad), oauth.OAuthError)
         f = self.failureResultOf(
-            self.callback("c", out["state"], tenant="33333333-3333-3333-3333-333333333333"),
+            self.callback("c", out["bound"], tenant="33333333-3333-3333-3333-333333333333"),
             oauth.OAuthError,
         )
         self.assertIn("tenant", str(f.value))
@@ -170,9 +187,112 @@ class FlowTests(Base):
     def test_token_error_is_clear(self):
         out = self.initiate()
         self.endpoint.answers.append((400, {"error": "invalid_grant"}))
-        f = self.failureResultOf(self.callback("c", out["state"]), oauth.OAuthError)
+        f = self.failureResultOf(self.callback("c", out["bound"]), oauth.OAuthError)
         self.assertEqual(f.value.status, 502)
         self.assertIn("invalid_grant", str(f.value))
+
+
+class BindingAndIssuerTests(FlowTests):
+    """RFC 9700 4.7 (state bound to the browser) and RFC 9207 (``iss``)."""
+
+    def refused(self, d, code="invalid_state"):
+        f = self.failureResultOf(d, oauth.OAuthError)
+        self.assertEqual((f.value.status, f.value.code), (400, code))
+        return f.value
+
+    def assertNotConsumed(self, out):
+        # The genuine browser can still finish: nothing was changed.
+        self.endpoint.answers.append((200, {"access_token": "a", "expires_in": 60}))
+        self.successResultOf(self.callback("c", out["bound"]))
+        self.assertEqual(len(self.endpoint.requests), 1)
+
+    def test_callback_needs_the_browser_that_started(self):
+        out = self.initiate()
+        name = next(iter(self.jar))
+        for jar in ({}, {name: "someone-elses-cookie"}, {"imapsvc_oauth_x": self.jar[name]}):
+            self.refused(self.callback("c", out["bound"], cookie=jar.get))
+        self.assertEqual(self.endpoint.requests, [])
+        self.assertNotConsumed(out)
+        self.assertEqual(self.store.provider_row(T, P)["status"], "connected")
+
+    def test_unbound_state_refused_at_callback(self):
+        out = self.initiate()
+        # The state from initiate (before the start route) carries no binding.
+        self.refused(self.callback("c", out["state"]))
+        self.assertNotConsumed(out)
+
+    def test_bound_state_cannot_be_rebound(self):
+        out = self.initiate()
+        self.refused(self.flow.start(out["bound"]))
+        self.refused(self.flow.start("garbage"))
+
+    def test_two_flows_in_one_browser(self):
+        first, second = self.initiate(), self.initiate()
+        self.assertEqual(len(self.jar), 2)
+        self.endpoint.answers += [(200, {"access_token": "a", "expires_in": 60})] * 2
+        self.successResultOf(self.callback("c1", first["bound"]))
+        self.successResultOf(self.callback("c2", second["bound"]))
+
+    def test_issuer_checked_when_returned(self):
+        out = self.initiate()
+        self.refused(self.callback("c", out["bound"], iss="https://evil.example.net"),
+                     "issuer_mismatch")
+        self.refused(self.callback("c", out["bound"], iss="http://auth.example.com"),
+                     "issuer_mismatch")
+        self.assertEqual(self.endpoint.requests, [])
+        self.endpoint.answers.append((200, {"access_token": "a", "expires_in": 60}))
+        # Same origin as the authorize URL (issuers may carry a path).
+        self.successResultOf(self.callback("c", out["bound"], iss="https://auth.example.com/t1"))
+
+    def id_token(self, **claims):
+        def b64(data):
+            return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+        return b64({"alg": "RS256"}) + "." + b64(claims) + ".sig"
+
+    def test_granted_identity_must_be_the_mailbox_user(self):
+        out = self.initiate()
+        self.endpoint.answers.append((200, {
+            "access_token": "a", "refresh_token": "r", "expires_in": 60,
+            "id_token": self.id_token(email="someone-else@example.com"),
+        }))
+        self.refused(self.callback("c", out["bound"]), "identity_mismatch")
+        self.assertIsNone(self.successResultOf(self.secrets.get(T, refresh_token_name(P))))
+        self.assertNotEqual(self.store.provider_row(T, P)["status"], "connected")
+        out = self.initiate()
+        self.endpoint.answers.append((200, {
+            "access_token": "a", "refresh_token": "r", "expires_in": 60,
+            "id_token": self.id_token(email="User@Example.com"),
+        }))
+        self.successResultOf(self.callback("c", out["bound"]))
+        self.assertEqual(self.store.provider_row(T, P)["status"], "connected")
+
+    def test_identity_rules(self):
+        self.assertIsNone(o.granted_identity({"id_token": "not-a-jwt"}))
+        self.assertIsNone(o.granted_identity({}))
+        self.assertEqual(
+            o.granted_identity({"id_token": self.id_token(preferred_username="a@b.c")}), "a@b.c"
+        )
+        self.assertTrue(o.identity_matches(None, "a@b.c"))
+        self.assertTrue(o.identity_matches("x@y.z", "not-an-address"))
+        self.assertFalse(o.identity_matches("x@y.z", "a@b.c"))
+
+    def test_insecure_endpoints_refused_at_initiate(self):
+        for field in ("oauth_authorize_url", "oauth_token_url"):
+            urls = {"oauth_authorize_url": "https://auth.example.com/authorize",
+                    "oauth_token_url": "https://auth.example.com/token"}
+            urls[field] = "http://auth.example.com/x"
+            self.store.add_provider(
+                tenant=T, provider_id="p-" + field, host="imap.example.com",
+                auth_type="oauth2", oauth_client_id="c", **urls,
+            )
+            self.refused(self.flow.initiate(T, "p-" + field), "insecure_endpoint")
+
+    def test_http_return_url_refused(self):
+        f = self.failureResultOf(
+            self.flow.initiate(T, P, "http://app.example.com/settings"), oauth.OAuthError
+        )
+        self.assertEqual(f.value.code, "redirect_refused")
 
 
 class CredentialSourceTests(Base):

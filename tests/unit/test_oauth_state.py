@@ -97,10 +97,27 @@ class AllowlistTests(unittest.TestCase):
     def test_allowed(self):
         for url in [
             "https://app.example.com/settings",
-            "https://app.example.com/settings/email?x=1",
-            "http://localhost:3000/anything",
+            "https://app.example.com/settings/",
+            "https://APP.example.com/settings?x=1&provider=p",
         ]:
             self.assertTrue(o.redirect_allowed(url, self.ALLOW), url)
+        # http only to loopback and only when explicitly allowed (tests).
+        self.assertFalse(o.redirect_allowed("http://localhost:3000/", self.ALLOW))
+        self.assertTrue(o.redirect_allowed("http://localhost:3000/", self.ALLOW, True))
+
+    def test_exact_path_after_normalisation(self):
+        for url in [
+            "https://app.example.com/settings/../admin",
+            "https://app.example.com/settings/./x",
+            "https://app.example.com/settings/%2e%2e/admin",
+            "https://app.example.com/settings%2fx",
+            "https://app.example.com/settings/email",  # a sub-path: not exact
+            "https://app.example.com//settings",
+            "https://app.example.com/settings\\..\\x",
+            "https://app.example.com/settings#frag",
+            "http://localhost:3000/../x",
+        ]:
+            self.assertFalse(o.redirect_allowed(url, self.ALLOW, True), url)
 
     def test_refused(self):
         for url in [

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from typing import Any
 
+import attr
 from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
@@ -36,9 +37,9 @@ class OptionsTests(TestCase):
             self.assertIn(env, flat)
 
     def test_help_never_shows_current_secret(self) -> None:
-        os_env = {"IMAPSVC_ADMIN_TOKEN": "adm-live-7f3e9c"}
+        os_env = {"IMAPSVC_ADMIN_TOKEN": "adm-live-7f3e9c-0d1e2f3a4b5c6d7e8f9a0b1c"}
         self.patch(os, "environ", os_env)
-        self.assertNotIn("adm-live-7f3e9c", str(tap.Options()))
+        self.assertNotIn("adm-live-7f3e9c-0d1e2f3a4b5c6d7e8f9a0b1c", str(tap.Options()))
 
     def test_option_beats_environment(self) -> None:
         options, _ = parse(["--poll-interval-ms", "1234", "--port=9000"], {"PORT": "8081"})
@@ -116,6 +117,18 @@ class ServiceTests(TestCase):
         self.addCleanup(web.stopService)
         ports = [p[0] for p in reactor.tcpServers]
         self.assertEqual(ports, [8099])
+        from imapsvc.web_site import GuardedSite
+
+        self.assertIsInstance(reactor.tcpServers[0][1], GuardedSite)
+        self.assertEqual(reactor.tcpServers[0][1].max_body, 65536)
+
+    def test_separate_metrics_port(self) -> None:
+        reactor = MemoryReactorClock()
+        settings = attr.evolve(self.settings(), metrics_port=9464)
+        web = tap.build_service(settings, reactor).getServiceNamed("web")
+        web.startService()
+        self.addCleanup(web.stopService)
+        self.assertEqual(sorted(p[0] for p in reactor.tcpServers), [8099, 9464])
 
 
 class TwistdTests(TestCase):

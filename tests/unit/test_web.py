@@ -1,6 +1,7 @@
 """The Klein app through StubTreq: auth, readiness, metrics, admin, OAuth errors."""
 
 import json
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from treq.testing import StubTreq
 from twisted.internet import defer
@@ -17,7 +18,7 @@ from imapsvc.web import WebApp
 
 T = "11111111-1111-1111-1111-111111111111"
 P = "22222222-2222-2222-2222-222222222222"
-TOKEN = "admin-token-123"
+TOKEN = "adm-7Qx2Lw9cVb4Nz8Rt1Yp6Ks3Hd5Fg0Jm"
 
 
 class FakeAdmin:
@@ -77,6 +78,14 @@ class WebTests(unittest.TestCase):
                     self.admin.status,
                     lambda: {"backlog": 4},
                     lambda: {"published": 5, "skipped": 1, "duplicates": 2},
+                    detailed=False,
+                )
+            ),
+            detailed_registry=make_registry(
+                ServiceCollector(
+                    self.admin.status,
+                    lambda: {"backlog": 4},
+                    lambda: {"published": 5, "skipped": 1, "duplicates": 2},
                 )
             ),
             oauth_flow=flow,
@@ -85,8 +94,8 @@ class WebTests(unittest.TestCase):
         )
         self.http = StubTreq(self.web.resource())
 
-    def request(self, method, path, body=None, token=TOKEN, **kw):
-        headers = {}
+    def request(self, method, path, body=None, token=TOKEN, headers=None, **kw):
+        headers = dict(headers or {})
         if token:
             headers[b"authorization"] = [b"Bearer " + token.encode()]
         data = json.dumps(body).encode() if isinstance(body, dict) else body
@@ -110,6 +119,19 @@ class WebTests(unittest.TestCase):
         reasons = json.loads(body)["reasons"]
         self.assertEqual(len(reasons), 2, reasons)
 
+    def test_readiness_reasons_are_generic(self):
+        def failing_ping():
+            return defer.fail(RuntimeError(
+                'could not connect to server: host "db.internal" user "app" password=hunter2'
+            ))
+
+        self.store.ping = failing_ping
+        code, body = self.request("GET", "/readyz", token=None)
+        self.assertEqual(code, 503)
+        self.assertEqual(json.loads(body)["reasons"], ["database unreachable"])
+        for leak in (b"db.internal", b"hunter2", b"app"):
+            self.assertNotIn(leak, body)
+
     def test_ready_times_out_on_hanging_dependency(self):
         self.store.ping = lambda: defer.Deferred()
         d = self.http.get("http://svc/readyz")
@@ -119,10 +141,23 @@ class WebTests(unittest.TestCase):
         self.http.flush()
         self.assertEqual(self.successResultOf(d).code, 503)
 
+    def test_metrics_without_token_has_no_tenant_labels(self):
+        for token in (None, "wrong-" + TOKEN):
+            code, body = self.request("GET", "/metrics", token=token)
+            self.assertEqual(code, 200)
+            text = body.decode()
+            for leak in (T, P, "INBOX", "tenant=", "provider=", "folder="):
+                self.assertNotIn(leak, text)
+            self.assertIn("imapsvc_leases_held 1.0", text)
+            self.assertIn("imapsvc_folder_syncs_total 3.0", text)
+            self.assertIn('imapsvc_reconnects_total{reason="bye"} 1.0', text)
+            self.assertIn('imapsvc_folder_state{state="Idling"} 1.0', text)
+
     def test_metrics(self):
-        code, body = self.request("GET", "/metrics", token=None)
+        code, body = self.request("GET", "/metrics")
         self.assertEqual(code, 200)
         text = body.decode()
+        self.assertIn(f'tenant="{T}"', text)
         self.assertIn("imapsvc_leases_held 1.0", text)
         self.assertIn("imapsvc_outbox_backlog 4.0", text)
         self.assertIn('imapsvc_folder_cursor_lag{folder="INBOX"', text)
@@ -135,6 +170,7 @@ class WebTests(unittest.TestCase):
         path = "/api/email/imap/reconnect"
         self.assertEqual(self.request("POST", path, body, token=None)[0], 401)
         self.assertEqual(self.request("POST", path, body, token="x")[0], 401)
+        self.assertEqual(self.request("POST", path, body, token=TOKEN[:-1])[0], 401)
         self.assertEqual(self.request("GET", "/status", token="wrong")[0], 401)
         self.assertEqual(self.admin.calls, [])
         self.assertEqual(self.request("POST", "/api/email/imap/reconnect", body)[0], 200)
@@ -179,7 +215,7 @@ class WebTests(unittest.TestCase):
         )
         self.assertEqual(code, 200, body)
         out = json.loads(body)
-        self.assertTrue(out["authUrl"].startswith("https://accounts.google.com/"))
+        self.assertTrue(out["authUrl"].startswith("https://svc.example.com/api/email/oauth/"))
         code, body = self.request(
             "GET", "/api/email/oauth/imap/callback?code=c&state=garbage", token=None
         )
@@ -190,6 +226,38 @@ class WebTests(unittest.TestCase):
             {"tenant": T, "providerId": P, "redirectUri": "https://evil.net/"},
         )
         self.assertEqual(code, 400)
+
+    def test_oauth_start_binds_the_browser(self):
+        code, body = self.request(
+            "POST", "/api/email/oauth/imap/initiate", {"tenant": T, "providerId": P}
+        )
+        auth_url = json.loads(body)["authUrl"]
+        self.assertTrue(auth_url.startswith("https://svc.example.com/api/email/oauth/imap/start?"))
+        path = auth_url[len("https://svc.example.com"):]
+        d = self.http.get("http://svc" + path, allow_redirects=False)
+        self.http.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 302, self.successResultOf(self.http.content(response)))
+        location = response.headers.getRawHeaders(b"location")[0].decode()
+        self.assertTrue(location.startswith("https://accounts.google.com/"), location)
+        (cookie,) = response.headers.getRawHeaders(b"set-cookie")
+        name, _, rest = cookie.partition(b"=")
+        self.assertTrue(name.startswith(b"imapsvc_oauth_"))
+        for attribute in (b"HttpOnly", b"Secure", b"SameSite=lax", b"Path=/api/email/oauth/imap/"):
+            self.assertIn(attribute.lower(), rest.lower())
+        # The provider sends the browser back; without the cookie: refused
+        # with a page that says why (a browser asks for HTML).
+        state = parse_qs(urlsplit(location).query)["state"][0]
+        callback = "/api/email/oauth/imap/callback?" + urlencode({"code": "c", "state": state})
+        code, page = self.request("GET", callback, token=None,
+                                  headers={b"accept": [b"text/html"]})
+        self.assertEqual(code, 400)
+        self.assertIn(b"another browser", page)
+        self.assertIn(b"<h1>", page)
+        # The start route takes only an unbound, genuine state.
+        for bad in (state, "garbage"):
+            code, _ = self.request("GET", "/api/email/oauth/imap/start?state=" + bad, token=None)
+            self.assertEqual(code, 400)
 
     def test_initiate_requires_token(self):
         code, _ = self.request(
