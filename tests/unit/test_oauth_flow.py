@@ -149,7 +149,7 @@ class FlowTests(Base):
             out = self.initiate()
             self.endpoint.answers.append(
                 (200, {"access_token": "at", "refresh_token": "rt", "expires_in": 3600}))
-            self.successResultOf(self.callback("c", out["state"]))
+            self.successResultOf(self.callback("c", out["bound"]))
             row = self.store.provider_row(T, P)
             self.assertEqual(row["inbound_auth_failure_count"], 0, reason)
             self.assertIsNone(row["inbound_auth_failure_code"], reason)
