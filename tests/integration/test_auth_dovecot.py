@@ -229,7 +229,7 @@ class ConnectionTestTests(TestCase):
 
     @defer.inlineCallbacks
     def test_oauthbearer_test_login(self):
-        from imapsvc.imap.probe import test_login
+        from imapsvc.imap.probe import ProbeError, test_login
         from imapsvc.model import ProviderConfig
 
         dovecot = get_dovecot()
@@ -246,12 +246,14 @@ class ConnectionTestTests(TestCase):
             timeout_s=TIMEOUT, oauth_mechanism="oauthbearer",
         )
         self.assertIn("IDLE", caps)
-        with self.assertRaises(AuthenticationFailed):
+        # A refused token is reported as the generic class only (no server text).
+        with self.assertRaises(ProbeError) as refused:
             yield test_login(
                 reactor, provider, TokenSource(user, ["bad"]),
                 lambda host: client_tls_options(host, ca_file=dovecot.ca_file),
                 timeout_s=TIMEOUT, oauth_mechanism="oauthbearer",
             )
+        self.assertEqual(refused.exception.kind, "auth_failed")
         # test_login closes without waiting for the TLS close to finish.
         port = dovecot.ports.imaps
 
