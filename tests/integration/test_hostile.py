@@ -13,6 +13,7 @@ mail must still arrive.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 
@@ -54,7 +55,9 @@ class HostileServersTests(ServiceRigMixin, unittest.TestCase):
         self.set_up_service_rig("hostile")
         self.servers = {}
         self.tenants = {}
-        for scenario in SCENARIOS:
+        # HOSTILE_SCENARIOS=a,b narrows the run (to find which one hurts).
+        chosen = [n for n in os.environ.get("HOSTILE_SCENARIOS", "").split(",") if n]
+        for scenario in chosen or SCENARIOS:
             server = HostileServer(scenario, self.dovecot.tls, reactor)
             self.addCleanup(server.stop)
             self.servers[scenario] = server
@@ -137,6 +140,8 @@ class HostileServersTests(ServiceRigMixin, unittest.TestCase):
             tenant, _ = self.tenants[scenario]
             return {e["emailData"]["id"] for e in self.events() if e["tenantId"] == tenant}
 
+        if "fetch_no" not in self.tenants:
+            return
         yield wait_for(lambda: {"<hostile-1@example.net>", "<hostile-3@example.net>"}
                        <= hostile_ids("fetch_no"), 60, "the poison message to be skipped")
         for scenario in ("brackets", "list_delimiters", "deep_bodystructure"):
