@@ -76,6 +76,11 @@ def _config(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO, e
         if source == "default" and settings.secrets_dir:
             if os.path.exists(os.path.join(settings.secrets_dir, setting.env)):
                 source = "secrets dir"
+        derived = {"DATABASE_URL": settings.database_url_source,
+                   "REDIS_URL": settings.redis_url_source}.get(setting.env)  # fmt: skip
+        if derived and derived != setting.env:
+            # Built from the app's variables (or left unset): say from which.
+            source = derived
         out.write(f"{setting.env:<{width}}  {masked[setting.env]}  ({source})\n")
     return 0
 

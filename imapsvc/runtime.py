@@ -314,4 +314,10 @@ def build_tree(settings: Any, reactor: Any) -> service.MultiService:
         store="postgres" if settings.database_url else "sqlite",
         sink=json.dumps(settings.event_stream) if settings.redis_url else settings.events_file,
     )
+    # Which variables won (secret-free by construction: names and places only).
+    log.info(
+        "DATABASE_URL: {db}; REDIS_URL: {redis}",
+        db=getattr(settings, "database_url_source", "") or "?",
+        redis=getattr(settings, "redis_url_source", "") or "?",
+    )
     return top
