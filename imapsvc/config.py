@@ -726,7 +726,7 @@ def _app_password(
 def _with_built_urls(s: Settings, environ: Mapping[str, str]) -> Settings:
     """Fill ``DATABASE_URL`` / ``REDIS_URL`` from the app's own variables
     when they are unset (item 7 of issue 10), and record which one won."""
-    changes: dict[str, str] = {}
+    changes: dict[str, Any] = {}
     if s.database_url:
         changes["database_url_source"] = "DATABASE_URL"
     elif s.db_host:

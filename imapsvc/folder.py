@@ -37,6 +37,7 @@ from imapsvc.imap.factory import FolderClientFactory, set_keepalive
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import FolderCursor, Limits, ProviderConfig
 from imapsvc.oauth import REFRESH_MARGIN_S
+from imapsvc.secret_chain import CredentialsMissing
 
 HISTORY_SIZE = 50
 #: When an access token's lifetime is already inside the refresh margin at
@@ -150,8 +151,8 @@ class FolderService(service.Service):
     :param owner: this worker's id (lease owner), passed to the pipeline.
     :param options: :class:`FolderOptions`.
     :param hooks: optional object with ``state_changed(state, reason,
-        error)``, ``auth_failed(code, text)``, ``logged_in()``, ``synced()``,
-        ``lease_lost()`` (each optional).
+        error)``, ``auth_failed(code, text)``, ``credentials_missing(text)``,
+        ``logged_in()``, ``synced()``, ``lease_lost()`` (each optional).
     :param protocol_factory: ``() -> protocol``; default builds
         :class:`~imapsvc.imap.protocol.FolderIMAPClient`.
     :param tls_factory: ``hostname -> IOpenSSLClientConnectionCreator``.
@@ -754,6 +755,13 @@ class FolderService(service.Service):
         if transport is not None:
             transport.loseConnection()
 
+    def _forget_credentials(self) -> None:
+        forget = getattr(self.credentials, "invalidate", None) or _noop
+        try:
+            forget(self.provider.tenant, self.provider.provider_id)
+        except Exception:
+            self.log.failure("{label}: dropping cached credentials failed", label=self.label)
+
     def _session_failed(self, failure: Failure, proto: Any) -> None:
         from imapsvc.imap import errors
 
@@ -775,7 +783,18 @@ class FolderService(service.Service):
         self.last_error = text
         if current:
             self._session_error = text
-        if failure.check(errors.AuthenticationFailed) or getattr(err, "auth_failure", False):
+        if failure.check(CredentialsMissing):
+            # Found nowhere: a configuration problem, not a refusal. Wait for
+            # the supervisor's next discovery pass (which retries the login)
+            # and never count it towards the auto-pause.
+            self._forget_credentials()
+            self.factory.stopTrying()
+            self._set_state(S.NEEDS_REAUTH, "credentials missing", error=text)
+            self._hook("credentials_missing", text)
+        elif failure.check(errors.AuthenticationFailed) or getattr(err, "auth_failure", False):
+            # Read the credentials again at the next login: the app may have
+            # changed the password meanwhile.
+            self._forget_credentials()
             # Retrying bad credentials only locks the account: wait for the
             # supervisor (a new login attempt) instead. Credential-source
             # errors (no password stored, invalid_grant) count the same way.
@@ -796,6 +815,10 @@ class FolderService(service.Service):
             self.log.warn("{label}: session failed: {error}", label=self.label, error=text)
         if current:
             self._lose(proto)
+
+
+def _noop(*_args: Any) -> None:
+    return None
 
 
 def _describe(err: Any) -> str:

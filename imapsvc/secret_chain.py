@@ -633,7 +633,9 @@ def lookup_app_secret_sync(
                 value = fs.read_app(name)
             elif provider == VAULT:
                 where = f"vault {vault_app_path.strip('/')} key {name}"
-                value = vault_read_app_sync(vault_addr, vault_token, vault_app_path, name, timeout_s)
+                value = vault_read_app_sync(
+                    vault_addr, vault_token, vault_app_path, name, timeout_s
+                )
             else:
                 continue
         except SecretBackendUnavailable as e:
