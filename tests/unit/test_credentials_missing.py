@@ -12,8 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imapsvc import folder_state as S
 from imapsvc.secret_chain import CredentialsMissing
-from tests.unit.test_folder import Rig, auth_error
 from tests.unit import test_supervisor as supervisor_tests
+from tests.unit.test_folder import Rig, auth_error
 from tests.unit.test_supervisor import T1
 
 MISSING = CredentialsMissing(
