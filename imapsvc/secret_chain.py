@@ -357,16 +357,21 @@ class VaultSecrets:
             yield treq.collect(response, collector)
             return response.code, b"".join(chunks)
 
+        def timed_out(_result: Any, _timeout: float) -> None:
+            # Cancelling surfaces as whatever the HTTP layer was waiting on
+            # (ResponseNeverReceived, CancelledError...): name the cause here.
+            raise SecretBackendUnavailable(
+                f"vault: {method} {path}: no complete answer within {self._timeout:g}s"
+            )
+
         d = exchange()
-        d.addTimeout(self._timeout, self._clock)
+        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=timed_out)
 
         def failed(f):  # type: ignore[no-untyped-def]
             if f.check(SecretBackendUnavailable):
                 return f
             if f.check(_TooLarge):
                 why = f"the answer is larger than {self._max} bytes"
-            elif f.check(defer.TimeoutError, defer.CancelledError):
-                why = f"no complete answer within {self._timeout:g}s"
             else:
                 why = type(f.value).__name__
             raise SecretBackendUnavailable(f"vault: {method} {path}: {why}")
