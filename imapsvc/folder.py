@@ -786,7 +786,13 @@ class FolderService(service.Service):
         if failure.check(CredentialsMissing):
             # Found nowhere: a configuration problem, not a refusal. Wait for
             # the supervisor's next discovery pass (which retries the login)
-            # and never count it towards the auto-pause.
+            # and never count it towards the auto-pause. The whole message
+            # (names and places, bounded by construction) is the operator's
+            # answer to "why": not cut like other errors.
+            text = _describe(err, limit=2000)
+            self.last_error = text
+            if current:
+                self._session_error = text
             self._forget_credentials()
             self.factory.stopTrying()
             self._set_state(S.NEEDS_REAUTH, "credentials missing", error=text)
@@ -821,10 +827,10 @@ def _noop(*_args: Any) -> None:
     return None
 
 
-def _describe(err: Any) -> str:
+def _describe(err: Any, limit: int = 300) -> str:
     """A short, secret-free description of an error (exception class and
     message; our errors never carry secrets)."""
     message = str(err)
-    if len(message) > 300:
-        message = message[:300] + "..."
+    if len(message) > limit:
+        message = message[:limit] + "..."
     return f"{type(err).__name__}: {message}" if message else type(err).__name__

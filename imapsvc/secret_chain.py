@@ -224,11 +224,15 @@ class EnvSecrets:
     def app_variables(self, name: str) -> list[str]:
         return self._spellings(name)
 
+    @staticmethod
+    def _where(keys: Sequence[str]) -> str:
+        return "env " + keys[0] + (" (or upper-cased)" if len(keys) > 1 else "")
+
     def where(self, tenant: str, name: str) -> str:
-        return "env " + " or ".join(self.variables(tenant, name))
+        return self._where(self.variables(tenant, name))
 
     def where_app(self, name: str) -> str:
-        return "env " + " or ".join(self.app_variables(name))
+        return self._where(self.app_variables(name))
 
     def _first(self, keys: Sequence[str]) -> Optional[str]:
         for key in keys:

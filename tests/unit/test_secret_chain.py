@@ -118,7 +118,7 @@ class EnvTests(unittest.TestCase):
         env = EnvSecrets({"DB_PASSWORD_SERVER": "x"})
         self.assertEqual(env.read_app("db_password_server"), "x")
         self.assertEqual(env.where_app("db_password_server"),
-                         "env db_password_server or DB_PASSWORD_SERVER")  # fmt: skip
+                         "env db_password_server (or upper-cased)")  # fmt: skip
         self.assertNotIn("x", env.where_app("db_password_server").replace("or", ""))
 
 
@@ -280,12 +280,12 @@ class AppSecretSyncTests(unittest.TestCase):
         )
         self.assertEqual(value, "from-file")
         self.assertEqual(where, f"filesystem {base}/redis_password")
-        self.assertEqual(places[0], "env redis_password or REDIS_PASSWORD")
+        self.assertEqual(places[0], "env redis_password (or upper-cased)")
         value, where, _ = lookup_app_secret_sync(
             "redis_password", ["env", "filesystem"], environ={"X_REDIS_PASSWORD": "e"},
             fs_base_path=base, env_prefix="X",
         )  # fmt: skip
-        self.assertEqual((value, where), ("e", "env X_redis_password or X_REDIS_PASSWORD"))
+        self.assertEqual((value, where), ("e", "env X_redis_password (or upper-cased)"))
 
     def test_unreachable_vault_is_unavailable(self):
         from tests.rig.service import free_port
