@@ -12,7 +12,11 @@ Postgres and Redis.
   through the token endpoint, the rotated refresh token is merged into the
   Vault document, and the app's columns are left as the app wrote them;
 - a provider with no credentials anywhere is never auto-paused, says why in
-  ``error_message``, and starts once the app provides the password.
+  ``error_message``, and starts once the app provides the password;
+- the service configured with the app's ``DB_*`` / ``REDIS_*`` variables
+  instead of ``DATABASE_URL`` / ``REDIS_URL`` (the database password from
+  the app secret ``db_password_server``) works and says so, without the
+  password.
 """
 
 from __future__ import annotations
@@ -266,3 +270,53 @@ class AppSecretsEndToEnd(ServiceRigMixin, unittest.TestCase):
         mail.append(user, password, "INBOX", mail.make_message(subject="finally"))
         yield wait_for(lambda: self.subjects() == ["finally"], 15, "the event")
         self.assertIsNone(self.row(pid)["error_message"])
+
+    # -- the app's connection variables instead of URLs ---------------------------------
+
+    @defer.inlineCallbacks
+    def test_database_and_redis_from_the_apps_variables(self):
+        from psycopg2.extensions import parse_dsn
+
+        from tests.rig.redis import _host_port
+
+        password = "Pw-" + uuid.uuid4().hex
+        user = self.dovecot.add_user(unique_user("appvars"), password)
+        tenant, pid = insert_app_provider(self.dsn, user, self.dovecot.ports.imaps)
+        self.app_file(tenant, password_name(pid), password)
+        # The rig's Postgres trusts local connections: the password is not
+        # checked, but it travels through the URL and must never be shown.
+        db_password = "db:pw/" + uuid.uuid4().hex[:8] + "@#%"
+        with open(os.path.join(self.base, "db_password_server"), "w") as f:
+            f.write(db_password + "\n")
+        dsn = parse_dsn(self.dsn)
+        redis_host, redis_port = _host_port(self.redis_url)
+        proc = self.service(
+            tenant, DATABASE_URL="", REDIS_URL="",
+            DB_HOST=dsn.get("host", "127.0.0.1"), DB_PORT=str(dsn.get("port", "5432")),
+            DB_NAME_SERVER=dsn["dbname"], DB_USER_SERVER=dsn.get("user", "postgres"),
+            REDIS_HOST=redis_host, REDIS_PORT=str(redis_port),
+        )  # fmt: skip
+        yield self.connected(pid)
+        mail.append(user, password, "INBOX", mail.make_message(subject="via DB_HOST"))
+        yield wait_for(lambda: self.subjects() == ["via DB_HOST"], 15, "the event")
+        log = proc.log_text()
+        self.assertIn("built from DB_HOST, DB_PORT, DB_NAME_SERVER, DB_USER_SERVER", log)
+        self.assertIn("app secret db_password_server", log)
+        self.assertIn("built from REDIS_HOST, REDIS_PORT", log)
+        self.assertNotIn(db_password, log)
+        from urllib.parse import quote
+
+        self.assertNotIn(quote(db_password, safe=""), log)
+
+        # `python -m imapsvc config` says the same, without the password.
+        import subprocess
+        import sys
+
+        shown = subprocess.run(
+            [sys.executable, "-m", "imapsvc", "config"], env=proc.env, cwd=proc.dir,
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        self.assertEqual(shown.returncode, 0, shown.stderr)
+        self.assertRegex(shown.stdout, r"DATABASE_URL\s+postgresql://\S+:\*\*\*@\S+\s+\(built")
+        self.assertNotIn(db_password, shown.stdout)
+        self.assertNotIn(quote(db_password, safe=""), shown.stdout)
