@@ -560,7 +560,23 @@ class SecretChain:
         """
         self._cache.pop((tenant, name), None)
         if self.writer is not None:
-            yield self.writer.put(tenant, name, value)
+            try:
+                yield self.writer.put(tenant, name, value)
+            except SecretBackendUnavailable as e:
+                if self.own is None:
+                    raise
+                # A rotated refresh token must not be lost (the old one is
+                # already revoked): keep it sealed; the own store is read
+                # first, so the service goes on working; the app sees it at
+                # the next rotation.
+                self.log.warn(
+                    "writing {name} to {writer} failed ({err}); sealed in the imapsvc store",
+                    name=name,
+                    writer=self.writer.name,
+                    err=str(e),
+                )
+                yield self.own.put(tenant, name, value)
+                return
             if self.own is not None:
                 try:
                     yield self.own.delete(tenant, name)

@@ -237,6 +237,19 @@ class ChainTests(unittest.TestCase):
         # The own copy no longer shadows the app's.
         self.assertEqual(self.successResultOf(chain.find(T, name)), ("rotated", "filesystem"))
 
+    def test_write_provider_down_keeps_the_rotated_token_sealed(self):
+        name = "imap_refresh_token_" + P
+        own = Own()
+        down = Recording("vault")
+        down.put = lambda *a: defer.fail(SecretBackendUnavailable("vault: down"))
+        chain = self.chain(own, down, writer=down)
+        self.successResultOf(chain.put(T, name, "rotated"))
+        self.assertEqual(own.puts, [(T, name, "rotated")])
+        self.assertEqual(self.successResultOf(chain.find(T, name)), ("rotated", OWN_STORE))
+        # Without an own store the failure is reported.
+        self.failureResultOf(self.chain(None, down, writer=down).put(T, name, "r"),
+                             SecretBackendUnavailable)  # fmt: skip
+
     def test_put_without_write_provider_seals_and_without_either_refuses(self):
         own = Own()
         chain = self.chain(own)
