@@ -384,6 +384,18 @@ class CredentialSource:
         self._refresh(provider).addBoth(done)
         return waiter
 
+    @defer.inlineCallbacks
+    def _apps_refresh_token(self, provider: ProviderConfig, refused: str):
+        """A refresh token from the app's providers or row other than
+        ``refused``, or ``None``."""
+        alternative = None
+        outside = getattr(self._secrets, "find_in_providers", None)
+        if outside is not None:
+            found = yield outside(provider.tenant, refresh_token_name(provider.provider_id))
+            alternative = found[0] if found else None
+        alternative = alternative or provider.refresh_token
+        return alternative if alternative and alternative != refused else None
+
     def _from_row(self, provider: ProviderConfig) -> Optional[tuple[str, float]]:
         if not provider.access_token or provider.token_expires_at is None:
             return None
@@ -402,7 +414,12 @@ class CredentialSource:
         if self._secrets is None:
             raise NoSecretKey("IMAPSVC_SECRET_KEY is not set: tokens cannot be stored")
         tenant, name = provider.tenant, refresh_token_name(provider.provider_id)
-        refresh = yield self._secrets.get(tenant, name)
+        find = getattr(self._secrets, "find", None)
+        if find is not None:
+            found = yield find(tenant, name)
+            refresh, source = found if found else (None, None)
+        else:
+            refresh, source = (yield self._secrets.get(tenant, name)), OWN_STORE
         if not refresh:
             # Last resort: the plaintext column the app writes after its consent.
             refresh = provider.refresh_token
@@ -437,7 +454,28 @@ class CredentialSource:
         secret = secret or provider.oauth_client_secret  # the app's plaintext column
         if secret:
             form["client_secret"] = secret
-        tokens = yield self._tokens.post(token_url, form)
+        try:
+            tokens = yield self._tokens.post(token_url, form)
+        except TokenEndpointError as e:
+            # The service's own (sealed) refresh token is read first; after
+            # a re-consent in the app it may be stale while the app's store
+            # or row holds the live one. Try that one once before failing.
+            alternative = None
+            if e.auth_failure and source == OWN_STORE:
+                alternative = yield self._apps_refresh_token(provider, refresh)
+            if alternative is None:
+                raise
+            form["refresh_token"] = alternative
+            tokens = yield self._tokens.post(token_url, form)
+            if not tokens.get("refresh_token"):
+                # Not rotated: the app's token is the live one; drop the
+                # stale sealed copy that would shadow it.
+                yield self._secrets.delete(tenant, name)
+            self.log.info(
+                "{tenant}/{provider}: the sealed refresh token was refused; the app's worked",
+                tenant=tenant,
+                provider=provider.provider_id,
+            )
         access, expires = yield store_tokens(
             self._store, self._secrets, self._box, self._clock, provider, tokens
         )

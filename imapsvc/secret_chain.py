@@ -538,6 +538,19 @@ class SecretChain:
             self._cache[key] = (now + self._cache_s, found)
         return found
 
+    @defer.inlineCallbacks
+    def find_in_providers(self, tenant: str, name: str):  # type: ignore[no-untyped-def]
+        """``(value, source)`` from the app's providers only (not the own
+        store, not cached), or ``None``; unavailable providers are skipped."""
+        for provider in self.providers:
+            try:
+                value = yield provider.get(tenant, name)
+            except SecretBackendUnavailable:
+                continue
+            if value:
+                return value, provider.name
+        return None
+
     def get(self, tenant: str, name: str) -> defer.Deferred:
         d = self.find(tenant, name)
         d.addCallback(lambda found: found[0] if found else None)

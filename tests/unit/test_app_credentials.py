@@ -221,3 +221,30 @@ class AppCredentialTests(unittest.TestCase):
         row = self.store.provider_row(T, P)
         self.assertEqual(self.box.open_text(T, oauth.access_token_name(P), row["access_token"]),
                          "at-2")  # fmt: skip
+
+    def test_stale_sealed_refresh_token_falls_back_to_the_apps(self):
+        # The service once sealed a (rotated) refresh token; the app has
+        # re-consented since and keeps the live one in its store.
+        self.successResultOf(self.own.put(T, refresh_token_name(P), "rt-stale"))
+        self.file(refresh_token_name(P), "rt-app-live")
+        p = attr.evolve(self.provider, access_token="ya29.x", token_expires_at=self.at(-1))
+        self.endpoint.answers.append((400, {"error": "invalid_grant"}))
+        self.endpoint.answers.append((200, {"access_token": "at-ok", "expires_in": 3600}))
+        d = self.source().credentials(p)
+        self.http.flush()
+        self.assertEqual(self.successResultOf(d).secret, "at-ok")
+        self.assertEqual([r["refresh_token"] for r in self.endpoint.requests],
+                         ["rt-stale", "rt-app-live"])  # fmt: skip
+        # Not rotated: the stale sealed copy no longer shadows the app's token.
+        self.assertIsNone(self.successResultOf(self.own.get(T, refresh_token_name(P))))
+
+    def test_refused_apps_refresh_token_is_not_retried(self):
+        self.file(refresh_token_name(P), "rt-app")
+        p = attr.evolve(self.provider, access_token="ya29.x", token_expires_at=self.at(-1),
+                        refresh_token="rt-row")  # fmt: skip
+        self.endpoint.answers.append((400, {"error": "invalid_grant"}))
+        d = self.source().credentials(p)
+        self.http.flush()
+        f = self.failureResultOf(d, oauth.TokenEndpointError)
+        self.assertTrue(f.value.auth_failure)
+        self.assertEqual(len(self.endpoint.requests), 1)
