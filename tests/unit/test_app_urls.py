@@ -163,3 +163,15 @@ class OutputTests(TestCase):
         self.assertIn("built from REDIS_HOST", flat)
         self.assertIn("--db-password-server=", flat)
         self.assertIn("--secret-read-chain=", flat)
+
+    def test_migrate_uses_the_built_url(self) -> None:
+        from imapsvc.store import migrate
+
+        seen: list = []
+        self.patch(migrate, "main", lambda argv: seen.append(argv) or 0)
+        env = dict(DB, DB_PASSWORD_SERVER="m/pw")
+        status = cli.main(["migrate"], environ=env, out=io.StringIO(), err=io.StringIO())
+        self.assertEqual(status, 0)
+        self.assertEqual(
+            seen, [["--database-url", "postgresql://app_user:m%2Fpw@db.internal:5432/server"]]
+        )
