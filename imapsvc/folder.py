@@ -803,7 +803,7 @@ class FolderService(service.Service):
             self._forget_credentials()
             # Retrying bad credentials only locks the account: wait for the
             # supervisor (a new login attempt) instead. Credential-source
-            # errors (no password stored, invalid_grant) count the same way.
+            # refusals (invalid_grant) count the same way.
             self.factory.stopTrying()
             self._set_state(S.NEEDS_REAUTH, "authentication failed", error=text)
             code = getattr(err, "code", None) or "AUTHENTICATIONFAILED"
