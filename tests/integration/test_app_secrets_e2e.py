@@ -228,6 +228,34 @@ class AppSecretsEndToEnd(ServiceRigMixin, unittest.TestCase):
         for token in auth.access_tokens + auth.refresh_tokens + [client_secret, vault.token]:
             self.assertNotIn(token, log)
 
+    @defer.inlineCallbacks
+    def test_expired_app_token_refreshed_with_the_refresh_token_in_the_apps_files(self):
+        user = self.dovecot.add_user(unique_user("appexp"))
+        client_secret = "cs-" + secrets.token_urlsafe(16)
+        auth = OAuthServer(self.dovecot.introspection, "app-client", client_secret, user)
+        auth.start()
+        self.addCleanup(auth.stop)
+        access, refresh = auth.issue()
+        expired = datetime.now(UTC) - timedelta(minutes=5)
+        tenant, pid = insert_app_provider(
+            self.dsn, user, self.dovecot.ports.imaps, auth_type="oauth2",
+            oauth_authorize_url=auth.authorize_url, oauth_token_url=auth.token_url,
+            oauth_client_id=auth.client_id, oauth_scopes="imap",
+            oauth_client_secret=client_secret, access_token=access, token_expires_at=expired,
+        )  # fmt: skip
+        path = self.app_file(tenant, refresh_token_name(pid), refresh)
+        self.service(tenant, SECRET_WRITE_PROVIDER="filesystem")
+        yield self.connected(pid)
+        self.assertEqual(auth.grants, ["refresh_token"])
+        # The rotated refresh token is where the app keeps it.
+        with open(path) as f:
+            self.assertEqual(f.read(), auth.refresh_tokens[-1])
+        self.assertNotEqual(auth.refresh_tokens[-1], refresh)
+        mail.append(user, DEFAULT_PASSWORD, "INBOX", mail.make_message(subject="refreshed"))
+        yield wait_for(lambda: self.subjects() == ["refreshed"], 15, "the event")
+        row = self.row(pid)
+        self.assertEqual((row["access_token"], row["token_expires_at"]), (access, expired))
+
     # -- (c) no credentials anywhere --------------------------------------------------
 
     @defer.inlineCallbacks
