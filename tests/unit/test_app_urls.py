@@ -163,6 +163,7 @@ class OutputTests(TestCase):
         self.assertIn("built from REDIS_HOST", flat)
         self.assertIn("--db-password-server=", flat)
         self.assertIn("--secret-read-chain=", flat)
+        self.assertIn("say which one won", flat)
 
     def test_migrate_uses_the_built_url(self) -> None:
         from imapsvc.store import migrate
