@@ -76,6 +76,11 @@ def _config(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO, e
         if source == "default" and settings.secrets_dir:
             if os.path.exists(os.path.join(settings.secrets_dir, setting.env)):
                 source = "secrets dir"
+        derived = {"DATABASE_URL": settings.database_url_source,
+                   "REDIS_URL": settings.redis_url_source}.get(setting.env)  # fmt: skip
+        if derived and derived != setting.env:
+            # Built from the app's variables (or left unset): say from which.
+            source = derived
         out.write(f"{setting.env:<{width}}  {masked[setting.env]}  ({source})\n")
     return 0
 
@@ -118,6 +123,13 @@ def _migrate_argv(argv: Sequence[str], environ: Mapping[str, str], out: TextIO,
     if "-h" in argv or "--help" in argv or known.database_url:
         return _migrate_postgres(argv, err)
     url = environ.get("DATABASE_URL", "").strip()
+    if not url and environ.get("DB_HOST", "").strip() and not known.sqlite_path:
+        # Next to the app: DATABASE_URL built from DB_HOST and companions.
+        try:
+            url = load_settings(environ).database_url
+        except ConfigError as e:
+            err.write(f"imapsvc migrate: {e}\n")
+            return 2
     if url and not known.sqlite_path:
         return _migrate_postgres(["--database-url", url, *argv], err)
     path = known.sqlite_path or environ.get("IMAPSVC_SQLITE_PATH", "").strip() or \

@@ -19,7 +19,7 @@ import os
 import socket
 import uuid
 from typing import Any, Callable, Mapping, Optional
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import attr
 
@@ -220,6 +220,12 @@ def existing_dir(text: str) -> str:
     return text
 
 
+def _default_fs_base_path() -> str:
+    from imapsvc.secret_chain import default_fs_base_path
+
+    return default_fs_base_path()
+
+
 def worker_id(text: str) -> str:
     text = text.strip()
     if len(text) > 255:  # lease_owner is varchar(255)
@@ -287,12 +293,14 @@ class Setting:
         return str(value)
 
 
-_T, _C, _P, _W, _S, _O = (
+_T, _C, _P, _W, _S, _A, _D, _O = (
     "Timing",
     "Connection",
     "Capacity and size caps",
     "Wiring",
     "Secrets and security",
+    "The app's secret providers (CONTRACT section 3)",
+    "The app's connection variables (used when DATABASE_URL / REDIS_URL are unset)",
     "Operations",
 )
 
@@ -372,9 +380,11 @@ SETTINGS: tuple[Setting, ...] = (
             "XADD MAXLEN ~ N; 0 keeps every entry (trimming drops unread events)", _P),
     # Wiring
     Setting("DATABASE_URL", postgres_url, "",
-            "postgres(ql):// URL; empty uses the embedded SQLite store", _W, sensitive=True),
+            "postgres(ql):// URL; empty: built from DB_HOST and its companions when DB_HOST "
+            "is set, else the embedded SQLite store", _W, sensitive=True),
     Setting("REDIS_URL", redis_url, "",
-            "redis(s):// URL; empty writes events to IMAPSVC_EVENTS_FILE", _W, sensitive=True),
+            "redis(s):// URL; empty: built from REDIS_HOST and its companions when REDIS_HOST "
+            "is set, else events go to IMAPSVC_EVENTS_FILE", _W, sensitive=True),
     Setting("IMAP_EVENT_STREAM", string, "workflow:events:global",
             "Redis stream the events are added to", _W),
     Setting("PORT", port, 8080,
@@ -414,6 +424,51 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IMAPSVC_OAUTH_ALLOW_HTTP_LOOPBACK", boolean, False,
             "accept http:// OAuth endpoints and return URLs on loopback hosts "
             "(tests and demos only; https is required otherwise)", _S),
+    # The app's secret providers (CONTRACT section 3)
+    Setting("SECRET_READ_CHAIN", comma_list(choice("filesystem", "vault", "env")),
+            ("env", "filesystem"),
+            "the app's providers credentials are looked up in, in order, after the service's "
+            "own sealed store (then the row's plaintext columns): filesystem, vault, env", _A),
+    Setting("SECRET_WRITE_PROVIDER", choice("filesystem", "vault"), "",
+            "where a rotated refresh token is written (so the app sees it too); empty: the "
+            "service's own sealed store", _A),
+    Setting("SECRET_FS_BASE_PATH", string, _default_fs_base_path,
+            "filesystem provider: secrets are <path>/tenants/<tenantId>/<name> "
+            "(app-wide ones <path>/<name>)", _A,
+            shown_default="/run/secrets if it exists, else ../secrets"),
+    Setting("SECRET_ENV_PREFIX", string, "",
+            "env provider: variables are [<prefix>_]TENANT_<tenantId>_<name> (app-wide ones "
+            "[<prefix>_]<name>), as the app spells them, then upper-cased", _A),
+    Setting("VAULT_ADDR", http_url, "",
+            "vault provider: the Vault server (KV v2)", _A),
+    Setting("VAULT_TOKEN", string, "",
+            "vault provider: sent as X-Vault-Token", _A, sensitive=True),
+    Setting("VAULT_TENANT_SECRET_PATH_TEMPLATE", string, "kv/data/tenants/{tenantId}/secrets",
+            "vault provider: the tenant's document; the secret is data.data[<name>]", _A),
+    Setting("VAULT_APP_SECRET_PATH", string, "kv/data/app/secrets",
+            "vault provider: the document of app-wide secrets (db_password_server, "
+            "redis_password)", _A),
+    Setting("IMAPSVC_VAULT_TIMEOUT_MS", positive_int, 5000,
+            "a Vault call not answered completely within this counts as unavailable "
+            "(transient; never an authentication failure)", _A),
+    Setting("IMAPSVC_SECRET_CACHE_MS", non_negative_int, 30000,
+            "reuse a credential lookup this long (0: never); an authentication failure "
+            "drops the provider's cached credentials at once", _A),
+    # The app's connection variables
+    Setting("DB_HOST", string, "",
+            "database host; builds DATABASE_URL when that is unset", _D),
+    Setting("DB_PORT", port, 5432, "database port", _D),
+    Setting("DB_NAME_SERVER", string, "", "database name", _D),
+    Setting("DB_USER_SERVER", string, "", "database user", _D),
+    Setting("DB_PASSWORD_SERVER", string, "",
+            "database password; unset: the app secret db_password_server through "
+            "SECRET_READ_CHAIN", _D, sensitive=True),
+    Setting("REDIS_HOST", string, "",
+            "Redis host; builds REDIS_URL when that is unset", _D),
+    Setting("REDIS_PORT", port, 6379, "Redis port", _D),
+    Setting("REDIS_PASSWORD", string, "",
+            "Redis password; unset: the app secret redis_password through SECRET_READ_CHAIN",
+            _D, sensitive=True),
     # Operations
     Setting("IMAPSVC_LOG_FORMAT", choice("json", "text"), "json",
             "log format on stdout or --logfile: json (one object a line) or text", _O),
@@ -432,6 +487,11 @@ CONTRACT_VARIABLES: tuple[str, ...] = (
     "IMAP_MAX_TOTAL_ATTACHMENT_BYTES", "IMAP_MAX_ATTACHMENT_COUNT", "IMAP_MAX_RAW_MIME_BYTES",
     "DATABASE_URL", "REDIS_URL", "IMAP_EVENT_STREAM", "PORT", "IMAPSVC_ADMIN_TOKEN",
     "IMAPSVC_SECRET_KEY", "IMAPSVC_PUBLIC_BASE_URL", "IMAPSVC_REDIRECT_ALLOWLIST",
+    # The app's secret and connection variables (issue 10).
+    "SECRET_READ_CHAIN", "SECRET_WRITE_PROVIDER", "SECRET_FS_BASE_PATH", "SECRET_ENV_PREFIX",
+    "VAULT_ADDR", "VAULT_TOKEN", "VAULT_TENANT_SECRET_PATH_TEMPLATE",
+    "DB_HOST", "DB_PORT", "DB_NAME_SERVER", "DB_USER_SERVER", "DB_PASSWORD_SERVER",
+    "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD",
 )  # fmt: skip
 
 
@@ -499,7 +559,29 @@ class Settings:
     secrets_dir: str = _default("IMAPSVC_SECRETS_DIR")
     private_network_allowlist: tuple[str, ...] = _default("IMAPSVC_PRIVATE_NETWORK_ALLOWLIST")
     oauth_allow_http_loopback: bool = _default("IMAPSVC_OAUTH_ALLOW_HTTP_LOOPBACK")
+    secret_read_chain: tuple[str, ...] = _default("SECRET_READ_CHAIN")
+    secret_write_provider: str = _default("SECRET_WRITE_PROVIDER")
+    secret_fs_base_path: str = attr.ib(factory=_default_fs_base_path)
+    secret_env_prefix: str = _default("SECRET_ENV_PREFIX")
+    vault_addr: str = _default("VAULT_ADDR")
+    vault_token: str = attr.ib(default=_default("VAULT_TOKEN"), repr=False)
+    vault_tenant_secret_path_template: str = _default("VAULT_TENANT_SECRET_PATH_TEMPLATE")
+    vault_app_secret_path: str = _default("VAULT_APP_SECRET_PATH")
+    vault_timeout_ms: int = _default("IMAPSVC_VAULT_TIMEOUT_MS")
+    secret_cache_ms: int = _default("IMAPSVC_SECRET_CACHE_MS")
+    db_host: str = _default("DB_HOST")
+    db_port: int = _default("DB_PORT")
+    db_name_server: str = _default("DB_NAME_SERVER")
+    db_user_server: str = _default("DB_USER_SERVER")
+    db_password_server: str = attr.ib(default=_default("DB_PASSWORD_SERVER"), repr=False)
+    redis_host: str = _default("REDIS_HOST")
+    redis_port: int = _default("REDIS_PORT")
+    redis_password: str = attr.ib(default=_default("REDIS_PASSWORD"), repr=False)
     log_format: str = _default("IMAPSVC_LOG_FORMAT")
+    #: Derived, not settings: which variables DATABASE_URL / REDIS_URL came
+    #: from (for ``config``, the start-up log and ``/status``; no secrets).
+    database_url_source: str = attr.ib(default="", metadata={"derived": True})
+    redis_url_source: str = attr.ib(default="", metadata={"derived": True})
 
     def limits(self) -> Limits:
         """The size caps as :class:`imapsvc.model.Limits`."""
@@ -602,7 +684,7 @@ def load_settings(
         values[setting.name] = _parse_one(setting, text)
     settings = Settings(**values)
     _check_relations(settings)
-    return settings
+    return _with_built_urls(settings, environ)
 
 
 def _parse_one(setting: Setting, text: Optional[str]) -> Any:
@@ -642,11 +724,107 @@ def _check_relations(s: Settings) -> None:
         raise ConfigError(f"IMAPSVC_METRICS_PORT ({s.metrics_port}) must differ from PORT")
     if s.tls_insecure and s.tls_ca_file:
         raise ConfigError("IMAP_TLS_INSECURE and IMAP_TLS_CA_FILE contradict each other: set one")
+    uses_vault = "vault" in s.secret_read_chain or s.secret_write_provider == "vault"
+    if uses_vault and not (s.vault_addr and s.vault_token):
+        raise ConfigError(
+            "VAULT_ADDR and VAULT_TOKEN are required when vault is in SECRET_READ_CHAIN "
+            "or is SECRET_WRITE_PROVIDER"
+        )
+    if "{tenantId}" not in s.vault_tenant_secret_path_template:
+        raise ConfigError("VAULT_TENANT_SECRET_PATH_TEMPLATE must contain {tenantId}")
     if s.max_attachment_bytes > s.max_raw_mime_bytes:
         raise ConfigError(
             f"IMAP_MAX_ATTACHMENT_BYTES ({s.max_attachment_bytes}) must not exceed "
             f"IMAP_MAX_RAW_MIME_BYTES ({s.max_raw_mime_bytes})"
         )
+
+
+def _host_part(host: str) -> str:
+    # An IPv6 literal needs brackets inside a URL.
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def build_database_url(host: str, port: int, name: str, user: str, password: str) -> str:
+    """``postgresql://user[:password]@host:port/name``, every part URL-quoted."""
+    auth = quote(user, safe="")
+    if password:
+        auth += ":" + quote(password, safe="")
+    return f"postgresql://{auth}@{_host_part(host)}:{port}/{quote(name, safe='')}"
+
+
+def build_redis_url(host: str, port: int, password: str) -> str:
+    """``redis://[:password@]host:port/0``, the password URL-quoted."""
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}{_host_part(host)}:{port}/0"
+
+
+def _app_password(
+    s: Settings, environ: Mapping[str, str], variable: str, value: str, secret: str
+) -> tuple[str, str]:
+    """The password and where it came from: the variable, else the app
+    secret through the read chain (app-wide lookup: env ``[prefix_]name``,
+    filesystem ``<base>/name``, vault ``VAULT_APP_SECRET_PATH``)."""
+    if value:
+        return value, variable
+    from imapsvc.secret_chain import SecretBackendUnavailable, lookup_app_secret_sync
+
+    try:
+        found, where, places = lookup_app_secret_sync(
+            secret,
+            s.secret_read_chain,
+            environ=environ,
+            fs_base_path=s.secret_fs_base_path,
+            env_prefix=s.secret_env_prefix,
+            vault_addr=s.vault_addr,
+            vault_token=s.vault_token,
+            vault_app_path=s.vault_app_secret_path,
+            timeout_s=s.vault_timeout_ms / 1000.0,
+        )
+    except SecretBackendUnavailable as e:
+        raise ConfigError(
+            f"{variable} is unset and the app secret {secret} could not be read: {e}"
+        ) from None
+    if found:
+        return found, f"app secret {secret} ({where})"
+    looked = ", ".join([variable] + places)
+    return "", f"no password (looked up in {looked})"
+
+
+def _with_built_urls(s: Settings, environ: Mapping[str, str]) -> Settings:
+    """Fill ``DATABASE_URL`` / ``REDIS_URL`` from the app's own variables
+    when they are unset (item 7 of issue 10), and record which one won."""
+    changes: dict[str, Any] = {}
+    if s.database_url:
+        changes["database_url_source"] = "DATABASE_URL"
+    elif s.db_host:
+        for env, value in (("DB_NAME_SERVER", s.db_name_server),
+                           ("DB_USER_SERVER", s.db_user_server)):  # fmt: skip
+            if not value:
+                raise ConfigError(f"DB_HOST is set but {env} is not: both build DATABASE_URL")
+        password, origin = _app_password(
+            s, environ, "DB_PASSWORD_SERVER", s.db_password_server, "db_password_server"
+        )
+        changes["database_url"] = build_database_url(
+            s.db_host, s.db_port, s.db_name_server, s.db_user_server, password
+        )
+        changes["database_url_source"] = (
+            f"built from DB_HOST, DB_PORT, DB_NAME_SERVER, DB_USER_SERVER; password: {origin}"
+        )
+    else:
+        changes["database_url_source"] = "unset (no DATABASE_URL or DB_HOST): embedded SQLite"
+    if s.redis_url:
+        changes["redis_url_source"] = "REDIS_URL"
+    elif s.redis_host:
+        password, origin = _app_password(
+            s, environ, "REDIS_PASSWORD", s.redis_password, "redis_password"
+        )
+        changes["redis_url"] = build_redis_url(s.redis_host, s.redis_port, password)
+        changes["redis_url_source"] = f"built from REDIS_HOST, REDIS_PORT; password: {origin}"
+    else:
+        changes["redis_url_source"] = (
+            "unset (no REDIS_URL or REDIS_HOST): events go to IMAPSVC_EVENTS_FILE"
+        )
+    return attr.evolve(s, **changes)
 
 
 def settings_markdown() -> str:
@@ -675,6 +853,17 @@ def settings_markdown() -> str:
         "poll sleep, IDLE restart, IDLE keep-alive) uniformly from `interval * (1 +/- pct)`,",
         "as the app does; whatever the draw (and the setting), an IDLE restart stays below",
         "29 minutes and an IDLE keep-alive at or below 90 % of `IMAP_INACTIVITY_TIMEOUT_MS`.",
+        "",
+        "When `DATABASE_URL` is unset and `DB_HOST` is set, `DATABASE_URL` is built as",
+        "`postgresql://DB_USER_SERVER[:password]@DB_HOST:DB_PORT/DB_NAME_SERVER`; when",
+        "`REDIS_URL` is unset and `REDIS_HOST` is set, `REDIS_URL` is",
+        "`redis://[:password@]REDIS_HOST:REDIS_PORT/0` (passwords URL-quoted). The password",
+        "is `DB_PASSWORD_SERVER` / `REDIS_PASSWORD`, else the app secret `db_password_server` /",
+        "`redis_password` looked up through `SECRET_READ_CHAIN` as the app looks up app-wide",
+        "secrets: env `[SECRET_ENV_PREFIX_]name` (then upper-cased), filesystem",
+        "`SECRET_FS_BASE_PATH/name`, vault `VAULT_APP_SECRET_PATH` key `name` (the service's",
+        "sealed store needs the database, so it is not asked). `python -m imapsvc config` and",
+        "the start-up log say which one won, without the password.",
         "",
         "Sensitive settings (marked *secret*) are never printed, logged or repeated in",
         "error messages; prefer the environment or `IMAPSVC_SECRETS_DIR` over options,",

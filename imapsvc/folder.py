@@ -39,6 +39,7 @@ from imapsvc.imap.factory import FolderClientFactory, set_keepalive
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import FolderCursor, Limits, ProviderConfig
 from imapsvc.oauth import REFRESH_MARGIN_S
+from imapsvc.secret_chain import CredentialsMissing
 
 HISTORY_SIZE = 50
 #: Why an IDLE ended when the keep-alive timer ended it (see ``_idle``).
@@ -163,8 +164,8 @@ class FolderService(service.Service):
     :param owner: this worker's id (lease owner), passed to the pipeline.
     :param options: :class:`FolderOptions`.
     :param hooks: optional object with ``state_changed(state, reason,
-        error)``, ``auth_failed(code, text)``, ``logged_in()``, ``synced()``,
-        ``lease_lost()`` (each optional).
+        error)``, ``auth_failed(code, text)``, ``credentials_missing(text)``,
+        ``logged_in()``, ``synced()``, ``lease_lost()`` (each optional).
     :param protocol_factory: ``() -> protocol``; default builds
         :class:`~imapsvc.imap.protocol.FolderIMAPClient`.
     :param tls_factory: ``hostname -> IOpenSSLClientConnectionCreator``.
@@ -867,6 +868,13 @@ class FolderService(service.Service):
         if transport is not None:
             transport.loseConnection()
 
+    def _forget_credentials(self) -> None:
+        forget = getattr(self.credentials, "invalidate", None) or _noop
+        try:
+            forget(self.provider.tenant, self.provider.provider_id)
+        except Exception:
+            self.log.failure("{label}: dropping cached credentials failed", label=self.label)
+
     def _session_failed(self, failure: Failure, proto: Any) -> None:
         from imapsvc.imap import errors
 
@@ -888,7 +896,21 @@ class FolderService(service.Service):
         self.last_error = text
         if current:
             self._session_error = text
-        if (
+        if failure.check(CredentialsMissing):
+            # Found nowhere: a configuration problem, not a refusal. Wait for
+            # the supervisor's next discovery pass (which retries the login)
+            # and never count it towards the auto-pause. The whole message
+            # (names and places, bounded by construction) is the operator's
+            # answer to "why": not cut like other errors.
+            text = _describe(err, limit=2000)
+            self.last_error = text
+            if current:
+                self._session_error = text
+            self._forget_credentials()
+            self.factory.stopTrying()
+            self._set_state(S.NEEDS_REAUTH, "credentials missing", error=text)
+            self._hook("credentials_missing", text)
+        elif (
             failure.check(errors.AuthenticationFailed)
             and self._login_mechanism in OAUTH_MECHANISMS
             and not self._token_retry_used
@@ -896,6 +918,7 @@ class FolderService(service.Service):
             # The token may have been revoked or rotated before its expiry:
             # one forced refresh and one retry before the refusal counts.
             self._token_retry_used = True
+            self._forget_credentials()
             self._force_token_refresh = True
             self._refusal = err
             self._refusal_retry = True
@@ -906,9 +929,12 @@ class FolderService(service.Service):
                 error=text,
             )
         elif failure.check(errors.AuthenticationFailed) or getattr(err, "auth_failure", False):
+            # Read the credentials again at the next login: the app may have
+            # changed the password meanwhile.
+            self._forget_credentials()
             # Retrying bad credentials only locks the account: wait for the
             # supervisor (a new login attempt) instead. Credential-source
-            # errors (no password stored, invalid_grant) count the same way.
+            # refusals (invalid_grant) count the same way.
             self.factory.stopTrying()
             self._set_state(S.NEEDS_REAUTH, "authentication failed", error=text)
             code = getattr(err, "code", None) or "AUTHENTICATIONFAILED"
@@ -933,10 +959,14 @@ class FolderService(service.Service):
             self._lose(proto)
 
 
-def _describe(err: Any) -> str:
+def _noop(*_args: Any) -> None:
+    return None
+
+
+def _describe(err: Any, limit: int = 300) -> str:
     """A short, secret-free description of an error (exception class and
     message; our errors never carry secrets)."""
     message = str(err)
-    if len(message) > 300:
-        message = message[:300] + "..."
+    if len(message) > limit:
+        message = message[:limit] + "..."
     return f"{type(err).__name__}: {message}" if message else type(err).__name__

@@ -62,8 +62,9 @@ class FolderCursor:
 @attr.s(frozen=True, auto_attribs=True)
 class ProviderConfig:
     """One active IMAP provider: an ``email_providers`` row joined with its
-    ``imap_email_provider_config`` row. Secrets are not here: they live in
-    the secret store under the CONTRACT section 3 names."""
+    ``imap_email_provider_config`` row. The service's own secrets are not
+    here: they live in the secret store under the CONTRACT section 3 names;
+    the app's plaintext token columns are (``repr`` leaves them out)."""
 
     tenant: str
     provider_id: str
@@ -85,6 +86,10 @@ class ProviderConfig:
     oauth_scopes: Optional[str] = None
     access_token: Optional[str] = attr.ib(default=None, repr=False)
     token_expires_at: Optional[datetime] = None
+    #: The main app's plaintext columns (CONTRACT section 3): read as the
+    #: last place of the credential lookup, never written by the service.
+    oauth_client_secret: Optional[str] = attr.ib(default=None, repr=False)
+    refresh_token: Optional[str] = attr.ib(default=None, repr=False)
     folder_state: Mapping[str, FolderCursor] = attr.Factory(dict)
     server_capabilities: tuple[str, ...] = ()
     lease_owner: Optional[str] = None

@@ -3,8 +3,13 @@ source the folders log in with.
 
 HTTP goes through an injected treq-style client (``treq`` itself, an
 ``HTTPClient``, or ``StubTreq`` in tests). Secrets go through the secret
-store; the access token is kept sealed in ``access_token``. Nothing here
-logs a token, a code, a verifier or a client secret.
+store, normally a :class:`imapsvc.secret_chain.SecretChain` (the service's
+sealed store, then the main app's providers); the row's plaintext columns
+(``oauth_client_secret``, ``refresh_token``, ``access_token``), which the
+main app writes, are the last place looked. The service's own access token
+is kept sealed in ``access_token`` (recognisable by its prefix), and never
+over an access token the app wrote there. Nothing here logs a token, a
+code, a verifier or a client secret.
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ from imapsvc.core.netguard import InsecureURL, check_https_url
 from imapsvc.egress import BodyTooLarge, read_capped
 from imapsvc.interfaces import ICredentialSource
 from imapsvc.model import Credentials, ProviderConfig
+from imapsvc.secret_chain import OWN_STORE, CredentialsMissing, NoSecretStore
 from imapsvc.secrets import (
+    TEXT_PLAINTEXT,
+    TEXT_UNOPENABLE,
     SecretBox,
-    SecretDecryptError,
+    classify_text,
     client_secret_name,
     password_name,
     refresh_token_name,
@@ -67,11 +75,12 @@ class TokenEndpointError(Exception):
         self.auth_failure = code in AUTH_FAILURE_CODES
 
 
-class MissingCredentials(Exception):
-    """No password / refresh token is stored for a provider."""
+#: The former name of :class:`~imapsvc.secret_chain.CredentialsMissing`: a
+#: credential found nowhere (not an authentication failure).
+MissingCredentials = CredentialsMissing
 
-    auth_failure = True
-    code = "missing_credentials"
+#: How the row's plaintext columns are named in "looked up in" messages.
+ROW = "imap_email_provider_config"
 
 
 class NoSecretKey(Exception):
@@ -82,12 +91,28 @@ class NoSecretKey(Exception):
     code = "no_secret_key"
 
 
-class AwaitingConsent(MissingCredentials):
+class AwaitingConsent(CredentialsMissing):
     """An OAuth2 provider that was never consented to (no token of any kind
     yet): it waits for the operator, and does not count towards the
     auto-pause for repeated authentication failures."""
 
     code = AWAITING_CONSENT
+
+
+def _places(secret_store: Any, tenant: str, name: str) -> list[str]:
+    places = getattr(secret_store, "places", None)
+    return list(places(tenant, name)) if places is not None else [OWN_STORE]
+
+
+def row_token_is_apps(box: Optional[SecretBox], provider: ProviderConfig) -> bool:
+    """Whether ``access_token`` holds the main app's plaintext token (which
+    the service must never overwrite or blank)."""
+    if not provider.access_token:
+        return False
+    kind, _ = classify_text(
+        box, provider.tenant, access_token_name(provider.provider_id), provider.access_token
+    )
+    return kind == TEXT_PLAINTEXT
 
 
 def access_token_name(provider_id: str) -> str:
@@ -368,6 +393,7 @@ class OAuthFlow:
         client_secret = yield self._secrets.get(
             provider.tenant, client_secret_name(provider.provider_id)
         )
+        client_secret = client_secret or provider.oauth_client_secret  # the app's column
         if client_secret:
             form["client_secret"] = client_secret
         try:
@@ -391,11 +417,15 @@ class OAuthFlow:
 
 
 @defer.inlineCallbacks
-def store_tokens(store, secret_store, box: SecretBox, clock, provider: ProviderConfig, tokens):
+def store_tokens(
+    store, secret_store, box: Optional[SecretBox], clock, provider: ProviderConfig, tokens
+):
     """Persist a token response: a (rotated) refresh token first, then the
     sealed access token with its expiry. Returns ``(access_token, expires_ts)``."""
     refresh = tokens.get("refresh_token")
     if isinstance(refresh, str) and refresh:
+        # SECRET_WRITE_PROVIDER (the app sees it too) or the sealed store;
+        # never the row's plaintext column, which is the app's.
         yield secret_store.put(provider.tenant, refresh_token_name(provider.provider_id), refresh)
     try:
         lifetime = int(tokens.get("expires_in", 3600))
@@ -403,8 +433,11 @@ def store_tokens(store, secret_store, box: SecretBox, clock, provider: ProviderC
         lifetime = 3600
     expires = clock.seconds() + max(60, lifetime)
     access = tokens["access_token"]
-    sealed = box.seal_text(provider.tenant, access_token_name(provider.provider_id), access)
-    yield store.save_access_token(provider.tenant, provider.provider_id, sealed, _utc(expires))
+    if box is not None and not row_token_is_apps(box, provider):
+        sealed = box.seal_text(provider.tenant, access_token_name(provider.provider_id), access)
+        yield store.save_access_token(provider.tenant, provider.provider_id, sealed, _utc(expires))
+    # Else the row holds the app's own token: it stays as the app left it;
+    # the new token lives in the credential source's memory until it expires.
     return access, expires
 
 
@@ -433,20 +466,33 @@ class CredentialSource:
         cached = self._cache.get(provider.key)
         return cached[1] if cached else None
 
+    def invalidate(self, tenant: str, provider_id: str) -> None:
+        """The server refused this provider's credentials (or they were
+        missing): forget what was cached, so the next login reads the
+        password or tokens again (a password changed in the app is used
+        without a restart)."""
+        forget = getattr(self._secrets, "invalidate", None)
+        if forget is not None:
+            forget(tenant, provider_id)
+        self._cache.pop((tenant, provider_id), None)
+
     @defer.inlineCallbacks
     def credentials(self, provider: ProviderConfig, force_refresh: bool = False):
         """The login; ``force_refresh`` (after the server refused an access
         token) refreshes the OAuth2 token whatever its expiry says. The
         mechanism is ``xoauth2`` for any token: the IMAP client picks
         XOAUTH2 or OAUTHBEARER from ``IMAP_OAUTH_AUTH_MECHANISM``."""
-        if self._secrets is None or self._box is None:
+        if self._secrets is None:
             raise NoSecretKey("IMAPSVC_SECRET_KEY is not set: stored credentials cannot be read")
         if provider.auth_type == "oauth2":
             token = yield self.access_token(provider, force_refresh=force_refresh)
             return Credentials("xoauth2", provider.username, token)
-        password = yield self._secrets.get(provider.tenant, password_name(provider.provider_id))
-        if password is None:
-            raise MissingCredentials("no password is stored for this provider")
+        name = password_name(provider.provider_id)
+        password = yield self._secrets.get(provider.tenant, name)
+        if not password:
+            raise CredentialsMissing(
+                [(name, _places(self._secrets, provider.tenant, name))], "no password found"
+            )
         return Credentials("password", provider.username, password)
 
     def access_token(self, provider: ProviderConfig, force_refresh: bool = False):
@@ -479,29 +525,61 @@ class CredentialSource:
         self._refresh(provider).addBoth(done)
         return waiter
 
+    @defer.inlineCallbacks
+    def _apps_refresh_token(self, provider: ProviderConfig, refused: str):
+        """A refresh token from the app's providers or row other than
+        ``refused``, or ``None``."""
+        alternative = None
+        outside = getattr(self._secrets, "find_in_providers", None)
+        if outside is not None:
+            found = yield outside(provider.tenant, refresh_token_name(provider.provider_id))
+            alternative = found[0] if found else None
+        alternative = alternative or provider.refresh_token
+        return alternative if alternative and alternative != refused else None
+
     def _from_row(self, provider: ProviderConfig) -> Optional[tuple[str, float]]:
-        if self._box is None or not provider.access_token or provider.token_expires_at is None:
+        if not provider.access_token or provider.token_expires_at is None:
             return None
-        try:
-            token = self._box.open_text(
-                provider.tenant, access_token_name(provider.provider_id), provider.access_token
-            )
-        except SecretDecryptError:
-            # A plaintext token written by another app, or an old key: refresh.
+        kind, token = classify_text(
+            self._box, provider.tenant, access_token_name(provider.provider_id),
+            provider.access_token,
+        )
+        if kind == TEXT_UNOPENABLE or token is None:
+            # Sealed by the service under a key no longer configured: refresh.
             return None
+        # Ours (sealed), or the app's plaintext token: used as it is while valid.
         return token, provider.token_expires_at.timestamp()
 
     @defer.inlineCallbacks
     def _refresh(self, provider: ProviderConfig):
-        if self._secrets is None or self._box is None:
+        if self._secrets is None:
             raise NoSecretKey("IMAPSVC_SECRET_KEY is not set: tokens cannot be stored")
-        refresh = yield self._secrets.get(
-            provider.tenant, refresh_token_name(provider.provider_id)
-        )
+        tenant, name = provider.tenant, refresh_token_name(provider.provider_id)
+        find = getattr(self._secrets, "find", None)
+        if find is not None:
+            found = yield find(tenant, name)
+            refresh, source = found if found else (None, None)
+        else:
+            refresh, source = (yield self._secrets.get(tenant, name)), OWN_STORE
         if not refresh:
+            # Last resort: the plaintext column the app writes after its consent.
+            refresh = provider.refresh_token
+        if not refresh:
+            places = _places(self._secrets, tenant, name) + [f"{ROW}.refresh_token"]
             if not provider.access_token:
-                raise AwaitingConsent("waiting for the mailbox owner's OAuth consent")
-            raise MissingCredentials("no refresh token is stored; re-consent is needed")
+                raise AwaitingConsent(
+                    [(name, places), ("access_token", [f"{ROW}.access_token"])],
+                    "waiting for the mailbox owner's OAuth consent",
+                )
+            raise CredentialsMissing(
+                [(name, places)], "the access token expired and no refresh token was found"
+            )
+        if not getattr(self._secrets, "writable", self._box is not None):
+            # The endpoint may rotate the refresh token; with nowhere to keep
+            # the new one the grant would be lost: do not refresh at all.
+            raise NoSecretStore(
+                f"cannot store a rotated {name}: set SECRET_WRITE_PROVIDER or IMAPSVC_SECRET_KEY"
+            )
         _a, token_url, _s = o.endpoints(
             provider.host,
             provider.oauth_authorize_url,
@@ -514,9 +592,31 @@ class CredentialSource:
             "client_id": provider.oauth_client_id or "",
         }
         secret = yield self._secrets.get(provider.tenant, client_secret_name(provider.provider_id))
+        secret = secret or provider.oauth_client_secret  # the app's plaintext column
         if secret:
             form["client_secret"] = secret
-        tokens = yield self._tokens.post(token_url, form)
+        try:
+            tokens = yield self._tokens.post(token_url, form)
+        except TokenEndpointError as e:
+            # The service's own (sealed) refresh token is read first; after
+            # a re-consent in the app it may be stale while the app's store
+            # or row holds the live one. Try that one once before failing.
+            alternative = None
+            if e.auth_failure and source == OWN_STORE:
+                alternative = yield self._apps_refresh_token(provider, refresh)
+            if alternative is None:
+                raise
+            form["refresh_token"] = alternative
+            tokens = yield self._tokens.post(token_url, form)
+            if not tokens.get("refresh_token"):
+                # Not rotated: the app's token is the live one; drop the
+                # stale sealed copy that would shadow it.
+                yield self._secrets.delete(tenant, name)
+            self.log.info(
+                "{tenant}/{provider}: the sealed refresh token was refused; the app's worked",
+                tenant=tenant,
+                provider=provider.provider_id,
+            )
         access, expires = yield store_tokens(
             self._store, self._secrets, self._box, self._clock, provider, tokens
         )

@@ -54,6 +54,39 @@ def build_sink(settings: Any, reactor: Any) -> Any:
     return JsonLinesSink(settings.events_file, stream=settings.event_stream, clock=reactor)
 
 
+def build_secret_chain(settings: Any, reactor: Any, http: Any, own: Any) -> Any:
+    """The credential lookup: the service's own store ``own`` (or ``None``),
+    then the app's providers of ``SECRET_READ_CHAIN``; rotated refresh
+    tokens go to ``SECRET_WRITE_PROVIDER`` when set."""
+    import os
+
+    from imapsvc.secret_chain import VAULT, SecretChain, VaultSecrets, build_providers
+
+    s = settings
+    vault = None
+    if VAULT in s.secret_read_chain or s.secret_write_provider == VAULT:
+        vault = VaultSecrets(
+            http, reactor, s.vault_addr, s.vault_token,
+            tenant_template=s.vault_tenant_secret_path_template,
+            app_path=s.vault_app_secret_path,
+            timeout_s=s.vault_timeout_ms / 1000.0,
+        )  # fmt: skip
+    common = {"environ": os.environ, "fs_base_path": s.secret_fs_base_path,
+              "env_prefix": s.secret_env_prefix, "vault": vault}  # fmt: skip
+    providers = build_providers(s.secret_read_chain, **common)
+    writer = None
+    if s.secret_write_provider:
+        writer = build_providers([s.secret_write_provider], **common)[0]
+    log.info(
+        "credential lookup: {own}{chain}, then the provider row; rotated refresh tokens "
+        "written to {writer}",
+        own="imapsvc sealed store" if own is not None else "(no IMAPSVC_SECRET_KEY)",
+        chain="".join(", " + p.name for p in providers),
+        writer=s.secret_write_provider or "the imapsvc sealed store",
+    )
+    return SecretChain(own, providers, reactor, s.secret_cache_ms / 1000.0, writer)
+
+
 class Runtime(service.MultiService):
     """Everything but the web service, started once the store answers."""
 
@@ -99,13 +132,14 @@ class Runtime(service.MultiService):
             return checked_address(reactor, host, port, allow)
         secret_setting = ",".join(s.secret_key)
         self.box = SecretBox.from_setting(secret_setting) if secret_setting else None
-        self.secrets = (
-            SecretStore(self.store, self.box, s.secrets_dir or None) if self.box else None
-        )
+        own = SecretStore(self.store, self.box, s.secrets_dir or None) if self.box else None
+        self.secrets = build_secret_chain(s, reactor, http, own)
         if self.box is None:
             log.error(
-                "IMAPSVC_SECRET_KEY is not set: no stored password or token can be read, "
-                "folders will report a configuration error and OAuth is disabled"
+                "IMAPSVC_SECRET_KEY is not set: the service's own sealed secrets cannot be "
+                "read and its OAuth flow is disabled; credentials come from "
+                "SECRET_READ_CHAIN ({chain}) and the providers' rows only",
+                chain=",".join(s.secret_read_chain) or "empty",
             )
         self.credentials = CredentialSource(
             self.store, self.secrets, self.box, tenant_http, reactor,
@@ -350,5 +384,11 @@ def build_tree(settings: Any, reactor: Any) -> service.MultiService:
         worker=settings.worker_id,
         store="postgres" if settings.database_url else "sqlite",
         sink=json.dumps(settings.event_stream) if settings.redis_url else settings.events_file,
+    )
+    # Which variables won (secret-free by construction: names and places only).
+    log.info(
+        "DATABASE_URL: {db}; REDIS_URL: {redis}",
+        db=getattr(settings, "database_url_source", "") or "?",
+        redis=getattr(settings, "redis_url_source", "") or "?",
     )
     return top

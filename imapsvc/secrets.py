@@ -7,6 +7,13 @@ tenant and the secret's name are bound in as associated data, so a ciphertext
 copied into another tenant's or provider's slot does not open.
 
 Sealed layout: ``b"v1" | key id (8 bytes) | nonce (12 bytes) | ciphertext+tag``.
+
+Sealed *text* (the access token in ``imap_email_provider_config.access_token``,
+a column the main app also writes, in plaintext) starts with
+:data:`SEALED_TEXT_PREFIX`, so a value the service wrote is told from the
+app's by its first bytes. Values sealed before the prefix existed are
+recognised only by opening with the right associated data (never by their
+looks): see :meth:`SecretBox.classify_text`.
 """
 
 from __future__ import annotations
@@ -29,6 +36,15 @@ from imapsvc.interfaces import ISecretStore
 VERSION = b"v1"
 _KEY_ID_LEN = 8
 _NONCE_LEN = 12
+
+#: Marks text sealed by :meth:`SecretBox.seal_text`. ``:`` is not in the
+#: base64 alphabet, and no OAuth access token the app stores starts with it.
+SEALED_TEXT_PREFIX = "imapsvc-sealed:v1:"
+
+#: :meth:`SecretBox.classify_text` answers.
+TEXT_SEALED = "sealed"  # ours, opened
+TEXT_PLAINTEXT = "plaintext"  # the app's, use as it is
+TEXT_UNOPENABLE = "unopenable"  # ours (prefix), but no configured key opens it
 
 _PROVIDER_ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 
@@ -125,14 +141,50 @@ class SecretBox:
 
     # Text helpers, for columns of type text (the access token).
     def seal_text(self, tenant: str, name: str, text: str) -> str:
-        return base64.b64encode(self.seal(tenant, name, text.encode("utf-8"))).decode("ascii")
+        sealed = base64.b64encode(self.seal(tenant, name, text.encode("utf-8"))).decode("ascii")
+        return SEALED_TEXT_PREFIX + sealed
 
     def open_text(self, tenant: str, name: str, sealed: str) -> str:
+        """Open :meth:`seal_text` output, with or without the prefix (values
+        sealed before the prefix existed have none)."""
+        if sealed.startswith(SEALED_TEXT_PREFIX):
+            sealed = sealed[len(SEALED_TEXT_PREFIX) :]
         try:
             raw = base64.b64decode(sealed.encode("ascii"), validate=True)
         except (ValueError, UnicodeEncodeError) as e:
             raise SecretDecryptError("sealed text is not base64") from e
         return self.open(tenant, name, raw).decode("utf-8")
+
+    def classify_text(self, tenant: str, name: str, value: str) -> tuple[str, Optional[str]]:
+        """Whose is a text column value: ``(TEXT_SEALED, plaintext)`` when
+        the service sealed it (the prefix, or a legacy value that opens
+        with this slot's associated data), ``(TEXT_UNOPENABLE, None)`` for a
+        prefixed value no configured key opens, else ``(TEXT_PLAINTEXT,
+        value)``: the main app's own plaintext."""
+        return classify_text(self, tenant, name, value)
+
+
+def classify_text(
+    box: Optional[SecretBox], tenant: str, name: str, value: str
+) -> tuple[str, Optional[str]]:
+    """:meth:`SecretBox.classify_text`, also without a box (no key
+    configured): then only the prefix tells, and a prefixed value cannot be
+    opened."""
+    if value.startswith(SEALED_TEXT_PREFIX):
+        if box is None:
+            return TEXT_UNOPENABLE, None
+        try:
+            return TEXT_SEALED, box.open_text(tenant, name, value)
+        except SecretDecryptError:
+            return TEXT_UNOPENABLE, None
+    if box is not None:
+        # A legacy (unprefixed) sealed value authenticates under this slot's
+        # tenant and name: a forgery or a plaintext token cannot.
+        try:
+            return TEXT_SEALED, box.open_text(tenant, name, value)
+        except (SecretDecryptError, UnicodeDecodeError):
+            pass
+    return TEXT_PLAINTEXT, value
 
 
 @implementer(ISecretStore)

@@ -56,6 +56,9 @@ class FolderHooks:
     def auth_failed(self, code: str, text: str = "") -> None:
         self._provider.auth_failed(self.folder, code)
 
+    def credentials_missing(self, text: str = "") -> None:
+        self._provider.credentials_missing(self.folder, text)
+
     def logged_in(self) -> None:
         self._provider.logged_in(self.folder)
 
@@ -81,6 +84,7 @@ class ProviderService(service.MultiService):
         self.folders: dict[str, Any] = {}
         self._status_written: Optional[tuple[str, Optional[str]]] = None
         self._auth_failure_counted = False
+        self._credentials_missing_logged = False
         self._last_sync_written = None
         for folder in provider.folders:
             child = make_folder(provider, folder, FolderHooks(self, folder))
@@ -123,6 +127,20 @@ class ProviderService(service.MultiService):
             self.log,
             "auth failure bookkeeping failed",
         )
+
+    def credentials_missing(self, folder: str, text: str) -> None:
+        # Not an authentication failure: inbound_auth_failure_count stays as
+        # it is and nothing is paused. The folder's error (names and places
+        # looked up, never values) becomes status = error / error_message
+        # through folder_state_changed; discovery retries the login.
+        if not self._credentials_missing_logged:
+            self._credentials_missing_logged = True
+            self.log.warn(
+                "provider {tenant}/{provider}: {text}; retrying on the next discovery pass",
+                tenant=self.provider.tenant,
+                provider=self.provider.provider_id,
+                text=text,
+            )
 
     def logged_in(self, folder: str) -> None:
         if self.provider.inbound_auth_failure_count:

@@ -44,7 +44,9 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Watches IMAP folders and publishes INBOUND_EMAIL_RECEIVED events. Every option "
-        "is also an environment variable, named in its help; options win."
+        "is also an environment variable, named in its help; options win. Without "
+        "DATABASE_URL / REDIS_URL they are built from DB_HOST... / REDIS_HOST... when set "
+        "(`python -m imapsvc config` and the start-up log say which one won)."
     )
     optParameters = [[s.option, None, None, _option_help(s)] for s in SETTINGS]
 

@@ -611,5 +611,21 @@ class StoreContractMixin:
         self.assertEqual((got.access_token, got.token_expires_at), ("enc:token", expires))
 
     @defer.inlineCallbacks
+    def test_app_plaintext_token_columns_read_never_written(self) -> Any:
+        # The main app writes these in plaintext (CONTRACT section 3): the
+        # credential lookup reads them; no store write touches them.
+        p = yield self.provider(auth_type="oauth2", oauth_client_secret="app-cs",
+                                refresh_token="app-rt", access_token="app-at")
+        got = yield self.store.get_provider(p.tenant, p.provider_id)
+        self.assertEqual((got.oauth_client_secret, got.refresh_token), ("app-cs", "app-rt"))
+        [listed] = yield self.store.list_active_providers(p.tenant)
+        self.assertEqual((listed.oauth_client_secret, listed.refresh_token), ("app-cs", "app-rt"))
+        self.assertNotIn("app-rt", repr(got))
+        self.assertNotIn("app-cs", repr(got))
+        yield self.store.save_access_token(p.tenant, p.provider_id, "sealed", self.now())
+        row = yield self.row(p)
+        self.assertEqual((row["oauth_client_secret"], row["refresh_token"]), ("app-cs", "app-rt"))
+
+    @defer.inlineCallbacks
     def test_ping(self) -> Any:
         yield self.store.ping()

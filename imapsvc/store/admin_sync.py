@@ -203,7 +203,8 @@ _PG_PROVIDER_SELECT = """
         c.access_token, c.token_expires_at, c.folder_state, c.server_capabilities,
         c.lease_owner, c.lease_expires_at,
         p.status, p.is_active, p.inbound_paused_at, p.inbound_auth_failure_count,
-        GREATEST(p.updated_at, c.updated_at)
+        GREATEST(p.updated_at, c.updated_at),
+        c.oauth_client_secret, c.refresh_token
     FROM email_providers p
     JOIN imap_email_provider_config c ON c.tenant = p.tenant AND c.email_provider_id = p.id
 """

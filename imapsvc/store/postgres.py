@@ -61,7 +61,8 @@ _PROVIDER_COLUMNS = """
     c.access_token, c.token_expires_at, c.folder_state, c.server_capabilities,
     c.lease_owner, c.lease_expires_at,
     p.status, p.is_active, p.inbound_paused_at, p.inbound_auth_failure_count,
-    GREATEST(p.updated_at, c.updated_at)
+    GREATEST(p.updated_at, c.updated_at),
+    c.oauth_client_secret, c.refresh_token
 """
 
 _PROVIDER_FROM = """
@@ -100,7 +101,8 @@ def provider_from_row(row: Sequence[Any]) -> ProviderConfig:
     (tenant, pid, name, mailbox, host, port, secure, starttls, auth_type, username,
      timeout_ms, keepalive, max_emails, filters, authorize_url, token_url, client_id,
      scopes, access_token, token_expires_at, folder_state, caps, lease_owner,
-     lease_expires_at, status, is_active, paused_at, failures, updated_at) = row
+     lease_expires_at, status, is_active, paused_at, failures, updated_at,
+     client_secret, refresh_token) = row
     return ProviderConfig(
         tenant=str(tenant),
         provider_id=str(pid),
@@ -131,6 +133,8 @@ def provider_from_row(row: Sequence[Any]) -> ProviderConfig:
         inbound_paused_at=paused_at,
         inbound_auth_failure_count=int(failures or 0),
         updated_at=updated_at,
+        oauth_client_secret=client_secret or None,
+        refresh_token=refresh_token or None,
     )
 
 

@@ -119,7 +119,8 @@ _PROVIDER_SELECT = """
         c.access_token, c.token_expires_at, c.folder_state, c.server_capabilities,
         c.lease_owner, c.lease_expires_at,
         p.status, p.is_active, p.inbound_paused_at, p.inbound_auth_failure_count,
-        max(p.updated_at, c.updated_at)
+        max(p.updated_at, c.updated_at),
+        c.oauth_client_secret, c.refresh_token
     FROM email_providers p
     JOIN imap_email_provider_config c ON c.tenant = p.tenant AND c.email_provider_id = p.id
 """
@@ -129,7 +130,8 @@ def _provider(row: Sequence[Any]) -> ProviderConfig:
     (tenant, pid, name, mailbox, host, port, secure, starttls, auth_type, username,
      timeout_ms, keepalive, max_emails, filters, authorize_url, token_url, client_id,
      scopes, access_token, token_expires_at, folder_state, caps, lease_owner,
-     lease_expires_at, status, is_active, paused_at, failures, updated_at) = row
+     lease_expires_at, status, is_active, paused_at, failures, updated_at,
+     client_secret, refresh_token) = row
     try:
         filters = None if filters is None else json.loads(filters)
     except ValueError:
@@ -165,6 +167,8 @@ def _provider(row: Sequence[Any]) -> ProviderConfig:
         inbound_paused_at=from_ts(paused_at),
         inbound_auth_failure_count=int(failures or 0),
         updated_at=from_ts(updated_at),
+        oauth_client_secret=client_secret or None,
+        refresh_token=refresh_token or None,
     )
 
 
@@ -230,8 +234,9 @@ class SqliteOps:
                 " socket_keepalive, max_emails_per_sync, folder_filters, oauth_authorize_url,"
                 " oauth_token_url, oauth_client_id, oauth_scopes, access_token,"
                 " token_expires_at, folder_state, server_capabilities, lease_owner,"
-                " lease_expires_at, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " lease_expires_at, created_at, updated_at, oauth_client_secret, refresh_token)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " ?, ?)",
                 (config.provider_id, config.tenant, config.host, config.port,
                  int(config.secure), int(config.allow_starttls), config.auth_type,
                  config.username, config.connection_timeout_ms,
@@ -241,7 +246,8 @@ class SqliteOps:
                  config.oauth_scopes, config.access_token, ts(config.token_expires_at),
                  json.dumps({k: v.to_json() for k, v in config.folder_state.items()}),
                  json.dumps(sorted_capabilities(config.server_capabilities)),
-                 config.lease_owner, ts(config.lease_expires_at), now, now))
+                 config.lease_owner, ts(config.lease_expires_at), now, now,
+                 config.oauth_client_secret, config.refresh_token))
 
         self._transaction(run)
 

@@ -183,6 +183,19 @@ class OAuthServer:
     def release_refresh(self) -> None:
         self._gate.set()
 
+    def issue(self) -> tuple[str, str]:
+        """``(access token, refresh token)`` as if a consent had just
+        happened elsewhere (the main app's own flow): the access token logs
+        in, the refresh token is live. Not counted in :attr:`grants`."""
+        access = "at-" + secrets.token_urlsafe(32)
+        refresh = "rt-" + secrets.token_urlsafe(32)
+        with self._lock:
+            self._live_refresh.add(refresh)
+            self.access_tokens.append(access)
+            self.refresh_tokens.append(refresh)
+        self.introspection.add_token(access, self.username)
+        return access, refresh
+
     def token_requests(self) -> int:
         with self._lock:
             return len(self.grants) + len(self.refused)
