@@ -84,13 +84,14 @@ class SupervisorMissingTests(unittest.TestCase):
         starts = []
         for _ in range(5):
             svc = sup.providers[(T1, "p1")]
-            starts.append(id(svc))
+            starts.append(svc)  # kept alive, so no id is reused
             for folder in ("INBOX", "Other"):
                 svc.folder_state_changed(folder, "NeedsReauth", f"CredentialsMissing: {text}")
                 svc.credentials_missing(folder, text)
-            self.clock.advance(60)  # the discovery pass retries the login
+            # The discovery pass retries the login (60 s, jittered up to +10 %).
+            self.clock.advance(67)
         self.assertEqual(self.paused, [])
-        self.assertEqual(len(set(starts)), 5)  # restarted on every pass
+        self.assertEqual(len({id(s) for s in starts}), 5)  # restarted on every pass
         row = self.store.provider_row(T1, "p1")
         self.assertEqual(row["inbound_auth_failure_count"], 0)
         self.assertIsNone(row["inbound_paused_at"])
