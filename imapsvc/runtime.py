@@ -133,7 +133,12 @@ class Runtime(service.MultiService):
         secret_setting = ",".join(s.secret_key)
         self.box = SecretBox.from_setting(secret_setting) if secret_setting else None
         own = SecretStore(self.store, self.box, s.secrets_dir or None) if self.box else None
-        self.secrets = build_secret_chain(s, reactor, http, own)
+        # Vault is the operator's endpoint, not a tenant's: plain treq.
+        if http is None:
+            import treq as operator_http
+        else:
+            operator_http = http
+        self.secrets = build_secret_chain(s, reactor, operator_http, own)
         if self.box is None:
             log.error(
                 "IMAPSVC_SECRET_KEY is not set: the service's own sealed secrets cannot be "
