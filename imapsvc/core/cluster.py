@@ -119,15 +119,12 @@ def deployment_status(
         folder_docs = {}
         for f in sorted(by_provider.get(key, ()), key=lambda f: str(f["folder"])):
             f_owner = f.get("owner")
-            current = lease_live and f_owner == owner
-            if current and not alive.get(str(f_owner), True):
-                state = "gone"  # lease not expired yet, replica silent
-            elif current:
-                state = f.get("state")
-            elif f_owner is not None and f.get("holds_connection") and not lease_live:
-                state = "Stopped"
-            else:
-                state = f.get("state") if f_owner is None else "Stopped"
+            current = lease_live and f_owner is not None and f_owner == owner
+            state = str(f.get("state") or "Disconnected")
+            if state != "Waiting" and not current:
+                state = "Stopped"  # its replica released or lost the lease
+            elif current and not alive.get(str(f_owner), False):
+                state = "Gone"  # lease not expired yet, but the replica is silent
             error = f.get("last_error")
             folder_docs[str(f["folder"])] = {
                 "state": state,

@@ -624,7 +624,7 @@ class MemoryStore:
     def claim_admin_requests(self, owner: str, limit: int = 10,
                              stale_s: float = 60.0) -> list[AdminRequest]:
         now = self.now()
-        out = []
+        out: list[AdminRequest] = []
         pending = sorted((r for r in self._requests.values() if r["applied_at"] is None),
                          key=lambda r: r["created_at"])
         for r in pending:

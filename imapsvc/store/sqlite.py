@@ -598,7 +598,8 @@ class SqliteOps:
             error = cap_error(max_connections or 0, in_use, waiting, len(granted))
             cur.execute("DELETE FROM imap_folder_status WHERE tenant = ? AND provider_id = ?",
                         (tenant, provider_id))
-            rows = [(name, owner, 1, "Disconnected", None) for name in granted]
+            rows: list[tuple[str, Optional[str], int, str, Optional[str]]] = [
+                (name, owner, 1, "Disconnected", None) for name in granted]
             rows += [(name, owner if granted else None, 0, "Waiting", error)
                      for name in waiting]
             for name, f_owner, holds, state, f_error in rows:
