@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import uuid
 from typing import Any, Callable, Optional
 
 from klein import Klein
@@ -267,6 +268,10 @@ class WebApp:
             request_id = _ident({"id": request_id}, "id")
         except BadRequest as e:
             return _json(request, 400, {"success": False, "error": str(e)})
+        try:
+            uuid.UUID(request_id)
+        except ValueError:
+            return _json(request, 404, {"success": False, "error": "unknown request"})
         try:
             req = yield self._requests.get(tenant, request_id)
         except Exception as e:
