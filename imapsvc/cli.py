@@ -176,8 +176,8 @@ def _action(ctx: _Runtime, args: argparse.Namespace) -> int:
     folder = getattr(args, "folder", None)
     if args.command == "resync" and args.offline:
         return cli_provider.resync_offline(ctx.context, tenant, provider_id, folder)
-    path = {"resync": "resync", "reconnect": "reconnect",
-            "test-connection": "test-connection"}[args.command]
+    path = {"resync": "resync", "reconnect": "reconnect", "test-connection": "test-connection",
+            "pause": "pause", "resume": "resume"}[args.command]
     body: dict[str, Any] = {"tenant": tenant, "providerId": provider_id}
     if folder:
         body["folder"] = folder
@@ -523,11 +523,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("resync", "reset cursors to the recent window (running service, or --offline)"),
         ("reconnect", "drop and re-open a provider's connections, keeping cursors"),
         ("test-connection", "log in and out once"),
+        ("pause", "pause a provider (manual) and stop its connections"),
+        ("resume", "clear a provider's pause (any reason)"),
     ):
         p = commands.add_parser(name, help=help_text, parents=[common, service])
         p.add_argument("--tenant", required=True, help="tenant UUID")
         p.add_argument("--provider", required=True, help="provider UUID")
-        p.add_argument("--folder", help="one folder only")
+        if name not in ("pause", "resume"):
+            p.add_argument("--folder", help="one folder only")
         if name == "resync":
             p.add_argument("--offline", action="store_true",
                            help="no service running: reset the cursors in the store directly")
@@ -630,7 +633,7 @@ def _run(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO,
     runtime = _Runtime(context, settings, urlopen, redis, wait, stop)
     if args.command == "provider":
         return int(args.provider_run(context, args))
-    if args.command in ("resync", "reconnect", "test-connection"):
+    if args.command in ("resync", "reconnect", "test-connection", "pause", "resume"):
         return _action(runtime, args)
     if args.command == "status":
         return _status(runtime, args)

@@ -192,6 +192,11 @@ class IStore(Interface):
     def reset_auth_failures(tenant, provider_id):
         """A login succeeded: clear the count (and an ``auth_failure`` pause)."""
 
+    def set_inbound_pause(tenant, provider_id, paused):
+        """Pause (``manual``, an existing pause is kept as it is) or resume
+        (any pause, and the auth-failure count cleared).
+        :rtype: Deferred[bool] ``False`` for an unknown provider."""
+
     def touch_last_sync(tenant, provider_id):
         """Set ``email_providers.last_sync_at`` to now."""
 
@@ -270,6 +275,12 @@ class IAdmin(Interface):
 
     def test_connection(tenant, provider_id):
         """Log in and out once. :rtype: Deferred[dict] ``{"ok": bool, "error": str?}``"""
+
+    def pause(tenant, provider_id):
+        """Pause the provider (``manual``) and stop it. :rtype: Deferred[dict]"""
+
+    def resume(tenant, provider_id):
+        """Clear the provider's pause. :rtype: Deferred[dict]"""
 
     def status():
         """This replica's providers and folders, redacted. :rtype: dict"""

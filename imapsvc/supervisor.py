@@ -542,6 +542,27 @@ class Supervisor(service.MultiService):
         return {"success": True, "running": svc is not None}
 
     @defer.inlineCallbacks
+    def pause(self, tenant: str, provider_id: str):
+        """Operator pause (``manual``): the row says so, and the provider
+        stops here at once (other replicas see the row change)."""
+        known = yield self.store.set_inbound_pause(tenant, provider_id, True)
+        if not known:
+            return {"success": False, "error": "unknown provider"}
+        running = (tenant, provider_id) in self.providers
+        if running:
+            yield self.drop_provider((tenant, provider_id), "paused by an operator")
+        return {"success": True, "paused": True, "stopped": running}
+
+    @defer.inlineCallbacks
+    def resume(self, tenant: str, provider_id: str):
+        """Clear any pause (and the auth-failure count); discovery starts it."""
+        known = yield self.store.set_inbound_pause(tenant, provider_id, False)
+        if not known:
+            return {"success": False, "error": "unknown provider"}
+        self.request_discovery()
+        return {"success": True, "paused": False}
+
+    @defer.inlineCallbacks
     def test_connection(self, tenant: str, provider_id: str):
         provider = yield self.store.get_provider(tenant, provider_id)
         if provider is None:

@@ -157,6 +157,8 @@ class WebApp:
                 result = yield self._admin.reconnect(tenant, provider)
             elif action == "resync":
                 result = yield self._admin.resync(tenant, provider, folder)
+            elif action in ("pause", "resume"):
+                result = yield getattr(self._admin, action)(tenant, provider)
             else:
                 result = yield self._admin.test_connection(tenant, provider)
         except Exception as e:
@@ -292,6 +294,14 @@ class WebApp:
     @app.route("/api/email/imap/test-connection", methods=["POST"])
     def test_connection(self, request):
         return self._admin_call(request, "test")
+
+    @app.route("/api/email/imap/pause", methods=["POST"])
+    def pause(self, request):
+        return self._admin_call(request, "pause")
+
+    @app.route("/api/email/imap/resume", methods=["POST"])
+    def resume(self, request):
+        return self._admin_call(request, "resume")
 
     @app.route("/api/email/oauth/imap/initiate", methods=["POST"])
     @defer.inlineCallbacks

@@ -688,5 +688,21 @@ class StoreContractMixin:
         self.assertIsNone((yield self.store.get_admin_request(owned.tenant, new_id())))
 
     @defer.inlineCallbacks
+    def test_pause_and_resume(self) -> Any:
+        p = yield self.provider()
+        self.assertTrue((yield self.store.set_inbound_pause(p.tenant, p.provider_id, True)))
+        row = yield self.row(p)
+        self.assertEqual(row["inbound_pause_reason"], "manual")
+        self.assertIsNotNone(row["inbound_paused_at"])
+        active = yield self.store.list_active_providers(p.tenant)
+        self.assertEqual(active, [])
+        yield self.store.record_auth_failure(p.tenant, p.provider_id, "X", 99)
+        self.assertTrue((yield self.store.set_inbound_pause(p.tenant, p.provider_id, False)))
+        row = yield self.row(p)
+        self.assertEqual((row["inbound_paused_at"], row["inbound_pause_reason"],
+                          row["inbound_auth_failure_count"]), (None, None, 0))
+        self.assertFalse((yield self.store.set_inbound_pause(p.tenant, new_id(), True)))
+
+    @defer.inlineCallbacks
     def test_ping(self) -> Any:
         yield self.store.ping()

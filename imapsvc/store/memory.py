@@ -503,6 +503,20 @@ class MemoryStore:
         row["updated_at"] = self.now()
 
     @_wrap
+    def set_inbound_pause(self, tenant: str, provider_id: str, paused: bool) -> bool:
+        row = self._row(tenant, provider_id)
+        if row is None:
+            return False
+        if paused and row["inbound_paused_at"] is None:
+            row["inbound_paused_at"], row["inbound_pause_reason"] = self.now(), "manual"
+        elif not paused:
+            row["inbound_paused_at"] = row["inbound_pause_reason"] = None
+            row["inbound_auth_failure_count"] = 0
+            row["inbound_auth_failure_code"] = None
+        row["updated_at"] = self.now()
+        return True
+
+    @_wrap
     def touch_last_sync(self, tenant: str, provider_id: str) -> None:
         row = self._row(tenant, provider_id)
         if row is not None:

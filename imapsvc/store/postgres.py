@@ -767,6 +767,18 @@ class PostgresStore:
             " WHERE tenant = %s AND id = %s", (tenant, request_id))
         return _admin_request(rows[0]) if rows else None
 
+    def set_inbound_pause(self, tenant: str, provider_id: str, paused: bool) -> defer.Deferred:
+        if paused:
+            sql = ("UPDATE email_providers SET inbound_paused_at = COALESCE(inbound_paused_at,"
+                   " now()), inbound_pause_reason = COALESCE(inbound_pause_reason, 'manual'),"
+                   " updated_at = now() WHERE tenant = %s AND id = %s")
+        else:
+            sql = ("UPDATE email_providers SET inbound_paused_at = NULL,"
+                   " inbound_pause_reason = NULL, inbound_auth_failure_count = 0,"
+                   " inbound_auth_failure_code = NULL, updated_at = now()"
+                   " WHERE tenant = %s AND id = %s")
+        return self._query(sql, (tenant, provider_id)).addCallback(lambda n: bool(n))
+
     def touch_last_sync(self, tenant: str, provider_id: str) -> defer.Deferred:
         return self._query(
             "UPDATE email_providers SET last_sync_at = now() WHERE tenant = %s AND id = %s",

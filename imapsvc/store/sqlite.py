@@ -747,6 +747,19 @@ class SqliteOps:
                          " WHERE tenant = ? AND id = ?", (tenant, request_id))
         return _admin_request(rows[0]) if rows else None
 
+    def set_inbound_pause(self, tenant: str, provider_id: str, paused: bool) -> bool:
+        if paused:
+            return self._run(
+                "UPDATE email_providers SET inbound_paused_at = COALESCE(inbound_paused_at, ?),"
+                " inbound_pause_reason = COALESCE(inbound_pause_reason, 'manual'),"
+                " updated_at = ? WHERE tenant = ? AND id = ?",
+                (self.now(), self.now(), tenant, provider_id)) > 0
+        return self._run(
+            "UPDATE email_providers SET inbound_paused_at = NULL, inbound_pause_reason = NULL,"
+            " inbound_auth_failure_count = 0, inbound_auth_failure_code = NULL,"
+            " updated_at = ? WHERE tenant = ? AND id = ?",
+            (self.now(), tenant, provider_id)) > 0
+
     def touch_last_sync(self, tenant: str, provider_id: str) -> None:
         self._run("UPDATE email_providers SET last_sync_at = ? WHERE tenant = ? AND id = ?",
                   (self.now(), tenant, provider_id))
@@ -977,6 +990,7 @@ class SqliteStore:
     reset_auth_failures = _delegate("reset_auth_failures")
     touch_last_sync = _delegate("touch_last_sync")
     acquire_lease_capped = _delegate("acquire_lease_capped")
+    set_inbound_pause = _delegate("set_inbound_pause")
     write_folder_status = _delegate("write_folder_status")
     heartbeat_replica = _delegate("heartbeat_replica")
     forget_replica = _delegate("forget_replica")

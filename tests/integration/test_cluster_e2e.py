@@ -132,6 +132,18 @@ class ClusterTests(ServiceRigMixin, unittest.TestCase):
                                     f"?tenant={self.tenant}"), token="test-admin-token")
         self.assertEqual((code, json.loads(body)["appliedBy"]), (200, "a"))
 
+        # pause sent to a, for b's provider: b stops it before the answer.
+        code, body = http_post(a.url("/api/email/imap/pause"),
+                               {"tenant": self.tenant, "providerId": p_b})
+        answer = json.loads(body)
+        self.assertEqual((code, answer["appliedBy"], answer["stopped"]), (200, "b", True))
+        self.assertIsNone(status_provider(b, p_b))
+        code, body = http_post(a.url("/api/email/imap/resume"),
+                               {"tenant": self.tenant, "providerId": p_b})
+        self.assertEqual((code, json.loads(body)["success"]), (200, True))
+        yield wait_for(lambda: self.connected_on(a, p_b) or self.connected_on(b, p_b), 20,
+                       "p_b running again after resume")
+
     @defer.inlineCallbacks
     def test_tenant_cap_holds_across_replicas(self):
         first = self.provider(folders=("INBOX", "Extra"))

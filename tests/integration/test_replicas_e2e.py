@@ -156,9 +156,10 @@ class ReplicaTests(ServiceRigMixin, unittest.TestCase):
             for w, p in (("a", a), ("b", b))
         }
         self.assertEqual(running, mine)
-        self.assertEqual(
-            [e["providerId"] for e in admin_status(a)["waiting"]],
-            sorted(mine["b"]),
+        # The tenant cap is counted across replicas: what a may list as
+        # waiting for the cap is only what b now runs (refreshed every pass).
+        self.assertLessEqual(
+            {e["providerId"] for e in admin_status(a)["waiting"]}, mine["b"]
         )
 
         expected = set()
@@ -287,7 +288,9 @@ class ReplicaTests(ServiceRigMixin, unittest.TestCase):
         code, body = http_post(
             proc.url("/api/email/imap/resync"), {"tenant": self.tenant, "providerId": pid}
         )
-        self.assertEqual((code, json.loads(body)), (200, {"success": True, "running": True}))
+        answer = json.loads(body)
+        self.assertEqual((code, answer["success"], answer["running"], answer["status"]),
+                         (200, True, True, "applied"))
 
         def refetched():
             entry = status_provider(proc, pid)
@@ -373,7 +376,7 @@ class ReplicaTests(ServiceRigMixin, unittest.TestCase):
         url = proc.url("/api/email/imap/test-connection")
 
         code, body = http_post(url, {"tenant": self.tenant, "providerId": good})
-        self.assertEqual((code, json.loads(body)), (200, {"success": True}))
+        self.assertEqual((code, json.loads(body)["success"]), (200, True))
 
         code, body = http_post(url, {"tenant": self.tenant, "providerId": bad})
         self.assertEqual(code, 200)
@@ -385,7 +388,7 @@ class ReplicaTests(ServiceRigMixin, unittest.TestCase):
         self.assertNotIn("wrong-secret-123", proc.log_text())
 
         code, body = http_post(url, {"tenant": self.tenant, "providerId": str(uuid.uuid4())})
-        self.assertEqual((code, json.loads(body)["success"]), (200, False))
+        self.assertEqual((code, json.loads(body)["success"]), (404, False))
 
         code, _ = http_post(url, {"tenant": self.tenant, "providerId": good}, token="nope")
         self.assertEqual(code, 401)

@@ -287,6 +287,21 @@ class SupervisorTests(unittest.TestCase):
         self.clock.advance(0)
         self.assertEqual([len(s.folders) for s in other.providers.values()], [2])
 
+    def test_pause_stops_and_resume_restarts(self):
+        self.add("p1")
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        result = self.successResultOf(sup.pause(T1, "p1"))
+        self.assertEqual(result, {"success": True, "paused": True, "stopped": True})
+        self.assertNotIn((T1, "p1"), sup.providers)
+        self.assertEqual(self.store.provider_row(T1, "p1")["inbound_pause_reason"], "manual")
+        self.clock.advance(61)  # a discovery pass leaves it paused
+        self.assertNotIn((T1, "p1"), sup.providers)
+        self.assertTrue(self.successResultOf(sup.resume(T1, "p1"))["success"])
+        self.clock.advance(0)
+        self.assertIn((T1, "p1"), sup.providers)
+        self.assertFalse(self.successResultOf(sup.pause(T1, "nope"))["success"])
+
     def test_resync_resets_cursor_and_restarts(self):
         self.add("p1", folder_state={"INBOX": FolderCursor("7", "4242", None)})
         sup = self.make_supervisor()
