@@ -122,8 +122,8 @@ class IStore(Interface):
 
     def save_access_token(tenant, provider_id, access_token, expires_at, owner=None):
         """Store the (already encrypted, text) access token and its expiry in
-        ``access_token``/``token_expires_at`` (fenced by ``owner``'s lease
-        when given)."""
+        ``access_token``/``token_expires_at``. With ``owner``: refused
+        (:class:`LeaseLost`) while another worker holds a live lease."""
 
     # -- one service across replicas (schema/0004) --------------------------
 

@@ -257,9 +257,12 @@ class OAuthFlow:
 
 
 @defer.inlineCallbacks
-def store_tokens(store, secret_store, box: SecretBox, clock, provider: ProviderConfig, tokens):
+def store_tokens(store, secret_store, box: SecretBox, clock, provider: ProviderConfig, tokens,
+                 owner: Optional[str] = None):
     """Persist a token response: a (rotated) refresh token first, then the
-    sealed access token with its expiry. Returns ``(access_token, expires_ts)``."""
+    sealed access token with its expiry. Returns ``(access_token, expires_ts)``.
+    With ``owner`` the access token write is fenced: refused while another
+    worker holds the provider's lease."""
     refresh = tokens.get("refresh_token")
     if isinstance(refresh, str) and refresh:
         yield secret_store.put(provider.tenant, refresh_token_name(provider.provider_id), refresh)
@@ -270,7 +273,12 @@ def store_tokens(store, secret_store, box: SecretBox, clock, provider: ProviderC
     expires = clock.seconds() + max(60, lifetime)
     access = tokens["access_token"]
     sealed = box.seal_text(provider.tenant, access_token_name(provider.provider_id), access)
-    yield store.save_access_token(provider.tenant, provider.provider_id, sealed, _utc(expires))
+    if owner is None:
+        yield store.save_access_token(provider.tenant, provider.provider_id, sealed,
+                                      _utc(expires))
+    else:
+        yield store.save_access_token(provider.tenant, provider.provider_id, sealed,
+                                      _utc(expires), owner=owner)
     return access, expires
 
 
@@ -282,8 +290,11 @@ class CredentialSource:
 
     log = Logger()
 
-    def __init__(self, store, secret_store, box: Optional[SecretBox], http: Any, clock):
+    def __init__(self, store, secret_store, box: Optional[SecretBox], http: Any, clock,
+                 owner: Optional[str] = None):
         self._store = store
+        #: This worker's lease owner id: refreshed tokens are written fenced.
+        self._owner = owner
         self._secrets = secret_store
         self._box = box
         self._tokens = TokenClient(http)
@@ -377,7 +388,7 @@ class CredentialSource:
             form["client_secret"] = secret
         tokens = yield self._tokens.post(token_url, form)
         access, expires = yield store_tokens(
-            self._store, self._secrets, self._box, self._clock, provider, tokens
+            self._store, self._secrets, self._box, self._clock, provider, tokens, self._owner
         )
         self._cache[provider.key] = (access, expires)
         self.log.info(

@@ -98,7 +98,9 @@ class Runtime(service.MultiService):
                 "IMAPSVC_SECRET_KEY is not set: no stored password or token can be read, "
                 "folders will report a configuration error and OAuth is disabled"
             )
-        self.credentials = CredentialSource(self.store, self.secrets, self.box, http, reactor)
+        self.credentials = CredentialSource(
+            self.store, self.secrets, self.box, http, reactor, owner=s.worker_id
+        )
         self.relay = Relay(self.store, self.sink, reactor, owner=s.worker_id)
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="imapsvc-parse")
         # -- parse process pool (owned by the pipeline/performance task) --

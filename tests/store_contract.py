@@ -560,6 +560,12 @@ class StoreContractMixin:
             p.tenant, p.provider_id, ["X"], owner="worker-b"), LeaseLost)
         yield self.assertFailure(self.store.save_access_token(
             p.tenant, p.provider_id, "enc:b", expires, owner="worker-b"), LeaseLost)
+        # A provider nobody leases: a refreshed token (connection test) lands.
+        free = yield self.provider(auth_type="oauth2")
+        yield self.store.save_access_token(free.tenant, free.provider_id, "enc:f", expires,
+                                           owner="worker-b")
+        got = yield self.store.get_provider(free.tenant, free.provider_id)
+        self.assertEqual(got.access_token, "enc:f")
         # Nor do a's once its lease expired.
         yield defer.maybeDeferred(self.expire_lease, p.tenant, p.provider_id)
         yield self.assertFailure(self.store.set_provider_status(

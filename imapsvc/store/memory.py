@@ -452,7 +452,8 @@ class MemoryStore:
     def save_access_token(self, tenant: str, provider_id: str, access_token: Optional[str],
                           expires_at: Optional[datetime], owner: Optional[str] = None) -> None:
         row = self._row(tenant, provider_id)
-        self._fence(row, tenant, provider_id, owner)
+        if owner is not None and row is not None and self._live_owner(row) not in (None, owner):
+            raise LeaseLost(f"{tenant}/{provider_id}")
         if row is not None:
             row["access_token"] = access_token
             row["token_expires_at"] = expires_at

@@ -564,11 +564,24 @@ class PostgresStore:
     def save_access_token(self, tenant: str, provider_id: str, access_token: Optional[str],
                           expires_at: Optional[datetime],
                           owner: Optional[str] = None) -> defer.Deferred:
-        return self._fenced(
-            tenant, provider_id, owner,
-            "UPDATE imap_email_provider_config SET access_token = %s, token_expires_at = %s,"
-            " updated_at = now() WHERE tenant = %s AND email_provider_id = %s",
-            (access_token, expires_at, tenant, provider_id))
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            # Another replica's live lease refuses it; a free provider does not
+            # (a connection test may refresh the token of a provider nobody runs).
+            yield cur.execute(
+                "SELECT lease_owner IS NOT NULL AND lease_owner <> %s"
+                " AND lease_expires_at > clock_timestamp() FROM imap_email_provider_config"
+                " WHERE tenant = %s AND email_provider_id = %s FOR UPDATE",
+                (owner or "", tenant, provider_id))
+            rows = cur.fetchall()
+            if owner is not None and rows and rows[0][0]:
+                raise LeaseLost(f"{tenant}/{provider_id}")
+            yield cur.execute(
+                "UPDATE imap_email_provider_config SET access_token = %s, token_expires_at = %s,"
+                " updated_at = now() WHERE tenant = %s AND email_provider_id = %s",
+                (access_token, expires_at, tenant, provider_id))
+
+        return self._interact(run).addCallback(lambda _: None)
 
     # -- one service across replicas (schema/0004) ----------------------------
 

@@ -563,11 +563,23 @@ class SqliteOps:
 
     def save_access_token(self, tenant: str, provider_id: str, access_token: Optional[str],
                           expires_at: Optional[datetime], owner: Optional[str] = None) -> None:
-        self._fenced(
-            tenant, provider_id, owner,
-            "UPDATE imap_email_provider_config SET access_token = ?, token_expires_at = ?,"
-            " updated_at = ? WHERE tenant = ? AND email_provider_id = ?",
-            (access_token, ts(expires_at), self.now(), tenant, provider_id))
+        def run(cur: sqlite3.Cursor) -> None:
+            # Another replica's live lease refuses it; a free provider does not
+            # (a connection test may refresh the token of a provider nobody runs).
+            if owner is not None:
+                cur.execute(
+                    "SELECT 1 FROM imap_email_provider_config WHERE tenant = ?"
+                    " AND email_provider_id = ? AND lease_owner IS NOT NULL"
+                    " AND lease_owner <> ? AND lease_expires_at > ?",
+                    (tenant, provider_id, owner, self.now()))
+                if cur.fetchone() is not None:
+                    raise LeaseLost(f"{tenant}/{provider_id}")
+            cur.execute(
+                "UPDATE imap_email_provider_config SET access_token = ?, token_expires_at = ?,"
+                " updated_at = ? WHERE tenant = ? AND email_provider_id = ?",
+                (access_token, ts(expires_at), self.now(), tenant, provider_id))
+
+        self._transaction(run)
 
     # -- one service across replicas (schema/0004) ----------------------------
 
