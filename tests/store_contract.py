@@ -652,6 +652,13 @@ class StoreContractMixin:
         self.assertEqual(folders["Sent"]["state"], "Disconnected")
         self.assertIn("worker-a", [r["owner"] for r in doc["replicas"]])
         self.assertIsNotNone(doc["now"])
+        # Taken again by the same owner (a discovery retry): states survive.
+        g = yield self.store.acquire_lease_capped(tenant, p.provider_id, "worker-a", 60000,
+                                                  p.folders, None)
+        self.assertEqual(g.folders, ("INBOX", "Sent"))
+        doc = yield self.store.read_deployment([tenant])
+        self.assertEqual({f["folder"]: f["state"] for f in doc["folders"]},
+                         {"INBOX": "Idling", "Sent": "Disconnected"})
         # Released: the folders stop holding connections.
         yield self.store.release_lease(tenant, p.provider_id, "worker-a")
         doc = yield self.store.read_deployment([tenant])

@@ -411,6 +411,12 @@ class MemoryStore:
         ]
         deleted += len(self._outbox) - len(keep_out)
         self._outbox = keep_out
+        # Applied admin requests and long-dead replicas go too (not counted).
+        for key in [k for k, r in self._requests.items()
+                    if r["applied_at"] is not None and r["applied_at"] < cutoff]:
+            del self._requests[key]
+        for owner in [o for o, r in self._replicas.items() if r["heartbeat_at"] < cutoff]:
+            del self._replicas[owner]
         return deleted
 
     @_wrap
@@ -549,12 +555,18 @@ class MemoryStore:
         granted, waiting = grant(folders, max_connections, in_use)
         error = cap_error(max_connections or 0, in_use, waiting, len(granted))
         now = self.now()
+        # Rows of folders that keep their connection under the same owner keep
+        # their state (a re-grant must not blank /status).
+        kept = {}
         for key in [k for k in self._folders if k[:2] == (tenant, provider_id)]:
-            del self._folders[key]
+            f = self._folders.pop(key)
+            if key[2] in granted and f["owner"] == owner and f["holds_connection"]:
+                kept[key] = f
+        self._folders.update(kept)
         for name in waiting:
             self._folders[(tenant, provider_id, name)] = self._folder_row(
                 None if not granted else owner, False, "Waiting", error)
-        if error is not None:
+        if error is not None and (row["status"], row["error_message"]) != ("error", error):
             row["status"], row["error_message"] = "error", error
             row["updated_at"] = now
         if not granted:
@@ -562,8 +574,8 @@ class MemoryStore:
                 row["lease_owner"] = row["lease_expires_at"] = None
             return LeaseGrant(False, (), waiting, in_use, error)
         for name in granted:
-            self._folders[(tenant, provider_id, name)] = self._folder_row(
-                owner, True, "Disconnected", None)
+            self._folders.setdefault((tenant, provider_id, name), self._folder_row(
+                owner, True, "Disconnected", None))
         row["lease_owner"] = owner
         row["lease_expires_at"] = now + timedelta(milliseconds=ttl_ms)
         return LeaseGrant(True, granted, waiting, in_use, error)

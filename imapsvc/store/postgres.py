@@ -499,7 +499,15 @@ class PostgresStore:
             yield cur.execute(
                 "DELETE FROM imap_event_outbox WHERE published_at IS NOT NULL"
                 " AND published_at < now() - make_interval(secs => %s)", (seconds,))
-            return deleted + cur.rowcount
+            deleted += cur.rowcount
+            # Applied admin requests and long-dead replicas go too (not counted).
+            yield cur.execute(
+                "DELETE FROM imap_admin_requests"
+                " WHERE applied_at < now() - make_interval(secs => %s)", (seconds,))
+            yield cur.execute(
+                "DELETE FROM imap_replicas"
+                " WHERE heartbeat_at < now() - make_interval(secs => %s)", (seconds,))
+            return deleted
 
         return self._interact(run)
 
@@ -614,9 +622,13 @@ class PostgresStore:
             in_use = int(cur.fetchall()[0][0])
             granted, waiting = grant(folders, max_connections, in_use)
             error = cap_error(max_connections or 0, in_use, waiting, len(granted))
+            # Rows of folders that keep their connection under the same owner
+            # keep their state (a re-grant must not blank /status).
             yield cur.execute(
-                "DELETE FROM imap_folder_status WHERE tenant = %s AND provider_id = %s",
-                (tenant, provider_id))
+                "DELETE FROM imap_folder_status WHERE tenant = %s AND provider_id = %s"
+                " AND NOT (owner IS NOT DISTINCT FROM %s AND holds_connection"
+                "          AND folder = ANY(%s::text[]))",
+                (tenant, provider_id, owner, list(granted)))
             rows = [(name, owner, True, "Disconnected", None) for name in granted]
             rows += [(name, owner if granted else None, False, "Waiting", error)
                      for name in waiting]
@@ -627,12 +639,14 @@ class PostgresStore:
                     for name, f_owner, holds, state, f_error in rows)
                 yield cur.execute(
                     b"INSERT INTO imap_folder_status (tenant, provider_id, folder, owner,"
-                    b" holds_connection, state, since, last_error) VALUES " + values)
+                    b" holds_connection, state, since, last_error) VALUES " + values
+                    + b" ON CONFLICT (tenant, provider_id, folder) DO NOTHING")
             if error is not None:
                 yield cur.execute(
                     "UPDATE email_providers SET status = 'error', error_message = %s,"
-                    " updated_at = now() WHERE tenant = %s AND id = %s",
-                    (error, tenant, provider_id))
+                    " updated_at = now() WHERE tenant = %s AND id = %s"
+                    " AND (status <> 'error' OR error_message IS DISTINCT FROM %s)",
+                    (error, tenant, provider_id, error))
             if not granted:
                 if holder == owner:
                     yield cur.execute(

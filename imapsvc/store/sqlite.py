@@ -510,7 +510,11 @@ class SqliteOps:
             # Unpublished rows stay whatever their age: they are undelivered events.
             cur.execute("DELETE FROM imap_event_outbox WHERE published_at IS NOT NULL"
                         " AND published_at < ?", (cutoff,))
-            return int(deleted + cur.rowcount)
+            deleted += cur.rowcount
+            # Applied admin requests and long-dead replicas go too (not counted).
+            cur.execute("DELETE FROM imap_admin_requests WHERE applied_at < ?", (cutoff,))
+            cur.execute("DELETE FROM imap_replicas WHERE heartbeat_at < ?", (cutoff,))
+            return int(deleted)
 
         return int(self._transaction(run))
 
@@ -608,23 +612,29 @@ class SqliteOps:
             in_use = int(cur.fetchone()[0])
             granted, waiting = grant(folders, max_connections, in_use)
             error = cap_error(max_connections or 0, in_use, waiting, len(granted))
-            cur.execute("DELETE FROM imap_folder_status WHERE tenant = ? AND provider_id = ?",
-                        (tenant, provider_id))
+            # Rows of folders that keep their connection under the same owner
+            # keep their state (a re-grant must not blank /status).
+            marks = ",".join("?" * len(granted)) or "NULL"
+            cur.execute(
+                "DELETE FROM imap_folder_status WHERE tenant = ? AND provider_id = ?"
+                f" AND NOT (owner IS ? AND holds_connection AND folder IN ({marks}))",
+                (tenant, provider_id, owner, *granted))
             rows: list[tuple[str, Optional[str], int, str, Optional[str]]] = [
                 (name, owner, 1, "Disconnected", None) for name in granted]
             rows += [(name, owner if granted else None, 0, "Waiting", error)
                      for name in waiting]
             for name, f_owner, holds, state, f_error in rows:
                 cur.execute(
-                    "INSERT INTO imap_folder_status (tenant, provider_id, folder, owner,"
-                    " holds_connection, state, since, last_error, counters, updated_at)"
+                    "INSERT OR IGNORE INTO imap_folder_status (tenant, provider_id, folder,"
+                    " owner, holds_connection, state, since, last_error, counters, updated_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, '{}', ?)",
                     (tenant, provider_id, name, f_owner, holds, state, now, f_error, now))
             if error is not None:
                 cur.execute(
                     "UPDATE email_providers SET status = 'error', error_message = ?,"
-                    " updated_at = ? WHERE tenant = ? AND id = ?",
-                    (error, now, tenant, provider_id))
+                    " updated_at = ? WHERE tenant = ? AND id = ?"
+                    " AND (status <> 'error' OR error_message IS NOT ?)",
+                    (error, now, tenant, provider_id, error))
             if not granted:
                 if holder == owner:
                     cur.execute(
