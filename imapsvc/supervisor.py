@@ -545,11 +545,13 @@ class Supervisor(service.MultiService):
     def pause(self, tenant: str, provider_id: str):
         """Operator pause (``manual``): the row says so, and the provider
         stops here at once (other replicas see the row change)."""
+        # Running before the write: the row change NOTIFYs, and discovery
+        # may stop the provider before this method gets to it.
+        running = (tenant, provider_id) in self.providers
         known = yield self.store.set_inbound_pause(tenant, provider_id, True)
         if not known:
             return {"success": False, "error": "unknown provider"}
-        running = (tenant, provider_id) in self.providers
-        if running:
+        if (tenant, provider_id) in self.providers:
             yield self.drop_provider((tenant, provider_id), "paused by an operator")
         return {"success": True, "paused": True, "stopped": running}
 

@@ -177,6 +177,47 @@ class ClusterTests(ServiceRigMixin, unittest.TestCase):
         self.assertEqual((waiting[(second, "INBOX")][1], waiting[(second, "Extra")][1]),
                          ("Waiting", "Waiting"))
 
+    @defer.inlineCallbacks
+    def test_embedded_sqlite_process_is_the_owner(self):
+        """One ``twistd imapsvc`` on SQLite (no DATABASE_URL, no Redis): the
+        routed admin API still works, the process itself being the owner."""
+        import os
+        import time
+
+        from imapsvc.model import ProviderConfig
+        from imapsvc.secrets import SecretBox, password_name
+        from imapsvc.store.sqlite import SqliteOps
+        from imapsvc.store.sqlite_schema import connect, ensure_schema
+        from tests.rig.service import SECRET_KEY
+
+        user = self.dovecot.add_user(unique_user("emb"))
+        path = os.path.join(os.path.abspath(self.mktemp()), "imapsvc.sqlite3")
+        os.makedirs(os.path.dirname(path))
+        pid = str(uuid.uuid4())
+        conn = connect(path)
+        try:
+            ensure_schema(conn)
+            ops = SqliteOps(conn, time.time)
+            ops.insert_provider(ProviderConfig(
+                tenant=self.tenant, provider_id=pid, provider_name="Support",
+                mailbox=f"{user}@x", host="localhost", port=self.dovecot.ports.imaps,
+                username=user))
+            ops.put_secret(self.tenant, password_name(pid), SecretBox.from_setting(
+                SECRET_KEY).seal(self.tenant, password_name(pid), DEFAULT_PASSWORD.encode()))
+        finally:
+            conn.close()
+        solo = self.service("solo", DATABASE_URL="", REDIS_URL="", IMAPSVC_SQLITE_PATH=path,
+                            IMAPSVC_EVENTS_FILE=os.path.join(os.path.dirname(path), "ev.jsonl"))
+        yield wait_for(lambda: self.connected_on(solo, pid), 30, "the provider running")
+        before = self.reconnects(solo, pid)
+        code, body = http_post(solo.url("/api/email/imap/reconnect"),
+                               {"tenant": self.tenant, "providerId": pid})
+        answer = json.loads(body)
+        self.assertEqual((code, answer["success"], answer["appliedBy"]), (200, True, "solo"))
+        yield wait_for(lambda: self.reconnects(solo, pid) > before, 20, "a new IMAP session")
+        yield wait_for(lambda: self.folders_seen(solo).get((pid, "INBOX"), (0, 0))[1]
+                       == "Idling", 20, "the deployment view from SQLite")
+
 
 def b_discovery_pass(proc: ServiceProcess):
     """Wait about one discovery interval (the service refreshes every second)."""
