@@ -274,14 +274,20 @@ class ReplicaTests(ServiceRigMixin, unittest.TestCase):
         # to the window (see test_burst_into_new_empty_mailbox_is_not_lost).
         user, pid = self.provider(cursor={"INBOX": {"last_uid": "0"}})
         proc = self.service("solo", IMAP_MAX_EMAILS_PER_SYNC="2")
+
+        def entries():
+            # This provider's only: the relay also re-publishes rows another
+            # test's killed service left unmarked (at-least-once) to this stream.
+            return [f for f in self.entries() if pid in f.get("payload_json", "")]
+
         yield wait_for(self.connected(proc, [pid]), 20, "provider connected")
         for i in range(5):
             mail.append(user, DEFAULT_PASSWORD, "INBOX", mail.make_message(subject=f"m{i}"))
-        yield wait_for(lambda: len(self.entries()) == 5, 15, "five events")
+        yield wait_for(lambda: len(entries()) == 5, 15, "five events")
         yield wait_for(
             lambda: (self.cursor(pid) or {}).get("last_uid") == "5", 5, "cursor at UID 5"
         )
-        before = [f["event_id"] for f in self.entries()]
+        before = [f["event_id"] for f in entries()]
         folder = status_provider(proc, pid)["folders"]["INBOX"]
         self.assertEqual(folder["handedOff"], 5)
 
@@ -308,11 +314,11 @@ class ReplicaTests(ServiceRigMixin, unittest.TestCase):
         yield wait_for(refetched, 10, "UIDs 4-5 fetched again and the cursor back at 5")
         self.assertEqual(self.cursor(pid)["last_uid"], "5")
         self.assertEqual(self.outbox_count(pid), 5)
-        self.assertEqual([f["event_id"] for f in self.entries()], before)
+        self.assertEqual([f["event_id"] for f in entries()], before)
 
         mail.append(user, DEFAULT_PASSWORD, "INBOX", mail.make_message(subject="m5"))
-        yield wait_for(lambda: len(self.entries()) == 6, 10, "the sixth event")
-        self.assertEqual(len({f["event_id"] for f in self.entries()}), 6)
+        yield wait_for(lambda: len(entries()) == 6, 10, "the sixth event")
+        self.assertEqual(len({f["event_id"] for f in entries()}), 6)
         self.assertEqual(self.cursor(pid)["last_uid"], "6")
 
     # -- 4. auth failures -----------------------------------------------------
