@@ -188,8 +188,8 @@ def _action(ctx: _Runtime, args: argparse.Namespace) -> int:
     folder = getattr(args, "folder", None)
     if args.command == "resync" and args.offline:
         return cli_provider.resync_offline(ctx.context, tenant, provider_id, folder)
-    path = {"resync": "resync", "reconnect": "reconnect",
-            "test-connection": "test-connection"}[args.command]
+    path = {"resync": "resync", "reconnect": "reconnect", "test-connection": "test-connection",
+            "pause": "pause", "resume": "resume"}[args.command]
     body: dict[str, Any] = {"tenant": tenant, "providerId": provider_id}
     if folder:
         body["folder"] = folder
@@ -201,6 +201,10 @@ def _action(ctx: _Runtime, args: argparse.Namespace) -> int:
             if args.command == "resync" else ""
         raise AdminError(f"{e}{hint}") from None
     ctx.out.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    if isinstance(result, dict) and result.get("status") == "pending":
+        # Accepted, not applied yet by the provider's owner (HTTP 202).
+        ctx.context.err.write(f"not applied yet: poll {_service_url(args, ctx.settings)}"
+                      f"{result.get('poll', '')}\n")
     if isinstance(result, dict) and (result.get("ok") is False or result.get("success") is False):
         return 1
     return 0
@@ -212,12 +216,44 @@ def _cell(value: Any) -> str:
     return " ".join(str(value).split())
 
 
+def _deployment_table(deployment: Mapping[str, Any]) -> list[str]:
+    """Every replica, provider and folder of the deployment."""
+    lines = []
+    replicas = deployment.get("replicas") or []
+    if replicas:
+        lines.append("replicas: " + ", ".join(
+            f"{_cell(r.get('worker'))} ({_cell(r.get('state'))})" for r in replicas))
+    rows = []
+    for p in deployment.get("providers") or []:
+        folders = p.get("folders") or {"-": {}}
+        for name, f in sorted(folders.items()):
+            counters = f.get("counters") or {}
+            rows.append([_cell(p.get("tenant")), _cell(p.get("providerId")),
+                         _cell(p.get("mailbox")), _cell(p.get("status")), _cell(name),
+                         _cell(f.get("state")), _cell(f.get("owner")),
+                         _cell(f.get("since")), _cell(f.get("lastSyncAt")),
+                         _cell(counters.get("syncs")), _cell(counters.get("reconnects")),
+                         _cell(f.get("lastError") or p.get("error"))])
+    if rows:
+        lines.append(cli_provider._table(
+            ["TENANT", "PROVIDER", "MAILBOX", "STATUS", "FOLDER", "STATE", "OWNER", "SINCE",
+             "LAST SYNC", "SYNCS", "RECONNECTS", "LAST ERROR"], rows).rstrip("\n"))
+    else:
+        lines.append("no providers in the deployment")
+    return lines
+
+
 def status_table(status: Mapping[str, Any]) -> str:
-    """``GET /status`` as a human table: one line per folder."""
+    """``GET /status`` as a human table: one line per folder (of the whole
+    deployment when the service reports it, else of the replica answering)."""
     lines = [f"worker {_cell(status.get('worker'))}; discovery "
              f"{'done' if status.get('discovered') else 'pending'}"
              + (f"; discovery error: {_cell(status['discoveryError'])}"
                 if status.get("discoveryError") else "")]
+    if isinstance(status.get("deployment"), Mapping):
+        return "\n".join(lines + _deployment_table(status["deployment"])) + "\n"
+    if status.get("deploymentError"):
+        lines.append(f"{_cell(status['deploymentError'])}; this replica only:")
     rows = []
     for p in status.get("providers") or []:
         folders = p.get("folders") or {"-": {}}
@@ -499,11 +535,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("resync", "reset cursors to the recent window (running service, or --offline)"),
         ("reconnect", "drop and re-open a provider's connections, keeping cursors"),
         ("test-connection", "log in and out once"),
+        ("pause", "pause a provider (manual) and stop its connections"),
+        ("resume", "clear a provider's pause (any reason)"),
     ):
         p = commands.add_parser(name, help=help_text, parents=[common, service])
         p.add_argument("--tenant", required=True, help="tenant UUID")
         p.add_argument("--provider", required=True, help="provider UUID")
-        p.add_argument("--folder", help="one folder only")
+        if name not in ("pause", "resume"):
+            p.add_argument("--folder", help="one folder only")
         if name == "resync":
             p.add_argument("--offline", action="store_true",
                            help="no service running: reset the cursors in the store directly")
@@ -609,7 +648,7 @@ def _run(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO,
     runtime = _Runtime(context, settings, urlopen, redis, wait, stop)
     if args.command == "provider":
         return int(args.provider_run(context, args))
-    if args.command in ("resync", "reconnect", "test-connection"):
+    if args.command in ("resync", "reconnect", "test-connection", "pause", "resume"):
         return _action(runtime, args)
     if args.command == "status":
         return _status(runtime, args)

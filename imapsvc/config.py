@@ -336,6 +336,13 @@ SETTINGS: tuple[Setting, ...] = (
             "time allowed for a clean shutdown (finish batches, release leases)", _T),
     Setting("REDIS_TIMEOUT_MS", positive_int, 5000,
             "deadline of every Redis command", _T),
+    Setting("IMAP_ADMIN_WAIT_MS", non_negative_int, 10000,
+            "how long an admin request (reconnect, resync, ...) waits for the owning "
+            "replica to apply it before answering 202 with a request id to poll", _T),
+    Setting("IMAP_ADMIN_POLL_MS", positive_int, 5000,
+            "how often a replica looks for admin requests it missed a NOTIFY for", _T),
+    Setting("IMAP_STATUS_WRITE_MS", positive_int, 5000,
+            "at most one folder status write per provider this often (cluster /status)", _T),
     # Connection
     Setting("IMAP_CONNECTION_TIMEOUT_MS", positive_int, 10000,
             "TCP/TLS connect timeout (a provider's own value wins)", _C),
@@ -523,6 +530,9 @@ class Settings:
     inactivity_timeout_ms: int = _default("IMAP_INACTIVITY_TIMEOUT_MS")
     shutdown_timeout_ms: int = _default("IMAP_SHUTDOWN_TIMEOUT_MS")
     redis_timeout_ms: int = _default("REDIS_TIMEOUT_MS")
+    admin_wait_ms: int = _default("IMAP_ADMIN_WAIT_MS")
+    admin_poll_ms: int = _default("IMAP_ADMIN_POLL_MS")
+    status_write_ms: int = _default("IMAP_STATUS_WRITE_MS")
     connection_timeout_ms: int = _default("IMAP_CONNECTION_TIMEOUT_MS")
     socket_keepalive: bool = _default("IMAP_SOCKET_KEEPALIVE")
     tls_ca_file: str = _default("IMAP_TLS_CA_FILE")

@@ -517,6 +517,7 @@ class FolderService(service.Service):
             self.provider.tenant,
             self.provider.provider_id,
             self.capabilities,
+            owner=self.owner,  # fenced by the lease, like cursor writes
         )
         d.addErrback(
             lambda f: self.log.warn(

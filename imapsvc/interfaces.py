@@ -112,19 +112,66 @@ class IStore(Interface):
     def delete_secret(tenant, name):
         """Remove a secret if present."""
 
-    def set_provider_status(tenant, provider_id, status, error_message=None):
-        """Write ``email_providers.status``/``error_message``."""
+    def set_provider_status(tenant, provider_id, status, error_message=None, owner=None):
+        """Write ``email_providers.status``/``error_message``. With ``owner``
+        fenced by the lease like a cursor write (:class:`LeaseLost`)."""
 
     def set_last_error(tenant, provider_id, last_error):
         """Write ``imap_email_provider_config.last_error`` (``None`` clears
         it): the provider's latest error, secret-free, as the app shows it."""
 
-    def save_capabilities(tenant, provider_id, capabilities):
-        """Write ``server_capabilities`` as a sorted list of strings."""
+    def save_capabilities(tenant, provider_id, capabilities, owner=None):
+        """Write ``server_capabilities`` as a sorted list of strings (fenced
+        by ``owner``'s lease when given)."""
 
-    def save_access_token(tenant, provider_id, access_token, expires_at):
+    def save_access_token(tenant, provider_id, access_token, expires_at, owner=None):
         """Store the (already encrypted, text) access token and its expiry in
-        ``access_token``/``token_expires_at``."""
+        ``access_token``/``token_expires_at``. With ``owner``: refused
+        (:class:`LeaseLost`) while another worker holds a live lease."""
+
+    # -- one service across replicas (schema/0004) --------------------------
+
+    def acquire_lease_capped(tenant, provider_id, owner, ttl_ms, folders, max_connections):
+        """Take the lease (as :meth:`acquire_lease`) with connections for the
+        first ``folders`` (INBOX first) that fit in ``max_connections`` minus
+        the tenant's connections held under other live leases, counted in the
+        database in the same transaction. Rewrites the provider's
+        ``imap_folder_status`` rows; folders left out, or a provider refused
+        for the cap, get ``status = error`` with an error naming the cap.
+
+        :rtype: Deferred[imapsvc.model.LeaseGrant]
+        """
+
+    def write_folder_status(tenant, provider_id, owner, statuses):
+        """Persist :class:`~imapsvc.model.FolderStatus` rows, fenced by the
+        lease (:class:`LeaseLost`)."""
+
+    def heartbeat_replica(owner, info=None):
+        """Record that replica ``owner`` is alive (``imap_replicas``)."""
+
+    def forget_replica(owner):
+        """Remove a replica that stops cleanly."""
+
+    def read_deployment(tenants=None):
+        """Every imap provider, persisted folder state and replica (see
+        :func:`imapsvc.core.cluster.deployment_status`), with the store's
+        ``now``. :rtype: Deferred[dict]"""
+
+    def add_admin_request(tenant, provider_id, action, folder=None, requested_by=None):
+        """Queue an admin action for the provider's owner (and NOTIFY
+        ``imapsvc_admin`` where the store can).
+        :rtype: Deferred[imapsvc.model.AdminRequest]"""
+
+    def claim_admin_requests(owner, limit=10, stale_s=60.0):
+        """Claim pending requests of providers ``owner`` leases or that no
+        live lease holds (a claim older than ``stale_s`` may be taken over).
+        :rtype: Deferred[list[imapsvc.model.AdminRequest]]"""
+
+    def complete_admin_request(tenant, request_id, owner, result):
+        """Store the result (a JSON object) and ``applied_at``."""
+
+    def get_admin_request(tenant, request_id):
+        """:rtype: Deferred[Optional[imapsvc.model.AdminRequest]]"""
 
     def put_oauth_state(tenant, nonce, verifier, expires_at):
         """Remember an OAuth ``state`` nonce with its PKCE verifier (the
@@ -148,6 +195,11 @@ class IStore(Interface):
 
     def reset_auth_failures(tenant, provider_id):
         """A login succeeded: clear the count (and an ``auth_failure`` pause)."""
+
+    def set_inbound_pause(tenant, provider_id, paused):
+        """Pause (``manual``, an existing pause is kept as it is) or resume
+        (any pause, and the auth-failure count cleared).
+        :rtype: Deferred[bool] ``False`` for an unknown provider."""
 
     def touch_last_sync(tenant, provider_id):
         """Set ``email_providers.last_sync_at`` to now."""
@@ -229,6 +281,12 @@ class IAdmin(Interface):
 
     def test_connection(tenant, provider_id):
         """Log in and out once. :rtype: Deferred[dict] ``{"ok": bool, "error": str?}``"""
+
+    def pause(tenant, provider_id):
+        """Pause the provider (``manual``) and stop it. :rtype: Deferred[dict]"""
+
+    def resume(tenant, provider_id):
+        """Clear the provider's pause. :rtype: Deferred[dict]"""
 
     def status():
         """This replica's providers and folders, redacted. :rtype: dict"""

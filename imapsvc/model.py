@@ -267,3 +267,60 @@ class Limits:
     #: A text/plain or text/html body part larger than this is fetched only
     #: up to this many bytes (and reported in ``ingressSkipReasons``).
     max_text_part_bytes: int = 2 * MIB
+
+
+# -- one service across replicas (schema/0004) --------------------------------
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class LeaseGrant:
+    """What :meth:`IStore.acquire_lease_capped` did.
+
+    :ivar acquired: the lease is ``owner``'s now.
+    :ivar folders: the folders granted a connection, INBOX first (empty
+        when not acquired).
+    :ivar waiting: folders left without a connection by the tenant cap.
+    :ivar in_use: connections of the tenant held under other live leases
+        when the lease was taken (or refused).
+    :ivar error: the cap error written to the provider (``None`` when every
+        folder got its connection or the lease is someone else's).
+    """
+
+    acquired: bool
+    folders: tuple[str, ...] = ()
+    waiting: tuple[str, ...] = ()
+    in_use: int = 0
+    error: Optional[str] = None
+
+    def __bool__(self) -> bool:
+        return self.acquired
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class FolderStatus:
+    """One folder's state as a replica persists it for ``/status``
+    (``imap_folder_status``); times are aware UTC datetimes."""
+
+    folder: str
+    state: str
+    since: Optional[datetime] = None
+    last_sync_at: Optional[datetime] = None
+    last_error: Optional[str] = None
+    counters: Mapping[str, Any] = attr.Factory(dict)
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class AdminRequest:
+    """One admin action routed to the provider's owner (``imap_admin_requests``)."""
+
+    tenant: str
+    id: str
+    provider_id: str
+    action: str
+    folder: Optional[str] = None
+    requested_by: Optional[str] = None
+    created_at: Optional[datetime] = None
+    claimed_by: Optional[str] = None
+    applied_by: Optional[str] = None
+    applied_at: Optional[datetime] = None
+    result: Optional[Mapping[str, Any]] = None

@@ -418,10 +418,13 @@ class OAuthFlow:
 
 @defer.inlineCallbacks
 def store_tokens(
-    store, secret_store, box: Optional[SecretBox], clock, provider: ProviderConfig, tokens
+    store, secret_store, box: Optional[SecretBox], clock, provider: ProviderConfig, tokens,
+    owner: Optional[str] = None,
 ):
     """Persist a token response: a (rotated) refresh token first, then the
-    sealed access token with its expiry. Returns ``(access_token, expires_ts)``."""
+    sealed access token with its expiry. Returns ``(access_token, expires_ts)``.
+    With ``owner`` the access token write is fenced: refused while another
+    worker holds the provider's lease."""
     refresh = tokens.get("refresh_token")
     if isinstance(refresh, str) and refresh:
         # SECRET_WRITE_PROVIDER (the app sees it too) or the sealed store;
@@ -435,7 +438,12 @@ def store_tokens(
     access = tokens["access_token"]
     if box is not None and not row_token_is_apps(box, provider):
         sealed = box.seal_text(provider.tenant, access_token_name(provider.provider_id), access)
-        yield store.save_access_token(provider.tenant, provider.provider_id, sealed, _utc(expires))
+        if owner is None:
+            yield store.save_access_token(provider.tenant, provider.provider_id, sealed,
+                                          _utc(expires))
+        else:
+            yield store.save_access_token(provider.tenant, provider.provider_id, sealed,
+                                          _utc(expires), owner=owner)
     # Else the row holds the app's own token: it stays as the app left it;
     # the new token lives in the credential source's memory until it expires.
     return access, expires
@@ -451,9 +459,11 @@ class CredentialSource:
 
     def __init__(
         self, store, secret_store, box: Optional[SecretBox], http: Any, clock,
-        allow_http_loopback: bool = False,
+        allow_http_loopback: bool = False, owner: Optional[str] = None,
     ):
         self._store = store
+        #: This worker's lease owner id: refreshed tokens are written fenced.
+        self._owner = owner
         self._secrets = secret_store
         self._box = box
         self._tokens = TokenClient(http, clock=clock, allow_http_loopback=allow_http_loopback)
@@ -618,7 +628,7 @@ class CredentialSource:
                 provider=provider.provider_id,
             )
         access, expires = yield store_tokens(
-            self._store, self._secrets, self._box, self._clock, provider, tokens
+            self._store, self._secrets, self._box, self._clock, provider, tokens, self._owner
         )
         self._cache[provider.key] = (access, expires)
         self.log.info(

@@ -100,6 +100,7 @@ class Runtime(service.MultiService):
         self._build(http)
         self._boot: Optional[defer.Deferred] = None
         self._listener: Any = None
+        self._admin_listener: Any = None
         self._store_started = False
         self._sink_started = False
         self.store_error: Optional[str] = None
@@ -148,7 +149,7 @@ class Runtime(service.MultiService):
             )
         self.credentials = CredentialSource(
             self.store, self.secrets, self.box, tenant_http, reactor,
-            allow_http_loopback=s.oauth_allow_http_loopback,
+            allow_http_loopback=s.oauth_allow_http_loopback, owner=s.worker_id,
         )
         self.relay = Relay(self.store, self.sink, reactor, owner=s.worker_id)
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="imapsvc-parse")
@@ -192,6 +193,17 @@ class Runtime(service.MultiService):
             d.addCallback(lambda _: self.relay.wake())
             return d
 
+        from imapsvc.admin_requests import AdminRequests
+        from imapsvc.cluster_status import StatusReporter
+
+        lease_ttl_s = s.lease_ttl_ms / 1000.0
+        # Folder states and a heartbeat in the store: /status on any replica
+        # shows the whole deployment.
+        self.reporter = StatusReporter(
+            self.store, reactor, s.worker_id, interval_s=s.status_write_ms / 1000.0,
+            heartbeat_s=lease_ttl_s / 3.0, lease_ttl_s=lease_ttl_s,
+            tenants=frozenset(s.tenants),
+        )
         self.supervisor = Supervisor(
             self.store,
             reactor,
@@ -208,6 +220,13 @@ class Runtime(service.MultiService):
                 reactor, p, self.credentials, tls, s.connection_timeout_ms / 1000.0, allow,
                 oauth_mechanism=s.oauth_auth_mechanism,
             ),
+            reporter=self.reporter,
+        )
+        # Admin actions go to the replica that owns the provider.
+        self.admin_requests = AdminRequests(
+            self.store, reactor, s.worker_id, self.supervisor,
+            poll_s=s.admin_poll_ms / 1000.0, wait_s=s.admin_wait_ms / 1000.0,
+            stale_s=max(60.0, lease_ttl_s),
         )
         self.oauth = None
         if self.box is not None and s.public_base_url:
@@ -267,6 +286,18 @@ class Runtime(service.MultiService):
                 )
             except Exception as e:
                 log.warn("LISTEN for provider changes failed: {err}", err=e)
+        self.admin_requests.start()
+        if listen is not None:
+            from imapsvc.store.postgres import ADMIN_CHANNEL
+
+            try:
+                self._admin_listener = yield listen(
+                    ADMIN_CHANNEL,
+                    lambda payload: self.admin_requests.wake(),
+                    on_reconnect=self.admin_requests.wake,
+                )
+            except Exception as e:
+                log.warn("LISTEN for admin requests failed: {err}", err=e)
         self.cleanup.start(3600, now=True).addErrback(
             lambda f: log.failure("ledger cleanup loop failed", f)
         )
@@ -284,6 +315,9 @@ class Runtime(service.MultiService):
             self.cleanup.stop()
         if self._listener is not None:
             yield defer.maybeDeferred(self._listener.stop).addErrback(lambda f: None)
+        if self._admin_listener is not None:
+            yield defer.maybeDeferred(self._admin_listener.stop).addErrback(lambda f: None)
+        yield self.admin_requests.stop()
         if self.supervisor.running:
             yield _bounded(self.supervisor.stopService(), bound * 0.6, self.reactor, "folders")
         if self.relay.running:
@@ -353,6 +387,8 @@ def build_web(settings: Any, reactor: Any, runtime: Runtime) -> Any:
         oauth_flow=runtime.oauth,
         admin_token=settings.admin_token,
         discovered=runtime.discovered,
+        requests=runtime.admin_requests,
+        deployment=runtime.reporter.deployment,
     )
     # HSTS when browsers reach the service over https (a TLS-terminating
     # proxy in front of it: the public base URL says so).

@@ -25,7 +25,7 @@ from imapsvc.core.discovery import aggregate_status, plan_discovery
 from imapsvc.deferreds import fire_and_forget
 from imapsvc.interfaces import IAdmin
 from imapsvc.logging import redact
-from imapsvc.model import ProviderConfig
+from imapsvc.model import FolderStatus, ProviderConfig
 
 #: The folder's auth-failure code for an OAuth2 provider never consented to
 #: (see imapsvc.oauth.AwaitingConsent); kept here to avoid importing oauth.
@@ -74,7 +74,9 @@ class ProviderService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, supervisor: Supervisor, provider: ProviderConfig, make_folder):
+    def __init__(self, supervisor: Supervisor, provider: ProviderConfig, make_folder,
+                 folders: Optional[tuple[str, ...]] = None,
+                 waiting: Optional[dict[str, str]] = None):
         super().__init__()
         self.supervisor = supervisor
         self.provider = provider
@@ -86,23 +88,35 @@ class ProviderService(service.MultiService):
         self._auth_failure_counted = False
         self._credentials_missing_logged = False
         self._last_sync_written = None
-        for folder in provider.folders:
+        #: Folders the tenant connection cap left without a connection,
+        #: with the error naming the cap (shown, and kept in the status).
+        self.waiting: dict[str, str] = dict(waiting or {})
+        self.folder_since: dict[str, float] = {}
+        self.folder_synced_at: dict[str, float] = {}
+        for folder in provider.folders if folders is None else folders:
             child = make_folder(provider, folder, FolderHooks(self, folder))
             child.setName(folder)
             child.setServiceParent(self)
             self.folders[folder] = child
             self.folder_states[folder] = ("Disconnected", None)
+        for folder, error in self.waiting.items():
+            self.folder_states[folder] = ("Waiting", error)
 
     # -- hooks from folders -------------------------------------------------
 
     def folder_state_changed(self, folder: str, state: str, error: Optional[str]) -> None:
+        if self.folder_states.get(folder, (None,))[0] != state:
+            self.folder_since[folder] = self.supervisor.clock.seconds()
         self.folder_states[folder] = (state, error)
         status = aggregate_status(self.folder_states)
         if status != self._status_written and self.running:
             self._status_written = status
             tenant, pid = self.provider.key
+            # Fenced: a replica that lost the lease must not overwrite the
+            # new owner's status.
             fire_and_forget(
-                self.supervisor.store.set_provider_status(tenant, pid, status[0], status[1]),
+                self.supervisor.store.set_provider_status(
+                    tenant, pid, status[0], status[1], owner=self.supervisor.owner),
                 self.log,
                 "provider status write failed",
             )
@@ -115,6 +129,28 @@ class ProviderService(service.MultiService):
                     self.log,
                     "provider last_error write failed",
                 )
+        self.report(folder)
+
+    def report(self, folder: str) -> None:
+        """Hand the folder's state to the cluster status reporter (throttled there)."""
+        reporter = self.supervisor.reporter
+        if reporter is None or not self.running or folder not in self.folders:
+            return
+        from imapsvc.cluster_status import folder_counters, utc
+
+        child = self.folders[folder]
+        snap = child.snapshot() if hasattr(child, "snapshot") else {}
+        state, error = self.folder_states.get(folder, ("Disconnected", None))
+        since = self.folder_since.get(folder)
+        synced = self.folder_synced_at.get(folder)
+        reporter.folder_changed(self.provider.key, FolderStatus(
+            folder=folder,
+            state=state,
+            since=None if since is None else utc(since),
+            last_sync_at=None if synced is None else utc(synced),
+            last_error=redact(error) if error else None,
+            counters=folder_counters(snap),
+        ))
 
     def auth_failed(self, folder: str, code: str) -> None:
         # Several folders of one provider failing in the same attempt are one
@@ -153,6 +189,8 @@ class ProviderService(service.MultiService):
 
     def synced(self, folder: str) -> None:
         now = self.supervisor.clock.seconds()
+        self.folder_synced_at[folder] = now
+        self.report(folder)
         interval = self.supervisor.last_sync_interval_s
         if self._last_sync_written is None or now - self._last_sync_written >= interval:
             self._last_sync_written = now
@@ -196,6 +234,8 @@ class ProviderService(service.MultiService):
                 # Errors are written secret-free; /status masks them again anyway.
                 snap["last_error"] = redact(str(snap["last_error"]))
             folders[name] = snap
+        for name, error in self.waiting.items():
+            folders[name] = {"state": "Waiting", "last_error": redact(error) if error else None}
         status, error = aggregate_status(self.folder_states)
         return {
             "tenant": self.provider.tenant,
@@ -237,6 +277,7 @@ class Supervisor(service.MultiService):
         test_connection: Optional[Callable[[ProviderConfig], defer.Deferred]] = None,
         last_sync_interval_s: float = 60.0,
         rng: Optional[random.Random] = None,
+        reporter: Any = None,
     ):
         super().__init__()
         self.setName("supervisor")
@@ -254,6 +295,8 @@ class Supervisor(service.MultiService):
         self._test_connection = test_connection
         self.last_sync_interval_s = last_sync_interval_s
         self._rng = rng or random.Random()
+        #: The cluster status reporter (:class:`imapsvc.cluster_status.StatusReporter`).
+        self.reporter = reporter
         self.providers: dict[Key, ProviderService] = {}
         self.waiting: dict[Key, str] = {}
         self._lease_ok_at: dict[Key, float] = {}
@@ -275,6 +318,8 @@ class Supervisor(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
+        if self.reporter is not None:
+            self.reporter.start()
         self._discovery_call = self.clock.callLater(0, self.request_discovery)
         self._schedule_renew()
 
@@ -293,6 +338,8 @@ class Supervisor(service.MultiService):
         yield defer.DeferredList(
             [self.drop_provider(key, "shutting down") for key in keys], consumeErrors=True
         )
+        if self.reporter is not None:
+            yield self.reporter.stop()
         yield super().stopService()
 
     # -- discovery --------------------------------------------------------------
@@ -339,9 +386,9 @@ class Supervisor(service.MultiService):
         for key, svc in self.providers.items():
             used[key[0]] = used.get(key[0], 0) + len(svc.provider.folders)
         running = {key: svc.provider for key, svc in self.providers.items()}
-        plan = plan_discovery(
-            wanted, running, used, self.max_connections_per_tenant, self.tenants
-        )
+        # The tenant cap is counted by the store when a lease is taken
+        # (across replicas), not here: None.
+        plan = plan_discovery(wanted, running, used, None, self.tenants)
         invalid = dict(plan.invalid)
         self._start_failed_now = set()
         for key in plan.stop:
@@ -372,11 +419,15 @@ class Supervisor(service.MultiService):
                 # failures towards the auto-pause.
                 yield self.drop_provider(key, "retrying login", release=False)
                 yield self._start_provider(svc.provider, have_lease=True)
+        capped = dict(self.waiting)
         self.waiting = dict(plan.waiting)
         for key, reason in sorted(invalid.items()):
             yield self._provider_invalid(key, reason)
         for provider in plan.start:
+            if provider.key in capped:
+                self.waiting[provider.key] = capped[provider.key]
             yield self._start_provider(provider)
+        yield self._retry_capped()
         # A reason is forgotten once its provider is fine (or gone), so a
         # later breakage is reported again.
         for key in list(self.invalid):
@@ -409,26 +460,61 @@ class Supervisor(service.MultiService):
         self._invalid_written.add(key)
 
     @defer.inlineCallbacks
+    def _retry_capped(self):
+        """Providers running with fewer folders than configured (the tenant
+        cap): restart them when the cap now has room for more."""
+        for key, svc in list(self.providers.items()):
+            if not svc.waiting or self.providers.get(key) is not svc:
+                continue
+            try:
+                grant = yield self.store.acquire_lease_capped(
+                    key[0], key[1], self.owner, int(self.lease_ttl_s * 1000),
+                    svc.provider.folders, self.max_connections_per_tenant)
+            except Exception as e:
+                self.log.warn("lease for {key} failed: {err}", key=key, err=str(e))
+                continue
+            if not grant.acquired:
+                yield self.drop_provider(key, "lease lost", release=False)
+            elif len(grant.folders) > len(svc.folders):
+                yield self.drop_provider(key, "more connections free", release=False)
+                yield self._start_provider(svc.provider, have_lease=True)
+            else:
+                for folder in svc.folders:
+                    svc.report(folder)  # the grant rewrote the rows: write them again
+
+    @defer.inlineCallbacks
     def _start_provider(self, provider: ProviderConfig, have_lease: bool = False):
         key = provider.key
         ttl_ms = int(self.lease_ttl_s * 1000)
         try:
-            if have_lease:
-                ok = yield self.store.renew_lease(key[0], key[1], self.owner, ttl_ms)
-            else:
-                ok = yield self.store.acquire_lease(key[0], key[1], self.owner, ttl_ms)
+            # The tenant cap is counted in the database, in the same
+            # transaction that takes (or re-takes) the lease: it holds
+            # across replicas. INBOX gets the first connection.
+            grant = yield self.store.acquire_lease_capped(
+                key[0], key[1], self.owner, ttl_ms, provider.folders,
+                self.max_connections_per_tenant)
         except Exception as e:
             self.log.warn("lease for {key} failed: {err}", key=key, err=str(e))
             return
-        if not ok:
-            self.waiting.pop(key, None)
+        if not grant.acquired:
+            if grant.error:
+                self.waiting[key] = grant.error
+                self.log.warn("provider {tenant}/{provider}: {err}", tenant=key[0],
+                              provider=key[1], err=grant.error)
+            else:
+                self.waiting.pop(key, None)
             return
+        self.waiting.pop(key, None)
         if not self.running or key in self.providers:
             return
+        if grant.error:
+            self.log.warn("provider {tenant}/{provider}: {err}", tenant=key[0],
+                          provider=key[1], err=grant.error)
         self._lease_ok_at[key] = self.clock.seconds()
         svc = None
         try:
-            svc = ProviderService(self, provider, self._make_folder)
+            svc = ProviderService(self, provider, self._make_folder, grant.folders,
+                                  {f: grant.error or "" for f in grant.waiting})
             self.providers[key] = svc
             svc.setServiceParent(self)
         except Exception as e:
@@ -459,6 +545,8 @@ class Supervisor(service.MultiService):
     def drop_provider(self, key: Key, reason: str, release: bool = True):
         svc = self.providers.pop(key, None)
         self._lease_ok_at.pop(key, None)
+        if self.reporter is not None:
+            self.reporter.forget(key)
         if svc is not None:
             self.log.info(
                 "provider {tenant}/{provider} stopping: {reason}",
@@ -574,6 +662,29 @@ class Supervisor(service.MultiService):
         if svc is not None:
             yield self._start_provider(svc.provider, have_lease=True)
         return {"success": True, "running": svc is not None}
+
+    @defer.inlineCallbacks
+    def pause(self, tenant: str, provider_id: str):
+        """Operator pause (``manual``): the row says so, and the provider
+        stops here at once (other replicas see the row change)."""
+        # Running before the write: the row change NOTIFYs, and discovery
+        # may stop the provider before this method gets to it.
+        running = (tenant, provider_id) in self.providers
+        known = yield self.store.set_inbound_pause(tenant, provider_id, True)
+        if not known:
+            return {"success": False, "error": "unknown provider"}
+        if (tenant, provider_id) in self.providers:
+            yield self.drop_provider((tenant, provider_id), "paused by an operator")
+        return {"success": True, "paused": True, "stopped": running}
+
+    @defer.inlineCallbacks
+    def resume(self, tenant: str, provider_id: str):
+        """Clear any pause (and the auth-failure count); discovery starts it."""
+        known = yield self.store.set_inbound_pause(tenant, provider_id, False)
+        if not known:
+            return {"success": False, "error": "unknown provider"}
+        self.request_discovery()
+        return {"success": True, "paused": False}
 
     @defer.inlineCallbacks
     def test_connection(self, tenant: str, provider_id: str):

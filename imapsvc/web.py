@@ -12,6 +12,7 @@ import hmac
 import html
 import json
 import re
+import uuid
 from typing import Any, Callable, Optional
 
 from klein import Klein
@@ -47,6 +48,10 @@ def _detached(d: defer.Deferred) -> defer.Deferred:
 
     d.addBoth(relay)
     return out
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else value
 
 
 class BadRequest(Exception):
@@ -127,6 +132,8 @@ class WebApp:
         discovered: Callable[[], bool] = lambda: True,
         ready_deadline_s: float = 2.0,
         detailed_registry=None,
+        requests: Any = None,
+        deployment: Optional[Callable[[], defer.Deferred]] = None,
     ):
         self._clock = clock
         self._admin = admin
@@ -139,6 +146,11 @@ class WebApp:
         self._token = admin_token.encode("utf-8") if admin_token else b""
         self._discovered = discovered
         self._deadline = ready_deadline_s
+        #: :class:`imapsvc.admin_requests.AdminRequests`: admin actions go to
+        #: the provider's owner. ``None``: this process acts itself.
+        self._requests = requests
+        #: The deployment-wide status (every replica's folders) for /status.
+        self._deployment = deployment
 
     def resource(self):
         return self.app.resource()
@@ -177,17 +189,62 @@ class WebApp:
                 raise BadRequest("folder must be a string")
         except BadRequest as e:
             return _json(request, 400, {"success": False, "error": str(e)})
+        if self._requests is not None:
+            result = yield self._routed(request, tenant, provider, action, folder)
+            return result
         try:
             if action == "reconnect":
                 result = yield self._admin.reconnect(tenant, provider)
             elif action == "resync":
                 result = yield self._admin.resync(tenant, provider, folder)
+            elif action in ("pause", "resume"):
+                result = yield getattr(self._admin, action)(tenant, provider)
             else:
                 result = yield self._admin.test_connection(tenant, provider)
         except Exception as e:
             self.log.warn("admin {action} failed: {err}", action=action, err=str(e))
             return _json(request, 500, {"success": False, "error": "internal error"})
         return _json(request, 200, result)
+
+    @defer.inlineCallbacks
+    def _routed(self, request, tenant: str, provider: str, action: str,
+                folder: Optional[str]):
+        """The action as a request row for the provider's owner; answers once
+        applied (200, with when and by whom) or after the bounded wait (202,
+        with the request id to poll)."""
+        from imapsvc.admin_requests import UnknownProvider
+
+        name = "test-connection" if action == "test" else action
+        try:
+            req = yield self._requests.submit(tenant, provider, name, folder)
+        except UnknownProvider:
+            return _json(request, 404, {"success": False, "error": "unknown provider"})
+        except Exception as e:
+            self.log.warn("admin {action} failed: {err}", action=name, err=str(e))
+            return _json(request, 500, {"success": False, "error": "internal error"})
+        return self._request_answer(request, req)
+
+    def _request_answer(self, request, req) -> bytes:
+        doc: dict[str, Any] = {
+            "requestId": req.id,
+            "tenant": req.tenant,
+            "providerId": req.provider_id,
+            "action": req.action,
+            "requestedBy": req.requested_by,
+            "requestedAt": _iso(req.created_at),
+        }
+        if req.folder:
+            doc["folder"] = req.folder
+        if req.applied_at is None:
+            doc.update(
+                status="pending",
+                claimedBy=req.claimed_by,
+                poll=f"/api/email/imap/requests/{req.id}?tenant={req.tenant}",
+            )
+            return _json(request, 202, doc)
+        doc.update(dict(req.result or {}))
+        doc.update(status="applied", appliedAt=_iso(req.applied_at), appliedBy=req.applied_by)
+        return _json(request, 200, doc)
 
     # -- routes ---------------------------------------------------------------
 
@@ -227,11 +284,49 @@ class WebApp:
         return render(self._registry)
 
     @app.route("/status", methods=["GET"])
+    @defer.inlineCallbacks
     def status(self, request):
         denied = self._authorized(request)
         if denied is not None:
             return denied
-        return _json(request, 200, self._admin.status())
+        doc = dict(self._admin.status())
+        if self._deployment is not None:
+            # Every provider and folder of the deployment, as the replicas
+            # persisted them; "providers" above stays this replica's own.
+            try:
+                doc["deployment"] = yield with_deadline(
+                    _detached(defer.maybeDeferred(self._deployment)), self._deadline,
+                    self._clock, "database")
+            except Exception as e:
+                doc["deploymentError"] = f"deployment status unavailable: {e}"
+        return _json(request, 200, doc)
+
+    @app.route("/api/email/imap/requests/<request_id>", methods=["GET"])
+    @defer.inlineCallbacks
+    def admin_request(self, request, request_id):
+        denied = self._authorized(request)
+        if denied is not None:
+            return denied
+        if self._requests is None:
+            return _json(request, 404, {"success": False, "error": "no admin requests here"})
+        values = request.args.get(b"tenant") or [b""]
+        try:
+            tenant = _ident({"tenant": values[0].decode("utf-8", "replace")}, "tenant")
+            request_id = _ident({"id": request_id}, "id")
+        except BadRequest as e:
+            return _json(request, 400, {"success": False, "error": str(e)})
+        try:
+            uuid.UUID(request_id)
+        except ValueError:
+            return _json(request, 404, {"success": False, "error": "unknown request"})
+        try:
+            req = yield self._requests.get(tenant, request_id)
+        except Exception as e:
+            self.log.warn("reading admin request failed: {err}", err=str(e))
+            return _json(request, 500, {"success": False, "error": "internal error"})
+        if req is None:
+            return _json(request, 404, {"success": False, "error": "unknown request"})
+        return self._request_answer(request, req)
 
     @app.route("/api/email/imap/reconnect", methods=["POST"])
     def reconnect(self, request):
@@ -244,6 +339,14 @@ class WebApp:
     @app.route("/api/email/imap/test-connection", methods=["POST"])
     def test_connection(self, request):
         return self._admin_call(request, "test")
+
+    @app.route("/api/email/imap/pause", methods=["POST"])
+    def pause(self, request):
+        return self._admin_call(request, "pause")
+
+    @app.route("/api/email/imap/resume", methods=["POST"])
+    def resume(self, request):
+        return self._admin_call(request, "resume")
 
     @app.route("/api/email/oauth/imap/initiate", methods=["POST"])
     @defer.inlineCallbacks

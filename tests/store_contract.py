@@ -21,6 +21,7 @@ from imapsvc.model import (
     OUTCOME_PUBLISHED,
     OUTCOME_SKIPPED,
     FolderCursor,
+    FolderStatus,
     MessageRecord,
     ProviderConfig,
 )
@@ -609,6 +610,180 @@ class StoreContractMixin:
         yield self.store.save_access_token(p.tenant, p.provider_id, "enc:token", expires)
         got = yield self.store.get_provider(p.tenant, p.provider_id)
         self.assertEqual((got.access_token, got.token_expires_at), ("enc:token", expires))
+
+    # -- fenced runtime writes (issue 10) ---------------------------------------
+
+    @defer.inlineCallbacks
+    def test_status_capability_token_writes_fenced_by_lease(self) -> Any:
+        p = yield self.leased("worker-a", auth_type="oauth2")
+        expires = (self.now() + timedelta(hours=1)).replace(microsecond=0)
+        yield self.store.set_provider_status(p.tenant, p.provider_id, "connected",
+                                             owner="worker-a")
+        yield self.store.save_capabilities(p.tenant, p.provider_id, ["IDLE"], owner="worker-a")
+        yield self.store.save_access_token(p.tenant, p.provider_id, "enc:a", expires,
+                                           owner="worker-a")
+        # worker-b does not hold the lease: none of its writes land.
+        yield self.assertFailure(self.store.set_provider_status(
+            p.tenant, p.provider_id, "error", "stale", owner="worker-b"), LeaseLost)
+        yield self.assertFailure(self.store.save_capabilities(
+            p.tenant, p.provider_id, ["X"], owner="worker-b"), LeaseLost)
+        yield self.assertFailure(self.store.save_access_token(
+            p.tenant, p.provider_id, "enc:b", expires, owner="worker-b"), LeaseLost)
+        # A provider nobody leases: a refreshed token (connection test) lands.
+        free = yield self.provider(auth_type="oauth2")
+        yield self.store.save_access_token(free.tenant, free.provider_id, "enc:f", expires,
+                                           owner="worker-b")
+        got = yield self.store.get_provider(free.tenant, free.provider_id)
+        self.assertEqual(got.access_token, "enc:f")
+        # Nor do a's once its lease expired.
+        yield defer.maybeDeferred(self.expire_lease, p.tenant, p.provider_id)
+        yield self.assertFailure(self.store.set_provider_status(
+            p.tenant, p.provider_id, "error", "late", owner="worker-a"), LeaseLost)
+        got = yield self.store.get_provider(p.tenant, p.provider_id)
+        self.assertEqual((got.status, got.server_capabilities, got.access_token),
+                         ("connected", ("IDLE",), "enc:a"))
+
+    # -- the per-tenant cap, counted in the store ------------------------------
+
+    @defer.inlineCallbacks
+    def test_capped_lease_counts_connections_of_the_tenant(self) -> Any:
+        tenant = new_id()
+        p1 = yield self.provider(tenant=tenant, folder_filters=("Archive", "INBOX"))
+        p2 = yield self.provider(tenant=tenant, folder_filters=("INBOX", "Sent"))
+        p3 = yield self.provider(tenant=tenant)
+        g1 = yield self.store.acquire_lease_capped(tenant, p1.provider_id, "worker-a", 60000,
+                                                   p1.folders, 3)
+        self.assertTrue(g1.acquired)
+        self.assertEqual((g1.folders, g1.waiting, g1.in_use, g1.error),
+                         (("INBOX", "Archive"), (), 0, None))
+        # Another worker: one connection left, INBOX first, the cap named.
+        g2 = yield self.store.acquire_lease_capped(tenant, p2.provider_id, "worker-b", 60000,
+                                                   p2.folders, 3)
+        self.assertTrue(g2.acquired)
+        self.assertEqual((g2.folders, g2.waiting, g2.in_use), (("INBOX",), ("Sent",), 2))
+        self.assertIn("IMAP_MAX_CONNECTIONS_PER_TENANT=3", g2.error)
+        row = yield self.row(p2)
+        self.assertEqual(row["status"], "error")
+        self.assertIn("IMAP_MAX_CONNECTIONS_PER_TENANT=3", row["error_message"])
+        # Full: refused, with the error, and no lease taken.
+        g3 = yield self.store.acquire_lease_capped(tenant, p3.provider_id, "worker-a", 60000,
+                                                   p3.folders, 3)
+        self.assertFalse(g3.acquired)
+        self.assertEqual((g3.folders, g3.waiting, g3.in_use), ((), ("INBOX",), 3))
+        row = yield self.row(p3)
+        self.assertEqual(row["status"], "error")
+        self.assertIn("IMAP_MAX_CONNECTIONS_PER_TENANT=3", row["error_message"])
+        self.assertIsNone(row["lease_owner"])
+        # An expired lease frees its connections; a released one too.
+        yield defer.maybeDeferred(self.expire_lease, tenant, p1.provider_id)
+        g3 = yield self.store.acquire_lease_capped(tenant, p3.provider_id, "worker-a", 60000,
+                                                   p3.folders, 3)
+        self.assertEqual((g3.acquired, g3.in_use), (True, 1))
+        yield self.store.release_lease(tenant, p2.provider_id, "worker-b")
+        g1 = yield self.store.acquire_lease_capped(tenant, p1.provider_id, "worker-b", 60000,
+                                                   p1.folders, 3)
+        self.assertEqual((g1.folders, g1.in_use), (("INBOX", "Archive"), 1))
+        # Another tenant is not counted; a held lease is not taken.
+        other = yield self.provider()
+        g = yield self.store.acquire_lease_capped(other.tenant, other.provider_id, "w", 60000,
+                                                  other.folders, 1)
+        self.assertEqual(g.folders, ("INBOX",))
+        g = yield self.store.acquire_lease_capped(tenant, p1.provider_id, "worker-c", 60000,
+                                                  p1.folders, 10)
+        self.assertFalse(g.acquired)
+        self.assertEqual(g.waiting, ())
+
+    # -- folder status and replicas -------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_folder_status_fenced_and_read_back(self) -> Any:
+        tenant = new_id()
+        p = yield self.provider(tenant=tenant, folder_filters=("INBOX", "Sent"))
+        yield self.store.acquire_lease_capped(tenant, p.provider_id, "worker-a", 60000,
+                                              p.folders, None)
+        since = self.now().replace(microsecond=0)
+        st = FolderStatus("INBOX", "Idling", since, since, None, {"reconnects": 2})
+        yield self.store.write_folder_status(tenant, p.provider_id, "worker-a", [st])
+        yield self.assertFailure(self.store.write_folder_status(
+            tenant, p.provider_id, "worker-b",
+            [FolderStatus("INBOX", "Backoff", since, None, "stale")]), LeaseLost)
+        yield self.store.heartbeat_replica("worker-a", {"version": "x"})
+        doc = yield self.store.read_deployment([tenant])
+        self.assertEqual([(r["tenant"], r["provider_id"]) for r in doc["providers"]],
+                         [(tenant, p.provider_id)])
+        self.assertEqual(doc["providers"][0]["lease_owner"], "worker-a")
+        folders = {f["folder"]: f for f in doc["folders"]}
+        self.assertEqual(sorted(folders), ["INBOX", "Sent"])
+        inbox = folders["INBOX"]
+        self.assertEqual((inbox["state"], inbox["owner"], inbox["holds_connection"],
+                          inbox["counters"], inbox["since"], inbox["last_error"]),
+                         ("Idling", "worker-a", True, {"reconnects": 2}, since, None))
+        self.assertEqual(folders["Sent"]["state"], "Disconnected")
+        self.assertIn("worker-a", [r["owner"] for r in doc["replicas"]])
+        self.assertIsNotNone(doc["now"])
+        # Taken again by the same owner (a discovery retry): states survive.
+        g = yield self.store.acquire_lease_capped(tenant, p.provider_id, "worker-a", 60000,
+                                                  p.folders, None)
+        self.assertEqual(g.folders, ("INBOX", "Sent"))
+        doc = yield self.store.read_deployment([tenant])
+        self.assertEqual({f["folder"]: f["state"] for f in doc["folders"]},
+                         {"INBOX": "Idling", "Sent": "Disconnected"})
+        # Released: the folders stop holding connections.
+        yield self.store.release_lease(tenant, p.provider_id, "worker-a")
+        doc = yield self.store.read_deployment([tenant])
+        self.assertEqual({f["folder"]: (f["state"], f["holds_connection"])
+                          for f in doc["folders"]},
+                         {"INBOX": ("Stopped", False), "Sent": ("Stopped", False)})
+        yield self.store.forget_replica("worker-a")
+        doc = yield self.store.read_deployment([tenant])
+        self.assertNotIn("worker-a", [r["owner"] for r in doc["replicas"]])
+
+    # -- admin requests ---------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_admin_requests_go_to_the_lease_holder(self) -> Any:
+        owned = yield self.leased("worker-a")
+        free = yield self.provider()
+        r1 = yield self.store.add_admin_request(owned.tenant, owned.provider_id, "reconnect",
+                                                None, "worker-b")
+        r2 = yield self.store.add_admin_request(free.tenant, free.provider_id, "resync",
+                                                "INBOX", "worker-b")
+        self.assertEqual((r1.action, r1.requested_by, r1.applied_at), ("reconnect", "worker-b",
+                                                                       None))
+        # b does not own `owned`: it may take only the unowned provider's request.
+        got = yield self.store.claim_admin_requests("worker-b", 10, 60)
+        self.assertEqual([r.id for r in got if r.tenant in (owned.tenant, free.tenant)], [r2.id])
+        self.assertEqual(got[0].folder, "INBOX") if len(got) == 1 else None
+        got = yield self.store.claim_admin_requests("worker-a", 10, 60)
+        self.assertEqual([r.id for r in got if r.tenant in (owned.tenant, free.tenant)], [r1.id])
+        # Claimed: nobody claims it again (until the claim is stale).
+        got = yield self.store.claim_admin_requests("worker-a", 10, 60)
+        self.assertEqual([r.id for r in got if r.tenant in (owned.tenant, free.tenant)], [])
+        yield self.store.complete_admin_request(owned.tenant, r1.id, "worker-a",
+                                                {"success": True, "reconnected": 1})
+        done = yield self.store.get_admin_request(owned.tenant, r1.id)
+        self.assertEqual((done.applied_by, done.result), ("worker-a",
+                                                          {"success": True, "reconnected": 1}))
+        self.assertIsNotNone(done.applied_at)
+        pending = yield self.store.get_admin_request(free.tenant, r2.id)
+        self.assertIsNone(pending.applied_at)
+        self.assertIsNone((yield self.store.get_admin_request(owned.tenant, new_id())))
+
+    @defer.inlineCallbacks
+    def test_pause_and_resume(self) -> Any:
+        p = yield self.provider()
+        self.assertTrue((yield self.store.set_inbound_pause(p.tenant, p.provider_id, True)))
+        row = yield self.row(p)
+        self.assertEqual(row["inbound_pause_reason"], "manual")
+        self.assertIsNotNone(row["inbound_paused_at"])
+        active = yield self.store.list_active_providers(p.tenant)
+        self.assertEqual(active, [])
+        yield self.store.record_auth_failure(p.tenant, p.provider_id, "X", 99)
+        self.assertTrue((yield self.store.set_inbound_pause(p.tenant, p.provider_id, False)))
+        row = yield self.row(p)
+        self.assertEqual((row["inbound_paused_at"], row["inbound_pause_reason"],
+                          row["inbound_auth_failure_count"]), (None, None, 0))
+        self.assertFalse((yield self.store.set_inbound_pause(p.tenant, new_id(), True)))
 
     @defer.inlineCallbacks
     def test_app_plaintext_token_columns_read_never_written(self) -> Any:

@@ -102,7 +102,7 @@ def plan_discovery(
     wanted: Iterable[ProviderConfig],
     running: Mapping[Key, ProviderConfig],
     connections_per_tenant: Mapping[str, int],
-    max_connections_per_tenant: int,
+    max_connections_per_tenant: Optional[int],
     tenants: frozenset[str] = frozenset(),
 ) -> DiscoveryPlan:
     """Decide starts, stops and restarts.
@@ -111,6 +111,9 @@ def plan_discovery(
         updated) with.
     :param connections_per_tenant: IMAP connections (folders) this replica
         holds per tenant now.
+    :param max_connections_per_tenant: ``None`` when the store counts the
+        cap across replicas as leases are taken (the supervisor does that);
+        a number applies it to this replica's connections only.
     :param tenants: when not empty, only these tenants are served.
     """
     wanted_by_key: dict[Key, ProviderConfig] = {}
@@ -148,7 +151,7 @@ def plan_discovery(
             continue
         need = len(provider.folders)
         have = used.get(provider.tenant, 0)
-        if have + need > max_connections_per_tenant:
+        if max_connections_per_tenant is not None and have + need > max_connections_per_tenant:
             waiting.append(
                 (
                     key,
@@ -182,7 +185,8 @@ def aggregate_status(folder_states: Mapping[str, tuple[str, str | None]]) -> tup
     healthy = {"selected", "syncing", "idling"}
     for folder in sorted(folder_states):
         state, error = folder_states[folder]
-        if state.lower() in ("needsreauth", "needs_reauth", "backoff") and error:
+        # waiting: a folder the tenant connection cap left without a connection.
+        if state.lower() in ("needsreauth", "needs_reauth", "backoff", "waiting") and error:
             return ("error", f"{folder}: {error}")
     if all(state.lower() in healthy for state, _ in folder_states.values()):
         return ("connected", None)

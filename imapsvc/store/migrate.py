@@ -35,6 +35,8 @@ TENANT_TABLES = (
     "imap_event_outbox",
     "imap_secrets",
     "imap_oauth_states",
+    "imap_folder_status",
+    "imap_admin_requests",
 )
 
 _BOOTSTRAP = """

@@ -13,6 +13,8 @@ the tenant: on Citus the tables are distributed by it.
 
 from __future__ import annotations
 
+import json
+import uuid
 from datetime import datetime
 from typing import Any, Callable, Optional, Sequence
 
@@ -23,13 +25,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from imapsvc.core.cluster import cap_error, grant
 from imapsvc.core.folders import folder_filters_from_json
 from imapsvc.interfaces import IStore, LeaseLost, StoreUnavailable
 from imapsvc.model import (
     OUTCOME_DUPLICATE,
     OUTCOME_PUBLISHED,
+    AdminRequest,
     BatchResult,
     FolderCursor,
+    FolderStatus,
+    LeaseGrant,
     MessageRecord,
     OutboxRow,
     ProviderConfig,
@@ -52,6 +58,19 @@ from imapsvc.store.pg_connections import (
 )
 
 log = Logger()
+
+#: NOTIFY channel of new admin requests (payload: tenant, id, provider_id).
+ADMIN_CHANNEL = "imapsvc_admin"
+
+_REQUEST_COLUMNS = ("tenant, id, provider_id, action, folder, requested_by, created_at,"
+                    " claimed_by, applied_by, applied_at, result")
+
+
+def _admin_request(row: Sequence[Any]) -> AdminRequest:
+    (tenant, rid, pid, action, folder, by, created, claimed_by, applied_by, applied_at,
+     result) = row
+    return AdminRequest(str(tenant), str(rid), str(pid), action, folder, by, created,
+                        claimed_by, applied_by, applied_at, result)
 
 _PROVIDER_COLUMNS = """
     p.tenant, p.id, p.provider_name, p.mailbox,
@@ -86,6 +105,10 @@ _WRITE_CURSOR = """
         uid_validity = %s, last_uid = %s, last_seen_at = %s, updated_at = now()
     WHERE tenant = %s AND email_provider_id = %s
 """
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
 
 
 def _cursors(state: Any) -> dict[str, FolderCursor]:
@@ -340,11 +363,21 @@ class PostgresStore:
         ).addCallback(bool)
 
     def release_lease(self, tenant: str, provider_id: str, owner: str) -> defer.Deferred:
-        return self._query(
-            "UPDATE imap_email_provider_config SET lease_owner = NULL, lease_expires_at = NULL"
-            " WHERE tenant = %s AND email_provider_id = %s AND lease_owner = %s",
-            (tenant, provider_id, owner),
-        ).addCallback(lambda _: None)
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            yield cur.execute(
+                "UPDATE imap_email_provider_config SET lease_owner = NULL,"
+                " lease_expires_at = NULL"
+                " WHERE tenant = %s AND email_provider_id = %s AND lease_owner = %s",
+                (tenant, provider_id, owner))
+            if cur.rowcount:
+                yield cur.execute(
+                    "UPDATE imap_folder_status SET holds_connection = false,"
+                    " state = 'Stopped', since = now(), updated_at = now()"
+                    " WHERE tenant = %s AND provider_id = %s AND owner = %s",
+                    (tenant, provider_id, owner))
+
+        return self._interact(run).addCallback(lambda _: None)
 
     # -- the batch -----------------------------------------------------------
 
@@ -472,7 +505,15 @@ class PostgresStore:
             yield cur.execute(
                 "DELETE FROM imap_event_outbox WHERE published_at IS NOT NULL"
                 " AND published_at < now() - make_interval(secs => %s)", (seconds,))
-            return deleted + cur.rowcount
+            deleted += cur.rowcount
+            # Applied admin requests and long-dead replicas go too (not counted).
+            yield cur.execute(
+                "DELETE FROM imap_admin_requests"
+                " WHERE applied_at < now() - make_interval(secs => %s)", (seconds,))
+            yield cur.execute(
+                "DELETE FROM imap_replicas"
+                " WHERE heartbeat_at < now() - make_interval(secs => %s)", (seconds,))
+            return deleted
 
         return self._interact(run)
 
@@ -501,13 +542,30 @@ class PostgresStore:
 
     # -- provider runtime columns -------------------------------------------
 
+    def _fenced(self, tenant: str, provider_id: str, owner: Optional[str], sql: str,
+                params: Sequence[Any]) -> defer.Deferred:
+        """One write; with ``owner``, only while ``owner`` holds the lease
+        (the config row locked first, as for cursor writes)."""
+        if owner is None:
+            return self._query(sql, params).addCallback(lambda _: None)
+
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            yield cur.execute(_LOCK_LEASE, (tenant, provider_id, owner))
+            if not cur.fetchall():
+                raise LeaseLost(f"{tenant}/{provider_id}")
+            yield cur.execute(sql, params)
+
+        return self._interact(run).addCallback(lambda _: None)
+
     def set_provider_status(self, tenant: str, provider_id: str, status: str,
-                            error_message: Optional[str] = None) -> defer.Deferred:
-        return self._query(
+                            error_message: Optional[str] = None,
+                            owner: Optional[str] = None) -> defer.Deferred:
+        return self._fenced(
+            tenant, provider_id, owner,
             "UPDATE email_providers SET status = %s, error_message = %s, updated_at = now()"
             " WHERE tenant = %s AND id = %s",
-            (status, error_message, tenant, provider_id),
-        ).addCallback(lambda _: None)
+            (status, error_message, tenant, provider_id))
 
     def set_last_error(self, tenant: str, provider_id: str,
                        last_error: Optional[str]) -> defer.Deferred:
@@ -517,21 +575,250 @@ class PostgresStore:
             (last_error, tenant, provider_id),
         ).addCallback(lambda _: None)
 
-    def save_capabilities(self, tenant: str, provider_id: str,
-                          capabilities: Any) -> defer.Deferred:
-        return self._query(
+    def save_capabilities(self, tenant: str, provider_id: str, capabilities: Any,
+                          owner: Optional[str] = None) -> defer.Deferred:
+        return self._fenced(
+            tenant, provider_id, owner,
             "UPDATE imap_email_provider_config SET server_capabilities = %s"
             " WHERE tenant = %s AND email_provider_id = %s",
-            (Json(sorted_capabilities(capabilities)), tenant, provider_id),
-        ).addCallback(lambda _: None)
+            (Json(sorted_capabilities(capabilities)), tenant, provider_id))
 
     def save_access_token(self, tenant: str, provider_id: str, access_token: Optional[str],
-                          expires_at: Optional[datetime]) -> defer.Deferred:
+                          expires_at: Optional[datetime],
+                          owner: Optional[str] = None) -> defer.Deferred:
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            # Another replica's live lease refuses it; a free provider does not
+            # (a connection test may refresh the token of a provider nobody runs).
+            yield cur.execute(
+                "SELECT lease_owner IS NOT NULL AND lease_owner <> %s"
+                " AND lease_expires_at > clock_timestamp() FROM imap_email_provider_config"
+                " WHERE tenant = %s AND email_provider_id = %s FOR UPDATE",
+                (owner or "", tenant, provider_id))
+            rows = cur.fetchall()
+            if owner is not None and rows and rows[0][0]:
+                raise LeaseLost(f"{tenant}/{provider_id}")
+            yield cur.execute(
+                "UPDATE imap_email_provider_config SET access_token = %s, token_expires_at = %s,"
+                " updated_at = now() WHERE tenant = %s AND email_provider_id = %s",
+                (access_token, expires_at, tenant, provider_id))
+
+        return self._interact(run).addCallback(lambda _: None)
+
+    # -- one service across replicas (schema/0004) ----------------------------
+
+    def acquire_lease_capped(self, tenant: str, provider_id: str, owner: str, ttl_ms: int,
+                             folders: Sequence[str],
+                             max_connections: Optional[int]) -> defer.Deferred:
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            # One taker per tenant at a time: two replicas counting at once
+            # would both see room for the same connection.
+            yield cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                              ("imapsvc-cap:" + tenant,))
+            yield cur.execute(
+                "SELECT lease_owner, lease_expires_at > clock_timestamp()"
+                " FROM imap_email_provider_config"
+                " WHERE tenant = %s AND email_provider_id = %s FOR UPDATE",
+                (tenant, provider_id))
+            rows = cur.fetchall()
+            if not rows:
+                return LeaseGrant(False)
+            holder = rows[0][0] if rows[0][0] is not None and rows[0][1] else None
+            if holder is not None and holder != owner:
+                return LeaseGrant(False)
+            yield cur.execute(
+                "SELECT count(*) FROM imap_folder_status s JOIN imap_email_provider_config c"
+                " ON c.tenant = s.tenant AND c.email_provider_id = s.provider_id"
+                " WHERE s.tenant = %s AND s.provider_id <> %s AND s.holds_connection"
+                " AND c.lease_owner = s.owner AND c.lease_expires_at > clock_timestamp()",
+                (tenant, provider_id))
+            in_use = int(cur.fetchall()[0][0])
+            granted, waiting = grant(folders, max_connections, in_use)
+            error = cap_error(max_connections or 0, in_use, waiting, len(granted))
+            # Rows of folders that keep their connection under the same owner
+            # keep their state (a re-grant must not blank /status).
+            yield cur.execute(
+                "DELETE FROM imap_folder_status WHERE tenant = %s AND provider_id = %s"
+                " AND NOT (owner IS NOT DISTINCT FROM %s AND holds_connection"
+                "          AND folder = ANY(%s::text[]))",
+                (tenant, provider_id, owner, list(granted)))
+            rows = [(name, owner, True, "Disconnected", None) for name in granted]
+            rows += [(name, owner if granted else None, False, "Waiting", error)
+                     for name in waiting]
+            if rows:
+                values = b",".join(
+                    cur.mogrify("(%s, %s, %s, %s, %s, %s, now(), %s)",
+                                (tenant, provider_id, name, f_owner, holds, state, f_error))
+                    for name, f_owner, holds, state, f_error in rows)
+                yield cur.execute(
+                    b"INSERT INTO imap_folder_status (tenant, provider_id, folder, owner,"
+                    b" holds_connection, state, since, last_error) VALUES " + values
+                    + b" ON CONFLICT (tenant, provider_id, folder) DO NOTHING")
+            if error is not None:
+                yield cur.execute(
+                    "UPDATE email_providers SET status = 'error', error_message = %s,"
+                    " updated_at = now() WHERE tenant = %s AND id = %s"
+                    " AND (status <> 'error' OR error_message IS DISTINCT FROM %s)",
+                    (error, tenant, provider_id, error))
+            if not granted:
+                if holder == owner:
+                    yield cur.execute(
+                        "UPDATE imap_email_provider_config SET lease_owner = NULL,"
+                        " lease_expires_at = NULL WHERE tenant = %s AND email_provider_id = %s",
+                        (tenant, provider_id))
+                return LeaseGrant(False, (), waiting, in_use, error)
+            yield cur.execute(
+                "UPDATE imap_email_provider_config SET lease_owner = %s,"
+                " lease_expires_at = now() + make_interval(secs => %s)"
+                " WHERE tenant = %s AND email_provider_id = %s",
+                (owner, ttl_ms / 1000.0, tenant, provider_id))
+            return LeaseGrant(True, granted, waiting, in_use, error)
+
+        return self._interact(run)
+
+    def write_folder_status(self, tenant: str, provider_id: str, owner: str,
+                            statuses: Sequence[FolderStatus]) -> defer.Deferred:
+        statuses = list(statuses)
+
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            yield cur.execute(_LOCK_LEASE, (tenant, provider_id, owner))
+            if not cur.fetchall():
+                raise LeaseLost(f"{tenant}/{provider_id}")
+            if not statuses:
+                return
+            values = b",".join(
+                cur.mogrify("(%s, %s, %s, %s, true, %s, %s, %s, %s, %s, now())",
+                            (tenant, provider_id, st.folder, owner, st.state, st.since,
+                             st.last_sync_at, st.last_error, Json(dict(st.counters))))
+                for st in statuses)
+            yield cur.execute(
+                b"INSERT INTO imap_folder_status (tenant, provider_id, folder, owner,"
+                b" holds_connection, state, since, last_sync_at, last_error, counters,"
+                b" updated_at) VALUES " + values
+                + b" ON CONFLICT (tenant, provider_id, folder) DO UPDATE SET"
+                b" owner = EXCLUDED.owner, state = EXCLUDED.state, since = EXCLUDED.since,"
+                b" last_sync_at = EXCLUDED.last_sync_at, last_error = EXCLUDED.last_error,"
+                b" counters = EXCLUDED.counters, updated_at = now()")
+
+        return self._interact(run).addCallback(lambda _: None)
+
+    def heartbeat_replica(self, owner: str, info: Any = None) -> defer.Deferred:
         return self._query(
-            "UPDATE imap_email_provider_config SET access_token = %s, token_expires_at = %s,"
-            " updated_at = now() WHERE tenant = %s AND email_provider_id = %s",
-            (access_token, expires_at, tenant, provider_id),
+            "INSERT INTO imap_replicas (owner, info) VALUES (%s, %s)"
+            " ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now(), info = EXCLUDED.info",
+            (owner, Json(dict(info or {}))),
         ).addCallback(lambda _: None)
+
+    def forget_replica(self, owner: str) -> defer.Deferred:
+        return self._query("DELETE FROM imap_replicas WHERE owner = %s", (owner,)
+                           ).addCallback(lambda _: None)
+
+    def read_deployment(self, tenants: Optional[Sequence[str]] = None) -> defer.Deferred:
+        wanted = [str(t) for t in tenants or ()]
+
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            yield cur.execute("SELECT now()")
+            now = cur.fetchall()[0][0]
+            yield cur.execute(
+                "SELECT p.tenant, p.id, p.mailbox, p.status, p.error_message, c.lease_owner,"
+                " c.lease_expires_at, p.is_active, p.inbound_paused_at IS NOT NULL,"
+                " p.last_sync_at FROM email_providers p JOIN imap_email_provider_config c"
+                " ON c.tenant = p.tenant AND c.email_provider_id = p.id"
+                " WHERE p.provider_type = 'imap'"
+                " AND (%s::text[] = '{}' OR p.tenant::text = ANY(%s::text[]))"
+                " ORDER BY p.tenant, p.id", (wanted, wanted))
+            providers = [
+                {"tenant": str(t), "provider_id": str(p), "mailbox": m, "status": st,
+                 "error_message": e, "lease_owner": lo, "lease_expires_at": le,
+                 "is_active": bool(a), "paused": bool(pa), "last_sync_at": ls}
+                for t, p, m, st, e, lo, le, a, pa, ls in cur.fetchall()]
+            yield cur.execute(
+                "SELECT tenant, provider_id, folder, owner, holds_connection, state, since,"
+                " last_sync_at, last_error, counters, updated_at FROM imap_folder_status"
+                " WHERE (%s::text[] = '{}' OR tenant::text = ANY(%s::text[]))"
+                " ORDER BY tenant, provider_id, folder", (wanted, wanted))
+            folders = [
+                {"tenant": str(t), "provider_id": str(p), "folder": f, "owner": o,
+                 "holds_connection": bool(h), "state": st, "since": si, "last_sync_at": ls,
+                 "last_error": e, "counters": c or {}, "updated_at": u}
+                for t, p, f, o, h, st, si, ls, e, c, u in cur.fetchall()]
+            yield cur.execute(
+                "SELECT owner, started_at, heartbeat_at, info FROM imap_replicas ORDER BY owner")
+            replicas = [{"owner": o, "started_at": s, "heartbeat_at": h, "info": i or {}}
+                        for o, s, h, i in cur.fetchall()]
+            return {"now": now, "providers": providers, "folders": folders,
+                    "replicas": replicas}
+
+        return self._interact(run)
+
+    def add_admin_request(self, tenant: str, provider_id: str, action: str,
+                          folder: Optional[str] = None,
+                          requested_by: Optional[str] = None) -> defer.Deferred:
+        request_id = str(uuid.uuid4())
+
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            yield cur.execute(
+                "INSERT INTO imap_admin_requests (tenant, id, provider_id, action, folder,"
+                " requested_by) VALUES (%s, %s, %s, %s, %s, %s)"
+                " RETURNING " + _REQUEST_COLUMNS,
+                (tenant, request_id, provider_id, action, folder, requested_by))
+            row = cur.fetchall()[0]
+            # Delivered at commit: the owner never wakes before the row exists.
+            yield cur.execute("SELECT pg_notify(%s, %s)", (ADMIN_CHANNEL, json.dumps(
+                {"tenant": tenant, "id": request_id, "provider_id": provider_id})))
+            return _admin_request(row)
+
+        return self._interact(run)
+
+    @defer.inlineCallbacks
+    def claim_admin_requests(self, owner: str, limit: int = 10,
+                             stale_s: float = 60.0) -> Any:
+        rows = yield self._query(
+            "UPDATE imap_admin_requests r SET claimed_by = %s, claimed_at = now()"
+            " WHERE (r.tenant, r.id) IN ("
+            "   SELECT q.tenant, q.id FROM imap_admin_requests q"
+            "   LEFT JOIN imap_email_provider_config c"
+            "     ON c.tenant = q.tenant AND c.email_provider_id = q.provider_id"
+            "   WHERE q.applied_at IS NULL"
+            "     AND (q.claimed_at IS NULL OR q.claimed_at <= now() - make_interval(secs => %s))"
+            "     AND (c.lease_owner IS NULL OR c.lease_owner = %s"
+            "          OR c.lease_expires_at IS NULL OR c.lease_expires_at <= now())"
+            "   ORDER BY q.created_at LIMIT %s FOR UPDATE OF q SKIP LOCKED)"
+            " RETURNING " + ", ".join("r." + c.strip() for c in _REQUEST_COLUMNS.split(",")),
+            (owner, float(stale_s), owner, int(limit)))
+        return sorted((_admin_request(r) for r in rows),
+                      key=lambda r: (r.created_at, r.id))
+
+    def complete_admin_request(self, tenant: str, request_id: str, owner: str,
+                               result: Any) -> defer.Deferred:
+        return self._query(
+            "UPDATE imap_admin_requests SET applied_by = %s, applied_at = now(), result = %s"
+            " WHERE tenant = %s AND id = %s AND applied_at IS NULL",
+            (owner, Json(result, dumps=_dumps), tenant, request_id),
+        ).addCallback(lambda _: None)
+
+    @defer.inlineCallbacks
+    def get_admin_request(self, tenant: str, request_id: str) -> Any:
+        rows = yield self._query(
+            "SELECT " + _REQUEST_COLUMNS + " FROM imap_admin_requests"
+            " WHERE tenant = %s AND id = %s", (tenant, request_id))
+        return _admin_request(rows[0]) if rows else None
+
+    def set_inbound_pause(self, tenant: str, provider_id: str, paused: bool) -> defer.Deferred:
+        if paused:
+            sql = ("UPDATE email_providers SET inbound_paused_at = COALESCE(inbound_paused_at,"
+                   " now()), inbound_pause_reason = COALESCE(inbound_pause_reason, 'manual'),"
+                   " updated_at = now() WHERE tenant = %s AND id = %s")
+        else:
+            sql = ("UPDATE email_providers SET inbound_paused_at = NULL,"
+                   " inbound_pause_reason = NULL, inbound_auth_failure_count = 0,"
+                   " inbound_auth_failure_code = NULL, updated_at = now()"
+                   " WHERE tenant = %s AND id = %s")
+        return self._query(sql, (tenant, provider_id)).addCallback(lambda n: bool(n))
 
     def touch_last_sync(self, tenant: str, provider_id: str) -> defer.Deferred:
         return self._query(

@@ -22,7 +22,7 @@ import os
 import sqlite3
 
 #: Bumped with every change below; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: cluster tables (schema/0004)
 
 
 class SchemaTooNew(Exception):
@@ -144,6 +144,49 @@ CREATE TABLE IF NOT EXISTS imap_oauth_states (
     used_at TEXT,
     created_at TEXT NOT NULL,
     PRIMARY KEY (tenant, nonce)
+);
+
+-- schema/0004: folder states, replicas, admin requests (one service across
+-- processes sharing the file, as across Postgres replicas).
+CREATE TABLE IF NOT EXISTS imap_folder_status (
+    tenant TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    owner TEXT,
+    holds_connection INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'Disconnected',
+    since TEXT,
+    last_sync_at TEXT,
+    last_error TEXT,
+    counters TEXT NOT NULL DEFAULT '{}',
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, provider_id, folder),
+    FOREIGN KEY (provider_id, tenant)
+        REFERENCES email_providers (id, tenant) ON DELETE CASCADE
+);
+
+CREATE TABLE IF NOT EXISTS imap_replicas (
+    owner TEXT NOT NULL PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    heartbeat_at TEXT NOT NULL,
+    info TEXT NOT NULL DEFAULT '{}'
+);
+
+CREATE TABLE IF NOT EXISTS imap_admin_requests (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    action TEXT NOT NULL
+        CHECK (action IN ('reconnect', 'resync', 'test-connection', 'pause', 'resume')),
+    folder TEXT,
+    requested_by TEXT,
+    created_at TEXT NOT NULL,
+    claimed_by TEXT,
+    claimed_at TEXT,
+    applied_by TEXT,
+    applied_at TEXT,
+    result TEXT,
+    PRIMARY KEY (tenant, id)
 );
 """
 

@@ -235,8 +235,13 @@ class OAuthEndToEndTests(ServiceRigMixin, unittest.TestCase):
         self.assertEqual(self.stored_refresh_token(), self.auth.refresh_tokens[0])
         self.assert_no_plaintext_tokens()
 
-        yield wait_for(lambda: self.provider_status() == "connected", 20, "XOAUTH2 login")
-        self.assertGreater(self.dovecot.introspection.requests, introspected)
+        # The callback itself marks the row connected: wait for the login too.
+        yield wait_for(
+            lambda: self.provider_status() == "connected"
+            and self.dovecot.introspection.requests > introspected,
+            20,
+            "XOAUTH2 login",
+        )
         mail.append(self.user, DEFAULT_PASSWORD, "INBOX", mail.make_message(subject="before"))
         yield wait_for(lambda: self.subjects() == ["before"], 15, "first event")
         self.assertEqual(self.auth.grants, ["authorization_code"])

@@ -127,6 +127,24 @@ class PostgresStoreContractTests(StoreContractMixin, PostgresStoreTestBase):
         self.assertEqual(sorted(r.outcomes[0] for r in results), ["duplicate", "published"])
         self.assertEqual(len((yield self.store.fetch_outbox(10))), 1)
 
+    @defer.inlineCallbacks
+    def test_concurrent_capped_leases_keep_the_tenant_cap(self) -> Any:
+        """Replicas taking leases of one tenant at the same moment: the cap is
+        counted under a per-tenant lock, so together they never exceed it."""
+        tenant = str(uuid.uuid4())
+        providers = []
+        for _ in range(4):
+            p = yield self.provider(tenant=tenant)
+            providers.append(p)
+        grants = yield defer.gatherResults([
+            self.store.acquire_lease_capped(tenant, p.provider_id, f"worker-{i}", 60000,
+                                            p.folders, 2)
+            for i, p in enumerate(providers)
+        ])
+        self.assertEqual(sorted(g.acquired for g in grants), [False, False, True, True])
+        refused = [g for g in grants if not g.acquired]
+        self.assertTrue(all("IMAP_MAX_CONNECTIONS_PER_TENANT=2" in g.error for g in refused))
+
 
 def _eventually(test: unittest.TestCase, attempt: Any, tries: int = 60,
                 delay: float = 0.05) -> defer.Deferred:

@@ -156,9 +156,10 @@ class ReplicaTests(ServiceRigMixin, unittest.TestCase):
             for w, p in (("a", a), ("b", b))
         }
         self.assertEqual(running, mine)
-        self.assertEqual(
-            [e["providerId"] for e in admin_status(a)["waiting"]],
-            sorted(mine["b"]),
+        # The tenant cap is counted across replicas: what a may list as
+        # waiting for the cap is only what b now runs (refreshed every pass).
+        self.assertLessEqual(
+            {e["providerId"] for e in admin_status(a)["waiting"]}, mine["b"]
         )
 
         expected = set()
@@ -273,21 +274,29 @@ class ReplicaTests(ServiceRigMixin, unittest.TestCase):
         # to the window (see test_burst_into_new_empty_mailbox_is_not_lost).
         user, pid = self.provider(cursor={"INBOX": {"last_uid": "0"}})
         proc = self.service("solo", IMAP_MAX_EMAILS_PER_SYNC="2")
+
+        def entries():
+            # This provider's only: the relay also re-publishes rows another
+            # test's killed service left unmarked (at-least-once) to this stream.
+            return [f for f in self.entries() if pid in f.get("payload_json", "")]
+
         yield wait_for(self.connected(proc, [pid]), 20, "provider connected")
         for i in range(5):
             mail.append(user, DEFAULT_PASSWORD, "INBOX", mail.make_message(subject=f"m{i}"))
-        yield wait_for(lambda: len(self.entries()) == 5, 15, "five events")
+        yield wait_for(lambda: len(entries()) == 5, 15, "five events")
         yield wait_for(
             lambda: (self.cursor(pid) or {}).get("last_uid") == "5", 5, "cursor at UID 5"
         )
-        before = [f["event_id"] for f in self.entries()]
+        before = [f["event_id"] for f in entries()]
         folder = status_provider(proc, pid)["folders"]["INBOX"]
         self.assertEqual(folder["handedOff"], 5)
 
         code, body = http_post(
             proc.url("/api/email/imap/resync"), {"tenant": self.tenant, "providerId": pid}
         )
-        self.assertEqual((code, json.loads(body)), (200, {"success": True, "running": True}))
+        answer = json.loads(body)
+        self.assertEqual((code, answer["success"], answer["running"], answer["status"]),
+                         (200, True, True, "applied"))
 
         def refetched():
             entry = status_provider(proc, pid)
@@ -305,11 +314,11 @@ class ReplicaTests(ServiceRigMixin, unittest.TestCase):
         yield wait_for(refetched, 10, "UIDs 4-5 fetched again and the cursor back at 5")
         self.assertEqual(self.cursor(pid)["last_uid"], "5")
         self.assertEqual(self.outbox_count(pid), 5)
-        self.assertEqual([f["event_id"] for f in self.entries()], before)
+        self.assertEqual([f["event_id"] for f in entries()], before)
 
         mail.append(user, DEFAULT_PASSWORD, "INBOX", mail.make_message(subject="m5"))
-        yield wait_for(lambda: len(self.entries()) == 6, 10, "the sixth event")
-        self.assertEqual(len({f["event_id"] for f in self.entries()}), 6)
+        yield wait_for(lambda: len(entries()) == 6, 10, "the sixth event")
+        self.assertEqual(len({f["event_id"] for f in entries()}), 6)
         self.assertEqual(self.cursor(pid)["last_uid"], "6")
 
     # -- 4. auth failures -----------------------------------------------------
@@ -373,7 +382,7 @@ class ReplicaTests(ServiceRigMixin, unittest.TestCase):
         url = proc.url("/api/email/imap/test-connection")
 
         code, body = http_post(url, {"tenant": self.tenant, "providerId": good})
-        self.assertEqual((code, json.loads(body)), (200, {"success": True}))
+        self.assertEqual((code, json.loads(body)["success"]), (200, True))
 
         code, body = http_post(url, {"tenant": self.tenant, "providerId": bad})
         self.assertEqual(code, 200)
@@ -385,7 +394,7 @@ class ReplicaTests(ServiceRigMixin, unittest.TestCase):
         self.assertNotIn("wrong-secret-123", proc.log_text())
 
         code, body = http_post(url, {"tenant": self.tenant, "providerId": str(uuid.uuid4())})
-        self.assertEqual((code, json.loads(body)["success"]), (200, False))
+        self.assertEqual((code, json.loads(body)["success"]), (404, False))
 
         code, _ = http_post(url, {"tenant": self.tenant, "providerId": good}, token="nope")
         self.assertEqual(code, 401)

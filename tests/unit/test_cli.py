@@ -451,6 +451,32 @@ class AdminApiTests(CliTestBase):
             self.assertIn(value, row)
         self.assertIn("lease held", out)
 
+    def test_status_table_of_the_deployment(self) -> None:
+        self.answer = {
+            "worker": "host-1", "discovered": True, "providers": [], "waiting": [],
+            "deployment": {
+                "replicas": [{"worker": "host-1", "state": "alive"},
+                             {"worker": "host-2", "state": "gone"}],
+                "providers": [{
+                    "tenant": self.tenant, "providerId": "p-9", "mailbox": "b@example.com",
+                    "status": "error", "error": "cap reached",
+                    "folders": {
+                        "INBOX": {"state": "Idling", "owner": "host-2",
+                                  "counters": {"syncs": 4, "reconnects": 1}},
+                        "Sent": {"state": "Waiting", "owner": None,
+                                 "lastError": "IMAP_MAX_CONNECTIONS_PER_TENANT=2"}},
+                }],
+            },
+        }
+        status, out, _ = self.run_cli("status", urlopen=self.urlopen)
+        self.assertEqual(status, 0)
+        self.assertIn("host-2 (gone)", out)
+        inbox = [line for line in out.splitlines() if "INBOX" in line][0]
+        for value in ("b@example.com", "Idling", "host-2", "4"):
+            self.assertIn(value, inbox)
+        sent = [line for line in out.splitlines() if "Sent" in line][0]
+        self.assertIn("IMAP_MAX_CONNECTIONS_PER_TENANT=2", sent)
+
 
 def _entry(n: int) -> str:
     return json.dumps({"stream": "workflow:events:global", "id": f"{n}-0",

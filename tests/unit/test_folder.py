@@ -212,7 +212,7 @@ class FakeStore:
     def read_cursor(self, tenant, provider_id, folder):
         return defer.succeed(self.cursors.get(folder))
 
-    def save_capabilities(self, tenant, provider_id, caps):
+    def save_capabilities(self, tenant, provider_id, caps, owner=None):
         self.capabilities.append(list(caps))
         return defer.succeed(None)
 

@@ -280,16 +280,69 @@ class SupervisorTests(unittest.TestCase):
         self.assertNotIn("ya29.SECRET", text)
         self.assertIn("INBOX", text)
 
-    def test_tenant_limit_waits_with_reason(self):
+    def test_tenant_limit_gives_first_folders_and_names_the_cap(self):
         self.add("a", folder_filters=("1", "2", "3"))
-        self.add("b", folder_filters=("1", "2", "3"))
+        self.add("b", folder_filters=("1", "INBOX", "3"))
         self.add("c", tenant=T2)
         sup = self.make_supervisor(max_connections_per_tenant=5)
         self.clock.advance(0)
-        self.assertEqual(len(sup.providers), 2)
-        waiting = sup.status()["waiting"]
-        self.assertEqual(len(waiting), 1)
-        self.assertIn("limit", waiting[0]["reason"])
+        self.assertEqual(len(sup.providers), 3)
+        b = sup.providers[(T1, "b")]
+        # INBOX first, then the configured order; the rest waits, loudly.
+        self.assertEqual(sorted(b.folders), ["1", "INBOX"])
+        self.assertEqual(list(b.waiting), ["3"])
+        row = self.store.provider_row(T1, "b")
+        self.assertEqual(row["status"], "error")
+        self.assertIn("IMAP_MAX_CONNECTIONS_PER_TENANT=5", row["error_message"])
+        # The folders that run do not overwrite the cap error with "connected".
+        for folder in ("1", "INBOX"):
+            b.folder_state_changed(folder, "Idling", None)
+        row = self.store.provider_row(T1, "b")
+        self.assertEqual(row["status"], "error")
+        self.assertIn("IMAP_MAX_CONNECTIONS_PER_TENANT=5", row["error_message"])
+        snap = [p for p in sup.status()["providers"] if p["providerId"] == "b"][0]
+        self.assertEqual(snap["folders"]["3"]["state"], "Waiting")
+
+    def test_tenant_limit_holds_across_replicas(self):
+        """Two supervisors on one store: the cap counts both (the store
+        counts it), and the provider left out says so instead of waiting
+        silently."""
+        self.add("a", folder_filters=("INBOX", "X"))
+        self.add("b", folder_filters=("INBOX", "Y"))
+        s1 = self.make_supervisor("w1", max_connections_per_tenant=2)
+        self.clock.advance(0)
+        s2 = self.make_supervisor("w2", max_connections_per_tenant=2)
+        self.clock.advance(0)
+        running = {k[1]: len(s.folders) for sup in (s1, s2) for k, s in sup.providers.items()}
+        self.assertEqual(sum(running.values()), 2)
+        self.assertEqual(len(running), 1)
+        (left_out,) = {"a", "b"} - set(running)
+        row = self.store.provider_row(T1, left_out)
+        self.assertEqual(row["status"], "error")
+        self.assertIn("IMAP_MAX_CONNECTIONS_PER_TENANT=2", row["error_message"])
+        self.assertIsNone(row["lease_owner"])
+        # When the runner goes away, the other gets the connections.
+        (owner,) = [sup for sup in (s1, s2) if sup.providers]
+        self.successResultOf(owner.stopService())
+        other = s2 if owner is s1 else s1
+        other.request_discovery()
+        self.clock.advance(0)
+        self.assertEqual([len(s.folders) for s in other.providers.values()], [2])
+
+    def test_pause_stops_and_resume_restarts(self):
+        self.add("p1")
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        result = self.successResultOf(sup.pause(T1, "p1"))
+        self.assertEqual(result, {"success": True, "paused": True, "stopped": True})
+        self.assertNotIn((T1, "p1"), sup.providers)
+        self.assertEqual(self.store.provider_row(T1, "p1")["inbound_pause_reason"], "manual")
+        self.clock.advance(61)  # a discovery pass leaves it paused
+        self.assertNotIn((T1, "p1"), sup.providers)
+        self.assertTrue(self.successResultOf(sup.resume(T1, "p1"))["success"])
+        self.clock.advance(0)
+        self.assertIn((T1, "p1"), sup.providers)
+        self.assertFalse(self.successResultOf(sup.pause(T1, "nope"))["success"])
 
     def test_resync_resets_cursor_and_restarts(self):
         self.add("p1", folder_state={"INBOX": FolderCursor("7", "4242", None)})

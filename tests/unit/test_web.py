@@ -264,3 +264,86 @@ class WebTests(unittest.TestCase):
             "POST", "/api/email/oauth/imap/initiate", {"tenant": T, "providerId": P}, token=None
         )
         self.assertEqual(code, 401)
+
+
+class RoutedAdminTests(unittest.TestCase):
+    """Admin actions as requests for the provider's owner: answered when
+    applied, 202 with a pollable id when not applied in time."""
+
+    def setUp(self):
+        from imapsvc.admin_requests import AdminRequests
+        from imapsvc.cluster_status import StatusReporter
+
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.store = MemoryStore(self.clock)
+        self.store.add_provider(tenant=T, provider_id=P)
+        self.owner_admin = FakeAdmin()
+        self.owner_admin.providers = {(T, P): object()}
+        self.here_admin = FakeAdmin()
+        self.here_admin.providers = {}
+        self.assertTrue(self.successResultOf(self.store.acquire_lease(T, P, "owner", 60000)))
+        self.owner = AdminRequests(self.store, self.clock, "owner", self.owner_admin,
+                                   wait_s=3)
+        self.here = AdminRequests(self.store, self.clock, "here", self.here_admin, wait_s=3)
+        reporter = StatusReporter(self.store, self.clock, "here", lease_ttl_s=60)
+        self.web = WebApp(clock=self.clock, admin=self.here_admin, store=self.store,
+                          sink=MemorySink(), registry=None, admin_token=TOKEN,
+                          requests=self.here, deployment=reporter.deployment)
+        self.http = StubTreq(self.web.resource())
+
+    def start(self, method, path, body=None, token=TOKEN):
+        headers = {b"authorization": [b"Bearer " + token.encode()]} if token else {}
+        data = json.dumps(body).encode() if body is not None else None
+        d = self.http.request(method, "http://svc" + path, data=data, headers=headers)
+        self.http.flush()
+        return d
+
+    def finish(self, d):
+        self.http.flush()
+        response = self.successResultOf(d)
+        return response.code, json.loads(self.successResultOf(self.http.content(response)))
+
+    def test_reconnect_on_non_owner_is_applied_by_owner(self):
+        d = self.start("POST", "/api/email/imap/reconnect", {"tenant": T, "providerId": P})
+        self.assertNoResult(d)
+        self.assertEqual(self.here_admin.calls, [])
+        self.owner.wake()  # the owner's NOTIFY
+        self.clock.advance(0.1)
+        code, body = self.finish(d)
+        self.assertEqual(code, 200)
+        self.assertEqual(self.owner_admin.calls, [("reconnect", T, P)])
+        self.assertEqual((body["success"], body["status"], body["appliedBy"],
+                          body["requestedBy"]), (True, "applied", "owner", "here"))
+        self.assertTrue(body["appliedAt"].endswith("Z"))
+
+    def test_not_applied_in_time_is_202_then_pollable(self):
+        d = self.start("POST", "/api/email/imap/resync",
+                       {"tenant": T, "providerId": P, "folder": "INBOX"})
+        for _ in range(31):
+            self.clock.advance(0.1)
+        code, body = self.finish(d)
+        self.assertEqual((code, body["status"]), (202, "pending"))
+        poll = body["poll"]
+        self.assertEqual(poll, f"/api/email/imap/requests/{body['requestId']}?tenant={T}")
+        self.assertEqual(self.finish(self.start("GET", poll, token="x"))[0], 401)
+        self.assertEqual(self.finish(self.start("GET", poll))[0], 202)
+        self.owner.wake()
+        code, later = self.finish(self.start("GET", poll))
+        self.assertEqual((code, later["status"], later["appliedBy"], later["folder"]),
+                         (200, "applied", "owner", "INBOX"))
+        self.assertEqual(self.owner_admin.calls, [("resync", T, P, "INBOX")])
+
+    def test_unknown_provider_and_request(self):
+        d = self.start("POST", "/api/email/imap/reconnect", {"tenant": T, "providerId": T})
+        self.assertEqual(self.finish(d)[0], 404)
+        d = self.start("GET", f"/api/email/imap/requests/{P}?tenant={T}")
+        self.assertEqual(self.finish(d)[0], 404)
+        d = self.start("GET", f"/api/email/imap/requests/{P}?tenant=../x")
+        self.assertEqual(self.finish(d)[0], 400)
+
+    def test_status_carries_the_deployment(self):
+        code, body = self.finish(self.start("GET", "/status"))
+        self.assertEqual(code, 200)
+        (provider,) = body["deployment"]["providers"]
+        self.assertEqual((provider["providerId"], provider["owner"]), (P, "owner"))
