@@ -444,9 +444,9 @@ class BadRowTests(unittest.TestCase):
         self.status_writes = []
         real = self.store.set_provider_status
 
-        def spy(tenant, pid, status, error=None):
+        def spy(tenant, pid, status, error=None, **fence):
             self.status_writes.append((pid, status, error))
-            return real(tenant, pid, status, error)
+            return real(tenant, pid, status, error, **fence)
 
         self.store.set_provider_status = spy
 
