@@ -21,6 +21,9 @@ Decisions the contract leaves open, made here:
 - A message without a Message-ID gets ``<sha256-prefix@imapsvc.local>`` from
   its header block (line ends normalised), size and INTERNALDATE, and no
   Message-ID dedupe key (only the UID key dedupes it).
+- ``automated`` (auto-reply, bounce, bulk) is decided by
+  :mod:`imapsvc.core.automated` from the header and the leaves, which both
+  paths share.
 - Skipped messages (no usable From) carry ``"from": None`` in their
   ``emailData``; they are never published.
 """
@@ -35,6 +38,7 @@ import attr
 
 from imapsvc.core import ledger
 from imapsvc.core.addresses import first_address, parse_addresses
+from imapsvc.core.automated import detect_automated, not_automated
 from imapsvc.core.charsets import clean_text, decode_bytes
 from imapsvc.core.dates import iso_z, parse_iso, parse_rfc2822_date
 from imapsvc.core.headers import Headers, decode_value, header_block
@@ -223,6 +227,13 @@ def _headers_map(
     return out
 
 
+def _automated(headers: Headers, parts: Sequence[BodyPart]) -> dict[str, Any]:
+    try:
+        return detect_automated(headers, parts)
+    except Exception:  # noqa: BLE001 - a verdict is optional, the event is not
+        return not_automated()
+
+
 def _received_at(headers: Headers, internal_date: Optional[str], fetched_at: datetime) -> str:
     parsed = parse_rfc2822_date(decode_value(headers.get("date")))
     if parsed is None:
@@ -337,6 +348,7 @@ def _map(
     email_data["headers"] = header_map
     email_data["ingressSkipReasons"] = attachment_reasons + reasons
     email_data["imap"] = _imap_block(msg)
+    email_data["automated"] = _automated(headers, parts)
     return MappedMessage(
         email_data=email_data,
         message_id_key=message_id_key,
@@ -359,8 +371,10 @@ def _last_resort(
     sender = None
     subject = ""
     message_id = None
+    automated = not_automated()
     try:
         headers = Headers(header)
+        automated = _automated(headers, ())
         sender = first_address(headers.get_all("from"))
         subject = decode_value(headers.get("subject"))[:MAX_HEADER_VALUE_CHARS]
         message_id = ledger.extract_message_id(decode_value(headers.get("message-id")))
@@ -392,6 +406,7 @@ def _last_resort(
             _reason(REASON_PARSE_ERROR, f"message could not be mapped ({type(exc).__name__})")
         ],
         "imap": _imap_block(msg),
+        "automated": automated,
     }
     return MappedMessage(
         email_data=email_data,

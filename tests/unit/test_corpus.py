@@ -64,6 +64,54 @@ EXPECTED = {
         ["Rechnung März.pdf"],
         "Invoice attached.",
     ),
+    "autoreply": ("Automatic reply: Printer on floor 3 is jammed", "sam@example.net", 1, [],
+                  "out of the office"),
+    "bounce": (
+        "Undelivered Mail Returned to Sender",
+        "MAILER-DAEMON@mx.example.org",
+        1,
+        ["attachment-2.txt", "attachment-3.txt"],
+        "could not\nbe delivered",
+    ),
+    "list_mail": ("[announce] Version 4.2 released", "announce@lists.example.com", 1, [],
+                  "Version 4.2 is out."),
+}  # fmt: skip
+
+# name -> (autoReply, bounce, bulk, signals); every other fixture: nothing.
+AUTOMATED = {
+    "autoreply": (
+        True,
+        False,
+        False,
+        [
+            "auto-submitted: auto-replied (vacation)",
+            "x-auto-response-suppress: All",
+            "return-path: <>",
+        ],
+    ),
+    "bounce": (
+        False,
+        True,
+        False,
+        [
+            "content-type: multipart/report; report-type=delivery-status",
+            "content-type: message/delivery-status",
+            "x-failed-recipients: nobody@example.com",
+            "from: Mail Delivery System <MAILER-DAEMON@mx.example.org>",
+            "return-path: <>",
+        ],
+    ),
+    "list_mail": (
+        False,
+        False,
+        True,
+        [
+            "precedence: list",
+            "list-id: Product announcements <announce.lists.example.com>",
+            "list-unsubscribe: <mailto:announce-leave@lists.example.com>,"
+            " <https://lists.example.com/unsubscribe/announce>",
+        ],
+    ),
 }
 
 _BLANK = re.compile(rb"\r?\n\r?\n")
@@ -139,6 +187,18 @@ class CorpusTests(SynchronousTestCase):
             self.assertEqual(a.skip_reason, b.skip_reason, name)
             for x, y in zip(a.email_data["attachments"], b.email_data["attachments"]):
                 self.assertLessEqual(abs(x["size"] - y["size"]), 4, name)
+
+    def test_automated_both_paths(self) -> None:
+        for name in EXPECTED:
+            raw = load(name)
+            auto, bounce, bulk, signals = AUTOMATED.get(name, (False, False, False, []))
+            for path, msg in (("raw", raw_message(raw)), ("structure", structure_message(raw))):
+                got = mapped(msg).email_data["automated"]
+                self.assertEqual(
+                    got,
+                    {"autoReply": auto, "bounce": bounce, "bulk": bulk, "signals": signals},
+                    f"{name} ({path})",
+                )
 
     def test_duplicate_message_ids_share_the_key(self) -> None:
         a = mapped(raw_message(load("dup_message_id_a"), uid=1))
