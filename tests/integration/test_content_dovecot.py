@@ -1,0 +1,62 @@
+"""Content features through the structure path of a real Dovecot 2.3:
+``emailData.automated`` from ``BODY[HEADER]`` + BODYSTRUCTURE (nothing else
+is fetched), the same verdict as the whole-message path."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from imapsvc.core.email_data import map_message
+from imapsvc.model import FolderCursor, Limits
+from tests.integration import test_folder_dovecot as base
+from tests.rig import mail
+from tests.rig.dovecot import DEFAULT_PASSWORD
+from tests.unit.test_corpus import AUTOMATED, load, raw_message
+
+NOW = datetime(2026, 2, 1, tzinfo=UTC)
+
+
+def crlf(raw: bytes) -> bytes:
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+class ContentDovecotTests(TestCase):
+    timeout = 120
+    # The same Dovecot user, fake store and recording pipeline as the folder tests.
+    setUp = base.FolderDovecotTests.setUp
+    service = base.FolderDovecotTests.service
+
+    @defer.inlineCallbacks
+    def fetched(self, names):
+        """APPEND the corpus fixtures, sync them through the folder engine
+        and return their :class:`FetchedMessage` by name."""
+        uids = {}
+        for name in names:
+            uids[name] = mail.append(self.user, DEFAULT_PASSWORD, "INBOX", crlf(load(name)))
+        self.store.cursors["INBOX"] = FolderCursor(None, "0", None)
+        self.service()
+        yield base.wait_for(lambda: set(uids.values()) <= set(self.pipeline.uids))
+        by_uid = {m.uid: m for b in self.pipeline.batches for m in b[0]}
+        return {name: by_uid[uid] for name, uid in uids.items()}
+
+    @defer.inlineCallbacks
+    def test_automated_on_the_structure_path(self):
+        names = ["autoreply", "bounce", "list_mail", "plain"]
+        fetched = yield self.fetched(names)
+        for name in names:
+            msg = fetched[name]
+            self.assertIsNone(msg.raw, name)  # the structure path, not the fallback
+            got = map_message(msg, "t", "p", NOW, Limits()).email_data["automated"]
+            auto, bounce, bulk, signals = AUTOMATED.get(name, (False, False, False, []))
+            want = {"autoReply": auto, "bounce": bounce, "bulk": bulk, "signals": signals}
+            self.assertEqual(got, want, name)
+            whole = map_message(raw_message(crlf(load(name))), "t", "p", NOW, Limits())
+            self.assertEqual(whole.email_data["automated"], got, name)
+        # The bounce's parts: only the text was downloaded, the report came
+        # from BODYSTRUCTURE.
+        bounce = fetched["bounce"]
+        self.assertEqual(sorted(bounce.texts), ["1"])
+        self.assertIn("message/delivery-status", [p.content_type for p in bounce.parts])
