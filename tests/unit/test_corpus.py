@@ -75,6 +75,13 @@ EXPECTED = {
     ),
     "list_mail": ("[announce] Version 4.2 released", "announce@lists.example.com", 1, [],
                   "Version 4.2 is out."),
+    "split_words": (
+        "Ihre Überweisung über 100 € ist eingegangen",
+        "service@bank.example.ch",
+        1,
+        [],
+        "Zahlungseingang",
+    ),
 }  # fmt: skip
 
 # name -> (autoReply, bounce, bulk, signals); every other fixture: nothing.
@@ -266,6 +273,13 @@ class CorpusTests(SynchronousTestCase):
         data = mapped(raw_message(load("raw8bit_headers"))).email_data
         self.assertEqual(data["from"]["name"], "Jörg Müller")
         self.assertEqual(data["headers"]["x-legacy"], "café crème")
+
+    def test_characters_split_across_encoded_words(self) -> None:
+        for msg in (raw_message(load("split_words")), structure_message(load("split_words"))):
+            data = mapped(msg).email_data
+            self.assertEqual(data["from"]["name"], "Kundenservice Bank Zürich")
+            self.assertEqual(data["subject"], "Ihre Überweisung über 100 € ist eingegangen")
+            self.assertNotIn("\ufffd", data["headers"]["subject"])
 
     def test_html_only_text_drops_script_and_style(self) -> None:
         body = mapped(raw_message(load("html_only"))).email_data["body"]
