@@ -319,6 +319,9 @@ SETTINGS: tuple[Setting, ...] = (
             "a message larger than this is never downloaded whole", _P),
     Setting("IMAP_MAX_TEXT_PART_BYTES", positive_int, 2 * MIB,
             "text/plain and text/html parts are fetched up to this many bytes", _P),
+    Setting("IMAP_EXPAND_TNEF", boolean, False,
+            "list the files inside winmail.dat (TNEF) parts as attachments; fetches such a "
+            "part when it is within IMAP_MAX_ATTACHMENT_BYTES", _P),
     Setting("IMAP_FETCH_CHUNK", positive_int, 100,
             "UIDs per UID FETCH command", _P),
     Setting("IMAP_PARSE_THREAD_THRESHOLD_BYTES", non_negative_int, 262144,
@@ -421,6 +424,7 @@ class Settings:
     max_attachment_count: int = _default("IMAP_MAX_ATTACHMENT_COUNT")
     max_raw_mime_bytes: int = _default("IMAP_MAX_RAW_MIME_BYTES")
     max_text_part_bytes: int = _default("IMAP_MAX_TEXT_PART_BYTES")
+    expand_tnef: bool = _default("IMAP_EXPAND_TNEF")
     fetch_chunk: int = _default("IMAP_FETCH_CHUNK")
     parse_thread_threshold_bytes: int = _default("IMAP_PARSE_THREAD_THRESHOLD_BYTES")
     parse_processes: int = _default("IMAP_PARSE_PROCESSES")
@@ -449,6 +453,7 @@ class Settings:
             max_attachment_count=self.max_attachment_count,
             max_raw_mime_bytes=self.max_raw_mime_bytes,
             max_text_part_bytes=self.max_text_part_bytes,
+            expand_tnef=self.expand_tnef,
         )
 
     def masked(self) -> dict[str, str]:

@@ -97,11 +97,23 @@ def synthetic_message_id(header: bytes, size: int, internal_date: Optional[str])
     return f"<{digest.hexdigest()[:32]}@{SYNTHETIC_ID_DOMAIN}>"
 
 
-def _split(raw: bytes) -> tuple[bytes, Sequence[BodyPart], Mapping[str, bytes]]:
+def _split(raw: bytes, limits: Limits) -> tuple[bytes, Sequence[BodyPart], Mapping[str, bytes]]:
     from imapsvc.core.mime_parts import split_message
+    from imapsvc.core.tnef import wants_tnef_bytes
 
-    header, parts, texts = split_message(raw)
+    want = (lambda p: wants_tnef_bytes(p, limits)) if limits.expand_tnef else None
+    header, parts, texts = split_message(raw, want)
     return header, parts or (), texts or {}
+
+
+def _expand_tnef(
+    parts: Sequence[BodyPart], texts: Mapping[str, bytes], limits: Limits
+) -> tuple[Sequence[BodyPart], list[dict[str, Any]]]:
+    if not limits.expand_tnef:
+        return parts, []
+    from imapsvc.core.tnef import expand_tnef
+
+    return expand_tnef(parts, texts, limits)
 
 
 def _decode_transfer(encoding: str, data: bytes) -> bytes:
@@ -285,7 +297,7 @@ def _map(
     texts: Mapping[str, bytes] = msg.texts or {}
     if msg.raw is not None:
         try:
-            header, parts, texts = _split(msg.raw)
+            header, parts, texts = _split(msg.raw, limits)
         except Exception as exc:
             header, parts, texts = header_block(msg.raw), (), {}
             reasons.append(
@@ -321,7 +333,9 @@ def _map(
         body = {"text": "", "html": ""}
         reasons.append(_reason(REASON_PARSE_ERROR, f"body unreadable ({type(exc).__name__})"))
     try:
-        attachments, attachment_reasons = _attachments(parts, limits)
+        listed, tnef_reasons = _expand_tnef(parts, texts, limits)
+        attachments, attachment_reasons = _attachments(listed, limits)
+        attachment_reasons += tnef_reasons
     except Exception as exc:
         attachments, attachment_reasons = [], []
         reasons.append(

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from imapsvc.core.email_data import SKIP_NO_FROM, map_message
 from imapsvc.core.event import build_stream_entry, event_ids
 from imapsvc.core.mime_parts import split_message
+from imapsvc.core.plan import plan_message
 from imapsvc.model import FetchedMessage, Limits
 from tests.contract_validator import validate_stream_entry
 
@@ -75,6 +76,7 @@ EXPECTED = {
     ),
     "list_mail": ("[announce] Version 4.2 released", "announce@lists.example.com", 1, [],
                   "Version 4.2 is out."),
+    "tnef_files": ("Report from Outlook", "nora@example.com", 1, ["winmail.dat"], "attached"),
     "split_words": (
         "Ihre Überweisung über 100 € ist eingegangen",
         "service@bank.example.ch",
@@ -133,17 +135,27 @@ def raw_message(raw: bytes, uid: int = 7) -> FetchedMessage:
     return FetchedMessage("INBOX", "1735234567", uid, len(raw), INTERNAL, raw=raw)
 
 
-def structure_message(raw: bytes, uid: int = 7) -> FetchedMessage:
+DEFAULT_LIMITS = Limits()
+
+
+def structure_message(
+    raw: bytes, uid: int = 7, limits: Limits = DEFAULT_LIMITS
+) -> FetchedMessage:
+    """What the structure path hands over: the sections ``plan_message``
+    asks for (here cut from the raw message), nothing else."""
     match = _BLANK.search(raw)
     header = raw if match is None else raw[: match.end()]
-    _, parts, texts = split_message(raw)
+    _, parts, every = split_message(raw, want=lambda _p: True)
+    meta = {"size": len(raw), "bodystructure": ()}
+    plan = plan_message(uid, meta, limits, parser=lambda _: parts)
+    texts = {s: every[s] for s, _ in plan.sections}
     return FetchedMessage(
         "INBOX", "1735234567", uid, len(raw), INTERNAL, header=header, parts=parts, texts=texts
     )
 
 
-def mapped(msg: FetchedMessage):
-    return map_message(msg, TENANT, PROVIDER, FETCHED_AT, Limits())
+def mapped(msg: FetchedMessage, limits: Limits = DEFAULT_LIMITS):
+    return map_message(msg, TENANT, PROVIDER, FETCHED_AT, limits)
 
 
 def entry_for(result) -> dict[str, str]:
@@ -273,6 +285,35 @@ class CorpusTests(SynchronousTestCase):
         data = mapped(raw_message(load("raw8bit_headers"))).email_data
         self.assertEqual(data["from"]["name"], "Jörg Müller")
         self.assertEqual(data["headers"]["x-legacy"], "café crème")
+
+    def test_tnef_files_listed_when_enabled_both_paths(self) -> None:
+        on = Limits(expand_tnef=True)
+        raw = load("tnef_files")
+        results = [mapped(raw_message(raw), on), mapped(structure_message(raw, limits=on), on)]
+        for result in results:
+            data = result.email_data
+            self.assertEqual(
+                [(a["id"], a["name"], a["contentType"], a["size"]) for a in data["attachments"]],
+                [
+                    ("2/tnef/1", "Quarterly report 2025.pdf", "application/pdf", 1033),
+                    ("2/tnef/2", "notes.txt", "text/plain", 7),
+                    ("2/tnef/3", "image001.png", "image/png", 108),
+                ],
+            )
+            self.assertEqual(data["ingressSkipReasons"], [])
+            self.assertEqual(validate_stream_entry(entry_for(result)), [])
+        self.assertEqual(results[0].email_data, results[1].email_data)
+        # The zero-filled winmail.dat of "tnef" holds no file: it stays listed.
+        data = mapped(structure_message(load("tnef"), limits=on), on).email_data
+        self.assertEqual([a["name"] for a in data["attachments"]], ["winmail.dat"])
+
+    def test_paths_agree_with_tnef_expansion(self) -> None:
+        on = Limits(expand_tnef=True)
+        for name in EXPECTED:
+            raw = load(name)
+            a = mapped(raw_message(raw), on).email_data
+            b = mapped(structure_message(raw, limits=on), on).email_data
+            self.assertEqual(without_sizes(a), without_sizes(b), name)
 
     def test_characters_split_across_encoded_words(self) -> None:
         for msg in (raw_message(load("split_words")), structure_message(load("split_words"))):
