@@ -33,6 +33,7 @@ from imapsvc.core import plan as P
 from imapsvc.core.backoff import Rand, timer_delay
 from imapsvc.core.cursor import REASON_RESUME, advance, compute_start
 from imapsvc.core.folders import display_name, resolve_folder
+from imapsvc.imap.extensions import client_id_fields
 from imapsvc.imap.factory import FolderClientFactory, set_keepalive
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import FolderCursor, Limits, ProviderConfig
@@ -480,6 +481,7 @@ class FolderService(service.Service):
                 "{label}: saving capabilities failed: {err}", label=self.label, err=f.value
             )
         )
+        yield self._send_id(proto)
         listing = yield proto.list_folders()
         self._check()
         name = resolve_folder(self.folder_filter, listing)
@@ -505,6 +507,21 @@ class FolderService(service.Service):
                 yield self._idle(proto)
             else:
                 yield self._poll()
+
+    @defer.inlineCallbacks
+    def _send_id(self, proto: Any):  # type: ignore[no-untyped-def]
+        """RFC 2971 ``ID`` after login, when offered (imapsvc.imap.extensions)."""
+        send_id = getattr(proto, "send_id", None)
+        if send_id is None or "ID" not in self.capabilities:
+            return
+        server_id = yield send_id(client_id_fields())
+        self._check()
+        if server_id:
+            self.log.info(
+                "{label}: server ID {server}",
+                label=self.label,
+                server=", ".join(f"{k}={v}" for k, v in sorted(server_id.items()))[:500],
+            )
 
     @defer.inlineCallbacks
     def _sync(self, proto: Any, name: str):  # type: ignore[no-untyped-def]

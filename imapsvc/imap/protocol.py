@@ -24,7 +24,7 @@ Rules every method follows:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.mail.imap4 import IMAP4Client
 from twisted.python.failure import Failure
 
-from imapsvc.imap import responses
+from imapsvc.imap import extensions, responses
 from imapsvc.imap.errors import (
     AuthenticationFailed,
     CleartextRefused,
@@ -384,7 +384,7 @@ class FolderIMAPClient(IMAP4Client):
             self.capabilities = caps
             if cmd is not None:
                 cmd.untagged.append((keyword, caps))
-        elif keyword in ("LIST", "FLAGS") and cmd is not None:
+        elif keyword in ("LIST", "FLAGS", "ID") and cmd is not None:
             tokens = responses.tokenize(texts, literals)
             cmd.untagged.append((keyword, tokens[1:]))
 
@@ -459,6 +459,18 @@ class FolderIMAPClient(IMAP4Client):
         self._disarm(cmd)
         if code == "CAPABILITY":
             self.capabilities = responses.parse_capabilities(args.split())
+        if kind != "OK" and cmd.kind == "advisory":
+            # An advisory command (ID) refused is no reason to drop the session.
+            log.info(
+                "{name} refused by the server: {kind} {text}",
+                name=cmd.name.decode("ascii"),
+                kind=kind,
+                text=text[:200],
+            )
+            self._current = None
+            self._send_next()
+            cmd.defer.callback(None)
+            return
         if kind != "OK":
             self._drop(self._error_for(cmd, kind, code, text), abort=False)
             return
@@ -690,6 +702,24 @@ class FolderIMAPClient(IMAP4Client):
 
         cmd.on_continuation = on_continuation
         return cmd
+
+    def send_id(self, fields: Sequence[tuple[str, str]]) -> defer.Deferred:
+        """``ID`` (RFC 2971) with ``fields`` when the server offers ``ID``
+        (nothing is sent otherwise); fires with the server's ID dict, or
+        ``None`` (not offered, ``NIL``, or refused: ``NO``/``BAD`` does not
+        drop the connection). See :mod:`imapsvc.imap.extensions`."""
+        if b"ID" not in (self.capabilities or {}):
+            return defer.succeed(None)
+        cmd = _Command(b"ID", [extensions.id_command(fields)], kind="advisory")
+
+        def done(cmd: _Command, code: Optional[str]) -> Optional[dict[str, str]]:
+            for keyword, tokens in cmd.untagged:
+                if keyword == "ID":
+                    return extensions.parse_id(tokens)
+            return None
+
+        cmd.on_ok = done
+        return self._submit(cmd)
 
     def list_folders(self) -> defer.Deferred:
         """``LIST "" "*"`` -> ``[(flags, delimiter, name)]``, names as the
