@@ -56,3 +56,20 @@ def tnef(
             blob = struct.pack("<I", len(props)) + b"".join(props)
             out.append(attribute(LVL_ATTACHMENT, 0x0006, 0x9005, blob))
     return b"".join(out)
+
+
+IMESSAGE_SIG = b"\x07\x03\x02\x00\x00\x00\x00\x00\xc0\x00\x00\x00\x00\x00\x00\x46"
+
+
+def with_embedded(inner: bytes, name: str = "EMBED~1.MSG") -> bytes:
+    """A TNEF blob with one attachment that is a message: ``inner`` (a TNEF
+    blob) as ``PR_ATTACH_DATA_OBJ``."""
+    obj = IMESSAGE_SIG + inner
+    pad = b"\x00" * (-len(obj) % 4)
+    prop = struct.pack("<HHII", 0x000D, 0x3701, 1, len(obj)) + obj + pad
+    blob = struct.pack("<I", 1) + prop
+    out = [tnef([])]
+    out.append(attribute(LVL_ATTACHMENT, 0x0006, 0x9002, b"\x01\x00" + b"\x00" * 12))
+    out.append(attribute(LVL_ATTACHMENT, 0x0001, 0x8010, name.encode("cp1252") + b"\x00"))
+    out.append(attribute(LVL_ATTACHMENT, 0x0006, 0x9005, blob))
+    return b"".join(out)

@@ -24,19 +24,24 @@ section (``BODY.PEEK[n]``, only when within the cap, see
 
 ``tnefparse`` copies the rest of the blob for every attribute it reads and
 trusts MAPI value counts: :func:`tnef_files` walks the attribute layout
-first and refuses a blob whose copying would exceed :data:`MAX_COPY_BYTES`
-or that has more than :data:`MAX_OBJECTS` attributes, and MAPI values are
-bounds-checked, so a hostile blob costs bounded time and memory.
+first and refuses a blob (with the messages nested in it, at most
+:data:`MAX_DEPTH` deep) whose copying would exceed :data:`MAX_COPY_BYTES` or
+that has more than :data:`MAX_OBJECTS` attributes, and MAPI property and
+value counts are clamped to what the data can hold, so a hostile blob costs
+bounded time and memory.
 """
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import struct
+import threading
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import attr
 from tnefparse import mapi as _mapi
+from tnefparse import tnef as _tnef_module
 from tnefparse.tnef import TNEF
 
 from imapsvc.core.charsets import decode_bytes
@@ -46,9 +51,11 @@ from imapsvc.model import BodyPart, Limits
 SIGNATURE = 0x223E9F78
 #: Most attributes one blob may have (a real one: ~15 plus ~7 per file).
 MAX_OBJECTS = 4096
-#: Most bytes tnefparse may copy while reading one blob (it slices the
-#: remainder once per attribute).
+#: Most bytes tnefparse may copy while reading one blob and the messages
+#: nested in it (it slices the remainder once per attribute).
 MAX_COPY_BYTES = 1024 * 1024 * 1024
+#: Deepest nesting of attached messages read.
+MAX_DEPTH = 4
 
 REASON_TNEF_UNREADABLE = "tnef_unreadable"
 
@@ -87,10 +94,35 @@ def _bounded(parse_property: Any) -> Any:
     return checked
 
 
-# tnefparse reads MAPI value counts from the blob and, for fixed-size types,
-# loops that often without checking the data is there (2**32 iterations for
-# a hostile count); decode_mapi calls this module global, so bound it here.
+def _clamped(decode_mapi: Any) -> Any:
+    if getattr(decode_mapi, "_imapsvc_bounded", False):
+        return decode_mapi
+
+    def clamped(data: Any, codepage: Any = "cp1252", starting_offset: Any = None) -> Any:
+        # The property count is read from the blob and looped over even when
+        # the data ran out (logging each one): no more properties than 4-byte
+        # property headers fit in what is left.
+        offset = starting_offset or 0
+        if len(data) >= offset + 4:
+            (count,) = struct.unpack_from("<I", data, offset)
+            room = (len(data) - offset - 4) // 4
+            if count > room:
+                data = bytes(data[:offset]) + struct.pack("<I", room) + bytes(data[offset + 4 :])
+        return decode_mapi(data, codepage, starting_offset)
+
+    clamped._imapsvc_bounded = True  # type: ignore[attr-defined]
+    return clamped
+
+
+# tnefparse trusts counts read from the blob: MAPI property and value counts
+# drive loops that do not check the data is there (2**32 iterations for a
+# hostile count). Both functions are looked up as module globals at call
+# time, so they are bounded here, once, for every caller.
 _mapi.parse_property = _bounded(_mapi.parse_property)  # type: ignore[attr-defined]
+_tnef_module.decode_mapi = _clamped(_tnef_module.decode_mapi)  # type: ignore[attr-defined]
+# Damaged blobs are reported as ``tnef_unreadable``; the parser's own per-
+# property warnings would only flood the log (or stderr, with no handler).
+logging.getLogger("tnefparse").setLevel(logging.CRITICAL)
 
 _TYPES = mimetypes.MimeTypes(filenames=())
 
@@ -114,9 +146,10 @@ def wants_tnef_bytes(part: BodyPart, limits: Limits) -> bool:
     )
 
 
-def _check_layout(data: bytes) -> None:
-    """Walk the attribute layout as tnefparse will and refuse blobs that
-    would cost too much to read."""
+def _layout_cost(data: bytes) -> int:
+    """Walk the attribute layout as tnefparse will: the bytes it will copy
+    (it slices the remainder once per attribute); refuses what is not TNEF
+    or has too many attributes."""
     if len(data) < 6 or struct.unpack_from("<I", data, 0)[0] != SIGNATURE:
         raise TnefError("no TNEF signature")
     offset = 6
@@ -128,10 +161,35 @@ def _check_layout(data: bytes) -> None:
         copied += size - offset
         if objects > MAX_OBJECTS:
             raise TnefError(f"more than {MAX_OBJECTS} TNEF attributes")
-        if copied > MAX_COPY_BYTES:
-            raise TnefError("TNEF attribute layout too costly to read")
         (length,) = struct.unpack_from("<I", data, offset + 5)
         offset += min(size - offset, length + _OBJ_HEADER + 2)
+    return copied
+
+
+_budget = threading.local()
+
+
+class _CheckedTNEF(TNEF):  # type: ignore[misc]
+    """tnefparse's reader behind our checks; it also reads attachments that
+    are messages themselves (nested TNEF) through this name, so the checks,
+    the depth limit and one copy budget cover the whole tree."""
+
+    def __init__(self, data: bytes, do_checksum: bool = False) -> None:
+        depth = getattr(_budget, "depth", 0)
+        if depth >= MAX_DEPTH:
+            raise TnefError(f"TNEF messages nested deeper than {MAX_DEPTH}")
+        _budget.copied = getattr(_budget, "copied", 0) + _layout_cost(data)
+        if _budget.copied > MAX_COPY_BYTES:
+            raise TnefError("TNEF attribute layout too costly to read")
+        _budget.depth = depth + 1
+        try:
+            super().__init__(data, do_checksum=False)
+        finally:
+            _budget.depth = depth
+
+
+# Embedded messages are parsed with ``TNEF(...)`` looked up at call time.
+_tnef_module.TNEF = _CheckedTNEF  # type: ignore[attr-defined]
 
 
 def _mapi_value(attachment: Any, prop: int) -> Optional[str]:
@@ -171,9 +229,12 @@ def tnef_files(data: bytes) -> list[TnefFile]:
 
     :raises TnefError: not TNEF, too costly, or unreadable.
     """
-    _check_layout(data)
+    _budget.copied = 0
+    _budget.depth = 0
     try:
-        parsed = TNEF(bytes(data), do_checksum=False)
+        parsed = _CheckedTNEF(bytes(data))
+    except TnefError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any parser failure is "unreadable"
         raise TnefError(f"TNEF unreadable ({type(exc).__name__})") from None
     files = []

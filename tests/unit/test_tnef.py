@@ -14,7 +14,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from imapsvc.core import tnef as T
 from imapsvc.core.plan import KIND_STRUCTURE, plan_message
 from imapsvc.model import BodyPart, Limits
-from tests.tnef_builder import LVL_ATTACHMENT, LVL_MESSAGE, SIGNATURE, attribute, tnef
+from tests.tnef_builder import (
+    LVL_ATTACHMENT,
+    LVL_MESSAGE,
+    SIGNATURE,
+    attribute,
+    tnef,
+    with_embedded,
+)
 
 ON = Limits(expand_tnef=True)
 
@@ -74,6 +81,34 @@ class TnefFilesTests(SynchronousTestCase):
         files = T.tnef_files(blob)
         self.assertLess(time.monotonic() - start, 2.0)
         self.assertEqual([f.name for f in files], ["a.txt"])
+
+    def test_hostile_property_count_is_bounded(self) -> None:
+        # A MAPI block that claims 2**32-1 properties and holds none.
+        blob = tnef([("a.txt", b"xyz")]) + attribute(
+            LVL_ATTACHMENT, 6, 0x9005, struct.pack("<I", 0xFFFFFFFF)
+        )
+        start = time.monotonic()
+        self.assertEqual([f.name for f in T.tnef_files(blob)], ["a.txt"])
+        self.assertLess(time.monotonic() - start, 2.0)
+        mapi = attribute(LVL_MESSAGE, 6, 0x9003, struct.pack("<I", 0xFFFFFFFF) + b"\x00" * 64)
+        start = time.monotonic()
+        T.tnef_files(tnef([("a.txt", b"xyz")]) + mapi)
+        self.assertLess(time.monotonic() - start, 2.0)
+
+    def test_embedded_messages_read_and_nesting_bounded(self) -> None:
+        inner = tnef([("inner.txt", b"abc")])
+        files = T.tnef_files(with_embedded(inner))
+        self.assertEqual([f.name for f in files], ["EMBED~1.MSG"])
+        deep = inner
+        for _ in range(T.MAX_DEPTH + 1):
+            deep = with_embedded(deep)
+        self.assertRaises(T.TnefError, T.tnef_files, deep)
+        # A nested blob with too many attributes is refused too, not parsed.
+        head = struct.pack("<IH", SIGNATURE, 1)
+        crowd = head + attribute(LVL_MESSAGE, 6, 0x9007, b"\x01" * 4) * (T.MAX_OBJECTS + 10)
+        start = time.monotonic()
+        self.assertRaises(T.TnefError, T.tnef_files, with_embedded(crowd))
+        self.assertLess(time.monotonic() - start, 2.0)
 
     @settings(max_examples=200, deadline=None)
     @given(st.binary(max_size=400), st.integers(0, 2000))
