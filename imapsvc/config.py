@@ -302,6 +302,9 @@ SETTINGS: tuple[Setting, ...] = (
             "turn off TLS certificate verification (testing only)", _C),
     Setting("IMAP_BROKEN_BODYSTRUCTURE_HOSTS", comma_list(_host), (),
             "comma list of IMAP hosts whose BODYSTRUCTURE is not trusted (full fetch)", _C),
+    Setting("IMAP_ENABLE_UTF8", boolean, False,
+            "send ENABLE UTF8=ACCEPT (RFC 6855) when the server offers it: UTF-8 headers "
+            "and folder names without downgrading", _C),
     Setting("IMAP_AUTH_FAILURE_PAUSE_AFTER", positive_int, 3,
             "pause a provider after this many consecutive authentication failures", _C),
     # Capacity
@@ -416,6 +419,7 @@ class Settings:
     tls_ca_file: str = _default("IMAP_TLS_CA_FILE")
     tls_insecure: bool = _default("IMAP_TLS_INSECURE")
     broken_bodystructure_hosts: tuple[str, ...] = _default("IMAP_BROKEN_BODYSTRUCTURE_HOSTS")
+    enable_utf8: bool = _default("IMAP_ENABLE_UTF8")
     auth_failure_pause_after: int = _default("IMAP_AUTH_FAILURE_PAUSE_AFTER")
     max_emails_per_sync: int = _default("IMAP_MAX_EMAILS_PER_SYNC")
     max_connections_per_tenant: int = _default("IMAP_MAX_CONNECTIONS_PER_TENANT")

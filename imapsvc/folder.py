@@ -85,6 +85,8 @@ class FolderOptions:
     broken_bodystructure_hosts: tuple[str, ...] = ()
     tls_ca_file: Optional[str] = None
     tls_insecure: bool = False
+    #: ``IMAP_ENABLE_UTF8``: ``ENABLE UTF8=ACCEPT`` when offered (RFC 6855).
+    enable_utf8: bool = False
 
     @classmethod
     def from_settings(cls, settings: Any) -> FolderOptions:
@@ -482,6 +484,11 @@ class FolderService(service.Service):
             )
         )
         yield self._send_id(proto)
+        if self.options.enable_utf8 and getattr(proto, "enable_utf8", None) is not None:
+            enabled = yield proto.enable_utf8()
+            self._check()
+            if enabled:
+                self.log.info("{label}: UTF8=ACCEPT enabled", label=self.label)
         listing = yield proto.list_folders()
         self._check()
         name = resolve_folder(self.folder_filter, listing)

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.mail.imap4 import IMAP4Client
 from twisted.python.failure import Failure
 
+from imapsvc.core.folders import decode_mutf7, encode_mutf7
 from imapsvc.imap import extensions, responses
 from imapsvc.imap.errors import (
     AuthenticationFailed,
@@ -154,6 +155,9 @@ class FolderIMAPClient(IMAP4Client):
         self._greeting_deadline: Any = None
         self._watchdog: Any = None
         self._idle_cmd: Optional[_Command] = None
+        #: ``ENABLE UTF8=ACCEPT`` (RFC 6855) is in force: the server spells
+        #: mailbox names in UTF-8 (see :meth:`enable_utf8`).
+        self.utf8_accept = False
         self._idle_done_requested = False
         self._idle_done_sent = False
 
@@ -384,7 +388,7 @@ class FolderIMAPClient(IMAP4Client):
             self.capabilities = caps
             if cmd is not None:
                 cmd.untagged.append((keyword, caps))
-        elif keyword in ("LIST", "FLAGS", "ID") and cmd is not None:
+        elif keyword in ("LIST", "FLAGS", "ID", "ENABLED") and cmd is not None:
             tokens = responses.tokenize(texts, literals)
             cmd.untagged.append((keyword, tokens[1:]))
 
@@ -721,6 +725,37 @@ class FolderIMAPClient(IMAP4Client):
         cmd.on_ok = done
         return self._submit(cmd)
 
+    def enable_utf8(self) -> defer.Deferred:
+        """``ENABLE UTF8=ACCEPT`` (RFC 6855) when the server offers ``ENABLE``
+        and ``UTF8=ACCEPT`` (or ``UTF8=ONLY``); call it after login, before
+        a mailbox is opened. Fires with whether the server enabled it; a
+        ``NO``/``BAD`` answer does not drop the connection.
+
+        Once enabled, :meth:`list_folders` still returns modified UTF-7
+        names (the spelling the folder cursors are stored under) and
+        :meth:`examine_folder` sends them in UTF-8, so nothing above this
+        class sees a difference in names.
+        """
+        caps = self.capabilities or {}
+        utf8 = {bytes(v).upper() for v in (caps.get(b"UTF8") or [])}
+        if b"ENABLE" not in caps or not utf8 & {b"ACCEPT", b"ONLY"}:
+            return defer.succeed(False)
+        cmd = _Command(b"ENABLE", [b"ENABLE UTF8=ACCEPT"], kind="advisory")
+
+        def done(cmd: _Command, code: Optional[str]) -> bool:
+            for keyword, tokens in cmd.untagged:
+                if keyword == "ENABLED" and any(
+                    isinstance(t, (str, bytes)) and _text(t).upper() == "UTF8=ACCEPT"
+                    for t in tokens
+                ):
+                    self.utf8_accept = True
+            return self.utf8_accept
+
+        cmd.on_ok = done
+        d = self._submit(cmd)
+        d.addCallback(lambda result: bool(result))
+        return d
+
     def list_folders(self) -> defer.Deferred:
         """``LIST "" "*"`` -> ``[(flags, delimiter, name)]``, names as the
         server spells them (modified UTF-7)."""
@@ -736,7 +771,8 @@ class FolderIMAPClient(IMAP4Client):
                     (
                         tuple(str(flag) for flag in (flags or ()) if isinstance(flag, str)),
                         None if delimiter is None else _text(delimiter),
-                        _text(name),
+                        # UTF8=ACCEPT: back to the modified UTF-7 spelling.
+                        encode_mutf7(_text(name)) if self.utf8_accept else _text(name),
                     )
                 )
             return out
@@ -748,7 +784,7 @@ class FolderIMAPClient(IMAP4Client):
         """``EXAMINE name`` (read-only) -> ``{"uidvalidity", "uidnext",
         "exists", "read_only"}``; ``uidnext`` is ``None`` when the server
         gives none."""
-        cmd = _Command(b"EXAMINE", self._arguments(b"EXAMINE", [name.encode("utf-8")]))
+        cmd = _Command(b"EXAMINE", self._arguments(b"EXAMINE", [self._wire_name(name)]))
 
         def done(cmd, code):
             found: dict[str, Optional[int]] = {"uidvalidity": None, "uidnext": None}
@@ -771,6 +807,16 @@ class FolderIMAPClient(IMAP4Client):
 
         cmd.on_ok = done
         return self._submit(cmd)
+
+    def _wire_name(self, name: str) -> bytes:
+        """A mailbox name (modified UTF-7) as this session sends it: in
+        UTF-8 once UTF8=ACCEPT is enabled (RFC 6855 section 3)."""
+        if self.utf8_accept:
+            try:
+                name = decode_mutf7(name)
+            except ValueError:
+                pass
+        return name.encode("utf-8")
 
     def uid_search_from(self, first_uid: int) -> defer.Deferred:
         """``UID SEARCH UID first:*`` -> sorted UIDs ``>= first_uid`` (the

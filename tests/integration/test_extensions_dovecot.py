@@ -1,4 +1,5 @@
-"""IMAP extensions against a real Dovecot 2.3: ``ID`` (RFC 2971)."""
+"""IMAP extensions against a real Dovecot 2.3: ``ID`` (RFC 2971), ``ENABLE
+UTF8=ACCEPT`` (RFC 6855: not offered by 2.3, so only "not sent")."""
 
 from __future__ import annotations
 
@@ -47,5 +48,20 @@ class DovecotIdTests(TestCase):
         # The session goes on normally.
         info = yield client.examine_folder("INBOX")
         self.assertTrue(info["read_only"])
+        yield client.logout()
+        yield client.lost
+
+    @defer.inlineCallbacks
+    def test_utf8_accept_only_when_offered(self):
+        # Dovecot 2.3 offers ENABLE but not UTF8=ACCEPT (2.4 does): nothing is
+        # sent and the session goes on; the byte-level tests cover the rest.
+        client, _before, after = yield self.login()
+        self.assertIn(b"ENABLE", after)
+        offered = b"ACCEPT" in (after.get(b"UTF8") or [])
+        enabled = yield client.enable_utf8()
+        self.assertEqual(enabled, offered)
+        self.assertEqual(client.utf8_accept, offered)
+        info = yield client.examine_folder("INBOX")
+        self.assertGreater(info["uidvalidity"], 0)
         yield client.logout()
         yield client.lost
