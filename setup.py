@@ -35,6 +35,9 @@ setup(
         "prometheus-client>=0.20",
         # Frozen, validated value types (settings, store records).
         "attrs>=23.1",
+        # winmail.dat (TNEF) -> the files inside (IMAP_EXPAND_TNEF): pure Python,
+        # no dependencies; the one Python TNEF reader in use (its format is frozen).
+        "tnefparse>=1.4,<2",
     ],
     extras_require={
         "test": ["hypothesis>=6.100"],

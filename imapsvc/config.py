@@ -354,6 +354,9 @@ SETTINGS: tuple[Setting, ...] = (
             "turn off TLS certificate verification (testing only)", _C),
     Setting("IMAP_BROKEN_BODYSTRUCTURE_HOSTS", comma_list(_host), (),
             "comma list of IMAP hosts whose BODYSTRUCTURE is not trusted (full fetch)", _C),
+    Setting("IMAP_ENABLE_UTF8", boolean, False,
+            "send ENABLE UTF8=ACCEPT (RFC 6855) when the server offers it: UTF-8 headers "
+            "and folder names without downgrading", _C),
     Setting("IMAP_AUTH_FAILURE_PAUSE_AFTER", positive_int, 3,
             "pause a provider after this many consecutive authentication failures", _C),
     Setting("IMAP_OAUTH_AUTH_MECHANISM", choice("auto", "xoauth2", "oauthbearer"), "auto",
@@ -374,6 +377,9 @@ SETTINGS: tuple[Setting, ...] = (
             "a message larger than this is never downloaded whole", _P),
     Setting("IMAP_MAX_TEXT_PART_BYTES", positive_int, 2 * MIB,
             "text/plain and text/html parts are fetched up to this many bytes", _P),
+    Setting("IMAP_EXPAND_TNEF", boolean, False,
+            "list the files inside winmail.dat (TNEF) parts as attachments; fetches such a "
+            "part when it is within IMAP_MAX_ATTACHMENT_BYTES", _P),
     Setting("IMAP_FETCH_CHUNK", positive_int, 100,
             "UIDs per UID FETCH command", _P),
     Setting("IMAP_PARSE_THREAD_THRESHOLD_BYTES", non_negative_int, 262144,
@@ -538,6 +544,7 @@ class Settings:
     tls_ca_file: str = _default("IMAP_TLS_CA_FILE")
     tls_insecure: bool = _default("IMAP_TLS_INSECURE")
     broken_bodystructure_hosts: tuple[str, ...] = _default("IMAP_BROKEN_BODYSTRUCTURE_HOSTS")
+    enable_utf8: bool = _default("IMAP_ENABLE_UTF8")
     auth_failure_pause_after: int = _default("IMAP_AUTH_FAILURE_PAUSE_AFTER")
     oauth_auth_mechanism: str = _default("IMAP_OAUTH_AUTH_MECHANISM")
     max_emails_per_sync: int = _default("IMAP_MAX_EMAILS_PER_SYNC")
@@ -547,6 +554,7 @@ class Settings:
     max_attachment_count: int = _default("IMAP_MAX_ATTACHMENT_COUNT")
     max_raw_mime_bytes: int = _default("IMAP_MAX_RAW_MIME_BYTES")
     max_text_part_bytes: int = _default("IMAP_MAX_TEXT_PART_BYTES")
+    expand_tnef: bool = _default("IMAP_EXPAND_TNEF")
     fetch_chunk: int = _default("IMAP_FETCH_CHUNK")
     parse_thread_threshold_bytes: int = _default("IMAP_PARSE_THREAD_THRESHOLD_BYTES")
     parse_processes: int = _default("IMAP_PARSE_PROCESSES")
@@ -601,6 +609,7 @@ class Settings:
             max_attachment_count=self.max_attachment_count,
             max_raw_mime_bytes=self.max_raw_mime_bytes,
             max_text_part_bytes=self.max_text_part_bytes,
+            expand_tnef=self.expand_tnef,
         )
 
     def masked(self) -> dict[str, str]:

@@ -35,6 +35,7 @@ from imapsvc.core.auth import MECH_AUTO, OAUTH_MECHANISMS
 from imapsvc.core.backoff import Rand, timer_delay
 from imapsvc.core.cursor import REASON_RESUME, advance, compute_start
 from imapsvc.core.folders import display_name, resolve_folder
+from imapsvc.imap.extensions import client_id_fields
 from imapsvc.imap.factory import FolderClientFactory, set_keepalive
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import FolderCursor, Limits, ProviderConfig
@@ -98,6 +99,8 @@ class FolderOptions:
     tls_ca_file: Optional[str] = None
     tls_insecure: bool = False
     oauth_auth_mechanism: str = MECH_AUTO
+    #: ``IMAP_ENABLE_UTF8``: ``ENABLE UTF8=ACCEPT`` when offered (RFC 6855).
+    enable_utf8: bool = False
 
     @classmethod
     def from_settings(cls, settings: Any) -> FolderOptions:
@@ -524,6 +527,12 @@ class FolderService(service.Service):
                 "{label}: saving capabilities failed: {err}", label=self.label, err=f.value
             )
         )
+        yield self._send_id(proto)
+        if self.options.enable_utf8 and getattr(proto, "enable_utf8", None) is not None:
+            enabled = yield proto.enable_utf8()
+            self._check()
+            if enabled:
+                self.log.info("{label}: UTF8=ACCEPT enabled", label=self.label)
         listing = yield proto.list_folders()
         self._check()
         name = resolve_folder(self.folder_filter, listing)
@@ -568,6 +577,21 @@ class FolderService(service.Service):
             raise  # e.g. token endpoint unreachable: retried, forced again
         self._force_token_refresh = False
         return creds
+
+    @defer.inlineCallbacks
+    def _send_id(self, proto: Any):  # type: ignore[no-untyped-def]
+        """RFC 2971 ``ID`` after login, when offered (imapsvc.imap.extensions)."""
+        send_id = getattr(proto, "send_id", None)
+        if send_id is None or "ID" not in self.capabilities:
+            return
+        server_id = yield send_id(client_id_fields())
+        self._check()
+        if server_id:
+            self.log.info(
+                "{label}: server ID {server}",
+                label=self.label,
+                server=", ".join(f"{k}={v}" for k, v in sorted(server_id.items()))[:500],
+            )
 
     @defer.inlineCallbacks
     def _sync(self, proto: Any, name: str):  # type: ignore[no-untyped-def]

@@ -267,6 +267,9 @@ class Limits:
     #: A text/plain or text/html body part larger than this is fetched only
     #: up to this many bytes (and reported in ``ingressSkipReasons``).
     max_text_part_bytes: int = 2 * MIB
+    #: ``IMAP_EXPAND_TNEF``: list the files inside ``winmail.dat`` parts
+    #: within ``max_attachment_bytes`` (see ``imapsvc.core.tnef``).
+    expand_tnef: bool = False
 
 
 # -- one service across replicas (schema/0004) --------------------------------

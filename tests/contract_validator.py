@@ -186,6 +186,7 @@ def _check_email_data(data: Any, tenant: str, provider_id: Any, errors: list[str
     _check_skip_entries(data, "ingressSkipReasons", errors, app_schema=True)
     if "ingressNotes" in data:
         _check_skip_entries(data, "ingressNotes", errors, app_schema=False)
+    _check_automated(data.get("automated"), errors)
     imap = data.get("imap")
     if not isinstance(imap, dict):
         errors.append("emailData.imap: not an object")
@@ -203,6 +204,27 @@ def _check_email_data(data: Any, tenant: str, provider_id: Any, errors: list[str
             errors.append("emailData.imap.internalDate: not ISO Z or null")
         if not isinstance(imap.get("size"), int) or imap["size"] < 0:
             errors.append("emailData.imap.size: not an integer >= 0")
+
+
+def _check_automated(value: Any, errors: list[str]) -> None:
+    if not isinstance(value, dict):
+        errors.append("emailData.automated: not an object")
+        return
+    keys = {"autoReply", "bounce", "bulk", "signals"}
+    if set(value) != keys:
+        errors.append(f"emailData.automated: keys {sorted(value)} != {sorted(keys)}")
+    for key in ("autoReply", "bounce", "bulk"):
+        if not isinstance(value.get(key), bool):
+            errors.append(f"emailData.automated.{key}: not a boolean")
+    signals = value.get("signals")
+    if not isinstance(signals, list) or not all(
+        isinstance(s, str) and ": " in s for s in signals
+    ):
+        errors.append(f"emailData.automated.signals: not a list of 'header: value': {signals!r}")
+        return
+    flagged = any(value.get(k) is True for k in ("autoReply", "bounce", "bulk"))
+    if flagged != bool(signals):
+        errors.append("emailData.automated: a flag without a signal, or a signal without a flag")
 
 
 def validate_stream_entry(fields: Mapping[Any, Any]) -> list[str]:

@@ -14,7 +14,6 @@ parts from a whole raw message, so both paths give identical results.
 
 from __future__ import annotations
 
-import binascii
 import codecs
 import re
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -22,7 +21,7 @@ from urllib.parse import unquote_to_bytes
 
 import attr
 
-from imapsvc.core.transfer import decode_base64
+from imapsvc.core.encoded_words import decode_encoded_words
 from imapsvc.model import BodyPart
 
 #: Deepest multipart nesting we follow; deeper structures are treated as unusable.
@@ -291,8 +290,6 @@ def choose_body_text(parts: Sequence[BodyPart]) -> list[BodyPart]:
 
 # -- parameter values: RFC 2231 and RFC 2047 ---------------------------------
 
-_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
-_BETWEEN_WORDS = re.compile(r"(\?=)\s+(=\?)")
 _CONTINUATION = re.compile(r"^(.+?)\*(\d+)?(\*)?$")
 
 
@@ -355,21 +352,8 @@ def _decode_charset(data: bytes, charset: str) -> str:
 
 def decode_words(value: str) -> str:
     """Decode RFC 2047 encoded-words inside a parameter value (mailers do
-    it although the RFC forbids it)."""
+    it although the RFC forbids it); adjacent words of one charset are
+    joined as bytes first (:mod:`imapsvc.core.encoded_words`)."""
     if "=?" not in value:
         return value
-    value = _BETWEEN_WORDS.sub(r"\1\2", value)
-
-    def one(match: re.Match[str]) -> str:
-        charset, kind, payload = match.group(1), match.group(2).lower(), match.group(3)
-        charset = charset.split("*", 1)[0]  # RFC 2231 language suffix
-        try:
-            if kind == "b":
-                data = decode_base64(payload.encode("ascii", "replace"))
-            else:
-                data = binascii.a2b_qp(payload.replace("_", " ").encode("ascii", "replace"))
-        except (binascii.Error, ValueError):
-            return match.group(0)
-        return _decode_charset(data, charset)
-
-    return _ENCODED_WORD.sub(one, value)
+    return decode_encoded_words(value, _decode_charset)

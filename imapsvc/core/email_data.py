@@ -35,6 +35,9 @@ Decisions the contract leaves open, made here:
 - A message without a Message-ID gets ``<sha256-prefix@imapsvc.local>`` from
   its header block (line ends normalised), size and INTERNALDATE, and no
   Message-ID dedupe key (only the UID key dedupes it).
+- ``automated`` (auto-reply, bounce, bulk) is decided by
+  :mod:`imapsvc.core.automated` from the header and the leaves, which both
+  paths share.
 - Skipped messages (no usable From) carry ``"from": None`` in their
   ``emailData``; they are never published.
 """
@@ -49,6 +52,7 @@ import attr
 
 from imapsvc.core import ledger
 from imapsvc.core.addresses import MAX_ADDRESSES, first_address, parse_addresses_counted
+from imapsvc.core.automated import detect_automated, not_automated
 from imapsvc.core.charsets import clean_text, decode_bytes
 from imapsvc.core.dates import iso_z, parse_iso, parse_rfc2822_date
 from imapsvc.core.headers import Headers, decode_value, header_block
@@ -154,11 +158,23 @@ def synthetic_message_id(header: bytes, size: int, internal_date: Optional[str])
     return f"<{digest.hexdigest()[:32]}@{SYNTHETIC_ID_DOMAIN}>"
 
 
-def _split(raw: bytes) -> tuple[bytes, Sequence[BodyPart], Mapping[str, bytes]]:
+def _split(raw: bytes, limits: Limits) -> tuple[bytes, Sequence[BodyPart], Mapping[str, bytes]]:
     from imapsvc.core.mime_parts import split_message
+    from imapsvc.core.tnef import wants_tnef_bytes
 
-    header, parts, texts = split_message(raw)
+    want = (lambda p: wants_tnef_bytes(p, limits)) if limits.expand_tnef else None
+    header, parts, texts = split_message(raw, want)
     return header, parts or (), texts or {}
+
+
+def _expand_tnef(
+    parts: Sequence[BodyPart], texts: Mapping[str, bytes], limits: Limits
+) -> tuple[Sequence[BodyPart], list[dict[str, Any]]]:
+    if not limits.expand_tnef:
+        return parts, []
+    from imapsvc.core.tnef import expand_tnef
+
+    return expand_tnef(parts, texts, limits)
 
 
 def _decode_transfer(encoding: str, data: bytes) -> bytes:
@@ -284,6 +300,13 @@ def _headers_map(
     return out
 
 
+def _automated(headers: Headers, parts: Sequence[BodyPart]) -> dict[str, Any]:
+    try:
+        return detect_automated(headers, parts)
+    except Exception:  # noqa: BLE001 - a verdict is optional, the event is not
+        return not_automated()
+
+
 def _received_at(headers: Headers, internal_date: Optional[str], fetched_at: datetime) -> str:
     parsed = parse_rfc2822_date(decode_value(headers.get("date")))
     if parsed is None:
@@ -335,7 +358,7 @@ def _map(
     texts: Mapping[str, bytes] = msg.texts or {}
     if msg.raw is not None:
         try:
-            header, parts, texts = _split(msg.raw)
+            header, parts, texts = _split(msg.raw, limits)
         except Exception as exc:
             header, parts, texts = header_block(msg.raw), (), {}
             reasons.append(
@@ -371,7 +394,9 @@ def _map(
         body = {"text": "", "html": ""}
         reasons.append(_reason(REASON_PARSE_ERROR, f"body unreadable ({type(exc).__name__})"))
     try:
-        attachments, attachment_reasons = _attachments(parts, limits)
+        listed, tnef_reasons = _expand_tnef(parts, texts, limits)
+        attachments, attachment_reasons = _attachments(listed, limits)
+        attachment_reasons += tnef_reasons
     except Exception as exc:
         attachments, attachment_reasons = [], []
         reasons.append(
@@ -399,6 +424,7 @@ def _map(
     email_data["ingressSkipReasons"] = attachment_reasons + _raw_mime_reason(msg, limits)
     email_data["ingressNotes"] = reasons
     email_data["imap"] = _imap_block(msg)
+    email_data["automated"] = _automated(headers, parts)
     return MappedMessage(
         email_data=email_data,
         message_id_key=message_id_key,
@@ -422,8 +448,10 @@ def _last_resort(
     sender = None
     subject = ""
     message_id = None
+    automated = not_automated()
     try:
         headers = Headers(header)
+        automated = _automated(headers, ())
         sender = first_address(headers.get_all("from"))
         subject = decode_value(headers.get("subject"))[:MAX_HEADER_VALUE_CHARS]
         message_id = ledger.extract_message_id(decode_value(headers.get("message-id")))
@@ -456,6 +484,7 @@ def _last_resort(
             _reason(REASON_PARSE_ERROR, f"message could not be mapped ({type(exc).__name__})")
         ],
         "imap": _imap_block(msg),
+        "automated": automated,
     }
     return MappedMessage(
         email_data=email_data,

@@ -12,18 +12,15 @@ decodes them with :func:`decode_value`.
 
 from __future__ import annotations
 
-import binascii
 import re
 from typing import Iterator, Optional
 
 from imapsvc.core.charsets import clean_text, decode_bytes, decode_header_text
+from imapsvc.core.encoded_words import decode_encoded_words
 
 #: RFC 5322 field names: printable ASCII except colon and space.
 _NAME_RE = re.compile(r"^[!-9;-~]+$")
 
-_ENCODED_WORD_RE = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
-_BETWEEN_WORDS_RE = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
-_Q_HEX_RE = re.compile(rb"=([0-9A-Fa-f]{2})")
 _FOLD_RE = re.compile(r"\r?\n(?=[ \t])")
 _BLANK_LINE_RE = re.compile(rb"\n\r?\n")
 
@@ -106,38 +103,15 @@ class Headers:
         return iter(self.fields)
 
 
-def _decode_word(charset: str, encoding: str, payload: str) -> Optional[str]:
-    # RFC 2231 language suffix: charset*lang
-    charset = charset.split("*", 1)[0]
-    raw = payload.encode("ascii", "surrogateescape")
-    try:
-        if encoding in "bB":
-            stripped = raw.rstrip(b"=")
-            padded = stripped + b"=" * (-len(stripped) % 4)
-            data = binascii.a2b_base64(padded)
-        else:
-            raw = raw.replace(b"_", b" ")
-            data = _Q_HEX_RE.sub(lambda m: bytes((int(m.group(1), 16),)), raw)
-    except (ValueError, TypeError):
-        return None
-    return decode_bytes(data, charset)
-
-
 def decode_rfc2047(text: str) -> str:
     """Decode RFC 2047 encoded words in ``text`` (already real text).
 
-    Whitespace between adjacent encoded words is dropped, as the RFC says;
-    a malformed encoded word is left as it is.
+    Adjacent encoded words of one charset are joined as bytes before
+    decoding (a character split across two words survives), whitespace
+    between adjacent encoded words is dropped, as the RFC says; a malformed
+    encoded word is left as it is. See :mod:`imapsvc.core.encoded_words`.
     """
-    if "=?" not in text:
-        return text
-    text = _BETWEEN_WORDS_RE.sub(r"\1\2", text)
-
-    def repl(match: re.Match[str]) -> str:
-        decoded = _decode_word(match.group(1), match.group(2), match.group(3))
-        return match.group(0) if decoded is None else decoded
-
-    return _ENCODED_WORD_RE.sub(repl, text)
+    return decode_encoded_words(text, decode_bytes)
 
 
 def decode_value(raw: Optional[str]) -> str:

@@ -15,7 +15,7 @@ server counts them, whatever line ends the input uses.
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Callable, Optional
 
 from imapsvc.core.bodystructure import (
     MAX_DEPTH,
@@ -38,10 +38,14 @@ _WANTED = {
 _COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
 
 
-def split_message(raw: bytes) -> tuple[bytes, list[BodyPart], dict[str, bytes]]:
+def split_message(
+    raw: bytes, want: Optional[Callable[[BodyPart], bool]] = None
+) -> tuple[bytes, list[BodyPart], dict[str, bytes]]:
     """Split a raw message the way the structure path sees it.
 
     :param raw: the whole message as ``BODY[]`` returns it.
+    :param want: parts other than body text whose bytes ``texts`` should
+        hold too (what the structure path would fetch by section).
     :return: ``(header, parts, texts)``: the exact header bytes including the
         blank line; the leaf parts with IMAP section numbers and the same
         fields :func:`~imapsvc.core.bodystructure.parse_bodystructure` gives
@@ -49,7 +53,7 @@ def split_message(raw: bytes) -> tuple[bytes, list[BodyPart], dict[str, bytes]]:
         body bytes (what ``BODY[section]`` returns). Never raises.
     """
     try:
-        return _split(raw)
+        return _split(raw, want)
     except Exception:  # noqa: BLE001 - a hostile message must never crash ingestion
         return _as_one_text_part(raw)
 
@@ -76,7 +80,9 @@ def _as_one_text_part(raw: bytes) -> tuple[bytes, list[BodyPart], dict[str, byte
     return header, parts, {"1": body}
 
 
-def _split(raw: bytes) -> tuple[bytes, list[BodyPart], dict[str, bytes]]:
+def _split(
+    raw: bytes, want: Optional[Callable[[BodyPart], bool]] = None
+) -> tuple[bytes, list[BodyPart], dict[str, bytes]]:
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raw = b""
     raw = bytes(raw)
@@ -92,7 +98,7 @@ def _split(raw: bytes) -> tuple[bytes, list[BodyPart], dict[str, bytes]]:
     parts = choose_body_text(parts)
     texts = {}
     for part in parts:
-        if part.is_body_text:
+        if part.is_body_text or (want is not None and want(part)):
             start, end = spans[part.section]
             texts[part.section] = raw[start:end]
     return header, parts, texts

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import attr
 
+from imapsvc.core.tnef import wants_tnef_bytes
 from imapsvc.model import BodyPart, FetchedMessage, Limits
 
 #: Default ``IMAP_FETCH_CHUNK``: UIDs per metadata FETCH. 100 keeps peak memory at about
@@ -150,6 +151,10 @@ def plan_message(
     cap = max(0, limits.max_text_part_bytes)
     for part in parts:
         if not part.is_body_text:
+            if wants_tnef_bytes(part, limits):
+                # The files inside winmail.dat are listed from its bytes.
+                sections.append((part.section, None))
+                expected += max(0, part.size)
             continue
         if part.size > cap:
             sections.append((part.section, cap))

@@ -24,7 +24,7 @@ Rules every method follows:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
@@ -33,7 +33,8 @@ from twisted.mail.imap4 import IMAP4Client
 from twisted.python.failure import Failure
 
 from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism, is_refusal
-from imapsvc.imap import responses
+from imapsvc.core.folders import decode_mutf7, encode_mutf7
+from imapsvc.imap import extensions, responses
 from imapsvc.imap.errors import (
     AuthenticationFailed,
     AuthenticationUnavailable,
@@ -160,6 +161,9 @@ class FolderIMAPClient(IMAP4Client):
         self._greeting_deadline: Any = None
         self._watchdog: Any = None
         self._idle_cmd: Optional[_Command] = None
+        #: ``ENABLE UTF8=ACCEPT`` (RFC 6855) is in force: the server spells
+        #: mailbox names in UTF-8 (see :meth:`enable_utf8`).
+        self.utf8_accept = False
         self._idle_done_requested = False
         self._idle_done_sent = False
 
@@ -390,7 +394,7 @@ class FolderIMAPClient(IMAP4Client):
             self.capabilities = caps
             if cmd is not None:
                 cmd.untagged.append((keyword, caps))
-        elif keyword in ("LIST", "FLAGS") and cmd is not None:
+        elif keyword in ("LIST", "FLAGS", "ID", "ENABLED") and cmd is not None:
             tokens = responses.tokenize(texts, literals)
             cmd.untagged.append((keyword, tokens[1:]))
 
@@ -465,6 +469,18 @@ class FolderIMAPClient(IMAP4Client):
         self._disarm(cmd)
         if code == "CAPABILITY":
             self.capabilities = responses.parse_capabilities(args.split())
+        if kind != "OK" and cmd.kind == "advisory":
+            # An advisory command (ID) refused is no reason to drop the session.
+            log.info(
+                "{name} refused by the server: {kind} {text}",
+                name=cmd.name.decode("ascii"),
+                kind=kind,
+                text=text[:200],
+            )
+            self._current = None
+            self._send_next()
+            cmd.defer.callback(None)
+            return
         if kind != "OK":
             self._drop(self._error_for(cmd, kind, code, text), abort=False)
             return
@@ -730,6 +746,55 @@ class FolderIMAPClient(IMAP4Client):
         cmd.on_continuation = on_continuation
         return cmd
 
+    def send_id(self, fields: Sequence[tuple[str, str]]) -> defer.Deferred:
+        """``ID`` (RFC 2971) with ``fields`` when the server offers ``ID``
+        (nothing is sent otherwise); fires with the server's ID dict, or
+        ``None`` (not offered, ``NIL``, or refused: ``NO``/``BAD`` does not
+        drop the connection). See :mod:`imapsvc.imap.extensions`."""
+        if b"ID" not in (self.capabilities or {}):
+            return defer.succeed(None)
+        cmd = _Command(b"ID", [extensions.id_command(fields)], kind="advisory")
+
+        def done(cmd: _Command, code: Optional[str]) -> Optional[dict[str, str]]:
+            for keyword, tokens in cmd.untagged:
+                if keyword == "ID":
+                    return extensions.parse_id(tokens)
+            return None
+
+        cmd.on_ok = done
+        return self._submit(cmd)
+
+    def enable_utf8(self) -> defer.Deferred:
+        """``ENABLE UTF8=ACCEPT`` (RFC 6855) when the server offers ``ENABLE``
+        and ``UTF8=ACCEPT`` (or ``UTF8=ONLY``); call it after login, before
+        a mailbox is opened. Fires with whether the server enabled it; a
+        ``NO``/``BAD`` answer does not drop the connection.
+
+        Once enabled, :meth:`list_folders` still returns modified UTF-7
+        names (the spelling the folder cursors are stored under) and
+        :meth:`examine_folder` sends them in UTF-8, so nothing above this
+        class sees a difference in names.
+        """
+        caps = self.capabilities or {}
+        utf8 = {bytes(v).upper() for v in (caps.get(b"UTF8") or [])}
+        if b"ENABLE" not in caps or not utf8 & {b"ACCEPT", b"ONLY"}:
+            return defer.succeed(False)
+        cmd = _Command(b"ENABLE", [b"ENABLE UTF8=ACCEPT"], kind="advisory")
+
+        def done(cmd: _Command, code: Optional[str]) -> bool:
+            for keyword, tokens in cmd.untagged:
+                if keyword == "ENABLED" and any(
+                    isinstance(t, (str, bytes)) and _text(t).upper() == "UTF8=ACCEPT"
+                    for t in tokens
+                ):
+                    self.utf8_accept = True
+            return self.utf8_accept
+
+        cmd.on_ok = done
+        d = self._submit(cmd)
+        d.addCallback(lambda result: bool(result))
+        return d
+
     def list_folders(self) -> defer.Deferred:
         """``LIST "" "*"`` -> ``[(flags, delimiter, name)]``, names as the
         server spells them (modified UTF-7)."""
@@ -745,7 +810,8 @@ class FolderIMAPClient(IMAP4Client):
                     (
                         tuple(str(flag) for flag in (flags or ()) if isinstance(flag, str)),
                         None if delimiter is None else _text(delimiter),
-                        _text(name),
+                        # UTF8=ACCEPT: back to the modified UTF-7 spelling.
+                        encode_mutf7(_text(name)) if self.utf8_accept else _text(name),
                     )
                 )
             return out
@@ -757,7 +823,7 @@ class FolderIMAPClient(IMAP4Client):
         """``EXAMINE name`` (read-only) -> ``{"uidvalidity", "uidnext",
         "exists", "read_only"}``; ``uidnext`` is ``None`` when the server
         gives none."""
-        cmd = _Command(b"EXAMINE", self._arguments(b"EXAMINE", [name.encode("utf-8")]))
+        cmd = _Command(b"EXAMINE", self._arguments(b"EXAMINE", [self._wire_name(name)]))
 
         def done(cmd, code):
             found: dict[str, Optional[int]] = {"uidvalidity": None, "uidnext": None}
@@ -780,6 +846,16 @@ class FolderIMAPClient(IMAP4Client):
 
         cmd.on_ok = done
         return self._submit(cmd)
+
+    def _wire_name(self, name: str) -> bytes:
+        """A mailbox name (modified UTF-7) as this session sends it: in
+        UTF-8 once UTF8=ACCEPT is enabled (RFC 6855 section 3)."""
+        if self.utf8_accept:
+            try:
+                name = decode_mutf7(name)
+            except ValueError:
+                pass
+        return name.encode("utf-8")
 
     def uid_search_from(self, first_uid: int) -> defer.Deferred:
         """``UID SEARCH UID first:*`` -> sorted UIDs ``>= first_uid`` (the

@@ -310,6 +310,8 @@ verbose_proctitle = yes
 auth_verbose = yes
 auth_debug = {"yes" if os.environ.get("IMAPSVC_TEST_DOVECOT_DEBUG") else "no"}
 shutdown_clients = yes
+# Log what clients say in ID (RFC 2971): the tests check imapsvc's.
+imap_id_log = *
 
 passdb {{
   driver = passwd-file

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from imapsvc.core.email_data import SKIP_NO_FROM, map_message
 from imapsvc.core.event import build_stream_entry, event_ids
 from imapsvc.core.mime_parts import split_message
+from imapsvc.core.plan import plan_message
 from imapsvc.model import FetchedMessage, Limits
 from tests.contract_validator import validate_stream_entry
 
@@ -64,6 +65,62 @@ EXPECTED = {
         ["Rechnung März.pdf"],
         "Invoice attached.",
     ),
+    "autoreply": ("Automatic reply: Printer on floor 3 is jammed", "sam@example.net", 1, [],
+                  "out of the office"),
+    "bounce": (
+        "Undelivered Mail Returned to Sender",
+        "MAILER-DAEMON@mx.example.org",
+        1,
+        ["attachment-2.txt", "attachment-3.txt"],
+        "could not\nbe delivered",
+    ),
+    "list_mail": ("[announce] Version 4.2 released", "announce@lists.example.com", 1, [],
+                  "Version 4.2 is out."),
+    "tnef_files": ("Report from Outlook", "nora@example.com", 1, ["winmail.dat"], "attached"),
+    "split_words": (
+        "Ihre Überweisung über 100 € ist eingegangen",
+        "service@bank.example.ch",
+        1,
+        [],
+        "Zahlungseingang",
+    ),
+}  # fmt: skip
+
+# name -> (autoReply, bounce, bulk, signals); every other fixture: nothing.
+AUTOMATED = {
+    "autoreply": (
+        True,
+        False,
+        False,
+        [
+            "auto-submitted: auto-replied (vacation)",
+            "x-auto-response-suppress: All",
+            "return-path: <>",
+        ],
+    ),
+    "bounce": (
+        False,
+        True,
+        False,
+        [
+            "content-type: multipart/report; report-type=delivery-status",
+            "content-type: message/delivery-status",
+            "x-failed-recipients: nobody@example.com",
+            "from: Mail Delivery System <MAILER-DAEMON@mx.example.org>",
+            "return-path: <>",
+        ],
+    ),
+    "list_mail": (
+        False,
+        False,
+        True,
+        [
+            "precedence: list",
+            "list-id: Product announcements <announce.lists.example.com>",
+            "list-unsubscribe: <mailto:announce-leave@lists.example.com>,"
+            " <https://lists.example.com/unsubscribe/announce>",
+        ],
+    ),
 }
 
 _BLANK = re.compile(rb"\r?\n\r?\n")
@@ -78,17 +135,27 @@ def raw_message(raw: bytes, uid: int = 7) -> FetchedMessage:
     return FetchedMessage("INBOX", "1735234567", uid, len(raw), INTERNAL, raw=raw)
 
 
-def structure_message(raw: bytes, uid: int = 7) -> FetchedMessage:
+DEFAULT_LIMITS = Limits()
+
+
+def structure_message(
+    raw: bytes, uid: int = 7, limits: Limits = DEFAULT_LIMITS
+) -> FetchedMessage:
+    """What the structure path hands over: the sections ``plan_message``
+    asks for (here cut from the raw message), nothing else."""
     match = _BLANK.search(raw)
     header = raw if match is None else raw[: match.end()]
-    _, parts, texts = split_message(raw)
+    _, parts, every = split_message(raw, want=lambda _p: True)
+    meta = {"size": len(raw), "bodystructure": ()}
+    plan = plan_message(uid, meta, limits, parser=lambda _: parts)
+    texts = {s: every[s] for s, _ in plan.sections}
     return FetchedMessage(
         "INBOX", "1735234567", uid, len(raw), INTERNAL, header=header, parts=parts, texts=texts
     )
 
 
-def mapped(msg: FetchedMessage):
-    return map_message(msg, TENANT, PROVIDER, FETCHED_AT, Limits())
+def mapped(msg: FetchedMessage, limits: Limits = DEFAULT_LIMITS):
+    return map_message(msg, TENANT, PROVIDER, FETCHED_AT, limits)
 
 
 def entry_for(result) -> dict[str, str]:
@@ -139,6 +206,18 @@ class CorpusTests(SynchronousTestCase):
             self.assertEqual(a.skip_reason, b.skip_reason, name)
             for x, y in zip(a.email_data["attachments"], b.email_data["attachments"]):
                 self.assertLessEqual(abs(x["size"] - y["size"]), 4, name)
+
+    def test_automated_both_paths(self) -> None:
+        for name in EXPECTED:
+            raw = load(name)
+            auto, bounce, bulk, signals = AUTOMATED.get(name, (False, False, False, []))
+            for path, msg in (("raw", raw_message(raw)), ("structure", structure_message(raw))):
+                got = mapped(msg).email_data["automated"]
+                self.assertEqual(
+                    got,
+                    {"autoReply": auto, "bounce": bounce, "bulk": bulk, "signals": signals},
+                    f"{name} ({path})",
+                )
 
     def test_duplicate_message_ids_share_the_key(self) -> None:
         a = mapped(raw_message(load("dup_message_id_a"), uid=1))
@@ -208,6 +287,42 @@ class CorpusTests(SynchronousTestCase):
         data = mapped(raw_message(load("raw8bit_headers"))).email_data
         self.assertEqual(data["from"]["name"], "Jörg Müller")
         self.assertEqual(data["headers"]["x-legacy"], "café crème")
+
+    def test_tnef_files_listed_when_enabled_both_paths(self) -> None:
+        on = Limits(expand_tnef=True)
+        raw = load("tnef_files")
+        results = [mapped(raw_message(raw), on), mapped(structure_message(raw, limits=on), on)]
+        for result in results:
+            data = result.email_data
+            self.assertEqual(
+                [(a["id"], a["name"], a["contentType"], a["size"]) for a in data["attachments"]],
+                [
+                    ("2/tnef/1", "Quarterly report 2025.pdf", "application/pdf", 1033),
+                    ("2/tnef/2", "notes.txt", "text/plain", 7),
+                    ("2/tnef/3", "image001.png", "image/png", 108),
+                ],
+            )
+            self.assertEqual(data["ingressSkipReasons"], [])
+            self.assertEqual(validate_stream_entry(entry_for(result)), [])
+        self.assertEqual(results[0].email_data, results[1].email_data)
+        # The zero-filled winmail.dat of "tnef" holds no file: it stays listed.
+        data = mapped(structure_message(load("tnef"), limits=on), on).email_data
+        self.assertEqual([a["name"] for a in data["attachments"]], ["winmail.dat"])
+
+    def test_paths_agree_with_tnef_expansion(self) -> None:
+        on = Limits(expand_tnef=True)
+        for name in EXPECTED:
+            raw = load(name)
+            a = mapped(raw_message(raw), on).email_data
+            b = mapped(structure_message(raw, limits=on), on).email_data
+            self.assertEqual(without_sizes(a), without_sizes(b), name)
+
+    def test_characters_split_across_encoded_words(self) -> None:
+        for msg in (raw_message(load("split_words")), structure_message(load("split_words"))):
+            data = mapped(msg).email_data
+            self.assertEqual(data["from"]["name"], "Kundenservice Bank Zürich")
+            self.assertEqual(data["subject"], "Ihre Überweisung über 100 € ist eingegangen")
+            self.assertNotIn("\ufffd", data["headers"]["subject"])
 
     def test_html_only_text_drops_script_and_style(self) -> None:
         body = mapped(raw_message(load("html_only"))).email_data["body"]

@@ -35,6 +35,7 @@ def email_data() -> dict:
         "headers": {"subject": "s"},
         "ingressSkipReasons": [],
         "imap": {"mailbox": "INBOX", "uidValidity": "1", "uid": 3, "internalDate": None, "size": 9},
+        "automated": {"autoReply": False, "bounce": False, "bulk": False, "signals": []},
     }
 
 
@@ -73,6 +74,27 @@ class EventTests(SynchronousTestCase):
         errors = "\n".join(validate_stream_entry(fields))
         for needle in ("to[0].email", "threadId", "size", "user_id"):
             self.assertIn(needle, errors)
+
+    def test_validator_checks_automated(self) -> None:
+        event_id, execution_id = event_ids(T, P, "x")
+        cases = [
+            (None, "automated: not an object"),
+            ({"autoReply": "yes", "bounce": False, "bulk": False, "signals": ["a: b"]},
+             "automated.autoReply"),
+            ({"autoReply": True, "bounce": False, "bulk": False, "signals": []},
+             "a flag without a signal"),
+            ({"autoReply": False, "bounce": False, "bulk": True, "signals": ["nocolon"]},
+             "automated.signals"),
+            ({"autoReply": False, "bounce": False, "signals": []}, "automated: keys"),
+        ]  # fmt: skip
+        for value, needle in cases:
+            data = email_data()
+            if value is None:
+                del data["automated"]
+            else:
+                data["automated"] = value
+            fields = build_stream_entry(T, P, data, event_id, execution_id, NOW)
+            self.assertIn(needle, "\n".join(validate_stream_entry(fields)), value)
 
     def test_auto_paused(self) -> None:
         event_id, fields = build_auto_paused_entry(T, P, "auth_failure", 5, "AUTHFAILED", NOW)
