@@ -378,6 +378,9 @@ def _map(
             _reason(REASON_PARSE_ERROR, f"attachments unreadable ({type(exc).__name__})")
         )
 
+    # IMAP_ATTACHMENT_MODE inline/store: content or storage references.
+    raw_mime = _attachment_content(attachments, msg, limits, reasons)
+
     email_data: dict[str, Any] = {
         "id": message_id,
         "provider": "imap",
@@ -399,12 +402,33 @@ def _map(
     email_data["ingressSkipReasons"] = attachment_reasons + _raw_mime_reason(msg, limits)
     email_data["ingressNotes"] = reasons
     email_data["imap"] = _imap_block(msg)
+    if raw_mime is not None:
+        email_data["rawMime"] = raw_mime
     return MappedMessage(
         email_data=email_data,
         message_id_key=message_id_key,
         dedupe_key=dedupe,
         skip_reason=None if sender is not None else SKIP_NO_FROM,
     )
+
+
+def _attachment_content(
+    attachments: list[dict[str, Any]],
+    msg: FetchedMessage,
+    limits: Limits,
+    reasons: list[dict[str, Any]],
+) -> Optional[dict[str, Any]]:
+    if limits.attachment_mode == "metadata":
+        return None
+    from imapsvc.core.attachment_content import apply
+
+    try:
+        return apply(attachments, msg, limits)
+    except Exception as exc:
+        reasons.append(
+            _reason(REASON_PARSE_ERROR, f"attachment content unreadable ({type(exc).__name__})")
+        )
+        return None
 
 
 def _last_resort(
