@@ -37,6 +37,24 @@ _UPLOAD_ID = re.compile(rb"<UploadId>([^<]{1,1024})</UploadId>")
 _ERROR_CODE = re.compile(rb"<Code>([A-Za-z0-9_.-]{1,100})</Code>")
 
 
+class _SignPayload:
+    """botocore's client config stand-in: sign the payload hash also over
+    https (S3SigV4Auth leaves it UNSIGNED there by default)."""
+
+    s3 = {"payload_signing_enabled": True}
+
+
+def _signed_headers(creds: Any, region: str, method: str, url: str, body: bytes,
+                    headers: Optional[dict] = None) -> dict[str, str]:  # fmt: skip
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    req = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
+    req.context["client_config"] = _SignPayload()
+    S3SigV4Auth(creds, "s3", region).add_auth(req)
+    return {k: v for k, v in req.headers.items()}
+
+
 def credentials_from_env(environ: Optional[dict[str, str]] = None) -> Any:
     """botocore ``Credentials`` from the AWS environment variables."""
     from botocore.credentials import Credentials
@@ -110,16 +128,11 @@ class S3ObjectStore:
 
     @defer.inlineCallbacks
     def _request(self, method: str, url: str, body: bytes = b"", headers: Optional[dict] = None):  # type: ignore[no-untyped-def]
-        from botocore.auth import S3SigV4Auth
-        from botocore.awsrequest import AWSRequest
-
-        req = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
-        # Sign the payload's hash also over https (botocore leaves it
-        # UNSIGNED there by default).
-        req.context["payload_signing_enabled"] = True
-        S3SigV4Auth(self._creds, "s3", self._region).add_auth(req)
-        sent = {k: v for k, v in req.headers.items()}
-        d = self._http.request(method, url, data=body or None, headers=sent, reactor=self._reactor)
+        sent = _signed_headers(self._creds, self._region, method, url, body, headers)
+        d = self._http.request(
+            method, url, data=body or None, headers=sent, reactor=self._reactor,
+            allow_redirects=False,
+        )
         d.addTimeout(self._timeout, self._reactor)
         try:
             response = yield d
@@ -141,6 +154,10 @@ class S3ObjectStore:
                 f"{method} to the object store answered {response.code} {what}".rstrip()
             )
         return response, content
+
+    def create_bucket(self) -> defer.Deferred[Any]:
+        """``PUT /<bucket>`` (tests and first-run set-up)."""
+        return self._request("PUT", f"{self._base}/{quote(self._bucket, safe='')}")
 
     @defer.inlineCallbacks
     def put(self, key: str, chunks: Iterable[bytes], content_type: str):  # type: ignore[no-untyped-def]
@@ -186,15 +203,10 @@ class S3ObjectStore:
 
     @defer.inlineCallbacks
     def get(self, key: str):  # type: ignore[no-untyped-def]
-        from botocore.auth import S3SigV4Auth
-        from botocore.awsrequest import AWSRequest
-
         url = self._url(key)
-        req = AWSRequest(method="GET", url=url, data=b"", headers={})
-        req.context["payload_signing_enabled"] = True
-        S3SigV4Auth(self._creds, "s3", self._region).add_auth(req)
+        sent = _signed_headers(self._creds, self._region, "GET", url, b"")
         d = self._http.request(
-            "GET", url, headers={k: v for k, v in req.headers.items()}, reactor=self._reactor
+            "GET", url, headers=sent, reactor=self._reactor, allow_redirects=False
         )
         d.addTimeout(self._timeout, self._reactor)
         response = yield d
