@@ -61,7 +61,9 @@ def message_with_attachments(
     ]
     for i, (name, ctype, data) in enumerate(files):
         enc = encodings[i] if i < len(encodings) else "base64"
-        encoded = b64_lines(data) if enc == "base64" else qp(data) if enc == "quoted-printable" else data
+        encoded = (
+            b64_lines(data) if enc == "base64" else qp(data) if enc == "quoted-printable" else data
+        )
         out += [
             f"--{boundary}".encode(),
             f'Content-Type: {ctype}; name="{name}"'.encode(),

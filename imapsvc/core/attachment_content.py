@@ -56,6 +56,7 @@ def message_contents(msg: FetchedMessage, limits: Limits) -> dict[str, tuple[str
     """``section -> (transfer encoding, encoded bytes, content type)`` of the attachments
     of ``msg`` that carry content, from either fetch path. On the whole
     message path the bytes are ``memoryview`` slices of ``raw`` (no copy)."""
+    bodies: Mapping[str, Any]
     if msg.raw is not None:
         from imapsvc.core.mime_parts import part_bodies
 
@@ -214,9 +215,7 @@ def add_inline_content(
         entry["content"] = b"".join(out).decode("ascii")
 
 
-def add_stored(
-    attachments: list[dict[str, Any]], stored: Mapping[str, Mapping[str, Any]]
-) -> None:
+def add_stored(attachments: list[dict[str, Any]], stored: Mapping[str, Mapping[str, Any]]) -> None:
     """``store``: put ``storageKey`` and ``sha256`` on each stored attachment."""
     for entry in attachments:
         got = stored.get(entry["id"])

@@ -104,7 +104,9 @@ class S3ObjectStore:
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         if not bucket:
-            raise ObjectStoreError("IMAP_OBJECT_STORE_BUCKET is required with IMAP_OBJECT_STORE_URL")
+            raise ObjectStoreError(
+                "IMAP_OBJECT_STORE_BUCKET is required with IMAP_OBJECT_STORE_URL"
+            )
         self._reactor = reactor
         parts = urlsplit(endpoint)
         self._base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
@@ -130,7 +132,11 @@ class S3ObjectStore:
     def _request(self, method: str, url: str, body: bytes = b"", headers: Optional[dict] = None):  # type: ignore[no-untyped-def]
         sent = _signed_headers(self._creds, self._region, method, url, body, headers)
         d = self._http.request(
-            method, url, data=body or None, headers=sent, reactor=self._reactor,
+            method,
+            url,
+            data=body or None,
+            headers=sent,
+            reactor=self._reactor,
             allow_redirects=False,
         )
         d.addTimeout(self._timeout, self._reactor)
@@ -145,8 +151,10 @@ class S3ObjectStore:
             raise ObjectStoreError(
                 f"{method} to the object store failed: {type(e).__name__}"
             ) from None
-        if not 200 <= response.code < 300 or content.lstrip().startswith(b"<Error>") or (
-            b"<Error>" in content[:512] and method == "POST"
+        if (
+            not 200 <= response.code < 300
+            or content.lstrip().startswith(b"<Error>")
+            or (b"<Error>" in content[:512] and method == "POST")
         ):
             code = _ERROR_CODE.search(content or b"")
             what = code.group(1).decode("ascii") if code else ""

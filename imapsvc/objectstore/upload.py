@@ -90,7 +90,12 @@ class ObjectUploader:
             stored[section] = yield self._put(key, decoded_chunks(encoding, data), content_type)
         if self.limits.store_raw_mime and msg.raw is not None:
             key = object_key(
-                self.prefix, tenant, provider_id, folder, msg.uid_validity, msg.uid,
+                self.prefix,
+                tenant,
+                provider_id,
+                folder,
+                msg.uid_validity,
+                msg.uid,
                 RAW_MIME_SECTION,
             )
             raw = memoryview(msg.raw)

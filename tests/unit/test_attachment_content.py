@@ -39,7 +39,9 @@ def structure_message(raw: bytes, limits: Limits, uid: int = 5) -> FetchedMessag
     """What the structure path hands over: the plan made from the parts and
     exactly the sections it asked for, as the server returns them."""
     header, parts, texts = split_message(raw)
-    plan = P.plan_message(uid, {"size": len(raw), "bodystructure": "x"}, limits, True, lambda _b: parts)
+    plan = P.plan_message(
+        uid, {"size": len(raw), "bodystructure": "x"}, limits, True, lambda _b: parts
+    )
     wanted = [s for s, _ in plan.sections]
     got = {s: bytes(v) for s, v in part_bodies(raw, wanted).items()}
     return P.build_message(plan, {"header": header}, "INBOX", "9", got)
@@ -56,7 +58,9 @@ class DecodingTests(unittest.TestCase):
         step=st.integers(min_value=1, max_value=700),
         junk=st.sampled_from([b"", b"\r\n", b" ", b"\n!"]),
     )
-    def test_base64_chunks_join_to_the_whole_decode(self, data: bytes, step: int, junk: bytes) -> None:
+    def test_base64_chunks_join_to_the_whole_decode(
+        self, data: bytes, step: int, junk: bytes
+    ) -> None:
         text = base64.b64encode(data)
         encoded = junk.join(text[i : i + 76] for i in range(0, len(text), 76))
         joined = b"".join(decoded_chunks("base64", encoded, step))
@@ -79,7 +83,8 @@ class DecodingTests(unittest.TestCase):
     def test_digest_and_size(self) -> None:
         data = bytes(range(256)) * 50
         self.assertEqual(
-            digest_and_size("base64", b64_lines(data)), (hashlib.sha256(data).hexdigest(), len(data))
+            digest_and_size("base64", b64_lines(data)),
+            (hashlib.sha256(data).hexdigest(), len(data)),
         )
         self.assertEqual(digest_and_size("binary", memoryview(data))[1], len(data))
 
@@ -132,11 +137,15 @@ class PlanTests(unittest.TestCase):
         raw = message_with_attachments(THREE_FILES)
         parts = split_message(raw)[1]
         limits = Limits(attachment_mode="store", store_raw_mime=True)
-        plan = P.plan_message(1, {"size": len(raw), "bodystructure": "x"}, limits, True, lambda _b: parts)
+        plan = P.plan_message(
+            1, {"size": len(raw), "bodystructure": "x"}, limits, True, lambda _b: parts
+        )
         self.assertEqual(plan.kind, P.KIND_FULL)
         small = Limits(attachment_mode="store", store_raw_mime=True, max_raw_mime_bytes=1000,
                        max_attachment_bytes=1000)  # fmt: skip
-        plan = P.plan_message(1, {"size": len(raw), "bodystructure": "x"}, small, True, lambda _b: parts)
+        plan = P.plan_message(
+            1, {"size": len(raw), "bodystructure": "x"}, small, True, lambda _b: parts
+        )
         self.assertEqual(plan.kind, P.KIND_STRUCTURE)
 
 
@@ -150,7 +159,9 @@ class MappingTests(unittest.TestCase):
         return mapped.email_data
 
     def test_inline_on_both_paths_carries_the_exact_bytes(self) -> None:
-        raw = message_with_attachments(THREE_FILES, encodings=["base64", "base64", "quoted-printable"])
+        raw = message_with_attachments(
+            THREE_FILES, encodings=["base64", "base64", "quoted-printable"]
+        )
         for msg in (structure_message(raw, INLINE), raw_message(raw)):
             data = self.entry(msg, INLINE)
             got = [base64.b64decode(a["content"]) for a in data["attachments"]]
@@ -165,7 +176,10 @@ class MappingTests(unittest.TestCase):
             self.assertNotIn("content", a)
 
     def test_inline_over_the_cap_is_listed_without_content_and_reported(self) -> None:
-        files = [("small.txt", "text/plain", b"x" * 10), ("big.bin", "application/pdf", b"y" * 5000)]
+        files = [
+            ("small.txt", "text/plain", b"x" * 10),
+            ("big.bin", "application/pdf", b"y" * 5000),
+        ]
         raw = message_with_attachments(files)
         limits = Limits(attachment_mode="inline", max_attachment_bytes=1000)
         for msg in (structure_message(raw, limits), raw_message(raw)):
@@ -183,7 +197,11 @@ class MappingTests(unittest.TestCase):
             s: {"storageKey": f"k/{s}", "sha256": sha256(s.encode()), "size": 1}
             for s in ("2", "3", "4")
         }
-        stored[RAW_MIME_SECTION] = {"storageKey": "k/raw.eml", "sha256": sha256(raw), "size": len(raw)}
+        stored[RAW_MIME_SECTION] = {
+            "storageKey": "k/raw.eml",
+            "sha256": sha256(raw),
+            "size": len(raw),
+        }
         msg = raw_message(raw)
         import attr
 

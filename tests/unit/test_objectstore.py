@@ -70,7 +70,7 @@ class UploaderTests(unittest.TestCase):
         raw = message_with_attachments(THREE_FILES)
         [out] = self.successResultOf(uploader.store_batch(T, PID, "INBOX", [message(raw)]))
         self.assertEqual(sorted(out.stored), ["2", "3", "4"])
-        for (name, ctype, data), section in zip(THREE_FILES, ("2", "3", "4")):
+        for (_name, ctype, data), section in zip(THREE_FILES, ("2", "3", "4")):
             ref = out.stored[section]
             self.assertEqual(ref["storageKey"], f"mail/{T}/{PID}/INBOX/9/5/{section}")
             self.assertEqual(store.objects[ref["storageKey"]], data)
@@ -101,5 +101,3 @@ class UploaderTests(unittest.TestCase):
         self.successResultOf(uploader.store_batch(T, PID, "INBOX", [message(raw)]))
         self.assertEqual(store.puts[2:4], first)
         self.assertEqual(len(store.objects), 3)
-
-
