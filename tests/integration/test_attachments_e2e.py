@@ -60,9 +60,7 @@ class AttachmentModeTests(ServiceRigMixin, unittest.TestCase):
         tenant, pid = add_provider(self.dsn, user, DEFAULT_PASSWORD, self.dovecot.ports.imaps)
         big = ("big.bin", "application/octet-stream", b"z" * 300_000)
         files = [*THREE_FILES, big]
-        raw = message_with_attachments(
-            files, message_id=f"<inline-{uuid.uuid4().hex}@example.org>"
-        )
+        raw = message_with_attachments(files, message_id=f"<inline-{uuid.uuid4().hex}@example.org>")
         # The 4th attachment is over the single cap: listed, reported, no content.
         proc = self.service(
             tenant, IMAP_ATTACHMENT_MODE="inline", IMAP_MAX_ATTACHMENT_BYTES="200000"
@@ -113,9 +111,7 @@ class AttachmentModeTests(ServiceRigMixin, unittest.TestCase):
         )
         uid = mail.append(user, DEFAULT_PASSWORD, "INBOX", raw)
         # It fetched the message and failed to store it: nothing recorded.
-        yield wait_for(
-            lambda: "to the object store" in first.log_text(), 30, "a failed upload"
-        )
+        yield wait_for(lambda: "to the object store" in first.log_text(), 30, "a failed upload")
         self.assertEqual(self.outbox_count(pid), 0)
         self.assertEqual(self.entries(), [])
         self.assertNotIn(server.secret_access_key, first.log_text())

@@ -15,7 +15,7 @@ from imapsvc.objectstore.memory import MemoryObjectStore
 from imapsvc.objectstore.s3 import _parts
 from imapsvc.objectstore.upload import ObjectUploader
 from tests.attachment_fixtures import THREE_FILES, message_with_attachments, sha256
-from tests.objectstore_contract import ObjectStoreContract
+from tests.objectstore_contract import ObjectStoreContract, StoreModePipelineContract
 
 T = "11111111-1111-4111-8111-111111111111"
 PID = "22222222-2222-4222-8222-222222222222"
@@ -101,3 +101,13 @@ class UploaderTests(unittest.TestCase):
         self.successResultOf(uploader.store_batch(T, PID, "INBOX", [message(raw)]))
         self.assertEqual(store.puts[2:4], first)
         self.assertEqual(len(store.objects), 3)
+
+
+class MemoryStoreModePipeline(StoreModePipelineContract, unittest.TestCase):
+    def make_store(self) -> Any:
+        return MemoryObjectStore()
+
+
+class LocalFolderStoreModePipeline(StoreModePipelineContract, unittest.TestCase):
+    def make_store(self) -> Any:
+        return LocalFolderStore(reactor, self.mktemp())
