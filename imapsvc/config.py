@@ -196,6 +196,15 @@ def _cidr_or_host(text: str) -> str:
     return text.strip().lower()
 
 
+def object_store_url(text: str) -> str:
+    """An http(s) S3 endpoint without credentials in it (they come from the
+    AWS variables, which are never printed)."""
+    text = http_url(text)
+    if "@" in urlsplit(text).netloc:
+        raise _Invalid("must not carry credentials (use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
+    return text
+
+
 def object_prefix(text: str) -> str:
     """An object key prefix: ``/``-separated segments, none ``.`` or ``..``."""
     text = text.strip().strip("/")
@@ -389,10 +398,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IMAP_STORE_RAW_MIME", boolean, False,
             "store mode: also store each whole message (within IMAP_MAX_RAW_MIME_BYTES; "
             "`rawMime` in the event); such messages are fetched whole", _A),
-    Setting("IMAP_OBJECT_STORE_URL", http_url, "",
+    Setting("IMAP_OBJECT_STORE_URL", object_store_url, "",
             "http(s):// endpoint of an S3-compatible object store (path-style); empty "
             "stores in IMAP_OBJECT_STORE_DIR. Credentials: AWS_ACCESS_KEY_ID, "
-            "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN from the environment", _A),
+            "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN from the environment", _A,
+            sensitive=True),
     Setting("IMAP_OBJECT_STORE_BUCKET", string, "",
             "bucket of IMAP_OBJECT_STORE_URL (required with it)", _A),
     Setting("IMAP_OBJECT_STORE_PREFIX", object_prefix, "",
@@ -520,7 +530,7 @@ class Settings:
     event_stream_maxlen: int = _default("IMAP_EVENT_STREAM_MAXLEN")
     attachment_mode: str = _default("IMAP_ATTACHMENT_MODE")
     store_raw_mime: bool = _default("IMAP_STORE_RAW_MIME")
-    object_store_url: str = _default("IMAP_OBJECT_STORE_URL")
+    object_store_url: str = attr.ib(default=_default("IMAP_OBJECT_STORE_URL"), repr=False)
     object_store_bucket: str = _default("IMAP_OBJECT_STORE_BUCKET")
     object_store_prefix: str = _default("IMAP_OBJECT_STORE_PREFIX")
     object_store_region: str = _default("IMAP_OBJECT_STORE_REGION")

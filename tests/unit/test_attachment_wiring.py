@@ -38,6 +38,9 @@ class SettingsTests(TestCase):
             "IMAP_OBJECT_STORE_URL": "s3://bucket",
             "IMAP_OBJECT_STORE_PREFIX": "a/../b",
         }
+        with self.assertRaises(ConfigError) as caught:
+            load_settings({"IMAP_OBJECT_STORE_URL": "http://key:hush-hush@s3.local"})
+        self.assertNotIn("hush-hush", str(caught.exception))
         for env, value in cases.items():
             with self.assertRaises(ConfigError) as caught:
                 load_settings({env: value})
