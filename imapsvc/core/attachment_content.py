@@ -229,16 +229,30 @@ def apply(
     attachments: list[dict[str, Any]],
     msg: FetchedMessage,
     limits: Limits,
-) -> Optional[dict[str, Any]]:
+    skipped: Optional[set[Any]] = None,
+) -> tuple[Optional[dict[str, Any]], list[dict[str, Any]]]:
     """The mapping's hook: add content (``inline``) or storage references
-    (``store``) to ``attachments`` in place. Returns the ``rawMime`` object
-    (``{storageKey, sha256, size}``) when the whole message was stored."""
+    (``store``) to ``attachments`` in place.
+
+    :param skipped: the ``attachmentId`` of every cap's skip reason (those
+        are listed without content on purpose).
+    :return: ``(rawMime, missing)``: the ``{storageKey, sha256, size}`` of
+        the whole message when it was stored, and the attachments within the
+        caps that still got no content (the server returned no bytes for
+        the section), for an ``ingressNotes`` entry each.
+    """
     mode = limits.attachment_mode
     if mode == ATTACHMENT_MODE_METADATA or not attachments and not msg.stored:
-        return None
+        return None, []
+    raw_mime = None
     if mode == ATTACHMENT_MODE_INLINE:
         add_inline_content(attachments, message_contents(msg, limits))
-        return None
-    add_stored(attachments, msg.stored)
-    raw = msg.stored.get(RAW_MIME_SECTION)
-    return dict(raw) if raw is not None else None
+        field = "content"
+    else:
+        add_stored(attachments, msg.stored)
+        raw = msg.stored.get(RAW_MIME_SECTION)
+        raw_mime = dict(raw) if raw is not None else None
+        field = "storageKey"
+    skipped = skipped or set()
+    missing = [a for a in attachments if a["id"] not in skipped and field not in a]
+    return raw_mime, missing

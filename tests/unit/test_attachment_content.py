@@ -226,3 +226,19 @@ class MappingTests(unittest.TestCase):
         fields = build_stream_entry(T, PID, mapped.email_data, "e", "x", NOW)
         atts = json.loads(fields["payload_json"])["emailData"]["attachments"]
         self.assertEqual(base64.b64decode(atts[1]["content"]), THREE_FILES[1][2])
+
+    def test_a_section_the_server_did_not_return_is_noted(self) -> None:
+        import attr
+
+        raw = message_with_attachments(THREE_FILES)
+        msg = structure_message(raw, INLINE)
+        msg = attr.evolve(msg, contents={k: v for k, v in msg.contents.items() if k != "3"})
+        data = self.entry(msg, INLINE)
+        self.assertEqual(["content" in a for a in data["attachments"]], [True, False, True])
+        notes = [n for n in data["ingressNotes"] if n["reason"] == "attachment_content_missing"]
+        self.assertEqual([(n["attachmentId"], n["type"]) for n in notes], [("3", "attachment")])
+        self.assertEqual(data["ingressSkipReasons"], [])
+        # Over-cap attachments are skip reasons, not notes.
+        limits = Limits(attachment_mode="inline", max_attachment_bytes=1000)
+        data = self.entry(structure_message(raw, limits), limits)
+        self.assertFalse([n for n in data["ingressNotes"] if n["reason"].startswith("attachment")])
