@@ -203,16 +203,17 @@ def add_inline_content(
         if got is None:
             continue
         encoding, data, _type = got
-        out: list[bytes] = []
+        out = bytearray()  # one growing buffer: no list of pieces plus a joined copy
         rest = b""
         for chunk in decoded_chunks(encoding, data):
             chunk = rest + chunk
             usable = len(chunk) - len(chunk) % 3
-            out.append(base64.b64encode(chunk[:usable]))
+            out += base64.b64encode(chunk[:usable])
             rest = chunk[usable:]
         if rest:
-            out.append(base64.b64encode(rest))
-        entry["content"] = b"".join(out).decode("ascii")
+            out += base64.b64encode(rest)
+        entry["content"] = out.decode("ascii")
+        del out
 
 
 def add_stored(attachments: list[dict[str, Any]], stored: Mapping[str, Mapping[str, Any]]) -> None:

@@ -81,8 +81,11 @@ def _parts(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
     for chunk in chunks:
         buf += chunk
         while len(buf) >= size:
-            yield bytes(buf[:size])
+            with memoryview(buf) as view:
+                piece = bytes(view[:size])  # one copy, not a bytearray slice and then bytes
             del buf[:size]
+            yield piece
+            del piece
     if buf:
         yield bytes(buf)
 
