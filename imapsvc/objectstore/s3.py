@@ -142,10 +142,12 @@ class S3ObjectStore:
             reactor=self._reactor,
             allow_redirects=False,
         )
+        # One deadline for the answer and its body: a server that stalls
+        # mid-body fails the upload instead of hanging the folder.
+        d.addCallback(lambda r: r.content().addCallback(lambda c: (r, c)))
         d.addTimeout(self._timeout, self._reactor)
         try:
-            response = yield d
-            content = yield response.content()
+            response, content = yield d
         except defer.TimeoutError:
             raise ObjectStoreError(f"{method} to the object store timed out") from None
         except ObjectStoreError:
@@ -219,9 +221,9 @@ class S3ObjectStore:
         d = self._http.request(
             "GET", url, headers=sent, reactor=self._reactor, allow_redirects=False
         )
+        d.addCallback(lambda r: r.content().addCallback(lambda c: (r, c)))
         d.addTimeout(self._timeout, self._reactor)
-        response = yield d
-        content = yield response.content()
+        response, content = yield d
         if response.code == 404:
             return None
         if not 200 <= response.code < 300:
