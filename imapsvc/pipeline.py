@@ -210,7 +210,11 @@ class Pipeline:
         if self._uploader is not None and messages:
             # store mode: the objects first, so the event is recorded only
             # once everything it names is stored (a failure records nothing).
-            messages = yield self._uploader.store_batch(tenant, provider_id, folder, messages)
+            try:
+                messages = yield self._uploader.store_batch(tenant, provider_id, folder, messages)
+            finally:
+                for key, value in self._uploader.stats.items():
+                    self.stats[f"stored_{key}"] = value  # /metrics reads them here
         args = (messages, tenant, provider_id, folder, now, self._limits)
         if messages and batch_bytes(messages) > self._threshold:
             records = yield self._map_off_reactor(args)

@@ -173,19 +173,18 @@ class StoreModePipelineContract:
 
         # The object store dies after the 2nd upload: nothing is recorded.
         failing = FailingAfter(s3, 2)
+        pipeline = self.pipeline(failing, limits)
         with self.assertRaises(ObjectStoreError):
-            yield self.pipeline(failing, limits).handle_batch(
-                self.provider, "INBOX", OWNER, [msg], cursor
-            )
+            yield pipeline.handle_batch(self.provider, "INBOX", OWNER, [msg], cursor)
         self.assertEqual(self.successResultOf(self.store.fetch_outbox(100)), [])
         self.assertIsNone(self.successResultOf(self.store.read_cursor(T, P, "INBOX")))
+        self.assertEqual((pipeline.stats["stored_failures"], pipeline.stats["failures"]), (1, 1))
 
         # The retry (the folder fetches the message again) completes.
         failing.n = None
-        result = yield self.pipeline(failing, limits).handle_batch(
-            self.provider, "INBOX", OWNER, [msg], cursor
-        )
+        result = yield pipeline.handle_batch(self.provider, "INBOX", OWNER, [msg], cursor)
         self.assertEqual(result.published, 1)
+        self.assertEqual(pipeline.stats["stored_objects"], 2 + 3)
         # And a third run (say, a replay after a crash after the commit) is a duplicate.
         again = yield self.pipeline(s3, limits).handle_batch(
             self.provider, "INBOX", OWNER, [msg], cursor

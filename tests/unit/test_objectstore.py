@@ -111,3 +111,14 @@ class MemoryStoreModePipeline(StoreModePipelineContract, unittest.TestCase):
 class LocalFolderStoreModePipeline(StoreModePipelineContract, unittest.TestCase):
     def make_store(self) -> Any:
         return LocalFolderStore(reactor, self.mktemp())
+
+
+class MetricsTests(unittest.TestCase):
+    def test_store_counters_are_exported(self) -> None:
+        from imapsvc.metrics import ServiceCollector, make_registry, render
+
+        stats = {"stored_objects": 3, "stored_bytes": 1234, "stored_failures": 1}
+        text = render(make_registry(ServiceCollector(dict, None, lambda: stats))).decode()
+        self.assertIn("imapsvc_objects_stored_total 3.0", text)
+        self.assertIn("imapsvc_object_bytes_stored_total 1234.0", text)
+        self.assertIn("imapsvc_object_store_failures_total 1.0", text)
