@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import uuid
 from typing import Any
 
@@ -137,3 +138,43 @@ class AttachmentModeTests(ServiceRigMixin, unittest.TestCase):
             self.assertEqual(entry["sha256"], hashlib.sha256(content).hexdigest())
         self.assertEqual(second.terminate(), 0)
         self.assertEqual(len(self.entries()), 1)
+
+    @defer.inlineCallbacks
+    def test_store_mode_in_the_local_folder_with_raw_mime(self) -> Any:
+        user = self.dovecot.add_user(unique_user("loc"))
+        tenant, pid = add_provider(
+            self.dsn, user, DEFAULT_PASSWORD, self.dovecot.ports.imaps, folders=("Support/EU",)
+        )
+        mail.create_folder(user, DEFAULT_PASSWORD, "Support")
+        mail.create_folder(user, DEFAULT_PASSWORD, "Support/EU")
+        root = os.path.abspath(self.mktemp())
+        proc = self.service(
+            tenant,
+            IMAP_ATTACHMENT_MODE="store",
+            IMAP_STORE_RAW_MIME="true",
+            IMAP_OBJECT_STORE_DIR=root,
+        )
+        yield wait_for(lambda: http_get(proc.url("/readyz"))[0] == 200, 30, "readiness")
+        raw = message_with_attachments(
+            THREE_FILES, message_id=f"<local-{uuid.uuid4().hex}@example.org>"
+        )
+        mail.append(user, DEFAULT_PASSWORD, "Support/EU", raw)
+        yield wait_for(lambda: len(self.entries()) == 1, 30, "the event")
+        data = self.one_event()
+
+        def read(key: str) -> bytes:
+            with open(os.path.join(root, *key.split("/")), "rb") as f:
+                return f.read()
+
+        for entry, (_name, _ctype, content) in zip(data["attachments"], THREE_FILES):
+            # The folder's "/" is one quoted key segment, not two levels.
+            self.assertIn(f"/{tenant}/{pid}/Support%2FEU/", "/" + entry["storageKey"])
+            self.assertEqual(read(entry["storageKey"]), content)
+            self.assertEqual(entry["sha256"], hashlib.sha256(content).hexdigest())
+        raw_mime = data["rawMime"]
+        self.assertTrue(raw_mime["storageKey"].endswith("/raw.eml"))
+        self.assertEqual(read(raw_mime["storageKey"]), raw)
+        self.assertEqual(
+            (raw_mime["sha256"], raw_mime["size"]), (hashlib.sha256(raw).hexdigest(), len(raw))
+        )
+        self.assertEqual(proc.terminate(), 0)
