@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from zope.interface import Interface
 
 
@@ -60,6 +60,7 @@ def from_settings(settings: Any, reactor: Any, environ: Optional[dict[str, str]]
             creds,
             settings.object_store_region or region_from_env(environ),
             part_bytes=settings.object_store_part_bytes,
+            runner=lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a),
         )
     from imapsvc.objectstore.local import LocalFolderStore
 

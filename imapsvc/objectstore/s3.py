@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 from urllib.parse import quote, urlsplit
 
 from twisted.internet import defer
@@ -105,6 +105,7 @@ class S3ObjectStore:
         part_bytes: int = DEFAULT_PART_BYTES,
         http: Any = None,
         timeout: float = DEFAULT_TIMEOUT,
+        runner: Optional[Callable[..., defer.Deferred[Any]]] = None,
     ) -> None:
         if not bucket:
             raise ObjectStoreError(
@@ -123,6 +124,10 @@ class S3ObjectStore:
 
             http = treq
         self._http = http
+        # Decoding and hashing a part (CPU work of tens of milliseconds for
+        # a part at the caps) runs through ``runner``: the reactor's thread
+        # pool in the service, so IDLE connections are not held up.
+        self._runner = runner or defer.maybeDeferred
 
     def describe(self) -> str:
         return f"s3 {self._base}/{self._bucket}"
@@ -175,8 +180,8 @@ class S3ObjectStore:
     @defer.inlineCallbacks
     def put(self, key: str, chunks: Iterable[bytes], content_type: str):  # type: ignore[no-untyped-def]
         pieces = _parts(chunks, self._part_bytes)
-        first = next(pieces, b"")
-        second = next(pieces, None)
+        first = yield self._runner(next, pieces, b"")
+        second = yield self._runner(next, pieces, None)
         headers = {"Content-Type": content_type or "application/octet-stream"}
         if second is None:
             yield self._request("PUT", self._url(key), first, headers)
@@ -198,7 +203,7 @@ class S3ObjectStore:
                 )
                 etag = resp.headers.getRawHeaders(b"etag", [b""])[0].decode("ascii", "replace")
                 etags.append(etag)
-                piece = second if number == 1 else next(pieces, None)
+                piece = second if number == 1 else (yield self._runner(next, pieces, None))
                 second = None
             body = "".join(
                 f"<Part><PartNumber>{i}</PartNumber><ETag>{tag}</ETag></Part>"

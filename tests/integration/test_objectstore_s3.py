@@ -9,7 +9,7 @@ import itertools
 from typing import Any
 
 from botocore.credentials import Credentials
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from imapsvc.objectstore import ObjectStoreError
@@ -35,6 +35,7 @@ def fresh_store(**kwargs: Any) -> Any:
         server.credentials(),
         REGION,
         part_bytes=5 * 1024 * 1024,
+        runner=lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a),
         **kwargs,
     )
     yield store.create_bucket()
