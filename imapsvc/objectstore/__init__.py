@@ -18,6 +18,7 @@ calls before a batch is recorded.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable, Optional
 
 from twisted.internet import defer, threads
@@ -50,15 +51,31 @@ def from_settings(settings: Any, reactor: Any, environ: Optional[dict[str, str]]
     """The :class:`IObjectStore` the settings describe: S3 when
     ``IMAP_OBJECT_STORE_URL`` is set, else the local folder."""
     if settings.object_store_url:
-        from imapsvc.objectstore.s3 import S3ObjectStore, credentials_from_env, region_from_env
+        from imapsvc.objectstore.s3 import (
+            AWS_VARIABLES,
+            S3ObjectStore,
+            credentials_from_env,
+            region_from_env,
+        )
 
-        creds = credentials_from_env(environ)
+        env = dict(os.environ if environ is None else environ)
+        if getattr(settings, "secrets_dir", ""):
+            # Like imapsvc's own settings: an unset variable is read from the
+            # file of that name in IMAPSVC_SECRETS_DIR (a mounted Secret).
+            from imapsvc.config import _read_secret_file
+
+            for name in AWS_VARIABLES:
+                if not env.get(name):
+                    value = _read_secret_file(settings.secrets_dir, name)
+                    if value:
+                        env[name] = value
+        creds = credentials_from_env(env)
         return S3ObjectStore(
             reactor,
             settings.object_store_url,
             settings.object_store_bucket,
             creds,
-            settings.object_store_region or region_from_env(environ),
+            settings.object_store_region or region_from_env(env),
             part_bytes=settings.object_store_part_bytes,
             runner=lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a),
         )

@@ -55,6 +55,16 @@ def _signed_headers(creds: Any, region: str, method: str, url: str, body: bytes,
     return {k: v for k, v in req.headers.items()}
 
 
+#: The AWS variables read for credentials and region.
+AWS_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
+
+
 def credentials_from_env(environ: Optional[dict[str, str]] = None) -> Any:
     """botocore ``Credentials`` from the AWS environment variables."""
     from botocore.credentials import Credentials

@@ -92,6 +92,22 @@ class RuntimeTests(TestCase):
         self.assertEqual(uploader.prefix, "in")
         self.assertNotIn(AWS["AWS_SECRET_ACCESS_KEY"], uploader.store.describe())
 
+    def test_s3_credentials_from_the_secrets_dir(self) -> None:
+        secrets = self.mktemp()
+        os.makedirs(secrets)
+        for name, value in AWS.items():
+            with open(os.path.join(secrets, name), "w") as f:
+                f.write(value + "\n")
+        runtime = self.runtime(
+            {}, attachment_mode="store", object_store_url="http://127.0.0.1:9000",
+            object_store_bucket="mail", secrets_dir=secrets,
+        )  # fmt: skip
+        creds = runtime.object_uploader.store._creds
+        self.assertEqual(
+            (creds.access_key, creds.secret_key),
+            (AWS["AWS_ACCESS_KEY_ID"], AWS["AWS_SECRET_ACCESS_KEY"]),
+        )
+
     def test_s3_without_credentials_is_a_config_error(self) -> None:
         with self.assertRaises(ConfigError) as caught:
             self.runtime(
