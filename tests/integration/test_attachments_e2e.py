@@ -55,8 +55,16 @@ class AttachmentModeTests(ServiceRigMixin, unittest.TestCase):
         self.assertEqual(validate_stream_entry(fields), [])
         return json.loads(fields["payload_json"])["emailData"]
 
-    @defer.inlineCallbacks
     def test_inline_mode_carries_the_exact_bytes(self) -> Any:
+        return self.inline_mode()
+
+    def test_inline_mode_on_the_whole_message_path(self) -> Any:
+        """A host listed as sending broken BODYSTRUCTUREs: BODY.PEEK[] and
+        the attachments cut out of the message."""
+        return self.inline_mode(IMAP_BROKEN_BODYSTRUCTURE_HOSTS="localhost")
+
+    @defer.inlineCallbacks
+    def inline_mode(self, **env: str) -> Any:
         user = self.dovecot.add_user(unique_user("inl"))
         tenant, pid = add_provider(self.dsn, user, DEFAULT_PASSWORD, self.dovecot.ports.imaps)
         big = ("big.bin", "application/octet-stream", b"z" * 300_000)
@@ -64,7 +72,7 @@ class AttachmentModeTests(ServiceRigMixin, unittest.TestCase):
         raw = message_with_attachments(files, message_id=f"<inline-{uuid.uuid4().hex}@example.org>")
         # The 4th attachment is over the single cap: listed, reported, no content.
         proc = self.service(
-            tenant, IMAP_ATTACHMENT_MODE="inline", IMAP_MAX_ATTACHMENT_BYTES="200000"
+            tenant, IMAP_ATTACHMENT_MODE="inline", IMAP_MAX_ATTACHMENT_BYTES="200000", **env
         )
         yield wait_for(lambda: http_get(proc.url("/readyz"))[0] == 200, 30, "readiness")
         mail.append(user, DEFAULT_PASSWORD, "INBOX", raw)
