@@ -38,9 +38,16 @@ setup(
         # winmail.dat (TNEF) -> the files inside (IMAP_EXPAND_TNEF): pure Python,
         # no dependencies; the one Python TNEF reader in use (its format is frozen).
         "tnefparse>=1.4,<2",
+        # IMAP_ATTACHMENT_MODE=store on S3-compatible storage: only its SigV4
+        # signer (botocore.auth.S3SigV4Auth) is used; the requests go through
+        # treq. Signing by hand is easy to get subtly wrong (canonical URI
+        # quoting, payload hash header, session tokens); botocore is the
+        # reference implementation and maintained by AWS.
+        "botocore>=1.34",
     ],
     extras_require={
-        "test": ["hypothesis>=6.100"],
+        # moto[server]: a real S3-compatible HTTP server for the object store tests.
+        "test": ["hypothesis>=6.100", "moto[server]>=5.0"],
         "dev": ["hypothesis>=6.100", "ruff", "mypy"],
     },
     zip_safe=False,

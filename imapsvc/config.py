@@ -196,6 +196,23 @@ def _cidr_or_host(text: str) -> str:
     return text.strip().lower()
 
 
+def object_store_url(text: str) -> str:
+    """An http(s) S3 endpoint without credentials in it (they come from the
+    AWS variables, which are never printed)."""
+    text = http_url(text)
+    if "@" in urlsplit(text).netloc:
+        raise _Invalid("must not carry credentials (use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
+    return text
+
+
+def object_prefix(text: str) -> str:
+    """An object key prefix: ``/``-separated segments, none ``.`` or ``..``."""
+    text = text.strip().strip("/")
+    if any(seg in (".", "..", "") for seg in text.split("/")) and text:
+        raise _Invalid("must not contain empty, '.' or '..' segments")
+    return text
+
+
 def choice(*values: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         lowered = text.strip().lower()
@@ -293,10 +310,11 @@ class Setting:
         return str(value)
 
 
-_T, _C, _P, _W, _S, _A, _D, _O = (
+_T, _C, _P, _M, _W, _S, _A, _D, _O = (
     "Timing",
     "Connection",
     "Capacity and size caps",
+    "Attachment content",
     "Wiring",
     "Secrets and security",
     "The app's secret providers (CONTRACT section 3)",
@@ -382,6 +400,9 @@ SETTINGS: tuple[Setting, ...] = (
             "part when it is within IMAP_MAX_ATTACHMENT_BYTES", _P),
     Setting("IMAP_FETCH_CHUNK", positive_int, 100,
             "UIDs per UID FETCH command", _P),
+    Setting("IMAP_ATTACHMENT_FETCH_CHUNK", positive_int, 2,
+            "UIDs per UID FETCH command in IMAP_ATTACHMENT_MODE inline and store (caps "
+            "IMAP_FETCH_CHUNK): bounds the attachment bytes held at once", _P),
     Setting("IMAP_PARSE_THREAD_THRESHOLD_BYTES", non_negative_int, 262144,
             "messages larger than this are parsed off the reactor thread", _P),
     Setting("IMAP_PARSE_PROCESSES", non_negative_int, 0,
@@ -391,6 +412,30 @@ SETTINGS: tuple[Setting, ...] = (
             "keep dedupe ledger rows this many days", _P),
     Setting("IMAP_EVENT_STREAM_MAXLEN", non_negative_int, 0,
             "XADD MAXLEN ~ N; 0 keeps every entry (trimming drops unread events)", _P),
+    # Attachment content (CONTRACT 2)
+    Setting("IMAP_ATTACHMENT_MODE", choice("metadata", "inline", "store"), "metadata",
+            "attachment content: metadata (none), inline (base64 `content` in the event) or "
+            "store (bytes to the object store, `storageKey` and `sha256` in the event)", _M),
+    Setting("IMAP_STORE_RAW_MIME", boolean, False,
+            "store mode: also store each whole message (within IMAP_MAX_RAW_MIME_BYTES; "
+            "`rawMime` in the event); such messages are fetched whole", _M),
+    Setting("IMAP_OBJECT_STORE_URL", object_store_url, "",
+            "http(s):// endpoint of an S3-compatible object store (path-style); empty "
+            "stores in IMAP_OBJECT_STORE_DIR. Credentials: AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN from the environment", _M,
+            sensitive=True),
+    Setting("IMAP_OBJECT_STORE_BUCKET", string, "",
+            "bucket of IMAP_OBJECT_STORE_URL (required with it)", _M),
+    Setting("IMAP_OBJECT_STORE_PREFIX", object_prefix, "",
+            "key prefix of every stored object (`<prefix>/<tenant>/<provider>/<folder>/"
+            "<uidvalidity>/<uid>/<section>`)", _M),
+    Setting("IMAP_OBJECT_STORE_REGION", string, "",
+            "SigV4 signing region; empty: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1", _M),
+    Setting("IMAP_OBJECT_STORE_DIR", string, "imapsvc-objects",
+            "folder of the embedded object store (when IMAP_OBJECT_STORE_URL is empty)", _M),
+    Setting("IMAP_OBJECT_STORE_PART_BYTES", positive_int, 8 * MIB,
+            "objects larger than this go up in a multipart upload of parts this size "
+            "(at least 5 MiB); smaller ones in one PUT", _M),
     # Wiring
     Setting("DATABASE_URL", postgres_url, "",
             "postgres(ql):// URL; empty: built from DB_HOST and its companions when DB_HOST "
@@ -556,10 +601,19 @@ class Settings:
     max_text_part_bytes: int = _default("IMAP_MAX_TEXT_PART_BYTES")
     expand_tnef: bool = _default("IMAP_EXPAND_TNEF")
     fetch_chunk: int = _default("IMAP_FETCH_CHUNK")
+    attachment_fetch_chunk: int = _default("IMAP_ATTACHMENT_FETCH_CHUNK")
     parse_thread_threshold_bytes: int = _default("IMAP_PARSE_THREAD_THRESHOLD_BYTES")
     parse_processes: int = _default("IMAP_PARSE_PROCESSES")
     ledger_retention_days: int = _default("IMAP_LEDGER_RETENTION_DAYS")
     event_stream_maxlen: int = _default("IMAP_EVENT_STREAM_MAXLEN")
+    attachment_mode: str = _default("IMAP_ATTACHMENT_MODE")
+    store_raw_mime: bool = _default("IMAP_STORE_RAW_MIME")
+    object_store_url: str = attr.ib(default=_default("IMAP_OBJECT_STORE_URL"), repr=False)
+    object_store_bucket: str = _default("IMAP_OBJECT_STORE_BUCKET")
+    object_store_prefix: str = _default("IMAP_OBJECT_STORE_PREFIX")
+    object_store_region: str = _default("IMAP_OBJECT_STORE_REGION")
+    object_store_dir: str = _default("IMAP_OBJECT_STORE_DIR")
+    object_store_part_bytes: int = _default("IMAP_OBJECT_STORE_PART_BYTES")
     database_url: str = attr.ib(default=_default("DATABASE_URL"), repr=False)
     redis_url: str = attr.ib(default=_default("REDIS_URL"), repr=False)
     event_stream: str = _default("IMAP_EVENT_STREAM")
@@ -610,6 +664,8 @@ class Settings:
             max_raw_mime_bytes=self.max_raw_mime_bytes,
             max_text_part_bytes=self.max_text_part_bytes,
             expand_tnef=self.expand_tnef,
+            attachment_mode=self.attachment_mode,
+            store_raw_mime=self.store_raw_mime,
         )
 
     def masked(self) -> dict[str, str]:
@@ -751,6 +807,8 @@ def _check_relations(s: Settings) -> None:
         )
     if "{tenantId}" not in s.vault_tenant_secret_path_template:
         raise ConfigError("VAULT_TENANT_SECRET_PATH_TEMPLATE must contain {tenantId}")
+    if s.object_store_url and not s.object_store_bucket:
+        raise ConfigError("IMAP_OBJECT_STORE_URL needs IMAP_OBJECT_STORE_BUCKET")
     if s.max_attachment_bytes > s.max_raw_mime_bytes:
         raise ConfigError(
             f"IMAP_MAX_ATTACHMENT_BYTES ({s.max_attachment_bytes}) must not exceed "
@@ -866,7 +924,8 @@ def settings_markdown() -> str:
         f"`IMAP_INACTIVITY_TIMEOUT_MS` > {DOVECOT_KEEPALIVE_MS} (Dovecot's IDLE keep-alive);",
         "`IMAP_LEASE_TTL_MS` > `IMAP_PROVIDER_REFRESH_MS` * (1 + `IMAP_TIMER_JITTER_PCT`);",
         "`IMAP_MAX_ATTACHMENT_BYTES` <= `IMAP_MAX_RAW_MIME_BYTES`;",
-        "`IMAP_TLS_INSECURE` and `IMAP_TLS_CA_FILE` are not set together.",
+        "`IMAP_TLS_INSECURE` and `IMAP_TLS_CA_FILE` are not set together;",
+        "`IMAP_OBJECT_STORE_URL` needs `IMAP_OBJECT_STORE_BUCKET`.",
         "",
         "`IMAP_TIMER_JITTER_PCT` draws each periodic timer (provider refresh, lease heartbeat,",
         "poll sleep, IDLE restart, IDLE keep-alive) uniformly from `interval * (1 +/- pct)`,",

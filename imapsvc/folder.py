@@ -112,6 +112,9 @@ class FolderOptions:
         if values.get("tls_ca_file") == "":
             values["tls_ca_file"] = None
         limits = settings.limits() if hasattr(settings, "limits") else Limits()
+        if limits.attachment_mode != "metadata" and hasattr(settings, "attachment_fetch_chunk"):
+            # Attachment bytes are held per chunk: fewer UIDs bound memory.
+            values["fetch_chunk"] = min(values["fetch_chunk"], settings.attachment_fetch_chunk)
         return cls(limits=limits, **values)
 
 

@@ -107,6 +107,16 @@ class ServiceCollector(Collector):
         ):
             outcomes.add_metric([outcome], _num(pipe.get(stat)))
         yield outcomes
+        # IMAP_ATTACHMENT_MODE=store (imapsvc.objectstore.upload stats).
+        for name, stat, words in (
+            ("imapsvc_objects_stored", "stored_objects", "Objects written to the object store"),
+            ("imapsvc_object_bytes_stored", "stored_bytes", "Bytes written to the object store"),
+            ("imapsvc_object_store_failures", "stored_failures",
+             "Batches not recorded because an object could not be stored"),
+        ):  # fmt: skip
+            family = CounterMetricFamily(name, words)
+            family.add_metric([], _num(pipe.get(stat)))
+            yield family
         auth = CounterMetricFamily("imapsvc_auth_failures", "Authentication failures")
         auth.add_metric([], _num(status.get("authFailures")))
         yield auth

@@ -241,6 +241,14 @@ class FetchedMessage:
     raw: Optional[bytes] = None
     #: Sections of text parts not downloaded because of a size cap.
     truncated: Sequence[str] = ()
+    #: ``IMAP_ATTACHMENT_MODE`` inline/store, structure path: attachment
+    #: section -> its exact (still transfer-encoded) bytes, for the
+    #: attachments within the caps (see ``imapsvc.core.attachment_content``).
+    contents: Mapping[str, bytes] = attr.Factory(dict)
+    #: ``store`` mode, after the upload: section (or
+    #: :data:`RAW_MIME_SECTION`) -> ``{"storageKey", "sha256", "size"}``.
+    #: The pipeline fills it and drops ``contents`` before mapping.
+    stored: Mapping[str, Mapping[str, Any]] = attr.Factory(dict)
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -270,6 +278,24 @@ class Limits:
     #: ``IMAP_EXPAND_TNEF``: list the files inside ``winmail.dat`` parts
     #: within ``max_attachment_bytes`` (see ``imapsvc.core.tnef``).
     expand_tnef: bool = False
+    #: ``IMAP_ATTACHMENT_MODE``: :data:`ATTACHMENT_MODE_METADATA`,
+    #: :data:`ATTACHMENT_MODE_INLINE` or :data:`ATTACHMENT_MODE_STORE`. It
+    #: rides on the limits because it decides, like them, what is fetched
+    #: and what the mapping puts in ``emailData.attachments``.
+    attachment_mode: str = "metadata"
+    #: ``IMAP_STORE_RAW_MIME`` (``store`` mode only): also store the whole
+    #: message (fetched whole when within ``max_raw_mime_bytes``).
+    store_raw_mime: bool = False
+
+
+#: ``IMAP_ATTACHMENT_MODE`` values (CONTRACT section 2).
+ATTACHMENT_MODE_METADATA = "metadata"
+ATTACHMENT_MODE_INLINE = "inline"
+ATTACHMENT_MODE_STORE = "store"
+ATTACHMENT_MODES = (ATTACHMENT_MODE_METADATA, ATTACHMENT_MODE_INLINE, ATTACHMENT_MODE_STORE)
+#: The :attr:`FetchedMessage.stored` key of the whole message
+#: (``IMAP_STORE_RAW_MIME``).
+RAW_MIME_SECTION = "raw"
 
 
 # -- one service across replicas (schema/0004) --------------------------------

@@ -48,7 +48,12 @@ SKIP_BUILD_ERROR = "build_error"
 
 def message_bytes(msg: FetchedMessage) -> int:
     """The bytes one message holds in memory."""
-    return len(msg.header or b"") + len(msg.raw or b"") + sum(len(v) for v in msg.texts.values())
+    return (
+        len(msg.header or b"")
+        + len(msg.raw or b"")
+        + sum(len(v) for v in msg.texts.values())
+        + sum(len(v) for v in msg.contents.values())  # IMAP_ATTACHMENT_MODE inline
+    )
 
 
 def batch_bytes(messages: Sequence[FetchedMessage]) -> int:
@@ -128,6 +133,9 @@ class Pipeline:
     :param relay_offer: optional ``offer(outbox_entries)`` of the relay
         (:meth:`~imapsvc.sink.relay.Relay.offer`): the committed entries are
         handed over in memory, so the relay need not read them back.
+    :param object_uploader: ``IMAP_ATTACHMENT_MODE=store``: an
+        :class:`~imapsvc.objectstore.upload.ObjectUploader` whose
+        ``store_batch`` runs before the batch is mapped and recorded.
 
     :ivar stats: counters for metrics: ``batches``, ``messages``,
         ``published``, ``skipped``, ``duplicates``, ``failures`` (batches not
@@ -145,6 +153,7 @@ class Pipeline:
         build: Callable[..., list[MessageRecord]] = build_records,
         parse_pool: Any = None,
         relay_offer: Optional[Callable[[Any], Any]] = None,
+        object_uploader: Any = None,
     ) -> None:
         self._store = store
         self._relay_wake = relay_wake
@@ -155,6 +164,8 @@ class Pipeline:
         self._build = build
         self._pool = parse_pool
         self._relay_offer = relay_offer
+        #: IMAP_ATTACHMENT_MODE=store (imapsvc.objectstore.upload.ObjectUploader).
+        self._uploader = object_uploader
         self.stats: dict[str, int] = {
             "batches": 0,
             "messages": 0,
@@ -196,6 +207,14 @@ class Pipeline:
     ) -> Any:
         tenant, provider_id = provider.tenant, provider.provider_id
         now = datetime.fromtimestamp(self._clock.seconds(), tz=UTC)
+        if self._uploader is not None and messages:
+            # store mode: the objects first, so the event is recorded only
+            # once everything it names is stored (a failure records nothing).
+            try:
+                messages = yield self._uploader.store_batch(tenant, provider_id, folder, messages)
+            finally:
+                for key, value in self._uploader.stats.items():
+                    self.stats[f"stored_{key}"] = value  # /metrics reads them here
         args = (messages, tenant, provider_id, folder, now, self._limits)
         if messages and batch_bytes(messages) > self._threshold:
             records = yield self._map_off_reactor(args)

@@ -159,6 +159,21 @@ class Runtime(service.MultiService):
         # IMAP_PARSE_PROCESSES=0 (the default) means a thread and no pool:
         # ParsePool itself reads 0 as "one worker per core".
         self.parse_pool = ParsePool(reactor, s.parse_processes) if s.parse_processes else None
+        # -- attachment content (IMAP_ATTACHMENT_MODE=store; CONTRACT 2) --
+        self.object_uploader = None
+        if s.attachment_mode == "store":
+            from imapsvc.config import ConfigError
+            from imapsvc.objectstore import ObjectStoreError
+            from imapsvc.objectstore import from_settings as object_store
+            from imapsvc.objectstore.upload import ObjectUploader
+
+            try:
+                objects = object_store(s, reactor)
+            except ObjectStoreError as e:
+                raise ConfigError(str(e)) from None
+            self.object_uploader = ObjectUploader(objects, s.limits(), s.object_store_prefix)
+            log.info("Attachments are stored in {where}", where=objects.describe())
+        # -- end attachment content --
         self.pipeline = Pipeline(
             self.store,
             self.relay.wake,
@@ -168,6 +183,7 @@ class Runtime(service.MultiService):
             thread_runner(reactor, self.pool),
             parse_pool=self.parse_pool,
             relay_offer=self.relay.offer,
+            object_uploader=self.object_uploader,
         )
         # -- end parse process pool --
         options = FolderOptions.from_settings(s)

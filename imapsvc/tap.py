@@ -111,7 +111,13 @@ def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
     reactor.callWhenRunning(_graceful_sigterm, reactor)
-    return build_service(settings, reactor)
+    try:
+        return build_service(settings, reactor)
+    except ConfigError as e:  # e.g. IMAP_OBJECT_STORE_URL without AWS credentials
+        out = options.stderr if options.stderr is not None else sys.stderr
+        out.write(f"imapsvc: {e}\n")
+        out.flush()
+        raise SystemExit(EXIT_CONFIG) from None
 
 
 def _graceful_sigterm(reactor: Any) -> None:

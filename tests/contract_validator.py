@@ -8,6 +8,7 @@ components use it on what really reached Redis.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any, Mapping
 
@@ -105,6 +106,33 @@ def _check_skip_entries(data: dict, field: str, errors: list[str], app_schema: b
                 errors.append(f"{where}.cap: not a positive integer")
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+
+
+def _check_stored(where: str, obj: dict, errors: list[str]) -> None:
+    key = obj.get("storageKey")
+    if not isinstance(key, str) or not key or key.startswith("/") or ".." in key.split("/"):
+        errors.append(f"{where}.storageKey: not a relative object key: {key!r}")
+    if not isinstance(obj.get("sha256"), str) or not _SHA256.match(obj["sha256"]):
+        errors.append(f"{where}.sha256: not 64 lower-case hex digits")
+
+
+def _check_attachment_content(where: str, att: dict, errors: list[str]) -> None:
+    """IMAP_ATTACHMENT_MODE: ``content`` (inline, base64) or ``storageKey``
+    with ``sha256`` (store), never both, never one of the pair alone."""
+    has_content = "content" in att
+    stored = "storageKey" in att or "sha256" in att
+    if has_content and stored:
+        errors.append(f"{where}: both content and storageKey")
+    if has_content:
+        content = att["content"]
+        if not isinstance(content, str) or len(content) % 4 or not _B64.match(content):
+            errors.append(f"{where}.content: not padded base64")
+    if stored:
+        _check_stored(where, att, errors)
+
+
 def _check_email_data(data: Any, tenant: str, provider_id: Any, errors: list[str]) -> None:
     if not isinstance(data, dict):
         errors.append("emailData: not an object")
@@ -163,6 +191,15 @@ def _check_email_data(data: Any, tenant: str, provider_id: Any, errors: list[str
                 errors.append(f"{where}.contentId: not a string or null")
             if not isinstance(att.get("isInline"), bool):
                 errors.append(f"{where}.isInline: not a boolean")
+            _check_attachment_content(where, att, errors)
+    raw_mime = data.get("rawMime")
+    if raw_mime is not None:
+        if not isinstance(raw_mime, dict):
+            errors.append("emailData.rawMime: not an object")
+        else:
+            _check_stored("emailData.rawMime", raw_mime, errors)
+            if not isinstance(raw_mime.get("size"), int) or raw_mime["size"] <= 0:
+                errors.append("emailData.rawMime.size: not an integer > 0")
     references = data.get("references")
     if not isinstance(references, list) or not all(_is_msgid(r) for r in references):
         errors.append(f"emailData.references: not a list of <...> ids: {references!r}")

@@ -22,7 +22,10 @@ Decisions the contract leaves open, made here:
   ``ingressNotes``: ``body_truncated`` (type ``body``), ``header_truncated``
   (``header``), ``parse_error`` (``message``) and ``address_count_exceeded``
   (type ``to``/``cc``, ``size`` the field's address count, ``cap``
-  :data:`~imapsvc.core.addresses.MAX_ADDRESSES`). Every entry also has a
+  :data:`~imapsvc.core.addresses.MAX_ADDRESSES`), and in
+  ``IMAP_ATTACHMENT_MODE`` inline/store ``attachment_content_missing`` (type
+  ``attachment``, with ``attachmentId``/``attachmentName``: the server
+  returned no bytes for a part within the caps). Every entry also has a
   ``detail`` in words.
 - A message above ``max_raw_mime_bytes`` carries a ``raw_mime`` entry
   (``size`` its RFC822.SIZE): on the fallback path its body was not
@@ -72,6 +75,9 @@ REASON_BODY_TRUNCATED = "body_truncated"
 REASON_HEADER_TRUNCATED = "header_truncated"
 REASON_ADDRESS_COUNT_EXCEEDED = "address_count_exceeded"
 REASON_RAW_MIME_OVER_MAX_BYTES = "raw_mime_over_max_bytes"
+#: IMAP_ATTACHMENT_MODE inline/store: an attachment within the caps whose
+#: bytes did not come back from the server (an ``ingressNotes`` entry).
+REASON_ATTACHMENT_CONTENT_MISSING = "attachment_content_missing"
 #: ``type`` of the ``ingressNotes`` entries, by reason code.
 _NOTE_TYPES = {
     REASON_PARSE_ERROR: "message",
@@ -403,6 +409,9 @@ def _map(
             _reason(REASON_PARSE_ERROR, f"attachments unreadable ({type(exc).__name__})")
         )
 
+    # IMAP_ATTACHMENT_MODE inline/store: content or storage references.
+    raw_mime = _attachment_content(attachments, attachment_reasons, msg, limits, reasons)
+
     email_data: dict[str, Any] = {
         "id": message_id,
         "provider": "imap",
@@ -425,12 +434,46 @@ def _map(
     email_data["ingressNotes"] = reasons
     email_data["imap"] = _imap_block(msg)
     email_data["automated"] = _automated(headers, parts)
+    if raw_mime is not None:
+        email_data["rawMime"] = raw_mime
     return MappedMessage(
         email_data=email_data,
         message_id_key=message_id_key,
         dedupe_key=dedupe,
         skip_reason=None if sender is not None else SKIP_NO_FROM,
     )
+
+
+def _attachment_content(
+    attachments: list[dict[str, Any]],
+    attachment_reasons: list[dict[str, Any]],
+    msg: FetchedMessage,
+    limits: Limits,
+    reasons: list[dict[str, Any]],
+) -> Optional[dict[str, Any]]:
+    if limits.attachment_mode == "metadata":
+        return None
+    from imapsvc.core.attachment_content import apply
+
+    try:
+        skipped = {r.get("attachmentId") for r in attachment_reasons}
+        raw_mime, missing = apply(attachments, msg, limits, skipped)
+    except Exception as exc:
+        reasons.append(
+            _reason(REASON_PARSE_ERROR, f"attachment content unreadable ({type(exc).__name__})")
+        )
+        return None
+    for entry in missing:
+        note = _reason(
+            REASON_ATTACHMENT_CONTENT_MISSING,
+            f"the server returned no bytes for part {entry['id']}; listed without content",
+            size=entry["size"],
+            type_="attachment",
+        )
+        note["attachmentId"] = entry["id"]
+        note["attachmentName"] = entry["name"]
+        reasons.append(note)
+    return raw_mime
 
 
 def _last_resort(

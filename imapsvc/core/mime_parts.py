@@ -104,6 +104,28 @@ def _split(
     return header, parts, texts
 
 
+def part_bodies(raw: bytes, sections: list[str]) -> dict[str, memoryview]:
+    """The encoded body bytes of the leaf parts named in ``sections``
+    (numbered as :func:`split_message` numbers them), as ``memoryview``
+    slices of ``raw``: attachment content for ``IMAP_ATTACHMENT_MODE``
+    inline/store without copying the message. Never raises."""
+    if not sections:
+        return {}
+    try:
+        buf = bytes(raw)
+        if b"\n" not in buf and b"\r" in buf:
+            buf = buf.replace(b"\r", b"\r\n")
+        spans: dict[str, tuple[int, int]] = {}
+        _entity(buf, 0, len(buf), "", [], spans, 0, False, "text/plain", top=True)
+        if not spans:
+            _header, body_start = _header_span(buf, 0, len(buf))
+            spans = {"1": (body_start, len(buf))}
+        view = memoryview(buf)
+        return {s: view[spans[s][0] : spans[s][1]] for s in sections if s in spans}
+    except Exception:  # noqa: BLE001 - a hostile message must never crash ingestion
+        return {}
+
+
 def _header_span(buf: bytes, start: int, end: int) -> tuple[bytes, int]:
     """The header of the entity at ``start`` and where its body begins."""
     if buf.startswith(b"\r\n", start) and start + 2 <= end:

@@ -84,6 +84,9 @@ class MessagePlan:
     truncated: tuple[str, ...] = ()
     expected_bytes: int = 0
     reason: str = ""
+    #: ``IMAP_ATTACHMENT_MODE`` inline/store: the attachment sections (also
+    #: in ``sections``, fetched whole) whose bytes go to ``contents``.
+    content_sections: tuple[str, ...] = ()
 
 
 def default_parser() -> Optional[Parser]:
@@ -140,6 +143,10 @@ def plan_message(
         if parts is None:
             why = "BODYSTRUCTURE unusable"
 
+    if parts is not None and _wants_raw(limits) and size <= limits.max_raw_mime_bytes:
+        # IMAP_STORE_RAW_MIME: the whole message is stored, so fetch it whole
+        # (the attachments are then cut out of it, as on the fallback path).
+        return MessagePlan(uid, KIND_FULL, size, expected_bytes=size, reason="store raw MIME")
     if parts is None:
         if size > limits.max_raw_mime_bytes:
             return MessagePlan(uid, KIND_HEADER_ONLY, size, reason=f"{why}; {REASON_RAW_TOO_LARGE}")
@@ -163,6 +170,15 @@ def plan_message(
         else:
             sections.append((part.section, None))
             expected += max(0, part.size)
+    content: list[str] = []
+    if limits.attachment_mode in ("inline", "store"):
+        from imapsvc.core.attachment_content import content_sections
+
+        by_section = {p.section: p for p in parts}
+        for section in content_sections(parts, limits):
+            content.append(section)
+            sections.append((section, None))
+            expected += max(0, by_section[section].size)
     return MessagePlan(
         uid,
         KIND_STRUCTURE,
@@ -172,7 +188,12 @@ def plan_message(
         truncated=tuple(truncated),
         expected_bytes=expected,
         reason="structure",
+        content_sections=tuple(content),
     )
+
+
+def _wants_raw(limits: Limits) -> bool:
+    return limits.attachment_mode == "store" and limits.store_raw_mime
 
 
 def _as_int(value: Any) -> int:
@@ -247,7 +268,9 @@ def build_message(
         # ("TEXT",)`` means the body was not downloaded (raw-MIME cap).
         return FetchedMessage(truncated=(TEXT_NOT_DOWNLOADED,), **common)
     got = sections or {}
-    texts = {s: got[s] for s, _ in plan.sections if s in got}
+    content = set(plan.content_sections)
+    texts = {s: got[s] for s, _ in plan.sections if s in got and s not in content}
+    contents = {s: got[s] for s in plan.content_sections if s in got}
     return FetchedMessage(
-        parts=plan.parts, texts=texts, truncated=plan.truncated, **common
+        parts=plan.parts, texts=texts, truncated=plan.truncated, contents=contents, **common
     )
