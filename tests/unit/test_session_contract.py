@@ -1,0 +1,81 @@
+"""The IMAP session contract (tests/session_contract.py) on the real client,
+talking IMAP bytes in memory to a scripted server, and on the fake session;
+plus the fake's MIME helpers and the folder hooks' interface."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import task
+from twisted.internet.interfaces import ISSLTransport
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import alsoProvides
+from zope.interface.verify import verifyObject
+
+from imapsvc.imap.protocol import FolderIMAPClient
+from imapsvc.interfaces import IFolderHooks
+from imapsvc.testing import FakeIMAPSession, FakeMailbox, section_bytes
+from tests.imap_server import ScriptedIMAPServer
+from tests.session_contract import MULTIPART, SessionContractMixin
+
+
+class RealSessionContractTests(SessionContractMixin, SynchronousTestCase):
+    """FolderIMAPClient <-> ScriptedIMAPServer over iosim, a fake clock."""
+
+    def open_session(self, mailbox: FakeMailbox) -> Any:
+        self.clock = task.Clock()
+        client = FolderIMAPClient(self.clock, 60.0, inactivity_timeout=300.0)
+        self.server = ScriptedIMAPServer(mailbox)
+        server_io = iosim.FakeTransport(self.server, isServer=True)
+        client_io = iosim.FakeTransport(client, isServer=False)
+        alsoProvides(client_io, ISSLTransport)  # as over implicit TLS
+        self.pump = iosim.connect(
+            self.server, server_io, client, client_io, greet=False, clock=self.clock
+        )
+        self.addCleanup(self._close, client, client_io, mailbox)
+        return client
+
+    def _close(self, client: FolderIMAPClient, client_io: Any, mailbox: FakeMailbox) -> None:
+        client_io.loseConnection()
+        self.pump.flush()
+        mailbox.sessions.clear()
+        # The client leaves no timer behind once the connection is gone.
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def settle(self) -> None:
+        self.pump.flush()
+
+    def test_login_bytes_on_the_wire(self) -> None:
+        # The contract's password needs quoting: the server saw it quoted.
+        self.logged_in(self.mailbox(), folder=None)
+        self.assertIn(b'0001 LOGIN "support@example.com" "pa\\"ss w\\\\rd"', self.server.received)
+
+
+class FakeSessionContractTests(SessionContractMixin, SynchronousTestCase):
+    def open_session(self, mailbox: FakeMailbox) -> Any:
+        return FakeIMAPSession(mailbox).connect()
+
+    def settle(self) -> None:
+        pass
+
+
+class SectionTests(SynchronousTestCase):
+    def test_sections_of_a_multipart(self) -> None:
+        self.assertEqual(section_bytes(MULTIPART, "1.1"), b"plain text body")
+        self.assertEqual(section_bytes(MULTIPART, "2.MIME").splitlines()[0],
+                         b'Content-Type: application/pdf; name="a.pdf"')
+        self.assertIsNone(section_bytes(MULTIPART, "3"))
+        self.assertEqual(section_bytes(MULTIPART, ""), MULTIPART)
+
+    def test_single_part_section_one_is_the_body(self) -> None:
+        raw = b"Subject: x\r\n\r\nbody\r\n"
+        self.assertEqual(section_bytes(raw, "1"), b"body\r\n")
+        self.assertIsNone(section_bytes(raw, "2"))
+
+
+class FolderHooksInterfaceTests(SynchronousTestCase):
+    def test_supervisor_folder_hooks_provide_the_interface(self) -> None:
+        from imapsvc.supervisor import FolderHooks
+
+        self.assertTrue(verifyObject(IFolderHooks, FolderHooks(object(), "INBOX")))  # type: ignore[arg-type]
