@@ -374,10 +374,11 @@ class FakeMailbox:
                 return failure
         return None
 
-    def drop_connections(self) -> None:
-        """The server closes every connection (no BYE)."""
+    def drop_connections(self, bye: Optional[str] = None) -> None:
+        """The server closes every connection, saying ``* BYE bye`` first
+        when given."""
         for session in list(self.sessions):
-            session.server_drop()
+            session.server_drop(bye)
 
 
 # -- the session -------------------------------------------------------------------
@@ -428,6 +429,7 @@ class FakeIMAPSession(Protocol):
         self.capabilities: Optional[Caps] = None
         self.last_exists: Optional[int] = None
         self.on_bye: Optional[Callable[[str], Any]] = None
+        self.bye_text: Optional[str] = None
         self.idling = False
         self.auth_mechanism: Optional[str] = None
         self.commands: list[str] = []
@@ -485,8 +487,12 @@ class FakeIMAPSession(Protocol):
         if self.transport is not None:
             self.transport.loseConnection()
 
-    def server_drop(self) -> None:
-        """The server closed the connection."""
+    def server_drop(self, bye: Optional[str] = None) -> None:
+        """The server closed the connection (after ``* BYE bye``)."""
+        if bye is not None and not self._closed:
+            self.bye_text = bye
+            if not self._logging_out and self.on_bye is not None:
+                self.on_bye(bye)
         if self.transport is not None:
             self.transport.loseConnection()
 

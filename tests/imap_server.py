@@ -77,7 +77,9 @@ class ScriptedIMAPServer(LineReceiver):
         if self in self.mailbox.sessions:
             self.mailbox.sessions.remove(self)
 
-    def server_drop(self) -> None:
+    def server_drop(self, bye: Optional[str] = None) -> None:
+        if bye is not None:
+            self._send(b"* BYE " + bye.encode("utf-8"))
         self.transport.loseConnection()
 
     def exists_changed(self, folder: str, count: int) -> None:

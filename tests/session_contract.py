@@ -20,8 +20,10 @@ from imapsvc.core.bodystructure import parse_bodystructure
 from imapsvc.imap.errors import (
     AuthenticationFailed,
     AuthenticationUnavailable,
+    CleartextRefused,
     CommandFailed,
     ConnectionGone,
+    MechanismUnsupported,
 )
 from imapsvc.interfaces import IIMAPSession
 from imapsvc.model import Credentials
@@ -65,8 +67,9 @@ class SessionContractMixin:
 
     # -- to implement ----------------------------------------------------------
 
-    def open_session(self, mailbox: FakeMailbox) -> Any:
-        """A session connected to a server over ``mailbox`` (greeting sent)."""
+    def open_session(self, mailbox: FakeMailbox, tls: bool = True) -> Any:
+        """A session connected to a server over ``mailbox`` (greeting sent),
+        over TLS unless ``tls`` is false."""
         raise NotImplementedError
 
     def settle(self) -> None:
@@ -143,6 +146,26 @@ class SessionContractMixin:
                          ("AUTHENTICATIONFAILED", "Authentication failed."))
         self.assertNotIn(PASSWORD, str(f.value))  # type: ignore[attr-defined]
         self.assert_session_over(session)
+
+    def test_no_login_without_tls(self) -> None:
+        mailbox = self.mailbox()
+        session = self.open_session(mailbox, tls=False)
+        self.result(session.greeted)
+        self.failure(
+            session.authenticate_with(Credentials("password", USER, PASSWORD)), CleartextRefused
+        )
+        self.assertEqual(mailbox.logins, [])  # type: ignore[attr-defined]
+
+    def test_oauth_mechanism_not_offered(self) -> None:
+        mailbox = self.mailbox(capabilities=("IMAP4rev1", "IDLE", "AUTH=PLAIN"))
+        session = self.open_session(mailbox)
+        self.result(session.greeted)
+        f = self.failure(
+            session.authenticate_with(Credentials("xoauth2", USER, TOKEN)),
+            MechanismUnsupported,
+        )
+        self.assertEqual(f.value.code, "UNSUPPORTED")  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.logins, [])  # type: ignore[attr-defined]
 
     def test_wrong_password_is_refused(self) -> None:
         session = self.open_session(self.mailbox())
@@ -316,6 +339,17 @@ class SessionContractMixin:
         self.assertIsNone(self.result(d))  # type: ignore[attr-defined]
         self.assertEqual(self.successResultOf(search), [1])  # type: ignore[attr-defined]
 
+    def test_exists_before_idle_is_reported_in_idle(self) -> None:
+        mailbox = self.mailbox()
+        session = self.logged_in(mailbox)
+        mailbox.append(plain(1))
+        seen: list[int] = []
+        d = session.idle(seen.append)
+        self.settle()
+        self.assertEqual(seen, [1])  # type: ignore[attr-defined]
+        session.done()
+        self.assertIsNone(self.result(d))  # type: ignore[attr-defined]
+
     def test_exists_between_commands_updates_last_exists(self) -> None:
         mailbox = self.mailbox()
         session = self.logged_in(mailbox)
@@ -339,3 +373,21 @@ class SessionContractMixin:
         mailbox.drop_connections()
         self.failure(d, ConnectionDone)
         self.assert_session_over(session)
+
+    def test_bye_is_reported_and_ends_the_session(self) -> None:
+        mailbox = self.mailbox()
+        session = self.logged_in(mailbox)
+        byes: list[str] = []
+        session.on_bye = byes.append
+        d = session.idle(lambda n: None)
+        self.settle()
+        mailbox.drop_connections(bye="Server shutting down.")
+        self.failure(d, ConnectionDone)
+        self.assertEqual(byes, ["Server shutting down."])  # type: ignore[attr-defined]
+
+    def test_logout_bye_is_not_reported(self) -> None:
+        session = self.logged_in(self.mailbox())
+        byes: list[str] = []
+        session.on_bye = byes.append
+        self.result(session.logout())
+        self.assertEqual(byes, [])  # type: ignore[attr-defined]

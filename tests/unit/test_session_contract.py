@@ -23,13 +23,14 @@ from tests.session_contract import MULTIPART, SessionContractMixin
 class RealSessionContractTests(SessionContractMixin, SynchronousTestCase):
     """FolderIMAPClient <-> ScriptedIMAPServer over iosim, a fake clock."""
 
-    def open_session(self, mailbox: FakeMailbox) -> Any:
+    def open_session(self, mailbox: FakeMailbox, tls: bool = True) -> Any:
         self.clock = task.Clock()
         client = FolderIMAPClient(self.clock, 60.0, inactivity_timeout=300.0)
         self.server = ScriptedIMAPServer(mailbox)
         server_io = iosim.FakeTransport(self.server, isServer=True)
         client_io = iosim.FakeTransport(client, isServer=False)
-        alsoProvides(client_io, ISSLTransport)  # as over implicit TLS
+        if tls:
+            alsoProvides(client_io, ISSLTransport)  # as over implicit TLS
         self.pump = iosim.connect(
             self.server, server_io, client, client_io, greet=False, clock=self.clock
         )
@@ -53,8 +54,8 @@ class RealSessionContractTests(SessionContractMixin, SynchronousTestCase):
 
 
 class FakeSessionContractTests(SessionContractMixin, SynchronousTestCase):
-    def open_session(self, mailbox: FakeMailbox) -> Any:
-        return FakeIMAPSession(mailbox).connect()
+    def open_session(self, mailbox: FakeMailbox, tls: bool = True) -> Any:
+        return FakeIMAPSession(mailbox, tls=tls).connect()
 
     def settle(self) -> None:
         pass
