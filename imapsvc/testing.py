@@ -290,6 +290,9 @@ class FakeMailbox:
         self._auth_refusals: list[tuple[Optional[str], str]] = []
         self.auth_refusal: Optional[tuple[Optional[str], str]] = None
         self._fetch_failures: dict[tuple[str, int], tuple[Optional[str], str]] = {}
+        #: ``(kind, folder, uid)`` of every message part a fake session
+        #: handed out: kind ``meta``, ``sections`` or ``full``.
+        self.fetched: list[tuple[str, str, int]] = []
         #: Live sessions (fake or scripted-server side): told about new mail
         #: with ``exists_changed(folder, count)`` and ``server_drop()``.
         self.sessions: list[Any] = []
@@ -624,14 +627,18 @@ class FakeIMAPSession(Protocol):
             "UID SEARCH", lambda: sorted(u for u in self._folder().messages if u >= first)
         )
 
-    def _fetch(self, uids: Iterable[int], shape: Callable[[int, FakeMessage], Any]) -> dict:
+    def _fetch(
+        self, kind: str, uids: Iterable[int], shape: Callable[[int, FakeMessage], Any]
+    ) -> dict:
         folder = self._folder()
         wanted = [int(u) for u in uids]
         failure = self.mailbox.fetch_failure(folder.name, wanted)
         if failure is not None:
             code, text = failure
             raise CommandFailed(code, f"UID FETCH NO: {text}")
-        return {u: shape(u, folder.messages[u]) for u in wanted if u in folder.messages}
+        out = {u: shape(u, folder.messages[u]) for u in wanted if u in folder.messages}
+        self.mailbox.fetched += [(kind, folder.name, u) for u in out]
+        return out
 
     def fetch_meta(self, uids: Iterable[int]) -> defer.Deferred:
         def meta(uid: int, m: FakeMessage) -> dict:
@@ -643,7 +650,7 @@ class FakeIMAPSession(Protocol):
             }
 
         uids = list(uids)
-        return self._run("UID FETCH", lambda: self._fetch(uids, meta))
+        return self._run("UID FETCH", lambda: self._fetch("meta", uids, meta))
 
     def fetch_sections(self, requests: dict) -> defer.Deferred:
         # Grouped as the real client does: one command per set of sections.
@@ -663,7 +670,7 @@ class FakeIMAPSession(Protocol):
                         got[section] = data if length is None else data[: int(length)]
                 return got
 
-            for uid, got in self._fetch(uids, pick).items():
+            for uid, got in self._fetch("sections", uids, pick).items():
                 results.setdefault(uid, {}).update(got)
 
         def next_group(_ignored: Any, key: tuple, uids: list[int]) -> defer.Deferred:
@@ -677,7 +684,7 @@ class FakeIMAPSession(Protocol):
 
     def fetch_full(self, uids: Iterable[int]) -> defer.Deferred:
         uids = list(uids)
-        return self._run("UID FETCH", lambda: self._fetch(uids, lambda _u, m: m.raw))
+        return self._run("UID FETCH", lambda: self._fetch("full", uids, lambda _u, m: m.raw))
 
     def idle(self, on_exists: Callable[[int], Any]) -> defer.Deferred:
         if self._closed:
