@@ -24,6 +24,7 @@ from imapsvc.imap.errors import (
     CommandFailed,
     ConnectionGone,
     MechanismUnsupported,
+    TLSRequired,
 )
 from imapsvc.interfaces import IIMAPSession
 from imapsvc.model import Credentials
@@ -132,6 +133,23 @@ class SessionContractMixin:
         self.result(session.authenticate_with(creds, oauth_mechanism="oauthbearer",
                                               host="imap.example.com", port=993))
         self.assertEqual([login[:2] for login in mailbox.logins], [("oauthbearer", USER)])  # type: ignore[attr-defined]
+
+    def test_oauth_login_without_sasl_ir(self) -> None:
+        mailbox = self.mailbox(
+            capabilities=("IMAP4rev1", "IDLE", "AUTH=XOAUTH2"), accounts={USER: TOKEN}
+        )
+        session = self.open_session(mailbox)
+        self.result(session.greeted)
+        caps = self.result(session.authenticate_with(Credentials("xoauth2", USER, TOKEN),
+                                                     oauth_mechanism="auto"))
+        self.assertEqual(caps[b"AUTH"], [b"XOAUTH2"])  # type: ignore[attr-defined]
+        self.assertEqual([login[:2] for login in mailbox.logins], [("xoauth2", USER)])  # type: ignore[attr-defined]
+
+    def test_starttls_not_offered(self) -> None:
+        session = self.open_session(self.mailbox(), tls=False)
+        self.result(session.greeted)
+        self.failure(session.start_tls(object()), TLSRequired)
+        self.assert_session_over(session)
 
     def test_refused_login_raises_authentication_failed_with_code(self) -> None:
         mailbox = self.mailbox()
