@@ -15,9 +15,10 @@ from zope.interface.verify import verifyObject
 
 from imapsvc.imap.protocol import FolderIMAPClient
 from imapsvc.interfaces import IFolderHooks
+from imapsvc.model import Credentials
 from imapsvc.testing import FakeIMAPSession, FakeMailbox, section_bytes
 from tests.imap_server import ScriptedIMAPServer
-from tests.session_contract import MULTIPART, SessionContractMixin
+from tests.session_contract import MULTIPART, PASSWORD, USER, SessionContractMixin
 
 
 class RealSessionContractTests(SessionContractMixin, SynchronousTestCase):
@@ -59,6 +60,28 @@ class FakeSessionContractTests(SessionContractMixin, SynchronousTestCase):
 
     def settle(self) -> None:
         pass
+
+
+class StepByStepFakeSessionContractTests(SessionContractMixin, SynchronousTestCase):
+    """The fake whose server turns wait for flush(), like bytes to pump."""
+
+    def open_session(self, mailbox: FakeMailbox, tls: bool = True) -> Any:
+        self.session = FakeIMAPSession(mailbox, tls=tls, at_once=False).connect()
+        return self.session
+
+    def settle(self) -> None:
+        self.session.flush()
+
+    def test_nothing_happens_before_a_flush(self) -> None:
+        mailbox = self.mailbox()
+        session = self.open_session(mailbox)
+        self.assertNoResult(session.greeted)
+        self.settle()
+        login = session.authenticate_with(Credentials("password", USER, PASSWORD))
+        self.assertNoResult(login)
+        self.assertEqual(mailbox.logins, [])
+        self.settle()
+        self.successResultOf(login)
 
 
 class SectionTests(SynchronousTestCase):
