@@ -103,8 +103,9 @@ class FakeIMAPSession(Protocol):
         self._greeting_due = False
         self._drop_due: Optional[tuple[Optional[str]]] = None
         self._pending_exists: Optional[int] = None
+        #: The command sent and not yet answered (IDLE until DONE's answer).
+        self._current: Optional[_Command] = None
         self._waiting: list[_Command] = []
-        self._idle: Optional[_Command] = None
         self._idle_state: Optional[str] = None
         self._done_requested = False
 
@@ -139,8 +140,8 @@ class FakeIMAPSession(Protocol):
             self.greeted.errback(reason)
 
     def _take_pending(self) -> list[_Command]:
-        pending = ([self._idle] if self._idle is not None else []) + self._waiting
-        self._idle, self._idle_state, self._waiting = None, None, []
+        pending = ([self._current] if self._current is not None else []) + self._waiting
+        self._current, self._idle_state, self._waiting = None, None, []
         return pending
 
     def _drop(self, error: Exception) -> None:
@@ -179,32 +180,46 @@ class FakeIMAPSession(Protocol):
         if self.at_once:
             self._advance()
 
+    def step(self) -> bool:
+        """Let the server take one turn (``at_once=False``); ``False`` when
+        it had nothing to do."""
+        return self._turn()
+
     def _advance(self) -> None:
-        while not self._closed:
-            if self._greeting_due:
-                self._greeting_due = False
-                self.capabilities = self.mailbox.capabilities()
-                self.greeted.callback(self.capabilities)
-            elif self._drop_due is not None:
-                (bye,), self._drop_due = self._drop_due, None
-                if bye is not None:
-                    self.bye_text = bye
-                    if not self._logging_out and self.on_bye is not None:
-                        self.on_bye(bye)
-                if self.transport is not None:
-                    self.transport.loseConnection()
-            elif self._idle is not None:
-                if not self._idle_turn(self._idle):
-                    return
-            elif self._waiting:
-                cmd = self._waiting.pop(0)
-                if cmd.answer is None:
-                    self.commands.append("IDLE")
-                    self._idle, self._idle_state = cmd, _IDLE_SENT
-                else:
-                    self._answer(cmd)
-            else:
-                return
+        while self._turn():
+            pass
+
+    def _turn(self) -> bool:
+        if self._closed:
+            return False
+        if self._greeting_due:
+            self._greeting_due = False
+            self.capabilities = self.mailbox.capabilities()
+            self.greeted.callback(self.capabilities)
+        elif self._drop_due is not None:
+            (bye,), self._drop_due = self._drop_due, None
+            if bye is not None:
+                self.bye_text = bye
+                if not self._logging_out and self.on_bye is not None:
+                    self.on_bye(bye)
+            if self.transport is not None:
+                self.transport.loseConnection()
+        elif self._current is None:
+            return False
+        elif self._current.answer is None:
+            return self._idle_turn(self._current)
+        else:
+            self._answer(self._current)
+        return True
+
+    def _send_next(self) -> None:
+        """Put the next command on the wire when none is outstanding."""
+        if self._current is not None or not self._waiting or self._closed:
+            return
+        cmd = self._current = self._waiting.pop(0)
+        self.commands.append(cmd.name)
+        if cmd.answer is None:
+            self._idle_state = _IDLE_SENT  # DONE, if requested, follows the "+"
 
     def _idle_turn(self, cmd: _Command) -> bool:
         """One server turn while IDLE is outstanding; ``False``: nothing to do."""
@@ -221,22 +236,27 @@ class FakeIMAPSession(Protocol):
                 cmd.on_exists(count)
             return True
         if self._idle_state == _DONE_SENT:
-            self._idle, self._idle_state = None, None
+            self._current, self._idle_state = None, None
+            self._send_next()
             cmd.defer.callback(None)
             return True
         return False
 
     def _answer(self, cmd: _Command) -> None:
-        self.commands.append(cmd.name)
         assert cmd.answer is not None
         try:
             result = cmd.answer()
         except IMAPError as error:
+            self._current = None
             self._drop(error)
             cmd.defer.errback(error)
             return
         if self._pending_exists is not None:
             self.last_exists, self._pending_exists = self._pending_exists, None
+        if self._closed:
+            return  # LOGOUT: connectionLost answered it
+        self._current = None
+        self._send_next()
         cmd.defer.callback(result)
 
     def _run(self, name: str, answer: Callable[[], Any]) -> defer.Deferred:
@@ -244,6 +264,7 @@ class FakeIMAPSession(Protocol):
             return defer.fail(ConnectionGone("connection is closed"))
         cmd = _Command(name, answer)
         self._waiting.append(cmd)
+        self._send_next()
         self._step()
         return cmd.defer
 
@@ -408,11 +429,12 @@ class FakeIMAPSession(Protocol):
         cmd.on_exists = on_exists
         self._done_requested = False
         self._waiting.append(cmd)
+        self._send_next()
         self._step()
         return cmd.defer
 
     def done(self) -> None:
-        idle = self._idle or next((c for c in self._waiting if c.answer is None), None)
+        idle = next((c for c in [self._current, *self._waiting] if c and c.answer is None), None)
         if idle is None or self._closed or self._done_requested:
             return
         self._done_requested = True

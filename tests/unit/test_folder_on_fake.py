@@ -78,7 +78,8 @@ class World:
     """A mailbox, a memory store holding the provider and its lease, and
     folder services connected to the mailbox through fake sessions."""
 
-    def __init__(self) -> None:
+    def __init__(self, at_once: bool = True) -> None:
+        self.at_once = at_once
         self.mailbox = FakeMailbox(accounts={USER: PASSWORD})
         self.reactor = MemoryReactorClock()
         self.store = MemoryStore(self.reactor)
@@ -109,7 +110,7 @@ class World:
             OWNER,
             OPTIONS,
             hooks=self.hooks,
-            protocol_factory=lambda: FakeIMAPSession(self.mailbox),
+            protocol_factory=lambda: FakeIMAPSession(self.mailbox, at_once=self.at_once),
             tls_factory=lambda host: None,
             rand=lambda: 0.5,
         )
@@ -144,15 +145,18 @@ class World:
 
 
 class FolderOnFakeTests(SynchronousTestCase):
-    def world(self) -> World:
-        world = World()
+    def world(self, at_once: bool = True) -> World:
+        world = World(at_once)
         self.addCleanup(self._stop, world)
         return world
 
     def _stop(self, world: World) -> None:
         for svc in self._services:
             if svc.running:
-                self.successResultOf(svc.stopService())
+                stopped = svc.stopService()
+                for session in world.sessions:
+                    session.flush()
+                self.successResultOf(stopped)
             self.assertEqual(svc.invalid_transitions, 0, [t.new for t in svc.history])
         self.assertEqual(world.reactor.getDelayedCalls(), [])
 
@@ -251,3 +255,38 @@ class FolderOnFakeTests(SynchronousTestCase):
         self.assertEqual(svc.state, S.IDLING)
         self.assertEqual(world.recorded_uids(), [1])
         self.assertEqual(svc.reconnects["bye"], 1)
+
+    # -- step by step: the server's turns wait for flush()/step() --------------------
+
+    def test_mail_announced_during_a_sync_is_synced_at_once(self) -> None:
+        world = self.world(at_once=False)
+        svc = self.folder(world)
+        session = world.start(svc)
+        session.flush()
+        self.assertEqual(svc.state, S.IDLING)
+        world.mailbox.append(mail(1))
+        while "UID FETCH" not in session.commands:
+            self.assertTrue(session.step())
+        self.assertEqual(svc.state, S.SYNCING)
+        # UID 2 arrives while UID 1 is being fetched: the server reports it
+        # with the next answer, and IDLE would not announce it again.
+        world.mailbox.append(mail(2))
+        session.flush()
+        self.assertEqual(world.recorded_uids(), [1, 2])
+        self.assertEqual(svc.state, S.IDLING)
+        self.assertEqual(session.commands.count("IDLE"), 2)
+        self.assertEqual(world.reactor.seconds(), 1.0)  # no timer had to fire
+
+    def test_stop_while_idling_ends_idle_and_logs_out(self) -> None:
+        world = self.world(at_once=False)
+        svc = self.folder(world)
+        session = world.start(svc)
+        session.flush()
+        self.assertEqual(svc.state, S.IDLING)
+        stopped = svc.stopService()
+        self.assertNoResult(stopped)
+        session.flush()
+        self.successResultOf(stopped)
+        self.assertEqual(session.commands[-2:], ["DONE", "LOGOUT"])
+        self.assertEqual(svc.state, S.STOPPED)
+        self.assertTrue(session.transport.closed)
