@@ -54,6 +54,22 @@ class RealSessionContractTests(SessionContractMixin, SynchronousTestCase):
         self.assertIn(b'0001 LOGIN "support@example.com" "pa\\"ss w\\\\rd"', self.server.received)
 
 
+    def test_fetches_only_peek(self) -> None:
+        # Nothing the client fetches may set \Seen on the server.
+        mailbox = self.mailbox()
+        mailbox.append(MULTIPART)
+        session = self.logged_in(mailbox)
+        self.result(session.fetch_meta([1]))
+        self.result(session.fetch_sections({1: [("1.1", None), ("1.2", 100)]}))
+        self.result(session.fetch_full([1]))
+        fetches = [line for line in self.server.received if b"UID FETCH" in line]
+        self.assertEqual(len(fetches), 3)
+        for line in fetches:
+            self.assertNotIn(b" BODY[", line)
+            self.assertNotIn(b"RFC822 ", line + b" ")
+            self.assertEqual(line.count(b"BODY.PEEK["), max(1, line.count(b"[")))
+
+
 class FakeSessionContractTests(SessionContractMixin, SynchronousTestCase):
     def open_session(self, mailbox: FakeMailbox, tls: bool = True) -> Any:
         return FakeIMAPSession(mailbox, tls=tls).connect()
