@@ -290,3 +290,138 @@ class IAdmin(Interface):
 
     def status():
         """This replica's providers and folders, redacted. :rtype: dict"""
+
+
+class IIMAPSession(Interface):
+    """One IMAP connection as the folder engine (:mod:`imapsvc.folder`)
+    drives it: greeting, TLS, login, LIST, EXAMINE, UID SEARCH, UID FETCH,
+    IDLE, LOGOUT. :class:`imapsvc.imap.protocol.FolderIMAPClient` is the real
+    one, :class:`imapsvc.testing.FakeIMAPSession` the in-memory one; both pass
+    ``tests/session_contract.py``.
+
+    Capability dicts have Twisted's shape: ``{b"IDLE": None, b"AUTH":
+    [b"PLAIN"]}``. Commands run one at a time in submission order. A command
+    the server refuses (NO/BAD) fails with an
+    :class:`imapsvc.imap.errors.IMAPError` subclass and ends the session:
+    every later command fails with
+    :class:`~imapsvc.imap.errors.ConnectionGone`. Errors never carry secrets.
+    """
+
+    greeted = Attribute(
+        "Deferred firing with the capability dict once the server greeted "
+        "(failing when it refused or went away first)"
+    )
+    capabilities = Attribute("the latest capability dict, or None before the greeting")
+    last_exists = Attribute(
+        "the last '* n EXISTS' count seen during any command (int), or None"
+    )
+    on_bye = Attribute(
+        "callable(text) or None: called once when the server says BYE outside LOGOUT"
+    )
+    transport = Attribute(
+        "the connection's transport: the engine closes the session with "
+        "its loseConnection()/abortConnection()"
+    )
+
+    def start_tls(context_factory):
+        """``STARTTLS`` and ``CAPABILITY`` over TLS.
+
+        :rtype: Deferred[dict]: the capabilities after the upgrade.
+        :raises TLSRequired: the server does not offer STARTTLS (nothing sent).
+        """
+
+    def authenticate_with(credentials, oauth_mechanism=None, host=None, port=None):
+        """Log in with :class:`imapsvc.model.Credentials` (LOGIN, or
+        AUTHENTICATE XOAUTH2/OAUTHBEARER for a token).
+
+        :param oauth_mechanism: ``auto``/``xoauth2``/``oauthbearer``: picks the
+            SASL mechanism for a token from the server's ``AUTH=``; ``None``
+            uses ``credentials.mechanism``.
+        :param host: the server's host and ``port`` (OAUTHBEARER's keys).
+        :rtype: Deferred[dict]: the capabilities after login.
+        :raises AuthenticationFailed: the server refused the credentials
+            (``.code`` is its response code, e.g. ``"AUTHENTICATIONFAILED"``).
+        :raises AuthenticationUnavailable: it answered without refusing them.
+        """
+
+    def list_folders():
+        """``LIST "" "*"``.
+
+        :rtype: Deferred[list[tuple[tuple[str, ...], Optional[str], str]]]:
+            ``(flags, delimiter, name)``, names as the server spells them.
+        """
+
+    def examine_folder(name):
+        """``EXAMINE name`` (read-only).
+
+        :rtype: Deferred[dict]: ``{"uidvalidity": int, "uidnext":
+            Optional[int], "exists": int, "read_only": bool}``.
+        :raises CommandFailed: no such folder.
+        """
+
+    def uid_search_from(first_uid):
+        """``UID SEARCH UID first:*``.
+
+        :rtype: Deferred[list[int]]: sorted UIDs ``>= first_uid``.
+        """
+
+    def fetch_meta(uids):
+        """Size, INTERNALDATE, BODYSTRUCTURE and header of each UID.
+
+        :rtype: Deferred[dict[int, dict]]: ``{uid: {"size": int,
+            "internaldate": Optional[str], "bodystructure": nested list of
+            str/None or None, "header": bytes}}``; UIDs gone from the folder
+            are absent.
+        :raises CommandFailed: the server answered NO/BAD.
+        """
+
+    def fetch_sections(requests):
+        """``BODY.PEEK[section]<0.N>`` per UID.
+
+        :param requests: ``{uid: [(section, length or None), ...]}``.
+        :rtype: Deferred[dict[int, dict[str, bytes]]]: exact bytes keyed by
+            the requested section (``length`` caps them).
+        """
+
+    def fetch_full(uids):
+        """``BODY.PEEK[]``.
+
+        :rtype: Deferred[dict[int, bytes]]: each message's exact bytes.
+        """
+
+    def idle(on_exists):
+        """``IDLE``: ``on_exists(n)`` for every ``* n EXISTS`` meanwhile.
+
+        :rtype: Deferred[None]: fires once the server ended IDLE (after
+            :meth:`done`).
+        """
+
+    def done():
+        """End IDLE: ``DONE`` once, also when called before the server
+        accepted IDLE. Returns nothing; a no-op outside IDLE."""
+
+    def logout():
+        """``LOGOUT``, then close. :rtype: Deferred[None]"""
+
+
+class IFolderHooks(Interface):
+    """What a folder (:class:`imapsvc.folder.FolderService`) reports to its
+    provider (:class:`imapsvc.supervisor.FolderHooks`). Every method is
+    called from the reactor and must not raise."""
+
+    def state_changed(state, reason="", error=None):
+        """The folder entered ``state`` (a name of :mod:`imapsvc.folder_state`)
+        because of ``reason``; ``error`` is its secret-free last error."""
+
+    def auth_failed(code, text=""):
+        """The server refused the login (``code`` like
+        ``"AUTHENTICATIONFAILED"``); the folder stopped reconnecting."""
+
+    def logged_in():
+        """A login succeeded."""
+
+    def synced():
+        """A sync pass completed."""
+
+    def lease_lost():
+        """A fenced write found the provider's lease gone; the folder stopped."""

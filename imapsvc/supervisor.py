@@ -23,7 +23,7 @@ from zope.interface import implementer
 from imapsvc.core.backoff import jitter_around
 from imapsvc.core.discovery import aggregate_status, plan_discovery
 from imapsvc.deferreds import fire_and_forget
-from imapsvc.interfaces import IAdmin
+from imapsvc.interfaces import IAdmin, IFolderHooks
 from imapsvc.logging import redact
 from imapsvc.model import FolderStatus, ProviderConfig
 
@@ -43,6 +43,7 @@ def jittered(seconds: float, pct: float, rng: random.Random) -> float:
     return jitter_around(seconds, pct, rng.random)
 
 
+@implementer(IFolderHooks)
 class FolderHooks:
     """What a folder reports to its provider. One instance per folder."""
 

@@ -31,6 +31,7 @@ from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail.imap4 import IMAP4Client
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism, is_refusal
 from imapsvc.core.folders import decode_mutf7, encode_mutf7
@@ -49,6 +50,7 @@ from imapsvc.imap.errors import (
     TLSRequired,
 )
 from imapsvc.imap.responses import ResponseParseError
+from imapsvc.interfaces import IIMAPSession
 
 log = Logger()
 
@@ -85,6 +87,7 @@ class _Command:
         self.received = 0
 
 
+@implementer(IIMAPSession)
 class FolderIMAPClient(IMAP4Client):
     """IMAP client for one folder connection.
 

@@ -1,0 +1,178 @@
+"""An IMAP server's state for the fakes: folders with a UIDVALIDITY,
+messages kept as exact bytes under their UID (flags never change: the service
+only ever peeks), and scripted failures (a refused login with a code, NO to a
+FETCH that names a UID, a dropped connection). Shared by every session
+connected to it: :class:`~imapsvc.testing.session.FakeIMAPSession` and the
+tests' scripted IMAP server (``tests/imap_server.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import attr
+
+from imapsvc.imap.responses import parse_capabilities
+from imapsvc.testing.mime import bodystructure_of, split_header
+
+Caps = dict[bytes, Optional[list[bytes]]]
+
+#: What the fake server offers unless told otherwise.
+DEFAULT_CAPABILITIES = (
+    "IMAP4rev1",
+    "IDLE",
+    "LITERAL+",
+    "SASL-IR",
+    "AUTH=PLAIN",
+    "AUTH=XOAUTH2",
+    "AUTH=OAUTHBEARER",
+)
+DEFAULT_INTERNALDATE = "10-Jan-2026 12:00:00 +0000"
+
+
+@attr.s(auto_attribs=True)
+class FakeMessage:
+    """One message: exact bytes, INTERNALDATE, and its BODYSTRUCTURE (text
+    tree; computed from the bytes unless given, e.g. a broken one)."""
+
+    raw: bytes
+    internaldate: str = DEFAULT_INTERNALDATE
+    bodystructure: Any = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.bodystructure is None:
+            self.bodystructure = bodystructure_of(self.raw)
+
+    @property
+    def header(self) -> bytes:
+        return split_header(self.raw)[0]
+
+
+@attr.s(auto_attribs=True)
+class FakeFolder:
+    name: str
+    uidvalidity: int
+    delimiter: Optional[str] = "/"
+    flags: tuple[str, ...] = ("\\HasNoChildren",)
+    messages: dict[int, FakeMessage] = attr.Factory(dict)
+    uidnext: int = 1
+
+
+class FakeMailbox:
+    """An IMAP server's state, shared by every session connected to it.
+
+    :param accounts: ``{username: secret}`` (password or bearer token);
+        ``None`` accepts any login.
+    :ivar logins: ``(mechanism, username, host, port)`` of every login
+        attempt (no secrets).
+    """
+
+    def __init__(
+        self,
+        capabilities: Iterable[str] = DEFAULT_CAPABILITIES,
+        accounts: Optional[dict[str, str]] = None,
+        folders: Iterable[str] = ("INBOX",),
+        uidvalidity: int = 1700000000,
+    ) -> None:
+        self.capability_words = list(capabilities)
+        self.accounts = accounts
+        self.folders: dict[str, FakeFolder] = {}
+        self._next_validity = uidvalidity
+        for name in folders:
+            self.add_folder(name)
+        self.logins: list[tuple[str, str, Optional[str], Optional[int]]] = []
+        self._auth_refusals: list[tuple[Optional[str], str]] = []
+        self.auth_refusal: Optional[tuple[Optional[str], str]] = None
+        self._fetch_failures: dict[tuple[str, int], tuple[Optional[str], str]] = {}
+        #: ``(kind, folder, uid)`` of every message part a fake session
+        #: handed out: kind ``meta``, ``sections`` or ``full``.
+        self.fetched: list[tuple[str, str, int]] = []
+        #: Live sessions (fake or scripted-server side): told about new mail
+        #: with ``exists_changed(folder, count)`` and ``server_drop()``.
+        self.sessions: list[Any] = []
+
+    # -- content
+
+    def capabilities(self) -> Caps:
+        return parse_capabilities(self.capability_words)
+
+    def add_folder(
+        self, name: str, uidvalidity: Optional[int] = None, delimiter: Optional[str] = "/"
+    ) -> FakeFolder:
+        if uidvalidity is None:
+            uidvalidity = self._next_validity
+            self._next_validity += 1
+        folder = FakeFolder(name, uidvalidity, delimiter)
+        self.folders[name] = folder
+        return folder
+
+    def append(
+        self,
+        raw: bytes,
+        folder: str = "INBOX",
+        internaldate: str = DEFAULT_INTERNALDATE,
+        bodystructure: Any = None,
+    ) -> int:
+        """Deliver a message; sessions that selected ``folder`` hear
+        ``* n EXISTS`` (at once while idling, else with their next command).
+        :return: its UID."""
+        box = self.folders[folder]
+        uid = box.uidnext
+        box.uidnext += 1
+        box.messages[uid] = FakeMessage(raw, internaldate, bodystructure)
+        for session in list(self.sessions):
+            session.exists_changed(folder, len(box.messages))
+        return uid
+
+    def recreate(self, folder: str = "INBOX") -> FakeFolder:
+        """The folder deleted and created again: a new UIDVALIDITY, UIDs from 1."""
+        old = self.folders[folder]
+        return self.add_folder(folder, delimiter=old.delimiter)
+
+    def uids(self, folder: str = "INBOX") -> list[int]:
+        return sorted(self.folders[folder].messages)
+
+    # -- scripted failures
+
+    def refuse_logins(
+        self, code: Optional[str] = "AUTHENTICATIONFAILED", text: str = "Authentication failed.",
+        times: Optional[int] = 1,
+    ) -> None:
+        """Refuse the next ``times`` logins (``None``: every login) with
+        ``NO [code] text``."""
+        if times is None:
+            self.auth_refusal = (code, text)
+        else:
+            self._auth_refusals += [(code, text)] * times
+
+    def auth_answer(self, username: str, secret: str) -> Optional[tuple[Optional[str], str]]:
+        """``None`` to accept a login, else the ``(code, text)`` of its NO."""
+        if self._auth_refusals:
+            return self._auth_refusals.pop(0)
+        if self.auth_refusal is not None:
+            return self.auth_refusal
+        if self.accounts is not None and self.accounts.get(username) != secret:
+            return ("AUTHENTICATIONFAILED", "Authentication failed.")
+        return None
+
+    def fail_fetch(
+        self, uid: int, code: Optional[str] = "SERVERBUG", text: str = "Internal error",
+        folder: str = "INBOX",
+    ) -> None:
+        """Answer ``NO [code] text`` to every UID FETCH naming ``uid``."""
+        self._fetch_failures[(folder, uid)] = (code, text)
+
+    def fetch_failure(
+        self, folder: str, uids: Iterable[int]
+    ) -> Optional[tuple[Optional[str], str]]:
+        for uid in uids:
+            failure = self._fetch_failures.get((folder, int(uid)))
+            if failure is not None:
+                return failure
+        return None
+
+    def drop_connections(self, bye: Optional[str] = None) -> None:
+        """The server closes every connection, saying ``* BYE bye`` first
+        when given."""
+        for session in list(self.sessions):
+            session.server_drop(bye)

@@ -1,0 +1,458 @@
+"""The fake IMAP session: an :class:`~imapsvc.interfaces.IIMAPSession` over a
+:class:`~imapsvc.testing.mailbox.FakeMailbox`, with results shaped exactly like
+:class:`~imapsvc.imap.protocol.FolderIMAPClient`'s (``tests/session_contract.py``
+checks both).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism, is_refusal
+from imapsvc.imap.errors import (
+    AuthenticationFailed,
+    AuthenticationUnavailable,
+    CleartextRefused,
+    CommandFailed,
+    ConnectionGone,
+    IMAPError,
+    MechanismUnsupported,
+    TLSRequired,
+)
+from imapsvc.interfaces import IIMAPSession
+from imapsvc.testing.mailbox import Caps, FakeFolder, FakeMailbox, FakeMessage
+from imapsvc.testing.mime import section_bytes
+
+# IDLE as seen on the wire: sent, "+" received (idling), DONE sent.
+_IDLE_SENT, _IDLING, _DONE_SENT = "sent", "idling", "done sent"
+
+
+class FakeSessionTransport(StringTransport):
+    """A transport whose close reaches the protocol at once (and then
+    ``on_lost(reason)``, e.g. a factory's ``clientConnectionLost``)."""
+
+    def __init__(self, on_lost: Optional[Callable[[Failure], Any]] = None) -> None:
+        super().__init__()
+        self.protocol: Any = None
+        self.on_lost = on_lost
+        self.closed = False
+
+    def loseConnection(self) -> None:  # noqa: N802 - Twisted's name
+        if self.closed:
+            return
+        self.closed = True
+        self.disconnecting = True
+        reason = Failure(ConnectionDone("Connection done"))
+        if self.protocol is not None:
+            self.protocol.connectionLost(reason)
+        if self.on_lost is not None:
+            self.on_lost(reason)
+
+    abortConnection = loseConnection  # noqa: N815
+
+
+class _Command:
+    def __init__(self, name: str, answer: Optional[Callable[[], Any]]) -> None:
+        self.name = name
+        self.answer = answer  # None: IDLE
+        self.defer: defer.Deferred = defer.Deferred()
+        self.on_exists: Optional[Callable[[int], Any]] = None
+
+
+@implementer(IIMAPSession)
+class FakeIMAPSession(Protocol):
+    """An :class:`~imapsvc.interfaces.IIMAPSession` over a :class:`FakeMailbox`.
+
+    Commands run one at a time in submission order; one sent while IDLE is
+    outstanding waits for its end, as on the wire. By default the server
+    answers at once (a command's Deferred has fired when the call returns).
+    With ``at_once=False`` every server turn (greeting, answers, IDLE's
+    ``+``, EXISTS, a drop) waits for :meth:`flush`, like bytes waiting to be
+    pumped: that lets a test act between a command and its answer.
+
+    Connect it with ``makeConnection(transport)``, or :meth:`connect` (a
+    :class:`FakeSessionTransport`); the greeting fires :attr:`greeted`. The
+    connection counts as TLS unless ``tls=False``.
+
+    :ivar commands: the commands sent, in order (``"LOGIN"``, ``"EXAMINE"``,
+        ``"UID FETCH"``, ``"IDLE"``, ``"DONE"``, ...).
+    """
+
+    def __init__(self, mailbox: FakeMailbox, tls: bool = True, at_once: bool = True) -> None:
+        self.mailbox = mailbox
+        self.tls = tls
+        self.at_once = at_once
+        self.greeted: defer.Deferred = defer.Deferred()
+        self.capabilities: Optional[Caps] = None
+        self.last_exists: Optional[int] = None
+        self.on_bye: Optional[Callable[[str], Any]] = None
+        self.bye_text: Optional[str] = None
+        self.idling = False
+        self.auth_mechanism: Optional[str] = None
+        self.commands: list[str] = []
+        self.selected: Optional[str] = None
+        self._closed = False
+        self._logging_out = False
+        self._greeting_due = False
+        self._drop_due: Optional[tuple[Optional[str]]] = None
+        self._pending_exists: Optional[int] = None
+        #: The command sent and not yet answered (IDLE until DONE's answer).
+        self._current: Optional[_Command] = None
+        self._waiting: list[_Command] = []
+        self._idle_state: Optional[str] = None
+        self._done_requested = False
+
+    def connect(self, on_lost: Optional[Callable[[Failure], Any]] = None) -> FakeIMAPSession:
+        self.makeConnection(FakeSessionTransport(on_lost))
+        return self
+
+    # -- connection -------------------------------------------------------------
+
+    def connectionMade(self) -> None:  # noqa: N802
+        if isinstance(self.transport, FakeSessionTransport):
+            self.transport.protocol = self
+        self.mailbox.sessions.append(self)
+        self._greeting_due = True
+        self._step()
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        if self in self.mailbox.sessions:
+            self.mailbox.sessions.remove(self)
+        was_closed, self._closed = self._closed, True
+        self.idling = False
+        if reason is None:
+            reason = Failure(ConnectionGone("connection lost"))
+        pending = self._take_pending()
+        if not was_closed:
+            for cmd in pending:
+                if cmd.name == "LOGOUT":
+                    cmd.defer.callback(None)  # the server closing is LOGOUT's answer
+                else:
+                    cmd.defer.errback(reason)
+        if not self.greeted.called:
+            self.greeted.errback(reason)
+
+    def _take_pending(self) -> list[_Command]:
+        pending = ([self._current] if self._current is not None else []) + self._waiting
+        self._current, self._idle_state, self._waiting = None, None, []
+        return pending
+
+    def _drop(self, error: Exception) -> None:
+        """As the real client: fail what is outstanding, close."""
+        if self._closed:
+            return
+        self._closed = True
+        self.idling = False
+        for cmd in self._take_pending():
+            cmd.defer.errback(Failure(ConnectionGone(f"connection dropped: {error}")))
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # -- what the mailbox tells its sessions ----------------------------------------
+
+    def server_drop(self, bye: Optional[str] = None) -> None:
+        """The server closes the connection (after ``* BYE bye``)."""
+        if not self._closed:
+            self._drop_due = (bye,)
+            self._step()
+
+    def exists_changed(self, folder: str, count: int) -> None:
+        if self._closed or folder != self.selected:
+            return
+        # Sent while idling, else with the next command's answer.
+        self._pending_exists = count
+        self._step()
+
+    # -- the server's turns -------------------------------------------------------
+
+    def flush(self) -> None:
+        """Let the server take every turn it can (``at_once=False``)."""
+        self._advance()
+
+    def _step(self) -> None:
+        if self.at_once:
+            self._advance()
+
+    def step(self) -> bool:
+        """Let the server take one turn (``at_once=False``); ``False`` when
+        it had nothing to do."""
+        return self._turn()
+
+    def _advance(self) -> None:
+        while self._turn():
+            pass
+
+    def _turn(self) -> bool:
+        if self._closed:
+            return False
+        if self._greeting_due:
+            self._greeting_due = False
+            self.capabilities = self.mailbox.capabilities()
+            self.greeted.callback(self.capabilities)
+        elif self._drop_due is not None:
+            (bye,), self._drop_due = self._drop_due, None
+            if bye is not None:
+                self.bye_text = bye
+                if not self._logging_out and self.on_bye is not None:
+                    self.on_bye(bye)
+            if self.transport is not None:
+                self.transport.loseConnection()
+        elif self._current is None:
+            return False
+        elif self._current.answer is None:
+            return self._idle_turn(self._current)
+        else:
+            self._answer(self._current)
+        return True
+
+    def _send_next(self) -> None:
+        """Put the next command on the wire when none is outstanding."""
+        if self._current is not None or not self._waiting or self._closed:
+            return
+        cmd = self._current = self._waiting.pop(0)
+        self.commands.append(cmd.name)
+        if cmd.answer is None:
+            self._idle_state = _IDLE_SENT  # DONE, if requested, follows the "+"
+
+    def _idle_turn(self, cmd: _Command) -> bool:
+        """One server turn while IDLE is outstanding; ``False``: nothing to do."""
+        if self._idle_state == _IDLE_SENT:
+            self._idle_state = _IDLING  # the server's "+"
+            self.idling = True
+            if self._done_requested:
+                self._send_done()
+            return True
+        if self._idle_state == _IDLING and self._pending_exists is not None:
+            count, self._pending_exists = self._pending_exists, None
+            self.last_exists = count
+            if cmd.on_exists is not None:
+                cmd.on_exists(count)
+            return True
+        if self._idle_state == _DONE_SENT:
+            self._current, self._idle_state = None, None
+            self._send_next()
+            cmd.defer.callback(None)
+            return True
+        return False
+
+    def _answer(self, cmd: _Command) -> None:
+        assert cmd.answer is not None
+        try:
+            result = cmd.answer()
+        except IMAPError as error:
+            self._current = None
+            self._drop(error)
+            cmd.defer.errback(error)
+            return
+        if self._pending_exists is not None:
+            self.last_exists, self._pending_exists = self._pending_exists, None
+        if self._closed:
+            return  # LOGOUT: connectionLost answered it
+        self._current = None
+        self._send_next()
+        cmd.defer.callback(result)
+
+    def _run(self, name: str, answer: Callable[[], Any]) -> defer.Deferred:
+        if self._closed:
+            return defer.fail(ConnectionGone("connection is closed"))
+        cmd = _Command(name, answer)
+        self._waiting.append(cmd)
+        self._send_next()
+        self._step()
+        return cmd.defer
+
+    def _folder(self) -> FakeFolder:
+        if self.selected is None or self.selected not in self.mailbox.folders:
+            raise CommandFailed(None, "UID FETCH BAD: No mailbox selected")
+        return self.mailbox.folders[self.selected]
+
+    # -- IIMAPSession -------------------------------------------------------------
+
+    def start_tls(self, context_factory: Any) -> defer.Deferred:
+        if self.tls:
+            return defer.fail(IMAPError("the connection already uses TLS"))
+        caps = self.capabilities or {}
+        if b"STARTTLS" not in caps:
+            error = TLSRequired("server does not offer STARTTLS")
+            self._drop(error)
+            return defer.fail(error)
+
+        def upgrade() -> Caps:
+            self.tls = True
+            self.capabilities = self.mailbox.capabilities()
+            return self.capabilities
+
+        return self._run("STARTTLS", upgrade)
+
+    def authenticate_with(
+        self,
+        credentials: Any,
+        oauth_mechanism: Optional[str] = None,
+        host: Optional[str] = None,
+        port: Optional[int] = None,
+    ) -> defer.Deferred:
+        mechanism = credentials.mechanism.lower()
+        offered = [m.decode("ascii") for m in (self.capabilities or {}).get(b"AUTH") or []]
+        if mechanism in OAUTH_MECHANISMS and oauth_mechanism is not None:
+            mechanism = choose_oauth_mechanism(oauth_mechanism, offered)
+        if not self.tls:
+            return defer.fail(
+                CleartextRefused(f"refusing {mechanism} login over a connection without TLS")
+            )
+        if mechanism in OAUTH_MECHANISMS:
+            if mechanism.upper() not in offered:
+                return defer.fail(
+                    MechanismUnsupported(f"server does not offer AUTH={mechanism.upper()}")
+                )
+            name = "AUTHENTICATE"
+        elif mechanism == "password":
+            name = "LOGIN"
+        else:
+            return defer.fail(ValueError(f"unknown login mechanism {mechanism!r}"))
+        self.auth_mechanism = mechanism
+
+        def login() -> Caps:
+            self.mailbox.logins.append((mechanism, credentials.username, host, port))
+            refusal = self.mailbox.auth_answer(credentials.username, credentials.secret)
+            if refusal is not None:
+                code, text = refusal
+                if is_refusal("NO", code):
+                    raise AuthenticationFailed(code, text)
+                raise AuthenticationUnavailable(code, text, "NO")
+            self.capabilities = self.mailbox.capabilities()
+            return self.capabilities
+
+        return self._run(name, login)
+
+    def list_folders(self) -> defer.Deferred:
+        return self._run(
+            "LIST",
+            lambda: [
+                (tuple(f.flags), f.delimiter, f.name) for f in self.mailbox.folders.values()
+            ],
+        )
+
+    def examine_folder(self, name: str) -> defer.Deferred:
+        def examine() -> dict:
+            folder = self.mailbox.folders.get(name)
+            if folder is None:
+                self.selected = None
+                raise CommandFailed("NONEXISTENT", f"EXAMINE NO: Mailbox doesn't exist: {name}")
+            self.selected = name
+            self._pending_exists = None
+            self.last_exists = len(folder.messages)
+            return {
+                "uidvalidity": folder.uidvalidity,
+                "uidnext": folder.uidnext,
+                "exists": len(folder.messages),
+                "read_only": True,
+            }
+
+        return self._run("EXAMINE", examine)
+
+    def uid_search_from(self, first_uid: int) -> defer.Deferred:
+        first = max(1, int(first_uid))
+        return self._run(
+            "UID SEARCH", lambda: sorted(u for u in self._folder().messages if u >= first)
+        )
+
+    def _fetch(
+        self, kind: str, uids: Iterable[int], shape: Callable[[int, FakeMessage], Any]
+    ) -> dict:
+        folder = self._folder()
+        wanted = [int(u) for u in uids]
+        failure = self.mailbox.fetch_failure(folder.name, wanted)
+        if failure is not None:
+            code, text = failure
+            raise CommandFailed(code, f"UID FETCH NO: {text}")
+        out = {u: shape(u, folder.messages[u]) for u in wanted if u in folder.messages}
+        self.mailbox.fetched += [(kind, folder.name, u) for u in out]
+        return out
+
+    def fetch_meta(self, uids: Iterable[int]) -> defer.Deferred:
+        def meta(uid: int, m: FakeMessage) -> dict:
+            return {
+                "size": len(m.raw),
+                "internaldate": m.internaldate,
+                "bodystructure": m.bodystructure,
+                "header": m.header,
+            }
+
+        uids = list(uids)
+        return self._run("UID FETCH", lambda: self._fetch("meta", uids, meta))
+
+    def fetch_sections(self, requests: dict) -> defer.Deferred:
+        # Grouped as the real client does: one command per set of sections.
+        groups: dict[tuple, list[int]] = {}
+        for uid, wanted in requests.items():
+            key = tuple((str(section), length) for section, length in wanted)
+            if key:
+                groups.setdefault(key, []).append(int(uid))
+        results: dict[int, dict[str, bytes]] = {}
+
+        def group(key: tuple, uids: list[int]) -> None:
+            def pick(uid: int, m: FakeMessage) -> dict:
+                got = {}
+                for section, length in key:
+                    data = section_bytes(m.raw, section)
+                    if data is not None:
+                        got[section] = data if length is None else data[: int(length)]
+                return got
+
+            for uid, got in self._fetch("sections", uids, pick).items():
+                results.setdefault(uid, {}).update(got)
+
+        def next_group(_ignored: Any, key: tuple, uids: list[int]) -> defer.Deferred:
+            return self._run("UID FETCH", lambda: group(key, uids))
+
+        d: defer.Deferred = defer.succeed(None)
+        for key, uids in groups.items():
+            d.addCallback(next_group, key, uids)
+        d.addCallback(lambda _: results)
+        return d
+
+    def fetch_full(self, uids: Iterable[int]) -> defer.Deferred:
+        uids = list(uids)
+        return self._run("UID FETCH", lambda: self._fetch("full", uids, lambda _u, m: m.raw))
+
+    def idle(self, on_exists: Callable[[int], Any]) -> defer.Deferred:
+        if self._closed:
+            return defer.fail(ConnectionGone("connection is closed"))
+        cmd = _Command("IDLE", None)
+        cmd.on_exists = on_exists
+        self._done_requested = False
+        self._waiting.append(cmd)
+        self._send_next()
+        self._step()
+        return cmd.defer
+
+    def done(self) -> None:
+        idle = next((c for c in [self._current, *self._waiting] if c and c.answer is None), None)
+        if idle is None or self._closed or self._done_requested:
+            return
+        self._done_requested = True
+        if self._idle_state == _IDLING:
+            self._send_done()
+            self._step()
+        # Else DONE goes out right after the server's "+".
+
+    def _send_done(self) -> None:
+        self._idle_state = _DONE_SENT
+        self.idling = False
+        self.commands.append("DONE")
+
+    def logout(self) -> defer.Deferred:
+        def bye() -> None:
+            self._logging_out = True
+            if self.transport is not None:
+                self.transport.loseConnection()
+
+        self._logging_out = True
+        return self._run("LOGOUT", bye)

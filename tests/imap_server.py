@@ -1,0 +1,306 @@
+"""A small, well-behaved IMAP server over a :class:`imapsvc.testing.FakeMailbox`,
+speaking real IMAP bytes: LOGIN, AUTHENTICATE (XOAUTH2/OAUTHBEARER, with or
+without SASL-IR), CAPABILITY, NOOP, LIST, EXAMINE, UID SEARCH, UID FETCH
+(literals for header, sections and whole messages), IDLE/DONE, LOGOUT;
+literals in commands, synchronising or LITERAL+. It honours the mailbox's
+scripted failures the way a real server shows them (``NO [code]`` to a login
+or a FETCH, a dropped connection), so the real client can be checked
+against the fake session (``tests/session_contract.py``).
+
+Run it in memory with ``twisted.test.iosim`` (no sockets).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any, Optional
+
+from twisted.protocols.basic import LineReceiver
+
+from imapsvc.imap import responses
+from imapsvc.testing import FakeFolder, FakeMailbox, section_bytes
+
+_LITERAL = re.compile(rb"\{(\d+)(\+?)\}$")
+_SECTION = re.compile(r"BODY(?:\.PEEK)?\[([^\]]*)\](?:<(\d+)\.(\d+)>)?", re.I)
+
+
+def _quote(text: str) -> bytes:
+    data = text.encode("utf-8")
+    if any(b > 126 or b < 32 for b in data):
+        return b"{%d}\r\n" % len(data) + data
+    return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def render(tree: Any) -> bytes:
+    """A text tree (lists, ``str``, ``None``) as IMAP bytes: digit strings
+    as numbers, other strings quoted (or a literal), ``None`` as NIL."""
+    if tree is None:
+        return b"NIL"
+    if isinstance(tree, list):
+        return b"(" + b" ".join(render(item) for item in tree) + b")"
+    text = str(tree)
+    if text.isdigit():
+        return text.encode("ascii")
+    return _quote(text)
+
+
+def _literal(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + data
+
+
+class ScriptedIMAPServer(LineReceiver):
+    """One server-side session over ``mailbox``."""
+
+    delimiter = b"\r\n"
+    MAX_LENGTH = 1 << 20
+
+    def __init__(self, mailbox: FakeMailbox) -> None:
+        self.mailbox = mailbox
+        self.selected: Optional[str] = None
+        self.received: list[bytes] = []
+        self._texts: list[bytes] = []
+        self._literals: list[bytes] = []
+        self._literal_left = 0
+        self._chunks: list[bytes] = []
+        self._idling: Optional[bytes] = None
+        self._authenticating: Optional[tuple[bytes, str]] = None
+        self._pending_exists: Optional[int] = None
+
+    # -- connection
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.mailbox.sessions.append(self)
+        self._send(b"* OK [CAPABILITY " + self._caps() + b"] scripted server ready")
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        if self in self.mailbox.sessions:
+            self.mailbox.sessions.remove(self)
+
+    def server_drop(self, bye: Optional[str] = None) -> None:
+        if bye is not None:
+            self._send(b"* BYE " + bye.encode("utf-8"))
+        self.transport.loseConnection()
+
+    def exists_changed(self, folder: str, count: int) -> None:
+        if folder != self.selected:
+            return
+        if self._idling is not None:
+            self._send(b"* %d EXISTS" % count)
+        else:
+            self._pending_exists = count
+
+    def _caps(self) -> bytes:
+        return " ".join(self.mailbox.capability_words).encode("ascii")
+
+    def _send(self, line: bytes) -> None:
+        self.transport.write(line + b"\r\n")
+
+    def _tagged(self, tag: bytes, line: bytes) -> None:
+        if self._pending_exists is not None:
+            self._send(b"* %d EXISTS" % self._pending_exists)
+            self._pending_exists = None
+        self._send(tag + b" " + line)
+
+    # -- reading commands (with literals)
+
+    def lineReceived(self, line: bytes) -> None:  # noqa: N802
+        self.received.append(line)
+        if self._authenticating is not None:
+            tag, mechanism = self._authenticating
+            self._authenticating = None
+            self._finish_sasl(tag, mechanism, line)
+            return
+        if self._idling is not None:
+            if line.strip().upper() == b"DONE":
+                tag, self._idling = self._idling, None
+                self._tagged(tag, b"OK Idle completed.")
+            return
+        self._texts.append(line)
+        match = _LITERAL.search(line)
+        if match is not None:
+            self._literal_left = int(match.group(1))
+            self._chunks = []
+            if not match.group(2):
+                self._send(b"+ OK")
+            self.setRawMode()
+            return
+        texts, literals = self._texts, self._literals
+        self._texts, self._literals = [], []
+        self._command(texts, literals)
+
+    def rawDataReceived(self, data: bytes) -> None:  # noqa: N802
+        take, rest = data[: self._literal_left], data[self._literal_left :]
+        self._chunks.append(take)
+        self._literal_left -= len(take)
+        if self._literal_left == 0:
+            self._literals.append(b"".join(self._chunks))
+            self.received.append(self._literals[-1])
+            self.setLineMode(rest)
+
+    def _command(self, texts: list[bytes], literals: list[bytes]) -> None:
+        tokens = responses.tokenize(texts, literals)
+        if len(tokens) < 2:
+            self._send(b"* BAD Error in IMAP command")
+            return
+        tag = responses.as_bytes(tokens[0])
+        name = responses.as_bytes(tokens[1]).upper()
+        args = tokens[2:]
+        if name == b"UID" and args:
+            name = b"UID_" + responses.as_bytes(args[0]).upper()
+            args = args[1:]
+        handler = getattr(self, "do_" + name.decode("ascii", "replace"), None)
+        if handler is None:
+            self._tagged(tag, b"BAD Unknown command")
+            return
+        handler(tag, args)
+
+    # -- commands
+
+    def do_CAPABILITY(self, tag: bytes, args: list) -> None:  # noqa: N802
+        self._send(b"* CAPABILITY " + self._caps())
+        self._tagged(tag, b"OK Capability completed.")
+
+    def do_NOOP(self, tag: bytes, args: list) -> None:  # noqa: N802
+        self._tagged(tag, b"OK NOOP completed.")
+
+    def do_LOGOUT(self, tag: bytes, args: list) -> None:  # noqa: N802
+        self._send(b"* BYE Logging out")
+        self._tagged(tag, b"OK Logout completed.")
+        self.transport.loseConnection()
+
+    def _login_answer(self, tag: bytes, mechanism: str, username: str, secret: str) -> None:
+        self.mailbox.logins.append((mechanism, username, None, None))
+        refusal = self.mailbox.auth_answer(username, secret)
+        if refusal is None:
+            self._tagged(tag, b"OK [CAPABILITY " + self._caps() + b"] Logged in")
+            return
+        code, text = refusal
+        bracket = b"[" + code.encode("ascii") + b"] " if code else b""
+        self._tagged(tag, b"NO " + bracket + text.encode("utf-8"))
+
+    def do_LOGIN(self, tag: bytes, args: list) -> None:  # noqa: N802
+        if len(args) != 2:
+            self._tagged(tag, b"BAD LOGIN needs two arguments")
+            return
+        user, secret = (responses.as_bytes(a).decode("utf-8") for a in args)
+        self._login_answer(tag, "password", user, secret)
+
+    def do_AUTHENTICATE(self, tag: bytes, args: list) -> None:  # noqa: N802
+        mechanism = responses.as_bytes(args[0]).decode("ascii").lower() if args else ""
+        if mechanism not in ("xoauth2", "oauthbearer"):
+            self._tagged(tag, b"NO Unsupported authentication mechanism")
+            return
+        if len(args) > 1:
+            self._finish_sasl(tag, mechanism, responses.as_bytes(args[1]))
+        else:
+            self._authenticating = (tag, mechanism)
+            self._send(b"+ ")
+
+    def _finish_sasl(self, tag: bytes, mechanism: str, initial: bytes) -> None:
+        try:
+            message = base64.b64decode(initial, validate=True).decode("utf-8")
+        except ValueError:
+            self._tagged(tag, b"BAD Invalid base64 data")
+            return
+        user = secret = ""
+        for field in message.split("\x01"):
+            for prefix in ("user=", "n,a="):
+                if field.startswith(prefix):
+                    user = field[len(prefix) :].rstrip(",")
+            if field.startswith("auth=Bearer "):
+                secret = field[len("auth=Bearer ") :]
+        self._login_answer(tag, mechanism, user, secret)
+
+    def do_LIST(self, tag: bytes, args: list) -> None:  # noqa: N802
+        for folder in self.mailbox.folders.values():
+            flags = " ".join(folder.flags).encode("ascii")
+            delimiter = b"NIL" if folder.delimiter is None else _quote(folder.delimiter)
+            self._send(b"* LIST (" + flags + b") " + delimiter + b" " + _quote(folder.name))
+        self._tagged(tag, b"OK List completed.")
+
+    def do_EXAMINE(self, tag: bytes, args: list) -> None:  # noqa: N802
+        name = responses.as_bytes(args[0]).decode("utf-8") if args else ""
+        folder = self.mailbox.folders.get(name)
+        if folder is None:
+            self.selected = None
+            self._tagged(tag, b"NO [NONEXISTENT] Mailbox doesn't exist: " + name.encode())
+            return
+        self.selected = name
+        self._pending_exists = None
+        self._send(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)")
+        self._send(b"* %d EXISTS" % len(folder.messages))
+        self._send(b"* 0 RECENT")
+        self._send(b"* OK [UIDVALIDITY %d] UIDs valid" % folder.uidvalidity)
+        self._send(b"* OK [UIDNEXT %d] Predicted next UID" % folder.uidnext)
+        self._tagged(tag, b"OK [READ-ONLY] Examine completed.")
+
+    def _folder(self) -> Optional[FakeFolder]:
+        return self.mailbox.folders.get(self.selected) if self.selected else None
+
+    def _uid_set(self, text: str, folder: FakeFolder) -> list[int]:
+        highest = max(folder.messages, default=0)
+        out: list[int] = []
+        for part in text.split(","):
+            lo, _, hi = part.partition(":")
+            first = highest if lo == "*" else int(lo)
+            last = first if not hi else (highest if hi == "*" else int(hi))
+            first, last = min(first, last), max(first, last)
+            out += [u for u in sorted(folder.messages) if first <= u <= last]
+        return sorted(set(out))
+
+    def do_UID_SEARCH(self, tag: bytes, args: list) -> None:  # noqa: N802
+        folder = self._folder()
+        if folder is None:
+            self._tagged(tag, b"BAD No mailbox selected")
+            return
+        words = [responses.as_bytes(a).decode("ascii") for a in args if not isinstance(a, list)]
+        uids = self._uid_set(words[1], folder) if words[:1] == ["UID"] else sorted(folder.messages)
+        self._send(b"* SEARCH" + b"".join(b" %d" % u for u in uids))
+        self._tagged(tag, b"OK Search completed.")
+
+    def do_UID_FETCH(self, tag: bytes, args: list) -> None:  # noqa: N802
+        folder = self._folder()
+        if folder is None or len(args) < 2:
+            self._tagged(tag, b"BAD No mailbox selected")
+            return
+        uids = self._uid_set(responses.as_bytes(args[0]).decode("ascii"), folder)
+        failure = self.mailbox.fetch_failure(folder.name, uids)
+        if failure is not None:
+            code, text = failure
+            bracket = b"[" + code.encode("ascii") + b"] " if code else b""
+            self._tagged(tag, b"NO " + bracket + text.encode("utf-8"))
+            return
+        # The item list, as the client wrote it (its last line(s)).
+        items = b" ".join(line for line in self.received[-1:]).decode("latin-1").upper()
+        order = sorted(folder.messages)
+        for uid in uids:
+            message = folder.messages[uid]
+            out = [b"UID %d" % uid]
+            if "RFC822.SIZE" in items:
+                out.append(b"RFC822.SIZE %d" % len(message.raw))
+            if "INTERNALDATE" in items:
+                out.append(b'INTERNALDATE "' + message.internaldate.encode("ascii") + b'"')
+            if "BODYSTRUCTURE" in items:
+                out.append(b"BODYSTRUCTURE " + render(message.bodystructure))
+            for match in _SECTION.finditer(items):
+                section, origin, length = match.group(1), match.group(2), match.group(3)
+                data = section_bytes(message.raw, section)
+                if data is None:
+                    data = b""
+                key = b"BODY[" + section.encode("ascii") + b"]"
+                if length is not None:
+                    start = int(origin)
+                    data = data[start : start + int(length)]
+                    key += b"<%d>" % start
+                out.append(key + b" " + _literal(data))
+            self._send(b"* %d FETCH (" % (order.index(uid) + 1) + b" ".join(out) + b")")
+        self._tagged(tag, b"OK Fetch completed.")
+
+    def do_IDLE(self, tag: bytes, args: list) -> None:  # noqa: N802
+        self._idling = tag
+        self._send(b"+ idling")
+        if self._pending_exists is not None:
+            self._send(b"* %d EXISTS" % self._pending_exists)
+            self._pending_exists = None
+

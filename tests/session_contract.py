@@ -1,0 +1,411 @@
+"""The :class:`~imapsvc.interfaces.IIMAPSession` contract, run against the real
+:class:`~imapsvc.imap.protocol.FolderIMAPClient` (over real IMAP bytes to
+:class:`tests.imap_server.ScriptedIMAPServer`, in memory) and against
+:class:`imapsvc.testing.FakeIMAPSession`: the same assertions, so a folder
+test that passes on the fake says something about the real client.
+
+A test case mixes in :class:`SessionContractMixin` and implements
+:meth:`~SessionContractMixin.open_session` (a connected session over the
+given mailbox) and :meth:`~SessionContractMixin.settle` (let bytes flow).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.error import ConnectionDone
+from zope.interface.verify import verifyObject
+
+from imapsvc.core.bodystructure import parse_bodystructure
+from imapsvc.imap.errors import (
+    AuthenticationFailed,
+    AuthenticationUnavailable,
+    CleartextRefused,
+    CommandFailed,
+    ConnectionGone,
+    MechanismUnsupported,
+    TLSRequired,
+)
+from imapsvc.interfaces import IIMAPSession
+from imapsvc.model import Credentials
+from imapsvc.testing import FakeMailbox, bodystructure_of, split_header
+
+USER, PASSWORD, TOKEN = "support@example.com", 'pa"ss w\\rd', "ya29.token-value"
+
+
+def plain(n: int, body: bytes = b"") -> bytes:
+    return (
+        b"From: Customer <c%d@example.org>\r\nTo: support@example.com\r\n"
+        b"Subject: case %d\r\nMessage-ID: <m%d@example.org>\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\n" % (n, n, n)
+    ) + (body or b"Hello %d.\r\n" % n)
+
+
+#: Bytes that trip naive IMAP code: a literal marker, parentheses, 8-bit
+#: text, a bare LF, trailing spaces, no final CRLF.
+AWKWARD = plain(
+    9,
+    b"a line ending in {5}\r\n) (BODY[] NIL\r\n\xc3\xa9t\xc3\xa9 8-bit\nbare LF  \r\nno end",
+)
+
+MULTIPART = (
+    b"From: c@example.org\r\nSubject: with parts\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="outer"\r\n\r\n'
+    b"preamble\r\n--outer\r\n"
+    b'Content-Type: multipart/alternative; boundary="inner"\r\n\r\n'
+    b"--inner\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nplain text body\r\n"
+    b"--inner\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>html body</p>\r\n"
+    b"--inner--\r\n"
+    b"--outer\r\nContent-Type: application/pdf; name=\"a.pdf\"\r\n"
+    b'Content-Disposition: attachment; filename="a.pdf"\r\n'
+    b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n"
+    b"--outer--\r\nepilogue\r\n"
+)
+
+
+class SessionContractMixin:
+    """Assertions every :class:`~imapsvc.interfaces.IIMAPSession` passes."""
+
+    # -- to implement ----------------------------------------------------------
+
+    def open_session(self, mailbox: FakeMailbox, tls: bool = True) -> Any:
+        """A session connected to a server over ``mailbox`` (greeting sent),
+        over TLS unless ``tls`` is false."""
+        raise NotImplementedError
+
+    def settle(self) -> None:
+        """Deliver every byte in flight both ways."""
+        raise NotImplementedError
+
+    # -- helpers ----------------------------------------------------------------
+
+    def result(self, d: Any) -> Any:
+        self.settle()
+        return self.successResultOf(d)  # type: ignore[attr-defined]
+
+    def failure(self, d: Any, *errors: type) -> Any:
+        self.settle()
+        return self.failureResultOf(d, *errors)  # type: ignore[attr-defined]
+
+    def mailbox(self, **kw: Any) -> FakeMailbox:
+        kw.setdefault("accounts", {USER: PASSWORD})
+        return FakeMailbox(**kw)
+
+    def logged_in(self, mailbox: FakeMailbox, folder: str = "INBOX") -> Any:
+        session = self.open_session(mailbox)
+        self.result(session.greeted)
+        self.result(session.authenticate_with(Credentials("password", USER, PASSWORD)))
+        if folder is not None:
+            self.result(session.examine_folder(folder))
+        return session
+
+    def assert_session_over(self, session: Any) -> None:
+        """Every later command fails with ConnectionGone."""
+        self.failure(session.uid_search_from(1), ConnectionGone)
+
+    # -- greeting and login -------------------------------------------------------
+
+    def test_provides_interface(self) -> None:
+        session = self.open_session(self.mailbox())
+        self.assertTrue(verifyObject(IIMAPSession, session))  # type: ignore[attr-defined]
+
+    def test_greeting_fires_with_capabilities(self) -> None:
+        mailbox = self.mailbox()
+        session = self.open_session(mailbox)
+        caps = self.result(session.greeted)
+        self.assertEqual(caps, mailbox.capabilities())  # type: ignore[attr-defined]
+        self.assertEqual(caps[b"AUTH"], [b"PLAIN", b"XOAUTH2", b"OAUTHBEARER"])  # type: ignore[attr-defined]
+        self.assertEqual(session.capabilities, caps)  # type: ignore[attr-defined]
+
+    def test_password_login_returns_capabilities(self) -> None:
+        mailbox = self.mailbox()
+        session = self.open_session(mailbox)
+        self.result(session.greeted)
+        caps = self.result(session.authenticate_with(Credentials("password", USER, PASSWORD)))
+        self.assertIn(b"IDLE", caps)  # type: ignore[attr-defined]
+        self.assertEqual([login[:2] for login in mailbox.logins], [("password", USER)])  # type: ignore[attr-defined]
+
+    def test_oauth_login_picks_the_mechanism(self) -> None:
+        mailbox = self.mailbox(accounts={USER: TOKEN})
+        session = self.open_session(mailbox)
+        self.result(session.greeted)
+        creds = Credentials("xoauth2", USER, TOKEN)
+        self.result(session.authenticate_with(creds, oauth_mechanism="oauthbearer",
+                                              host="imap.example.com", port=993))
+        self.assertEqual([login[:2] for login in mailbox.logins], [("oauthbearer", USER)])  # type: ignore[attr-defined]
+
+    def test_oauth_login_without_sasl_ir(self) -> None:
+        mailbox = self.mailbox(
+            capabilities=("IMAP4rev1", "IDLE", "AUTH=XOAUTH2"), accounts={USER: TOKEN}
+        )
+        session = self.open_session(mailbox)
+        self.result(session.greeted)
+        caps = self.result(session.authenticate_with(Credentials("xoauth2", USER, TOKEN),
+                                                     oauth_mechanism="auto"))
+        self.assertEqual(caps[b"AUTH"], [b"XOAUTH2"])  # type: ignore[attr-defined]
+        self.assertEqual([login[:2] for login in mailbox.logins], [("xoauth2", USER)])  # type: ignore[attr-defined]
+
+    def test_starttls_not_offered(self) -> None:
+        session = self.open_session(self.mailbox(), tls=False)
+        self.result(session.greeted)
+        self.failure(session.start_tls(object()), TLSRequired)
+        self.assert_session_over(session)
+
+    def test_refused_login_raises_authentication_failed_with_code(self) -> None:
+        mailbox = self.mailbox()
+        mailbox.refuse_logins("AUTHENTICATIONFAILED", "Authentication failed.")
+        session = self.open_session(mailbox)
+        self.result(session.greeted)
+        f = self.failure(
+            session.authenticate_with(Credentials("password", USER, PASSWORD)),
+            AuthenticationFailed,
+        )
+        self.assertEqual((f.value.code, f.value.text),  # type: ignore[attr-defined]
+                         ("AUTHENTICATIONFAILED", "Authentication failed."))
+        self.assertNotIn(PASSWORD, str(f.value))  # type: ignore[attr-defined]
+        self.assert_session_over(session)
+
+    def test_no_login_without_tls(self) -> None:
+        mailbox = self.mailbox()
+        session = self.open_session(mailbox, tls=False)
+        self.result(session.greeted)
+        self.failure(
+            session.authenticate_with(Credentials("password", USER, PASSWORD)), CleartextRefused
+        )
+        self.assertEqual(mailbox.logins, [])  # type: ignore[attr-defined]
+
+    def test_oauth_mechanism_not_offered(self) -> None:
+        mailbox = self.mailbox(capabilities=("IMAP4rev1", "IDLE", "AUTH=PLAIN"))
+        session = self.open_session(mailbox)
+        self.result(session.greeted)
+        f = self.failure(
+            session.authenticate_with(Credentials("xoauth2", USER, TOKEN)),
+            MechanismUnsupported,
+        )
+        self.assertEqual(f.value.code, "UNSUPPORTED")  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.logins, [])  # type: ignore[attr-defined]
+
+    def test_wrong_password_is_refused(self) -> None:
+        session = self.open_session(self.mailbox())
+        self.result(session.greeted)
+        f = self.failure(
+            session.authenticate_with(Credentials("password", USER, "wrong")),
+            AuthenticationFailed,
+        )
+        self.assertEqual(f.value.code, "AUTHENTICATIONFAILED")  # type: ignore[attr-defined]
+
+    def test_unavailable_login_is_not_a_refusal(self) -> None:
+        mailbox = self.mailbox()
+        mailbox.refuse_logins("UNAVAILABLE", "Try again later.")
+        session = self.open_session(mailbox)
+        self.result(session.greeted)
+        f = self.failure(
+            session.authenticate_with(Credentials("password", USER, PASSWORD)),
+            AuthenticationUnavailable,
+        )
+        self.assertEqual(f.value.code, "UNAVAILABLE")  # type: ignore[attr-defined]
+
+    # -- folders --------------------------------------------------------------------
+
+    def test_list_folders(self) -> None:
+        mailbox = self.mailbox(folders=("INBOX", "Support Queue"))
+        session = self.logged_in(mailbox, folder=None)
+        listing = self.result(session.list_folders())
+        self.assertEqual(  # type: ignore[attr-defined]
+            listing,
+            [(("\\HasNoChildren",), "/", "INBOX"), (("\\HasNoChildren",), "/", "Support Queue")],
+        )
+
+    def test_examine_answers(self) -> None:
+        mailbox = self.mailbox()
+        for n in range(3):
+            mailbox.append(plain(n))
+        session = self.logged_in(mailbox, folder=None)
+        info = self.result(session.examine_folder("INBOX"))
+        self.assertEqual(  # type: ignore[attr-defined]
+            info,
+            {"uidvalidity": mailbox.folders["INBOX"].uidvalidity, "uidnext": 4, "exists": 3,
+             "read_only": True},
+        )
+        self.assertIsInstance(info["uidvalidity"], int)  # type: ignore[attr-defined]
+        self.assertEqual(session.last_exists, 3)  # type: ignore[attr-defined]
+
+    def test_examine_of_a_missing_folder_fails(self) -> None:
+        session = self.logged_in(self.mailbox(), folder=None)
+        f = self.failure(session.examine_folder("Nope"), CommandFailed)
+        self.assertEqual(f.value.code, "NONEXISTENT")  # type: ignore[attr-defined]
+        self.assertEqual(str(f.value.text), "EXAMINE NO: Mailbox doesn't exist: Nope")  # type: ignore[attr-defined]
+        self.assert_session_over(session)
+
+    def test_search_from_a_uid(self) -> None:
+        mailbox = self.mailbox()
+        for n in range(5):
+            mailbox.append(plain(n))
+        session = self.logged_in(mailbox)
+        self.assertEqual(self.result(session.uid_search_from(3)), [3, 4, 5])  # type: ignore[attr-defined]
+        self.assertEqual(self.result(session.uid_search_from(0)), [1, 2, 3, 4, 5])  # type: ignore[attr-defined]
+        # "6:*" matches the highest UID on the wire; it is not >= 6.
+        self.assertEqual(self.result(session.uid_search_from(6)), [])  # type: ignore[attr-defined]
+
+    # -- fetching --------------------------------------------------------------------
+
+    def test_fetch_full_gives_exact_bytes_by_uid(self) -> None:
+        mailbox = self.mailbox()
+        mailbox.append(plain(1))
+        mailbox.append(AWKWARD)
+        mailbox.append(MULTIPART)
+        session = self.logged_in(mailbox)
+        got = self.result(session.fetch_full([2, 3, 99]))
+        self.assertEqual(got, {2: AWKWARD, 3: MULTIPART})  # type: ignore[attr-defined]
+
+    def test_fetch_meta_gives_header_size_date_and_structure(self) -> None:
+        mailbox = self.mailbox()
+        mailbox.append(AWKWARD, internaldate="02-Feb-2026 08:30:00 +0100")
+        mailbox.append(MULTIPART)
+        session = self.logged_in(mailbox)
+        meta = self.result(session.fetch_meta([1, 2, 7]))
+        self.assertEqual(sorted(meta), [1, 2])  # type: ignore[attr-defined]
+        first = meta[1]
+        self.assertEqual(set(first), {"size", "internaldate", "bodystructure", "header"})  # type: ignore[attr-defined]
+        self.assertEqual(first["size"], len(AWKWARD))  # type: ignore[attr-defined]
+        self.assertEqual(first["internaldate"], "02-Feb-2026 08:30:00 +0100")  # type: ignore[attr-defined]
+        self.assertEqual(first["header"], split_header(AWKWARD)[0])  # type: ignore[attr-defined]
+        self.assertTrue(first["header"].endswith(b"charset=utf-8\r\n\r\n"))  # type: ignore[attr-defined]
+        self.assertEqual(first["bodystructure"], bodystructure_of(AWKWARD))  # type: ignore[attr-defined]
+        parts = parse_bodystructure(meta[2]["bodystructure"])
+        assert parts is not None
+        self.assertEqual(  # type: ignore[attr-defined]
+            [(p.section, p.content_type) for p in parts],
+            [("1.1", "text/plain"), ("1.2", "text/html"), ("2", "application/pdf")],
+        )
+
+    def test_fetch_sections_gives_exact_bytes_by_uid(self) -> None:
+        mailbox = self.mailbox()
+        mailbox.append(MULTIPART)
+        mailbox.append(AWKWARD)
+        session = self.logged_in(mailbox)
+        got = self.result(session.fetch_sections({
+            1: [("1.1", None), ("1.2", 6), ("2", None)],
+            2: [("1", None)],
+        }))
+        self.assertEqual(  # type: ignore[attr-defined]
+            got,
+            {
+                1: {"1.1": b"plain text body", "1.2": b"<p>htm", "2": b"JVBERi0xLjQK"},
+                2: {"1": split_header(AWKWARD)[1]},
+            },
+        )
+
+    def test_no_on_one_uid_fails_the_fetch_and_ends_the_session(self) -> None:
+        mailbox = self.mailbox()
+        for n in range(3):
+            mailbox.append(plain(n))
+        mailbox.fail_fetch(2, "SERVERBUG", "cannot fetch message 2")
+        session = self.logged_in(mailbox)
+        self.assertEqual(sorted(self.result(session.fetch_meta([1, 3]))), [1, 3])  # type: ignore[attr-defined]
+        f = self.failure(session.fetch_full([1, 2, 3]), CommandFailed)
+        self.assertEqual(f.value.code, "SERVERBUG")  # type: ignore[attr-defined]
+        self.assertEqual(f.value.text, "UID FETCH NO: cannot fetch message 2")  # type: ignore[attr-defined]
+        self.assert_session_over(session)
+
+    def test_no_on_one_uid_fails_fetch_sections(self) -> None:
+        mailbox = self.mailbox()
+        mailbox.append(plain(1))
+        mailbox.append(plain(2))
+        mailbox.fail_fetch(2)
+        session = self.logged_in(mailbox)
+        self.failure(session.fetch_sections({1: [("1", None)], 2: [("1", None)]}), CommandFailed)
+
+    # -- IDLE -------------------------------------------------------------------------
+
+    def test_idle_wakes_on_exists_and_done_ends_it(self) -> None:
+        mailbox = self.mailbox()
+        mailbox.append(plain(1))
+        session = self.logged_in(mailbox)
+        seen: list[int] = []
+        d = session.idle(seen.append)
+        self.settle()
+        self.assertNoResult(d)  # type: ignore[attr-defined]
+        mailbox.append(plain(2))
+        self.settle()
+        self.assertEqual(seen, [2])  # type: ignore[attr-defined]
+        self.assertEqual(session.last_exists, 2)  # type: ignore[attr-defined]
+        self.assertNoResult(d)  # type: ignore[attr-defined]
+        session.done()
+        self.assertIsNone(self.result(d))  # type: ignore[attr-defined]
+        # The session goes on after IDLE.
+        self.assertEqual(self.result(session.uid_search_from(2)), [2])  # type: ignore[attr-defined]
+
+    def test_done_before_the_server_accepted_idle(self) -> None:
+        session = self.logged_in(self.mailbox())
+        d = session.idle(lambda n: None)
+        session.done()
+        session.done()  # once only
+        self.assertIsNone(self.result(d))  # type: ignore[attr-defined]
+        self.assertEqual(self.result(session.uid_search_from(1)), [])  # type: ignore[attr-defined]
+
+    def test_command_during_idle_runs_after_it(self) -> None:
+        mailbox = self.mailbox()
+        mailbox.append(plain(1))
+        session = self.logged_in(mailbox)
+        d = session.idle(lambda n: None)
+        self.settle()
+        search = session.uid_search_from(1)
+        self.settle()
+        self.assertNoResult(search)  # type: ignore[attr-defined]
+        session.done()
+        self.assertIsNone(self.result(d))  # type: ignore[attr-defined]
+        self.assertEqual(self.successResultOf(search), [1])  # type: ignore[attr-defined]
+
+    def test_exists_before_idle_is_reported_in_idle(self) -> None:
+        mailbox = self.mailbox()
+        session = self.logged_in(mailbox)
+        mailbox.append(plain(1))
+        seen: list[int] = []
+        d = session.idle(seen.append)
+        self.settle()
+        self.assertEqual(seen, [1])  # type: ignore[attr-defined]
+        session.done()
+        self.assertIsNone(self.result(d))  # type: ignore[attr-defined]
+
+    def test_exists_between_commands_updates_last_exists(self) -> None:
+        mailbox = self.mailbox()
+        session = self.logged_in(mailbox)
+        self.assertEqual(session.last_exists, 0)  # type: ignore[attr-defined]
+        mailbox.append(plain(1))
+        self.result(session.uid_search_from(1))
+        self.assertEqual(session.last_exists, 1)  # type: ignore[attr-defined]
+
+    # -- the end ----------------------------------------------------------------------
+
+    def test_logout(self) -> None:
+        session = self.logged_in(self.mailbox())
+        self.assertIsNone(self.result(session.logout()))  # type: ignore[attr-defined]
+        self.assert_session_over(session)
+
+    def test_connection_loss_fails_idle(self) -> None:
+        mailbox = self.mailbox()
+        session = self.logged_in(mailbox)
+        d = session.idle(lambda n: None)
+        self.settle()
+        mailbox.drop_connections()
+        self.failure(d, ConnectionDone)
+        self.assert_session_over(session)
+
+    def test_bye_is_reported_and_ends_the_session(self) -> None:
+        mailbox = self.mailbox()
+        session = self.logged_in(mailbox)
+        byes: list[str] = []
+        session.on_bye = byes.append
+        d = session.idle(lambda n: None)
+        self.settle()
+        mailbox.drop_connections(bye="Server shutting down.")
+        self.failure(d, ConnectionDone)
+        self.assertEqual(byes, ["Server shutting down."])  # type: ignore[attr-defined]
+
+    def test_logout_bye_is_not_reported(self) -> None:
+        session = self.logged_in(self.mailbox())
+        byes: list[str] = []
+        session.on_bye = byes.append
+        self.result(session.logout())
+        self.assertEqual(byes, [])  # type: ignore[attr-defined]
