@@ -25,6 +25,7 @@ from tests.rig import mail
 from tests.rig import postgres as pg
 from tests.rig.dovecot import DEFAULT_PASSWORD, unique_user
 from tests.rig.service import (
+    ADMIN_TOKEN,
     ServiceProcess,
     ServiceRigMixin,
     add_provider,
@@ -129,7 +130,7 @@ class ClusterTests(ServiceRigMixin, unittest.TestCase):
         self.assertEqual(self.reconnects(b, p_b), 0)  # b's own provider untouched
         # The answer can be read back by id from either replica.
         code, body = http_get(a.url(f"/api/email/imap/requests/{answer['requestId']}"
-                                    f"?tenant={self.tenant}"), token="test-admin-token")
+                                    f"?tenant={self.tenant}"), token=ADMIN_TOKEN)
         self.assertEqual((code, json.loads(body)["appliedBy"]), (200, "a"))
 
         # pause sent to a, for b's provider: b stops it before the answer.
