@@ -34,6 +34,7 @@ from imapsvc.core.backoff import Rand, timer_delay
 from imapsvc.core.cursor import REASON_RESUME, advance, compute_start
 from imapsvc.core.folders import display_name, resolve_folder
 from imapsvc.imap.factory import FolderClientFactory, set_keepalive
+from imapsvc.imap.responses import sorted_unique_from
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import FolderCursor, Limits, ProviderConfig
 from imapsvc.oauth import REFRESH_MARGIN_S
@@ -84,18 +85,38 @@ class FolderOptions:
     broken_bodystructure_hosts: tuple[str, ...] = ()
     tls_ca_file: Optional[str] = None
     tls_insecure: bool = False
+    #: Per-connection byte caps (:class:`imapsvc.core.wire_caps.WireCaps`);
+    #: ``None`` keeps the protocol's defaults.
+    wire_caps: Any = None
+    #: The process-wide :class:`imapsvc.imap.budget.ByteBudget` (or ``None``).
+    budget: Any = attr.ib(default=None, eq=False)
+    #: Failed fetches of one UID before it is skipped as poison.
+    poison_after: int = 3
+    #: Sessions in a row ended by a protocol-limit violation before the
+    #: provider is quarantined, and for how long.
+    quarantine_after: int = 3
+    quarantine_ms: int = 6 * 3600 * 1000
 
     @classmethod
     def from_settings(cls, settings: Any) -> FolderOptions:
         """Build from an :class:`imapsvc.config.Settings`-like object."""
-        names = [f.name for f in attr.fields(cls) if f.name not in ("limits", "fetch_bytes")]
+        from imapsvc.core.wire_caps import derive_caps
+
+        skip = ("limits", "fetch_bytes", "wire_caps", "budget")
+        names = [f.name for f in attr.fields(cls) if f.name not in skip]
         values = {n: getattr(settings, n) for n in names if hasattr(settings, n)}
         if hasattr(settings, "fetch_chunk"):
             values["fetch_chunk"] = settings.fetch_chunk
         if values.get("tls_ca_file") == "":
             values["tls_ca_file"] = None
         limits = settings.limits() if hasattr(settings, "limits") else Limits()
-        return cls(limits=limits, **values)
+        caps = derive_caps(
+            limits.max_raw_mime_bytes,
+            limits.max_text_part_bytes,
+            values.get("fetch_chunk", P.DEFAULT_FETCH_CHUNK),
+            P.DEFAULT_FETCH_BYTES,
+        )
+        return cls(limits=limits, wire_caps=caps, **values)
 
 
 def _caps_names(caps: Any) -> list[str]:
@@ -122,6 +143,8 @@ def _default_protocol_factory(clock: Any, options: FolderOptions) -> Callable[[]
             clock,
             options.command_timeout_ms / 1000.0,
             inactivity_timeout=options.inactivity_timeout_ms / 1000.0,
+            caps=options.wire_caps,
+            budget=options.budget,
         )
 
     return build
@@ -535,7 +558,8 @@ class FolderService(service.Service):
         self.cursor = stored or start.cursor
         uids = yield proto.uid_search_from(start.first_uid)
         self._check()
-        uids = sorted({u for u in uids if u > start.last_uid})
+        # Sorted, unique, > last_uid; stays a compact UidArray (8 bytes a UID).
+        uids = sorted_unique_from(uids, start.last_uid + 1)
         if start.keep_last is not None:
             uids = uids[-start.keep_last :]
         cursor = start.cursor

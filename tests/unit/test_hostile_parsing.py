@@ -1,0 +1,174 @@
+"""Hostile server bytes: every parser on the IMAP path stays linear and
+bounded (issue 11, item 1).
+
+Timing assertions are deliberately loose: each hostile input is sized so the
+old quadratic code would take minutes to hours (1 MB of ``[`` ~ 30 min;
+8,000 LIST entries with distinct delimiters ~ 8 min) while the linear code
+takes well under a second; the bound sits far between the two. Where a
+structural guarantee exists it is asserted directly (the number of regex
+matches, the nesting depth, the memory of a SEARCH answer).
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from array import array
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from imapsvc.core import plan as P
+from imapsvc.core.bodystructure import parse_bodystructure
+from imapsvc.core.folders import resolve_folders
+from imapsvc.imap import responses
+from imapsvc.imap.responses import ResponseParseError
+from imapsvc.model import Limits
+from tests.unit.test_imap_protocol import ClientTestCase, sent
+
+MB = 1_000_000
+#: Far above what linear code needs on a loaded 2-core machine, far below
+#: what quadratic code needs for the same input.
+GENEROUS_S = 5.0
+
+
+def elapsed(fn, *args):
+    start = time.perf_counter()
+    try:
+        fn(*args)
+    except ResponseParseError:
+        pass
+    return time.perf_counter() - start
+
+
+class TokenizerTests(SynchronousTestCase):
+    def test_error_branch_swallows_the_rest_of_the_segment(self):
+        # Structural: after the first unclosed "[" there is nothing left to
+        # scan, so no position is scanned to the end of the line twice.
+        self.assertEqual(len(responses._TOKEN.findall(b"[" * 1000)), 1)
+        self.assertEqual(len(responses._TOKEN.findall(b"a[" * 1000)), 2)
+
+    def test_one_megabyte_hostile_lines(self):
+        for unit in (b"[", b"a[", b"BODY[", b'"', b"(", b"()", b"x ", b"{1}"):
+            line = b"(" + unit * (MB // len(unit)) + b")"
+            self.assertLess(elapsed(responses.tokenize, [line]), GENEROUS_S, unit)
+
+    def test_growth_is_linear_not_quadratic(self):
+        # 4x the input must cost well under 16x (quadratic); allow 10x.
+        def cost(n):
+            return min(elapsed(responses.tokenize, [b"(" + b"[" * n + b")"]) for _ in range(3))
+
+        small, big = cost(50_000), cost(200_000)
+        self.assertLess(big, max(small, 1e-4) * 10 + 0.05)
+
+    def test_unclosed_bracket_still_rejected(self):
+        with self.assertRaisesRegex(ResponseParseError, "unexpected byte"):
+            responses.tokenize([b"(" + b"[" * 100 + b")"])
+        with self.assertRaisesRegex(ResponseParseError, "unterminated"):
+            responses.tokenize([b'(UID 1 "abc)'])
+
+    def test_nesting_is_bounded(self):
+        deep = b"(" * 3000 + b")" * 3000
+        with self.assertRaisesRegex(ResponseParseError, "nesting"):
+            responses.tokenize([deep])
+        ok = b"(" * responses.MAX_NESTING + b")" * responses.MAX_NESTING
+        self.assertEqual(len(responses.tokenize([ok])), 1)
+
+    def test_token_count_is_bounded(self):
+        with self.assertRaisesRegex(ResponseParseError, "tokens"):
+            responses.tokenize([b"(" + b"() " * (responses.MAX_TOKENS + 1) + b")"])
+
+    def test_salvage_is_linear(self):
+        for unit in (b"BODY[", b'INTERNALDATE "', b"UID ", b"RFC822.SIZE \t"):
+            text = unit * (MB // len(unit)) + b" BODY[TEXT] {3}"
+            start = time.perf_counter()
+            out = responses.salvage_fetch([text, b")"], [b"abc"])
+            self.assertLess(time.perf_counter() - start, GENEROUS_S, unit)
+            self.assertEqual(out.get("BODY[TEXT]"), b"abc")
+
+
+class SearchMemoryTests(SynchronousTestCase):
+    def test_search_of_four_mib_costs_about_its_size(self):
+        line = b" ".join(b"%d" % (1_000_000 + i) for i in range(500_000))
+        self.assertGreater(len(line), 3_900_000)
+        tracemalloc.start()
+        try:
+            numbers = responses.parse_search(line)
+            uids = responses.sorted_unique_from(numbers, 1_000_010)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertIsInstance(uids, array)
+        self.assertEqual(len(uids), 500_000 - 10)
+        # Was ~8x the line (a list of bytes, then of ints, then a set).
+        self.assertLess(peak, 3 * len(line))
+
+    def test_unsorted_and_repeated_answers(self):
+        numbers = responses.parse_search(b"9 3 3 7 (MODSEQ 12) 1")
+        self.assertEqual(list(numbers), [9, 3, 3, 7, 1])
+        self.assertEqual(list(responses.sorted_unique_from(numbers, 3)), [3, 7, 9])
+
+    def test_numbers_beyond_64_bits_rejected(self):
+        self.assertRaises(ResponseParseError, responses.parse_search, b"1 " + b"9" * 20)
+
+
+class FolderMatchingTests(SynchronousTestCase):
+    def test_many_delimiters_linear(self):
+        # 2,000 entries used to take 32 s; 8,000 would take ~8 min.
+        listing = [((), chr(0x100 + i), f"Folder{i}") for i in range(8000)]
+        listing.append(((), "/", "Team/Support"))
+        start = time.perf_counter()
+        res = resolve_folders(["Team/Support", "INBOX", "nope/x"], listing)
+        self.assertLess(time.perf_counter() - start, GENEROUS_S)
+        self.assertEqual(res.matched, (("Team/Support", "Team/Support"),))
+
+    def test_slash_matches_the_entrys_own_delimiter(self):
+        listing = [((), ".", "INBOX"), ((), ".", "Team.Support")]
+        res = resolve_folders(["Team/Support"], listing)
+        self.assertEqual(res.matched, (("Team/Support", "Team.Support"),))
+
+
+def nested_structure(depth: int) -> bytes:
+    leaf = b'("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 5 1 NIL NIL NIL)'
+    return b"(" * depth + leaf + b' "mixed")' * depth
+
+
+class DeepBodystructureTests(ClientTestCase):
+    def test_three_thousand_deep_falls_back_to_the_whole_message(self):
+        header = b"From: a@example.com\r\n\r\n"
+        client, transport, clock = self.connect()
+        d = client.fetch_meta([7])
+        sent(transport)
+        client.dataReceived(
+            b'* 1 FETCH (UID 7 RFC822.SIZE 500 INTERNALDATE "10-Jan-2026 12:00:00 +0000" '
+            b"BODYSTRUCTURE "
+            + nested_structure(3000)
+            + b" BODY[HEADER] {%d}\r\n" % len(header)
+            + header
+            + b")\r\n0001 OK done\r\n"
+        )
+        meta = self.successResultOf(d)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(meta[7]["size"], 500)
+        self.assertEqual(meta[7]["header"], header)
+        self.assertIsNone(meta[7]["bodystructure"])
+        plan = P.plan_message(7, meta[7], Limits(), True, parse_bodystructure)
+        self.assertEqual(plan.kind, P.KIND_FULL)
+        # ... and that path keeps its cap: too big is not downloaded.
+        big = dict(meta[7], size=Limits().max_raw_mime_bytes + 1)
+        self.assertEqual(
+            P.plan_message(7, big, Limits(), True, parse_bodystructure).kind, P.KIND_HEADER_ONLY
+        )
+
+    def test_moderately_deep_structure_still_parsed(self):
+        client, transport, clock = self.connect()
+        d = client.fetch_meta([7])
+        sent(transport)
+        client.dataReceived(
+            b"* 1 FETCH (UID 7 RFC822.SIZE 500 BODYSTRUCTURE "
+            + nested_structure(20)
+            + b' BODY[HEADER] "")\r\n0001 OK done\r\n'
+        )
+        meta = self.successResultOf(d)
+        parts = parse_bodystructure(meta[7]["bodystructure"])
+        self.assertIsNotNone(parts)
+        self.assertEqual(parts[0].section, ".".join(["1"] * 20))
