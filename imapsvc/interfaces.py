@@ -145,6 +145,29 @@ class IStore(Interface):
     def reset_auth_failures(tenant, provider_id):
         """A login succeeded: clear the count (and an ``auth_failure`` pause)."""
 
+    def note_message_failure(tenant, provider_id, folder, uid_validity, uid, reason):
+        """Count one failed fetch of a message (a poison candidate); keeps
+        ``reason`` (secret-free, short). Not fenced: bookkeeping only.
+
+        :rtype: Deferred[int]: the count after this failure.
+        """
+
+    def mark_poison_skipped(tenant, provider_id, folder, uid_validity, uid):
+        """The message was recorded as skipped (ledger): set ``skipped_at``."""
+
+    def list_poison(tenant=None, provider_id=None):
+        """Messages with failed fetches, skipped or still counting, oldest
+        first. :rtype: Deferred[list[imapsvc.model.PoisonMessage]]"""
+
+    def retry_poison(tenant, provider_id, folder, uid_validity, uid):
+        """Operator retry: forget the failures and the skipped ledger row,
+        and move the folder's cursor back below ``uid`` (when it is on the
+        same UIDVALIDITY) so the next sync fetches it again; later messages
+        come back as duplicates of the ledger, never re-published.
+
+        :rtype: Deferred[bool]: whether such a message was known.
+        """
+
     def touch_last_sync(tenant, provider_id):
         """Set ``email_providers.last_sync_at`` to now."""
 

@@ -33,6 +33,7 @@ TENANT_TABLES = (
     "imap_event_outbox",
     "imap_secrets",
     "imap_oauth_states",
+    "imap_message_failures",
 )
 
 _BOOTSTRAP = """

@@ -31,6 +31,7 @@ from imapsvc.model import (
     FolderCursor,
     MessageRecord,
     OutboxRow,
+    PoisonMessage,
     ProviderConfig,
 )
 from imapsvc.store import (
@@ -518,6 +519,69 @@ class PostgresStore:
             " updated_at = now() WHERE tenant = %s AND email_provider_id = %s",
             (access_token, expires_at, tenant, provider_id),
         ).addCallback(lambda _: None)
+
+    # -- poison messages (schema/0005) ---------------------------------------
+
+    def note_message_failure(self, tenant: str, provider_id: str, folder: str,
+                             uid_validity: str, uid: int, reason: str) -> defer.Deferred:
+        return self._query(
+            "INSERT INTO imap_message_failures (tenant, provider_id, folder, uid_validity, uid,"
+            " failures, reason) VALUES (%s, %s, %s, %s, %s, 1, %s)"
+            " ON CONFLICT (tenant, provider_id, folder, uid_validity, uid) DO UPDATE"
+            " SET failures = imap_message_failures.failures + 1, reason = EXCLUDED.reason,"
+            " updated_at = now() RETURNING failures",
+            (tenant, provider_id, folder, str(uid_validity), int(uid), reason),
+        ).addCallback(lambda rows: int(rows[0][0]))
+
+    def mark_poison_skipped(self, tenant: str, provider_id: str, folder: str,
+                            uid_validity: str, uid: int) -> defer.Deferred:
+        return self._query(
+            "UPDATE imap_message_failures SET skipped_at = now(), updated_at = now()"
+            " WHERE tenant = %s AND provider_id = %s AND folder = %s AND uid_validity = %s"
+            " AND uid = %s", (tenant, provider_id, folder, str(uid_validity), int(uid)),
+        ).addCallback(lambda _: None)
+
+    def list_poison(self, tenant: Optional[str] = None,
+                    provider_id: Optional[str] = None) -> defer.Deferred:
+        d = self._query(
+            "SELECT tenant::text, provider_id::text, folder, uid_validity, uid, failures, reason,"
+            " skipped_at, updated_at FROM imap_message_failures"
+            " WHERE (%s::uuid IS NULL OR tenant = %s::uuid)"
+            " AND (%s::uuid IS NULL OR provider_id = %s::uuid)"
+            " ORDER BY updated_at, tenant, provider_id, folder, uid",
+            (tenant, tenant, provider_id, provider_id))
+        return d.addCallback(lambda rows: [
+            PoisonMessage(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], r[7], r[8])
+            for r in rows])
+
+    def retry_poison(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
+                     uid: int) -> defer.Deferred:
+        key = (tenant, provider_id, folder, str(uid_validity), int(uid))
+
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            yield cur.execute(
+                "DELETE FROM imap_message_failures WHERE tenant = %s AND provider_id = %s"
+                " AND folder = %s AND uid_validity = %s AND uid = %s", key)
+            if cur.rowcount == 0:
+                return False
+            yield cur.execute(
+                "DELETE FROM imap_message_ledger WHERE tenant = %s AND provider_id = %s"
+                " AND folder = %s AND uid_validity = %s AND uid = %s AND outcome = 'skipped'",
+                key)
+            # Back below the UID, on the same UIDVALIDITY only.
+            yield cur.execute(
+                "UPDATE imap_email_provider_config SET folder_state = jsonb_set(folder_state,"
+                " ARRAY[%s, 'last_uid'], to_jsonb(%s::text)), updated_at = now()"
+                " WHERE tenant = %s AND email_provider_id = %s"
+                " AND folder_state -> %s ->> 'uid_validity' = %s"
+                " AND (CASE WHEN folder_state -> %s ->> 'last_uid' ~ '^[0-9]{1,18}$'"
+                "      THEN (folder_state -> %s ->> 'last_uid')::bigint ELSE -1 END) >= %s",
+                (folder, str(int(uid) - 1), tenant, provider_id, folder, str(uid_validity),
+                 folder, folder, int(uid)))
+            return True
+
+        return self._interact(run)
 
     def touch_last_sync(self, tenant: str, provider_id: str) -> defer.Deferred:
         return self._query(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import sqlite3
 
 #: Bumped with every change below; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class SchemaTooNew(Exception):
@@ -143,6 +143,21 @@ CREATE TABLE IF NOT EXISTS imap_oauth_states (
     used_at TEXT,
     created_at TEXT NOT NULL,
     PRIMARY KEY (tenant, nonce)
+);
+
+-- schema/0005_quarantine.sql (version 2)
+CREATE TABLE IF NOT EXISTS imap_message_failures (
+    tenant TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    uid_validity TEXT NOT NULL,
+    uid INTEGER NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    skipped_at TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, provider_id, folder, uid_validity, uid)
 );
 """
 
