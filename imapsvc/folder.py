@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from imapsvc import folder_state as S
 from imapsvc.core import plan as P
+from imapsvc.core import poison
 from imapsvc.core.backoff import Rand, timer_delay
 from imapsvc.core.cursor import REASON_RESUME, advance, compute_start
 from imapsvc.core.folders import display_name, resolve_folder
@@ -232,6 +233,17 @@ class FolderService(service.Service):
         self.reconnects: collections.Counter[str] = collections.Counter()
         self._reconnect_reason: Optional[str] = None
         self.uid_next: Optional[int] = None
+        #: UIDs (per UIDVALIDITY) of chunks whose FETCH failed: fetched one by
+        #: one until they succeed or are skipped as poison. Kept across
+        #: reconnects; the failure counts themselves are in the store.
+        self._suspects: dict[str, set[int]] = {}
+        self.poison_skipped = 0
+        #: Sessions in a row ended by a protocol-limit violation not caused
+        #: by one message; at ``quarantine_after`` the provider is left alone
+        #: for ``quarantine_ms``.
+        self.violations = 0
+        self.quarantined_until: Optional[float] = None
+        self.quarantines = 0
         self._proto: Any = None
         self._stopping = False
         self._wake_pending = False
@@ -289,6 +301,9 @@ class FolderService(service.Service):
             "idleWakeups": self.idle_wakeups,
             "reconnects": dict(self.reconnects),
             "uidNext": self.uid_next,
+            "poisonSkipped": self.poison_skipped,
+            "quarantinedUntil": self.quarantined_until,
+            "quarantines": self.quarantines,
             "lag": self.lag(),
             "history": [t.to_json() for t in self.history],
         }
@@ -516,6 +531,8 @@ class FolderService(service.Service):
             if self._token_refresh_due:
                 yield self._end_for_token_refresh(proto)
             yield self._sync(proto, name)
+            self.violations = 0
+            self.quarantined_until = None
             self.factory.resetDelay()
             self._hook("synced")
             if self._wake_pending or self._token_refresh_due:
@@ -570,7 +587,12 @@ class FolderService(service.Service):
             # again from a higher UIDNEXT and skips what arrived meanwhile.
             yield self.store.write_cursor(tenant, pid, name, start.cursor, self.owner)
             self._check()
-        chunks = list(P.chunk_by_count(uids, self.options.fetch_chunk))
+        suspects = self._suspects.get(validity)
+        if suspects:
+            # A chunk failed before: its UIDs go one per command (poison path).
+            chunks = poison.chunk_isolating(uids, self.options.fetch_chunk, suspects)
+        else:
+            chunks = list(P.chunk_by_count(uids, self.options.fetch_chunk))
         ahead: Optional[defer.Deferred] = None
         for i, chunk in enumerate(chunks):
             self._check()
@@ -578,7 +600,15 @@ class FolderService(service.Service):
                 proto, name, validity, chunk
             )
             ahead = None
-            messages = yield fetching
+            try:
+                messages = yield fetching
+            except Exception as exc:
+                if not poison.counts_against_message(exc):
+                    raise
+                # Recorded (or the chunk split) before the session ends, so
+                # the next connection goes past the message or isolates it.
+                yield self._fetch_failed(name, validity, chunk, cursor, exc)
+                raise
             self._check()
             if i + 1 < len(chunks):
                 # Fetch the next chunk while this one is mapped and committed,
@@ -600,6 +630,55 @@ class FolderService(service.Service):
                 raise
             cursor = after
             self.cursor = after
+            if suspects:
+                suspects.difference_update(chunk)
+
+    @defer.inlineCallbacks
+    def _fetch_failed(self, name: str, validity: str, chunk: Any, cursor: Any, exc: Exception):  # type: ignore[no-untyped-def]
+        """A chunk's FETCH failed in a way a message can cause: split the
+        chunk into suspects, or count a lone suspect's failure and skip it
+        as poison at ``poison_after``. Marks ``exc`` as the message's doing,
+        so it does not count towards the provider's quarantine."""
+        exc.imapsvc_poison = True  # type: ignore[attr-defined]
+        tenant, pid = self.provider.tenant, self.provider.provider_id
+        suspects = self._suspects.setdefault(validity, set())
+        if len(chunk) > 1:
+            suspects.update(int(u) for u in chunk)
+            self.log.warn(
+                "{label}: FETCH of {n} messages failed ({error}); fetching them one by one",
+                label=self.label, n=len(chunk), error=poison.describe(exc),
+            )
+            return
+        uid = int(chunk[0])
+        reason = poison.describe(exc)
+        count = yield self.store.note_message_failure(tenant, pid, name, validity, uid, reason)
+        if count < self.options.poison_after:
+            self.log.warn(
+                "{label}: UID {uid} failed {count} of {limit} times: {error}",
+                label=self.label, uid=uid, count=count, limit=self.options.poison_after,
+                error=reason,
+            )
+            return
+        from imapsvc.core.event import event_ids
+        from imapsvc.core.ledger import dedupe_key
+        from imapsvc.model import OUTCOME_SKIPPED, POISON_REASON_PREFIX, MessageRecord
+
+        key = dedupe_key(name, validity, uid)
+        record = MessageRecord(
+            dedupe_key=key, folder=name, uid_validity=validity, uid=uid, message_id_key=None,
+            outcome=OUTCOME_SKIPPED, event_id=event_ids(tenant, pid, key)[0],
+            reason=POISON_REASON_PREFIX + reason,
+        )
+        after = advance(cursor, uid, self.reactor.seconds())
+        yield self.store.record_batch(tenant, pid, name, self.owner, [record], after)
+        yield self.store.mark_poison_skipped(tenant, pid, name, validity, uid)
+        self.cursor = after
+        suspects.discard(uid)
+        self.poison_skipped += 1
+        self.log.error(
+            "{label}: UID {uid} skipped as poison after {count} failed fetches: {error}",
+            label=self.label, uid=uid, count=count, error=reason,
+        )
 
     @defer.inlineCallbacks
     def _fetch_chunk(self, proto: Any, name: str, validity: str, chunk: list[int]):  # type: ignore[no-untyped-def]
@@ -773,6 +852,26 @@ class FolderService(service.Service):
             pass  # closing anyway
         raise _TokenRefreshDue()
 
+    def _quarantine(self, why: str) -> str:
+        """This server broke protocol limits ``quarantine_after`` sessions in
+        a row: leave it alone for ``quarantine_ms`` (one hostile tenant must
+        not cost the others CPU and memory on every reconnect)."""
+        from datetime import UTC, datetime
+
+        delay = self.options.quarantine_ms / 1000.0
+        self.quarantined_until = self.reactor.seconds() + delay
+        self.quarantines += 1
+        self.factory.set_next_delay(delay)
+        self._reconnect_reason = "quarantine"
+        until = datetime.fromtimestamp(self.quarantined_until, tz=UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+        text = f"quarantined until {until} after {self.violations} protocol violations: {why}"
+        self.last_error = text
+        self.log.error("{label}: {text}", label=self.label, text=text)
+        self._hook("quarantined", self.quarantined_until, text)
+        return text
+
     def _lose(self, proto: Any) -> None:
         transport = getattr(proto, "transport", None)
         if transport is not None:
@@ -812,7 +911,17 @@ class FolderService(service.Service):
             self._set_state(S.STOPPED, "lease lost", error=text)
             self._hook("lease_lost")
         else:
-            if failure.check(errors.Throttled) and err.retry_after is not None:
+            if failure.check(errors.ProtocolViolation) and not getattr(
+                err, "imapsvc_poison", False
+            ):
+                self.violations += 1
+                if self.violations >= self.options.quarantine_after:
+                    text = self._quarantine(text)
+                    if current:
+                        self._session_error = text
+            if self.quarantined_until is not None:
+                pass  # the quarantine delay is already set
+            elif failure.check(errors.Throttled) and err.retry_after is not None:
                 self.factory.set_next_delay(err.retry_after)
             elif failure.check(errors.CleartextRefused, errors.TLSRequired, FolderNotFound):
                 # Configuration problems: do not hammer the server.

@@ -73,6 +73,14 @@ class ServiceCollector(Collector):
         state = GaugeMetricFamily(
             "imapsvc_folder_state", "1 for the state a folder is in", labels=labels + ["state"]
         )
+        quarantined = GaugeMetricFamily(
+            "imapsvc_folder_quarantined",
+            "1 while a folder's server is quarantined for breaking protocol limits",
+            labels=labels,
+        )
+        poison = CounterMetricFamily(
+            "imapsvc_poison_skipped", "Messages skipped as poison (failed fetches)", labels=labels
+        )
         for p in providers:
             for name, f in (p.get("folders") or {}).items():
                 key = [p.get("tenant", ""), p.get("providerId", ""), name]
@@ -85,7 +93,24 @@ class ServiceCollector(Collector):
                 if f.get("lag") is not None:
                     lag.add_metric(key, _num(f.get("lag")))
                 state.add_metric(key + [str(f.get("state", ""))], 1)
-        yield from (syncs, handed, bytes_, wakeups, reconnects, lag, state)
+                quarantined.add_metric(key, 1 if f.get("quarantinedUntil") else 0)
+                poison.add_metric(key, _num(f.get("poisonSkipped")))
+        yield from (syncs, handed, bytes_, wakeups, reconnects, lag, state, quarantined, poison)
+        quarantines = CounterMetricFamily(
+            "imapsvc_quarantines", "Times a provider's server was quarantined"
+        )
+        quarantines.add_metric([], _num(status.get("quarantines")))
+        yield quarantines
+        budget = status.get("imapBudget") or {}
+        for name, doc, kind in (
+            ("used", "IMAP bytes in flight (process-wide budget)", GaugeMetricFamily),
+            ("capacity", "The process-wide budget for IMAP bytes in flight", GaugeMetricFamily),
+            ("paused", "IMAP connections paused by the budget", GaugeMetricFamily),
+            ("pauses", "Times an IMAP connection was paused by the budget", CounterMetricFamily),
+        ):
+            family = kind(f"imapsvc_imap_budget_{name}", doc)
+            family.add_metric([], _num(budget.get(name)))
+            yield family
 
         pipe = self._pipeline() if self._pipeline else {}
         outcomes = CounterMetricFamily(

@@ -196,6 +196,7 @@ class Runtime(service.MultiService):
                 reactor, p, self.credentials, tls, s.connection_timeout_ms / 1000.0
             ),
         )
+        self.supervisor.imap_budget = self.imap_budget
         self.oauth = None
         if self.box is not None and s.public_base_url:
             self.oauth = OAuthFlow(
