@@ -861,7 +861,7 @@ class FolderService(service.Service):
         delay = self.options.quarantine_ms / 1000.0
         self.quarantined_until = self.reactor.seconds() + delay
         self.quarantines += 1
-        self.factory.set_next_delay(delay)
+        self.factory.set_next_delay(delay, capped=False)
         self._reconnect_reason = "quarantine"
         until = datetime.fromtimestamp(self.quarantined_until, tz=UTC).strftime(
             "%Y-%m-%dT%H:%M:%SZ"
