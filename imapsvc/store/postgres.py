@@ -133,6 +133,43 @@ def provider_from_row(row: Sequence[Any]) -> ProviderConfig:
     )
 
 
+#: Poison messages, shared with the admin CLI (imapsvc.store.admin_sync).
+LIST_POISON_SQL = (
+    "SELECT tenant::text, provider_id::text, folder, uid_validity, uid, failures, reason,"
+    " skipped_at, updated_at FROM imap_message_failures"
+    " WHERE (%s::uuid IS NULL OR tenant = %s::uuid)"
+    " AND (%s::uuid IS NULL OR provider_id = %s::uuid)"
+    " ORDER BY updated_at, tenant, provider_id, folder, uid"
+)
+
+
+def poison_from_row(r: Sequence[Any]) -> PoisonMessage:
+    """A row of :data:`LIST_POISON_SQL`."""
+    return PoisonMessage(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], r[7], r[8])
+
+
+def retry_poison_statements(tenant: str, provider_id: str, folder: str, uid_validity: str,
+                            uid: int) -> list[tuple[str, tuple[Any, ...]]]:
+    """``(sql, params)`` of a poison retry, run in one transaction: forget
+    the failures (rowcount 0: unknown, stop), delete the skipped ledger row,
+    move the cursor back below the UID (same UIDVALIDITY only)."""
+    key = (tenant, provider_id, folder, str(uid_validity), int(uid))
+    return [
+        ("DELETE FROM imap_message_failures WHERE tenant = %s AND provider_id = %s"
+         " AND folder = %s AND uid_validity = %s AND uid = %s", key),
+        ("DELETE FROM imap_message_ledger WHERE tenant = %s AND provider_id = %s"
+         " AND folder = %s AND uid_validity = %s AND uid = %s AND outcome = 'skipped'", key),
+        ("UPDATE imap_email_provider_config SET folder_state = jsonb_set(folder_state,"
+         " ARRAY[%s, 'last_uid'], to_jsonb(%s::text)), updated_at = now()"
+         " WHERE tenant = %s AND email_provider_id = %s"
+         " AND folder_state -> %s ->> 'uid_validity' = %s"
+         " AND (CASE WHEN folder_state -> %s ->> 'last_uid' ~ '^[0-9]{1,18}$'"
+         "      THEN (folder_state -> %s ->> 'last_uid')::bigint ELSE -1 END) >= %s",
+         (folder, str(int(uid) - 1), tenant, provider_id, folder, str(uid_validity),
+          folder, folder, int(uid))),
+    ]
+
+
 @implementer(IStore)
 class PostgresStore:
     """:class:`~imapsvc.interfaces.IStore` on PostgreSQL (or Citus).
@@ -543,42 +580,20 @@ class PostgresStore:
 
     def list_poison(self, tenant: Optional[str] = None,
                     provider_id: Optional[str] = None) -> defer.Deferred:
-        d = self._query(
-            "SELECT tenant::text, provider_id::text, folder, uid_validity, uid, failures, reason,"
-            " skipped_at, updated_at FROM imap_message_failures"
-            " WHERE (%s::uuid IS NULL OR tenant = %s::uuid)"
-            " AND (%s::uuid IS NULL OR provider_id = %s::uuid)"
-            " ORDER BY updated_at, tenant, provider_id, folder, uid",
-            (tenant, tenant, provider_id, provider_id))
-        return d.addCallback(lambda rows: [
-            PoisonMessage(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], r[7], r[8])
-            for r in rows])
+        d = self._query(LIST_POISON_SQL, (tenant, tenant, provider_id, provider_id))
+        return d.addCallback(lambda rows: [poison_from_row(r) for r in rows])
 
     def retry_poison(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
                      uid: int) -> defer.Deferred:
-        key = (tenant, provider_id, folder, str(uid_validity), int(uid))
-
         @defer.inlineCallbacks
         def run(cur: Any) -> Any:
-            yield cur.execute(
-                "DELETE FROM imap_message_failures WHERE tenant = %s AND provider_id = %s"
-                " AND folder = %s AND uid_validity = %s AND uid = %s", key)
+            [forget, unskip, rewind] = retry_poison_statements(
+                tenant, provider_id, folder, uid_validity, uid)
+            yield cur.execute(*forget)
             if cur.rowcount == 0:
                 return False
-            yield cur.execute(
-                "DELETE FROM imap_message_ledger WHERE tenant = %s AND provider_id = %s"
-                " AND folder = %s AND uid_validity = %s AND uid = %s AND outcome = 'skipped'",
-                key)
-            # Back below the UID, on the same UIDVALIDITY only.
-            yield cur.execute(
-                "UPDATE imap_email_provider_config SET folder_state = jsonb_set(folder_state,"
-                " ARRAY[%s, 'last_uid'], to_jsonb(%s::text)), updated_at = now()"
-                " WHERE tenant = %s AND email_provider_id = %s"
-                " AND folder_state -> %s ->> 'uid_validity' = %s"
-                " AND (CASE WHEN folder_state -> %s ->> 'last_uid' ~ '^[0-9]{1,18}$'"
-                "      THEN (folder_state -> %s ->> 'last_uid')::bigint ELSE -1 END) >= %s",
-                (folder, str(int(uid) - 1), tenant, provider_id, folder, str(uid_validity),
-                 folder, folder, int(uid)))
+            yield cur.execute(*unskip)
+            yield cur.execute(*rewind)
             return True
 
         return self._interact(run)
