@@ -79,6 +79,9 @@ class _Command:
         self.continuations = 0
         #: Bytes of untagged responses received for this command.
         self.received = 0
+        #: Tokens built for this command's FETCH responses (kept until the
+        #: tagged answer; each costs ~60 bytes however short on the wire).
+        self.tokens = 0
 
 
 class FolderIMAPClient(IMAP4Client):
@@ -128,6 +131,14 @@ class FolderIMAPClient(IMAP4Client):
     #: engine's largest legitimate answer is a chunk of sections (a few MiB)
     #: or one message up to the raw-MIME cap.
     max_command_bytes = 256 * _MIB
+    #: Most tokens the FETCH responses of one command may build: a metadata
+    #: chunk of 100 messages needs a few hundred each; ``()`` repeated would
+    #: otherwise turn a command's bytes into ~30x as much memory. Responses
+    #: beyond it are salvaged without BODYSTRUCTURE (whole-message path, with
+    #: its caps), which keeps only their literals and a few numbers.
+    max_command_tokens = 4 * responses.MAX_TOKENS
+    #: What one token is charged to the byte budget.
+    TOKEN_COST = 64
 
     def __init__(
         self,
@@ -458,7 +469,13 @@ class FolderIMAPClient(IMAP4Client):
 
     def _on_fetch(self, cmd: _Command, seq: int, texts: list[bytes], literals: list[bytes]):
         try:
-            tokens = responses.tokenize(texts, literals)
+            left = max(0, self.max_command_tokens - cmd.tokens)
+            tokens, count = responses.tokenize_counted(
+                texts, literals, min(responses.MAX_TOKENS, left)
+            )
+            cmd.tokens += count
+            if self.budget is not None:
+                self.budget.charge(self, count * self.TOKEN_COST)
             if len(tokens) != 1 or not isinstance(tokens[0], list):
                 raise ResponseParseError("FETCH data is not one list")
             pairs = responses.fetch_pairs(tokens[0])

@@ -172,3 +172,42 @@ class DeepBodystructureTests(ClientTestCase):
         parts = parse_bodystructure(meta[7]["bodystructure"])
         self.assertIsNotNone(parts)
         self.assertEqual(parts[0].section, ".".join(["1"] * 20))
+
+
+class TokenBudgetTests(ClientTestCase):
+    def test_tokens_per_command_are_bounded(self):
+        client, transport, clock = self.connect()
+        client.max_command_tokens = 50_000
+        d = client.fetch_meta([1, 2, 3])
+        sent(transport)
+        empty_lists = b"()" * 12_000  # 24,000 tokens: "(" and ")" each count
+        for seq in (1, 2, 3):
+            client.dataReceived(
+                b"* %d FETCH (UID %d RFC822.SIZE 10 BODYSTRUCTURE (\"text\" \"plain\" ("
+                % (seq, seq) + empty_lists + b') NIL NIL "7bit" 5 1) BODY[HEADER] "")\r\n'
+            )
+        client.dataReceived(b"0001 OK done\r\n")
+        meta = self.successResultOf(d)
+        # The first two fit (2 x ~24,000 tokens); the third is salvaged: no
+        # structure kept, so it takes the whole-message path.
+        self.assertIsNotNone(meta[1]["bodystructure"])
+        self.assertIsNotNone(meta[2]["bodystructure"])
+        self.assertIsNone(meta[3]["bodystructure"])
+        self.assertEqual(meta[3]["size"], 10)
+
+
+class FetchRefusedTests(ClientTestCase):
+    def test_no_on_fetch_counts_against_the_message(self):
+        from imapsvc.core import poison
+        from imapsvc.imap.errors import CommandFailed
+
+        client, transport, clock = self.connect()
+        d = client.fetch_meta([3])
+        self.assertEqual(
+            sent(transport),
+            b"0001 UID FETCH 3 (UID RFC822.SIZE INTERNALDATE BODYSTRUCTURE BODY.PEEK[HEADER])\r\n",
+        )
+        client.dataReceived(b"0001 NO [UNAVAILABLE] message unreadable\r\n")
+        failure = self.failureResultOf(d, CommandFailed)
+        self.assertTrue(poison.counts_against_message(failure.value))
+        self.assertTrue(transport.disconnecting)
