@@ -211,3 +211,122 @@ class FetchRefusedTests(ClientTestCase):
         failure = self.failureResultOf(d, CommandFailed)
         self.assertTrue(poison.counts_against_message(failure.value))
         self.assertTrue(transport.disconnecting)
+
+
+# -- the old (quadratic) matcher as the reference for one-delimiter listings --
+# Copied from imapsvc/core/folders.py before issue 11: on a listing whose
+# entries share one delimiter the linear matcher must agree with it exactly.
+from typing import Iterable, Optional, Sequence  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from imapsvc.core.folders import (  # noqa: E402
+    ListEntry,
+    Resolution,
+    _candidates,
+    _norm_inbox,
+    display_name,
+)
+
+
+def _reference_resolve(
+    filters: Sequence[str], listing: Iterable[tuple[Sequence[str], Optional[str], str]]
+) -> Resolution:
+    """Match configured folder paths against a LIST result.
+
+    An empty ``filters`` means ``INBOX``. Matching prefers an exact match of
+    the decoded name, then a case-insensitive one (the server's spelling is
+    returned either way); ``/`` in a filter also matches the server's
+    hierarchy delimiter. ``\\Noselect``/``\\NonExistent`` folders never match.
+    """
+    entries = [ListEntry(tuple(f), d, n) for f, d, n in listing]
+    wanted = list(filters) or ["INBOX"]
+    matched: list[tuple[str, str]] = []
+    missing: list[tuple[str, str]] = []
+    used: set[str] = set()
+
+    def names_for(entry: ListEntry) -> list[str]:
+        decoded = display_name(entry.name)
+        return [_norm_inbox(decoded, entry.delimiter), _norm_inbox(entry.name, entry.delimiter)]
+
+    for flt in wanted:
+        forms: list[str] = []
+        typed = [flt] + ([flt.strip()] if flt.strip() != flt else [])
+        for form in [c for t in typed for c in _candidates(t)]:
+            forms.append(form)
+            for entry in entries:
+                if entry.delimiter and entry.delimiter != "/" and "/" in form:
+                    forms.append(form.replace("/", entry.delimiter))
+        forms = list(dict.fromkeys(_norm_inbox(f, "/") for f in forms)) + list(dict.fromkeys(forms))
+        hit: Optional[ListEntry] = None
+        unselectable = False
+        for exact in (True, False):
+            for entry in entries:
+                keys = names_for(entry)
+                for form in forms:
+                    if exact:
+                        ok = any(k == _norm_inbox(form, entry.delimiter) for k in keys)
+                    else:
+                        ok = any(
+                            k.casefold() == _norm_inbox(form, entry.delimiter).casefold()
+                            for k in keys
+                        )
+                    if ok:
+                        if entry.selectable:
+                            hit = entry
+                        else:
+                            unselectable = True
+                        break
+                if hit is not None:
+                    break
+            if hit is not None:
+                break
+        if hit is None:
+            missing.append((flt, "not selectable" if unselectable else "no such folder"))
+        elif hit.name not in used:
+            used.add(hit.name)
+            matched.append((flt, hit.name))
+    return Resolution(tuple(matched), tuple(missing))
+
+
+_NAME = st.text(alphabet="abAB/.&-_ \u00e9", min_size=1, max_size=8)
+
+
+class FolderMatchingPropertyTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(
+        delimiter=st.sampled_from(["/", ".", None]),
+        names=st.lists(_NAME, max_size=8),
+        flags=st.lists(st.sampled_from([(), ("\\Noselect",), ("\\HasChildren",)]),
+                       min_size=8, max_size=8),
+        filters=st.lists(st.one_of(_NAME, st.sampled_from(["INBOX", "inbox", "a/b"])),
+                         max_size=4),
+    )
+    def test_same_result_as_the_reference_on_one_delimiter(self, delimiter, names, flags,
+                                                           filters):
+        listing = [(flags[i], delimiter, n) for i, n in enumerate(names)]
+        self.assertEqual(resolve_folders(filters, listing),
+                         _reference_resolve(filters, listing))
+
+
+class TokenizerRunsPropertyTests(SynchronousTestCase):
+    """STACK.md: fuzz with long runs of one byte. 60,000 of one unit took
+    seconds with the quadratic tokenizer (``[``: ~5 s); linear: milliseconds."""
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        unit=st.binary(min_size=1, max_size=3),
+        prefix=st.sampled_from([b"", b"(", b"* 1 FETCH (", b"BODY[", b'"']),
+    )
+    def test_long_runs_stay_fast(self, unit, prefix):
+        line = prefix + unit * (60_000 // len(unit))
+        self.assertLess(elapsed(responses.tokenize, [line]), 1.5)
+        start = time.perf_counter()
+        responses.salvage_fetch([line + b" BODY[1] {1}", b")"], [b"x"])
+        responses.parse_status(line)
+        try:
+            responses.literal_size(line)
+        except ResponseParseError:
+            pass  # e.g. "{" + 60,000 digits + "}": refused, quickly
+        self.assertLess(time.perf_counter() - start, 1.5)
