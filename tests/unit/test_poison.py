@@ -208,3 +208,71 @@ class IsolationTests(SynchronousTestCase):
         self.assertTrue(poison.counts_against_message(ProtocolViolation("too big")))
         self.assertFalse(poison.counts_against_message(ConnectionGone("lost")))
         self.assertFalse(poison.counts_against_message(ValueError("store")))
+
+
+class QuarantineReportingTests(SynchronousTestCase):
+    """The quarantine reaches error_message, /status and /metrics."""
+
+    def test_provider_error_message_status_and_metrics(self):
+        import random
+
+        from twisted.internet.task import Clock
+
+        from imapsvc.imap.budget import ByteBudget
+        from imapsvc.metrics import ServiceCollector, make_registry, render
+        from imapsvc.supervisor import Supervisor
+        from tests.unit.test_supervisor import T1, FakeFolder
+
+        clock = Clock()
+        store = MemoryStore(clock)
+        store.add_provider(tenant=T1, provider_id="p1")
+        folders = {}
+
+        def make_folder(provider, folder, hooks):
+            folders[folder] = f = FakeFolder([], provider, folder, hooks)
+            return f
+
+        sup = Supervisor(store, clock, "w1", make_folder, rng=random.Random(1))
+        sup.imap_budget = ByteBudget(1000)
+        sup.startService()
+        self.addCleanup(sup.stopService)
+        clock.advance(0)
+        text = "quarantined until 2026-01-01T06:00:00Z after 3 protocol violations: x"
+        folders["INBOX"].hooks.quarantined(clock.seconds() + 6 * 3600, text)
+        row = store.provider_row(T1, "p1")
+        self.assertEqual((row["status"], row["error_message"]), ("error", text))
+        status = sup.status()
+        self.assertEqual(status["quarantines"], 1)
+        self.assertEqual(status["imapBudget"]["capacity"], 1000)
+        # What a quarantined FolderService's snapshot carries.
+        status["providers"][0]["folders"]["INBOX"]["quarantinedUntil"] = 123.0
+        status["providers"][0]["folders"]["INBOX"]["poisonSkipped"] = 2
+        metrics = render(make_registry(ServiceCollector(lambda: status))).decode()
+        self.assertIn("imapsvc_quarantines_total 1.0", metrics)
+        self.assertIn('imapsvc_folder_quarantined{folder="INBOX"', metrics)
+        self.assertRegex(metrics, r'imapsvc_poison_skipped_total\{[^}]*\} 2\.0')
+        self.assertIn("imapsvc_imap_budget_capacity 1000.0", metrics)
+        self.assertIn("imapsvc_imap_budget_pauses_total 0.0", metrics)
+
+
+class MemoryLimitTests(SynchronousTestCase):
+    def test_budget_from_cgroup_file_and_settings(self):
+        import os
+        import tempfile
+
+        from imapsvc.config import Settings
+        from imapsvc.runtime import build_budget, read_memory_limit
+
+        directory = tempfile.mkdtemp()
+        v2 = os.path.join(directory, "memory.max")
+        with open(v2, "w") as f:
+            f.write("1073741824\n")
+        self.assertEqual(read_memory_limit((os.path.join(directory, "nope"), v2)), 1 << 30)
+        with open(v2, "w") as f:
+            f.write("max\n")
+        self.assertIsNone(read_memory_limit((v2,)))
+        budget = build_budget(Settings(memory_limit_bytes=512 << 20))
+        self.assertEqual(budget.capacity, 128 << 20)
+        budget = build_budget(Settings(memory_limit_bytes=512 << 20,
+                                       inflight_budget_bytes=10 << 20))
+        self.assertEqual(budget.capacity, 10 << 20)
