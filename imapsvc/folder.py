@@ -630,8 +630,12 @@ class FolderService(service.Service):
                 raise
             cursor = after
             self.cursor = after
-            if suspects:
+            if suspects and suspects.intersection(chunk):
+                # Fetched after all: forget them and what they were counted.
                 suspects.difference_update(chunk)
+                yield self.store.clear_message_failures(
+                    tenant, pid, name, validity, [int(u) for u in chunk]
+                )
 
     @defer.inlineCallbacks
     def _fetch_failed(self, name: str, validity: str, chunk: Any, cursor: Any, exc: Exception):  # type: ignore[no-untyped-def]

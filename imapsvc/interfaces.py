@@ -100,8 +100,9 @@ class IStore(Interface):
         age in seconds of the oldest unpublished row."""
 
     def purge_ledger(older_than_days):
-        """Delete ledger rows and published outbox rows older than the
-        retention. :rtype: Deferred[int] rows deleted."""
+        """Delete ledger rows, published outbox rows and message-failure
+        rows (last touched) older than the retention.
+        :rtype: Deferred[int] rows deleted."""
 
     def put_secret(tenant, name, ciphertext):
         """Store an encrypted secret (bytes) under ``name``."""
@@ -151,6 +152,10 @@ class IStore(Interface):
 
         :rtype: Deferred[int]: the count after this failure.
         """
+
+    def clear_message_failures(tenant, provider_id, folder, uid_validity, uids):
+        """Messages that were fetched after all: forget their failure counts
+        (rows already skipped stay, for the operator)."""
 
     def mark_poison_skipped(tenant, provider_id, folder, uid_validity, uid):
         """The message was recorded as skipped (ledger): set ``skipped_at``."""

@@ -587,6 +587,27 @@ class StoreContractMixin:
         self.assertEqual(result.outcomes, (OUTCOME_PUBLISHED, OUTCOME_DUPLICATE))
 
     @defer.inlineCallbacks
+    def test_clear_message_failures_keeps_skipped_ones(self) -> Any:
+        p = yield self.leased()
+        for uid in (1, 2, 3):
+            yield self.store.note_message_failure(p.tenant, p.provider_id, "INBOX", "7", uid,
+                                                  "CommandTimeout")
+        yield self.store.mark_poison_skipped(p.tenant, p.provider_id, "INBOX", "7", 3)
+        yield self.store.clear_message_failures(p.tenant, p.provider_id, "INBOX", "7",
+                                                [1, 3, 9])
+        left = yield self.store.list_poison(p.tenant)
+        self.assertEqual(sorted(m.uid for m in left), [2, 3])
+
+    @defer.inlineCallbacks
+    def test_purge_forgets_old_message_failures(self) -> Any:
+        p = yield self.leased()
+        yield self.store.note_message_failure(p.tenant, p.provider_id, "INBOX", "7", 1, "x")
+        yield defer.maybeDeferred(self.backdate, 10 * 86400)
+        self.assertEqual((yield self.store.purge_ledger(30)), 0)
+        self.assertEqual((yield self.store.purge_ledger(7)), 1)
+        self.assertEqual((yield self.store.list_poison(p.tenant)), [])
+
+    @defer.inlineCallbacks
     def test_retry_poison_keeps_cursor_of_another_uidvalidity(self) -> Any:
         p = yield self.leased()
         yield self.store.record_batch(p.tenant, p.provider_id, "INBOX", "worker-a",

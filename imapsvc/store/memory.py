@@ -387,7 +387,10 @@ class MemoryStore:
         ]
         deleted += len(self._outbox) - len(keep_out)
         self._outbox = keep_out
-        return deleted
+        old = [k for k, r in self._failures.items() if r["updated_at"] < cutoff]
+        for stale in old:
+            del self._failures[stale]
+        return deleted + len(old)
 
     @_wrap
     def put_secret(self, tenant: str, name: str, ciphertext: bytes) -> None:
@@ -485,6 +488,15 @@ class MemoryStore:
         row["reason"] = reason
         row["updated_at"] = self.now()
         return int(row["failures"])
+
+    @_wrap
+    def clear_message_failures(self, tenant: str, provider_id: str, folder: str,
+                               uid_validity: str, uids: Sequence[int]) -> None:
+        for uid in uids:
+            key = (tenant, provider_id, folder, str(uid_validity), int(uid))
+            row = self._failures.get(key)
+            if row is not None and row["skipped_at"] is None:
+                del self._failures[key]
 
     @_wrap
     def mark_poison_skipped(self, tenant: str, provider_id: str, folder: str,

@@ -504,6 +504,10 @@ class PostgresStore:
             yield cur.execute(
                 "DELETE FROM imap_event_outbox WHERE published_at IS NOT NULL"
                 " AND published_at < now() - make_interval(secs => %s)", (seconds,))
+            deleted += cur.rowcount
+            yield cur.execute(
+                "DELETE FROM imap_message_failures"
+                " WHERE updated_at < now() - make_interval(secs => %s)", (seconds,))
             return deleted + cur.rowcount
 
         return self._interact(run)
@@ -569,6 +573,14 @@ class PostgresStore:
             " updated_at = now() RETURNING failures",
             (tenant, provider_id, folder, str(uid_validity), int(uid), reason),
         ).addCallback(lambda rows: int(rows[0][0]))
+
+    def clear_message_failures(self, tenant: str, provider_id: str, folder: str,
+                               uid_validity: str, uids: Sequence[int]) -> defer.Deferred:
+        return self._query(
+            "DELETE FROM imap_message_failures WHERE tenant = %s AND provider_id = %s"
+            " AND folder = %s AND uid_validity = %s AND uid = ANY(%s) AND skipped_at IS NULL",
+            (tenant, provider_id, folder, str(uid_validity), [int(u) for u in uids]),
+        ).addCallback(lambda _: None)
 
     def mark_poison_skipped(self, tenant: str, provider_id: str, folder: str,
                             uid_validity: str, uid: int) -> defer.Deferred:

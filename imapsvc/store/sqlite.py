@@ -486,6 +486,8 @@ class SqliteOps:
             # Unpublished rows stay whatever their age: they are undelivered events.
             cur.execute("DELETE FROM imap_event_outbox WHERE published_at IS NOT NULL"
                         " AND published_at < ?", (cutoff,))
+            deleted += cur.rowcount
+            cur.execute("DELETE FROM imap_message_failures WHERE updated_at < ?", (cutoff,))
             return int(deleted + cur.rowcount)
 
         return int(self._transaction(run))
@@ -550,6 +552,17 @@ class SqliteOps:
             return int(cur.fetchone()[0])
 
         return int(self._transaction(run))
+
+    def clear_message_failures(self, tenant: str, provider_id: str, folder: str,
+                               uid_validity: str, uids: Sequence[int]) -> None:
+        def run(cur: sqlite3.Cursor) -> None:
+            for uid in uids:
+                cur.execute(
+                    "DELETE FROM imap_message_failures WHERE tenant = ? AND provider_id = ?"
+                    " AND folder = ? AND uid_validity = ? AND uid = ? AND skipped_at IS NULL",
+                    (tenant, provider_id, folder, str(uid_validity), int(uid)))
+
+        self._transaction(run)
 
     def mark_poison_skipped(self, tenant: str, provider_id: str, folder: str,
                             uid_validity: str, uid: int) -> None:
@@ -832,6 +845,7 @@ class SqliteStore:
     touch_last_sync = _delegate("touch_last_sync")
     note_message_failure = _delegate("note_message_failure")
     mark_poison_skipped = _delegate("mark_poison_skipped")
+    clear_message_failures = _delegate("clear_message_failures")
     list_poison = _delegate("list_poison")
     retry_poison = _delegate("retry_poison")
     ping = _delegate("ping")

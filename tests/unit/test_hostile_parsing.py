@@ -174,6 +174,29 @@ class DeepBodystructureTests(ClientTestCase):
         self.assertEqual(parts[0].section, ".".join(["1"] * 20))
 
 
+class DeepMimeTests(SynchronousTestCase):
+    def test_whole_message_path_survives_three_thousand_nested_multiparts(self):
+        # Where a too-deep BODYSTRUCTURE sends a message: it must map (or be
+        # skipped with a reason), never raise out of the pipeline.
+        from datetime import UTC, datetime
+
+        from imapsvc.core.email_data import map_message
+        from imapsvc.model import FetchedMessage
+
+        body = b"".join(
+            b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i)
+            for i in range(3000)
+        ) + b"Content-Type: text/plain\r\n\r\nhello\r\n" + b"".join(
+            b"--b%d--\r\n" % i for i in reversed(range(3000))
+        )
+        raw = b"From: a@example.com\r\nSubject: deep\r\nMIME-Version: 1.0\r\n" + body
+        msg = FetchedMessage("INBOX", "7", 1, len(raw), None, raw=raw)
+        start = time.perf_counter()
+        mapped = map_message(msg, "t", "p", datetime.now(UTC), Limits())
+        self.assertLess(time.perf_counter() - start, GENEROUS_S)
+        self.assertEqual(mapped.dedupe_key, "imap:INBOX:7:1")
+
+
 class TokenBudgetTests(ClientTestCase):
     def test_tokens_per_command_are_bounded(self):
         client, transport, clock = self.connect()

@@ -135,6 +135,32 @@ class PoisonTests(SynchronousTestCase):
         self.assertEqual(r.pipeline.uids, [1, 2, 4, 5, 6, 7])
         del r_proto
 
+    def test_suspect_fetched_after_all_is_forgotten(self):
+        r = self.rig()
+        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.server.add(4)
+        r.server.poison = {3}
+        r.start()  # chunk 1..4 fails: suspects
+        self.reconnect(r)  # 1, 2 recorded; 3 fails once (counted)
+        [entry] = r.store.list_poison().result
+        self.assertEqual((entry.uid, entry.failures), (3, 1))
+        r.server.poison = set()  # the server can read it now
+        self.reconnect(r)
+        self.assertEqual(r.pipeline.uids, [1, 2, 3, 4])
+        self.assertEqual(r.store.list_poison().result, [])
+        self.assertEqual(r.svc._suspects, {"7": set()})
+
+    def test_options_from_settings(self):
+        from imapsvc.config import Settings
+        from imapsvc.folder import FolderOptions
+
+        options = FolderOptions.from_settings(
+            Settings(poison_after=7, quarantine_after=2, quarantine_ms=1000,
+                     max_raw_mime_bytes=5 << 20, max_attachment_bytes=1 << 20))
+        self.assertEqual((options.poison_after, options.quarantine_after,
+                          options.quarantine_ms), (7, 2, 1000))
+        self.assertEqual(options.wire_caps.max_literal, 6 << 20)
+
     def test_failure_count_survives_a_new_folder_service(self):
         # The count is in the store: a restart (or another replica) goes on
         # counting instead of starting from zero.

@@ -86,6 +86,7 @@ class SqliteStoreContractTests(StoreContractMixin, SqliteStoreTestBase):
         for table, key, columns in (
             ("imap_message_ledger", "rowid", ("created_at",)),
             ("imap_event_outbox", "id", ("created_at", "published_at")),
+            ("imap_message_failures", "rowid", ("created_at", "updated_at", "skipped_at")),
         ):
             rows = self.side.execute(
                 f"SELECT {key}, {', '.join(columns)} FROM {table}").fetchall()
