@@ -129,6 +129,19 @@ class SqliteStoreExtrasTests(SqliteStoreTestBase):
         self.assertIn("schema version", str(failure))
         self.assertEqual((yield store.stop()), None)
 
+    def test_version_one_file_gains_the_poison_table(self) -> None:
+        from imapsvc.store.sqlite_schema import connect, ensure_schema
+
+        path = self.mktemp()
+        conn = connect(path)
+        ensure_schema(conn)
+        conn.execute("DROP TABLE imap_message_failures")
+        conn.execute("PRAGMA user_version=1")  # a file written before schema/0005
+        self.assertTrue(ensure_schema(conn))
+        self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
+        conn.execute("SELECT count(*) FROM imap_message_failures").fetchone()
+        conn.close()
+
     @defer.inlineCallbacks
     def test_unopenable_file_is_unavailable(self) -> Any:
         store = SqliteStore(os.path.join(self.mktemp(), "no", "such", "dir.sqlite3"), reactor)
