@@ -302,7 +302,7 @@ class FolderService(service.Service):
             "reconnects": dict(self.reconnects),
             "uidNext": self.uid_next,
             "poisonSkipped": self.poison_skipped,
-            "quarantinedUntil": self.quarantined_until,
+            "quarantinedUntil": self.quarantined_until if self.quarantined() else None,
             "quarantines": self.quarantines,
             "lag": self.lag(),
             "history": [t.to_json() for t in self.history],
@@ -856,6 +856,11 @@ class FolderService(service.Service):
             pass  # closing anyway
         raise _TokenRefreshDue()
 
+    def quarantined(self) -> bool:
+        """Whether this folder's server is in quarantine now."""
+        until = self.quarantined_until
+        return until is not None and until > self.reactor.seconds()
+
     def _quarantine(self, why: str) -> str:
         """This server broke protocol limits ``quarantine_after`` sessions in
         a row: leave it alone for ``quarantine_ms`` (one hostile tenant must
@@ -923,7 +928,7 @@ class FolderService(service.Service):
                     text = self._quarantine(text)
                     if current:
                         self._session_error = text
-            if self.quarantined_until is not None:
+            if self.quarantined():
                 pass  # the quarantine delay is already set
             elif failure.check(errors.Throttled) and err.retry_after is not None:
                 self.factory.set_next_delay(err.retry_after)

@@ -4,6 +4,8 @@ do not run while paused. Byte-level on string transports."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -162,3 +164,60 @@ class DerivedCapsTests(SynchronousTestCase):
         self.assertIsNone(parse_memory_limit("max\n"))
         self.assertIsNone(parse_memory_limit("9223372036854771712"))
         self.assertIsNone(parse_memory_limit(None))
+
+
+class _Holder:
+    def __init__(self):
+        self.paused = False
+
+    def budget_pause(self):
+        assert not self.paused
+        self.paused = True
+
+    def budget_resume(self):
+        assert self.paused
+        self.paused = False
+
+
+class BudgetPropertyTests(SynchronousTestCase):
+    """Any interleaving of reads, answers and lost connections: the books
+    balance, and never is every connection holding bytes paused (deadlock)."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        capacity=st.integers(1, 5000),
+        steps=st.lists(
+            st.tuples(st.sampled_from(["charge", "release", "forget"]), st.integers(0, 4),
+                      st.integers(1, 3000)),
+            max_size=60,
+        ),
+    )
+    def test_no_deadlock_and_balanced(self, capacity, steps):
+        budget = ByteBudget(capacity)
+        holders = [_Holder() for _ in range(5)]
+        gone: set[int] = set()
+        for action, index, n in steps:
+            if index in gone:
+                continue
+            holder = holders[index]
+            if action == "charge":
+                if holder.paused:
+                    continue  # a paused connection reads nothing
+                budget.charge(holder, n)
+            elif action == "release":
+                budget.release(holder)
+            else:
+                budget.forget(holder)
+                gone.add(index)
+            live = [h for i, h in enumerate(holders) if i not in gone]
+            self.assertEqual(budget.used, sum(budget.held(h) for h in live))
+            holding = [h for h in live if budget.held(h) > 0]
+            if holding:
+                self.assertFalse(all(h.paused for h in holding), "every holder paused")
+            self.assertEqual(budget.paused, sum(h.paused for h in live))
+            if budget.used <= budget.capacity:
+                self.assertEqual(budget.paused, 0)
+        for i, h in enumerate(holders):
+            if i not in gone:
+                budget.release(h)
+        self.assertEqual((budget.used, budget.paused), (0, 0))

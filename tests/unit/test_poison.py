@@ -213,8 +213,11 @@ class PoisonTests(SynchronousTestCase):
         before = r.factory.connect_calls
         r.reactor.advance(OPTIONS.quarantine_ms / 1000.0 * 0.49)
         self.assertEqual(r.factory.connect_calls, before)
+        self.assertTrue(r.svc.quarantined())
         PoisonProto.list_folders = original
         r.reactor.advance(OPTIONS.quarantine_ms / 1000.0 * 0.6)
+        self.assertFalse(r.svc.quarantined())
+        self.assertIsNone(r.svc.snapshot()["quarantinedUntil"])
         self.assertEqual(r.factory.connect_calls, before + 1)
         r.factory.startedConnecting(r.reactor.connectors[-1])
         r.accept()
