@@ -238,9 +238,10 @@ class FolderService(service.Service):
         #: reconnects; the failure counts themselves are in the store.
         self._suspects: dict[str, set[int]] = {}
         self.poison_skipped = 0
-        #: Sessions in a row ended by a protocol-limit violation not caused
-        #: by one message; at ``quarantine_after`` the provider is left alone
-        #: for ``quarantine_ms``.
+        #: Sessions in a row (no successful sync between) ended by a
+        #: protocol-limit violation not caused by one message, plus messages
+        #: skipped as poison for one; at ``quarantine_after`` the provider is
+        #: left alone for ``quarantine_ms``.
         self.violations = 0
         self.quarantined_until: Optional[float] = None
         self.quarantines = 0
@@ -679,6 +680,10 @@ class FolderService(service.Service):
         self.cursor = after
         suspects.discard(uid)
         self.poison_skipped += 1
+        # A server that breaks limits on message after message is the
+        # server's problem: each message it made us skip counts once
+        # towards the quarantine (a single bad message does not).
+        exc.imapsvc_poison_skipped = True  # type: ignore[attr-defined]
         self.log.error(
             "{label}: UID {uid} skipped as poison after {count} failed fetches: {error}",
             label=self.label, uid=uid, count=count, error=reason,
@@ -920,8 +925,9 @@ class FolderService(service.Service):
             self._set_state(S.STOPPED, "lease lost", error=text)
             self._hook("lease_lost")
         else:
-            if failure.check(errors.ProtocolViolation) and not getattr(
-                err, "imapsvc_poison", False
+            if failure.check(errors.ProtocolViolation) and (
+                not getattr(err, "imapsvc_poison", False)
+                or getattr(err, "imapsvc_poison_skipped", False)
             ):
                 self.violations += 1
                 if self.violations >= self.options.quarantine_after:

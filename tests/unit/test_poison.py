@@ -79,6 +79,17 @@ class PoisonRig(Rig):
         return p
 
 
+def reconnect(r):
+    """Let the back-off run out (at most 100 s) and accept the new connection."""
+    for _ in range(100):
+        before = r.factory.connect_calls
+        r.reactor.advance(1)
+        if r.factory.connect_calls > before:
+            r.factory.startedConnecting(r.reactor.connectors[-1])
+            return r.accept()
+    raise AssertionError("no reconnect within 100 s")
+
+
 class PoisonTests(SynchronousTestCase):
     def rig(self, **kw):
         rig = PoisonRig(**kw)
@@ -90,14 +101,7 @@ class PoisonTests(SynchronousTestCase):
             rig.svc.stopService()
 
     def reconnect(self, r):
-        delay = r.factory.next_delay if hasattr(r.factory, "next_delay") else 60
-        for _ in range(100):
-            before = r.factory.connect_calls
-            r.reactor.advance(1)
-            if r.factory.connect_calls > before:
-                r.factory.startedConnecting(r.reactor.connectors[-1])
-                return r.accept()
-        raise AssertionError(f"no reconnect within 100 s ({delay})")
+        return reconnect(r)
 
     def test_no_on_fetch_of_one_uid_is_skipped_after_k_failures(self):
         r = self.rig()
@@ -305,3 +309,34 @@ class MemoryLimitTests(SynchronousTestCase):
         budget = build_budget(Settings(memory_limit_bytes=512 << 20,
                                        inflight_budget_bytes=10 << 20))
         self.assertEqual(budget.capacity, 10 << 20)
+
+
+class ViolatingServerTests(SynchronousTestCase):
+    def test_one_bad_message_is_skipped_without_quarantine(self):
+        r = PoisonRig()
+        self.addCleanup(lambda: r.svc.running and r.svc.stopService())
+        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.server.add(3)
+        r.server.poison = {2}
+        r.server.error = lambda: ProtocolViolation("literal of 999999999 bytes exceeds the limit")
+        r.start()
+        for _ in range(4):
+            reconnect(r)
+        self.assertEqual(r.pipeline.uids, [1, 3])
+        self.assertEqual(r.svc.poison_skipped, 1)
+        self.assertIsNone(r.svc.quarantined_until)
+
+    def test_server_violating_on_every_message_is_quarantined(self):
+        r = PoisonRig()
+        self.addCleanup(lambda: r.svc.running and r.svc.stopService())
+        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.server.add(6)
+        r.server.poison = set(range(1, 7))
+        r.server.error = lambda: ProtocolViolation("literal of 999999999 bytes exceeds the limit")
+        r.start()
+        while not r.svc.quarantined():
+            reconnect(r)
+        # Three messages skipped (one count each), then the server is left alone.
+        self.assertEqual(r.svc.poison_skipped, OPTIONS.quarantine_after)
+        self.assertEqual(r.pipeline.uids, [])
+        self.assertIn("quarantined until", r.svc.last_error)
