@@ -260,8 +260,6 @@ class FolderIMAPClient(IMAP4Client):
         self._watchdog = None
         self._drop(CommandTimeout(f"no data from the server for {self.inactivity_timeout}s"))
 
-    # -- reading ----------------------------------------------------------
-
     # -- the process-wide budget ------------------------------------------
 
     def _forget_budget(self) -> None:
@@ -303,6 +301,8 @@ class FolderIMAPClient(IMAP4Client):
     def _release_budget(self) -> None:
         if self.budget is not None and self.budget.held(self):
             self.budget.release(self)
+
+    # -- reading ----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
