@@ -56,8 +56,13 @@ def chunk_isolating(uids: Sequence[int], size: int, suspects: Iterable[int]) -> 
 
 
 def describe(error: Any) -> str:
-    """Short, secret-free reason (class and the start of the message)."""
-    text = str(error)
+    """Short, secret-free reason (class and the start of the message); a
+    server's refusal as ``[CODE] text``."""
+    if isinstance(error, CommandFailed):
+        code = f"[{error.code}] " if error.code else ""
+        text = f"{code}{error.text}"
+    else:
+        text = str(error)
     if len(text) > 200:
         text = text[:200] + "..."
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
