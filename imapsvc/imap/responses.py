@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import re
 from array import array
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 _UNESCAPE = re.compile(rb"\\(.)", re.DOTALL)
 _LITERAL_AT_END = re.compile(rb"\{(\d+)\+?\}$")
@@ -95,9 +95,17 @@ def literal_size(line: bytes) -> Optional[int]:
 #: message of ~2,500 MIME parts; a FETCH response above it is salvaged
 #: without BODYSTRUCTURE (whole-message path), any other one is an error.
 MAX_TOKENS = 50_000
+#: Segments up to this long are matched with one ``findall``; longer ones
+#: match by match (see :func:`tokenize_counted`).
+_FINDALL_MAX = 64 * 1024
 
-# Group numbers of _TOKEN (Match.lastindex tells which branch matched).
-_QUOTED, _ATOM, _OPEN, _CLOSE, _LITERAL, _BAD = 1, 2, 3, 4, 5, 6
+def _matches(text: bytes, max_tokens: int) -> Iterable[tuple[bytes, ...]]:
+    """The match tuples of a long segment, one at a time; refused past what
+    ``max_tokens`` tokens (with their blanks and closing parentheses) take."""
+    for n, match in enumerate(_TOKEN.finditer(text)):
+        if n > 3 * max_tokens:
+            raise ResponseParseError(f"more than {max_tokens} tokens")
+        yield match.groups()
 
 
 def tokenize(
@@ -124,50 +132,67 @@ def tokenize_counted(
     top: list[Any] = []
     current = top
     stack: list[list[Any]] = []
+    depth_limit = MAX_NESTING
     count = 0
     for index, text in enumerate(texts):
-        # finditer, not findall: it stops at the first error and builds no
-        # list of match tuples (which cost ~50x the bytes of a hostile line).
-        for match in _TOKEN.finditer(text):
-            kind = match.lastindex
-            if kind is None:
-                continue  # blanks between tokens
-            count += 1
-            if count > max_tokens:
-                raise ResponseParseError(f"more than {max_tokens} tokens")
-            if kind == _ATOM:
-                atom = match.group(_ATOM)
+        if len(text) <= _FINDALL_MAX:
+            # One C-level pass (a FETCH of BODYSTRUCTURE is hundreds of
+            # tokens, and a Python loop per token was the hot spot); the list
+            # of match tuples is small for a segment this short.
+            tokens: Iterable[tuple[bytes, ...]] = _TOKEN.findall(text)
+        else:
+            # A long segment: match by match, so an error stops at once and
+            # no list of tuples (~50x the bytes of ``()()()...``) is built.
+            tokens = _matches(text, max_tokens)
+        at_literal = False
+        for quoted, atom, opening, closing, literal, bad in tokens:
+            if at_literal:
+                # A literal marker is the segment's last token (its bytes follow).
+                raise ResponseParseError("literal marker not at end of line")
+            if atom:
+                count += 1
                 if len(atom) == 3 and atom.upper() == b"NIL":
                     current.append(None)
                 else:
                     current.append(atom.decode("latin-1"))
-            elif kind == _QUOTED:
-                value = match.group(_QUOTED)[1:-1]
+            elif quoted:
+                count += 1
+                value = quoted[1:-1]
                 current.append(_UNESCAPE.sub(rb"\1", value) if b"\\" in value else value)
-            elif kind == _OPEN:
-                if len(stack) >= MAX_NESTING:
+            elif opening:
+                count += 1
+                if len(stack) >= depth_limit:
                     raise ResponseParseError(f"nesting deeper than {MAX_NESTING}")
                 stack.append(current)
                 inner: list[Any] = []
                 current.append(inner)
                 current = inner
-            elif kind == _CLOSE:
+            elif closing:
                 if not stack:
                     raise ResponseParseError("unbalanced ')'")
                 current = stack.pop()
-            elif kind == _LITERAL:
-                if match.end() != len(text) or index >= len(literals):
+                # Checked here (each list ends with one) and at the end:
+                # cheaper than at every token, and as bounded.
+                if count > max_tokens:
+                    raise ResponseParseError(f"more than {max_tokens} tokens")
+            elif literal:
+                count += 1
+                at_literal = True
+                if index >= len(literals):
                     raise ResponseParseError("literal marker not at end of line")
-                if number(match.group(_LITERAL)) != len(literals[index]):
+                if number(literal) != len(literals[index]):
                     raise ResponseParseError("literal size mismatch")
                 current.append(literals[index])
-            else:
-                first = match.group(_BAD)[:1]
+            elif bad:
+                first = bad[:1]
                 if first == b'"':
                     raise ResponseParseError("unterminated quoted string")
                 if first == b"{":
                     raise ResponseParseError("literal marker not at end of line")
                 raise ResponseParseError(f"unexpected byte {first!r}")
+            # else: blanks between tokens
+        if count > max_tokens:
+            raise ResponseParseError(f"more than {max_tokens} tokens")
     if stack:
         raise ResponseParseError("unbalanced '('")
     return top, count

@@ -203,7 +203,7 @@ class TokenBudgetTests(ClientTestCase):
         client.max_command_tokens = 50_000
         d = client.fetch_meta([1, 2, 3])
         sent(transport)
-        empty_lists = b"()" * 12_000  # 24,000 tokens: "(" and ")" each count
+        empty_lists = b"()" * 20_000  # 20,000 tokens (lists; a ")" builds nothing)
         for seq in (1, 2, 3):
             client.dataReceived(
                 b"* %d FETCH (UID %d RFC822.SIZE 10 BODYSTRUCTURE (\"text\" \"plain\" ("
@@ -211,7 +211,7 @@ class TokenBudgetTests(ClientTestCase):
             )
         client.dataReceived(b"0001 OK done\r\n")
         meta = self.successResultOf(d)
-        # The first two fit (2 x ~24,000 tokens); the third is salvaged: no
+        # The first two fit (2 x ~20,000 tokens); the third is salvaged: no
         # structure kept, so it takes the whole-message path.
         self.assertIsNotNone(meta[1]["bodystructure"])
         self.assertIsNotNone(meta[2]["bodystructure"])
@@ -353,3 +353,17 @@ class TokenizerRunsPropertyTests(SynchronousTestCase):
         except ResponseParseError:
             pass  # e.g. "{" + 60,000 digits + "}": refused, quickly
         self.assertLess(time.perf_counter() - start, 1.5)
+
+
+class TokenMemoryTests(SynchronousTestCase):
+    def test_long_flat_line_stops_at_the_token_cap(self):
+        # 8 MB of "x ": four million atoms if nothing stopped it (~250 MB).
+        line = b"x " * 4_000_000
+        tracemalloc.start()
+        try:
+            with self.assertRaisesRegex(ResponseParseError, "tokens"):
+                responses.tokenize([line])
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertLess(peak, 30_000_000)
