@@ -21,7 +21,7 @@ _LITERAL_AT_END = re.compile(rb"\{(\d+)\+?\}$")
 #: One token with the blanks before it. Groups: quoted string (with its
 #: quotes, so ``""`` is not empty), atom, ``(``, ``)``, literal size, any other
 #: byte (an error). Trailing blanks match the last branch (all groups empty).
-#: Every byte of a segment is accounted for, so ``finditer`` skips nothing.
+#: Every byte of a segment is accounted for, so ``findall`` skips nothing.
 #: The unrolled quoted/atom loops keep ``re`` from trying every branch per byte.
 #:
 #: Linear on any input (STACK.md, "Regular expressions on server bytes"): an
