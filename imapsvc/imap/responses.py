@@ -289,9 +289,12 @@ class UidArray(array):
         return UidArray(value) if isinstance(index, slice) else value
 
 
-#: One SEARCH word: digits, or a parenthesised suffix such as ``(MODSEQ n)``
-#: (its inside bounded, so a ``(`` that never closes costs nothing extra).
+#: One SEARCH word: digits, or a parenthesised suffix such as ``(MODSEQ n)``.
 _SEARCH_WORD = re.compile(rb"\S+")
+#: A SEARCH answer is read in slices of about this many bytes: each slice is
+#: split and converted in C, and only one slice's words exist at a time.
+_SEARCH_SLICE = 256 * 1024
+_SEARCH_PLAIN = b"0123456789 "
 
 
 def parse_search(text: bytes) -> UidArray:
@@ -304,8 +307,33 @@ def parse_search(text: bytes) -> UidArray:
         ``(MODSEQ n)`` suffix is skipped, anything else is an error).
     """
     out = UidArray()
-    append = out.append
-    skip = False
+    start, size = 0, len(text)
+    skip = False  # inside a parenthesised suffix, which may span slices
+    while start < size:
+        end = min(size, start + _SEARCH_SLICE)
+        if end < size:
+            # Cut at a blank so no number is split between slices.
+            cut = text.rfind(b" ", start, end)
+            end = cut + 1 if cut > start else text.find(b" ", end) + 1 or size
+        piece = text[start:end]
+        start = end
+        if not skip and not piece.translate(None, _SEARCH_PLAIN):
+            # Only digits and spaces (the usual answer): split and convert in C.
+            words = piece.split()
+            if any(len(word) > MAX_DIGITS for word in words):
+                raise ResponseParseError("bad SEARCH number: too many digits")
+            try:
+                out.extend(map(int, words))
+            except OverflowError:
+                raise ResponseParseError("bad SEARCH number: beyond 64 bits") from None
+        else:
+            skip = _parse_search_words(piece, out, skip)
+    return out
+
+
+def _parse_search_words(text: bytes, out: UidArray, skip: bool) -> bool:
+    # A ``(MODSEQ n)`` suffix (RFC 7162) is skipped; any other word is an
+    # error. Returns whether the text ends inside the parentheses.
     for match in _SEARCH_WORD.finditer(text):
         word = match.group()
         if word.startswith(b"("):
@@ -319,8 +347,8 @@ def parse_search(text: bytes) -> UidArray:
         value = int(word)
         if value >= 1 << 64:
             raise ResponseParseError(f"bad SEARCH number {word[:20]!r}")
-        append(value)
-    return out
+        out.append(value)
+    return skip
 
 
 def sorted_unique_from(numbers: Sequence[int], first: int) -> UidArray:
