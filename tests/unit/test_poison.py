@@ -113,14 +113,14 @@ class PoisonTests(SynchronousTestCase):
         self.assertEqual(r.pipeline.uids, [])
         self.assertEqual(r.store.list_poison().result, [])
         # Next session: one UID per command; 1 and 2 go through, 3 fails.
-        r_proto = self.reconnect(r)
+        self.reconnect(r)
         self.assertEqual(r.pipeline.uids, [1, 2])
         self.assertEqual(r.store.cursors["INBOX"].last_uid, "2")
         for attempt in (2, 3):
             [entry] = r.store.list_poison().result
             self.assertEqual((entry.uid, entry.failures, entry.skipped_at),
                              (3, attempt - 1, None))
-            r_proto = self.reconnect(r)
+            self.reconnect(r)
         # Third failure: skipped in the ledger with its reason, cursor past it.
         [entry] = r.store.list_poison().result
         self.assertEqual((entry.uid, entry.failures), (3, 3))
@@ -137,7 +137,6 @@ class PoisonTests(SynchronousTestCase):
         self.assertEqual(r.svc.state, S.IDLING)
         r.server.add(1)
         self.assertEqual(r.pipeline.uids, [1, 2, 4, 5, 6, 7])
-        del r_proto
 
     def test_suspect_fetched_after_all_is_forgotten(self):
         r = self.rig()
