@@ -18,6 +18,7 @@ the owner's hooks.
 from __future__ import annotations
 
 import collections
+import itertools
 import random
 from typing import Any, Callable, Optional
 
@@ -245,6 +246,8 @@ class FolderService(service.Service):
         self.violations = 0
         self.quarantined_until: Optional[float] = None
         self.quarantines = 0
+        self._fetched_ok = False
+        self._nothing_to_probe = False
         self._proto: Any = None
         self._stopping = False
         self._wake_pending = False
@@ -437,6 +440,10 @@ class FolderService(service.Service):
     def factory_protocol(self, proto: Any) -> None:
         self._proto = proto
         self._session_error = None
+        # Whether a FETCH worked in this session (evidence for the poison
+        # path that the server delivers messages), or nothing could be probed.
+        self._fetched_ok = False
+        self._nothing_to_probe = False
         self._idle_done_sent = False
         self._token_refresh_due = False
         self._refresh_reconnect = False
@@ -597,6 +604,11 @@ class FolderService(service.Service):
         ahead: Optional[defer.Deferred] = None
         for i, chunk in enumerate(chunks):
             self._check()
+            if ahead is None and suspects and chunk[0] in suspects and not self._fetched_ok:
+                # Before a suspect's failure can count against it, show that
+                # this server delivers other messages: a server failing every
+                # FETCH (an outage) must not get messages skipped one by one.
+                yield self._probe(proto, start.last_uid, uids, suspects)
             fetching = ahead if ahead is not None else self._fetch_chunk(
                 proto, name, validity, chunk
             )
@@ -610,6 +622,7 @@ class FolderService(service.Service):
                 # the next connection goes past the message or isolates it.
                 yield self._fetch_failed(name, validity, chunk, cursor, exc)
                 raise
+            self._fetched_ok = True
             self._check()
             if i + 1 < len(chunks):
                 # Fetch the next chunk while this one is mapped and committed,
@@ -639,6 +652,20 @@ class FolderService(service.Service):
                 )
 
     @defer.inlineCallbacks
+    def _probe(self, proto: Any, last_uid: int, uids: Any, suspects: set[int]):  # type: ignore[no-untyped-def]
+        """FETCH one message that is not a suspect (the last one recorded,
+        else the first other new one; skipped ones stay suspects). Its
+        answer, even empty, proves the server delivers messages; its failure
+        ends the session without counting against anyone."""
+        first = [last_uid] if last_uid > 0 else []
+        probe = next((u for u in itertools.chain(first, uids) if u not in suspects), None)
+        if probe is None:
+            self._nothing_to_probe = True  # a failure counts as it is
+            return
+        yield proto.fetch_meta([int(probe)])
+        self._fetched_ok = True
+
+    @defer.inlineCallbacks
     def _fetch_failed(self, name: str, validity: str, chunk: Any, cursor: Any, exc: Exception):  # type: ignore[no-untyped-def]
         """A chunk's FETCH failed in a way a message can cause: split the
         chunk into suspects, or count a lone suspect's failure and skip it
@@ -647,15 +674,23 @@ class FolderService(service.Service):
         exc.imapsvc_poison = True  # type: ignore[attr-defined]
         tenant, pid = self.provider.tenant, self.provider.provider_id
         suspects = self._suspects.setdefault(validity, set())
-        if len(chunk) > 1:
+        if len(chunk) > 1 or int(chunk[0]) not in suspects:
+            # A first failure only makes suspects: they are fetched alone,
+            # after a probe (see _probe), before anything is counted.
             suspects.update(int(u) for u in chunk)
             self.log.warn(
-                "{label}: FETCH of {n} messages failed ({error}); fetching them one by one",
+                "{label}: FETCH of {n} message(s) failed ({error}); fetching them one by one",
                 label=self.label, n=len(chunk), error=poison.describe(exc),
             )
             return
         uid = int(chunk[0])
         reason = poison.describe(exc)
+        if not (self._fetched_ok or self._nothing_to_probe):
+            # Not shown to be this message's fault: the server may be failing
+            # every FETCH (an outage); never skip messages for that.
+            self.log.warn("{label}: UID {uid} failed before any other FETCH worked: {error}",
+                          label=self.label, uid=uid, error=reason)
+            return
         count = yield self.store.note_message_failure(tenant, pid, name, validity, uid, reason)
         if count < self.options.poison_after:
             self.log.warn(
@@ -678,7 +713,7 @@ class FolderService(service.Service):
         yield self.store.record_batch(tenant, pid, name, self.owner, [record], after)
         yield self.store.mark_poison_skipped(tenant, pid, name, validity, uid)
         self.cursor = after
-        suspects.discard(uid)
+        # It stays in ``suspects`` (below the cursor now): never a probe.
         self.poison_skipped += 1
         # A server that breaks limits on message after message is the
         # server's problem: each message it made us skip counts once

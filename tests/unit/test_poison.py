@@ -175,7 +175,9 @@ class PoisonTests(SynchronousTestCase):
         r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
         r.server.add(1)
         r.server.poison = {1}
-        r.start()  # a lone UID is its own chunk: third failure, skipped
+        r.start()  # a first failure only makes UID 1 a suspect
+        self.assertEqual(r.store.list_poison().result[0].failures, 2)
+        self.reconnect(r)  # fetched alone (nothing else to probe): third failure, skipped
         [entry] = r.store.list_poison().result
         self.assertEqual(entry.failures, 3)
         self.assertIsNotNone(entry.skipped_at)
@@ -227,6 +229,41 @@ class PoisonTests(SynchronousTestCase):
         self.assertEqual(r.pipeline.uids, [1])
         self.assertIsNone(r.svc.quarantined_until)
         self.assertEqual(r.svc.violations, 0)
+
+
+class OutageTests(SynchronousTestCase):
+    def test_server_refusing_every_fetch_gets_nothing_skipped(self):
+        # An outage, not poison: every FETCH is refused, the probe included,
+        # so no message is ever counted, let alone skipped.
+        r = PoisonRig()
+        self.addCleanup(lambda: r.svc.running and r.svc.stopService())
+        r.store.cursors["INBOX"] = FolderCursor("7", "2", None)
+        r.server.add(5)
+        r.server.poison = set(range(1, 6))
+        r.start()
+        for _ in range(10):
+            reconnect(r)
+        self.assertEqual(r.store.list_poison().result, [])
+        self.assertEqual(r.svc.poison_skipped, 0)
+        self.assertEqual(r.store.cursors["INBOX"].last_uid, "2")
+        # The probe is the last recorded message (UID 2), then the suspect.
+        fetched = [c[1] for c in r.server.commands if c[0] == "FETCH_META"]
+        self.assertEqual(fetched[:3], [(3, 4, 5), (2,), (2,)])
+        # The outage ends: everything arrives.
+        r.server.poison = set()
+        reconnect(r)
+        self.assertEqual(r.pipeline.uids, [3, 4, 5])
+
+    def test_poison_counted_once_other_messages_are_delivered(self):
+        r = PoisonRig()
+        self.addCleanup(lambda: r.svc.running and r.svc.stopService())
+        r.store.cursors["INBOX"] = FolderCursor("7", "2", None)
+        r.server.add(5)
+        r.server.poison = {3}
+        r.start()
+        reconnect(r)  # probe UID 2 works: UID 3's failure counts
+        [entry] = r.store.list_poison().result
+        self.assertEqual((entry.uid, entry.failures), (3, 1))
 
 
 class IsolationTests(SynchronousTestCase):
