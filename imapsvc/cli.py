@@ -8,6 +8,8 @@
 - ``keygen``: print a new ``IMAPSVC_SECRET_KEY``.
 - ``provider add|set-password|list|set-active|remove``: providers in the
   store (:mod:`imapsvc.cli_provider`).
+- ``poison list|retry``: messages skipped after failed fetches
+  (:mod:`imapsvc.cli_poison`).
 - ``resync``, ``reconnect``, ``test-connection``, ``status``: the running
   service's admin HTTP API (bearer ``IMAPSVC_ADMIN_TOKEN``).
 - ``events tail [--follow]``: the event stream (Redis, or the JSON Lines
@@ -33,7 +35,7 @@ import urllib.request
 from typing import Any, BinaryIO, Callable, Mapping, Optional, Sequence, TextIO
 from urllib.parse import unquote, urlsplit
 
-from imapsvc import cli_provider
+from imapsvc import cli_poison, cli_provider
 from imapsvc.cli_provider import AdminError, Context, InputError, parse_uuid
 from imapsvc.config import SETTINGS, ConfigError, Settings, load_settings, settings_markdown
 
@@ -530,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("keygen", help="print a new random IMAPSVC_SECRET_KEY")
     cli_provider.add_parsers(commands, common, _Parser)
+    cli_poison.add_parsers(commands, common, _Parser)
 
     for name, help_text in (
         ("resync", "reset cursors to the recent window (running service, or --offline)"),
@@ -648,6 +651,8 @@ def _run(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO,
     runtime = _Runtime(context, settings, urlopen, redis, wait, stop)
     if args.command == "provider":
         return int(args.provider_run(context, args))
+    if args.command == "poison":
+        return int(args.poison_run(context, args))
     if args.command in ("resync", "reconnect", "test-connection", "pause", "resume"):
         return _action(runtime, args)
     if args.command == "status":

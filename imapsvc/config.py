@@ -403,6 +403,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IMAP_ATTACHMENT_FETCH_CHUNK", positive_int, 2,
             "UIDs per UID FETCH command in IMAP_ATTACHMENT_MODE inline and store (caps "
             "IMAP_FETCH_CHUNK): bounds the attachment bytes held at once", _P),
+    Setting("IMAP_MEMORY_LIMIT_BYTES", non_negative_int, 0,
+            "the container's memory limit (k8s passes limits.memory); 0 reads the cgroup "
+            "(memory.max)", _P),
+    Setting("IMAP_INFLIGHT_BUDGET_BYTES", non_negative_int, 0,
+            "IMAP bytes in flight across all connections before reading pauses; 0 is a "
+            "quarter of the memory limit (256 MiB without one)", _P),
+    Setting("IMAP_QUARANTINE_AFTER", positive_int, 3,
+            "connections in a row that break protocol limits before a provider is quarantined",
+            _P),
+    Setting("IMAP_QUARANTINE_MS", positive_int, 6 * 3600 * 1000,
+            "how long a quarantined provider is left alone before it is tried again", _P),
+    Setting("IMAP_POISON_AFTER", positive_int, 3,
+            "failed fetches of one message before it is skipped as poison (see `poison list`)",
+            _P),
     Setting("IMAP_PARSE_THREAD_THRESHOLD_BYTES", non_negative_int, 262144,
             "messages larger than this are parsed off the reactor thread", _P),
     Setting("IMAP_PARSE_PROCESSES", non_negative_int, 0,
@@ -602,6 +616,11 @@ class Settings:
     expand_tnef: bool = _default("IMAP_EXPAND_TNEF")
     fetch_chunk: int = _default("IMAP_FETCH_CHUNK")
     attachment_fetch_chunk: int = _default("IMAP_ATTACHMENT_FETCH_CHUNK")
+    memory_limit_bytes: int = _default("IMAP_MEMORY_LIMIT_BYTES")
+    inflight_budget_bytes: int = _default("IMAP_INFLIGHT_BUDGET_BYTES")
+    quarantine_after: int = _default("IMAP_QUARANTINE_AFTER")
+    quarantine_ms: int = _default("IMAP_QUARANTINE_MS")
+    poison_after: int = _default("IMAP_POISON_AFTER")
     parse_thread_threshold_bytes: int = _default("IMAP_PARSE_THREAD_THRESHOLD_BYTES")
     parse_processes: int = _default("IMAP_PARSE_PROCESSES")
     ledger_retention_days: int = _default("IMAP_LEDGER_RETENTION_DAYS")

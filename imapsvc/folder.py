@@ -18,6 +18,7 @@ the owner's hooks.
 from __future__ import annotations
 
 import collections
+import itertools
 import random
 from typing import Any, Callable, Optional
 
@@ -31,12 +32,14 @@ from twisted.python.failure import Failure
 from imapsvc import folder_state as S
 from imapsvc.config import IDLE_RESTART_LIMIT_MS
 from imapsvc.core import plan as P
+from imapsvc.core import poison
 from imapsvc.core.auth import MECH_AUTO, OAUTH_MECHANISMS
 from imapsvc.core.backoff import Rand, timer_delay
 from imapsvc.core.cursor import REASON_RESUME, advance, compute_start
 from imapsvc.core.folders import display_name, resolve_folder
 from imapsvc.imap.extensions import client_id_fields
 from imapsvc.imap.factory import FolderClientFactory, set_keepalive
+from imapsvc.imap.responses import sorted_unique_from
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import FolderCursor, Limits, ProviderConfig
 from imapsvc.oauth import REFRESH_MARGIN_S
@@ -101,11 +104,25 @@ class FolderOptions:
     oauth_auth_mechanism: str = MECH_AUTO
     #: ``IMAP_ENABLE_UTF8``: ``ENABLE UTF8=ACCEPT`` when offered (RFC 6855).
     enable_utf8: bool = False
+    #: Per-connection byte caps (:class:`imapsvc.core.wire_caps.WireCaps`);
+    #: ``None`` keeps the protocol's defaults.
+    wire_caps: Any = None
+    #: The process-wide :class:`imapsvc.imap.budget.ByteBudget` (or ``None``).
+    budget: Any = attr.ib(default=None, eq=False)
+    #: Failed fetches of one UID before it is skipped as poison.
+    poison_after: int = 3
+    #: Sessions in a row ended by a protocol-limit violation before the
+    #: provider is quarantined, and for how long.
+    quarantine_after: int = 3
+    quarantine_ms: int = 6 * 3600 * 1000
 
     @classmethod
     def from_settings(cls, settings: Any) -> FolderOptions:
         """Build from an :class:`imapsvc.config.Settings`-like object."""
-        names = [f.name for f in attr.fields(cls) if f.name not in ("limits", "fetch_bytes")]
+        from imapsvc.core.wire_caps import derive_caps
+
+        skip = ("limits", "fetch_bytes", "wire_caps", "budget")
+        names = [f.name for f in attr.fields(cls) if f.name not in skip]
         values = {n: getattr(settings, n) for n in names if hasattr(settings, n)}
         if hasattr(settings, "fetch_chunk"):
             values["fetch_chunk"] = settings.fetch_chunk
@@ -115,7 +132,13 @@ class FolderOptions:
         if limits.attachment_mode != "metadata" and hasattr(settings, "attachment_fetch_chunk"):
             # Attachment bytes are held per chunk: fewer UIDs bound memory.
             values["fetch_chunk"] = min(values["fetch_chunk"], settings.attachment_fetch_chunk)
-        return cls(limits=limits, **values)
+        caps = derive_caps(
+            limits.max_raw_mime_bytes,
+            limits.max_text_part_bytes,
+            values.get("fetch_chunk", P.DEFAULT_FETCH_CHUNK),
+            P.DEFAULT_FETCH_BYTES,
+        )
+        return cls(limits=limits, wire_caps=caps, **values)
 
 
 def _caps_names(caps: Any) -> list[str]:
@@ -142,6 +165,8 @@ def _default_protocol_factory(clock: Any, options: FolderOptions) -> Callable[[]
             clock,
             options.command_timeout_ms / 1000.0,
             inactivity_timeout=options.inactivity_timeout_ms / 1000.0,
+            caps=options.wire_caps,
+            budget=options.budget,
         )
 
     return build
@@ -230,6 +255,20 @@ class FolderService(service.Service):
         self.reconnects: collections.Counter[str] = collections.Counter()
         self._reconnect_reason: Optional[str] = None
         self.uid_next: Optional[int] = None
+        #: UIDs (per UIDVALIDITY) of chunks whose FETCH failed: fetched one by
+        #: one until they succeed or are skipped as poison. Kept across
+        #: reconnects; the failure counts themselves are in the store.
+        self._suspects: dict[str, set[int]] = {}
+        self.poison_skipped = 0
+        #: Sessions in a row (no successful sync between) ended by a
+        #: protocol-limit violation not caused by one message, plus messages
+        #: skipped as poison for one; at ``quarantine_after`` the provider is
+        #: left alone for ``quarantine_ms``.
+        self.violations = 0
+        self.quarantined_until: Optional[float] = None
+        self.quarantines = 0
+        self._fetched_ok = False
+        self._nothing_to_probe = False
         self._proto: Any = None
         self._stopping = False
         self._wake_pending = False
@@ -300,6 +339,9 @@ class FolderService(service.Service):
             "idleKeepalives": self.idle_keepalives,
             "reconnects": dict(self.reconnects),
             "uidNext": self.uid_next,
+            "poisonSkipped": self.poison_skipped,
+            "quarantinedUntil": self.quarantined_until if self.quarantined() else None,
+            "quarantines": self.quarantines,
             "lag": self.lag(),
             "history": [t.to_json() for t in self.history],
         }
@@ -432,6 +474,10 @@ class FolderService(service.Service):
     def factory_protocol(self, proto: Any) -> None:
         self._proto = proto
         self._session_error = None
+        # Whether a FETCH worked in this session (evidence for the poison
+        # path that the server delivers messages), or nothing could be probed.
+        self._fetched_ok = False
+        self._nothing_to_probe = False
         self._idle_done_sent = False
         self._token_refresh_due = False
         self._refresh_reconnect = False
@@ -549,6 +595,8 @@ class FolderService(service.Service):
             if self._token_refresh_due:
                 yield self._end_for_token_refresh(proto)
             yield self._sync(proto, name)
+            self.violations = 0
+            self.quarantined_until = None
             self.factory.resetDelay()
             self._hook("synced")
             if self._wake_pending or self._token_refresh_due:
@@ -625,7 +673,8 @@ class FolderService(service.Service):
         self.cursor = stored or start.cursor
         uids = yield proto.uid_search_from(start.first_uid)
         self._check()
-        uids = sorted({u for u in uids if u > start.last_uid})
+        # Sorted, unique, > last_uid; stays a compact UidArray (8 bytes a UID).
+        uids = sorted_unique_from(uids, start.last_uid + 1)
         if start.keep_last is not None:
             uids = uids[-start.keep_last :]
         cursor = start.cursor
@@ -636,15 +685,34 @@ class FolderService(service.Service):
             # again from a higher UIDNEXT and skips what arrived meanwhile.
             yield self.store.write_cursor(tenant, pid, name, start.cursor, self.owner)
             self._check()
-        chunks = list(P.chunk_by_count(uids, self.options.fetch_chunk))
+        suspects = self._suspects.get(validity)
+        if suspects:
+            # A chunk failed before: its UIDs go one per command (poison path).
+            chunks = poison.chunk_isolating(uids, self.options.fetch_chunk, suspects)
+        else:
+            chunks = list(P.chunk_by_count(uids, self.options.fetch_chunk))
         ahead: Optional[defer.Deferred] = None
         for i, chunk in enumerate(chunks):
             self._check()
+            if ahead is None and suspects and chunk[0] in suspects and not self._fetched_ok:
+                # Before a suspect's failure can count against it, show that
+                # this server delivers other messages: a server failing every
+                # FETCH (an outage) must not get messages skipped one by one.
+                yield self._probe(proto, start.last_uid, uids, suspects)
             fetching = ahead if ahead is not None else self._fetch_chunk(
                 proto, name, validity, chunk
             )
             ahead = None
-            messages = yield fetching
+            try:
+                messages = yield fetching
+            except Exception as exc:
+                if not poison.counts_against_message(exc):
+                    raise
+                # Recorded (or the chunk split) before the session ends, so
+                # the next connection goes past the message or isolates it.
+                yield self._fetch_failed(name, validity, chunk, cursor, exc)
+                raise
+            self._fetched_ok = True
             self._check()
             if i + 1 < len(chunks):
                 # Fetch the next chunk while this one is mapped and committed,
@@ -666,6 +734,85 @@ class FolderService(service.Service):
                 raise
             cursor = after
             self.cursor = after
+            if suspects and suspects.intersection(chunk):
+                # Fetched after all: forget them and what they were counted.
+                suspects.difference_update(chunk)
+                yield self.store.clear_message_failures(
+                    tenant, pid, name, validity, [int(u) for u in chunk]
+                )
+
+    @defer.inlineCallbacks
+    def _probe(self, proto: Any, last_uid: int, uids: Any, suspects: set[int]):  # type: ignore[no-untyped-def]
+        """FETCH one message that is not a suspect (the last one recorded,
+        else the first other new one; skipped ones stay suspects). Its
+        answer, even empty, proves the server delivers messages; its failure
+        ends the session without counting against anyone."""
+        first = [last_uid] if last_uid > 0 else []
+        probe = next((u for u in itertools.chain(first, uids) if u not in suspects), None)
+        if probe is None:
+            self._nothing_to_probe = True  # a failure counts as it is
+            return
+        yield proto.fetch_meta([int(probe)])
+        self._fetched_ok = True
+
+    @defer.inlineCallbacks
+    def _fetch_failed(self, name: str, validity: str, chunk: Any, cursor: Any, exc: Exception):  # type: ignore[no-untyped-def]
+        """A chunk's FETCH failed in a way a message can cause: split the
+        chunk into suspects, or count a lone suspect's failure and skip it
+        as poison at ``poison_after``. Marks ``exc`` as the message's doing,
+        so it does not count towards the provider's quarantine."""
+        exc.imapsvc_poison = True  # type: ignore[attr-defined]
+        tenant, pid = self.provider.tenant, self.provider.provider_id
+        suspects = self._suspects.setdefault(validity, set())
+        if len(chunk) > 1 or int(chunk[0]) not in suspects:
+            # A first failure only makes suspects: they are fetched alone,
+            # after a probe (see _probe), before anything is counted.
+            suspects.update(int(u) for u in chunk)
+            self.log.warn(
+                "{label}: FETCH of {n} message(s) failed ({error}); fetching them one by one",
+                label=self.label, n=len(chunk), error=poison.describe(exc),
+            )
+            return
+        uid = int(chunk[0])
+        reason = poison.describe(exc)
+        if not (self._fetched_ok or self._nothing_to_probe):
+            # Not shown to be this message's fault: the server may be failing
+            # every FETCH (an outage); never skip messages for that.
+            self.log.warn("{label}: UID {uid} failed before any other FETCH worked: {error}",
+                          label=self.label, uid=uid, error=reason)
+            return
+        count = yield self.store.note_message_failure(tenant, pid, name, validity, uid, reason)
+        if count < self.options.poison_after:
+            self.log.warn(
+                "{label}: UID {uid} failed {count} of {limit} times: {error}",
+                label=self.label, uid=uid, count=count, limit=self.options.poison_after,
+                error=reason,
+            )
+            return
+        from imapsvc.core.event import event_ids
+        from imapsvc.core.ledger import dedupe_key
+        from imapsvc.model import OUTCOME_SKIPPED, POISON_REASON_PREFIX, MessageRecord
+
+        key = dedupe_key(name, validity, uid)
+        record = MessageRecord(
+            dedupe_key=key, folder=name, uid_validity=validity, uid=uid, message_id_key=None,
+            outcome=OUTCOME_SKIPPED, event_id=event_ids(tenant, pid, key)[0],
+            reason=POISON_REASON_PREFIX + reason,
+        )
+        after = advance(cursor, uid, self.reactor.seconds())
+        yield self.store.record_batch(tenant, pid, name, self.owner, [record], after)
+        yield self.store.mark_poison_skipped(tenant, pid, name, validity, uid)
+        self.cursor = after
+        # It stays in ``suspects`` (below the cursor now): never a probe.
+        self.poison_skipped += 1
+        # A server that breaks limits on message after message is the
+        # server's problem: each message it made us skip counts once
+        # towards the quarantine (a single bad message does not).
+        exc.imapsvc_poison_skipped = True  # type: ignore[attr-defined]
+        self.log.error(
+            "{label}: UID {uid} skipped as poison after {count} failed fetches: {error}",
+            label=self.label, uid=uid, count=count, error=reason,
+        )
 
     @defer.inlineCallbacks
     def _fetch_chunk(self, proto: Any, name: str, validity: str, chunk: list[int]):  # type: ignore[no-untyped-def]
@@ -891,6 +1038,31 @@ class FolderService(service.Service):
             pass  # closing anyway
         raise _TokenRefreshDue()
 
+    def quarantined(self) -> bool:
+        """Whether this folder's server is in quarantine now."""
+        until = self.quarantined_until
+        return until is not None and until > self.reactor.seconds()
+
+    def _quarantine(self, why: str) -> str:
+        """This server broke protocol limits ``quarantine_after`` sessions in
+        a row: leave it alone for ``quarantine_ms`` (one hostile tenant must
+        not cost the others CPU and memory on every reconnect)."""
+        from datetime import UTC, datetime
+
+        delay = self.options.quarantine_ms / 1000.0
+        self.quarantined_until = self.reactor.seconds() + delay
+        self.quarantines += 1
+        self.factory.set_next_delay(delay, capped=False)
+        self._reconnect_reason = "quarantine"
+        until = datetime.fromtimestamp(self.quarantined_until, tz=UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+        text = f"quarantined until {until} after {self.violations} protocol violations: {why}"
+        self.last_error = text
+        self.log.error("{label}: {text}", label=self.label, text=text)
+        self._hook("quarantined", self.quarantined_until, text)
+        return text
+
     def _lose(self, proto: Any) -> None:
         transport = getattr(proto, "transport", None)
         if transport is not None:
@@ -972,7 +1144,18 @@ class FolderService(service.Service):
             self._set_state(S.STOPPED, "lease lost", error=text)
             self._hook("lease_lost")
         else:
-            if failure.check(errors.Throttled) and err.retry_after is not None:
+            if failure.check(errors.ProtocolViolation) and (
+                not getattr(err, "imapsvc_poison", False)
+                or getattr(err, "imapsvc_poison_skipped", False)
+            ):
+                self.violations += 1
+                if self.violations >= self.options.quarantine_after:
+                    text = self._quarantine(text)
+                    if current:
+                        self._session_error = text
+            if self.quarantined():
+                pass  # the quarantine delay is already set
+            elif failure.check(errors.Throttled) and err.retry_after is not None:
                 self.factory.set_next_delay(err.retry_after)
             elif failure.check(
                 errors.CleartextRefused,

@@ -100,8 +100,9 @@ class IStore(Interface):
         age in seconds of the oldest unpublished row."""
 
     def purge_ledger(older_than_days):
-        """Delete ledger rows and published outbox rows older than the
-        retention. :rtype: Deferred[int] rows deleted."""
+        """Delete ledger rows, published outbox rows and message-failure
+        rows (last touched) older than the retention.
+        :rtype: Deferred[int] rows deleted."""
 
     def put_secret(tenant, name, ciphertext):
         """Store an encrypted secret (bytes) under ``name``."""
@@ -200,6 +201,33 @@ class IStore(Interface):
         """Pause (``manual``, an existing pause is kept as it is) or resume
         (any pause, and the auth-failure count cleared).
         :rtype: Deferred[bool] ``False`` for an unknown provider."""
+
+    def note_message_failure(tenant, provider_id, folder, uid_validity, uid, reason):
+        """Count one failed fetch of a message (a poison candidate); keeps
+        ``reason`` (secret-free, short). Not fenced: bookkeeping only.
+
+        :rtype: Deferred[int]: the count after this failure.
+        """
+
+    def clear_message_failures(tenant, provider_id, folder, uid_validity, uids):
+        """Messages that were fetched after all: forget their failure counts
+        (rows already skipped stay, for the operator)."""
+
+    def mark_poison_skipped(tenant, provider_id, folder, uid_validity, uid):
+        """The message was recorded as skipped (ledger): set ``skipped_at``."""
+
+    def list_poison(tenant=None, provider_id=None):
+        """Messages with failed fetches, skipped or still counting, oldest
+        first. :rtype: Deferred[list[imapsvc.model.PoisonMessage]]"""
+
+    def retry_poison(tenant, provider_id, folder, uid_validity, uid):
+        """Operator retry: forget the failures and the skipped ledger row,
+        and move the folder's cursor back below ``uid`` (when it is on the
+        same UIDVALIDITY) so the next sync fetches it again; later messages
+        come back as duplicates of the ledger, never re-published.
+
+        :rtype: Deferred[bool]: whether such a message was known.
+        """
 
     def touch_last_sync(tenant, provider_id):
         """Set ``email_providers.last_sync_at`` to now."""

@@ -77,6 +77,14 @@ class ServiceCollector(Collector):
         state = GaugeMetricFamily(
             "imapsvc_folder_state", "1 for the state a folder is in", labels=labels + ["state"]
         )
+        quarantined = GaugeMetricFamily(
+            "imapsvc_folder_quarantined",
+            "1 while a folder's server is quarantined for breaking protocol limits",
+            labels=labels,
+        )
+        poison = CounterMetricFamily(
+            "imapsvc_poison_skipped", "Messages skipped as poison (failed fetches)", labels=labels
+        )
         if self._detailed:
             for p in providers:
                 for name, f in (p.get("folders") or {}).items():
@@ -90,9 +98,30 @@ class ServiceCollector(Collector):
                     if f.get("lag") is not None:
                         lag.add_metric(key, _num(f.get("lag")))
                     state.add_metric(key + [str(f.get("state", ""))], 1)
+                    quarantined.add_metric(key, 1 if f.get("quarantinedUntil") else 0)
+                    poison.add_metric(key, _num(f.get("poisonSkipped")))
         else:
             self._add_totals(providers, syncs, handed, bytes_, wakeups, reconnects, lag, state)
-        yield from (syncs, handed, bytes_, wakeups, reconnects, lag, state)
+            # Without labels: folders quarantined now, messages skipped as poison.
+            folders = [f for p in providers for f in (p.get("folders") or {}).values()]
+            quarantined.add_metric([], sum(1 for f in folders if f.get("quarantinedUntil")))
+            poison.add_metric([], sum(_num(f.get("poisonSkipped")) for f in folders))
+        yield from (syncs, handed, bytes_, wakeups, reconnects, lag, state, quarantined, poison)
+        quarantines = CounterMetricFamily(
+            "imapsvc_quarantines", "Times a provider's server was quarantined"
+        )
+        quarantines.add_metric([], _num(status.get("quarantines")))
+        yield quarantines
+        budget = status.get("imapBudget") or {}
+        for name, doc, kind in (
+            ("used", "IMAP bytes in flight (process-wide budget)", GaugeMetricFamily),
+            ("capacity", "The process-wide budget for IMAP bytes in flight", GaugeMetricFamily),
+            ("paused", "IMAP connections paused by the budget", GaugeMetricFamily),
+            ("pauses", "Times an IMAP connection was paused by the budget", CounterMetricFamily),
+        ):
+            family = kind(f"imapsvc_imap_budget_{name}", doc)
+            family.add_metric([], _num(budget.get(name)))
+            yield family
 
         pipe = self._pipeline() if self._pipeline else {}
         outcomes = CounterMetricFamily(

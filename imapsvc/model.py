@@ -181,6 +181,26 @@ class BatchResult:
         return self.outcomes.count(OUTCOME_SKIPPED)
 
 
+#: ``reason`` prefix of a ledger row for a message skipped as poison.
+POISON_REASON_PREFIX = "poison: "
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class PoisonMessage:
+    """A message whose fetch failed (``imap_message_failures``): counted,
+    and once ``skipped_at`` is set, recorded as skipped in the ledger."""
+
+    tenant: str
+    provider_id: str
+    folder: str
+    uid_validity: str
+    uid: int
+    failures: int
+    reason: Optional[str]
+    skipped_at: Optional[datetime] = None
+    updated_at: Optional[datetime] = None
+
+
 @attr.s(frozen=True, auto_attribs=True)
 class OutboxRow:
     """One stream entry waiting to be (or already) published, in commit order."""

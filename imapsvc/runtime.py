@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+import attr
 from twisted.application import service, strports
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
@@ -36,6 +37,43 @@ def build_store(settings: Any, reactor: Any) -> Any:
     from imapsvc.store.sqlite import SqliteStore
 
     return SqliteStore(settings.sqlite_path, reactor)
+
+
+#: Where the container's memory limit is read (cgroup v2, then v1).
+CGROUP_MEMORY_FILES = (
+    "/sys/fs/cgroup/memory.max",
+    "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+)
+
+
+def read_memory_limit(paths: tuple[str, ...] = CGROUP_MEMORY_FILES) -> Optional[int]:
+    """The cgroup memory limit in bytes, or ``None`` (none, or not readable)."""
+    from imapsvc.core.wire_caps import parse_memory_limit
+
+    for path in paths:
+        try:
+            with open(path, encoding="ascii") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError):
+            continue
+        return parse_memory_limit(text)
+    return None
+
+
+def build_budget(settings: Any) -> Any:
+    """The process-wide :class:`~imapsvc.imap.budget.ByteBudget`, sized from
+    ``IMAP_INFLIGHT_BUDGET_BYTES`` or the memory limit (setting, else cgroup)."""
+    from imapsvc.core.wire_caps import inflight_budget
+    from imapsvc.imap.budget import ByteBudget
+
+    limit = settings.memory_limit_bytes or read_memory_limit()
+    capacity = inflight_budget(settings.inflight_budget_bytes, limit)
+    log.info(
+        "IMAP in-flight budget {budget} bytes (memory limit {limit})",
+        budget=capacity,
+        limit=limit or "none",
+    )
+    return ByteBudget(capacity)
 
 
 def build_sink(settings: Any, reactor: Any) -> Any:
@@ -187,6 +225,9 @@ class Runtime(service.MultiService):
         )
         # -- end parse process pool --
         options = FolderOptions.from_settings(s)
+        # One budget for every IMAP connection of this process (issue 11).
+        self.imap_budget = build_budget(s)
+        options = attr.evolve(options, budget=self.imap_budget)
 
         def tls(host: str) -> Any:
             return client_tls_options(host, options.tls_ca_file, options.tls_insecure)
@@ -244,6 +285,7 @@ class Runtime(service.MultiService):
             poll_s=s.admin_poll_ms / 1000.0, wait_s=s.admin_wait_ms / 1000.0,
             stale_s=max(60.0, lease_ttl_s),
         )
+        self.supervisor.imap_budget = self.imap_budget
         self.oauth = None
         if self.box is not None and s.public_base_url:
             self.oauth = OAuthFlow(

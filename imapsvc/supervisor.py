@@ -69,6 +69,9 @@ class FolderHooks:
     def lease_lost(self) -> None:
         self._provider.lease_lost(self.folder)
 
+    def quarantined(self, until: float, text: str) -> None:
+        self._provider.quarantined(self.folder, until, text)
+
 
 class ProviderService(service.MultiService):
     """One leased provider: a child service per configured folder."""
@@ -201,6 +204,18 @@ class ProviderService(service.MultiService):
                 "last_sync_at write failed",
             )
 
+    def quarantined(self, folder: str, until: float, text: str) -> None:
+        """A folder's server broke protocol limits repeatedly: say so in
+        ``error_message`` (the folder itself waits out the quarantine)."""
+        self.supervisor.quarantines += 1
+        self._status_written = ("error", text)
+        tenant, pid = self.provider.key
+        fire_and_forget(
+            self.supervisor.store.set_provider_status(tenant, pid, "error", text),
+            self.log,
+            "provider status write failed",
+        )
+
     def lease_lost(self, folder: str) -> None:
         fire_and_forget(
             self.supervisor.drop_provider(self.provider.key, "lease lost during a write"),
@@ -314,6 +329,10 @@ class Supervisor(service.MultiService):
         self._start_failed_now: set[Key] = set()
         #: Failed logins counted towards auto-pause (``imapsvc_auth_failures``).
         self.auth_failures = 0
+        #: Folders put in quarantine (``imapsvc_quarantines``).
+        self.quarantines = 0
+        #: The process-wide IMAP ByteBudget, shown in /status (set by the runtime).
+        self.imap_budget: Any = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -708,6 +727,16 @@ class Supervisor(service.MultiService):
             "discovered": self.discovered_once,
             "discoveryError": self.last_discovery_error,
             "authFailures": self.auth_failures,
+            "quarantines": self.quarantines,
+            "imapBudget": None
+            if self.imap_budget is None
+            else {
+                "capacity": self.imap_budget.capacity,
+                "used": self.imap_budget.used,
+                "peak": self.imap_budget.peak,
+                "paused": self.imap_budget.paused,
+                "pauses": self.imap_budget.pauses,
+            },
             "providers": [svc.snapshot() for _, svc in sorted(self.providers.items())],
             "waiting": [
                 {"tenant": k[0], "providerId": k[1], "reason": why}

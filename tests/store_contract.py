@@ -801,6 +801,82 @@ class StoreContractMixin:
         row = yield self.row(p)
         self.assertEqual((row["oauth_client_secret"], row["refresh_token"]), ("app-cs", "app-rt"))
 
+    # -- poison messages ------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_message_failures_count_and_list(self) -> Any:
+        p = yield self.leased()
+        other = yield self.leased()
+        args = (p.tenant, p.provider_id, "INBOX", "7", 3)
+        self.assertEqual((yield self.store.note_message_failure(*args, "CommandFailed: NO")), 1)
+        self.assertEqual((yield self.store.note_message_failure(*args, "ProtocolViolation")), 2)
+        yield self.store.note_message_failure(other.tenant, other.provider_id, "INBOX", "7", 3,
+                                              "x")
+        [one] = yield self.store.list_poison(p.tenant, p.provider_id)
+        self.assertEqual((one.tenant, one.provider_id, one.folder, one.uid_validity, one.uid),
+                         (p.tenant, p.provider_id, "INBOX", "7", 3))
+        self.assertEqual((one.failures, one.reason, one.skipped_at),
+                         (2, "ProtocolViolation", None))
+        everything = yield self.store.list_poison()
+        self.assertEqual(len(everything), 2)
+        yield self.store.mark_poison_skipped(*args)
+        [one] = yield self.store.list_poison(p.tenant)
+        self.assertIsNotNone(one.skipped_at)
+
+    @defer.inlineCallbacks
+    def test_retry_poison_forgets_skip_and_rewinds_cursor(self) -> Any:
+        p = yield self.leased()
+        skipped = record(5, outcome=OUTCOME_SKIPPED)
+        yield self.store.record_batch(p.tenant, p.provider_id, "INBOX", "worker-a",
+                                      [record(4), skipped, record(6)], FolderCursor("7", "6"))
+        yield self.store.note_message_failure(p.tenant, p.provider_id, "INBOX", "7", 5, "NO")
+        yield self.store.mark_poison_skipped(p.tenant, p.provider_id, "INBOX", "7", 5)
+        unknown = yield self.store.retry_poison(p.tenant, p.provider_id, "INBOX", "7", 99)
+        self.assertFalse(unknown)
+        ok = yield self.store.retry_poison(p.tenant, p.provider_id, "INBOX", "7", 5)
+        self.assertTrue(ok)
+        self.assertEqual((yield self.store.list_poison(p.tenant)), [])
+        rows = yield defer.maybeDeferred(self.ledger_rows, p.tenant, p.provider_id)
+        self.assertEqual(sorted(int(r["uid"]) for r in rows), [4, 6])
+        cursor = yield self.store.read_cursor(p.tenant, p.provider_id, "INBOX")
+        self.assertEqual((cursor.uid_validity, cursor.last_uid), ("7", "4"))
+        # Fetched again: 5 is new, 6 a duplicate (never re-published).
+        result = yield self.store.record_batch(
+            p.tenant, p.provider_id, "INBOX", "worker-a", [record(5), record(6)],
+            FolderCursor("7", "6"))
+        self.assertEqual(result.outcomes, (OUTCOME_PUBLISHED, OUTCOME_DUPLICATE))
+
+    @defer.inlineCallbacks
+    def test_clear_message_failures_keeps_skipped_ones(self) -> Any:
+        p = yield self.leased()
+        for uid in (1, 2, 3):
+            yield self.store.note_message_failure(p.tenant, p.provider_id, "INBOX", "7", uid,
+                                                  "CommandTimeout")
+        yield self.store.mark_poison_skipped(p.tenant, p.provider_id, "INBOX", "7", 3)
+        yield self.store.clear_message_failures(p.tenant, p.provider_id, "INBOX", "7",
+                                                [1, 3, 9])
+        left = yield self.store.list_poison(p.tenant)
+        self.assertEqual(sorted(m.uid for m in left), [2, 3])
+
+    @defer.inlineCallbacks
+    def test_purge_forgets_old_message_failures(self) -> Any:
+        p = yield self.leased()
+        yield self.store.note_message_failure(p.tenant, p.provider_id, "INBOX", "7", 1, "x")
+        yield defer.maybeDeferred(self.backdate, 10 * 86400)
+        self.assertEqual((yield self.store.purge_ledger(30)), 0)
+        self.assertEqual((yield self.store.purge_ledger(7)), 1)
+        self.assertEqual((yield self.store.list_poison(p.tenant)), [])
+
+    @defer.inlineCallbacks
+    def test_retry_poison_keeps_cursor_of_another_uidvalidity(self) -> Any:
+        p = yield self.leased()
+        yield self.store.record_batch(p.tenant, p.provider_id, "INBOX", "worker-a",
+                                      [record(1, uid_validity="8")], FolderCursor("8", "9"))
+        yield self.store.note_message_failure(p.tenant, p.provider_id, "INBOX", "7", 5, "NO")
+        self.assertTrue((yield self.store.retry_poison(p.tenant, p.provider_id, "INBOX", "7", 5)))
+        cursor = yield self.store.read_cursor(p.tenant, p.provider_id, "INBOX")
+        self.assertEqual((cursor.uid_validity, cursor.last_uid), ("8", "9"))
+
     @defer.inlineCallbacks
     def test_ping(self) -> Any:
         yield self.store.ping()

@@ -10,6 +10,7 @@ command's literals stay bounded, and builds the
 from __future__ import annotations
 
 import re
+from array import array
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -38,8 +39,12 @@ Parser = Callable[[Any], Optional[list[BodyPart]]]
 
 
 def chunk_by_count(uids: Sequence[int], size: int = DEFAULT_FETCH_CHUNK) -> list[list[int]]:
-    """Split ``uids`` (kept in order) into lists of at most ``size``."""
+    """Split ``uids`` (kept in order) into lists of at most ``size``. An
+    ``array`` (the client's compact SEARCH result) is split into arrays, so
+    a huge SEARCH answer never becomes one Python ``int`` per UID."""
     size = max(1, int(size))
+    if isinstance(uids, array):
+        return [uids[i : i + size] for i in range(0, len(uids), size)]  # type: ignore[misc]
     return [list(uids[i : i + size]) for i in range(0, len(uids), size)]
 
 

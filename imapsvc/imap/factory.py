@@ -204,11 +204,12 @@ class FolderClientFactory(ReconnectingClientFactory):
         self.delay = self.initialDelay
         self._next_delay = None
 
-    def set_next_delay(self, seconds: float) -> None:
+    def set_next_delay(self, seconds: float, capped: bool = True) -> None:
         """Use ``seconds`` (a server's throttling hint) for the next retry
         instead of the computed back-off (never more than ten times the
-        configured maximum)."""
-        self._next_delay = max(0.0, min(float(seconds), 10 * self.maxDelay))
+        configured maximum unless ``capped`` is false: a quarantine)."""
+        limit = 10 * self.maxDelay if capped else float("inf")
+        self._next_delay = max(0.0, min(float(seconds), limit))
 
     def reconnect_now(self) -> None:
         """Cancel a pending back-off wait and connect at once."""

@@ -85,6 +85,9 @@ class _Command:
         self.continuations = 0
         #: Bytes of untagged responses received for this command.
         self.received = 0
+        #: Tokens built for this command's FETCH responses (kept until the
+        #: tagged answer; each costs ~60 bytes however short on the wire).
+        self.tokens = 0
 
 
 @implementer(IIMAPSession)
@@ -100,6 +103,11 @@ class FolderIMAPClient(IMAP4Client):
         after which the connection is dropped (``None``: off). Must exceed the
         server's keepalive interval (Dovecot: 2 minutes) and the IDLE
         re-issue interval for servers that send no keepalive.
+    :param caps: :class:`~imapsvc.core.wire_caps.WireCaps` derived from the
+        settings; ``None`` keeps the class defaults.
+    :param budget: the process-wide :class:`~imapsvc.imap.budget.ByteBudget`
+        (``None``: no budget). Over budget, reading pauses (backpressure);
+        command deadlines and the watchdog are suspended while paused.
 
     :ivar greeted: fires with the capability dict after the greeting (a
         ``CAPABILITY`` is issued when the greeting carries none).
@@ -130,6 +138,14 @@ class FolderIMAPClient(IMAP4Client):
     #: engine's largest legitimate answer is a chunk of sections (a few MiB)
     #: or one message up to the raw-MIME cap.
     max_command_bytes = 256 * _MIB
+    #: Most tokens the FETCH responses of one command may build: a metadata
+    #: chunk of 100 messages needs a few hundred each; ``()`` repeated would
+    #: otherwise turn a command's bytes into ~30x as much memory. Responses
+    #: beyond it are salvaged without BODYSTRUCTURE (whole-message path, with
+    #: its caps), which keeps only their literals and a few numbers.
+    max_command_tokens = 4 * responses.MAX_TOKENS
+    #: What one token is charged to the byte budget.
+    TOKEN_COST = 64
 
     def __init__(
         self,
@@ -137,8 +153,17 @@ class FolderIMAPClient(IMAP4Client):
         command_timeout: float,
         contextFactory=None,
         inactivity_timeout: Optional[float] = None,
+        caps: Any = None,
+        budget: Any = None,
     ) -> None:
         IMAP4Client.__init__(self, contextFactory)
+        if caps is not None:
+            self.MAX_LENGTH = caps.max_line
+            self.max_literal_bytes = caps.max_literal
+            self.max_response_bytes = caps.max_response
+            self.max_command_bytes = caps.max_command
+        self.budget = budget
+        self.budget_paused = False
         self.clock = clock
         self.command_timeout = command_timeout
         self.inactivity_timeout = inactivity_timeout
@@ -184,6 +209,7 @@ class FolderIMAPClient(IMAP4Client):
         self._closed = True
         self.idling = False
         self._cancel_timers()
+        self._forget_budget()
         if reason is None:
             reason = Failure(ConnectionGone("connection lost"))
         commands = self._take_all_commands()
@@ -222,6 +248,7 @@ class FolderIMAPClient(IMAP4Client):
         self._closed = True
         self.idling = False
         self._cancel_timers()
+        self._forget_budget()
         commands = self._take_all_commands()
         log.warn("Dropping IMAP connection: {error}", error=str(error))
         for index, cmd in enumerate(commands):
@@ -246,11 +273,56 @@ class FolderIMAPClient(IMAP4Client):
         self._watchdog = None
         self._drop(CommandTimeout(f"no data from the server for {self.inactivity_timeout}s"))
 
+    # -- the process-wide budget ------------------------------------------
+
+    def _forget_budget(self) -> None:
+        if self.budget is not None:
+            self.budget.forget(self)
+        self.budget_paused = False
+
+    def budget_pause(self) -> None:
+        """Called by the budget: stop reading until :meth:`budget_resume`."""
+        if self._closed or self.budget_paused:
+            return
+        self.budget_paused = True
+        transport: Any = self.transport
+        if transport is not None:
+            transport.pauseProducing()
+        # Silence while paused is ours, not the server's: no deadline runs.
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
+        if self._current is not None:
+            self._disarm(self._current)
+
+    def budget_resume(self) -> None:
+        """Called by the budget: read again, deadlines restart."""
+        if not self.budget_paused:
+            return
+        self.budget_paused = False
+        if self._closed:
+            return
+        transport: Any = self.transport
+        if transport is not None:
+            transport.resumeProducing()
+        if self.inactivity_timeout and self._watchdog is None:
+            self._watchdog = self.clock.callLater(self.inactivity_timeout, self._inactive)
+        cmd = self._current
+        if cmd is not None and not (cmd.kind == "idle" and self.idling):
+            self._arm(cmd)
+
+    def _release_budget(self) -> None:
+        if self.budget is not None and self.budget.held(self):
+            self.budget.release(self)
+
     # -- reading ----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
             return
+        if self.budget is not None:
+            # Charged before parsing: what this read brings is in memory now.
+            self.budget.charge(self, len(data))
         if self._watchdog is not None and self._watchdog.active():
             self._watchdog.reset(self.inactivity_timeout)
         current = self._current
@@ -301,7 +373,14 @@ class FolderIMAPClient(IMAP4Client):
             return
         texts, literals = self._texts, self._literals
         self._texts, self._literals = None, []
+        before = self._current
         self._dispatch(texts, literals)
+        if self.budget is not None and not self._closed:
+            cmd = self._current
+            # Bytes stay charged while a command collects its answer; IDLE
+            # and unsolicited responses keep nothing once handled.
+            if cmd is None or cmd is not before or cmd.kind == "idle":
+                self._release_budget()
 
     def rawDataReceived(self, data: bytes) -> None:
         if self._closed:
@@ -403,7 +482,13 @@ class FolderIMAPClient(IMAP4Client):
 
     def _on_fetch(self, cmd: _Command, seq: int, texts: list[bytes], literals: list[bytes]):
         try:
-            tokens = responses.tokenize(texts, literals)
+            left = max(0, self.max_command_tokens - cmd.tokens)
+            tokens, count = responses.tokenize_counted(
+                texts, literals, min(responses.MAX_TOKENS, left)
+            )
+            cmd.tokens += count
+            if self.budget is not None:
+                self.budget.charge(self, count * self.TOKEN_COST)
             if len(tokens) != 1 or not isinstance(tokens[0], list):
                 raise ResponseParseError("FETCH data is not one list")
             pairs = responses.fetch_pairs(tokens[0])
@@ -862,16 +947,22 @@ class FolderIMAPClient(IMAP4Client):
 
     def uid_search_from(self, first_uid: int) -> defer.Deferred:
         """``UID SEARCH UID first:*`` -> sorted UIDs ``>= first_uid`` (the
-        range always matches the highest UID, even below ``first_uid``)."""
+        range always matches the highest UID, even below ``first_uid``), as
+        a :class:`~imapsvc.imap.responses.UidArray` (8 bytes per UID; it
+        compares, slices and iterates like a list of ints)."""
         first_uid = max(1, int(first_uid))
         cmd = _Command(b"UID SEARCH", [b"UID SEARCH UID %d:*" % first_uid])
 
         def done(cmd, code):
-            uids: set[int] = set()
-            for keyword, numbers in cmd.untagged:
-                if keyword == "SEARCH":
-                    uids.update(uid for uid in numbers if uid >= first_uid)
-            return sorted(uids)
+            # Numbers stay in an array('Q') (8 bytes each): a SEARCH of a
+            # million UIDs must not become a million Python ints and a set.
+            found = [numbers for keyword, numbers in cmd.untagged if keyword == "SEARCH"]
+            if len(found) == 1:
+                return responses.sorted_unique_from(found[0], first_uid)
+            joined = responses.UidArray()
+            for numbers in found:
+                joined.extend(numbers)
+            return responses.sorted_unique_from(joined, first_uid)
 
         cmd.on_ok = done
         return self._submit(cmd)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Any, Optional, Sequence
+from array import array
+from typing import Any, Iterable, Optional, Sequence
 
 _UNESCAPE = re.compile(rb"\\(.)", re.DOTALL)
 _LITERAL_AT_END = re.compile(rb"\{(\d+)\+?\}$")
@@ -22,6 +23,13 @@ _LITERAL_AT_END = re.compile(rb"\{(\d+)\+?\}$")
 #: byte (an error). Trailing blanks match the last branch (all groups empty).
 #: Every byte of a segment is accounted for, so ``findall`` skips nothing.
 #: The unrolled quoted/atom loops keep ``re`` from trying every branch per byte.
+#:
+#: Linear on any input (STACK.md, "Regular expressions on server bytes"): an
+#: unclosed ``[`` or ``"`` makes its branch scan to the end of the segment
+#: and fail. Were the error branch one byte long, ``findall`` would restart
+#: that scan at every following ``[`` (80,000 ``[`` = 10.8 s). The error branch
+#: therefore swallows the rest of the segment: after the first bad byte there
+#: is nothing left to scan, so each byte is looked at a bounded number of times.
 _TOKEN = re.compile(
     rb'[ \t]*(?:'
     rb'("[^"\\]*(?:\\.[^"\\]*)*")'
@@ -29,15 +37,23 @@ _TOKEN = re.compile(
     rb"|(\()"
     rb"|(\))"
     rb"|\{(\d+)\+?\}"
-    rb"|([^ \t])"
+    rb"|([^ \t].*)"
     rb")|[ \t]+",
     re.DOTALL,
 )
+#: Deepest parenthesis nesting accepted in one response. A BODYSTRUCTURE
+#: holds at most :data:`imapsvc.core.bodystructure.MAX_DEPTH` (64) multipart
+#: levels, each leaf a few lists deep; anything deeper is hostile. Deeper
+#: FETCH data fails to parse, is salvaged without its BODYSTRUCTURE and the
+#: message takes the whole-message path (with its caps); the nested lists
+#: are never built, so nothing later can recurse into them.
+MAX_NESTING = 256
 _STATUS = re.compile(
     rb"^(OK|NO|BAD|BYE|PREAUTH)(?:[ ]+\[([^\]]*)\])?[ ]*(.*)$", re.IGNORECASE | re.DOTALL
 )
 _BACKOFF = re.compile(
-    rb"Suggested\s+Backoff\s+Time:\s*(\d+)\s*(milliseconds|ms|seconds|s)?", re.IGNORECASE
+    rb"Suggested\s{1,16}Backoff\s{1,16}Time:\s{0,16}(\d{1,20})\s{0,16}(milliseconds|ms|seconds|s)?",
+    re.IGNORECASE,
 )
 _FETCH_BODY_KEY = re.compile(r"^BODY\[(.*)\](?:<(\d+)>)?$", re.IGNORECASE | re.DOTALL)
 
@@ -73,34 +89,80 @@ def literal_size(line: bytes) -> Optional[int]:
     return number(match.group(1)) if match else None
 
 
-def tokenize(texts: Sequence[bytes], literals: Sequence[bytes] = ()) -> list[Any]:
+#: Most tokens (atoms, strings, lists) one response may hold. Each costs
+#: about 60 bytes of Python objects for as little as 2 bytes of input
+#: (``()``), so without a cap a 16 MiB line would become ~0.5 GB. 50,000 is a
+#: message of ~2,500 MIME parts; a FETCH response above it is salvaged
+#: without BODYSTRUCTURE (whole-message path), any other one is an error.
+MAX_TOKENS = 50_000
+#: Segments up to this long are matched with one ``findall``; longer ones
+#: match by match (see :func:`tokenize_counted`).
+_FINDALL_MAX = 64 * 1024
+
+def _matches(text: bytes, max_tokens: int) -> Iterable[tuple[bytes, ...]]:
+    """The match tuples of a long segment, one at a time; refused past what
+    ``max_tokens`` tokens (with their blanks and closing parentheses) take."""
+    for n, match in enumerate(_TOKEN.finditer(text)):
+        if n > 3 * max_tokens:
+            raise ResponseParseError(f"more than {max_tokens} tokens")
+        yield match.groups()
+
+
+def tokenize(
+    texts: Sequence[bytes], literals: Sequence[bytes] = (), max_tokens: int = MAX_TOKENS
+) -> list[Any]:
     """Parse one response (already split into text segments and literals)
-    into nested tokens.
+    into nested tokens. Linear in the input; at most :data:`MAX_NESTING`
+    levels and ``max_tokens`` tokens.
 
     :raises ResponseParseError: unbalanced parentheses, bad quoting, a
-        literal marker that is not at the end of its segment.
+        literal marker that is not at the end of its segment, too deep or
+        too many tokens.
     """
+    return tokenize_counted(texts, literals, max_tokens)[0]
+
+
+def tokenize_counted(
+    texts: Sequence[bytes], literals: Sequence[bytes] = (), max_tokens: int = MAX_TOKENS
+) -> tuple[list[Any], int]:
+    """:func:`tokenize`, and how many tokens it built (what they cost in
+    memory is about 60 bytes each, whatever the bytes on the wire)."""
     if len(texts) != len(literals) + 1:
         raise ResponseParseError("literal count does not match segments")
     top: list[Any] = []
     current = top
     stack: list[list[Any]] = []
-    findall = _TOKEN.findall
+    depth_limit = MAX_NESTING
+    count = 0
     for index, text in enumerate(texts):
-        # One C-level pass per segment; a FETCH of BODYSTRUCTURE is hundreds
-        # of tokens, and a Python loop per byte/token was the hot spot.
-        tokens = findall(text)
-        last = len(tokens) - 1
-        for n, (quoted, atom, opening, closing, literal, bad) in enumerate(tokens):
+        if len(text) <= _FINDALL_MAX:
+            # One C-level pass (a FETCH of BODYSTRUCTURE is hundreds of
+            # tokens, and a Python loop per token was the hot spot); the list
+            # of match tuples is small for a segment this short.
+            tokens: Iterable[tuple[bytes, ...]] = _TOKEN.findall(text)
+        else:
+            # A long segment: match by match, so an error stops at once and
+            # no list of tuples (~50x the bytes of ``()()()...``) is built.
+            tokens = _matches(text, max_tokens)
+        at_literal = False
+        for quoted, atom, opening, closing, literal, bad in tokens:
+            if at_literal:
+                # A literal marker is the segment's last token (its bytes follow).
+                raise ResponseParseError("literal marker not at end of line")
             if atom:
+                count += 1
                 if len(atom) == 3 and atom.upper() == b"NIL":
                     current.append(None)
                 else:
                     current.append(atom.decode("latin-1"))
             elif quoted:
+                count += 1
                 value = quoted[1:-1]
                 current.append(_UNESCAPE.sub(rb"\1", value) if b"\\" in value else value)
             elif opening:
+                count += 1
+                if len(stack) >= depth_limit:
+                    raise ResponseParseError(f"nesting deeper than {MAX_NESTING}")
                 stack.append(current)
                 inner: list[Any] = []
                 current.append(inner)
@@ -109,22 +171,31 @@ def tokenize(texts: Sequence[bytes], literals: Sequence[bytes] = ()) -> list[Any
                 if not stack:
                     raise ResponseParseError("unbalanced ')'")
                 current = stack.pop()
+                # Checked here (each list ends with one) and at the end:
+                # cheaper than at every token, and as bounded.
+                if count > max_tokens:
+                    raise ResponseParseError(f"more than {max_tokens} tokens")
             elif literal:
-                if n != last or index >= len(literals):
+                count += 1
+                at_literal = True
+                if index >= len(literals):
                     raise ResponseParseError("literal marker not at end of line")
                 if number(literal) != len(literals[index]):
                     raise ResponseParseError("literal size mismatch")
                 current.append(literals[index])
             elif bad:
-                if bad == b'"':
+                first = bad[:1]
+                if first == b'"':
                     raise ResponseParseError("unterminated quoted string")
-                if bad == b"{":
+                if first == b"{":
                     raise ResponseParseError("literal marker not at end of line")
-                raise ResponseParseError(f"unexpected byte {bad!r}")
+                raise ResponseParseError(f"unexpected byte {first!r}")
             # else: blanks between tokens
+        if count > max_tokens:
+            raise ResponseParseError(f"more than {max_tokens} tokens")
     if stack:
         raise ResponseParseError("unbalanced '('")
-    return top
+    return top, count
 
 
 def parse_status(text: bytes) -> Optional[tuple[str, Optional[str], str, str]]:
@@ -195,27 +266,111 @@ def throttle_delay(code: Optional[str], text: str) -> tuple[bool, Optional[float
     return throttled, delay
 
 
-def parse_search(text: bytes) -> list[int]:
+class UidArray(array):
+    """UIDs as ``array('Q')`` (8 bytes each, no ``int`` object per UID) that
+    compares equal to a list of the same numbers and stays an ``UidArray``
+    when sliced, so callers may treat it as a list of ints."""
+
+    def __new__(cls, values: Any = ()) -> UidArray:
+        return super().__new__(cls, "Q", values)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, list):
+            return len(self) == len(other) and list(self) == other
+        return array.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __getitem__(self, index: Any) -> Any:
+        value = array.__getitem__(self, index)
+        return UidArray(value) if isinstance(index, slice) else value
+
+
+#: One SEARCH word: digits, or a parenthesised suffix such as ``(MODSEQ n)``.
+_SEARCH_WORD = re.compile(rb"\S+")
+#: A SEARCH answer is read in slices of about this many bytes: each slice is
+#: split and converted in C, and only one slice's words exist at a time.
+_SEARCH_SLICE = 256 * 1024
+_SEARCH_PLAIN = b"0123456789 "
+
+
+def parse_search(text: bytes) -> UidArray:
     """The numbers of a ``SEARCH`` response body (everything after the word
-    ``SEARCH``). Fast path: a split, no tokenizer, for very long lines.
+    ``SEARCH``) as an :class:`UidArray`: 8 bytes per number, about the size of
+    the line itself. A list of ``int`` (and ``text.split()``'s list of bytes)
+    cost about 8x the line (a 4 MiB line added 32 MiB).
 
     :raises ResponseParseError: a token that is not a number (e.g. a
         ``(MODSEQ n)`` suffix is skipped, anything else is an error).
     """
-    out: list[int] = []
-    words = text.split()
-    skip = False
-    for word in words:
+    out = UidArray()
+    start, size = 0, len(text)
+    skip = False  # inside a parenthesised suffix, which may span slices
+    while start < size:
+        end = min(size, start + _SEARCH_SLICE)
+        if end < size:
+            # Cut at a blank so no number is split between slices.
+            cut = text.rfind(b" ", start, end)
+            end = cut + 1 if cut > start else text.find(b" ", end) + 1 or size
+        piece = text[start:end]
+        start = end
+        if not skip and not piece.translate(None, _SEARCH_PLAIN):
+            # Only digits and spaces (the usual answer): split and convert in C.
+            words = piece.split()
+            if any(len(word) > MAX_DIGITS for word in words):
+                raise ResponseParseError("bad SEARCH number: too many digits")
+            try:
+                out.extend(map(int, words))
+            except OverflowError:
+                raise ResponseParseError("bad SEARCH number: beyond 64 bits") from None
+        else:
+            skip = _parse_search_words(piece, out, skip)
+    return out
+
+
+def _parse_search_words(text: bytes, out: UidArray, skip: bool) -> bool:
+    # A ``(MODSEQ n)`` suffix (RFC 7162) is skipped; any other word is an
+    # error. Returns whether the text ends inside the parentheses.
+    for match in _SEARCH_WORD.finditer(text):
+        word = match.group()
         if word.startswith(b"("):
             skip = not word.endswith(b")")
             continue
         if skip:
             skip = not word.endswith(b")")
             continue
-        if not word.isdigit():
+        if not word.isdigit() or len(word) > MAX_DIGITS:
             raise ResponseParseError(f"bad SEARCH number {word[:20]!r}")
-        out.append(number(word))
-    return out
+        value = int(word)
+        if value >= 1 << 64:
+            raise ResponseParseError(f"bad SEARCH number {word[:20]!r}")
+        out.append(value)
+    return skip
+
+
+def sorted_unique_from(numbers: Sequence[int], first: int) -> UidArray:
+    """The numbers ``>= first``, sorted and without repeats, as a :class:`UidArray`.
+
+    Servers send SEARCH results in ascending order: then this is one linear
+    pass and no Python ``int`` per number is kept. Otherwise (rare) it sorts.
+    """
+    out = UidArray()
+    previous = -1
+    ordered = True
+    for value in numbers:
+        if value < first:
+            continue
+        if value <= previous:
+            ordered = False
+            break
+        out.append(value)
+        previous = value
+    if ordered:
+        return out
+    return UidArray(sorted({v for v in numbers if v >= first}))
 
 
 def fetch_pairs(items: Sequence[Any]) -> dict[str, Any]:
@@ -324,10 +479,16 @@ def uid_set(uids: Sequence[int]) -> bytes:
     return ",".join(ranges).encode("ascii")
 
 
-_SALVAGE_UID = re.compile(rb"\bUID\s+(\d+)", re.IGNORECASE)
-_SALVAGE_SIZE = re.compile(rb"\bRFC822\.SIZE\s+(\d+)", re.IGNORECASE)
-_SALVAGE_DATE = re.compile(rb'\bINTERNALDATE\s+"([^"]*)"', re.IGNORECASE)
-_SALVAGE_LITERAL_KEY = re.compile(rb"(BODY\[[^\]]*\](?:<\d+>)?)\s*\{\d+\+?\}$", re.IGNORECASE)
+# Bounded repetitions only: salvage runs on input the tokenizer rejected,
+# i.e. on exactly what a hostile server sends (``BODY[`` x 100,000 ...).
+_SALVAGE_UID = re.compile(rb"\bUID[ \t]{1,16}(\d{1,20})", re.IGNORECASE)
+_SALVAGE_SIZE = re.compile(rb"\bRFC822\.SIZE[ \t]{1,16}(\d{1,20})", re.IGNORECASE)
+_SALVAGE_DATE = re.compile(rb'\bINTERNALDATE[ \t]{1,16}"([^"]{0,64})"', re.IGNORECASE)
+_SALVAGE_LITERAL_KEY = re.compile(
+    rb"(BODY\[[^\]\[]{0,256}\](?:<\d{1,20}>)?)[ \t]{0,16}\{\d{1,20}\+?\}$", re.IGNORECASE
+)
+#: How far before a literal marker the salvage looks for its ``BODY[...]`` key.
+_SALVAGE_TAIL = 512
 
 
 def salvage_fetch(texts: Sequence[bytes], literals: Sequence[bytes]) -> dict[str, Any]:
@@ -347,7 +508,7 @@ def salvage_fetch(texts: Sequence[bytes], literals: Sequence[bytes]) -> dict[str
             value = match.group(1)
             out[key] = value if key == "INTERNALDATE" else value.decode("ascii")
     for text, literal in zip(texts, literals):
-        match = _SALVAGE_LITERAL_KEY.search(text)
+        match = _SALVAGE_LITERAL_KEY.search(text[-_SALVAGE_TAIL:])
         if match:
             head, bracket, tail = match.group(1).decode("latin-1").partition("[")
             out[head.upper() + bracket + tail] = literal

@@ -20,7 +20,7 @@ import sqlite3
 import time
 from typing import Any, Iterator, Optional
 
-from imapsvc.model import ProviderConfig
+from imapsvc.model import PoisonMessage, ProviderConfig
 from imapsvc.store import sorted_capabilities
 from imapsvc.store.pg_errors import connect_failure
 
@@ -86,6 +86,16 @@ class AdminStore:
         raise NotImplementedError
 
     def delete_secret(self, tenant: str, name: str) -> None:
+        raise NotImplementedError
+
+    def list_poison(self, tenant: Optional[str] = None,
+                    provider_id: Optional[str] = None) -> list[PoisonMessage]:
+        """Messages with failed fetches (:meth:`IStore.list_poison`)."""
+        raise NotImplementedError
+
+    def retry_poison(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
+                     uid: int) -> bool:
+        """:meth:`IStore.retry_poison`; ``False`` when unknown."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -182,6 +192,15 @@ class SqliteAdmin(AdminStore):
 
     def delete_secret(self, tenant: str, name: str) -> None:
         self._guard(self.ops.delete_secret, tenant, name)
+
+    def list_poison(self, tenant: Optional[str] = None,
+                    provider_id: Optional[str] = None) -> list[PoisonMessage]:
+        return self._guard(self.ops.list_poison, tenant, provider_id)  # type: ignore[no-any-return]
+
+    def retry_poison(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
+                     uid: int) -> bool:
+        return bool(self._guard(self.ops.retry_poison, tenant, provider_id, folder,
+                                uid_validity, uid))
 
     def close(self) -> None:
         self.conn.close()
@@ -356,6 +375,28 @@ class PostgresAdmin(AdminStore):
 
     def delete_secret(self, tenant: str, name: str) -> None:
         self._run("DELETE FROM imap_secrets WHERE tenant = %s AND name = %s", (tenant, name))
+
+    def list_poison(self, tenant: Optional[str] = None,
+                    provider_id: Optional[str] = None) -> list[PoisonMessage]:
+        from imapsvc.store.postgres import LIST_POISON_SQL, poison_from_row
+
+        rows = self._run(LIST_POISON_SQL, (tenant, tenant, provider_id, provider_id),
+                         fetch=True)
+        return [poison_from_row(r) for r in rows]
+
+    def retry_poison(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
+                     uid: int) -> bool:
+        from imapsvc.store.postgres import retry_poison_statements
+
+        forget, unskip, rewind = retry_poison_statements(tenant, provider_id, folder,
+                                                         uid_validity, uid)
+        with self._errors(), self.conn, self.conn.cursor() as cur:
+            cur.execute(*forget)
+            if cur.rowcount == 0:
+                return False
+            cur.execute(*unskip)
+            cur.execute(*rewind)
+        return True
 
     def close(self) -> None:
         self.conn.close()

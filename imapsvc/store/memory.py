@@ -30,6 +30,7 @@ from imapsvc.model import (
     LeaseGrant,
     MessageRecord,
     OutboxRow,
+    PoisonMessage,
     ProviderConfig,
 )
 from imapsvc.store import (
@@ -92,6 +93,7 @@ class MemoryStore:
         self._folders: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._replicas: dict[str, dict[str, Any]] = {}
         self._requests: dict[tuple[str, str], dict[str, Any]] = {}
+        self._failures: dict[tuple[str, str, str, str, int], dict[str, Any]] = {}
 
     # -- test helpers -------------------------------------------------------
 
@@ -421,6 +423,10 @@ class MemoryStore:
         ]
         deleted += len(self._outbox) - len(keep_out)
         self._outbox = keep_out
+        old = [k for k, r in self._failures.items() if r["updated_at"] < cutoff]
+        for stale in old:
+            del self._failures[stale]
+        deleted += len(old)
         # Applied admin requests and long-dead replicas go too (not counted).
         for key in [k for k, r in self._requests.items()
                     if r["applied_at"] is not None and r["applied_at"] < cutoff]:
@@ -538,6 +544,71 @@ class MemoryStore:
             row["inbound_auth_failure_count"] = 0
             row["inbound_auth_failure_code"] = None
         row["updated_at"] = self.now()
+        return True
+
+    @_wrap
+    def note_message_failure(self, tenant: str, provider_id: str, folder: str,
+                             uid_validity: str, uid: int, reason: str) -> int:
+        key = (tenant, provider_id, folder, str(uid_validity), int(uid))
+        row = self._failures.get(key)
+        if row is None:
+            row = self._failures[key] = {"failures": 0, "skipped_at": None,
+                                         "created_at": self.now()}
+        row["failures"] += 1
+        row["reason"] = reason
+        row["updated_at"] = self.now()
+        return int(row["failures"])
+
+    @_wrap
+    def clear_message_failures(self, tenant: str, provider_id: str, folder: str,
+                               uid_validity: str, uids: Sequence[int]) -> None:
+        for uid in uids:
+            key = (tenant, provider_id, folder, str(uid_validity), int(uid))
+            row = self._failures.get(key)
+            if row is not None and row["skipped_at"] is None:
+                del self._failures[key]
+
+    @_wrap
+    def mark_poison_skipped(self, tenant: str, provider_id: str, folder: str,
+                            uid_validity: str, uid: int) -> None:
+        row = self._failures.get((tenant, provider_id, folder, str(uid_validity), int(uid)))
+        if row is not None:
+            row["skipped_at"] = row["updated_at"] = self.now()
+
+    @_wrap
+    def list_poison(self, tenant: Optional[str] = None,
+                    provider_id: Optional[str] = None) -> list[PoisonMessage]:
+        out = []
+        for (t, p, folder, validity, uid), row in self._failures.items():
+            if (tenant is not None and t != tenant) or (
+                    provider_id is not None and p != provider_id):
+                continue
+            out.append(PoisonMessage(t, p, folder, validity, uid, row["failures"],
+                                     row["reason"], row["skipped_at"], row["updated_at"]))
+        return sorted(out, key=lambda m: (m.updated_at, m.tenant, m.provider_id, m.folder,
+                                          m.uid))
+
+    @_wrap
+    def retry_poison(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
+                     uid: int) -> bool:
+        key = (tenant, provider_id, folder, str(uid_validity), int(uid))
+        if self._failures.pop(key, None) is None:
+            return False
+        ledger = self._ledger.get((tenant, provider_id), [])
+        self._ledger[(tenant, provider_id)] = [
+            r for r in ledger
+            if not (r["folder"] == folder and r["uid_validity"] == str(uid_validity)
+                    and r["uid"] == int(uid) and r["outcome"] == "skipped")
+        ]
+        row = self._row(tenant, provider_id)
+        cursor = None if row is None else row["folder_state"].get(folder)
+        if (cursor is not None and cursor.uid_validity == str(uid_validity)
+                and cursor.last_uid is not None and int(cursor.last_uid) >= int(uid)):
+            assert row is not None
+            state = dict(row["folder_state"])
+            state[folder] = attr.evolve(cursor, last_uid=str(int(uid) - 1))
+            row["folder_state"] = state
+            row["updated_at"] = self.now()
         return True
 
     @_wrap

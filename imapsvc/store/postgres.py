@@ -38,6 +38,7 @@ from imapsvc.model import (
     LeaseGrant,
     MessageRecord,
     OutboxRow,
+    PoisonMessage,
     ProviderConfig,
 )
 from imapsvc.store import (
@@ -159,6 +160,43 @@ def provider_from_row(row: Sequence[Any]) -> ProviderConfig:
         oauth_client_secret=client_secret or None,
         refresh_token=refresh_token or None,
     )
+
+
+#: Poison messages, shared with the admin CLI (imapsvc.store.admin_sync).
+LIST_POISON_SQL = (
+    "SELECT tenant::text, provider_id::text, folder, uid_validity, uid, failures, reason,"
+    " skipped_at, updated_at FROM imap_message_failures"
+    " WHERE (%s::uuid IS NULL OR tenant = %s::uuid)"
+    " AND (%s::uuid IS NULL OR provider_id = %s::uuid)"
+    " ORDER BY updated_at, tenant, provider_id, folder, uid"
+)
+
+
+def poison_from_row(r: Sequence[Any]) -> PoisonMessage:
+    """A row of :data:`LIST_POISON_SQL`."""
+    return PoisonMessage(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], r[7], r[8])
+
+
+def retry_poison_statements(tenant: str, provider_id: str, folder: str, uid_validity: str,
+                            uid: int) -> list[tuple[str, tuple[Any, ...]]]:
+    """``(sql, params)`` of a poison retry, run in one transaction: forget
+    the failures (rowcount 0: unknown, stop), delete the skipped ledger row,
+    move the cursor back below the UID (same UIDVALIDITY only)."""
+    key = (tenant, provider_id, folder, str(uid_validity), int(uid))
+    return [
+        ("DELETE FROM imap_message_failures WHERE tenant = %s AND provider_id = %s"
+         " AND folder = %s AND uid_validity = %s AND uid = %s", key),
+        ("DELETE FROM imap_message_ledger WHERE tenant = %s AND provider_id = %s"
+         " AND folder = %s AND uid_validity = %s AND uid = %s AND outcome = 'skipped'", key),
+        ("UPDATE imap_email_provider_config SET folder_state = jsonb_set(folder_state,"
+         " ARRAY[%s, 'last_uid'], to_jsonb(%s::text)), updated_at = now()"
+         " WHERE tenant = %s AND email_provider_id = %s"
+         " AND folder_state -> %s ->> 'uid_validity' = %s"
+         " AND (CASE WHEN folder_state -> %s ->> 'last_uid' ~ '^[0-9]{1,18}$'"
+         "      THEN (folder_state -> %s ->> 'last_uid')::bigint ELSE -1 END) >= %s",
+         (folder, str(int(uid) - 1), tenant, provider_id, folder, str(uid_validity),
+          folder, folder, int(uid))),
+    ]
 
 
 @implementer(IStore)
@@ -506,6 +544,10 @@ class PostgresStore:
                 "DELETE FROM imap_event_outbox WHERE published_at IS NOT NULL"
                 " AND published_at < now() - make_interval(secs => %s)", (seconds,))
             deleted += cur.rowcount
+            yield cur.execute(
+                "DELETE FROM imap_message_failures"
+                " WHERE updated_at < now() - make_interval(secs => %s)", (seconds,))
+            deleted += cur.rowcount
             # Applied admin requests and long-dead replicas go too (not counted).
             yield cur.execute(
                 "DELETE FROM imap_admin_requests"
@@ -819,6 +861,54 @@ class PostgresStore:
                    " inbound_auth_failure_code = NULL, updated_at = now()"
                    " WHERE tenant = %s AND id = %s")
         return self._query(sql, (tenant, provider_id)).addCallback(lambda n: bool(n))
+    # -- poison messages (schema/0005) ---------------------------------------
+
+    def note_message_failure(self, tenant: str, provider_id: str, folder: str,
+                             uid_validity: str, uid: int, reason: str) -> defer.Deferred:
+        return self._query(
+            "INSERT INTO imap_message_failures (tenant, provider_id, folder, uid_validity, uid,"
+            " failures, reason) VALUES (%s, %s, %s, %s, %s, 1, %s)"
+            " ON CONFLICT (tenant, provider_id, folder, uid_validity, uid) DO UPDATE"
+            " SET failures = imap_message_failures.failures + 1, reason = EXCLUDED.reason,"
+            " updated_at = now() RETURNING failures",
+            (tenant, provider_id, folder, str(uid_validity), int(uid), reason),
+        ).addCallback(lambda rows: int(rows[0][0]))
+
+    def clear_message_failures(self, tenant: str, provider_id: str, folder: str,
+                               uid_validity: str, uids: Sequence[int]) -> defer.Deferred:
+        return self._query(
+            "DELETE FROM imap_message_failures WHERE tenant = %s AND provider_id = %s"
+            " AND folder = %s AND uid_validity = %s AND uid = ANY(%s) AND skipped_at IS NULL",
+            (tenant, provider_id, folder, str(uid_validity), [int(u) for u in uids]),
+        ).addCallback(lambda _: None)
+
+    def mark_poison_skipped(self, tenant: str, provider_id: str, folder: str,
+                            uid_validity: str, uid: int) -> defer.Deferred:
+        return self._query(
+            "UPDATE imap_message_failures SET skipped_at = now(), updated_at = now()"
+            " WHERE tenant = %s AND provider_id = %s AND folder = %s AND uid_validity = %s"
+            " AND uid = %s", (tenant, provider_id, folder, str(uid_validity), int(uid)),
+        ).addCallback(lambda _: None)
+
+    def list_poison(self, tenant: Optional[str] = None,
+                    provider_id: Optional[str] = None) -> defer.Deferred:
+        d = self._query(LIST_POISON_SQL, (tenant, tenant, provider_id, provider_id))
+        return d.addCallback(lambda rows: [poison_from_row(r) for r in rows])
+
+    def retry_poison(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
+                     uid: int) -> defer.Deferred:
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            [forget, unskip, rewind] = retry_poison_statements(
+                tenant, provider_id, folder, uid_validity, uid)
+            yield cur.execute(*forget)
+            if cur.rowcount == 0:
+                return False
+            yield cur.execute(*unskip)
+            yield cur.execute(*rewind)
+            return True
+
+        return self._interact(run)
 
     def touch_last_sync(self, tenant: str, provider_id: str) -> defer.Deferred:
         return self._query(

@@ -53,6 +53,7 @@ from imapsvc.model import (
     LeaseGrant,
     MessageRecord,
     OutboxRow,
+    PoisonMessage,
     ProviderConfig,
 )
 from imapsvc.store import (
@@ -523,6 +524,8 @@ class SqliteOps:
             cur.execute("DELETE FROM imap_event_outbox WHERE published_at IS NOT NULL"
                         " AND published_at < ?", (cutoff,))
             deleted += cur.rowcount
+            cur.execute("DELETE FROM imap_message_failures WHERE updated_at < ?", (cutoff,))
+            deleted += cur.rowcount
             # Applied admin requests and long-dead replicas go too (not counted).
             cur.execute("DELETE FROM imap_admin_requests WHERE applied_at < ?", (cutoff,))
             cur.execute("DELETE FROM imap_replicas WHERE heartbeat_at < ?", (cutoff,))
@@ -800,6 +803,89 @@ class SqliteOps:
             " updated_at = ? WHERE tenant = ? AND id = ?",
             (self.now(), tenant, provider_id)) > 0
 
+    # -- poison messages (schema/0005) ---------------------------------------
+
+    def note_message_failure(self, tenant: str, provider_id: str, folder: str,
+                             uid_validity: str, uid: int, reason: str) -> int:
+        now = self.now()
+
+        def run(cur: sqlite3.Cursor) -> int:
+            cur.execute(
+                "INSERT INTO imap_message_failures (tenant, provider_id, folder, uid_validity,"
+                " uid, failures, reason, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)"
+                " ON CONFLICT (tenant, provider_id, folder, uid_validity, uid) DO UPDATE"
+                " SET failures = failures + 1, reason = excluded.reason,"
+                " updated_at = excluded.updated_at",
+                (tenant, provider_id, folder, str(uid_validity), int(uid), reason, now, now))
+            cur.execute(
+                "SELECT failures FROM imap_message_failures WHERE tenant = ? AND provider_id = ?"
+                " AND folder = ? AND uid_validity = ? AND uid = ?",
+                (tenant, provider_id, folder, str(uid_validity), int(uid)))
+            return int(cur.fetchone()[0])
+
+        return int(self._transaction(run))
+
+    def clear_message_failures(self, tenant: str, provider_id: str, folder: str,
+                               uid_validity: str, uids: Sequence[int]) -> None:
+        def run(cur: sqlite3.Cursor) -> None:
+            for uid in uids:
+                cur.execute(
+                    "DELETE FROM imap_message_failures WHERE tenant = ? AND provider_id = ?"
+                    " AND folder = ? AND uid_validity = ? AND uid = ? AND skipped_at IS NULL",
+                    (tenant, provider_id, folder, str(uid_validity), int(uid)))
+
+        self._transaction(run)
+
+    def mark_poison_skipped(self, tenant: str, provider_id: str, folder: str,
+                            uid_validity: str, uid: int) -> None:
+        now = self.now()
+        self._run(
+            "UPDATE imap_message_failures SET skipped_at = ?, updated_at = ?"
+            " WHERE tenant = ? AND provider_id = ? AND folder = ? AND uid_validity = ?"
+            " AND uid = ?", (now, now, tenant, provider_id, folder, str(uid_validity), int(uid)))
+
+    def list_poison(self, tenant: Optional[str] = None,
+                    provider_id: Optional[str] = None) -> list[PoisonMessage]:
+        rows = self._all(
+            "SELECT tenant, provider_id, folder, uid_validity, uid, failures, reason,"
+            " skipped_at, updated_at FROM imap_message_failures"
+            " WHERE (? IS NULL OR tenant = ?) AND (? IS NULL OR provider_id = ?)"
+            " ORDER BY updated_at, tenant, provider_id, folder, uid",
+            (tenant, tenant, provider_id, provider_id))
+        return [PoisonMessage(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6],
+                              from_ts(r[7]), from_ts(r[8])) for r in rows]
+
+    def retry_poison(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
+                     uid: int) -> bool:
+        key = (tenant, provider_id, folder, str(uid_validity), int(uid))
+
+        def run(cur: sqlite3.Cursor) -> bool:
+            cur.execute(
+                "DELETE FROM imap_message_failures WHERE tenant = ? AND provider_id = ?"
+                " AND folder = ? AND uid_validity = ? AND uid = ?", key)
+            if cur.rowcount == 0:
+                return False
+            cur.execute(
+                "DELETE FROM imap_message_ledger WHERE tenant = ? AND provider_id = ?"
+                " AND folder = ? AND uid_validity = ? AND uid = ? AND outcome = 'skipped'", key)
+            cur.execute(
+                "SELECT folder_state FROM imap_email_provider_config"
+                " WHERE tenant = ? AND email_provider_id = ?", (tenant, provider_id))
+            row = cur.fetchone()
+            state = _json_load(row[0], {}) if row is not None else {}
+            cursor = state.get(folder) if isinstance(state, dict) else None
+            last = str((cursor or {}).get("last_uid") or "")
+            if (isinstance(cursor, dict) and str(cursor.get("uid_validity")) == str(uid_validity)
+                    and last.isdigit() and int(last) >= int(uid)):
+                cursor["last_uid"] = str(int(uid) - 1)
+                cur.execute(
+                    "UPDATE imap_email_provider_config SET folder_state = ?, updated_at = ?"
+                    " WHERE tenant = ? AND email_provider_id = ?",
+                    (json.dumps(state), self.now(), tenant, provider_id))
+            return True
+
+        return bool(self._transaction(run))
+
     def touch_last_sync(self, tenant: str, provider_id: str) -> None:
         self._run("UPDATE email_providers SET last_sync_at = ? WHERE tenant = ? AND id = ?",
                   (self.now(), tenant, provider_id))
@@ -1040,6 +1126,11 @@ class SqliteStore:
     claim_admin_requests = _delegate("claim_admin_requests")
     complete_admin_request = _delegate("complete_admin_request")
     get_admin_request = _delegate("get_admin_request")
+    note_message_failure = _delegate("note_message_failure")
+    mark_poison_skipped = _delegate("mark_poison_skipped")
+    clear_message_failures = _delegate("clear_message_failures")
+    list_poison = _delegate("list_poison")
+    retry_poison = _delegate("retry_poison")
     ping = _delegate("ping")
 
     def reset_cursors(self, tenant: str, provider_id: str,

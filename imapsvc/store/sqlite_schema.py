@@ -22,7 +22,8 @@ import os
 import sqlite3
 
 #: Bumped with every change below; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION = 2  # 2: cluster tables (schema/0004)
+# 2: cluster tables (schema/0004); 3: message failures (schema/0005).
+SCHEMA_VERSION = 3
 
 
 class SchemaTooNew(Exception):
@@ -187,6 +188,19 @@ CREATE TABLE IF NOT EXISTS imap_admin_requests (
     applied_at TEXT,
     result TEXT,
     PRIMARY KEY (tenant, id)
+-- schema/0005_quarantine.sql (version 3)
+CREATE TABLE IF NOT EXISTS imap_message_failures (
+    tenant TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    uid_validity TEXT NOT NULL,
+    uid INTEGER NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    skipped_at TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, provider_id, folder, uid_validity, uid)
 );
 """
 

@@ -112,6 +112,38 @@ class PostgresCliTests(TestCase):
             expected = (False, None) if reason == "auth_failure" else (True, reason)
             self.assertEqual(tuple(row), expected + (0, None))
 
+    @defer.inlineCallbacks
+    def test_poison_list_and_retry(self) -> Any:
+        from imapsvc.model import FolderCursor, MessageRecord
+
+        status, out, err = self.run_cli(
+            "provider", "add", "--tenant", self.tenant, "--mailbox", "poison@example.com",
+            "--host", "imap.example.com", "--username", "help", "--password-stdin",
+            stdin="pw\n")
+        self.assertEqual((status, err), (0, ""))
+        pid = out.split()[2]
+        store = PostgresStore(self.dsn, reactor, pool_size=1)
+        yield store.start()
+        self.addCleanup(store.stop)
+        self.assertTrue((yield store.acquire_lease(self.tenant, pid, "w", 60000)))
+        record = MessageRecord("imap:INBOX:7:5", "INBOX", "7", 5, None, "skipped",
+                               str(uuid.uuid4()), "poison: CommandFailed: NO")
+        yield store.record_batch(self.tenant, pid, "INBOX", "w", [record],
+                                 FolderCursor("7", "8"))
+        yield store.note_message_failure(self.tenant, pid, "INBOX", "7", 5, "CommandFailed: NO")
+        yield store.mark_poison_skipped(self.tenant, pid, "INBOX", "7", 5)
+        status, out, err = self.run_cli("poison", "list", "--provider", pid, "--json")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(json.loads(out)["uid"], 5)
+        status, out, err = self.run_cli("poison", "retry", "--tenant", self.tenant,
+                                        "--provider", pid, "--all")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual((yield store.list_poison(self.tenant)), [])
+        cursor = yield store.read_cursor(self.tenant, pid, "INBOX")
+        self.assertEqual(cursor.last_uid, "4")
+        self.assertEqual(rig.execute(self.dsn, "SELECT count(*) FROM imap_message_ledger"),
+                         [(0,)])
+
 
 class RedisTailTests(TestCase):
     def test_tail_real_stream(self) -> None:

@@ -288,6 +288,18 @@ class DeploymentTests(TestCase):
         for name in env:
             self.assertIn(name, SETTINGS_BY_ENV, name)
 
+    def test_inflight_budget_follows_the_memory_limit(self) -> None:
+        # The IMAP byte budget is sized from the container's own limit
+        # (downward API), so raising the limit raises the budget with it.
+        env = {e["name"]: e for e in self.container["env"]}
+        self.assertEqual(
+            env["IMAP_MEMORY_LIMIT_BYTES"]["valueFrom"],
+            {"resourceFieldRef": {"containerName": self.container["name"],
+                                  "resource": "limits.memory"}},
+        )
+        self.assertIn("memory", self.container["resources"]["limits"])
+        self.assertNotIn("IMAP_INFLIGHT_BUDGET_BYTES", self.m.config)
+
     def test_replicas_spread_across_nodes(self) -> None:
         spec = self.m.deployment["spec"]
         self.assertEqual(spec["replicas"], 2)

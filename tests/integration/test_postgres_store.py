@@ -106,6 +106,10 @@ class PostgresStoreContractTests(StoreContractMixin, PostgresStoreTestBase):
             self.dsn,
             f"UPDATE imap_event_outbox SET created_at = created_at - {shift},"
             f" published_at = published_at - {shift}", (seconds, seconds))
+        rig.execute(
+            self.dsn,
+            f"UPDATE imap_message_failures SET created_at = created_at - {shift},"
+            f" updated_at = updated_at - {shift}", (seconds, seconds))
 
     def now(self) -> datetime:
         return datetime.now(UTC)

@@ -30,6 +30,7 @@ TABLES = (
     "imap_event_outbox",
     "imap_secrets",
     "imap_oauth_states",
+    "imap_message_failures",
     "imap_email_provider_config",
     "email_providers",
 )

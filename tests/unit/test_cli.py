@@ -584,3 +584,66 @@ class RespTests(TestCase):
         self.assertNotIn("pw", str(caught.exception))
 
 
+
+
+class PoisonTests(CliTestBase):
+    """``poison list|retry`` on the SQLite file (the Postgres admin store
+    runs the same SQL as the Postgres store, see test_postgres_store)."""
+
+    def skipped_message(self, provider: str, uid: int = 5) -> None:
+        from imapsvc.model import MessageRecord
+
+        conn = connect(self.db)
+        try:
+            ops = SqliteOps(conn, lambda: 1_800_000_000.0)
+            self.assertTrue(ops.acquire_lease(self.tenant, provider, "w", 60000))
+            record = MessageRecord(f"imap:INBOX:7:{uid}", "INBOX", "7", uid, None, "skipped",
+                                   str(uuid.uuid4()), "poison: CommandFailed: NO")
+            ops.record_batch(self.tenant, provider, "INBOX", "w", [record],
+                             FolderCursor("7", "9"))
+            for _ in range(3):
+                ops.note_message_failure(self.tenant, provider, "INBOX", "7", uid,
+                                         "CommandFailed: UID FETCH NO: corrupted")
+            ops.mark_poison_skipped(self.tenant, provider, "INBOX", "7", uid)
+        finally:
+            conn.close()
+
+    def test_list_and_retry(self) -> None:
+        provider = self.add()
+        status, out, _ = self.run_cli("poison", "list")
+        self.assertEqual((status, out), (0, "no poison messages\n"))
+        self.skipped_message(provider)
+        status, out, err = self.run_cli("poison", "list", "--tenant", self.tenant)
+        self.assertEqual((status, err), (0, ""))
+        header, line = out.splitlines()
+        self.assertIn("FAILURES", header)
+        self.assertEqual(line.split()[:7],
+                         [self.tenant, provider, "INBOX", "7", "5", "3", "skipped"])
+        status, out, _ = self.run_cli("poison", "list", "--json")
+        self.assertEqual(json.loads(out)["reason"], "CommandFailed: UID FETCH NO: corrupted")
+        status, out, err = self.run_cli(
+            "poison", "retry", "--tenant", self.tenant, "--provider", provider,
+            "--folder", "INBOX", "--uid-validity", "7", "--uid", "5")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("retrying INBOX UID 5", out)
+        self.assertEqual(self.rows("SELECT uid FROM imap_message_ledger"), [])
+        [(state,)] = self.rows("SELECT folder_state FROM imap_email_provider_config")
+        self.assertEqual(json.loads(state)["INBOX"]["last_uid"], "4")
+        status, out, _ = self.run_cli("poison", "list")
+        self.assertEqual(out, "no poison messages\n")
+
+    def test_retry_all_and_unknown(self) -> None:
+        provider = self.add()
+        self.skipped_message(provider, uid=5)
+        self.skipped_message(provider, uid=6)
+        status, out, _ = self.run_cli("poison", "retry", "--tenant", self.tenant,
+                                      "--provider", provider, "--all")
+        self.assertEqual(status, 0)
+        self.assertEqual(out.count("retrying"), 2)
+        result = self.run_cli("poison", "retry", "--tenant", self.tenant, "--provider",
+                              provider, "--folder", "INBOX", "--uid-validity", "7",
+                              "--uid", "99")
+        self.assert_one_line_error(result, "no poison message INBOX UID 99")
+        result = self.run_cli("poison", "retry", "--tenant", self.tenant, "--provider",
+                              provider, "--folder", "INBOX")
+        self.assert_one_line_error(result, "--uid")

@@ -92,6 +92,7 @@ class SqliteStoreContractTests(StoreContractMixin, SqliteStoreTestBase):
         for table, key, columns in (
             ("imap_message_ledger", "rowid", ("created_at",)),
             ("imap_event_outbox", "id", ("created_at", "published_at")),
+            ("imap_message_failures", "rowid", ("created_at", "updated_at", "skipped_at")),
         ):
             rows = self.side.execute(
                 f"SELECT {key}, {', '.join(columns)} FROM {table}").fetchall()
@@ -167,6 +168,19 @@ class SqliteStoreExtrasTests(SqliteStoreTestBase):
         failure = yield self.assertFailure(store.start(), StoreUnavailable)
         self.assertIn("schema version", str(failure))
         self.assertEqual((yield store.stop()), None)
+
+    def test_version_one_file_gains_the_poison_table(self) -> None:
+        from imapsvc.store.sqlite_schema import connect, ensure_schema
+
+        path = self.mktemp()
+        conn = connect(path)
+        ensure_schema(conn)
+        conn.execute("DROP TABLE imap_message_failures")
+        conn.execute("PRAGMA user_version=1")  # a file written before schema/0005
+        self.assertTrue(ensure_schema(conn))
+        self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
+        conn.execute("SELECT count(*) FROM imap_message_failures").fetchone()
+        conn.close()
 
     @defer.inlineCallbacks
     def test_unopenable_file_is_unavailable(self) -> Any:
