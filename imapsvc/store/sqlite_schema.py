@@ -188,6 +188,8 @@ CREATE TABLE IF NOT EXISTS imap_admin_requests (
     applied_at TEXT,
     result TEXT,
     PRIMARY KEY (tenant, id)
+);
+
 -- schema/0005_quarantine.sql (version 3)
 CREATE TABLE IF NOT EXISTS imap_message_failures (
     tenant TEXT NOT NULL,
