@@ -35,7 +35,7 @@ from tests.rig.service import (
 
 RECEIVED = "INBOUND_EMAIL_RECEIVED"
 #: Mail to the good tenant while the hostile servers run.
-PROBES = 20
+PROBES = 40
 PROBE_INTERVAL_S = 0.5
 P95_LIMIT_S = 1.0
 
