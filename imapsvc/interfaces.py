@@ -365,6 +365,13 @@ class IIMAPSession(Interface):
         :rtype: Deferred[list[int]]: sorted UIDs ``>= first_uid``.
         """
 
+    def uid_search_since(since):
+        """``UID SEARCH SINCE since`` (``since``: RFC 3501 date, ``1-Jan-2026``).
+
+        :rtype: Deferred[list[int]]: sorted UIDs whose INTERNALDATE (its day,
+            time and zone disregarded) is on or after ``since``.
+        """
+
     def fetch_meta(uids):
         """Size, INTERNALDATE, BODYSTRUCTURE and header of each UID.
 

@@ -194,6 +194,19 @@ def imap_date(day: date) -> str:
     return f"{day.day}-{_MONTHS[day.month - 1]}-{day.year:04d}"
 
 
+def is_imap_date(text: str) -> bool:
+    """``text`` is an RFC 3501 ``date`` that names a real day (safe to send
+    as an atom)."""
+    match = _IMAP_DATE_RE.match(text or "")
+    if match is None or match.group(2) not in _MONTHS:
+        return False
+    try:
+        parse_since(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_since(text: str) -> date:
     """A ``--since`` value: ``YYYY-MM-DD`` or RFC 3501 ``1-Jan-2026``.
 
@@ -223,3 +236,15 @@ def since_days_ago(now: Union[datetime, float, int], days: Optional[int]) -> Opt
     else:
         moment = datetime.fromtimestamp(float(now), tz=UTC)
     return (moment.astimezone(UTC) - timedelta(days=int(days))).date()
+
+
+def internaldate_day(text: Optional[str]) -> Optional[date]:
+    """The day of an INTERNALDATE (``" 1-Jan-2026 12:00:00 +0000"``), time
+    and zone disregarded as ``SEARCH SINCE`` does; ``None`` if unreadable."""
+    words = (text or "").split()
+    if not words:
+        return None
+    try:
+        return parse_since(words[0])
+    except ValueError:
+        return None

@@ -222,6 +222,28 @@ class SearchTests(ClientTestCase):
         self.assertTrue(transport.disconnecting)
 
 
+class SearchSinceTests(ClientTestCase):
+    def test_search_since_bytes(self):
+        client, transport, clock = self.connect()
+        d = client.uid_search_since("1-Jan-2026")
+        self.assertEqual(sent(transport), b"0001 UID SEARCH SINCE 1-Jan-2026\r\n")
+        # Every UID found counts: a backfill reads below the cursor too.
+        client.dataReceived(b"* SEARCH 9 3 12\r\n0001 OK Search completed\r\n")
+        self.assertEqual(self.successResultOf(d), [3, 9, 12])
+
+    def test_search_since_nothing(self):
+        client, transport, clock = self.connect()
+        d = client.uid_search_since("31-Dec-2025")
+        client.dataReceived(b"* SEARCH\r\n0001 OK done\r\n")
+        self.assertEqual(self.successResultOf(d), [])
+
+    def test_search_since_refuses_what_is_not_a_date(self):
+        client, transport, clock = self.connect()
+        for bad in ("1-Jan-2026\r\n0002 LOGOUT", "2026-01-01", "31-Feb-2026", "1-JAN-2026 x"):
+            self.failureResultOf(client.uid_search_since(bad), ValueError)
+        self.assertEqual(sent(transport), b"")
+
+
 class ExamineTests(ClientTestCase):
     def test_examine(self):
         client, transport, clock = self.connect()
