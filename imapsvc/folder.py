@@ -101,6 +101,8 @@ class FolderOptions:
     oauth_auth_mechanism: str = MECH_AUTO
     #: ``IMAP_ENABLE_UTF8``: ``ENABLE UTF8=ACCEPT`` when offered (RFC 6855).
     enable_utf8: bool = False
+    #: ``IMAP_FIRST_SYNC_SINCE_DAYS``: a first sync by date (0: the window).
+    first_sync_since_days: int = 0
 
     @classmethod
     def from_settings(cls, settings: Any) -> FolderOptions:
