@@ -37,6 +37,8 @@ TENANT_TABLES = (
     "imap_oauth_states",
     "imap_folder_status",
     "imap_admin_requests",
+    "imap_provider_backfill",
+    "imap_folder_backfill",
 )
 
 _BOOTSTRAP = """

@@ -22,7 +22,7 @@ import os
 import sqlite3
 
 #: Bumped with every change below; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION = 2  # 2: cluster tables (schema/0004)
+SCHEMA_VERSION = 3  # 2: cluster tables (schema/0004); 3: backfill (schema/0008)
 
 
 class SchemaTooNew(Exception):
@@ -187,6 +187,29 @@ CREATE TABLE IF NOT EXISTS imap_admin_requests (
     applied_at TEXT,
     result TEXT,
     PRIMARY KEY (tenant, id)
+);
+
+-- schema/0008: backfill (a provider's first sync by date, pending resync --since).
+CREATE TABLE IF NOT EXISTS imap_provider_backfill (
+    tenant TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    first_sync_since_days INTEGER
+        CHECK (first_sync_since_days IS NULL OR first_sync_since_days >= 0),
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, provider_id),
+    FOREIGN KEY (provider_id, tenant)
+        REFERENCES email_providers (id, tenant) ON DELETE CASCADE
+);
+
+CREATE TABLE IF NOT EXISTS imap_folder_backfill (
+    tenant TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    since TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, provider_id, folder),
+    FOREIGN KEY (provider_id, tenant)
+        REFERENCES email_providers (id, tenant) ON DELETE CASCADE
 );
 """
 
