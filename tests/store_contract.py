@@ -17,10 +17,10 @@ from twisted.internet import defer
 
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import (
-    BackfillState,
     OUTCOME_DUPLICATE,
     OUTCOME_PUBLISHED,
     OUTCOME_SKIPPED,
+    BackfillState,
     FolderCursor,
     FolderStatus,
     MessageRecord,

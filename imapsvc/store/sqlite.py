@@ -44,10 +44,10 @@ from imapsvc.core.cluster import cap_error, grant
 from imapsvc.core.folders import folder_filters_from_json
 from imapsvc.interfaces import IStore, LeaseLost, StoreUnavailable
 from imapsvc.model import (
-    BackfillState,
     OUTCOME_DUPLICATE,
     OUTCOME_PUBLISHED,
     AdminRequest,
+    BackfillState,
     BatchResult,
     FolderCursor,
     FolderStatus,

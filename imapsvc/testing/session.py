@@ -371,9 +371,9 @@ class FakeIMAPSession(Protocol):
 
         def search() -> list[int]:
             folder = self._folder()
-            return sorted(
-                u for u, m in folder.messages.items() if (internaldate_day(m.internaldate) or day) >= day
-            )
+            # SINCE compares the day only; an unreadable date counts as found.
+            days = {u: internaldate_day(m.internaldate) or day for u, m in folder.messages.items()}
+            return sorted(u for u, d in days.items() if d >= day)
 
         return self._run("UID SEARCH", search)
 
