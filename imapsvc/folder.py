@@ -34,7 +34,7 @@ from imapsvc.core import plan as P
 from imapsvc.core.auth import MECH_AUTO, OAUTH_MECHANISMS
 from imapsvc.core.backoff import Rand, timer_delay
 from imapsvc.core.cursor import REASON_RESUME, advance, compute_start, since_days_ago
-from imapsvc.core.folders import display_name, resolve_folder
+from imapsvc.core.folders import WILDCARD, display_name, expand_wildcard, resolve_folder
 from imapsvc.imap.extensions import client_id_fields
 from imapsvc.imap.factory import FolderClientFactory, set_keepalive
 from imapsvc.interfaces import LeaseLost
@@ -540,6 +540,9 @@ class FolderService(service.Service):
                 self.log.info("{label}: UTF8=ACCEPT enabled", label=self.label)
         listing = yield proto.list_folders()
         self._check()
+        if self.folder_filter.strip() == WILDCARD:
+            yield self._watch_every_folder(proto, listing)
+            return
         name = resolve_folder(self.folder_filter, listing)
         if name is None:
             raise FolderNotFound(f"no selectable folder matches {self.folder_filter!r}")
@@ -562,6 +565,33 @@ class FolderService(service.Service):
             if has_idle:
                 yield self._idle(proto)
             else:
+                yield self._poll()
+
+    @defer.inlineCallbacks
+    def _watch_every_folder(self, proto: Any, listing: Any):  # type: ignore[no-untyped-def]
+        """The ``*`` filter (opt-in): every selectable folder but the
+        SPECIAL-USE ones (``core.folders.expand_wildcard``) on this one
+        connection, synced in turn and polled (IDLE watches one folder
+        only). Folders configured by name have their own connection and are
+        left to it; the list is read again at every connection."""
+        others = [f for f in self.provider.folders if f.strip() != WILDCARD]
+        own = {resolve_folder(f, listing) for f in others}
+        names = [n for n in expand_wildcard([WILDCARD], listing) if n not in own]
+        self.server_name = ", ".join(display_name(n) for n in names)[:500]
+        self._set_state(S.SELECTED, f"{len(names)} folder(s) by wildcard")
+        self.log.info(
+            "{label}: watching {count} folder(s) by wildcard: {names}",
+            label=self.label, count=len(names), names=self.server_name,
+        )
+        while True:
+            for name in names:
+                self._check()
+                if self._token_refresh_due:
+                    yield self._end_for_token_refresh(proto)
+                yield self._sync(proto, name)
+            self.factory.resetDelay()
+            self._hook("synced")
+            if not self._wake_pending and not self._token_refresh_due:
                 yield self._poll()
 
     @defer.inlineCallbacks

@@ -5,6 +5,9 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from imapsvc.core.folders import (
+    WILDCARD,
+    expand_wildcard,
+    skipped_special_use,
     decode_mutf7,
     display_name,
     encode_mutf7,
@@ -150,3 +153,42 @@ class ConfiguredFilterTests(SynchronousTestCase):
             with self.assertRaises(ValueError) as ctx:
                 folder_filters_from_json(value)
             self.assertIn(words, str(ctx.exception), value)
+
+
+SPECIAL = [
+    ((), "/", "Support"),
+    (("\\HasNoChildren", "\\Sent"), "/", "Sent"),
+    (("\\Junk",), "/", "Junk"),
+    (("\\TRASH",), "/", "Deleted Items"),  # attributes are case-insensitive
+    (("\\Drafts",), "/", "Drafts"),
+    (("\\All",), "/", "All Mail"),
+    (("\\AllMail",), "/", "[Gmail]/All Mail"),  # XLIST
+    (("\\Spam",), "/", "[Gmail]/Spam"),  # XLIST
+    (("\\Flagged",), "/", "Flagged"),
+    (("\\Noselect",), "/", "Shared"),
+    (("\\Archive",), "/", "Archive"),
+    (("\\HasNoChildren",), "/", "inbox"),
+]
+
+
+class SpecialUseTests(SynchronousTestCase):
+    def test_skipped_attributes(self):
+        self.assertEqual(skipped_special_use(["\\HasNoChildren", "\\Sent"]), "\\sent")
+        self.assertIsNone(skipped_special_use(["\\HasNoChildren", "\\Archive"]))
+        self.assertIsNone(skipped_special_use([]))
+
+    def test_wildcard_picks_every_ordinary_folder_inbox_first(self):
+        self.assertEqual(expand_wildcard([WILDCARD], SPECIAL), ("inbox", "Support", "Archive"))
+
+    def test_explicit_filter_wins(self):
+        # Named explicitly, Sent is watched; the wildcard adds the rest once.
+        self.assertEqual(
+            expand_wildcard(["Sent", "*", "support"], SPECIAL),
+            ("Sent", "inbox", "Support", "Archive"),
+        )
+        self.assertEqual(resolve_folder("Sent", SPECIAL), "Sent")
+        self.assertEqual(resolve_folder("Junk", SPECIAL), "Junk")
+
+    def test_without_wildcard_nothing_changes(self):
+        self.assertEqual(expand_wildcard(["INBOX", "Junk"], SPECIAL), ("INBOX", "Junk"))
+        self.assertEqual(expand_wildcard([" * "], []), ())
