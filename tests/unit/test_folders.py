@@ -6,15 +6,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imapsvc.core.folders import (
     WILDCARD,
-    expand_wildcard,
-    skipped_special_use,
     decode_mutf7,
     display_name,
     encode_mutf7,
+    expand_wildcard,
     folder_filters_from_json,
     folder_key,
     resolve_folder,
     resolve_folders,
+    skipped_special_use,
     unique_folders,
 )
 
