@@ -724,8 +724,10 @@ class FolderService(service.Service):
             )
 
     def _backfill_keys(self, name: str) -> list[str]:
-        # A request names the server's spelling or the configured filter.
-        return list(dict.fromkeys([name, self.folder_filter]))
+        # A request names the server's spelling or the configured filter
+        # (not "*": each folder it finds goes by its own name).
+        keys = [name] if self.folder_filter.strip() == WILDCARD else [name, self.folder_filter]
+        return list(dict.fromkeys(keys))
 
     @defer.inlineCallbacks
     def _read_backfill(self, name: str):  # type: ignore[no-untyped-def]

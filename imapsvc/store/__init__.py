@@ -116,6 +116,8 @@ def backfill_folders(folder: Optional[str], folder_state: Any,
     if folder is not None:
         return [folder]
     names = list(folder_state) if isinstance(folder_state, dict) else []
-    filters = [f for f in (folder_filters or ()) if isinstance(f, str) and f.strip()]
+    # The "*" filter is no folder: the folders it found have cursors.
+    filters = [f for f in (folder_filters or ())
+               if isinstance(f, str) and f.strip() and f.strip() != "*"]
     names += filters or ["INBOX"]
     return list(dict.fromkeys(names))

@@ -192,3 +192,15 @@ class SpecialUseTests(SynchronousTestCase):
     def test_without_wildcard_nothing_changes(self):
         self.assertEqual(expand_wildcard(["INBOX", "Junk"], SPECIAL), ("INBOX", "Junk"))
         self.assertEqual(expand_wildcard([" * "], []), ())
+
+
+class BackfillFoldersTests(SynchronousTestCase):
+    def test_every_folder_means_cursors_and_filters_not_the_wildcard(self):
+        from imapsvc.store import backfill_folders
+
+        state = {"INBOX": {"last_uid": "3"}, "Billing": {"last_uid": "1"}}
+        self.assertEqual(backfill_folders(None, state, ["*", "Sent", " "]),
+                         ["INBOX", "Billing", "Sent"])
+        self.assertEqual(backfill_folders(None, {}, []), ["INBOX"])
+        self.assertEqual(backfill_folders(None, {}, ["*"]), ["INBOX"])
+        self.assertEqual(backfill_folders("Sent", state, []), ["Sent"])
