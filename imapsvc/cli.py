@@ -188,13 +188,19 @@ def _action(ctx: _Runtime, args: argparse.Namespace) -> int:
     tenant = parse_uuid(args.tenant, "--tenant")
     provider_id = parse_uuid(args.provider, "--provider")
     folder = getattr(args, "folder", None)
+    since_text = getattr(args, "since", None)
+    since = cli_provider.parse_since_arg(since_text) if since_text is not None else None
     if args.command == "resync" and args.offline:
+        if since is not None:
+            return cli_provider.backfill_offline(ctx.context, tenant, provider_id, folder, since)
         return cli_provider.resync_offline(ctx.context, tenant, provider_id, folder)
     path = {"resync": "resync", "reconnect": "reconnect", "test-connection": "test-connection",
             "pause": "pause", "resume": "resume"}[args.command]
     body: dict[str, Any] = {"tenant": tenant, "providerId": provider_id}
     if folder:
         body["folder"] = folder
+    if since is not None:
+        body["since"] = since.isoformat()
     url = f"{_service_url(args, ctx.settings)}/api/email/imap/{path}"
     try:
         result = _http(ctx, "POST", url, body)
@@ -549,6 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "resync":
             p.add_argument("--offline", action="store_true",
                            help="no service running: reset the cursors in the store directly")
+            p.add_argument("--since", metavar="DATE",
+                           help="read the messages since DATE (YYYY-MM-DD or 1-Jan-2026) "
+                                "again instead of resetting cursors; nothing published "
+                                "twice")
     p = commands.add_parser("status", help="the running service's providers and folders",
                             parents=[service])
     p.add_argument("--json", action="store_true", help="print the raw JSON")

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import uuid
+from datetime import date
 from typing import Any, Callable, Optional, Sequence, TextIO
 
 import attr
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from imapsvc.core.cursor import parse_since
 from imapsvc.model import ProviderConfig
 from imapsvc.secrets import (
     SecretBox,
@@ -308,6 +310,49 @@ def resync_offline(ctx: Context, tenant: str, provider_id: str,
     return 0
 
 
+def parse_since_arg(text: str) -> date:
+    """``--since``: ``YYYY-MM-DD`` or ``1-Jan-2026`` (a usage error otherwise)."""
+    try:
+        return parse_since(text)
+    except ValueError as e:
+        raise InputError(f"--since: {e}") from None
+
+
+def backfill_offline(ctx: Context, tenant: str, provider_id: str, folder: Optional[str],
+                     since: date) -> int:
+    """Store a ``resync --since`` request directly (no service running): the
+    folders read it at their next sync."""
+    store = ctx.open_store(False)
+    try:
+        folders = store.request_backfill(tenant, provider_id, folder, since)
+    finally:
+        store.close()
+    ctx.out.write(f"backfill since {since.isoformat()} stored for {', '.join(folders)} of "
+                  f"provider {provider_id}: read at the next sync, nothing published twice\n")
+    return 0
+
+
+def set_first_sync(ctx: Context, args: argparse.Namespace) -> int:
+    tenant = parse_uuid(args.tenant, "--tenant")
+    provider_id = parse_uuid(args.provider, "--provider")
+    text = str(args.days).strip().lower()
+    days: Optional[int] = None
+    if text != "default":
+        if not text.isdigit():
+            raise InputError(f"--days must be a number of days (0: off) or 'default', "
+                             f"not {args.days!r}")
+        days = int(text)
+    store = ctx.open_store(False)
+    try:
+        store.set_first_sync_since_days(tenant, provider_id, days)
+    finally:
+        store.close()
+    what = ("IMAP_FIRST_SYNC_SINCE_DAYS" if days is None
+            else "off (the recent window)" if days == 0 else f"the last {days} days")
+    ctx.out.write(f"provider {provider_id}: a folder's first sync reads {what}\n")
+    return 0
+
+
 def add_parsers(commands: Any, parent: argparse.ArgumentParser,
                 parser_class: Any) -> None:
     """The ``provider`` command and its subcommands."""
@@ -368,6 +413,15 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser,
     ident(p)
     p.add_argument("--active", required=True, help="true or false")
     p.set_defaults(provider_run=set_active)
+
+    p = sub.add_parser("set-first-sync",
+                       help="first sync of a folder by date: the last N days (0: off)",
+                       parents=[parent])
+    ident(p)
+    p.add_argument("--days", required=True,
+                   help="days (0: off, the recent window) or 'default' "
+                        "(IMAP_FIRST_SYNC_SINCE_DAYS)")
+    p.set_defaults(provider_run=set_first_sync)
 
     p = sub.add_parser("remove", help="delete a provider and its secrets", parents=[parent])
     ident(p)

@@ -383,6 +383,10 @@ SETTINGS: tuple[Setting, ...] = (
     # Capacity
     Setting("IMAP_MAX_EMAILS_PER_SYNC", positive_int, 5,
             "recent window (messages) for a folder with no cursor", _P),
+    Setting("IMAP_FIRST_SYNC_SINCE_DAYS", non_negative_int, 0,
+            "first sync of a folder with no cursor reads the messages of the last N days "
+            "(UID SEARCH SINCE) instead of the recent window; 0 = off; a provider's own "
+            "value (provider set-first-sync) wins", _P),
     Setting("IMAP_MAX_CONNECTIONS_PER_TENANT", positive_int, 5,
             "IMAP connections one tenant may hold at once", _P),
     Setting("IMAP_MAX_ATTACHMENT_BYTES", positive_int, 10 * MIB,
@@ -607,6 +611,7 @@ class Settings:
     auth_failure_pause_after: int = _default("IMAP_AUTH_FAILURE_PAUSE_AFTER")
     oauth_auth_mechanism: str = _default("IMAP_OAUTH_AUTH_MECHANISM")
     max_emails_per_sync: int = _default("IMAP_MAX_EMAILS_PER_SYNC")
+    first_sync_since_days: int = _default("IMAP_FIRST_SYNC_SINCE_DAYS")
     max_connections_per_tenant: int = _default("IMAP_MAX_CONNECTIONS_PER_TENANT")
     max_attachment_bytes: int = _default("IMAP_MAX_ATTACHMENT_BYTES")
     max_total_attachment_bytes: int = _default("IMAP_MAX_TOTAL_ATTACHMENT_BYTES")

@@ -35,8 +35,8 @@ from imapsvc.core import plan as P
 from imapsvc.core import poison
 from imapsvc.core.auth import MECH_AUTO, OAUTH_MECHANISMS
 from imapsvc.core.backoff import Rand, timer_delay
-from imapsvc.core.cursor import REASON_RESUME, advance, compute_start
-from imapsvc.core.folders import display_name, resolve_folder
+from imapsvc.core.cursor import REASON_RESUME, advance, compute_start, since_days_ago
+from imapsvc.core.folders import WILDCARD, display_name, expand_wildcard, resolve_folder
 from imapsvc.imap.extensions import client_id_fields
 from imapsvc.imap.factory import FolderClientFactory, set_keepalive
 from imapsvc.imap.responses import sorted_unique_from
@@ -115,6 +115,8 @@ class FolderOptions:
     #: provider is quarantined, and for how long.
     quarantine_after: int = 3
     quarantine_ms: int = 6 * 3600 * 1000
+    #: ``IMAP_FIRST_SYNC_SINCE_DAYS``: a first sync by date (0: the window).
+    first_sync_since_days: int = 0
 
     @classmethod
     def from_settings(cls, settings: Any) -> FolderOptions:
@@ -584,6 +586,9 @@ class FolderService(service.Service):
                 self.log.info("{label}: UTF8=ACCEPT enabled", label=self.label)
         listing = yield proto.list_folders()
         self._check()
+        if self.folder_filter.strip() == WILDCARD:
+            yield self._watch_every_folder(proto, listing)
+            return
         name = resolve_folder(self.folder_filter, listing)
         if name is None:
             raise FolderNotFound(f"no selectable folder matches {self.folder_filter!r}")
@@ -608,6 +613,33 @@ class FolderService(service.Service):
             if has_idle:
                 yield self._idle(proto)
             else:
+                yield self._poll()
+
+    @defer.inlineCallbacks
+    def _watch_every_folder(self, proto: Any, listing: Any):  # type: ignore[no-untyped-def]
+        """The ``*`` filter (opt-in): every selectable folder but the
+        SPECIAL-USE ones (``core.folders.expand_wildcard``) on this one
+        connection, synced in turn and polled (IDLE watches one folder
+        only). Folders configured by name have their own connection and are
+        left to it; the list is read again at every connection."""
+        others = [f for f in self.provider.folders if f.strip() != WILDCARD]
+        own = {resolve_folder(f, listing) for f in others}
+        names = [n for n in expand_wildcard([WILDCARD], listing) if n not in own]
+        self.server_name = ", ".join(display_name(n) for n in names)[:500]
+        self._set_state(S.SELECTED, f"{len(names)} folder(s) by wildcard")
+        self.log.info(
+            "{label}: watching {count} folder(s) by wildcard: {names}",
+            label=self.label, count=len(names), names=self.server_name,
+        )
+        while True:
+            for name in names:
+                self._check()
+                if self._token_refresh_due:
+                    yield self._end_for_token_refresh(proto)
+                yield self._sync(proto, name)
+            self.factory.resetDelay()
+            self._hook("synced")
+            if not self._wake_pending and not self._token_refresh_due:
                 yield self._poll()
 
     @defer.inlineCallbacks
@@ -659,8 +691,10 @@ class FolderService(service.Service):
         # Read at every sync so an operator's resync is seen by this worker.
         stored = yield self.store.read_cursor(tenant, pid, name)
         self._check()
+        backfill = yield self._read_backfill(name)
         start = compute_start(
-            stored, info["uidvalidity"], info.get("uidnext"), self.options.max_emails_per_sync
+            stored, info["uidvalidity"], info.get("uidnext"), self.options.max_emails_per_sync,
+            first_sync_since=backfill[0], backfill_since=backfill[1],
         )
         if start.reason != REASON_RESUME:
             self.log.info(
@@ -671,12 +705,20 @@ class FolderService(service.Service):
                 detail=start.detail,
             )
         self.cursor = stored or start.cursor
-        uids = yield proto.uid_search_from(start.first_uid)
-        self._check()
+        uids: Any = []
+        if start.search_range:
+            uids = yield proto.uid_search_from(start.first_uid)
+            self._check()
         # Sorted, unique, > last_uid; stays a compact UidArray (8 bytes a UID).
         uids = sorted_unique_from(uids, start.last_uid + 1)
         if start.keep_last is not None:
             uids = uids[-start.keep_last :]
+        if start.since is not None:
+            # By date (first sync or resync --since): below the cursor too;
+            # the ledger drops what was recorded before.
+            found = yield proto.uid_search_since(start.since)
+            self._check()
+            uids = sorted(set(uids).union(found))
         cursor = start.cursor
         validity = start.cursor.uid_validity or ""
         if not uids and start.reason != REASON_RESUME and stored != start.cursor:
@@ -720,10 +762,14 @@ class FolderService(service.Service):
                 # ahead at most; batches are still handed off in UID order.
                 ahead = self._fetch_chunk(proto, name, validity, chunks[i + 1])
             after = advance(cursor, chunk[-1], self.reactor.seconds())
+            # hold_cursor: the cursor moves with the last chunk only.
+            write: Optional[FolderCursor] = after
+            if start.hold_cursor and i + 1 < len(chunks):
+                write, after = None, cursor
             try:
                 if messages:
                     yield self.pipeline.handle_batch(
-                        self.provider, name, self.owner, messages, after
+                        self.provider, name, self.owner, messages, write
                     )
                     self.handed_off += len(messages)
             except BaseException:
@@ -740,6 +786,39 @@ class FolderService(service.Service):
                 yield self.store.clear_message_failures(
                     tenant, pid, name, validity, [int(u) for u in chunk]
                 )
+
+        if backfill[1] is not None:
+            # Committed: the request is done (a crash before this line only
+            # repeats the pass, which the ledger deduplicates).
+            yield self.store.complete_backfill(
+                tenant, pid, self._backfill_keys(name), backfill[1]
+            )
+            self.log.info(
+                "{label}: backfill since {since} done ({count} messages read)",
+                label=self.label, since=backfill[1].isoformat(), count=len(uids),
+            )
+
+    def _backfill_keys(self, name: str) -> list[str]:
+        # A request names the server's spelling or the configured filter
+        # (not "*": each folder it finds goes by its own name).
+        keys = [name] if self.folder_filter.strip() == WILDCARD else [name, self.folder_filter]
+        return list(dict.fromkeys(keys))
+
+    @defer.inlineCallbacks
+    def _read_backfill(self, name: str):  # type: ignore[no-untyped-def]
+        """``(first_sync_since, backfill_since)`` dates for compute_start."""
+        days: Optional[int] = self.options.first_sync_since_days
+        pending = None
+        read = getattr(self.store, "read_backfill", None)
+        if read is not None:  # stores of older tests lack it
+            state = yield read(
+                self.provider.tenant, self.provider.provider_id, self._backfill_keys(name)
+            )
+            self._check()
+            if state.first_sync_since_days is not None:
+                days = state.first_sync_since_days
+            pending = state.pending_since
+        return since_days_ago(self.reactor.seconds(), days), pending
 
     @defer.inlineCallbacks
     def _probe(self, proto: Any, last_uid: int, uids: Any, suspects: set[int]):  # type: ignore[no-untyped-def]

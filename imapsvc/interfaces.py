@@ -54,6 +54,34 @@ class IStore(Interface):
         """Resync: drop the cursor of ``folder`` (or of every folder), so the
         next sync starts at the recent window. Not fenced (admin action)."""
 
+    def read_backfill(tenant, provider_id, folders):
+        """The provider's own first-sync window (``first_sync_since_days``)
+        and the earliest pending ``resync --since`` of any of ``folders``
+        (a folder passes its server name and its configured filter).
+
+        :rtype: Deferred[imapsvc.model.BackfillState]
+        """
+
+    def set_first_sync_since_days(tenant, provider_id, days):
+        """Set the provider's first-sync window in days (``None``: the
+        environment default; ``0``: off).
+
+        :rtype: Deferred[bool]: ``False`` for an unknown provider.
+        """
+
+    def request_backfill(tenant, provider_id, folder, since):
+        """Schedule ``resync --since`` (a :class:`datetime.date`) for
+        ``folder``, or (``None``) for every folder with a cursor and every
+        configured filter. Not fenced (admin action).
+
+        :rtype: Deferred[Optional[list[str]]]: the folders; ``None`` for
+            an unknown provider.
+        """
+
+    def complete_backfill(tenant, provider_id, folders, since):
+        """Drop the pending requests of ``folders`` that a pass reading
+        since ``since`` covered (those for ``since`` or later)."""
+
     def acquire_lease(tenant, provider_id, owner, ttl_ms):
         """Take the lease if it is free, expired or already ``owner``'s,
         measured by the database clock.
@@ -391,6 +419,13 @@ class IIMAPSession(Interface):
         """``UID SEARCH UID first:*``.
 
         :rtype: Deferred[list[int]]: sorted UIDs ``>= first_uid``.
+        """
+
+    def uid_search_since(since):
+        """``UID SEARCH SINCE since`` (``since``: RFC 3501 date, ``1-Jan-2026``).
+
+        :rtype: Deferred[list[int]]: sorted UIDs whose INTERNALDATE (its day,
+            time and zone disregarded) is on or after ``since``.
         """
 
     def fetch_meta(uids):

@@ -8,7 +8,7 @@ shapes.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Mapping, Optional, Sequence
 
 import attr
@@ -373,3 +373,17 @@ class AdminRequest:
     applied_by: Optional[str] = None
     applied_at: Optional[datetime] = None
     result: Optional[Mapping[str, Any]] = None
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class BackfillState:
+    """What a folder's sync needs to know about backfills (schema/0008).
+
+    :ivar first_sync_since_days: the provider's own first-sync window in
+        days (``None``: ``IMAP_FIRST_SYNC_SINCE_DAYS``; ``0``: off).
+    :ivar pending_since: the earliest pending ``resync --since`` date of the
+        folder, or ``None``.
+    """
+
+    first_sync_since_days: Optional[int] = None
+    pending_since: Optional[date] = None

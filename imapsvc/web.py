@@ -54,6 +54,23 @@ def _iso(value: Any) -> Any:
     return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else value
 
 
+def _since(data: dict, action: str):  # type: ignore[no-untyped-def]
+    """The ``since`` of a resync (``YYYY-MM-DD`` or ``1-Jan-2026``) as a date."""
+    value = data.get("since")
+    if value is None:
+        return None
+    if action != "resync":
+        raise BadRequest("since is only for resync")
+    if not isinstance(value, str):
+        raise BadRequest("since must be a date string")
+    from imapsvc.core.cursor import parse_since
+
+    try:
+        return parse_since(value)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+
+
 class BadRequest(Exception):
     pass
 
@@ -187,8 +204,12 @@ class WebApp:
             folder = data.get("folder")
             if folder is not None and not isinstance(folder, str):
                 raise BadRequest("folder must be a string")
+            since = _since(data, action)
         except BadRequest as e:
             return _json(request, 400, {"success": False, "error": str(e)})
+        if since is not None:
+            result = yield self._backfill(request, tenant, provider, folder, since)
+            return result
         if self._requests is not None:
             result = yield self._routed(request, tenant, provider, action, folder)
             return result
@@ -223,6 +244,39 @@ class WebApp:
             self.log.warn("admin {action} failed: {err}", action=name, err=str(e))
             return _json(request, 500, {"success": False, "error": "internal error"})
         return self._request_answer(request, req)
+
+    @defer.inlineCallbacks
+    def _backfill(self, request, tenant: str, provider: str, folder: Optional[str], since):
+        """``resync`` with ``since``: the messages since that date are read
+        again (cursors stay; the ledger keeps what was published from being
+        published again). The request is stored for the folders, which read
+        it at their next sync; a reconnect by the owner makes that now."""
+        try:
+            folders = yield self._store.request_backfill(tenant, provider, folder, since)
+        except Exception as e:
+            self.log.warn("admin backfill failed: {err}", err=str(e))
+            return _json(request, 500, {"success": False, "error": "internal error"})
+        if folders is None:
+            return _json(request, 404, {"success": False, "error": "unknown provider"})
+        doc: dict[str, Any] = {"success": True, "since": since.isoformat(), "folders": folders}
+        try:
+            if self._requests is not None:
+                req = yield self._requests.submit(tenant, provider, "reconnect", None)
+                woke = dict(req.result or {}) if req.applied_at is not None else None
+                doc["wake"] = "pending" if woke is None else "applied"
+                if req.applied_by:
+                    doc["appliedBy"] = req.applied_by
+            else:
+                woke = yield self._admin.reconnect(tenant, provider)
+                doc["wake"] = "applied"
+        except Exception as e:
+            self.log.warn("admin backfill wake-up failed: {err}", err=str(e))
+            woke, doc["wake"] = None, "failed"
+        if woke is not None:
+            doc["running"] = bool(woke.get("success"))
+        if not doc.get("running"):
+            doc["note"] = "stored: the folders read it when the provider runs"
+        return _json(request, 200, doc)
 
     def _request_answer(self, request, req) -> bytes:
         doc: dict[str, Any] = {

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from twisted.protocols.basic import LineReceiver
 
+from imapsvc.core.cursor import internaldate_day, parse_since
 from imapsvc.imap import responses
 from imapsvc.testing import FakeFolder, FakeMailbox, section_bytes
 
@@ -255,7 +256,14 @@ class ScriptedIMAPServer(LineReceiver):
             self._tagged(tag, b"BAD No mailbox selected")
             return
         words = [responses.as_bytes(a).decode("ascii") for a in args if not isinstance(a, list)]
-        uids = self._uid_set(words[1], folder) if words[:1] == ["UID"] else sorted(folder.messages)
+        if words[:1] == ["SINCE"] and len(words) > 1:
+            day = parse_since(words[1])
+            uids = [u for u, m in sorted(folder.messages.items())
+                    if (internaldate_day(m.internaldate) or day) >= day]
+        elif words[:1] == ["UID"]:
+            uids = self._uid_set(words[1], folder)
+        else:
+            uids = sorted(folder.messages)
         self._send(b"* SEARCH" + b"".join(b" %d" % u for u in uids))
         self._tagged(tag, b"OK Search completed.")
 

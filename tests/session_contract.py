@@ -247,6 +247,19 @@ class SessionContractMixin:
         # "6:*" matches the highest UID on the wire; it is not >= 6.
         self.assertEqual(self.result(session.uid_search_from(6)), [])  # type: ignore[attr-defined]
 
+    def test_search_since_a_date(self) -> None:
+        # SEARCH SINCE looks at the INTERNALDATE's day only (time and zone
+        # disregarded), whatever the UID order.
+        mailbox = self.mailbox()
+        mailbox.append(plain(1), internaldate="31-Dec-2025 23:59:59 +0000")
+        mailbox.append(plain(2), internaldate=" 1-Jan-2026 00:00:00 -0800")
+        mailbox.append(plain(3), internaldate="15-Nov-2025 10:00:00 +0000")
+        mailbox.append(plain(4), internaldate="02-Feb-2026 08:00:00 +0100")
+        session = self.logged_in(mailbox)
+        self.assertEqual(self.result(session.uid_search_since("1-Jan-2026")), [2, 4])  # type: ignore[attr-defined]
+        self.assertEqual(self.result(session.uid_search_since("1-Mar-2026")), [])  # type: ignore[attr-defined]
+        self.assertEqual(self.result(session.uid_search_since("1-Jan-2020")), [1, 2, 3, 4])  # type: ignore[attr-defined]
+
     # -- fetching --------------------------------------------------------------------
 
     def test_fetch_full_gives_exact_bytes_by_uid(self) -> None:

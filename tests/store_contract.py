@@ -10,7 +10,7 @@ Postgres columns are.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Optional
 
 from twisted.internet import defer
@@ -20,6 +20,7 @@ from imapsvc.model import (
     OUTCOME_DUPLICATE,
     OUTCOME_PUBLISHED,
     OUTCOME_SKIPPED,
+    BackfillState,
     FolderCursor,
     FolderStatus,
     MessageRecord,
@@ -248,6 +249,59 @@ class StoreContractMixin:
                          FolderCursor("1", "5"))
         yield self.store.reset_cursors(p.tenant, p.provider_id)
         self.assertIsNone((yield self.store.read_cursor(p.tenant, p.provider_id, "INBOX")))
+
+    # -- backfill (schema/0008) ------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_first_sync_since_days_per_provider(self) -> Any:
+        p = yield self.provider()
+        state = yield self.store.read_backfill(p.tenant, p.provider_id, ["INBOX"])
+        self.assertEqual(state, BackfillState(None, None))
+        ok = yield self.store.set_first_sync_since_days(p.tenant, p.provider_id, 30)
+        self.assertTrue(ok)
+        state = yield self.store.read_backfill(p.tenant, p.provider_id, ["INBOX"])
+        self.assertEqual(state.first_sync_since_days, 30)
+        yield self.store.set_first_sync_since_days(p.tenant, p.provider_id, 0)
+        state = yield self.store.read_backfill(p.tenant, p.provider_id, [])
+        self.assertEqual(state.first_sync_since_days, 0)  # 0 (off) is not "unset"
+        yield self.store.set_first_sync_since_days(p.tenant, p.provider_id, None)
+        state = yield self.store.read_backfill(p.tenant, p.provider_id, [])
+        self.assertIsNone(state.first_sync_since_days)
+        unknown = yield self.store.set_first_sync_since_days(p.tenant, new_id(), 5)
+        self.assertFalse(unknown)
+        other = yield self.provider(tenant=p.tenant)
+        state = yield self.store.read_backfill(other.tenant, other.provider_id, [])
+        self.assertIsNone(state.first_sync_since_days)
+
+    @defer.inlineCallbacks
+    def test_backfill_requests(self) -> Any:
+        p = yield self.leased(folder_filters=("INBOX", "Support"))
+        yield self.store.write_cursor(p.tenant, p.provider_id, "Archive",
+                                      FolderCursor("1", "5"), "worker-a")
+        jan, feb = date(2026, 1, 1), date(2026, 2, 1)
+        folders = yield self.store.request_backfill(p.tenant, p.provider_id, "Support", feb)
+        self.assertEqual(folders, ["Support"])
+        state = yield self.store.read_backfill(p.tenant, p.provider_id, ["Support", "x"])
+        self.assertEqual(state.pending_since, feb)
+        state = yield self.store.read_backfill(p.tenant, p.provider_id, ["INBOX"])
+        self.assertIsNone(state.pending_since)
+        # Every folder: those with a cursor and the configured ones.
+        folders = yield self.store.request_backfill(p.tenant, p.provider_id, None, jan)
+        self.assertEqual(sorted(folders), ["Archive", "INBOX", "Support"])
+        state = yield self.store.read_backfill(p.tenant, p.provider_id, ["INBOX", "Support"])
+        self.assertEqual(state.pending_since, jan)
+        # A pass since February does not satisfy a request since January...
+        yield self.store.complete_backfill(p.tenant, p.provider_id, ["INBOX"], feb)
+        state = yield self.store.read_backfill(p.tenant, p.provider_id, ["INBOX"])
+        self.assertEqual(state.pending_since, jan)
+        # ...a pass since January does, for the folders it names only.
+        yield self.store.complete_backfill(p.tenant, p.provider_id, ["INBOX", "Support"], jan)
+        state = yield self.store.read_backfill(p.tenant, p.provider_id, ["INBOX", "Support"])
+        self.assertIsNone(state.pending_since)
+        state = yield self.store.read_backfill(p.tenant, p.provider_id, ["Archive"])
+        self.assertEqual(state.pending_since, jan)
+        unknown = yield self.store.request_backfill(p.tenant, new_id(), None, jan)
+        self.assertIsNone(unknown)
 
     # -- leases ---------------------------------------------------------------
 

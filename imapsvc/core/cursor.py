@@ -7,7 +7,8 @@ clock (``now`` is passed in), no logging. The caller logs
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, date, datetime, timedelta
 from typing import Optional, Union
 
 import attr
@@ -35,6 +36,17 @@ class StartPlan:
         UIDs found (the server gave no UIDNEXT to compute the window from).
     :ivar reason: one of the ``REASON_*`` constants.
     :ivar detail: a human-readable explanation for the log (no secrets).
+    :ivar since: when set, an RFC 3501 date (``1-Jan-2026``): the folder
+        also runs ``UID SEARCH SINCE <since>`` and takes every UID it finds,
+        below the cursor too (a backfill; the ledger drops what was already
+        recorded).
+    :ivar search_range: ``False`` for a first sync by date: only the
+        ``SINCE`` search runs (no ``UID n:*`` range), and :attr:`cursor`
+        already holds ``UIDNEXT - 1``, where the cursor stands after the pass.
+    :ivar hold_cursor: do not write the cursor before the last chunk of the
+        pass (a crash in between then repeats the search, deduplicated by
+        the ledger, instead of resuming above the first chunk and taking
+        the older messages in between the window left out).
     """
 
     first_uid: int
@@ -43,6 +55,9 @@ class StartPlan:
     reason: str
     detail: str = ""
     keep_last: Optional[int] = None
+    since: Optional[str] = None
+    search_range: bool = True
+    hold_cursor: bool = False
 
 
 def parse_uid(value: Optional[str]) -> Optional[int]:
@@ -72,6 +87,8 @@ def compute_start(
     uidvalidity: int,
     uidnext: Optional[int],
     window: int,
+    first_sync_since: Optional[date] = None,
+    backfill_since: Optional[date] = None,
 ) -> StartPlan:
     """Decide where a sync starts.
 
@@ -79,16 +96,38 @@ def compute_start(
     :param uidvalidity: the server's UIDVALIDITY from EXAMINE.
     :param uidnext: the server's UIDNEXT from EXAMINE (``None`` if missing).
     :param window: ``IMAP_MAX_EMAILS_PER_SYNC``, the recent window size.
+    :param first_sync_since: ``IMAP_FIRST_SYNC_SINCE_DAYS`` (or the
+        provider's own value) as a date: where the recent window would be
+        used (no cursor, a garbage one, a new UIDVALIDITY), the folder
+        starts with the messages whose INTERNALDATE is on or after it
+        instead. Ignored without UIDNEXT (the window rule applies then).
+    :param backfill_since: a pending ``resync --since``: the messages since
+        that date are read again, whatever the cursor (a stored cursor is
+        resumed as well, so nothing above it is left out); it wins over
+        ``first_sync_since``.
     """
     server_validity = str(int(uidvalidity))
     seen_at = stored.last_seen_at if stored is not None else None
+    backfill = imap_date(backfill_since) if backfill_since is not None else None
 
     def plan(first: int, reason: str, detail: str, keep: Optional[int] = None) -> StartPlan:
         last = first - 1
         cursor = FolderCursor(server_validity, str(last), seen_at)
-        return StartPlan(first, last, cursor, reason, detail, keep)
+        if backfill is not None:
+            detail += f"; backfill since {backfill}"
+        return StartPlan(first, last, cursor, reason, detail, keep, since=backfill)
 
     def window_plan(reason: str, detail: str) -> StartPlan:
+        by_date = backfill_since if backfill_since is not None else first_sync_since
+        if by_date is not None and uidnext is not None and uidnext > 0:
+            # Only the SINCE search; the cursor lands on UIDNEXT - 1 when the
+            # pass is done, so older mail above the first match stays out.
+            text = imap_date(by_date)
+            cursor = FolderCursor(server_validity, str(uidnext - 1), seen_at)
+            return StartPlan(
+                1, 0, cursor, reason, f"{detail}; messages since {text}",
+                since=text, search_range=False, hold_cursor=True,
+            )
         first, keep = _window_start(uidnext, window)
         return plan(first, reason, detail, keep)
 
@@ -140,3 +179,72 @@ def advance(cursor: FolderCursor, uid: int, now: Union[datetime, float, int]) ->
     current = parse_uid(cursor.last_uid)
     new_last = uid if current is None else max(current, uid)
     return FolderCursor(cursor.uid_validity, str(new_last), iso_z(now))
+
+
+# -- dates for UID SEARCH SINCE ------------------------------------------------
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_ISO_DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+_IMAP_DATE_RE = re.compile(r"^(\d{1,2})-([A-Za-z]{3})-(\d{4})$")
+
+
+def imap_date(day: date) -> str:
+    """``day`` as RFC 3501 ``date`` (``1-Jan-2026``): English month names
+    whatever the locale (``strftime("%b")`` is not)."""
+    return f"{day.day}-{_MONTHS[day.month - 1]}-{day.year:04d}"
+
+
+def is_imap_date(text: str) -> bool:
+    """``text`` is an RFC 3501 ``date`` that names a real day (safe to send
+    as an atom)."""
+    match = _IMAP_DATE_RE.match(text or "")
+    if match is None or match.group(2) not in _MONTHS:
+        return False
+    try:
+        parse_since(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_since(text: str) -> date:
+    """A ``--since`` value: ``YYYY-MM-DD`` or RFC 3501 ``1-Jan-2026``.
+
+    :raises ValueError: with a message fit for the operator.
+    """
+    value = (text or "").strip()
+    try:
+        iso = _ISO_DATE_RE.match(value)
+        if iso:
+            return date(int(iso.group(1)), int(iso.group(2)), int(iso.group(3)))
+        imap = _IMAP_DATE_RE.match(value)
+        if imap and imap.group(2).title() in _MONTHS:
+            month = _MONTHS.index(imap.group(2).title()) + 1
+            return date(int(imap.group(3)), month, int(imap.group(1)))
+    except ValueError:
+        pass
+    raise ValueError(f"not a date: {value[:40]!r} (use YYYY-MM-DD or 1-Jan-2026)")
+
+
+def since_days_ago(now: Union[datetime, float, int], days: Optional[int]) -> Optional[date]:
+    """The first day of a window of ``days`` days ending ``now`` (UTC), or
+    ``None`` when ``days`` is ``None`` or not positive (the feature is off)."""
+    if days is None or days <= 0:
+        return None
+    if isinstance(now, datetime):
+        moment = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+    else:
+        moment = datetime.fromtimestamp(float(now), tz=UTC)
+    return (moment.astimezone(UTC) - timedelta(days=int(days))).date()
+
+
+def internaldate_day(text: Optional[str]) -> Optional[date]:
+    """The day of an INTERNALDATE (``" 1-Jan-2026 12:00:00 +0000"``), time
+    and zone disregarded as ``SEARCH SINCE`` does; ``None`` if unreadable."""
+    words = (text or "").split()
+    if not words:
+        return None
+    try:
+        return parse_since(words[0])
+    except ValueError:
+        return None

@@ -108,6 +108,12 @@ class ListEntry:
     def selectable(self) -> bool:
         return not any(f.lower() in UNSELECTABLE for f in self.flags)
 
+    @property
+    def special_use(self) -> Optional[str]:
+        """The folder's SPECIAL-USE (RFC 6154) or XLIST attribute that
+        :data:`WILDCARD` leaves out (lower case), or ``None``."""
+        return skipped_special_use(self.flags)
+
 
 @attr.s(frozen=True, auto_attribs=True)
 class Resolution:
@@ -229,6 +235,52 @@ def resolve_folder(
     """The server's spelling of one folder filter, or ``None``."""
     res = resolve_folders([flt], listing)
     return res.matched[0][1] if res.matched else None
+
+
+# -- SPECIAL-USE (RFC 6154) and the "every folder" filter -------------------------
+
+#: A ``folder_filters`` entry meaning "every selectable folder except the
+#: SPECIAL-USE ones below" (opt-in; for shared help-desk mailboxes).
+WILDCARD = "*"
+
+#: What :data:`WILDCARD` never picks: sent mail, drafts, junk, trash and the
+#: all-mail view (RFC 6154), their XLIST spellings (``\Spam``,
+#: ``\AllMail``), and virtual views that only repeat other folders' mail
+#: (``\Flagged``, ``\Important``, ``\Starred``). A filter naming such a
+#: folder explicitly still watches it: an operator who types ``Sent`` means it.
+SKIPPED_SPECIAL_USE = frozenset({
+    "\\sent", "\\drafts", "\\junk", "\\trash", "\\all",
+    "\\spam", "\\allmail", "\\flagged", "\\important", "\\starred",
+})
+
+
+def skipped_special_use(flags: Iterable[str]) -> Optional[str]:
+    """The first of ``flags`` in :data:`SKIPPED_SPECIAL_USE` (lower case)."""
+    for flag in flags:
+        low = str(flag).lower()
+        if low in SKIPPED_SPECIAL_USE:
+            return low
+    return None
+
+
+def expand_wildcard(
+    filters: Sequence[str], listing: Iterable[tuple[Sequence[str], Optional[str], str]]
+) -> tuple[str, ...]:
+    """``filters`` with each :data:`WILDCARD` replaced by every selectable
+    folder of ``listing`` (server spelling, INBOX first, then LIST order)
+    that carries no :data:`SKIPPED_SPECIAL_USE` attribute. Explicit filters
+    stay as they are, where they are (an explicit ``Sent`` is watched);
+    repeats go (:func:`unique_folders`). Without a wildcard, ``filters`` is
+    returned unchanged."""
+    if not any(f.strip() == WILDCARD for f in filters):
+        return tuple(filters)
+    entries = [ListEntry(tuple(f), d, n) for f, d, n in listing]
+    picked = [e.name for e in entries if e.selectable and e.special_use is None]
+    picked.sort(key=lambda name: _norm_inbox(name, None) != "INBOX")
+    out: list[str] = []
+    for flt in filters:
+        out.extend(picked if flt.strip() == WILDCARD else [flt])
+    return unique_folders(out)
 
 
 # -- configured filters ---------------------------------------------------------

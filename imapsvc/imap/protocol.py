@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism, is_refusal
+from imapsvc.core.cursor import is_imap_date
 from imapsvc.core.folders import decode_mutf7, encode_mutf7
 from imapsvc.imap import extensions, responses
 from imapsvc.imap.errors import (
@@ -963,6 +964,26 @@ class FolderIMAPClient(IMAP4Client):
             for numbers in found:
                 joined.extend(numbers)
             return responses.sorted_unique_from(joined, first_uid)
+
+        cmd.on_ok = done
+        return self._submit(cmd)
+
+    def uid_search_since(self, since: str) -> defer.Deferred:
+        """``UID SEARCH SINCE <date>`` -> sorted UIDs whose INTERNALDATE is on
+        or after ``since`` (RFC 3501 ``date``, ``1-Jan-2026``; the server
+        disregards time and zone). For a first sync by date and a backfill."""
+        text = str(since)
+        if not is_imap_date(text):
+            # Only a plain atom may reach the command line.
+            return defer.fail(ValueError(f"not an RFC 3501 date: {text[:40]!r}"))
+        cmd = _Command(b"UID SEARCH", [b"UID SEARCH SINCE " + text.encode("ascii")])
+
+        def done(cmd, code):
+            uids: set[int] = set()
+            for keyword, numbers in cmd.untagged:
+                if keyword == "SEARCH":
+                    uids.update(numbers)
+            return sorted(uids)
 
         cmd.on_ok = done
         return self._submit(cmd)

@@ -105,3 +105,19 @@ def provider_or_invalid(
             port=0,
             config_error=f"unreadable configuration: {reason}",
         )
+
+
+def backfill_folders(folder: Optional[str], folder_state: Any,
+                     folder_filters: Any) -> list[str]:
+    """The folders a ``resync --since`` schedules: ``folder`` itself, or
+    for every folder, each folder with a cursor (the server's spelling) and
+    each configured filter (``INBOX`` when none), so a folder gets it
+    whether it already ran or not (it reads both names)."""
+    if folder is not None:
+        return [folder]
+    names = list(folder_state) if isinstance(folder_state, dict) else []
+    # The "*" filter is no folder: the folders it found have cursors.
+    filters = [f for f in (folder_filters or ())
+               if isinstance(f, str) and f.strip() and f.strip() != "*"]
+    names += filters or ["INBOX"]
+    return list(dict.fromkeys(names))

@@ -18,6 +18,7 @@ import json
 import os
 import sqlite3
 import time
+from datetime import date
 from typing import Any, Iterator, Optional
 
 from imapsvc.model import PoisonMessage, ProviderConfig
@@ -70,6 +71,16 @@ class AdminStore:
 
     def reset_cursors(self, tenant: str, provider_id: str, folder: Optional[str]) -> None:
         """:raises NotFound:"""
+        raise NotImplementedError
+
+    def request_backfill(self, tenant: str, provider_id: str, folder: Optional[str],
+                         since: date) -> list[str]:
+        """Store a pending ``resync --since`` (schema/0008). :raises NotFound:"""
+        raise NotImplementedError
+
+    def set_first_sync_since_days(self, tenant: str, provider_id: str,
+                                  days: Optional[int]) -> None:
+        """The provider's own first-sync window. :raises NotFound:"""
         raise NotImplementedError
 
     def clear_auth_pause(self, tenant: str, provider_id: str) -> bool:
@@ -170,6 +181,18 @@ class SqliteAdmin(AdminStore):
 
     def reset_cursors(self, tenant: str, provider_id: str, folder: Optional[str]) -> None:
         if not self._guard(self.ops.reset_cursors, tenant, provider_id, folder):
+            raise _missing(tenant, provider_id)
+
+    def request_backfill(self, tenant: str, provider_id: str, folder: Optional[str],
+                         since: date) -> list[str]:
+        folders = self._guard(self.ops.request_backfill, tenant, provider_id, folder, since)
+        if folders is None:
+            raise _missing(tenant, provider_id)
+        return folders  # type: ignore[no-any-return]
+
+    def set_first_sync_since_days(self, tenant: str, provider_id: str,
+                                  days: Optional[int]) -> None:
+        if not self._guard(self.ops.set_first_sync_since_days, tenant, provider_id, days):
             raise _missing(tenant, provider_id)
 
     def clear_auth_pause(self, tenant: str, provider_id: str) -> bool:
@@ -340,6 +363,36 @@ class PostgresAdmin(AdminStore):
                 " updated_at = now() WHERE tenant = %s AND email_provider_id = %s",
                 (folder, tenant, provider_id))
         if not count:
+            raise _missing(tenant, provider_id)
+
+    def request_backfill(self, tenant: str, provider_id: str, folder: Optional[str],
+                         since: date) -> list[str]:
+        from imapsvc.store import backfill_folders
+
+        with self._errors(), self.conn, self.conn.cursor() as cur:
+            cur.execute("SELECT folder_state, folder_filters FROM imap_email_provider_config"
+                        " WHERE tenant = %s AND email_provider_id = %s", (tenant, provider_id))
+            rows = cur.fetchall()
+            if not rows:
+                raise _missing(tenant, provider_id)
+            folders = backfill_folders(folder, rows[0][0], rows[0][1])
+            for name in folders:  # as PostgresStore.request_backfill
+                cur.execute(
+                    "INSERT INTO imap_folder_backfill (tenant, provider_id, folder, since)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT (tenant, provider_id, folder)"
+                    " DO UPDATE SET since = EXCLUDED.since, requested_at = now()",
+                    (tenant, provider_id, name, since))
+        return folders
+
+    def set_first_sync_since_days(self, tenant: str, provider_id: str,
+                                  days: Optional[int]) -> None:
+        rows = self._run(
+            "INSERT INTO imap_provider_backfill (tenant, provider_id, first_sync_since_days)"
+            " SELECT tenant, id, %s FROM email_providers WHERE tenant = %s AND id = %s"
+            " ON CONFLICT (tenant, provider_id) DO UPDATE SET"
+            " first_sync_since_days = EXCLUDED.first_sync_since_days, updated_at = now()"
+            " RETURNING 1", (days, tenant, provider_id), fetch=True)
+        if not rows:
             raise _missing(tenant, provider_id)
 
     def clear_auth_pause(self, tenant: str, provider_id: str) -> bool:

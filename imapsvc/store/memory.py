@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Optional, Sequence
 
 import attr
@@ -24,6 +24,7 @@ from imapsvc.model import (
     OUTCOME_DUPLICATE,
     OUTCOME_PUBLISHED,
     AdminRequest,
+    BackfillState,
     BatchResult,
     FolderCursor,
     FolderStatus,
@@ -34,6 +35,7 @@ from imapsvc.model import (
     ProviderConfig,
 )
 from imapsvc.store import (
+    backfill_folders,
     check_records,
     first_occurrences,
     last_message_id,
@@ -94,6 +96,8 @@ class MemoryStore:
         self._replicas: dict[str, dict[str, Any]] = {}
         self._requests: dict[tuple[str, str], dict[str, Any]] = {}
         self._failures: dict[tuple[str, str, str, str, int], dict[str, Any]] = {}
+        self._first_sync: dict[tuple[str, str], Optional[int]] = {}
+        self._backfill: dict[tuple[str, str, str], date] = {}
 
     # -- test helpers -------------------------------------------------------
 
@@ -159,6 +163,9 @@ class MemoryStore:
         del self._providers[(tenant, provider_id)]
         for key in [k for k in self._folders if k[:2] == (tenant, provider_id)]:
             del self._folders[key]
+        self._first_sync.pop((tenant, provider_id), None)
+        for bkey in [k for k in self._backfill if k[:2] == (tenant, provider_id)]:
+            del self._backfill[bkey]
 
     def provider_row(self, tenant: str, provider_id: str) -> dict[str, Any]:
         """A copy of every stored column of one provider."""
@@ -286,6 +293,45 @@ class MemoryStore:
         else:
             row["folder_state"] = {k: v for k, v in row["folder_state"].items() if k != folder}
         row["updated_at"] = self.now()
+
+    # -- backfill (schema/0008) ---------------------------------------------
+
+    @_wrap
+    def read_backfill(self, tenant: str, provider_id: str,
+                      folders: Sequence[str]) -> BackfillState:
+        days = self._first_sync.get((tenant, provider_id))
+        pending = [self._backfill[(tenant, provider_id, f)] for f in folders
+                   if (tenant, provider_id, f) in self._backfill]
+        return BackfillState(days, min(pending) if pending else None)
+
+    @_wrap
+    def set_first_sync_since_days(self, tenant: str, provider_id: str,
+                                  days: Optional[int]) -> bool:
+        if self._row(tenant, provider_id) is None:
+            return False
+        if days is not None and days < 0:
+            raise ValueError("first_sync_since_days must be >= 0")
+        self._first_sync[(tenant, provider_id)] = days
+        return True
+
+    @_wrap
+    def request_backfill(self, tenant: str, provider_id: str, folder: Optional[str],
+                         since: date) -> Optional[list[str]]:
+        row = self._row(tenant, provider_id)
+        if row is None:
+            return None
+        folders = backfill_folders(folder, row["folder_state"], row["folder_filters"])
+        for name in folders:
+            self._backfill[(tenant, provider_id, name)] = since
+        return folders
+
+    @_wrap
+    def complete_backfill(self, tenant: str, provider_id: str, folders: Sequence[str],
+                          since: date) -> None:
+        for name in folders:
+            key = (tenant, provider_id, name)
+            if key in self._backfill and self._backfill[key] >= since:
+                del self._backfill[key]
 
     @_wrap
     def acquire_lease(self, tenant: str, provider_id: str, owner: str, ttl_ms: int) -> bool:

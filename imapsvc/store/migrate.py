@@ -38,6 +38,8 @@ TENANT_TABLES = (
     "imap_folder_status",
     "imap_admin_requests",
     "imap_message_failures",
+    "imap_provider_backfill",
+    "imap_folder_backfill",
 )
 
 _BOOTSTRAP = """

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Callable, Optional, Sequence
 
 import psycopg2
@@ -32,6 +32,7 @@ from imapsvc.model import (
     OUTCOME_DUPLICATE,
     OUTCOME_PUBLISHED,
     AdminRequest,
+    BackfillState,
     BatchResult,
     FolderCursor,
     FolderStatus,
@@ -42,6 +43,7 @@ from imapsvc.model import (
     ProviderConfig,
 )
 from imapsvc.store import (
+    backfill_folders,
     check_records,
     first_occurrences,
     last_message_id,
@@ -374,6 +376,61 @@ class PostgresStore:
                 " updated_at = now() WHERE tenant = %s AND email_provider_id = %s",
                 (folder, tenant, provider_id))
         return d.addCallback(lambda _: None)
+
+    # -- backfill (schema/0008) -----------------------------------------------
+
+    @defer.inlineCallbacks
+    def read_backfill(self, tenant: str, provider_id: str, folders: Sequence[str]) -> Any:
+        rows = yield self._query(
+            "SELECT (SELECT first_sync_since_days FROM imap_provider_backfill"
+            "        WHERE tenant = %s AND provider_id = %s),"
+            " (SELECT min(since) FROM imap_folder_backfill"
+            "  WHERE tenant = %s AND provider_id = %s AND folder = ANY(%s))",
+            (tenant, provider_id, tenant, provider_id, list(folders)))
+        days, since = rows[0] if rows else (None, None)
+        return BackfillState(days, since)
+
+    @defer.inlineCallbacks
+    def set_first_sync_since_days(self, tenant: str, provider_id: str,
+                                  days: Optional[int]) -> Any:
+        if days is not None and days < 0:
+            raise ValueError("first_sync_since_days must be >= 0")
+        rows = yield self._query(
+            "INSERT INTO imap_provider_backfill (tenant, provider_id, first_sync_since_days)"
+            " SELECT tenant, id, %s FROM email_providers WHERE tenant = %s AND id = %s"
+            " ON CONFLICT (tenant, provider_id) DO UPDATE SET"
+            " first_sync_since_days = EXCLUDED.first_sync_since_days, updated_at = now()"
+            " RETURNING 1",
+            (days, tenant, provider_id))
+        return bool(rows)
+
+    def request_backfill(self, tenant: str, provider_id: str, folder: Optional[str],
+                         since: date) -> defer.Deferred:
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            yield cur.execute(
+                "SELECT folder_state, folder_filters FROM imap_email_provider_config"
+                " WHERE tenant = %s AND email_provider_id = %s", (tenant, provider_id))
+            rows = cur.fetchall()
+            if not rows:
+                return None
+            folders = backfill_folders(folder, rows[0][0], rows[0][1])
+            for name in folders:  # a handful of folders
+                yield cur.execute(
+                    "INSERT INTO imap_folder_backfill (tenant, provider_id, folder, since)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT (tenant, provider_id, folder)"
+                    " DO UPDATE SET since = EXCLUDED.since, requested_at = now()",
+                    (tenant, provider_id, name, since))
+            return folders
+
+        return self._interact(run)
+
+    def complete_backfill(self, tenant: str, provider_id: str, folders: Sequence[str],
+                          since: date) -> defer.Deferred:
+        return self._query(
+            "DELETE FROM imap_folder_backfill WHERE tenant = %s AND provider_id = %s"
+            " AND folder = ANY(%s) AND since >= %s",
+            (tenant, provider_id, list(folders), since)).addCallback(lambda _: None)
 
     # -- leases ---------------------------------------------------------------
 

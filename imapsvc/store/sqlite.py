@@ -31,7 +31,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet import defer, threads
@@ -47,6 +47,7 @@ from imapsvc.model import (
     OUTCOME_DUPLICATE,
     OUTCOME_PUBLISHED,
     AdminRequest,
+    BackfillState,
     BatchResult,
     FolderCursor,
     FolderStatus,
@@ -57,6 +58,7 @@ from imapsvc.model import (
     ProviderConfig,
 )
 from imapsvc.store import (
+    backfill_folders,
     check_records,
     first_occurrences,
     last_message_id,
@@ -377,6 +379,81 @@ class SqliteOps:
             return True
 
         return bool(self._transaction(run))
+
+    # -- backfill (schema/0008) -----------------------------------------------
+
+    def read_backfill(self, tenant: str, provider_id: str,
+                      folders: Sequence[str]) -> BackfillState:
+        rows = self._all(
+            "SELECT first_sync_since_days FROM imap_provider_backfill"
+            " WHERE tenant = ? AND provider_id = ?", (tenant, provider_id))
+        days = rows[0][0] if rows else None
+        pending = None
+        if folders:
+            marks = ", ".join("?" for _ in folders)
+            found = self._all(
+                "SELECT min(since) FROM imap_folder_backfill WHERE tenant = ?"
+                f" AND provider_id = ? AND folder IN ({marks})",
+                (tenant, provider_id, *folders))
+            if found and found[0][0]:
+                pending = date.fromisoformat(found[0][0])
+        return BackfillState(days, pending)
+
+    def set_first_sync_since_days(self, tenant: str, provider_id: str,
+                                  days: Optional[int]) -> bool:
+        """``False`` when the provider is unknown."""
+        if days is not None and days < 0:
+            raise ValueError("first_sync_since_days must be >= 0")
+
+        def run(cur: sqlite3.Cursor) -> bool:
+            cur.execute("SELECT 1 FROM email_providers WHERE tenant = ? AND id = ?",
+                        (tenant, provider_id))
+            if cur.fetchone() is None:
+                return False
+            cur.execute(
+                "INSERT INTO imap_provider_backfill (tenant, provider_id,"
+                " first_sync_since_days, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (tenant, provider_id) DO UPDATE SET"
+                " first_sync_since_days = excluded.first_sync_since_days,"
+                " updated_at = excluded.updated_at",
+                (tenant, provider_id, days, self.now()))
+            return True
+
+        return bool(self._transaction(run))
+
+    def request_backfill(self, tenant: str, provider_id: str, folder: Optional[str],
+                         since: date) -> Optional[list[str]]:
+        """The folders scheduled; ``None`` when the provider is unknown."""
+        def run(cur: sqlite3.Cursor) -> Optional[list[str]]:
+            cur.execute(
+                "SELECT folder_state, folder_filters FROM imap_email_provider_config"
+                " WHERE tenant = ? AND email_provider_id = ?", (tenant, provider_id))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            folders = backfill_folders(folder, _json_load(row[0], {}), _json_load(row[1], []))
+            for name in folders:
+                cur.execute(
+                    "INSERT INTO imap_folder_backfill (tenant, provider_id, folder, since,"
+                    " requested_at) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (tenant, provider_id, folder) DO UPDATE SET"
+                    " since = excluded.since, requested_at = excluded.requested_at",
+                    (tenant, provider_id, name, since.isoformat(), self.now()))
+            return folders
+
+        return self._transaction(run)  # type: ignore[no-any-return]
+
+    def complete_backfill(self, tenant: str, provider_id: str, folders: Sequence[str],
+                          since: date) -> None:
+        """Drop the pending requests the pass since ``since`` covered (a
+        later request for an earlier date stays)."""
+        if not folders:
+            return
+        marks = ", ".join("?" for _ in folders)
+        self._transaction(lambda cur: cur.execute(
+            "DELETE FROM imap_folder_backfill WHERE tenant = ? AND provider_id = ?"
+            f" AND folder IN ({marks}) AND since >= ?",
+            (tenant, provider_id, *folders, since.isoformat())))
 
     # -- leases ---------------------------------------------------------------
 
@@ -1131,6 +1208,10 @@ class SqliteStore:
     clear_message_failures = _delegate("clear_message_failures")
     list_poison = _delegate("list_poison")
     retry_poison = _delegate("retry_poison")
+    read_backfill = _delegate("read_backfill")
+    set_first_sync_since_days = _delegate("set_first_sync_since_days")
+    request_backfill = _delegate("request_backfill")
+    complete_backfill = _delegate("complete_backfill")
     ping = _delegate("ping")
 
     def reset_cursors(self, tenant: str, provider_id: str,

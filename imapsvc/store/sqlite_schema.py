@@ -22,8 +22,9 @@ import os
 import sqlite3
 
 #: Bumped with every change below; stored in ``PRAGMA user_version``.
-# 2: cluster tables (schema/0004); 3: message failures (schema/0005).
-SCHEMA_VERSION = 3
+# 2: cluster tables (schema/0004); 3: message failures (schema/0005);
+# 4: backfill (schema/0008).
+SCHEMA_VERSION = 4
 
 
 class SchemaTooNew(Exception):
@@ -203,6 +204,29 @@ CREATE TABLE IF NOT EXISTS imap_message_failures (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     PRIMARY KEY (tenant, provider_id, folder, uid_validity, uid)
+);
+
+-- schema/0008: backfill (a provider's first sync by date, pending resync --since).
+CREATE TABLE IF NOT EXISTS imap_provider_backfill (
+    tenant TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    first_sync_since_days INTEGER
+        CHECK (first_sync_since_days IS NULL OR first_sync_since_days >= 0),
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, provider_id),
+    FOREIGN KEY (provider_id, tenant)
+        REFERENCES email_providers (id, tenant) ON DELETE CASCADE
+);
+
+CREATE TABLE IF NOT EXISTS imap_folder_backfill (
+    tenant TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    since TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, provider_id, folder),
+    FOREIGN KEY (provider_id, tenant)
+        REFERENCES email_providers (id, tenant) ON DELETE CASCADE
 );
 """
 

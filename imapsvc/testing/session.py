@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism, is_refusal
+from imapsvc.core.cursor import internaldate_day, is_imap_date, parse_since
 from imapsvc.imap.errors import (
     AuthenticationFailed,
     AuthenticationUnavailable,
@@ -362,6 +363,19 @@ class FakeIMAPSession(Protocol):
         return self._run(
             "UID SEARCH", lambda: sorted(u for u in self._folder().messages if u >= first)
         )
+
+    def uid_search_since(self, since: str) -> defer.Deferred:
+        if not is_imap_date(since):
+            return defer.fail(ValueError(f"not an RFC 3501 date: {since[:40]!r}"))
+        day = parse_since(since)
+
+        def search() -> list[int]:
+            folder = self._folder()
+            # SINCE compares the day only; an unreadable date counts as found.
+            days = {u: internaldate_day(m.internaldate) or day for u, m in folder.messages.items()}
+            return sorted(u for u, d in days.items() if d >= day)
+
+        return self._run("UID SEARCH", search)
 
     def _fetch(
         self, kind: str, uids: Iterable[int], shape: Callable[[int, FakeMessage], Any]

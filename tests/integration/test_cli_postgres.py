@@ -144,6 +144,30 @@ class PostgresCliTests(TestCase):
         self.assertEqual(rig.execute(self.dsn, "SELECT count(*) FROM imap_message_ledger"),
                          [(0,)])
 
+    @defer.inlineCallbacks
+    def test_backfill_offline_and_first_sync(self) -> Any:
+        status, out, err = self.run_cli(
+            "provider", "add", "--tenant", self.tenant, "--mailbox", "bf@example.com",
+            "--host", "imap.example.com", "--username", "help", "--folder", "Support",
+            "--password-stdin", stdin="pw\n")
+        self.assertEqual((status, err), (0, ""))
+        pid = out.split()[2]
+        status, out, err = self.run_cli("resync", "--tenant", self.tenant, "--provider", pid,
+                                        "--since", "2025-12-01", "--offline")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(self.run_cli("provider", "set-first-sync", "--tenant", self.tenant,
+                                      "--provider", pid, "--days", "14")[0], 0)
+        store = PostgresStore(self.dsn, reactor, pool_size=1)
+        yield store.start()
+        self.addCleanup(store.stop)
+        state = yield store.read_backfill(self.tenant, pid, ["Support"])
+        self.assertEqual((state.first_sync_since_days, state.pending_since.isoformat()),
+                         (14, "2025-12-01"))
+        status, _, err = self.run_cli("provider", "set-first-sync", "--tenant", self.tenant,
+                                      "--provider", str(uuid.uuid4()), "--days", "1")
+        self.assertEqual(status, 1)
+        self.assertIn("has no provider", err)
+
 
 class RedisTailTests(TestCase):
     def test_tail_real_stream(self) -> None:

@@ -301,6 +301,20 @@ namespace inbox {{
   inbox = yes
   # "/" as most providers use it; folder names then may not contain ".".
   separator = /
+  # RFC 6154 SPECIAL-USE flags in LIST, for folders that exist (not
+  # created here: tests create the ones they need).
+  mailbox Sent {{
+    special_use = \\Sent
+  }}
+  mailbox Trash {{
+    special_use = \\Trash
+  }}
+  mailbox Junk {{
+    special_use = \\Junk
+  }}
+  mailbox Drafts {{
+    special_use = \\Drafts
+  }}
 }}
 mail_max_userip_connections = 500
 auth_mechanisms = plain login xoauth2 oauthbearer

@@ -18,6 +18,7 @@ import imaplib
 import re
 import ssl
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from tests.rig.dovecot import DEFAULT_PASSWORD, Dovecot, get_dovecot
 
@@ -104,15 +105,18 @@ def append(
     raw: bytes,
     flags: str | None = None,
     dovecot: Dovecot | None = None,
+    internaldate: Any = None,
 ) -> int:
     """
     APPEND one message.
 
     :param flags: e.g. ``r"(\\Seen)"``; ``None`` appends it unread.
+    :param internaldate: the APPEND date argument (an aware ``datetime``),
+        the message's INTERNALDATE; ``None``: the server's now.
     :return: the UID the server gave it.
     """
     with connect(user, password, dovecot) as conn:
-        data = _check(conn.append(encode_mailbox(folder), flags, None, raw), "APPEND")
+        data = _check(conn.append(encode_mailbox(folder), flags, internaldate, raw), "APPEND")
         return _uids_from_appenduid(data)[1][0]
 
 

@@ -349,6 +349,35 @@ class ProviderTests(CliTestBase):
         self.assertIsNone(ops.read_cursor(self.tenant, pid, "Sent"))
         self.assertEqual(ops.read_cursor(self.tenant, pid, "INBOX"), FolderCursor("7", "9"))
 
+    def test_resync_since_offline_and_first_sync(self) -> None:
+        pid = self.add("--folder", "INBOX", "--folder", "Sent")
+        conn = connect(self.db)
+        self.addCleanup(conn.close)
+        ops = SqliteOps(conn, lambda: 1767225600.0)
+        self.assertTrue(ops.acquire_lease(self.tenant, pid, "w", 60000))
+        ops.write_cursor(self.tenant, pid, "INBOX", FolderCursor("7", "9"), "w")
+        status, out, _ = self.run_cli("resync", "--tenant", self.tenant, "--provider", pid,
+                                      "--since", "1-Dec-2025", "--offline")
+        self.assertEqual(status, 0, out)
+        self.assertIn("INBOX, Sent", out)
+        # Cursors stay: only the window since the date is read again.
+        self.assertEqual(ops.read_cursor(self.tenant, pid, "INBOX"), FolderCursor("7", "9"))
+        state = ops.read_backfill(self.tenant, pid, ["Sent"])
+        self.assertEqual(state.pending_since.isoformat(), "2025-12-01")
+        result = self.run_cli("resync", "--tenant", self.tenant, "--provider", pid,
+                              "--since", "last week", "--offline")
+        self.assertEqual(result[0], 2)
+        self.assert_one_line_error(result, "--since")
+        status, out, _ = self.run_cli("provider", "set-first-sync", "--tenant", self.tenant,
+                                      "--provider", pid, "--days", "30")
+        self.assertEqual(status, 0)
+        self.assertEqual(ops.read_backfill(self.tenant, pid, []).first_sync_since_days, 30)
+        self.run_cli("provider", "set-first-sync", "--tenant", self.tenant, "--provider", pid,
+                     "--days", "default")
+        self.assertIsNone(ops.read_backfill(self.tenant, pid, []).first_sync_since_days)
+        self.assertEqual(self.run_cli("provider", "set-first-sync", "--tenant", self.tenant,
+                                      "--provider", pid, "--days", "-3")[0], 2)
+
     def test_usage_error_is_one_line(self) -> None:
         result = self.run_cli("provider", "frobnicate")
         self.assert_one_line_error(result, "invalid choice")
@@ -400,6 +429,14 @@ class AdminApiTests(CliTestBase):
         [req] = self.requests
         self.assertEqual(req.full_url, "http://svc:9000/api/email/imap/resync")
         self.assertEqual(json.loads(req.data)["folder"], "Sent")
+
+    def test_resync_since_posts_the_date(self) -> None:
+        pid = str(uuid.uuid4())
+        status, _, _ = self.run_cli("resync", "--tenant", self.tenant, "--provider", pid,
+                                    "--since", "5-Jan-2026", urlopen=self.urlopen)
+        self.assertEqual(status, 0)
+        [req] = self.requests
+        self.assertEqual(json.loads(req.data)["since"], "2026-01-05")
 
     def test_test_connection_failure_exit_status(self) -> None:
         self.answer = {"ok": False, "error": "AUTHENTICATIONFAILED"}

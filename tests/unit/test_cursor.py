@@ -122,3 +122,76 @@ class AdvanceTests(SynchronousTestCase):
         cur = C.advance(FolderCursor("1", str(a), None), b, NOW)
         self.assertEqual(cur.last_uid, str(max(a, b)))
         self.assertTrue(cur.last_seen_at.endswith("Z"))
+
+
+class SinceTests(SynchronousTestCase):
+    """First sync by date (IMAP_FIRST_SYNC_SINCE_DAYS) and resync --since."""
+
+    def test_first_sync_by_date_replaces_the_window(self):
+        plan = C.compute_start(None, 7, 100, 5, first_sync_since=datetime(2026, 1, 1).date())
+        self.assertEqual(plan.since, "1-Jan-2026")
+        self.assertFalse(plan.search_range)
+        self.assertTrue(plan.hold_cursor)
+        self.assertEqual(plan.last_uid, 0)
+        # After the pass the cursor stands on UIDNEXT - 1, never on '0' (rescan).
+        self.assertEqual(plan.cursor, FolderCursor("7", "99", None))
+        self.assertIsNone(plan.keep_last)
+
+    def test_first_sync_by_date_on_uidvalidity_change(self):
+        plan = C.compute_start(
+            FolderCursor("6", "50", None), 7, 100, 5, first_sync_since=datetime(2026, 2, 3).date()
+        )
+        self.assertEqual((plan.reason, plan.since), (C.REASON_UIDVALIDITY_CHANGED, "3-Feb-2026"))
+        self.assertEqual(plan.cursor.last_uid, "99")
+
+    def test_first_sync_by_date_needs_uidnext(self):
+        plan = C.compute_start(None, 7, None, 5, first_sync_since=datetime(2026, 1, 1).date())
+        self.assertIsNone(plan.since)
+        self.assertEqual(plan.keep_last, 5)
+
+    def test_first_sync_date_ignored_with_a_cursor(self):
+        plan = C.compute_start(
+            FolderCursor("7", "42", None), 7, 100, 5, first_sync_since=datetime(2026, 1, 1).date()
+        )
+        self.assertEqual((plan.first_uid, plan.reason, plan.since), (43, C.REASON_RESUME, None))
+        self.assertTrue(plan.search_range)
+        self.assertFalse(plan.hold_cursor)
+
+    def test_backfill_resumes_and_searches_since(self):
+        plan = C.compute_start(
+            FolderCursor("7", "42", None), 7, 100, 5, backfill_since=datetime(2025, 12, 24).date()
+        )
+        self.assertEqual((plan.first_uid, plan.last_uid), (43, 42))
+        self.assertEqual(plan.since, "24-Dec-2025")
+        self.assertTrue(plan.search_range)  # nothing above the cursor is left out
+        self.assertFalse(plan.hold_cursor)
+        self.assertEqual(plan.cursor, FolderCursor("7", "42", None))
+
+    def test_backfill_without_cursor_wins_over_first_sync_days(self):
+        plan = C.compute_start(
+            None, 7, 100, 5,
+            first_sync_since=datetime(2026, 1, 1).date(),
+            backfill_since=datetime(2025, 6, 1).date(),
+        )
+        self.assertEqual(plan.since, "1-Jun-2025")
+        self.assertFalse(plan.search_range)
+
+    def test_imap_date_is_english_and_unpadded(self):
+        self.assertEqual(C.imap_date(datetime(2026, 3, 9).date()), "9-Mar-2026")
+        self.assertEqual(C.imap_date(datetime(2026, 12, 31).date()), "31-Dec-2026")
+
+    def test_parse_since(self):
+        self.assertEqual(C.parse_since("2026-01-05"), datetime(2026, 1, 5).date())
+        self.assertEqual(C.parse_since("5-jan-2026"), datetime(2026, 1, 5).date())
+        for bad in ("", "2026-13-01", "yesterday", "1-Foo-2026", "2026-02-30", "1 Jan 2026"):
+            self.assertRaises(ValueError, C.parse_since, bad)
+
+    def test_since_days_ago(self):
+        self.assertEqual(C.since_days_ago(NOW, 10), datetime(2025, 12, 31).date())
+        self.assertIsNone(C.since_days_ago(NOW, 0))
+        self.assertIsNone(C.since_days_ago(NOW, None))
+        self.assertEqual(C.since_days_ago(NOW.timestamp(), 1), datetime(2026, 1, 9).date())
+
+    @given(st.dates(min_value=datetime(1970, 1, 1).date(), max_value=datetime(2200, 1, 1).date()))
+    def test_imap_date_round_trips(self, day):
+        self.assertEqual(C.parse_since(C.imap_date(day)), day)

@@ -5,13 +5,16 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from imapsvc.core.folders import (
+    WILDCARD,
     decode_mutf7,
     display_name,
     encode_mutf7,
+    expand_wildcard,
     folder_filters_from_json,
     folder_key,
     resolve_folder,
     resolve_folders,
+    skipped_special_use,
     unique_folders,
 )
 
@@ -150,3 +153,54 @@ class ConfiguredFilterTests(SynchronousTestCase):
             with self.assertRaises(ValueError) as ctx:
                 folder_filters_from_json(value)
             self.assertIn(words, str(ctx.exception), value)
+
+
+SPECIAL = [
+    ((), "/", "Support"),
+    (("\\HasNoChildren", "\\Sent"), "/", "Sent"),
+    (("\\Junk",), "/", "Junk"),
+    (("\\TRASH",), "/", "Deleted Items"),  # attributes are case-insensitive
+    (("\\Drafts",), "/", "Drafts"),
+    (("\\All",), "/", "All Mail"),
+    (("\\AllMail",), "/", "[Gmail]/All Mail"),  # XLIST
+    (("\\Spam",), "/", "[Gmail]/Spam"),  # XLIST
+    (("\\Flagged",), "/", "Flagged"),
+    (("\\Noselect",), "/", "Shared"),
+    (("\\Archive",), "/", "Archive"),
+    (("\\HasNoChildren",), "/", "inbox"),
+]
+
+
+class SpecialUseTests(SynchronousTestCase):
+    def test_skipped_attributes(self):
+        self.assertEqual(skipped_special_use(["\\HasNoChildren", "\\Sent"]), "\\sent")
+        self.assertIsNone(skipped_special_use(["\\HasNoChildren", "\\Archive"]))
+        self.assertIsNone(skipped_special_use([]))
+
+    def test_wildcard_picks_every_ordinary_folder_inbox_first(self):
+        self.assertEqual(expand_wildcard([WILDCARD], SPECIAL), ("inbox", "Support", "Archive"))
+
+    def test_explicit_filter_wins(self):
+        # Named explicitly, Sent is watched; the wildcard adds the rest once.
+        self.assertEqual(
+            expand_wildcard(["Sent", "*", "support"], SPECIAL),
+            ("Sent", "inbox", "Support", "Archive"),
+        )
+        self.assertEqual(resolve_folder("Sent", SPECIAL), "Sent")
+        self.assertEqual(resolve_folder("Junk", SPECIAL), "Junk")
+
+    def test_without_wildcard_nothing_changes(self):
+        self.assertEqual(expand_wildcard(["INBOX", "Junk"], SPECIAL), ("INBOX", "Junk"))
+        self.assertEqual(expand_wildcard([" * "], []), ())
+
+
+class BackfillFoldersTests(SynchronousTestCase):
+    def test_every_folder_means_cursors_and_filters_not_the_wildcard(self):
+        from imapsvc.store import backfill_folders
+
+        state = {"INBOX": {"last_uid": "3"}, "Billing": {"last_uid": "1"}}
+        self.assertEqual(backfill_folders(None, state, ["*", "Sent", " "]),
+                         ["INBOX", "Billing", "Sent"])
+        self.assertEqual(backfill_folders(None, {}, []), ["INBOX"])
+        self.assertEqual(backfill_folders(None, {}, ["*"]), ["INBOX"])
+        self.assertEqual(backfill_folders("Sent", state, []), ["Sent"])

@@ -222,6 +222,56 @@ class SearchTests(ClientTestCase):
         self.assertTrue(transport.disconnecting)
 
 
+class SpecialUseListTests(ClientTestCase):
+    def test_list_with_special_use_and_xlist_flags(self):
+        """RFC 6154 attributes (and Gmail's XLIST spellings) come through
+        LIST as flags; the wildcard filter leaves those folders out."""
+        from imapsvc.core.folders import expand_wildcard
+
+        client, transport, clock = self.connect()
+        d = client.list_folders()
+        self.assertEqual(sent(transport), b'0001 LIST "" "*"\r\n')
+        client.dataReceived(
+            b'* LIST (\\HasNoChildren) "/" INBOX\r\n'
+            b'* LIST (\\HasNoChildren \\Sent) "/" "Sent Items"\r\n'
+            b'* LIST (\\HasNoChildren \\Junk) "/" Junk\r\n'
+            b'* LIST (\\Trash \\HasNoChildren) "/" Trash\r\n'
+            b'* LIST (\\HasNoChildren \\Drafts) "/" Drafts\r\n'
+            b'* LIST (\\HasChildren \\Noselect) "/" "[Gmail]"\r\n'
+            b'* LIST (\\HasNoChildren \\All) "/" "[Gmail]/All Mail"\r\n'
+            b'* LIST (\\HasNoChildren \\Spam) "/" "[Gmail]/Spam"\r\n'
+            b'* LIST (\\HasNoChildren \\Archive) "/" Archive\r\n'
+            b'* LIST (\\HasNoChildren) "/" Support\r\n'
+            b"0001 OK LIST done\r\n"
+        )
+        listing = self.successResultOf(d)
+        self.assertIn((("\\HasNoChildren", "\\Sent"), "/", "Sent Items"), listing)
+        self.assertIn((("\\Trash", "\\HasNoChildren"), "/", "Trash"), listing)
+        self.assertEqual(expand_wildcard(["*"], listing), ("INBOX", "Archive", "Support"))
+
+
+class SearchSinceTests(ClientTestCase):
+    def test_search_since_bytes(self):
+        client, transport, clock = self.connect()
+        d = client.uid_search_since("1-Jan-2026")
+        self.assertEqual(sent(transport), b"0001 UID SEARCH SINCE 1-Jan-2026\r\n")
+        # Every UID found counts: a backfill reads below the cursor too.
+        client.dataReceived(b"* SEARCH 9 3 12\r\n0001 OK Search completed\r\n")
+        self.assertEqual(self.successResultOf(d), [3, 9, 12])
+
+    def test_search_since_nothing(self):
+        client, transport, clock = self.connect()
+        d = client.uid_search_since("31-Dec-2025")
+        client.dataReceived(b"* SEARCH\r\n0001 OK done\r\n")
+        self.assertEqual(self.successResultOf(d), [])
+
+    def test_search_since_refuses_what_is_not_a_date(self):
+        client, transport, clock = self.connect()
+        for bad in ("1-Jan-2026\r\n0002 LOGOUT", "2026-01-01", "31-Feb-2026", "1-JAN-2026 x"):
+            self.failureResultOf(client.uid_search_since(bad), ValueError)
+        self.assertEqual(sent(transport), b"")
+
+
 class ExamineTests(ClientTestCase):
     def test_examine(self):
         client, transport, clock = self.connect()

@@ -189,6 +189,33 @@ class WebTests(unittest.TestCase):
         self.assertEqual(code, 200)
         self.assertEqual(self.admin.calls, [("resync", T, P, "INBOX")])
 
+    def test_resync_since_stores_a_backfill_and_wakes(self):
+        code, body = self.request(
+            "POST", "/api/email/imap/resync",
+            {"tenant": T, "providerId": P, "folder": "INBOX", "since": "1-Dec-2025"},
+        )
+        self.assertEqual(code, 200)
+        doc = json.loads(body)
+        self.assertEqual((doc["success"], doc["since"], doc["folders"], doc["running"]),
+                         (True, "2025-12-01", ["INBOX"], True))
+        # Not a cursor reset: a reconnect makes the folders read the request.
+        self.assertEqual(self.admin.calls, [("reconnect", T, P)])
+        state = self.successResultOf(self.store.read_backfill(T, P, ["INBOX"]))
+        self.assertEqual(state.pending_since.isoformat(), "2025-12-01")
+
+    def test_resync_since_refuses_bad_dates(self):
+        for since in ("yesterday", 20251201, "2025-02-30"):
+            code, _ = self.request("POST", "/api/email/imap/resync",
+                                   {"tenant": T, "providerId": P, "since": since})
+            self.assertEqual(code, 400)
+        code, _ = self.request("POST", "/api/email/imap/reconnect",
+                               {"tenant": T, "providerId": P, "since": "2025-12-01"})
+        self.assertEqual(code, 400)
+        self.assertEqual(self.admin.calls, [])
+        code, _ = self.request("POST", "/api/email/imap/resync",
+                               {"tenant": T, "providerId": T, "since": "2025-12-01"})
+        self.assertEqual(code, 404)
+
     def test_bad_bodies(self):
         for body in [b"not json", b"[1]", {"tenant": T}, {"tenant": "../x", "providerId": P},
                      b"x" * 70000]:
@@ -333,6 +360,18 @@ class RoutedAdminTests(unittest.TestCase):
         self.assertEqual((code, later["status"], later["appliedBy"], later["folder"]),
                          (200, "applied", "owner", "INBOX"))
         self.assertEqual(self.owner_admin.calls, [("resync", T, P, "INBOX")])
+
+    def test_resync_since_routed_to_the_owner(self):
+        d = self.start("POST", "/api/email/imap/resync",
+                       {"tenant": T, "providerId": P, "since": "2025-12-01"})
+        self.owner.wake()
+        self.clock.advance(0.1)
+        code, body = self.finish(d)
+        self.assertEqual((code, body["wake"], body["appliedBy"], body["running"]),
+                         (200, "applied", "owner", True))
+        self.assertEqual(body["folders"], ["INBOX"])
+        self.assertEqual(self.owner_admin.calls, [("reconnect", T, P)])
+        self.assertEqual(self.here_admin.calls, [])
 
     def test_unknown_provider_and_request(self):
         d = self.start("POST", "/api/email/imap/reconnect", {"tenant": T, "providerId": T})
