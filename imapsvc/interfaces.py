@@ -359,6 +359,38 @@ class IIMAPSession(Interface):
         :raises CommandFailed: no such folder.
         """
 
+    def select_folder(name):
+        """``SELECT name`` (read-write): only with write-back on.
+
+        :rtype: Deferred[dict]: as :meth:`examine_folder`.
+        :raises CommandFailed: no such folder.
+        """
+
+    def uid_store_flags(uids, flags):
+        """``UID STORE uids +FLAGS.SILENT (flags)``.
+
+        :rtype: Deferred[None]. :raises CommandFailed: ``NO``/``BAD``
+            (the session stays usable).
+        """
+
+    def uid_move(uids, folder):
+        """``UID MOVE uids folder`` (RFC 6851; only when MOVE is offered).
+
+        :rtype: Deferred[None]. :raises CommandFailed: refused (session kept).
+        """
+
+    def uid_copy(uids, folder):
+        """``UID COPY uids folder``.
+
+        :rtype: Deferred[None]. :raises CommandFailed: refused (session kept).
+        """
+
+    def uid_expunge(uids):
+        """``UID EXPUNGE uids`` (RFC 4315; only when UIDPLUS is offered).
+
+        :rtype: Deferred[None]. :raises CommandFailed: refused (session kept).
+        """
+
     def uid_search_from(first_uid):
         """``UID SEARCH UID first:*``.
 
