@@ -103,6 +103,17 @@ class IStore(Interface):
         """Delete ledger rows and published outbox rows older than the
         retention. :rtype: Deferred[int] rows deleted."""
 
+    def set_write_back(tenant, provider_id, mode):
+        """Store the provider's write-back option (``imap_provider_options``;
+        ``None`` clears it: the environment default applies). The mode is
+        validated by the caller (:func:`imapsvc.core.write_back.parse_mode`).
+        :rtype: Deferred[bool]: ``False`` when the provider is unknown."""
+
+    def recorded_uids(tenant, provider_id, folder, uid_validity, first_uid, last_uid):
+        """UIDs of ``folder`` (this UIDVALIDITY) in ``first_uid..last_uid``
+        that the ledger holds (the write-back sweep after a restart).
+        :rtype: Deferred[list[int]] sorted."""
+
     def put_secret(tenant, name, ciphertext):
         """Store an encrypted secret (bytes) under ``name``."""
 

@@ -37,6 +37,7 @@ TENANT_TABLES = (
     "imap_oauth_states",
     "imap_folder_status",
     "imap_admin_requests",
+    "imap_provider_options",
 )
 
 _BOOTSTRAP = """

@@ -22,7 +22,7 @@ import os
 import sqlite3
 
 #: Bumped with every change below; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION = 2  # 2: cluster tables (schema/0004)
+SCHEMA_VERSION = 3  # 2: cluster tables (schema/0004); 3: provider options (schema/0007)
 
 
 class SchemaTooNew(Exception):
@@ -188,6 +188,19 @@ CREATE TABLE IF NOT EXISTS imap_admin_requests (
     result TEXT,
     PRIMARY KEY (tenant, id)
 );
+
+-- schema/0007: imapsvc's own per-provider options (write-back).
+CREATE TABLE IF NOT EXISTS imap_provider_options (
+    tenant TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    write_back TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, provider_id),
+    FOREIGN KEY (provider_id, tenant) REFERENCES email_providers (id, tenant) ON DELETE CASCADE
+);
+
+CREATE INDEX IF NOT EXISTS imap_message_ledger_folder_uid_idx
+    ON imap_message_ledger (tenant, provider_id, folder, uid_validity, uid);
 """
 
 
