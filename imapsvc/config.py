@@ -223,6 +223,16 @@ def choice(*values: str) -> Callable[[str], str]:
     return parse
 
 
+def write_back_mode(text: str) -> str:
+    """``none`` | ``seen`` | ``delete`` | ``move:<folder>`` (issue 13 item 3)."""
+    from imapsvc.core.write_back import parse_mode
+
+    try:
+        return str(parse_mode(text))
+    except ValueError as e:
+        raise _Invalid(str(e)) from None
+
+
 def existing_file(text: str) -> str:
     text = text.strip()
     if not os.path.isfile(text):
@@ -380,6 +390,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IMAP_OAUTH_AUTH_MECHANISM", choice("auto", "xoauth2", "oauthbearer"), "auto",
             "SASL mechanism of OAuth2 logins: auto (OAUTHBEARER only when the server offers it"
             " and not XOAUTH2), xoauth2 or oauthbearer", _C),
+    # Write-back (issue 13 item 3)
+    Setting("IMAP_WRITE_BACK", write_back_mode, "none",
+            "what to do to a message in its folder once its event is committed, for providers "
+            "without their own option (`provider set-write-back`): none (read-only EXAMINE), "
+            "seen, delete (needs UIDPLUS) or move:<folder> (MOVE, else UIDPLUS)", _C),
     # Capacity
     Setting("IMAP_MAX_EMAILS_PER_SYNC", positive_int, 5,
             "recent window (messages) for a folder with no cursor", _P),
@@ -607,6 +622,7 @@ class Settings:
     ledger_retention_days: int = _default("IMAP_LEDGER_RETENTION_DAYS")
     event_stream_maxlen: int = _default("IMAP_EVENT_STREAM_MAXLEN")
     attachment_mode: str = _default("IMAP_ATTACHMENT_MODE")
+    write_back: str = _default("IMAP_WRITE_BACK")
     store_raw_mime: bool = _default("IMAP_STORE_RAW_MIME")
     object_store_url: str = attr.ib(default=_default("IMAP_OBJECT_STORE_URL"), repr=False)
     object_store_bucket: str = _default("IMAP_OBJECT_STORE_BUCKET")
