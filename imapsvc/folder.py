@@ -39,6 +39,7 @@ from imapsvc.core.folders import display_name, encode_mutf7, resolve_folder
 from imapsvc.imap.extensions import client_id_fields
 from imapsvc.imap.factory import FolderClientFactory, set_keepalive
 from imapsvc.interfaces import LeaseLost
+from imapsvc.logging import redact
 from imapsvc.model import FolderCursor, Limits, ProviderConfig
 from imapsvc.oauth import REFRESH_MARGIN_S
 from imapsvc.secret_chain import CredentialsMissing
@@ -719,7 +720,7 @@ class FolderService(service.Service):
             "applied": self.write_backs_applied,
             "failed": self.write_backs_failed,
             "pending": sum(len(u) for u in self._write_back_pending.values()),
-            "lastError": self.write_back_error,
+            "lastError": redact(self.write_back_error) if self.write_back_error else None,
         }
 
     @defer.inlineCallbacks

@@ -93,6 +93,7 @@ class ServiceCollector(Collector):
         else:
             self._add_totals(providers, syncs, handed, bytes_, wakeups, reconnects, lag, state)
         yield from (syncs, handed, bytes_, wakeups, reconnects, lag, state)
+        yield from self._write_backs(providers, labels)
 
         pipe = self._pipeline() if self._pipeline else {}
         outcomes = CounterMetricFamily(
@@ -139,6 +140,32 @@ class ServiceCollector(Collector):
         age.add_metric([], _num(relay.get("oldest_age_s")))
         yield age
 
+
+    def _write_backs(self, providers: list, labels: list) -> Iterable[Any]:
+        """Write-back after the commit (issue 13 item 3), from each folder
+        snapshot's ``writeBack``."""
+        applied = CounterMetricFamily(
+            "imapsvc_write_backs_applied",
+            "Messages flagged, moved or deleted after their event was committed", labels=labels,
+        )
+        failed = CounterMetricFamily(
+            "imapsvc_write_backs_failed",
+            "Write-backs refused or impossible (the events stand)", labels=labels,
+        )
+        totals = [0.0, 0.0]
+        for p in providers:
+            for name, f in (p.get("folders") or {}).items():
+                wb = f.get("writeBack") or {}
+                if self._detailed:
+                    key = [p.get("tenant", ""), p.get("providerId", ""), name]
+                    applied.add_metric(key, _num(wb.get("applied")))
+                    failed.add_metric(key, _num(wb.get("failed")))
+                totals[0] += _num(wb.get("applied"))
+                totals[1] += _num(wb.get("failed"))
+        if not self._detailed:
+            applied.add_metric([], totals[0])
+            failed.add_metric([], totals[1])
+        yield from (applied, failed)
 
     @staticmethod
     def _add_totals(providers, syncs, handed, bytes_, wakeups, reconnects, lag, state) -> None:

@@ -282,3 +282,27 @@ class WriteBackTests(SynchronousTestCase):
         self.assertEqual(svc.state, S.STOPPED)  # lease lost
         self.assertEqual(world.mailbox.flags(1), set())
         self.assertEqual(svc.snapshot()["writeBack"]["applied"], 0)
+
+    def test_counts_reach_metrics_and_cluster_status(self) -> None:
+        from imapsvc.cluster_status import folder_counters
+        from imapsvc.metrics import ServiceCollector, make_registry, render
+
+        world = self.wb_world(mode="seen")
+        world.mailbox.fail_write("UID STORE", "SERVERBUG", "later")
+        svc, _session = self.started(world, 2)
+        world.mailbox.append(mail(3))  # retries 1-2, then 3
+        snap = svc.snapshot()
+        self.assertEqual(snap["writeBack"]["applied"], 3)
+        self.assertEqual(snap["writeBack"]["failed"], 2)
+        status = {"providers": [{"tenant": "t", "providerId": "p", "folders": {"INBOX": snap}}]}
+        text = render(make_registry(ServiceCollector(lambda: status))).decode()
+        self.assertIn(
+            'imapsvc_write_backs_applied_total{folder="INBOX",provider="p",tenant="t"} 3.0', text
+        )
+        self.assertIn(
+            'imapsvc_write_backs_failed_total{folder="INBOX",provider="p",tenant="t"} 2.0', text
+        )
+        text = render(make_registry(ServiceCollector(lambda: status, detailed=False))).decode()
+        self.assertIn("imapsvc_write_backs_applied_total 3.0", text)
+        counters = folder_counters(snap)
+        self.assertEqual((counters["writeBackApplied"], counters["writeBackFailed"]), (3, 2))
