@@ -1,7 +1,8 @@
 """An IMAP server's state for the fakes: folders with a UIDVALIDITY,
 messages kept as exact bytes under their UID (with flags, which only the
-opt-in write-back changes: fetching only peeks), and scripted failures (a refused login with a code, NO to a
-FETCH that names a UID, a dropped connection). Shared by every session
+opt-in write-back changes: fetching only peeks), and scripted failures (a
+refused login with a code, NO to a FETCH that names a UID, NO to a
+write-back command, a dropped connection). Shared by every session
 connected to it: :class:`~imapsvc.testing.session.FakeIMAPSession` and the
 tests' scripted IMAP server (``tests/imap_server.py``).
 """

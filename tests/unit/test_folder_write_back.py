@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import attr
-
 from twisted.trial.unittest import SynchronousTestCase
 
 from imapsvc import folder_state as S
