@@ -306,7 +306,7 @@ class IAdmin(Interface):
 class IIMAPSession(Interface):
     """One IMAP connection as the folder engine (:mod:`imapsvc.folder`)
     drives it: greeting, TLS, login, LIST, EXAMINE, UID SEARCH, UID FETCH,
-    IDLE, LOGOUT. :class:`imapsvc.imap.protocol.FolderIMAPClient` is the real
+    IDLE, LOGOUT; with write-back SELECT, UID STORE/MOVE/COPY/EXPUNGE. :class:`imapsvc.imap.protocol.FolderIMAPClient` is the real
     one, :class:`imapsvc.testing.FakeIMAPSession` the in-memory one; both pass
     ``tests/session_contract.py``.
 

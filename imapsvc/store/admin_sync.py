@@ -345,7 +345,7 @@ class PostgresAdmin(AdminStore):
                 " VALUES (%s, %s, %s, now()) ON CONFLICT (tenant, provider_id) DO UPDATE"
                 " SET write_back = excluded.write_back, updated_at = now()",
                 (tenant, provider_id, mode))
-            # The NOTIFY trigger on the config row wakes discovery at once.
+            # Read with the provider row: the next discovery pass applies it.
             cur.execute("UPDATE imap_email_provider_config SET updated_at = now()"
                         " WHERE tenant = %s AND email_provider_id = %s", (tenant, provider_id))
 

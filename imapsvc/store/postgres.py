@@ -512,7 +512,8 @@ class PostgresStore:
                 " VALUES (%s, %s, %s, now()) ON CONFLICT (tenant, provider_id) DO UPDATE"
                 " SET write_back = excluded.write_back, updated_at = now()",
                 (tenant, provider_id, mode))
-            # Discovery (and its NOTIFY trigger) notices changed config rows.
+            # The option is read with the provider row: the next discovery pass
+            # sees it (the NOTIFY trigger ignores updated_at-only updates).
             yield cur.execute(
                 "UPDATE imap_email_provider_config SET updated_at = now()"
                 " WHERE tenant = %s AND email_provider_id = %s", (tenant, provider_id))

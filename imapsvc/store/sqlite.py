@@ -531,7 +531,7 @@ class SqliteOps:
                 " VALUES (?, ?, ?, ?) ON CONFLICT (tenant, provider_id) DO UPDATE"
                 " SET write_back = excluded.write_back, updated_at = excluded.updated_at",
                 (tenant, provider_id, mode, self.now()))
-            # Discovery notices changed rows by updated_at.
+            # Read with the provider row: the next discovery pass applies it.
             cur.execute("UPDATE imap_email_provider_config SET updated_at = ?"
                         " WHERE tenant = ? AND email_provider_id = ?",
                         (self.now(), tenant, provider_id))
