@@ -261,6 +261,10 @@ class ScriptedIMAPServer(LineReceiver):
         return folder
 
     def do_UID_STORE(self, tag: bytes, args: list) -> None:  # noqa: N802
+        if self._folder() is not None and not self.read_write:
+            # As Dovecot: OK, and an EXAMINEd folder's flags stay as they are.
+            self._tagged(tag, b"OK Store completed.")
+            return
         folder = self._writable(tag, "UID STORE")
         if folder is None:
             return

@@ -406,6 +406,9 @@ class FakeIMAPSession(Protocol):
         wanted, names = [int(u) for u in uids], list(flags)
 
         def store() -> None:
+            if not self.read_write:
+                self._folder()
+                return  # as Dovecot: OK, and an EXAMINEd folder's flags stay
             folder = self._writable("UID STORE")
             self.mailbox.store_flags(folder.name, wanted, names)
 
