@@ -307,7 +307,8 @@ class IIMAPSession(Interface):
     """One IMAP connection as the folder engine (:mod:`imapsvc.folder`)
     drives it: greeting, TLS, login, LIST, EXAMINE, UID SEARCH, UID FETCH,
     IDLE, LOGOUT; with write-back SELECT, UID STORE/MOVE/COPY/EXPUNGE.
-    :class:`imapsvc.imap.protocol.FolderIMAPClient` is the real one, :class:`imapsvc.testing.FakeIMAPSession` the in-memory one; both pass
+    :class:`imapsvc.imap.protocol.FolderIMAPClient` is the real one,
+    :class:`imapsvc.testing.FakeIMAPSession` the in-memory one; both pass
     ``tests/session_contract.py``.
 
     Capability dicts have Twisted's shape: ``{b"IDLE": None, b"AUTH":
