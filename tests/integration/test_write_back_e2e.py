@@ -143,3 +143,45 @@ class WriteBackServiceTests(ServiceRigMixin, unittest.TestCase):
         )
         self.assertEqual(self.count(user, "INBOX"), 1)
         self.assertEqual(proc.terminate(), 0, proc.log_text()[-1500:])
+
+    @defer.inlineCallbacks
+    def test_restart_sweep_moves_recorded_mail_left_in_the_folder(self):
+        """Mail recorded while write-back was off (as after a crash between
+        commit and MOVE) is moved by the next start; older mail the service
+        never recorded stays, and no event is published again."""
+        user = self.dovecot.add_user(unique_user("wbsweep"))
+        mail.create_folder(user, DEFAULT_PASSWORD, "Processed")
+        old = mail.append(user, DEFAULT_PASSWORD, "INBOX", mail.make_message(subject="history"))
+        # A cursor past the old message: the service starts after it.
+        tenant, pid = add_provider(self.dsn, user, DEFAULT_PASSWORD, self.dovecot.ports.imaps)
+        validity = mail.status(user, DEFAULT_PASSWORD, "INBOX")["UIDVALIDITY"]
+        pg.execute(
+            self.dsn,
+            "UPDATE imap_email_provider_config SET folder_state = %s"
+            " WHERE email_provider_id = %s",
+            (json.dumps({"INBOX": {"uid_validity": str(validity), "last_uid": str(old),
+                                   "last_seen_at": "2026-01-10T12:00:00.000Z"}}), pid),
+        )
+        first = self.service(tenant)
+        yield self.connected(first, pid)
+        for i in range(2):
+            mail.append(user, DEFAULT_PASSWORD, "INBOX", mail.make_message(subject=f"s{i}"))
+        yield wait_for(lambda: len(self.entries()) == 2, 30, "two events")
+        self.assertEqual(first.terminate(), 0, first.log_text()[-1500:])
+        self.assertEqual(self.count(user, "INBOX"), 3)
+
+        pg.execute(
+            self.dsn,
+            "INSERT INTO imap_provider_options (tenant, provider_id, write_back)"
+            " VALUES (%s, %s, 'move:Processed')",
+            (tenant, pid),
+        )
+        second = self.service(tenant, worker="w2")
+        yield self.connected(second, pid)
+        yield wait_for(lambda: self.count(user, "Processed") == 2, 30, "the sweep")
+        self.assertEqual(self.count(user, "INBOX"), 1)  # the history mail stays
+        yield wait_for(
+            lambda: self.write_back_status(second, pid).get("applied") == 2, 15, "status"
+        )
+        self.assertEqual(len(self.entries()), 2)
+        self.assertEqual(second.terminate(), 0, second.log_text()[-1500:])
