@@ -305,3 +305,14 @@ class WriteBackTests(SynchronousTestCase):
         self.assertIn("imapsvc_write_backs_applied_total 3.0", text)
         counters = folder_counters(snap)
         self.assertEqual((counters["writeBackApplied"], counters["writeBackFailed"]), (3, 2))
+
+    def test_a_sync_that_expunged_looks_once_more(self) -> None:
+        # After EXPUNGEs an EXISTS count equal to the one at SELECT can hide
+        # new mail; one more sync (cheap: SELECT, UID SEARCH) settles it.
+        world = self.wb_world(mode="move:Processed")
+        svc, session = self.started(world)
+        self.assertEqual(svc.sync_count, 2)
+        self.assertEqual(session.commands.count("UID MOVE"), 1)
+        seen = self.wb_world(mode="seen")
+        svc, session = self.started(seen)
+        self.assertEqual(svc.sync_count, 1)
