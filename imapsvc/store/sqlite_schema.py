@@ -22,7 +22,9 @@ import os
 import sqlite3
 
 #: Bumped with every change below; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION = 4  # 2: cluster tables (schema/0004); 3: quarantine (schema/0005, parsing branch); 4: provider options (schema/0007)
+# 2: cluster tables (schema/0004); 3: quarantine (schema/0005, parsing branch);
+# 4: provider options (schema/0007).
+SCHEMA_VERSION = 4
 
 
 class SchemaTooNew(Exception):
