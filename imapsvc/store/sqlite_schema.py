@@ -22,9 +22,10 @@ import os
 import sqlite3
 
 #: Bumped with every change below; stored in ``PRAGMA user_version``.
-# 2: cluster tables (schema/0004); 3: quarantine (schema/0005, parsing branch);
-# 4: provider options (schema/0007).
-SCHEMA_VERSION = 4
+# 2: cluster tables (schema/0004); 3: message failures (schema/0005) and
+# 4: backfill (schema/0008), both merged on main meanwhile; 5: provider
+# options (schema/0007, write-back).
+SCHEMA_VERSION = 5
 
 
 class SchemaTooNew(Exception):
