@@ -280,6 +280,29 @@ def set_active(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def set_write_back(ctx: Context, args: argparse.Namespace) -> int:
+    """``imap_provider_options.write_back`` (issue 13 item 3)."""
+    from imapsvc.core.write_back import parse_mode
+
+    tenant = parse_uuid(args.tenant, "--tenant")
+    provider_id = parse_uuid(args.provider, "--provider")
+    if args.mode.strip().lower() == "default":
+        mode: Optional[str] = None
+    else:
+        try:
+            mode = str(parse_mode(args.mode))
+        except ValueError as e:
+            raise InputError(f"--mode: {e}") from None
+    store = ctx.open_store(False)
+    try:
+        store.set_write_back(tenant, provider_id, mode)
+    finally:
+        store.close()
+    what = "the IMAP_WRITE_BACK default" if mode is None else mode
+    ctx.out.write(f"provider {provider_id} write-back: {what} (from its next sync)\n")
+    return 0
+
+
 def remove(ctx: Context, args: argparse.Namespace) -> int:
     tenant = parse_uuid(args.tenant, "--tenant")
     provider_id = parse_uuid(args.provider, "--provider")
@@ -422,6 +445,14 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser,
                    help="days (0: off, the recent window) or 'default' "
                         "(IMAP_FIRST_SYNC_SINCE_DAYS)")
     p.set_defaults(provider_run=set_first_sync)
+
+    p = sub.add_parser("set-write-back",
+                       help="what to do to processed mail in its folder: none, seen, delete, "
+                       "move:<folder>, or default (IMAP_WRITE_BACK)", parents=[parent])
+    ident(p)
+    p.add_argument("--mode", required=True,
+                   help="none | seen | delete | move:<folder> | default")
+    p.set_defaults(provider_run=set_write_back)
 
     p = sub.add_parser("remove", help="delete a provider and its secrets", parents=[parent])
     ident(p)

@@ -42,6 +42,10 @@ def folder_counters(snapshot: dict) -> dict:
         "uidNext": snapshot.get("uidNext"),
         "lag": snapshot.get("lag"),
     }
+    write_back = snapshot.get("writeBack") or {}
+    if write_back.get("mode") not in (None, "none"):
+        out["writeBackApplied"] = write_back.get("applied")
+        out["writeBackFailed"] = write_back.get("failed")
     cursor = snapshot.get("cursor")
     if cursor:
         out["lastUid"] = cursor.get("last_uid")

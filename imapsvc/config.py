@@ -223,6 +223,16 @@ def choice(*values: str) -> Callable[[str], str]:
     return parse
 
 
+def write_back_mode(text: str) -> str:
+    """``none`` | ``seen`` | ``delete`` | ``move:<folder>`` (issue 13 item 3)."""
+    from imapsvc.core.write_back import parse_mode
+
+    try:
+        return str(parse_mode(text))
+    except ValueError as e:
+        raise _Invalid(str(e)) from None
+
+
 def existing_file(text: str) -> str:
     text = text.strip()
     if not os.path.isfile(text):
@@ -380,6 +390,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IMAP_OAUTH_AUTH_MECHANISM", choice("auto", "xoauth2", "oauthbearer"), "auto",
             "SASL mechanism of OAuth2 logins: auto (OAUTHBEARER only when the server offers it"
             " and not XOAUTH2), xoauth2 or oauthbearer", _C),
+    # Write-back (issue 13 item 3)
+    Setting("IMAP_WRITE_BACK", write_back_mode, "none",
+            "what to do to a message in its folder once its event is committed, for providers "
+            "without their own option (`provider set-write-back`): none (read-only EXAMINE), "
+            "seen, delete (needs UIDPLUS) or move:<folder> (MOVE, else UIDPLUS)", _C),
     # Capacity
     Setting("IMAP_MAX_EMAILS_PER_SYNC", positive_int, 5,
             "recent window (messages) for a folder with no cursor", _P),
@@ -610,6 +625,7 @@ class Settings:
     enable_utf8: bool = _default("IMAP_ENABLE_UTF8")
     auth_failure_pause_after: int = _default("IMAP_AUTH_FAILURE_PAUSE_AFTER")
     oauth_auth_mechanism: str = _default("IMAP_OAUTH_AUTH_MECHANISM")
+    write_back: str = _default("IMAP_WRITE_BACK")
     max_emails_per_sync: int = _default("IMAP_MAX_EMAILS_PER_SYNC")
     first_sync_since_days: int = _default("IMAP_FIRST_SYNC_SINCE_DAYS")
     max_connections_per_tenant: int = _default("IMAP_MAX_CONNECTIONS_PER_TENANT")

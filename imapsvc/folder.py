@@ -33,14 +33,22 @@ from imapsvc import folder_state as S
 from imapsvc.config import IDLE_RESTART_LIMIT_MS
 from imapsvc.core import plan as P
 from imapsvc.core import poison
+from imapsvc.core import write_back as WB
 from imapsvc.core.auth import MECH_AUTO, OAUTH_MECHANISMS
 from imapsvc.core.backoff import Rand, timer_delay
 from imapsvc.core.cursor import REASON_RESUME, advance, compute_start, since_days_ago
-from imapsvc.core.folders import WILDCARD, display_name, expand_wildcard, resolve_folder
+from imapsvc.core.folders import (
+    WILDCARD,
+    display_name,
+    encode_mutf7,
+    expand_wildcard,
+    resolve_folder,
+)
 from imapsvc.imap.extensions import client_id_fields
 from imapsvc.imap.factory import FolderClientFactory, set_keepalive
 from imapsvc.imap.responses import sorted_unique_from
 from imapsvc.interfaces import LeaseLost
+from imapsvc.logging import redact
 from imapsvc.model import FolderCursor, Limits, ProviderConfig
 from imapsvc.oauth import REFRESH_MARGIN_S
 from imapsvc.secret_chain import CredentialsMissing
@@ -117,6 +125,8 @@ class FolderOptions:
     quarantine_ms: int = 6 * 3600 * 1000
     #: ``IMAP_FIRST_SYNC_SINCE_DAYS``: a first sync by date (0: the window).
     first_sync_since_days: int = 0
+    #: ``IMAP_WRITE_BACK``: the mode of providers without their own option.
+    write_back: str = "none"
 
     @classmethod
     def from_settings(cls, settings: Any) -> FolderOptions:
@@ -251,6 +261,14 @@ class FolderService(service.Service):
         self.capabilities: list[str] = []
         self.sync_count = 0
         self.handed_off = 0
+        # Write-back (issue 13 item 3): counters for /status and /metrics,
+        # UIDs whose write-back failed (by UIDVALIDITY; retried at the next
+        # sync while this process runs), and the once-per-start sweep.
+        self.write_backs_applied = 0
+        self.write_backs_failed = 0
+        self.write_back_error: Optional[str] = None
+        self._write_back_pending: dict[str, set[int]] = {}
+        self._write_back_swept = False
         # Counters for /metrics (scraped through snapshot()).
         self.bytes_fetched = 0
         self.idle_wakeups = 0
@@ -340,6 +358,7 @@ class FolderService(service.Service):
             "idleWakeups": self.idle_wakeups,
             "idleKeepalives": self.idle_keepalives,
             "reconnects": dict(self.reconnects),
+            "writeBack": self._write_back_status(),
             "uidNext": self.uid_next,
             "poisonSkipped": self.poison_skipped,
             "quarantinedUntil": self.quarantined_until if self.quarantined() else None,
@@ -681,7 +700,12 @@ class FolderService(service.Service):
         self._set_state(S.SYNCING, "sync")
         self._wake_pending = False
         self.sync_count += 1
-        info = yield proto.examine_folder(name)
+        write_back = self._write_back_mode()
+        if write_back.enabled:
+            # Write-back needs the folder read-write; nothing else differs.
+            info = yield proto.select_folder(name)
+        else:
+            info = yield proto.examine_folder(name)
         self._check()
         # EXISTS that arrives during this sync's commands is not an IDLE
         # event: remember where we started so the loop can sync again.
@@ -705,6 +729,12 @@ class FolderService(service.Service):
                 detail=start.detail,
             )
         self.cursor = stored or start.cursor
+        if write_back.enabled:
+            # What an earlier sync failed to write back, and after a start
+            # what a crash may have left: all at or below the cursor.
+            yield self._write_back_retry(
+                proto, name, write_back, start.cursor.uid_validity or "", start.cursor
+            )
         uids: Any = []
         if start.search_range:
             uids = yield proto.uid_search_from(start.first_uid)
@@ -772,6 +802,11 @@ class FolderService(service.Service):
                         self.provider, name, self.owner, messages, write
                     )
                     self.handed_off += len(messages)
+                    if write_back.enabled:
+                        # Only now: the batch (ledger, outbox, cursor) is committed.
+                        yield self._write_back(
+                            proto, name, write_back, validity, [m.uid for m in messages]
+                        )
             except BaseException:
                 if ahead is not None:
                     # The session is dropped for this failure; the chunk read
@@ -892,6 +927,140 @@ class FolderService(service.Service):
             "{label}: UID {uid} skipped as poison after {count} failed fetches: {error}",
             label=self.label, uid=uid, count=count, error=reason,
         )
+
+    # -- write-back (issue 13 item 3) -------------------------------------------
+
+    def _write_back_mode(self) -> WB.WriteBack:
+        """The provider's option, else IMAP_WRITE_BACK; an unusable value
+        (written past the CLI) is reported and means ``none``."""
+        try:
+            return WB.resolve(self.provider.write_back, self.options.write_back)
+        except ValueError as e:
+            text = f"write-back option ignored: {e}"
+            if self.write_back_error != text:
+                self.log.warn("{label}: {error}", label=self.label, error=text)
+            self.write_back_error = text
+            return WB.WriteBack()
+
+    def _write_back_status(self) -> dict:
+        try:
+            mode = str(WB.resolve(self.provider.write_back, self.options.write_back))
+        except ValueError:
+            mode = "invalid"
+        return {
+            "mode": mode,
+            "applied": self.write_backs_applied,
+            "failed": self.write_backs_failed,
+            "pending": sum(len(u) for u in self._write_back_pending.values()),
+            "lastError": redact(self.write_back_error) if self.write_back_error else None,
+        }
+
+    @defer.inlineCallbacks
+    def _write_back(self, proto: Any, name: str, mode: WB.WriteBack, validity: str,
+                    uids: list[int]):  # type: ignore[no-untyped-def]
+        """Carry ``mode`` out on ``uids`` (recorded already). A refusal is
+        counted and the UIDs kept for a retry; it never fails the sync (the
+        events are safe in the ledger). A lost connection does fail it, as
+        any command's would: the retry then comes from the pending set or
+        the sweep."""
+        uids = sorted(set(uids))
+        if not uids:
+            return
+        try:
+            steps = WB.plan_steps(mode, self.capabilities)
+        except WB.WriteBackUnsupported as e:
+            self._write_back_failed(validity, uids, str(e), retry=False)
+            return
+        target = None
+        if mode.folder is not None:
+            target = encode_mutf7(mode.folder)
+            if WB.same_folder(target, name):
+                self._write_back_failed(
+                    validity, uids, "write-back move target is the watched folder itself",
+                    retry=False,
+                )
+                return
+        from imapsvc.imap.errors import CommandFailed
+
+        try:
+            for step in steps:
+                self._check()
+                if step == WB.STEP_SEEN:
+                    yield proto.uid_store_flags(uids, ["\\Seen"])
+                elif step == WB.STEP_MOVE:
+                    yield proto.uid_move(uids, target)
+                elif step == WB.STEP_COPY:
+                    yield proto.uid_copy(uids, target)
+                elif step == WB.STEP_DELETED:
+                    yield proto.uid_store_flags(uids, ["\\Deleted"])
+                elif step == WB.STEP_EXPUNGE:
+                    yield proto.uid_expunge(uids)
+        except (CommandFailed, ValueError) as e:
+            self._write_back_failed(validity, uids, _describe(e), retry=True)
+            return
+        self.write_backs_applied += len(uids)
+        pending = self._write_back_pending.get(validity)
+        if pending:
+            pending.difference_update(uids)
+        if mode.expunges:
+            # EXPUNGE shifts sequence numbers and EXISTS counts: a new
+            # message announced meanwhile could look like no change, so
+            # look once more (UIDs only grow; the cursor is unaffected).
+            self._wake_pending = True
+
+    def _write_back_failed(self, validity: str, uids: list[int], text: str,
+                           retry: bool) -> None:
+        self.write_backs_failed += len(uids)
+        self.write_back_error = text
+        self.log.warn(
+            "{label}: write-back of {count} messages failed ({error}); {what}",
+            label=self.label,
+            count=len(uids),
+            error=text,
+            what="retried at the next sync" if retry else "not retried",
+        )
+        if not retry:
+            return
+        pending = self._write_back_pending.setdefault(validity, set())
+        pending.update(uids)
+        if len(pending) > WB.MAX_PENDING:
+            for uid in sorted(pending)[: len(pending) - WB.MAX_PENDING]:
+                pending.discard(uid)
+
+    @defer.inlineCallbacks
+    def _write_back_retry(self, proto: Any, name: str, mode: WB.WriteBack, validity: str,
+                          cursor: Any):  # type: ignore[no-untyped-def]
+        """Before fetching: retry failed write-backs at or below the cursor,
+        and once per start (move, delete) sweep recorded messages still in
+        the folder within :data:`~imapsvc.core.write_back.SWEEP_WINDOW` UIDs
+        below the cursor: what a crash between commit and write-back left."""
+        for other in [v for v in self._write_back_pending if v != validity]:
+            del self._write_back_pending[other]  # UIDs of another UIDVALIDITY mean nothing
+        try:
+            last = int(getattr(cursor, "last_uid", None) or 0)
+        except ValueError:
+            last = 0
+        uids = {u for u in self._write_back_pending.get(validity, ()) if u <= last}
+        try:
+            WB.plan_steps(mode, self.capabilities)
+        except WB.WriteBackUnsupported:
+            return  # reported with each batch; nothing to retry on this server
+        if not self._write_back_swept and mode.expunges:
+            self._write_back_swept = True
+            span = WB.sweep_range(str(last))
+            if span is not None:
+                present = yield proto.uid_search_from(span[0])
+                self._check()
+                present = {u for u in present if span[0] <= u <= span[1]}
+                if present:
+                    tenant, pid = self.provider.tenant, self.provider.provider_id
+                    recorded = yield self.store.recorded_uids(
+                        tenant, pid, name, validity, span[0], span[1]
+                    )
+                    self._check()
+                    uids |= present & set(recorded)
+        if uids:
+            yield self._write_back(proto, name, mode, validity, sorted(uids))
 
     @defer.inlineCallbacks
     def _fetch_chunk(self, proto: Any, name: str, validity: str, chunk: list[int]):  # type: ignore[no-untyped-def]

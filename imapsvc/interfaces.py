@@ -132,6 +132,17 @@ class IStore(Interface):
         rows (last touched) older than the retention.
         :rtype: Deferred[int] rows deleted."""
 
+    def set_write_back(tenant, provider_id, mode):
+        """Store the provider's write-back option (``imap_provider_options``;
+        ``None`` clears it: the environment default applies). The mode is
+        validated by the caller (:func:`imapsvc.core.write_back.parse_mode`).
+        :rtype: Deferred[bool]: ``False`` when the provider is unknown."""
+
+    def recorded_uids(tenant, provider_id, folder, uid_validity, first_uid, last_uid):
+        """UIDs of ``folder`` (this UIDVALIDITY) in ``first_uid..last_uid``
+        that the ledger holds (the write-back sweep after a restart).
+        :rtype: Deferred[list[int]] sorted."""
+
     def put_secret(tenant, name, ciphertext):
         """Store an encrypted secret (bytes) under ``name``."""
 
@@ -351,8 +362,9 @@ class IAdmin(Interface):
 class IIMAPSession(Interface):
     """One IMAP connection as the folder engine (:mod:`imapsvc.folder`)
     drives it: greeting, TLS, login, LIST, EXAMINE, UID SEARCH, UID FETCH,
-    IDLE, LOGOUT. :class:`imapsvc.imap.protocol.FolderIMAPClient` is the real
-    one, :class:`imapsvc.testing.FakeIMAPSession` the in-memory one; both pass
+    IDLE, LOGOUT; with write-back SELECT, UID STORE/MOVE/COPY/EXPUNGE.
+    :class:`imapsvc.imap.protocol.FolderIMAPClient` is the real one,
+    :class:`imapsvc.testing.FakeIMAPSession` the in-memory one; both pass
     ``tests/session_contract.py``.
 
     Capability dicts have Twisted's shape: ``{b"IDLE": None, b"AUTH":
@@ -413,6 +425,38 @@ class IIMAPSession(Interface):
         :rtype: Deferred[dict]: ``{"uidvalidity": int, "uidnext":
             Optional[int], "exists": int, "read_only": bool}``.
         :raises CommandFailed: no such folder.
+        """
+
+    def select_folder(name):
+        """``SELECT name`` (read-write): only with write-back on.
+
+        :rtype: Deferred[dict]: as :meth:`examine_folder`.
+        :raises CommandFailed: no such folder.
+        """
+
+    def uid_store_flags(uids, flags):
+        """``UID STORE uids +FLAGS.SILENT (flags)``.
+
+        :rtype: Deferred[None]. :raises CommandFailed: ``NO``/``BAD``
+            (the session stays usable).
+        """
+
+    def uid_move(uids, folder):
+        """``UID MOVE uids folder`` (RFC 6851; only when MOVE is offered).
+
+        :rtype: Deferred[None]. :raises CommandFailed: refused (session kept).
+        """
+
+    def uid_copy(uids, folder):
+        """``UID COPY uids folder``.
+
+        :rtype: Deferred[None]. :raises CommandFailed: refused (session kept).
+        """
+
+    def uid_expunge(uids):
+        """``UID EXPUNGE uids`` (RFC 4315; only when UIDPLUS is offered).
+
+        :rtype: Deferred[None]. :raises CommandFailed: refused (session kept).
         """
 
     def uid_search_from(first_uid):

@@ -107,6 +107,7 @@ class ServiceCollector(Collector):
             quarantined.add_metric([], sum(1 for f in folders if f.get("quarantinedUntil")))
             poison.add_metric([], sum(_num(f.get("poisonSkipped")) for f in folders))
         yield from (syncs, handed, bytes_, wakeups, reconnects, lag, state, quarantined, poison)
+        yield from self._write_backs(providers, labels)
         quarantines = CounterMetricFamily(
             "imapsvc_quarantines", "Times a provider's server was quarantined"
         )
@@ -168,6 +169,32 @@ class ServiceCollector(Collector):
         age.add_metric([], _num(relay.get("oldest_age_s")))
         yield age
 
+
+    def _write_backs(self, providers: list, labels: list) -> Iterable[Any]:
+        """Write-back after the commit (issue 13 item 3), from each folder
+        snapshot's ``writeBack``."""
+        applied = CounterMetricFamily(
+            "imapsvc_write_backs_applied",
+            "Messages flagged, moved or deleted after their event was committed", labels=labels,
+        )
+        failed = CounterMetricFamily(
+            "imapsvc_write_backs_failed",
+            "Write-backs refused or impossible (the events stand)", labels=labels,
+        )
+        totals = [0.0, 0.0]
+        for p in providers:
+            for name, f in (p.get("folders") or {}).items():
+                wb = f.get("writeBack") or {}
+                if self._detailed:
+                    key = [p.get("tenant", ""), p.get("providerId", ""), name]
+                    applied.add_metric(key, _num(wb.get("applied")))
+                    failed.add_metric(key, _num(wb.get("failed")))
+                totals[0] += _num(wb.get("applied"))
+                totals[1] += _num(wb.get("failed"))
+        if not self._detailed:
+            applied.add_metric([], totals[0])
+            failed.add_metric([], totals[1])
+        yield from (applied, failed)
 
     @staticmethod
     def _add_totals(providers, syncs, handed, bytes_, wakeups, reconnects, lag, state) -> None:

@@ -99,6 +99,9 @@ class ProviderConfig:
     inbound_paused_at: Optional[datetime] = None
     inbound_auth_failure_count: int = 0
     updated_at: Optional[datetime] = None
+    #: ``imap_provider_options.write_back`` (issue 13 item 3): ``none``,
+    #: ``seen``, ``delete``, ``move:<folder>``; ``None``: IMAP_WRITE_BACK.
+    write_back: Optional[str] = None
     #: Set by a store when the row could not be read faithfully (say, a
     #: ``folder_filters`` that is not a list of strings): the supervisor
     #: marks such a provider ``error`` with this reason instead of running it.

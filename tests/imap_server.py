@@ -1,7 +1,8 @@
 """A small, well-behaved IMAP server over a :class:`imapsvc.testing.FakeMailbox`,
 speaking real IMAP bytes: LOGIN, AUTHENTICATE (XOAUTH2/OAUTHBEARER, with or
-without SASL-IR), CAPABILITY, NOOP, LIST, EXAMINE, UID SEARCH, UID FETCH
-(literals for header, sections and whole messages), IDLE/DONE, LOGOUT;
+without SASL-IR), CAPABILITY, NOOP, LIST, EXAMINE, SELECT, UID SEARCH, UID FETCH
+(literals for header, sections and whole messages), UID STORE, UID MOVE,
+UID COPY, UID EXPUNGE (write-back), IDLE/DONE, LOGOUT;
 literals in commands, synchronising or LITERAL+. It honours the mailbox's
 scripted failures the way a real server shows them (``NO [code]`` to a login
 or a FETCH, a dropped connection), so the real client can be checked
@@ -59,6 +60,7 @@ class ScriptedIMAPServer(LineReceiver):
     def __init__(self, mailbox: FakeMailbox) -> None:
         self.mailbox = mailbox
         self.selected: Optional[str] = None
+        self.read_write = False
         self.received: list[bytes] = []
         self._texts: list[bytes] = []
         self._literals: list[bytes] = []
@@ -220,9 +222,10 @@ class ScriptedIMAPServer(LineReceiver):
             self._send(b"* LIST (" + flags + b") " + delimiter + b" " + _quote(folder.name))
         self._tagged(tag, b"OK List completed.")
 
-    def do_EXAMINE(self, tag: bytes, args: list) -> None:  # noqa: N802
+    def do_EXAMINE(self, tag: bytes, args: list, select: bool = False) -> None:  # noqa: N802
         name = responses.as_bytes(args[0]).decode("utf-8") if args else ""
         folder = self.mailbox.folders.get(name)
+        self.read_write = select
         if folder is None:
             self.selected = None
             self._tagged(tag, b"NO [NONEXISTENT] Mailbox doesn't exist: " + name.encode())
@@ -234,7 +237,79 @@ class ScriptedIMAPServer(LineReceiver):
         self._send(b"* 0 RECENT")
         self._send(b"* OK [UIDVALIDITY %d] UIDs valid" % folder.uidvalidity)
         self._send(b"* OK [UIDNEXT %d] Predicted next UID" % folder.uidnext)
-        self._tagged(tag, b"OK [READ-ONLY] Examine completed.")
+        if select:
+            self._tagged(tag, b"OK [READ-WRITE] Select completed.")
+        else:
+            self._tagged(tag, b"OK [READ-ONLY] Examine completed.")
+
+    def do_SELECT(self, tag: bytes, args: list) -> None:  # noqa: N802
+        self.do_EXAMINE(tag, args, select=True)
+
+    def _writable(self, tag: bytes, command: str) -> Optional[FakeFolder]:
+        folder = self._folder()
+        if folder is None:
+            self._tagged(tag, b"BAD No mailbox selected")
+            return None
+        if not self.read_write:
+            self._tagged(tag, b"NO Mailbox is read-only.")
+            return None
+        failure = self.mailbox.write_failure(command)
+        if failure is not None:
+            code, text = failure
+            bracket = b"[" + code.encode("ascii") + b"] " if code else b""
+            self._tagged(tag, b"NO " + bracket + text.encode("utf-8"))
+            return None
+        return folder
+
+    def do_UID_STORE(self, tag: bytes, args: list) -> None:  # noqa: N802
+        if self._folder() is not None and not self.read_write:
+            # As Dovecot: OK, and an EXAMINEd folder's flags stay as they are.
+            self._tagged(tag, b"OK Store completed.")
+            return
+        folder = self._writable(tag, "UID STORE")
+        if folder is None:
+            return
+        uids = self._uid_set(responses.as_bytes(args[0]).decode("ascii"), folder)
+        flags = [responses.as_bytes(f).decode("ascii") for f in args[2]]
+        self.mailbox.store_flags(folder.name, uids, flags)
+        self._tagged(tag, b"OK Store completed.")
+
+    def _copy_or_move(self, tag: bytes, args: list, command: str, move: bool) -> None:
+        folder = self._writable(tag, command)
+        if folder is None:
+            return
+        uids = self._uid_set(responses.as_bytes(args[0]).decode("ascii"), folder)
+        target = responses.as_bytes(args[1]).decode("utf-8")
+        if target not in self.mailbox.folders:
+            self._tagged(tag, b"NO [TRYCREATE] Mailbox doesn't exist: " + target.encode())
+            return
+        if move:
+            for seq in self.mailbox.move(folder.name, uids, target):
+                self._send(b"* %d EXPUNGE" % seq)
+        else:
+            self.mailbox.copy(folder.name, uids, target)
+        self._tagged(tag, b"OK " + command.split()[1].encode() + b" completed.")
+
+    def do_UID_COPY(self, tag: bytes, args: list) -> None:  # noqa: N802
+        self._copy_or_move(tag, args, "UID COPY", move=False)
+
+    def do_UID_MOVE(self, tag: bytes, args: list) -> None:  # noqa: N802
+        if "MOVE" not in self.mailbox.capability_words:
+            self._tagged(tag, b"BAD Unknown command")
+            return
+        self._copy_or_move(tag, args, "UID MOVE", move=True)
+
+    def do_UID_EXPUNGE(self, tag: bytes, args: list) -> None:  # noqa: N802
+        if "UIDPLUS" not in self.mailbox.capability_words:
+            self._tagged(tag, b"BAD Unknown command")
+            return
+        folder = self._writable(tag, "UID EXPUNGE")
+        if folder is None:
+            return
+        uids = self._uid_set(responses.as_bytes(args[0]).decode("ascii"), folder)
+        for seq in self.mailbox.expunge(folder.name, uids):
+            self._send(b"* %d EXPUNGE" % seq)
+        self._tagged(tag, b"OK Expunge completed.")
 
     def _folder(self) -> Optional[FakeFolder]:
         return self.mailbox.folders.get(self.selected) if self.selected else None

@@ -260,6 +260,107 @@ class SessionContractMixin:
         self.assertEqual(self.result(session.uid_search_since("1-Mar-2026")), [])  # type: ignore[attr-defined]
         self.assertEqual(self.result(session.uid_search_since("1-Jan-2020")), [1, 2, 3, 4])  # type: ignore[attr-defined]
 
+    # -- write-back (issue 13 item 3) -------------------------------------------------
+
+    def selected(self, mailbox: FakeMailbox, count: int = 3) -> Any:
+        for n in range(count):
+            mailbox.append(plain(n))
+        session = self.logged_in(mailbox, folder=None)
+        info = self.result(session.select_folder("INBOX"))
+        self.assertFalse(info["read_only"])  # type: ignore[attr-defined]
+        self.assertEqual(info["exists"], count)  # type: ignore[attr-defined]
+        return session
+
+    def test_select_answers_read_write(self) -> None:
+        mailbox = self.mailbox()
+        session = self.selected(mailbox)
+        info = self.result(session.select_folder("INBOX"))
+        self.assertEqual(  # type: ignore[attr-defined]
+            info,
+            {"uidvalidity": mailbox.folders["INBOX"].uidvalidity, "uidnext": 4, "exists": 3,
+             "read_only": False},
+        )
+        f = self.failure(session.select_folder("Nope"), CommandFailed)
+        self.assertEqual(f.value.code, "NONEXISTENT")  # type: ignore[attr-defined]
+
+    def test_store_seen_sets_the_flag_of_those_uids_only(self) -> None:
+        mailbox = self.mailbox()
+        session = self.selected(mailbox)
+        self.assertIsNone(self.result(session.uid_store_flags([1, 3, 99], ["\\Seen"])))  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.flags(1), {"\\Seen"})  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.flags(2), set())  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.flags(3), {"\\Seen"})  # type: ignore[attr-defined]
+        # Again: harmless.
+        self.result(session.uid_store_flags([1], ["\\Seen"]))
+        self.assertEqual(mailbox.flags(1), {"\\Seen"})  # type: ignore[attr-defined]
+
+    def test_store_on_an_examined_folder_changes_nothing(self) -> None:
+        # As Dovecot answers it (tests/integration/test_write_back_dovecot.py):
+        # OK, flags unchanged. The folder SELECTs before any write-back.
+        mailbox = self.mailbox()
+        mailbox.append(plain(1))
+        session = self.logged_in(mailbox)  # EXAMINE
+        self.assertIsNone(self.result(session.uid_store_flags([1], ["\\Seen"])))  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.flags(1), set())  # type: ignore[attr-defined]
+        self.assertEqual(self.result(session.uid_search_from(1)), [1])  # type: ignore[attr-defined]
+
+    def test_move_moves_by_uid(self) -> None:
+        mailbox = self.mailbox(
+            capabilities=("IMAP4rev1", "IDLE", "MOVE", "AUTH=PLAIN"), folders=("INBOX", "Done")
+        )
+        session = self.selected(mailbox, 4)
+        self.assertIsNone(self.result(session.uid_move([2, 3, 99], "Done")))  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.uids("INBOX"), [1, 4])  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.uids("Done"), [1, 2])  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.folders["Done"].messages[1].raw, plain(1))  # type: ignore[attr-defined]
+        # Moving what is gone again changes nothing; the session goes on.
+        self.result(session.uid_move([2, 3], "Done"))
+        self.assertEqual(mailbox.uids("Done"), [1, 2])  # type: ignore[attr-defined]
+        self.assertEqual(self.result(session.uid_search_from(1)), [1, 4])  # type: ignore[attr-defined]
+
+    def test_move_to_a_missing_folder_fails_softly(self) -> None:
+        mailbox = self.mailbox(capabilities=("IMAP4rev1", "MOVE", "AUTH=PLAIN"))
+        session = self.selected(mailbox, 2)
+        f = self.failure(session.uid_move([1], "Processed"), CommandFailed)
+        self.assertEqual(f.value.code, "TRYCREATE")  # type: ignore[attr-defined]
+        self.assertEqual(  # type: ignore[attr-defined]
+            str(f.value.text), "UID MOVE NO: Mailbox doesn't exist: Processed"
+        )
+        self.assertEqual(mailbox.uids(), [1, 2])  # type: ignore[attr-defined]
+        self.assertEqual(self.result(session.uid_search_from(1)), [1, 2])  # type: ignore[attr-defined]
+
+    def test_copy_deleted_expunge(self) -> None:
+        mailbox = self.mailbox(
+            capabilities=("IMAP4rev1", "UIDPLUS", "AUTH=PLAIN"), folders=("INBOX", "Done")
+        )
+        session = self.selected(mailbox, 3)
+        mailbox.store_flags("INBOX", [3], ["\\Deleted"])  # somebody else's
+        self.result(session.uid_copy([1, 2], "Done"))
+        self.assertEqual(mailbox.uids("INBOX"), [1, 2, 3])  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.uids("Done"), [1, 2])  # type: ignore[attr-defined]
+        self.result(session.uid_store_flags([1, 2], ["\\Deleted"]))
+        self.result(session.uid_expunge([1, 2]))
+        # UID EXPUNGE leaves the other \Deleted message alone.
+        self.assertEqual(mailbox.uids("INBOX"), [3])  # type: ignore[attr-defined]
+
+    def test_move_and_expunge_need_their_extension(self) -> None:
+        mailbox = self.mailbox(capabilities=("IMAP4rev1", "AUTH=PLAIN"), folders=("INBOX", "Done"))
+        session = self.selected(mailbox, 1)
+        f = self.failure(session.uid_move([1], "Done"), CommandFailed)
+        self.assertEqual(str(f.value.text), "UID MOVE BAD: Unknown command")  # type: ignore[attr-defined]
+        self.failure(session.uid_expunge([1]), CommandFailed)
+        self.assertEqual(mailbox.uids(), [1])  # type: ignore[attr-defined]
+        self.assertEqual(self.result(session.uid_search_from(1)), [1])  # type: ignore[attr-defined]
+
+    def test_scripted_write_failure(self) -> None:
+        mailbox = self.mailbox()
+        session = self.selected(mailbox, 1)
+        mailbox.fail_write("UID STORE", "SERVERBUG", "try later")
+        f = self.failure(session.uid_store_flags([1], ["\\Seen"]), CommandFailed)
+        self.assertEqual(f.value.code, "SERVERBUG")  # type: ignore[attr-defined]
+        self.result(session.uid_store_flags([1], ["\\Seen"]))
+        self.assertEqual(mailbox.flags(1), {"\\Seen"})  # type: ignore[attr-defined]
+
     # -- fetching --------------------------------------------------------------------
 
     def test_fetch_full_gives_exact_bytes_by_uid(self) -> None:

@@ -532,6 +532,54 @@ class StoreContractMixin:
         self.assertEqual((yield defer.maybeDeferred(self.ledger_rows, p.tenant, p.provider_id)),
                          [])
 
+    # -- provider options and the write-back sweep (issue 13 item 3) ---------------
+
+    @defer.inlineCallbacks
+    def test_write_back_option_is_read_with_the_provider(self) -> Any:
+        p = yield self.provider()
+        other = yield self.provider(tenant=p.tenant)
+        got = yield self.store.get_provider(p.tenant, p.provider_id)
+        self.assertIsNone(got.write_back)
+        self.assertTrue((yield self.store.set_write_back(p.tenant, p.provider_id,
+                                                         "move:Processed/Ä")))
+        got = yield self.store.get_provider(p.tenant, p.provider_id)
+        self.assertEqual(got.write_back, "move:Processed/Ä")
+        active = yield self.store.list_active_providers(p.tenant)
+        by_id = {c.provider_id: c for c in active}
+        self.assertEqual(by_id[p.provider_id].write_back, "move:Processed/Ä")
+        self.assertIsNone(by_id[other.provider_id].write_back)
+        # A change is a change of the config discovery compares.
+        self.assertNotEqual(got, p)
+        yield self.store.set_write_back(p.tenant, p.provider_id, "seen")
+        self.assertEqual((yield self.store.get_provider(p.tenant, p.provider_id)).write_back,
+                         "seen")
+        yield self.store.set_write_back(p.tenant, p.provider_id, None)
+        self.assertIsNone((yield self.store.get_provider(p.tenant, p.provider_id)).write_back)
+        # Another tenant's id, or an unknown one: nothing written.
+        self.assertFalse((yield self.store.set_write_back(new_id(), p.provider_id, "seen")))
+        self.assertFalse((yield self.store.set_write_back(p.tenant, new_id(), "seen")))
+
+    @defer.inlineCallbacks
+    def test_recorded_uids(self) -> Any:
+        p = yield self.leased()
+        yield self.store.record_batch(
+            p.tenant, p.provider_id, "INBOX", "worker-a",
+            [record(1), record(2), record(5), record(7, outcome=OUTCOME_SKIPPED),
+             record(3, uid_validity="8")],
+            FolderCursor("7", "7"))
+        yield self.store.record_batch(p.tenant, p.provider_id, "Other", "worker-a",
+                                      [record(4, folder="Other")], FolderCursor("7", "4"))
+        got = yield self.store.recorded_uids(p.tenant, p.provider_id, "INBOX", "7", 1, 10)
+        self.assertEqual(got, [1, 2, 5, 7])
+        got = yield self.store.recorded_uids(p.tenant, p.provider_id, "INBOX", "7", 2, 5)
+        self.assertEqual(got, [2, 5])
+        got = yield self.store.recorded_uids(p.tenant, p.provider_id, "INBOX", "8", 1, 10)
+        self.assertEqual(got, [3])
+        got = yield self.store.recorded_uids(p.tenant, p.provider_id, "Other", "7", 1, 10)
+        self.assertEqual(got, [4])
+        got = yield self.store.recorded_uids(new_id(), p.provider_id, "INBOX", "7", 1, 10)
+        self.assertEqual(got, [])
+
     # -- secrets ---------------------------------------------------------------
 
     @defer.inlineCallbacks

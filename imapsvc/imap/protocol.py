@@ -570,6 +570,13 @@ class FolderIMAPClient(IMAP4Client):
             self._send_next()
             cmd.defer.callback(None)
             return
+        if kind != "OK" and cmd.kind == "soft":
+            # A refused write-back (target folder missing, quota, ...) is the
+            # caller's to record; the session itself is fine.
+            self._current = None
+            self._send_next()
+            cmd.defer.errback(self._error_for(cmd, kind, code, text))
+            return
         if kind != "OK":
             self._drop(self._error_for(cmd, kind, code, text), abort=False)
             return
@@ -935,6 +942,66 @@ class FolderIMAPClient(IMAP4Client):
 
         cmd.on_ok = done
         return self._submit(cmd)
+
+    # -- write-back (issue 13 item 3; only after the batch is committed) -----
+
+    def select_folder(self, name: str) -> defer.Deferred:
+        """``SELECT name`` (read-write, for write-back) -> the same dict as
+        :meth:`examine_folder`; ``read_only`` is true unless the server
+        answered ``[READ-WRITE]``."""
+        cmd = _Command(b"SELECT", self._arguments(b"SELECT", [self._wire_name(name)]))
+
+        def done(cmd, code):
+            found: dict[str, Optional[int]] = {"uidvalidity": None, "uidnext": None}
+            for _kind, resp_code, args, _text in cmd.codes:
+                key = (resp_code or "").lower()
+                if key in found:
+                    try:
+                        found[key] = int(args.split()[0])
+                    except (ValueError, IndexError):
+                        raise ProtocolViolation(f"bad {resp_code} in SELECT answer") from None
+            if found["uidvalidity"] is None:
+                raise ProtocolViolation("SELECT answer without UIDVALIDITY")
+            self.state = "selected"
+            return {
+                "uidvalidity": found["uidvalidity"],
+                "uidnext": found["uidnext"],
+                "exists": cmd.exists or 0,
+                "read_only": code != "READ-WRITE",
+            }
+
+        cmd.on_ok = done
+        return self._submit(cmd)
+
+    def uid_store_flags(self, uids: Sequence[int], flags: Sequence[str]) -> defer.Deferred:
+        """``UID STORE uids +FLAGS.SILENT (flags)``; fires with ``None``. A
+        ``NO`` fails the Deferred with CommandFailed and keeps the session."""
+        for flag in flags:
+            if not flag or any(c in flag for c in ' ()"{\r\n') or not flag.isascii():
+                return defer.fail(ValueError(f"unusable flag {flag!r}"))
+        line = (
+            b"UID STORE " + responses.uid_set(uids) + b" +FLAGS.SILENT ("
+            + " ".join(flags).encode("ascii") + b")"
+        )
+        return self._submit(_Command(b"UID STORE", [line], "soft"))
+
+    def uid_move(self, uids: Sequence[int], folder: str) -> defer.Deferred:
+        """``UID MOVE uids folder`` (RFC 6851); fires with ``None``."""
+        prefix = b"UID MOVE " + responses.uid_set(uids)
+        chunks = self._arguments(prefix, [self._wire_name(folder)])
+        return self._submit(_Command(b"UID MOVE", chunks, "soft"))
+
+    def uid_copy(self, uids: Sequence[int], folder: str) -> defer.Deferred:
+        """``UID COPY uids folder``; fires with ``None``."""
+        prefix = b"UID COPY " + responses.uid_set(uids)
+        chunks = self._arguments(prefix, [self._wire_name(folder)])
+        return self._submit(_Command(b"UID COPY", chunks, "soft"))
+
+    def uid_expunge(self, uids: Sequence[int]) -> defer.Deferred:
+        """``UID EXPUNGE uids`` (RFC 4315, UIDPLUS): removes only these
+        UIDs' ``\\Deleted`` messages; fires with ``None``."""
+        line = b"UID EXPUNGE " + responses.uid_set(uids)
+        return self._submit(_Command(b"UID EXPUNGE", [line], "soft"))
 
     def _wire_name(self, name: str) -> bytes:
         """A mailbox name (modified UTF-7) as this session sends it: in

@@ -83,6 +83,11 @@ class AdminStore:
         """The provider's own first-sync window. :raises NotFound:"""
         raise NotImplementedError
 
+    def set_write_back(self, tenant: str, provider_id: str, mode: Optional[str]) -> None:
+        """``imap_provider_options.write_back`` (``None``: the environment
+        default). :raises NotFound:"""
+        raise NotImplementedError
+
     def clear_auth_pause(self, tenant: str, provider_id: str) -> bool:
         """New credentials were stored: reset the authentication-failure
         counters and lift an ``auth_failure`` pause (never a ``manual`` or
@@ -195,6 +200,10 @@ class SqliteAdmin(AdminStore):
         if not self._guard(self.ops.set_first_sync_since_days, tenant, provider_id, days):
             raise _missing(tenant, provider_id)
 
+    def set_write_back(self, tenant: str, provider_id: str, mode: Optional[str]) -> None:
+        if not self._guard(self.ops.set_write_back, tenant, provider_id, mode):
+            raise _missing(tenant, provider_id)
+
     def clear_auth_pause(self, tenant: str, provider_id: str) -> bool:
         def run() -> Optional[str]:
             rows = self.conn.execute(
@@ -246,9 +255,11 @@ _PG_PROVIDER_SELECT = """
         c.lease_owner, c.lease_expires_at,
         p.status, p.is_active, p.inbound_paused_at, p.inbound_auth_failure_count,
         GREATEST(p.updated_at, c.updated_at),
-        c.oauth_client_secret, c.refresh_token
+        c.oauth_client_secret, c.refresh_token,
+        o.write_back
     FROM email_providers p
     JOIN imap_email_provider_config c ON c.tenant = p.tenant AND c.email_provider_id = p.id
+    LEFT JOIN imap_provider_options o ON o.tenant = p.tenant AND o.provider_id = p.id
 """
 
 
@@ -394,6 +405,21 @@ class PostgresAdmin(AdminStore):
             " RETURNING 1", (days, tenant, provider_id), fetch=True)
         if not rows:
             raise _missing(tenant, provider_id)
+
+    def set_write_back(self, tenant: str, provider_id: str, mode: Optional[str]) -> None:
+        with self._errors(), self.conn, self.conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM email_providers WHERE tenant = %s AND id = %s",
+                        (tenant, provider_id))
+            if cur.fetchone() is None:
+                raise _missing(tenant, provider_id)
+            cur.execute(
+                "INSERT INTO imap_provider_options (tenant, provider_id, write_back, updated_at)"
+                " VALUES (%s, %s, %s, now()) ON CONFLICT (tenant, provider_id) DO UPDATE"
+                " SET write_back = excluded.write_back, updated_at = now()",
+                (tenant, provider_id, mode))
+            # Read with the provider row: the next discovery pass applies it.
+            cur.execute("UPDATE imap_email_provider_config SET updated_at = now()"
+                        " WHERE tenant = %s AND email_provider_id = %s", (tenant, provider_id))
 
     def clear_auth_pause(self, tenant: str, provider_id: str) -> bool:
         with self._errors(), self.conn, self.conn.cursor() as cur:

@@ -482,6 +482,24 @@ class MemoryStore:
         return deleted
 
     @_wrap
+    def set_write_back(self, tenant: str, provider_id: str, mode: Optional[str]) -> bool:
+        row = self._row(tenant, provider_id)
+        if row is None:
+            return False
+        row["write_back"] = mode
+        row["updated_at"] = self.now()
+        return True
+
+    @_wrap
+    def recorded_uids(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
+                      first_uid: int, last_uid: int) -> list[int]:
+        return sorted(
+            {int(r["uid"]) for r in self._ledger.get((tenant, provider_id), [])
+             if r["folder"] == folder and r["uid_validity"] == str(uid_validity)
+             and first_uid <= int(r["uid"]) <= last_uid}
+        )
+
+    @_wrap
     def put_secret(self, tenant: str, name: str, ciphertext: bytes) -> None:
         self._secrets[(tenant, name)] = bytes(ciphertext)
 

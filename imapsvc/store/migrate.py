@@ -40,6 +40,7 @@ TENANT_TABLES = (
     "imap_message_failures",
     "imap_provider_backfill",
     "imap_folder_backfill",
+    "imap_provider_options",
 )
 
 _BOOTSTRAP = """

@@ -84,12 +84,14 @@ _PROVIDER_COLUMNS = """
     c.lease_owner, c.lease_expires_at,
     p.status, p.is_active, p.inbound_paused_at, p.inbound_auth_failure_count,
     GREATEST(p.updated_at, c.updated_at),
-    c.oauth_client_secret, c.refresh_token
+    c.oauth_client_secret, c.refresh_token,
+    o.write_back
 """
 
 _PROVIDER_FROM = """
     FROM email_providers p
     JOIN imap_email_provider_config c ON c.tenant = p.tenant AND c.email_provider_id = p.id
+    LEFT JOIN imap_provider_options o ON o.tenant = p.tenant AND o.provider_id = p.id
 """
 
 # The fence: the config row locked, and still ours by the database clock
@@ -128,7 +130,9 @@ def provider_from_row(row: Sequence[Any]) -> ProviderConfig:
      timeout_ms, keepalive, max_emails, filters, authorize_url, token_url, client_id,
      scopes, access_token, token_expires_at, folder_state, caps, lease_owner,
      lease_expires_at, status, is_active, paused_at, failures, updated_at,
-     client_secret, refresh_token) = row
+     client_secret, refresh_token) = row[:31]
+    # imap_provider_options (schema/0007), appended so other columns keep their place.
+    write_back = row[31] if len(row) > 31 else None
     return ProviderConfig(
         tenant=str(tenant),
         provider_id=str(pid),
@@ -161,6 +165,7 @@ def provider_from_row(row: Sequence[Any]) -> ProviderConfig:
         updated_at=updated_at,
         oauth_client_secret=client_secret or None,
         refresh_token=refresh_token or None,
+        write_back=write_back,
     )
 
 
@@ -586,6 +591,38 @@ class PostgresStore:
             " FROM imap_event_outbox WHERE published_at IS NULL")
         count, age = rows[0]
         return (int(count), None if age is None else max(0.0, float(age)))
+
+    # -- provider options (schema/0007) ------------------------------------------
+
+    def set_write_back(self, tenant: str, provider_id: str,
+                       mode: Optional[str]) -> defer.Deferred:
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            yield cur.execute("SELECT 1 FROM email_providers WHERE tenant = %s AND id = %s",
+                              (tenant, provider_id))
+            if not cur.fetchall():
+                return False
+            yield cur.execute(
+                "INSERT INTO imap_provider_options (tenant, provider_id, write_back, updated_at)"
+                " VALUES (%s, %s, %s, now()) ON CONFLICT (tenant, provider_id) DO UPDATE"
+                " SET write_back = excluded.write_back, updated_at = now()",
+                (tenant, provider_id, mode))
+            # The option is read with the provider row: the next discovery pass
+            # sees it (the NOTIFY trigger ignores updated_at-only updates).
+            yield cur.execute(
+                "UPDATE imap_email_provider_config SET updated_at = now()"
+                " WHERE tenant = %s AND email_provider_id = %s", (tenant, provider_id))
+            return True
+
+        return self._interact(run)
+
+    def recorded_uids(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
+                      first_uid: int, last_uid: int) -> defer.Deferred:
+        return self._query(
+            "SELECT DISTINCT uid FROM imap_message_ledger WHERE tenant = %s AND provider_id = %s"
+            " AND folder = %s AND uid_validity = %s AND uid BETWEEN %s AND %s ORDER BY uid",
+            (tenant, provider_id, folder, str(uid_validity), int(first_uid), int(last_uid)),
+        ).addCallback(lambda rows: [int(r[0]) for r in rows])
 
     def purge_ledger(self, older_than_days: float) -> defer.Deferred:
         seconds = float(older_than_days) * 86400

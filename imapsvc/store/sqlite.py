@@ -139,9 +139,11 @@ _PROVIDER_SELECT = """
         c.lease_owner, c.lease_expires_at,
         p.status, p.is_active, p.inbound_paused_at, p.inbound_auth_failure_count,
         max(p.updated_at, c.updated_at),
-        c.oauth_client_secret, c.refresh_token
+        c.oauth_client_secret, c.refresh_token,
+        o.write_back
     FROM email_providers p
     JOIN imap_email_provider_config c ON c.tenant = p.tenant AND c.email_provider_id = p.id
+    LEFT JOIN imap_provider_options o ON o.tenant = p.tenant AND o.provider_id = p.id
 """
 
 
@@ -150,7 +152,9 @@ def _provider(row: Sequence[Any]) -> ProviderConfig:
      timeout_ms, keepalive, max_emails, filters, authorize_url, token_url, client_id,
      scopes, access_token, token_expires_at, folder_state, caps, lease_owner,
      lease_expires_at, status, is_active, paused_at, failures, updated_at,
-     client_secret, refresh_token) = row
+     client_secret, refresh_token) = row[:31]
+    # imap_provider_options (schema/0007), appended so other columns keep their place.
+    write_back = row[31] if len(row) > 31 else None
     try:
         filters = None if filters is None else json.loads(filters)
     except ValueError:
@@ -188,6 +192,7 @@ def _provider(row: Sequence[Any]) -> ProviderConfig:
         updated_at=from_ts(updated_at),
         oauth_client_secret=client_secret or None,
         refresh_token=refresh_token or None,
+        write_back=write_back,
     )
 
 
@@ -590,6 +595,35 @@ class SqliteOps:
             return (0, None)
         age = self._seconds() - from_ts(oldest).timestamp()  # type: ignore[union-attr]
         return (int(count), max(0.0, age))
+
+    # -- provider options (schema/0007) ------------------------------------------
+
+    def set_write_back(self, tenant: str, provider_id: str, mode: Optional[str]) -> bool:
+        def run(cur: sqlite3.Cursor) -> bool:
+            cur.execute("SELECT 1 FROM email_providers WHERE tenant = ? AND id = ?",
+                        (tenant, provider_id))
+            if cur.fetchone() is None:
+                return False
+            cur.execute(
+                "INSERT INTO imap_provider_options (tenant, provider_id, write_back, updated_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (tenant, provider_id) DO UPDATE"
+                " SET write_back = excluded.write_back, updated_at = excluded.updated_at",
+                (tenant, provider_id, mode, self.now()))
+            # Read with the provider row: the next discovery pass applies it.
+            cur.execute("UPDATE imap_email_provider_config SET updated_at = ?"
+                        " WHERE tenant = ? AND email_provider_id = ?",
+                        (self.now(), tenant, provider_id))
+            return True
+
+        return bool(self._transaction(run))
+
+    def recorded_uids(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
+                      first_uid: int, last_uid: int) -> list[int]:
+        rows = self._all(
+            "SELECT DISTINCT uid FROM imap_message_ledger WHERE tenant = ? AND provider_id = ?"
+            " AND folder = ? AND uid_validity = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+            (tenant, provider_id, folder, str(uid_validity), int(first_uid), int(last_uid)))
+        return [int(r[0]) for r in rows]
 
     def purge_ledger(self, older_than_days: float) -> int:
         cutoff = ts_seconds(self._seconds() - float(older_than_days) * 86400)
@@ -1181,6 +1215,8 @@ class SqliteStore:
     mark_published = _delegate("mark_published")
     outbox_stats = _delegate("outbox_stats")
     purge_ledger = _delegate("purge_ledger")
+    set_write_back = _delegate("set_write_back")
+    recorded_uids = _delegate("recorded_uids")
     put_secret = _delegate("put_secret")
     get_secret = _delegate("get_secret")
     delete_secret = _delegate("delete_secret")

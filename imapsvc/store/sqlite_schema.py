@@ -22,9 +22,10 @@ import os
 import sqlite3
 
 #: Bumped with every change below; stored in ``PRAGMA user_version``.
-# 2: cluster tables (schema/0004); 3: message failures (schema/0005);
-# 4: backfill (schema/0008).
-SCHEMA_VERSION = 4
+# 2: cluster tables (schema/0004); 3: message failures (schema/0005) and
+# 4: backfill (schema/0008), both merged on main meanwhile; 5: provider
+# options (schema/0007, write-back).
+SCHEMA_VERSION = 5
 
 
 class SchemaTooNew(Exception):
@@ -228,6 +229,19 @@ CREATE TABLE IF NOT EXISTS imap_folder_backfill (
     FOREIGN KEY (provider_id, tenant)
         REFERENCES email_providers (id, tenant) ON DELETE CASCADE
 );
+
+-- schema/0007: imapsvc's own per-provider options (write-back).
+CREATE TABLE IF NOT EXISTS imap_provider_options (
+    tenant TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    write_back TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, provider_id),
+    FOREIGN KEY (provider_id, tenant) REFERENCES email_providers (id, tenant) ON DELETE CASCADE
+);
+
+CREATE INDEX IF NOT EXISTS imap_message_ledger_folder_uid_idx
+    ON imap_message_ledger (tenant, provider_id, folder, uid_validity, uid);
 """
 
 

@@ -1,7 +1,8 @@
 """An IMAP server's state for the fakes: folders with a UIDVALIDITY,
-messages kept as exact bytes under their UID (flags never change: the service
-only ever peeks), and scripted failures (a refused login with a code, NO to a
-FETCH that names a UID, a dropped connection). Shared by every session
+messages kept as exact bytes under their UID (with flags, which only the
+opt-in write-back changes: fetching only peeks), and scripted failures (a
+refused login with a code, NO to a FETCH that names a UID, NO to a
+write-back command, a dropped connection). Shared by every session
 connected to it: :class:`~imapsvc.testing.session.FakeIMAPSession` and the
 tests' scripted IMAP server (``tests/imap_server.py``).
 """
@@ -38,6 +39,7 @@ class FakeMessage:
     raw: bytes
     internaldate: str = DEFAULT_INTERNALDATE
     bodystructure: Any = None
+    flags: set[str] = attr.Factory(set)
 
     def __attrs_post_init__(self) -> None:
         if self.bodystructure is None:
@@ -84,6 +86,7 @@ class FakeMailbox:
         self._auth_refusals: list[tuple[Optional[str], str]] = []
         self.auth_refusal: Optional[tuple[Optional[str], str]] = None
         self._fetch_failures: dict[tuple[str, int], tuple[Optional[str], str]] = {}
+        self._write_failures: dict[str, tuple[Optional[str], str, Optional[int]]] = {}
         #: ``(kind, folder, uid)`` of every message part a fake session
         #: handed out: kind ``meta``, ``sections`` or ``full``.
         self.fetched: list[tuple[str, str, int]] = []
@@ -131,6 +134,75 @@ class FakeMailbox:
 
     def uids(self, folder: str = "INBOX") -> list[int]:
         return sorted(self.folders[folder].messages)
+
+    def flags(self, uid: int, folder: str = "INBOX") -> set[str]:
+        return set(self.folders[folder].messages[uid].flags)
+
+    # -- write-back (shared by the fake session and the scripted server)
+
+    def store_flags(self, folder: str, uids: Iterable[int], flags: Iterable[str]) -> None:
+        """``+FLAGS``: UIDs that are gone are ignored, as on a server."""
+        box = self.folders[folder]
+        for uid in uids:
+            if uid in box.messages:
+                box.messages[uid].flags.update(flags)
+
+    def copy(self, folder: str, uids: Iterable[int], target: str) -> list[int]:
+        """Copy (new UIDs in ``target``, flags kept but ``\\Recent``);
+        :raises KeyError: no such target (the server's ``[TRYCREATE]``)."""
+        dest = self.folders[target]
+        box = self.folders[folder]
+        out = []
+        for uid in sorted(set(uids)):
+            m = box.messages.get(uid)
+            if m is None:
+                continue
+            new = dest.uidnext
+            dest.uidnext += 1
+            dest.messages[new] = FakeMessage(m.raw, m.internaldate, m.bodystructure, set(m.flags))
+            out.append(new)
+        if out:
+            for session in list(self.sessions):
+                session.exists_changed(target, len(dest.messages))
+        return out
+
+    def expunge(self, folder: str, uids: Iterable[int], only_deleted: bool = True) -> list[int]:
+        """Remove messages; :return: their sequence numbers as ``* n
+        EXPUNGE`` reports them, one after the other (each shifts the rest)."""
+        box = self.folders[folder]
+        gone = []
+        for uid in sorted(set(uids), reverse=True):
+            m = box.messages.get(uid)
+            if m is None or (only_deleted and "\\Deleted" not in m.flags):
+                continue
+            gone.append(sorted(box.messages).index(uid) + 1)
+            del box.messages[uid]
+        return gone
+
+    def move(self, folder: str, uids: Iterable[int], target: str) -> list[int]:
+        """RFC 6851 MOVE: copy, then expunge the originals."""
+        uids = list(uids)
+        self.copy(folder, uids, target)
+        return self.expunge(folder, uids, only_deleted=False)
+
+    def fail_write(self, command: str, code: Optional[str] = "SERVERBUG",
+                   text: str = "Internal error", times: Optional[int] = 1) -> None:
+        """Answer ``NO [code] text`` to the next ``times`` write-back
+        commands named ``command`` (``"UID MOVE"``, ``"UID STORE"``, ...;
+        ``times=None``: every one)."""
+        self._write_failures[command.upper()] = (code, text, times)
+
+    def write_failure(self, command: str) -> Optional[tuple[Optional[str], str]]:
+        entry = self._write_failures.get(command.upper())
+        if entry is None:
+            return None
+        code, text, times = entry
+        if times is not None:
+            if times <= 1:
+                del self._write_failures[command.upper()]
+            else:
+                self._write_failures[command.upper()] = (code, text, times - 1)
+        return (code, text)
 
     # -- scripted failures
 

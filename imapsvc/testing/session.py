@@ -65,6 +65,8 @@ class _Command:
         self.answer = answer  # None: IDLE
         self.defer: defer.Deferred = defer.Deferred()
         self.on_exists: Optional[Callable[[int], Any]] = None
+        #: A refusal (CommandFailed) fails only this command (write-back).
+        self.soft = False
 
 
 @implementer(IIMAPSession)
@@ -99,6 +101,8 @@ class FakeIMAPSession(Protocol):
         self.auth_mechanism: Optional[str] = None
         self.commands: list[str] = []
         self.selected: Optional[str] = None
+        #: SELECTed (write-back) rather than EXAMINEd.
+        self.read_write = False
         self._closed = False
         self._logging_out = False
         self._greeting_due = False
@@ -247,6 +251,16 @@ class FakeIMAPSession(Protocol):
         assert cmd.answer is not None
         try:
             result = cmd.answer()
+        except CommandFailed as error:
+            if not cmd.soft:
+                self._current = None
+                self._drop(error)
+                cmd.defer.errback(error)
+                return
+            self._current = None
+            self._send_next()
+            cmd.defer.errback(error)
+            return
         except IMAPError as error:
             self._current = None
             self._drop(error)
@@ -260,10 +274,11 @@ class FakeIMAPSession(Protocol):
         self._send_next()
         cmd.defer.callback(result)
 
-    def _run(self, name: str, answer: Callable[[], Any]) -> defer.Deferred:
+    def _run(self, name: str, answer: Callable[[], Any], soft: bool = False) -> defer.Deferred:
         if self._closed:
             return defer.fail(ConnectionGone("connection is closed"))
         cmd = _Command(name, answer)
+        cmd.soft = soft
         self._waiting.append(cmd)
         self._send_next()
         self._step()
@@ -347,6 +362,7 @@ class FakeIMAPSession(Protocol):
                 self.selected = None
                 raise CommandFailed("NONEXISTENT", f"EXAMINE NO: Mailbox doesn't exist: {name}")
             self.selected = name
+            self.read_write = False
             self._pending_exists = None
             self.last_exists = len(folder.messages)
             return {
@@ -357,6 +373,80 @@ class FakeIMAPSession(Protocol):
             }
 
         return self._run("EXAMINE", examine)
+
+    def select_folder(self, name: str) -> defer.Deferred:
+        def select() -> dict:
+            folder = self.mailbox.folders.get(name)
+            if folder is None:
+                self.selected = None
+                raise CommandFailed("NONEXISTENT", f"SELECT NO: Mailbox doesn't exist: {name}")
+            self.selected = name
+            self.read_write = True
+            self._pending_exists = None
+            self.last_exists = len(folder.messages)
+            return {
+                "uidvalidity": folder.uidvalidity,
+                "uidnext": folder.uidnext,
+                "exists": len(folder.messages),
+                "read_only": False,
+            }
+
+        return self._run("SELECT", select)
+
+    def _writable(self, command: str) -> FakeFolder:
+        folder = self._folder()
+        if not self.read_write:
+            raise CommandFailed(None, f"{command} NO: Mailbox is read-only.")
+        failure = self.mailbox.write_failure(command)
+        if failure is not None:
+            code, text = failure
+            raise CommandFailed(code, f"{command} NO: {text}")
+        return folder
+
+    def uid_store_flags(self, uids: Iterable[int], flags: Iterable[str]) -> defer.Deferred:
+        wanted, names = [int(u) for u in uids], list(flags)
+
+        def store() -> None:
+            if not self.read_write:
+                self._folder()
+                return  # as Dovecot: OK, and an EXAMINEd folder's flags stay
+            folder = self._writable("UID STORE")
+            self.mailbox.store_flags(folder.name, wanted, names)
+
+        return self._run("UID STORE", store, soft=True)
+
+    def _copy_to(self, command: str, uids: Iterable[int], target: str, move: bool) -> Any:
+        wanted = [int(u) for u in uids]
+
+        def run() -> None:
+            folder = self._writable(command)
+            if target not in self.mailbox.folders:
+                raise CommandFailed("TRYCREATE", f"{command} NO: Mailbox doesn't exist: {target}")
+            if move:
+                self.mailbox.move(folder.name, wanted, target)
+            else:
+                self.mailbox.copy(folder.name, wanted, target)
+
+        return self._run(command, run, soft=True)
+
+    def uid_move(self, uids: Iterable[int], folder: str) -> defer.Deferred:
+        if b"MOVE" not in (self.capabilities or {}):
+            return self._run("UID MOVE", _refuse("UID MOVE BAD: Unknown command"), soft=True)
+        return self._copy_to("UID MOVE", uids, folder, move=True)
+
+    def uid_copy(self, uids: Iterable[int], folder: str) -> defer.Deferred:
+        return self._copy_to("UID COPY", uids, folder, move=False)
+
+    def uid_expunge(self, uids: Iterable[int]) -> defer.Deferred:
+        wanted = [int(u) for u in uids]
+        if b"UIDPLUS" not in (self.capabilities or {}):
+            return self._run("UID EXPUNGE", _refuse("UID EXPUNGE BAD: Unknown command"), soft=True)
+
+        def expunge() -> None:
+            folder = self._writable("UID EXPUNGE")
+            self.mailbox.expunge(folder.name, wanted)
+
+        return self._run("UID EXPUNGE", expunge, soft=True)
 
     def uid_search_from(self, first_uid: int) -> defer.Deferred:
         first = max(1, int(first_uid))
@@ -470,3 +560,10 @@ class FakeIMAPSession(Protocol):
 
         self._logging_out = True
         return self._run("LOGOUT", bye)
+
+
+def _refuse(text: str) -> Callable[[], Any]:
+    def answer() -> Any:
+        raise CommandFailed(None, text)
+
+    return answer

@@ -71,6 +71,15 @@ class PostgresCliTests(TestCase):
                           config.folder_filters), (pid, True, False, ("INBOX", "Support")))
         secrets = SecretStore(store, SecretBox.from_setting(self.key))
         self.assertEqual((yield secrets.get(self.tenant, password_name(pid))), "pg-pw-1")
+        # Write-back (issue 13 item 3): the service's store reads the option.
+        self.assertEqual(self.run_cli("provider", "set-write-back", "--tenant", self.tenant,
+                                      "--provider", pid, "--mode", "move:Processed")[0], 0)
+        [config] = yield store.list_active_providers(self.tenant)
+        self.assertEqual(config.write_back, "move:Processed")
+        status, _, err = self.run_cli("provider", "set-write-back", "--tenant", self.tenant,
+                                      "--provider", str(uuid.uuid4()), "--mode", "seen")
+        self.assertEqual(status, 1)
+        self.assertIn("has no provider", err)
         # Switch off, then remove.
         self.assertEqual(self.run_cli("provider", "set-active", "--tenant", self.tenant,
                                       "--provider", pid, "--active", "false")[0], 0)

@@ -40,7 +40,8 @@ def insert_provider(dsn: str, **kwargs: Any) -> ProviderConfig:
     provider = {k: values[k] for k in _PROVIDER_COLUMNS if k in values}
     provider["id"] = config.provider_id
     provider["tenant"] = config.tenant
-    skip = set(_PROVIDER_COLUMNS) | {"tenant", "provider_id", "updated_at", "key", "config_error"}
+    skip = set(_PROVIDER_COLUMNS) | {"tenant", "provider_id", "updated_at", "key", "config_error",
+                                     "write_back"}
     cfg = {k: v for k, v in values.items() if k not in skip}
     cfg["email_provider_id"] = config.provider_id
     cfg["tenant"] = config.tenant
@@ -51,6 +52,9 @@ def insert_provider(dsn: str, **kwargs: Any) -> ProviderConfig:
         columns = ", ".join(row)
         marks = ", ".join(["%s"] * len(row))
         rig.execute(dsn, f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(row.values()))
+    if config.write_back is not None:  # imapsvc's own option table (schema/0007)
+        rig.execute(dsn, "INSERT INTO imap_provider_options (tenant, provider_id, write_back)"
+                    " VALUES (%s, %s, %s)", [config.tenant, config.provider_id, config.write_back])
     return config
 
 

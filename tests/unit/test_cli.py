@@ -219,6 +219,28 @@ class ProviderTests(CliTestBase):
         self.assert_one_line_error(result, "true or false")
         self.assertEqual(result[0], 2)
 
+    def test_set_write_back(self) -> None:
+        pid = self.add()
+        status, out, _ = self.run_cli("provider", "set-write-back", "--tenant", self.tenant,
+                                      "--provider", pid, "--mode", "Move:Processed")
+        self.assertEqual(status, 0)
+        self.assertIn("move:Processed", out)
+        conn = connect(self.db)
+        self.addCleanup(conn.close)
+        config = SqliteOps(conn, lambda: 0.0).get_provider(self.tenant, pid)
+        assert config is not None
+        self.assertEqual(config.write_back, "move:Processed")
+        self.run_cli("provider", "set-write-back", "--tenant", self.tenant, "--provider", pid,
+                     "--mode", "default")
+        self.assertEqual(self.rows("SELECT write_back FROM imap_provider_options"), [(None,)])
+        result = self.run_cli("provider", "set-write-back", "--tenant", self.tenant,
+                              "--provider", pid, "--mode", "archive")
+        self.assert_one_line_error(result, "--mode", "none, seen, delete or move:<folder>")
+        self.assertEqual(result[0], 2)
+        result = self.run_cli("provider", "set-write-back", "--tenant", self.tenant,
+                              "--provider", str(uuid.uuid4()), "--mode", "seen")
+        self.assert_one_line_error(result, "has no provider")
+
     def test_unknown_provider(self) -> None:
         self.add()
         other = str(uuid.uuid4())

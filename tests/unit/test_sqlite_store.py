@@ -159,6 +159,24 @@ class SqliteStoreExtrasTests(SqliteStoreTestBase):
         self.assertEqual((yield again.get_secret(tenant, "imap_password_x")), b"\x00sealed")
 
     @defer.inlineCallbacks
+    def test_older_file_gets_the_provider_options_table(self) -> Any:
+        # A file of an earlier version (no imap_provider_options) is upgraded
+        # in place: the provider SELECT joins the new table.
+        yield self.store.stop()
+        conn = sqlite3.connect(self.path)
+        conn.execute("DROP TABLE imap_provider_options")
+        conn.execute("PRAGMA user_version=2")
+        conn.close()
+        again = SqliteStore(self.path, reactor)
+        yield again.start()
+        self.addCleanup(again.stop)
+        p = ProviderConfig(tenant=new_id(), provider_id=new_id(), provider_name="S",
+                           mailbox="s@example.com", host="h", port=993)
+        again.ops.insert_provider(p)
+        self.assertTrue((yield again.set_write_back(p.tenant, p.provider_id, "seen")))
+        self.assertEqual((yield again.get_provider(p.tenant, p.provider_id)).write_back, "seen")
+
+    @defer.inlineCallbacks
     def test_newer_schema_refused(self) -> Any:
         path = self.mktemp()
         conn = sqlite3.connect(path)
