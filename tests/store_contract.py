@@ -13,8 +13,10 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
+import attr
 from twisted.internet import defer
 
+from imapsvc.core.event import encode_fields
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import (
     OUTCOME_DUPLICATE,
@@ -306,6 +308,24 @@ class StoreContractMixin:
         self.assertEqual(row["last_processed_message_id"], "<c@x>")
         self.assertEqual(row["last_uid"], "3")
         self.assertIsNotNone(row["last_seen_at"])
+
+    @defer.inlineCallbacks
+    def test_record_batch_stores_the_encoded_entry_as_it_is(self) -> Any:
+        # The pipeline encodes each entry once (MessageRecord.entry); the store
+        # keeps that text instead of encoding ``fields`` again, and reads it
+        # back in its own field order.
+        p = yield self.leased()
+        plain = record(1)
+        fields = {"event_id": plain.event_id, "to_state": "", "payload_json": '{"s":"é"}',
+                  "event_name": "INBOUND_EMAIL_RECEIVED"}
+        encoded = attr.evolve(record(2), fields=fields,
+                              entry=encode_fields({**fields, "tenant": p.tenant}))
+        yield self.store.record_batch(p.tenant, p.provider_id, "INBOX", "worker-a",
+                                      [plain, encoded], None)
+        first, second = yield self.store.fetch_outbox(10)
+        self.assertEqual(first.fields, plain.fields)
+        self.assertEqual(second.fields, {**fields, "tenant": p.tenant})
+        self.assertEqual(list(second.fields), list(fields) + ["tenant"])
 
     @defer.inlineCallbacks
     def test_fetch_outbox_for_owner_skips_rows_another_worker_leases(self) -> Any:

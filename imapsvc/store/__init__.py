@@ -10,7 +10,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Iterable, Optional, Sequence
 
+from imapsvc.core.event import encode_fields
 from imapsvc.model import OUTCOME_PUBLISHED, OUTCOME_SKIPPED, MessageRecord
+
+
+def entry_text(record: MessageRecord) -> str:
+    """The outbox text of a published record: its ``entry`` as the pipeline
+    encoded it (never encoded again), else its ``fields`` encoded here."""
+    if record.entry is not None:
+        return record.entry
+    return encode_fields({str(k): str(v) for k, v in (record.fields or {}).items()})
 
 
 def check_records(records: Sequence[MessageRecord]) -> None:

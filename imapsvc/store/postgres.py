@@ -16,6 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Callable, Optional, Sequence
 
+import orjson
 import psycopg2
 from psycopg2.extras import Json
 from twisted.internet import defer
@@ -23,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from imapsvc.core.event import encode_fields
 from imapsvc.interfaces import IStore, LeaseLost, StoreUnavailable
 from imapsvc.model import (
     OUTCOME_DUPLICATE,
@@ -35,6 +37,7 @@ from imapsvc.model import (
 )
 from imapsvc.store import (
     check_records,
+    entry_text,
     first_occurrences,
     last_message_id,
     parse_seen_at,
@@ -378,14 +381,16 @@ class PostgresStore:
             published = [r for r, n in zip(records, new) if n and r.outcome == OUTCOME_PUBLISHED]
             outbox: list[OutboxRow] = []
             if published:
+                # The entry text as the pipeline encoded it (schema 0006):
+                # neither re-encoded here nor parsed by the server.
+                head = cur.mogrify("(%s, %s, ", (tenant, provider_id))
                 values = b",".join(
-                    cur.mogrify("(%s, %s, %s, %s)",
-                                (tenant, provider_id, r.event_id, Json(dict(r.fields or {}))))
+                    head + cur.mogrify("%s, %s)", (r.event_id, entry_text(r)))
                     for r in published
                 )
                 # RETURNING: the relay publishes these rows from memory.
                 yield cur.execute(
-                    b"INSERT INTO imap_event_outbox (tenant, provider_id, event_id, fields)"
+                    b"INSERT INTO imap_event_outbox (tenant, provider_id, event_id, entry)"
                     b" VALUES " + values + b" RETURNING id, event_id, created_at")
                 by_event = {r.event_id: r for r in published}
                 outbox = sorted(
@@ -412,9 +417,10 @@ class PostgresStore:
     def add_outbox(self, tenant: str, provider_id: str, event_id: str,
                    fields: Any) -> defer.Deferred:
         return self._query(
-            "INSERT INTO imap_event_outbox (tenant, provider_id, event_id, fields)"
+            "INSERT INTO imap_event_outbox (tenant, provider_id, event_id, entry)"
             " VALUES (%s, %s, %s, %s)",
-            (tenant, provider_id, event_id, Json({str(k): str(v) for k, v in fields.items()})),
+            (tenant, provider_id, event_id,
+             encode_fields({str(k): str(v) for k, v in fields.items()})),
         ).addCallback(lambda _: None)
 
     @defer.inlineCallbacks
@@ -424,7 +430,7 @@ class PostgresStore:
         # is relaying right now are left to it, so two relays never XADD the
         # same row.
         rows = yield self._query(
-            "SELECT o.id, o.tenant, o.provider_id, o.event_id, o.fields, o.created_at"
+            "SELECT o.id, o.tenant, o.provider_id, o.event_id, o.fields, o.entry, o.created_at"
             " FROM imap_event_outbox o LEFT JOIN imap_email_provider_config c"
             "   ON c.tenant = o.tenant AND c.email_provider_id = o.provider_id"
             " WHERE o.published_at IS NULL AND (%s::text IS NULL"
@@ -433,7 +439,9 @@ class PostgresStore:
             "   OR c.lease_expires_at <= now())"
             " ORDER BY o.id LIMIT %s",
             (owner, owner, int(limit)))
-        return [OutboxRow(int(i), str(t), str(p), e, f, c) for i, t, p, e, f, c in rows]
+        # Rows written before schema 0006 have only the jsonb ``fields``.
+        return [OutboxRow(int(i), str(t), str(p), e, f if text is None else orjson.loads(text), c)
+                for i, t, p, e, f, text, c in rows]
 
     def mark_published(self, ids: Sequence[int]) -> defer.Deferred:
         ids = [int(i) for i in ids]

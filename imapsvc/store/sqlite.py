@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from imapsvc.core.event import encode_fields
 from imapsvc.interfaces import IStore, LeaseLost, StoreUnavailable
 from imapsvc.model import (
     OUTCOME_DUPLICATE,
@@ -51,6 +52,7 @@ from imapsvc.model import (
 )
 from imapsvc.store import (
     check_records,
+    entry_text,
     first_occurrences,
     last_message_id,
     parse_seen_at,
@@ -409,9 +411,8 @@ class SqliteOps:
                     cur.execute(
                         "INSERT INTO imap_event_outbox (tenant, provider_id, event_id, fields,"
                         " created_at) VALUES (?, ?, ?, ?, ?)",
-                        (tenant, provider_id, r.event_id,
-                         json.dumps({str(k): str(v) for k, v in (r.fields or {}).items()}),
-                         now))
+                        # The entry text as the pipeline encoded it.
+                        (tenant, provider_id, r.event_id, entry_text(r), now))
             message_id = last_message_id(records, new)
             if message_id is not None:
                 cur.execute(
@@ -433,7 +434,7 @@ class SqliteOps:
             "INSERT INTO imap_event_outbox (tenant, provider_id, event_id, fields, created_at)"
             " VALUES (?, ?, ?, ?, ?)",
             (tenant, provider_id, event_id,
-             json.dumps({str(k): str(v) for k, v in fields.items()}), self.now()))
+             encode_fields({str(k): str(v) for k, v in fields.items()}), self.now()))
 
     def fetch_outbox(self, limit: int, owner: Optional[str] = None) -> list[OutboxRow]:
         # Same rule as Postgres: with an owner, skip rows of providers that

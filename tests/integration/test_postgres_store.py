@@ -121,6 +121,23 @@ class PostgresStoreContractTests(StoreContractMixin, PostgresStoreTestBase):
         self.assertEqual(sorted(r.outcomes[0] for r in results), ["duplicate", "published"])
         self.assertEqual(len((yield self.store.fetch_outbox(10))), 1)
 
+    @defer.inlineCallbacks
+    def test_rows_from_before_0006_stay_readable(self) -> Any:
+        """A row written as jsonb ``fields`` (no ``entry``) is relayed as before;
+        new rows carry the entry text and leave ``fields`` empty."""
+        p = yield self.leased()
+        old = {"event_id": "old", "payload_json": '{"a": 1}'}
+        rig.execute(self.dsn, "INSERT INTO imap_event_outbox (tenant, provider_id, event_id,"
+                    " fields) VALUES (%s, %s, %s, %s)", (p.tenant, p.provider_id, "old", Json(old)))
+        yield self.store.add_outbox(p.tenant, p.provider_id, "new", {"event_id": "new"})
+        rows = yield self.store.fetch_outbox(10)
+        self.assertEqual([(r.event_id, r.fields) for r in rows],
+                         [("old", old), ("new", {"event_id": "new"})])
+        stored = rig.fetch_dicts(self.dsn, "SELECT event_id, fields, entry FROM imap_event_outbox"
+                                 " ORDER BY id")
+        self.assertEqual([(r["fields"], r["entry"]) for r in stored],
+                         [(old, None), (None, '{"event_id":"new"}')])
+
 
 def _eventually(test: unittest.TestCase, attempt: Any, tries: int = 60,
                 delay: float = 0.05) -> defer.Deferred:

@@ -9,7 +9,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imapsvc.core import ledger
 from imapsvc.core.dates import iso_z
-from imapsvc.core.event import build_auto_paused_entry, build_stream_entry, event_ids
+from imapsvc.core.event import (
+    build_auto_paused_entry,
+    build_stream_entry,
+    encode_fields,
+    event_ids,
+)
 from tests.contract_validator import validate_stream_entry
 
 T = "11111111-1111-4111-8111-111111111111"
@@ -84,6 +89,30 @@ class EventTests(SynchronousTestCase):
         payload = json.loads(fields["payload_json"])
         self.assertEqual(payload["failureCount"], 5)
         self.assertEqual(payload["lastErrorCode"], "AUTHFAILED")
+
+    def test_payload_encoding_matches_the_stdlib_and_survives_odd_text(self) -> None:
+        event_id, execution_id = event_ids(T, P, "x")
+        data = email_data()
+        data["subject"] = 'caf\u00e9 "q" \\ \u2028 \x00 \U0001f600'
+        fields = build_stream_entry(T, P, data, event_id, execution_id, NOW)
+        payload = fields["payload_json"]
+        # Same text as the stdlib encoder gave (compact, non-ASCII kept).
+        self.assertEqual(payload, json.dumps(json.loads(payload), separators=(",", ":"),
+                                             ensure_ascii=False))
+        self.assertIn("caf\u00e9", payload)
+        # A lone surrogate cannot be UTF-8 (Redis, Postgres): escaped instead.
+        data["subject"] = "bad \ud800 text"
+        fields = build_stream_entry(T, P, data, event_id, execution_id, NOW)
+        fields["payload_json"].encode("utf-8")
+        self.assertEqual(json.loads(fields["payload_json"])["emailData"]["subject"],
+                         "bad \ud800 text")
+        self.assertEqual(validate_stream_entry(fields), [])
+
+    def test_encode_fields_keeps_order(self) -> None:
+        fields = {"b": "1", "a": "\u00e9", "payload_json": '{"x":"y"}'}
+        text = encode_fields(fields)
+        self.assertEqual(list(json.loads(text).items()), list(fields.items()))
+        self.assertEqual(text, '{"b":"1","a":"\u00e9","payload_json":"{\\"x\\":\\"y\\"}"}')
 
     def test_iso_z(self) -> None:
         self.assertEqual(iso_z(datetime(2026, 1, 1)), "2026-01-01T00:00:00.000Z")

@@ -1,0 +1,27 @@
+-- 0006: the outbox keeps each stream entry as the JSON text the pipeline
+-- encoded once (column `entry`), instead of a jsonb the store re-encoded
+-- through psycopg2's Json adapter and the server parsed again (issue 12).
+--
+-- New rows fill `entry` and leave `fields` NULL; rows written before this
+-- migration keep their jsonb `fields` and stay readable (the store reads
+-- `entry` when present, else `fields`). Adding a nullable column and dropping
+-- NOT NULL do not rewrite the table. The check is NOT VALID so no scan runs:
+-- every existing row has `fields`.
+--
+-- Rolling upgrade: a replica of an older version reads `fields` only, so stop
+-- old replicas before new ones relay (their relays would fail on rows with a
+-- NULL `fields`, and retry until then; nothing is lost).
+
+ALTER TABLE imap_event_outbox ADD COLUMN IF NOT EXISTS entry text;
+ALTER TABLE imap_event_outbox ALTER COLUMN fields DROP NOT NULL;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_constraint WHERE conname = 'imap_event_outbox_entry_present'
+    ) THEN
+        ALTER TABLE imap_event_outbox ADD CONSTRAINT imap_event_outbox_entry_present
+            CHECK (entry IS NOT NULL OR fields IS NOT NULL) NOT VALID;
+    END IF;
+END
+$$;
