@@ -18,7 +18,7 @@ serving IDLE connections meanwhile.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -65,7 +65,7 @@ def build_records(
     limits: Limits,
     map_message: Callable[..., Any] = _email_data.map_message,
     event_ids: Callable[..., tuple[str, str]] = _event.event_ids,
-    build_stream_entry: Callable[..., dict[str, str]] = _event.build_stream_entry,
+    build_stream_entry: Callable[..., Mapping[str, str]] = _event.build_encoded_entry,
 ) -> list[MessageRecord]:
     """The ledger records of a batch (pure; safe to run in a thread).
 
@@ -77,8 +77,8 @@ def build_records(
         mapped = map_message(msg, tenant, provider_id, now, limits)
         event_id, execution_id = event_ids(tenant, provider_id, mapped.dedupe_key)
         reason: Optional[str] = mapped.skip_reason
-        fields: Optional[dict[str, str]] = None
-        entry: Optional[str] = None
+        fields: Optional[Mapping[str, str]] = None
+        entry: Optional[bytes] = None
         if reason is None:
             try:
                 fields = build_stream_entry(

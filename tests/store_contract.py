@@ -313,19 +313,22 @@ class StoreContractMixin:
     def test_record_batch_stores_the_encoded_entry_as_it_is(self) -> Any:
         # The pipeline encodes each entry once (MessageRecord.entry); the store
         # keeps that text instead of encoding ``fields`` again, and reads it
-        # back in its own field order.
+        # back in its own field order, whatever quotes the text holds.
         p = yield self.leased()
         plain = record(1)
-        fields = {"event_id": plain.event_id, "to_state": "", "payload_json": '{"s":"é"}',
-                  "event_name": "INBOUND_EMAIL_RECEIVED"}
+        fields = {"event_id": plain.event_id, "to_state": "it's $$ $imapsvc_entry$ \\ '",
+                  "payload_json": '{"s":"\u00e9\\"}', "event_name": "INBOUND_EMAIL_RECEIVED"}
         encoded = attr.evolve(record(2), fields=fields,
                               entry=encode_fields({**fields, "tenant": p.tenant}))
+        quotes = {"event_id": "q", "payload_json": "it's a \"quote\" $$ $x$"}
+        third = attr.evolve(record(3), fields=quotes, entry=encode_fields(quotes))
         yield self.store.record_batch(p.tenant, p.provider_id, "INBOX", "worker-a",
-                                      [plain, encoded], None)
-        first, second = yield self.store.fetch_outbox(10)
+                                      [plain, encoded, third], None)
+        first, second, last = yield self.store.fetch_outbox(10)
         self.assertEqual(first.fields, plain.fields)
         self.assertEqual(second.fields, {**fields, "tenant": p.tenant})
         self.assertEqual(list(second.fields), list(fields) + ["tenant"])
+        self.assertEqual(last.fields, quotes)
 
     @defer.inlineCallbacks
     def test_fetch_outbox_for_owner_skips_rows_another_worker_leases(self) -> Any:

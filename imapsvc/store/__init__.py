@@ -14,12 +14,18 @@ from imapsvc.core.event import encode_fields
 from imapsvc.model import OUTCOME_PUBLISHED, OUTCOME_SKIPPED, MessageRecord
 
 
-def entry_text(record: MessageRecord) -> str:
-    """The outbox text of a published record: its ``entry`` as the pipeline
-    encoded it (never encoded again), else its ``fields`` encoded here."""
+def entry_bytes(record: MessageRecord) -> bytes:
+    """The outbox entry of a published record as UTF-8 JSON: its ``entry`` as
+    the pipeline encoded it (never encoded again), else its ``fields``
+    encoded here."""
     if record.entry is not None:
         return record.entry
     return encode_fields({str(k): str(v) for k, v in (record.fields or {}).items()})
+
+
+def entry_text(record: MessageRecord) -> str:
+    """:func:`entry_bytes` as text."""
+    return entry_bytes(record).decode("utf-8")
 
 
 def check_records(records: Sequence[MessageRecord]) -> None:

@@ -30,7 +30,7 @@ from imapsvc.model import (
 )
 from imapsvc.store import (
     check_records,
-    entry_text,
+    entry_bytes,
     first_occurrences,
     last_message_id,
     parse_seen_at,
@@ -331,7 +331,7 @@ class MemoryStore:
             if record.outcome == OUTCOME_PUBLISHED:
                 # What the real stores keep: the entry text, decoded on read.
                 self._append_outbox(tenant, provider_id, record.event_id,
-                                    json.loads(entry_text(record)))
+                                    json.loads(entry_bytes(record)))
         message_id = last_message_id(records, new)
         if message_id is not None:
             row["last_processed_message_id"] = message_id

@@ -37,7 +37,7 @@ from imapsvc.model import (
 )
 from imapsvc.store import (
     check_records,
-    entry_text,
+    entry_bytes,
     first_occurrences,
     last_message_id,
     parse_seen_at,
@@ -95,6 +95,27 @@ def _cursors(state: Any) -> dict[str, FolderCursor]:
         if cursor is not None:
             out[str(folder)] = cursor
     return out
+
+
+#: Dollar quotes for an outbox entry: its text goes into the statement as
+#: it is, with no escaping pass over it. An entry is UTF-8 JSON, which holds
+#: no NUL (JSON escapes control characters); one that contains the tag
+#: itself goes through mogrify.
+_DOLLAR_TAG = b"$imapsvc_entry$"
+
+
+def _client_utf8(cur: Any) -> bool:
+    connection = getattr(cur, "connection", None)
+    return getattr(connection, "encoding", None) == "UTF8"
+
+
+def _text_literal(cur: Any, data: bytes, utf8: bool) -> bytes:
+    """A SQL text literal of the UTF-8 ``data`` (for a UTF8 client encoding,
+    the bytes between dollar quotes)."""
+    if utf8 and _DOLLAR_TAG not in data:
+        return _DOLLAR_TAG + data + _DOLLAR_TAG
+    literal: bytes = cur.mogrify("%s", (data.decode("utf-8"),))
+    return literal
 
 
 def provider_from_row(row: Sequence[Any]) -> ProviderConfig:
@@ -384,8 +405,10 @@ class PostgresStore:
                 # The entry text as the pipeline encoded it (schema 0006):
                 # neither re-encoded here nor parsed by the server.
                 head = cur.mogrify("(%s, %s, ", (tenant, provider_id))
+                utf8 = _client_utf8(cur)
                 values = b",".join(
-                    head + cur.mogrify("%s, %s)", (r.event_id, entry_text(r)))
+                    head + cur.mogrify("%s, ", (r.event_id,))
+                    + _text_literal(cur, entry_bytes(r), utf8) + b")"
                     for r in published
                 )
                 # RETURNING: the relay publishes these rows from memory.
@@ -393,8 +416,10 @@ class PostgresStore:
                     b"INSERT INTO imap_event_outbox (tenant, provider_id, event_id, entry)"
                     b" VALUES " + values + b" RETURNING id, event_id, created_at")
                 by_event = {r.event_id: r for r in published}
+                # The record's own (read-only) fields: copying a StreamEntry
+                # into a dict would decode its payload for nothing.
                 outbox = sorted(
-                    (OutboxRow(int(i), tenant, provider_id, e, dict(by_event[e].fields or {}), c)
+                    (OutboxRow(int(i), tenant, provider_id, e, by_event[e].fields or {}, c)
                      for i, e, c in cur.fetchall()),
                     key=lambda row: row.id)
             message_id = last_message_id(records, new)
@@ -420,7 +445,7 @@ class PostgresStore:
             "INSERT INTO imap_event_outbox (tenant, provider_id, event_id, entry)"
             " VALUES (%s, %s, %s, %s)",
             (tenant, provider_id, event_id,
-             encode_fields({str(k): str(v) for k, v in fields.items()})),
+             encode_fields({str(k): str(v) for k, v in fields.items()}).decode("utf-8")),
         ).addCallback(lambda _: None)
 
     @defer.inlineCallbacks

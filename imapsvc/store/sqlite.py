@@ -434,7 +434,8 @@ class SqliteOps:
             "INSERT INTO imap_event_outbox (tenant, provider_id, event_id, fields, created_at)"
             " VALUES (?, ?, ?, ?, ?)",
             (tenant, provider_id, event_id,
-             encode_fields({str(k): str(v) for k, v in fields.items()}), self.now()))
+             encode_fields({str(k): str(v) for k, v in fields.items()}).decode("utf-8"),
+             self.now()))
 
     def fetch_outbox(self, limit: int, owner: Optional[str] = None) -> list[OutboxRow]:
         # Same rule as Postgres: with an owner, skip rows of providers that

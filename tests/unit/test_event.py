@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from datetime import UTC, datetime
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -10,7 +11,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from imapsvc.core import ledger
 from imapsvc.core.dates import iso_z
 from imapsvc.core.event import (
+    StreamEntry,
     build_auto_paused_entry,
+    build_encoded_entry,
     build_stream_entry,
     encode_fields,
     event_ids,
@@ -112,7 +115,28 @@ class EventTests(SynchronousTestCase):
         fields = {"b": "1", "a": "\u00e9", "payload_json": '{"x":"y"}'}
         text = encode_fields(fields)
         self.assertEqual(list(json.loads(text).items()), list(fields.items()))
-        self.assertEqual(text, '{"b":"1","a":"\u00e9","payload_json":"{\\"x\\":\\"y\\"}"}')
+        self.assertEqual(text, '{"b":"1","a":"\u00e9","payload_json":"{\\"x\\":\\"y\\"}"}'
+                         .encode())
+
+    def test_encoded_entry_is_the_same_entry_with_the_payload_as_bytes(self) -> None:
+        event_id, execution_id = event_ids(T, P, "imap:INBOX:1:3")
+        data = email_data()
+        data["subject"] = 'caf\u00e9 "q" \\ \n\t \u2028 \U0001f600 \x7f'
+        plain = build_stream_entry(T, P, data, event_id, execution_id, NOW)
+        entry = build_encoded_entry(T, P, data, event_id, execution_id, NOW)
+        self.assertIsInstance(entry, StreamEntry)
+        self.assertEqual(entry, plain)
+        self.assertEqual(list(entry), list(plain))
+        self.assertEqual(len(entry), len(plain))
+        self.assertIn("payload_json", entry)
+        self.assertEqual(entry.wire_payload(), plain["payload_json"].encode("utf-8"))
+        # The outbox text, built without decoding the payload, is what the
+        # encoder makes of the plain fields.
+        self.assertEqual(entry.to_json(), encode_fields(plain))
+        self.assertEqual(json.loads(entry.to_json()), plain)
+        self.assertEqual(validate_stream_entry(entry), [])
+        self.assertEqual(pickle.loads(pickle.dumps(entry)), plain)
+        self.assertEqual(StreamEntry({}, b"{}").to_json(), b'{"payload_json":"{}"}')
 
     def test_iso_z(self) -> None:
         self.assertEqual(iso_z(datetime(2026, 1, 1)), "2026-01-01T00:00:00.000Z")
