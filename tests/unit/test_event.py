@@ -67,6 +67,22 @@ class EventTests(SynchronousTestCase):
         self.assertEqual(payload["emailData"]["id"], "<a@example.com>")
         self.assertNotIn(" ", fields["payload_json"][:20])
 
+    def test_ids_are_uuid5_under_the_namespace(self) -> None:
+        import uuid
+
+        from imapsvc.core.event import NAMESPACE
+
+        for identity in ("imap:INBOX:1:3", "", "caf\u00e9 \U0001f600", "x" * 500):
+            base = "\x00".join((T, P, identity))
+            self.assertEqual(
+                event_ids(T, P, identity),
+                (str(uuid.uuid5(NAMESPACE, "event\x00" + base)),
+                 str(uuid.uuid5(NAMESPACE, "execution\x00" + base))))
+        # Pinned: published ids must never change.
+        self.assertEqual(event_ids(T, P, "imap:INBOX:1:3"),
+                         ("c1a4e2b6-3951-517a-928e-8501da256217",
+                          "baa9e4c3-c03a-5c00-8c50-2d09fbd385ba"))
+
     def test_validator_catches(self) -> None:
         event_id, execution_id = event_ids(T, P, "x")
         data = email_data()
