@@ -561,6 +561,7 @@ class FolderService(service.Service):
                 # so IMAP round trips overlap the pipeline's work. One chunk
                 # ahead at most; batches are still handed off in UID order.
                 ahead = self._fetch_chunk(proto, name, validity, chunks[i + 1])
+                ahead.addCallback(self._map_ahead, name)
             after = advance(cursor, chunk[-1], self.reactor.seconds())
             try:
                 if messages:
@@ -576,6 +577,14 @@ class FolderService(service.Service):
                 raise
             cursor = after
             self.cursor = after
+
+    def _map_ahead(self, messages: Any, name: str) -> Any:
+        # The read-ahead chunk starts mapping now, while the batch before it
+        # commits (the pipeline still records batches strictly in order).
+        prepare = getattr(self.pipeline, "prepare", None)
+        if prepare is not None and messages:
+            prepare(self.provider, name, messages)
+        return messages
 
     @defer.inlineCallbacks
     def _fetch_chunk(self, proto: Any, name: str, validity: str, chunk: list[int]):  # type: ignore[no-untyped-def]

@@ -17,11 +17,13 @@ serving IDLE connections meanwhile.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapsvc.core import email_data as _email_data
@@ -160,6 +162,8 @@ class Pipeline:
         self._build = build
         self._pool = parse_pool
         self._relay_offer = relay_offer
+        # Batches mapped ahead (prepare): id(messages) -> (messages, key, Deferred).
+        self._prepared: OrderedDict[int, tuple[Any, tuple[str, ...], Any]] = OrderedDict()
         self.stats: dict[str, int] = {
             "batches": 0,
             "messages": 0,
@@ -170,7 +174,46 @@ class Pipeline:
             "threaded": 0,
             "processes": 0,
             "pool_fallbacks": 0,
+            "prepared": 0,
         }
+
+    #: Batches mapped ahead and not handed in yet, at most (a folder whose
+    #: session dropped never hands its read-ahead chunk in).
+    MAX_PREPARED = 4
+
+    def prepare(self, provider: ProviderConfig, folder: str,
+                messages: Sequence[FetchedMessage]) -> None:
+        """Start mapping a batch that :meth:`handle_batch` will get next
+        (the folder's read-ahead chunk), so it is mapped while the batch
+        before it commits. Only batches big enough to be mapped off the
+        reactor; :meth:`handle_batch` with the same ``messages`` object uses
+        the result, or maps again if it failed. Never fails."""
+        try:
+            self._prepare(provider, folder, messages)
+        except Exception:
+            _log.failure("Could not start mapping a batch ahead")
+
+    def _prepare(self, provider: ProviderConfig, folder: str,
+                 messages: Sequence[FetchedMessage]) -> None:
+        if not messages or batch_bytes(messages) <= self._threshold:
+            return
+        now = datetime.fromtimestamp(self._clock.seconds(), tz=UTC)
+        key = (provider.tenant, provider.provider_id, folder)
+        args = (list(messages), provider.tenant, provider.provider_id, folder, now, self._limits)
+        d = self._map_off_reactor(args)
+        done: defer.Deferred[Any] = defer.Deferred()
+
+        def settled(result: Any) -> None:
+            if isinstance(result, Failure):
+                # handle_batch maps the batch again (and fails there if it must).
+                _log.failure("Mapping a batch ahead failed", failure=result)
+                result = None
+            done.callback(result)
+
+        d.addBoth(settled)
+        self._prepared[id(messages)] = (messages, key, done)
+        while len(self._prepared) > self.MAX_PREPARED:
+            self._prepared.popitem(last=False)
 
     def handle_batch(
         self,
@@ -182,7 +225,13 @@ class Pipeline:
     ) -> defer.Deferred[BatchResult]:
         """See :meth:`IMessagePipeline.handle_batch`. A failure (mapping,
         store, lost lease) means nothing of the batch was recorded."""
-        d = self._handle(provider, folder, owner, list(messages), cursor)
+        prepared = self._prepared.pop(id(messages), None)
+        ready = None
+        if prepared is not None and prepared[0] is messages and prepared[1] == (
+            provider.tenant, provider.provider_id, folder
+        ):
+            ready = prepared[2]
+        d = self._handle(provider, folder, owner, list(messages), cursor, ready)
 
         def failed(failure: Any) -> Any:
             self.stats["failures"] += 1
@@ -198,14 +247,22 @@ class Pipeline:
         owner: str,
         messages: list[FetchedMessage],
         cursor: Optional[FolderCursor],
+        ready: Optional[defer.Deferred[Any]] = None,
     ) -> Any:
         tenant, provider_id = provider.tenant, provider.provider_id
         now = datetime.fromtimestamp(self._clock.seconds(), tz=UTC)
         args = (messages, tenant, provider_id, folder, now, self._limits)
-        if messages and batch_bytes(messages) > self._threshold:
-            records = yield self._map_off_reactor(args)
-        else:
-            records = self._build(*args)
+        records = None
+        if ready is not None:
+            mapped = yield ready
+            if isinstance(mapped, list) and len(mapped) == len(messages):
+                records = mapped
+                self.stats["prepared"] += 1
+        if records is None:
+            if messages and batch_bytes(messages) > self._threshold:
+                records = yield self._map_off_reactor(args)
+            else:
+                records = self._build(*args)
         result = yield self._store.record_batch(tenant, provider_id, folder, owner, records, cursor)
         self.stats["batches"] += 1
         self.stats["messages"] += len(records)
