@@ -114,6 +114,13 @@ def build_records(
     return records
 
 
+def _batch_key(provider: ProviderConfig, folder: str,
+               messages: Sequence[FetchedMessage]) -> tuple[Any, ...]:
+    # UIDs name the messages of a folder exactly (within one UIDVALIDITY).
+    return (provider.tenant, provider.provider_id, folder,
+            tuple((m.uid_validity, m.uid) for m in messages))
+
+
 @implementer(IMessagePipeline)
 class Pipeline:
     """Parse, dedupe and record batches; wake the relay after each commit.
@@ -162,8 +169,8 @@ class Pipeline:
         self._build = build
         self._pool = parse_pool
         self._relay_offer = relay_offer
-        # Batches mapped ahead (prepare): id(messages) -> (messages, key, Deferred).
-        self._prepared: OrderedDict[int, tuple[Any, tuple[str, ...], Any]] = OrderedDict()
+        # Batches mapped ahead (prepare), by _batch_key -> Deferred.
+        self._prepared: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self.stats: dict[str, int] = {
             "batches": 0,
             "messages": 0,
@@ -186,8 +193,9 @@ class Pipeline:
         """Start mapping a batch that :meth:`handle_batch` will get next
         (the folder's read-ahead chunk), so it is mapped while the batch
         before it commits. Only batches big enough to be mapped off the
-        reactor; :meth:`handle_batch` with the same ``messages`` object uses
-        the result, or maps again if it failed. Never fails."""
+        reactor; :meth:`handle_batch` with the same messages (same folder,
+        UIDVALIDITY and UIDs) uses the result, or maps again if it failed.
+        Never fails."""
         try:
             self._prepare(provider, folder, messages)
         except Exception:
@@ -198,7 +206,7 @@ class Pipeline:
         if not messages or batch_bytes(messages) <= self._threshold:
             return
         now = datetime.fromtimestamp(self._clock.seconds(), tz=UTC)
-        key = (provider.tenant, provider.provider_id, folder)
+        key = _batch_key(provider, folder, messages)
         args = (list(messages), provider.tenant, provider.provider_id, folder, now, self._limits)
         d = self._map_off_reactor(args)
         done: defer.Deferred[Any] = defer.Deferred()
@@ -211,7 +219,7 @@ class Pipeline:
             done.callback(result)
 
         d.addBoth(settled)
-        self._prepared[id(messages)] = (messages, key, done)
+        self._prepared[key] = done
         while len(self._prepared) > self.MAX_PREPARED:
             self._prepared.popitem(last=False)
 
@@ -225,12 +233,9 @@ class Pipeline:
     ) -> defer.Deferred[BatchResult]:
         """See :meth:`IMessagePipeline.handle_batch`. A failure (mapping,
         store, lost lease) means nothing of the batch was recorded."""
-        prepared = self._prepared.pop(id(messages), None)
         ready = None
-        if prepared is not None and prepared[0] is messages and prepared[1] == (
-            provider.tenant, provider.provider_id, folder
-        ):
-            ready = prepared[2]
+        if self._prepared:
+            ready = self._prepared.pop(_batch_key(provider, folder, messages), None)
         d = self._handle(provider, folder, owner, list(messages), cursor, ready)
 
         def failed(failure: Any) -> Any:

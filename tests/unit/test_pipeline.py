@@ -217,7 +217,8 @@ class PipelineTests(unittest.TestCase):
         self.assertEqual(len(held), 1, "nothing of the second batch is recorded yet")
         held[0].callback(None)
         self.assertEqual(self.successResultOf(d1).published, 1)
-        d2 = pipeline.handle_batch(self.provider, "INBOX", OWNER, second, self.cursor(2))
+        # A copy of the batch (same folder, UIDVALIDITY, UIDs) is the same batch.
+        d2 = pipeline.handle_batch(self.provider, "INBOX", OWNER, list(second), self.cursor(2))
         self.assertEqual(self.runner.calls, 2, "not mapped again")
         held[1].callback(None)
         self.assertEqual(self.successResultOf(d2).published, 1)
@@ -246,6 +247,12 @@ class PipelineTests(unittest.TestCase):
         pipeline = self.pipeline()
         pipeline.prepare(self.provider, "INBOX", [fetched(3)])
         self.assertEqual((self.runner.calls, len(pipeline._prepared)), (4, 0))
+        # Other UIDs: mapped again.
+        pipeline = self.pipeline(threshold=0)
+        pipeline.prepare(self.provider, "INBOX", [fetched(4)])
+        self.successResultOf(
+            pipeline.handle_batch(self.provider, "INBOX", OWNER, [fetched(5)], None))
+        self.assertEqual((self.runner.calls, pipeline.stats["prepared"]), (6, 0))
 
     def test_runner_failure_records_nothing(self) -> None:
         self.runner.fail = True
