@@ -130,9 +130,9 @@ class MessageRecord:
         traceability).
     :ivar fields: the complete stream entry (flat string fields) for a
         published message; ``None`` otherwise.
-    :ivar entry: ``fields`` already encoded as one UTF-8 JSON object
-        (:func:`imapsvc.core.event.encode_fields`), when the pipeline built
-        it; stores write it as it is instead of encoding ``fields`` again.
+        The pipeline gives a :class:`~imapsvc.core.event.StreamEntry`,
+        whose payload stays the encoder's UTF-8 bytes on the way to the
+        outbox and the stream.
     """
 
     dedupe_key: str
@@ -144,7 +144,6 @@ class MessageRecord:
     event_id: str
     reason: Optional[str] = None
     fields: Optional[Mapping[str, str]] = None
-    entry: Optional[bytes] = attr.ib(default=None, eq=False, repr=False)
 
 
 @attr.s(frozen=True, auto_attribs=True)

@@ -80,14 +80,11 @@ def build_records(
         event_id, execution_id = event_ids(tenant, provider_id, mapped.dedupe_key)
         reason: Optional[str] = mapped.skip_reason
         fields: Optional[Mapping[str, str]] = None
-        entry: Optional[bytes] = None
         if reason is None:
             try:
                 fields = build_stream_entry(
                     tenant, provider_id, mapped.email_data, event_id, execution_id, now
                 )
-                # Encoded here, once, off the reactor: the store writes it as it is.
-                entry = _event.encode_fields(fields)
             except Exception as exc:
                 # Logged, not swallowed: the record says why it was skipped.
                 _log.failure(
@@ -96,7 +93,7 @@ def build_records(
                     uid=msg.uid,
                 )
                 reason = f"{SKIP_BUILD_ERROR}: {type(exc).__name__}"
-                fields = entry = None
+                fields = None
         records.append(
             MessageRecord(
                 dedupe_key=mapped.dedupe_key,
@@ -108,7 +105,6 @@ def build_records(
                 event_id=event_id,
                 reason=reason,
                 fields=fields,
-                entry=entry,
             )
         )
     return records

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import attr
 from twisted.internet import defer
 
-from imapsvc.core.event import encode_fields
+from imapsvc.core.event import StreamEntry
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import (
     OUTCOME_DUPLICATE,
@@ -310,25 +310,24 @@ class StoreContractMixin:
         self.assertIsNotNone(row["last_seen_at"])
 
     @defer.inlineCallbacks
-    def test_record_batch_stores_the_encoded_entry_as_it_is(self) -> Any:
-        # The pipeline encodes each entry once (MessageRecord.entry); the store
-        # keeps that text instead of encoding ``fields`` again, and reads it
-        # back in its own field order, whatever quotes the text holds.
+    def test_record_batch_keeps_encoded_entries_exactly(self) -> Any:
+        # The pipeline records StreamEntry fields (the payload as the
+        # encoder's bytes); every store gives back the same fields, in their
+        # order, whatever quotes the texts hold.
         p = yield self.leased()
         plain = record(1)
-        fields = {"event_id": plain.event_id, "to_state": "it's $$ $imapsvc_entry$ \\ '",
-                  "payload_json": '{"s":"\u00e9\\"}', "event_name": "INBOUND_EMAIL_RECEIVED"}
-        encoded = attr.evolve(record(2), fields=fields,
-                              entry=encode_fields({**fields, "tenant": p.tenant}))
-        quotes = {"event_id": "q", "payload_json": "it's a \"quote\" $$ $x$"}
-        third = attr.evolve(record(3), fields=quotes, entry=encode_fields(quotes))
+        head = {"event_id": "e2", "to_state": "it's $$ $imapsvc_entry$ \\ '",
+                "event_name": "INBOUND_EMAIL_RECEIVED"}
+        payload = '{"s":"\u00e9\\" $imapsvc_entry$ it\'s","n":[1,2]}'
+        encoded = attr.evolve(record(2), fields=StreamEntry(head, payload.encode()))
+        no_payload = attr.evolve(record(3), fields={"event_id": "e3", "user_id": ""})
         yield self.store.record_batch(p.tenant, p.provider_id, "INBOX", "worker-a",
-                                      [plain, encoded, third], None)
+                                      [plain, encoded, no_payload], None)
         first, second, last = yield self.store.fetch_outbox(10)
         self.assertEqual(first.fields, plain.fields)
-        self.assertEqual(second.fields, {**fields, "tenant": p.tenant})
-        self.assertEqual(list(second.fields), list(fields) + ["tenant"])
-        self.assertEqual(last.fields, quotes)
+        self.assertEqual(dict(second.fields), {**head, "payload_json": payload})
+        self.assertEqual(list(second.fields), list(head) + ["payload_json"])
+        self.assertEqual(dict(last.fields), {"event_id": "e3", "user_id": ""})
 
     @defer.inlineCallbacks
     def test_fetch_outbox_for_owner_skips_rows_another_worker_leases(self) -> Any:

@@ -99,9 +99,8 @@ def _dumps(payload: Mapping[str, Any]) -> str:
 
 
 def encode_fields(fields: Mapping[str, str]) -> bytes:
-    """One stream entry's flat fields as a UTF-8 JSON object, in their order:
-    what the outbox stores, computed once where the entry is built (off the
-    reactor thread) so the store only passes it on."""
+    """One stream entry's flat fields as a UTF-8 JSON object, in their order
+    (a :class:`StreamEntry` without decoding its payload)."""
     if isinstance(fields, StreamEntry):
         return fields.to_json()
     return _dump_bytes(fields)

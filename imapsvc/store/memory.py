@@ -9,7 +9,6 @@ copied in and out so callers cannot mutate stored state by accident.
 from __future__ import annotations
 
 import copy
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Optional, Sequence
@@ -30,7 +29,6 @@ from imapsvc.model import (
 )
 from imapsvc.store import (
     check_records,
-    entry_bytes,
     first_occurrences,
     last_message_id,
     parse_seen_at,
@@ -329,9 +327,7 @@ class MemoryStore:
                 }
             )
             if record.outcome == OUTCOME_PUBLISHED:
-                # What the real stores keep: the entry text, decoded on read.
-                self._append_outbox(tenant, provider_id, record.event_id,
-                                    json.loads(entry_bytes(record)))
+                self._append_outbox(tenant, provider_id, record.event_id, record.fields)
         message_id = last_message_id(records, new)
         if message_id is not None:
             row["last_processed_message_id"] = message_id

@@ -16,7 +16,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Callable, Optional, Sequence
 
-import orjson
 import psycopg2
 from psycopg2.extras import Json
 from twisted.internet import defer
@@ -24,7 +23,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from imapsvc.core.event import encode_fields
 from imapsvc.interfaces import IStore, LeaseLost, StoreUnavailable
 from imapsvc.model import (
     OUTCOME_DUPLICATE,
@@ -37,9 +35,10 @@ from imapsvc.model import (
 )
 from imapsvc.store import (
     check_records,
-    entry_bytes,
     first_occurrences,
     last_message_id,
+    outbox_fields,
+    outbox_parts,
     parse_seen_at,
     sorted_capabilities,
 )
@@ -97,16 +96,23 @@ def _cursors(state: Any) -> dict[str, FolderCursor]:
     return out
 
 
-#: Dollar quotes for an outbox entry: its text goes into the statement as
-#: it is, with no escaping pass over it. An entry is UTF-8 JSON, which holds
-#: no NUL (JSON escapes control characters); one that contains the tag
-#: itself goes through mogrify.
+#: Dollar quotes for an outbox entry and payload: the text goes into the
+#: statement as it is, with no escaping pass over it. Both are UTF-8 JSON,
+#: which holds no NUL (JSON escapes control characters); a text that
+#: contains the tag itself goes through mogrify.
 _DOLLAR_TAG = b"$imapsvc_entry$"
 
 
 def _client_utf8(cur: Any) -> bool:
     connection = getattr(cur, "connection", None)
     return getattr(connection, "encoding", None) == "UTF8"
+
+
+def _outbox_row(cur: Any, head: bytes, event_id: str, fields: Any, utf8: bool) -> bytes:
+    entry, payload = outbox_parts(fields)
+    payload_sql = b"NULL" if payload is None else _text_literal(cur, payload, utf8)
+    return b"".join((head, cur.mogrify("%s, ", (event_id,)), _text_literal(cur, entry, utf8),
+                     b", ", payload_sql, b")"))
 
 
 def _text_literal(cur: Any, data: bytes, utf8: bool) -> bytes:
@@ -402,19 +408,16 @@ class PostgresStore:
             published = [r for r, n in zip(records, new) if n and r.outcome == OUTCOME_PUBLISHED]
             outbox: list[OutboxRow] = []
             if published:
-                # The entry text as the pipeline encoded it (schema 0006):
-                # neither re-encoded here nor parsed by the server.
+                # The payload goes in as the bytes the pipeline encoded
+                # (schema 0006): neither re-encoded here nor parsed as jsonb.
                 head = cur.mogrify("(%s, %s, ", (tenant, provider_id))
                 utf8 = _client_utf8(cur)
                 values = b",".join(
-                    head + cur.mogrify("%s, ", (r.event_id,))
-                    + _text_literal(cur, entry_bytes(r), utf8) + b")"
-                    for r in published
-                )
+                    _outbox_row(cur, head, r.event_id, r.fields or {}, utf8) for r in published)
                 # RETURNING: the relay publishes these rows from memory.
                 yield cur.execute(
-                    b"INSERT INTO imap_event_outbox (tenant, provider_id, event_id, entry)"
-                    b" VALUES " + values + b" RETURNING id, event_id, created_at")
+                    b"INSERT INTO imap_event_outbox (tenant, provider_id, event_id, entry,"
+                    b" payload) VALUES " + values + b" RETURNING id, event_id, created_at")
                 by_event = {r.event_id: r for r in published}
                 # The record's own (read-only) fields: copying a StreamEntry
                 # into a dict would decode its payload for nothing.
@@ -441,11 +444,12 @@ class PostgresStore:
 
     def add_outbox(self, tenant: str, provider_id: str, event_id: str,
                    fields: Any) -> defer.Deferred:
+        entry, payload = outbox_parts(fields)
         return self._query(
-            "INSERT INTO imap_event_outbox (tenant, provider_id, event_id, entry)"
-            " VALUES (%s, %s, %s, %s)",
-            (tenant, provider_id, event_id,
-             encode_fields({str(k): str(v) for k, v in fields.items()}).decode("utf-8")),
+            "INSERT INTO imap_event_outbox (tenant, provider_id, event_id, entry, payload)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (tenant, provider_id, event_id, entry.decode("utf-8"),
+             None if payload is None else payload.decode("utf-8")),
         ).addCallback(lambda _: None)
 
     @defer.inlineCallbacks
@@ -455,7 +459,8 @@ class PostgresStore:
         # is relaying right now are left to it, so two relays never XADD the
         # same row.
         rows = yield self._query(
-            "SELECT o.id, o.tenant, o.provider_id, o.event_id, o.fields, o.entry, o.created_at"
+            "SELECT o.id, o.tenant, o.provider_id, o.event_id, o.fields, o.entry, o.payload,"
+            " o.created_at"
             " FROM imap_event_outbox o LEFT JOIN imap_email_provider_config c"
             "   ON c.tenant = o.tenant AND c.email_provider_id = o.provider_id"
             " WHERE o.published_at IS NULL AND (%s::text IS NULL"
@@ -465,8 +470,9 @@ class PostgresStore:
             " ORDER BY o.id LIMIT %s",
             (owner, owner, int(limit)))
         # Rows written before schema 0006 have only the jsonb ``fields``.
-        return [OutboxRow(int(i), str(t), str(p), e, f if text is None else orjson.loads(text), c)
-                for i, t, p, e, f, text, c in rows]
+        return [OutboxRow(int(i), str(t), str(p), e,
+                          f if entry is None else outbox_fields(entry, payload), c)
+                for i, t, p, e, f, entry, payload, c in rows]
 
     def mark_published(self, ids: Sequence[int]) -> defer.Deferred:
         ids = [int(i) for i in ids]

@@ -52,7 +52,6 @@ from imapsvc.model import (
 )
 from imapsvc.store import (
     check_records,
-    entry_text,
     first_occurrences,
     last_message_id,
     parse_seen_at,
@@ -411,8 +410,8 @@ class SqliteOps:
                     cur.execute(
                         "INSERT INTO imap_event_outbox (tenant, provider_id, event_id, fields,"
                         " created_at) VALUES (?, ?, ?, ?, ?)",
-                        # The entry text as the pipeline encoded it.
-                        (tenant, provider_id, r.event_id, entry_text(r), now))
+                        (tenant, provider_id, r.event_id,
+                         encode_fields(r.fields or {}).decode("utf-8"), now))
             message_id = last_message_id(records, new)
             if message_id is not None:
                 cur.execute(

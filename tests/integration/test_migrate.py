@@ -96,4 +96,5 @@ class MigrateTests(unittest.TestCase):
         self.assertIn("0099_broken.sql", str(caught.exception))
         rows: Any = rig.execute(self.dsn, "SELECT to_regclass('imap_half') IS NULL,"
                                 " (SELECT max(version) FROM imap_schema_migrations)")
-        self.assertEqual(rows[0], (True, 3))
+        last = max(version for version, _name, _path in migrate.list_migrations())
+        self.assertEqual(rows[0], (True, last))

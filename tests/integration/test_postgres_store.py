@@ -133,10 +133,23 @@ class PostgresStoreContractTests(StoreContractMixin, PostgresStoreTestBase):
         rows = yield self.store.fetch_outbox(10)
         self.assertEqual([(r.event_id, r.fields) for r in rows],
                          [("old", old), ("new", {"event_id": "new"})])
-        stored = rig.fetch_dicts(self.dsn, "SELECT event_id, fields, entry FROM imap_event_outbox"
+        stored = rig.fetch_dicts(self.dsn, "SELECT fields, entry, payload FROM imap_event_outbox"
                                  " ORDER BY id")
-        self.assertEqual([(r["fields"], r["entry"]) for r in stored],
-                         [(old, None), (None, '{"event_id":"new"}')])
+        self.assertEqual([(r["fields"], r["entry"], r["payload"]) for r in stored],
+                         [(old, None, None), (None, '{"event_id":"new"}', None)])
+
+    @defer.inlineCallbacks
+    def test_the_payload_is_stored_as_it_goes_to_redis(self) -> Any:
+        from imapsvc.core.event import StreamEntry
+        from tests.store_contract import record
+
+        p = yield self.leased()
+        payload = '{"subject":"caf\u00e9 \\"x\\""}'
+        rec = attr.evolve(record(1), fields=StreamEntry({"event_id": "e"}, payload.encode()))
+        yield self.store.record_batch(p.tenant, p.provider_id, "INBOX", "worker-a", [rec], None)
+        [row] = rig.fetch_dicts(self.dsn, "SELECT fields, entry, payload FROM imap_event_outbox")
+        self.assertEqual((row["fields"], row["entry"], row["payload"]),
+                         (None, '{"event_id":"e"}', payload))
 
 
 def _eventually(test: unittest.TestCase, attempt: Any, tries: int = 60,
