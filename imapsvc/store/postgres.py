@@ -108,20 +108,28 @@ def _client_utf8(cur: Any) -> bool:
     return getattr(connection, "encoding", None) == "UTF8"
 
 
-def _outbox_row(cur: Any, head: bytes, event_id: str, fields: Any, utf8: bool) -> bytes:
-    entry, payload = outbox_parts(fields)
-    payload_sql = b"NULL" if payload is None else _text_literal(cur, payload, utf8)
-    return b"".join((head, cur.mogrify("%s, ", (event_id,)), _text_literal(cur, entry, utf8),
-                     b", ", payload_sql, b")"))
+def _outbox_values(cur: Any, head: bytes, records: Sequence[MessageRecord],
+                   utf8: bool) -> list[bytes]:
+    """The VALUES rows of the outbox insert as pieces for one join: each
+    payload is copied once, into the statement."""
+    pieces: list[bytes] = []
+    for index, record in enumerate(records):
+        entry, payload = outbox_parts(record.fields or {})
+        pieces += [b"," if index else b"", head, cur.mogrify("%s, ", (record.event_id,))]
+        pieces += _text_literal(cur, entry, utf8)
+        pieces.append(b", ")
+        pieces += [b"NULL"] if payload is None else _text_literal(cur, payload, utf8)
+        pieces.append(b")")
+    return pieces
 
 
-def _text_literal(cur: Any, data: bytes, utf8: bool) -> bytes:
-    """A SQL text literal of the UTF-8 ``data`` (for a UTF8 client encoding,
-    the bytes between dollar quotes)."""
+def _text_literal(cur: Any, data: bytes, utf8: bool) -> list[bytes]:
+    """A SQL text literal of the UTF-8 ``data``, as pieces (for a UTF8 client
+    encoding, the bytes between dollar quotes)."""
     if utf8 and _DOLLAR_TAG not in data:
-        return _DOLLAR_TAG + data + _DOLLAR_TAG
+        return [_DOLLAR_TAG, data, _DOLLAR_TAG]
     literal: bytes = cur.mogrify("%s", (data.decode("utf-8"),))
-    return literal
+    return [literal]
 
 
 def provider_from_row(row: Sequence[Any]) -> ProviderConfig:
@@ -411,13 +419,13 @@ class PostgresStore:
                 # The payload goes in as the bytes the pipeline encoded
                 # (schema 0006): neither re-encoded here nor parsed as jsonb.
                 head = cur.mogrify("(%s, %s, ", (tenant, provider_id))
-                utf8 = _client_utf8(cur)
-                values = b",".join(
-                    _outbox_row(cur, head, r.event_id, r.fields or {}, utf8) for r in published)
-                # RETURNING: the relay publishes these rows from memory.
-                yield cur.execute(
+                statement = b"".join([
                     b"INSERT INTO imap_event_outbox (tenant, provider_id, event_id, entry,"
-                    b" payload) VALUES " + values + b" RETURNING id, event_id, created_at")
+                    b" payload) VALUES ",
+                    *_outbox_values(cur, head, published, _client_utf8(cur)),
+                    b" RETURNING id, event_id, created_at"])
+                # RETURNING: the relay publishes these rows from memory.
+                yield cur.execute(statement)
                 by_event = {r.event_id: r for r in published}
                 # The record's own (read-only) fields: copying a StreamEntry
                 # into a dict would decode its payload for nothing.

@@ -170,12 +170,13 @@ class RedisSinkWireTests(unittest.TestCase):
         )
 
     def test_batch_is_one_write(self) -> None:
-        writes: list[bytes] = []
-        write = self.transport.write
-        self.transport.write = lambda data: (writes.append(data), write(data))  # type: ignore
+        writes: list[list[bytes]] = []
+        sequence = self.transport.writeSequence
+        self.transport.writeSequence = (  # type: ignore[method-assign]
+            lambda data: (writes.append(list(data)), sequence(data)))
         self.sink().publish([entry(1), entry(2), entry(3)])
-        self.assertEqual(len(writes), 1)
-        self.assertEqual(writes[0].count(b"$4\r\nXADD\r\n"), 3)
+        self.assertEqual([len(w) for w in writes], [3])
+        self.assertEqual(self.transport.value().count(b"$4\r\nXADD\r\n"), 3)
 
     def test_encoded_entry_goes_out_with_its_payload_bytes(self) -> None:
         from imapsvc.core.event import StreamEntry
