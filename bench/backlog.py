@@ -259,9 +259,9 @@ class _Watch:
                     watch.t0 = watch.clock.seconds()
                     watch.cpu0 = time.process_time()
                     # What start-up alone costs (imports, pools, connections).
-                    watch.rss_at_start_mb = round(
-                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1
-                    )
+                    start_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                    LAST_RUN["start_kib"] = start_kib
+                    watch.rss_at_start_mb = round(start_kib / 1024.0, 1)
                 start()
 
             svc.startService = start_and_stamp
@@ -390,6 +390,11 @@ def apply_parse_processes(runtime: Any, settings: Any) -> None:
         return
     runtime.parse_pool = _NoParsePool()
     runtime.pipeline._pool = None
+
+
+#: Figures of the last :func:`run` (``start_kib``: own peak RSS before the
+#: first connect, KiB), for :mod:`bench.big_message`.
+LAST_RUN: dict[str, Any] = {}
 
 
 def run(env: dict[str, Any], settings: Any) -> tuple[int, float, int]:
