@@ -110,11 +110,9 @@ def build_records(
     return records
 
 
-def _batch_key(provider: ProviderConfig, folder: str,
-               messages: Sequence[FetchedMessage]) -> tuple[Any, ...]:
+def _batch_uids(messages: Sequence[FetchedMessage]) -> tuple[tuple[str, int], ...]:
     # UIDs name the messages of a folder exactly (within one UIDVALIDITY).
-    return (provider.tenant, provider.provider_id, folder,
-            tuple((m.uid_validity, m.uid) for m in messages))
+    return tuple((m.uid_validity, m.uid) for m in messages)
 
 
 @implementer(IMessagePipeline)
@@ -165,8 +163,9 @@ class Pipeline:
         self._build = build
         self._pool = parse_pool
         self._relay_offer = relay_offer
-        # Batches mapped ahead (prepare), by _batch_key -> Deferred.
-        self._prepared: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        # The batch mapped ahead (prepare) per folder: (tenant, provider,
+        # folder) -> (_batch_uids, Deferred of the records or None).
+        self._prepared: OrderedDict[tuple[str, str, str], tuple[Any, Any]] = OrderedDict()
         self.stats: dict[str, int] = {
             "batches": 0,
             "messages": 0,
@@ -180,9 +179,11 @@ class Pipeline:
             "prepared": 0,
         }
 
-    #: Batches mapped ahead and not handed in yet, at most (a folder whose
-    #: session dropped never hands its read-ahead chunk in).
-    MAX_PREPARED = 4
+    #: Folders with a batch mapped ahead and not handed in yet, at most. A
+    #: folder has one read-ahead chunk at a time (a newer one replaces it);
+    #: the bound only matters for folders whose session dropped and that
+    #: never came back.
+    MAX_PREPARED = 1024
 
     def prepare(self, provider: ProviderConfig, folder: str,
                 messages: Sequence[FetchedMessage]) -> None:
@@ -202,7 +203,7 @@ class Pipeline:
         if not messages or batch_bytes(messages) <= self._threshold:
             return
         now = datetime.fromtimestamp(self._clock.seconds(), tz=UTC)
-        key = _batch_key(provider, folder, messages)
+        key = (provider.tenant, provider.provider_id, folder)
         args = (list(messages), provider.tenant, provider.provider_id, folder, now, self._limits)
         d = self._map_off_reactor(args)
         done: defer.Deferred[Any] = defer.Deferred()
@@ -215,7 +216,8 @@ class Pipeline:
             done.callback(result)
 
         d.addBoth(settled)
-        self._prepared[key] = done
+        self._prepared.pop(key, None)
+        self._prepared[key] = (_batch_uids(messages), done)
         while len(self._prepared) > self.MAX_PREPARED:
             self._prepared.popitem(last=False)
 
@@ -231,7 +233,9 @@ class Pipeline:
         store, lost lease) means nothing of the batch was recorded."""
         ready = None
         if self._prepared:
-            ready = self._prepared.pop(_batch_key(provider, folder, messages), None)
+            prepared = self._prepared.pop((provider.tenant, provider.provider_id, folder), None)
+            if prepared is not None and prepared[0] == _batch_uids(messages):
+                ready = prepared[1]
         d = self._handle(provider, folder, owner, list(messages), cursor, ready)
 
         def failed(failure: Any) -> Any:

@@ -321,9 +321,13 @@ class StoreContractMixin:
         payload = '{"s":"\u00e9\\" $imapsvc_entry$ it\'s","n":[1,2]}'
         encoded = attr.evolve(record(2), fields=StreamEntry(head, payload.encode()))
         no_payload = attr.evolve(record(3), fields={"event_id": "e3", "user_id": ""})
+        # Ends with what a closing dollar quote would complete.
+        tail = {"event_id": "e4", "payload_json": "it's $x$ $imapsvc_entry"}
+        tricky = attr.evolve(record(4), fields=tail)
         yield self.store.record_batch(p.tenant, p.provider_id, "INBOX", "worker-a",
-                                      [plain, encoded, no_payload], None)
-        first, second, last = yield self.store.fetch_outbox(10)
+                                      [plain, encoded, no_payload, tricky], None)
+        first, second, last, fourth = yield self.store.fetch_outbox(10)
+        self.assertEqual(dict(fourth.fields), tail)
         self.assertEqual(first.fields, plain.fields)
         self.assertEqual(dict(second.fields), {**head, "payload_json": payload})
         self.assertEqual(list(second.fields), list(head) + ["payload_json"])

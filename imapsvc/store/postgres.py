@@ -99,7 +99,8 @@ def _cursors(state: Any) -> dict[str, FolderCursor]:
 #: Dollar quotes for an outbox entry and payload: the text goes into the
 #: statement as it is, with no escaping pass over it. Both are UTF-8 JSON,
 #: which holds no NUL (JSON escapes control characters); a text that
-#: contains the tag itself goes through mogrify.
+#: contains the tag, or ends with all of it but the last "$" (which the
+#: closing tag would complete), goes through mogrify.
 _DOLLAR_TAG = b"$imapsvc_entry$"
 
 
@@ -126,7 +127,7 @@ def _outbox_values(cur: Any, head: bytes, records: Sequence[MessageRecord],
 def _text_literal(cur: Any, data: bytes, utf8: bool) -> list[bytes]:
     """A SQL text literal of the UTF-8 ``data``, as pieces (for a UTF8 client
     encoding, the bytes between dollar quotes)."""
-    if utf8 and _DOLLAR_TAG not in data:
+    if utf8 and _DOLLAR_TAG not in data and not data.endswith(_DOLLAR_TAG[:-1]):
         return [_DOLLAR_TAG, data, _DOLLAR_TAG]
     literal: bytes = cur.mogrify("%s", (data.decode("utf-8"),))
     return [literal]

@@ -254,6 +254,16 @@ class PipelineTests(unittest.TestCase):
             pipeline.handle_batch(self.provider, "INBOX", OWNER, [fetched(5)], None))
         self.assertEqual((self.runner.calls, pipeline.stats["prepared"]), (6, 0))
 
+    def test_every_folder_keeps_its_prepared_batch(self) -> None:
+        pipeline = self.pipeline(threshold=0)
+        folders = [f"F{i}" for i in range(10)]
+        for i, folder in enumerate(folders):
+            pipeline.prepare(self.provider, folder, [fetched(i + 1)])
+        for i, folder in enumerate(folders):
+            self.successResultOf(
+                pipeline.handle_batch(self.provider, folder, OWNER, [fetched(i + 1)], None))
+        self.assertEqual((self.runner.calls, pipeline.stats["prepared"]), (10, 10))
+
     def test_runner_failure_records_nothing(self) -> None:
         self.runner.fail = True
         self.failureResultOf(
