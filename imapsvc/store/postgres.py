@@ -415,18 +415,33 @@ class PostgresStore:
                 inserted = {row[0] for row in cur.fetchall()}
             new = [f and r.dedupe_key in inserted for r, f in zip(records, first)]
             published = [r for r, n in zip(records, new) if n and r.outcome == OUTCOME_PUBLISHED]
+            # The row updates and the outbox insert go in one round trip
+            # (psycopg2 sends them as one simple query); the insert comes last
+            # because only the last statement's rows come back.
+            statements: list[bytes] = []
+            message_id = last_message_id(records, new)
+            if message_id is not None:
+                statements.append(cur.mogrify(
+                    "UPDATE imap_email_provider_config SET last_processed_message_id = %s"
+                    " WHERE tenant = %s AND email_provider_id = %s",
+                    (message_id, tenant, provider_id)))
+            if cursor is not None:
+                statements.append(cur.mogrify(
+                    _WRITE_CURSOR, self._cursor_params(tenant, provider_id, folder, cursor)))
             outbox: list[OutboxRow] = []
             if published:
                 # The payload goes in as the bytes the pipeline encoded
                 # (schema 0006): neither re-encoded here nor parsed as jsonb.
                 head = cur.mogrify("(%s, %s, ", (tenant, provider_id))
-                statement = b"".join([
+                statements.append(b"".join([
                     b"INSERT INTO imap_event_outbox (tenant, provider_id, event_id, entry,"
                     b" payload) VALUES ",
                     *_outbox_values(cur, head, published, _client_utf8(cur)),
-                    b" RETURNING id, event_id, created_at"])
+                    b" RETURNING id, event_id, created_at"]))
+            if statements:
+                yield cur.execute(b";\n".join(statements))
+            if published:
                 # RETURNING: the relay publishes these rows from memory.
-                yield cur.execute(statement)
                 by_event = {r.event_id: r for r in published}
                 # The record's own (read-only) fields: copying a StreamEntry
                 # into a dict would decode its payload for nothing.
@@ -434,15 +449,6 @@ class PostgresStore:
                     (OutboxRow(int(i), tenant, provider_id, e, by_event[e].fields or {}, c)
                      for i, e, c in cur.fetchall()),
                     key=lambda row: row.id)
-            message_id = last_message_id(records, new)
-            if message_id is not None:
-                yield cur.execute(
-                    "UPDATE imap_email_provider_config SET last_processed_message_id = %s"
-                    " WHERE tenant = %s AND email_provider_id = %s",
-                    (message_id, tenant, provider_id))
-            if cursor is not None:
-                yield cur.execute(_WRITE_CURSOR,
-                                  self._cursor_params(tenant, provider_id, folder, cursor))
             return BatchResult(tuple(
                 r.outcome if n else OUTCOME_DUPLICATE for r, n in zip(records, new)),
                 outbox=tuple(outbox))

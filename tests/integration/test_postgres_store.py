@@ -122,6 +122,25 @@ class PostgresStoreContractTests(StoreContractMixin, PostgresStoreTestBase):
         self.assertEqual(len((yield self.store.fetch_outbox(10))), 1)
 
     @defer.inlineCallbacks
+    def test_batch_reports_its_outbox_rows_with_cursor_and_message_id(self) -> Any:
+        """The outbox insert shares a round trip with the row updates: its
+        RETURNING rows still come back, and the updates still land."""
+        from imapsvc.model import FolderCursor
+        from tests.store_contract import record
+
+        p = yield self.leased()
+        recs = [record(1, message_id="<a@x>"), record(2, message_id="<b@x>")]
+        result = yield self.store.record_batch(
+            p.tenant, p.provider_id, "INBOX", "worker-a", recs,
+            FolderCursor("7", "2", "2026-01-10T12:00:00.000Z"))
+        stored = yield self.store.fetch_outbox(10)
+        self.assertEqual([(r.id, r.event_id) for r in result.outbox],
+                         [(r.id, r.event_id) for r in stored])
+        self.assertEqual([r.event_id for r in stored], [r.event_id for r in recs])
+        row = self.provider_row(p.tenant, p.provider_id)
+        self.assertEqual((row["last_processed_message_id"], row["last_uid"]), ("<b@x>", "2"))
+
+    @defer.inlineCallbacks
     def test_rows_from_before_0006_stay_readable(self) -> Any:
         """A row written as jsonb ``fields`` (no ``entry``) is relayed as before;
         new rows carry the entry text and leave ``fields`` empty."""
