@@ -791,6 +791,7 @@ class FolderService(service.Service):
                 # so IMAP round trips overlap the pipeline's work. One chunk
                 # ahead at most; batches are still handed off in UID order.
                 ahead = self._fetch_chunk(proto, name, validity, chunks[i + 1])
+                ahead.addCallback(self._map_ahead, name)
             after = advance(cursor, chunk[-1], self.reactor.seconds())
             # hold_cursor: the cursor moves with the last chunk only.
             write: Optional[FolderCursor] = after
@@ -1061,6 +1062,14 @@ class FolderService(service.Service):
                     uids |= present & set(recorded)
         if uids:
             yield self._write_back(proto, name, mode, validity, sorted(uids))
+
+    def _map_ahead(self, messages: Any, name: str) -> Any:
+        # The read-ahead chunk starts mapping now, while the batch before it
+        # commits (the pipeline still records batches strictly in order).
+        prepare = getattr(self.pipeline, "prepare", None)
+        if prepare is not None and messages:
+            prepare(self.provider, name, messages)
+        return messages
 
     @defer.inlineCallbacks
     def _fetch_chunk(self, proto: Any, name: str, validity: str, chunk: list[int]):  # type: ignore[no-untyped-def]

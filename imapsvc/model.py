@@ -148,6 +148,9 @@ class MessageRecord:
         traceability).
     :ivar fields: the complete stream entry (flat string fields) for a
         published message; ``None`` otherwise.
+        The pipeline gives a :class:`~imapsvc.core.event.StreamEntry`,
+        whose payload stays the encoder's UTF-8 bytes on the way to the
+        outbox and the stream.
     """
 
     dedupe_key: str

@@ -17,11 +17,13 @@ serving IDLE connections meanwhile.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from datetime import UTC, datetime
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapsvc.core import email_data as _email_data
@@ -70,7 +72,7 @@ def build_records(
     limits: Limits,
     map_message: Callable[..., Any] = _email_data.map_message,
     event_ids: Callable[..., tuple[str, str]] = _event.event_ids,
-    build_stream_entry: Callable[..., dict[str, str]] = _event.build_stream_entry,
+    build_stream_entry: Callable[..., Mapping[str, str]] = _event.build_encoded_entry,
 ) -> list[MessageRecord]:
     """The ledger records of a batch (pure; safe to run in a thread).
 
@@ -82,7 +84,7 @@ def build_records(
         mapped = map_message(msg, tenant, provider_id, now, limits)
         event_id, execution_id = event_ids(tenant, provider_id, mapped.dedupe_key)
         reason: Optional[str] = mapped.skip_reason
-        fields: Optional[dict[str, str]] = None
+        fields: Optional[Mapping[str, str]] = None
         if reason is None:
             try:
                 fields = build_stream_entry(
@@ -96,6 +98,7 @@ def build_records(
                     uid=msg.uid,
                 )
                 reason = f"{SKIP_BUILD_ERROR}: {type(exc).__name__}"
+                fields = None
         records.append(
             MessageRecord(
                 dedupe_key=mapped.dedupe_key,
@@ -110,6 +113,11 @@ def build_records(
             )
         )
     return records
+
+
+def _batch_uids(messages: Sequence[FetchedMessage]) -> tuple[tuple[str, int], ...]:
+    # UIDs name the messages of a folder exactly (within one UIDVALIDITY).
+    return tuple((m.uid_validity, m.uid) for m in messages)
 
 
 @implementer(IMessagePipeline)
@@ -166,6 +174,9 @@ class Pipeline:
         self._relay_offer = relay_offer
         #: IMAP_ATTACHMENT_MODE=store (imapsvc.objectstore.upload.ObjectUploader).
         self._uploader = object_uploader
+        # The batch mapped ahead (prepare) per folder: (tenant, provider,
+        # folder) -> (_batch_uids, Deferred of the records or None).
+        self._prepared: OrderedDict[tuple[str, str, str], tuple[Any, Any]] = OrderedDict()
         self.stats: dict[str, int] = {
             "batches": 0,
             "messages": 0,
@@ -176,7 +187,50 @@ class Pipeline:
             "threaded": 0,
             "processes": 0,
             "pool_fallbacks": 0,
+            "prepared": 0,
         }
+
+    #: Folders with a batch mapped ahead and not handed in yet, at most. A
+    #: folder has one read-ahead chunk at a time (a newer one replaces it);
+    #: the bound only matters for folders whose session dropped and that
+    #: never came back.
+    MAX_PREPARED = 1024
+
+    def prepare(self, provider: ProviderConfig, folder: str,
+                messages: Sequence[FetchedMessage]) -> None:
+        """Start mapping a batch that :meth:`handle_batch` will get next
+        (the folder's read-ahead chunk), so it is mapped while the batch
+        before it commits. Only batches big enough to be mapped off the
+        reactor; :meth:`handle_batch` with the same messages (same folder,
+        UIDVALIDITY and UIDs) uses the result, or maps again if it failed.
+        Never fails."""
+        try:
+            self._prepare(provider, folder, messages)
+        except Exception:
+            _log.failure("Could not start mapping a batch ahead")
+
+    def _prepare(self, provider: ProviderConfig, folder: str,
+                 messages: Sequence[FetchedMessage]) -> None:
+        if not messages or batch_bytes(messages) <= self._threshold:
+            return
+        now = datetime.fromtimestamp(self._clock.seconds(), tz=UTC)
+        key = (provider.tenant, provider.provider_id, folder)
+        args = (list(messages), provider.tenant, provider.provider_id, folder, now, self._limits)
+        d = self._map_off_reactor(args)
+        done: defer.Deferred[Any] = defer.Deferred()
+
+        def settled(result: Any) -> None:
+            if isinstance(result, Failure):
+                # handle_batch maps the batch again (and fails there if it must).
+                _log.failure("Mapping a batch ahead failed", failure=result)
+                result = None
+            done.callback(result)
+
+        d.addBoth(settled)
+        self._prepared.pop(key, None)
+        self._prepared[key] = (_batch_uids(messages), done)
+        while len(self._prepared) > self.MAX_PREPARED:
+            self._prepared.popitem(last=False)
 
     def handle_batch(
         self,
@@ -188,7 +242,12 @@ class Pipeline:
     ) -> defer.Deferred[BatchResult]:
         """See :meth:`IMessagePipeline.handle_batch`. A failure (mapping,
         store, lost lease) means nothing of the batch was recorded."""
-        d = self._handle(provider, folder, owner, list(messages), cursor)
+        ready = None
+        if self._prepared:
+            prepared = self._prepared.pop((provider.tenant, provider.provider_id, folder), None)
+            if prepared is not None and prepared[0] == _batch_uids(messages):
+                ready = prepared[1]
+        d = self._handle(provider, folder, owner, list(messages), cursor, ready)
 
         def failed(failure: Any) -> Any:
             self.stats["failures"] += 1
@@ -204,6 +263,7 @@ class Pipeline:
         owner: str,
         messages: list[FetchedMessage],
         cursor: Optional[FolderCursor],
+        ready: Optional[defer.Deferred[Any]] = None,
     ) -> Any:
         tenant, provider_id = provider.tenant, provider.provider_id
         now = datetime.fromtimestamp(self._clock.seconds(), tz=UTC)
@@ -216,10 +276,17 @@ class Pipeline:
                 for key, value in self._uploader.stats.items():
                     self.stats[f"stored_{key}"] = value  # /metrics reads them here
         args = (messages, tenant, provider_id, folder, now, self._limits)
-        if messages and batch_bytes(messages) > self._threshold:
-            records = yield self._map_off_reactor(args)
-        else:
-            records = self._build(*args)
+        records = None
+        if ready is not None:
+            mapped = yield ready
+            if isinstance(mapped, list) and len(mapped) == len(messages):
+                records = mapped
+                self.stats["prepared"] += 1
+        if records is None:
+            if messages and batch_bytes(messages) > self._threshold:
+                records = yield self._map_off_reactor(args)
+            else:
+                records = self._build(*args)
         result = yield self._store.record_batch(tenant, provider_id, folder, owner, records, cursor)
         self.stats["batches"] += 1
         self.stats["messages"] += len(records)

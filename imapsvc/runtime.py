@@ -192,7 +192,11 @@ class Runtime(service.MultiService):
         self.relay = Relay(self.store, self.sink, reactor, owner=s.worker_id)
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="imapsvc-parse")
         # -- parse process pool (IMAP_PARSE_PROCESSES; docs/performance.md) --
+        from imapsvc.malloc_arenas import limit_arenas
         from imapsvc.parse_pool import ParsePool
+
+        # Before any worker thread allocates: see imapsvc/malloc_arenas.py.
+        limit_arenas()
 
         # IMAP_PARSE_PROCESSES=0 (the default) means a thread and no pool:
         # ParsePool itself reads 0 as "one worker per core".

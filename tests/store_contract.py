@@ -13,8 +13,10 @@ import uuid
 from datetime import date, datetime, timedelta
 from typing import Any, Optional
 
+import attr
 from twisted.internet import defer
 
+from imapsvc.core.event import StreamEntry
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import (
     OUTCOME_DUPLICATE,
@@ -397,6 +399,30 @@ class StoreContractMixin:
         self.assertEqual(row["last_processed_message_id"], "<c@x>")
         self.assertEqual(row["last_uid"], "3")
         self.assertIsNotNone(row["last_seen_at"])
+
+    @defer.inlineCallbacks
+    def test_record_batch_keeps_encoded_entries_exactly(self) -> Any:
+        # The pipeline records StreamEntry fields (the payload as the
+        # encoder's bytes); every store gives back the same fields, in their
+        # order, whatever quotes the texts hold.
+        p = yield self.leased()
+        plain = record(1)
+        head = {"event_id": "e2", "to_state": "it's $$ $imapsvc_entry$ \\ '",
+                "event_name": "INBOUND_EMAIL_RECEIVED"}
+        payload = '{"s":"\u00e9\\" $imapsvc_entry$ it\'s","n":[1,2]}'
+        encoded = attr.evolve(record(2), fields=StreamEntry(head, payload.encode()))
+        no_payload = attr.evolve(record(3), fields={"event_id": "e3", "user_id": ""})
+        # Ends with what a closing dollar quote would complete.
+        tail = {"event_id": "e4", "payload_json": "it's $x$ $imapsvc_entry"}
+        tricky = attr.evolve(record(4), fields=tail)
+        yield self.store.record_batch(p.tenant, p.provider_id, "INBOX", "worker-a",
+                                      [plain, encoded, no_payload, tricky], None)
+        first, second, last, fourth = yield self.store.fetch_outbox(10)
+        self.assertEqual(dict(fourth.fields), tail)
+        self.assertEqual(first.fields, plain.fields)
+        self.assertEqual(dict(second.fields), {**head, "payload_json": payload})
+        self.assertEqual(list(second.fields), list(head) + ["payload_json"])
+        self.assertEqual(dict(last.fields), {"event_id": "e3", "user_id": ""})
 
     @defer.inlineCallbacks
     def test_fetch_outbox_for_owner_skips_rows_another_worker_leases(self) -> Any:

@@ -285,7 +285,13 @@ def choose_body_text(parts: Sequence[BodyPart]) -> list[BodyPart]:
             continue
         chosen[part.content_type] = part.section
     wanted = set(chosen.values())
-    return [attr.evolve(p, is_body_text=p.section in wanted) for p in parts]
+    # Only parts whose flag changes are copied (attr.evolve is slow, and this
+    # runs on the reactor thread for every message of a chunk).
+    return [
+        p if p.is_body_text == (p.section in wanted) else attr.evolve(
+            p, is_body_text=p.section in wanted)
+        for p in parts
+    ]
 
 
 # -- parameter values: RFC 2231 and RFC 2047 ---------------------------------

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from imapsvc.core.event import StreamEntry
 from imapsvc.deferreds import DeadlineExceeded, with_deadline
 from imapsvc.interfaces import ISink
 
@@ -85,7 +86,40 @@ def parse_redis_url(url: str) -> RedisAddress:
     )
 
 
-def xadd_args(stream: str, fields: Mapping[str, str], maxlen: int = 0) -> list[str]:
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def xadd_command(stream: str, fields: Mapping[str, str], maxlen: int = 0) -> bytes:
+    """One ``XADD`` as RESP bytes, ready for the socket (pure). A
+    :class:`~imapsvc.core.event.StreamEntry` goes out with its payload bytes
+    as they are, never decoded or encoded again.
+
+    :raises TypeError: a non-string field (nothing of a bad batch is written).
+    :raises ValueError: no field.
+    """
+    head = xadd_args(stream, {}, maxlen, allow_empty=True)
+    entry = fields if isinstance(fields, StreamEntry) else None
+    items = entry.head() if entry is not None else fields
+    if not items and entry is None:
+        raise ValueError("a stream entry needs at least one field")
+    pairs: list[tuple[bytes, bytes]] = []
+    for key, value in items.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError("stream fields must be strings")
+        pairs.append((key.encode("utf-8"), value.encode("utf-8")))
+    if entry is not None:
+        pairs.append((b"payload_json", entry.wire_payload()))
+    parts = [b"*%d\r\n" % (len(head) + 2 * len(pairs))]
+    parts += [_bulk(arg.encode("utf-8")) for arg in head]
+    for name, data in pairs:
+        parts.append(_bulk(name))
+        parts.append(_bulk(data))
+    return b"".join(parts)
+
+
+def xadd_args(stream: str, fields: Mapping[str, str], maxlen: int = 0,
+              allow_empty: bool = False) -> list[str]:
     """The arguments of one ``XADD`` (pure; raises ``TypeError`` on a
     non-string field so nothing of a bad batch is written)."""
     args = ["XADD", stream]
@@ -93,7 +127,7 @@ def xadd_args(stream: str, fields: Mapping[str, str], maxlen: int = 0) -> list[s
         # "~": trimming at macro-node boundaries is far cheaper than exact.
         args += ["MAXLEN", "~", str(maxlen)]
     args.append("*")
-    if not fields:
+    if not fields and not allow_empty:
         raise ValueError("a stream entry needs at least one field")
     for key, value in fields.items():
         if not isinstance(key, str) or not isinstance(value, str):
@@ -194,16 +228,14 @@ class RedisStreamSink:
         if self._factory is None:
             return defer.fail(SinkUnavailable("Redis sink is not started"))
         try:
-            commands = [xadd_args(self.stream, fields, self._maxlen) for _, fields in entries]
+            commands = [xadd_command(self.stream, fields, self._maxlen) for _, fields in entries]
         except (TypeError, ValueError) as e:
             return defer.fail(e)
         sent_on: list[Any] = []
 
         def send(conn: Any) -> defer.Deferred[list[Any]]:
             sent_on.append(conn)
-            # Each execute_command writes at once; replies are matched in order.
-            replies = [conn.execute_command(*args) for args in commands]
-            return defer.gatherResults(replies, consumeErrors=True)
+            return defer.gatherResults(_pipeline(conn, commands), consumeErrors=True)
 
         d = self._factory.getConnection(peek=True)
         d.addCallback(send)
@@ -232,6 +264,23 @@ class RedisStreamSink:
             raise SinkUnavailable(f"Redis PING failed: {_describe(failure)}")
 
         return d.addErrback(failed)
+
+
+def _pipeline(conn: Any, commands: list[bytes]) -> list[defer.Deferred[Any]]:
+    """Write ``commands`` (RESP) in one go and return one Deferred per reply,
+    in order.
+
+    This is what ``execute_command`` does for each command (write, then wait
+    on the protocol's reply queue, replies being strictly ordered), minus
+    building every command again from Python strings, which was most of the
+    sink's reactor time. ``writeSequence``: the transport joins its buffer
+    anyway, so the batch is not copied once more here (up to 500 entries).
+    """
+    if not conn.connected:
+        raise ConnectionError("Not connected")
+    queue = conn.replyQueue
+    conn.transport.writeSequence(commands)
+    return [queue.get().addCallback(conn.handle_reply) for _ in commands]
 
 
 def _text(value: Any) -> str:

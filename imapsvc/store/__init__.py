@@ -8,12 +8,36 @@ helpers here hold the decisions both make the same way.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
+import orjson
+
+from imapsvc.core.event import StreamEntry, encode_fields
 from imapsvc.model import OUTCOME_PUBLISHED, OUTCOME_SKIPPED, MessageRecord, ProviderConfig
 
 #: Longest ``config_error`` a store puts on an unreadable row.
 _ROW_ERROR_MAX = 300
+
+
+def outbox_parts(fields: Mapping[str, str]) -> tuple[bytes, Optional[bytes]]:
+    """How the outbox keeps one entry (schema 0006): every field but
+    ``payload_json`` as a UTF-8 JSON object, and ``payload_json`` apart as
+    it is (``None`` when absent). A :class:`~imapsvc.core.event.StreamEntry`
+    hands over its payload bytes without decoding or escaping them."""
+    if isinstance(fields, StreamEntry):
+        return encode_fields(fields.head()), fields.wire_payload()
+    head = {str(k): str(v) for k, v in fields.items() if k != "payload_json"}
+    payload = fields.get("payload_json")
+    return encode_fields(head), None if payload is None else str(payload).encode("utf-8")
+
+
+def outbox_fields(head: Any, payload: Any) -> dict[str, str]:
+    """The fields of an outbox row stored by :func:`outbox_parts`, in order."""
+    fields: dict[str, str] = orjson.loads(head)
+    if payload is not None:
+        fields["payload_json"] = payload if isinstance(payload, str) else bytes(
+            payload).decode("utf-8")
+    return fields
 
 
 def check_records(records: Sequence[MessageRecord]) -> None:

@@ -47,6 +47,8 @@ from imapsvc.store import (
     check_records,
     first_occurrences,
     last_message_id,
+    outbox_fields,
+    outbox_parts,
     parse_seen_at,
     provider_or_invalid,
     sorted_capabilities,
@@ -123,6 +125,43 @@ def _cursors(state: Any) -> dict[str, FolderCursor]:
         if cursor is not None:
             out[str(folder)] = cursor
     return out
+
+
+#: Dollar quotes for an outbox entry and payload: the text goes into the
+#: statement as it is, with no escaping pass over it. Both are UTF-8 JSON,
+#: which holds no NUL (JSON escapes control characters); a text that
+#: contains the tag, or ends with all of it but the last "$" (which the
+#: closing tag would complete), goes through mogrify.
+_DOLLAR_TAG = b"$imapsvc_entry$"
+
+
+def _client_utf8(cur: Any) -> bool:
+    connection = getattr(cur, "connection", None)
+    return getattr(connection, "encoding", None) == "UTF8"
+
+
+def _outbox_values(cur: Any, head: bytes, records: Sequence[MessageRecord],
+                   utf8: bool) -> list[bytes]:
+    """The VALUES rows of the outbox insert as pieces for one join: each
+    payload is copied once, into the statement."""
+    pieces: list[bytes] = []
+    for index, record in enumerate(records):
+        entry, payload = outbox_parts(record.fields or {})
+        pieces += [b"," if index else b"", head, cur.mogrify("%s, ", (record.event_id,))]
+        pieces += _text_literal(cur, entry, utf8)
+        pieces.append(b", ")
+        pieces += [b"NULL"] if payload is None else _text_literal(cur, payload, utf8)
+        pieces.append(b")")
+    return pieces
+
+
+def _text_literal(cur: Any, data: bytes, utf8: bool) -> list[bytes]:
+    """A SQL text literal of the UTF-8 ``data``, as pieces (for a UTF8 client
+    encoding, the bytes between dollar quotes)."""
+    if utf8 and _DOLLAR_TAG not in data and not data.endswith(_DOLLAR_TAG[:-1]):
+        return [_DOLLAR_TAG, data, _DOLLAR_TAG]
+    literal: bytes = cur.mogrify("%s", (data.decode("utf-8"),))
+    return [literal]
 
 
 def provider_from_row(row: Sequence[Any]) -> ProviderConfig:
@@ -515,31 +554,40 @@ class PostgresStore:
                 inserted = {row[0] for row in cur.fetchall()}
             new = [f and r.dedupe_key in inserted for r, f in zip(records, first)]
             published = [r for r, n in zip(records, new) if n and r.outcome == OUTCOME_PUBLISHED]
-            outbox: list[OutboxRow] = []
-            if published:
-                values = b",".join(
-                    cur.mogrify("(%s, %s, %s, %s)",
-                                (tenant, provider_id, r.event_id, Json(dict(r.fields or {}))))
-                    for r in published
-                )
-                # RETURNING: the relay publishes these rows from memory.
-                yield cur.execute(
-                    b"INSERT INTO imap_event_outbox (tenant, provider_id, event_id, fields)"
-                    b" VALUES " + values + b" RETURNING id, event_id, created_at")
-                by_event = {r.event_id: r for r in published}
-                outbox = sorted(
-                    (OutboxRow(int(i), tenant, provider_id, e, dict(by_event[e].fields or {}), c)
-                     for i, e, c in cur.fetchall()),
-                    key=lambda row: row.id)
+            # The row updates and the outbox insert go in one round trip
+            # (psycopg2 sends them as one simple query); the insert comes last
+            # because only the last statement's rows come back.
+            statements: list[bytes] = []
             message_id = last_message_id(records, new)
             if message_id is not None:
-                yield cur.execute(
+                statements.append(cur.mogrify(
                     "UPDATE imap_email_provider_config SET last_processed_message_id = %s"
                     " WHERE tenant = %s AND email_provider_id = %s",
-                    (message_id, tenant, provider_id))
+                    (message_id, tenant, provider_id)))
             if cursor is not None:
-                yield cur.execute(_WRITE_CURSOR,
-                                  self._cursor_params(tenant, provider_id, folder, cursor))
+                statements.append(cur.mogrify(
+                    _WRITE_CURSOR, self._cursor_params(tenant, provider_id, folder, cursor)))
+            outbox: list[OutboxRow] = []
+            if published:
+                # The payload goes in as the bytes the pipeline encoded
+                # (schema 0006): neither re-encoded here nor parsed as jsonb.
+                head = cur.mogrify("(%s, %s, ", (tenant, provider_id))
+                statements.append(b"".join([
+                    b"INSERT INTO imap_event_outbox (tenant, provider_id, event_id, entry,"
+                    b" payload) VALUES ",
+                    *_outbox_values(cur, head, published, _client_utf8(cur)),
+                    b" RETURNING id, event_id, created_at"]))
+            if statements:
+                yield cur.execute(b";\n".join(statements))
+            if published:
+                # RETURNING: the relay publishes these rows from memory.
+                by_event = {r.event_id: r for r in published}
+                # The record's own (read-only) fields: copying a StreamEntry
+                # into a dict would decode its payload for nothing.
+                outbox = sorted(
+                    (OutboxRow(int(i), tenant, provider_id, e, by_event[e].fields or {}, c)
+                     for i, e, c in cur.fetchall()),
+                    key=lambda row: row.id)
             return BatchResult(tuple(
                 r.outcome if n else OUTCOME_DUPLICATE for r, n in zip(records, new)),
                 outbox=tuple(outbox))
@@ -550,10 +598,12 @@ class PostgresStore:
 
     def add_outbox(self, tenant: str, provider_id: str, event_id: str,
                    fields: Any) -> defer.Deferred:
+        entry, payload = outbox_parts(fields)
         return self._query(
-            "INSERT INTO imap_event_outbox (tenant, provider_id, event_id, fields)"
-            " VALUES (%s, %s, %s, %s)",
-            (tenant, provider_id, event_id, Json({str(k): str(v) for k, v in fields.items()})),
+            "INSERT INTO imap_event_outbox (tenant, provider_id, event_id, entry, payload)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (tenant, provider_id, event_id, entry.decode("utf-8"),
+             None if payload is None else payload.decode("utf-8")),
         ).addCallback(lambda _: None)
 
     @defer.inlineCallbacks
@@ -563,7 +613,8 @@ class PostgresStore:
         # is relaying right now are left to it, so two relays never XADD the
         # same row.
         rows = yield self._query(
-            "SELECT o.id, o.tenant, o.provider_id, o.event_id, o.fields, o.created_at"
+            "SELECT o.id, o.tenant, o.provider_id, o.event_id, o.fields, o.entry, o.payload,"
+            " o.created_at"
             " FROM imap_event_outbox o LEFT JOIN imap_email_provider_config c"
             "   ON c.tenant = o.tenant AND c.email_provider_id = o.provider_id"
             " WHERE o.published_at IS NULL AND (%s::text IS NULL"
@@ -572,7 +623,10 @@ class PostgresStore:
             "   OR c.lease_expires_at <= now())"
             " ORDER BY o.id LIMIT %s",
             (owner, owner, int(limit)))
-        return [OutboxRow(int(i), str(t), str(p), e, f, c) for i, t, p, e, f, c in rows]
+        # Rows written before schema 0006 have only the jsonb ``fields``.
+        return [OutboxRow(int(i), str(t), str(p), e,
+                          f if entry is None else outbox_fields(entry, payload), c)
+                for i, t, p, e, f, entry, payload, c in rows]
 
     def mark_published(self, ids: Sequence[int]) -> defer.Deferred:
         ids = [int(i) for i in ids]

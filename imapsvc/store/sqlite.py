@@ -41,6 +41,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from imapsvc.core.cluster import cap_error, grant
+from imapsvc.core.event import encode_fields
 from imapsvc.core.folders import folder_filters_from_json
 from imapsvc.interfaces import IStore, LeaseLost, StoreUnavailable
 from imapsvc.model import (
@@ -530,8 +531,7 @@ class SqliteOps:
                         "INSERT INTO imap_event_outbox (tenant, provider_id, event_id, fields,"
                         " created_at) VALUES (?, ?, ?, ?, ?)",
                         (tenant, provider_id, r.event_id,
-                         json.dumps({str(k): str(v) for k, v in (r.fields or {}).items()}),
-                         now))
+                         encode_fields(r.fields or {}).decode("utf-8"), now))
             message_id = last_message_id(records, new)
             if message_id is not None:
                 cur.execute(
@@ -553,7 +553,8 @@ class SqliteOps:
             "INSERT INTO imap_event_outbox (tenant, provider_id, event_id, fields, created_at)"
             " VALUES (?, ?, ?, ?, ?)",
             (tenant, provider_id, event_id,
-             json.dumps({str(k): str(v) for k, v in fields.items()}), self.now()))
+             encode_fields({str(k): str(v) for k, v in fields.items()}).decode("utf-8"),
+             self.now()))
 
     def fetch_outbox(self, limit: int, owner: Optional[str] = None) -> list[OutboxRow]:
         # Same rule as Postgres: with an owner, skip rows of providers that

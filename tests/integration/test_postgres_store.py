@@ -153,6 +153,55 @@ class PostgresStoreContractTests(StoreContractMixin, PostgresStoreTestBase):
         refused = [g for g in grants if not g.acquired]
         self.assertTrue(all("IMAP_MAX_CONNECTIONS_PER_TENANT=2" in g.error for g in refused))
 
+    @defer.inlineCallbacks
+    def test_batch_reports_its_outbox_rows_with_cursor_and_message_id(self) -> Any:
+        """The outbox insert shares a round trip with the row updates: its
+        RETURNING rows still come back, and the updates still land."""
+        from imapsvc.model import FolderCursor
+        from tests.store_contract import record
+
+        p = yield self.leased()
+        recs = [record(1, message_id="<a@x>"), record(2, message_id="<b@x>")]
+        result = yield self.store.record_batch(
+            p.tenant, p.provider_id, "INBOX", "worker-a", recs,
+            FolderCursor("7", "2", "2026-01-10T12:00:00.000Z"))
+        stored = yield self.store.fetch_outbox(10)
+        self.assertEqual([(r.id, r.event_id) for r in result.outbox],
+                         [(r.id, r.event_id) for r in stored])
+        self.assertEqual([r.event_id for r in stored], [r.event_id for r in recs])
+        row = self.provider_row(p.tenant, p.provider_id)
+        self.assertEqual((row["last_processed_message_id"], row["last_uid"]), ("<b@x>", "2"))
+
+    @defer.inlineCallbacks
+    def test_rows_from_before_0006_stay_readable(self) -> Any:
+        """A row written as jsonb ``fields`` (no ``entry``) is relayed as before;
+        new rows carry the entry text and leave ``fields`` empty."""
+        p = yield self.leased()
+        old = {"event_id": "old", "payload_json": '{"a": 1}'}
+        rig.execute(self.dsn, "INSERT INTO imap_event_outbox (tenant, provider_id, event_id,"
+                    " fields) VALUES (%s, %s, %s, %s)", (p.tenant, p.provider_id, "old", Json(old)))
+        yield self.store.add_outbox(p.tenant, p.provider_id, "new", {"event_id": "new"})
+        rows = yield self.store.fetch_outbox(10)
+        self.assertEqual([(r.event_id, r.fields) for r in rows],
+                         [("old", old), ("new", {"event_id": "new"})])
+        stored = rig.fetch_dicts(self.dsn, "SELECT fields, entry, payload FROM imap_event_outbox"
+                                 " ORDER BY id")
+        self.assertEqual([(r["fields"], r["entry"], r["payload"]) for r in stored],
+                         [(old, None, None), (None, '{"event_id":"new"}', None)])
+
+    @defer.inlineCallbacks
+    def test_the_payload_is_stored_as_it_goes_to_redis(self) -> Any:
+        from imapsvc.core.event import StreamEntry
+        from tests.store_contract import record
+
+        p = yield self.leased()
+        payload = '{"subject":"caf\u00e9 \\"x\\""}'
+        rec = attr.evolve(record(1), fields=StreamEntry({"event_id": "e"}, payload.encode()))
+        yield self.store.record_batch(p.tenant, p.provider_id, "INBOX", "worker-a", [rec], None)
+        [row] = rig.fetch_dicts(self.dsn, "SELECT fields, entry, payload FROM imap_event_outbox")
+        self.assertEqual((row["fields"], row["entry"], row["payload"]),
+                         (None, '{"event_id":"e"}', payload))
+
 
 def _eventually(test: unittest.TestCase, attempt: Any, tries: int = 60,
                 delay: float = 0.05) -> defer.Deferred:

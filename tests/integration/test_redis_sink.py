@@ -169,6 +169,34 @@ class RedisSinkWireTests(unittest.TestCase):
             b"$1\r\n*\r\n$8\r\nevent_id\r\n$1\r\ne\r\n$3\r\nuid\r\n$4\r\n0042\r\n",
         )
 
+    def test_batch_is_one_write(self) -> None:
+        writes: list[list[bytes]] = []
+        sequence = self.transport.writeSequence
+        self.transport.writeSequence = (  # type: ignore[method-assign]
+            lambda data: (writes.append(list(data)), sequence(data)))
+        self.sink().publish([entry(1), entry(2), entry(3)])
+        self.assertEqual([len(w) for w in writes], [3])
+        self.assertEqual(self.transport.value().count(b"$4\r\nXADD\r\n"), 3)
+
+    def test_encoded_entry_goes_out_with_its_payload_bytes(self) -> None:
+        from imapsvc.core.event import StreamEntry
+
+        payload = '{"s":"caf\u00e9 \\"q\\""}'.encode()
+        d = self.sink().publish([("e", StreamEntry({"event_id": "e"}, payload))])
+        self.assertEqual(
+            self.transport.value(),
+            b"*7\r\n$4\r\nXADD\r\n$1\r\ns\r\n$1\r\n*\r\n$8\r\nevent_id\r\n$1\r\ne\r\n"
+            b"$12\r\npayload_json\r\n$%d\r\n%s\r\n" % (len(payload), payload),
+        )
+        self.proto.dataReceived(b"$3\r\n1-0\r\n")
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(d), ["1-0"])
+
+    def test_a_bad_entry_writes_nothing(self) -> None:
+        d = self.sink().publish([entry(1), ("e", {"event_id": 42})])  # type: ignore[dict-item]
+        self.failureResultOf(d, TypeError)
+        self.assertEqual(self.transport.value(), b"")
+
     def test_error_reply_fails_the_batch(self) -> None:
         d = self.sink().publish([entry(1)])
         self.proto.dataReceived(b"-WRONGTYPE Operation against a key\r\n")

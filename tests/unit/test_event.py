@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import pickle
 from datetime import UTC, datetime
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from imapsvc.core import ledger
 from imapsvc.core.dates import iso_z
-from imapsvc.core.event import build_auto_paused_entry, build_stream_entry, event_ids
+from imapsvc.core.event import (
+    StreamEntry,
+    build_auto_paused_entry,
+    build_encoded_entry,
+    build_stream_entry,
+    encode_fields,
+    event_ids,
+)
 from tests.contract_validator import validate_stream_entry
 
 T = "11111111-1111-4111-8111-111111111111"
@@ -59,6 +67,22 @@ class EventTests(SynchronousTestCase):
         self.assertEqual(payload["tenantId"], T)
         self.assertEqual(payload["emailData"]["id"], "<a@example.com>")
         self.assertNotIn(" ", fields["payload_json"][:20])
+
+    def test_ids_are_uuid5_under_the_namespace(self) -> None:
+        import uuid
+
+        from imapsvc.core.event import NAMESPACE
+
+        for identity in ("imap:INBOX:1:3", "", "caf\u00e9 \U0001f600", "x" * 500):
+            base = "\x00".join((T, P, identity))
+            self.assertEqual(
+                event_ids(T, P, identity),
+                (str(uuid.uuid5(NAMESPACE, "event\x00" + base)),
+                 str(uuid.uuid5(NAMESPACE, "execution\x00" + base))))
+        # Pinned: published ids must never change.
+        self.assertEqual(event_ids(T, P, "imap:INBOX:1:3"),
+                         ("c1a4e2b6-3951-517a-928e-8501da256217",
+                          "baa9e4c3-c03a-5c00-8c50-2d09fbd385ba"))
 
     def test_validator_catches(self) -> None:
         event_id, execution_id = event_ids(T, P, "x")
@@ -126,6 +150,51 @@ class EventTests(SynchronousTestCase):
             self.assertIn(key, payload)
         broken = dict(fields, payload_json=json.dumps(dict(payload, actorType="user")))
         self.assertIn("payload.actorType: not 'system'", validate_stream_entry(broken))
+
+    def test_payload_encoding_matches_the_stdlib_and_survives_odd_text(self) -> None:
+        event_id, execution_id = event_ids(T, P, "x")
+        data = email_data()
+        data["subject"] = 'caf\u00e9 "q" \\ \u2028 \x00 \U0001f600'
+        fields = build_stream_entry(T, P, data, event_id, execution_id, NOW)
+        payload = fields["payload_json"]
+        # Same text as the stdlib encoder gave (compact, non-ASCII kept).
+        self.assertEqual(payload, json.dumps(json.loads(payload), separators=(",", ":"),
+                                             ensure_ascii=False))
+        self.assertIn("caf\u00e9", payload)
+        # A lone surrogate cannot be UTF-8 (Redis, Postgres): escaped instead.
+        data["subject"] = "bad \ud800 text"
+        fields = build_stream_entry(T, P, data, event_id, execution_id, NOW)
+        fields["payload_json"].encode("utf-8")
+        self.assertEqual(json.loads(fields["payload_json"])["emailData"]["subject"],
+                         "bad \ud800 text")
+        self.assertEqual(validate_stream_entry(fields), [])
+
+    def test_encode_fields_keeps_order(self) -> None:
+        fields = {"b": "1", "a": "\u00e9", "payload_json": '{"x":"y"}'}
+        text = encode_fields(fields)
+        self.assertEqual(list(json.loads(text).items()), list(fields.items()))
+        self.assertEqual(text, '{"b":"1","a":"\u00e9","payload_json":"{\\"x\\":\\"y\\"}"}'
+                         .encode())
+
+    def test_encoded_entry_is_the_same_entry_with_the_payload_as_bytes(self) -> None:
+        event_id, execution_id = event_ids(T, P, "imap:INBOX:1:3")
+        data = email_data()
+        data["subject"] = 'caf\u00e9 "q" \\ \n\t \u2028 \U0001f600 \x7f'
+        plain = build_stream_entry(T, P, data, event_id, execution_id, NOW)
+        entry = build_encoded_entry(T, P, data, event_id, execution_id, NOW)
+        self.assertIsInstance(entry, StreamEntry)
+        self.assertEqual(entry, plain)
+        self.assertEqual(list(entry), list(plain))
+        self.assertEqual(len(entry), len(plain))
+        self.assertIn("payload_json", entry)
+        self.assertEqual(entry.wire_payload(), plain["payload_json"].encode("utf-8"))
+        # The outbox text, built without decoding the payload, is what the
+        # encoder makes of the plain fields.
+        self.assertEqual(entry.to_json(), encode_fields(plain))
+        self.assertEqual(json.loads(entry.to_json()), plain)
+        self.assertEqual(validate_stream_entry(entry), [])
+        self.assertEqual(pickle.loads(pickle.dumps(entry)), plain)
+        self.assertEqual(StreamEntry({}, b"{}").to_json(), b'{"payload_json":"{}"}')
 
     def test_iso_z(self) -> None:
         self.assertEqual(iso_z(datetime(2026, 1, 1)), "2026-01-01T00:00:00.000Z")

@@ -499,6 +499,23 @@ class FolderServiceTests(SynchronousTestCase):
         self.assertEqual(r.pipeline.uids, list(range(1, 451)))
         self.assertEqual([b[1].last_uid for b in r.pipeline.batches], ["200", "400", "450"])
 
+    def test_read_ahead_chunk_is_prepared_while_the_previous_commits(self):
+        r = self.rig(options=FolderOptions(**{**_opts(), "fetch_chunk": 200}))
+        r.server.add(450)
+        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        prepared = []
+        r.pipeline.prepare = lambda provider, folder, messages: prepared.append(
+            (folder, [m.uid for m in messages]))
+        r.pipeline.hold = True
+        r.start()
+        # Chunk 1 is with the pipeline; chunk 2, read ahead, is being mapped.
+        self.assertEqual([(f, u[0], len(u)) for f, u in prepared], [("INBOX", 201, 200)])
+        r.pipeline.hold = False
+        r.pipeline.release()
+        self.assertEqual([(f, u[0], len(u)) for f, u in prepared],
+                         [("INBOX", 201, 200), ("INBOX", 401, 50)])
+        self.assertEqual(r.pipeline.uids, list(range(1, 451)))
+
     def test_failed_batch_with_a_chunk_read_ahead_keeps_the_cursor(self):
         r = self.rig(options=FolderOptions(**{**_opts(), "fetch_chunk": 200}))
         r.server.add(450)

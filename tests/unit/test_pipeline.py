@@ -4,6 +4,7 @@ event building, a fake clock and a synchronous (recording) runner."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet import defer
@@ -195,6 +196,73 @@ class PipelineTests(unittest.TestCase):
         )
         self.assertEqual(self.runner.calls, 1)
         self.assertEqual(result.published, 2)
+
+    def test_a_prepared_batch_is_mapped_once_and_recorded_in_order(self) -> None:
+        held: list[defer.Deferred[Any]] = []
+
+        def store_waits(*args: Any) -> Any:
+            d: defer.Deferred[Any] = defer.Deferred()
+            held.append(d)
+            d.addCallback(lambda _: MemoryStore.record_batch(self.store, *args))
+            return d
+
+        self.store.record_batch = store_waits  # type: ignore[method-assign]
+        pipeline = self.pipeline(threshold=0)
+        first, second = [fetched(1)], [fetched(2)]
+        d1 = pipeline.handle_batch(self.provider, "INBOX", OWNER, first, self.cursor(1))
+        self.assertEqual(self.runner.calls, 1)
+        # The read-ahead batch is mapped while the first one commits.
+        pipeline.prepare(self.provider, "INBOX", second)
+        self.assertEqual(self.runner.calls, 2)
+        self.assertEqual(len(held), 1, "nothing of the second batch is recorded yet")
+        held[0].callback(None)
+        self.assertEqual(self.successResultOf(d1).published, 1)
+        # A copy of the batch (same folder, UIDVALIDITY, UIDs) is the same batch.
+        d2 = pipeline.handle_batch(self.provider, "INBOX", OWNER, list(second), self.cursor(2))
+        self.assertEqual(self.runner.calls, 2, "not mapped again")
+        held[1].callback(None)
+        self.assertEqual(self.successResultOf(d2).published, 1)
+        self.assertEqual(pipeline.stats["prepared"], 1)
+        self.assertEqual([r.event_id for r in self.outbox()],
+                         [r.event_id for r in build_records(
+                             first + second, T, P, "INBOX", datetime.now(UTC), Limits())])
+
+    def test_a_failed_or_foreign_preparation_is_mapped_again(self) -> None:
+        pipeline = self.pipeline(threshold=0)
+        batch = [fetched(1)]
+        self.runner.fail = True
+        pipeline.prepare(self.provider, "INBOX", batch)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.runner.fail = False
+        result = self.successResultOf(
+            pipeline.handle_batch(self.provider, "INBOX", OWNER, batch, self.cursor(1)))
+        self.assertEqual((result.published, self.runner.calls), (1, 2))
+        # Prepared for another folder: not used for this one.
+        other = [fetched(2)]
+        pipeline.prepare(self.provider, "Other", other)
+        self.successResultOf(
+            pipeline.handle_batch(self.provider, "INBOX", OWNER, other, self.cursor(2)))
+        self.assertEqual((self.runner.calls, pipeline.stats["prepared"]), (4, 0))
+        # Small batches are mapped when handed in; nothing is kept for them.
+        pipeline = self.pipeline()
+        pipeline.prepare(self.provider, "INBOX", [fetched(3)])
+        self.assertEqual((self.runner.calls, len(pipeline._prepared)), (4, 0))
+        # Other UIDs: mapped again.
+        pipeline = self.pipeline(threshold=0)
+        pipeline.prepare(self.provider, "INBOX", [fetched(4)])
+        self.successResultOf(
+            pipeline.handle_batch(self.provider, "INBOX", OWNER, [fetched(5)], None))
+        self.assertEqual((self.runner.calls, pipeline.stats["prepared"]), (6, 0))
+
+    def test_every_folder_keeps_its_prepared_batch(self) -> None:
+        pipeline = self.pipeline(threshold=0)
+        folders = [f"F{i}" for i in range(10)]
+        for i, folder in enumerate(folders):
+            pipeline.prepare(self.provider, folder, [fetched(i + 1)])
+        for i, folder in enumerate(folders):
+            self.successResultOf(
+                pipeline.handle_batch(self.provider, folder, OWNER, [fetched(i + 1)], None))
+        self.assertEqual((self.runner.calls, pipeline.stats["prepared"]), (10, 10))
 
     def test_runner_failure_records_nothing(self) -> None:
         self.runner.fail = True
