@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from imapsvc.core.email_data import map_message
-from imapsvc.core.event import build_stream_entry
+from imapsvc.core.event import build_encoded_entry
 from imapsvc.model import Limits
 from imapsvc.objectstore.upload import ObjectUploader
 from tests.attachment_fixtures import message_with_attachments, payload
@@ -64,11 +64,13 @@ class PeakMemoryTests(unittest.TestCase):
         def run() -> None:
             mapped = map_message(msg, T, PID, NOW, limits)
             self.assertIn("content", mapped.email_data["attachments"][0])
-            build_stream_entry(T, PID, mapped.email_data, "e", "x", NOW)
+            # What the pipeline records: the payload kept as the encoder's bytes.
+            build_encoded_entry(T, PID, mapped.email_data, "e", "x", NOW)
 
         peak = peak_of(run)
-        # content strings + payload_json (+ one part's decode in flight)
-        self.assertLess(peak, 3.2 * encoded, f"peak {peak / MIB:.0f} MiB")
+        # content strings + payload_json bytes, whose orjson buffer grows as it
+        # writes (+ one part's decode in flight): about 4.4 copies measured.
+        self.assertLess(peak, 4.8 * encoded, f"peak {peak / MIB:.0f} MiB")
 
     def test_store_holds_one_part_and_one_slice(self) -> None:
         limits = Limits(attachment_mode="store")
@@ -78,7 +80,8 @@ class PeakMemoryTests(unittest.TestCase):
         def run() -> None:
             [out] = self.successResultOf(uploader.store_batch(T, PID, "INBOX", [msg]))
             mapped = map_message(out, T, PID, NOW, limits)
-            build_stream_entry(T, PID, mapped.email_data, "e", "x", NOW)
+            # What the pipeline records: the payload kept as the encoder's bytes.
+            build_encoded_entry(T, PID, mapped.email_data, "e", "x", NOW)
 
         peak = peak_of(run)
         # Encoded and cleaned 1 MiB slices and their decoded bytes; an S3
