@@ -310,7 +310,8 @@ SETTINGS: tuple[Setting, ...] = (
             "while idling, end and re-issue IDLE this often, so a server silent while idling "
             "is not dropped; capped at 90% of IMAP_INACTIVITY_TIMEOUT_MS", _T),
     Setting("IMAP_STARTUP_STAGGER_MS", non_negative_int, 2000,
-            "spread provider start-ups over this window", _T),
+            "spread provider start-ups, and the first reconnect after a lost connection, over "
+            "this window", _T),
     Setting("IMAP_TIMER_JITTER_PCT", fraction, 0.1,
             "jitter fraction, either way, for refresh, heartbeat, poll sleep, IDLE restart "
             "and IDLE keep-alive", _T),

@@ -33,6 +33,7 @@ from imapsvc.config import IDLE_RESTART_LIMIT_MS
 from imapsvc.core import plan as P
 from imapsvc.core.auth import MECH_AUTO, OAUTH_MECHANISMS
 from imapsvc.core.backoff import Rand, timer_delay
+from imapsvc.core.capacity import is_fd_exhaustion
 from imapsvc.core.cursor import REASON_RESUME, advance, compute_start
 from imapsvc.core.folders import display_name, resolve_folder
 from imapsvc.imap.factory import FolderClientFactory, set_keepalive
@@ -247,6 +248,8 @@ class FolderService(service.Service):
         self._refusal: Optional[Exception] = None
         self._refusal_retry = False
         self._closed_waiters: list[defer.Deferred] = []
+        #: Out of descriptors was logged (once until the next connect).
+        self._fd_warned = False
         tls_creator = self._tls_factory(provider.host) if provider.secure else None
         timeout_ms = provider.connection_timeout_ms or self.options.connection_timeout_ms
         self.factory = FolderClientFactory(
@@ -424,6 +427,7 @@ class FolderService(service.Service):
 
     def factory_protocol(self, proto: Any) -> None:
         self._proto = proto
+        self._fd_warned = False
         self._session_error = None
         self._idle_done_sent = False
         self._token_refresh_due = False
@@ -460,6 +464,17 @@ class FolderService(service.Service):
             self._set_state(S.BACKOFF, "reconnecting with a refreshed access token")
             return
         what = "connection lost" if connected else "connection failed"
+        if not connected and is_fd_exhaustion(reason.value):
+            # EMFILE/ENFILE: backs off like any failed connect; one warning
+            # until a connect works again, not one per attempt.
+            cause = cause or "fd_exhausted"
+            if not self._fd_warned:
+                self._fd_warned = True
+                self.log.warn(
+                    "{label}: out of file descriptors ({error}); backing off. Raise the"
+                    " open-file limit or run fewer folders per replica",
+                    label=self.label, error=_describe(reason.value),
+                )
         self.reconnects[cause or what.replace(" ", "_")] += 1
         # This connection's own error: what its session failed with, else
         # why it ended (a refused connect). Not an older session's error,

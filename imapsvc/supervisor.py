@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapsvc.core.backoff import jitter_around
+from imapsvc.core.capacity import fit_capacity, folders_in_use
 from imapsvc.core.discovery import aggregate_status, plan_discovery
 from imapsvc.deferreds import fire_and_forget
 from imapsvc.interfaces import IAdmin
@@ -219,6 +220,8 @@ class Supervisor(service.MultiService):
         test_connection: Optional[Callable[[ProviderConfig], defer.Deferred]] = None,
         last_sync_interval_s: float = 60.0,
         rng: Optional[random.Random] = None,
+        folder_capacity: Optional[int] = None,
+        open_files_limit: Optional[int] = None,
     ):
         super().__init__()
         self.setName("supervisor")
@@ -252,6 +255,12 @@ class Supervisor(service.MultiService):
         self._start_failed_now: set[Key] = set()
         #: Failed logins counted towards auto-pause (``imapsvc_auth_failures``).
         self.auth_failures = 0
+        #: Folders this replica may hold open (``core.capacity``; ``None`` =
+        #: unlimited) and the open-file limit it was computed from.
+        self.folder_capacity = folder_capacity
+        self.open_files_limit = open_files_limit
+        #: ``imapsvc.core.lag.LagStats`` of the reactor, shown in /status.
+        self.lag_stats: Any = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -325,6 +334,19 @@ class Supervisor(service.MultiService):
             wanted, running, used, self.max_connections_per_tenant, self.tenants
         )
         invalid = dict(plan.invalid)
+        # The replica's own descriptor budget, apart from the tenant cap:
+        # providers beyond it get an error naming the limit instead of
+        # connects failing with EMFILE.
+        restarted = {p.key: p for p in plan.restart}
+        in_use = folders_in_use(
+            len(restarted[key].folders) if key in restarted else len(svc.provider.folders)
+            for key, svc in self.providers.items()
+            if key not in plan.stop
+        )
+        starts, over = fit_capacity(
+            plan.start, in_use, self.folder_capacity, self.open_files_limit
+        )
+        invalid.update(over)
         self._start_failed_now = set()
         for key in plan.stop:
             why = invalid.get(key)
@@ -357,7 +379,7 @@ class Supervisor(service.MultiService):
         self.waiting = dict(plan.waiting)
         for key, reason in sorted(invalid.items()):
             yield self._provider_invalid(key, reason)
-        for provider in plan.start:
+        for provider in starts:
             yield self._start_provider(provider)
         # A reason is forgotten once its provider is fine (or gone), so a
         # later breakage is reported again.
@@ -578,6 +600,12 @@ class Supervisor(service.MultiService):
             "discovered": self.discovered_once,
             "discoveryError": self.last_discovery_error,
             "authFailures": self.auth_failures,
+            "capacity": {
+                "openFilesLimit": self.open_files_limit,
+                "folderCapacity": self.folder_capacity,
+                "foldersOpen": sum(len(svc.provider.folders) for svc in self.providers.values()),
+            },
+            "reactorLag": self.lag_stats.snapshot() if self.lag_stats is not None else None,
             "providers": [svc.snapshot() for _, svc in sorted(self.providers.items())],
             "waiting": [
                 {"tenant": k[0], "providerId": k[1], "reason": why}

@@ -485,3 +485,46 @@ class BadRowTests(unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
         # And the timer keeps going.
         self.assertTrue(sup._discovery_call.active())
+
+
+class FolderCapacityTests(unittest.TestCase):
+    """The replica's descriptor budget (core.capacity), apart from the
+    per-tenant cap: providers beyond it are refused with the limit named."""
+
+    setUp = SupervisorTests.setUp
+    make_supervisor = SupervisorTests.make_supervisor
+    add = SupervisorTests.add
+
+    def test_providers_beyond_capacity_get_an_error_naming_the_limit(self):
+        self.add("p1", folder_filters=("A", "B", "C"))
+        self.add("p2", tenant=T2, folder_filters=("A", "B", "C"))
+        self.add("p3", folder_filters=("A",))
+        sup = self.make_supervisor(
+            max_connections_per_tenant=100, folder_capacity=4, open_files_limit=156
+        )
+        self.clock.advance(0)
+        self.assertEqual(sorted(k[1] for k in sup.providers), ["p1", "p3"])
+        row = self.store.provider_row(T2, "p2")
+        self.assertEqual(row["status"], "error")
+        self.assertIn("folder capacity", row["error_message"])
+        self.assertIn("open-file limit 156", row["error_message"])
+        self.assertIsNone(row["lease_owner"])
+        status = sup.status()
+        self.assertEqual(
+            status["capacity"],
+            {"openFilesLimit": 156, "folderCapacity": 4, "foldersOpen": 4},
+        )
+        self.assertEqual([i["providerId"] for i in status["invalid"]], ["p2"])
+        # Room again (p1 paused): p2 starts on the next pass, its error goes.
+        self.store.update_provider(T1, "p1", is_active=False)
+        sup.request_discovery()
+        self.clock.advance(0)
+        self.assertEqual(sorted(k[1] for k in sup.providers), ["p2", "p3"])
+        self.assertEqual(sup.status()["invalid"], [])
+
+    def test_unlimited_by_default(self):
+        for i in range(3):
+            self.add(f"p{i}", folder_filters=("A", "B"))
+        sup = self.make_supervisor(max_connections_per_tenant=100)
+        self.clock.advance(0)
+        self.assertEqual(len(sup.providers), 3)
