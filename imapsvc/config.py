@@ -350,6 +350,9 @@ SETTINGS: tuple[Setting, ...] = (
             "recent window (messages) for a folder with no cursor", _P),
     Setting("IMAP_MAX_CONNECTIONS_PER_TENANT", positive_int, 5,
             "IMAP connections one tenant may hold at once", _P),
+    Setting("IMAP_MAX_FOLDERS", non_negative_int, 0,
+            "folders (IMAP connections) one replica holds at most; 0: as many as the open-file "
+            "limit allows after its reserve (docs/performance.md)", _P),
     Setting("IMAP_MAX_ATTACHMENT_BYTES", positive_int, 10 * MIB,
             "largest single attachment reported as accepted", _P),
     Setting("IMAP_MAX_TOTAL_ATTACHMENT_BYTES", positive_int, 25 * MIB,
@@ -473,6 +476,7 @@ class Settings:
     oauth_auth_mechanism: str = _default("IMAP_OAUTH_AUTH_MECHANISM")
     max_emails_per_sync: int = _default("IMAP_MAX_EMAILS_PER_SYNC")
     max_connections_per_tenant: int = _default("IMAP_MAX_CONNECTIONS_PER_TENANT")
+    max_folders: int = _default("IMAP_MAX_FOLDERS")
     max_attachment_bytes: int = _default("IMAP_MAX_ATTACHMENT_BYTES")
     max_total_attachment_bytes: int = _default("IMAP_MAX_TOTAL_ATTACHMENT_BYTES")
     max_attachment_count: int = _default("IMAP_MAX_ATTACHMENT_COUNT")

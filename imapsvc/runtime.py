@@ -72,7 +72,9 @@ class Runtime(service.MultiService):
         # than the rest (core.capacity; docs/performance.md).
         self.open_files_limit = raise_open_files_limit()
         self.fd_reserve = fd_reserve()
-        self.folder_capacity = folder_capacity(self.open_files_limit, self.fd_reserve)
+        self.folder_capacity = folder_capacity(
+            self.open_files_limit, self.fd_reserve, settings.max_folders
+        )
         self.lag_meter = ReactorLagMeter(reactor)
         self._build(http)
         self._boot: Optional[defer.Deferred] = None

@@ -12,6 +12,7 @@ the same mailbox at once (and the store refuses fenced writes anyway).
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 from typing import Any, Callable, Optional
 
 from twisted.application import service
@@ -344,7 +345,9 @@ class Supervisor(service.MultiService):
             if key not in plan.stop
         )
         starts, over = fit_capacity(
-            plan.start, in_use, self.folder_capacity, self.open_files_limit
+            plan.start, in_use, self.folder_capacity, self.open_files_limit,
+            owner=self.owner,
+            now=datetime.fromtimestamp(self.clock.seconds(), tz=UTC),
         )
         invalid.update(over)
         self._start_failed_now = set()

@@ -16,6 +16,7 @@ the Redis connections, parse-pool pipes, DNS look-ups, SQLite files.
 from __future__ import annotations
 
 import errno
+from datetime import datetime
 from typing import Iterable, Optional, Sequence
 
 from imapsvc.model import ProviderConfig
@@ -48,12 +49,17 @@ def fd_reserve(
     return max(0, int(base)) + max(0, int(web)) + max(0, int(db)) + max(0, int(redis))
 
 
-def folder_capacity(open_files_limit: Optional[int], reserve: int) -> Optional[int]:
+def folder_capacity(
+    open_files_limit: Optional[int], reserve: int, max_folders: int = 0
+) -> Optional[int]:
     """Folders (one socket each) that fit under ``open_files_limit`` after
-    ``reserve``; ``None`` when there is no limit (``RLIM_INFINITY``)."""
+    ``reserve``, and at most ``max_folders`` (``IMAP_MAX_FOLDERS``; 0 = no
+    such cap); ``None`` when neither limits it."""
+    cap = int(max_folders) if max_folders and max_folders > 0 else None
     if open_files_limit is None or open_files_limit < 0:
-        return None
-    return max(0, int(open_files_limit) - max(0, int(reserve)))
+        return cap
+    fit = max(0, int(open_files_limit) - max(0, int(reserve)))
+    return fit if cap is None else min(fit, cap)
 
 
 def raised_soft_limit(soft: int, hard: int, infinity: int = -1) -> int:
@@ -76,16 +82,31 @@ def capacity_reason(capacity: int, in_use: int, need: int, limit: Optional[int])
     )
 
 
+def held_elsewhere(provider: ProviderConfig, owner: str, now: datetime) -> bool:
+    """Whether another replica holds a live lease on ``provider``."""
+    expires = provider.lease_expires_at
+    return (
+        provider.lease_owner is not None
+        and provider.lease_owner != owner
+        and expires is not None
+        and expires > now
+    )
+
+
 def fit_capacity(
     start: Sequence[ProviderConfig],
     in_use: int,
     capacity: Optional[int],
     limit: Optional[int] = None,
+    owner: str = "",
+    now: Optional[datetime] = None,
 ) -> tuple[tuple[ProviderConfig, ...], tuple[tuple[Key, str], ...]]:
     """Split the providers a discovery pass wants to start into those that
     fit the replica's folder capacity and those that do not (with the reason
     for ``error_message``). In order: a provider too big for what is left is
-    refused, a later smaller one may still fit.
+    refused, a later smaller one may still fit. A provider another replica
+    holds a live lease on (``owner``, ``now``) is left out of both: it runs
+    there, it takes no room here, and it is no error.
 
     :param in_use: folders this replica holds open after the pass's stops and
         restarts.
@@ -98,6 +119,10 @@ def fit_capacity(
     over: list[tuple[Key, str]] = []
     used = max(0, int(in_use))
     for provider in start:
+        if now is not None and held_elsewhere(provider, owner, now):
+            # Its lease would be refused anyway: it must not take the room
+            # of one this replica can run.
+            continue
         need = len(provider.folders)
         if used + need > capacity:
             over.append((provider.key, capacity_reason(capacity, used, need, limit)))

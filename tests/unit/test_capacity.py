@@ -2,6 +2,7 @@
 statistics and the lag meter (fake clock), the metrics they feed."""
 
 import errno
+from datetime import UTC
 
 from twisted.internet import error
 from twisted.internet.task import Clock
@@ -31,6 +32,10 @@ class CapacityTests(SynchronousTestCase):
         self.assertEqual(C.folder_capacity(1024, 152), 872)
         self.assertEqual(C.folder_capacity(100, 152), 0)
         self.assertIsNone(C.folder_capacity(None, 152))
+        # IMAP_MAX_FOLDERS caps it further, never raises it
+        self.assertEqual(C.folder_capacity(1024, 152, max_folders=100), 100)
+        self.assertEqual(C.folder_capacity(1024, 152, max_folders=5000), 872)
+        self.assertEqual(C.folder_capacity(None, 152, max_folders=7), 7)
 
     def test_soft_limit_goes_to_hard(self):
         self.assertEqual(C.raised_soft_limit(1024, 524288), 524288)
@@ -50,6 +55,26 @@ class CapacityTests(SynchronousTestCase):
         self.assertIn("needs 5", reason)
         self.assertIn("open-file limit 162", reason)
         self.assertIn("152 descriptors reserved", reason)
+
+    def test_held_by_another_replica_is_no_error(self):
+        from datetime import datetime, timedelta
+
+        import attr
+
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        a = attr.evolve(provider("a", 3), lease_owner="other",
+                        lease_expires_at=now + timedelta(seconds=60))
+        b = attr.evolve(provider("b", 3), lease_owner="other",
+                        lease_expires_at=now - timedelta(seconds=1))
+        c = attr.evolve(provider("c", 3), lease_owner="me",
+                        lease_expires_at=now + timedelta(seconds=60))
+        fits, over = C.fit_capacity([a, b, c], 0, 3, owner="me", now=now)
+        # a runs on the other replica and takes no room; b's lease ran out
+        # (fits), c is ours (no room left: an error)
+        self.assertEqual([p.provider_id for p in fits], ["b"])
+        self.assertEqual([k[1] for k, _ in over], ["c"])
+        # without lease information every refusal is an error
+        self.assertEqual(len(C.fit_capacity([a], 0, 2)[1]), 1)
 
     def test_unlimited_fits_everything(self):
         ps = [provider("a", 3000)]

@@ -528,3 +528,20 @@ class FolderCapacityTests(unittest.TestCase):
         sup = self.make_supervisor(max_connections_per_tenant=100)
         self.clock.advance(0)
         self.assertEqual(len(sup.providers), 3)
+
+    def test_provider_running_on_another_replica_is_no_error(self):
+        self.add("p1", folder_filters=("A", "B"))
+        self.add("p2", folder_filters=("A", "B"))
+        other = self.make_supervisor("other", max_connections_per_tenant=100, folder_capacity=2)
+        self.clock.advance(0)
+        self.assertEqual([k[1] for k in other.providers], ["p1"])
+        # p2 got an error from "other" (nobody held it); "mine" starts it
+        mine = self.make_supervisor("mine", max_connections_per_tenant=100, folder_capacity=2)
+        self.clock.advance(0)
+        self.assertEqual([k[1] for k in mine.providers], ["p2"])
+        other.request_discovery()
+        mine.request_discovery()
+        self.clock.advance(0)
+        # both full, but each other's providers are held: no errors
+        self.assertEqual(other.status()["invalid"], [])
+        self.assertEqual(mine.status()["invalid"], [])
