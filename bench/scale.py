@@ -68,6 +68,22 @@ def rss_mb() -> float:
     return 0.0
 
 
+def trimmed_rss_mb() -> Optional[float]:
+    """RSS after glibc's ``malloc_trim(0)`` (a diagnostic: how much of the
+    RSS is freed heap not yet returned to the system)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+    return rss_mb()
+
+
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -244,6 +260,12 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
     from imapsvc.runtime import Runtime
 
     start_logging()
+    if os.environ.get("BENCH_TRACEMALLOC"):
+        # where the per-folder memory is (Python objects only; OpenSSL's
+        # own allocations show as RSS beyond the traced total)
+        import tracemalloc
+
+        tracemalloc.start(int(os.environ["BENCH_TRACEMALLOC"]))
     counter = LogCounter()
     globalLogPublisher.addObserver(counter)
     rss_before = rss_mb()
@@ -326,7 +348,18 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
             (out["rss_idle_mb"] - rss_before) * 1024.0 / args.folders, 1
         )
         out["idle_max_lag_ms"] = round(stats.window_max() * 1000, 1)
+        out["rss_after_malloc_trim_mb"] = trimmed_rss_mb()
         _err(f"idle: {out['cpu_idle_pct']}% CPU, {out['rss_idle_mb']} MiB")
+        if os.environ.get("BENCH_TRACEMALLOC"):
+            import tracemalloc
+
+            snap = tracemalloc.take_snapshot()
+            traced = sum(s.size for s in snap.statistics("filename"))
+            _err(f"tracemalloc: {traced / 1048576:.1f} MiB traced in Python objects")
+            for stat in snap.statistics("traceback")[:25]:
+                _err(f"{stat.size / 1024:9.1f} KiB {stat.count:7d} "
+                     + " <- ".join(f"{f.filename.split('site-packages/')[-1]}:{f.lineno}"
+                                   for f in stat.traceback[:4]))
 
         appender = Appender(dovecot.ports.imaps, dovecot.ca_file)
         rng = random.Random(args.seed)

@@ -526,6 +526,9 @@ class FolderService(service.Service):
         self._schedule_token_refresh(creds)
         self._hook("logged_in")
         self.capabilities = _caps_names(caps)
+        # This generator lives as long as the session: what it no longer
+        # needs must not stay referenced (thousands of idling folders).
+        del caps
         d = defer.maybeDeferred(
             self.store.save_capabilities,
             self.provider.tenant,
@@ -540,6 +543,9 @@ class FolderService(service.Service):
         listing = yield proto.list_folders()
         self._check()
         name = resolve_folder(self.folder_filter, listing)
+        # The whole LIST (every folder of the account) would otherwise stay
+        # in this frame per idling folder: O(folders^2) per account.
+        del listing
         if name is None:
             raise FolderNotFound(f"no selectable folder matches {self.folder_filter!r}")
         self.server_name = name
@@ -943,7 +949,14 @@ class FolderService(service.Service):
             ):
                 # Configuration problems: do not hammer the server.
                 self.factory.set_next_delay(self.options.reconnect_max_ms / 1000.0)
-            self.log.warn("{label}: session failed: {error}", label=self.label, error=text)
+            if self._reconnect_reason == "bye" and failure.check(
+                errors.ConnectionGone, ConnectionDone, ConnectionLost
+            ):
+                # The server said BYE and closed (a restart, a shutdown): an
+                # expected reconnect, not a warning per folder in a storm.
+                self.log.info("{label}: session ended: {error}", label=self.label, error=text)
+            else:
+                self.log.warn("{label}: session failed: {error}", label=self.label, error=text)
         if current:
             self._lose(proto)
 

@@ -88,7 +88,7 @@ class Runtime(service.MultiService):
         from imapsvc.core.oauth_state import state_key
         from imapsvc.folder import FolderOptions, FolderService
         from imapsvc.imap.probe import test_login
-        from imapsvc.imap.tls import client_tls_options
+        from imapsvc.imap.tls import SharedClientTLS
         from imapsvc.oauth import CredentialSource, OAuthFlow
         from imapsvc.pipeline import Pipeline
         from imapsvc.secrets import SecretBox, SecretStore
@@ -144,8 +144,8 @@ class Runtime(service.MultiService):
         # -- end parse process pool --
         options = FolderOptions.from_settings(s)
 
-        def tls(host: str) -> Any:
-            return client_tls_options(host, options.tls_ca_file, options.tls_insecure)
+        # One OpenSSL context per host, not per folder (RSS per folder).
+        tls = SharedClientTLS(options.tls_ca_file, options.tls_insecure)
 
         def make_folder(provider, folder, hooks):
             return FolderService(

@@ -703,11 +703,18 @@ class FolderServiceTests(SynchronousTestCase):
         r.reconnect_after(12.345)
 
     def test_bye_is_a_normal_reconnect(self):
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
         r = self.rig()
         r.start()
         r.proto.on_bye("Server shutting down")
         r.proto.transport.loseConnection()
         self.assertEqual(r.svc.state, S.BACKOFF)
+        # an announced close is expected: nothing at warning or above
+        self.assertEqual([e for e in seen if e["log_level"] >= LogLevel.warn], [])
         r.reconnect_after(2.5)  # 1.5 back-off + stagger spread 1.0
         self.assertEqual(r.svc.state, S.IDLING)
 
