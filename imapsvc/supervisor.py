@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapsvc.core.backoff import jitter_around
-from imapsvc.core.capacity import fit_capacity, folders_in_use
+from imapsvc.core.capacity import OVER, START, admit, folders_in_use
 from imapsvc.core.discovery import aggregate_status, plan_discovery
 from imapsvc.deferreds import fire_and_forget
 from imapsvc.interfaces import IAdmin
@@ -344,12 +344,6 @@ class Supervisor(service.MultiService):
             for key, svc in self.providers.items()
             if key not in plan.stop
         )
-        starts, over = fit_capacity(
-            plan.start, in_use, self.folder_capacity, self.open_files_limit,
-            owner=self.owner,
-            now=datetime.fromtimestamp(self.clock.seconds(), tz=UTC),
-        )
-        invalid.update(over)
         self._start_failed_now = set()
         for key in plan.stop:
             why = invalid.get(key)
@@ -382,8 +376,19 @@ class Supervisor(service.MultiService):
         self.waiting = dict(plan.waiting)
         for key, reason in sorted(invalid.items()):
             yield self._provider_invalid(key, reason)
-        for provider in starts:
-            yield self._start_provider(provider)
+        now = datetime.fromtimestamp(self.clock.seconds(), tz=UTC)
+        for provider in plan.start:
+            # One at a time: a lease another replica won frees the room.
+            outcome, reason = admit(
+                provider, in_use, self.folder_capacity, self.open_files_limit, self.owner, now
+            )
+            if outcome == OVER and reason is not None:
+                invalid[provider.key] = reason
+                yield self._provider_invalid(provider.key, reason)
+            elif outcome == START:
+                started = yield self._start_provider(provider)
+                if started:
+                    in_use += len(provider.folders)
         # A reason is forgotten once its provider is fine (or gone), so a
         # later breakage is reported again.
         for key in list(self.invalid):
@@ -461,6 +466,7 @@ class Supervisor(service.MultiService):
             provider=key[1],
             n=len(provider.folders),
         )
+        return True
 
     @defer.inlineCallbacks
     def drop_provider(self, key: Key, reason: str, release: bool = True):

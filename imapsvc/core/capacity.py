@@ -93,6 +93,34 @@ def held_elsewhere(provider: ProviderConfig, owner: str, now: datetime) -> bool:
     )
 
 
+#: :func:`admit` outcomes.
+START, SKIP, OVER = "start", "skip", "over"
+
+
+def admit(
+    provider: ProviderConfig,
+    used: int,
+    capacity: Optional[int],
+    limit: Optional[int] = None,
+    owner: str = "",
+    now: Optional[datetime] = None,
+) -> tuple[str, Optional[str]]:
+    """One provider against the room left: ``(START, None)``, ``(SKIP,
+    None)`` when another replica holds a live lease on it (it runs there,
+    takes no room here and is no error), or ``(OVER, reason)``.
+
+    :param used: folders this replica holds open or has just started.
+    :param capacity: :func:`folder_capacity`; ``None`` = unlimited.
+    :param limit: the open-file limit, named in the reason.
+    """
+    if now is not None and held_elsewhere(provider, owner, now):
+        return SKIP, None
+    need = len(provider.folders)
+    if capacity is not None and used + need > capacity:
+        return OVER, capacity_reason(capacity, used, need, limit)
+    return START, None
+
+
 def fit_capacity(
     start: Sequence[ProviderConfig],
     in_use: int,
@@ -101,34 +129,21 @@ def fit_capacity(
     owner: str = "",
     now: Optional[datetime] = None,
 ) -> tuple[tuple[ProviderConfig, ...], tuple[tuple[Key, str], ...]]:
-    """Split the providers a discovery pass wants to start into those that
-    fit the replica's folder capacity and those that do not (with the reason
-    for ``error_message``). In order: a provider too big for what is left is
-    refused, a later smaller one may still fit. A provider another replica
-    holds a live lease on (``owner``, ``now``) is left out of both: it runs
-    there, it takes no room here, and it is no error.
-
-    :param in_use: folders this replica holds open after the pass's stops and
-        restarts.
-    :param capacity: :func:`folder_capacity`; ``None`` = unlimited.
-    :param limit: the open-file limit, named in the reason.
-    """
-    if capacity is None:
-        return tuple(start), ()
+    """:func:`admit` over a discovery pass's starts, assuming every start
+    gets its lease: those that fit, and those refused with their reason. In
+    order: a provider too big for what is left is refused, a later smaller
+    one may still fit. (The supervisor admits one at a time instead, so a
+    lease another replica won frees the room it had counted.)"""
     fits: list[ProviderConfig] = []
     over: list[tuple[Key, str]] = []
     used = max(0, int(in_use))
     for provider in start:
-        if now is not None and held_elsewhere(provider, owner, now):
-            # Its lease would be refused anyway: it must not take the room
-            # of one this replica can run.
-            continue
-        need = len(provider.folders)
-        if used + need > capacity:
-            over.append((provider.key, capacity_reason(capacity, used, need, limit)))
-            continue
-        used += need
-        fits.append(provider)
+        outcome, reason = admit(provider, used, capacity, limit, owner, now)
+        if outcome == OVER and reason is not None:
+            over.append((provider.key, reason))
+        elif outcome == START:
+            used += len(provider.folders)
+            fits.append(provider)
     return tuple(fits), tuple(over)
 
 

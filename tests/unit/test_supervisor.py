@@ -545,3 +545,23 @@ class FolderCapacityTests(unittest.TestCase):
         # both full, but each other's providers are held: no errors
         self.assertEqual(other.status()["invalid"], [])
         self.assertEqual(mine.status()["invalid"], [])
+
+    def test_lease_lost_to_another_replica_frees_the_room_in_the_same_pass(self):
+        import attr
+
+        self.add("p0", folder_filters=("A",))
+        self.add("p1", folder_filters=("A",))
+        # Another replica won p0 after this replica's listing was read.
+        self.store.acquire_lease(T1, "p0", "other", 60_000)
+        listing = self.store.list_active_providers
+
+        def stale(*a, **kw):
+            d = defer.maybeDeferred(listing, *a, **kw)
+            return d.addCallback(lambda rows: [
+                attr.evolve(p, lease_owner=None, lease_expires_at=None) for p in rows])
+
+        self.store.list_active_providers = stale
+        sup = self.make_supervisor(max_connections_per_tenant=100, folder_capacity=1)
+        self.clock.advance(0)
+        self.assertEqual([k[1] for k in sup.providers], ["p1"])
+        self.assertEqual(sup.status()["invalid"], [])
