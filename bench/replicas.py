@@ -20,10 +20,12 @@ outside, as in :mod:`bench.backlog`). The JSON line (last line of stdout)::
 
     {"messages": 2000, "one_msgs_per_s": [...], "two_msgs_per_s": [...],
      "one_median": .., "two_median": .., "speedup": ..,
-     "one_wall_s": [...], "two_wall_s": [...], "two_split": [[worker, provider], ...]}
+     "one_wall_s": [...], "two_wall_s": [...], "one_cpu_s": [[..]], "two_cpu_s": [[.., ..]],
+     "two_split": [[worker, provider], ...]}
 
 ``*_wall_s`` is from spawning the replicas until the database shows every
-message published (start-up, discovery and the connect included).
+message published (start-up, discovery and the connect included);
+``*_cpu_s`` the CPU seconds of each replica process by then.
 """
 
 from __future__ import annotations
@@ -163,10 +165,21 @@ def start_replica(env: dict[str, str], worker: str, max_folders: int) -> subproc
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a running process (Linux ``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def round_(dsn: str, env: dict[str, str], mode: str, total: int,
-           timeout: float) -> tuple[float, float, list[tuple[str, str]]]:
+           timeout: float) -> tuple[float, float, list[tuple[str, str]], list[float]]:
     """:return: drain seconds (database timestamps), wall seconds from the
-    replicas' spawn (start-up included), who leased what."""
+    replicas' spawn (start-up included), who leased what, each replica's
+    CPU seconds (start-up included)."""
     reset(dsn)
     t0 = time.time()
     if mode == "one":
@@ -178,7 +191,8 @@ def round_(dsn: str, env: dict[str, str], mode: str, total: int,
         while True:
             ledger, unpublished, seconds, leases = progress(dsn)
             if ledger >= total and unpublished == 0 and seconds:
-                return seconds, time.time() - t0, leases
+                return seconds, time.time() - t0, leases, [
+                    round(cpu_seconds(p.pid), 2) for p in procs]
             if time.time() > deadline:
                 raise SystemExit(f"{mode}: timed out at {ledger} of {total}")
             if any(p.poll() is not None for p in procs):
@@ -225,15 +239,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         total = 2 * args.messages
         rates: dict[str, list[float]] = {"one": [], "two": []}
         walls: dict[str, list[float]] = {"one": [], "two": []}
+        cpus: dict[str, list[list[float]]] = {"one": [], "two": []}
         split: list[tuple[str, str]] = []
         for r in range(args.runs):
             for mode in ("one", "two"):
-                seconds, wall, leases = round_(dsn, env, mode, total, args.timeout)
+                seconds, wall, leases, cpu = round_(dsn, env, mode, total, args.timeout)
+                cpus[mode].append(cpu)
                 rates[mode].append(round(total / seconds, 1))
                 walls[mode].append(round(wall, 2))
                 if mode == "two":
                     split = leases
-                _err(f"run {r + 1} {mode}: {total} messages in {seconds:.2f}s, wall {wall:.2f}s "
+                _err(f"run {r + 1} {mode}: {total} messages in {seconds:.2f}s, wall {wall:.2f}s, "
+                     f"replica CPU {cpu} s, load {os.getloadavg()[0]:.1f} "
                      f"({rates[mode][-1]} msgs/s); leases {leases}")
     finally:
         dovecot.cleanup()
@@ -247,6 +264,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "speedup": round(two / one, 2) if one else None,
         "one_wall_s": walls["one"],
         "two_wall_s": walls["two"],
+        "one_cpu_s": cpus["one"],
+        "two_cpu_s": cpus["two"],
         "two_split": split,
     }), flush=True)
     return 0
