@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 
-from tests.rig.dovecot import get_dovecot
+from tests.rig.dovecot import Dovecot, get_dovecot
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,9 +22,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--info", required=True, help="write host/ports/CA file here (JSON)")
     ap.add_argument("--user", default="bench@example.com")
     ap.add_argument("--password", default="benchpw")
+    ap.add_argument(
+        "--imap-client-limit", type=int, default=0,
+        help="clients per imap process (service_count = 0); 25 for thousands of idlers",
+    )
     args = ap.parse_args(argv)
 
-    dovecot = get_dovecot()
+    if args.imap_client_limit:
+        dovecot = Dovecot(imap_client_limit=args.imap_client_limit)
+        dovecot.start(wrong_certificate=False)
+    else:
+        dovecot = get_dovecot()
     dovecot.add_user(args.user, args.password)
     info = {
         "host": "127.0.0.1",

@@ -346,7 +346,8 @@ SETTINGS: tuple[Setting, ...] = (
             "while idling, end and re-issue IDLE this often, so a server silent while idling "
             "is not dropped; capped at 90% of IMAP_INACTIVITY_TIMEOUT_MS", _T),
     Setting("IMAP_STARTUP_STAGGER_MS", non_negative_int, 2000,
-            "spread provider start-ups over this window", _T),
+            "spread provider start-ups, and the first reconnect after a lost connection, over "
+            "this window", _T),
     Setting("IMAP_TIMER_JITTER_PCT", fraction, 0.1,
             "jitter fraction, either way, for refresh, heartbeat, poll sleep, IDLE restart "
             "and IDLE keep-alive", _T),
@@ -404,6 +405,9 @@ SETTINGS: tuple[Setting, ...] = (
             "value (provider set-first-sync) wins", _P),
     Setting("IMAP_MAX_CONNECTIONS_PER_TENANT", positive_int, 5,
             "IMAP connections one tenant may hold at once", _P),
+    Setting("IMAP_MAX_FOLDERS", non_negative_int, 0,
+            "folders (IMAP connections) one replica holds at most; 0: as many as the open-file "
+            "limit allows after its reserve (docs/performance.md)", _P),
     Setting("IMAP_MAX_ATTACHMENT_BYTES", positive_int, 10 * MIB,
             "largest single attachment reported as accepted", _P),
     Setting("IMAP_MAX_TOTAL_ATTACHMENT_BYTES", positive_int, 25 * MIB,
@@ -629,6 +633,7 @@ class Settings:
     max_emails_per_sync: int = _default("IMAP_MAX_EMAILS_PER_SYNC")
     first_sync_since_days: int = _default("IMAP_FIRST_SYNC_SINCE_DAYS")
     max_connections_per_tenant: int = _default("IMAP_MAX_CONNECTIONS_PER_TENANT")
+    max_folders: int = _default("IMAP_MAX_FOLDERS")
     max_attachment_bytes: int = _default("IMAP_MAX_ATTACHMENT_BYTES")
     max_total_attachment_bytes: int = _default("IMAP_MAX_TOTAL_ATTACHMENT_BYTES")
     max_attachment_count: int = _default("IMAP_MAX_ATTACHMENT_COUNT")

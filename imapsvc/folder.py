@@ -36,6 +36,7 @@ from imapsvc.core import poison
 from imapsvc.core import write_back as WB
 from imapsvc.core.auth import MECH_AUTO, OAUTH_MECHANISMS
 from imapsvc.core.backoff import Rand, timer_delay
+from imapsvc.core.capacity import is_fd_exhaustion
 from imapsvc.core.cursor import REASON_RESUME, advance, compute_start, since_days_ago
 from imapsvc.core.folders import (
     WILDCARD,
@@ -313,6 +314,8 @@ class FolderService(service.Service):
         self._refusal: Optional[Exception] = None
         self._refusal_retry = False
         self._closed_waiters: list[defer.Deferred] = []
+        #: Out of descriptors was logged (once until the next connect).
+        self._fd_warned = False
         tls_creator = self._tls_factory(provider.host) if provider.secure else None
         timeout_ms = provider.connection_timeout_ms or self.options.connection_timeout_ms
         self.factory = FolderClientFactory(
@@ -494,6 +497,7 @@ class FolderService(service.Service):
 
     def factory_protocol(self, proto: Any) -> None:
         self._proto = proto
+        self._fd_warned = False
         self._session_error = None
         # Whether a FETCH worked in this session (evidence for the poison
         # path that the server delivers messages), or nothing could be probed.
@@ -534,6 +538,17 @@ class FolderService(service.Service):
             self._set_state(S.BACKOFF, "reconnecting with a refreshed access token")
             return
         what = "connection lost" if connected else "connection failed"
+        if not connected and is_fd_exhaustion(reason.value):
+            # EMFILE/ENFILE: backs off like any failed connect; one warning
+            # until a connect works again, not one per attempt.
+            cause = cause or "fd_exhausted"
+            if not self._fd_warned:
+                self._fd_warned = True
+                self.log.warn(
+                    "{label}: out of file descriptors ({error}); backing off. Raise the"
+                    " open-file limit or run fewer folders per replica",
+                    label=self.label, error=_describe(reason.value),
+                )
         self.reconnects[cause or what.replace(" ", "_")] += 1
         # This connection's own error: what its session failed with, else
         # why it ended (a refused connect). Not an older session's error,
@@ -585,6 +600,9 @@ class FolderService(service.Service):
         self._schedule_token_refresh(creds)
         self._hook("logged_in")
         self.capabilities = _caps_names(caps)
+        # This generator lives as long as the session: what it no longer
+        # needs must not stay referenced (thousands of idling folders).
+        del caps
         d = defer.maybeDeferred(
             self.store.save_capabilities,
             self.provider.tenant,
@@ -609,6 +627,9 @@ class FolderService(service.Service):
             yield self._watch_every_folder(proto, listing)
             return
         name = resolve_folder(self.folder_filter, listing)
+        # The whole LIST (every folder of the account) would otherwise stay
+        # in this frame per idling folder: O(folders^2) per account.
+        del listing
         if name is None:
             raise FolderNotFound(f"no selectable folder matches {self.folder_filter!r}")
         self.server_name = name
@@ -1422,7 +1443,14 @@ class FolderService(service.Service):
             ):
                 # Configuration problems: do not hammer the server.
                 self.factory.set_next_delay(self.options.reconnect_max_ms / 1000.0)
-            self.log.warn("{label}: session failed: {error}", label=self.label, error=text)
+            if self._reconnect_reason == "bye" and failure.check(
+                errors.ConnectionGone, ConnectionDone, ConnectionLost
+            ):
+                # The server said BYE and closed (a restart, a shutdown): an
+                # expected reconnect, not a warning per folder in a storm.
+                self.log.info("{label}: session ended: {error}", label=self.label, error=text)
+            else:
+                self.log.warn("{label}: session failed: {error}", label=self.label, error=text)
         if current:
             self._lose(proto)
 

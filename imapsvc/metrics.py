@@ -11,7 +11,11 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Optional
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -34,6 +38,7 @@ class ServiceCollector(Collector):
         relay_stats: Optional[Callable[[], dict]] = None,
         pipeline_stats: Optional[Callable[[], dict]] = None,
         detailed: bool = True,
+        lag_stats: Any = None,
     ):
         self._status = status
         self._relay = relay_stats
@@ -41,6 +46,7 @@ class ServiceCollector(Collector):
         # Without detail, per-folder series are summed: tenant and provider
         # ids and folder names are not for unauthenticated scrapers.
         self._detailed = detailed
+        self._lag = lag_stats
 
     def collect(self) -> Iterable[Any]:
         status = self._status() or {}
@@ -168,6 +174,45 @@ class ServiceCollector(Collector):
         )
         age.add_metric([], _num(relay.get("oldest_age_s")))
         yield age
+        yield from self._capacity(status.get("capacity") or {})
+        if self._lag is not None:
+            yield from self._reactor_lag(self._lag)
+
+    @staticmethod
+    def _capacity(cap: dict) -> Iterable[Any]:
+        """The open-file limit and the folders it leaves room for (absent
+        when unlimited)."""
+        for name, key, text in (
+            ("imapsvc_open_files_limit", "openFilesLimit", "Soft RLIMIT_NOFILE of the process"),
+            ("imapsvc_folder_capacity", "folderCapacity",
+             "Folders this replica may hold open (open-file limit minus the reserve)"),
+        ):
+            if cap.get(key) is not None:
+                g = GaugeMetricFamily(name, text)
+                g.add_metric([], _num(cap.get(key)))
+                yield g
+        if "foldersOpen" in cap:
+            g = GaugeMetricFamily("imapsvc_folders_open", "Folders of the providers running here")
+            g.add_metric([], _num(cap.get("foldersOpen")))
+            yield g
+
+    @staticmethod
+    def _reactor_lag(stats: Any) -> Iterable[Any]:
+        hist = HistogramMetricFamily(
+            "imapsvc_reactor_lag_seconds", "How late a 100 ms reactor tick ran"
+        )
+        hist.add_metric([], stats.cumulative_buckets(), sum_value=stats.total)
+        yield hist
+        for name, value, text in (
+            ("imapsvc_reactor_lag_max_seconds", stats.max, "Largest reactor lag since start"),
+            ("imapsvc_reactor_lag_recent_max_seconds", stats.window_max(),
+             "Largest reactor lag in the last minute"),
+            ("imapsvc_reactor_lag_p99_seconds", stats.window_quantile(0.99),
+             "99th percentile reactor lag in the last minute"),
+        ):
+            g = GaugeMetricFamily(name, text)
+            g.add_metric([], value)
+            yield g
 
 
     def _write_backs(self, providers: list, labels: list) -> Iterable[Any]:

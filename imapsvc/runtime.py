@@ -135,6 +135,18 @@ class Runtime(service.MultiService):
         self.reactor = reactor
         self.store = build_store(settings, reactor)
         self.sink = build_sink(settings, reactor)
+        from imapsvc.core.capacity import fd_reserve, folder_capacity
+        from imapsvc.reactor_lag import ReactorLagMeter
+
+        # Many folders need many descriptors: take the hard limit, keep a
+        # reserve for the web surface and the pools, hold no more folders
+        # than the rest (core.capacity; docs/performance.md).
+        self.open_files_limit = raise_open_files_limit()
+        self.fd_reserve = fd_reserve()
+        self.folder_capacity = folder_capacity(
+            self.open_files_limit, self.fd_reserve, settings.max_folders
+        )
+        self.lag_meter = ReactorLagMeter(reactor)
         self._build(http)
         self._boot: Optional[defer.Deferred] = None
         self._listener: Any = None
@@ -148,7 +160,7 @@ class Runtime(service.MultiService):
         from imapsvc.core.oauth_state import state_key
         from imapsvc.folder import FolderOptions, FolderService
         from imapsvc.imap.probe import test_login
-        from imapsvc.imap.tls import client_tls_options
+        from imapsvc.imap.tls import SharedClientTLS
         from imapsvc.oauth import CredentialSource, OAuthFlow
         from imapsvc.pipeline import Pipeline
         from imapsvc.secrets import SecretBox, SecretStore
@@ -233,8 +245,8 @@ class Runtime(service.MultiService):
         self.imap_budget = build_budget(s)
         options = attr.evolve(options, budget=self.imap_budget)
 
-        def tls(host: str) -> Any:
-            return client_tls_options(host, options.tls_ca_file, options.tls_insecure)
+        # One OpenSSL context per host, not per folder (RSS per folder).
+        tls = SharedClientTLS(options.tls_ca_file, options.tls_insecure)
 
         def make_folder(provider, folder, hooks):
             return FolderService(
@@ -275,6 +287,8 @@ class Runtime(service.MultiService):
             jitter_pct=s.timer_jitter_pct,
             max_connections_per_tenant=s.max_connections_per_tenant,
             tenants=frozenset(s.tenants),
+            folder_capacity=self.folder_capacity,
+            open_files_limit=self.open_files_limit,
             auth_pause_after=s.auth_failure_pause_after,
             on_auto_paused=on_auto_paused,
             test_connection=lambda p: test_login(
@@ -312,6 +326,13 @@ class Runtime(service.MultiService):
     def startService(self) -> None:
         # Children are started by _start_rest once the store answers.
         service.Service.startService(self)
+        self.lag_meter.startService()
+        if self.folder_capacity is not None:
+            log.info(
+                "open-file limit {limit}: {reserve} reserved, room for {capacity} folders",
+                limit=self.open_files_limit, reserve=self.fd_reserve,
+                capacity=self.folder_capacity,
+            )
         self._boot = self._start()
         fire_and_forget(self._boot, log, "start-up")
 
@@ -372,6 +393,8 @@ class Runtime(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         service.Service.stopService(self)
+        if self.lag_meter.running:
+            self.lag_meter.stopService()
         bound = self.settings.shutdown_timeout_ms / 1000.0
         if self.cleanup.running:
             self.cleanup.stop()
@@ -398,6 +421,29 @@ class Runtime(service.MultiService):
 
     def discovered(self) -> bool:
         return self.supervisor.discovered_once
+
+
+def raise_open_files_limit(resource_module: Any = None) -> Optional[int]:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; return the soft
+    limit now in force (``None`` when unlimited or not available)."""
+    from imapsvc.core.capacity import raised_soft_limit
+
+    if resource_module is None:
+        try:
+            import resource as resource_module
+        except ImportError:  # pragma: no cover - not on POSIX
+            return None
+    rm = resource_module
+    soft, hard = rm.getrlimit(rm.RLIMIT_NOFILE)
+    want = raised_soft_limit(soft, hard, rm.RLIM_INFINITY)
+    if want != soft:
+        try:
+            rm.setrlimit(rm.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as e:
+            log.warn("cannot raise the open-file limit from {soft} to {want}: {err}",
+                     soft=soft, want=want, err=e)
+    return None if soft == rm.RLIM_INFINITY else int(soft)
 
 
 def _utcnow(reactor: Any):
@@ -435,6 +481,7 @@ def build_web(settings: Any, reactor: Any, runtime: Runtime) -> Any:
                 lambda: runtime.relay.stats,
                 lambda: runtime.pipeline.stats,
                 detailed=detailed,
+                lag_stats=runtime.lag_meter.stats,
             )
         )
 

@@ -12,6 +12,7 @@ the same mailbox at once (and the store refuses fenced writes anyway).
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 from typing import Any, Callable, Optional
 
 from twisted.application import service
@@ -21,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapsvc.core.backoff import jitter_around
+from imapsvc.core.capacity import OVER, START, admit, folders_in_use
 from imapsvc.core.discovery import aggregate_status, plan_discovery
 from imapsvc.deferreds import fire_and_forget
 from imapsvc.interfaces import IAdmin, IFolderHooks
@@ -294,6 +296,8 @@ class Supervisor(service.MultiService):
         last_sync_interval_s: float = 60.0,
         rng: Optional[random.Random] = None,
         reporter: Any = None,
+        folder_capacity: Optional[int] = None,
+        open_files_limit: Optional[int] = None,
     ):
         super().__init__()
         self.setName("supervisor")
@@ -333,6 +337,12 @@ class Supervisor(service.MultiService):
         self.quarantines = 0
         #: The process-wide IMAP ByteBudget, shown in /status (set by the runtime).
         self.imap_budget: Any = None
+        #: Folders this replica may hold open (``core.capacity``; ``None`` =
+        #: unlimited) and the open-file limit it was computed from.
+        self.folder_capacity = folder_capacity
+        self.open_files_limit = open_files_limit
+        #: ``imapsvc.core.lag.LagStats`` of the reactor, shown in /status.
+        self.lag_stats: Any = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -410,6 +420,15 @@ class Supervisor(service.MultiService):
         # (across replicas), not here: None.
         plan = plan_discovery(wanted, running, used, None, self.tenants)
         invalid = dict(plan.invalid)
+        # The replica's own descriptor budget, apart from the tenant cap:
+        # providers beyond it get an error naming the limit instead of
+        # connects failing with EMFILE.
+        restarted = {p.key: p for p in plan.restart}
+        in_use = folders_in_use(
+            len(restarted[key].folders) if key in restarted else len(svc.provider.folders)
+            for key, svc in self.providers.items()
+            if key not in plan.stop
+        )
         self._start_failed_now = set()
         for key in plan.stop:
             why = invalid.get(key)
@@ -443,10 +462,21 @@ class Supervisor(service.MultiService):
         self.waiting = dict(plan.waiting)
         for key, reason in sorted(invalid.items()):
             yield self._provider_invalid(key, reason)
+        now = datetime.fromtimestamp(self.clock.seconds(), tz=UTC)
         for provider in plan.start:
             if provider.key in capped:
                 self.waiting[provider.key] = capped[provider.key]
-            yield self._start_provider(provider)
+            # One at a time: a lease another replica won frees the room.
+            outcome, reason = admit(
+                provider, in_use, self.folder_capacity, self.open_files_limit, self.owner, now
+            )
+            if outcome == OVER and reason is not None:
+                invalid[provider.key] = reason
+                yield self._provider_invalid(provider.key, reason)
+            elif outcome == START:
+                started = yield self._start_provider(provider)
+                if started:
+                    in_use += len(provider.folders)
         yield self._retry_capped()
         # A reason is forgotten once its provider is fine (or gone), so a
         # later breakage is reported again.
@@ -560,6 +590,7 @@ class Supervisor(service.MultiService):
             provider=key[1],
             n=len(provider.folders),
         )
+        return True
 
     @defer.inlineCallbacks
     def drop_provider(self, key: Key, reason: str, release: bool = True):
@@ -737,6 +768,12 @@ class Supervisor(service.MultiService):
                 "paused": self.imap_budget.paused,
                 "pauses": self.imap_budget.pauses,
             },
+            "capacity": {
+                "openFilesLimit": self.open_files_limit,
+                "folderCapacity": self.folder_capacity,
+                "foldersOpen": sum(len(svc.provider.folders) for svc in self.providers.values()),
+            },
+            "reactorLag": self.lag_stats.snapshot() if self.lag_stats is not None else None,
             "providers": [svc.snapshot() for _, svc in sorted(self.providers.items())],
             "waiting": [
                 {"tenant": k[0], "providerId": k[1], "reason": why}

@@ -74,3 +74,15 @@ def startup_stagger(stagger_ms: int, rand: Rand) -> float:
     """A first-connect delay drawn uniformly from ``[0, stagger_ms]``, so a
     restarted replica does not open every connection at once."""
     return max(0, int(stagger_ms)) / 1000.0 * rand()
+
+
+def first_reconnect_delay(
+    base_ms: int, jitter_pct: float, window_ms: int, rand: Rand
+) -> float:
+    """The first retry after an established connection was lost: the usual
+    first back-off plus a draw from ``[0, window_ms]`` (the start-up stagger
+    window). A server restart drops every session at the same moment;
+    without the spread they would all reconnect within the same second."""
+    return reconnect_delay(0, base_ms, base_ms, jitter_pct, rand) + startup_stagger(
+        window_ms, rand
+    )

@@ -18,7 +18,12 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from imapsvc.core.backoff import Rand, reconnect_delay, startup_stagger
+from imapsvc.core.backoff import (
+    Rand,
+    first_reconnect_delay,
+    reconnect_delay,
+    startup_stagger,
+)
 
 
 class FactoryOwner(Protocol):
@@ -236,9 +241,9 @@ class FolderClientFactory(ReconnectingClientFactory):
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
         self._connected = False
         self.owner.factory_connection_ended(reason, True)
-        self.retry(connector)
+        self.retry(connector, lost=True)
 
-    def retry(self, connector: Any = None) -> None:
+    def retry(self, connector: Any = None, lost: bool = False) -> None:
         """Schedule the next attempt: the throttling hint if the server gave
         one, else exponential back-off with jitter (``core.backoff``)."""
         if not self.continueTrying:
@@ -249,6 +254,15 @@ class FolderClientFactory(ReconnectingClientFactory):
             raise ValueError("no connector to retry")
         if self._next_delay is not None:
             delay, self._next_delay = self._next_delay, None
+        elif lost and self.retries == 0:
+            # A healthy session dropped (a server restart drops them all):
+            # spread the first retry over the stagger window.
+            delay = first_reconnect_delay(
+                self.reconnect_base_ms,
+                self.reconnect_jitter_pct,
+                self.startup_stagger_ms,
+                self.rand,
+            )
         else:
             delay = reconnect_delay(
                 self.retries,

@@ -8,6 +8,7 @@ explicit, logged choice for test rigs only.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Optional, cast
 
@@ -79,3 +80,42 @@ def client_tls_options(
     if ca_file:
         return optionsForClientTLS(hostname, trustRoot=load_ca_bundle(ca_file))
     return optionsForClientTLS(hostname)
+
+
+class SharedClientTLS:
+    """``host -> client_tls_options(host, ...)``, built once per host and
+    shared by every connection to it.
+
+    Each options object holds its own OpenSSL context (trust store, session
+    cache): one per folder cost about 23 KiB of RSS per connection (measured,
+    ``docs/performance.md``); the connections themselves are created per
+    socket from the shared context, as Twisted intends. Rebuilt when the CA
+    file changes (its mtime and size), bounded to ``max_entries`` hosts.
+    """
+
+    def __init__(
+        self, ca_file: Optional[str] = None, insecure: bool = False, max_entries: int = 1024
+    ) -> None:
+        self.ca_file = ca_file
+        self.insecure = insecure
+        self.max_entries = max(1, max_entries)
+        self._cache: dict[tuple[str, object], IOpenSSLClientConnectionCreator] = {}
+
+    def _ca_stamp(self) -> object:
+        if not self.ca_file:
+            return None
+        try:
+            st = os.stat(self.ca_file)
+        except OSError:
+            return None  # client_tls_options reports the missing file
+        return (st.st_mtime_ns, st.st_size)
+
+    def __call__(self, hostname: str) -> IOpenSSLClientConnectionCreator:
+        key = (hostname, self._ca_stamp())
+        creator = self._cache.get(key)
+        if creator is None:
+            creator = client_tls_options(hostname, self.ca_file, self.insecure)
+            if len(self._cache) >= self.max_entries:
+                self._cache.clear()
+            self._cache[key] = creator
+        return creator

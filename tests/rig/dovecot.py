@@ -275,7 +275,16 @@ def _common_config(
     key: str,
     listeners: str,
     auth_failure_delay: str,
+    imap_client_limit: int | None = None,
 ) -> str:
+    # Many idlers: with one imap process per connection the mail user runs
+    # out of inotify instances (128) and Dovecot silently polls every 30 s;
+    # several clients per process (service_count = 0) keep IDLE immediate.
+    imap_clients = (
+        f"\n  client_limit = {imap_client_limit}\n  service_count = 0"
+        if imap_client_limit
+        else ""
+    )
     return f"""\
 # Written by tests/rig/dovecot.py for one test run. Not the system config.
 instance_name = {instance_name}
@@ -351,7 +360,7 @@ service imap-login {{
   service_count = 0
 }}
 service imap {{
-  process_limit = 1000
+  process_limit = 1000{imap_clients}
 }}
 default_process_limit = 1000
 default_client_limit = 2000
@@ -388,7 +397,13 @@ class Dovecot:
     #: would dominate the auth-failure tests; it takes whole seconds only, so 0.
     AUTH_FAILURE_DELAY = "0"
 
-    def __init__(self, introspection: IntrospectionServer | None = None) -> None:
+    def __init__(
+        self,
+        introspection: IntrospectionServer | None = None,
+        imap_client_limit: int | None = None,
+    ) -> None:
+        """:param imap_client_limit: clients per imap process (with
+        ``service_count = 0``); ``None`` keeps one process per connection."""
         _check_environment()
         self.root = tempfile.mkdtemp(prefix="imapsvc-dovecot-")
         # Login processes (dovenull) and mail processes (vmail) must traverse it.
@@ -432,6 +447,7 @@ class Dovecot:
             mail_gid=self.mail_gid,
             home_root=self.home_root,
             auth_failure_delay=self.AUTH_FAILURE_DELAY,
+            imap_client_limit=imap_client_limit,
         )
         main_root = os.path.join(self.root, "main")
         wrong_root = os.path.join(self.root, "wrong")

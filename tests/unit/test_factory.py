@@ -78,9 +78,41 @@ class FactoryTests(SynchronousTestCase):
         self.assertEqual(f.connect_calls, 6)
         f.resetDelay()
         f.clientConnectionLost(conn, Failure(RuntimeError("lost")))
-        self.assertEqual(f.delay, 0.625)
+        # first retry after a healthy session: 0.625 + stagger 2 s * 0.25
+        self.assertEqual(f.delay, 1.125)
+        f.clientConnectionLost(conn, Failure(RuntimeError("lost")))
+        self.assertEqual(f.delay, 1.25)  # then the usual back-off
         f.stopTrying()
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_lost_sessions_reconnect_spread_over_the_stagger_window(self):
+        # A server restart drops 200 healthy sessions at once: their first
+        # retries spread over base*[0.5, 1] + [0, stagger], not one second.
+        import random
+
+        rng = random.Random(7)
+        delays = []
+        for _ in range(200):
+            reactor, owner, f = make(
+                reconnect_base_ms=2000, startup_stagger_ms=20000, rand=rng.random
+            )
+            f.start(stagger=False)
+            reactor.advance(0)
+            f.clientConnectionLost(reactor.connectors[-1], Failure(RuntimeError("bye")))
+            delays.append(f.delay)
+            f.stopTrying()
+        self.assertGreaterEqual(min(delays), 1.0)
+        self.assertLessEqual(max(delays), 22.0)
+        per_second = [sum(1 for d in delays if s <= d < s + 1) for s in range(23)]
+        self.assertLess(max(per_second), 30, per_second)
+
+    def test_failed_connect_is_not_spread(self):
+        reactor, owner, f = make(reconnect_base_ms=2000, startup_stagger_ms=20000)
+        f.start(stagger=False)
+        reactor.advance(0)
+        f.clientConnectionFailed(reactor.connectors[-1], Failure(RuntimeError("refused")))
+        self.assertEqual(f.delay, 1.25)
+        f.stopTrying()
 
     def test_next_delay_overrides_once(self):
         reactor, owner, f = make()

@@ -581,8 +581,9 @@ class FolderServiceTests(SynchronousTestCase):
         self.assertEqual(r.svc.state, S.BACKOFF)
         self.assertIn("database down", r.svc.last_error)
         self.assertTrue(r.proto.transport.closed)
-        # base 2 s, jitter 0.5, rand 0.5 -> 1.5 s
-        r.reconnect_after(1.5)
+        # base 2 s, jitter 0.5, rand 0.5 -> 1.5 s, plus the lost session's
+        # spread: stagger 2 s * 0.5
+        r.reconnect_after(2.5)
         self.assertEqual(r.pipeline.uids, [1, 2, 3])
         self.assertEqual(r.store.cursors["INBOX"].last_uid, "3")
 
@@ -643,9 +644,10 @@ class FolderServiceTests(SynchronousTestCase):
         r.factory.clientConnectionFailed(r.reactor.connectors[-1], Failure(RuntimeError("x")))
         delays.append(r.factory.delay)
         r.reconnect_after(r.factory.delay)
-        # rand=0.5, jitter 0.5: d*(0.75) for d = 2, 4 -> 1.5, 3.0; then the
+        # rand=0.5, jitter 0.5: d*(0.75) for d = 2, 4 -> 1.5, 3.0 (the first,
+        # after a lost session, spread by stagger 2 s * 0.5 = 2.5); then the
         # successful sync resets the delay.
-        self.assertEqual(delays, [1.5, 3.0])
+        self.assertEqual(delays, [2.5, 3.0])
         self.assertEqual(r.factory.retries, 0)
         self.assertEqual(r.svc.state, S.IDLING)
 
@@ -658,8 +660,51 @@ class FolderServiceTests(SynchronousTestCase):
             r.reactor.advance(r.factory.delay)
             r.factory.clientConnectionFailed(r.reactor.connectors[-1], Failure(RuntimeError("x")))
             seen.append(r.factory.delay)
-        self.assertEqual(seen, [1.5, 3.0, 6.0, 12.0, 24.0, 45.0, 45.0, 45.0, 45.0])
+        self.assertEqual(seen, [2.5, 3.0, 6.0, 12.0, 24.0, 45.0, 45.0, 45.0, 45.0])
         self.assertEqual(r.svc.state, S.BACKOFF)
+
+    def test_out_of_descriptors_backs_off_and_warns_once(self):
+        import errno
+
+        from twisted.internet.error import ConnectBindError
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+
+        def warnings():
+            return [e for e in seen if e.get("log_level") >= LogLevel.warn
+                    and "descriptors" in e.get("log_format", "")]
+
+        def emfile():
+            # what twisted.internet.tcp.Client reports when socket() fails
+            return Failure(ConnectBindError(errno.EMFILE, "Too many open files"))
+
+        r = self.rig()
+        r.svc.startService()
+        r.reactor.advance(1.0)
+        delays = []
+        for _ in range(5):
+            r.factory.clientConnectionFailed(r.reactor.connectors[-1], emfile())
+            delays.append(r.factory.delay)
+            r.reactor.advance(r.factory.delay)
+        # exponential back-off, not a tight loop (2, 4, 8, 16, 32 s * 0.75)
+        self.assertEqual(delays, [1.5, 3.0, 6.0, 12.0, 24.0])
+        self.assertEqual(len(warnings()), 1)
+        self.assertEqual(r.svc.reconnects["fd_exhausted"], 5)
+        self.assertEqual(r.svc.state, S.BACKOFF)
+        self.assertIn("Too many open files", r.svc.last_error)
+        # a working connect re-arms the warning for the next exhaustion
+        r.factory.startedConnecting(r.reactor.connectors[-1])
+        r.accept()
+        self.assertEqual(r.svc.state, S.IDLING)
+        r.proto.transport.loseConnection()
+        r.reactor.advance(r.factory.delay)
+        r.factory.clientConnectionFailed(r.reactor.connectors[-1], emfile())
+        r.reactor.advance(r.factory.delay)
+        r.factory.clientConnectionFailed(r.reactor.connectors[-1], emfile())
+        self.assertEqual(len(warnings()), 2)
 
     def test_throttled_delay_honoured(self):
         server = FakeServer()
@@ -675,12 +720,19 @@ class FolderServiceTests(SynchronousTestCase):
         r.reconnect_after(12.345)
 
     def test_bye_is_a_normal_reconnect(self):
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
         r = self.rig()
         r.start()
         r.proto.on_bye("Server shutting down")
         r.proto.transport.loseConnection()
         self.assertEqual(r.svc.state, S.BACKOFF)
-        r.reconnect_after(1.5)
+        # an announced close is expected: nothing at warning or above
+        self.assertEqual([e for e in seen if e["log_level"] >= LogLevel.warn], [])
+        r.reconnect_after(2.5)  # 1.5 back-off + stagger spread 1.0
         self.assertEqual(r.svc.state, S.IDLING)
 
     def test_missing_folder_backs_off_long(self):
@@ -889,7 +941,7 @@ class FolderServiceTests(SynchronousTestCase):
         r.proto.on_bye("Server shutting down")
         r.proto.transport.loseConnection()
         self.assertEqual(r.svc.snapshot()["reconnects"], {"bye": 1})
-        r.reconnect_after(1.5)
+        r.reconnect_after(2.5)
         r.proto.transport.loseConnection()
         self.assertEqual(r.svc.snapshot()["reconnects"], {"bye": 1, "connection_lost": 1})
 
@@ -1034,8 +1086,8 @@ class RefreshAheadTests(SynchronousTestCase):
         self.assertEqual(r.svc.state, S.BACKOFF)
         timers = [c for c in r.reactor.getDelayedCalls() if c.func == r.svc._token_expiring]
         self.assertEqual(timers, [])
-        # back-off 2 s, jitter 0.5, rand 0.5 -> 1.5 s
-        r.reconnect_after(1.5)
+        # back-off 2 s, jitter 0.5, rand 0.5 -> 1.5 s; + stagger spread 1.0
+        r.reconnect_after(2.5)
         self.assertEqual(r.creds.calls, 2)
         new_due = r.reactor.seconds() + 100
         # The old session's due time passes without a reconnect...

@@ -103,7 +103,9 @@ class ForcedRefreshTests(Base):
         # Later the token is revoked again: again one refresh before counting.
         r.server.auth_errors = [refused()]
         r.proto.transport.loseConnection()
-        self.again(r, 1.5)  # ordinary back-off: 2 s * (1 - 0.5 * 0.5)
+        # ordinary back-off 2 s * (1 - 0.5 * 0.5), + the lost session's
+        # spread over the stagger window (2 s * 0.5)
+        self.again(r, 2.5)
         self.assertEqual(self.counted(r), [])
         self.again(r, 0)
         self.assertEqual(r.svc.state, S.IDLING)

@@ -103,3 +103,31 @@ class TLSOptionsTests(SynchronousTestCase):
             handle.write("not a cert")
         with self.assertRaises(ValueError):
             client_tls_options("imap.example.com", ca_file=path)
+
+
+class SharedClientTLSTests(SynchronousTestCase):
+    """One TLS options object (one OpenSSL context) per host, shared by all
+    folders of that host; rebuilt when the CA file changes."""
+
+    def test_shared_per_host_and_rebuilt_on_ca_change(self):
+        import os
+        import shutil
+        import tempfile
+
+        from imapsvc.imap.tls import SharedClientTLS
+        from tests.rig.tls import make_tls_files
+
+        files = make_tls_files(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, os.path.dirname(files.ca_file), True)
+        shared = SharedClientTLS(files.ca_file, max_entries=2)
+        a = shared("imap.example.com")
+        self.assertIs(shared("imap.example.com"), a)
+        b = shared("other.example.com")
+        self.assertIsNot(b, a)
+        # a changed CA file gives new options (not the stale trust store)
+        with open(files.ca_file, "ab") as f:
+            f.write(b"\n")
+        self.assertIsNot(shared("imap.example.com"), a)
+        # bounded: never more than max_entries
+        shared("third.example.com")
+        self.assertLessEqual(len(shared._cache), 2)

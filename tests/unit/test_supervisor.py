@@ -538,3 +538,83 @@ class BadRowTests(unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
         # And the timer keeps going.
         self.assertTrue(sup._discovery_call.active())
+
+
+class FolderCapacityTests(unittest.TestCase):
+    """The replica's descriptor budget (core.capacity), apart from the
+    per-tenant cap: providers beyond it are refused with the limit named."""
+
+    setUp = SupervisorTests.setUp
+    make_supervisor = SupervisorTests.make_supervisor
+    add = SupervisorTests.add
+
+    def test_providers_beyond_capacity_get_an_error_naming_the_limit(self):
+        self.add("p1", folder_filters=("A", "B", "C"))
+        self.add("p2", tenant=T2, folder_filters=("A", "B", "C"))
+        self.add("p3", folder_filters=("A",))
+        sup = self.make_supervisor(
+            max_connections_per_tenant=100, folder_capacity=4, open_files_limit=156
+        )
+        self.clock.advance(0)
+        self.assertEqual(sorted(k[1] for k in sup.providers), ["p1", "p3"])
+        row = self.store.provider_row(T2, "p2")
+        self.assertEqual(row["status"], "error")
+        self.assertIn("folder capacity", row["error_message"])
+        self.assertIn("open-file limit 156", row["error_message"])
+        self.assertIsNone(row["lease_owner"])
+        status = sup.status()
+        self.assertEqual(
+            status["capacity"],
+            {"openFilesLimit": 156, "folderCapacity": 4, "foldersOpen": 4},
+        )
+        self.assertEqual([i["providerId"] for i in status["invalid"]], ["p2"])
+        # Room again (p1 paused): p2 starts on the next pass, its error goes.
+        self.store.update_provider(T1, "p1", is_active=False)
+        sup.request_discovery()
+        self.clock.advance(0)
+        self.assertEqual(sorted(k[1] for k in sup.providers), ["p2", "p3"])
+        self.assertEqual(sup.status()["invalid"], [])
+
+    def test_unlimited_by_default(self):
+        for i in range(3):
+            self.add(f"p{i}", folder_filters=("A", "B"))
+        sup = self.make_supervisor(max_connections_per_tenant=100)
+        self.clock.advance(0)
+        self.assertEqual(len(sup.providers), 3)
+
+    def test_provider_running_on_another_replica_is_no_error(self):
+        self.add("p1", folder_filters=("A", "B"))
+        self.add("p2", folder_filters=("A", "B"))
+        other = self.make_supervisor("other", max_connections_per_tenant=100, folder_capacity=2)
+        self.clock.advance(0)
+        self.assertEqual([k[1] for k in other.providers], ["p1"])
+        # p2 got an error from "other" (nobody held it); "mine" starts it
+        mine = self.make_supervisor("mine", max_connections_per_tenant=100, folder_capacity=2)
+        self.clock.advance(0)
+        self.assertEqual([k[1] for k in mine.providers], ["p2"])
+        other.request_discovery()
+        mine.request_discovery()
+        self.clock.advance(0)
+        # both full, but each other's providers are held: no errors
+        self.assertEqual(other.status()["invalid"], [])
+        self.assertEqual(mine.status()["invalid"], [])
+
+    def test_lease_lost_to_another_replica_frees_the_room_in_the_same_pass(self):
+        import attr
+
+        self.add("p0", folder_filters=("A",))
+        self.add("p1", folder_filters=("A",))
+        # Another replica won p0 after this replica's listing was read.
+        self.store.acquire_lease(T1, "p0", "other", 60_000)
+        listing = self.store.list_active_providers
+
+        def stale(*a, **kw):
+            d = defer.maybeDeferred(listing, *a, **kw)
+            return d.addCallback(lambda rows: [
+                attr.evolve(p, lease_owner=None, lease_expires_at=None) for p in rows])
+
+        self.store.list_active_providers = stale
+        sup = self.make_supervisor(max_connections_per_tenant=100, folder_capacity=1)
+        self.clock.advance(0)
+        self.assertEqual([k[1] for k in sup.providers], ["p1"])
+        self.assertEqual(sup.status()["invalid"], [])
