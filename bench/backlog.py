@@ -359,6 +359,10 @@ def prepare(env: dict[str, Any], cursor: Optional[dict] = None) -> Any:
         "IMAP_STARTUP_STAGGER_MS": "0",
         "IMAPSVC_WORKER_ID": f"bench-{os.getpid()}",
         "IMAPSVC_TENANTS": BENCH_TENANT,
+        # The bench's Dovecot is usually on loopback, which tenant-chosen IMAP
+        # hosts may not use without the allowlist.
+        "IMAPSVC_PRIVATE_NETWORK_ALLOWLIST": os.environ.get("IMAPSVC_PRIVATE_NETWORK_ALLOWLIST")
+        or f"127.0.0.0/8,::1/128,{env['host']}",
     }
     # The service's own tuning variables (IMAP_FETCH_CHUNK, ...) still come
     # from the environment; the connection-level ones are set here.
