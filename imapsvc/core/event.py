@@ -197,16 +197,8 @@ def build_stream_entry(
     ``timestamp`` and ``occurredAt`` are both ``now`` (when the event was
     built, i.e. recorded); the message's own time is ``emailData.receivedAt``.
     """
-    payload = {
-        "tenantId": tenant,
-        "tenant": tenant,
-        "providerId": provider_id,
-        "occurredAt": iso_z(now),
-        "emailData": email_data,
-    }
-    return _fields(
-        event_id, execution_id, EVENT_INBOUND_EMAIL_RECEIVED, tenant, now, _dumps(payload)
-    )
+    entry = build_encoded_entry(tenant, provider_id, email_data, event_id, execution_id, now)
+    return dict(entry)
 
 
 def build_encoded_entry(

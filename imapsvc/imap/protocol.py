@@ -919,29 +919,7 @@ class FolderIMAPClient(IMAP4Client):
         """``EXAMINE name`` (read-only) -> ``{"uidvalidity", "uidnext",
         "exists", "read_only"}``; ``uidnext`` is ``None`` when the server
         gives none."""
-        cmd = _Command(b"EXAMINE", self._arguments(b"EXAMINE", [self._wire_name(name)]))
-
-        def done(cmd, code):
-            found: dict[str, Optional[int]] = {"uidvalidity": None, "uidnext": None}
-            for _kind, resp_code, args, _text in cmd.codes:
-                key = (resp_code or "").lower()
-                if key in found:
-                    try:
-                        found[key] = int(args.split()[0])
-                    except (ValueError, IndexError):
-                        raise ProtocolViolation(f"bad {resp_code} in EXAMINE answer") from None
-            if found["uidvalidity"] is None:
-                raise ProtocolViolation("EXAMINE answer without UIDVALIDITY")
-            self.state = "selected"
-            return {
-                "uidvalidity": found["uidvalidity"],
-                "uidnext": found["uidnext"],
-                "exists": cmd.exists or 0,
-                "read_only": code != "READ-WRITE",
-            }
-
-        cmd.on_ok = done
-        return self._submit(cmd)
+        return self._open_folder(b"EXAMINE", name)
 
     # -- write-back (issue 13 item 3; only after the batch is committed) -----
 
@@ -949,7 +927,13 @@ class FolderIMAPClient(IMAP4Client):
         """``SELECT name`` (read-write, for write-back) -> the same dict as
         :meth:`examine_folder`; ``read_only`` is true unless the server
         answered ``[READ-WRITE]``."""
-        cmd = _Command(b"SELECT", self._arguments(b"SELECT", [self._wire_name(name)]))
+        return self._open_folder(b"SELECT", name)
+
+    def _open_folder(self, verb: bytes, name: str) -> defer.Deferred:
+        """EXAMINE or SELECT ``name``: the answer's UIDVALIDITY, UIDNEXT and
+        EXISTS, and whether the server granted write access."""
+        cmd = _Command(verb, self._arguments(verb, [self._wire_name(name)]))
+        what = verb.decode("ascii")
 
         def done(cmd, code):
             found: dict[str, Optional[int]] = {"uidvalidity": None, "uidnext": None}
@@ -959,9 +943,9 @@ class FolderIMAPClient(IMAP4Client):
                     try:
                         found[key] = int(args.split()[0])
                     except (ValueError, IndexError):
-                        raise ProtocolViolation(f"bad {resp_code} in SELECT answer") from None
+                        raise ProtocolViolation(f"bad {resp_code} in {what} answer") from None
             if found["uidvalidity"] is None:
-                raise ProtocolViolation("SELECT answer without UIDVALIDITY")
+                raise ProtocolViolation(f"{what} answer without UIDVALIDITY")
             self.state = "selected"
             return {
                 "uidvalidity": found["uidvalidity"],
