@@ -53,6 +53,10 @@ from imapsvc.imap.errors import (
 from imapsvc.imap.responses import ResponseParseError
 from imapsvc.interfaces import IIMAPSession
 
+#: Untagged OK/NO/BAD lines one command (or one IDLE) may see. Dovecot says
+#: "Still here" every 2 minutes while idling, and the IDLE is re-issued every
+#: few minutes: a thousand is only reached by a server flooding the session.
+MAX_STATUS_LINES = 1000
 log = Logger()
 
 Caps = dict[bytes, Optional[list[bytes]]]
@@ -188,6 +192,8 @@ class FolderIMAPClient(IMAP4Client):
         self._tls_started = False
         self._logging_out = False
         self._greeting_deadline: Any = None
+        #: Untagged status lines since the last tagged answer (MAX_STATUS_LINES).
+        self._status_lines = 0
         self._watchdog: Any = None
         self._idle_cmd: Optional[_Command] = None
         #: ``ENABLE UTF8=ACCEPT`` (RFC 6855) is in force: the server spells
@@ -440,6 +446,15 @@ class FolderIMAPClient(IMAP4Client):
             if kind == "BYE":
                 self._on_bye(text)
                 return
+            # Untagged OK/NO/BAD cost a parse each and tell us nothing new
+            # after the first few: a server repeating them without end (a
+            # flood, whatever else it answers) would hold a share of the
+            # reactor for as long as the session lasts.
+            self._status_lines += 1
+            if self._status_lines > MAX_STATUS_LINES:
+                self._drop(ProtocolViolation(
+                    f"more than {MAX_STATUS_LINES} untagged status lines in one command"))
+                return
             if code == "CAPABILITY":
                 self.capabilities = responses.parse_capabilities(args.split())
             if cmd is not None and cmd.kind != "idle":
@@ -555,6 +570,7 @@ class FolderIMAPClient(IMAP4Client):
             self._drop(ProtocolViolation(f"bad tagged answer to {cmd.name!r}"))
             return
         kind, code, args, text = status
+        self._status_lines = 0
         self._disarm(cmd)
         if code == "CAPABILITY":
             self.capabilities = responses.parse_capabilities(args.split())

@@ -13,7 +13,8 @@ what a real tenant's server could do to the service:
 - ``fetch_no``: ``NO`` to every FETCH that names UID 2 (a poison message);
 - ``slow_loris``: the greeting one byte per second;
 - ``endless_literal``: a FETCH literal announced as 1 GB, streamed slowly without end;
-- ``greeting_flood``: untagged lines without end before the greeting;
+- ``greeting_flood``: untagged ``* OK`` lines without end from the start (the
+  first is taken as the greeting; the flood goes on through the session);
 - ``silent``: accepts the connection and never says anything.
 
 It runs on the reactor of the process that starts it (the test's); its output

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from imapsvc.imap.errors import CommandTimeout
+from imapsvc.imap.errors import CommandTimeout, ProtocolViolation
+from imapsvc.imap.protocol import MAX_STATUS_LINES
 from tests.unit.test_imap_protocol import ClientTestCase, sent
 
 
@@ -30,6 +31,25 @@ class IdleTests(ClientTestCase):
         self.assertEqual(sent(transport), b"0002 UID SEARCH UID 10:*\r\n")
         client.dataReceived(b"* SEARCH 10 11\r\n0002 OK done\r\n")
         self.assertEqual(self.successResultOf(search), [10, 11])
+
+    def test_status_line_flood_ends_the_session(self):
+        """A server repeating untagged OK lines without end is dropped (a
+        protocol violation, which counts towards quarantine), not parsed for
+        as long as the session lasts; a tagged answer starts the count again."""
+        client, transport, clock = self.connect()
+        d = client.idle(lambda n: None)
+        client.dataReceived(b"+ idling\r\n")
+        client.dataReceived(b"* OK Still here\r\n" * (MAX_STATUS_LINES - 1))
+        client.done()
+        client.dataReceived(b"0001 OK Idle completed.\r\n")
+        self.successResultOf(d)
+        d = client.idle(lambda n: None)
+        client.dataReceived(b"+ idling\r\n")
+        client.dataReceived(b"* OK have some more\r\n" * MAX_STATUS_LINES)
+        self.assertNoResult(d)
+        client.dataReceived(b"* OK and more\r\n")
+        self.failureResultOf(d, ProtocolViolation)
+        self.assertDropped(transport)
 
     def test_done_before_continuation(self):
         client, transport, clock = self.connect()
