@@ -10,6 +10,7 @@ free. Waits are shielded: cancelling one never cancels the txpostgres query
 
 from __future__ import annotations
 
+import collections
 import random
 import re
 from typing import Any, Callable, Iterator, Optional
@@ -249,9 +250,12 @@ class Pool:
 
     A connection found dead (lost while idle, or an operation on it failed
     because the connection went away) is closed and its slot redialled with
-    a *fresh* connection in the background. While no live connection is free,
-    operations fail fast with :class:`StoreUnavailable` rather than queueing
-    behind a database that is not there.
+    a *fresh* connection in the background. While no connection is live at
+    all, operations fail fast with :class:`StoreUnavailable` rather than
+    queueing behind a database that is not there. While some are live but all
+    of those are in use (the others still redialling, after an outage), an
+    operation waits for one to be free: the database is there, and failing
+    would make readiness and writes flap while the pool heals.
     """
 
     def __init__(self, reactor: Any, size: int, dsn: str, connkw: dict[str, Any],
@@ -266,6 +270,8 @@ class Pool:
         self._redials: set[_Redial] = set()
         self._starting: list[defer.Deferred] = []
         self._semaphore = defer.DeferredSemaphore(size)
+        #: Operations waiting for a live connection to be free (see _run).
+        self._waiters: collections.deque[defer.Deferred] = collections.deque()
         self._serial = 0
         self._closed = False
 
@@ -313,12 +319,14 @@ class Pool:
             return
         conn.lost = self._lost
         self._idle.append(conn)
+        self._wake()
 
     def _lost(self, conn: _Connection) -> None:
         """The server side of ``conn`` went away."""
         if conn in self._idle:
             self._idle.remove(conn)
             self._replace(conn, "lost while idle")
+            self._wake()
         # A busy connection is replaced when its operation finishes (_done).
 
     def _replace(self, conn: _Connection, why: str) -> None:
@@ -353,7 +361,22 @@ class Pool:
             self._busy.add(conn)
             d = conn.runInteraction(interaction, *args)
             return d.addBoth(self._done, conn)
+        if self._busy:
+            # Live connections exist, all in use: wait for one (see the class).
+            waiter: defer.Deferred = defer.Deferred(self._waiters.remove)
+            self._waiters.append(waiter)
+            return waiter.addCallback(lambda _: self._run(interaction, *args))
         return defer.fail(StoreUnavailable("database unavailable (reconnecting)"))
+
+    def _wake(self) -> None:
+        """Hand free connections to waiting operations; fail the waiters
+        when no connection is live any more (the database went away)."""
+        while self._waiters and self._idle:
+            self._waiters.popleft().callback(None)
+        if self._waiters and not self._idle and not self._busy:
+            gone = StoreUnavailable("database unavailable (reconnecting)")
+            while self._waiters:
+                self._waiters.popleft().errback(gone)
 
     def _done(self, result: Any, conn: _Connection) -> Any:
         self._busy.discard(conn)
@@ -364,12 +387,14 @@ class Pool:
             self._replace(conn, "failed during an operation")
         else:
             self._idle.append(conn)
+        self._wake()
         return result
 
     def close(self) -> None:
         """Close every connection (operations in flight fail) and stop
         redialling."""
         self._closed = True
+        self._wake()  # nothing is live now: waiting operations fail
         for d in self._starting:
             d.cancel()
         for redial in list(self._redials):
