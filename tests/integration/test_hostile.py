@@ -68,6 +68,10 @@ class HostileServersTests(ServiceRigMixin, unittest.TestCase):
         self.good_tenant, self.good_pid = add_provider(
             self.dsn, self.good_user, DEFAULT_PASSWORD, self.dovecot.ports.imaps)
         tenants = [t for t, _ in self.tenants.values()] + [self.good_tenant]
+        # The run's database is shared: leave no active hostile provider behind.
+        self.addCleanup(pg.execute, self.dsn,
+                        "UPDATE email_providers SET is_active = false WHERE tenant::text = ANY(%s)",
+                        (tenants,))
         self.proc = ServiceProcess(self.service_env(
             IMAP_PROVIDER_REFRESH_MS="1000",
             IMAP_CONNECTION_TIMEOUT_MS="3000",
