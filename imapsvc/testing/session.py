@@ -356,42 +356,32 @@ class FakeIMAPSession(Protocol):
         )
 
     def examine_folder(self, name: str) -> defer.Deferred:
-        def examine() -> dict:
-            folder = self.mailbox.folders.get(name)
-            if folder is None:
-                self.selected = None
-                raise CommandFailed("NONEXISTENT", f"EXAMINE NO: Mailbox doesn't exist: {name}")
-            self.selected = name
-            self.read_write = False
-            self._pending_exists = None
-            self.last_exists = len(folder.messages)
-            return {
-                "uidvalidity": folder.uidvalidity,
-                "uidnext": folder.uidnext,
-                "exists": len(folder.messages),
-                "read_only": True,
-            }
-
-        return self._run("EXAMINE", examine)
+        return self._open_folder("EXAMINE", name, writable=False)
 
     def select_folder(self, name: str) -> defer.Deferred:
-        def select() -> dict:
+        return self._open_folder("SELECT", name, writable=True)
+
+    def _open_folder(self, verb: str, name: str, writable: bool) -> defer.Deferred:
+        """EXAMINE or SELECT: the answer the real client shapes (see
+        ``FolderIMAPClient._open_folder``)."""
+
+        def open_() -> dict:
             folder = self.mailbox.folders.get(name)
             if folder is None:
                 self.selected = None
-                raise CommandFailed("NONEXISTENT", f"SELECT NO: Mailbox doesn't exist: {name}")
+                raise CommandFailed("NONEXISTENT", f"{verb} NO: Mailbox doesn't exist: {name}")
             self.selected = name
-            self.read_write = True
+            self.read_write = writable
             self._pending_exists = None
             self.last_exists = len(folder.messages)
             return {
                 "uidvalidity": folder.uidvalidity,
                 "uidnext": folder.uidnext,
                 "exists": len(folder.messages),
-                "read_only": False,
+                "read_only": not writable,
             }
 
-        return self._run("SELECT", select)
+        return self._run(verb, open_)
 
     def _writable(self, command: str) -> FakeFolder:
         folder = self._folder()
