@@ -138,7 +138,8 @@ class MessageRecord:
     """The durable outcome of one fetched message, written by
     :meth:`IStore.record_batch` in the same transaction as the cursor.
 
-    :ivar dedupe_key: ``imap:<mailbox>:<uidvalidity>:<uid>``, unique per provider.
+    :ivar dedupe_key: ``imap:<mailbox>:<uidvalidity>:<uid>`` (or
+        ``gmail:<X-GM-MSGID>`` for a Gmail message), unique per provider.
     :ivar message_id_key: the normalised Message-ID (lower-cased, brackets
         kept), unique per provider when not ``None``.
     :ivar outcome: :data:`OUTCOME_PUBLISHED` or :data:`OUTCOME_SKIPPED` as the
@@ -275,6 +276,9 @@ class FetchedMessage:
     #: :data:`RAW_MIME_SECTION`) -> ``{"storageKey", "sha256", "size"}``.
     #: The pipeline fills it and drops ``contents`` before mapping.
     stored: Mapping[str, Mapping[str, Any]] = attr.Factory(dict)
+    #: Gmail (``X-GM-EXT-1``): the message's ``X-GM-MSGID`` (decimal), the
+    #: same in every folder (label) that shows it; ``None`` elsewhere.
+    gm_msgid: Optional[str] = None
 
 
 @attr.s(frozen=True, auto_attribs=True)

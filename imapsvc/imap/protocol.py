@@ -36,6 +36,7 @@ from zope.interface import implementer
 from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism, is_refusal
 from imapsvc.core.cursor import is_imap_date
 from imapsvc.core.folders import decode_mutf7, encode_mutf7
+from imapsvc.core.gmail import GMAIL_CAPABILITY, parse_msgid
 from imapsvc.imap import extensions, responses
 from imapsvc.imap.errors import (
     AuthenticationFailed,
@@ -51,6 +52,7 @@ from imapsvc.imap.errors import (
     TLSRequired,
 )
 from imapsvc.imap.responses import ResponseParseError
+from imapsvc.imap.status import StatusCommand
 from imapsvc.interfaces import IIMAPSession
 
 #: Untagged OK/NO/BAD lines one command (or one IDLE) may see. Dovecot says
@@ -96,7 +98,7 @@ class _Command:
 
 
 @implementer(IIMAPSession)
-class FolderIMAPClient(IMAP4Client):
+class FolderIMAPClient(StatusCommand, IMAP4Client):
     """IMAP client for one folder connection.
 
     :param clock: ``IReactorTime`` used for every deadline.
@@ -492,7 +494,7 @@ class FolderIMAPClient(IMAP4Client):
             self.capabilities = caps
             if cmd is not None:
                 cmd.untagged.append((keyword, caps))
-        elif keyword in ("LIST", "FLAGS", "ID", "ENABLED") and cmd is not None:
+        elif keyword in ("LIST", "FLAGS", "ID", "ENABLED", "STATUS") and cmd is not None:
             tokens = responses.tokenize(texts, literals)
             cmd.untagged.append((keyword, tokens[1:]))
 
@@ -1077,10 +1079,16 @@ class FolderIMAPClient(IMAP4Client):
 
     def fetch_meta(self, uids) -> defer.Deferred:
         """Size, INTERNALDATE, BODYSTRUCTURE and exact header bytes, keyed by
-        UID: ``{uid: {"size", "internaldate", "bodystructure", "header"}}``.
+        UID: ``{uid: {"size", "internaldate", "bodystructure", "header"}}``,
+        plus ``"gm_msgid"`` when the server offers X-GM-EXT-1.
         ``bodystructure`` is a nested list of ``str``/``None`` or ``None``."""
+        # Gmail: X-GM-MSGID, the message's identity across labels (core.gmail).
+        gmail = GMAIL_CAPABILITY.encode("ascii") in (self.capabilities or {})
         d = self._uid_fetch(
-            uids, b"(UID RFC822.SIZE INTERNALDATE BODYSTRUCTURE BODY.PEEK[HEADER])"
+            uids,
+            b"(UID RFC822.SIZE INTERNALDATE BODYSTRUCTURE "
+            + (b"X-GM-MSGID " if gmail else b"")
+            + b"BODY.PEEK[HEADER])",
         )
 
         def shape(by_uid):
@@ -1098,6 +1106,8 @@ class FolderIMAPClient(IMAP4Client):
                     else None,
                     "header": sections.get(("HEADER", None), b""),
                 }
+                if gmail:
+                    out[uid]["gm_msgid"] = parse_msgid(pairs.get("X-GM-MSGID"))
             return out
 
         d.addCallback(shape)

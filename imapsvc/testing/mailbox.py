@@ -40,6 +40,9 @@ class FakeMessage:
     internaldate: str = DEFAULT_INTERNALDATE
     bodystructure: Any = None
     flags: set[str] = attr.Factory(set)
+    #: Gmail's X-GM-MSGID (decimal): the same in every folder (label) that
+    #: shows this message; sent only when the server offers X-GM-EXT-1.
+    gm_msgid: Optional[str] = None
 
     def __attrs_post_init__(self) -> None:
         if self.bodystructure is None:
@@ -93,6 +96,8 @@ class FakeMailbox:
         #: Live sessions (fake or scripted-server side): told about new mail
         #: with ``exists_changed(folder, count)`` and ``server_drop()``.
         self.sessions: list[Any] = []
+        #: Folders named by every STATUS command, in order.
+        self.status_calls: list[str] = []
 
     # -- content
 
@@ -115,6 +120,7 @@ class FakeMailbox:
         folder: str = "INBOX",
         internaldate: str = DEFAULT_INTERNALDATE,
         bodystructure: Any = None,
+        gm_msgid: Optional[str] = None,
     ) -> int:
         """Deliver a message; sessions that selected ``folder`` hear
         ``* n EXISTS`` (at once while idling, else with their next command).
@@ -122,7 +128,7 @@ class FakeMailbox:
         box = self.folders[folder]
         uid = box.uidnext
         box.uidnext += 1
-        box.messages[uid] = FakeMessage(raw, internaldate, bodystructure)
+        box.messages[uid] = FakeMessage(raw, internaldate, bodystructure, gm_msgid=gm_msgid)
         for session in list(self.sessions):
             session.exists_changed(folder, len(box.messages))
         return uid
@@ -159,7 +165,8 @@ class FakeMailbox:
                 continue
             new = dest.uidnext
             dest.uidnext += 1
-            dest.messages[new] = FakeMessage(m.raw, m.internaldate, m.bodystructure, set(m.flags))
+            dest.messages[new] = FakeMessage(m.raw, m.internaldate, m.bodystructure, set(m.flags),
+                                             gm_msgid=m.gm_msgid)
             out.append(new)
         if out:
             for session in list(self.sessions):

@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism, is_refusal
 from imapsvc.core.cursor import internaldate_day, is_imap_date, parse_since
+from imapsvc.core.gmail import offers_gmail
 from imapsvc.imap.errors import (
     AuthenticationFailed,
     AuthenticationUnavailable,
@@ -361,6 +362,20 @@ class FakeIMAPSession(Protocol):
     def select_folder(self, name: str) -> defer.Deferred:
         return self._open_folder("SELECT", name, writable=True)
 
+    def status_folder(self, name: str) -> defer.Deferred:
+        def status() -> dict:
+            folder = self.mailbox.folders.get(name)
+            if folder is None:
+                raise CommandFailed("NONEXISTENT", f"STATUS NO: Mailbox doesn't exist: {name}")
+            self.mailbox.status_calls.append(name)
+            return {
+                "uidnext": folder.uidnext,
+                "uidvalidity": folder.uidvalidity,
+                "messages": len(folder.messages),
+            }
+
+        return self._run("STATUS", status, soft=True)
+
     def _open_folder(self, verb: str, name: str, writable: bool) -> defer.Deferred:
         """EXAMINE or SELECT: the answer the real client shapes (see
         ``FolderIMAPClient._open_folder``)."""
@@ -471,13 +486,18 @@ class FakeIMAPSession(Protocol):
         return out
 
     def fetch_meta(self, uids: Iterable[int]) -> defer.Deferred:
+        gmail = offers_gmail(self.mailbox.capability_words)
+
         def meta(uid: int, m: FakeMessage) -> dict:
-            return {
+            out = {
                 "size": len(m.raw),
                 "internaldate": m.internaldate,
                 "bodystructure": m.bodystructure,
                 "header": m.header,
             }
+            if gmail:  # as the real client: asked for only when offered
+                out["gm_msgid"] = m.gm_msgid
+            return out
 
         uids = list(uids)
         return self._run("UID FETCH", lambda: self._fetch("meta", uids, meta))

@@ -1,0 +1,101 @@
+"""``STATUS <folder> (UIDNEXT UIDVALIDITY)`` (RFC 3501 6.3.10) for the
+shared polling connection of a provider over its connection budget
+(:mod:`imapsvc.core.gmail`): one round trip per folder tells whether the
+folder has new mail, without selecting it.
+
+:func:`parse_status` reads the untagged answer's tokens; the command itself
+is :class:`StatusCommand`, mixed into the client.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet import defer
+
+from imapsvc.core.folders import decode_mutf7
+from imapsvc.imap.errors import ProtocolViolation
+from imapsvc.imap.responses import as_bytes
+
+#: What the poller asks for (and all it reads).
+STATUS_ITEMS = ("UIDNEXT", "UIDVALIDITY", "MESSAGES")
+#: A STATUS value is a 32-bit number (RFC 3501 nz-number / number).
+_MAX_VALUE = (1 << 32) - 1
+
+
+def _name(token: Any) -> Optional[str]:
+    if token is None:
+        return None
+    try:
+        raw = as_bytes(token)
+    except ValueError:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _same_folder(answered: Optional[str], asked: str) -> bool:
+    """A STATUS answer names the folder as the server spells it: modified
+    UTF-7, or UTF-8 once UTF8=ACCEPT is on. INBOX is case-insensitive."""
+    if answered is None:
+        return False
+    if answered == asked or (answered.upper() == "INBOX" and asked.upper() == "INBOX"):
+        return True
+    try:
+        return decode_mutf7(asked) == answered
+    except ValueError:
+        return False
+
+
+def parse_status(untagged: list[tuple[str, Any]], folder: str) -> dict[str, Optional[int]]:
+    """The answer for ``folder`` among a command's untagged ``STATUS``
+    responses (each ``[name, [item, value, ...]]``) as ``{"uidnext",
+    "uidvalidity", "messages"}``; a value the server left out is ``None``,
+    and so is everything when no answer names ``folder``.
+
+    :raises ProtocolViolation: a value that is not a 32-bit number, or an
+        item list with a key but no value.
+    """
+    found: dict[str, Optional[int]] = {k.lower(): None for k in STATUS_ITEMS}
+    for keyword, tokens in untagged:
+        if keyword != "STATUS" or len(tokens) < 2 or not _same_folder(_name(tokens[0]), folder):
+            continue
+        items = tokens[1]
+        if not isinstance(items, list) or len(items) % 2:
+            raise ProtocolViolation("STATUS answer with a malformed item list")
+        for key, value in zip(items[0::2], items[1::2]):
+            if not isinstance(key, str):
+                raise ProtocolViolation("STATUS item is not an atom")
+            name = key.upper()
+            if name not in STATUS_ITEMS:
+                continue  # UNSEEN, HIGHESTMODSEQ, ...: not ours
+            text = value if isinstance(value, str) else None
+            if text is None or not text.isascii() or not text.isdigit() or len(text) > 10:
+                raise ProtocolViolation(f"bad {name} in STATUS answer")
+            number = int(text)
+            if number > _MAX_VALUE:
+                raise ProtocolViolation(f"bad {name} in STATUS answer")
+            found[name.lower()] = number
+    return found
+
+
+class StatusCommand:
+    """``status_folder`` for :class:`~imapsvc.imap.protocol.FolderIMAPClient`
+    (which supplies ``_submit``, ``_arguments`` and ``_wire_name``)."""
+
+    def status_folder(self, name: str) -> defer.Deferred:
+        """``STATUS name (UIDNEXT UIDVALIDITY MESSAGES)`` -> ``{"uidnext",
+        "uidvalidity", "messages"}`` (ints, ``None`` when not answered). A
+        ``NO`` (no such folder) fails with CommandFailed and keeps the
+        session; the selected folder, if any, stays selected."""
+        from imapsvc.imap.protocol import _Command  # the client's command type
+
+        prefix = b"STATUS"
+        items = b" (" + " ".join(STATUS_ITEMS).encode("ascii") + b")"
+        chunks = self._arguments(prefix, [self._wire_name(name)])  # type: ignore[attr-defined]
+        chunks[-1] += items
+        cmd = _Command(b"STATUS", chunks, "soft")
+        cmd.on_ok = lambda cmd, code: parse_status(cmd.untagged, name)
+        return self._submit(cmd)  # type: ignore[attr-defined,no-any-return]
