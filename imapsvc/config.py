@@ -70,6 +70,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def connection_budget(text: str) -> int:
+    value = _int(text)
+    if value < 0 or value == 1:
+        raise _Invalid("must be 0 (off) or at least 2 (one shared connection and one more)")
+    return value
+
+
 def fraction(text: str) -> float:
     try:
         value = float(text.strip())
@@ -405,6 +412,10 @@ SETTINGS: tuple[Setting, ...] = (
             "value (provider set-first-sync) wins", _P),
     Setting("IMAP_MAX_CONNECTIONS_PER_TENANT", positive_int, 5,
             "IMAP connections one tenant may hold at once", _P),
+    Setting("IMAP_GMAIL_CONNECTION_BUDGET", connection_budget, 15,
+            "IMAP connections one Gmail provider (X-GM-EXT-1, or imap.gmail.com) holds at most; "
+            "past it, budget - 1 folders idle and the rest are polled with STATUS on one shared "
+            "connection every IMAP_POLL_INTERVAL_MS; 0 = off (at least 2 otherwise)", _P),
     Setting("IMAP_MAX_FOLDERS", non_negative_int, 0,
             "folders (IMAP connections) one replica holds at most; 0: as many as the open-file "
             "limit allows after its reserve (docs/performance.md)", _P),
@@ -633,6 +644,7 @@ class Settings:
     max_emails_per_sync: int = _default("IMAP_MAX_EMAILS_PER_SYNC")
     first_sync_since_days: int = _default("IMAP_FIRST_SYNC_SINCE_DAYS")
     max_connections_per_tenant: int = _default("IMAP_MAX_CONNECTIONS_PER_TENANT")
+    gmail_connection_budget: int = _default("IMAP_GMAIL_CONNECTION_BUDGET")
     max_folders: int = _default("IMAP_MAX_FOLDERS")
     max_attachment_bytes: int = _default("IMAP_MAX_ATTACHMENT_BYTES")
     max_total_attachment_bytes: int = _default("IMAP_MAX_TOTAL_ATTACHMENT_BYTES")

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 import attr
 
 from imapsvc.core.folders import unique_folders
+from imapsvc.core.gmail import is_gmail
 
 #: ``email_providers.status`` values.
 STATUS_CONNECTED = "connected"
@@ -130,6 +131,9 @@ class ProviderConfig:
             self.auth_type,
             self.username,
             self.folder_filters,
+            # Gmail's connection budget changes how folders are connected:
+            # learning it from a login's capabilities restarts the provider.
+            is_gmail(self.host, self.server_capabilities),
         )
 
 

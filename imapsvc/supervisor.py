@@ -28,6 +28,7 @@ from imapsvc.deferreds import fire_and_forget
 from imapsvc.interfaces import IAdmin, IFolderHooks
 from imapsvc.logging import redact
 from imapsvc.model import FolderStatus, ProviderConfig
+from imapsvc.shared_poll import SHARED_LABEL, SharedHooks, budget_split, folder_snapshot
 
 #: The folder's auth-failure code for an OAuth2 provider never consented to
 #: (see imapsvc.oauth.AwaitingConsent); kept here to avoid importing oauth.
@@ -99,12 +100,26 @@ class ProviderService(service.MultiService):
         self.waiting: dict[str, str] = dict(waiting or {})
         self.folder_since: dict[str, float] = {}
         self.folder_synced_at: dict[str, float] = {}
-        for folder in provider.folders if folders is None else folders:
+        # Gmail's connection budget: folders past it share one polling
+        # connection (imapsvc.shared_poll) instead of one each.
+        own, shared = budget_split(supervisor, provider,
+                                   provider.folders if folders is None else folders)
+        for folder in own:
             child = make_folder(provider, folder, FolderHooks(self, folder))
             child.setName(folder)
             child.setServiceParent(self)
             self.folders[folder] = child
             self.folder_states[folder] = ("Disconnected", None)
+        if shared:
+            hooks = SharedHooks(shared, lambda folder: FolderHooks(self, folder))
+            make_shared = supervisor.make_shared_poller
+            assert make_shared is not None  # budget_split checked it
+            child = make_shared(provider, shared, hooks)
+            child.setName(SHARED_LABEL)
+            child.setServiceParent(self)
+            for folder in shared:  # one child, shown (and reported) per folder
+                self.folders[folder] = child
+                self.folder_states[folder] = ("Disconnected", None)
         for folder, error in self.waiting.items():
             self.folder_states[folder] = ("Waiting", error)
 
@@ -144,8 +159,7 @@ class ProviderService(service.MultiService):
             return
         from imapsvc.cluster_status import folder_counters, utc
 
-        child = self.folders[folder]
-        snap = child.snapshot() if hasattr(child, "snapshot") else {}
+        snap = folder_snapshot(self.folders[folder], folder)
         state, error = self.folder_states.get(folder, ("Disconnected", None))
         since = self.folder_since.get(folder)
         synced = self.folder_synced_at.get(folder)
@@ -233,18 +247,18 @@ class ProviderService(service.MultiService):
     def update(self, provider: ProviderConfig) -> None:
         """Settings changed that need no new connection (credentials, caps)."""
         self.provider = provider
-        for child in self.folders.values():
+        for child in list(self):
             if hasattr(child, "update_provider"):
                 child.update_provider(provider)
 
     def reconnect(self) -> None:
-        for child in self.folders.values():
+        for child in list(self):  # the shared poller once, not per folder
             child.reconnect()
 
     def snapshot(self) -> dict:
         folders = {}
         for name, child in self.folders.items():
-            snap = child.snapshot() if hasattr(child, "snapshot") else {}
+            snap = folder_snapshot(child, name)
             state, error = self.folder_states.get(name, ("Disconnected", None))
             snap.setdefault("state", state)
             snap.setdefault("last_error", error)
@@ -298,6 +312,8 @@ class Supervisor(service.MultiService):
         reporter: Any = None,
         folder_capacity: Optional[int] = None,
         open_files_limit: Optional[int] = None,
+        gmail_connection_budget: Optional[int] = None,
+        make_shared_poller: Optional[Callable[..., service.IService]] = None,
     ):
         super().__init__()
         self.setName("supervisor")
@@ -341,6 +357,11 @@ class Supervisor(service.MultiService):
         #: unlimited) and the open-file limit it was computed from.
         self.folder_capacity = folder_capacity
         self.open_files_limit = open_files_limit
+        #: Gmail: connections one provider may hold, and the builder of the
+        #: shared polling connection for its folders past that budget
+        #: (``(provider, folders, hooks)``; see imapsvc.shared_poll).
+        self.gmail_connection_budget = gmail_connection_budget
+        self.make_shared_poller = make_shared_poller
         #: ``imapsvc.core.lag.LagStats`` of the reactor, shown in /status.
         self.lag_stats: Any = None
 

@@ -28,8 +28,9 @@ GMAIL_KEY_PREFIX = "gmail:"
 #: X-GM-MSGID is an unsigned 64-bit number.
 _MAX_MSGID = (1 << 64) - 1
 
-#: What a folder of a budgeted provider is in (shown in ``/status``).
-MODE_IDLE = "idle"
+#: How a folder is watched (``mode`` in ``/status``): a connection of its
+#: own (idling when the server offers IDLE), or the shared STATUS poller.
+MODE_OWN = "own"
 MODE_SHARED_POLL = "shared-poll"
 
 
@@ -89,16 +90,18 @@ def status_says_sync(
     uid_next: Optional[int],
     cursor_validity: Optional[str],
     cursor_last_uid: Optional[str],
-    synced_uid_next: Optional[int] = None,
+    last_pass: Optional[tuple[str, str, int]] = None,
 ) -> bool:
     """Whether a ``STATUS (UIDNEXT UIDVALIDITY)`` answer asks for a sync pass
     of a folder whose cursor is ``(cursor_validity, cursor_last_uid)``: no
     cursor yet, another UIDVALIDITY, or UIDNEXT past ``last_uid + 1`` (new
     mail). An answer without UIDNEXT or UIDVALIDITY cannot tell: sync.
 
-    ``synced_uid_next`` is the UIDNEXT the last pass of this folder saw: when
-    it has not moved, the gap above the cursor is mail that was deleted
-    before it was read, and another pass would find nothing again."""
+    ``last_pass`` is ``(uid_validity, last_uid, uid_next)`` as the folder's
+    last pass left them: when nothing of it changed, the gap above the
+    cursor is mail deleted before it was read, and another pass would find
+    nothing again (an operator's resync moves the cursor, so it still runs).
+    """
     if uid_validity is None or uid_next is None:
         return True
     if not cursor_validity or cursor_last_uid is None:
@@ -109,6 +112,7 @@ def status_says_sync(
         last = int(cursor_last_uid)
     except ValueError:
         return True
-    if synced_uid_next is not None and uid_next == synced_uid_next:
+    if last_pass is not None and last_pass == (str(cursor_validity), str(cursor_last_uid),
+                                               uid_next):
         return False
     return uid_next > last + 1
