@@ -167,6 +167,9 @@ class GmailEndToEndTests(SynchronousTestCase):
         world = self.world(("INBOX", *LABELS), budget=15)
         world.start()
         self.assertEqual(len(world.mailbox.sessions), 4)  # within the budget: one each
+        # The real client, speaking bytes to the fixture server.
+        self.assertTrue(all(isinstance(svc._proto, FolderIMAPClient)
+                            for svc in world.folder_services))
         # Each message under INBOX and one or two labels, delivered while idling.
         a = world.mailbox.deliver(mail(1), ["INBOX", "Billing"])
         world.mailbox.deliver(mail(2), ["INBOX", "Urgent", "Customers/ACME"])
