@@ -70,11 +70,17 @@ class SharedHooks:
     def synced(self) -> None:
         self._all("synced")
 
+    def _first(self, name: str, *args: Any) -> None:
+        # Once per connection: a provider-wide action, counted once.
+        fn = getattr(self._hooks[0], name, None) if self._hooks else None
+        if fn is not None:
+            fn(*args)
+
     def lease_lost(self) -> None:
-        self._all("lease_lost")
+        self._first("lease_lost")
 
     def quarantined(self, until: float, text: str) -> None:
-        self._all("quarantined", until, text)
+        self._first("quarantined", until, text)
 
 
 class SharedPollService(FolderService):
@@ -90,7 +96,7 @@ class SharedPollService(FolderService):
         #: filter -> what ``/status`` shows of it (see :meth:`folder_snapshot`).
         self._per_folder: dict[str, dict[str, Any]] = {
             f: {"serverName": None, "cursor": None, "uidNext": None, "syncs": 0,
-                "handedOff": 0, "statusChecks": 0, "lastError": None}
+                "handedOff": 0, "bytesFetched": 0, "statusChecks": 0, "lastError": None}
             for f in self.folders
         }
         #: server name -> (uid_validity, last_uid, uid_next) after its last pass.
@@ -171,7 +177,7 @@ class SharedPollService(FolderService):
             self._last_pass.get(name),
         ):
             return
-        before = self.handed_off
+        before, bytes_before = self.handed_off, self.bytes_fetched
         yield self._sync(proto, name)
         cursor = self.cursor
         if cursor is not None and cursor.uid_validity and self.uid_next is not None:
@@ -183,21 +189,39 @@ class SharedPollService(FolderService):
             uidNext=self.uid_next,
             syncs=info["syncs"] + 1,
             handedOff=info["handedOff"] + self.handed_off - before,
+            bytesFetched=info["bytesFetched"] + self.bytes_fetched - bytes_before,
             lastError=None,
         )
 
     def folder_snapshot(self, folder: str) -> dict:
-        """One polled folder for ``/status``: the connection's state and
-        counters, with this folder's own cursor, UIDNEXT and syncs."""
+        """One polled folder for ``/status``: the connection's state, this
+        folder's own cursor, UIDNEXT, lag, syncs, messages and bytes. The
+        connection's other counters (reconnects, write-backs, poison, IDLE)
+        are shown on the first folder of the group only, so /metrics, which
+        sums folders, counts them once."""
         snap = self.snapshot()
-        snap.update(self._per_folder.get(folder, {}))
+        own = dict(self._per_folder.get(folder, {}))
+        error = own.pop("lastError", None)
+        snap.update(own)
+        if error:
+            snap["last_error"] = error
         snap["folder"] = folder
         snap["mode"] = MODE_SHARED_POLL
         snap["sharedWith"] = [f for f in self.folders if f != folder]
-        if snap.get("lastError"):
-            snap["last_error"] = snap["lastError"]
-        snap.pop("lastError", None)
+        snap["lag"] = _lag(own.get("uidNext"), own.get("cursor"))
+        if self.folders and folder != self.folders[0]:
+            snap.update(reconnects={}, poisonSkipped=0, idleWakeups=0, idleKeepalives=0,
+                        quarantines=0)
+            snap["writeBack"] = dict(snap.get("writeBack") or {}, applied=0, failed=0, pending=0)
         return snap
+
+
+def _lag(uid_next: Optional[int], cursor: Optional[dict]) -> Optional[int]:
+    """Messages beyond the cursor, as :meth:`FolderService.lag`."""
+    try:
+        return max(0, int(uid_next) - 1 - int((cursor or {})["last_uid"]))  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 # -- the provider's side (imapsvc.supervisor.ProviderService) ------------------

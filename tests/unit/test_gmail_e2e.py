@@ -256,6 +256,13 @@ class GmailEndToEndTests(SynchronousTestCase):
         self.assertEqual(status["sharedWith"], ["Billing", "Urgent"])
         self.assertEqual(status["cursor"]["last_uid"], world.cursor("Customers/ACME").last_uid)
         self.assertGreaterEqual(status["syncs"], 2)
+        self.assertEqual(status["lag"], 0)
+        # /metrics sums folders: the shared connection's counters add up once.
+        shared = next(s for s in world.folder_services if isinstance(s, SharedPollService))
+        polled = [world.status()[f] for f in LABELS]
+        self.assertEqual(sum(f["bytesFetched"] for f in polled), shared.bytes_fetched)
+        self.assertEqual(sum(f["handedOff"] for f in polled), shared.handed_off)
+        self.assertGreater(shared.bytes_fetched, 0)
         self.assertLessEqual(world.mailbox.most_at_once, 2)
 
     def test_a_recreated_folder_is_read_again(self) -> None:
