@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 from twisted.internet import defer
 
 from imapsvc import folder_state as S
-from imapsvc.core.folders import display_name, resolve_folder
+from imapsvc.core.folders import WILDCARD, display_name, resolve_folder
 from imapsvc.core.gmail import (
     MODE_OWN,
     MODE_SHARED_POLL,
@@ -238,7 +238,9 @@ def budget_split(
         return tuple(folders), ()
     if not is_gmail(provider.host, provider.server_capabilities):
         return tuple(folders), ()
-    return split_by_budget(folders, budget)
+    # "*" already watches many folders on its one connection: never shared.
+    ordered = sorted(folders, key=lambda f: f.strip() != WILDCARD)
+    return split_by_budget(ordered, budget)
 
 
 def folder_snapshot(child: Any, folder: str) -> dict:

@@ -5,7 +5,9 @@ X-GM-MSGID fetch item on the real client."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any, Optional
 
+import attr
 from twisted.trial.unittest import SynchronousTestCase
 
 from imapsvc.core import gmail as G
@@ -15,7 +17,8 @@ from imapsvc.core.folders import expand_wildcard
 from imapsvc.core.ledger import dedupe_key
 from imapsvc.imap.errors import CommandFailed, ProtocolViolation
 from imapsvc.imap.status import parse_status
-from imapsvc.model import FetchedMessage, Limits
+from imapsvc.model import FetchedMessage, Limits, ProviderConfig
+from imapsvc.shared_poll import budget_split
 from tests.unit.test_imap_protocol import ClientTestCase, sent
 
 GMAIL_GREETING = b"* OK [CAPABILITY IMAP4rev1 X-GM-EXT-1 IDLE LITERAL+ AUTH=PLAIN] Gimap ready\r\n"
@@ -76,6 +79,34 @@ class BudgetTests(SynchronousTestCase):
         self.assertEqual(G.split_by_budget(folders, 2), (("INBOX",), ("A", "B", "C")))
         for off in (None, 0, 1):
             self.assertEqual(G.split_by_budget(folders, off), (folders, ()))
+
+    def test_which_providers_are_budgeted(self) -> None:
+        class Sup:
+            gmail_connection_budget: Optional[int] = 2
+            make_shared_poller: Any = object()
+
+        folders = ("INBOX", "A", "*", "B")
+        gmail = ProviderConfig("t", "p", "S", "m", "imap.gmail.com", 993, folder_filters=folders)
+        # "*" keeps its own connection (it polls its many folders already).
+        self.assertEqual(budget_split(Sup(), gmail, folders), (("*",), ("INBOX", "A", "B")))
+        learned = ProviderConfig("t", "p", "S", "m", "mx.example.net", 993,
+                                 server_capabilities=("IDLE", "X-GM-EXT-1"))
+        self.assertEqual(budget_split(Sup(), learned, ("A", "B", "C"))[1], ("B", "C"))
+        other = ProviderConfig("t", "p", "S", "m", "mx.example.net", 993)
+        self.assertEqual(budget_split(Sup(), other, ("A", "B", "C")), (("A", "B", "C"), ()))
+        off = Sup()
+        off.gmail_connection_budget = None
+        self.assertEqual(budget_split(off, gmail, ("A", "B", "C")), (("A", "B", "C"), ()))
+        no_poller = Sup()
+        no_poller.make_shared_poller = None
+        self.assertEqual(budget_split(no_poller, gmail, ("A", "B", "C")), (("A", "B", "C"), ()))
+
+    def test_learning_gmail_restarts_the_provider(self) -> None:
+        before = ProviderConfig("t", "p", "S", "m", "mx.example.net", 993)
+        after = attr.evolve(before, server_capabilities=("X-GM-EXT-1",))
+        self.assertNotEqual(before.connection_signature(), after.connection_signature())
+        plain = attr.evolve(before, server_capabilities=("IDLE",))
+        self.assertEqual(before.connection_signature(), plain.connection_signature())
 
     def test_status_decides_the_sync(self) -> None:
         says = G.status_says_sync
