@@ -437,6 +437,13 @@ class IIMAPSession(Interface):
         :raises CommandFailed: no such folder (the session goes on).
         """
 
+    def unselect():
+        """``UNSELECT`` (RFC 3691) when the server offers it; nothing
+        otherwise.
+
+        :rtype: Deferred[bool]: whether it was sent.
+        """
+
     def select_folder(name):
         """``SELECT name`` (read-write): only with write-back on.
 

@@ -179,6 +179,9 @@ class SharedPollService(FolderService):
             return
         before, bytes_before = self.handed_off, self.bytes_fetched
         yield self._sync(proto, name)
+        # STATUS is not meant for the selected folder (RFC 3501 6.3.10).
+        yield proto.unselect()
+        self._check()
         cursor = self.cursor
         if cursor is not None and cursor.uid_validity and self.uid_next is not None:
             self._last_pass[name] = (

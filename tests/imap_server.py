@@ -1,6 +1,6 @@
 """A small, well-behaved IMAP server over a :class:`imapsvc.testing.FakeMailbox`,
 speaking real IMAP bytes: LOGIN, AUTHENTICATE (XOAUTH2/OAUTHBEARER, with or
-without SASL-IR), CAPABILITY, NOOP, LIST, EXAMINE, SELECT, STATUS, UID SEARCH, UID FETCH
+without SASL-IR), CAPABILITY, NOOP, LIST, EXAMINE, SELECT, UNSELECT, STATUS, UID SEARCH, UID FETCH
 (literals for header, sections and whole messages; X-GM-MSGID when asked), UID STORE, UID MOVE,
 UID COPY, UID EXPUNGE (write-back), IDLE/DONE, LOGOUT;
 literals in commands, synchronising or LITERAL+. It honours the mailbox's
@@ -241,6 +241,16 @@ class ScriptedIMAPServer(LineReceiver):
             self._tagged(tag, b"OK [READ-WRITE] Select completed.")
         else:
             self._tagged(tag, b"OK [READ-ONLY] Examine completed.")
+
+    def do_UNSELECT(self, tag: bytes, args: list) -> None:  # noqa: N802
+        if "UNSELECT" not in self.mailbox.capability_words:
+            self._tagged(tag, b"BAD Unknown command")
+            return
+        if self.selected is None:
+            self._tagged(tag, b"BAD No mailbox selected")
+            return
+        self.selected = None
+        self._tagged(tag, b"OK Returned to authenticated state.")
 
     def do_STATUS(self, tag: bytes, args: list) -> None:  # noqa: N802
         name = responses.as_bytes(args[0]).decode("utf-8") if args else ""

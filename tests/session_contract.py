@@ -423,6 +423,16 @@ class SessionContractMixin:
         # INBOX stays selected: its search still answers.
         self.assertEqual(self.result(session.uid_search_from(1)), [])  # type: ignore[attr-defined]
 
+    def test_unselect_when_offered(self) -> None:
+        mailbox = self.mailbox(capabilities=("IMAP4rev1", "AUTH=PLAIN", "UNSELECT"))
+        session = self.logged_in(mailbox)
+        self.assertTrue(self.result(session.unselect()))  # type: ignore[attr-defined]
+        # Nothing selected any more: a search is refused (and ends the session).
+        self.failure(session.uid_search_from(1), CommandFailed)
+        plain_server = self.logged_in(self.mailbox())
+        self.assertFalse(self.result(plain_server.unselect()))  # type: ignore[attr-defined]
+        self.assertEqual(self.result(plain_server.uid_search_from(1)), [])  # type: ignore[attr-defined]
+
     def test_status_of_a_missing_folder_fails_softly(self) -> None:
         session = self.logged_in(self.mailbox())
         f = self.failure(session.status_folder("Nope"), CommandFailed)

@@ -99,3 +99,22 @@ class StatusCommand:
         cmd = _Command(b"STATUS", chunks, "soft")
         cmd.on_ok = lambda cmd, code: parse_status(cmd.untagged, name)
         return self._submit(cmd)  # type: ignore[attr-defined,no-any-return]
+
+    def unselect(self) -> defer.Deferred:
+        """``UNSELECT`` (RFC 3691) when offered: leave the selected folder
+        without expunging (``CLOSE`` would expunge a SELECTed one), so the
+        next ``STATUS`` of it is not about the selected folder, which RFC
+        3501 says STATUS should not be used for. Fires with whether it was
+        sent; a refusal keeps the session."""
+        from imapsvc.imap.protocol import _Command
+
+        if b"UNSELECT" not in (self.capabilities or {}):  # type: ignore[attr-defined]
+            return defer.succeed(False)
+        cmd = _Command(b"UNSELECT", [b"UNSELECT"], "soft")
+
+        def done(cmd: Any, code: Any) -> bool:
+            self.state = "auth"  # type: ignore[attr-defined]
+            return True
+
+        cmd.on_ok = done
+        return self._submit(cmd)  # type: ignore[attr-defined,no-any-return]

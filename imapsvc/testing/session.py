@@ -362,6 +362,16 @@ class FakeIMAPSession(Protocol):
     def select_folder(self, name: str) -> defer.Deferred:
         return self._open_folder("SELECT", name, writable=True)
 
+    def unselect(self) -> defer.Deferred:
+        if "UNSELECT" not in self.mailbox.capability_words:
+            return defer.succeed(False)
+
+        def unselect() -> bool:
+            self.selected = None
+            return True
+
+        return self._run("UNSELECT", unselect, soft=True)
+
     def status_folder(self, name: str) -> defer.Deferred:
         def status() -> dict:
             folder = self.mailbox.folders.get(name)

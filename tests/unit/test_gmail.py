@@ -223,6 +223,21 @@ class StatusProtocolTests(ClientTestCase):
         client.dataReceived(b"0002 OK\r\n")
         self.successResultOf(follow)
 
+    def test_unselect_bytes(self) -> None:
+        client, transport, _ = self.connect(
+            greeting=b"* OK [CAPABILITY IMAP4rev1 UNSELECT X-GM-EXT-1] ready\r\n"
+        )
+        sent(transport)
+        d = client.unselect()
+        self.assertEqual(sent(transport), b"0001 UNSELECT\r\n")
+        client.dataReceived(b"0001 OK Returned to authenticated state. (Success)\r\n")
+        self.assertTrue(self.successResultOf(d))
+        # Not offered: nothing sent (CLOSE would expunge a SELECTed folder).
+        client, transport, _ = self.connect(greeting=GMAIL_GREETING)
+        sent(transport)
+        self.assertFalse(self.successResultOf(client.unselect()))
+        self.assertEqual(sent(transport), b"")
+
     def test_garbage_answer_drops_the_session(self) -> None:
         client, transport, _ = self.connect(greeting=GMAIL_GREETING)
         d = client.status_folder("INBOX")

@@ -237,6 +237,12 @@ class GmailEndToEndTests(SynchronousTestCase):
             self.assertEqual(world.cursor(folder).last_uid,
                              str(world.mailbox.uids(folder)[-1]), folder)
 
+        # After a pass the folder is left (UNSELECT): STATUS never asks
+        # about the selected folder.
+        shared_lines = [line for s in world.mailbox.sessions
+                        if any(b"STATUS" in x for x in s.received) for line in s.received]
+        self.assertIn(b"UNSELECT", [line.split(b" ", 1)[1] for line in shared_lines
+                                    if b" " in line])
         # A quiet round: STATUS only, no folder opened.
         examines = sum(line.count(b"EXAMINE") for s in world.mailbox.sessions
                        for line in s.received)
