@@ -149,6 +149,11 @@ class DovecotProtocolTests(TestCase):
         # INBOX is still selected and the session goes on.
         uids = yield client.uid_search_from(1)
         self.assertEqual(list(uids), [])
+        # Dovecot offers UNSELECT: the poller leaves a folder with it.
+        left = yield client.unselect()
+        self.assertTrue(left)
+        info = yield client.status_folder("INBOX")
+        self.assertEqual(info["messages"], 0)
 
     @defer.inlineCallbacks
     def test_idle_wakes_on_append(self):
