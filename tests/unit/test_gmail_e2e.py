@@ -297,3 +297,17 @@ class GmailEndToEndTests(SynchronousTestCase):
         world.mailbox.deliver(mail(1), ["INBOX", "Billing", "Urgent"])
         world.reactor.run(POLL_S + 1)
         self.assertEqual(world.subjects(), ["case 1"])
+
+    def test_a_folder_gone_from_the_shared_group_does_not_stop_the_others(self) -> None:
+        world = self.world(("INBOX", *LABELS), budget=2)
+        world.start()
+        del world.mailbox.folders["Billing"]  # deleted on the server meanwhile
+        world.mailbox.deliver(mail(1), ["Urgent"])
+        world.reactor.run(POLL_S)
+        self.assertEqual(world.subjects(), ["case 1"])
+        billing = world.status()["Billing"]
+        self.assertIn("NONEXISTENT", billing["last_error"] or "")
+        self.assertEqual(world.status()["Urgent"]["last_error"], None)
+        # The same connection went on: no reconnect.
+        shared = next(s for s in world.folder_services if isinstance(s, SharedPollService))
+        self.assertEqual(dict(shared.reconnects), {})
