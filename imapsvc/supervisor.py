@@ -23,8 +23,9 @@ from zope.interface import implementer
 
 from imapsvc.core.backoff import jitter_around
 from imapsvc.core.capacity import OVER, START, admit, folders_in_use
-from imapsvc.core.discovery import aggregate_status, plan_discovery
+from imapsvc.core.discovery import WAITING, aggregate_status, plan_discovery
 from imapsvc.deferreds import fire_and_forget
+from imapsvc.folder_state import DISCONNECTED, NEEDS_REAUTH
 from imapsvc.interfaces import IAdmin, IFolderHooks
 from imapsvc.logging import redact
 from imapsvc.model import FolderStatus, ProviderConfig
@@ -34,9 +35,6 @@ from imapsvc.model import FolderStatus, ProviderConfig
 AWAITING_CONSENT = "awaiting_consent"
 
 Key = tuple[str, str]
-
-#: Folder states from which a discovery pass retries the provider's login.
-_REAUTH_STATES = ("needsreauth",)
 
 
 def jittered(seconds: float, pct: float, rng: random.Random) -> float:
@@ -104,9 +102,9 @@ class ProviderService(service.MultiService):
             child.setName(folder)
             child.setServiceParent(self)
             self.folders[folder] = child
-            self.folder_states[folder] = ("Disconnected", None)
+            self.folder_states[folder] = (DISCONNECTED, None)
         for folder, error in self.waiting.items():
-            self.folder_states[folder] = ("Waiting", error)
+            self.folder_states[folder] = (WAITING, error)
 
     # -- hooks from folders -------------------------------------------------
 
@@ -146,7 +144,7 @@ class ProviderService(service.MultiService):
 
         child = self.folders[folder]
         snap = child.snapshot() if hasattr(child, "snapshot") else {}
-        state, error = self.folder_states.get(folder, ("Disconnected", None))
+        state, error = self.folder_states.get(folder, (DISCONNECTED, None))
         since = self.folder_since.get(folder)
         synced = self.folder_synced_at.get(folder)
         reporter.folder_changed(self.provider.key, FolderStatus(
@@ -228,7 +226,7 @@ class ProviderService(service.MultiService):
     # -- queries and actions ------------------------------------------------
 
     def needs_reauth(self) -> bool:
-        return any(state.lower() in _REAUTH_STATES for state, _ in self.folder_states.values())
+        return any(state == NEEDS_REAUTH for state, _ in self.folder_states.values())
 
     def update(self, provider: ProviderConfig) -> None:
         """Settings changed that need no new connection (credentials, caps)."""
@@ -245,7 +243,7 @@ class ProviderService(service.MultiService):
         folders = {}
         for name, child in self.folders.items():
             snap = child.snapshot() if hasattr(child, "snapshot") else {}
-            state, error = self.folder_states.get(name, ("Disconnected", None))
+            state, error = self.folder_states.get(name, (DISCONNECTED, None))
             snap.setdefault("state", state)
             snap.setdefault("last_error", error)
             if snap.get("last_error"):
@@ -253,7 +251,7 @@ class ProviderService(service.MultiService):
                 snap["last_error"] = redact(str(snap["last_error"]))
             folders[name] = snap
         for name, error in self.waiting.items():
-            folders[name] = {"state": "Waiting", "last_error": redact(error) if error else None}
+            folders[name] = {"state": WAITING, "last_error": redact(error) if error else None}
         status, error = aggregate_status(self.folder_states)
         return {
             "tenant": self.provider.tenant,
