@@ -83,7 +83,7 @@ def deployment_status(
     replicas: Sequence[Mapping[str, Any]],
     lease_ttl_s: float,
     redact: Any = lambda s: s,
-) -> dict:
+) -> dict[str, Any]:
     """Every provider and folder of the deployment, from the rows every
     replica persisted (``imap_folder_status``, ``imap_replicas``) and the
     provider rows.
