@@ -13,7 +13,7 @@ import urllib.request
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from imapsvc import cli_provider
-from imapsvc.cli_provider import AdminError, parse_uuid
+from imapsvc.cli_provider import AdminError
 from imapsvc.config import Settings
 
 if TYPE_CHECKING:
@@ -63,8 +63,7 @@ class _Unreachable(AdminError):
 
 
 def action(ctx: CommandRuntime, args: argparse.Namespace) -> int:
-    tenant = parse_uuid(args.tenant, "--tenant")
-    provider_id = parse_uuid(args.provider, "--provider")
+    tenant, provider_id = cli_provider.parse_target(args)
     folder = getattr(args, "folder", None)
     since_text = getattr(args, "since", None)
     since = cli_provider.parse_since_arg(since_text) if since_text is not None else None
