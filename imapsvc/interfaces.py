@@ -386,6 +386,11 @@ class IIMAPSession(Interface):
     on_bye = Attribute(
         "callable(text) or None: called once when the server says BYE outside LOGOUT"
     )
+    idle_ending = Attribute(
+        "read-only bool: done() was called for the IDLE still running (DONE is "
+        "out, or follows the server's '+'); False outside IDLE. The session is "
+        "the one place that knows whether an IDLE is ending"
+    )
     transport = Attribute(
         "the connection's transport: the engine closes the session with "
         "its loseConnection()/abortConnection()"
