@@ -54,7 +54,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     IDLING: frozenset({SYNCING} | _LIVE),
     BACKOFF: frozenset({CONNECTING, NEEDS_REAUTH, STOPPED}),
     NEEDS_REAUTH: frozenset({CONNECTING, STOPPED}),
-    STOPPED: frozenset({CONNECTING, DISCONNECTED}),
+    STOPPED: frozenset({CONNECTING}),
 }
 
 

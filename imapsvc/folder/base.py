@@ -43,6 +43,7 @@ class FolderBase(service.Service):
     history: collections.deque[M.Transition]
     invalid_transitions: int
     last_error: Optional[str]
+    quarantined_until: Optional[float]
     _proto: Any
     _poll_wait: Optional[defer.Deferred]
     _poll_timer: Any
@@ -80,6 +81,11 @@ class FolderBase(service.Service):
     def state(self) -> str:
         """The machine's state (a name of :mod:`imapsvc.core.folder_machine`)."""
         return self.machine.state
+
+    def quarantined(self) -> bool:
+        """Whether this folder's server is in quarantine now."""
+        until = self.quarantined_until
+        return until is not None and until > self.reactor.seconds()
 
     def _fire(self, name: str, reason: str = "", error: Optional[str] = None,
               why: Optional[str] = None) -> None:

@@ -37,7 +37,6 @@ class SessionRecovery(FolderBase):
     """The recovery paths of :class:`imapsvc.folder.FolderService`."""
 
     violations: int
-    quarantined_until: Optional[float]
     quarantines: int
     _token_timer: Any
     _reconnect_reason: Optional[str]
@@ -101,11 +100,6 @@ class SessionRecovery(FolderBase):
         except Exception:
             pass  # closing anyway
         raise TokenRefreshDue()
-
-    def quarantined(self) -> bool:
-        """Whether this folder's server is in quarantine now."""
-        until = self.quarantined_until
-        return until is not None and until > self.reactor.seconds()
 
     def _quarantine(self, why: str) -> str:
         """This server broke protocol limits ``quarantine_after`` sessions in

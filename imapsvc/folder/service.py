@@ -3,8 +3,8 @@
 :class:`FolderService` is the Twisted shell around the pure machine
 (:mod:`imapsvc.core.folder_machine`): a
 :class:`~imapsvc.imap.factory.FolderClientFactory` (re)connects and reports
-each connection event through :class:`~imapsvc.interfaces.IFolderHooks`'
-sibling, the factory-owner methods below; on each connection the service
+each connection event through :class:`~imapsvc.interfaces.IConnectionEvents`
+(the ``factory_*`` methods below); on each connection the service
 logs in, finds the folder and then loops
 
 ``sync pass (imapsvc.folder.sync) -> IDLE or poll (imapsvc.folder.idle)``
@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from imapsvc.core import folder_machine as M
 from imapsvc.core import plan as P
@@ -45,15 +46,18 @@ from imapsvc.folder.options import (
     describe,
 )
 from imapsvc.folder.recovery import SessionRecovery
+from imapsvc.folder.status import FolderStatusView
 from imapsvc.folder.sync import SyncPass
 from imapsvc.imap.extensions import client_id_fields
 from imapsvc.imap.factory import FolderClientFactory, set_keepalive
-from imapsvc.model import FolderCursor, ProviderConfig
+from imapsvc.interfaces import IConnectionEvents
+from imapsvc.model import ProviderConfig
 
 HISTORY_SIZE = 50
 
 
-class FolderService(IdleWaits, SessionRecovery):
+@implementer(IConnectionEvents)
+class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
     """Watches one folder of one provider.
 
     :param provider: the provider's :class:`ProviderConfig`.
@@ -171,40 +175,6 @@ class FolderService(IdleWaits, SessionRecovery):
             return bool(self.provider.socket_keepalive)
         return self.options.socket_keepalive
 
-    def snapshot(self) -> dict:
-        """This folder for ``/status`` (no secrets)."""
-        return {
-            "folder": self.folder_filter,
-            "serverName": self.server_name,
-            "state": self.state,
-            "last_error": self.last_error,
-            "cursor": self.cursor.to_json() if self.cursor else None,
-            "syncs": self.sync_count,
-            "handedOff": self.handed_off,
-            "bytesFetched": self.bytes_fetched,
-            "idleWakeups": self.idle_wakeups,
-            "idleKeepalives": self.idle_keepalives,
-            "reconnects": dict(self.reconnects),
-            "writeBack": self.sync.write_back.status(
-                self.provider.write_back, self.options.write_back
-            ),
-            "uidNext": self.uid_next,
-            "poisonSkipped": self.poison_skipped,
-            "quarantinedUntil": self.quarantined_until if self.quarantined() else None,
-            "quarantines": self.quarantines,
-            "lag": self.lag(),
-            "history": [t.to_json() for t in self.history],
-        }
-
-    def lag(self) -> Optional[int]:
-        """Messages the server has beyond the cursor: UIDNEXT - 1 - last_uid."""
-        if self.uid_next is None or self.cursor is None or self.cursor.last_uid is None:
-            return None
-        try:
-            return max(0, self.uid_next - 1 - int(self.cursor.last_uid))
-        except ValueError:
-            return None
-
     def update_provider(self, provider: ProviderConfig) -> None:
         """Settings that need no reconnect changed (credentials are read at
         every login)."""
@@ -268,7 +238,7 @@ class FolderService(IdleWaits, SessionRecovery):
         sync runs at a time: a wake-up during a sync runs one more after it."""
         self._fire(M.WAKE, why="wake-up")
 
-    # -- factory owner -------------------------------------------------------
+    # -- IConnectionEvents (from the factory) ----------------------------------
 
     def factory_connecting(self) -> None:
         self._fire(M.CONNECT, f"connecting to {self.provider.host}:{self.provider.port}")
@@ -467,52 +437,6 @@ class FolderService(IdleWaits, SessionRecovery):
         result = yield self.sync.run(proto, name, self.capabilities)
         if result.look_again:
             self._fire(M.WAKE, why="messages expunged")
-
-    # -- what the sync pass keeps, for /status, /metrics and the tests ----------
-
-    @property
-    def cursor(self) -> Optional[FolderCursor]:
-        return self.sync.cursor
-
-    @property
-    def uid_next(self) -> Optional[int]:
-        return self.sync.uid_next
-
-    @property
-    def sync_count(self) -> int:
-        return self.sync.sync_count
-
-    @property
-    def handed_off(self) -> int:
-        return self.sync.handed_off
-
-    @property
-    def bytes_fetched(self) -> int:
-        return self.sync.bytes_fetched
-
-    @property
-    def poison_skipped(self) -> int:
-        return self.sync.poison_skipped
-
-    @property
-    def trust_structure(self) -> bool:
-        return self.sync.trust_structure
-
-    @property
-    def write_backs_applied(self) -> int:
-        return self.sync.write_back.applied
-
-    @property
-    def write_backs_failed(self) -> int:
-        return self.sync.write_back.failed
-
-    @property
-    def write_back_error(self) -> Optional[str]:
-        return self.sync.write_back.error
-
-    @property
-    def _suspects(self) -> dict[str, set[int]]:
-        return self.sync.suspects
 
 
 #: Planned reconnects (the machine's ``planned_reconnect``) and their reasons.
