@@ -168,7 +168,9 @@ def step(m: Machine, event: Event) -> Step:
     if name == START:
         return attr.evolve(m, stopping=False), ()
     if name == STOP:
-        return attr.evolve(m, stopping=True), (RELEASE_POLL,) if m.polling else ()
+        # The shell stops the factory before it releases a poll wait itself,
+        # or the session ending there would schedule a reconnect.
+        return attr.evolve(m, stopping=True), ()
     if name == SESSION:
         return attr.evolve(m, token_refresh_due=False, planned_reconnect=None), ()
     if name == WAKE:

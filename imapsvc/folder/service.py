@@ -192,9 +192,10 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         """Leave IDLE, LOGOUT, stop reconnecting; fires once the connection
         is closed (or after ``shutdown_timeout_ms``, aborting it)."""
         super().stopService()
+        self._fire(M.STOP)  # first: what follows may end the connection
         self.factory.stopTrying()
         self._cancel_timers()
-        self._fire(M.STOP)
+        self._release_poll()
         proto = self._proto
         if proto is None:
             self._fire(M.STOPPED_EVENT, "service stopped")

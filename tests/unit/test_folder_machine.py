@@ -117,11 +117,14 @@ class FlagTests(SynchronousTestCase):
         for field in ("wake_pending", "stopping", "token_refresh_due"):
             self.assertFalse(M.idle_again(attr.evolve(m, **{field: True}), False), field)
 
-    def test_stop_releases_a_poll_and_start_clears_it(self):
+    def test_stop_is_kept_until_start(self):
         new, actions = fire(at(M.SELECTED, polling=True), M.STOP)
         self.assertTrue(new.stopping)
-        self.assertEqual(actions, (M.RELEASE_POLL,))
+        # The shell releases the poll itself, after it stopped the factory.
+        self.assertEqual(actions, ())
         self.assertFalse(fire(new, M.START)[0].stopping)
+        # A stopping folder reports no token expiry and never idles again.
+        self.assertFalse(M.idle_again(attr.evolve(new, idle_ended_for=M.IDLE_KEEPALIVE), False))
 
     def test_token_expiring_ends_idle_or_a_poll(self):
         m = at(M.IDLING, idle_sent=True)
