@@ -17,9 +17,9 @@ from twisted.application import service
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from imapsvc.core.discovery import WAITING, aggregate_status
+from imapsvc.core.discovery import aggregate_status
+from imapsvc.core.folder_machine import DISCONNECTED, NEEDS_REAUTH, WAITING
 from imapsvc.deferreds import fire_and_forget
-from imapsvc.folder_state import DISCONNECTED, NEEDS_REAUTH
 from imapsvc.interfaces import IFolderHooks
 from imapsvc.logging import redact
 from imapsvc.model import FolderStatus, ProviderConfig

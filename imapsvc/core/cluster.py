@@ -12,8 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from imapsvc.core.discovery import WAITING
-from imapsvc.folder_state import DISCONNECTED, STOPPED
+from imapsvc.core.folder_machine import DISCONNECTED, STOPPED, WAITING
 
 #: Admin actions routed to the provider's owner (``imap_admin_requests.action``).
 ACTIONS = ("reconnect", "resync", "test-connection", "pause", "resume")

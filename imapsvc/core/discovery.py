@@ -14,7 +14,7 @@ from typing import Iterable, Mapping, Optional
 
 import attr
 
-from imapsvc.folder_state import BACKOFF, IDLING, NEEDS_REAUTH, SELECTED, SYNCING
+from imapsvc.core import folder_machine as FS
 from imapsvc.model import ProviderConfig
 
 try:  # what Twisted's TLS (optionsForClientTLS) encodes the host with
@@ -23,15 +23,6 @@ except ImportError:  # pragma: no cover - idna comes with twisted[tls]
     _idna = None  # type: ignore[assignment]
 
 Key = tuple[str, str]
-
-#: The state of a folder the tenant connection cap left without a connection.
-#: The supervisor's, not a folder service's (a waiting folder has none).
-WAITING = "Waiting"
-
-#: Folder states past login: the provider counts as connected when all are.
-_CONNECTED_STATES = frozenset({SELECTED, SYNCING, IDLING})
-#: Folder states that make the provider's status an error (with their error).
-_ERROR_STATES = frozenset({NEEDS_REAUTH, BACKOFF, WAITING})
 
 #: ``auth_type`` values the service can log in with.
 AUTH_TYPES = ("password", "oauth2")
@@ -182,6 +173,11 @@ def plan_discovery(
     )
 
 
+#: States whose error makes the provider's status an error ("needs_reauth":
+#: an older spelling).
+_ERROR_STATES = (FS.NEEDS_REAUTH.lower(), "needs_reauth", FS.BACKOFF.lower(), FS.WAITING.lower())
+
+
 def aggregate_status(folder_states: Mapping[str, tuple[str, str | None]]) -> tuple[str, str | None]:
     """Provider status from its folders' ``(state, last_error)``.
 
@@ -192,10 +188,12 @@ def aggregate_status(folder_states: Mapping[str, tuple[str, str | None]]) -> tup
     """
     if not folder_states:
         return ("disconnected", None)
+    healthy = {state.lower() for state in FS.HEALTHY_STATES}
     for folder in sorted(folder_states):
         state, error = folder_states[folder]
-        if state in _ERROR_STATES and error:
+        # waiting: a folder the tenant connection cap left without a connection.
+        if state.lower() in _ERROR_STATES and error:
             return ("error", f"{folder}: {error}")
-    if all(state in _CONNECTED_STATES for state, _ in folder_states.values()):
+    if all(state.lower() in healthy for state, _ in folder_states.values()):
         return ("connected", None)
     return ("disconnected", None)
