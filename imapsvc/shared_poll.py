@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet import defer
 
-from imapsvc import folder_state as S
+from imapsvc.core import folder_machine as M
 from imapsvc.core.folders import WILDCARD, display_name, resolve_folder
 from imapsvc.core.gmail import (
     MODE_OWN,
@@ -103,14 +103,11 @@ class SharedPollService(FolderService):
         self._last_pass: dict[str, tuple[str, str, int]] = {}
         #: STATUS commands sent (all folders), for /status and tests.
         self.status_checks = 0
-        self._filter_of: dict[str, str] = {}
+        #: Server name -> configured filter (also the sync pass's backfill keys).
+        self._filter_of: dict[str, str] = self.sync.filter_of
 
     def _watch_many(self) -> Optional[Callable[[Any, Any], defer.Deferred]]:
         return self._watch_shared
-
-    def _backfill_keys(self, name: str) -> list[str]:
-        # A backfill request names the server's spelling or the filter.
-        return list(dict.fromkeys([name, self._filter_of.get(name, name)]))
 
     @defer.inlineCallbacks
     def _watch_shared(self, proto: Any, listing: Any):  # type: ignore[no-untyped-def]
@@ -129,28 +126,31 @@ class SharedPollService(FolderService):
         if not names:
             raise FolderNotFound(f"no selectable folder matches {list(self.folders)!r}")
         self.server_name = ", ".join(display_name(n) for n in names)[:500]
-        self._set_state(S.SELECTED, f"{len(names)} folder(s) polled with STATUS")
+        self._fire(M.FOLDER_FOUND, f"{len(names)} folder(s) polled with STATUS")
         self.log.info(
             "{label}: over the connection budget, polling {count} folder(s) with STATUS: {names}",
             label=self.label, count=len(names), names=self.server_name,
         )
         while True:
+            # A wake-up (an operator, or write-back that expunged) syncs every
+            # folder of the round; a sync pass is what consumes it.
+            everything = self.machine.wake_pending
             for name in names:
                 self._check()
-                if self._token_refresh_due:
+                if self.machine.token_refresh_due:
                     yield self._end_for_token_refresh(proto)
-                yield self._poll_one(proto, name)
+                yield self._poll_one(proto, name, everything)
             self.violations = 0
             self.quarantined_until = None
             self.factory.resetDelay()
             self._hook("synced")
-            if not self._wake_pending and not self._token_refresh_due:
+            if not self.machine.wake_pending and not self.machine.token_refresh_due:
                 yield self._poll()
-            self._wake_pending = False
 
     @defer.inlineCallbacks
-    def _poll_one(self, proto: Any, name: str):  # type: ignore[no-untyped-def]
-        """STATUS one folder; run its sync pass when the answer says so."""
+    def _poll_one(self, proto: Any, name: str, everything: bool = False):  # type: ignore[no-untyped-def]
+        """STATUS one folder; run its sync pass when the answer says so (or
+        ``everything``)."""
         info = self._per_folder[self._filter_of[name]]
         try:
             status = yield proto.status_folder(name)
@@ -169,7 +169,7 @@ class SharedPollService(FolderService):
         self._check()
         if stored is not None:
             info["cursor"] = stored.to_json()
-        if not status_says_sync(
+        if not everything and not status_says_sync(
             status.get("uidvalidity"),
             status.get("uidnext"),
             None if stored is None else stored.uid_validity,

@@ -139,6 +139,10 @@ class GmailWorld:
         d = self.supervisor.stopService()
         self.reactor.run(2.0)
         d.addErrback(lambda f: None)
+        # The folder machine refused no transition of any connection.
+        assert all(svc.invalid_transitions == 0 for svc in self.folder_services), [
+            (svc.label, svc.invalid_transitions) for svc in self.folder_services
+        ]
 
     def events(self) -> list[dict]:
         return [json.loads(row["fields"]["payload_json"]) for row in self.store.outbox_rows()]
