@@ -13,6 +13,7 @@ import json
 import random
 from typing import Any, Optional
 
+import attr
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
@@ -315,3 +316,22 @@ class GmailEndToEndTests(SynchronousTestCase):
         # The same connection went on: no reconnect.
         shared = next(s for s in world.folder_services if isinstance(s, SharedPollService))
         self.assertEqual(dict(shared.reconnects), {})
+
+    def test_write_back_on_the_shared_connection(self) -> None:
+        # delete (UIDPLUS): each label's copy is removed after its commit; the
+        # expunge asks for one more look, which a full round gives.
+        world = self.world(("INBOX", *LABELS), budget=2)
+        world.store.add_provider(attr.evolve(world.provider, write_back="delete"))
+        world.provider = attr.evolve(world.provider, write_back="delete")
+        world.start()
+        world.mailbox.deliver(mail(1), ["Billing", "Urgent"])
+        world.mailbox.deliver(mail(2), ["Customers/ACME"])
+        world.reactor.run(POLL_S)
+        self.assertEqual(world.subjects(), ["case 1", "case 2"])
+        for folder in LABELS:
+            self.assertEqual(world.mailbox.uids(folder), [], folder)
+        rounds = len(world.mailbox.status_calls)
+        world.reactor.run(POLL_S)
+        # Back to one STATUS round per poll interval (no busy loop).
+        self.assertEqual(len(world.mailbox.status_calls), rounds + len(LABELS))
+        self.assertEqual(len(world.events()), 2)
