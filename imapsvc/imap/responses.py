@@ -425,6 +425,16 @@ def as_bytes(value: Any) -> bytes:
     raise ResponseParseError("expected a string")
 
 
+def as_text(value: Any) -> str:
+    """A string/literal/atom token as text: UTF-8 when it decodes, else
+    Latin-1 (which never fails)."""
+    raw = as_bytes(value)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def quote(value: bytes) -> bytes:
     """An IMAP quoted string (caller checks :func:`needs_literal` first)."""
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
