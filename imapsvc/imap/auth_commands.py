@@ -25,6 +25,7 @@ from imapsvc.imap.errors import (
 )
 from imapsvc.imap.reader import ResponseReader
 from imapsvc.imap.responses import as_text
+from imapsvc.model import Credentials
 
 
 class AuthCommands(ResponseReader):
@@ -34,7 +35,7 @@ class AuthCommands(ResponseReader):
     def _is_tls(self) -> bool:
         return self._tls_started or ISSLTransport.providedBy(self.transport)
 
-    def start_tls(self, context_factory) -> defer.Deferred:
+    def start_tls(self, context_factory: Any) -> defer.Deferred[None]:
         """``STARTTLS`` with ``context_factory`` (a verifying
         ``IOpenSSLClientConnectionCreator``), then ``CAPABILITY`` over TLS.
 
@@ -44,9 +45,11 @@ class AuthCommands(ResponseReader):
         """
         if self._is_tls():
             return defer.fail(IMAPError("the connection already uses TLS"))
-        d = defer.succeed(self.capabilities) if self.capabilities else self.capability()
+        d: defer.Deferred[Caps] = (
+            defer.succeed(self.capabilities) if self.capabilities else self.capability()
+        )
 
-        def upgrade(caps: Caps) -> defer.Deferred:
+        def upgrade(caps: Caps) -> defer.Deferred[Any]:
             if b"STARTTLS" not in caps:
                 error = TLSRequired("server does not offer STARTTLS")
             elif ITLSTransport(self.transport, None) is None:
@@ -58,12 +61,13 @@ class AuthCommands(ResponseReader):
             self._drop(error, abort=False)
             raise error
 
-        d.addCallback(upgrade)
-        d.addCallback(lambda _: self.capability())
-        d.addCallback(lambda _: None)
-        return d
+        return (
+            d.addCallback(upgrade)
+            .addCallback(lambda _: self.capability())
+            .addCallback(lambda _: None)
+        )
 
-    def _begin_tls(self, context_factory) -> None:
+    def _begin_tls(self, context_factory: Any) -> None:
         if self._buffer or self._texts is not None:
             raise ProtocolViolation("data received after STARTTLS before the TLS handshake")
         # Whatever was said in cleartext may have been forged.
@@ -74,11 +78,11 @@ class AuthCommands(ResponseReader):
 
     def authenticate_with(
         self,
-        credentials,
+        credentials: Credentials,
         oauth_mechanism: Optional[str] = None,
         host: Optional[str] = None,
         port: Optional[int] = None,
-    ) -> defer.Deferred:
+    ) -> defer.Deferred[Caps]:
         """Log in with :class:`imapsvc.model.Credentials`; fires with the
         refreshed capability dict.
 
@@ -174,7 +178,9 @@ class AuthCommands(ResponseReader):
         cmd.on_continuation = on_continuation
         return cmd
 
-    def send_id(self, fields: Sequence[tuple[str, str]]) -> defer.Deferred:
+    def send_id(
+        self, fields: Sequence[tuple[str, str]]
+    ) -> defer.Deferred[Optional[dict[str, str]]]:
         """``ID`` (RFC 2971) with ``fields`` when the server offers ``ID``
         (nothing is sent otherwise); fires with the server's ID dict, or
         ``None`` (not offered, ``NIL``, or refused: ``NO``/``BAD`` does not
@@ -192,7 +198,7 @@ class AuthCommands(ResponseReader):
         cmd.on_ok = done
         return self._submit(cmd)
 
-    def enable_utf8(self) -> defer.Deferred:
+    def enable_utf8(self) -> defer.Deferred[bool]:
         """``ENABLE UTF8=ACCEPT`` (RFC 6855) when the server offers ``ENABLE``
         and ``UTF8=ACCEPT`` (or ``UTF8=ONLY``); call it after login, before
         a mailbox is opened. Fires with whether the server enabled it; a
@@ -219,6 +225,4 @@ class AuthCommands(ResponseReader):
             return self.utf8_accept
 
         cmd.on_ok = done
-        d = self._submit(cmd)
-        d.addCallback(lambda result: bool(result))
-        return d
+        return self._submit(cmd).addCallback(lambda result: bool(result))

@@ -8,7 +8,7 @@ and the ``*_commands`` modules beside it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -40,7 +40,7 @@ class Command:
         self.name = name
         self.chunks = chunks
         self.kind = kind
-        self.defer: defer.Deferred = defer.Deferred()
+        self.defer: defer.Deferred[Any] = defer.Deferred()
         self.tag: Optional[bytes] = None
         self.untagged: list[tuple[str, Any]] = []
         self.fetches: dict[int, dict[str, Any]] = {}
@@ -136,7 +136,7 @@ class IMAPConnection(IMAP4Client):
         self.clock = clock
         self.command_timeout = command_timeout
         self.inactivity_timeout = inactivity_timeout
-        self.greeted: defer.Deferred = defer.Deferred()
+        self.greeted: defer.Deferred[Caps] = defer.Deferred()
         self.capabilities: Optional[Caps] = None
         #: The login mechanism last used (``"password"``, ``"xoauth2"``,
         #: ``"oauthbearer"``), or ``None`` before a login.
@@ -172,7 +172,7 @@ class IMAPConnection(IMAP4Client):
         if self.inactivity_timeout:
             self._watchdog = self.clock.callLater(self.inactivity_timeout, self._inactive)
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         was_closed = self._closed
         self._closed = True
         self.idling = False
@@ -284,11 +284,11 @@ class IMAPConnection(IMAP4Client):
 
     # -- writing ----------------------------------------------------------
 
-    def sendCommand(self, cmd):
+    def sendCommand(self, cmd: Any) -> NoReturn:
         """Twisted's command path is disabled: use the documented methods."""
         raise NotImplementedError("FolderIMAPClient supports only its own command methods")
 
-    def _submit(self, cmd: Command) -> defer.Deferred:
+    def _submit(self, cmd: Command) -> defer.Deferred[Any]:
         if self._closed:
             return defer.fail(ConnectionGone("connection is closed"))
         self._waiting.append(cmd)
@@ -300,13 +300,19 @@ class IMAPConnection(IMAP4Client):
         if self._current is not None or not self._waiting or self._closed:
             return
         cmd = self._waiting.pop(0)
-        cmd.tag = self.makeTag()
+        cmd.tag = self._next_tag()
         self._current = cmd
         if len(cmd.chunks) > 1 and cmd.on_continuation is None:
             cmd.on_continuation = self._send_next_chunk
         first, cmd.chunks = cmd.chunks[0], cmd.chunks[1:]
         self._arm(cmd)
         self._write(cmd.tag + b" " + first + b"\r\n")
+
+    def _next_tag(self) -> bytes:
+        """Tags as Twisted spells them (``0001``, ``0002``, ...)."""
+        tag = b"%04X" % self.tagID
+        self.tagID += 1
+        return tag
 
     def _send_next_chunk(self, cmd: Command, text: bytes) -> None:
         if not cmd.chunks:
@@ -356,26 +362,27 @@ class IMAPConnection(IMAP4Client):
 
     # -- commands valid in any state (RFC 3501 6.1) ------------------------
 
-    def capability(self) -> defer.Deferred:
+    def capability(self) -> defer.Deferred[Caps]:
         """``CAPABILITY``; fires with the new capability dict."""
         cmd = Command(b"CAPABILITY", [b"CAPABILITY"])
         cmd.on_ok = lambda cmd, code: self.capabilities or {}
         return self._submit(cmd)
 
-    def noop(self) -> defer.Deferred:
+    def noop(self) -> defer.Deferred[Optional[int]]:
         """``NOOP``; fires with the last EXISTS count seen during it (or None)."""
         cmd = Command(b"NOOP", [b"NOOP"])
         cmd.on_ok = lambda cmd, code: cmd.exists
         return self._submit(cmd)
 
-    def logout(self) -> defer.Deferred:
+    def logout(self) -> defer.Deferred[None]:
         """``LOGOUT``, then close. The server's BYE does not call
         :attr:`on_bye`."""
         self._logging_out = True
         cmd = Command(b"LOGOUT", [b"LOGOUT"], kind="logout")
 
-        def close(cmd, code):
-            self.transport.loseConnection()
+        def close(cmd: Command, code: Optional[str]) -> None:
+            transport: Any = self.transport
+            transport.loseConnection()
 
         cmd.on_ok = close
         return self._submit(cmd)

@@ -7,7 +7,7 @@ stay exact bytes (Twisted decodes them as text).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from twisted.internet import defer
 
@@ -16,22 +16,27 @@ from imapsvc.imap.connection import Command
 from imapsvc.imap.reader import ResponseReader
 from imapsvc.imap.responses import as_text
 
+#: Fetch results by UID: each message's FETCH items.
+ByUid = dict[int, dict[str, Any]]
+#: One group of section requests: ``((section, length or None), ...)``.
+SectionKey = tuple[tuple[str, Optional[int]], ...]
+
 
 class FetchCommands(ResponseReader):
     """UID FETCH for :class:`~imapsvc.imap.protocol.FolderIMAPClient`."""
 
-    def _uid_fetch(self, uids, items: bytes) -> defer.Deferred:
+    def _uid_fetch(self, uids: Sequence[int], items: bytes) -> defer.Deferred[ByUid]:
         cmd = Command(
             b"UID FETCH", [b"UID FETCH " + responses.uid_set(uids) + b" " + items], "fetch"
         )
         wanted = {int(uid) for uid in uids}
 
-        def done(cmd, code):
-            by_uid: dict[int, dict[str, Any]] = {}
+        def done(cmd: Command, code: Optional[str]) -> ByUid:
+            by_uid: ByUid = {}
             for pairs in cmd.fetches.values():
                 try:
-                    uid = int(pairs.get("UID"))  # type: ignore[arg-type]
-                except (TypeError, ValueError):
+                    uid = int(pairs["UID"])
+                except (KeyError, TypeError, ValueError):
                     continue  # an unsolicited FETCH (flags) without UID
                 if uid in wanted:
                     by_uid.setdefault(uid, {}).update(pairs)
@@ -40,7 +45,7 @@ class FetchCommands(ResponseReader):
         cmd.on_ok = done
         return self._submit(cmd)
 
-    def fetch_meta(self, uids) -> defer.Deferred:
+    def fetch_meta(self, uids: Sequence[int]) -> defer.Deferred[ByUid]:
         """Size, INTERNALDATE, BODYSTRUCTURE and exact header bytes, keyed by
         UID: ``{uid: {"size", "internaldate", "bodystructure", "header"}}``.
         ``bodystructure`` is a nested list of ``str``/``None`` or ``None``."""
@@ -48,8 +53,8 @@ class FetchCommands(ResponseReader):
             uids, b"(UID RFC822.SIZE INTERNALDATE BODYSTRUCTURE BODY.PEEK[HEADER])"
         )
 
-        def shape(by_uid):
-            out = {}
+        def shape(by_uid: ByUid) -> ByUid:
+            out: ByUid = {}
             for uid, pairs in by_uid.items():
                 sections = _sections(pairs)
                 size = pairs.get("RFC822.SIZE")
@@ -68,26 +73,35 @@ class FetchCommands(ResponseReader):
         d.addCallback(shape)
         return d
 
-    def fetch_sections(self, requests) -> defer.Deferred:
+    def fetch_sections(
+        self, requests: Mapping[int, Iterable[tuple[str, Optional[int]]]]
+    ) -> defer.Deferred[dict[int, dict[str, bytes]]]:
         """``BODY.PEEK[section]`` (``<0.N>`` when a length is given) for each
         UID -> ``{uid: {section: exact bytes}}``. UIDs that ask for the same
         sections share one command."""
-        groups: dict[tuple, list[int]] = {}
+        groups: dict[SectionKey, list[int]] = {}
         for uid, wanted in requests.items():
             key = tuple((str(section), length) for section, length in wanted)
             if key:
                 groups.setdefault(key, []).append(int(uid))
         results: dict[int, dict[str, bytes]] = {}
-        d: defer.Deferred = defer.succeed(None)
+        d: defer.Deferred[None] = defer.succeed(None)
         for key, uids in groups.items():
             d.addCallback(self._next_group, key, uids, results)
-        d.addCallback(lambda _: results)
-        return d
+        return d.addCallback(lambda _: results)
 
-    def _next_group(self, _ignored, key, uids, results) -> defer.Deferred:
+    def _next_group(
+        self,
+        _ignored: object,
+        key: SectionKey,
+        uids: list[int],
+        results: dict[int, dict[str, bytes]],
+    ) -> defer.Deferred[None]:
         return self._fetch_group(key, uids, results)
 
-    def _fetch_group(self, key, uids, results) -> defer.Deferred:
+    def _fetch_group(
+        self, key: SectionKey, uids: list[int], results: dict[int, dict[str, bytes]]
+    ) -> defer.Deferred[None]:
         items = [b"UID"]
         for section, length in key:
             item = b"BODY.PEEK[" + section.encode("ascii") + b"]"
@@ -96,7 +110,7 @@ class FetchCommands(ResponseReader):
             items.append(item)
         d = self._uid_fetch(uids, b"(" + b" ".join(items) + b")")
 
-        def collect(by_uid):
+        def collect(by_uid: ByUid) -> None:
             for uid, pairs in by_uid.items():
                 sections = _sections(pairs)
                 got = results.setdefault(uid, {})
@@ -109,23 +123,20 @@ class FetchCommands(ResponseReader):
                     if value is not None:
                         got[section] = value
 
-        d.addCallback(collect)
-        return d
+        return d.addCallback(collect)
 
-    def fetch_full(self, uids) -> defer.Deferred:
+    def fetch_full(self, uids: Sequence[int]) -> defer.Deferred[dict[int, bytes]]:
         """``BODY.PEEK[]`` -> ``{uid: exact message bytes}``."""
-        d = self._uid_fetch(uids, b"(UID BODY.PEEK[])")
 
-        def shape(by_uid):
-            out = {}
+        def shape(by_uid: ByUid) -> dict[int, bytes]:
+            out: dict[int, bytes] = {}
             for uid, pairs in by_uid.items():
                 body = _sections(pairs).get(("", None))
                 if body is not None:
                     out[uid] = body
             return out
 
-        d.addCallback(shape)
-        return d
+        return self._uid_fetch(uids, b"(UID BODY.PEEK[])").addCallback(shape)
 
 
 def _size(value: Any) -> int:

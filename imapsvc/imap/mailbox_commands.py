@@ -8,7 +8,7 @@ UTF8=ACCEPT`` is in force (RFC 6855 section 3).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from twisted.internet import defer
 
@@ -20,18 +20,21 @@ from imapsvc.imap.errors import ProtocolViolation
 from imapsvc.imap.reader import ResponseReader
 from imapsvc.imap.responses import as_text
 
+#: One LIST entry: ``(flags, delimiter, name)``.
+FolderEntry = tuple[tuple[str, ...], Optional[str], str]
+
 
 class MailboxCommands(ResponseReader):
     """LIST, EXAMINE/SELECT, UID SEARCH and write-back for
     :class:`~imapsvc.imap.protocol.FolderIMAPClient`."""
 
-    def list_folders(self) -> defer.Deferred:
+    def list_folders(self) -> defer.Deferred[list[FolderEntry]]:
         """``LIST "" "*"`` -> ``[(flags, delimiter, name)]``, names as the
         server spells them (modified UTF-7)."""
         cmd = Command(b"LIST", [b'LIST "" "*"'])
 
-        def done(cmd, code):
-            out = []
+        def done(cmd: Command, code: Optional[str]) -> list[FolderEntry]:
+            out: list[FolderEntry] = []
             for keyword, tokens in cmd.untagged:
                 if keyword != "LIST" or len(tokens) < 3:
                     continue
@@ -49,7 +52,7 @@ class MailboxCommands(ResponseReader):
         cmd.on_ok = done
         return self._submit(cmd)
 
-    def examine_folder(self, name: str) -> defer.Deferred:
+    def examine_folder(self, name: str) -> defer.Deferred[dict[str, Any]]:
         """``EXAMINE name`` (read-only) -> ``{"uidvalidity", "uidnext",
         "exists", "read_only"}``; ``uidnext`` is ``None`` when the server
         gives none."""
@@ -57,19 +60,19 @@ class MailboxCommands(ResponseReader):
 
     # -- write-back (issue 13 item 3; only after the batch is committed) -----
 
-    def select_folder(self, name: str) -> defer.Deferred:
+    def select_folder(self, name: str) -> defer.Deferred[dict[str, Any]]:
         """``SELECT name`` (read-write, for write-back) -> the same dict as
         :meth:`examine_folder`; ``read_only`` is true unless the server
         answered ``[READ-WRITE]``."""
         return self._open_folder(b"SELECT", name)
 
-    def _open_folder(self, verb: bytes, name: str) -> defer.Deferred:
+    def _open_folder(self, verb: bytes, name: str) -> defer.Deferred[dict[str, Any]]:
         """EXAMINE or SELECT ``name``: the answer's UIDVALIDITY, UIDNEXT and
         EXISTS, and whether the server granted write access."""
         cmd = Command(verb, self._arguments(verb, [self._wire_name(name)]))
         what = verb.decode("ascii")
 
-        def done(cmd, code):
+        def done(cmd: Command, code: Optional[str]) -> dict[str, Any]:
             found: dict[str, Optional[int]] = {"uidvalidity": None, "uidnext": None}
             for _kind, resp_code, args, _text in cmd.codes:
                 key = (resp_code or "").lower()
@@ -91,7 +94,9 @@ class MailboxCommands(ResponseReader):
         cmd.on_ok = done
         return self._submit(cmd)
 
-    def uid_store_flags(self, uids: Sequence[int], flags: Sequence[str]) -> defer.Deferred:
+    def uid_store_flags(
+        self, uids: Sequence[int], flags: Sequence[str]
+    ) -> defer.Deferred[None]:
         """``UID STORE uids +FLAGS.SILENT (flags)``; fires with ``None``. A
         ``NO`` fails the Deferred with CommandFailed and keeps the session."""
         for flag in flags:
@@ -103,19 +108,19 @@ class MailboxCommands(ResponseReader):
         )
         return self._submit(Command(b"UID STORE", [line], "soft"))
 
-    def uid_move(self, uids: Sequence[int], folder: str) -> defer.Deferred:
+    def uid_move(self, uids: Sequence[int], folder: str) -> defer.Deferred[None]:
         """``UID MOVE uids folder`` (RFC 6851); fires with ``None``."""
         prefix = b"UID MOVE " + responses.uid_set(uids)
         chunks = self._arguments(prefix, [self._wire_name(folder)])
         return self._submit(Command(b"UID MOVE", chunks, "soft"))
 
-    def uid_copy(self, uids: Sequence[int], folder: str) -> defer.Deferred:
+    def uid_copy(self, uids: Sequence[int], folder: str) -> defer.Deferred[None]:
         """``UID COPY uids folder``; fires with ``None``."""
         prefix = b"UID COPY " + responses.uid_set(uids)
         chunks = self._arguments(prefix, [self._wire_name(folder)])
         return self._submit(Command(b"UID COPY", chunks, "soft"))
 
-    def uid_expunge(self, uids: Sequence[int]) -> defer.Deferred:
+    def uid_expunge(self, uids: Sequence[int]) -> defer.Deferred[None]:
         """``UID EXPUNGE uids`` (RFC 4315, UIDPLUS): removes only these
         UIDs' ``\\Deleted`` messages; fires with ``None``."""
         line = b"UID EXPUNGE " + responses.uid_set(uids)
@@ -131,7 +136,7 @@ class MailboxCommands(ResponseReader):
                 pass
         return name.encode("utf-8")
 
-    def uid_search_from(self, first_uid: int) -> defer.Deferred:
+    def uid_search_from(self, first_uid: int) -> defer.Deferred[responses.UidArray]:
         """``UID SEARCH UID first:*`` -> sorted UIDs ``>= first_uid`` (the
         range always matches the highest UID, even below ``first_uid``), as
         a :class:`~imapsvc.imap.responses.UidArray` (8 bytes per UID; it
@@ -139,7 +144,7 @@ class MailboxCommands(ResponseReader):
         first_uid = max(1, int(first_uid))
         cmd = Command(b"UID SEARCH", [b"UID SEARCH UID %d:*" % first_uid])
 
-        def done(cmd, code):
+        def done(cmd: Command, code: Optional[str]) -> responses.UidArray:
             # Numbers stay in an array('Q') (8 bytes each): a SEARCH of a
             # million UIDs must not become a million Python ints and a set.
             found = [numbers for keyword, numbers in cmd.untagged if keyword == "SEARCH"]
@@ -153,7 +158,7 @@ class MailboxCommands(ResponseReader):
         cmd.on_ok = done
         return self._submit(cmd)
 
-    def uid_search_since(self, since: str) -> defer.Deferred:
+    def uid_search_since(self, since: str) -> defer.Deferred[list[int]]:
         """``UID SEARCH SINCE <date>`` -> sorted UIDs whose INTERNALDATE is on
         or after ``since`` (RFC 3501 ``date``, ``1-Jan-2026``; the server
         disregards time and zone). For a first sync by date and a backfill."""
@@ -163,7 +168,7 @@ class MailboxCommands(ResponseReader):
             return defer.fail(ValueError(f"not an RFC 3501 date: {text[:40]!r}"))
         cmd = Command(b"UID SEARCH", [b"UID SEARCH SINCE " + text.encode("ascii")])
 
-        def done(cmd, code):
+        def done(cmd: Command, code: Optional[str]) -> list[int]:
             uids: set[int] = set()
             for keyword, numbers in cmd.untagged:
                 if keyword == "SEARCH":

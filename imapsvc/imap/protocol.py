@@ -114,14 +114,14 @@ class FolderIMAPClient(AuthCommands, MailboxCommands, FetchCommands):
             self._idle_done_sent or self._idle_done_requested
         )
 
-    def idle(self, on_exists: Callable[[int], Any]) -> defer.Deferred:
+    def idle(self, on_exists: Callable[[int], Any]) -> defer.Deferred[None]:
         """``IDLE`` (RFC 2177): ``on_exists(n)`` for every ``* n EXISTS``;
         fires when the server ends the command (after :meth:`done`)."""
         cmd = Command(b"IDLE", [b"IDLE"], kind="idle")
         cmd.on_exists = on_exists
         cmd.on_continuation = self._idle_started
 
-        def finished(cmd, code):
+        def finished(cmd: Command, code: Optional[str]) -> None:
             if self._idle_cmd is cmd:
                 self._idle_cmd = None
             self.idling = False

@@ -96,7 +96,7 @@ class ResponseReader(IMAPConnection):
                 return
             self._literal_left = size
             self._literal_chunks = []
-            self.setRawMode()
+            self.setRawMode()  # type: ignore[no-untyped-call]  # Twisted's, untyped
             return
         texts, literals = self._texts, self._literals
         self._texts, self._literals = None, []
@@ -121,7 +121,7 @@ class ResponseReader(IMAPConnection):
             self._literal_chunks = []
             # Unlike Twisted we keep the bytes after the literal as they are:
             # a CRLF right there ends the response.
-            self.setLineMode(rest)
+            self.setLineMode(rest)  # type: ignore[no-untyped-call]  # Twisted's, untyped
 
     def _dispatch(self, texts: list[bytes], literals: list[bytes]) -> None:
         tag, _, first = texts[0].partition(b" ")
@@ -216,7 +216,9 @@ class ResponseReader(IMAPConnection):
             tokens = responses.tokenize(texts, literals)
             cmd.untagged.append((keyword, tokens[1:]))
 
-    def _on_fetch(self, cmd: Command, seq: int, texts: list[bytes], literals: list[bytes]):
+    def _on_fetch(
+        self, cmd: Command, seq: int, texts: list[bytes], literals: list[bytes]
+    ) -> None:
         try:
             left = max(0, self.max_command_tokens - cmd.tokens)
             tokens, count = responses.tokenize_counted(
@@ -252,7 +254,7 @@ class ResponseReader(IMAPConnection):
             self.capabilities = caps
         self.serverGreeting(caps)
 
-    def serverGreeting(self, caps) -> None:
+    def serverGreeting(self, caps: Optional[Caps]) -> None:
         """Fire :attr:`greeted`, asking for CAPABILITY first when the greeting
         carried none."""
         if caps is not None:

@@ -266,13 +266,13 @@ def throttle_delay(code: Optional[str], text: str) -> tuple[bool, Optional[float
     return throttled, delay
 
 
-class UidArray(array):
+class UidArray(array):  # type: ignore[type-arg]
     """UIDs as ``array('Q')`` (8 bytes each, no ``int`` object per UID) that
     compares equal to a list of the same numbers and stays an ``UidArray``
     when sliced, so callers may treat it as a list of ints."""
 
     def __new__(cls, values: Any = ()) -> UidArray:
-        return super().__new__(cls, "Q", values)
+        return super().__new__(cls, "Q", values)  # type: ignore[no-any-return]
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, list):
@@ -282,7 +282,7 @@ class UidArray(array):
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
     def __getitem__(self, index: Any) -> Any:
         value = array.__getitem__(self, index)
