@@ -1,5 +1,6 @@
 """The commands that set a session up before a folder is opened: STARTTLS,
-login (LOGIN, AUTHENTICATE XOAUTH2/OAUTHBEARER), ID and ENABLE UTF8=ACCEPT.
+login (LOGIN, AUTHENTICATE XOAUTH2/OAUTHBEARER), ID, ENABLE UTF8=ACCEPT and
+COMPRESS=DEFLATE.
 
 Twisted's ``login()`` is not used: it falls back to cleartext when STARTTLS
 is absent, upgrades with a context that verifies nothing, and wraps the
@@ -15,6 +16,12 @@ from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 
 from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism
 from imapsvc.imap import extensions, responses
+from imapsvc.imap.compress import (
+    COMPRESS_AUTO,
+    DeflateStreams,
+    offers_deflate,
+    worth_compressing,
+)
 from imapsvc.imap.connection import Caps, Command
 from imapsvc.imap.errors import (
     CleartextRefused,
@@ -29,7 +36,7 @@ from imapsvc.model import Credentials
 
 
 class AuthCommands(ResponseReader):
-    """STARTTLS, login, ID and ENABLE for
+    """STARTTLS, login, ID, ENABLE and COMPRESS for
     :class:`~imapsvc.imap.protocol.FolderIMAPClient`."""
 
     def _is_tls(self) -> bool:
@@ -226,3 +233,27 @@ class AuthCommands(ResponseReader):
 
         cmd.on_ok = done
         return self._submit(cmd).addCallback(lambda result: bool(result))
+
+    def maybe_compress(self, mode: str = COMPRESS_AUTO) -> defer.Deferred[bool]:
+        """Start COMPRESS=DEFLATE (RFC 4978) after login when ``mode``
+        (``IMAP_COMPRESS``) and the server allow it: ``off`` never, ``auto``
+        only when offered and the server's address is not loopback or
+        private, ``always`` whenever offered. Fires with whether the
+        session is now compressed; a refusal keeps the session as it was.
+        """
+        if self._deflate is not None:
+            return defer.succeed(True)
+        if not offers_deflate(self.capabilities) or self.state not in ("auth", "selected"):
+            return defer.succeed(False)
+        if not worth_compressing(mode, self._peer_host()):
+            return defer.succeed(False)
+        cmd = Command(b"COMPRESS", [b"COMPRESS DEFLATE"], kind="advisory")
+        cmd.on_ok = lambda cmd, code: self._start_inflating(DeflateStreams())
+        return self._submit(cmd).addCallback(lambda _: self._deflate is not None)
+
+    def _peer_host(self) -> Optional[str]:
+        """The connected server's IP address, or ``None`` when unknown."""
+        get_peer = getattr(self.transport, "getPeer", None)
+        host = getattr(get_peer(), "host", None) if get_peer is not None else None
+        return host if isinstance(host, str) else None
+

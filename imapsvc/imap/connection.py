@@ -17,6 +17,7 @@ from twisted.mail.imap4 import IMAP4Client
 from twisted.python.failure import Failure
 
 from imapsvc.imap import responses
+from imapsvc.imap.compress import DeflateStreams
 from imapsvc.imap.errors import CommandTimeout, ConnectionGone, ProtocolViolation
 
 log = Logger()
@@ -162,6 +163,10 @@ class IMAPConnection(IMAP4Client):
         #: ``ENABLE UTF8=ACCEPT`` (RFC 6855) is in force: the server spells
         #: mailbox names in UTF-8 (see :meth:`enable_utf8`).
         self.utf8_accept = False
+        #: COMPRESS=DEFLATE (RFC 4978) streams once the server accepted it.
+        self._deflate: Optional[DeflateStreams] = None
+        #: Inflating now (budget_resume may re-enter from the parse).
+        self._inflating = False
 
     # -- connection lifecycle -------------------------------------------
 
@@ -323,7 +328,14 @@ class IMAPConnection(IMAP4Client):
 
     def _write(self, data: bytes) -> None:
         transport: Any = self.transport
+        if self._deflate is not None:
+            data = self._deflate.compress(data)
         transport.write(data)
+
+    @property
+    def compressing(self) -> bool:
+        """COMPRESS=DEFLATE is in force (both directions)."""
+        return self._deflate is not None
 
     def _arm(self, cmd: Command) -> None:
         self._disarm(cmd)

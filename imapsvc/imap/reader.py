@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from imapsvc.core.auth import is_refusal
 from imapsvc.imap import responses
+from imapsvc.imap.compress import INFLATE_PIECE, CompressionError, DeflateStreams
 from imapsvc.imap.connection import Caps, Command, IMAPConnection
 from imapsvc.imap.errors import (
     AuthenticationFailed,
@@ -47,9 +48,6 @@ class ResponseReader(IMAPConnection):
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
             return
-        if self.budget is not None:
-            # Charged before parsing: what this read brings is in memory now.
-            self.budget.charge(self, len(data))
         if self._watchdog is not None and self._watchdog.active():
             self._watchdog.reset(self.inactivity_timeout)
         current = self._current
@@ -57,7 +55,58 @@ class ResponseReader(IMAPConnection):
         # progress, not a hang.
         if current is not None and current.deadline is not None and current.deadline.active():
             current.deadline.reset(self.command_timeout)
+        if self._deflate is None:
+            self._parse(data)
+        else:
+            self._deflate.feed(data)
+        if self._deflate is not None:
+            # Also right after COMPRESS's OK: the rest of that read was
+            # already compressed (see :meth:`_start_inflating`).
+            self._inflate_and_parse()
+
+    def _parse(self, data: bytes) -> None:
+        """Plain IMAP bytes into lines and literals."""
+        if self.budget is not None:
+            # Charged before parsing: what this read brings is in memory now.
+            self.budget.charge(self, len(data))
         IMAP4Client.dataReceived(self, data)
+
+    def _start_inflating(self, streams: DeflateStreams) -> None:
+        """From now on the server's bytes are deflated (COMPRESS's tagged OK
+        was just read): what the line reader holds beyond that OK line came
+        compressed in the same read."""
+        rest, self._buffer = self._buffer, b""
+        self._deflate = streams
+        if rest:
+            streams.feed(rest)
+
+    def _inflate_and_parse(self) -> None:
+        """Inflate what was received piece by piece, each piece charged and
+        parsed before the next: memory stays bounded by the reader's caps
+        however far the data inflates. Stops while the budget pauses us
+        (:meth:`budget_resume` goes on)."""
+        streams = self._deflate
+        if streams is None or self._inflating:
+            return
+        self._inflating = True
+        try:
+            while streams.pending and not self._closed and not self.budget_paused:
+                try:
+                    piece = streams.inflate(INFLATE_PIECE)
+                except CompressionError as exc:
+                    self._drop(ProtocolViolation(str(exc)))
+                    return
+                if not piece:
+                    return
+                self._parse(piece)
+        finally:
+            self._inflating = False
+
+    def budget_resume(self) -> None:
+        was_paused = self.budget_paused
+        IMAPConnection.budget_resume(self)
+        if was_paused and not self._closed:
+            self._inflate_and_parse()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._drop(ProtocolViolation(f"server line longer than {self.MAX_LENGTH} bytes"))
@@ -120,8 +169,11 @@ class ResponseReader(IMAPConnection):
             self._literals.append(b"".join(self._literal_chunks))
             self._literal_chunks = []
             # Unlike Twisted we keep the bytes after the literal as they are:
-            # a CRLF right there ends the response.
-            self.setLineMode(rest)  # type: ignore[no-untyped-call]  # Twisted's, untyped
+            # a CRLF right there ends the response. They are already counted
+            # (and inflated): straight back to the line reader.
+            self.setLineMode()  # type: ignore[no-untyped-call]  # Twisted's, untyped
+            if rest:
+                IMAP4Client.dataReceived(self, rest)
 
     def _dispatch(self, texts: list[bytes], literals: list[bytes]) -> None:
         tag, _, first = texts[0].partition(b" ")
