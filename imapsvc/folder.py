@@ -113,6 +113,8 @@ class FolderOptions:
     oauth_auth_mechanism: str = MECH_AUTO
     #: ``IMAP_ENABLE_UTF8``: ``ENABLE UTF8=ACCEPT`` when offered (RFC 6855).
     enable_utf8: bool = False
+    #: ``IMAP_COMPRESS``: COMPRESS=DEFLATE after login (auto/off/always).
+    compress: str = "auto"
     #: Per-connection byte caps (:class:`imapsvc.core.wire_caps.WireCaps`);
     #: ``None`` keeps the protocol's defaults.
     wire_caps: Any = None
@@ -615,6 +617,8 @@ class FolderService(service.Service):
                 "{label}: saving capabilities failed: {err}", label=self.label, err=f.value
             )
         )
+        if hasattr(proto, "maybe_compress"):  # the real session; not every fake
+            yield proto.maybe_compress(self.options.compress)
         yield self._send_id(proto)
         if self.options.enable_utf8 and getattr(proto, "enable_utf8", None) is not None:
             enabled = yield proto.enable_utf8()

@@ -84,10 +84,14 @@ class DeflateStreams:
         """Up to ``limit`` inflated bytes of what was fed; ``b""`` when
         nothing is left to inflate.
 
-        :raises CompressionError: corrupt data, or the server ended its
-            deflate stream (RFC 4978 has no end but the connection's).
+        :raises CompressionError: corrupt data, or bytes after the end of
+            the server's deflate stream (Dovecot ends it after LOGOUT's
+            answer, before closing: nothing may follow).
         """
         while self._pending:
+            if self._inflater.eof:
+                self._pending = b""
+                raise CompressionError("data after the end of the server's deflate stream")
             try:
                 out = self._inflater.decompress(self._pending, limit)
             except zlib.error as exc:
@@ -95,8 +99,7 @@ class DeflateStreams:
                 raise CompressionError(f"corrupt deflate data from the server: {exc}") from None
             self._pending = self._inflater.unconsumed_tail
             if self._inflater.eof:
-                self._pending = b""
-                raise CompressionError("the server ended its deflate stream")
+                self._pending = self._inflater.unused_data
             if out:
                 self.inflated += len(out)
                 return out

@@ -77,6 +77,7 @@ class ResponseReader(IMAPConnection):
         compressed in the same read."""
         rest, self._buffer = self._buffer, b""
         self._deflate = streams
+        log.debug("IMAP COMPRESS=DEFLATE active")
         if rest:
             streams.feed(rest)
 

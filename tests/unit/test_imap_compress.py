@@ -180,12 +180,33 @@ class CompressCommandTests(CompressTestCase):
         self.failureResultOf(d, ProtocolViolation)
         self.assertDropped(transport)
 
-    def test_server_ending_its_stream_drops_the_connection(self):
+    def test_stream_ended_at_logout(self):
+        """Dovecot finishes its deflate stream with LOGOUT's answer."""
         client, transport, clock = self.logged_in()
-        self.compressed(client, transport)
+        server = self.compressed(client, transport)
+        d = client.logout()
+        self.assertEqual(server.read(sent(transport)), b"0004 LOGOUT\r\n")
+        final = server.deflater.compress(b"* BYE Logging out\r\n0004 OK Logout completed.\r\n")
+        client.dataReceived(final + server.deflater.flush())
+        self.successResultOf(d)
+        self.assertTrue(transport.disconnecting)
+
+    def test_bytes_after_the_end_of_the_stream_drop_the_connection(self):
+        client, transport, clock = self.logged_in()
+        server = self.compressed(client, transport)
         d = client.noop()
-        ender = zlib.compressobj(6, zlib.DEFLATED, -15)
-        client.dataReceived(ender.compress(b"* 1 EXISTS\r\n") + ender.flush())
+        ended = server.deflater.compress(b"* 1 EXISTS\r\n") + server.deflater.flush()
+        client.dataReceived(ended + b"0004 OK plain text after the end\r\n")
+        self.failureResultOf(d, ProtocolViolation)
+        self.assertDropped(transport)
+
+    def test_bytes_in_a_later_read_after_the_end_drop_the_connection(self):
+        client, transport, clock = self.logged_in()
+        server = self.compressed(client, transport)
+        d = client.noop()
+        client.dataReceived(server.deflater.compress(b"* 1 EXISTS\r\n") + server.deflater.flush())
+        self.assertNoResult(d)
+        client.dataReceived(b"x")
         self.failureResultOf(d, ProtocolViolation)
         self.assertDropped(transport)
 
