@@ -10,10 +10,11 @@ deflate (RFC 1951, no zlib header: ``wbits`` negative). Every write is
 flushed with ``Z_SYNC_FLUSH`` so the server can act on a command at once.
 
 Memory: the server may use the full 32 KiB window, so the inflater needs
-it (about 40 KiB with zlib's tables); what the client sends is a few short
-commands, so the deflater uses a 512-byte window and the smallest memLevel
-(about 3 KiB instead of 256 KiB). Thousands of idling connections must not
-each carry a quarter megabyte for nothing.
+it; what the client sends is a few short commands, so the deflater uses a
+512-byte window and the smallest memLevel. Both streams of a connection
+take about 48 KiB (measured with tracemalloc), against about 300 KiB with
+zlib's defaults: thousands of idling connections must not each carry a
+quarter megabyte for nothing.
 """
 
 from __future__ import annotations
