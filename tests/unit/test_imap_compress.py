@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import zlib
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
@@ -24,6 +26,7 @@ from imapsvc.imap.compress import (
 from imapsvc.imap.errors import ProtocolViolation
 from imapsvc.imap.protocol import FolderIMAPClient
 from imapsvc.model import Credentials
+from tests.unit import test_imap_fuzz as fuzz
 from tests.unit.test_imap_protocol import ClientTestCase, sent
 
 GREETING_COMPRESS = b"* OK [CAPABILITY IMAP4rev1 COMPRESS=DEFLATE IDLE] ready\r\n"
@@ -379,3 +382,30 @@ class DeflateStreamsTests(SynchronousTestCase):
         self.assertEqual(b"".join(pieces), b"z" * (10 * INFLATE_PIECE))
         self.assertEqual(streams.inflate(), b"")
 
+
+
+class CompressedFuzzTests(SynchronousTestCase):
+    """The fuzz harness's arbitrary server bytes, deflated: the same bounds
+    hold and every outcome is a result or an IMAP error; garbage that is
+    not deflate at all is a protocol violation, never a crash."""
+
+    def run_state(self, state, chunks, deflated=True):
+        harness = fuzz.Harness(state)
+        harness.client._deflate = DeflateStreams()
+        server = Server()
+        wire = [server.say(chunk) for chunk in chunks] if deflated else chunks
+        harness.feed(wire)
+        harness.check(self)
+        harness.clock.advance(31)
+        harness.check(self)
+        harness.close(self)
+
+    @fuzz.FUZZ
+    @given(chunks=fuzz.chunked(), state=st.sampled_from(["idling", *fuzz.COMMANDS]))
+    def test_deflated_server_bytes(self, chunks, state):
+        self.run_state(state, chunks)
+
+    @fuzz.FUZZ
+    @given(chunks=fuzz.chunked(), state=st.sampled_from(["idling", *fuzz.COMMANDS]))
+    def test_raw_bytes_where_deflate_is_expected(self, chunks, state):
+        self.run_state(state, chunks, deflated=False)
