@@ -4,17 +4,19 @@ shared polling connection of a provider over its connection budget
 folder has new mail, without selecting it.
 
 :func:`parse_status` reads the untagged answer's tokens; the command itself
-is :class:`StatusCommand`, mixed into the client.
+and ``UNSELECT`` are :class:`StatusCommands`, part of the client.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from twisted.internet import defer
 
 from imapsvc.core.folders import decode_mutf7
+from imapsvc.imap.connection import Command
 from imapsvc.imap.errors import ProtocolViolation
+from imapsvc.imap.mailbox_commands import MailboxCommands
 from imapsvc.imap.responses import as_bytes
 
 #: What the poller asks for (and all it reads).
@@ -49,7 +51,9 @@ def _same_folder(answered: Optional[str], asked: str) -> bool:
         return False
 
 
-def parse_status(untagged: list[tuple[str, Any]], folder: str) -> dict[str, Optional[int]]:
+def parse_status(
+    untagged: Sequence[tuple[str, Any]], folder: str
+) -> dict[str, Optional[int]]:
     """The answer for ``folder`` among a command's untagged ``STATUS``
     responses (each ``[name, [item, value, ...]]``) as ``{"uidnext",
     "uidvalidity", "messages"}``; a value the server left out is ``None``,
@@ -81,40 +85,39 @@ def parse_status(untagged: list[tuple[str, Any]], folder: str) -> dict[str, Opti
     return found
 
 
-class StatusCommand:
-    """``status_folder`` for :class:`~imapsvc.imap.protocol.FolderIMAPClient`
-    (which supplies ``_submit``, ``_arguments`` and ``_wire_name``)."""
+class StatusCommands(MailboxCommands):
+    """``STATUS`` and ``UNSELECT`` for
+    :class:`~imapsvc.imap.protocol.FolderIMAPClient`."""
 
-    def status_folder(self, name: str) -> defer.Deferred:
+    def status_folder(self, name: str) -> defer.Deferred[dict[str, Optional[int]]]:
         """``STATUS name (UIDNEXT UIDVALIDITY MESSAGES)`` -> ``{"uidnext",
         "uidvalidity", "messages"}`` (ints, ``None`` when not answered). A
         ``NO`` (no such folder) fails with CommandFailed and keeps the
         session; the selected folder, if any, stays selected."""
-        from imapsvc.imap.protocol import _Command  # the client's command type
-
-        prefix = b"STATUS"
         items = b" (" + " ".join(STATUS_ITEMS).encode("ascii") + b")"
-        chunks = self._arguments(prefix, [self._wire_name(name)])  # type: ignore[attr-defined]
+        chunks = self._arguments(b"STATUS", [self._wire_name(name)])
         chunks[-1] += items
-        cmd = _Command(b"STATUS", chunks, "soft")
-        cmd.on_ok = lambda cmd, code: parse_status(cmd.untagged, name)
-        return self._submit(cmd)  # type: ignore[attr-defined,no-any-return]
+        cmd = Command(b"STATUS", chunks, "soft")
 
-    def unselect(self) -> defer.Deferred:
+        def done(cmd: Command, code: Optional[str]) -> dict[str, Optional[int]]:
+            return parse_status(cmd.untagged, name)
+
+        cmd.on_ok = done
+        return self._submit(cmd)
+
+    def unselect(self) -> defer.Deferred[bool]:
         """``UNSELECT`` (RFC 3691) when offered: leave the selected folder
         without expunging (``CLOSE`` would expunge a SELECTed one), so the
         next ``STATUS`` of it is not about the selected folder, which RFC
         3501 says STATUS should not be used for. Fires with whether it was
         sent; a refusal keeps the session."""
-        from imapsvc.imap.protocol import _Command
-
-        if b"UNSELECT" not in (self.capabilities or {}):  # type: ignore[attr-defined]
+        if b"UNSELECT" not in (self.capabilities or {}):
             return defer.succeed(False)
-        cmd = _Command(b"UNSELECT", [b"UNSELECT"], "soft")
+        cmd = Command(b"UNSELECT", [b"UNSELECT"], "soft")
 
-        def done(cmd: Any, code: Any) -> bool:
-            self.state = "auth"  # type: ignore[attr-defined]
+        def done(cmd: Command, code: Optional[str]) -> bool:
+            self.state = "auth"
             return True
 
         cmd.on_ok = done
-        return self._submit(cmd)  # type: ignore[attr-defined,no-any-return]
+        return self._submit(cmd)
