@@ -10,6 +10,7 @@ from typing import Any, Optional
 import attr
 from twisted.trial.unittest import SynchronousTestCase
 
+from imapsvc.cluster_status import folder_counters
 from imapsvc.core import gmail as G
 from imapsvc.core.email_data import map_message
 from imapsvc.core.event import event_ids
@@ -107,6 +108,11 @@ class BudgetTests(SynchronousTestCase):
         self.assertNotEqual(before.connection_signature(), after.connection_signature())
         plain = attr.evolve(before, server_capabilities=("IDLE",))
         self.assertEqual(before.connection_signature(), plain.connection_signature())
+
+    def test_cluster_status_names_the_shared_mode(self) -> None:
+        self.assertEqual(folder_counters({"mode": "shared-poll", "syncs": 2}),
+                         {"syncs": 2, "reconnects": 0, "mode": "shared-poll"})
+        self.assertNotIn("mode", folder_counters({"mode": "own", "syncs": 2}))
 
     def test_status_decides_the_sync(self) -> None:
         says = G.status_says_sync
