@@ -334,7 +334,7 @@ class PostgresAdmin(AdminStore):
 
     def list_providers(self, tenant: Optional[str] = None) -> list[tuple[ProviderConfig, str]]:
         from imapsvc.store import provider_or_invalid
-        from imapsvc.store.postgres import provider_from_row
+        from imapsvc.store.pg_base import provider_from_row
 
         sql, params = _PG_PROVIDER_SELECT, ()
         if tenant is not None:
@@ -344,7 +344,7 @@ class PostgresAdmin(AdminStore):
 
     def get_provider(self, tenant: str, provider_id: str) -> ProviderConfig:
         from imapsvc.store import provider_or_invalid
-        from imapsvc.store.postgres import provider_from_row
+        from imapsvc.store.pg_base import provider_from_row
 
         rows = self._run(_PG_PROVIDER_SELECT + " WHERE p.tenant = %s AND p.id = %s",
                          (tenant, provider_id), fetch=True)
@@ -457,7 +457,7 @@ class PostgresAdmin(AdminStore):
 
     def list_poison(self, tenant: Optional[str] = None,
                     provider_id: Optional[str] = None) -> list[PoisonMessage]:
-        from imapsvc.store.postgres import LIST_POISON_SQL, poison_from_row
+        from imapsvc.store.pg_base import LIST_POISON_SQL, poison_from_row
 
         rows = self._run(LIST_POISON_SQL, (tenant, tenant, provider_id, provider_id),
                          fetch=True)
@@ -465,7 +465,7 @@ class PostgresAdmin(AdminStore):
 
     def retry_poison(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
                      uid: int) -> bool:
-        from imapsvc.store.postgres import retry_poison_statements
+        from imapsvc.store.pg_base import retry_poison_statements
 
         forget, unskip, rewind = retry_poison_statements(tenant, provider_id, folder,
                                                          uid_validity, uid)
