@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence
 
 import attr
 
+from imapsvc.core.ledger import check_records, first_occurrences, last_message_id
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import (
     OUTCOME_DUPLICATE,
@@ -16,11 +17,6 @@ from imapsvc.model import (
     MessageRecord,
     OutboxRow,
     PoisonMessage,
-)
-from imapsvc.store import (
-    check_records,
-    first_occurrences,
-    last_message_id,
 )
 from imapsvc.store.memory_base import (
     MemoryBase,

@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence
 
 from twisted.internet import defer
 
+from imapsvc.core.ledger import check_records, first_occurrences, last_message_id
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import (
     OUTCOME_DUPLICATE,
@@ -17,9 +18,6 @@ from imapsvc.model import (
     OutboxRow,
 )
 from imapsvc.store import (
-    check_records,
-    first_occurrences,
-    last_message_id,
     outbox_fields,
     outbox_parts,
 )

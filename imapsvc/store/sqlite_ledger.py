@@ -8,6 +8,7 @@ import sqlite3
 from typing import Any, Optional, Sequence
 
 from imapsvc.core.event import encode_fields
+from imapsvc.core.ledger import check_records, first_occurrences, last_message_id
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import (
     OUTCOME_DUPLICATE,
@@ -17,11 +18,6 @@ from imapsvc.model import (
     MessageRecord,
     OutboxRow,
     PoisonMessage,
-)
-from imapsvc.store import (
-    check_records,
-    first_occurrences,
-    last_message_id,
 )
 from imapsvc.store.sqlite_base import (
     SqliteBase,
