@@ -24,6 +24,7 @@ from typing import Any, Iterator, Optional
 from imapsvc.model import PoisonMessage, ProviderConfig
 from imapsvc.store import sorted_capabilities
 from imapsvc.store.pg_errors import connect_failure
+from imapsvc.store.sql_rows import RESET_AUTH_FAILURES, provider_select
 
 
 class AdminError(Exception):
@@ -246,21 +247,8 @@ def _integrity_message(text: str) -> str:
     return f"refused by the database: {' '.join(text.split())}"
 
 
-_PG_PROVIDER_SELECT = """
-    SELECT p.provider_type, p.tenant, p.id, p.provider_name, p.mailbox,
-        c.host, c.port, c.secure, c.allow_starttls, c.auth_type, c.username,
-        c.connection_timeout_ms, c.socket_keepalive, c.max_emails_per_sync, c.folder_filters,
-        c.oauth_authorize_url, c.oauth_token_url, c.oauth_client_id, c.oauth_scopes,
-        c.access_token, c.token_expires_at, c.folder_state, c.server_capabilities,
-        c.lease_owner, c.lease_expires_at,
-        p.status, p.is_active, p.inbound_paused_at, p.inbound_auth_failure_count,
-        GREATEST(p.updated_at, c.updated_at),
-        c.oauth_client_secret, c.refresh_token,
-        o.write_back
-    FROM email_providers p
-    JOIN imap_email_provider_config c ON c.tenant = p.tenant AND c.email_provider_id = p.id
-    LEFT JOIN imap_provider_options o ON o.tenant = p.tenant AND o.provider_id = p.id
-"""
+#: The provider select with the provider's type first (the CLI lists every type).
+_PG_PROVIDER_SELECT = provider_select("GREATEST", leading="p.provider_type")
 
 
 class PostgresAdmin(AdminStore):
@@ -428,16 +416,8 @@ class PostgresAdmin(AdminStore):
             rows = cur.fetchall()
             if not rows:
                 raise _missing(tenant, provider_id)
-            # As PostgresStore.reset_auth_failures (what a successful login does).
-            cur.execute(
-                "UPDATE email_providers SET inbound_auth_failure_count = 0,"
-                " inbound_auth_failure_code = NULL,"
-                " inbound_paused_at = CASE WHEN inbound_pause_reason = 'auth_failure'"
-                "   THEN NULL ELSE inbound_paused_at END,"
-                " inbound_pause_reason = CASE WHEN inbound_pause_reason = 'auth_failure'"
-                "   THEN NULL ELSE inbound_pause_reason END,"
-                " updated_at = now() WHERE tenant = %s AND id = %s",
-                (tenant, provider_id))
+            # What a successful login does (PostgresStore.reset_auth_failures).
+            cur.execute(RESET_AUTH_FAILURES.format(now="now()"), (tenant, provider_id))
             return bool(rows[0][0] == "auth_failure")
 
     def put_secret(self, tenant: str, name: str, ciphertext: bytes) -> None:

@@ -17,12 +17,8 @@ import attr
 from zope.interface import implementer
 
 from imapsvc.interfaces import IStore
-from imapsvc.model import (
-    ProviderConfig,
-)
-from imapsvc.store.memory_base import (
-    EXTRA_DEFAULTS,
-)
+from imapsvc.model import ProviderConfig
+from imapsvc.store.memory_base import EXTRA_DEFAULTS
 from imapsvc.store.memory_cluster import MemoryCluster
 from imapsvc.store.memory_ledger import MemoryLedger
 from imapsvc.store.memory_providers import MemoryProviders

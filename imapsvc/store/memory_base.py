@@ -11,14 +11,8 @@ from twisted.internet import defer
 
 from imapsvc.core.folders import folder_filters_from_json
 from imapsvc.interfaces import IClock, LeaseLost
-from imapsvc.model import (
-    FolderCursor,
-    ProviderConfig,
-)
-from imapsvc.store import (
-    parse_seen_at,
-    provider_or_invalid,
-)
+from imapsvc.model import FolderCursor, ProviderConfig
+from imapsvc.store import parse_seen_at, provider_or_invalid
 
 #: ``config_error`` is no column: only a store reading a bad row sets it.
 _CONFIG_FIELDS = frozenset(f.name for f in attr.fields(ProviderConfig)) - {"config_error"}

@@ -9,15 +9,8 @@ from typing import Any, Optional, Sequence
 
 from imapsvc.core.cluster import cap_error, grant
 from imapsvc.interfaces import LeaseLost
-from imapsvc.model import (
-    AdminRequest,
-    FolderStatus,
-    LeaseGrant,
-)
-from imapsvc.store.memory_base import (
-    MemoryBase,
-    deferred,
-)
+from imapsvc.model import AdminRequest, FolderStatus, LeaseGrant
+from imapsvc.store.memory_base import MemoryBase, deferred
 
 
 class MemoryCluster(MemoryBase):

@@ -18,10 +18,7 @@ from imapsvc.model import (
     OutboxRow,
     PoisonMessage,
 )
-from imapsvc.store.memory_base import (
-    MemoryBase,
-    deferred,
-)
+from imapsvc.store.memory_base import MemoryBase, deferred
 
 
 class MemoryLedger(MemoryBase):

@@ -7,19 +7,9 @@ from datetime import date, datetime
 from typing import Any, Optional, Sequence
 
 from imapsvc.interfaces import LeaseLost
-from imapsvc.model import (
-    BackfillState,
-    FolderCursor,
-    ProviderConfig,
-)
-from imapsvc.store import (
-    backfill_folders,
-    sorted_capabilities,
-)
-from imapsvc.store.memory_base import (
-    MemoryBase,
-    deferred,
-)
+from imapsvc.model import BackfillState, FolderCursor, ProviderConfig
+from imapsvc.store import backfill_folders, sorted_capabilities
+from imapsvc.store.memory_base import MemoryBase, deferred
 
 
 class MemoryProviders(MemoryBase):

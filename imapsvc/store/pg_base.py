@@ -9,24 +9,11 @@ from psycopg2.extras import Json
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from imapsvc.core.folders import folder_filters_from_json
 from imapsvc.interfaces import LeaseLost, StoreUnavailable
-from imapsvc.model import (
-    AdminRequest,
-    FolderCursor,
-    MessageRecord,
-    PoisonMessage,
-    ProviderConfig,
-)
-from imapsvc.store import (
-    outbox_parts,
-    parse_seen_at,
-)
-from imapsvc.store.pg_connections import (
-    Pool,
-    shielded,
-    unavailable,
-)
+from imapsvc.model import AdminRequest, FolderCursor, MessageRecord, PoisonMessage, ProviderConfig
+from imapsvc.store import outbox_parts, parse_seen_at
+from imapsvc.store.pg_connections import Pool, shielded, unavailable
+from imapsvc.store.sql_rows import provider_config, provider_select, provider_values
 
 log = Logger()
 
@@ -35,8 +22,6 @@ log = Logger()
 ADMIN_CHANNEL = "imapsvc_admin"
 
 
-REQUEST_COLUMNS = ("tenant, id, provider_id, action, folder, requested_by, created_at,"
-                    " claimed_by, applied_by, applied_at, result")
 
 
 def admin_request_from_row(row: Sequence[Any]) -> AdminRequest:
@@ -44,27 +29,6 @@ def admin_request_from_row(row: Sequence[Any]) -> AdminRequest:
      result) = row
     return AdminRequest(str(tenant), str(rid), str(pid), action, folder, by, created,
                         claimed_by, applied_by, applied_at, result)
-
-
-PROVIDER_COLUMNS = """
-    p.tenant, p.id, p.provider_name, p.mailbox,
-    c.host, c.port, c.secure, c.allow_starttls, c.auth_type, c.username,
-    c.connection_timeout_ms, c.socket_keepalive, c.max_emails_per_sync, c.folder_filters,
-    c.oauth_authorize_url, c.oauth_token_url, c.oauth_client_id, c.oauth_scopes,
-    c.access_token, c.token_expires_at, c.folder_state, c.server_capabilities,
-    c.lease_owner, c.lease_expires_at,
-    p.status, p.is_active, p.inbound_paused_at, p.inbound_auth_failure_count,
-    GREATEST(p.updated_at, c.updated_at),
-    c.oauth_client_secret, c.refresh_token,
-    o.write_back
-"""
-
-
-PROVIDER_FROM = """
-    FROM email_providers p
-    JOIN imap_email_provider_config c ON c.tenant = p.tenant AND c.email_provider_id = p.id
-    LEFT JOIN imap_provider_options o ON o.tenant = p.tenant AND o.provider_id = p.id
-"""
 
 
 # The fence: the config row locked, and still ours by the database clock
@@ -88,15 +52,6 @@ WRITE_CURSOR = """
 
 def dumps(value: Any) -> str:
     return json.dumps(value, default=str)
-
-
-def _cursors(state: Any) -> dict[str, FolderCursor]:
-    out = {}
-    for folder, data in (state or {}).items():
-        cursor = FolderCursor.from_json(data if isinstance(data, dict) else None)
-        if cursor is not None:
-            out[str(folder)] = cursor
-    return out
 
 
 #: Dollar quotes for an outbox entry and payload: the text goes into the
@@ -136,48 +91,13 @@ def _text_literal(cur: Any, data: bytes, utf8: bool) -> list[bytes]:
     return [literal]
 
 
+#: Every provider column (the admin CLI's listing adds the type).
+PROVIDER_SELECT = provider_select("GREATEST")
+
+
 def provider_from_row(row: Sequence[Any]) -> ProviderConfig:
-    (tenant, pid, name, mailbox, host, port, secure, starttls, auth_type, username,
-     timeout_ms, keepalive, max_emails, filters, authorize_url, token_url, client_id,
-     scopes, access_token, token_expires_at, folder_state, caps, lease_owner,
-     lease_expires_at, status, is_active, paused_at, failures, updated_at,
-     client_secret, refresh_token) = row[:31]
-    # imap_provider_options (schema/0007), appended so other columns keep their place.
-    write_back = row[31] if len(row) > 31 else None
-    return ProviderConfig(
-        tenant=str(tenant),
-        provider_id=str(pid),
-        provider_name=name or "",
-        mailbox=mailbox or "",
-        host=host,
-        port=int(port),
-        secure=bool(secure),
-        allow_starttls=bool(starttls),
-        auth_type=auth_type,
-        username=username or "",
-        connection_timeout_ms=timeout_ms,
-        socket_keepalive=keepalive,
-        max_emails_per_sync=50 if max_emails is None else int(max_emails),
-        folder_filters=folder_filters_from_json(filters),
-        oauth_authorize_url=authorize_url,
-        oauth_token_url=token_url,
-        oauth_client_id=client_id,
-        oauth_scopes=scopes,
-        access_token=access_token,
-        token_expires_at=token_expires_at,
-        folder_state=_cursors(folder_state),
-        server_capabilities=tuple(str(c) for c in (caps or ())),
-        lease_owner=lease_owner,
-        lease_expires_at=lease_expires_at,
-        status=status,
-        is_active=bool(is_active),
-        inbound_paused_at=paused_at,
-        inbound_auth_failure_count=int(failures or 0),
-        updated_at=updated_at,
-        oauth_client_secret=client_secret or None,
-        refresh_token=refresh_token or None,
-        write_back=write_back,
-    )
+    """A row of :data:`PROVIDER_SELECT` (psycopg2 decodes jsonb and timestamps)."""
+    return provider_config(provider_values(row))
 
 
 #: Poison messages, shared with the admin CLI (imapsvc.store.admin_sync).

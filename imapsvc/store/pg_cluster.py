@@ -12,18 +12,9 @@ from twisted.internet import defer
 
 from imapsvc.core.cluster import cap_error, grant
 from imapsvc.interfaces import LeaseLost
-from imapsvc.model import (
-    FolderStatus,
-    LeaseGrant,
-)
-from imapsvc.store.pg_base import (
-    ADMIN_CHANNEL,
-    LOCK_LEASE,
-    REQUEST_COLUMNS,
-    PgBase,
-    admin_request_from_row,
-    dumps,
-)
+from imapsvc.model import FolderStatus, LeaseGrant
+from imapsvc.store.pg_base import ADMIN_CHANNEL, LOCK_LEASE, PgBase, admin_request_from_row, dumps
+from imapsvc.store.sql_rows import REQUEST_COLUMNS
 
 
 class PgCluster(PgBase):

@@ -17,10 +17,7 @@ from imapsvc.model import (
     MessageRecord,
     OutboxRow,
 )
-from imapsvc.store import (
-    outbox_fields,
-    outbox_parts,
-)
+from imapsvc.store import outbox_fields, outbox_parts
 from imapsvc.store.pg_base import (
     LIST_POISON_SQL,
     LOCK_LEASE,

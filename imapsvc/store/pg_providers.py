@@ -11,23 +11,16 @@ from psycopg2.extras import Json
 from twisted.internet import defer
 
 from imapsvc.interfaces import LeaseLost
-from imapsvc.model import (
-    BackfillState,
-    FolderCursor,
-)
-from imapsvc.store import (
-    backfill_folders,
-    provider_or_invalid,
-    sorted_capabilities,
-)
+from imapsvc.model import BackfillState, FolderCursor
+from imapsvc.store import backfill_folders, provider_or_invalid, sorted_capabilities
 from imapsvc.store.pg_base import (
     LOCK_LEASE,
-    PROVIDER_COLUMNS,
-    PROVIDER_FROM,
+    PROVIDER_SELECT,
     WRITE_CURSOR,
     PgBase,
     provider_from_row,
 )
+from imapsvc.store.sql_rows import RESET_AUTH_FAILURES
 
 
 class PgProviders(PgBase):
@@ -35,7 +28,7 @@ class PgProviders(PgBase):
 
     @defer.inlineCallbacks
     def list_active_providers(self, tenant: Optional[str] = None) -> Any:
-        sql = ("SELECT" + PROVIDER_COLUMNS + PROVIDER_FROM
+        sql = (PROVIDER_SELECT
                + " WHERE p.provider_type = 'imap' AND p.is_active"
                " AND p.inbound_paused_at IS NULL")
         params: tuple[Any, ...] = ()
@@ -48,7 +41,7 @@ class PgProviders(PgBase):
     @defer.inlineCallbacks
     def get_provider(self, tenant: str, provider_id: str) -> Any:
         rows = yield self._query(
-            "SELECT" + PROVIDER_COLUMNS + PROVIDER_FROM + " WHERE p.tenant = %s AND p.id = %s",
+            PROVIDER_SELECT + " WHERE p.tenant = %s AND p.id = %s",
             (tenant, provider_id))
         return provider_or_invalid(provider_from_row, rows[0]) if rows else None
 
@@ -275,20 +268,8 @@ class PgProviders(PgBase):
         return self._interact(run)
 
     def reset_auth_failures(self, tenant: str, provider_id: str) -> defer.Deferred:
-        # Skips the write when there is nothing to clear: this runs on every login.
-        return self._query(
-            "UPDATE email_providers SET inbound_auth_failure_count = 0,"
-            " inbound_auth_failure_code = NULL,"
-            " inbound_paused_at = CASE WHEN inbound_pause_reason = 'auth_failure'"
-            "   THEN NULL ELSE inbound_paused_at END,"
-            " inbound_pause_reason = CASE WHEN inbound_pause_reason = 'auth_failure'"
-            "   THEN NULL ELSE inbound_pause_reason END,"
-            " updated_at = now()"
-            " WHERE tenant = %s AND id = %s AND (inbound_auth_failure_count <> 0"
-            "   OR inbound_auth_failure_code IS NOT NULL"
-            "   OR inbound_pause_reason = 'auth_failure')",
-            (tenant, provider_id),
-        ).addCallback(lambda _: None)
+        return self._query(RESET_AUTH_FAILURES.format(now="now()"), (tenant, provider_id)
+                           ).addCallback(lambda _: None)
 
     def put_oauth_state(self, tenant: str, nonce: str, verifier: str,
                         expires_at: datetime) -> defer.Deferred:

@@ -9,19 +9,15 @@ from typing import Any, Callable, Optional, Sequence
 
 from twisted.logger import Logger
 
-from imapsvc.core.folders import folder_filters_from_json
 from imapsvc.interfaces import LeaseLost
-from imapsvc.model import (
-    AdminRequest,
-    FolderCursor,
-    ProviderConfig,
+from imapsvc.model import AdminRequest, FolderCursor, ProviderConfig
+from imapsvc.store import parse_seen_at
+from imapsvc.store.sql_rows import (
+    cursors_from_state,
+    provider_config,
+    provider_select,
+    provider_values,
 )
-from imapsvc.store import (
-    parse_seen_at,
-)
-
-REQUEST_COLUMNS = ("tenant, id, provider_id, action, folder, requested_by, created_at,"
-                    " claimed_by, applied_by, applied_at, result")
 
 
 def admin_request_from_row(row: Sequence[Any]) -> AdminRequest:
@@ -70,84 +66,28 @@ def json_load(text: Optional[str], default: Any) -> Any:
 
 
 def cursors_from_json(text: Optional[str]) -> dict[str, FolderCursor]:
-    out = {}
-    state = json_load(text, {})
-    if isinstance(state, dict):
-        for folder, data in state.items():
-            cursor = FolderCursor.from_json(data if isinstance(data, dict) else None)
-            if cursor is not None:
-                out[str(folder)] = cursor
-    return out
+    return cursors_from_state(json_load(text, {}))
 
 
-def _opt_bool(value: Optional[int]) -> Optional[bool]:
-    return None if value is None else bool(value)
+PROVIDER_SELECT = provider_select("max")
 
-
-PROVIDER_SELECT = """
-    SELECT p.tenant, p.id, p.provider_name, p.mailbox,
-        c.host, c.port, c.secure, c.allow_starttls, c.auth_type, c.username,
-        c.connection_timeout_ms, c.socket_keepalive, c.max_emails_per_sync, c.folder_filters,
-        c.oauth_authorize_url, c.oauth_token_url, c.oauth_client_id, c.oauth_scopes,
-        c.access_token, c.token_expires_at, c.folder_state, c.server_capabilities,
-        c.lease_owner, c.lease_expires_at,
-        p.status, p.is_active, p.inbound_paused_at, p.inbound_auth_failure_count,
-        max(p.updated_at, c.updated_at),
-        c.oauth_client_secret, c.refresh_token,
-        o.write_back
-    FROM email_providers p
-    JOIN imap_email_provider_config c ON c.tenant = p.tenant AND c.email_provider_id = p.id
-    LEFT JOIN imap_provider_options o ON o.tenant = p.tenant AND o.provider_id = p.id
-"""
+_TIMESTAMPS = ("token_expires_at", "lease_expires_at", "inbound_paused_at", "updated_at")
 
 
 def provider_from_row(row: Sequence[Any]) -> ProviderConfig:
-    (tenant, pid, name, mailbox, host, port, secure, starttls, auth_type, username,
-     timeout_ms, keepalive, max_emails, filters, authorize_url, token_url, client_id,
-     scopes, access_token, token_expires_at, folder_state, caps, lease_owner,
-     lease_expires_at, status, is_active, paused_at, failures, updated_at,
-     client_secret, refresh_token) = row[:31]
-    # imap_provider_options (schema/0007), appended so other columns keep their place.
-    write_back = row[31] if len(row) > 31 else None
+    """A row of :data:`PROVIDER_SELECT`: timestamps and JSON are text here."""
+    values = provider_values(row)
+    filters = values["folder_filters"]
     try:
-        filters = None if filters is None else json.loads(filters)
+        values["folder_filters"] = None if filters is None else json.loads(filters)
     except ValueError:
         raise ValueError("folder_filters is not valid JSON") from None
-    caps = json_load(caps, [])
-    return ProviderConfig(
-        tenant=tenant,
-        provider_id=pid,
-        provider_name=name or "",
-        mailbox=mailbox or "",
-        host=host,
-        port=int(port),
-        secure=bool(secure),
-        allow_starttls=bool(starttls),
-        auth_type=auth_type,
-        username=username or "",
-        connection_timeout_ms=timeout_ms,
-        socket_keepalive=_opt_bool(keepalive),
-        max_emails_per_sync=50 if max_emails is None else int(max_emails),
-        folder_filters=folder_filters_from_json(filters),
-        oauth_authorize_url=authorize_url,
-        oauth_token_url=token_url,
-        oauth_client_id=client_id,
-        oauth_scopes=scopes,
-        access_token=access_token,
-        token_expires_at=from_ts(token_expires_at),
-        folder_state=cursors_from_json(folder_state),
-        server_capabilities=tuple(str(c) for c in (caps if isinstance(caps, list) else ())),
-        lease_owner=lease_owner,
-        lease_expires_at=from_ts(lease_expires_at),
-        status=status,
-        is_active=bool(is_active),
-        inbound_paused_at=from_ts(paused_at),
-        inbound_auth_failure_count=int(failures or 0),
-        updated_at=from_ts(updated_at),
-        oauth_client_secret=client_secret or None,
-        refresh_token=refresh_token or None,
-        write_back=write_back,
-    )
+    caps = json_load(values["server_capabilities"], [])
+    values["server_capabilities"] = caps if isinstance(caps, list) else []
+    values["folder_state"] = json_load(values["folder_state"], {})
+    for field in _TIMESTAMPS:
+        values[field] = from_ts(values[field])
+    return provider_config(values)
 
 
 class SqliteBase:
@@ -184,6 +124,22 @@ class SqliteBase:
             " AND lease_owner = ? AND lease_expires_at > ?",
             (tenant, provider_id, owner, self.now()))
         return cur.fetchone() is not None
+
+    @staticmethod
+    def _exists(cur: sqlite3.Cursor, tenant: str, provider_id: str) -> bool:
+        """Whether the provider has an ``email_providers`` row."""
+        cur.execute("SELECT 1 FROM email_providers WHERE tenant = ? AND id = ?",
+                    (tenant, provider_id))
+        return cur.fetchone() is not None
+
+    def _put_folder_state(self, cur: sqlite3.Cursor, tenant: str, provider_id: str,
+                          state: Any) -> None:
+        """Replace the whole ``folder_state`` object (the top-level mirror
+        columns stay)."""
+        cur.execute(
+            "UPDATE imap_email_provider_config SET folder_state = ?, updated_at = ?"
+            " WHERE tenant = ? AND email_provider_id = ?",
+            (json.dumps(state), self.now(), tenant, provider_id))
 
     def _put_cursor(self, cur: sqlite3.Cursor, tenant: str, provider_id: str, folder: str,
                     cursor: FolderCursor) -> None:

@@ -10,13 +10,9 @@ from typing import Any, Optional, Sequence
 
 from imapsvc.core.cluster import cap_error, grant
 from imapsvc.interfaces import LeaseLost
-from imapsvc.model import (
-    AdminRequest,
-    FolderStatus,
-    LeaseGrant,
-)
+from imapsvc.model import AdminRequest, FolderStatus, LeaseGrant
+from imapsvc.store.sql_rows import REQUEST_COLUMNS
 from imapsvc.store.sqlite_base import (
-    REQUEST_COLUMNS,
     SqliteBase,
     admin_request_from_row,
     from_ts,

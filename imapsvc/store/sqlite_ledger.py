@@ -19,12 +19,7 @@ from imapsvc.model import (
     OutboxRow,
     PoisonMessage,
 )
-from imapsvc.store.sqlite_base import (
-    SqliteBase,
-    from_ts,
-    json_load,
-    ts_seconds,
-)
+from imapsvc.store.sqlite_base import SqliteBase, from_ts, json_load, ts_seconds
 
 
 class SqliteLedger(SqliteBase):
@@ -226,10 +221,7 @@ class SqliteLedger(SqliteBase):
             if (isinstance(cursor, dict) and str(cursor.get("uid_validity")) == str(uid_validity)
                     and last.isdigit() and int(last) >= int(uid)):
                 cursor["last_uid"] = str(int(uid) - 1)
-                cur.execute(
-                    "UPDATE imap_email_provider_config SET folder_state = ?, updated_at = ?"
-                    " WHERE tenant = ? AND email_provider_id = ?",
-                    (json.dumps(state), self.now(), tenant, provider_id))
+                self._put_folder_state(cur, tenant, provider_id, state)
             return True
 
         return bool(self._transaction(run))

@@ -9,16 +9,9 @@ from datetime import date, datetime
 from typing import Any, Optional, Sequence
 
 from imapsvc.interfaces import LeaseLost
-from imapsvc.model import (
-    BackfillState,
-    FolderCursor,
-    ProviderConfig,
-)
-from imapsvc.store import (
-    backfill_folders,
-    provider_or_invalid,
-    sorted_capabilities,
-)
+from imapsvc.model import BackfillState, FolderCursor, ProviderConfig
+from imapsvc.store import backfill_folders, provider_or_invalid, sorted_capabilities
+from imapsvc.store.sql_rows import RESET_AUTH_FAILURES, qmark
 from imapsvc.store.sqlite_base import (
     PROVIDER_SELECT,
     SqliteBase,
@@ -152,10 +145,7 @@ class SqliteProviders(SqliteBase):
                     state.pop(folder, None)
                 else:
                     state = {}
-                cur.execute(
-                    "UPDATE imap_email_provider_config SET folder_state = ?, updated_at = ?"
-                    " WHERE tenant = ? AND email_provider_id = ?",
-                    (json.dumps(state), self.now(), tenant, provider_id))
+                self._put_folder_state(cur, tenant, provider_id, state)
             return True
 
         return bool(self._transaction(run))
@@ -184,9 +174,7 @@ class SqliteProviders(SqliteBase):
             raise ValueError("first_sync_since_days must be >= 0")
 
         def run(cur: sqlite3.Cursor) -> bool:
-            cur.execute("SELECT 1 FROM email_providers WHERE tenant = ? AND id = ?",
-                        (tenant, provider_id))
-            if cur.fetchone() is None:
+            if not self._exists(cur, tenant, provider_id):
                 return False
             cur.execute(
                 "INSERT INTO imap_provider_backfill (tenant, provider_id,"
@@ -235,9 +223,7 @@ class SqliteProviders(SqliteBase):
 
     def set_write_back(self, tenant: str, provider_id: str, mode: Optional[str]) -> bool:
         def run(cur: sqlite3.Cursor) -> bool:
-            cur.execute("SELECT 1 FROM email_providers WHERE tenant = ? AND id = ?",
-                        (tenant, provider_id))
-            if cur.fetchone() is None:
+            if not self._exists(cur, tenant, provider_id):
                 return False
             cur.execute(
                 "INSERT INTO imap_provider_options (tenant, provider_id, write_back, updated_at)"
@@ -353,19 +339,7 @@ class SqliteProviders(SqliteBase):
         return result
 
     def reset_auth_failures(self, tenant: str, provider_id: str) -> None:
-        # Skips the write when there is nothing to clear: this runs on every login.
-        self._run(
-            "UPDATE email_providers SET inbound_auth_failure_count = 0,"
-            " inbound_auth_failure_code = NULL,"
-            " inbound_paused_at = CASE WHEN inbound_pause_reason = 'auth_failure'"
-            "   THEN NULL ELSE inbound_paused_at END,"
-            " inbound_pause_reason = CASE WHEN inbound_pause_reason = 'auth_failure'"
-            "   THEN NULL ELSE inbound_pause_reason END,"
-            " updated_at = ?"
-            " WHERE tenant = ? AND id = ? AND (inbound_auth_failure_count <> 0"
-            "   OR inbound_auth_failure_code IS NOT NULL"
-            "   OR inbound_pause_reason = 'auth_failure')",
-            (self.now(), tenant, provider_id))
+        self._run(qmark(RESET_AUTH_FAILURES.format(now="?")), (self.now(), tenant, provider_id))
 
     def put_oauth_state(self, tenant: str, nonce: str, verifier: str,
                         expires_at: datetime) -> None:
