@@ -48,7 +48,7 @@ from imapsvc.core.folders import (
 from imapsvc.imap.extensions import client_id_fields
 from imapsvc.imap.factory import FolderClientFactory, set_keepalive
 from imapsvc.imap.responses import sorted_unique_from
-from imapsvc.interfaces import LeaseLost
+from imapsvc.interfaces import IMessagePipeline, IStore, LeaseLost
 from imapsvc.logging import redact
 from imapsvc.model import FolderCursor, Limits, ProviderConfig
 from imapsvc.oauth import REFRESH_MARGIN_S
@@ -225,8 +225,8 @@ class FolderService(service.Service):
         provider: ProviderConfig,
         folder_filter: str,
         reactor: Any,
-        store: Any,
-        pipeline: Any,
+        store: IStore,
+        pipeline: IMessagePipeline,
         credentials: Any,
         owner: str,
         options: Optional[FolderOptions] = None,

@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from imapsvc.core import email_data as _email_data
 from imapsvc.core import event as _event
-from imapsvc.interfaces import IMessagePipeline
+from imapsvc.interfaces import ILedgerStore, IMessagePipeline
 from imapsvc.model import (
     OUTCOME_PUBLISHED,
     OUTCOME_SKIPPED,
@@ -152,7 +152,7 @@ class Pipeline:
 
     def __init__(
         self,
-        store: Any,
+        store: ILedgerStore,
         relay_wake: Callable[[], Any],
         clock: Any,
         limits: Limits,

@@ -25,7 +25,7 @@ from imapsvc.core.backoff import jitter_around
 from imapsvc.core.capacity import OVER, START, admit, folders_in_use
 from imapsvc.core.discovery import aggregate_status, plan_discovery
 from imapsvc.deferreds import fire_and_forget
-from imapsvc.interfaces import IAdmin, IFolderHooks
+from imapsvc.interfaces import IAdmin, IFolderHooks, IStore
 from imapsvc.logging import redact
 from imapsvc.model import FolderStatus, ProviderConfig
 
@@ -280,7 +280,7 @@ class Supervisor(service.MultiService):
 
     def __init__(
         self,
-        store,
+        store: IStore,
         clock,
         owner: str,
         make_folder: Callable[[ProviderConfig, str, FolderHooks], service.IService],
