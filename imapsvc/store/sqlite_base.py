@@ -141,12 +141,18 @@ class SqliteBase:
             " WHERE tenant = ? AND email_provider_id = ?",
             (json.dumps(state), self.now(), tenant, provider_id))
 
+    @staticmethod
+    def _config_columns(cur: sqlite3.Cursor, tenant: str, provider_id: str,
+                        columns: str) -> Optional[tuple[Any, ...]]:
+        """``columns`` of the provider's config row, or ``None`` without one."""
+        cur.execute(f"SELECT {columns} FROM imap_email_provider_config"
+                    " WHERE tenant = ? AND email_provider_id = ?", (tenant, provider_id))
+        row: Optional[tuple[Any, ...]] = cur.fetchone()
+        return row
+
     def _put_cursor(self, cur: sqlite3.Cursor, tenant: str, provider_id: str, folder: str,
                     cursor: FolderCursor) -> None:
-        cur.execute(
-            "SELECT folder_state FROM imap_email_provider_config"
-            " WHERE tenant = ? AND email_provider_id = ?", (tenant, provider_id))
-        row = cur.fetchone()
+        row = self._config_columns(cur, tenant, provider_id, "folder_state")
         state = json_load(row[0] if row else None, {})
         if not isinstance(state, dict):
             state = {}

@@ -211,10 +211,7 @@ class SqliteLedger(SqliteBase):
             cur.execute(
                 "DELETE FROM imap_message_ledger WHERE tenant = ? AND provider_id = ?"
                 " AND folder = ? AND uid_validity = ? AND uid = ? AND outcome = 'skipped'", key)
-            cur.execute(
-                "SELECT folder_state FROM imap_email_provider_config"
-                " WHERE tenant = ? AND email_provider_id = ?", (tenant, provider_id))
-            row = cur.fetchone()
+            row = self._config_columns(cur, tenant, provider_id, "folder_state")
             state = json_load(row[0], {}) if row is not None else {}
             cursor = state.get(folder) if isinstance(state, dict) else None
             last = str((cursor or {}).get("last_uid") or "")

@@ -108,12 +108,8 @@ class SqliteProviders(SqliteBase):
         return provider_or_invalid(provider_from_row, rows[0]) if rows else None
 
     def read_cursor(self, tenant: str, provider_id: str, folder: str) -> Optional[FolderCursor]:
-        rows = self._all(
-            "SELECT folder_state FROM imap_email_provider_config"
-            " WHERE tenant = ? AND email_provider_id = ?", (tenant, provider_id))
-        if not rows:
-            return None
-        return cursors_from_json(rows[0][0]).get(folder)
+        row = self._config_columns(self.conn.cursor(), tenant, provider_id, "folder_state")
+        return None if row is None else cursors_from_json(row[0]).get(folder)
 
     def write_cursor(self, tenant: str, provider_id: str, folder: str, cursor: FolderCursor,
                      owner: str) -> None:
@@ -127,10 +123,7 @@ class SqliteProviders(SqliteBase):
     def reset_cursors(self, tenant: str, provider_id: str, folder: Optional[str] = None) -> bool:
         """Drop cursors; ``False`` when the provider is unknown."""
         def run(cur: sqlite3.Cursor) -> bool:
-            cur.execute(
-                "SELECT folder_state FROM imap_email_provider_config"
-                " WHERE tenant = ? AND email_provider_id = ?", (tenant, provider_id))
-            row = cur.fetchone()
+            row = self._config_columns(cur, tenant, provider_id, "folder_state")
             if row is None:
                 return False
             if folder is None:
@@ -191,10 +184,7 @@ class SqliteProviders(SqliteBase):
                          since: date) -> Optional[list[str]]:
         """The folders scheduled; ``None`` when the provider is unknown."""
         def run(cur: sqlite3.Cursor) -> Optional[list[str]]:
-            cur.execute(
-                "SELECT folder_state, folder_filters FROM imap_email_provider_config"
-                " WHERE tenant = ? AND email_provider_id = ?", (tenant, provider_id))
-            row = cur.fetchone()
+            row = self._config_columns(cur, tenant, provider_id, "folder_state, folder_filters")
             if row is None:
                 return None
             folders = backfill_folders(folder, json_load(row[0], {}), json_load(row[1], []))
