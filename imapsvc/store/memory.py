@@ -31,6 +31,10 @@ class MemoryStore(MemoryProviders, MemoryLedger, MemoryCluster):
     :param clock: an :class:`~imapsvc.interfaces.IClock` (a
         ``twisted.internet.task.Clock`` in tests); it is the lease clock and
         stamps every row.
+
+    The IStore methods come from the role mixins (``memory_providers``,
+    ``memory_ledger``, ``memory_cluster``); the methods here are test
+    helpers that reach under the interface as the main app or a test would.
     """
 
     def add_provider(

@@ -9,6 +9,10 @@ While no connection is free, operations fail fast with
 Lease times are the database's clock (``now()``), never this host's, so
 replicas with skewed clocks agree on who holds a provider. Every query names
 the tenant: on Citus the tables are distributed by it.
+
+This module holds the lifecycle (pool, LISTEN); the operations are role
+mixins: :mod:`~imapsvc.store.pg_providers`, :mod:`~imapsvc.store.pg_ledger`
+and :mod:`~imapsvc.store.pg_cluster`, over :mod:`~imapsvc.store.pg_base`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,10 @@ database server. Same tables, columns and semantics as
 Two layers:
 
 - :class:`SqliteOps` is plain synchronous code on one ``sqlite3``
-  connection. The admin CLI uses it directly (no reactor).
+  connection, composed of role mixins (:mod:`~imapsvc.store.sqlite_providers`,
+  :mod:`~imapsvc.store.sqlite_ledger`, :mod:`~imapsvc.store.sqlite_cluster`
+  over :mod:`~imapsvc.store.sqlite_base`). The admin CLI uses it directly
+  (no reactor).
 - :class:`SqliteStore` runs those operations on a dedicated one-thread pool,
   so the reactor never waits for a disk flush (``synchronous=FULL`` fsyncs
   every commit), and a single thread means the one connection is never used
