@@ -7,16 +7,12 @@ from typing import Any, Callable, Optional, Sequence
 
 from psycopg2.extras import Json
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from imapsvc.interfaces import LeaseLost, StoreUnavailable
 from imapsvc.model import AdminRequest, FolderCursor, MessageRecord, PoisonMessage, ProviderConfig
 from imapsvc.store import outbox_parts, parse_seen_at
 from imapsvc.store.pg_connections import Pool, shielded, unavailable
 from imapsvc.store.sql_rows import provider_config, provider_select, provider_values
-
-log = Logger()
-
 
 #: NOTIFY channel of new admin requests (payload: tenant, id, provider_id).
 ADMIN_CHANNEL = "imapsvc_admin"

@@ -35,12 +35,13 @@ import threading
 from typing import Any, Callable, Optional
 
 from twisted.internet import defer, threads
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from imapsvc.interfaces import IStore, StoreUnavailable
-from imapsvc.store.sqlite_base import from_ts, log, ts, ts_seconds
+from imapsvc.store.sqlite_base import from_ts, ts, ts_seconds
 from imapsvc.store.sqlite_cluster import SqliteCluster
 from imapsvc.store.sqlite_ledger import SqliteLedger
 from imapsvc.store.sqlite_providers import SqliteProviders
@@ -57,6 +58,8 @@ class SqliteOps(SqliteProviders, SqliteLedger, SqliteCluster):
 
 
 __all__ = ["SqliteOps", "SqliteStore", "from_ts", "ts", "ts_seconds"]
+
+log = Logger()
 
 
 def _unavailable(f: Failure) -> Failure:

@@ -7,8 +7,6 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any, Callable, Optional, Sequence
 
-from twisted.logger import Logger
-
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import AdminRequest, FolderCursor, ProviderConfig
 from imapsvc.store import parse_seen_at
@@ -28,7 +26,6 @@ def admin_request_from_row(row: Sequence[Any]) -> AdminRequest:
                         json_load(result, None))
 
 
-log = Logger()
 
 
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
