@@ -26,8 +26,9 @@ from zope.interface import implementer
 from imapsvc.interfaces import IStore, StoreUnavailable
 from imapsvc.store.pg_base import ADMIN_CHANNEL
 from imapsvc.store.pg_cluster import PgCluster
-from imapsvc.store.pg_connections import CHANNEL_NAME, Listener, Pool, open_connection, unavailable
+from imapsvc.store.pg_connections import CHANNEL_NAME, Pool, open_connection, unavailable
 from imapsvc.store.pg_ledger import PgLedger
+from imapsvc.store.pg_listener import Listener
 from imapsvc.store.pg_providers import PgProviders
 
 __all__ = ["ADMIN_CHANNEL", "PostgresStore"]

@@ -1,4 +1,4 @@
-"""The AdminStore contract against :class:`imapsvc.store.admin_sync.PostgresAdmin`
+"""The AdminStore contract against :class:`imapsvc.store.admin_postgres.PostgresAdmin`
 on the real Postgres (the SQLite one runs in ``tests.unit.test_admin_store``)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from imapsvc.store.admin_sync import PostgresAdmin
+from imapsvc.store.admin_postgres import PostgresAdmin
 from tests.admin_store_contract import AdminStoreContractMixin
 from tests.rig import postgres as rig
 
