@@ -17,6 +17,11 @@ from imapsvc.imap.responses import parse_capabilities
 from imapsvc.testing.mime import bodystructure_of, split_header
 
 Caps = dict[bytes, Optional[list[bytes]]]
+#: A refused login: ``(code, text, status)``, status ``"NO"`` or ``"BAD"``.
+Refusal = tuple[Optional[str], str, str]
+
+#: How a scripted FETCH failure shows (:meth:`FakeMailbox.fail_fetch`).
+FETCH_NO, FETCH_GARBLED, FETCH_DROP = "no", "garbled", "drop"
 
 #: What the fake server offers unless told otherwise.
 DEFAULT_CAPABILITIES = (
@@ -83,9 +88,13 @@ class FakeMailbox:
         for name in folders:
             self.add_folder(name)
         self.logins: list[tuple[str, str, Optional[str], Optional[int]]] = []
-        self._auth_refusals: list[tuple[Optional[str], str]] = []
-        self.auth_refusal: Optional[tuple[Optional[str], str]] = None
-        self._fetch_failures: dict[tuple[str, int], tuple[Optional[str], str]] = {}
+        self._auth_refusals: list[Refusal] = []
+        self.auth_refusal: Optional[Refusal] = None
+        self._fetch_failures: dict[tuple[str, int], tuple[Optional[str], str, str]] = {}
+        #: What the server answers to ``ID`` (RFC 2971), and the client's
+        #: ``ID`` fields it was sent, one dict per ``ID``.
+        self.server_id: dict[str, str] = {"name": "FakeMailbox"}
+        self.client_ids: list[dict[str, str]] = []
         self._write_failures: dict[str, tuple[Optional[str], str, Optional[int]]] = {}
         #: ``(kind, folder, uid)`` of every message part a fake session
         #: handed out: kind ``meta``, ``sections`` or ``full``.
@@ -189,8 +198,13 @@ class FakeMailbox:
                    text: str = "Internal error", times: Optional[int] = 1) -> None:
         """Answer ``NO [code] text`` to the next ``times`` write-back
         commands named ``command`` (``"UID MOVE"``, ``"UID STORE"``, ...;
-        ``times=None``: every one)."""
+        ``times=None``: every one). ``EXAMINE``, ``SELECT`` and ``LIST``
+        honour it too (:meth:`fail_command`)."""
         self._write_failures[command.upper()] = (code, text, times)
+
+    #: ``NO [code] text`` to the next ``times`` commands named ``command``
+    #: (``"EXAMINE"``, ``"LIST"``, ``"UID STORE"``, ...).
+    fail_command = fail_write
 
     def write_failure(self, command: str) -> Optional[tuple[Optional[str], str]]:
         entry = self._write_failures.get(command.upper())
@@ -208,35 +222,51 @@ class FakeMailbox:
 
     def refuse_logins(
         self, code: Optional[str] = "AUTHENTICATIONFAILED", text: str = "Authentication failed.",
-        times: Optional[int] = 1,
+        times: Optional[int] = 1, status: str = "NO",
     ) -> None:
-        """Refuse the next ``times`` logins (``None``: every login) with
-        ``NO [code] text``."""
+        """Refuse the next ``times`` logins (``None``: every login, until
+        :meth:`accept_logins`) with ``status [code] text`` (``status``
+        ``"NO"`` or ``"BAD"``)."""
         if times is None:
-            self.auth_refusal = (code, text)
+            self.auth_refusal = (code, text, status)
         else:
-            self._auth_refusals += [(code, text)] * times
+            self._auth_refusals += [(code, text, status)] * times
 
-    def auth_answer(self, username: str, secret: str) -> Optional[tuple[Optional[str], str]]:
-        """``None`` to accept a login, else the ``(code, text)`` of its NO."""
+    def accept_logins(self) -> None:
+        """Forget every scripted login refusal (the accounts still apply)."""
+        self._auth_refusals, self.auth_refusal = [], None
+
+    def auth_answer(self, username: str, secret: str) -> Optional[Refusal]:
+        """``None`` to accept a login, else the ``(code, text, status)`` of
+        its refusal."""
         if self._auth_refusals:
             return self._auth_refusals.pop(0)
         if self.auth_refusal is not None:
             return self.auth_refusal
         if self.accounts is not None and self.accounts.get(username) != secret:
-            return ("AUTHENTICATIONFAILED", "Authentication failed.")
+            return ("AUTHENTICATIONFAILED", "Authentication failed.", "NO")
         return None
 
     def fail_fetch(
         self, uid: int, code: Optional[str] = "SERVERBUG", text: str = "Internal error",
-        folder: str = "INBOX",
+        folder: str = "INBOX", how: str = FETCH_NO,
     ) -> None:
-        """Answer ``NO [code] text`` to every UID FETCH naming ``uid``."""
-        self._fetch_failures[(folder, uid)] = (code, text)
+        """Fail every UID FETCH naming ``uid``: ``how`` is ``"no"`` (answer
+        ``NO [code] text``), ``"garbled"`` (a tagged answer no client can
+        read: a protocol violation) or ``"drop"`` (close the connection)."""
+        self._fetch_failures[(folder, uid)] = (code, text, how)
+
+    def heal_fetch(self, uid: Optional[int] = None, folder: str = "INBOX") -> None:
+        """Forget the scripted FETCH failure of ``uid`` (``None``: of all)."""
+        if uid is None:
+            self._fetch_failures.clear()
+        else:
+            self._fetch_failures.pop((folder, uid), None)
 
     def fetch_failure(
         self, folder: str, uids: Iterable[int]
-    ) -> Optional[tuple[Optional[str], str]]:
+    ) -> Optional[tuple[Optional[str], str, str]]:
+        """``(code, text, how)`` of the first failing UID of ``uids``."""
         for uid in uids:
             failure = self._fetch_failures.get((folder, int(uid)))
             if failure is not None:

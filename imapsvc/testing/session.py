@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism, is_refusal
 from imapsvc.core.cursor import internaldate_day, is_imap_date, parse_since
+from imapsvc.imap import responses
 from imapsvc.imap.errors import (
     AuthenticationFailed,
     AuthenticationUnavailable,
@@ -25,10 +26,19 @@ from imapsvc.imap.errors import (
     ConnectionGone,
     IMAPError,
     MechanismUnsupported,
+    ProtocolViolation,
+    Throttled,
     TLSRequired,
 )
 from imapsvc.interfaces import IIMAPSession
-from imapsvc.testing.mailbox import Caps, FakeFolder, FakeMailbox, FakeMessage
+from imapsvc.testing.mailbox import (
+    FETCH_DROP,
+    FETCH_GARBLED,
+    Caps,
+    FakeFolder,
+    FakeMailbox,
+    FakeMessage,
+)
 from imapsvc.testing.mime import section_bytes
 
 # IDLE as seen on the wire: sent, "+" received (idling), DONE sent.
@@ -57,6 +67,25 @@ class FakeSessionTransport(StringTransport):
             self.on_lost(reason)
 
     abortConnection = loseConnection  # noqa: N815
+
+
+def refusal_error(command: str, status: str, code: Optional[str], text: str,
+                  auth: bool = False) -> IMAPError:
+    """The error the real client raises for ``status [code] text`` (see
+    ``FolderIMAPClient._error_for``): a throttle, a login refusal or not,
+    or a refused command."""
+    throttled, delay = responses.throttle_delay(code, text)
+    if throttled:
+        return Throttled(delay, text)
+    if auth:
+        if is_refusal(status, code):
+            return AuthenticationFailed(code, text)
+        return AuthenticationUnavailable(code, text, status)
+    return CommandFailed(code, f"{command} {status}: {text}")
+
+
+class _ServerCloses(Exception):
+    """The server closes the connection instead of answering."""
 
 
 class _Command:
@@ -99,6 +128,7 @@ class FakeIMAPSession(Protocol):
         self.bye_text: Optional[str] = None
         self.idling = False
         self.auth_mechanism: Optional[str] = None
+        self.utf8_accept = False
         self.commands: list[str] = []
         self.selected: Optional[str] = None
         #: SELECTed (write-back) rather than EXAMINEd.
@@ -251,6 +281,10 @@ class FakeIMAPSession(Protocol):
         assert cmd.answer is not None
         try:
             result = cmd.answer()
+        except _ServerCloses:
+            if self.transport is not None:
+                self.transport.loseConnection()  # fails the command (connectionLost)
+            return
         except CommandFailed as error:
             if not cmd.soft:
                 self._current = None
@@ -338,22 +372,52 @@ class FakeIMAPSession(Protocol):
             self.mailbox.logins.append((mechanism, credentials.username, host, port))
             refusal = self.mailbox.auth_answer(credentials.username, credentials.secret)
             if refusal is not None:
-                code, text = refusal
-                if is_refusal("NO", code):
-                    raise AuthenticationFailed(code, text)
-                raise AuthenticationUnavailable(code, text, "NO")
+                code, text, status = refusal
+                raise refusal_error(name, status, code, text, auth=True)
             self.capabilities = self.mailbox.capabilities()
             return self.capabilities
 
         return self._run(name, login)
 
+    def _scripted_failure(self, command: str) -> None:
+        failure = self.mailbox.write_failure(command)
+        if failure is not None:
+            code, text = failure
+            raise refusal_error(command, "NO", code, text)
+
     def list_folders(self) -> defer.Deferred:
-        return self._run(
-            "LIST",
-            lambda: [
-                (tuple(f.flags), f.delimiter, f.name) for f in self.mailbox.folders.values()
-            ],
-        )
+        def listing() -> list:
+            self._scripted_failure("LIST")
+            return [(tuple(f.flags), f.delimiter, f.name) for f in self.mailbox.folders.values()]
+
+        return self._run("LIST", listing)
+
+    def send_id(self, fields: Iterable[tuple[str, str]]) -> defer.Deferred:
+        """``ID`` (RFC 2971) when offered (else nothing is sent): the
+        server's ID dict."""
+        if b"ID" not in (self.capabilities or {}):
+            return defer.succeed(None)
+        sent = dict(fields)
+
+        def ident() -> dict[str, str]:
+            self.mailbox.client_ids.append(sent)
+            return dict(self.mailbox.server_id)
+
+        return self._run("ID", ident)
+
+    def enable_utf8(self) -> defer.Deferred:
+        """``ENABLE UTF8=ACCEPT`` when ``ENABLE`` and ``UTF8=ACCEPT`` (or
+        ``ONLY``) are offered: whether it got enabled."""
+        caps = self.capabilities or {}
+        utf8 = {bytes(v).upper() for v in (caps.get(b"UTF8") or [])}
+        if b"ENABLE" not in caps or not utf8 & {b"ACCEPT", b"ONLY"}:
+            return defer.succeed(False)
+
+        def enable() -> bool:
+            self.utf8_accept = True
+            return True
+
+        return self._run("ENABLE", enable)
 
     def examine_folder(self, name: str) -> defer.Deferred:
         return self._open_folder("EXAMINE", name, writable=False)
@@ -366,6 +430,7 @@ class FakeIMAPSession(Protocol):
         ``FolderIMAPClient._open_folder``)."""
 
         def open_() -> dict:
+            self._scripted_failure(verb)
             folder = self.mailbox.folders.get(name)
             if folder is None:
                 self.selected = None
@@ -464,8 +529,12 @@ class FakeIMAPSession(Protocol):
         wanted = [int(u) for u in uids]
         failure = self.mailbox.fetch_failure(folder.name, wanted)
         if failure is not None:
-            code, text = failure
-            raise CommandFailed(code, f"UID FETCH NO: {text}")
+            code, text, how = failure
+            if how == FETCH_DROP:
+                raise _ServerCloses()
+            if how == FETCH_GARBLED:
+                raise ProtocolViolation("bad tagged answer to b'UID FETCH'")
+            raise refusal_error("UID FETCH", "NO", code, text)
         out = {u: shape(u, folder.messages[u]) for u in wanted if u in folder.messages}
         self.mailbox.fetched += [(kind, folder.name, u) for u in out]
         return out
