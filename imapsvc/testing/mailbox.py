@@ -124,17 +124,25 @@ class FakeMailbox:
         folder: str = "INBOX",
         internaldate: str = DEFAULT_INTERNALDATE,
         bodystructure: Any = None,
+        announce: bool = True,
     ) -> int:
         """Deliver a message; sessions that selected ``folder`` hear
-        ``* n EXISTS`` (at once while idling, else with their next command).
+        ``* n EXISTS`` (at once while idling, else with their next command)
+        unless ``announce`` is false (a burst: :meth:`announce` it once).
         :return: its UID."""
         box = self.folders[folder]
         uid = box.uidnext
         box.uidnext += 1
         box.messages[uid] = FakeMessage(raw, internaldate, bodystructure)
-        for session in list(self.sessions):
-            session.exists_changed(folder, len(box.messages))
+        if announce:
+            self.announce(folder)
         return uid
+
+    def announce(self, folder: str = "INBOX") -> None:
+        """Tell the sessions that selected ``folder`` its message count."""
+        count = len(self.folders[folder].messages)
+        for session in list(self.sessions):
+            session.exists_changed(folder, count)
 
     def recreate(self, folder: str = "INBOX") -> FakeFolder:
         """The folder deleted and created again: a new UIDVALIDITY, UIDs from 1."""

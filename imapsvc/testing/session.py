@@ -49,17 +49,33 @@ class FakeSessionTransport(StringTransport):
     """A transport whose close reaches the protocol at once (and then
     ``on_lost(reason)``, e.g. a factory's ``clientConnectionLost``)."""
 
-    def __init__(self, on_lost: Optional[Callable[[Failure], Any]] = None) -> None:
+    def __init__(self, on_lost: Optional[Callable[[Failure], Any]] = None,
+                 clock: Any = None) -> None:
         super().__init__()
         self.protocol: Any = None
         self.on_lost = on_lost
+        #: With a clock, the close reaches the protocol on the clock's next
+        #: turn (``callLater(0)``), as a socket's does: whoever closed it
+        #: finishes first.
+        self.clock = clock
         self.closed = False
+        #: What the engine asked of the socket: SO_KEEPALIVE on or off.
+        self.keepalive: Optional[bool] = None
+
+    def setTcpKeepAlive(self, enabled: Any) -> None:  # noqa: N802 - Twisted's name
+        self.keepalive = bool(enabled)
 
     def loseConnection(self) -> None:  # noqa: N802 - Twisted's name
         if self.closed:
             return
         self.closed = True
         self.disconnecting = True
+        if self.clock is not None:
+            self.clock.callLater(0, self._lost)
+        else:
+            self._lost()
+
+    def _lost(self) -> None:
         reason = Failure(ConnectionDone("Connection done"))
         if self.protocol is not None:
             self.protocol.connectionLost(reason)
@@ -130,6 +146,10 @@ class FakeIMAPSession(Protocol):
         self.auth_mechanism: Optional[str] = None
         self.utf8_accept = False
         self.commands: list[str] = []
+        #: What searches and fetches asked for, one entry per command:
+        #: ``("search", first_uid)``, ``("meta", uids)``, ``("full", uids)``,
+        #: ``("sections", {uid: ((section, length), ...)})``.
+        self.requests: list[tuple[str, Any]] = []
         self.selected: Optional[str] = None
         #: SELECTed (write-back) rather than EXAMINEd.
         self.read_write = False
@@ -144,8 +164,10 @@ class FakeIMAPSession(Protocol):
         self._idle_state: Optional[str] = None
         self._done_requested = False
 
-    def connect(self, on_lost: Optional[Callable[[Failure], Any]] = None) -> FakeIMAPSession:
-        self.makeConnection(FakeSessionTransport(on_lost))
+    def connect(self, on_lost: Optional[Callable[[Failure], Any]] = None,
+                clock: Any = None) -> FakeIMAPSession:
+        """Connect over a :class:`FakeSessionTransport` (see there for ``clock``)."""
+        self.makeConnection(FakeSessionTransport(on_lost, clock))
         return self
 
     # -- connection -------------------------------------------------------------
@@ -179,13 +201,18 @@ class FakeIMAPSession(Protocol):
         self._current, self._idle_state, self._waiting = None, None, []
         return pending
 
-    def _drop(self, error: Exception) -> None:
-        """As the real client: fail what is outstanding, close."""
+    def _drop(self, error: Exception, failing: Optional[_Command] = None) -> None:
+        """As the real client: fail ``failing`` (the command answered) with
+        ``error`` and the others outstanding with ConnectionGone, then
+        close; the engine hears of the error before the connection's end."""
         if self._closed:
             return
         self._closed = True
         self.idling = False
-        for cmd in self._take_pending():
+        pending = self._take_pending()
+        if failing is not None:
+            failing.defer.errback(Failure(error))
+        for cmd in pending:
             cmd.defer.errback(Failure(ConnectionGone(f"connection dropped: {error}")))
         if self.transport is not None:
             self.transport.loseConnection()
@@ -286,19 +313,16 @@ class FakeIMAPSession(Protocol):
                 self.transport.loseConnection()  # fails the command (connectionLost)
             return
         except CommandFailed as error:
-            if not cmd.soft:
-                self._current = None
-                self._drop(error)
-                cmd.defer.errback(error)
-                return
             self._current = None
+            if not cmd.soft:
+                self._drop(error, failing=cmd)
+                return
             self._send_next()
             cmd.defer.errback(error)
             return
         except IMAPError as error:
             self._current = None
-            self._drop(error)
-            cmd.defer.errback(error)
+            self._drop(error, failing=cmd)
             return
         if self._pending_exists is not None:
             self.last_exists, self._pending_exists = self._pending_exists, None
@@ -504,6 +528,7 @@ class FakeIMAPSession(Protocol):
         return self._run("UID EXPUNGE", expunge, soft=True)
 
     def uid_search_from(self, first_uid: int) -> defer.Deferred:
+        self.requests.append(("search", int(first_uid)))
         first = max(1, int(first_uid))
         return self._run(
             "UID SEARCH", lambda: sorted(u for u in self._folder().messages if u >= first)
@@ -549,6 +574,7 @@ class FakeIMAPSession(Protocol):
             }
 
         uids = list(uids)
+        self.requests.append(("meta", tuple(int(u) for u in uids)))
         return self._run("UID FETCH", lambda: self._fetch("meta", uids, meta))
 
     def fetch_sections(self, requests: dict) -> defer.Deferred:
@@ -573,6 +599,7 @@ class FakeIMAPSession(Protocol):
                 results.setdefault(uid, {}).update(got)
 
         def next_group(_ignored: Any, key: tuple, uids: list[int]) -> defer.Deferred:
+            self.requests.append(("sections", {uid: key for uid in uids}))
             return self._run("UID FETCH", lambda: group(key, uids))
 
         d: defer.Deferred = defer.succeed(None)
@@ -583,6 +610,7 @@ class FakeIMAPSession(Protocol):
 
     def fetch_full(self, uids: Iterable[int]) -> defer.Deferred:
         uids = list(uids)
+        self.requests.append(("full", tuple(int(u) for u in uids)))
         return self._run("UID FETCH", lambda: self._fetch("full", uids, lambda _u, m: m.raw))
 
     def idle(self, on_exists: Callable[[int], Any]) -> defer.Deferred:
