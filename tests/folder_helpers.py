@@ -294,6 +294,11 @@ class FolderRig:
                         clock=self.reactor if self.lazy_close else None)
         return session
 
+    @property
+    def attempt_pending(self) -> bool:
+        """Whether the folder started a connection attempt not yet answered."""
+        return self.factory.connect_calls > self._attempts
+
     def refuse(self, reason: Any) -> None:
         """The pending connection attempt fails with ``reason`` (a Failure)."""
         self._attempts = self.factory.connect_calls

@@ -154,6 +154,7 @@ class FakeIMAPSession(Protocol):
         #: SELECTed (write-back) rather than EXAMINEd.
         self.read_write = False
         self._closed = False
+        self._server_closing = False
         self._logging_out = False
         self._greeting_due = False
         self._drop_due: Optional[tuple[Optional[str]]] = None
@@ -252,7 +253,7 @@ class FakeIMAPSession(Protocol):
             pass
 
     def _turn(self) -> bool:
-        if self._closed:
+        if self._closed or self._server_closing:
             return False
         if self._greeting_due:
             self._greeting_due = False
@@ -309,8 +310,9 @@ class FakeIMAPSession(Protocol):
         try:
             result = cmd.answer()
         except _ServerCloses:
+            self._server_closing = True  # no more turns: the close fails the command
             if self.transport is not None:
-                self.transport.loseConnection()  # fails the command (connectionLost)
+                self.transport.loseConnection()
             return
         except CommandFailed as error:
             self._current = None
