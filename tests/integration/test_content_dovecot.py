@@ -14,12 +14,12 @@ from twisted.trial.unittest import TestCase
 from imapsvc.core.email_data import map_message
 from imapsvc.folder import FolderOptions, FolderService
 from imapsvc.imap.tls import client_tls_options
-from imapsvc.model import Credentials, FolderCursor, Limits, ProviderConfig
+from imapsvc.model import FolderCursor, Limits, ProviderConfig
+from tests.folder_helpers import PasswordSource
 from tests.integration import test_folder_dovecot as base
 from tests.rig import mail
 from tests.rig.dovecot import DEFAULT_PASSWORD
 from tests.unit.test_corpus import AUTOMATED, load, raw_message
-from tests.unit.test_folder import FakeCredentials
 
 NOW = datetime(2026, 2, 1, tzinfo=UTC)
 
@@ -43,10 +43,7 @@ class ContentDovecotTests(TestCase):
             port=self.dovecot.ports.imaps,
             username=self.user,
         )
-        creds = FakeCredentials()
-        creds.credentials = lambda p: defer.succeed(
-            Credentials("password", self.user, DEFAULT_PASSWORD)
-        )
+        creds = PasswordSource(DEFAULT_PASSWORD, self.user)
         svc = FolderService(
             provider,
             "INBOX",
