@@ -354,3 +354,11 @@ class FolderRig:
                 session.flush()
             self.reactor.advance(0)
             assert d.called, "stopService did not finish"
+
+
+def memory_backend(clock: Any, limits: Optional[Limits] = None,
+                   **provider: Any) -> tuple[MemoryStore, ProviderConfig, RecordingPipeline]:
+    """A leased memory store and the real pipeline on it, recording: what
+    the integration tests hand a folder service on the real reactor."""
+    store, config = leased_store(clock, **provider)
+    return store, config, recording_pipeline(store, clock, limits or Limits())

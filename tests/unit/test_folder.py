@@ -446,7 +446,7 @@ class FolderServiceTests(RigTestCase):
         r.add(1)
         r.pipeline.hold = True
         r.set_cursor(FolderCursor("7", "0", None))
-        session = r.start()
+        r.start()
         r.add(1)
         r.pipeline.hold = False
         r.pipeline.release()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import attr
 from twisted.internet import defer
 from twisted.internet.error import ConnectError
-from twisted.trial.unittest import SynchronousTestCase
 
 from imapsvc import folder_state as S
 from imapsvc.model import Credentials
