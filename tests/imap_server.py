@@ -185,10 +185,13 @@ class ScriptedIMAPServer(LineReceiver):
 
     def _refused(self, tag: bytes, command: str) -> bool:
         """Answer a scripted ``NO`` to ``command`` (:meth:`FakeMailbox.fail_command`)."""
-        failure = self.mailbox.write_failure(command)
+        failure = self.mailbox.command_failure(command)
         if failure is None:
             return False
-        code, text = failure
+        code, text, how = failure
+        if how == FETCH_GARBLED:
+            self._send(tag + b" WHAT?")  # no OK, NO or BAD: unreadable
+            return True
         bracket = b"[" + code.encode("ascii") + b"] " if code else b""
         self._tagged(tag, b"NO " + bracket + text.encode("utf-8"))
         return True

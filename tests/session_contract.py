@@ -271,6 +271,13 @@ class SessionContractMixin:
         self.assertEqual((f.value.code, f.value.text), ("SERVERBUG", "LIST NO: no listing"))  # type: ignore[attr-defined]
         self.assert_session_over(session)
 
+    def test_garbled_list_answer_is_a_protocol_violation(self) -> None:
+        mailbox = self.mailbox()
+        mailbox.fail_command("LIST", how=FETCH_GARBLED)
+        session = self.logged_in(mailbox, folder=None)
+        self.failure(session.list_folders(), ProtocolViolation)
+        self.assert_session_over(session)
+
     def test_throttled_examine_says_how_long_to_wait(self) -> None:
         mailbox = self.mailbox()
         mailbox.fail_command("EXAMINE", None, "Request is throttled. "

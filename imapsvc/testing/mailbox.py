@@ -95,7 +95,7 @@ class FakeMailbox:
         #: ``ID`` fields it was sent, one dict per ``ID``.
         self.server_id: dict[str, str] = {"name": "FakeMailbox"}
         self.client_ids: list[dict[str, str]] = []
-        self._write_failures: dict[str, tuple[Optional[str], str, Optional[int]]] = {}
+        self._write_failures: dict[str, tuple[Optional[str], str, Optional[int], str]] = {}
         #: ``(kind, folder, uid)`` of every message part a fake session
         #: handed out: kind ``meta``, ``sections`` or ``full``.
         self.fetched: list[tuple[str, str, int]] = []
@@ -203,28 +203,36 @@ class FakeMailbox:
         return self.expunge(folder, uids, only_deleted=False)
 
     def fail_write(self, command: str, code: Optional[str] = "SERVERBUG",
-                   text: str = "Internal error", times: Optional[int] = 1) -> None:
+                   text: str = "Internal error", times: Optional[int] = 1,
+                   how: str = FETCH_NO) -> None:
         """Answer ``NO [code] text`` to the next ``times`` write-back
         commands named ``command`` (``"UID MOVE"``, ``"UID STORE"``, ...;
         ``times=None``: every one). ``EXAMINE``, ``SELECT`` and ``LIST``
-        honour it too (:meth:`fail_command`)."""
-        self._write_failures[command.upper()] = (code, text, times)
+        honour it too (:meth:`fail_command`), and ``how="garbled"`` (an
+        answer no client can read) instead of the NO."""
+        self._write_failures[command.upper()] = (code, text, times, how)
 
     #: ``NO [code] text`` to the next ``times`` commands named ``command``
     #: (``"EXAMINE"``, ``"LIST"``, ``"UID STORE"``, ...).
     fail_command = fail_write
 
     def write_failure(self, command: str) -> Optional[tuple[Optional[str], str]]:
+        failure = self.command_failure(command)
+        return None if failure is None else failure[:2]
+
+    def command_failure(self, command: str) -> Optional[tuple[Optional[str], str, str]]:
+        """``(code, text, how)`` of the scripted failure of ``command`` now
+        due, if any (counted as used)."""
         entry = self._write_failures.get(command.upper())
         if entry is None:
             return None
-        code, text, times = entry
+        code, text, times, how = entry
         if times is not None:
             if times <= 1:
                 del self._write_failures[command.upper()]
             else:
-                self._write_failures[command.upper()] = (code, text, times - 1)
-        return (code, text)
+                self._write_failures[command.upper()] = (code, text, times - 1, how)
+        return (code, text, how)
 
     # -- scripted failures
 

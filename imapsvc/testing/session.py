@@ -406,9 +406,11 @@ class FakeIMAPSession(Protocol):
         return self._run(name, login)
 
     def _scripted_failure(self, command: str) -> None:
-        failure = self.mailbox.write_failure(command)
+        failure = self.mailbox.command_failure(command)
         if failure is not None:
-            code, text = failure
+            code, text, how = failure
+            if how == FETCH_GARBLED:
+                raise ProtocolViolation(f"bad tagged answer to {command.encode()!r}")
             raise refusal_error(command, "NO", code, text)
 
     def list_folders(self) -> defer.Deferred:

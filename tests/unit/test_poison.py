@@ -159,6 +159,36 @@ class PoisonTests(SynchronousTestCase):
         reconnect(r)
         self.assertEqual(r.list_poison(), [])
 
+    def test_quarantine_after_repeated_protocol_violations(self):
+        r = self.rig()
+        r.set_cursor(FolderCursor("7", "0", None))
+        r.add(1)
+        # Every session dies with a protocol violation outside any message
+        # (an unreadable answer to LIST): three sessions in a row.
+        r.mailbox.fail_command("LIST", times=3, how=FETCH_GARBLED)
+        r.start()
+        self.reconnect(r)
+        self.assertIsNone(r.svc.quarantined_until)
+        self.reconnect(r)
+        until = r.svc.quarantined_until
+        self.assertEqual(until, r.reactor.seconds() + OPTIONS.quarantine_ms / 1000.0)
+        self.assertIn("quarantined until", r.svc.last_error)
+        self.assertEqual(r.svc.snapshot()["quarantinedUntil"], until)
+        # Nothing for hours (minus the jitter), then one more try.
+        before = r.factory.connect_calls
+        r.reactor.advance(OPTIONS.quarantine_ms / 1000.0 * 0.49)
+        self.assertEqual(r.factory.connect_calls, before)
+        self.assertTrue(r.svc.quarantined())
+        r.reactor.advance(OPTIONS.quarantine_ms / 1000.0 * 0.6)
+        self.assertFalse(r.svc.quarantined())
+        self.assertIsNone(r.svc.snapshot()["quarantinedUntil"])
+        self.assertEqual(r.factory.connect_calls, before + 1)
+        r.accept()
+        self.assertEqual(r.uids, [1])
+        self.assertIsNone(r.svc.quarantined_until)
+        self.assertEqual(r.svc.violations, 0)
+
+
 class OutageTests(SynchronousTestCase):
     def test_server_refusing_every_fetch_gets_nothing_skipped(self):
         # An outage, not poison: every FETCH is refused, the probe included,
