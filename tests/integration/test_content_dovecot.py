@@ -15,7 +15,7 @@ from imapsvc.core.email_data import map_message
 from imapsvc.folder import FolderOptions, FolderService
 from imapsvc.imap.tls import client_tls_options
 from imapsvc.model import FolderCursor, Limits, ProviderConfig
-from tests.folder_helpers import PasswordSource
+from tests.folder_helpers import PasswordSource, write_cursor
 from tests.integration import test_folder_dovecot as base
 from tests.rig import mail
 from tests.rig.dovecot import DEFAULT_PASSWORD
@@ -30,7 +30,7 @@ def crlf(raw: bytes) -> bytes:
 
 class ContentDovecotTests(TestCase):
     timeout = 120
-    # The same Dovecot user, fake store and recording pipeline as the folder tests.
+    # The same Dovecot user, memory store and recording pipeline as the folder tests.
     setUp = base.FolderDovecotTests.setUp
 
     def service(self, limits=None):
@@ -66,10 +66,10 @@ class ContentDovecotTests(TestCase):
         uids = {}
         for name in names:
             uids[name] = mail.append(self.user, DEFAULT_PASSWORD, "INBOX", crlf(load(name)))
-        self.store.cursors["INBOX"] = FolderCursor(None, "0", None)
+        write_cursor(self.store, self.provider, FolderCursor(None, "0", None))
         self.service(limits)
         yield base.wait_for(lambda: set(uids.values()) <= set(self.pipeline.uids))
-        by_uid = {m.uid: m for b in self.pipeline.batches for m in b[0]}
+        by_uid = {m.uid: m for m in self.pipeline.messages}
         return {name: by_uid[uid] for name, uid in uids.items()}
 
     @defer.inlineCallbacks
