@@ -9,25 +9,19 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism, is_refusal
+from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism
 from imapsvc.core.cursor import internaldate_day, is_imap_date, parse_since
-from imapsvc.imap import responses
 from imapsvc.imap.errors import (
-    AuthenticationFailed,
-    AuthenticationUnavailable,
     CleartextRefused,
     CommandFailed,
     ConnectionGone,
     IMAPError,
     MechanismUnsupported,
     ProtocolViolation,
-    Throttled,
     TLSRequired,
 )
 from imapsvc.interfaces import IIMAPSession
@@ -40,68 +34,11 @@ from imapsvc.testing.mailbox import (
     FakeMessage,
 )
 from imapsvc.testing.mime import section_bytes
+from imapsvc.testing.wire import FakeSessionTransport, ServerCloses, refusal_error
+from imapsvc.testing.write_back import FakeWriteBack
 
 # IDLE as seen on the wire: sent, "+" received (idling), DONE sent.
 _IDLE_SENT, _IDLING, _DONE_SENT = "sent", "idling", "done sent"
-
-
-class FakeSessionTransport(StringTransport):
-    """A transport whose close reaches the protocol at once (and then
-    ``on_lost(reason)``, e.g. a factory's ``clientConnectionLost``)."""
-
-    def __init__(self, on_lost: Optional[Callable[[Failure], Any]] = None,
-                 clock: Any = None) -> None:
-        super().__init__()
-        self.protocol: Any = None
-        self.on_lost = on_lost
-        #: With a clock, the close reaches the protocol on the clock's next
-        #: turn (``callLater(0)``), as a socket's does: whoever closed it
-        #: finishes first.
-        self.clock = clock
-        self.closed = False
-        #: What the engine asked of the socket: SO_KEEPALIVE on or off.
-        self.keepalive: Optional[bool] = None
-
-    def setTcpKeepAlive(self, enabled: Any) -> None:  # noqa: N802 - Twisted's name
-        self.keepalive = bool(enabled)
-
-    def loseConnection(self) -> None:  # noqa: N802 - Twisted's name
-        if self.closed:
-            return
-        self.closed = True
-        self.disconnecting = True
-        if self.clock is not None:
-            self.clock.callLater(0, self._lost)
-        else:
-            self._lost()
-
-    def _lost(self) -> None:
-        reason = Failure(ConnectionDone("Connection done"))
-        if self.protocol is not None:
-            self.protocol.connectionLost(reason)
-        if self.on_lost is not None:
-            self.on_lost(reason)
-
-    abortConnection = loseConnection  # noqa: N815
-
-
-def refusal_error(command: str, status: str, code: Optional[str], text: str,
-                  auth: bool = False) -> IMAPError:
-    """The error the real client raises for ``status [code] text`` (see
-    ``FolderIMAPClient._error_for``): a throttle, a login refusal or not,
-    or a refused command."""
-    throttled, delay = responses.throttle_delay(code, text)
-    if throttled:
-        return Throttled(delay, text)
-    if auth:
-        if is_refusal(status, code):
-            return AuthenticationFailed(code, text)
-        return AuthenticationUnavailable(code, text, status)
-    return CommandFailed(code, f"{command} {status}: {text}")
-
-
-class _ServerCloses(Exception):
-    """The server closes the connection instead of answering."""
 
 
 class _Command:
@@ -115,7 +52,7 @@ class _Command:
 
 
 @implementer(IIMAPSession)
-class FakeIMAPSession(Protocol):
+class FakeIMAPSession(FakeWriteBack, Protocol):
     """An :class:`~imapsvc.interfaces.IIMAPSession` over a :class:`FakeMailbox`.
 
     Commands run one at a time in submission order; one sent while IDLE is
@@ -309,7 +246,7 @@ class FakeIMAPSession(Protocol):
         assert cmd.answer is not None
         try:
             result = cmd.answer()
-        except _ServerCloses:
+        except ServerCloses:
             self._server_closing = True  # no more turns: the close fails the command
             if self.transport is not None:
                 self.transport.loseConnection()
@@ -476,61 +413,6 @@ class FakeIMAPSession(Protocol):
 
         return self._run(verb, open_)
 
-    def _writable(self, command: str) -> FakeFolder:
-        folder = self._folder()
-        if not self.read_write:
-            raise CommandFailed(None, f"{command} NO: Mailbox is read-only.")
-        failure = self.mailbox.write_failure(command)
-        if failure is not None:
-            code, text = failure
-            raise CommandFailed(code, f"{command} NO: {text}")
-        return folder
-
-    def uid_store_flags(self, uids: Iterable[int], flags: Iterable[str]) -> defer.Deferred:
-        wanted, names = [int(u) for u in uids], list(flags)
-
-        def store() -> None:
-            if not self.read_write:
-                self._folder()
-                return  # as Dovecot: OK, and an EXAMINEd folder's flags stay
-            folder = self._writable("UID STORE")
-            self.mailbox.store_flags(folder.name, wanted, names)
-
-        return self._run("UID STORE", store, soft=True)
-
-    def _copy_to(self, command: str, uids: Iterable[int], target: str, move: bool) -> Any:
-        wanted = [int(u) for u in uids]
-
-        def run() -> None:
-            folder = self._writable(command)
-            if target not in self.mailbox.folders:
-                raise CommandFailed("TRYCREATE", f"{command} NO: Mailbox doesn't exist: {target}")
-            if move:
-                self.mailbox.move(folder.name, wanted, target)
-            else:
-                self.mailbox.copy(folder.name, wanted, target)
-
-        return self._run(command, run, soft=True)
-
-    def uid_move(self, uids: Iterable[int], folder: str) -> defer.Deferred:
-        if b"MOVE" not in (self.capabilities or {}):
-            return self._run("UID MOVE", _refuse("UID MOVE BAD: Unknown command"), soft=True)
-        return self._copy_to("UID MOVE", uids, folder, move=True)
-
-    def uid_copy(self, uids: Iterable[int], folder: str) -> defer.Deferred:
-        return self._copy_to("UID COPY", uids, folder, move=False)
-
-    def uid_expunge(self, uids: Iterable[int]) -> defer.Deferred:
-        wanted = [int(u) for u in uids]
-        if b"UIDPLUS" not in (self.capabilities or {}):
-            return self._run("UID EXPUNGE", _refuse("UID EXPUNGE BAD: Unknown command"), soft=True)
-
-        def expunge() -> None:
-            folder = self._writable("UID EXPUNGE")
-            self.mailbox.expunge(folder.name, wanted)
-
-        return self._run("UID EXPUNGE", expunge, soft=True)
-
     def uid_search_from(self, first_uid: int) -> defer.Deferred:
         self.requests.append(("search", int(first_uid)))
         first = max(1, int(first_uid))
@@ -560,7 +442,7 @@ class FakeIMAPSession(Protocol):
         if failure is not None:
             code, text, how = failure
             if how == FETCH_DROP:
-                raise _ServerCloses()
+                raise ServerCloses()
             if how == FETCH_GARBLED:
                 raise ProtocolViolation("bad tagged answer to b'UID FETCH'")
             raise refusal_error("UID FETCH", "NO", code, text)
@@ -659,10 +541,3 @@ class FakeIMAPSession(Protocol):
 
         self._logging_out = True
         return self._run("LOGOUT", bye)
-
-
-def _refuse(text: str) -> Callable[[], Any]:
-    def answer() -> Any:
-        raise CommandFailed(None, text)
-
-    return answer
