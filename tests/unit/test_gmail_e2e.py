@@ -28,8 +28,9 @@ from imapsvc.pipeline import Pipeline
 from imapsvc.shared_poll import SharedPollService
 from imapsvc.store.memory import MemoryStore
 from imapsvc.supervisor import Supervisor
+from tests.folder_helpers import PASSWORD, USER, PasswordSource
+from tests.folder_helpers import message as mail
 from tests.gmail_server import ALL_MAIL, GmailIMAPServer, GmailMailbox
-from tests.unit.test_folder_on_fake import PASSWORD, USER, PasswordSource, mail
 
 OWNER = "worker-1"
 LABELS = ("Billing", "Urgent", "Customers/ACME")
