@@ -138,6 +138,11 @@ class IStore(Interface):
         validated by the caller (:func:`imapsvc.core.write_back.parse_mode`).
         :rtype: Deferred[bool]: ``False`` when the provider is unknown."""
 
+    def set_oauth_delegate(tenant, provider_id, delegate):
+        """Store the account that consents for a shared mailbox
+        (``imap_provider_options.oauth_delegate``; ``None`` clears it).
+        :rtype: Deferred[bool]: ``False`` when the provider is unknown."""
+
     def recorded_uids(tenant, provider_id, folder, uid_validity, first_uid, last_uid):
         """UIDs of ``folder`` (this UIDVALIDITY) in ``first_uid..last_uid``
         that the ledger holds (the write-back sweep after a restart).

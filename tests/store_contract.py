@@ -586,6 +586,24 @@ class StoreContractMixin:
         self.assertFalse((yield self.store.set_write_back(p.tenant, new_id(), "seen")))
 
     @defer.inlineCallbacks
+    def test_oauth_delegate_option_beside_write_back(self) -> Any:
+        p = yield self.provider()
+        self.assertIsNone((yield self.store.get_provider(p.tenant, p.provider_id)).oauth_delegate)
+        yield self.store.set_write_back(p.tenant, p.provider_id, "seen")
+        self.assertTrue((yield self.store.set_oauth_delegate(p.tenant, p.provider_id,
+                                                             "alice@example.com")))
+        got = yield self.store.get_provider(p.tenant, p.provider_id)
+        # Each setter leaves the other option as it was.
+        self.assertEqual((got.write_back, got.oauth_delegate), ("seen", "alice@example.com"))
+        yield self.store.set_write_back(p.tenant, p.provider_id, None)
+        active = yield self.store.list_active_providers(p.tenant)
+        self.assertEqual([c.oauth_delegate for c in active if c.provider_id == p.provider_id],
+                         ["alice@example.com"])
+        yield self.store.set_oauth_delegate(p.tenant, p.provider_id, None)
+        self.assertIsNone((yield self.store.get_provider(p.tenant, p.provider_id)).oauth_delegate)
+        self.assertFalse((yield self.store.set_oauth_delegate(new_id(), p.provider_id, "a@b.c")))
+
+    @defer.inlineCallbacks
     def test_recorded_uids(self) -> Any:
         p = yield self.leased()
         yield self.store.record_batch(

@@ -22,7 +22,7 @@ from datetime import date
 from typing import Any, Iterator, Optional
 
 from imapsvc.model import PoisonMessage, ProviderConfig
-from imapsvc.store import sorted_capabilities
+from imapsvc.store import OPTION_COLUMNS, sorted_capabilities
 from imapsvc.store.pg_errors import connect_failure
 
 
@@ -86,6 +86,12 @@ class AdminStore:
     def set_write_back(self, tenant: str, provider_id: str, mode: Optional[str]) -> None:
         """``imap_provider_options.write_back`` (``None``: the environment
         default). :raises NotFound:"""
+        raise NotImplementedError
+
+    def set_oauth_delegate(self, tenant: str, provider_id: str,
+                           delegate: Optional[str]) -> None:
+        """``imap_provider_options.oauth_delegate`` (``None``: the mailbox's
+        own user consents). :raises NotFound:"""
         raise NotImplementedError
 
     def clear_auth_pause(self, tenant: str, provider_id: str) -> bool:
@@ -204,6 +210,11 @@ class SqliteAdmin(AdminStore):
         if not self._guard(self.ops.set_write_back, tenant, provider_id, mode):
             raise _missing(tenant, provider_id)
 
+    def set_oauth_delegate(self, tenant: str, provider_id: str,
+                           delegate: Optional[str]) -> None:
+        if not self._guard(self.ops.set_oauth_delegate, tenant, provider_id, delegate):
+            raise _missing(tenant, provider_id)
+
     def clear_auth_pause(self, tenant: str, provider_id: str) -> bool:
         def run() -> Optional[str]:
             rows = self.conn.execute(
@@ -256,7 +267,7 @@ _PG_PROVIDER_SELECT = """
         p.status, p.is_active, p.inbound_paused_at, p.inbound_auth_failure_count,
         GREATEST(p.updated_at, c.updated_at),
         c.oauth_client_secret, c.refresh_token,
-        o.write_back
+        o.write_back, o.oauth_delegate
     FROM email_providers p
     JOIN imap_email_provider_config c ON c.tenant = p.tenant AND c.email_provider_id = p.id
     LEFT JOIN imap_provider_options o ON o.tenant = p.tenant AND o.provider_id = p.id
@@ -407,16 +418,25 @@ class PostgresAdmin(AdminStore):
             raise _missing(tenant, provider_id)
 
     def set_write_back(self, tenant: str, provider_id: str, mode: Optional[str]) -> None:
+        self._set_option(tenant, provider_id, "write_back", mode)
+
+    def set_oauth_delegate(self, tenant: str, provider_id: str,
+                           delegate: Optional[str]) -> None:
+        self._set_option(tenant, provider_id, "oauth_delegate", delegate)
+
+    def _set_option(self, tenant: str, provider_id: str, column: str,
+                    value: Optional[str]) -> None:
+        assert column in OPTION_COLUMNS, column  # a name in SQL, never user input
         with self._errors(), self.conn, self.conn.cursor() as cur:
             cur.execute("SELECT 1 FROM email_providers WHERE tenant = %s AND id = %s",
                         (tenant, provider_id))
             if cur.fetchone() is None:
                 raise _missing(tenant, provider_id)
             cur.execute(
-                "INSERT INTO imap_provider_options (tenant, provider_id, write_back, updated_at)"
+                f"INSERT INTO imap_provider_options (tenant, provider_id, {column}, updated_at)"
                 " VALUES (%s, %s, %s, now()) ON CONFLICT (tenant, provider_id) DO UPDATE"
-                " SET write_back = excluded.write_back, updated_at = now()",
-                (tenant, provider_id, mode))
+                f" SET {column} = excluded.{column}, updated_at = now()",
+                (tenant, provider_id, value))
             # Read with the provider row: the next discovery pass applies it.
             cur.execute("UPDATE imap_email_provider_config SET updated_at = now()"
                         " WHERE tenant = %s AND email_provider_id = %s", (tenant, provider_id))

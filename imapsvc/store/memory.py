@@ -491,6 +491,16 @@ class MemoryStore:
         return True
 
     @_wrap
+    def set_oauth_delegate(self, tenant: str, provider_id: str,
+                           delegate: Optional[str]) -> bool:
+        row = self._row(tenant, provider_id)
+        if row is None:
+            return False
+        row["oauth_delegate"] = delegate
+        row["updated_at"] = self.now()
+        return True
+
+    @_wrap
     def recorded_uids(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
                       first_uid: int, last_uid: int) -> list[int]:
         return sorted(

@@ -43,6 +43,7 @@ from imapsvc.model import (
     ProviderConfig,
 )
 from imapsvc.store import (
+    OPTION_COLUMNS,
     backfill_folders,
     check_records,
     first_occurrences,
@@ -87,7 +88,7 @@ _PROVIDER_COLUMNS = """
     p.status, p.is_active, p.inbound_paused_at, p.inbound_auth_failure_count,
     GREATEST(p.updated_at, c.updated_at),
     c.oauth_client_secret, c.refresh_token,
-    o.write_back
+    o.write_back, o.oauth_delegate
 """
 
 _PROVIDER_FROM = """
@@ -172,6 +173,7 @@ def provider_from_row(row: Sequence[Any]) -> ProviderConfig:
      client_secret, refresh_token) = row[:31]
     # imap_provider_options (schema/0007), appended so other columns keep their place.
     write_back = row[31] if len(row) > 31 else None
+    oauth_delegate = row[32] if len(row) > 32 else None  # schema/0009
     return ProviderConfig(
         tenant=str(tenant),
         provider_id=str(pid),
@@ -205,6 +207,7 @@ def provider_from_row(row: Sequence[Any]) -> ProviderConfig:
         oauth_client_secret=client_secret or None,
         refresh_token=refresh_token or None,
         write_back=write_back,
+        oauth_delegate=oauth_delegate or None,
     )
 
 
@@ -650,6 +653,16 @@ class PostgresStore:
 
     def set_write_back(self, tenant: str, provider_id: str,
                        mode: Optional[str]) -> defer.Deferred:
+        return self._set_option(tenant, provider_id, "write_back", mode)
+
+    def set_oauth_delegate(self, tenant: str, provider_id: str,
+                           delegate: Optional[str]) -> defer.Deferred:
+        return self._set_option(tenant, provider_id, "oauth_delegate", delegate)
+
+    def _set_option(self, tenant: str, provider_id: str, column: str,
+                    value: Optional[str]) -> defer.Deferred:
+        assert column in OPTION_COLUMNS, column  # a name in SQL, never user input
+
         @defer.inlineCallbacks
         def run(cur: Any) -> Any:
             yield cur.execute("SELECT 1 FROM email_providers WHERE tenant = %s AND id = %s",
@@ -657,10 +670,10 @@ class PostgresStore:
             if not cur.fetchall():
                 return False
             yield cur.execute(
-                "INSERT INTO imap_provider_options (tenant, provider_id, write_back, updated_at)"
+                f"INSERT INTO imap_provider_options (tenant, provider_id, {column}, updated_at)"
                 " VALUES (%s, %s, %s, now()) ON CONFLICT (tenant, provider_id) DO UPDATE"
-                " SET write_back = excluded.write_back, updated_at = now()",
-                (tenant, provider_id, mode))
+                f" SET {column} = excluded.{column}, updated_at = now()",
+                (tenant, provider_id, value))
             # The option is read with the provider row: the next discovery pass
             # sees it (the NOTIFY trigger ignores updated_at-only updates).
             yield cur.execute(

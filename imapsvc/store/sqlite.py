@@ -59,6 +59,7 @@ from imapsvc.model import (
     ProviderConfig,
 )
 from imapsvc.store import (
+    OPTION_COLUMNS,
     backfill_folders,
     check_records,
     first_occurrences,
@@ -141,7 +142,7 @@ _PROVIDER_SELECT = """
         p.status, p.is_active, p.inbound_paused_at, p.inbound_auth_failure_count,
         max(p.updated_at, c.updated_at),
         c.oauth_client_secret, c.refresh_token,
-        o.write_back
+        o.write_back, o.oauth_delegate
     FROM email_providers p
     JOIN imap_email_provider_config c ON c.tenant = p.tenant AND c.email_provider_id = p.id
     LEFT JOIN imap_provider_options o ON o.tenant = p.tenant AND o.provider_id = p.id
@@ -156,6 +157,7 @@ def _provider(row: Sequence[Any]) -> ProviderConfig:
      client_secret, refresh_token) = row[:31]
     # imap_provider_options (schema/0007), appended so other columns keep their place.
     write_back = row[31] if len(row) > 31 else None
+    oauth_delegate = row[32] if len(row) > 32 else None  # schema/0009
     try:
         filters = None if filters is None else json.loads(filters)
     except ValueError:
@@ -194,6 +196,7 @@ def _provider(row: Sequence[Any]) -> ProviderConfig:
         oauth_client_secret=client_secret or None,
         refresh_token=refresh_token or None,
         write_back=write_back,
+        oauth_delegate=oauth_delegate or None,
     )
 
 
@@ -600,16 +603,26 @@ class SqliteOps:
     # -- provider options (schema/0007) ------------------------------------------
 
     def set_write_back(self, tenant: str, provider_id: str, mode: Optional[str]) -> bool:
+        return self._set_option(tenant, provider_id, "write_back", mode)
+
+    def set_oauth_delegate(self, tenant: str, provider_id: str,
+                           delegate: Optional[str]) -> bool:
+        return self._set_option(tenant, provider_id, "oauth_delegate", delegate)
+
+    def _set_option(self, tenant: str, provider_id: str, column: str,
+                    value: Optional[str]) -> bool:
+        assert column in OPTION_COLUMNS, column  # a name in SQL, never user input
+
         def run(cur: sqlite3.Cursor) -> bool:
             cur.execute("SELECT 1 FROM email_providers WHERE tenant = ? AND id = ?",
                         (tenant, provider_id))
             if cur.fetchone() is None:
                 return False
             cur.execute(
-                "INSERT INTO imap_provider_options (tenant, provider_id, write_back, updated_at)"
+                f"INSERT INTO imap_provider_options (tenant, provider_id, {column}, updated_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (tenant, provider_id) DO UPDATE"
-                " SET write_back = excluded.write_back, updated_at = excluded.updated_at",
-                (tenant, provider_id, mode, self.now()))
+                f" SET {column} = excluded.{column}, updated_at = excluded.updated_at",
+                (tenant, provider_id, value, self.now()))
             # Read with the provider row: the next discovery pass applies it.
             cur.execute("UPDATE imap_email_provider_config SET updated_at = ?"
                         " WHERE tenant = ? AND email_provider_id = ?",
@@ -1217,6 +1230,7 @@ class SqliteStore:
     outbox_stats = _delegate("outbox_stats")
     purge_ledger = _delegate("purge_ledger")
     set_write_back = _delegate("set_write_back")
+    set_oauth_delegate = _delegate("set_oauth_delegate")
     recorded_uids = _delegate("recorded_uids")
     put_secret = _delegate("put_secret")
     get_secret = _delegate("get_secret")
