@@ -386,6 +386,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IMAP_ENABLE_UTF8", boolean, False,
             "send ENABLE UTF8=ACCEPT (RFC 6855) when the server offers it: UTF-8 headers "
             "and folder names without downgrading", _C),
+    Setting("IMAP_MODSEQ", choice("condstore", "qresync", "off"), "condstore",
+            "mod-sequences (RFC 7162) when the server offers them, so a pass that finds "
+            "nothing new skips its UID SEARCH: condstore (EXAMINE ... (CONDSTORE), no "
+            "extra command), qresync (ENABLE QRESYNC once per connection, then EXAMINE "
+            "... (QRESYNC (uidvalidity modseq))), off", _C),
     Setting("IMAP_AUTH_FAILURE_PAUSE_AFTER", positive_int, 3,
             "pause a provider after this many consecutive authentication failures", _C),
     Setting("IMAP_OAUTH_AUTH_MECHANISM", choice("auto", "xoauth2", "oauthbearer"), "auto",
@@ -627,6 +632,7 @@ class Settings:
     tls_insecure: bool = _default("IMAP_TLS_INSECURE")
     broken_bodystructure_hosts: tuple[str, ...] = _default("IMAP_BROKEN_BODYSTRUCTURE_HOSTS")
     enable_utf8: bool = _default("IMAP_ENABLE_UTF8")
+    modseq: str = _default("IMAP_MODSEQ")
     auth_failure_pause_after: int = _default("IMAP_AUTH_FAILURE_PAUSE_AFTER")
     oauth_auth_mechanism: str = _default("IMAP_OAUTH_AUTH_MECHANISM")
     write_back: str = _default("IMAP_WRITE_BACK")

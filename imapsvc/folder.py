@@ -45,6 +45,7 @@ from imapsvc.core.folders import (
     expand_wildcard,
     resolve_folder,
 )
+from imapsvc.folder_modseq import ModseqShortcut
 from imapsvc.imap.extensions import client_id_fields
 from imapsvc.imap.factory import FolderClientFactory, set_keepalive
 from imapsvc.imap.responses import sorted_unique_from
@@ -113,6 +114,8 @@ class FolderOptions:
     oauth_auth_mechanism: str = MECH_AUTO
     #: ``IMAP_ENABLE_UTF8``: ``ENABLE UTF8=ACCEPT`` when offered (RFC 6855).
     enable_utf8: bool = False
+    #: ``IMAP_MODSEQ``: CONDSTORE/QRESYNC use (``condstore``, ``qresync``, ``off``).
+    modseq: str = "condstore"
     #: Per-connection byte caps (:class:`imapsvc.core.wire_caps.WireCaps`);
     #: ``None`` keeps the protocol's defaults.
     wire_caps: Any = None
@@ -316,6 +319,9 @@ class FolderService(service.Service):
         self._closed_waiters: list[defer.Deferred] = []
         #: Out of descriptors was logged (once until the next connect).
         self._fd_warned = False
+        #: CONDSTORE/QRESYNC (RFC 7162): skips a pass's UID SEARCH when nothing changed.
+        self.modseq = ModseqShortcut(store, provider.tenant, provider.provider_id, owner,
+                                     self.label)
         tls_creator = self._tls_factory(provider.host) if provider.secure else None
         timeout_ms = provider.connection_timeout_ms or self.options.connection_timeout_ms
         self.factory = FolderClientFactory(
@@ -364,6 +370,7 @@ class FolderService(service.Service):
             "writeBack": self._write_back_status(),
             "uidNext": self.uid_next,
             "poisonSkipped": self.poison_skipped,
+            "modseq": {"mode": self.modseq.mode, "searchesSkipped": self.modseq.skipped},
             "quarantinedUntil": self.quarantined_until if self.quarantined() else None,
             "quarantines": self.quarantines,
             "lag": self.lag(),
@@ -621,6 +628,8 @@ class FolderService(service.Service):
             self._check()
             if enabled:
                 self.log.info("{label}: UTF8=ACCEPT enabled", label=self.label)
+        yield self.modseq.enable(proto, self.options.modseq)
+        self._check()
         listing = yield proto.list_folders()
         self._check()
         if self.folder_filter.strip() == WILDCARD:
@@ -722,11 +731,8 @@ class FolderService(service.Service):
         self._wake_pending = False
         self.sync_count += 1
         write_back = self._write_back_mode()
-        if write_back.enabled:
-            # Write-back needs the folder read-write; nothing else differs.
-            info = yield proto.select_folder(name)
-        else:
-            info = yield proto.examine_folder(name)
+        # Write-back needs the folder read-write (SELECT); nothing else differs.
+        info = yield self.modseq.open(proto, name, select=write_back.enabled)
         self._check()
         # EXISTS that arrives during this sync's commands is not an IDLE
         # event: remember where we started so the loop can sync again.
@@ -757,7 +763,7 @@ class FolderService(service.Service):
                 proto, name, write_back, start.cursor.uid_validity or "", start.cursor
             )
         uids: Any = []
-        if start.search_range:
+        if start.search_range and not self.modseq.skip_search(info, start):
             uids = yield proto.uid_search_from(start.first_uid)
             self._check()
         # Sorted, unique, > last_uid; stays a compact UidArray (8 bytes a UID).
@@ -854,6 +860,7 @@ class FolderService(service.Service):
                 "{label}: backfill since {since} done ({count} messages read)",
                 label=self.label, since=backfill[1].isoformat(), count=len(uids),
             )
+        yield self.modseq.committed(name, info)
 
     def _backfill_keys(self, name: str) -> list[str]:
         # A request names the server's spelling or the configured filter

@@ -42,6 +42,16 @@ class IStore(Interface):
     def read_cursor(tenant, provider_id, folder):
         """:rtype: Deferred[Optional[imapsvc.model.FolderCursor]]"""
 
+    def read_modseq(tenant, provider_id, folder):
+        """The folder's stored HIGHESTMODSEQ (RFC 7162, schema/0010) with the
+        UIDVALIDITY it belongs to.
+        :rtype: Deferred[Optional[tuple[str, int]]]"""
+
+    def save_modseq(tenant, provider_id, folder, uid_validity, modseq, owner):
+        """Store (``modseq`` ``None``: forget) the HIGHESTMODSEQ a committed
+        sync pass saw, fenced by the lease like a cursor.
+        :raises LeaseLost:"""
+
     def write_cursor(tenant, provider_id, folder, cursor, owner):
         """Write one folder's cursor (and the top-level mirror columns),
         fenced by the lease held by ``owner``.

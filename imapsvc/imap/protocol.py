@@ -36,7 +36,7 @@ from zope.interface import implementer
 from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism, is_refusal
 from imapsvc.core.cursor import is_imap_date
 from imapsvc.core.folders import decode_mutf7, encode_mutf7
-from imapsvc.imap import extensions, responses
+from imapsvc.imap import condstore, extensions, responses
 from imapsvc.imap.errors import (
     AuthenticationFailed,
     AuthenticationUnavailable,
@@ -96,7 +96,7 @@ class _Command:
 
 
 @implementer(IIMAPSession)
-class FolderIMAPClient(IMAP4Client):
+class FolderIMAPClient(condstore.CondstoreCommands, IMAP4Client):
     """IMAP client for one folder connection.
 
     :param clock: ``IReactorTime`` used for every deadline.
@@ -492,6 +492,9 @@ class FolderIMAPClient(IMAP4Client):
             self.capabilities = caps
             if cmd is not None:
                 cmd.untagged.append((keyword, caps))
+        elif keyword == "VANISHED" and cmd is not None and not literals:
+            # RFC 7162 3.2.10: parsed as ranges (bounded); ValueError drops.
+            cmd.untagged.append((keyword, condstore.parse_vanished(rest)))
         elif keyword in ("LIST", "FLAGS", "ID", "ENABLED") and cmd is not None:
             tokens = responses.tokenize(texts, literals)
             cmd.untagged.append((keyword, tokens[1:]))
@@ -945,10 +948,18 @@ class FolderIMAPClient(IMAP4Client):
         answered ``[READ-WRITE]``."""
         return self._open_folder(b"SELECT", name)
 
-    def _open_folder(self, verb: bytes, name: str) -> defer.Deferred:
+    def _make_command(self, name: bytes, chunks: list[bytes], kind: str = "plain") -> _Command:
+        return _Command(name, chunks, kind)
+
+    def _open_folder(self, verb: bytes, name: str, parameters: bytes = b"") -> defer.Deferred:
         """EXAMINE or SELECT ``name``: the answer's UIDVALIDITY, UIDNEXT and
-        EXISTS, and whether the server granted write access."""
-        cmd = _Command(verb, self._arguments(verb, [self._wire_name(name)]))
+        EXISTS, whether the server granted write access, and with
+        ``parameters`` (RFC 7162, :mod:`imapsvc.imap.condstore`) its
+        mod-sequence state as ``modseq``."""
+        chunks = self._arguments(verb, [self._wire_name(name)])
+        if parameters:
+            chunks[-1] += parameters
+        cmd = _Command(verb, chunks)
         what = verb.decode("ascii")
 
         def done(cmd, code):
@@ -963,12 +974,15 @@ class FolderIMAPClient(IMAP4Client):
             if found["uidvalidity"] is None:
                 raise ProtocolViolation(f"{what} answer without UIDVALIDITY")
             self.state = "selected"
-            return {
+            answer: dict[str, Any] = {
                 "uidvalidity": found["uidvalidity"],
                 "uidnext": found["uidnext"],
                 "exists": cmd.exists or 0,
                 "read_only": code != "READ-WRITE",
             }
+            if parameters:
+                answer["modseq"] = condstore.open_state(cmd.codes, cmd.untagged)
+            return answer
 
         cmd.on_ok = done
         return self._submit(cmd)

@@ -97,6 +97,8 @@ class MemoryStore:
         self._requests: dict[tuple[str, str], dict[str, Any]] = {}
         self._failures: dict[tuple[str, str, str, str, int], dict[str, Any]] = {}
         self._first_sync: dict[tuple[str, str], Optional[int]] = {}
+        #: (tenant, provider, folder) -> (uid_validity, HIGHESTMODSEQ), schema/0010.
+        self._modseqs: dict[tuple[str, str, str], tuple[str, int]] = {}
         self._backfill: dict[tuple[str, str, str], date] = {}
 
     # -- test helpers -------------------------------------------------------
@@ -272,6 +274,22 @@ class MemoryStore:
         if row is None:
             return None
         return row["folder_state"].get(folder)
+
+    @_wrap
+    def read_modseq(self, tenant: str, provider_id: str,
+                    folder: str) -> Optional[tuple[str, int]]:
+        return self._modseqs.get((tenant, provider_id, folder))
+
+    @_wrap
+    def save_modseq(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
+                    modseq: Optional[int], owner: str) -> None:
+        row = self._row(tenant, provider_id)
+        if not self._holds(row, owner):
+            raise LeaseLost(f"{tenant}/{provider_id}")
+        if modseq is None:
+            self._modseqs.pop((tenant, provider_id, folder), None)
+        else:
+            self._modseqs[(tenant, provider_id, folder)] = (str(uid_validity), int(modseq))
 
     @_wrap
     def write_cursor(self, tenant: str, provider_id: str, folder: str, cursor: FolderCursor,

@@ -397,6 +397,37 @@ class PostgresStore:
         return (folder, Json(cursor.to_json()), cursor.uid_validity, cursor.last_uid,
                 parse_seen_at(cursor.last_seen_at), tenant, provider_id)
 
+    @defer.inlineCallbacks
+    def read_modseq(self, tenant: str, provider_id: str, folder: str) -> Any:
+        rows = yield self._query(
+            "SELECT uid_validity, highest_modseq FROM imap_folder_modseq"
+            " WHERE tenant = %s AND provider_id = %s AND folder = %s",
+            (tenant, provider_id, folder))
+        return (str(rows[0][0]), int(rows[0][1])) if rows else None
+
+    def save_modseq(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
+                    modseq: Optional[int], owner: str) -> defer.Deferred:
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            yield cur.execute(_LOCK_LEASE, (tenant, provider_id, owner))
+            if not cur.fetchall():
+                raise LeaseLost(f"{tenant}/{provider_id}")
+            if modseq is None:
+                yield cur.execute(
+                    "DELETE FROM imap_folder_modseq"
+                    " WHERE tenant = %s AND provider_id = %s AND folder = %s",
+                    (tenant, provider_id, folder))
+                return
+            yield cur.execute(
+                "INSERT INTO imap_folder_modseq (tenant, provider_id, folder, uid_validity,"
+                " highest_modseq, updated_at) VALUES (%s, %s, %s, %s, %s, now())"
+                " ON CONFLICT (tenant, provider_id, folder) DO UPDATE SET"
+                " uid_validity = excluded.uid_validity,"
+                " highest_modseq = excluded.highest_modseq, updated_at = now()",
+                (tenant, provider_id, folder, str(uid_validity), int(modseq)))
+
+        return self._interact(run)
+
     def write_cursor(self, tenant: str, provider_id: str, folder: str, cursor: FolderCursor,
                      owner: str) -> defer.Deferred:
         @defer.inlineCallbacks

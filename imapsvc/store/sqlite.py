@@ -351,6 +351,33 @@ class SqliteOps:
             (json.dumps(state), cursor.uid_validity, cursor.last_uid,
              ts(parse_seen_at(cursor.last_seen_at)), self.now(), tenant, provider_id))
 
+    def read_modseq(self, tenant: str, provider_id: str,
+                    folder: str) -> Optional[tuple[str, int]]:
+        rows = self._all(
+            "SELECT uid_validity, highest_modseq FROM imap_folder_modseq"
+            " WHERE tenant = ? AND provider_id = ? AND folder = ?", (tenant, provider_id, folder))
+        return (str(rows[0][0]), int(rows[0][1])) if rows else None
+
+    def save_modseq(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
+                    modseq: Optional[int], owner: str) -> None:
+        def run(cur: sqlite3.Cursor) -> None:
+            if not self._holds(cur, tenant, provider_id, owner):
+                raise LeaseLost(f"{tenant}/{provider_id}")
+            if modseq is None:
+                cur.execute("DELETE FROM imap_folder_modseq"
+                            " WHERE tenant = ? AND provider_id = ? AND folder = ?",
+                            (tenant, provider_id, folder))
+                return
+            cur.execute(
+                "INSERT INTO imap_folder_modseq (tenant, provider_id, folder, uid_validity,"
+                " highest_modseq, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (tenant, provider_id, folder) DO UPDATE SET"
+                " uid_validity = excluded.uid_validity,"
+                " highest_modseq = excluded.highest_modseq, updated_at = excluded.updated_at",
+                (tenant, provider_id, folder, str(uid_validity), int(modseq), self.now()))
+
+        self._transaction(run)
+
     def write_cursor(self, tenant: str, provider_id: str, folder: str, cursor: FolderCursor,
                      owner: str) -> None:
         def run(cur: sqlite3.Cursor) -> None:
@@ -1220,6 +1247,8 @@ class SqliteStore:
     get_provider = _delegate("get_provider")
     read_cursor = _delegate("read_cursor")
     write_cursor = _delegate("write_cursor")
+    read_modseq = _delegate("read_modseq")
+    save_modseq = _delegate("save_modseq")
     acquire_lease = _delegate("acquire_lease")
     renew_lease = _delegate("renew_lease")
     release_lease = _delegate("release_lease")
