@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from imapsvc.core import folder_machine as FS
 from imapsvc.core.backoff import jitter_around
 from imapsvc.core.capacity import OVER, START, admit, folders_in_use
 from imapsvc.core.discovery import aggregate_status, plan_discovery
@@ -36,7 +37,7 @@ AWAITING_CONSENT = "awaiting_consent"
 Key = tuple[str, str]
 
 #: Folder states from which a discovery pass retries the provider's login.
-_REAUTH_STATES = ("needsreauth",)
+_REAUTH_STATES = (FS.NEEDS_REAUTH.lower(),)
 
 
 def jittered(seconds: float, pct: float, rng: random.Random) -> float:
@@ -104,9 +105,9 @@ class ProviderService(service.MultiService):
             child.setName(folder)
             child.setServiceParent(self)
             self.folders[folder] = child
-            self.folder_states[folder] = ("Disconnected", None)
+            self.folder_states[folder] = (FS.DISCONNECTED, None)
         for folder, error in self.waiting.items():
-            self.folder_states[folder] = ("Waiting", error)
+            self.folder_states[folder] = (FS.WAITING, error)
 
     # -- hooks from folders -------------------------------------------------
 
@@ -146,7 +147,7 @@ class ProviderService(service.MultiService):
 
         child = self.folders[folder]
         snap = child.snapshot() if hasattr(child, "snapshot") else {}
-        state, error = self.folder_states.get(folder, ("Disconnected", None))
+        state, error = self.folder_states.get(folder, (FS.DISCONNECTED, None))
         since = self.folder_since.get(folder)
         synced = self.folder_synced_at.get(folder)
         reporter.folder_changed(self.provider.key, FolderStatus(
@@ -245,7 +246,7 @@ class ProviderService(service.MultiService):
         folders = {}
         for name, child in self.folders.items():
             snap = child.snapshot() if hasattr(child, "snapshot") else {}
-            state, error = self.folder_states.get(name, ("Disconnected", None))
+            state, error = self.folder_states.get(name, (FS.DISCONNECTED, None))
             snap.setdefault("state", state)
             snap.setdefault("last_error", error)
             if snap.get("last_error"):
@@ -253,7 +254,7 @@ class ProviderService(service.MultiService):
                 snap["last_error"] = redact(str(snap["last_error"]))
             folders[name] = snap
         for name, error in self.waiting.items():
-            folders[name] = {"state": "Waiting", "last_error": redact(error) if error else None}
+            folders[name] = {"state": FS.WAITING, "last_error": redact(error) if error else None}
         status, error = aggregate_status(self.folder_states)
         return {
             "tenant": self.provider.tenant,

@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from imapsvc.core.cursor import REASON_RESUME
-from imapsvc.folder_modseq import ModseqShortcut
+from imapsvc.folder.modseq import ModseqShortcut
 from imapsvc.imap import condstore as C
 from imapsvc.imap.errors import ProtocolViolation
 from imapsvc.store.memory import MemoryStore
