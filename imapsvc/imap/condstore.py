@@ -203,7 +203,8 @@ def parse_vanished(rest: bytes) -> Vanished:
     ranges: list[tuple[int, int]] = []
     count = 0
     truncated = False
-    for item in text.split(b","):
+    # maxsplit: a line of a million commas is never a million-item list.
+    for item in text.split(b",", MAX_VANISHED_RANGES):
         if len(ranges) >= MAX_VANISHED_RANGES:
             truncated = True
             break

@@ -100,7 +100,7 @@ class CondstoreDovecotTests(TestCase):
         self.store.cursors["INBOX"] = FolderCursor(None, "0", None)  # rescan from UID 1
         svc, sent = yield self.connect()
         self.assertEqual(self.pipeline.uids, [first])
-        self.assertEqual(svc.modseq.mode, "CONDSTORE")
+        self.assertEqual(svc.sync.modseq.mode, "CONDSTORE")
         self.assertNotIn(b"ENABLE", self.names(sent))
         self.assertIn(b'EXAMINE "INBOX" (CONDSTORE)', sent)
         self.assertIn(b"UID SEARCH", self.names(sent))
@@ -112,7 +112,7 @@ class CondstoreDovecotTests(TestCase):
         self.assertEqual(sent, [b'ID ("name" "imapsvc" "version" "%s")' % VERSION,
                                 b'LIST "" "*"', b'EXAMINE "INBOX" (CONDSTORE)', b"IDLE",
                                 b"LOGOUT"])
-        self.assertEqual(svc.modseq.skipped, 1)
+        self.assertEqual(svc.sync.modseq.skipped, 1)
         self.assertEqual(self.pipeline.uids, [first])
         # Without mod-sequences the same reconnect searches.
         svc, sent = yield self.connect(modseq="off")
@@ -127,7 +127,7 @@ class CondstoreDovecotTests(TestCase):
         names = self.names(sent)
         self.assertIn(b"UID SEARCH", names)
         self.assertIn(b"UID FETCH", names)
-        self.assertEqual(svc.modseq.skipped, 0)
+        self.assertEqual(svc.sync.modseq.skipped, 0)
         self.assertEqual(self.pipeline.uids, [first, second])
         self.assertGreater(self.store.modseqs["INBOX"][1], modseq)
 
@@ -146,7 +146,7 @@ class CondstoreDovecotTests(TestCase):
         self.store.modseqs["INBOX"] = ("1", self.store.modseqs["INBOX"][1])
         svc, sent = yield self.connect()
         self.assertIn(b"UID SEARCH", self.names(sent))
-        self.assertEqual(svc.modseq.skipped, 0)
+        self.assertEqual(svc.sync.modseq.skipped, 0)
 
     @defer.inlineCallbacks
     def test_qresync_reconnect(self):
@@ -154,7 +154,7 @@ class CondstoreDovecotTests(TestCase):
         mail.append(self.user, DEFAULT_PASSWORD, "INBOX", mail.make_message("two"))
         self.store.cursors["INBOX"] = FolderCursor(None, "0", None)
         svc, sent = yield self.connect(modseq="qresync")
-        self.assertEqual(svc.modseq.mode, "QRESYNC")
+        self.assertEqual(svc.sync.modseq.mode, "QRESYNC")
         self.assertIn(b"ENABLE QRESYNC", sent)
         self.assertEqual(len(self.pipeline.uids), 2)
         validity, modseq = self.store.modseqs["INBOX"]
@@ -163,7 +163,7 @@ class CondstoreDovecotTests(TestCase):
         mail.expunge(self.user, DEFAULT_PASSWORD, "INBOX", [first])
         svc, sent = yield self.connect(modseq="qresync")
         self.assertIn(b'EXAMINE "INBOX" (QRESYNC (%s %d))' % (validity.encode(), modseq), sent)
-        self.assertEqual(svc.modseq.vanished, 1)
+        self.assertEqual(svc.sync.modseq.vanished, 1)
         self.assertIn(b"UID SEARCH", self.names(sent))
         self.assertEqual(len(self.pipeline.uids), 2)
         validity, modseq = self.store.modseqs["INBOX"]
@@ -173,4 +173,4 @@ class CondstoreDovecotTests(TestCase):
                                 b'EXAMINE "INBOX" (QRESYNC (%s %d))' % (validity.encode(),
                                                                         modseq),
                                 b"IDLE", b"LOGOUT"])
-        self.assertEqual(svc.modseq.skipped, 1)
+        self.assertEqual(svc.sync.modseq.skipped, 1)
