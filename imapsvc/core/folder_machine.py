@@ -255,8 +255,10 @@ class Transition:
     reason: str
     error: Optional[str] = None
 
-    def to_json(self) -> dict:
-        out = {"at": self.at, "from": self.old, "to": self.new, "reason": self.reason}
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "at": self.at, "from": self.old, "to": self.new, "reason": self.reason,
+        }
         if self.error:
             out["error"] = self.error
         return out

@@ -47,6 +47,8 @@ class FolderOptions:
     enable_utf8: bool = False
     #: ``IMAP_MODSEQ``: CONDSTORE/QRESYNC use (``condstore``, ``qresync``, ``off``).
     modseq: str = "condstore"
+    #: ``IMAP_COMPRESS``: COMPRESS=DEFLATE after login (auto/off/always).
+    compress: str = "auto"
     #: Per-connection byte caps (:class:`imapsvc.core.wire_caps.WireCaps`);
     #: ``None`` keeps the protocol's defaults.
     wire_caps: Any = None

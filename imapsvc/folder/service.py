@@ -349,6 +349,8 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
                 "{label}: saving capabilities failed: {err}", label=self.label, err=f.value
             )
         )
+        if hasattr(proto, "maybe_compress"):  # the real session; not every fake
+            yield proto.maybe_compress(self.options.compress)
         yield self._send_id(proto)
         if self.options.enable_utf8 and getattr(proto, "enable_utf8", None) is not None:
             enabled = yield proto.enable_utf8()

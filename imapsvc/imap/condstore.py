@@ -21,8 +21,7 @@ message ledger still decides what is new, and the shortcut is refused
 whenever a doubt exists (UIDVALIDITY changed, NOMODSEQ, a mod-sequence out
 of range, UIDNEXT beyond the cursor or absent).
 
-Pure functions and a small command mixin; the client class supplies
-``_make_command``, ``_submit``, ``capabilities`` and ``_open_folder``.
+Pure functions; the commands are in :mod:`imapsvc.imap.condstore_commands`.
 """
 
 from __future__ import annotations
@@ -245,52 +244,3 @@ def nothing_new(known: Optional[KnownState], state: OpenState, uid_validity: Any
     if uid_next is None or int(uid_next) > int(last_uid) + 1:
         return False
     return state.highest_modseq == known.modseq
-
-
-class CondstoreCommands:
-    """``ENABLE QRESYNC``/``CONDSTORE`` and EXAMINE with mod-sequence
-    parameters, mixed into the IMAP client."""
-
-    #: Set by :meth:`enable_condstore`: ``QRESYNC``, ``CONDSTORE`` or ``None``.
-    modseq_mode: Optional[str] = None
-
-    capabilities: Any
-
-    def _make_command(self, name: bytes, chunks: list[bytes], kind: str = "plain") -> Any:
-        raise NotImplementedError
-
-    def _submit(self, cmd: Any) -> Any:
-        raise NotImplementedError
-
-    def _open_folder(self, verb: bytes, name: str, parameters: bytes = b"") -> Any:
-        raise NotImplementedError
-
-    def enable_condstore(self, qresync: bool = True) -> Any:
-        """After login: the mode to use, ``ENABLE QRESYNC`` first when
-        ``qresync`` and offered. CONDSTORE needs no command: opening a folder
-        with ``(CONDSTORE)`` enables it (RFC 7162 3.1). Fires with the mode
-        now in effect (``None`` when neither is offered or the server
-        refused ENABLE); a ``NO``/``BAD`` answer does not drop the connection."""
-        from twisted.internet import defer
-
-        mode = offered_mode(self.capabilities, qresync)
-        if mode != MODE_QRESYNC:
-            self.modseq_mode = mode
-            return defer.succeed(mode)
-        cmd = self._make_command(b"ENABLE", [enable_line(mode)], "advisory")
-
-        def done(cmd: Any, code: Optional[str]) -> Optional[str]:
-            self.modseq_mode = enabled_mode(mode, cmd.untagged)
-            return self.modseq_mode
-
-        cmd.on_ok = done
-        # Refused (an advisory command): fires with None, no mode in effect.
-        return self._submit(cmd)
-
-    def examine_modseq(self, name: str, known: Optional[KnownState] = None,
-                       select: bool = False) -> Any:
-        """EXAMINE (or SELECT) ``name`` with the mod-sequence parameters of
-        the enabled mode; the answer dict gains ``modseq`` (an
-        :class:`OpenState`, or ``None`` when no mode is enabled)."""
-        verb = b"SELECT" if select else b"EXAMINE"
-        return self._open_folder(verb, name, open_parameters(self.modseq_mode, known))
