@@ -6,11 +6,10 @@ of :mod:`imapsvc.imap.condstore` and the store.
 QRESYNC`` once per connection and opens with the stored HIGHESTMODSEQ
 (``EXAMINE name (QRESYNC (uidvalidity modseq))``), which costs that ENABLE
 and gives data imapsvc does not use yet (VANISHED, changed flags). At every
-pass, when the server's HIGHESTMODSEQ is the stored one
-and UIDNEXT is not beyond the cursor, the pass skips its ``UID SEARCH``: a
-reconnect that finds nothing new is one round trip after login. Once the
-pass has committed, the HIGHESTMODSEQ it saw is stored
-(``imap_folder_modseq``, schema/0010).
+pass, when the server's HIGHESTMODSEQ is the stored one and UIDNEXT is not
+beyond the cursor, the pass skips its ``UID SEARCH``: the EXAMINE alone
+resyncs a folder that has nothing new. Once the pass has committed, the
+HIGHESTMODSEQ it saw is stored (``imap_folder_modseq``, schema/0010).
 
 Never skipped: a new or reset cursor, a backfill, another UIDVALIDITY,
 NOMODSEQ, a HIGHESTMODSEQ that is not a mod-sequence, a server without
