@@ -10,6 +10,7 @@ stored state of another UIDVALIDITY is never used for the shortcut.
 
 from __future__ import annotations
 
+import attr
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
@@ -18,31 +19,19 @@ from imapsvc.folder import FolderOptions, FolderService
 from imapsvc.imap.extensions import client_id_fields
 from imapsvc.imap.protocol import FolderIMAPClient
 from imapsvc.imap.tls import client_tls_options
-from imapsvc.model import Credentials, FolderCursor, ProviderConfig
+from imapsvc.model import FolderCursor
+from tests.folder_helpers import (
+    OWNER,
+    PasswordSource,
+    memory_backend,
+    read_cursor,
+    write_cursor,
+)
 from tests.integration.test_folder_dovecot import wait_for
 from tests.rig import mail
 from tests.rig.dovecot import DEFAULT_PASSWORD, get_dovecot, unique_user
-from tests.unit.test_folder import FakeCredentials, FakePipeline, FakeStore
 
 VERSION = dict(client_id_fields())["version"].encode()
-
-
-class ModseqStore(FakeStore):
-    """The folder test store with the schema/0010 table."""
-
-    def __init__(self):
-        super().__init__()
-        self.modseqs = {}
-
-    def read_modseq(self, tenant, provider_id, folder):
-        return defer.succeed(self.modseqs.get(folder))
-
-    def save_modseq(self, tenant, provider_id, folder, uid_validity, modseq, owner):
-        if modseq is None:
-            self.modseqs.pop(folder, None)
-        else:
-            self.modseqs[folder] = (uid_validity, modseq)
-        return defer.succeed(None)
 
 
 class CondstoreDovecotTests(TestCase):
@@ -51,8 +40,10 @@ class CondstoreDovecotTests(TestCase):
     def setUp(self):
         self.dovecot = get_dovecot()
         self.user = self.dovecot.add_user(unique_user("qresync"))
-        self.store = ModseqStore()
-        self.pipeline = FakePipeline(self.store)
+        # The memory store (its imap_folder_modseq too) and the real pipeline.
+        self.store, provider, self.pipeline = memory_backend(reactor)
+        self.provider = attr.evolve(provider, mailbox=self.user, host="localhost",
+                                    port=self.dovecot.ports.imaps, username=self.user)
         self.commands: list[bytes] = []
         original = FolderIMAPClient._write
 
@@ -69,15 +60,9 @@ class CondstoreDovecotTests(TestCase):
         """One folder connection until it idles; returns what it sent, with
         the tags cut off (and LOGIN left out)."""
         self.commands.clear()
-        provider = ProviderConfig(
-            tenant="t1", provider_id="p1", provider_name="test", mailbox=self.user,
-            host="localhost", port=self.dovecot.ports.imaps, username=self.user,
-        )
-        creds = FakeCredentials()
-        creds.credentials = lambda p: defer.succeed(
-            Credentials("password", self.user, DEFAULT_PASSWORD))
         svc = FolderService(
-            provider, "INBOX", reactor, self.store, self.pipeline, creds, "worker-1",
+            self.provider, "INBOX", reactor, self.store, self.pipeline,
+            PasswordSource(DEFAULT_PASSWORD, self.user), OWNER,
             FolderOptions(startup_stagger_ms=0, reconnect_base_ms=200, reconnect_max_ms=1000,
                           modseq=modseq),
             tls_factory=lambda host: client_tls_options(host, ca_file=self.dovecot.ca_file),
@@ -90,6 +75,11 @@ class CondstoreDovecotTests(TestCase):
         sent = [c.split(b" ", 1)[1] for c in self.commands if b" " in c]
         return svc, [c for c in sent if not c.startswith(b"LOGIN")]
 
+    def modseq(self):
+        """The stored ``(uid_validity, HIGHESTMODSEQ)`` of INBOX."""
+        return self.successResultOf(self.store.read_modseq(
+            self.provider.tenant, self.provider.provider_id, "INBOX"))
+
     def names(self, sent):
         return [c.split(b" ")[0] if not c.startswith(b"UID ") else b" ".join(c.split(b" ")[:2])
                 for c in sent]
@@ -97,15 +87,15 @@ class CondstoreDovecotTests(TestCase):
     @defer.inlineCallbacks
     def test_reconnect_sequences(self):
         first = mail.append(self.user, DEFAULT_PASSWORD, "INBOX", mail.make_message("one"))
-        self.store.cursors["INBOX"] = FolderCursor(None, "0", None)  # rescan from UID 1
+        write_cursor(self.store, self.provider, FolderCursor(None, "0", None))  # from UID 1
         svc, sent = yield self.connect()
         self.assertEqual(self.pipeline.uids, [first])
         self.assertEqual(svc.sync.modseq.mode, "CONDSTORE")
         self.assertNotIn(b"ENABLE", self.names(sent))
         self.assertIn(b'EXAMINE "INBOX" (CONDSTORE)', sent)
         self.assertIn(b"UID SEARCH", self.names(sent))
-        validity, modseq = self.store.modseqs["INBOX"]
-        self.assertEqual(validity, self.store.cursors["INBOX"].uid_validity)
+        validity, modseq = self.modseq()
+        self.assertEqual(validity, read_cursor(self.store, self.provider).uid_validity)
 
         # Reconnect, nothing new: the EXAMINE answers it, no search.
         svc, sent = yield self.connect()
@@ -129,7 +119,7 @@ class CondstoreDovecotTests(TestCase):
         self.assertIn(b"UID FETCH", names)
         self.assertEqual(svc.sync.modseq.skipped, 0)
         self.assertEqual(self.pipeline.uids, [first, second])
-        self.assertGreater(self.store.modseqs["INBOX"][1], modseq)
+        self.assertGreater(self.modseq()[1], modseq)
 
         # A flag change alone moves HIGHESTMODSEQ but not UIDNEXT: searched
         # (the shortcut needs both unchanged), nothing new handed off.
@@ -143,7 +133,8 @@ class CondstoreDovecotTests(TestCase):
         self.assertNotIn(b"UID SEARCH", self.names(sent))
 
         # A stored state of another UIDVALIDITY is never used for a skip.
-        self.store.modseqs["INBOX"] = ("1", self.store.modseqs["INBOX"][1])
+        self.store.save_modseq(self.provider.tenant, self.provider.provider_id, "INBOX", "1",
+                               self.modseq()[1], OWNER)
         svc, sent = yield self.connect()
         self.assertIn(b"UID SEARCH", self.names(sent))
         self.assertEqual(svc.sync.modseq.skipped, 0)
@@ -152,12 +143,12 @@ class CondstoreDovecotTests(TestCase):
     def test_qresync_reconnect(self):
         first = mail.append(self.user, DEFAULT_PASSWORD, "INBOX", mail.make_message("one"))
         mail.append(self.user, DEFAULT_PASSWORD, "INBOX", mail.make_message("two"))
-        self.store.cursors["INBOX"] = FolderCursor(None, "0", None)
+        write_cursor(self.store, self.provider, FolderCursor(None, "0", None))
         svc, sent = yield self.connect(modseq="qresync")
         self.assertEqual(svc.sync.modseq.mode, "QRESYNC")
         self.assertIn(b"ENABLE QRESYNC", sent)
         self.assertEqual(len(self.pipeline.uids), 2)
-        validity, modseq = self.store.modseqs["INBOX"]
+        validity, modseq = self.modseq()
         # Expunged while away: VANISHED (EARLIER) in the EXAMINE answer, and
         # HIGHESTMODSEQ moved, so the pass searches (finding nothing new).
         mail.expunge(self.user, DEFAULT_PASSWORD, "INBOX", [first])
@@ -166,7 +157,7 @@ class CondstoreDovecotTests(TestCase):
         self.assertEqual(svc.sync.modseq.vanished, 1)
         self.assertIn(b"UID SEARCH", self.names(sent))
         self.assertEqual(len(self.pipeline.uids), 2)
-        validity, modseq = self.store.modseqs["INBOX"]
+        validity, modseq = self.modseq()
         svc, sent = yield self.connect(modseq="qresync")
         self.assertEqual(sent, [b'ID ("name" "imapsvc" "version" "%s")' % VERSION,
                                 b"ENABLE QRESYNC", b'LIST "" "*"',
