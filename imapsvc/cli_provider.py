@@ -5,7 +5,7 @@ needed.
 Passwords and client secrets are read from a terminal prompt or, with
 ``--password-stdin``, from the first line of standard input; never from the
 command line, where the shell history and the process list would keep
-them. They are sealed by :class:`imapsvc.secrets.SecretStore` under the key
+them. They are sealed by :class:`imapsvc.sealed_secrets.SecretStore` under the key
 of ``IMAPSVC_SECRET_KEY`` before they reach the store.
 """
 
@@ -24,7 +24,7 @@ from zope.interface import implementer
 from imapsvc.core.cursor import parse_since
 from imapsvc.interfaces import ICiphertextStore
 from imapsvc.model import ProviderConfig
-from imapsvc.secrets import (
+from imapsvc.sealed_secrets import (
     SecretBox,
     SecretKeyError,
     SecretStore,

@@ -38,8 +38,7 @@ from imapsvc.oauth_tokens import (
     store_tokens,
     utc,
 )
-from imapsvc.secret_chain import OWN_STORE, CredentialsMissing, NoSecretStore
-from imapsvc.secrets import (
+from imapsvc.sealed_secrets import (
     TEXT_UNOPENABLE,
     SecretBox,
     classify_text,
@@ -47,6 +46,7 @@ from imapsvc.secrets import (
     password_name,
     refresh_token_name,
 )
+from imapsvc.secret_chain import OWN_STORE, CredentialsMissing, NoSecretStore
 
 CALLBACK_PATH = "/api/email/oauth/imap/callback"
 #: Where ``initiate``'s ``authUrl`` points: this service sets the browser

@@ -84,7 +84,7 @@ def provider_or_invalid(
     except Exception as e:
         # Messages name columns and non-secret values (a port, a path); a
         # credential column is never parsed, but redact anyway.
-        from imapsvc.logging import redact
+        from imapsvc.log_output import redact
 
         reason = redact(str(e) or e.__class__.__name__)[:_ROW_ERROR_MAX]
         return ProviderConfig(
