@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 from imapsvc import oauth
 from imapsvc.core import oauth_state as o
 from imapsvc.model import Credentials
-from imapsvc.secrets import refresh_token_name
+from imapsvc.sealed_secrets import refresh_token_name
 from tests.unit.test_imap_auth import TOKEN
 from tests.unit.test_imap_protocol import ClientTestCase, sent
 from tests.unit.test_oauth_flow import Base, P, T
