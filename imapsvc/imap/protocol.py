@@ -39,9 +39,9 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from imapsvc.imap.auth_commands import AuthCommands
+from imapsvc.imap.condstore_commands import CondstoreCommands
 from imapsvc.imap.connection import Caps, Command, IMAPConnection
 from imapsvc.imap.fetch_commands import FetchCommands
-from imapsvc.imap.mailbox_commands import MailboxCommands
 from imapsvc.imap.reader import MAX_STATUS_LINES
 from imapsvc.imap.status import StatusCommands
 from imapsvc.interfaces import IIMAPSession
@@ -50,7 +50,7 @@ __all__ = ["Caps", "FolderIMAPClient", "MAX_STATUS_LINES"]
 
 
 @implementer(IIMAPSession)
-class FolderIMAPClient(AuthCommands, StatusCommands, MailboxCommands, FetchCommands):
+class FolderIMAPClient(AuthCommands, CondstoreCommands, StatusCommands, FetchCommands):
     """IMAP client for one folder connection.
 
     :param clock: ``IReactorTime`` used for every deadline.
