@@ -395,6 +395,13 @@ class IIMAPSession(Interface):
         "the connection's transport: the engine closes the session with "
         "its loseConnection()/abortConnection()"
     )
+    utf8_accept = Attribute(
+        "read-only bool: the server enabled UTF8=ACCEPT (after enable_utf8())"
+    )
+    compressing = Attribute(
+        "read-only bool: COMPRESS=DEFLATE is in force both ways (after "
+        "maybe_compress() fired True)"
+    )
 
     def start_tls(context_factory):
         """``STARTTLS`` and ``CAPABILITY`` over TLS.
@@ -415,6 +422,35 @@ class IIMAPSession(Interface):
         :raises AuthenticationFailed: the server refused the credentials
             (``.code`` is its response code, e.g. ``"AUTHENTICATIONFAILED"``).
         :raises AuthenticationUnavailable: it answered without refusing them.
+        """
+
+    def maybe_compress(mode="auto"):
+        """``COMPRESS DEFLATE`` (RFC 4978) right after login, when ``mode``
+        (``IMAP_COMPRESS``: ``off``, ``auto``, ``always``; see
+        :func:`imapsvc.imap.compress.worth_compressing`) and the server's
+        ``COMPRESS=DEFLATE`` allow it. Nothing is sent otherwise.
+
+        :rtype: Deferred[bool]: whether the session is compressed now
+            (``True`` at once when it already was). A refusal (``NO``/``BAD``)
+            fires ``False`` and keeps the session as it was.
+        """
+
+    def send_id(fields):
+        """``ID`` (RFC 2971) with ``fields`` (``(name, value)`` pairs) when
+        the server offers ``ID``; nothing is sent otherwise.
+
+        :rtype: Deferred[Optional[dict[str, str]]]: the server's ID fields,
+            or ``None`` (not offered, ``NIL``, refused; a refusal keeps the
+            session).
+        """
+
+    def enable_utf8():
+        """``ENABLE UTF8=ACCEPT`` (RFC 6855) after login, when the server
+        offers ``ENABLE`` and ``UTF8=ACCEPT`` (or ``UTF8=ONLY``); nothing is
+        sent otherwise. Folder names keep their modified UTF-7 spelling above
+        the session either way.
+
+        :rtype: Deferred[bool]: whether it got enabled (:attr:`utf8_accept`).
         """
 
     def list_folders():
@@ -518,7 +554,7 @@ class IIMAPSession(Interface):
 
 class IFolderHooks(Interface):
     """What a folder (:class:`imapsvc.folder.FolderService`) reports to its
-    provider (:class:`imapsvc.supervisor.FolderHooks`). Every method is
+    provider (:class:`imapsvc.provider_service.FolderHooks`). Every method is
     called from the reactor and must not raise."""
 
     def state_changed(state, reason="", error=None):

@@ -7,14 +7,15 @@ into suspects, fetched one by one after a probe, counted and skipped at
 ``poison_after``) and a pending backfill. The pass only drives the session
 (:class:`~imapsvc.interfaces.IIMAPSession`), the pipeline and the store; it
 tells the lifecycle (:mod:`imapsvc.folder.service`) what happened through
-its returned :class:`SyncResult` and its counters, and asks it one thing:
-``check()``, which raises once the folder is stopping.
+its returned :class:`SyncResult` and its counters. Nothing calls back
+into the lifecycle: it sets :attr:`SyncPass.stopping` when the folder
+stops, and the pass ends at its next step by raising :class:`Stopping`.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import attr
 from twisted.internet import defer
@@ -30,6 +31,10 @@ from imapsvc.imap.responses import sorted_unique_from
 from imapsvc.model import FolderCursor, ProviderConfig
 
 
+class Stopping(Exception):
+    """The folder is stopping: the pass and the session loop end quietly."""
+
+
 @attr.s(frozen=True, auto_attribs=True)
 class SyncResult:
     """What one pass tells the lifecycle."""
@@ -42,8 +47,6 @@ class SyncPass:
     """The sync passes of one watched folder, and what they keep between
     passes and connections: the cursor, the counters for ``/status``, the
     suspect UIDs of failed chunks, the write-back state.
-
-    :param check: raises when the folder is stopping (ends the pass).
     """
 
     log = Logger()
@@ -59,7 +62,6 @@ class SyncPass:
         options: FolderOptions,
         parser: Any,
         label: str,
-        check: Callable[[], None],
     ) -> None:
         self.provider = provider
         self.folder_filter = folder_filter
@@ -73,8 +75,9 @@ class SyncPass:
             provider.host, options.broken_bodystructure_hosts
         )
         self.label = label
-        self.check = check
-        self.write_back = WriteBackRunner(store, label, check)
+        #: Set by the lifecycle (from its machine) when the folder stops.
+        self.stopping = False
+        self.write_back = WriteBackRunner(store, label, self.check)
         self.cursor: Optional[FolderCursor] = None
         self.uid_next: Optional[int] = None
         self.sync_count = 0
@@ -90,6 +93,11 @@ class SyncPass:
         self.suspects: dict[str, set[int]] = {}
         self._fetched_ok = False
         self._nothing_to_probe = False
+
+    def check(self) -> None:
+        """End the pass (raise :class:`Stopping`) once the folder stops."""
+        if self.stopping:
+            raise Stopping()
 
     def new_session(self) -> None:
         """A new connection: whether a FETCH worked in it (evidence for the
@@ -115,7 +123,7 @@ class SyncPass:
         self.check()
         # EXISTS that arrives during this sync's commands is not an IDLE
         # event: remember where we started so the loop can sync again.
-        self.exists_at_start = getattr(proto, "last_exists", None)
+        self.exists_at_start = proto.last_exists
         self.uid_next = info.get("uidnext")
         tenant, pid = self.provider.tenant, self.provider.provider_id
         # Read at every sync so an operator's resync is seen by this worker.
