@@ -19,8 +19,10 @@ from typing import Any, Callable, Optional, Sequence, TextIO
 import attr
 from twisted.internet import defer
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from imapsvc.core.cursor import parse_since
+from imapsvc.interfaces import ICiphertextStore
 from imapsvc.model import ProviderConfig
 from imapsvc.secrets import (
     SecretBox,
@@ -84,6 +86,7 @@ def read_secret(ctx: Context, from_stdin: bool, label: str, allow_empty: bool = 
     return value
 
 
+@implementer(ICiphertextStore)
 class _SyncBackend:
     """The three secret methods of an IStore over a synchronous AdminStore,
     as already-fired Deferreds, so :class:`SecretStore` runs without a

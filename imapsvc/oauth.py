@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from imapsvc.core import oauth_state as o
 from imapsvc.core.netguard import InsecureURL, check_https_url
-from imapsvc.interfaces import ICredentialSource
+from imapsvc.interfaces import ICredentialSource, ISecretStore, IStore
 from imapsvc.model import Credentials, ProviderConfig
 from imapsvc.oauth_tokens import (
     AUTH_FAILURE_CODES,
@@ -333,7 +333,8 @@ class CredentialSource:
     log = Logger()
 
     def __init__(
-        self, store, secret_store, box: Optional[SecretBox], http: Any, clock,
+        self, store: IStore, secret_store: ISecretStore, box: Optional[SecretBox], http: Any,
+        clock,
         allow_http_loopback: bool = False, owner: Optional[str] = None,
     ):
         self._store = store

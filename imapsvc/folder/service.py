@@ -51,7 +51,7 @@ from imapsvc.folder.status import FolderStatusView
 from imapsvc.folder.sync import SyncPass
 from imapsvc.imap.extensions import client_id_fields
 from imapsvc.imap.factory import FolderClientFactory, set_keepalive
-from imapsvc.interfaces import IConnectionEvents
+from imapsvc.interfaces import IConnectionEvents, IMessagePipeline, IStore
 from imapsvc.model import ProviderConfig
 
 HISTORY_SIZE = 50
@@ -87,8 +87,8 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         provider: ProviderConfig,
         folder_filter: str,
         reactor: Any,
-        store: Any,
-        pipeline: Any,
+        store: IStore,
+        pipeline: IMessagePipeline,
         credentials: Any,
         owner: str,
         options: Optional[FolderOptions] = None,
