@@ -27,7 +27,7 @@ class RedisSinkContractTests(SinkContractMixin, unittest.TestCase):
 
     def make_sink(self, **kwargs: Any) -> RedisStreamSink:
         stream = unique_stream("contract")
-        self.addCleanup(self.redis.command, "DEL", stream)
+        self.addCleanup(self.redis.delete, stream)
         sink = RedisStreamSink(reactor, self.url, stream, timeout_s=5.0, **kwargs)
         sink.start()
         self.addCleanup(sink.stop)
