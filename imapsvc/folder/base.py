@@ -17,8 +17,8 @@ from twisted.logger import Logger
 
 from imapsvc.core import folder_machine as M
 from imapsvc.core.backoff import Rand
-from imapsvc.folder.options import FolderOptions
-from imapsvc.folder.sync import Stopping, SyncPass
+from imapsvc.folder.options import FolderOptions, Stopping
+from imapsvc.folder.sync import SyncPass
 from imapsvc.model import ProviderConfig
 
 __all__ = ["FolderBase", "Stopping"]

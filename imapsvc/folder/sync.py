@@ -25,15 +25,11 @@ from imapsvc.core import plan as P
 from imapsvc.core import poison
 from imapsvc.core.cursor import REASON_RESUME, advance, compute_start, since_days_ago
 from imapsvc.core.folders import WILDCARD
-from imapsvc.folder.options import FolderOptions
+from imapsvc.folder.options import FolderOptions, Stopping
 from imapsvc.folder.write_back import WriteBackRunner
 from imapsvc.imap.responses import sorted_unique_from
 from imapsvc.interfaces import IMessagePipeline, IStore
 from imapsvc.model import FolderCursor, ProviderConfig
-
-
-class Stopping(Exception):
-    """The folder is stopping: the pass and the session loop end quietly."""
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -76,9 +72,7 @@ class SyncPass:
             provider.host, options.broken_bodystructure_hosts
         )
         self.label = label
-        #: Set by the lifecycle (from its machine) when the folder stops.
-        self.stopping = False
-        self.write_back = WriteBackRunner(store, label, self.check)
+        self.write_back = WriteBackRunner(store, label)
         self.cursor: Optional[FolderCursor] = None
         self.uid_next: Optional[int] = None
         self.sync_count = 0
@@ -94,6 +88,16 @@ class SyncPass:
         self.suspects: dict[str, set[int]] = {}
         self._fetched_ok = False
         self._nothing_to_probe = False
+
+    @property
+    def stopping(self) -> bool:
+        """Set by the lifecycle (from its machine) when the folder stops;
+        handed down to write-back, which checks it itself."""
+        return self.write_back.stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self.write_back.stopping = value
 
     def check(self) -> None:
         """End the pass (raise :class:`Stopping`) once the folder stops."""
