@@ -58,18 +58,8 @@ class FolderIMAPClient(AuthCommands, MailboxCommands, FetchCommands):
     the commands come from the mixins above.
     """
 
-    def __init__(
-        self,
-        clock: Any,
-        command_timeout: float,
-        contextFactory: Any = None,
-        inactivity_timeout: Optional[float] = None,
-        caps: Any = None,
-        budget: Any = None,
-    ) -> None:
-        IMAPConnection.__init__(
-            self, clock, command_timeout, contextFactory, inactivity_timeout, caps, budget
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        IMAPConnection.__init__(self, *args, **kwargs)  # its parameters, as they are
         # The state of ending IDLE lives here only; the folder reads it
         # through :attr:`idle_ending` and :attr:`idle_done_sent`.
         self._idle_cmd: Optional[Command] = None
