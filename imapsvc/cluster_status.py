@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from imapsvc.core.cluster import deployment_status, next_write_delay
 from imapsvc.deferreds import start_loop
 from imapsvc.interfaces import IClusterStore, LeaseLost
-from imapsvc.logging import redact
+from imapsvc.log_output import redact
 from imapsvc.model import FolderStatus
 
 Key = tuple[str, str]

@@ -64,6 +64,11 @@ class IProviderStore(Interface):
         validated by the caller (:func:`imapsvc.core.write_back.parse_mode`).
         :rtype: Deferred[bool]: ``False`` when the provider is unknown."""
 
+    def set_oauth_delegate(tenant, provider_id, delegate):
+        """Store the account that consents for a shared mailbox
+        (``imap_provider_options.oauth_delegate``; ``None`` clears it).
+        :rtype: Deferred[bool]: ``False`` when the provider is unknown."""
+
     def record_auth_failure(tenant, provider_id, code, pause_after):
         """Count one authentication failure; when the count reaches
         ``pause_after`` pause the provider (``inbound_paused_at`` = now,
@@ -98,6 +103,16 @@ class ICursorStore(Interface):
         :raises LeaseLost: (in the Deferred) when ``owner`` does not hold a
             live lease.
         """
+
+    def read_modseq(tenant, provider_id, folder):
+        """The folder's stored HIGHESTMODSEQ (RFC 7162, schema/0010) with the
+        UIDVALIDITY it belongs to.
+        :rtype: Deferred[Optional[tuple[str, int]]]"""
+
+    def save_modseq(tenant, provider_id, folder, uid_validity, modseq, owner):
+        """Store (``modseq`` ``None``: forget) the HIGHESTMODSEQ a committed
+        sync pass saw, fenced by the lease like a cursor.
+        :raises LeaseLost:"""
 
     def reset_cursors(tenant, provider_id, folder=None):
         """Resync: drop the cursor of ``folder`` (or of every folder), so the

@@ -28,7 +28,7 @@ from imapsvc.core.backoff import jitter_around
 from imapsvc.core.capacity import OVER, START, admit, folders_in_use
 from imapsvc.core.discovery import plan_discovery
 from imapsvc.interfaces import IAdmin, IStore
-from imapsvc.logging import redact
+from imapsvc.log_output import redact
 from imapsvc.model import ProviderConfig
 from imapsvc.provider_service import FolderHooks, ProviderService
 from imapsvc.supervisor_admin import AdminActions

@@ -345,6 +345,8 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
             self._check()
             if enabled:
                 self.log.info("{label}: UTF8=ACCEPT enabled", label=self.label)
+        yield self.sync.modseq.enable(proto, self.options.modseq)
+        self._check()
         listing = yield proto.list_folders()
         self._check()
         if self.folder_filter.strip() == WILDCARD:

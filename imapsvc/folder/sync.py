@@ -25,6 +25,7 @@ from imapsvc.core import plan as P
 from imapsvc.core import poison
 from imapsvc.core.cursor import REASON_RESUME, advance, compute_start, since_days_ago
 from imapsvc.core.folders import WILDCARD
+from imapsvc.folder.modseq import ModseqShortcut
 from imapsvc.folder.options import FolderOptions, Stopping
 from imapsvc.folder.write_back import WriteBackRunner
 from imapsvc.imap.responses import sorted_unique_from
@@ -73,6 +74,8 @@ class SyncPass:
         )
         self.label = label
         self.write_back = WriteBackRunner(store, label)
+        #: CONDSTORE/QRESYNC (RFC 7162): skips a pass's UID SEARCH when nothing changed.
+        self.modseq = ModseqShortcut(store, provider.tenant, provider.provider_id, owner, label)
         self.cursor: Optional[FolderCursor] = None
         self.uid_next: Optional[int] = None
         self.sync_count = 0
@@ -120,11 +123,8 @@ class SyncPass:
         self.sync_count += 1
         look_again = False
         write_back = self.write_back.mode(self.provider.write_back, self.options.write_back)
-        if write_back.enabled:
-            # Write-back needs the folder read-write; nothing else differs.
-            info = yield proto.select_folder(name)
-        else:
-            info = yield proto.examine_folder(name)
+        # Write-back needs the folder read-write (SELECT); nothing else differs.
+        info = yield self.modseq.open(proto, name, select=write_back.enabled)
         self.check()
         # EXISTS that arrives during this sync's commands is not an IDLE
         # event: remember where we started so the loop can sync again.
@@ -157,7 +157,7 @@ class SyncPass:
             )
             look_again = look_again or expunged
         uids: Any = []
-        if start.search_range:
+        if start.search_range and not self.modseq.skip_search(info, start):
             uids = yield proto.uid_search_from(start.first_uid)
             self.check()
         # Sorted, unique, > last_uid; stays a compact UidArray (8 bytes a UID).
@@ -256,6 +256,7 @@ class SyncPass:
                 "{label}: backfill since {since} done ({count} messages read)",
                 label=self.label, since=backfill[1].isoformat(), count=len(uids),
             )
+        yield self.modseq.committed(name, info)
         return SyncResult(look_again=look_again)
 
     def _backfill_keys(self, name: str) -> list[str]:

@@ -16,7 +16,7 @@ from imapsvc.core import write_back as WB
 from imapsvc.core.folders import encode_mutf7
 from imapsvc.folder.options import Stopping, describe
 from imapsvc.interfaces import ILedgerStore
-from imapsvc.logging import redact
+from imapsvc.log_output import redact
 
 
 class WriteBackRunner:

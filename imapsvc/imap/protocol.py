@@ -38,9 +38,9 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from imapsvc.imap.auth_commands import AuthCommands
+from imapsvc.imap.condstore_commands import CondstoreCommands
 from imapsvc.imap.connection import Caps, Command, IMAPConnection
 from imapsvc.imap.fetch_commands import FetchCommands
-from imapsvc.imap.mailbox_commands import MailboxCommands
 from imapsvc.imap.reader import MAX_STATUS_LINES
 from imapsvc.interfaces import IIMAPSession
 
@@ -48,7 +48,7 @@ __all__ = ["Caps", "FolderIMAPClient", "MAX_STATUS_LINES"]
 
 
 @implementer(IIMAPSession)
-class FolderIMAPClient(AuthCommands, MailboxCommands, FetchCommands):
+class FolderIMAPClient(AuthCommands, CondstoreCommands, FetchCommands):
     """IMAP client for one folder connection: the
     :class:`~imapsvc.interfaces.IIMAPSession` of the folder engine.
 
