@@ -228,7 +228,9 @@ def _mask_url_password(url: str) -> str:
     return parts._replace(netloc=f"{user}:{MASK}@{hostport}").geturl()
 
 
-def _read_secret_file(directory: str, env: str) -> Optional[str]:
+def read_secret_file(directory: str, env: str) -> Optional[str]:
+    """The secret ``env`` as a file in ``directory`` (``IMAPSVC_SECRETS_DIR``),
+    stripped; ``None`` when there is no such file."""
     path = os.path.join(directory, env)
     try:
         with open(path, encoding="utf-8") as f:
@@ -280,7 +282,7 @@ def load_settings(
     for setting in SETTINGS:
         text = raw(setting)
         if text is None and secrets_dir and setting is not secrets_setting:
-            text = _read_secret_file(secrets_dir, setting.env) or None
+            text = read_secret_file(secrets_dir, setting.env) or None
         values[setting.name] = _parse_one(setting, text)
     settings = Settings(**values)
     _check_relations(settings)

@@ -16,6 +16,7 @@ from zope.interface import implementer
 from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism
 from imapsvc.core.cursor import internaldate_day, is_imap_date, parse_since
 from imapsvc.core.gmail import offers_gmail
+from imapsvc.imap.compress import COMPRESS_AUTO, offers_deflate, peer_host_of, worth_compressing
 from imapsvc.imap.errors import (
     CleartextRefused,
     CommandFailed,
@@ -35,6 +36,7 @@ from imapsvc.testing.mailbox import (
     FakeMessage,
 )
 from imapsvc.testing.mime import section_bytes
+from imapsvc.testing.status import FakeStatus
 from imapsvc.testing.wire import FakeSessionTransport, ServerCloses, refusal_error
 from imapsvc.testing.write_back import FakeWriteBack
 
@@ -53,7 +55,7 @@ class _Command:
 
 
 @implementer(IIMAPSession)
-class FakeIMAPSession(FakeWriteBack, Protocol):
+class FakeIMAPSession(FakeWriteBack, FakeStatus, Protocol):
     """An :class:`~imapsvc.interfaces.IIMAPSession` over a :class:`FakeMailbox`.
 
     Commands run one at a time in submission order; one sent while IDLE is
@@ -83,6 +85,9 @@ class FakeIMAPSession(FakeWriteBack, Protocol):
         self.idling = False
         self.auth_mechanism: Optional[str] = None
         self.utf8_accept = False
+        #: COMPRESS=DEFLATE in force (recorded only: the fake moves no bytes).
+        self.compressing = False
+        self._logged_in = False
         self.commands: list[str] = []
         #: What searches and fetches asked for, one entry per command:
         #: ``("search", first_uid)``, ``("meta", uids)``, ``("full", uids)``,
@@ -339,6 +344,7 @@ class FakeIMAPSession(FakeWriteBack, Protocol):
                 code, text, status = refusal
                 raise refusal_error(name, status, code, text, auth=True)
             self.capabilities = self.mailbox.capabilities()
+            self._logged_in = True
             return self.capabilities
 
         return self._run(name, login)
@@ -385,35 +391,30 @@ class FakeIMAPSession(FakeWriteBack, Protocol):
 
         return self._run("ENABLE", enable)
 
+    def maybe_compress(self, mode: str = COMPRESS_AUTO) -> defer.Deferred:
+        """``COMPRESS DEFLATE`` when ``mode``, the server's offer and the
+        peer's address allow it, as the real client decides; a scripted
+        refusal (``mailbox.fail_command("COMPRESS")``) fires ``False``."""
+        if self.compressing:
+            return defer.succeed(True)
+        if not offers_deflate(self.capabilities) or not self._logged_in:
+            return defer.succeed(False)
+        if not worth_compressing(mode, peer_host_of(self.transport)):
+            return defer.succeed(False)
+
+        def compress() -> bool:
+            if self.mailbox.command_failure("COMPRESS") is None:
+                self.compressing = True
+                self.mailbox.compressions += 1
+            return self.compressing
+
+        return self._run("COMPRESS", compress)
+
     def examine_folder(self, name: str) -> defer.Deferred:
         return self._open_folder("EXAMINE", name, writable=False)
 
     def select_folder(self, name: str) -> defer.Deferred:
         return self._open_folder("SELECT", name, writable=True)
-
-    def unselect(self) -> defer.Deferred:
-        if "UNSELECT" not in self.mailbox.capability_words:
-            return defer.succeed(False)
-
-        def unselect() -> bool:
-            self.selected = None
-            return True
-
-        return self._run("UNSELECT", unselect, soft=True)
-
-    def status_folder(self, name: str) -> defer.Deferred:
-        def status() -> dict:
-            folder = self.mailbox.folders.get(name)
-            if folder is None:
-                raise CommandFailed("NONEXISTENT", f"STATUS NO: Mailbox doesn't exist: {name}")
-            self.mailbox.status_calls.append(name)
-            return {
-                "uidnext": folder.uidnext,
-                "uidvalidity": folder.uidvalidity,
-                "messages": len(folder.messages),
-            }
-
-        return self._run("STATUS", status, soft=True)
 
     def _open_folder(self, verb: str, name: str, writable: bool) -> defer.Deferred:
         """EXAMINE or SELECT: the answer the real client shapes (see
