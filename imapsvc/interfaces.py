@@ -167,13 +167,19 @@ class ILeaseStore(Interface):
     def release_lease(tenant, provider_id, owner):
         """Give the lease up if ``owner`` holds it."""
 
-    def acquire_lease_capped(tenant, provider_id, owner, ttl_ms, folders, max_connections):
+    def acquire_lease_capped(tenant, provider_id, owner, ttl_ms, folders, max_connections,
+                             budget=None):
         """Take the lease (as :meth:`acquire_lease`) with connections for the
         first ``folders`` (INBOX first) that fit in ``max_connections`` minus
         the tenant's connections held under other live leases, counted in the
         database in the same transaction. Rewrites the provider's
         ``imap_folder_status`` rows; folders left out, or a provider refused
         for the cap, get ``status = error`` with an error naming the cap.
+
+        ``budget`` is a Gmail provider's connection budget (``None``: none):
+        the folders past it share one connection, so only the rows of
+        :func:`imapsvc.core.cluster.connection_holders` hold a connection and
+        the provider needs at most ``budget`` of the cap.
 
         :rtype: Deferred[imapsvc.model.LeaseGrant]
         """

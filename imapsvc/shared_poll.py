@@ -236,14 +236,23 @@ def budget_split(
     """``(own, shared)`` folders of a provider being started: the budget
     applies to Gmail (by host, or the capabilities of an earlier login) when
     the supervisor can build a shared poller."""
-    budget = getattr(supervisor, "gmail_connection_budget", None)
-    if getattr(supervisor, "make_shared_poller", None) is None or not budget:
-        return tuple(folders), ()
-    if not is_gmail(provider.host, provider.server_capabilities):
+    budget = provider_budget(supervisor, provider)
+    if budget is None:
         return tuple(folders), ()
     # "*" already watches many folders on its one connection: never shared.
     ordered = sorted(folders, key=lambda f: f.strip() != WILDCARD)
     return split_by_budget(ordered, budget)
+
+
+def provider_budget(supervisor: Any, provider: Any) -> Optional[int]:
+    """The connection budget that applies to ``provider`` (``None``: none),
+    also what the tenant cap and the open-file capacity count with."""
+    budget = getattr(supervisor, "gmail_connection_budget", None)
+    if getattr(supervisor, "make_shared_poller", None) is None or not budget:
+        return None
+    if not is_gmail(provider.host, provider.server_capabilities):
+        return None
+    return int(budget)
 
 
 def folder_snapshot(child: Any, folder: str) -> dict:

@@ -26,11 +26,13 @@ from zope.interface import implementer
 
 from imapsvc.core.backoff import jitter_around
 from imapsvc.core.capacity import OVER, START, admit, folders_in_use
+from imapsvc.core.cluster import connection_holders
 from imapsvc.core.discovery import plan_discovery
 from imapsvc.interfaces import IAdmin, IStore
 from imapsvc.log_output import redact
 from imapsvc.model import ProviderConfig
 from imapsvc.provider_service import FolderHooks, ProviderService
+from imapsvc.shared_poll import provider_budget
 from imapsvc.supervisor_admin import AdminActions
 
 __all__ = ["AWAITING_CONSENT", "FolderHooks", "ProviderService", "Supervisor", "jittered"]
@@ -209,7 +211,7 @@ class Supervisor(AdminActions, service.MultiService):
         # connects failing with EMFILE.
         restarted = {p.key: p for p in plan.restart}
         in_use = folders_in_use(
-            len(restarted[key].folders) if key in restarted else len(svc.provider.folders)
+            self.connections_of(restarted.get(key, svc.provider))
             for key, svc in self.providers.items()
             if key not in plan.stop
         )
@@ -252,7 +254,8 @@ class Supervisor(AdminActions, service.MultiService):
                 self.waiting[provider.key] = capped[provider.key]
             # One at a time: a lease another replica won frees the room.
             outcome, reason = admit(
-                provider, in_use, self.folder_capacity, self.open_files_limit, self.owner, now
+                provider, in_use, self.folder_capacity, self.open_files_limit, self.owner, now,
+                need=self.connections_of(provider),
             )
             if outcome == OVER and reason is not None:
                 invalid[provider.key] = reason
@@ -260,7 +263,7 @@ class Supervisor(AdminActions, service.MultiService):
             elif outcome == START:
                 started = yield self._start_provider(provider)
                 if started:
-                    in_use += len(provider.folders)
+                    in_use += self.connections_of(provider)
         yield self._retry_capped()
         # A reason is forgotten once its provider is fine (or gone), so a
         # later breakage is reported again.
@@ -293,6 +296,11 @@ class Supervisor(AdminActions, service.MultiService):
             return
         self._invalid_written.add(key)
 
+    def connections_of(self, provider: ProviderConfig) -> int:
+        """Connections ``provider`` holds with all its folders: one each,
+        but at most its Gmail connection budget (the rest share one)."""
+        return len(connection_holders(provider.folders, provider_budget(self, provider)))
+
     @defer.inlineCallbacks
     def _retry_capped(self):
         """Providers running with fewer folders than configured (the tenant
@@ -303,7 +311,8 @@ class Supervisor(AdminActions, service.MultiService):
             try:
                 grant = yield self.store.acquire_lease_capped(
                     key[0], key[1], self.owner, int(self.lease_ttl_s * 1000),
-                    svc.provider.folders, self.max_connections_per_tenant)
+                    svc.provider.folders, self.max_connections_per_tenant,
+                    provider_budget(self, svc.provider))
             except Exception as e:
                 self.log.warn("lease for {key} failed: {err}", key=key, err=str(e))
                 continue
@@ -326,7 +335,7 @@ class Supervisor(AdminActions, service.MultiService):
             # across replicas. INBOX gets the first connection.
             grant = yield self.store.acquire_lease_capped(
                 key[0], key[1], self.owner, ttl_ms, provider.folders,
-                self.max_connections_per_tenant)
+                self.max_connections_per_tenant, provider_budget(self, provider))
         except Exception as e:
             self.log.warn("lease for {key} failed: {err}", key=key, err=str(e))
             return

@@ -40,6 +40,9 @@ class AdminActions:
     def drop_provider(self, key: Key, reason: str, release: bool = True) -> Any:
         raise NotImplementedError
 
+    def connections_of(self, provider: ProviderConfig) -> int:
+        raise NotImplementedError
+
     def _start_provider(self, provider: ProviderConfig, have_lease: bool = False) -> Any:
         raise NotImplementedError
 
@@ -125,7 +128,10 @@ class AdminActions:
             "capacity": {
                 "openFilesLimit": self.open_files_limit,
                 "folderCapacity": self.folder_capacity,
-                "foldersOpen": sum(len(svc.provider.folders) for svc in self.providers.values()),
+                # Connections (descriptors), not folders: a budgeted Gmail
+                # provider's shared-polled folders share one.
+                "foldersOpen": sum(self.connections_of(svc.provider)
+                                   for svc in self.providers.values()),
             },
             "reactorLag": self.lag_stats.snapshot() if self.lag_stats is not None else None,
             "providers": [svc.snapshot() for _, svc in sorted(self.providers.items())],

@@ -104,6 +104,7 @@ def admit(
     limit: Optional[int] = None,
     owner: str = "",
     now: Optional[datetime] = None,
+    need: Optional[int] = None,
 ) -> tuple[str, Optional[str]]:
     """One provider against the room left: ``(START, None)``, ``(SKIP,
     None)`` when another replica holds a live lease on it (it runs there,
@@ -112,10 +113,12 @@ def admit(
     :param used: folders this replica holds open or has just started.
     :param capacity: :func:`folder_capacity`; ``None`` = unlimited.
     :param limit: the open-file limit, named in the reason.
+    :param need: connections the provider holds (a budgeted Gmail provider
+        holds fewer than its folders); ``None``: one per folder.
     """
     if now is not None and held_elsewhere(provider, owner, now):
         return SKIP, None
-    need = len(provider.folders)
+    need = len(provider.folders) if need is None else need
     if capacity is not None and used + need > capacity:
         return OVER, capacity_reason(capacity, used, need, limit)
     return START, None

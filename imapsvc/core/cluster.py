@@ -1,7 +1,9 @@
 """One service across replicas, the pure parts (no I/O).
 
 - Which folders of a provider get a connection under the per-tenant cap
-  (:func:`grant`), and the error that names the cap (:func:`cap_error`).
+  (:func:`grant`), which of them hold one (:func:`connection_holders`: a
+  budgeted Gmail provider shares one among the folders past its budget),
+  and the error that names the cap (:func:`cap_error`).
 - The deployment-wide ``/status`` document built from what every replica
   persisted (:func:`deployment_status`).
 - When a throttled status write may go out (:func:`next_write_delay`).
@@ -13,6 +15,8 @@ from datetime import datetime
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from imapsvc.core.folder_machine import DISCONNECTED, STOPPED, WAITING
+from imapsvc.core.folders import WILDCARD
+from imapsvc.core.gmail import split_by_budget
 
 #: Admin actions routed to the provider's owner (``imap_admin_requests.action``).
 ACTIONS = ("reconnect", "resync", "test-connection", "pause", "resume")
@@ -29,14 +33,35 @@ def connection_order(folders: Iterable[str]) -> tuple[str, ...]:
     return inbox + tuple(f for f in folders if f.upper() != "INBOX")
 
 
-def grant(folders: Sequence[str], cap: Optional[int], in_use: int
-          ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def budget_order(folders: Iterable[str]) -> tuple[str, ...]:
+    """:func:`connection_order`, then a ``*`` folder first: it watches many
+    folders on its one connection and is never shared-polled."""
+    return tuple(sorted(connection_order(folders), key=lambda f: f.strip() != WILDCARD))
+
+
+def connection_holders(folders: Sequence[str], budget: Optional[int]) -> tuple[str, ...]:
+    """The granted ``folders`` that hold a connection: every one, or with a
+    connection budget (Gmail) the own-connection folders plus the first
+    shared-polled one, which stands for the shared connection."""
+    own, shared = split_by_budget(budget_order(folders), budget)
+    return own + shared[:1]
+
+
+def grant(folders: Sequence[str], cap: Optional[int], in_use: int,
+          budget: Optional[int] = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(granted, waiting)``: the first folders (INBOX first) that fit in
-    ``cap - in_use`` connections, and the rest. ``cap`` ``None`` means no cap."""
-    ordered = connection_order(folders)
+    ``cap - in_use`` connections, and the rest. ``cap`` ``None`` means no cap.
+
+    With a connection ``budget`` a provider never needs more than ``budget``
+    connections, however many folders it has (the folders past it share
+    one): with room for the budget every folder is granted. With less room
+    each granted folder has its own, as without a budget."""
+    ordered = budget_order(folders) if budget else connection_order(folders)
     if cap is None:
         return ordered, ()
     room = max(0, cap - max(0, in_use))
+    if len(connection_holders(ordered, budget)) <= room:
+        return ordered, ()
     return ordered[:room], ordered[room:]
 
 

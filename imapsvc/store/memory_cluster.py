@@ -7,7 +7,7 @@ import uuid
 from datetime import timedelta
 from typing import Any, Optional, Sequence
 
-from imapsvc.core.cluster import cap_error, grant
+from imapsvc.core.cluster import cap_error, connection_holders, grant
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import AdminRequest, FolderStatus, LeaseGrant
 from imapsvc.store.memory_base import MemoryBase, deferred
@@ -55,8 +55,8 @@ class MemoryCluster(MemoryBase):
 
     @deferred
     def acquire_lease_capped(self, tenant: str, provider_id: str, owner: str, ttl_ms: int,
-                             folders: Sequence[str],
-                             max_connections: Optional[int]) -> LeaseGrant:
+                             folders: Sequence[str], max_connections: Optional[int],
+                             budget: Optional[int] = None) -> LeaseGrant:
         row = self._row(tenant, provider_id)
         if row is None:
             return LeaseGrant(False)
@@ -70,8 +70,9 @@ class MemoryCluster(MemoryBase):
             other = self._providers.get((t, p))
             if other is not None and self._live_owner(other) == f["owner"]:
                 in_use += 1
-        granted, waiting = grant(folders, max_connections, in_use)
+        granted, waiting = grant(folders, max_connections, in_use, budget)
         error = cap_error(max_connections or 0, in_use, waiting, len(granted))
+        holders = connection_holders(granted, budget)
         now = self.now()
         # Rows of folders that keep their connection under the same owner keep
         # their state (a re-grant must not blank /status).
@@ -92,8 +93,9 @@ class MemoryCluster(MemoryBase):
                 row["lease_owner"] = row["lease_expires_at"] = None
             return LeaseGrant(False, (), waiting, in_use, error)
         for name in granted:
-            self._folders.setdefault((tenant, provider_id, name), self._folder_row(
+            f = self._folders.setdefault((tenant, provider_id, name), self._folder_row(
                 owner, True, "Disconnected", None))
+            f["holds_connection"] = name in holders
         row["lease_owner"] = owner
         row["lease_expires_at"] = now + timedelta(milliseconds=ttl_ms)
         return LeaseGrant(True, granted, waiting, in_use, error)

@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 from psycopg2.extras import Json
 from twisted.internet import defer
 
-from imapsvc.core.cluster import cap_error, grant
+from imapsvc.core.cluster import cap_error, connection_holders, grant
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import FolderStatus, LeaseGrant
 from imapsvc.store.pg_base import ADMIN_CHANNEL, LOCK_LEASE, PgBase, admin_request_from_row, dumps
@@ -61,8 +61,8 @@ class PgCluster(PgBase):
         return self._interact(run).addCallback(lambda _: None)
 
     def acquire_lease_capped(self, tenant: str, provider_id: str, owner: str, ttl_ms: int,
-                             folders: Sequence[str],
-                             max_connections: Optional[int]) -> defer.Deferred:
+                             folders: Sequence[str], max_connections: Optional[int],
+                             budget: Optional[int] = None) -> defer.Deferred:
         @defer.inlineCallbacks
         def run(cur: Any) -> Any:
             # One taker per tenant at a time: two replicas counting at once
@@ -87,8 +87,9 @@ class PgCluster(PgBase):
                 " AND c.lease_owner = s.owner AND c.lease_expires_at > clock_timestamp()",
                 (tenant, provider_id))
             in_use = int(cur.fetchall()[0][0])
-            granted, waiting = grant(folders, max_connections, in_use)
+            granted, waiting = grant(folders, max_connections, in_use, budget)
             error = cap_error(max_connections or 0, in_use, waiting, len(granted))
+            holders = connection_holders(granted, budget)
             # Rows of folders that keep their connection under the same owner
             # keep their state (a re-grant must not blank /status).
             yield cur.execute(
@@ -96,7 +97,7 @@ class PgCluster(PgBase):
                 " AND NOT (owner IS NOT DISTINCT FROM %s AND holds_connection"
                 "          AND folder = ANY(%s::text[]))",
                 (tenant, provider_id, owner, list(granted)))
-            rows = [(name, owner, True, "Disconnected", None) for name in granted]
+            rows = [(name, owner, name in holders, "Disconnected", None) for name in granted]
             rows += [(name, owner if granted else None, False, "Waiting", error)
                      for name in waiting]
             if rows:
@@ -108,6 +109,13 @@ class PgCluster(PgBase):
                     b"INSERT INTO imap_folder_status (tenant, provider_id, folder, owner,"
                     b" holds_connection, state, since, last_error) VALUES " + values
                     + b" ON CONFLICT (tenant, provider_id, folder) DO NOTHING")
+            # A kept row of a folder now shared-polled holds no connection.
+            shared = [name for name in granted if name not in holders]
+            if shared:
+                yield cur.execute(
+                    "UPDATE imap_folder_status SET holds_connection = false WHERE tenant = %s"
+                    " AND provider_id = %s AND folder = ANY(%s::text[])",
+                    (tenant, provider_id, shared))
             if error is not None:
                 yield cur.execute(
                     "UPDATE email_providers SET status = 'error', error_message = %s,"

@@ -8,7 +8,7 @@ import sqlite3
 import uuid
 from typing import Any, Optional, Sequence
 
-from imapsvc.core.cluster import cap_error, grant
+from imapsvc.core.cluster import cap_error, connection_holders, grant
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import AdminRequest, FolderStatus, LeaseGrant
 from imapsvc.store.sql_rows import REQUEST_COLUMNS
@@ -60,8 +60,8 @@ class SqliteCluster(SqliteBase):
         self._transaction(run)
 
     def acquire_lease_capped(self, tenant: str, provider_id: str, owner: str, ttl_ms: int,
-                             folders: Sequence[str],
-                             max_connections: Optional[int]) -> LeaseGrant:
+                             folders: Sequence[str], max_connections: Optional[int],
+                             budget: Optional[int] = None) -> LeaseGrant:
         def run(cur: sqlite3.Cursor) -> LeaseGrant:
             # BEGIN IMMEDIATE holds the write lock: nobody counts meanwhile.
             now = self.now()
@@ -82,8 +82,9 @@ class SqliteCluster(SqliteBase):
                 " AND c.lease_owner = s.owner AND c.lease_expires_at > ?",
                 (tenant, provider_id, now))
             in_use = int(cur.fetchone()[0])
-            granted, waiting = grant(folders, max_connections, in_use)
+            granted, waiting = grant(folders, max_connections, in_use, budget)
             error = cap_error(max_connections or 0, in_use, waiting, len(granted))
+            holders = connection_holders(granted, budget)
             # Rows of folders that keep their connection under the same owner
             # keep their state (a re-grant must not blank /status).
             marks = ",".join("?" * len(granted)) or "NULL"
@@ -92,7 +93,7 @@ class SqliteCluster(SqliteBase):
                 f" AND NOT (owner IS ? AND holds_connection AND folder IN ({marks}))",
                 (tenant, provider_id, owner, *granted))
             rows: list[tuple[str, Optional[str], int, str, Optional[str]]] = [
-                (name, owner, 1, "Disconnected", None) for name in granted]
+                (name, owner, int(name in holders), "Disconnected", None) for name in granted]
             rows += [(name, owner if granted else None, 0, "Waiting", error)
                      for name in waiting]
             for name, f_owner, holds, state, f_error in rows:
@@ -101,6 +102,13 @@ class SqliteCluster(SqliteBase):
                     " owner, holds_connection, state, since, last_error, counters, updated_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, '{}', ?)",
                     (tenant, provider_id, name, f_owner, holds, state, now, f_error, now))
+            # A kept row of a folder now shared-polled holds no connection.
+            shared = [name for name in granted if name not in holders]
+            if shared:
+                cur.execute(
+                    "UPDATE imap_folder_status SET holds_connection = 0 WHERE tenant = ?"
+                    f" AND provider_id = ? AND folder IN ({','.join('?' * len(shared))})",
+                    (tenant, provider_id, *shared))
             if error is not None:
                 cur.execute(
                     "UPDATE email_providers SET status = 'error', error_message = ?,"

@@ -99,7 +99,8 @@ class IosimReactor(MemoryReactorClock):
 
 class GmailWorld:
     def __init__(self, labels: tuple[str, ...], folders: tuple[str, ...],
-                 budget: Optional[int], host: str = "imap.gmail.com") -> None:
+                 budget: Optional[int], host: str = "imap.gmail.com",
+                 cap: int = 15) -> None:
         self.mailbox = GmailMailbox(labels, accounts={USER: PASSWORD})
         self.reactor = IosimReactor(self.mailbox)
         self.store = MemoryStore(self.reactor)
@@ -113,7 +114,7 @@ class GmailWorld:
         self.folder_services: list[FolderService] = []
         self.supervisor = Supervisor(
             self.store, self.reactor, OWNER, self.make_folder,
-            refresh_s=60.0, lease_ttl_s=600.0, jitter_pct=0.0, max_connections_per_tenant=15,
+            refresh_s=60.0, lease_ttl_s=600.0, jitter_pct=0.0, max_connections_per_tenant=cap,
             rng=random.Random(7), gmail_connection_budget=budget,
             make_shared_poller=self.make_shared,
         )
@@ -165,7 +166,7 @@ class GmailWorld:
 class GmailEndToEndTests(SynchronousTestCase):
     def world(self, folders: tuple[str, ...], budget: Optional[int],
               **kw: Any) -> GmailWorld:
-        world = GmailWorld(LABELS, folders, budget, **kw)
+        world = GmailWorld(kw.pop("labels", LABELS), folders, budget, **kw)
         self.addCleanup(world.stop)
         return world
 
@@ -202,6 +203,34 @@ class GmailEndToEndTests(SynchronousTestCase):
         self.assertTrue(any(b"X-GM-MSGID" in line for line in received))
         self.assertFalse(any(ALL_MAIL.encode() in line for line in received))
         self.assertEqual({f["mode"] for f in world.status().values()}, {"own"})
+
+    def test_tenant_cap_counts_connections_not_folders(self) -> None:
+        # Eight folders under a tenant cap of 5 with a budget of 3: two own
+        # connections and one shared for six folders, so all are watched.
+        labels = tuple(f"L{i}" for i in range(7))
+        world = self.world(("INBOX", *labels), budget=3, cap=5, labels=labels)
+        world.start()
+        self.assertEqual(len(world.mailbox.sessions), 3)
+        status = world.status()
+        self.assertEqual(len(status), 8)
+        self.assertNotIn("Waiting", {f["state"] for f in status.values()})
+        self.assertEqual(sorted(f["mode"] for f in status.values()).count("own"), 2)
+        self.assertEqual(world.supervisor.waiting, {})
+        rows = [f for key, f in world.store._folders.items()
+                if key[:2] == world.provider.key]
+        self.assertEqual(len(rows), 8)
+        self.assertEqual(sum(f["holds_connection"] for f in rows), 3)
+        capacity = world.supervisor.status()["capacity"]
+        self.assertEqual(capacity["foldersOpen"], 3)
+
+    def test_tenant_cap_without_a_budget_counts_folders(self) -> None:
+        labels = tuple(f"L{i}" for i in range(7))
+        world = self.world(("INBOX", *labels), budget=None, cap=5, labels=labels)
+        world.start()
+        self.assertEqual(len(world.mailbox.sessions), 5)
+        states = [f["state"] for f in world.status().values()]
+        self.assertEqual(states.count("Waiting"), 3)
+        self.assertEqual(world.supervisor.status()["capacity"]["foldersOpen"], 8)
 
     def test_wildcard_skips_all_mail_spam_and_trash(self) -> None:
         world = self.world(("*",), budget=15)
