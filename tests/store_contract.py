@@ -876,6 +876,33 @@ class StoreContractMixin:
         self.assertFalse(g.acquired)
         self.assertEqual(g.waiting, ())
 
+    @defer.inlineCallbacks
+    def test_capped_lease_with_a_budget_counts_the_shared_connection_once(self) -> Any:
+        tenant = new_id()
+        labels = tuple(f"L{i}" for i in range(7))
+        p = yield self.provider(tenant=tenant, folder_filters=(*labels, "INBOX"))
+        q = yield self.provider(tenant=tenant, folder_filters=("INBOX", "Sent", "Drafts"))
+        # Eight folders, budget 3, cap 5: INBOX and L0 own, L1..L6 shared.
+        g = yield self.store.acquire_lease_capped(tenant, p.provider_id, "worker-a", 60000,
+                                                  p.folders, 5, 3)
+        self.assertEqual((g.acquired, g.folders, g.waiting, g.error),
+                         (True, ("INBOX", *labels), (), None))
+        doc = yield self.store.read_deployment([tenant])
+        holds = {f["folder"] for f in doc["folders"] if f["holds_connection"]}
+        self.assertEqual(holds, {"INBOX", "L0", "L1"})
+        # Another provider of the tenant sees 3 in use, not 8.
+        g2 = yield self.store.acquire_lease_capped(tenant, q.provider_id, "worker-b", 60000,
+                                                   q.folders, 5)
+        self.assertEqual((g2.folders, g2.waiting, g2.in_use), (("INBOX", "Sent"), ("Drafts",), 3))
+        # Re-taken by its owner with less room than the budget: one each.
+        g = yield self.store.acquire_lease_capped(tenant, p.provider_id, "worker-a", 60000,
+                                                  p.folders, 4, 3)
+        self.assertEqual((g.folders, g.in_use), (("INBOX", "L0"), 2))
+        doc = yield self.store.read_deployment([tenant])
+        holds = {f["folder"] for f in doc["folders"]
+                 if f["holds_connection"] and f["provider_id"] == p.provider_id}
+        self.assertEqual(holds, {"INBOX", "L0"})
+
     # -- folder status and replicas -------------------------------------------
 
     @defer.inlineCallbacks
