@@ -37,6 +37,12 @@ class CapacityTests(SynchronousTestCase):
         self.assertEqual(C.folder_capacity(1024, 152, max_folders=5000), 872)
         self.assertEqual(C.folder_capacity(None, 152, max_folders=7), 7)
 
+    def test_admit_counts_the_connections_given(self):
+        # A budgeted Gmail provider of 20 folders holds 3 connections.
+        big = provider("g", 20)
+        self.assertEqual(C.admit(big, 5, 10)[0], C.OVER)
+        self.assertEqual(C.admit(big, 5, 10, need=3), (C.START, None))
+
     def test_soft_limit_goes_to_hard(self):
         self.assertEqual(C.raised_soft_limit(1024, 524288), 524288)
         self.assertEqual(C.raised_soft_limit(4096, 4096), 4096)

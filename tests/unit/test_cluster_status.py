@@ -8,7 +8,13 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from imapsvc.cluster_status import StatusReporter, folder_counters
-from imapsvc.core.cluster import cap_error, connection_order, deployment_status, grant
+from imapsvc.core.cluster import (
+    cap_error,
+    connection_holders,
+    connection_order,
+    deployment_status,
+    grant,
+)
 from imapsvc.model import FolderStatus
 from imapsvc.store.memory import MemoryStore
 
@@ -122,6 +128,18 @@ class PureTests(unittest.TestCase):
         self.assertEqual(grant(["A", "INBOX", "B"], 5, 3), (("INBOX", "A"), ("B",)))
         self.assertEqual(grant(["A"], 2, 5), ((), ("A",)))
         self.assertEqual(grant(["A", "B"], None, 99), (("A", "B"), ()))
+
+    def test_grant_with_a_budget_counts_connections(self):
+        labels = [f"L{i}" for i in range(7)]
+        # Cap 5, budget 3: three connections for eight folders, all granted.
+        self.assertEqual(grant([*labels, "INBOX"], 5, 0, 3), (("INBOX", *labels), ()))
+        self.assertEqual(connection_holders(["INBOX", *labels], 3), ("INBOX", "L0", "L1"))
+        # Less room than the budget: one connection each, as without one.
+        self.assertEqual(grant(labels, 5, 3, 3), (("L0", "L1"), tuple(labels[2:])))
+        self.assertEqual(grant(labels, 5, 0, None), (tuple(labels[:5]), tuple(labels[5:])))
+        # "*" is never shared: it holds a connection of its own.
+        self.assertEqual(connection_holders(["A", "B", "*"], 2), ("*", "A"))
+        self.assertEqual(connection_holders(["A", "B"], None), ("A", "B"))
 
     def test_cap_error_names_the_setting(self):
         self.assertIsNone(cap_error(2, 0, (), 2))
