@@ -185,7 +185,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(UID SEARCH SINCE) instead of the recent window; 0 = off; a provider's own "
             "value (provider set-first-sync) wins", _P),
     Setting("IMAP_MAX_CONNECTIONS_PER_TENANT", positive_int, 5,
-            "IMAP connections one tenant may hold at once", _P),
+            "IMAP connections one tenant may hold at once (a Gmail provider's"
+            " shared-polled folders count as one connection together)", _P),
     Setting("IMAP_GMAIL_CONNECTION_BUDGET", connection_budget, 15,
             "IMAP connections one Gmail provider (X-GM-EXT-1, or imap.gmail.com) holds at most; "
             "past it, budget - 1 folders idle and the rest are polled with STATUS on one shared "
