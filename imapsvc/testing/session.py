@@ -26,6 +26,7 @@ from imapsvc.imap.errors import (
     TLSRequired,
 )
 from imapsvc.interfaces import IIMAPSession
+from imapsvc.testing.condstore import FakeModseq, open_state
 from imapsvc.testing.mailbox import (
     FETCH_DROP,
     FETCH_GARBLED,
@@ -53,7 +54,7 @@ class _Command:
 
 
 @implementer(IIMAPSession)
-class FakeIMAPSession(FakeWriteBack, Protocol):
+class FakeIMAPSession(FakeWriteBack, FakeModseq, Protocol):
     """An :class:`~imapsvc.interfaces.IIMAPSession` over a :class:`FakeMailbox`.
 
     Commands run one at a time in submission order; one sent while IDLE is
@@ -69,6 +70,8 @@ class FakeIMAPSession(FakeWriteBack, Protocol):
 
     :ivar commands: the commands sent, in order (``"LOGIN"``, ``"EXAMINE"``,
         ``"UID FETCH"``, ``"IDLE"``, ``"DONE"``, ...).
+    :ivar opened: ``(verb, name, parameters)`` of every EXAMINE/SELECT,
+        ``parameters`` as on the wire (``"(QRESYNC (7 12))"``, ``""``).
     """
 
     def __init__(self, mailbox: FakeMailbox, tls: bool = True, at_once: bool = True) -> None:
@@ -92,6 +95,8 @@ class FakeIMAPSession(FakeWriteBack, Protocol):
         #: ``("sections", {uid: ((section, length), ...)})``.
         self.requests: list[tuple[str, Any]] = []
         self.selected: Optional[str] = None
+        self.opened: list[tuple[str, str, str]] = []
+        self.modseq_mode: Optional[str] = None
         #: SELECTed (write-back) rather than EXAMINEd.
         self.read_write = False
         self._closed = False
@@ -384,8 +389,9 @@ class FakeIMAPSession(FakeWriteBack, Protocol):
             return defer.succeed(False)
 
         def enable() -> bool:
-            self.utf8_accept = True
-            return True
+            # A scripted refusal: advisory, as the real client takes it.
+            self.utf8_accept = self.mailbox.command_failure("ENABLE") is None
+            return self.utf8_accept
 
         return self._run("ENABLE", enable)
 
@@ -414,11 +420,13 @@ class FakeIMAPSession(FakeWriteBack, Protocol):
     def select_folder(self, name: str) -> defer.Deferred:
         return self._open_folder("SELECT", name, writable=True)
 
-    def _open_folder(self, verb: str, name: str, writable: bool) -> defer.Deferred:
-        """EXAMINE or SELECT: the answer the real client shapes (see
-        ``FolderIMAPClient._open_folder``)."""
+    def _open_folder(self, verb: str, name: str, writable: bool,
+                     parameters: bytes = b"") -> defer.Deferred:
+        """EXAMINE or SELECT (with mod-sequence ``parameters``): the answer
+        the real client shapes (see ``FolderIMAPClient._open_folder``)."""
 
         def open_() -> dict:
+            self.opened.append((verb, name, parameters.decode("ascii").strip()))
             self._scripted_failure(verb)
             folder = self.mailbox.folders.get(name)
             if folder is None:
@@ -428,12 +436,15 @@ class FakeIMAPSession(FakeWriteBack, Protocol):
             self.read_write = writable
             self._pending_exists = None
             self.last_exists = len(folder.messages)
-            return {
+            answer = {
                 "uidvalidity": folder.uidvalidity,
                 "uidnext": folder.uidnext,
                 "exists": len(folder.messages),
                 "read_only": not writable,
             }
+            if parameters:
+                answer["modseq"] = open_state(folder, parameters)
+            return answer
 
         return self._run(verb, open_)
 
