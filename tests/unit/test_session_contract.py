@@ -13,12 +13,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import alsoProvides
 from zope.interface.verify import verifyObject
 
+from imapsvc.imap.condstore import KnownState
 from imapsvc.imap.protocol import FolderIMAPClient
 from imapsvc.interfaces import IFolderHooks
 from imapsvc.model import Credentials
 from imapsvc.testing import FakeIMAPSession, FakeMailbox, section_bytes
 from tests.imap_server import ScriptedIMAPServer
-from imapsvc.imap.condstore import KnownState
 from tests.session_contract import MULTIPART, PASSWORD, USER, SessionContractMixin
 from tests.session_contract_modseq import QRESYNC_CAPS, ModseqContractMixin
 
