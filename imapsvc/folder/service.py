@@ -349,8 +349,9 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         self._check()
         listing = yield proto.list_folders()
         self._check()
-        if self.folder_filter.strip() == WILDCARD:
-            yield self._watch_every_folder(proto, listing)
+        watch_many = self._watch_many()
+        if watch_many is not None:
+            yield watch_many(proto, listing)
             return
         name = resolve_folder(self.folder_filter, listing)
         # The whole LIST (every folder of the account) would otherwise stay
@@ -380,6 +381,12 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
                 yield self._idle(proto)
             else:
                 yield self._poll()
+
+    def _watch_many(self) -> Optional[Callable[[Any, Any], defer.Deferred]]:
+        """The loop of a connection that watches several folders (polled),
+        or ``None`` for one folder that idles. Overridden by the shared
+        polling connection (``imapsvc.shared_poll``)."""
+        return self._watch_every_folder if self.folder_filter.strip() == WILDCARD else None
 
     @defer.inlineCallbacks
     def _watch_every_folder(self, proto: Any, listing: Any):  # type: ignore[no-untyped-def]

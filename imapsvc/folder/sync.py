@@ -91,6 +91,9 @@ class SyncPass:
         self.suspects: dict[str, set[int]] = {}
         self._fetched_ok = False
         self._nothing_to_probe = False
+        #: Server name -> its configured filter, when one connection watches
+        #: several configured folders (the shared poller).
+        self.filter_of: dict[str, str] = {}
 
     @property
     def stopping(self) -> bool:
@@ -262,7 +265,9 @@ class SyncPass:
     def _backfill_keys(self, name: str) -> list[str]:
         # A request names the server's spelling or the configured filter
         # (not "*": each folder it finds goes by its own name).
-        keys = [name] if self.folder_filter.strip() == WILDCARD else [name, self.folder_filter]
+        # The shared poller (imapsvc.shared_poll) names each folder's filter.
+        configured = self.filter_of.get(name, self.folder_filter)
+        keys = [name] if configured.strip() == WILDCARD else [name, configured]
         return list(dict.fromkeys(keys))
 
     @defer.inlineCallbacks

@@ -46,6 +46,9 @@ class FakeMessage:
     internaldate: str = DEFAULT_INTERNALDATE
     bodystructure: Any = None
     flags: set[str] = attr.Factory(set)
+    #: Gmail's X-GM-MSGID (decimal): the same in every folder (label) that
+    #: shows this message; sent only when the server offers X-GM-EXT-1.
+    gm_msgid: Optional[str] = None
     #: The mod-sequence of its last change (RFC 7162), set by the folder.
     modseq: int = 0
 
@@ -128,6 +131,8 @@ class FakeMailbox:
         #: Live sessions (fake or scripted-server side): told about new mail
         #: with ``exists_changed(folder, count)`` and ``server_drop()``.
         self.sessions: list[Any] = []
+        #: Folders named by every STATUS command, in order.
+        self.status_calls: list[str] = []
 
     # -- content
 
@@ -150,6 +155,7 @@ class FakeMailbox:
         folder: str = "INBOX",
         internaldate: str = DEFAULT_INTERNALDATE,
         bodystructure: Any = None,
+        gm_msgid: Optional[str] = None,
         announce: bool = True,
     ) -> int:
         """Deliver a message; sessions that selected ``folder`` hear
@@ -159,7 +165,7 @@ class FakeMailbox:
         box = self.folders[folder]
         uid = box.uidnext
         box.uidnext += 1
-        box.messages[uid] = FakeMessage(raw, internaldate, bodystructure,
+        box.messages[uid] = FakeMessage(raw, internaldate, bodystructure, gm_msgid=gm_msgid,
                                         modseq=box.next_modseq())
         if announce:
             self.announce(folder)
@@ -213,7 +219,7 @@ class FakeMailbox:
             new = dest.uidnext
             dest.uidnext += 1
             dest.messages[new] = FakeMessage(m.raw, m.internaldate, m.bodystructure, set(m.flags),
-                                             dest.next_modseq())
+                                             gm_msgid=m.gm_msgid, modseq=dest.next_modseq())
             out.append(new)
         if out:
             for session in list(self.sessions):
