@@ -30,7 +30,9 @@ lag samples over 100 / 250 ms and ``*_top_stalls`` lists the largest few as
 (``storm_runs`` has each; the flat ``storm_*`` keys are the medians).
 ``BENCH_PYSPY=PREFIX`` records each phase with ``py-spy record -r 100
 --nonblocking --threads -f raw`` into ``PREFIX-start.txt``,
-``PREFIX-storm1.txt``, ... (py-spy on ``PATH`` or beside the interpreter).
+``PREFIX-storm1-kill.txt`` (until every session has ended),
+``PREFIX-storm1.txt`` (the reconnects), ... (py-spy on ``PATH`` or beside
+the interpreter).
 
 Set-up, not timed: a private rig Dovecot (``tests/rig/dovecot.py``) with
 ``service imap { client_limit = --client-limit; service_count = 0 }`` (0 =
@@ -423,7 +425,7 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
             reasons0.update(f.reconnects)
         errors0, warns0 = counter.errors, counter.warnings
         res: dict[str, Any] = {}
-        profiler.start(f"storm{number}")
+        profiler.start(f"storm{number}-kill")
         phase.start()
         t1 = phase.t0
         restarted = threads.deferToThread(dovecot.restart)
@@ -435,6 +437,8 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
             ):
                 res["lost_s"] = round(time.time() - t1, 2)
                 res["kill_cpu_s"] = phase.cpu()
+                profiler.stop()
+                profiler.start(f"storm{number}")
             return "lost_s" in res
 
         def all_back() -> bool:
