@@ -50,6 +50,10 @@ setup(
         # txredisapi's C reply parser (used automatically when importable):
         # without it one pipelined reply is parsed per reactor turn.
         "hiredis>=2.0",
+        # `python -m imapsvc events tail`: the CLI runs no reactor, so it
+        # reads the stream with redis-py's blocking client (maintained by
+        # Redis; uses hiredis too) rather than a RESP reader of our own.
+        "redis>=5.0",
     ],
     extras_require={
         # moto[server]: a real S3-compatible HTTP server for the object store tests.

@@ -22,6 +22,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from imapsvc.core.cluster import ACTIONS
+from imapsvc.deferreds import start_loop
 from imapsvc.model import AdminRequest
 
 
@@ -63,10 +64,8 @@ class AdminRequests:
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
-        loop = self._loop = LoopingCall(self.wake)
-        loop.clock = self.clock
-        loop.start(self.poll_s, now=True).addErrback(
-            lambda f: self.log.failure("admin request loop failed", f))
+        self._loop = start_loop(self.clock, self.poll_s, self.wake, self.log,
+                                "admin request loop")
 
     @defer.inlineCallbacks
     def stop(self):

@@ -16,7 +16,7 @@ import argparse
 import json
 from typing import Any
 
-from imapsvc.cli_provider import AdminError, Context, _table, parse_uuid
+from imapsvc.cli_provider import AdminError, Context, _table, parse_target, parse_uuid
 
 
 def list_(ctx: Context, args: argparse.Namespace) -> int:
@@ -50,8 +50,7 @@ def list_(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def retry(ctx: Context, args: argparse.Namespace) -> int:
-    tenant = parse_uuid(args.tenant, "--tenant")
-    provider = parse_uuid(args.provider, "--provider")
+    tenant, provider = parse_target(args)
     store = ctx.open_store(False)
     try:
         if args.all:

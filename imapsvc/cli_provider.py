@@ -53,6 +53,11 @@ def parse_uuid(text: str, what: str) -> str:
         raise InputError(f"{what} is not a UUID: {text!r}") from None
 
 
+def parse_target(args: argparse.Namespace) -> tuple[str, str]:
+    """``(tenant, provider id)`` of a command's ``--tenant`` and ``--provider``."""
+    return parse_uuid(args.tenant, "--tenant"), parse_uuid(args.provider, "--provider")
+
+
 def parse_bool(text: str, what: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("true", "yes", "1", "on"):
@@ -194,8 +199,7 @@ def add(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def set_password(ctx: Context, args: argparse.Namespace) -> int:
-    tenant = parse_uuid(args.tenant, "--tenant")
-    provider_id = parse_uuid(args.provider, "--provider")
+    tenant, provider_id = parse_target(args)
     store = ctx.open_store(False)
     try:
         secrets = secret_store(ctx, store)
@@ -268,8 +272,7 @@ def list_(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def set_active(ctx: Context, args: argparse.Namespace) -> int:
-    tenant = parse_uuid(args.tenant, "--tenant")
-    provider_id = parse_uuid(args.provider, "--provider")
+    tenant, provider_id = parse_target(args)
     active = parse_bool(args.active, "--active")
     store = ctx.open_store(False)
     try:
@@ -284,8 +287,7 @@ def set_write_back(ctx: Context, args: argparse.Namespace) -> int:
     """``imap_provider_options.write_back`` (issue 13 item 3)."""
     from imapsvc.core.write_back import parse_mode
 
-    tenant = parse_uuid(args.tenant, "--tenant")
-    provider_id = parse_uuid(args.provider, "--provider")
+    tenant, provider_id = parse_target(args)
     if args.mode.strip().lower() == "default":
         mode: Optional[str] = None
     else:
@@ -304,8 +306,7 @@ def set_write_back(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def remove(ctx: Context, args: argparse.Namespace) -> int:
-    tenant = parse_uuid(args.tenant, "--tenant")
-    provider_id = parse_uuid(args.provider, "--provider")
+    tenant, provider_id = parse_target(args)
     store = ctx.open_store(False)
     try:
         store.remove_provider(tenant, provider_id)
@@ -356,8 +357,7 @@ def backfill_offline(ctx: Context, tenant: str, provider_id: str, folder: Option
 
 
 def set_first_sync(ctx: Context, args: argparse.Namespace) -> int:
-    tenant = parse_uuid(args.tenant, "--tenant")
-    provider_id = parse_uuid(args.provider, "--provider")
+    tenant, provider_id = parse_target(args)
     text = str(args.days).strip().lower()
     days: Optional[int] = None
     if text != "default":

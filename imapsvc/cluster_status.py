@@ -25,6 +25,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from imapsvc.core.cluster import deployment_status, next_write_delay
+from imapsvc.deferreds import start_loop
 from imapsvc.interfaces import LeaseLost
 from imapsvc.logging import redact
 from imapsvc.model import FolderStatus
@@ -97,10 +98,8 @@ class StatusReporter:
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
-        loop = self._heartbeat = LoopingCall(self._beat)
-        loop.clock = self.clock
-        loop.start(self.heartbeat_s, now=True).addErrback(
-            lambda f: self.log.failure("replica heartbeat loop failed", f))
+        self._heartbeat = start_loop(self.clock, self.heartbeat_s, self._beat, self.log,
+                                     "replica heartbeat loop")
 
     @defer.inlineCallbacks
     def stop(self):

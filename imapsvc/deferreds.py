@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, TypeVar
 
 from twisted.internet import defer, error
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -113,3 +114,15 @@ def thread_runner(reactor: Any, pool: Any) -> Runner:
         return deferToThreadPool(reactor, pool, f, *args, **kwargs)
 
     return run
+
+
+def start_loop(clock: Any, interval_s: float, f: Callable[[], Any], log: Logger,
+               what: str) -> LoopingCall:
+    """Call ``f`` now and then every ``interval_s`` seconds on ``clock``.
+    A failure that ends the loop is logged as "``what`` failed" (a loop
+    that dies silently is a feature that stops without a word)."""
+    loop = LoopingCall(f)
+    loop.clock = clock
+    loop.start(interval_s, now=True).addErrback(lambda failure: log.failure(
+        "{what} failed", failure, what=what))
+    return loop

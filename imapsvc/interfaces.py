@@ -386,6 +386,11 @@ class IIMAPSession(Interface):
     on_bye = Attribute(
         "callable(text) or None: called once when the server says BYE outside LOGOUT"
     )
+    idle_ending = Attribute(
+        "read-only bool: done() was called for the IDLE still running (DONE is "
+        "out, or follows the server's '+'); False outside IDLE. The session is "
+        "the one place that knows whether an IDLE is ending"
+    )
     transport = Attribute(
         "the connection's transport: the engine closes the session with "
         "its loseConnection()/abortConnection()"
@@ -517,7 +522,7 @@ class IFolderHooks(Interface):
     called from the reactor and must not raise."""
 
     def state_changed(state, reason="", error=None):
-        """The folder entered ``state`` (a name of :mod:`imapsvc.folder_state`)
+        """The folder entered ``state`` (a name of :mod:`imapsvc.core.folder_machine`)
         because of ``reason``; ``error`` is its secret-free last error."""
 
     def auth_failed(code, text=""):
@@ -532,3 +537,26 @@ class IFolderHooks(Interface):
 
     def lease_lost():
         """A fenced write found the provider's lease gone; the folder stopped."""
+
+
+class IConnectionEvents(Interface):
+    """What a folder's reconnecting factory
+    (:class:`imapsvc.imap.factory.FolderClientFactory`) reports to the folder
+    (:class:`imapsvc.folder.FolderService`). Events go this one way; the
+    folder in turn only commands the factory (start, stop, next delay)."""
+
+    def factory_connecting():
+        """A connection attempt starts."""
+
+    def factory_protocol(protocol):
+        """A session (an :class:`IIMAPSession`) was built for a new
+        connection, not yet greeted."""
+
+    def factory_connection_ended(reason, connected):
+        """The attempt failed (``connected=False``) or an established
+        connection was lost (a ``Failure``). Called before the retry is
+        scheduled, so the folder may stop the factory or set its next delay."""
+
+    def factory_retry_scheduled(delay):
+        """The next attempt is due in ``delay`` seconds."""
+

@@ -1,5 +1,6 @@
 """OAuth2 authorization-code flow for IMAP mailboxes, and the credential
-source the folders log in with.
+source the folders log in with. The token endpoint client and token
+storage are in :mod:`imapsvc.oauth_tokens`.
 
 HTTP goes through an injected treq-style client (``treq`` itself, an
 ``HTTPClient``, or ``StubTreq`` in tests). Secrets go through the secret
@@ -14,8 +15,6 @@ code, a verifier or a client secret.
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
 from typing import Any, Callable, Optional, Sequence
 from urllib.parse import urlencode
 
@@ -27,12 +26,20 @@ from zope.interface import implementer
 
 from imapsvc.core import oauth_state as o
 from imapsvc.core.netguard import InsecureURL, check_https_url
-from imapsvc.egress import BodyTooLarge, read_capped
 from imapsvc.interfaces import ICredentialSource
 from imapsvc.model import Credentials, ProviderConfig
+from imapsvc.oauth_tokens import (
+    AUTH_FAILURE_CODES,
+    MAX_TOKEN_RESPONSE_BYTES,
+    TokenClient,
+    TokenEndpointError,
+    access_token_name,
+    row_token_is_apps,
+    store_tokens,
+    utc,
+)
 from imapsvc.secret_chain import OWN_STORE, CredentialsMissing, NoSecretStore
 from imapsvc.secrets import (
-    TEXT_PLAINTEXT,
     TEXT_UNOPENABLE,
     SecretBox,
     classify_text,
@@ -47,9 +54,28 @@ CALLBACK_PATH = "/api/email/oauth/imap/callback"
 START_PATH = "/api/email/oauth/imap/start"
 #: Refresh before connecting when the token expires within this margin.
 REFRESH_MARGIN_S = 300
-#: Token-endpoint error codes that mean the grant or client is dead: an auth
-#: failure for the supervisor (counts towards the auto-pause), not a retry.
-AUTH_FAILURE_CODES = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
+
+#: Callers and tests import the token names from here too.
+__all__ = [
+    "AUTH_FAILURE_CODES",
+    "AWAITING_CONSENT",
+    "CALLBACK_PATH",
+    "REFRESH_MARGIN_S",
+    "START_PATH",
+    "MAX_TOKEN_RESPONSE_BYTES",
+    "AwaitingConsent",
+    "CredentialSource",
+    "MissingCredentials",
+    "NoSecretKey",
+    "OAuthError",
+    "OAuthFlow",
+    "TokenClient",
+    "TokenEndpointError",
+    "access_token_name",
+    "row_token_is_apps",
+    "store_tokens",
+]
+
 #: The auth-failure code of a provider still waiting for its first consent.
 AWAITING_CONSENT = "awaiting_consent"
 
@@ -62,17 +88,6 @@ class OAuthError(Exception):
         super().__init__(message)
         self.status = status
         self.code = code
-
-
-class TokenEndpointError(Exception):
-    """The token endpoint refused. ``auth_failure`` when the grant/client is
-    no longer valid (the provider needs re-consent)."""
-
-    def __init__(self, code: str, status: int):
-        super().__init__(f"token endpoint refused: {code} (HTTP {status})")
-        self.code = code
-        self.status = status
-        self.auth_failure = code in AUTH_FAILURE_CODES
 
 
 #: The former name of :class:`~imapsvc.secret_chain.CredentialsMissing`: a
@@ -102,113 +117,6 @@ class AwaitingConsent(CredentialsMissing):
 def _places(secret_store: Any, tenant: str, name: str) -> list[str]:
     places = getattr(secret_store, "places", None)
     return list(places(tenant, name)) if places is not None else [OWN_STORE]
-
-
-def row_token_is_apps(box: Optional[SecretBox], provider: ProviderConfig) -> bool:
-    """Whether ``access_token`` holds the main app's plaintext token (which
-    the service must never overwrite or blank)."""
-    if not provider.access_token:
-        return False
-    kind, _ = classify_text(
-        box, provider.tenant, access_token_name(provider.provider_id), provider.access_token
-    )
-    return kind == TEXT_PLAINTEXT
-
-
-def access_token_name(provider_id: str) -> str:
-    # Associated-data name the sealed access token is bound to.
-    return "imap_access_token_" + provider_id
-
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=UTC)
-
-
-#: Largest token-endpoint answer read (a token response is a few kB).
-MAX_TOKEN_RESPONSE_BYTES = 256 * 1024
-
-
-class TokenClient:
-    """Posts to a token endpoint and classifies the answer.
-
-    The endpoint is tenant-chosen, so: https only (http to loopback only
-    with ``allow_http_loopback``), no redirects (a 307/308 would re-post the
-    client secret and refresh token elsewhere), the body read up to
-    :data:`MAX_TOKEN_RESPONSE_BYTES`, and one deadline for connect, answer
-    and body together. Which addresses it may reach is the HTTP client's
-    business (:func:`imapsvc.egress.guarded_http_client`).
-    """
-
-    def __init__(
-        self,
-        http: Any,
-        timeout_s: float = 15.0,
-        clock: Any = None,
-        allow_http_loopback: bool = False,
-        max_bytes: int = MAX_TOKEN_RESPONSE_BYTES,
-    ):
-        self._http = http
-        self._timeout = timeout_s
-        self._clock = clock
-        self._allow_http_loopback = allow_http_loopback
-        self._max_bytes = max_bytes
-
-    def post(self, url: str, form: dict[str, str]) -> defer.Deferred:
-        try:
-            check_https_url(url, "token endpoint", self._allow_http_loopback)
-        except InsecureURL:
-            return defer.fail(TokenEndpointError("insecure_endpoint", 0))
-        d = self._exchange(url, form)
-        clock = self._clock
-        if clock is None:
-            from twisted.internet import reactor as clock
-        expired: list[bool] = []
-
-        def expire() -> None:
-            expired.append(True)
-            d.cancel()  # reaches the pending request or body read: drops the connection
-
-        timer = clock.callLater(self._timeout, expire)
-
-        def done(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            if expired and isinstance(result, Failure):
-                # Whatever the cancellation surfaced as (CancelledError,
-                # ResponseNeverReceived, ...), it was the deadline.
-                raise TokenEndpointError("timeout", 0)
-            return result
-
-        return d.addBoth(done)
-
-    @defer.inlineCallbacks
-    def _exchange(self, url: str, form: dict[str, str]):
-        response = yield self._http.post(
-            url,
-            data=form,
-            headers={"Accept": ["application/json"]},
-            allow_redirects=False,
-        )
-        if 300 <= response.code < 400:
-            # Not followed: drop the connection, say why.
-            yield read_capped(response, 0).addErrback(lambda _f: None)
-            raise TokenEndpointError("redirect_refused", response.code)
-        try:
-            body = yield read_capped(response, self._max_bytes)
-        except BodyTooLarge:
-            raise TokenEndpointError("response_too_large", response.code) from None
-        try:
-            data = json.loads(body.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            data = {}
-        if not isinstance(data, dict):
-            data = {}
-        if response.code != 200 or "error" in data:
-            code = str(data.get("error") or "http_error")[:64]
-            raise TokenEndpointError(code, response.code)
-        if not isinstance(data.get("access_token"), str) or not data["access_token"]:
-            raise TokenEndpointError("no_access_token", response.code)
-        return data
 
 
 class OAuthFlow:
@@ -283,7 +191,7 @@ class OAuthFlow:
         nonce = o.new_nonce()
         verifier, challenge = o.pkce_pair()
         expires = int(self._clock.seconds()) + o.STATE_TTL_S
-        yield self._store.put_oauth_state(tenant, nonce, verifier, _utc(expires))
+        yield self._store.put_oauth_state(tenant, nonce, verifier, utc(expires))
         state = o.sign_state(
             self._key,
             o.StateClaims(tenant, provider_id, nonce, expires, return_url or None, challenge),
@@ -414,39 +322,6 @@ class OAuthFlow:
             provider=provider.provider_id,
         )
         return claims.return_url
-
-
-@defer.inlineCallbacks
-def store_tokens(
-    store, secret_store, box: Optional[SecretBox], clock, provider: ProviderConfig, tokens,
-    owner: Optional[str] = None,
-):
-    """Persist a token response: a (rotated) refresh token first, then the
-    sealed access token with its expiry. Returns ``(access_token, expires_ts)``.
-    With ``owner`` the access token write is fenced: refused while another
-    worker holds the provider's lease."""
-    refresh = tokens.get("refresh_token")
-    if isinstance(refresh, str) and refresh:
-        # SECRET_WRITE_PROVIDER (the app sees it too) or the sealed store;
-        # never the row's plaintext column, which is the app's.
-        yield secret_store.put(provider.tenant, refresh_token_name(provider.provider_id), refresh)
-    try:
-        lifetime = int(tokens.get("expires_in", 3600))
-    except (TypeError, ValueError):
-        lifetime = 3600
-    expires = clock.seconds() + max(60, lifetime)
-    access = tokens["access_token"]
-    if box is not None and not row_token_is_apps(box, provider):
-        sealed = box.seal_text(provider.tenant, access_token_name(provider.provider_id), access)
-        if owner is None:
-            yield store.save_access_token(provider.tenant, provider.provider_id, sealed,
-                                          _utc(expires))
-        else:
-            yield store.save_access_token(provider.tenant, provider.provider_id, sealed,
-                                          _utc(expires), owner=owner)
-    # Else the row holds the app's own token: it stays as the app left it;
-    # the new token lives in the credential source's memory until it expires.
-    return access, expires
 
 
 @implementer(ICredentialSource)

@@ -1,7 +1,7 @@
 """Map batches in worker processes, so mapping does not share the GIL with
 the reactor (:class:`ParsePool`).
 
-The workers run :func:`imapsvc.pipeline.build_records` on slices of a batch:
+The workers run :func:`imapsvc.core.records.build_records` on slices of a batch:
 its inputs (:class:`~imapsvc.model.FetchedMessage`, :class:`~imapsvc.model.Limits`,
 ``datetime``) and outputs (:class:`~imapsvc.model.MessageRecord`) are plain
 attrs values that pickle. A batch is split into one contiguous slice per
@@ -11,6 +11,8 @@ records come back in input order.
 Workers come from a ``forkserver`` (never ``fork``: the service process has
 threads and open sockets) that preloads the pure mapping code, so a worker
 starts in milliseconds and holds no connection, secret or reactor state.
+What the workers import is :mod:`imapsvc.parse_worker` and the pure
+:mod:`imapsvc.core` code; this module (Twisted side) stays in the service.
 
 Failure contract: :meth:`ParsePool.build` fails when a worker died or the
 pool is stopped; the caller (:class:`~imapsvc.pipeline.Pipeline`) then maps
@@ -29,13 +31,15 @@ from typing import Any, Callable, Optional, Sequence
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from imapsvc import parse_worker
+from imapsvc.core.records import build_records, split_balanced
 from imapsvc.model import FetchedMessage, MessageRecord
-from imapsvc.pipeline import build_records, message_bytes
 
 _log = Logger()
 
-#: Modules the fork server imports once, so each worker starts warm.
-PRELOAD = ["imapsvc.pipeline"]
+#: Modules the fork server imports once, so each worker starts warm. No
+#: Twisted in them (see :mod:`imapsvc.parse_worker`).
+PRELOAD = [parse_worker.__name__]
 
 
 def default_workers() -> int:
@@ -44,69 +48,8 @@ def default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def split_balanced(messages: Sequence[FetchedMessage], parts: int) -> list[list[FetchedMessage]]:
-    """Contiguous slices of ``messages`` with about equal bytes each (pure;
-    no empty slice; order kept when the slices are concatenated)."""
-    messages = list(messages)
-    parts = max(1, min(parts, len(messages)))
-    if parts == 1:
-        return [messages] if messages else []
-    sizes = [message_bytes(m) + 256 for m in messages]  # 256: per-message overhead
-    total = sum(sizes)
-    out: list[list[FetchedMessage]] = []
-    current: list[FetchedMessage] = []
-    acc = 0
-    for index, (msg, size) in enumerate(zip(messages, sizes)):
-        current.append(msg)
-        acc += size
-        left_slices = parts - len(out) - 1
-        left_msgs = len(messages) - index - 1
-        if left_slices and (acc >= total * (len(out) + 1) / parts or left_msgs == left_slices):
-            out.append(current)
-            current = []
-    if current:
-        out.append(current)
-    return out
-
-
-def _warm() -> int:
-    return os.getpid()
-
-
-def _exit_with(service_pid: int) -> None:
-    """Worker initializer: exit as soon as the service process is gone, even
-    when it was killed (its workers are children of the fork server, so the
-    kernel's parent-death signal does not reach them). A daemon thread
-    blocks on a pidfd; nothing polls."""
-    import select
-    import threading
-
-    try:
-        fd = os.pidfd_open(service_pid)
-    except (AttributeError, OSError):
-        if not _alive(service_pid):
-            os._exit(0)
-        return
-
-    def watch() -> None:
-        select.select([fd], [], [])
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parse-pool-watchdog", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class ParsePool:
-    """A small process pool for :func:`~imapsvc.pipeline.build_records`.
+    """A small process pool for :func:`~imapsvc.core.records.build_records`.
 
     :param reactor: ``IReactorThreads`` (results come back through
         ``callFromThread``).
@@ -147,7 +90,7 @@ class ParsePool:
         that does not start leaves :attr:`running` false and is logged)."""
         self._running = True
         self._executor = self._factory(self._workers)
-        warm = [self._submit(_warm) for _ in range(self._workers)]
+        warm = [self._submit(parse_worker.worker_pid) for _ in range(self._workers)]
         d = defer.gatherResults(warm, consumeErrors=True)
 
         def ok(pids: Any) -> None:
@@ -239,5 +182,8 @@ def _process_executor(workers: int) -> concurrent.futures.Executor:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     return concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_exit_with, initargs=(os.getpid(),)
+        max_workers=workers,
+        mp_context=ctx,
+        initializer=parse_worker.exit_with,
+        initargs=(os.getpid(),),
     )

@@ -1,37 +1,32 @@
 """From fetched messages to one recorded batch (:class:`IMessagePipeline`).
 
-For each :class:`~imapsvc.model.FetchedMessage` of a batch: map it to
-``emailData`` (:func:`imapsvc.core.email_data.map_message`), derive the
-deterministic ids from the ledger dedupe key
-(:func:`imapsvc.core.event.event_ids`), build the stream entry
-(:func:`imapsvc.core.event.build_stream_entry`) and a
-:class:`~imapsvc.model.MessageRecord`. Then one ``store.record_batch`` writes
-ledger rows, outbox rows and the folder cursor in one transaction, and the
-relay is woken to publish.
+The records of a batch come from the pure
+:func:`imapsvc.core.records.build_records` (mapping, deterministic ids,
+encoded stream entry). Then one ``store.record_batch`` writes ledger rows,
+outbox rows and the folder cursor in one transaction, and the relay is woken
+to publish.
 
 Mapping is pure but not cheap (MIME, charsets, HTML to text): a batch whose
 downloaded bytes exceed ``thread_threshold_bytes`` is mapped by the injected
 ``threadpool_runner`` (a thread pool in production), so the reactor keeps
-serving IDLE connections meanwhile.
+serving IDLE connections meanwhile, or by the optional parse pool
+(:class:`~imapsvc.parse_pool.ParsePool`, worker processes).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from datetime import UTC, datetime
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from imapsvc.core import email_data as _email_data
-from imapsvc.core import event as _event
+from imapsvc.core.records import SKIP_BUILD_ERROR, batch_bytes, build_records, message_bytes
 from imapsvc.interfaces import IMessagePipeline
 from imapsvc.model import (
-    OUTCOME_PUBLISHED,
-    OUTCOME_SKIPPED,
     BatchResult,
     FetchedMessage,
     FolderCursor,
@@ -42,77 +37,40 @@ from imapsvc.model import (
 
 _log = Logger()
 
-#: ``skip_reason`` of a message whose entry could not be built (a bug, or an
-#: input the mapper did not foresee). It is recorded as skipped, so one bad
-#: message cannot stop its folder forever; the error is logged.
-SKIP_BUILD_ERROR = "build_error"
+#: Kept importable here: the pipeline is where callers met these names.
+__all__ = [
+    "Pipeline",
+    "SKIP_BUILD_ERROR",
+    "batch_bytes",
+    "build_records_logged",
+    "message_bytes",
+]
 
 
-def message_bytes(msg: FetchedMessage) -> int:
-    """The bytes one message holds in memory."""
-    return (
-        len(msg.header or b"")
-        + len(msg.raw or b"")
-        + sum(len(v) for v in msg.texts.values())
-        + sum(len(v) for v in msg.contents.values())  # IMAP_ATTACHMENT_MODE inline
+def _log_build_error(folder: str, msg: FetchedMessage) -> None:
+    # Called inside the except block: the failure carries the traceback.
+    _log.failure(
+        "Could not build the stream entry of {folder} UID {uid}", folder=folder, uid=msg.uid
     )
 
 
-def batch_bytes(messages: Sequence[FetchedMessage]) -> int:
-    """The bytes a batch holds in memory (what the mapping has to chew)."""
-    return sum(message_bytes(msg) for msg in messages)
+def build_records_logged(*args: Any, **kwargs: Any) -> list[MessageRecord]:
+    """:func:`~imapsvc.core.records.build_records` that logs each entry it
+    could not build, with its traceback (the in-process mapping)."""
+    kwargs.setdefault("on_build_error", _log_build_error)
+    return build_records(*args, **kwargs)
 
 
-def build_records(
-    messages: Sequence[FetchedMessage],
-    tenant: str,
-    provider_id: str,
-    folder: str,
-    now: datetime,
-    limits: Limits,
-    map_message: Callable[..., Any] = _email_data.map_message,
-    event_ids: Callable[..., tuple[str, str]] = _event.event_ids,
-    build_stream_entry: Callable[..., Mapping[str, str]] = _event.build_encoded_entry,
-) -> list[MessageRecord]:
-    """The ledger records of a batch (pure; safe to run in a thread).
-
-    :param now: the fetch time (fallback ``receivedAt``) and the event
-        ``timestamp``/``occurredAt``.
-    """
-    records = []
-    for msg in messages:
-        mapped = map_message(msg, tenant, provider_id, now, limits)
-        event_id, execution_id = event_ids(tenant, provider_id, mapped.dedupe_key)
-        reason: Optional[str] = mapped.skip_reason
-        fields: Optional[Mapping[str, str]] = None
-        if reason is None:
-            try:
-                fields = build_stream_entry(
-                    tenant, provider_id, mapped.email_data, event_id, execution_id, now
-                )
-            except Exception as exc:
-                # Logged, not swallowed: the record says why it was skipped.
-                _log.failure(
-                    "Could not build the stream entry of {folder} UID {uid}",
-                    folder=folder,
-                    uid=msg.uid,
-                )
-                reason = f"{SKIP_BUILD_ERROR}: {type(exc).__name__}"
-                fields = None
-        records.append(
-            MessageRecord(
-                dedupe_key=mapped.dedupe_key,
+def _log_pool_build_errors(folder: str, records: Sequence[MessageRecord]) -> None:
+    # A worker process has no log of its own; the record keeps the error type.
+    for record in records:
+        if record.reason and record.reason.startswith(SKIP_BUILD_ERROR):
+            _log.error(
+                "Could not build the stream entry of {folder} UID {uid} ({reason})",
                 folder=folder,
-                uid_validity=str(msg.uid_validity),
-                uid=int(msg.uid),
-                message_id_key=mapped.message_id_key,
-                outcome=OUTCOME_SKIPPED if reason is not None else OUTCOME_PUBLISHED,
-                event_id=event_id,
-                reason=reason,
-                fields=fields,
+                uid=record.uid,
+                reason=record.reason,
             )
-        )
-    return records
 
 
 def _batch_uids(messages: Sequence[FetchedMessage]) -> tuple[tuple[str, int], ...]:
@@ -158,7 +116,7 @@ class Pipeline:
         limits: Limits,
         thread_threshold_bytes: int,
         threadpool_runner: Callable[..., defer.Deferred[Any]],
-        build: Callable[..., list[MessageRecord]] = build_records,
+        build: Callable[..., list[MessageRecord]] = build_records_logged,
         parse_pool: Any = None,
         relay_offer: Optional[Callable[[Any], Any]] = None,
         object_uploader: Any = None,
@@ -323,6 +281,7 @@ class Pipeline:
             try:
                 records = yield pool.build(*args)
                 self.stats["processes"] += 1
+                _log_pool_build_errors(args[3], records)
                 return records
             except Exception:
                 # A worker died (or the pool stopped): nothing is recorded

@@ -7,6 +7,9 @@ child service per folder) and gives leases back on shutdown. Leases are
 renewed on their own timer; a provider whose lease cannot be renewed is
 stopped before the lease could have expired, so two replicas never ingest
 the same mailbox at once (and the store refuses fenced writes anyway).
+
+One provider at run time is a :class:`~imapsvc.provider_service.ProviderService`;
+the operator actions (``IAdmin``) are in :mod:`imapsvc.supervisor_admin`.
 """
 
 from __future__ import annotations
@@ -23,20 +26,20 @@ from zope.interface import implementer
 
 from imapsvc.core.backoff import jitter_around
 from imapsvc.core.capacity import OVER, START, admit, folders_in_use
-from imapsvc.core.discovery import aggregate_status, plan_discovery
-from imapsvc.deferreds import fire_and_forget
-from imapsvc.interfaces import IAdmin, IFolderHooks
+from imapsvc.core.discovery import plan_discovery
+from imapsvc.interfaces import IAdmin
 from imapsvc.logging import redact
-from imapsvc.model import FolderStatus, ProviderConfig
+from imapsvc.model import ProviderConfig
+from imapsvc.provider_service import FolderHooks, ProviderService
+from imapsvc.supervisor_admin import AdminActions
+
+__all__ = ["AWAITING_CONSENT", "FolderHooks", "ProviderService", "Supervisor", "jittered"]
 
 #: The folder's auth-failure code for an OAuth2 provider never consented to
 #: (see imapsvc.oauth.AwaitingConsent); kept here to avoid importing oauth.
 AWAITING_CONSENT = "awaiting_consent"
 
 Key = tuple[str, str]
-
-#: Folder states from which a discovery pass retries the provider's login.
-_REAUTH_STATES = ("needsreauth",)
 
 
 def jittered(seconds: float, pct: float, rng: random.Random) -> float:
@@ -45,235 +48,9 @@ def jittered(seconds: float, pct: float, rng: random.Random) -> float:
     return jitter_around(seconds, pct, rng.random)
 
 
-@implementer(IFolderHooks)
-class FolderHooks:
-    """What a folder reports to its provider. One instance per folder."""
-
-    def __init__(self, provider_service: ProviderService, folder: str):
-        self._provider = provider_service
-        self.folder = folder
-
-    def state_changed(self, state: str, reason: str = "", error: Optional[str] = None) -> None:
-        self._provider.folder_state_changed(self.folder, state, error)
-
-    def auth_failed(self, code: str, text: str = "") -> None:
-        self._provider.auth_failed(self.folder, code)
-
-    def credentials_missing(self, text: str = "") -> None:
-        self._provider.credentials_missing(self.folder, text)
-
-    def logged_in(self) -> None:
-        self._provider.logged_in(self.folder)
-
-    def synced(self) -> None:
-        self._provider.synced(self.folder)
-
-    def lease_lost(self) -> None:
-        self._provider.lease_lost(self.folder)
-
-    def quarantined(self, until: float, text: str) -> None:
-        self._provider.quarantined(self.folder, until, text)
-
-
-class ProviderService(service.MultiService):
-    """One leased provider: a child service per configured folder."""
-
-    log = Logger()
-
-    def __init__(self, supervisor: Supervisor, provider: ProviderConfig, make_folder,
-                 folders: Optional[tuple[str, ...]] = None,
-                 waiting: Optional[dict[str, str]] = None):
-        super().__init__()
-        self.supervisor = supervisor
-        self.provider = provider
-        self.setName("imap:{}/{}".format(*provider.key))
-        self._make_folder = make_folder
-        self.folder_states: dict[str, tuple[str, Optional[str]]] = {}
-        self.folders: dict[str, Any] = {}
-        self._status_written: Optional[tuple[str, Optional[str]]] = None
-        self._auth_failure_counted = False
-        self._credentials_missing_logged = False
-        self._last_sync_written = None
-        #: Folders the tenant connection cap left without a connection,
-        #: with the error naming the cap (shown, and kept in the status).
-        self.waiting: dict[str, str] = dict(waiting or {})
-        self.folder_since: dict[str, float] = {}
-        self.folder_synced_at: dict[str, float] = {}
-        for folder in provider.folders if folders is None else folders:
-            child = make_folder(provider, folder, FolderHooks(self, folder))
-            child.setName(folder)
-            child.setServiceParent(self)
-            self.folders[folder] = child
-            self.folder_states[folder] = ("Disconnected", None)
-        for folder, error in self.waiting.items():
-            self.folder_states[folder] = ("Waiting", error)
-
-    # -- hooks from folders -------------------------------------------------
-
-    def folder_state_changed(self, folder: str, state: str, error: Optional[str]) -> None:
-        if self.folder_states.get(folder, (None,))[0] != state:
-            self.folder_since[folder] = self.supervisor.clock.seconds()
-        self.folder_states[folder] = (state, error)
-        status = aggregate_status(self.folder_states)
-        if status != self._status_written and self.running:
-            self._status_written = status
-            tenant, pid = self.provider.key
-            # Fenced: a replica that lost the lease must not overwrite the
-            # new owner's status.
-            fire_and_forget(
-                self.supervisor.store.set_provider_status(
-                    tenant, pid, status[0], status[1], owner=self.supervisor.owner),
-                self.log,
-                "provider status write failed",
-            )
-            # The config row's last_error as the app reads it: the error while
-            # there is one, cleared once every folder is connected; kept while
-            # merely (re)connecting, so the last cause stays visible.
-            if status[0] in ("error", "connected"):
-                fire_and_forget(
-                    self.supervisor.store.set_last_error(tenant, pid, status[1]),
-                    self.log,
-                    "provider last_error write failed",
-                )
-        self.report(folder)
-
-    def report(self, folder: str) -> None:
-        """Hand the folder's state to the cluster status reporter (throttled there)."""
-        reporter = self.supervisor.reporter
-        if reporter is None or not self.running or folder not in self.folders:
-            return
-        from imapsvc.cluster_status import folder_counters, utc
-
-        child = self.folders[folder]
-        snap = child.snapshot() if hasattr(child, "snapshot") else {}
-        state, error = self.folder_states.get(folder, ("Disconnected", None))
-        since = self.folder_since.get(folder)
-        synced = self.folder_synced_at.get(folder)
-        reporter.folder_changed(self.provider.key, FolderStatus(
-            folder=folder,
-            state=state,
-            since=None if since is None else utc(since),
-            last_sync_at=None if synced is None else utc(synced),
-            last_error=redact(error) if error else None,
-            counters=folder_counters(snap),
-        ))
-
-    def auth_failed(self, folder: str, code: str) -> None:
-        # Several folders of one provider failing in the same attempt are one
-        # failure: count once per start of the provider.
-        if self._auth_failure_counted:
-            return
-        self._auth_failure_counted = True
-        fire_and_forget(
-            self.supervisor.provider_auth_failed(self.provider, code),
-            self.log,
-            "auth failure bookkeeping failed",
-        )
-
-    def credentials_missing(self, folder: str, text: str) -> None:
-        # Not an authentication failure: inbound_auth_failure_count stays as
-        # it is and nothing is paused. The folder's error (names and places
-        # looked up, never values) becomes status = error / error_message
-        # through folder_state_changed; discovery retries the login.
-        if not self._credentials_missing_logged:
-            self._credentials_missing_logged = True
-            self.log.warn(
-                "provider {tenant}/{provider}: {text}; retrying on the next discovery pass",
-                tenant=self.provider.tenant,
-                provider=self.provider.provider_id,
-                text=text,
-            )
-
-    def logged_in(self, folder: str) -> None:
-        if self.provider.inbound_auth_failure_count:
-            self.provider = _with(self.provider, inbound_auth_failure_count=0)
-            fire_and_forget(
-                self.supervisor.store.reset_auth_failures(*self.provider.key),
-                self.log,
-                "auth failure reset failed",
-            )
-
-    def synced(self, folder: str) -> None:
-        now = self.supervisor.clock.seconds()
-        self.folder_synced_at[folder] = now
-        self.report(folder)
-        interval = self.supervisor.last_sync_interval_s
-        if self._last_sync_written is None or now - self._last_sync_written >= interval:
-            self._last_sync_written = now
-            fire_and_forget(
-                self.supervisor.store.touch_last_sync(*self.provider.key),
-                self.log,
-                "last_sync_at write failed",
-            )
-
-    def quarantined(self, folder: str, until: float, text: str) -> None:
-        """A folder's server broke protocol limits repeatedly: say so in
-        ``error_message`` (the folder itself waits out the quarantine)."""
-        self.supervisor.quarantines += 1
-        self._status_written = ("error", text)
-        tenant, pid = self.provider.key
-        fire_and_forget(
-            self.supervisor.store.set_provider_status(tenant, pid, "error", text),
-            self.log,
-            "provider status write failed",
-        )
-
-    def lease_lost(self, folder: str) -> None:
-        fire_and_forget(
-            self.supervisor.drop_provider(self.provider.key, "lease lost during a write"),
-            self.log,
-            "stopping provider after lease loss failed",
-        )
-
-    # -- queries and actions ------------------------------------------------
-
-    def needs_reauth(self) -> bool:
-        return any(state.lower() in _REAUTH_STATES for state, _ in self.folder_states.values())
-
-    def update(self, provider: ProviderConfig) -> None:
-        """Settings changed that need no new connection (credentials, caps)."""
-        self.provider = provider
-        for child in self.folders.values():
-            if hasattr(child, "update_provider"):
-                child.update_provider(provider)
-
-    def reconnect(self) -> None:
-        for child in self.folders.values():
-            child.reconnect()
-
-    def snapshot(self) -> dict:
-        folders = {}
-        for name, child in self.folders.items():
-            snap = child.snapshot() if hasattr(child, "snapshot") else {}
-            state, error = self.folder_states.get(name, ("Disconnected", None))
-            snap.setdefault("state", state)
-            snap.setdefault("last_error", error)
-            if snap.get("last_error"):
-                # Errors are written secret-free; /status masks them again anyway.
-                snap["last_error"] = redact(str(snap["last_error"]))
-            folders[name] = snap
-        for name, error in self.waiting.items():
-            folders[name] = {"state": "Waiting", "last_error": redact(error) if error else None}
-        status, error = aggregate_status(self.folder_states)
-        return {
-            "tenant": self.provider.tenant,
-            "providerId": self.provider.provider_id,
-            "mailbox": self.provider.mailbox,
-            "host": self.provider.host,
-            "status": status,
-            "error": redact(error) if error else None,
-            "folders": folders,
-        }
-
-
-def _with(provider: ProviderConfig, **changes) -> ProviderConfig:
-    import attr
-
-    return attr.evolve(provider, **changes)
-
 
 @implementer(IAdmin)
-class Supervisor(service.MultiService):
+class Supervisor(AdminActions, service.MultiService):
     """Discovers providers, holds their leases, runs their services."""
 
     log = Logger()
@@ -689,98 +466,3 @@ class Supervisor(service.MultiService):
                 yield self.store.set_last_error(provider.tenant, provider.provider_id, message)
             except Exception as e:
                 self.log.warn("pause status write failed: {err}", err=str(e))
-
-    # -- admin (IAdmin) -------------------------------------------------------
-
-    def _known(self, tenant: str, provider_id: str) -> Optional[ProviderService]:
-        return self.providers.get((tenant, provider_id))
-
-    def reconnect(self, tenant: str, provider_id: str):
-        svc = self._known(tenant, provider_id)
-        if svc is None:
-            return defer.succeed({"success": False, "error": "provider not running here"})
-        svc.reconnect()
-        return defer.succeed({"success": True})
-
-    @defer.inlineCallbacks
-    def resync(self, tenant: str, provider_id: str, folder: Optional[str] = None):
-        # Stop first, so no batch in flight can write its cursor over the
-        # reset; then reset; then start again from the recent window.
-        svc = self._known(tenant, provider_id)
-        if svc is not None:
-            yield self.drop_provider(svc.provider.key, "resync", release=False)
-        yield self.store.reset_cursors(tenant, provider_id, folder)
-        if svc is not None:
-            yield self._start_provider(svc.provider, have_lease=True)
-        return {"success": True, "running": svc is not None}
-
-    @defer.inlineCallbacks
-    def pause(self, tenant: str, provider_id: str):
-        """Operator pause (``manual``): the row says so, and the provider
-        stops here at once (other replicas see the row change)."""
-        # Running before the write: the row change NOTIFYs, and discovery
-        # may stop the provider before this method gets to it.
-        running = (tenant, provider_id) in self.providers
-        known = yield self.store.set_inbound_pause(tenant, provider_id, True)
-        if not known:
-            return {"success": False, "error": "unknown provider"}
-        if (tenant, provider_id) in self.providers:
-            yield self.drop_provider((tenant, provider_id), "paused by an operator")
-        return {"success": True, "paused": True, "stopped": running}
-
-    @defer.inlineCallbacks
-    def resume(self, tenant: str, provider_id: str):
-        """Clear any pause (and the auth-failure count); discovery starts it."""
-        known = yield self.store.set_inbound_pause(tenant, provider_id, False)
-        if not known:
-            return {"success": False, "error": "unknown provider"}
-        self.request_discovery()
-        return {"success": True, "paused": False}
-
-    @defer.inlineCallbacks
-    def test_connection(self, tenant: str, provider_id: str):
-        provider = yield self.store.get_provider(tenant, provider_id)
-        if provider is None:
-            return {"success": False, "error": "unknown provider"}
-        if self._test_connection is None:
-            return {"success": False, "error": "connection test not available"}
-        try:
-            yield self._test_connection(provider)
-        except Exception as e:
-            # A generic class only (imapsvc.imap.probe): raw error text would
-            # make the probe a scanner of the cluster network.
-            return {"success": False, "error": getattr(e, "kind", None) or "connect_failed"}
-        return {"success": True}
-
-    def status(self) -> dict:
-        return {
-            "worker": self.owner,
-            "discovered": self.discovered_once,
-            "discoveryError": self.last_discovery_error,
-            "authFailures": self.auth_failures,
-            "quarantines": self.quarantines,
-            "imapBudget": None
-            if self.imap_budget is None
-            else {
-                "capacity": self.imap_budget.capacity,
-                "used": self.imap_budget.used,
-                "peak": self.imap_budget.peak,
-                "paused": self.imap_budget.paused,
-                "pauses": self.imap_budget.pauses,
-            },
-            "capacity": {
-                "openFilesLimit": self.open_files_limit,
-                "folderCapacity": self.folder_capacity,
-                "foldersOpen": sum(len(svc.provider.folders) for svc in self.providers.values()),
-            },
-            "reactorLag": self.lag_stats.snapshot() if self.lag_stats is not None else None,
-            "providers": [svc.snapshot() for _, svc in sorted(self.providers.items())],
-            "waiting": [
-                {"tenant": k[0], "providerId": k[1], "reason": why}
-                for k, why in sorted(self.waiting.items())
-            ],
-            "invalid": [
-                {"tenant": k[0], "providerId": k[1], "reason": redact(why)}
-                for k, why in sorted(self.invalid.items())
-            ],
-        }

@@ -450,6 +450,25 @@ class SessionContractMixin:
         # The session goes on after IDLE.
         self.assertEqual(self.result(session.uid_search_from(2)), [2])  # type: ignore[attr-defined]
 
+    def test_idle_ending_is_the_sessions_to_know(self) -> None:
+        session = self.logged_in(self.mailbox())
+        self.assertFalse(session.idle_ending)  # type: ignore[attr-defined]
+        d = session.idle(lambda n: None)
+        self.settle()
+        self.assertFalse(session.idle_ending)  # type: ignore[attr-defined]
+        session.done()
+        # DONE is out until the server's answer (an at-once fake answers
+        # within done()): a second reason to end the IDLE must not send another.
+        self.assertEqual(session.idle_ending, not d.called)  # type: ignore[attr-defined]
+        self.assertIsNone(self.result(d))  # type: ignore[attr-defined]
+        self.assertFalse(session.idle_ending)  # type: ignore[attr-defined]
+        # Also when asked before the server's "+"; and a new IDLE starts afresh.
+        d = session.idle(lambda n: None)
+        session.done()
+        self.assertEqual(session.idle_ending, not d.called)  # type: ignore[attr-defined]
+        self.assertIsNone(self.result(d))  # type: ignore[attr-defined]
+        self.assertFalse(session.idle_ending)  # type: ignore[attr-defined]
+
     def test_done_before_the_server_accepted_idle(self) -> None:
         session = self.logged_in(self.mailbox())
         d = session.idle(lambda n: None)

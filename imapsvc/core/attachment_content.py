@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from urllib.parse import quote
 
 from imapsvc.core.attachments import attachment_metadata
-from imapsvc.core.transfer import _B64_DELETE, _B64_URLSAFE, _QP_BAD_ESCAPE
+from imapsvc.core.transfer import _B64_DELETE, _B64_URLSAFE, decode_quoted_printable
 from imapsvc.model import (
     ATTACHMENT_MODE_INLINE,
     ATTACHMENT_MODE_METADATA,
@@ -142,17 +142,8 @@ def _qp_chunks(view: memoryview, step: int) -> Iterator[bytes]:
             if cut >= 0 and end < end_all:
                 piece = piece[: cut + 1]
                 end = start + cut + 1
-        yield _qp(piece)
+        yield decode_quoted_printable(piece)
         start = end
-
-
-def _qp(data: bytes) -> bytes:
-    try:
-        data = _QP_BAD_ESCAPE.sub(b"=3D", data)
-        data = data.replace(b"=\r\n", b"").replace(b"=\n", b"").replace(b"=\r", b"")
-        return binascii.a2b_qp(data)
-    except (binascii.Error, ValueError, TypeError):
-        return data
 
 
 def digest_and_size(encoding: Optional[str], data: Any) -> tuple[str, int]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from imapsvc.core.folder_machine import DISCONNECTED, STOPPED, WAITING
+
 #: Admin actions routed to the provider's owner (``imap_admin_requests.action``).
 ACTIONS = ("reconnect", "resync", "test-connection", "pause", "resume")
 
@@ -80,7 +82,7 @@ def deployment_status(
     replicas: Sequence[Mapping[str, Any]],
     lease_ttl_s: float,
     redact: Any = lambda s: s,
-) -> dict:
+) -> dict[str, Any]:
     """Every provider and folder of the deployment, from the rows every
     replica persisted (``imap_folder_status``, ``imap_replicas``) and the
     provider rows.
@@ -120,9 +122,9 @@ def deployment_status(
         for f in sorted(by_provider.get(key, ()), key=lambda f: str(f["folder"])):
             f_owner = f.get("owner")
             current = lease_live and f_owner is not None and f_owner == owner
-            state = str(f.get("state") or "Disconnected")
-            if state != "Waiting" and not current:
-                state = "Stopped"  # its replica released or lost the lease
+            state = str(f.get("state") or DISCONNECTED)
+            if state != WAITING and not current:
+                state = STOPPED  # its replica released or lost the lease
             elif current and not alive.get(str(f_owner), False):
                 state = "Gone"  # lease not expired yet, but the replica is silent
             error = f.get("last_error")

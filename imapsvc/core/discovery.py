@@ -14,6 +14,7 @@ from typing import Iterable, Mapping, Optional
 
 import attr
 
+from imapsvc.core import folder_machine as FS
 from imapsvc.model import ProviderConfig
 
 try:  # what Twisted's TLS (optionsForClientTLS) encodes the host with
@@ -172,6 +173,11 @@ def plan_discovery(
     )
 
 
+#: States whose error makes the provider's status an error ("needs_reauth":
+#: an older spelling).
+_ERROR_STATES = (FS.NEEDS_REAUTH.lower(), "needs_reauth", FS.BACKOFF.lower(), FS.WAITING.lower())
+
+
 def aggregate_status(folder_states: Mapping[str, tuple[str, str | None]]) -> tuple[str, str | None]:
     """Provider status from its folders' ``(state, last_error)``.
 
@@ -182,11 +188,11 @@ def aggregate_status(folder_states: Mapping[str, tuple[str, str | None]]) -> tup
     """
     if not folder_states:
         return ("disconnected", None)
-    healthy = {"selected", "syncing", "idling"}
+    healthy = {state.lower() for state in FS.HEALTHY_STATES}
     for folder in sorted(folder_states):
         state, error = folder_states[folder]
         # waiting: a folder the tenant connection cap left without a connection.
-        if state.lower() in ("needsreauth", "needs_reauth", "backoff", "waiting") and error:
+        if state.lower() in _ERROR_STATES and error:
             return ("error", f"{folder}: {error}")
     if all(state.lower() in healthy for state, _ in folder_states.values()):
         return ("connected", None)

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 import os
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 from urllib.parse import urlencode, urlsplit
 
 import attr
@@ -295,7 +295,7 @@ def redirect_allowed(url: str, allowlist: Iterable[str], allow_http_loopback: bo
 _IDENTITY_CLAIMS = ("email", "preferred_username", "upn")
 
 
-def granted_identity(tokens: dict) -> Optional[str]:
+def granted_identity(tokens: Mapping[str, Any]) -> Optional[str]:
     """The account the grant is for, from the token response's ``id_token``
     (payload only: it came straight from the token endpoint over TLS, OpenID
     Connect Core 3.1.3.7), or ``None`` when there is none or it is unreadable."""

@@ -118,8 +118,8 @@ def _clamped(decode_mapi: Any) -> Any:
 # drive loops that do not check the data is there (2**32 iterations for a
 # hostile count). Both functions are looked up as module globals at call
 # time, so they are bounded here, once, for every caller.
-_mapi.parse_property = _bounded(_mapi.parse_property)  # type: ignore[attr-defined]
-_tnef_module.decode_mapi = _clamped(_tnef_module.decode_mapi)  # type: ignore[attr-defined]
+_mapi.parse_property = _bounded(_mapi.parse_property)
+_tnef_module.decode_mapi = _clamped(_tnef_module.decode_mapi)
 # Damaged blobs are reported as ``tnef_unreadable``; the parser's own per-
 # property warnings would only flood the log (or stderr, with no handler).
 logging.getLogger("tnefparse").setLevel(logging.CRITICAL)
@@ -189,7 +189,7 @@ class _CheckedTNEF(TNEF):  # type: ignore[misc]
 
 
 # Embedded messages are parsed with ``TNEF(...)`` looked up at call time.
-_tnef_module.TNEF = _CheckedTNEF  # type: ignore[attr-defined]
+_tnef_module.TNEF = _CheckedTNEF
 
 
 def _mapi_value(attachment: Any, prop: int) -> Optional[str]:

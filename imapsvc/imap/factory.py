@@ -5,13 +5,13 @@ exponential back-off with jitter, a server's throttling hint, giving up on
 bad credentials) and *how* (TCP with a connect timeout, implicit TLS by
 wrapping the factory in TLS). What happens on the connection is the owner's
 business (:class:`imapsvc.folder.FolderService`); the factory tells it about
-every step through the :class:`FactoryOwner` methods.
+every step through :class:`imapsvc.interfaces.IConnectionEvents`, one way.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional
 
 from twisted.internet import defer
 from twisted.internet.protocol import ReconnectingClientFactory
@@ -27,24 +27,9 @@ from imapsvc.core.backoff import (
 )
 from imapsvc.imap.connect_gate import ConnectGate, GateSlot
 
-
-class FactoryOwner(Protocol):
-    """What the factory reports to (the folder service)."""
-
-    def factory_connecting(self) -> None:
-        """A connection attempt starts."""
-
-    def factory_protocol(self, protocol: Any) -> None:
-        """A protocol was built for a new connection (not yet greeted)."""
-
-    def factory_connection_ended(self, reason: Failure, connected: bool) -> None:
-        """The connection attempt failed (``connected=False``) or an
-        established connection was lost. Called before the retry is
-        scheduled, so the owner may :meth:`~FolderClientFactory.stopTrying`
-        or :meth:`~FolderClientFactory.set_next_delay`."""
-
-    def factory_retry_scheduled(self, delay: float) -> None:
-        """The next attempt is due in ``delay`` seconds."""
+#: What the factory reports to (the folder service): the methods of
+#: :class:`imapsvc.interfaces.IConnectionEvents`.
+FactoryOwner = Any
 
 
 def set_keepalive(transport: Any, log: Optional[Logger] = None) -> bool:
@@ -83,7 +68,7 @@ class _ResolvingConnector:
 class FolderClientFactory(ReconnectingClientFactory):
     """Connects one folder's IMAP session and reconnects it with back-off.
 
-    :param owner: a :class:`FactoryOwner`.
+    :param owner: an :class:`~imapsvc.interfaces.IConnectionEvents` provider.
     :param reactor: provides ``connectTCP`` and ``callLater``.
     :param protocol_factory: ``() -> protocol`` (a
         :class:`~imapsvc.imap.protocol.FolderIMAPClient` in production).

@@ -1191,6 +1191,11 @@ class FolderIMAPClient(IMAP4Client):
         if self._idle_done_requested:
             self._send_done(cmd)
 
+    @property
+    def idle_ending(self) -> bool:
+        """Whether DONE is asked for (or out) for the IDLE still running."""
+        return self._idle_cmd is not None and (self._idle_done_requested or self._idle_done_sent)
+
     def done(self) -> None:
         """End IDLE: sends ``DONE`` once (deferred until the server's ``+``
         when that has not arrived yet)."""

@@ -527,8 +527,16 @@ class FakeIMAPSession(Protocol):
         self._step()
         return cmd.defer
 
+    @property
+    def idle_ending(self) -> bool:
+        """Whether DONE is asked for (or out) for the IDLE still running."""
+        return self._done_requested and self._running_idle() is not None
+
+    def _running_idle(self) -> Optional[_Command]:
+        return next((c for c in [self._current, *self._waiting] if c and c.answer is None), None)
+
     def done(self) -> None:
-        idle = next((c for c in [self._current, *self._waiting] if c and c.answer is None), None)
+        idle = self._running_idle()
         if idle is None or self._closed or self._done_requested:
             return
         self._done_requested = True

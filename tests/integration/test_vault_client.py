@@ -1,4 +1,4 @@
-"""The Vault provider (:class:`imapsvc.secret_chain.VaultSecrets`, over treq)
+"""The Vault provider (:class:`imapsvc.secret_providers.VaultSecrets`, over treq)
 against the rig's KV v2 endpoint on loopback (:mod:`tests.rig.vault`):
 reads, absence, the token, check-and-set writes that lose no key, and
 slow, stalled, oversized and failing answers that end as a transient error

@@ -581,68 +581,76 @@ class EventsTailTests(CliTestBase):
         self.environ["REDIS_URL"] = "redis://127.0.0.1:6379/0"
         calls: list[tuple[Any, ...]] = []
         replies = iter([
-            [[b"2-0", [b"event_id", b"e2"]], [b"1-0", [b"event_id", b"e1"]]],  # XREVRANGE
-            None,  # XREAD timed out
-            [[b"workflow:events:global", [[b"3-0", [b"event_id", b"e3"]]]]],
+            [(b"2-0", {b"event_id": b"e2"}), (b"1-0", {b"event_id": b"e1"})],  # XREVRANGE
+            [],  # XREAD timed out
+            [[b"workflow:events:global", [(b"3-0", {b"event_id": b"e3"})]]],
         ])
 
         class FakeRedis:
-            def __init__(self, url: str) -> None:
-                self.url = url
+            def __init__(self, url: str, timeout: float) -> None:
+                calls.append(("connect", url, timeout))
 
-            def call(self, *args: Any) -> Any:
-                calls.append(args)
+            def xrevrange(self, stream: str, top: str, bottom: str, count: int) -> Any:
+                calls.append(("XREVRANGE", stream, top, bottom, count))
                 return next(replies)
 
-            def settimeout(self, seconds: float) -> None:
-                pass
+            def xread(self, streams: dict[str, Any], count: int, block: int) -> Any:
+                calls.append(("XREAD", streams, count, block))
+                return next(replies)
 
             def close(self) -> None:
                 calls.append(("closed",))
 
         status, out, _ = self.run_cli("events", "tail", "--follow", redis=FakeRedis,
-                                      stop=lambda: len(calls) >= 3)
+                                      stop=lambda: len(calls) >= 4)
         self.assertEqual(status, 0)
         self.assertEqual([json.loads(x)["id"] for x in out.splitlines()], ["1-0", "2-0", "3-0"])
-        self.assertEqual(calls[0], ("XREVRANGE", "workflow:events:global", "+", "-", "COUNT", 10))
+        # The socket outlives a blocked XREAD (5 s).
+        self.assertEqual(calls[0], ("connect", "redis://127.0.0.1:6379/0", 15.0))
+        self.assertEqual(calls[1], ("XREVRANGE", "workflow:events:global", "+", "-", 10))
         # Follows from the newest entry seen, then from each new one.
-        self.assertEqual(calls[1][-1], b"2-0")
-        self.assertEqual(calls[2][-1], b"2-0")
+        self.assertEqual(calls[2], ("XREAD", {"workflow:events:global": b"2-0"}, 100, 5000))
+        self.assertEqual(calls[3][1], {"workflow:events:global": b"2-0"})
         self.assertEqual(calls[-1], ("closed",))
 
+    def test_tail_redis_reads_resp3_replies(self) -> None:
+        from imapsvc.cli_events import _stream_entries
 
-class RespTests(TestCase):
-    def test_encode(self) -> None:
-        self.assertEqual(cli.resp_encode("XREAD", 5, b"\x00"),
-                         b"*3\r\n$5\r\nXREAD\r\n$1\r\n5\r\n$1\r\n\x00\r\n")
+        entry = (b"3-0", {b"event_id": b"e3"})
+        self.assertEqual(_stream_entries({b"s": [[entry]]}), [entry])
+        self.assertEqual(_stream_entries([[b"s", [entry]]]), [entry])
+        self.assertEqual(_stream_entries(None), [])
 
-    def test_read_nested(self) -> None:
-        data = (b"*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\na\r\n$-1\r\n"
-                b":42\r\n+OK\r\n*-1\r\n")
-        f = io.BytesIO(data)
-        self.assertEqual(cli.resp_read(f), [b"1-0", [b"a", None]])
-        self.assertEqual(cli.resp_read(f), 42)
-        self.assertEqual(cli.resp_read(f), b"OK")
-        self.assertIsNone(cli.resp_read(f))
+    def test_redis_error_is_one_line(self) -> None:
+        import redis
 
-    def test_bulk_with_crlf_inside(self) -> None:
-        self.assertEqual(cli.resp_read(io.BytesIO(b"$4\r\na\r\nb\r\n")), b"a\r\nb")
+        self.environ["REDIS_URL"] = "redis://:pw@127.0.0.1:6379/0"
 
-    def test_error_and_eof(self) -> None:
-        self.assertRaises(cli.RedisError, cli.resp_read, io.BytesIO(b"-WRONGTYPE no\r\n"))
-        self.assertRaises(cli.RedisError, cli.resp_read, io.BytesIO(b"$10\r\nshort"))
-        self.assertRaises(cli.RedisError, cli.resp_read, io.BytesIO(b""))
+        class WrongType:
+            def __init__(self, url: str, timeout: float) -> None:
+                pass
 
+            def xrevrange(self, *args: Any, **kwargs: Any) -> Any:
+                raise redis.ResponseError("WRONGTYPE Operation against a key")
+
+            def close(self) -> None:
+                pass
+
+        err = self.assert_one_line_error(self.run_cli("events", "tail", redis=WrongType),
+                                         "Redis at 127.0.0.1:6379: WRONGTYPE")
+        self.assertNotIn("pw", err)
+
+
+class RedisConnectTests(TestCase):
     def test_unreachable(self) -> None:
-        def refuse(address: Any, timeout: float) -> Any:
-            raise ConnectionRefusedError(111, "Connection refused")
-
-        with self.assertRaises(cli.AdminError) as caught:
-            cli.RespClient("redis://:pw@127.0.0.1:1/0", connect=refuse)
-        self.assertIn("cannot reach Redis at 127.0.0.1:1", str(caught.exception))
-        self.assertNotIn("pw", str(caught.exception))
-
-
+        # Port 1 on the loopback: refused at once.
+        out, err = io.StringIO(), io.StringIO()
+        status = cli.main(["events", "tail"], environ={"REDIS_URL": "redis://:pw@127.0.0.1:1/0"},
+                          out=out, err=err)
+        self.assertEqual(status, 1)
+        self.assertIn("cannot reach Redis at 127.0.0.1:1", err.getvalue())
+        self.assertEqual(err.getvalue().count("\n"), 1)
+        self.assertNotIn("pw", err.getvalue())
 
 
 class PoisonTests(CliTestBase):

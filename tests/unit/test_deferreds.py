@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, capturedLogs
 from twisted.trial import unittest
 
-from imapsvc.deferreds import DeadlineExceeded, fire_and_forget
+from imapsvc.deferreds import DeadlineExceeded, fire_and_forget, start_loop
 from imapsvc.interfaces import StoreUnavailable
 
 
@@ -37,3 +38,29 @@ class FireAndForgetTests(unittest.TestCase):
         seen = []
         fire_and_forget(defer.fail(StoreUnavailable("x")), Logger(), "w", on_error=seen.append)
         self.assertEqual(len(seen), 1)
+
+
+class StartLoopTests(unittest.TestCase):
+    def test_runs_now_then_every_interval(self) -> None:
+        clock, calls = Clock(), []
+        loop = start_loop(clock, 5.0, lambda: calls.append(clock.seconds()),
+                          Logger(namespace="test"), "beat")
+        clock.advance(5)
+        clock.advance(5)
+        self.assertEqual(calls, [0, 5, 10])
+        loop.stop()
+        clock.advance(5)
+        self.assertEqual(len(calls), 3)
+
+    def test_a_failure_that_ends_the_loop_is_logged(self) -> None:
+        clock = Clock()
+
+        def broken() -> None:
+            raise ValueError("bug")
+
+        with capturedLogs() as events:
+            loop = start_loop(clock, 5.0, broken, Logger(namespace="test"), "replica heartbeat")
+        self.assertFalse(loop.running)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual([e["what"] for e in events if e.get("log_failure")],
+                         ["replica heartbeat"])

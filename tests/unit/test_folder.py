@@ -187,6 +187,11 @@ class FakeProto:
         self.pending.append(self._idle_d)
         return self._idle_d
 
+    @property
+    def idle_ending(self):
+        """DONE is out and its answer not in (IIMAPSession.idle_ending)."""
+        return not self.idling and getattr(self, "_idle_d", None) in self.pending
+
     def done(self):
         self.done_calls += 1
         assert self.idling, "DONE outside IDLE"

@@ -98,7 +98,7 @@ class RedactTests(TestCase):
             "UID FETCH 1:200 (UID RFC822.SIZE BODY.PEEK[HEADER])",
             "folder INBOX uid_validity=1735234567 last_uid=4242",
             "Message-ID <CAF=abcdEFGH1234ijklMNOP5678@mail.gmail.com>",
-            "twistd 26.10.0 (/work/venv/bin/python 3.11.7) starting up.",
+            "twistd 26.10.0 (/usr/local/bin/python3 3.11.7) starting up.",
             "token_expires_at=2026-01-10T12:00:00.000Z",
         ):
             self.assertEqual(redact(text), text)

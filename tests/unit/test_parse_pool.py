@@ -4,6 +4,9 @@ round trip through worker processes."""
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import subprocess
+import sys
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 from typing import Any
@@ -12,9 +15,12 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+import imapsvc
+from imapsvc import parse_pool, parse_worker
+from imapsvc.core.records import build_records, split_balanced
 from imapsvc.model import OUTCOME_PUBLISHED, Limits
-from imapsvc.parse_pool import ParsePool, split_balanced
-from imapsvc.pipeline import Pipeline, build_records
+from imapsvc.parse_pool import ParsePool
+from imapsvc.pipeline import Pipeline
 from imapsvc.store.memory import MemoryStore
 from tests.unit.test_pipeline import OWNER, P, RecordingRunner, T, fetched
 
@@ -67,6 +73,46 @@ class SplitTests(unittest.TestCase):
 
     def test_empty(self) -> None:
         self.assertEqual(split_balanced([], 2), [])
+
+
+def run_python(code: str) -> str:
+    """``code`` in a fresh interpreter that imports this copy of imapsvc
+    (the checkout under test, not an installed one); its stdout."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(imapsvc.__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    if out.returncode:
+        raise AssertionError(out.stderr)
+    return out.stdout.strip()
+
+
+class WorkerImportTests(unittest.TestCase):
+    """The fork server and its workers import no Twisted (no reactor state
+    to inherit, a fast start)."""
+
+    def test_worker_modules_import_no_twisted(self) -> None:
+        modules = sorted({
+            *parse_pool.PRELOAD,
+            build_records.__module__,
+            parse_worker.exit_with.__module__,
+            parse_worker.worker_pid.__module__,
+        })
+        self.assertIn("imapsvc.parse_worker", modules)
+        code = (
+            "import importlib, sys\n"
+            f"for name in {modules!r}: importlib.import_module(name)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'twisted'))\n"
+        )
+        self.assertEqual(run_python(code), "[]")
+
+    def test_the_check_sees_twisted_when_it_is_imported(self) -> None:
+        code = (
+            "import sys, imapsvc.pipeline\n"
+            "print('twisted' in sys.modules)\n"
+        )
+        self.assertEqual(run_python(code), "True")
 
 
 class PoolTests(unittest.TestCase):

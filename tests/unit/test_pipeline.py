@@ -13,6 +13,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from imapsvc.core.event import event_ids
+from imapsvc.core.records import batch_bytes, build_records
 from imapsvc.deferreds import synchronous_runner
 from imapsvc.interfaces import IMessagePipeline, LeaseLost
 from imapsvc.model import (
@@ -23,7 +24,7 @@ from imapsvc.model import (
     FolderCursor,
     Limits,
 )
-from imapsvc.pipeline import Pipeline, batch_bytes, build_records
+from imapsvc.pipeline import Pipeline, build_records_logged
 from imapsvc.store.memory import MemoryStore
 from tests.contract_validator import FIELDS as CONTRACT_FIELDS
 
@@ -295,7 +296,7 @@ class PipelineTests(unittest.TestCase):
             return event.build_stream_entry(tenant, provider_id, data, *rest)
 
         def records(*args: Any) -> Any:
-            return build_records(*args, build_stream_entry=build)
+            return build_records_logged(*args, build_stream_entry=build)
 
         result = self.successResultOf(
             self.pipeline(build=records).handle_batch(

@@ -22,8 +22,8 @@ from imapsvc.secret_chain import (
     SecretChain,
     build_providers,
     lookup_app_secret_sync,
-    parse_kv2,
 )
+from imapsvc.secret_providers import parse_kv2
 from imapsvc.secrets import (
     SEALED_TEXT_PREFIX,
     TEXT_PLAINTEXT,

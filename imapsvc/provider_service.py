@@ -1,0 +1,253 @@
+"""One leased provider at run time (:class:`ProviderService`): a child
+service per folder, and what its folders report (:class:`FolderHooks`).
+
+The folders' reports (state changes, logins, failed logins, syncs, lost
+leases) become the provider row's ``status``/``last_error``, the cluster
+status document and the supervisor's decisions (auto-pause, dropping the
+provider). The :class:`~imapsvc.supervisor.Supervisor` starts and stops
+these services.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+import attr
+from twisted.application import service
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from imapsvc.core.discovery import aggregate_status
+from imapsvc.core.folder_machine import DISCONNECTED, NEEDS_REAUTH, WAITING
+from imapsvc.deferreds import fire_and_forget
+from imapsvc.interfaces import IFolderHooks
+from imapsvc.logging import redact
+from imapsvc.model import FolderStatus, ProviderConfig
+
+if TYPE_CHECKING:
+    from imapsvc.supervisor import Supervisor
+
+
+@implementer(IFolderHooks)
+class FolderHooks:
+    """What a folder reports to its provider. One instance per folder."""
+
+    def __init__(self, provider_service: ProviderService, folder: str):
+        self._provider = provider_service
+        self.folder = folder
+
+    def state_changed(self, state: str, reason: str = "", error: Optional[str] = None) -> None:
+        self._provider.folder_state_changed(self.folder, state, error)
+
+    def auth_failed(self, code: str, text: str = "") -> None:
+        self._provider.auth_failed(self.folder, code)
+
+    def credentials_missing(self, text: str = "") -> None:
+        self._provider.credentials_missing(self.folder, text)
+
+    def logged_in(self) -> None:
+        self._provider.logged_in(self.folder)
+
+    def synced(self) -> None:
+        self._provider.synced(self.folder)
+
+    def lease_lost(self) -> None:
+        self._provider.lease_lost(self.folder)
+
+    def quarantined(self, until: float, text: str) -> None:
+        self._provider.quarantined(self.folder, until, text)
+
+
+class ProviderService(service.MultiService):
+    """One leased provider: a child service per configured folder."""
+
+    log = Logger()
+
+    def __init__(self, supervisor: Supervisor, provider: ProviderConfig, make_folder,
+                 folders: Optional[tuple[str, ...]] = None,
+                 waiting: Optional[dict[str, str]] = None):
+        super().__init__()
+        self.supervisor = supervisor
+        self.provider = provider
+        self.setName("imap:{}/{}".format(*provider.key))
+        self._make_folder = make_folder
+        self.folder_states: dict[str, tuple[str, Optional[str]]] = {}
+        self.folders: dict[str, Any] = {}
+        self._status_written: Optional[tuple[str, Optional[str]]] = None
+        self._auth_failure_counted = False
+        self._credentials_missing_logged = False
+        self._last_sync_written = None
+        #: Folders the tenant connection cap left without a connection,
+        #: with the error naming the cap (shown, and kept in the status).
+        self.waiting: dict[str, str] = dict(waiting or {})
+        self.folder_since: dict[str, float] = {}
+        self.folder_synced_at: dict[str, float] = {}
+        for folder in provider.folders if folders is None else folders:
+            child = make_folder(provider, folder, FolderHooks(self, folder))
+            child.setName(folder)
+            child.setServiceParent(self)
+            self.folders[folder] = child
+            self.folder_states[folder] = (DISCONNECTED, None)
+        for folder, error in self.waiting.items():
+            self.folder_states[folder] = (WAITING, error)
+
+    # -- hooks from folders -------------------------------------------------
+
+    def folder_state_changed(self, folder: str, state: str, error: Optional[str]) -> None:
+        if self.folder_states.get(folder, (None,))[0] != state:
+            self.folder_since[folder] = self.supervisor.clock.seconds()
+        self.folder_states[folder] = (state, error)
+        status = aggregate_status(self.folder_states)
+        if status != self._status_written and self.running:
+            self._status_written = status
+            tenant, pid = self.provider.key
+            # Fenced: a replica that lost the lease must not overwrite the
+            # new owner's status.
+            fire_and_forget(
+                self.supervisor.store.set_provider_status(
+                    tenant, pid, status[0], status[1], owner=self.supervisor.owner),
+                self.log,
+                "provider status write failed",
+            )
+            # The config row's last_error as the app reads it: the error while
+            # there is one, cleared once every folder is connected; kept while
+            # merely (re)connecting, so the last cause stays visible.
+            if status[0] in ("error", "connected"):
+                fire_and_forget(
+                    self.supervisor.store.set_last_error(tenant, pid, status[1]),
+                    self.log,
+                    "provider last_error write failed",
+                )
+        self.report(folder)
+
+    def report(self, folder: str) -> None:
+        """Hand the folder's state to the cluster status reporter (throttled there)."""
+        reporter = self.supervisor.reporter
+        if reporter is None or not self.running or folder not in self.folders:
+            return
+        from imapsvc.cluster_status import folder_counters, utc
+
+        child = self.folders[folder]
+        snap = child.snapshot() if hasattr(child, "snapshot") else {}
+        state, error = self.folder_states.get(folder, (DISCONNECTED, None))
+        since = self.folder_since.get(folder)
+        synced = self.folder_synced_at.get(folder)
+        reporter.folder_changed(self.provider.key, FolderStatus(
+            folder=folder,
+            state=state,
+            since=None if since is None else utc(since),
+            last_sync_at=None if synced is None else utc(synced),
+            last_error=redact(error) if error else None,
+            counters=folder_counters(snap),
+        ))
+
+    def auth_failed(self, folder: str, code: str) -> None:
+        # Several folders of one provider failing in the same attempt are one
+        # failure: count once per start of the provider.
+        if self._auth_failure_counted:
+            return
+        self._auth_failure_counted = True
+        fire_and_forget(
+            self.supervisor.provider_auth_failed(self.provider, code),
+            self.log,
+            "auth failure bookkeeping failed",
+        )
+
+    def credentials_missing(self, folder: str, text: str) -> None:
+        # Not an authentication failure: inbound_auth_failure_count stays as
+        # it is and nothing is paused. The folder's error (names and places
+        # looked up, never values) becomes status = error / error_message
+        # through folder_state_changed; discovery retries the login.
+        if not self._credentials_missing_logged:
+            self._credentials_missing_logged = True
+            self.log.warn(
+                "provider {tenant}/{provider}: {text}; retrying on the next discovery pass",
+                tenant=self.provider.tenant,
+                provider=self.provider.provider_id,
+                text=text,
+            )
+
+    def logged_in(self, folder: str) -> None:
+        if self.provider.inbound_auth_failure_count:
+            self.provider = _with(self.provider, inbound_auth_failure_count=0)
+            fire_and_forget(
+                self.supervisor.store.reset_auth_failures(*self.provider.key),
+                self.log,
+                "auth failure reset failed",
+            )
+
+    def synced(self, folder: str) -> None:
+        now = self.supervisor.clock.seconds()
+        self.folder_synced_at[folder] = now
+        self.report(folder)
+        interval = self.supervisor.last_sync_interval_s
+        if self._last_sync_written is None or now - self._last_sync_written >= interval:
+            self._last_sync_written = now
+            fire_and_forget(
+                self.supervisor.store.touch_last_sync(*self.provider.key),
+                self.log,
+                "last_sync_at write failed",
+            )
+
+    def quarantined(self, folder: str, until: float, text: str) -> None:
+        """A folder's server broke protocol limits repeatedly: say so in
+        ``error_message`` (the folder itself waits out the quarantine)."""
+        self.supervisor.quarantines += 1
+        self._status_written = ("error", text)
+        tenant, pid = self.provider.key
+        fire_and_forget(
+            self.supervisor.store.set_provider_status(tenant, pid, "error", text),
+            self.log,
+            "provider status write failed",
+        )
+
+    def lease_lost(self, folder: str) -> None:
+        fire_and_forget(
+            self.supervisor.drop_provider(self.provider.key, "lease lost during a write"),
+            self.log,
+            "stopping provider after lease loss failed",
+        )
+
+    # -- queries and actions ------------------------------------------------
+
+    def needs_reauth(self) -> bool:
+        return any(state == NEEDS_REAUTH for state, _ in self.folder_states.values())
+
+    def update(self, provider: ProviderConfig) -> None:
+        """Settings changed that need no new connection (credentials, caps)."""
+        self.provider = provider
+        for child in self.folders.values():
+            if hasattr(child, "update_provider"):
+                child.update_provider(provider)
+
+    def reconnect(self) -> None:
+        for child in self.folders.values():
+            child.reconnect()
+
+    def snapshot(self) -> dict:
+        folders = {}
+        for name, child in self.folders.items():
+            snap = child.snapshot() if hasattr(child, "snapshot") else {}
+            state, error = self.folder_states.get(name, (DISCONNECTED, None))
+            snap.setdefault("state", state)
+            snap.setdefault("last_error", error)
+            if snap.get("last_error"):
+                # Errors are written secret-free; /status masks them again anyway.
+                snap["last_error"] = redact(str(snap["last_error"]))
+            folders[name] = snap
+        for name, error in self.waiting.items():
+            folders[name] = {"state": WAITING, "last_error": redact(error) if error else None}
+        status, error = aggregate_status(self.folder_states)
+        return {
+            "tenant": self.provider.tenant,
+            "providerId": self.provider.provider_id,
+            "mailbox": self.provider.mailbox,
+            "host": self.provider.host,
+            "status": status,
+            "error": redact(error) if error else None,
+            "folders": folders,
+        }
+
+
+def _with(provider: ProviderConfig, **changes) -> ProviderConfig:
+    return attr.evolve(provider, **changes)
