@@ -111,6 +111,7 @@ class Settings:
     first_sync_since_days: int = _default("IMAP_FIRST_SYNC_SINCE_DAYS")
     max_connections_per_tenant: int = _default("IMAP_MAX_CONNECTIONS_PER_TENANT")
     max_folders: int = _default("IMAP_MAX_FOLDERS")
+    connect_concurrency: int = _default("IMAP_CONNECT_CONCURRENCY")
     max_attachment_bytes: int = _default("IMAP_MAX_ATTACHMENT_BYTES")
     max_total_attachment_bytes: int = _default("IMAP_MAX_TOTAL_ATTACHMENT_BYTES")
     max_attachment_count: int = _default("IMAP_MAX_ATTACHMENT_COUNT")

@@ -74,6 +74,7 @@ class ProviderService(service.MultiService):
         self.folder_states: dict[str, tuple[str, Optional[str]]] = {}
         self.folders: dict[str, Any] = {}
         self._status_written: Optional[tuple[str, Optional[str]]] = None
+        self._status_call: Any = None
         self._auth_failure_counted = False
         self._credentials_missing_logged = False
         self._last_sync_written = None
@@ -97,6 +98,23 @@ class ProviderService(service.MultiService):
         if self.folder_states.get(folder, (None,))[0] != state:
             self.folder_since[folder] = self.supervisor.clock.seconds()
         self.folder_states[folder] = (state, error)
+        if self._status_call is None and self.running:
+            # Aggregated once per reactor turn: a server restart ends the
+            # sessions of hundreds of folders in one turn, and each change
+            # would otherwise sort every folder and maybe write twice.
+            self._status_call = self.supervisor.clock.callLater(0, self._write_status)
+        self.report(folder)
+
+    def stopService(self) -> Any:
+        call, self._status_call = self._status_call, None
+        if call is not None and call.active():
+            call.cancel()
+        return super().stopService()
+
+    def _write_status(self) -> None:
+        """The provider row's ``status``/``error_message`` (and ``last_error``)
+        from its folders' states, when they changed."""
+        self._status_call = None
         status = aggregate_status(self.folder_states)
         if status != self._status_written and self.running:
             self._status_written = status
@@ -118,28 +136,31 @@ class ProviderService(service.MultiService):
                     self.log,
                     "provider last_error write failed",
                 )
-        self.report(folder)
 
     def report(self, folder: str) -> None:
-        """Hand the folder's state to the cluster status reporter (throttled there)."""
+        """Tell the cluster status reporter the folder changed; it builds the
+        folder's status when its throttled write is due."""
         reporter = self.supervisor.reporter
         if reporter is None or not self.running or folder not in self.folders:
             return
+        reporter.folder_dirty(self.provider.key, folder, lambda: self._folder_status(folder))
+
+    def _folder_status(self, folder: str) -> FolderStatus:
         from imapsvc.cluster_status import folder_counters, utc
 
-        child = self.folders[folder]
-        snap = child.snapshot() if hasattr(child, "snapshot") else {}
+        child = self.folders.get(folder)
+        snap = child.snapshot() if child is not None and hasattr(child, "snapshot") else {}
         state, error = self.folder_states.get(folder, (DISCONNECTED, None))
         since = self.folder_since.get(folder)
         synced = self.folder_synced_at.get(folder)
-        reporter.folder_changed(self.provider.key, FolderStatus(
+        return FolderStatus(
             folder=folder,
             state=state,
             since=None if since is None else utc(since),
             last_sync_at=None if synced is None else utc(synced),
             last_error=redact(error) if error else None,
             counters=folder_counters(snap),
-        ))
+        )
 
     def auth_failed(self, folder: str, code: str) -> None:
         # Several folders of one provider failing in the same attempt are one

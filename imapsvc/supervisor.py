@@ -120,6 +120,8 @@ class Supervisor(AdminActions, service.MultiService):
         self.open_files_limit = open_files_limit
         #: ``imapsvc.core.lag.LagStats`` of the reactor, shown in /status.
         self.lag_stats: Any = None
+        #: The process-wide IMAP ConnectGate, shown in /status (set by the runtime).
+        self.connect_gate: Any = None
 
     # -- lifecycle ------------------------------------------------------------
 

@@ -120,6 +120,12 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         self.invalid_transitions = 0
         self.server_name: Optional[str] = None
         self.capabilities: list[str] = []
+        #: What the store holds as this provider's capabilities, as far as
+        #: this folder knows (saved by it): not written again when equal.
+        self._capabilities_saved: Optional[list[str]] = None
+        #: An operator's reconnect is under way: the next session reads the
+        #: cursor from the store (``SyncPass.reload``).
+        self._reload_pending = False
         # Counters for /metrics (scraped through snapshot()).
         self.idle_wakeups = 0
         self.reconnects: collections.Counter[str] = collections.Counter()
@@ -165,6 +171,7 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
             rand=self.rand,
             label=self.label,
             resolve=resolve,  # tenant hosts: checked addresses only (imapsvc.egress)
+            gate=self.options.connect_gate,
         )
 
     # -- identity and status ---------------------------------------------------
@@ -226,7 +233,9 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         the connection if any and connect again at once."""
         if self.machine.stopping:
             return
+        self.sync.reload()
         if self._proto is not None:
+            self._reload_pending = True
             self.factory.set_next_delay(0)
             self._lose(self._proto)
         elif self.state in (M.NEEDS_REAUTH, M.STOPPED, M.DISCONNECTED):
@@ -266,6 +275,10 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
             if not w.called:
                 w.callback(None)
         planned = self.machine.planned_reconnect
+        if self._reload_pending:
+            self._reload_pending = False
+        else:
+            self.sync.session_lost()
         self._fire(M.CONNECTION_ENDED)
         if self.machine.stopping or self.state in (M.NEEDS_REAUTH, M.STOPPED):
             return
@@ -337,18 +350,7 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         # This generator lives as long as the session: what it no longer
         # needs must not stay referenced (thousands of idling folders).
         del caps
-        d = defer.maybeDeferred(
-            self.store.save_capabilities,
-            self.provider.tenant,
-            self.provider.provider_id,
-            self.capabilities,
-            owner=self.owner,  # fenced by the lease, like cursor writes
-        )
-        d.addErrback(
-            lambda f: self.log.warn(
-                "{label}: saving capabilities failed: {err}", label=self.label, err=f.value
-            )
-        )
+        self._save_capabilities()
         yield self._send_id(proto)
         if self.options.enable_utf8 and getattr(proto, "enable_utf8", None) is not None:
             enabled = yield proto.enable_utf8()
@@ -416,6 +418,27 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
             if not self.machine.wake_pending and not self.machine.token_refresh_due:
                 yield self._poll()
 
+    def _save_capabilities(self) -> None:
+        """Write the capabilities when they differ from what this folder
+        saved last (a reconnect to the same server: nothing to write)."""
+        caps = self.capabilities
+        if caps == self._capabilities_saved:
+            return
+        d = defer.maybeDeferred(
+            self.store.save_capabilities,
+            self.provider.tenant,
+            self.provider.provider_id,
+            caps,
+            owner=self.owner,  # fenced by the lease, like cursor writes
+        )
+
+        def saved(_: Any) -> None:
+            self._capabilities_saved = caps
+
+        d.addCallbacks(saved, lambda f: self.log.warn(
+            "{label}: saving capabilities failed: {err}", label=self.label, err=f.value
+        ))
+
     @defer.inlineCallbacks
     def _send_id(self, proto: Any):  # type: ignore[no-untyped-def]
         """RFC 2971 ``ID`` after login, when offered (imapsvc.imap.extensions)."""
@@ -434,6 +457,10 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
 
     @defer.inlineCallbacks
     def _sync(self, proto: Any, name: str):  # type: ignore[no-untyped-def]
+        # Logged in and the folder found: the costly part of setting a
+        # session up is done, its connect-gate slot goes to the next folder
+        # (not held through a backlog; once per session is enough).
+        self.factory.session_ready()
         self._fire(M.SYNC, "sync")
         result = yield self.sync.run(proto, name, self.capabilities)
         if result.look_again:

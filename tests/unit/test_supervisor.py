@@ -211,16 +211,19 @@ class SupervisorTests(unittest.TestCase):
         row = lambda: self.store.provider_row(T1, "p1")  # noqa: E731
         self.assertIsNone(row()["last_error"])
         svc.folder_state_changed("B", "Backoff", "FolderNotFound: no folder 'B'")
+        self.clock.advance(0)  # written once per reactor turn
         self.assertEqual(row()["last_error"], "B: FolderNotFound: no folder 'B'")
         self.assertEqual((row()["status"], row()["error_message"]),
                          ("error", "B: FolderNotFound: no folder 'B'"))
         # Reconnecting: the last cause stays visible.
         svc.folder_state_changed("B", "Connecting", None)
+        self.clock.advance(0)
         self.assertEqual(row()["status"], "disconnected")
         self.assertEqual(row()["last_error"], "B: FolderNotFound: no folder 'B'")
         # Every folder connected: cleared.
         svc.folder_state_changed("INBOX", "Idling", None)
         svc.folder_state_changed("B", "Idling", None)
+        self.clock.advance(0)
         self.assertEqual((row()["status"], row()["error_message"], row()["last_error"]),
                          ("connected", None, None))
 
@@ -263,11 +266,24 @@ class SupervisorTests(unittest.TestCase):
         self.store.set_provider_status = spy
         svc = sup.providers[(T1, "p1")]
         svc.folder_state_changed("INBOX", "Idling", None)
+        self.clock.advance(0)
         svc.folder_state_changed("B", "Syncing", None)
+        self.clock.advance(0)
         svc.folder_state_changed("B", "Idling", None)
         svc.folder_state_changed("INBOX", "Syncing", None)
+        self.clock.advance(0)
         self.assertEqual(writes, [("disconnected", None), ("connected", None)])
         self.assertEqual(self.store.provider_row(T1, "p1")["status"], "connected")
+        # Changes within one reactor turn (a server restart ends every
+        # session at once): aggregated and written once, with the outcome.
+        svc.folder_state_changed("INBOX", "Backoff", "ConnectionDone: bye")
+        svc.folder_state_changed("B", "Backoff", "ConnectionDone: bye")
+        svc.folder_state_changed("INBOX", "Connecting", None)
+        self.assertEqual(len(writes), 2)
+        self.clock.advance(0)
+        self.assertEqual(writes[2:], [("error", "B: ConnectionDone: bye")])
+        self.clock.advance(60)
+        self.assertEqual(len(writes), 3)
 
     def test_status_errors_are_redacted(self):
         self.add("p1")
@@ -488,6 +504,7 @@ class BadRowTests(unittest.TestCase):
         self.assertIn((T1, "p3"), sup.providers)
         self.assertEqual(sup.status()["invalid"], [])
         sup.providers[(T1, "p3")].folder_state_changed("INBOX", "Connecting", None)
+        self.clock.advance(0)  # written once per reactor turn
         self.assertEqual(self.store.provider_row(T1, "p3")["error_message"], None)
         # Broken again: reported again.
         self.store.update_provider(T1, "p3", port=0)
