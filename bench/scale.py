@@ -117,6 +117,7 @@ class PhaseMeter:
     def start(self) -> None:
         self.t0 = time.time()
         self.cpu0 = cpu_seconds()
+        self.sys0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
         self.max_lag = 0.0
         self.over_100 = 0
         self.over_250 = 0
@@ -134,6 +135,10 @@ class PhaseMeter:
     def cpu(self) -> float:
         return round(cpu_seconds() - self.cpu0, 2)
 
+    def sys_cpu(self) -> float:
+        """The kernel's share of :meth:`cpu` (sockets, TLS records, epoll)."""
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_stime - self.sys0, 2)
+
     def figures(self, prefix: str) -> dict[str, Any]:
         top = sorted(self.stalls, key=lambda s: -s[1])[:5]
         return {
@@ -142,6 +147,23 @@ class PhaseMeter:
             f"{prefix}_stalls_250": self.over_250,
             f"{prefix}_top_stalls": [list(s) for s in top],
         }
+
+
+def count_store_calls(store: Any) -> collections.Counter[str]:
+    """Count the calls of every public store operation (each is one or more
+    database round trips)."""
+    counts: collections.Counter[str] = collections.Counter()
+    for name in dir(type(store)):
+        if name.startswith("_") or not callable(getattr(store, name, None)):
+            continue
+        method = getattr(store, name)
+
+        def counted(*args: Any, _name: str = name, _method: Any = method, **kwargs: Any) -> Any:
+            counts[_name] += 1
+            return _method(*args, **kwargs)
+
+        setattr(store, name, counted)
+    return counts
 
 
 class Profiler:
@@ -357,6 +379,7 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
     globalLogPublisher.addObserver(counter)
     rss_before = rss_mb()
     runtime = Runtime(settings, reactor)
+    store_calls = count_store_calls(runtime.store)
     apply_parse_processes(runtime, settings)
     watch = _Watch(reactor)
     runtime.supervisor._make_folder = watch.wrap_make_folder(runtime.supervisor._make_folder)
@@ -424,6 +447,7 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
         for f in watch.folders:
             reasons0.update(f.reconnects)
         errors0, warns0 = counter.errors, counter.warnings
+        calls0 = collections.Counter(store_calls)
         res: dict[str, Any] = {}
         profiler.start(f"storm{number}-kill")
         phase.start()
@@ -448,6 +472,7 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
         yield wait_for(all_back, "all folders idling again")
         res["to_idle_s"] = round(time.time() - t1, 1)
         res["cpu_s"] = phase.cpu()
+        res["sys_cpu_s"] = phase.sys_cpu()
         profiler.stop()
         yield restarted
         res.update({k[len("storm_"):]: v for k, v in phase.figures("storm").items()})
@@ -458,6 +483,10 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
         # why sessions ended: one "bye"/"connection_lost" each, plus one
         # per failed attempt (a refused connect while Dovecot was down)
         res["reconnect_reasons"] = {k: v for k, v in sorted(reasons.items()) if v}
+        calls = collections.Counter(store_calls)
+        calls.subtract(calls0)
+        # store operations called from the restart until all idle
+        res["store_calls"] = {k: v for k, v in sorted(calls.items()) if v}
         res["error_lines"] = counter.errors - errors0
         res["warn_lines"] = counter.warnings - warns0
         _err(f"storm {number}: all idle again after {res['to_idle_s']}s, "
@@ -474,6 +503,8 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
                        "all folders idling")
         out["start_to_idle_s"] = round(time.time() - t0, 1)
         out["start_cpu_s"] = phase.cpu()
+        out["start_sys_cpu_s"] = phase.sys_cpu()
+        out["start_store_calls"] = {k: v for k, v in sorted(store_calls.items()) if v}
         profiler.stop()
         out.update(phase.figures("start"))
         _err(f"all {args.folders} idling after {out['start_to_idle_s']}s, "

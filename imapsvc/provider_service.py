@@ -17,6 +17,7 @@ from twisted.application import service
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from imapsvc.core.cluster import next_write_delay
 from imapsvc.core.discovery import aggregate_status
 from imapsvc.core.folder_machine import DISCONNECTED, NEEDS_REAUTH, WAITING
 from imapsvc.deferreds import fire_and_forget
@@ -26,6 +27,11 @@ from imapsvc.model import FolderStatus, ProviderConfig
 
 if TYPE_CHECKING:
     from imapsvc.supervisor import Supervisor
+
+#: Provider status writes are at most this far apart (the first change after
+#: a quiet spell goes out in the next reactor turn): in a reconnect storm the
+#: status message changes with every folder that comes back.
+STATUS_WRITE_INTERVAL_S = 2.0
 
 
 @implementer(IFolderHooks)
@@ -75,6 +81,7 @@ class ProviderService(service.MultiService):
         self.folders: dict[str, Any] = {}
         self._status_written: Optional[tuple[str, Optional[str]]] = None
         self._status_call: Any = None
+        self._status_at: Optional[float] = None
         self._auth_failure_counted = False
         self._credentials_missing_logged = False
         self._last_sync_written = None
@@ -99,10 +106,12 @@ class ProviderService(service.MultiService):
             self.folder_since[folder] = self.supervisor.clock.seconds()
         self.folder_states[folder] = (state, error)
         if self._status_call is None and self.running:
-            # Aggregated once per reactor turn: a server restart ends the
-            # sessions of hundreds of folders in one turn, and each change
-            # would otherwise sort every folder and maybe write twice.
-            self._status_call = self.supervisor.clock.callLater(0, self._write_status)
+            # Aggregated once per turn and throttled: a server restart ends
+            # the sessions of hundreds of folders in one turn, and each
+            # change would otherwise sort every folder and maybe write twice.
+            clock = self.supervisor.clock
+            delay = next_write_delay(self._status_at, clock.seconds(), STATUS_WRITE_INTERVAL_S)
+            self._status_call = clock.callLater(delay, self._write_status)
         self.report(folder)
 
     def stopService(self) -> Any:
@@ -118,6 +127,7 @@ class ProviderService(service.MultiService):
         status = aggregate_status(self.folder_states)
         if status != self._status_written and self.running:
             self._status_written = status
+            self._status_at = self.supervisor.clock.seconds()
             tenant, pid = self.provider.key
             # Fenced: a replica that lost the lease must not overwrite the
             # new owner's status.

@@ -22,7 +22,13 @@ from twisted.logger import Logger
 
 from imapsvc.core import plan as P
 from imapsvc.core import poison
-from imapsvc.core.cursor import REASON_RESUME, advance, compute_start, since_days_ago
+from imapsvc.core.cursor import (
+    REASON_RESCAN,
+    REASON_RESUME,
+    advance,
+    compute_start,
+    since_days_ago,
+)
 from imapsvc.core.folders import WILDCARD
 from imapsvc.folder.options import FolderOptions
 from imapsvc.folder.write_back import WriteBackRunner
@@ -145,8 +151,9 @@ class SyncPass:
                 known_cursor, info["uidvalidity"], info.get("uidnext"),
                 self.options.max_emails_per_sync,
             )
-            if known.reason == REASON_RESUME:
-                # Back after a lost session: nothing to read (see session_lost).
+            if known.reason in (REASON_RESUME, REASON_RESCAN):
+                # Back after a lost session: nothing to read (see session_lost);
+                # other plans take the stored dates (a first sync by date).
                 stored, start, backfill = known_cursor, known, (None, None)
         self._resume_known.discard(name)
         if start is None:

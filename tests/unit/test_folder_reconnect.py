@@ -143,3 +143,17 @@ class ConnectGateTests(SynchronousTestCase):
         b.accept()
         self.assertEqual((gate.active, gate.waiting), (0, 0))
         self.assertEqual(b.svc.state, "Idling")
+
+
+class EmptyFolderReconnectTests(SynchronousTestCase):
+    def test_empty_folder_cursor_zero_is_known_too(self):
+        # An empty folder's stored cursor is '0' (a rescan from UID 1): the
+        # same plan whether read or known, so nothing is read after a drop.
+        r = rig_with_counting_store(self)
+        r.start()
+        self.assertEqual(r.store.cursors["INBOX"].last_uid, "0")
+        r.proto.transport.loseConnection()
+        r.reconnect_after(2.5)
+        self.assertEqual(r.store.reads, 1)
+        r.server.add(2)
+        self.assertEqual(r.pipeline.uids, [1, 2])

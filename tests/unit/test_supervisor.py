@@ -13,6 +13,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from imapsvc.model import FolderCursor
+from imapsvc.provider_service import STATUS_WRITE_INTERVAL_S
 from imapsvc.store.memory import MemoryStore
 from imapsvc.supervisor import Supervisor
 
@@ -217,13 +218,13 @@ class SupervisorTests(unittest.TestCase):
                          ("error", "B: FolderNotFound: no folder 'B'"))
         # Reconnecting: the last cause stays visible.
         svc.folder_state_changed("B", "Connecting", None)
-        self.clock.advance(0)
+        self.clock.advance(STATUS_WRITE_INTERVAL_S)  # writes are throttled
         self.assertEqual(row()["status"], "disconnected")
         self.assertEqual(row()["last_error"], "B: FolderNotFound: no folder 'B'")
         # Every folder connected: cleared.
         svc.folder_state_changed("INBOX", "Idling", None)
         svc.folder_state_changed("B", "Idling", None)
-        self.clock.advance(0)
+        self.clock.advance(STATUS_WRITE_INTERVAL_S)
         self.assertEqual((row()["status"], row()["error_message"], row()["last_error"]),
                          ("connected", None, None))
 
@@ -266,24 +267,30 @@ class SupervisorTests(unittest.TestCase):
         self.store.set_provider_status = spy
         svc = sup.providers[(T1, "p1")]
         svc.folder_state_changed("INBOX", "Idling", None)
-        self.clock.advance(0)
+        self.clock.advance(0)  # the first change: in the next reactor turn
+        self.assertEqual(writes, [("disconnected", None)])
         svc.folder_state_changed("B", "Syncing", None)
-        self.clock.advance(0)
+        self.clock.advance(1)
+        self.assertEqual(len(writes), 1)  # at most one write per interval
         svc.folder_state_changed("B", "Idling", None)
         svc.folder_state_changed("INBOX", "Syncing", None)
-        self.clock.advance(0)
+        self.clock.advance(STATUS_WRITE_INTERVAL_S - 1)
         self.assertEqual(writes, [("disconnected", None), ("connected", None)])
         self.assertEqual(self.store.provider_row(T1, "p1")["status"], "connected")
-        # Changes within one reactor turn (a server restart ends every
-        # session at once): aggregated and written once, with the outcome.
+        # A server restart ends every session, the folders come back one by
+        # one: aggregated and written with what holds when the write is due.
+        self.clock.advance(60)
         svc.folder_state_changed("INBOX", "Backoff", "ConnectionDone: bye")
         svc.folder_state_changed("B", "Backoff", "ConnectionDone: bye")
         svc.folder_state_changed("INBOX", "Connecting", None)
         self.assertEqual(len(writes), 2)
         self.clock.advance(0)
         self.assertEqual(writes[2:], [("error", "B: ConnectionDone: bye")])
+        svc.folder_state_changed("INBOX", "Idling", None)
+        svc.folder_state_changed("B", "Connecting", None)
+        svc.folder_state_changed("B", "Idling", None)
         self.clock.advance(60)
-        self.assertEqual(len(writes), 3)
+        self.assertEqual(writes[3:], [("connected", None)])
 
     def test_status_errors_are_redacted(self):
         self.add("p1")
