@@ -160,7 +160,7 @@ def add_provider(dsn: str, box: Any, env: dict[str, Any], cursor: Optional[dict]
     from psycopg2.extras import Json
 
     from imapsvc.model import ProviderConfig
-    from imapsvc.secrets import password_name
+    from imapsvc.sealed_secrets import password_name
     from imapsvc.store.admin_sync import PostgresAdmin
 
     security = env["security"]
@@ -336,7 +336,7 @@ def start_logging() -> None:
 def prepare(env: dict[str, Any], cursor: Optional[dict] = None) -> Any:
     """Fresh database state, the bench provider, and the service settings."""
     from imapsvc.config import load_settings
-    from imapsvc.secrets import SecretBox, generate_key
+    from imapsvc.sealed_secrets import SecretBox, generate_key
     from imapsvc.store.migrate import apply_migrations
 
     dsn = os.environ.get("DATABASE_URL", "")

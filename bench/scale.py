@@ -234,7 +234,7 @@ def setup_database(args: argparse.Namespace, dovecot: Any, per_provider: int,
     """Scratch database, one provider per user, settings for the service."""
     from imapsvc.config import load_settings
     from imapsvc.model import ProviderConfig
-    from imapsvc.secrets import SecretBox, generate_key, password_name
+    from imapsvc.sealed_secrets import SecretBox, generate_key, password_name
     from imapsvc.store.admin_sync import PostgresAdmin
     from imapsvc.store.migrate import apply_migrations
 

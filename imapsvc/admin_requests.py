@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from imapsvc.core.cluster import ACTIONS
 from imapsvc.deferreds import start_loop
+from imapsvc.interfaces import IStore
 from imapsvc.model import AdminRequest
 
 
@@ -44,7 +45,7 @@ class AdminRequests:
 
     log = Logger()
 
-    def __init__(self, store: Any, clock: Any, owner: str, admin: Any, *,
+    def __init__(self, store: IStore, clock: Any, owner: str, admin: Any, *,
                  poll_s: float = 5.0, wait_s: float = 10.0, stale_s: float = 60.0,
                  check_s: float = 0.1):
         self.store = store

@@ -276,7 +276,7 @@ def main(
         if args.command == "config":
             return _config(args, environ, out, err)
         if args.command == "keygen":
-            from imapsvc.secrets import generate_key
+            from imapsvc.sealed_secrets import generate_key
 
             out.write(generate_key() + "\n")
             return 0

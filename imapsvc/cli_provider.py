@@ -5,7 +5,7 @@ needed.
 Passwords and client secrets are read from a terminal prompt or, with
 ``--password-stdin``, from the first line of standard input; never from the
 command line, where the shell history and the process list would keep
-them. They are sealed by :class:`imapsvc.secrets.SecretStore` under the key
+them. They are sealed by :class:`imapsvc.sealed_secrets.SecretStore` under the key
 of ``IMAPSVC_SECRET_KEY`` before they reach the store.
 """
 
@@ -19,10 +19,12 @@ from typing import Any, Callable, Optional, Sequence, TextIO
 import attr
 from twisted.internet import defer
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from imapsvc.core.cursor import parse_since
+from imapsvc.interfaces import ICiphertextStore
 from imapsvc.model import ProviderConfig
-from imapsvc.secrets import (
+from imapsvc.sealed_secrets import (
     SecretBox,
     SecretKeyError,
     SecretStore,
@@ -84,6 +86,7 @@ def read_secret(ctx: Context, from_stdin: bool, label: str, allow_empty: bool = 
     return value
 
 
+@implementer(ICiphertextStore)
 class _SyncBackend:
     """The three secret methods of an IStore over a synchronous AdminStore,
     as already-fired Deferreds, so :class:`SecretStore` runs without a

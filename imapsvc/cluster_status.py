@@ -26,8 +26,8 @@ from twisted.logger import Logger
 
 from imapsvc.core.cluster import deployment_status, next_write_delay
 from imapsvc.deferreds import start_loop
-from imapsvc.interfaces import LeaseLost
-from imapsvc.logging import redact
+from imapsvc.interfaces import IClusterStore, LeaseLost
+from imapsvc.log_output import redact
 from imapsvc.model import FolderStatus
 
 Key = tuple[str, str]
@@ -73,7 +73,7 @@ class StatusReporter:
 
     log = Logger()
 
-    def __init__(self, store: Any, clock: Any, owner: str, *, interval_s: float = 5.0,
+    def __init__(self, store: IClusterStore, clock: Any, owner: str, *, interval_s: float = 5.0,
                  heartbeat_s: float = 40.0, lease_ttl_s: float = 120.0,
                  tenants: frozenset[str] = frozenset(),
                  info: Optional[Callable[[], dict]] = None):

@@ -104,6 +104,7 @@ class Settings:
     tls_insecure: bool = _default("IMAP_TLS_INSECURE")
     broken_bodystructure_hosts: tuple[str, ...] = _default("IMAP_BROKEN_BODYSTRUCTURE_HOSTS")
     enable_utf8: bool = _default("IMAP_ENABLE_UTF8")
+    compress: str = _default("IMAP_COMPRESS")
     auth_failure_pause_after: int = _default("IMAP_AUTH_FAILURE_PAUSE_AFTER")
     oauth_auth_mechanism: str = _default("IMAP_OAUTH_AUTH_MECHANISM")
     write_back: str = _default("IMAP_WRITE_BACK")

@@ -132,7 +132,7 @@ def tenant_uuid(text: str) -> str:
 def secret_key_text(text: str) -> str:
     # Checked here so a bad key stops start-up rather than the first secret
     # write; the key itself never reaches the message.
-    from imapsvc.secrets import SecretKeyError, parse_key
+    from imapsvc.sealed_secrets import SecretKeyError, parse_key
 
     try:
         parse_key(text)

@@ -19,12 +19,9 @@ class StoreUnavailable(Exception):
     """The store could not be reached (connection refused, dropped, timed out)."""
 
 
-class IStore(Interface):
-    """Durable state: providers, cursors, leases, ledger, outbox, secrets.
-
-    Tenancy: every operation names the tenant; implementations filter every
-    query by it (the tables are distributed by tenant on Citus).
-    """
+class IProviderStore(Interface):
+    """Providers and their per-provider columns: what discovery, the
+    supervisor and the OAuth flow read and write about a provider."""
 
     def list_active_providers(tenant=None):
         """Providers with ``provider_type='imap'``, ``is_active``, not paused,
@@ -38,6 +35,53 @@ class IStore(Interface):
 
         :rtype: Deferred[Optional[ProviderConfig]]
         """
+
+    def set_provider_status(tenant, provider_id, status, error_message=None, owner=None):
+        """Write ``email_providers.status``/``error_message``. With ``owner``
+        fenced by the lease like a cursor write (:class:`LeaseLost`)."""
+
+    def set_last_error(tenant, provider_id, last_error):
+        """Write ``imap_email_provider_config.last_error`` (``None`` clears
+        it): the provider's latest error, secret-free, as the app shows it."""
+
+    def save_capabilities(tenant, provider_id, capabilities, owner=None):
+        """Write ``server_capabilities`` as a sorted list of strings (fenced
+        by ``owner``'s lease when given)."""
+
+    def save_access_token(tenant, provider_id, access_token, expires_at, owner=None):
+        """Store the (already encrypted, text) access token and its expiry in
+        ``access_token``/``token_expires_at``. With ``owner``: refused
+        (:class:`LeaseLost`) while another worker holds a live lease."""
+
+    def set_write_back(tenant, provider_id, mode):
+        """Store the provider's write-back option (``imap_provider_options``;
+        ``None`` clears it: the environment default applies). The mode is
+        validated by the caller (:func:`imapsvc.core.write_back.parse_mode`).
+        :rtype: Deferred[bool]: ``False`` when the provider is unknown."""
+
+    def record_auth_failure(tenant, provider_id, code, pause_after):
+        """Count one authentication failure; when the count reaches
+        ``pause_after`` pause the provider (``inbound_paused_at`` = now,
+        ``inbound_pause_reason='auth_failure'``).
+
+        :rtype: Deferred[tuple[int, bool]]: the new count, and whether this
+            call paused the provider.
+        """
+
+    def reset_auth_failures(tenant, provider_id):
+        """A login succeeded: clear the count (and an ``auth_failure`` pause)."""
+
+    def set_inbound_pause(tenant, provider_id, paused):
+        """Pause (``manual``, an existing pause is kept as it is) or resume
+        (any pause, and the auth-failure count cleared).
+        :rtype: Deferred[bool] ``False`` for an unknown provider."""
+
+    def touch_last_sync(tenant, provider_id):
+        """Set ``email_providers.last_sync_at`` to now."""
+
+
+class ICursorStore(Interface):
+    """Folder cursors and pending backfills (``resync --since``)."""
 
     def read_cursor(tenant, provider_id, folder):
         """:rtype: Deferred[Optional[imapsvc.model.FolderCursor]]"""
@@ -82,6 +126,11 @@ class IStore(Interface):
         """Drop the pending requests of ``folders`` that a pass reading
         since ``since`` covered (those for ``since`` or later)."""
 
+
+class ILeaseStore(Interface):
+    """Provider leases, measured by the store's clock: one worker runs a
+    provider at a time, and fenced writes check the lease."""
+
     def acquire_lease(tenant, provider_id, owner, ttl_ms):
         """Take the lease if it is free, expired or already ``owner``'s,
         measured by the database clock.
@@ -98,6 +147,22 @@ class IStore(Interface):
     def release_lease(tenant, provider_id, owner):
         """Give the lease up if ``owner`` holds it."""
 
+    def acquire_lease_capped(tenant, provider_id, owner, ttl_ms, folders, max_connections):
+        """Take the lease (as :meth:`acquire_lease`) with connections for the
+        first ``folders`` (INBOX first) that fit in ``max_connections`` minus
+        the tenant's connections held under other live leases, counted in the
+        database in the same transaction. Rewrites the provider's
+        ``imap_folder_status`` rows; folders left out, or a provider refused
+        for the cap, get ``status = error`` with an error naming the cap.
+
+        :rtype: Deferred[imapsvc.model.LeaseGrant]
+        """
+
+
+class ILedgerStore(Interface):
+    """The message ledger: the fenced batch (ledger rows, outbox rows and
+    cursor in one transaction), the write-back sweep and retention."""
+
     def record_batch(tenant, provider_id, folder, owner, records, cursor):
         """In one transaction fenced by the lease: for each
         :class:`~imapsvc.model.MessageRecord` a ledger row (a record whose
@@ -107,6 +172,21 @@ class IStore(Interface):
         :rtype: Deferred[imapsvc.model.BatchResult]
         :raises LeaseLost: nothing is written.
         """
+
+    def recorded_uids(tenant, provider_id, folder, uid_validity, first_uid, last_uid):
+        """UIDs of ``folder`` (this UIDVALIDITY) in ``first_uid..last_uid``
+        that the ledger holds (the write-back sweep after a restart).
+        :rtype: Deferred[list[int]] sorted."""
+
+    def purge_ledger(older_than_days):
+        """Delete ledger rows, published outbox rows and message-failure
+        rows (last touched) older than the retention.
+        :rtype: Deferred[int] rows deleted."""
+
+
+class IOutboxStore(Interface):
+    """The outbox as the relay reads it (CONTRACT section 7: events leave
+    only through it, in commit order)."""
 
     def add_outbox(tenant, provider_id, event_id, fields):
         """Queue one stream entry that belongs to no message (e.g.
@@ -127,119 +207,10 @@ class IStore(Interface):
         """:rtype: Deferred[tuple[int, Optional[float]]]: backlog count and
         age in seconds of the oldest unpublished row."""
 
-    def purge_ledger(older_than_days):
-        """Delete ledger rows, published outbox rows and message-failure
-        rows (last touched) older than the retention.
-        :rtype: Deferred[int] rows deleted."""
 
-    def set_write_back(tenant, provider_id, mode):
-        """Store the provider's write-back option (``imap_provider_options``;
-        ``None`` clears it: the environment default applies). The mode is
-        validated by the caller (:func:`imapsvc.core.write_back.parse_mode`).
-        :rtype: Deferred[bool]: ``False`` when the provider is unknown."""
-
-    def recorded_uids(tenant, provider_id, folder, uid_validity, first_uid, last_uid):
-        """UIDs of ``folder`` (this UIDVALIDITY) in ``first_uid..last_uid``
-        that the ledger holds (the write-back sweep after a restart).
-        :rtype: Deferred[list[int]] sorted."""
-
-    def put_secret(tenant, name, ciphertext):
-        """Store an encrypted secret (bytes) under ``name``."""
-
-    def get_secret(tenant, name):
-        """:rtype: Deferred[Optional[bytes]]"""
-
-    def delete_secret(tenant, name):
-        """Remove a secret if present."""
-
-    def set_provider_status(tenant, provider_id, status, error_message=None, owner=None):
-        """Write ``email_providers.status``/``error_message``. With ``owner``
-        fenced by the lease like a cursor write (:class:`LeaseLost`)."""
-
-    def set_last_error(tenant, provider_id, last_error):
-        """Write ``imap_email_provider_config.last_error`` (``None`` clears
-        it): the provider's latest error, secret-free, as the app shows it."""
-
-    def save_capabilities(tenant, provider_id, capabilities, owner=None):
-        """Write ``server_capabilities`` as a sorted list of strings (fenced
-        by ``owner``'s lease when given)."""
-
-    def save_access_token(tenant, provider_id, access_token, expires_at, owner=None):
-        """Store the (already encrypted, text) access token and its expiry in
-        ``access_token``/``token_expires_at``. With ``owner``: refused
-        (:class:`LeaseLost`) while another worker holds a live lease."""
-
-    # -- one service across replicas (schema/0004) --------------------------
-
-    def acquire_lease_capped(tenant, provider_id, owner, ttl_ms, folders, max_connections):
-        """Take the lease (as :meth:`acquire_lease`) with connections for the
-        first ``folders`` (INBOX first) that fit in ``max_connections`` minus
-        the tenant's connections held under other live leases, counted in the
-        database in the same transaction. Rewrites the provider's
-        ``imap_folder_status`` rows; folders left out, or a provider refused
-        for the cap, get ``status = error`` with an error naming the cap.
-
-        :rtype: Deferred[imapsvc.model.LeaseGrant]
-        """
-
-    def write_folder_status(tenant, provider_id, owner, statuses):
-        """Persist :class:`~imapsvc.model.FolderStatus` rows, fenced by the
-        lease (:class:`LeaseLost`)."""
-
-    def heartbeat_replica(owner, info=None):
-        """Record that replica ``owner`` is alive (``imap_replicas``)."""
-
-    def forget_replica(owner):
-        """Remove a replica that stops cleanly."""
-
-    def read_deployment(tenants=None):
-        """Every imap provider, persisted folder state and replica (see
-        :func:`imapsvc.core.cluster.deployment_status`), with the store's
-        ``now``. :rtype: Deferred[dict]"""
-
-    def add_admin_request(tenant, provider_id, action, folder=None, requested_by=None):
-        """Queue an admin action for the provider's owner (and NOTIFY
-        ``imapsvc_admin`` where the store can).
-        :rtype: Deferred[imapsvc.model.AdminRequest]"""
-
-    def claim_admin_requests(owner, limit=10, stale_s=60.0):
-        """Claim pending requests of providers ``owner`` leases or that no
-        live lease holds (a claim older than ``stale_s`` may be taken over).
-        :rtype: Deferred[list[imapsvc.model.AdminRequest]]"""
-
-    def complete_admin_request(tenant, request_id, owner, result):
-        """Store the result (a JSON object) and ``applied_at``."""
-
-    def get_admin_request(tenant, request_id):
-        """:rtype: Deferred[Optional[imapsvc.model.AdminRequest]]"""
-
-    def put_oauth_state(tenant, nonce, verifier, expires_at):
-        """Remember an OAuth ``state`` nonce with its PKCE verifier (the
-        verifier stays server-side)."""
-
-    def take_oauth_state(tenant, nonce):
-        """Consume a nonce once: the verifier the first time, ``None`` after
-        that or when expired/unknown (single use).
-
-        :rtype: Deferred[Optional[str]]
-        """
-
-    def record_auth_failure(tenant, provider_id, code, pause_after):
-        """Count one authentication failure; when the count reaches
-        ``pause_after`` pause the provider (``inbound_paused_at`` = now,
-        ``inbound_pause_reason='auth_failure'``).
-
-        :rtype: Deferred[tuple[int, bool]]: the new count, and whether this
-            call paused the provider.
-        """
-
-    def reset_auth_failures(tenant, provider_id):
-        """A login succeeded: clear the count (and an ``auth_failure`` pause)."""
-
-    def set_inbound_pause(tenant, provider_id, paused):
-        """Pause (``manual``, an existing pause is kept as it is) or resume
-        (any pause, and the auth-failure count cleared).
-        :rtype: Deferred[bool] ``False`` for an unknown provider."""
+class IPoisonStore(Interface):
+    """Per-message fetch failures (poison candidates) and the operator's
+    view of them."""
 
     def note_message_failure(tenant, provider_id, folder, uid_validity, uid, reason):
         """Count one failed fetch of a message (a poison candidate); keeps
@@ -268,8 +239,87 @@ class IStore(Interface):
         :rtype: Deferred[bool]: whether such a message was known.
         """
 
-    def touch_last_sync(tenant, provider_id):
-        """Set ``email_providers.last_sync_at`` to now."""
+
+class IClusterStore(Interface):
+    """Persisted folder status and live replicas (one service across
+    replicas, schema/0004)."""
+
+    def write_folder_status(tenant, provider_id, owner, statuses):
+        """Persist :class:`~imapsvc.model.FolderStatus` rows, fenced by the
+        lease (:class:`LeaseLost`)."""
+
+    def heartbeat_replica(owner, info=None):
+        """Record that replica ``owner`` is alive (``imap_replicas``)."""
+
+    def forget_replica(owner):
+        """Remove a replica that stops cleanly."""
+
+    def read_deployment(tenants=None):
+        """Every imap provider, persisted folder state and replica (see
+        :func:`imapsvc.core.cluster.deployment_status`), with the store's
+        ``now``. :rtype: Deferred[dict]"""
+
+
+class IAdminRequestStore(Interface):
+    """Queued admin actions for a provider's owner (any replica can take an
+    operator's request; the owner applies it)."""
+
+    def add_admin_request(tenant, provider_id, action, folder=None, requested_by=None):
+        """Queue an admin action for the provider's owner (and NOTIFY
+        ``imapsvc_admin`` where the store can).
+        :rtype: Deferred[imapsvc.model.AdminRequest]"""
+
+    def claim_admin_requests(owner, limit=10, stale_s=60.0):
+        """Claim pending requests of providers ``owner`` leases or that no
+        live lease holds (a claim older than ``stale_s`` may be taken over).
+        :rtype: Deferred[list[imapsvc.model.AdminRequest]]"""
+
+    def complete_admin_request(tenant, request_id, owner, result):
+        """Store the result (a JSON object) and ``applied_at``."""
+
+    def get_admin_request(tenant, request_id):
+        """:rtype: Deferred[Optional[imapsvc.model.AdminRequest]]"""
+
+
+class ICiphertextStore(Interface):
+    """Encrypted secrets as bytes, sealed and opened by the
+    :class:`ISecretStore` above them."""
+
+    def put_secret(tenant, name, ciphertext):
+        """Store an encrypted secret (bytes) under ``name``."""
+
+    def get_secret(tenant, name):
+        """:rtype: Deferred[Optional[bytes]]"""
+
+    def delete_secret(tenant, name):
+        """Remove a secret if present."""
+
+
+class IOAuthStateStore(Interface):
+    """Single-use OAuth ``state`` nonces with their PKCE verifiers."""
+
+    def put_oauth_state(tenant, nonce, verifier, expires_at):
+        """Remember an OAuth ``state`` nonce with its PKCE verifier (the
+        verifier stays server-side)."""
+
+    def take_oauth_state(tenant, nonce):
+        """Consume a nonce once: the verifier the first time, ``None`` after
+        that or when expired/unknown (single use).
+
+        :rtype: Deferred[Optional[str]]
+        """
+
+
+class IStore(IProviderStore, ICursorStore, ILeaseStore, ILedgerStore, IOutboxStore,
+             IPoisonStore, IClusterStore, IAdminRequestStore, ICiphertextStore,
+             IOAuthStateStore):
+    """Durable state: every role interface above, plus readiness. The
+    stores (:mod:`imapsvc.store`) implement all of it; a component takes the
+    role it uses.
+
+    Tenancy: every operation names the tenant; implementations filter every
+    query by it (the tables are distributed by tenant on Citus).
+    """
 
     def ping():
         """Answer when the database answers (readiness)."""

@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from imapsvc.core import oauth_state as o
 from imapsvc.core.netguard import InsecureURL, check_https_url
-from imapsvc.interfaces import ICredentialSource
+from imapsvc.interfaces import ICredentialSource, ISecretStore, IStore
 from imapsvc.model import Credentials, ProviderConfig
 from imapsvc.oauth_tokens import (
     AUTH_FAILURE_CODES,
@@ -38,8 +38,7 @@ from imapsvc.oauth_tokens import (
     store_tokens,
     utc,
 )
-from imapsvc.secret_chain import OWN_STORE, CredentialsMissing, NoSecretStore
-from imapsvc.secrets import (
+from imapsvc.sealed_secrets import (
     TEXT_UNOPENABLE,
     SecretBox,
     classify_text,
@@ -47,6 +46,7 @@ from imapsvc.secrets import (
     password_name,
     refresh_token_name,
 )
+from imapsvc.secret_chain import OWN_STORE, CredentialsMissing, NoSecretStore
 
 CALLBACK_PATH = "/api/email/oauth/imap/callback"
 #: Where ``initiate``'s ``authUrl`` points: this service sets the browser
@@ -333,7 +333,8 @@ class CredentialSource:
     log = Logger()
 
     def __init__(
-        self, store, secret_store, box: Optional[SecretBox], http: Any, clock,
+        self, store: IStore, secret_store: ISecretStore, box: Optional[SecretBox], http: Any,
+        clock,
         allow_http_loopback: bool = False, owner: Optional[str] = None,
     ):
         self._store = store

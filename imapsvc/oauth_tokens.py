@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from imapsvc.core.netguard import InsecureURL, check_https_url
 from imapsvc.egress import BodyTooLarge, read_capped
 from imapsvc.model import ProviderConfig
-from imapsvc.secrets import TEXT_PLAINTEXT, SecretBox, classify_text, refresh_token_name
+from imapsvc.sealed_secrets import TEXT_PLAINTEXT, SecretBox, classify_text, refresh_token_name
 
 #: Token-endpoint error codes that mean the grant or client is dead: an auth
 #: failure for the supervisor (counts towards the auto-pause), not a retry.

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapsvc.core.records import SKIP_BUILD_ERROR, batch_bytes, build_records, message_bytes
-from imapsvc.interfaces import IMessagePipeline
+from imapsvc.interfaces import ILedgerStore, IMessagePipeline
 from imapsvc.model import (
     BatchResult,
     FetchedMessage,
@@ -110,7 +110,7 @@ class Pipeline:
 
     def __init__(
         self,
-        store: Any,
+        store: ILedgerStore,
         relay_wake: Callable[[], Any],
         clock: Any,
         limits: Limits,

@@ -22,7 +22,7 @@ from imapsvc.core.discovery import aggregate_status
 from imapsvc.core.folder_machine import DISCONNECTED, NEEDS_REAUTH, WAITING
 from imapsvc.deferreds import fire_and_forget
 from imapsvc.interfaces import IFolderHooks
-from imapsvc.logging import redact
+from imapsvc.log_output import redact
 from imapsvc.model import FolderStatus, ProviderConfig
 
 if TYPE_CHECKING:

@@ -163,7 +163,7 @@ class Runtime(service.MultiService):
         from imapsvc.imap.tls import SharedClientTLS
         from imapsvc.oauth import CredentialSource, OAuthFlow
         from imapsvc.pipeline import Pipeline
-        from imapsvc.secrets import SecretBox, SecretStore
+        from imapsvc.sealed_secrets import SecretBox, SecretStore
         from imapsvc.sink.relay import Relay
         from imapsvc.supervisor import Supervisor
 

@@ -4,7 +4,7 @@ are in :mod:`imapsvc.secret_providers`).
 
 :class:`SecretChain` asks the service's own store first (the mounted
 ``IMAPSVC_SECRETS_DIR`` files and the sealed ``imap_secrets`` table, see
-:class:`imapsvc.secrets.SecretStore`), then each provider of
+:class:`imapsvc.sealed_secrets.SecretStore`), then each provider of
 ``SECRET_READ_CHAIN``, and caches answers briefly;
 :meth:`SecretChain.invalidate` drops a provider's answers after the IMAP
 server refused them, so a password changed in the app is used at the next
@@ -72,7 +72,7 @@ __all__ = [
 class SecretChain:
     """The service's own store, then the app's providers, cached.
 
-    :param own: the service's :class:`~imapsvc.secrets.SecretStore`, or
+    :param own: the service's :class:`~imapsvc.sealed_secrets.SecretStore`, or
         ``None`` without ``IMAPSVC_SECRET_KEY``.
     :param providers: the app's providers in ``SECRET_READ_CHAIN`` order.
     :param writer: the ``SECRET_WRITE_PROVIDER`` provider, or ``None`` (then

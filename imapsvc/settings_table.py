@@ -158,6 +158,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IMAP_ENABLE_UTF8", boolean, False,
             "send ENABLE UTF8=ACCEPT (RFC 6855) when the server offers it: UTF-8 headers "
             "and folder names without downgrading", _C),
+    Setting("IMAP_COMPRESS", choice("auto", "off", "always"), "auto",
+            "COMPRESS=DEFLATE (RFC 4978) after login when the server offers it: auto (only "
+            "when the server's address is not loopback or private), off, or always", _C),
     Setting("IMAP_AUTH_FAILURE_PAUSE_AFTER", positive_int, 3,
             "pause a provider after this many consecutive authentication failures", _C),
     Setting("IMAP_OAUTH_AUTH_MECHANISM", choice("auto", "xoauth2", "oauthbearer"), "auto",

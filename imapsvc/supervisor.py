@@ -27,8 +27,8 @@ from zope.interface import implementer
 from imapsvc.core.backoff import jitter_around
 from imapsvc.core.capacity import OVER, START, admit, folders_in_use
 from imapsvc.core.discovery import plan_discovery
-from imapsvc.interfaces import IAdmin
-from imapsvc.logging import redact
+from imapsvc.interfaces import IAdmin, IStore
+from imapsvc.log_output import redact
 from imapsvc.model import ProviderConfig
 from imapsvc.provider_service import FolderHooks, ProviderService
 from imapsvc.supervisor_admin import AdminActions
@@ -57,7 +57,7 @@ class Supervisor(AdminActions, service.MultiService):
 
     def __init__(
         self,
-        store,
+        store: IStore,
         clock,
         owner: str,
         make_folder: Callable[[ProviderConfig, str, FolderHooks], service.IService],

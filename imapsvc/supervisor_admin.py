@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 from twisted.internet import defer
 
-from imapsvc.logging import redact
+from imapsvc.log_output import redact
 from imapsvc.model import ProviderConfig
 from imapsvc.provider_service import ProviderService
 

@@ -19,7 +19,7 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from imapsvc import logging as imapsvc_logging
+from imapsvc import log_output as imapsvc_logging
 from imapsvc.config import SETTINGS, ConfigError, Settings, load_settings
 
 log = Logger(namespace="imapsvc.tap")
@@ -81,7 +81,7 @@ class Options(usage.Options):
             logfile = "-" if parent.get("nodaemon") else "twistd.log"
         imapsvc_logging.set_twistd_target(settings.log_format, logfile)
         # twistd resolves the dotted name itself after this method returns.
-        parent["logger"] = "imapsvc.logging.twistd_observer"
+        parent["logger"] = "imapsvc.log_output.twistd_observer"
 
 
 def settings_or_exit(

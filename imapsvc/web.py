@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imapsvc.deferreds import with_deadline
+from imapsvc.interfaces import ISink, IStore
 from imapsvc.metrics import CONTENT_TYPE, render
 from imapsvc.oauth import CALLBACK_PATH, START_PATH, OAuthError
 
@@ -141,8 +142,8 @@ class WebApp:
         *,
         clock,
         admin,
-        store,
-        sink,
+        store: IStore,
+        sink: ISink,
         registry,
         oauth_flow=None,
         admin_token: str = "",

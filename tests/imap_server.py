@@ -2,7 +2,7 @@
 speaking real IMAP bytes: LOGIN, AUTHENTICATE (XOAUTH2/OAUTHBEARER, with or
 without SASL-IR), CAPABILITY, NOOP, LIST, EXAMINE, SELECT, UID SEARCH, UID FETCH
 (literals for header, sections and whole messages), UID STORE, UID MOVE,
-UID COPY, UID EXPUNGE (write-back), IDLE/DONE, LOGOUT;
+UID COPY, UID EXPUNGE (write-back), IDLE/DONE, ID, ENABLE, LOGOUT;
 literals in commands, synchronising or LITERAL+. It honours the mailbox's
 scripted failures the way a real server shows them (``NO [code]`` to a login
 or a FETCH, a dropped connection), so the real client can be checked
@@ -22,6 +22,7 @@ from twisted.protocols.basic import LineReceiver
 from imapsvc.core.cursor import internaldate_day, parse_since
 from imapsvc.imap import responses
 from imapsvc.testing import FakeFolder, FakeMailbox, section_bytes
+from imapsvc.testing.mailbox import FETCH_DROP, FETCH_GARBLED
 
 _LITERAL = re.compile(rb"\{(\d+)(\+?)\}$")
 _SECTION = re.compile(r"BODY(?:\.PEEK)?\[([^\]]*)\](?:<(\d+)\.(\d+)>)?", re.I)
@@ -178,9 +179,43 @@ class ScriptedIMAPServer(LineReceiver):
         if refusal is None:
             self._tagged(tag, b"OK [CAPABILITY " + self._caps() + b"] Logged in")
             return
-        code, text = refusal
+        code, text, status = refusal
+        bracket = b"[" + code.encode("ascii") + b"] " if code else b""
+        self._tagged(tag, status.encode("ascii") + b" " + bracket + text.encode("utf-8"))
+
+    def _refused(self, tag: bytes, command: str) -> bool:
+        """Answer a scripted ``NO`` to ``command`` (:meth:`FakeMailbox.fail_command`)."""
+        failure = self.mailbox.command_failure(command)
+        if failure is None:
+            return False
+        code, text, how = failure
+        if how == FETCH_GARBLED:
+            self._send(tag + b" WHAT?")  # no OK, NO or BAD: unreadable
+            return True
         bracket = b"[" + code.encode("ascii") + b"] " if code else b""
         self._tagged(tag, b"NO " + bracket + text.encode("utf-8"))
+        return True
+
+    def do_ID(self, tag: bytes, args: list) -> None:  # noqa: N802
+        if "ID" not in self.mailbox.capability_words:
+            self._tagged(tag, b"BAD Unknown command")
+            return
+        pairs = args[0] if args and isinstance(args[0], list) else []
+        words = [responses.as_bytes(p).decode("utf-8") for p in pairs]
+        self.mailbox.client_ids.append(dict(zip(words[::2], words[1::2])))
+        answer = [x for kv in self.mailbox.server_id.items() for x in kv]
+        self._send(b"* ID " + render(answer))
+        self._tagged(tag, b"OK ID completed.")
+
+    def do_ENABLE(self, tag: bytes, args: list) -> None:  # noqa: N802
+        words = {responses.as_bytes(a).decode("ascii").upper() for a in args}
+        offered = {w.upper() for w in self.mailbox.capability_words}
+        if "ENABLE" not in offered:
+            self._tagged(tag, b"BAD Unknown command")
+            return
+        if "UTF8=ACCEPT" in words and offered & {"UTF8=ACCEPT", "UTF8=ONLY"}:
+            self._send(b"* ENABLED UTF8=ACCEPT")
+        self._tagged(tag, b"OK Enabled.")
 
     def do_LOGIN(self, tag: bytes, args: list) -> None:  # noqa: N802
         if len(args) != 2:
@@ -216,6 +251,8 @@ class ScriptedIMAPServer(LineReceiver):
         self._login_answer(tag, mechanism, user, secret)
 
     def do_LIST(self, tag: bytes, args: list) -> None:  # noqa: N802
+        if self._refused(tag, "LIST"):
+            return
         for folder in self.mailbox.folders.values():
             flags = " ".join(folder.flags).encode("ascii")
             delimiter = b"NIL" if folder.delimiter is None else _quote(folder.delimiter)
@@ -224,6 +261,8 @@ class ScriptedIMAPServer(LineReceiver):
 
     def do_EXAMINE(self, tag: bytes, args: list, select: bool = False) -> None:  # noqa: N802
         name = responses.as_bytes(args[0]).decode("utf-8") if args else ""
+        if self._refused(tag, "SELECT" if select else "EXAMINE"):
+            return
         folder = self.mailbox.folders.get(name)
         self.read_write = select
         if folder is None:
@@ -350,7 +389,13 @@ class ScriptedIMAPServer(LineReceiver):
         uids = self._uid_set(responses.as_bytes(args[0]).decode("ascii"), folder)
         failure = self.mailbox.fetch_failure(folder.name, uids)
         if failure is not None:
-            code, text = failure
+            code, text, how = failure
+            if how == FETCH_DROP:
+                self.transport.loseConnection()
+                return
+            if how == FETCH_GARBLED:
+                self._send(tag + b" WHAT?")  # no OK, NO or BAD: unreadable
+                return
             bracket = b"[" + code.encode("ascii") + b"] " if code else b""
             self._tagged(tag, b"NO " + bracket + text.encode("utf-8"))
             return

@@ -24,11 +24,14 @@ from imapsvc.imap.errors import (
     CommandFailed,
     ConnectionGone,
     MechanismUnsupported,
+    ProtocolViolation,
+    Throttled,
     TLSRequired,
 )
 from imapsvc.interfaces import IIMAPSession
 from imapsvc.model import Credentials
 from imapsvc.testing import FakeMailbox, bodystructure_of, split_header
+from imapsvc.testing.mailbox import FETCH_DROP, FETCH_GARBLED
 
 USER, PASSWORD, TOKEN = "support@example.com", 'pa"ss w\\rd', "ya29.token-value"
 
@@ -205,7 +208,84 @@ class SessionContractMixin:
         )
         self.assertEqual(f.value.code, "UNAVAILABLE")  # type: ignore[attr-defined]
 
+    def test_bad_login_answer_is_not_a_refusal(self) -> None:
+        mailbox = self.mailbox()
+        mailbox.refuse_logins(None, "Error in IMAP command", status="BAD")
+        session = self.open_session(mailbox)
+        self.result(session.greeted)
+        f = self.failure(
+            session.authenticate_with(Credentials("password", USER, PASSWORD)),
+            AuthenticationUnavailable,
+        )
+        self.assertEqual((f.value.code, f.value.text), (None, "Error in IMAP command"))  # type: ignore[attr-defined]
+        self.assert_session_over(session)
+
+    def test_throttled_login(self) -> None:
+        mailbox = self.mailbox()
+        mailbox.refuse_logins("THROTTLED", "Slow down.", times=None)
+        session = self.open_session(mailbox)
+        self.result(session.greeted)
+        f = self.failure(
+            session.authenticate_with(Credentials("password", USER, PASSWORD)), Throttled
+        )
+        self.assertIsNone(f.value.retry_after)  # type: ignore[attr-defined]
+        mailbox.accept_logins()
+        session = self.open_session(mailbox)
+        self.result(session.greeted)
+        self.result(session.authenticate_with(Credentials("password", USER, PASSWORD)))
+
+    # -- ID and ENABLE (RFC 2971, RFC 6855) ----------------------------------------------
+
+    def test_id_when_offered(self) -> None:
+        mailbox = self.mailbox(capabilities=("IMAP4rev1", "ID", "AUTH=PLAIN"))
+        mailbox.server_id = {"name": "Scripted", "vendor": "x"}
+        session = self.logged_in(mailbox, folder=None)
+        got = self.result(session.send_id([("name", "imapsvc"), ("version", "1.2.3")]))
+        self.assertEqual(got, {"name": "Scripted", "vendor": "x"})  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.client_ids, [{"name": "imapsvc", "version": "1.2.3"}])  # type: ignore[attr-defined]
+
+    def test_id_not_offered_sends_nothing(self) -> None:
+        mailbox = self.mailbox()
+        session = self.logged_in(mailbox, folder=None)
+        self.assertIsNone(self.result(session.send_id([("name", "imapsvc")])))  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.client_ids, [])  # type: ignore[attr-defined]
+
+    def test_enable_utf8(self) -> None:
+        caps = ("IMAP4rev1", "ENABLE", "UTF8=ACCEPT", "AUTH=PLAIN")
+        session = self.logged_in(self.mailbox(capabilities=caps), folder=None)
+        self.assertFalse(session.utf8_accept)  # type: ignore[attr-defined]
+        self.assertIs(self.result(session.enable_utf8()), True)  # type: ignore[attr-defined]
+        self.assertTrue(session.utf8_accept)  # type: ignore[attr-defined]
+        for caps in (("IMAP4rev1", "ENABLE", "AUTH=PLAIN"), ("IMAP4rev1", "UTF8=ACCEPT")):
+            session = self.logged_in(self.mailbox(capabilities=caps), folder=None)
+            self.assertIs(self.result(session.enable_utf8()), False)  # type: ignore[attr-defined]
+            self.assertFalse(session.utf8_accept)  # type: ignore[attr-defined]
+
     # -- folders --------------------------------------------------------------------
+
+    def test_refused_list(self) -> None:
+        mailbox = self.mailbox()
+        mailbox.fail_command("LIST", "SERVERBUG", "no listing")
+        session = self.logged_in(mailbox, folder=None)
+        f = self.failure(session.list_folders(), CommandFailed)
+        self.assertEqual((f.value.code, f.value.text), ("SERVERBUG", "LIST NO: no listing"))  # type: ignore[attr-defined]
+        self.assert_session_over(session)
+
+    def test_garbled_list_answer_is_a_protocol_violation(self) -> None:
+        mailbox = self.mailbox()
+        mailbox.fail_command("LIST", how=FETCH_GARBLED)
+        session = self.logged_in(mailbox, folder=None)
+        self.failure(session.list_folders(), ProtocolViolation)
+        self.assert_session_over(session)
+
+    def test_throttled_examine_says_how_long_to_wait(self) -> None:
+        mailbox = self.mailbox()
+        mailbox.fail_command("EXAMINE", None, "Request is throttled. "
+                             "Suggested Backoff Time: 12345 milliseconds")
+        session = self.logged_in(mailbox, folder=None)
+        f = self.failure(session.examine_folder("INBOX"), Throttled)
+        self.assertEqual(f.value.retry_after, 12.345)  # type: ignore[attr-defined]
+        self.assert_session_over(session)
 
     def test_list_folders(self) -> None:
         mailbox = self.mailbox(folders=("INBOX", "Support Queue"))
@@ -421,6 +501,27 @@ class SessionContractMixin:
         self.assertEqual(f.value.code, "SERVERBUG")  # type: ignore[attr-defined]
         self.assertEqual(f.value.text, "UID FETCH NO: cannot fetch message 2")  # type: ignore[attr-defined]
         self.assert_session_over(session)
+
+    def test_garbled_fetch_answer_is_a_protocol_violation(self) -> None:
+        mailbox = self.mailbox()
+        mailbox.append(plain(1))
+        mailbox.append(plain(2))
+        mailbox.fail_fetch(2, how=FETCH_GARBLED)
+        session = self.logged_in(mailbox)
+        self.failure(session.fetch_meta([1, 2]), ProtocolViolation)
+        self.assert_session_over(session)
+
+    def test_fetch_the_server_drops(self) -> None:
+        mailbox = self.mailbox()
+        mailbox.append(plain(1))
+        mailbox.fail_fetch(1, how=FETCH_DROP)
+        session = self.logged_in(mailbox)
+        self.failure(session.fetch_full([1]), ConnectionDone)
+        self.assert_session_over(session)
+        # Healed, a new session reads it.
+        mailbox.heal_fetch(1)
+        session = self.logged_in(mailbox)
+        self.assertEqual(self.result(session.fetch_full([1])), {1: plain(1)})  # type: ignore[attr-defined]
 
     def test_no_on_one_uid_fails_fetch_sections(self) -> None:
         mailbox = self.mailbox()

@@ -15,9 +15,10 @@ from typing import Any, Optional
 
 import attr
 from twisted.internet import defer
+from zope.interface.verify import verifyObject
 
 from imapsvc.core.event import StreamEntry
-from imapsvc.interfaces import LeaseLost
+from imapsvc.interfaces import IStore, LeaseLost
 from imapsvc.model import (
     OUTCOME_DUPLICATE,
     OUTCOME_PUBLISHED,
@@ -118,6 +119,16 @@ class StoreContractMixin:
 
     def row(self, p: ProviderConfig) -> Any:
         return defer.maybeDeferred(self.provider_row, p.tenant, p.provider_id)
+
+    # -- the role interfaces ----------------------------------------------------
+
+    def test_provides_every_role(self) -> None:
+        # Components are typed with the role they use: the store must
+        # provide each one with every method (and IStore, their union).
+        for role in (*IStore.getBases(), IStore):
+            self.assertTrue(role.providedBy(self.store), role.__name__)
+            self.assertTrue(verifyObject(role, self.store), role.__name__)  # type: ignore[attr-defined]
+        self.assertEqual(len(IStore.getBases()), 10)
 
     # -- providers -------------------------------------------------------------
 

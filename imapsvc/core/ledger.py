@@ -1,9 +1,12 @@
-"""Keys of the message ledger (dedupe)."""
+"""Keys of the message ledger and the dedupe decisions every store makes the
+same way within one batch."""
 
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Optional, Sequence
+
+from imapsvc.model import OUTCOME_PUBLISHED, OUTCOME_SKIPPED, MessageRecord
 
 _MSGID_RE = re.compile(r"<([^<>\s]+)>")
 _BARE_RE = re.compile(r"^[\x21-\x7e]+@[\x21-\x7e]+$")
@@ -55,3 +58,43 @@ def normalise_message_id(raw: Optional[str]) -> Optional[str]:
     lower-cased, angle brackets kept; ``None`` for empty or garbage."""
     value = extract_message_id(raw)
     return None if value is None else value.lower()
+
+
+def check_records(records: Sequence[MessageRecord]) -> None:
+    """Refuse a batch the store cannot record faithfully (before any write).
+
+    :raises ValueError: an outcome other than published/skipped, or a
+        published record without stream fields.
+    """
+    for record in records:
+        if record.outcome not in (OUTCOME_PUBLISHED, OUTCOME_SKIPPED):
+            raise ValueError(f"record outcome must be published or skipped: {record.outcome!r}")
+        if record.outcome == OUTCOME_PUBLISHED and record.fields is None:
+            raise ValueError(f"published record without fields: {record.dedupe_key}")
+
+
+def first_occurrences(records: Sequence[MessageRecord]) -> list[bool]:
+    """For each record, whether it is the first of the batch with its dedupe
+    key and (when set) Message-ID key. Later ones are duplicates within the
+    batch, whatever the ledger says."""
+    seen_keys: set[str] = set()
+    seen_ids: set[str] = set()
+    first = []
+    for record in records:
+        dup = record.dedupe_key in seen_keys or (
+            record.message_id_key is not None and record.message_id_key in seen_ids
+        )
+        first.append(not dup)
+        if not dup:
+            seen_keys.add(record.dedupe_key)
+            if record.message_id_key is not None:
+                seen_ids.add(record.message_id_key)
+    return first
+
+
+def last_message_id(records: Sequence[MessageRecord], new: Sequence[bool]) -> Optional[str]:
+    """The Message-ID key of the last newly recorded message, if any."""
+    for record, is_new in zip(reversed(records), reversed(new)):
+        if is_new and record.message_id_key is not None:
+            return record.message_id_key
+    return None

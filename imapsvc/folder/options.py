@@ -45,6 +45,8 @@ class FolderOptions:
     oauth_auth_mechanism: str = MECH_AUTO
     #: ``IMAP_ENABLE_UTF8``: ``ENABLE UTF8=ACCEPT`` when offered (RFC 6855).
     enable_utf8: bool = False
+    #: ``IMAP_COMPRESS``: COMPRESS=DEFLATE after login (auto/off/always).
+    compress: str = "auto"
     #: Per-connection byte caps (:class:`imapsvc.core.wire_caps.WireCaps`);
     #: ``None`` keeps the protocol's defaults.
     wire_caps: Any = None

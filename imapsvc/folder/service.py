@@ -50,7 +50,7 @@ from imapsvc.folder.status import FolderStatusView
 from imapsvc.folder.sync import SyncPass
 from imapsvc.imap.extensions import client_id_fields
 from imapsvc.imap.factory import FolderClientFactory, set_keepalive
-from imapsvc.interfaces import IConnectionEvents
+from imapsvc.interfaces import IConnectionEvents, IMessagePipeline, IStore
 from imapsvc.model import ProviderConfig
 
 HISTORY_SIZE = 50
@@ -86,8 +86,8 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         provider: ProviderConfig,
         folder_filter: str,
         reactor: Any,
-        store: Any,
-        pipeline: Any,
+        store: IStore,
+        pipeline: IMessagePipeline,
         credentials: Any,
         owner: str,
         options: Optional[FolderOptions] = None,
@@ -351,6 +351,8 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         # needs must not stay referenced (thousands of idling folders).
         del caps
         self._save_capabilities()
+        if hasattr(proto, "maybe_compress"):  # the real session; not every fake
+            yield proto.maybe_compress(self.options.compress)
         yield self._send_id(proto)
         if self.options.enable_utf8 and getattr(proto, "enable_utf8", None) is not None:
             enabled = yield proto.enable_utf8()

@@ -33,6 +33,7 @@ from imapsvc.core.folders import WILDCARD
 from imapsvc.folder.options import FolderOptions
 from imapsvc.folder.write_back import WriteBackRunner
 from imapsvc.imap.responses import sorted_unique_from
+from imapsvc.interfaces import IMessagePipeline, IStore
 from imapsvc.model import FolderCursor, ProviderConfig
 
 
@@ -59,8 +60,8 @@ class SyncPass:
         provider: ProviderConfig,
         folder_filter: str,
         clock: Any,
-        store: Any,
-        pipeline: Any,
+        store: IStore,
+        pipeline: IMessagePipeline,
         owner: str,
         options: FolderOptions,
         parser: Any,

@@ -15,7 +15,8 @@ from twisted.logger import Logger
 from imapsvc.core import write_back as WB
 from imapsvc.core.folders import encode_mutf7
 from imapsvc.folder.options import describe
-from imapsvc.logging import redact
+from imapsvc.interfaces import ILedgerStore
+from imapsvc.log_output import redact
 
 
 class WriteBackRunner:
@@ -28,7 +29,7 @@ class WriteBackRunner:
 
     log = Logger()
 
-    def __init__(self, store: Any, label: str, check: Callable[[], None]) -> None:
+    def __init__(self, store: ILedgerStore, label: str, check: Callable[[], None]) -> None:
         self.store = store
         self.label = label
         self.check = check

@@ -10,7 +10,7 @@ detail goes to the log.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Generator, Optional
 
 from twisted.internet import defer, error
 from twisted.internet.endpoints import connectProtocol, wrapClientTLS
@@ -77,7 +77,7 @@ def test_login(
     timeout_s: float = 15.0,
     allow: Optional[Allowlist] = None,
     oauth_mechanism: str = "auto",
-) -> defer.Deferred:
+) -> defer.Deferred[list[str]]:
     """Fires with the server's sorted capabilities; fails with
     :class:`ProbeError` (a generic class, the detail logged)."""
 
@@ -95,7 +95,15 @@ def test_login(
 
 
 @defer.inlineCallbacks
-def _login(reactor, provider, credentials, tls_factory, timeout_s, allow, oauth_mechanism):
+def _login(
+    reactor: Any,
+    provider: Any,
+    credentials: Any,
+    tls_factory: Callable[[str], Any],
+    timeout_s: float,
+    allow: Optional[Allowlist],
+    oauth_mechanism: str,
+) -> Generator[defer.Deferred[Any], Any, list[str]]:
     from imapsvc.egress import checked_address, tcp_endpoint
 
     if not provider.secure and not provider.allow_starttls:

@@ -266,13 +266,13 @@ def throttle_delay(code: Optional[str], text: str) -> tuple[bool, Optional[float
     return throttled, delay
 
 
-class UidArray(array):
+class UidArray(array):  # type: ignore[type-arg]
     """UIDs as ``array('Q')`` (8 bytes each, no ``int`` object per UID) that
     compares equal to a list of the same numbers and stays an ``UidArray``
     when sliced, so callers may treat it as a list of ints."""
 
     def __new__(cls, values: Any = ()) -> UidArray:
-        return super().__new__(cls, "Q", values)
+        return super().__new__(cls, "Q", values)  # type: ignore[no-any-return]
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, list):
@@ -282,7 +282,7 @@ class UidArray(array):
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
     def __getitem__(self, index: Any) -> Any:
         value = array.__getitem__(self, index)
@@ -423,6 +423,16 @@ def as_bytes(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode("latin-1")
     raise ResponseParseError("expected a string")
+
+
+def as_text(value: Any) -> str:
+    """A string/literal/atom token as text: UTF-8 when it decodes, else
+    Latin-1 (which never fails)."""
+    raw = as_bytes(value)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def quote(value: bytes) -> bytes:

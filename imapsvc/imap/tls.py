@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional, cast
+from typing import Any, Optional, cast
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -30,8 +30,9 @@ _PEM_CERT = re.compile(
 )
 
 
-def load_ca_bundle(ca_file: str):
-    """Read every certificate of a PEM bundle into a trust root.
+def load_ca_bundle(ca_file: str) -> Any:
+    """Read every certificate of a PEM bundle into a trust root
+    (``IOpenSSLTrustRoot``).
 
     :raises ValueError: when the file holds no certificate.
     """
@@ -52,7 +53,7 @@ class _UnverifiedClientTLS:
         self._hostname = hostname.encode("idna")
         self._options = CertificateOptions(verify=False)
 
-    def clientConnectionForTLS(self, tlsProtocol):
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         context = self._options.getContext()
         connection = SSL.Connection(context, None)
         connection.set_app_data(tlsProtocol)

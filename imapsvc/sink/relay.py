@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imapsvc.deferreds import fire_and_forget, with_deadline
+from imapsvc.interfaces import IOutboxStore
 
 _log = Logger()
 
@@ -91,7 +92,7 @@ class Relay(Service):
 
     def __init__(
         self,
-        store: Any,
+        store: IOutboxStore,
         sink: Any,
         clock: Any,
         batch_size: int = 500,

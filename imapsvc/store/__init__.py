@@ -1,8 +1,10 @@
 """Durable state behind :class:`imapsvc.interfaces.IStore`.
 
-``postgres.PostgresStore`` is the production store, ``memory.MemoryStore``
-the in-memory fake; both pass ``tests.store_contract``. The small pure
-helpers here hold the decisions both make the same way.
+``postgres.PostgresStore`` is the production store, ``sqlite.SqliteStore``
+the embedded one and ``memory.MemoryStore`` the in-memory fake; all pass
+``tests.store_contract``. The helpers here are the store-level glue they
+share (how the outbox keeps an entry, how a bad provider row is reported);
+the ledger's dedupe decisions are pure code in :mod:`imapsvc.core.ledger`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import orjson
 
 from imapsvc.core.event import StreamEntry, encode_fields
-from imapsvc.model import OUTCOME_PUBLISHED, OUTCOME_SKIPPED, MessageRecord, ProviderConfig
+from imapsvc.model import ProviderConfig
 
 #: Longest ``config_error`` a store puts on an unreadable row.
 _ROW_ERROR_MAX = 300
@@ -38,46 +40,6 @@ def outbox_fields(head: Any, payload: Any) -> dict[str, str]:
         fields["payload_json"] = payload if isinstance(payload, str) else bytes(
             payload).decode("utf-8")
     return fields
-
-
-def check_records(records: Sequence[MessageRecord]) -> None:
-    """Refuse a batch the store cannot record faithfully (before any write).
-
-    :raises ValueError: an outcome other than published/skipped, or a
-        published record without stream fields.
-    """
-    for record in records:
-        if record.outcome not in (OUTCOME_PUBLISHED, OUTCOME_SKIPPED):
-            raise ValueError(f"record outcome must be published or skipped: {record.outcome!r}")
-        if record.outcome == OUTCOME_PUBLISHED and record.fields is None:
-            raise ValueError(f"published record without fields: {record.dedupe_key}")
-
-
-def first_occurrences(records: Sequence[MessageRecord]) -> list[bool]:
-    """For each record, whether it is the first of the batch with its dedupe
-    key and (when set) Message-ID key. Later ones are duplicates within the
-    batch, whatever the ledger says."""
-    seen_keys: set[str] = set()
-    seen_ids: set[str] = set()
-    first = []
-    for record in records:
-        dup = record.dedupe_key in seen_keys or (
-            record.message_id_key is not None and record.message_id_key in seen_ids
-        )
-        first.append(not dup)
-        if not dup:
-            seen_keys.add(record.dedupe_key)
-            if record.message_id_key is not None:
-                seen_ids.add(record.message_id_key)
-    return first
-
-
-def last_message_id(records: Sequence[MessageRecord], new: Sequence[bool]) -> Optional[str]:
-    """The Message-ID key of the last newly recorded message, if any."""
-    for record, is_new in zip(reversed(records), reversed(new)):
-        if is_new and record.message_id_key is not None:
-            return record.message_id_key
-    return None
 
 
 def sorted_capabilities(capabilities: Iterable[object]) -> list[str]:
@@ -117,7 +79,7 @@ def provider_or_invalid(
     except Exception as e:
         # Messages name columns and non-secret values (a port, a path); a
         # credential column is never parsed, but redact anyway.
-        from imapsvc.logging import redact
+        from imapsvc.log_output import redact
 
         reason = redact(str(e) or e.__class__.__name__)[:_ROW_ERROR_MAX]
         return ProviderConfig(

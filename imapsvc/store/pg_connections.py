@@ -1,5 +1,6 @@
-"""Connections for the Postgres store: a self-healing pool and a LISTEN
-connection on top of txpostgres.
+"""Connections for the Postgres store: a self-healing pool on top of
+txpostgres (the LISTEN connection, built from the same pieces, is in
+:mod:`imapsvc.store.pg_listener`).
 
 A dead pool member (lost while idle, found closed, or failed during an
 operation) is replaced by a fresh connection with capped back-off; callers
@@ -49,19 +50,19 @@ def _backoff() -> Iterator[float]:
         delay = min(delay * 2, 2.0)
 
 
-class _Connection(txpostgres.Connection):
+class PoolConnection(txpostgres.Connection):
     """A txpostgres connection that reports a dropped server as a lost
     connection (to :attr:`lost`) instead of an unhandled reactor error, and
     does not try to roll back on a connection that is already gone.
 
     It has no txpostgres ``DeadConnectionDetector``: a dead connection is
-    thrown away and replaced by a fresh one (see :class:`_Redial`), since a
+    thrown away and replaced by a fresh one (see :class:`Redial`), since a
     reused connection object keeps stale state (a stopped detector flagged
     "dead", a pending poll) that made it fail every query forever.
     """
 
     #: Called once with this connection when the server side goes away.
-    lost: Optional[Callable[[_Connection], Any]] = None
+    lost: Optional[Callable[[PoolConnection], Any]] = None
     label = "db"
 
     def _socket_ok(self) -> bool:
@@ -134,13 +135,13 @@ class _Connection(txpostgres.Connection):
 
 def open_connection(reactor: Any, dsn: str, connkw: dict[str, Any], timeout: float,
           label: str) -> defer.Deferred:
-    """Open a fresh :class:`_Connection`, bounded by ``timeout`` seconds
+    """Open a fresh :class:`PoolConnection`, bounded by ``timeout`` seconds
     (libpq does not time out asynchronous connects itself). Cancelling the
     result, or the timeout, closes the half-open connection: nothing leaks.
 
-    :rtype: Deferred[_Connection]
+    :rtype: Deferred[PoolConnection]
     """
-    conn = _Connection(reactor)
+    conn = PoolConnection(reactor)
     conn.label = label
     over = []  # set once cancelled or timed out: closing then fails the connect
 
@@ -178,7 +179,7 @@ def open_connection(reactor: Any, dsn: str, connkw: dict[str, Any], timeout: flo
     return result
 
 
-class _Redial:
+class Redial:
     """Calls ``attempt()`` (which returns a Deferred connection) with
     :func:`_backoff` delays until it succeeds, then ``done(conn)``. Stoppable
     at any point without leaving a connection or a delayed call behind."""
@@ -195,7 +196,7 @@ class _Redial:
         self._stopped = False
         self.attempts = 0
 
-    def start(self) -> _Redial:
+    def start(self) -> Redial:
         self._schedule()
         return self
 
@@ -265,9 +266,9 @@ class Pool:
         self._dsn = dsn
         self._connkw = connkw
         self._connect_timeout = connect_timeout
-        self._idle: list[_Connection] = []
-        self._busy: set[_Connection] = set()
-        self._redials: set[_Redial] = set()
+        self._idle: list[PoolConnection] = []
+        self._busy: set[PoolConnection] = set()
+        self._redials: set[Redial] = set()
         self._starting: list[defer.Deferred] = []
         self._semaphore = defer.DeferredSemaphore(size)
         #: Operations waiting for a live connection to be free (see _run).
@@ -313,7 +314,7 @@ class Pool:
 
         return d.addCallback(opened)
 
-    def _add(self, conn: _Connection) -> None:
+    def _add(self, conn: PoolConnection) -> None:
         if self._closed:
             conn.discard()
             return
@@ -321,7 +322,7 @@ class Pool:
         self._idle.append(conn)
         self._wake()
 
-    def _lost(self, conn: _Connection) -> None:
+    def _lost(self, conn: PoolConnection) -> None:
         """The server side of ``conn`` went away."""
         if conn in self._idle:
             self._idle.remove(conn)
@@ -329,7 +330,7 @@ class Pool:
             self._wake()
         # A busy connection is replaced when its operation finishes (_done).
 
-    def _replace(self, conn: _Connection, why: str) -> None:
+    def _replace(self, conn: PoolConnection, why: str) -> None:
         conn.discard()
         if self._closed:
             return
@@ -337,11 +338,11 @@ class Pool:
         self._redial()
 
     def _redial(self) -> None:
-        def done(conn: _Connection) -> None:
+        def done(conn: PoolConnection) -> None:
             self._redials.discard(redial)
             self._add(conn)
 
-        redial = _Redial(self._reactor, "pool", self.open_connection, done)
+        redial = Redial(self._reactor, "pool", self.open_connection, done)
         self._redials.add(redial)
         redial.start()
 
@@ -378,7 +379,7 @@ class Pool:
             while self._waiters:
                 self._waiters.popleft().errback(gone)
 
-    def _done(self, result: Any, conn: _Connection) -> Any:
+    def _done(self, result: Any, conn: PoolConnection) -> Any:
         self._busy.discard(conn)
         broken = isinstance(result, Failure) and result.check(*UNAVAILABLE)
         if self._closed:
@@ -403,89 +404,6 @@ class Pool:
         for conn in self._idle + list(self._busy):
             conn.discard()
         self._idle = []
-
-
-class Listener:
-    """One ``LISTEN`` on its own connection; see :meth:`PostgresStore.listen`."""
-
-    def __init__(self, reactor: Any, open_conn: Callable[[str], defer.Deferred], channel: str,
-                 callback: Callable[[str], Any],
-                 on_reconnect: Optional[Callable[[], Any]]) -> None:
-        self.channel = channel
-        self._reactor = reactor
-        self._open_conn = open_conn
-        self._callback = callback
-        self._on_reconnect = on_reconnect
-        self._conn: Optional[_Connection] = None
-        self._redial: Optional[_Redial] = None
-        self._stopped = False
-        #: How many times the connection was re-established (for tests/metrics).
-        self.reconnects = 0
-
-    def _notified(self, notify: Any) -> Any:
-        if notify.channel != self.channel:
-            return None
-        return defer.maybeDeferred(self._callback, notify.payload).addErrback(
-            lambda f: log.failure("LISTEN {channel} callback failed", f, channel=self.channel))
-
-    @defer.inlineCallbacks
-    def _connect(self) -> Any:
-        """A fresh connection with the LISTEN issued (closed if that fails)."""
-        conn = yield self._open_conn(f"listen-{self.channel}")
-        try:
-            yield conn.runOperation(f'LISTEN "{self.channel}"')
-        except BaseException:
-            conn.discard()
-            raise
-        return conn
-
-    def _attach(self, conn: _Connection) -> None:
-        if self._stopped:
-            conn.discard()
-            return
-        conn.addNotifyObserver(self._notified)
-        conn.lost = self._lost
-        self._conn = conn
-
-    def _lost(self, conn: _Connection) -> None:
-        if self._stopped or conn is not self._conn:
-            return
-        self._conn = None
-        conn.removeNotifyObserver(self._notified)
-        conn.discard()
-        log.warn("LISTEN {channel} connection lost; reconnecting", channel=self.channel)
-        self._redial = _Redial(self._reactor, f"listen-{self.channel}", self._connect,
-                               self._reconnected).start()
-
-    def _reconnected(self, conn: _Connection) -> Any:
-        self._redial = None
-        self._attach(conn)
-        if self._stopped:
-            return None
-        self.reconnects += 1
-        if self._on_reconnect is None:
-            return None
-        # Notifications sent while we were away are lost: let the owner resync.
-        return defer.maybeDeferred(self._on_reconnect).addErrback(
-            lambda f: log.failure("LISTEN {channel} on_reconnect failed", f,
-                                  channel=self.channel))
-
-    @defer.inlineCallbacks
-    def start(self) -> Any:
-        conn = yield self._connect()
-        self._attach(conn)
-        return self
-
-    def stop(self) -> None:
-        """Stop listening and close the connection."""
-        self._stopped = True
-        if self._redial is not None:
-            self._redial.stop()
-            self._redial = None
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            conn.removeNotifyObserver(self._notified)
-            conn.discard()
 
 
 def unavailable(f: Failure) -> Failure:

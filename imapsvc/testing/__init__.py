@@ -19,7 +19,8 @@ from imapsvc.testing.mailbox import (
     FakeMessage,
 )
 from imapsvc.testing.mime import bodystructure_of, section_bytes, split_header
-from imapsvc.testing.session import FakeIMAPSession, FakeSessionTransport
+from imapsvc.testing.session import FakeIMAPSession
+from imapsvc.testing.wire import FakeSessionTransport
 
 __all__ = [
     "DEFAULT_CAPABILITIES",

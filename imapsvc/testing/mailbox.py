@@ -17,6 +17,11 @@ from imapsvc.imap.responses import parse_capabilities
 from imapsvc.testing.mime import bodystructure_of, split_header
 
 Caps = dict[bytes, Optional[list[bytes]]]
+#: A refused login: ``(code, text, status)``, status ``"NO"`` or ``"BAD"``.
+Refusal = tuple[Optional[str], str, str]
+
+#: How a scripted FETCH failure shows (:meth:`FakeMailbox.fail_fetch`).
+FETCH_NO, FETCH_GARBLED, FETCH_DROP = "no", "garbled", "drop"
 
 #: What the fake server offers unless told otherwise.
 DEFAULT_CAPABILITIES = (
@@ -83,10 +88,14 @@ class FakeMailbox:
         for name in folders:
             self.add_folder(name)
         self.logins: list[tuple[str, str, Optional[str], Optional[int]]] = []
-        self._auth_refusals: list[tuple[Optional[str], str]] = []
-        self.auth_refusal: Optional[tuple[Optional[str], str]] = None
-        self._fetch_failures: dict[tuple[str, int], tuple[Optional[str], str]] = {}
-        self._write_failures: dict[str, tuple[Optional[str], str, Optional[int]]] = {}
+        self._auth_refusals: list[Refusal] = []
+        self.auth_refusal: Optional[Refusal] = None
+        self._fetch_failures: dict[tuple[str, int], tuple[Optional[str], str, str]] = {}
+        #: What the server answers to ``ID`` (RFC 2971), and the client's
+        #: ``ID`` fields it was sent, one dict per ``ID``.
+        self.server_id: dict[str, str] = {"name": "FakeMailbox"}
+        self.client_ids: list[dict[str, str]] = []
+        self._write_failures: dict[str, tuple[Optional[str], str, Optional[int], str]] = {}
         #: ``(kind, folder, uid)`` of every message part a fake session
         #: handed out: kind ``meta``, ``sections`` or ``full``.
         self.fetched: list[tuple[str, str, int]] = []
@@ -115,17 +124,25 @@ class FakeMailbox:
         folder: str = "INBOX",
         internaldate: str = DEFAULT_INTERNALDATE,
         bodystructure: Any = None,
+        announce: bool = True,
     ) -> int:
         """Deliver a message; sessions that selected ``folder`` hear
-        ``* n EXISTS`` (at once while idling, else with their next command).
+        ``* n EXISTS`` (at once while idling, else with their next command)
+        unless ``announce`` is false (a burst: :meth:`announce` it once).
         :return: its UID."""
         box = self.folders[folder]
         uid = box.uidnext
         box.uidnext += 1
         box.messages[uid] = FakeMessage(raw, internaldate, bodystructure)
-        for session in list(self.sessions):
-            session.exists_changed(folder, len(box.messages))
+        if announce:
+            self.announce(folder)
         return uid
+
+    def announce(self, folder: str = "INBOX") -> None:
+        """Tell the sessions that selected ``folder`` its message count."""
+        count = len(self.folders[folder].messages)
+        for session in list(self.sessions):
+            session.exists_changed(folder, count)
 
     def recreate(self, folder: str = "INBOX") -> FakeFolder:
         """The folder deleted and created again: a new UIDVALIDITY, UIDs from 1."""
@@ -186,57 +203,86 @@ class FakeMailbox:
         return self.expunge(folder, uids, only_deleted=False)
 
     def fail_write(self, command: str, code: Optional[str] = "SERVERBUG",
-                   text: str = "Internal error", times: Optional[int] = 1) -> None:
+                   text: str = "Internal error", times: Optional[int] = 1,
+                   how: str = FETCH_NO) -> None:
         """Answer ``NO [code] text`` to the next ``times`` write-back
         commands named ``command`` (``"UID MOVE"``, ``"UID STORE"``, ...;
-        ``times=None``: every one)."""
-        self._write_failures[command.upper()] = (code, text, times)
+        ``times=None``: every one). ``EXAMINE``, ``SELECT`` and ``LIST``
+        honour it too (:meth:`fail_command`), and ``how="garbled"`` (an
+        answer no client can read) instead of the NO."""
+        self._write_failures[command.upper()] = (code, text, times, how)
+
+    #: ``NO [code] text`` to the next ``times`` commands named ``command``
+    #: (``"EXAMINE"``, ``"LIST"``, ``"UID STORE"``, ...).
+    fail_command = fail_write
 
     def write_failure(self, command: str) -> Optional[tuple[Optional[str], str]]:
+        failure = self.command_failure(command)
+        return None if failure is None else failure[:2]
+
+    def command_failure(self, command: str) -> Optional[tuple[Optional[str], str, str]]:
+        """``(code, text, how)`` of the scripted failure of ``command`` now
+        due, if any (counted as used)."""
         entry = self._write_failures.get(command.upper())
         if entry is None:
             return None
-        code, text, times = entry
+        code, text, times, how = entry
         if times is not None:
             if times <= 1:
                 del self._write_failures[command.upper()]
             else:
-                self._write_failures[command.upper()] = (code, text, times - 1)
-        return (code, text)
+                self._write_failures[command.upper()] = (code, text, times - 1, how)
+        return (code, text, how)
 
     # -- scripted failures
 
     def refuse_logins(
         self, code: Optional[str] = "AUTHENTICATIONFAILED", text: str = "Authentication failed.",
-        times: Optional[int] = 1,
+        times: Optional[int] = 1, status: str = "NO",
     ) -> None:
-        """Refuse the next ``times`` logins (``None``: every login) with
-        ``NO [code] text``."""
+        """Refuse the next ``times`` logins (``None``: every login, until
+        :meth:`accept_logins`) with ``status [code] text`` (``status``
+        ``"NO"`` or ``"BAD"``)."""
         if times is None:
-            self.auth_refusal = (code, text)
+            self.auth_refusal = (code, text, status)
         else:
-            self._auth_refusals += [(code, text)] * times
+            self._auth_refusals += [(code, text, status)] * times
 
-    def auth_answer(self, username: str, secret: str) -> Optional[tuple[Optional[str], str]]:
-        """``None`` to accept a login, else the ``(code, text)`` of its NO."""
+    def accept_logins(self) -> None:
+        """Forget every scripted login refusal (the accounts still apply)."""
+        self._auth_refusals, self.auth_refusal = [], None
+
+    def auth_answer(self, username: str, secret: str) -> Optional[Refusal]:
+        """``None`` to accept a login, else the ``(code, text, status)`` of
+        its refusal."""
         if self._auth_refusals:
             return self._auth_refusals.pop(0)
         if self.auth_refusal is not None:
             return self.auth_refusal
         if self.accounts is not None and self.accounts.get(username) != secret:
-            return ("AUTHENTICATIONFAILED", "Authentication failed.")
+            return ("AUTHENTICATIONFAILED", "Authentication failed.", "NO")
         return None
 
     def fail_fetch(
         self, uid: int, code: Optional[str] = "SERVERBUG", text: str = "Internal error",
-        folder: str = "INBOX",
+        folder: str = "INBOX", how: str = FETCH_NO,
     ) -> None:
-        """Answer ``NO [code] text`` to every UID FETCH naming ``uid``."""
-        self._fetch_failures[(folder, uid)] = (code, text)
+        """Fail every UID FETCH naming ``uid``: ``how`` is ``"no"`` (answer
+        ``NO [code] text``), ``"garbled"`` (a tagged answer no client can
+        read: a protocol violation) or ``"drop"`` (close the connection)."""
+        self._fetch_failures[(folder, uid)] = (code, text, how)
+
+    def heal_fetch(self, uid: Optional[int] = None, folder: str = "INBOX") -> None:
+        """Forget the scripted FETCH failure of ``uid`` (``None``: of all)."""
+        if uid is None:
+            self._fetch_failures.clear()
+        else:
+            self._fetch_failures.pop((folder, uid), None)
 
     def fetch_failure(
         self, folder: str, uids: Iterable[int]
-    ) -> Optional[tuple[Optional[str], str]]:
+    ) -> Optional[tuple[Optional[str], str, str]]:
+        """``(code, text, how)`` of the first failing UID of ``uids``."""
         for uid in uids:
             failure = self._fetch_failures.get((folder, int(uid)))
             if failure is not None:

@@ -9,54 +9,36 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism, is_refusal
+from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism
 from imapsvc.core.cursor import internaldate_day, is_imap_date, parse_since
 from imapsvc.imap.errors import (
-    AuthenticationFailed,
-    AuthenticationUnavailable,
     CleartextRefused,
     CommandFailed,
     ConnectionGone,
     IMAPError,
     MechanismUnsupported,
+    ProtocolViolation,
     TLSRequired,
 )
 from imapsvc.interfaces import IIMAPSession
-from imapsvc.testing.mailbox import Caps, FakeFolder, FakeMailbox, FakeMessage
+from imapsvc.testing.mailbox import (
+    FETCH_DROP,
+    FETCH_GARBLED,
+    Caps,
+    FakeFolder,
+    FakeMailbox,
+    FakeMessage,
+)
 from imapsvc.testing.mime import section_bytes
+from imapsvc.testing.wire import FakeSessionTransport, ServerCloses, refusal_error
+from imapsvc.testing.write_back import FakeWriteBack
 
 # IDLE as seen on the wire: sent, "+" received (idling), DONE sent.
 _IDLE_SENT, _IDLING, _DONE_SENT = "sent", "idling", "done sent"
-
-
-class FakeSessionTransport(StringTransport):
-    """A transport whose close reaches the protocol at once (and then
-    ``on_lost(reason)``, e.g. a factory's ``clientConnectionLost``)."""
-
-    def __init__(self, on_lost: Optional[Callable[[Failure], Any]] = None) -> None:
-        super().__init__()
-        self.protocol: Any = None
-        self.on_lost = on_lost
-        self.closed = False
-
-    def loseConnection(self) -> None:  # noqa: N802 - Twisted's name
-        if self.closed:
-            return
-        self.closed = True
-        self.disconnecting = True
-        reason = Failure(ConnectionDone("Connection done"))
-        if self.protocol is not None:
-            self.protocol.connectionLost(reason)
-        if self.on_lost is not None:
-            self.on_lost(reason)
-
-    abortConnection = loseConnection  # noqa: N815
 
 
 class _Command:
@@ -70,7 +52,7 @@ class _Command:
 
 
 @implementer(IIMAPSession)
-class FakeIMAPSession(Protocol):
+class FakeIMAPSession(FakeWriteBack, Protocol):
     """An :class:`~imapsvc.interfaces.IIMAPSession` over a :class:`FakeMailbox`.
 
     Commands run one at a time in submission order; one sent while IDLE is
@@ -99,11 +81,17 @@ class FakeIMAPSession(Protocol):
         self.bye_text: Optional[str] = None
         self.idling = False
         self.auth_mechanism: Optional[str] = None
+        self.utf8_accept = False
         self.commands: list[str] = []
+        #: What searches and fetches asked for, one entry per command:
+        #: ``("search", first_uid)``, ``("meta", uids)``, ``("full", uids)``,
+        #: ``("sections", {uid: ((section, length), ...)})``.
+        self.requests: list[tuple[str, Any]] = []
         self.selected: Optional[str] = None
         #: SELECTed (write-back) rather than EXAMINEd.
         self.read_write = False
         self._closed = False
+        self._server_closing = False
         self._logging_out = False
         self._greeting_due = False
         self._drop_due: Optional[tuple[Optional[str]]] = None
@@ -114,8 +102,10 @@ class FakeIMAPSession(Protocol):
         self._idle_state: Optional[str] = None
         self._done_requested = False
 
-    def connect(self, on_lost: Optional[Callable[[Failure], Any]] = None) -> FakeIMAPSession:
-        self.makeConnection(FakeSessionTransport(on_lost))
+    def connect(self, on_lost: Optional[Callable[[Failure], Any]] = None,
+                clock: Any = None) -> FakeIMAPSession:
+        """Connect over a :class:`FakeSessionTransport` (see there for ``clock``)."""
+        self.makeConnection(FakeSessionTransport(on_lost, clock))
         return self
 
     # -- connection -------------------------------------------------------------
@@ -149,13 +139,18 @@ class FakeIMAPSession(Protocol):
         self._current, self._idle_state, self._waiting = None, None, []
         return pending
 
-    def _drop(self, error: Exception) -> None:
-        """As the real client: fail what is outstanding, close."""
+    def _drop(self, error: Exception, failing: Optional[_Command] = None) -> None:
+        """As the real client: fail ``failing`` (the command answered) with
+        ``error`` and the others outstanding with ConnectionGone, then
+        close; the engine hears of the error before the connection's end."""
         if self._closed:
             return
         self._closed = True
         self.idling = False
-        for cmd in self._take_pending():
+        pending = self._take_pending()
+        if failing is not None:
+            failing.defer.errback(Failure(error))
+        for cmd in pending:
             cmd.defer.errback(Failure(ConnectionGone(f"connection dropped: {error}")))
         if self.transport is not None:
             self.transport.loseConnection()
@@ -195,7 +190,7 @@ class FakeIMAPSession(Protocol):
             pass
 
     def _turn(self) -> bool:
-        if self._closed:
+        if self._closed or self._server_closing:
             return False
         if self._greeting_due:
             self._greeting_due = False
@@ -251,20 +246,22 @@ class FakeIMAPSession(Protocol):
         assert cmd.answer is not None
         try:
             result = cmd.answer()
+        except ServerCloses:
+            self._server_closing = True  # no more turns: the close fails the command
+            if self.transport is not None:
+                self.transport.loseConnection()
+            return
         except CommandFailed as error:
-            if not cmd.soft:
-                self._current = None
-                self._drop(error)
-                cmd.defer.errback(error)
-                return
             self._current = None
+            if not cmd.soft:
+                self._drop(error, failing=cmd)
+                return
             self._send_next()
             cmd.defer.errback(error)
             return
         except IMAPError as error:
             self._current = None
-            self._drop(error)
-            cmd.defer.errback(error)
+            self._drop(error, failing=cmd)
             return
         if self._pending_exists is not None:
             self.last_exists, self._pending_exists = self._pending_exists, None
@@ -338,22 +335,54 @@ class FakeIMAPSession(Protocol):
             self.mailbox.logins.append((mechanism, credentials.username, host, port))
             refusal = self.mailbox.auth_answer(credentials.username, credentials.secret)
             if refusal is not None:
-                code, text = refusal
-                if is_refusal("NO", code):
-                    raise AuthenticationFailed(code, text)
-                raise AuthenticationUnavailable(code, text, "NO")
+                code, text, status = refusal
+                raise refusal_error(name, status, code, text, auth=True)
             self.capabilities = self.mailbox.capabilities()
             return self.capabilities
 
         return self._run(name, login)
 
+    def _scripted_failure(self, command: str) -> None:
+        failure = self.mailbox.command_failure(command)
+        if failure is not None:
+            code, text, how = failure
+            if how == FETCH_GARBLED:
+                raise ProtocolViolation(f"bad tagged answer to {command.encode()!r}")
+            raise refusal_error(command, "NO", code, text)
+
     def list_folders(self) -> defer.Deferred:
-        return self._run(
-            "LIST",
-            lambda: [
-                (tuple(f.flags), f.delimiter, f.name) for f in self.mailbox.folders.values()
-            ],
-        )
+        def listing() -> list:
+            self._scripted_failure("LIST")
+            return [(tuple(f.flags), f.delimiter, f.name) for f in self.mailbox.folders.values()]
+
+        return self._run("LIST", listing)
+
+    def send_id(self, fields: Iterable[tuple[str, str]]) -> defer.Deferred:
+        """``ID`` (RFC 2971) when offered (else nothing is sent): the
+        server's ID dict."""
+        if b"ID" not in (self.capabilities or {}):
+            return defer.succeed(None)
+        sent = dict(fields)
+
+        def ident() -> dict[str, str]:
+            self.mailbox.client_ids.append(sent)
+            return dict(self.mailbox.server_id)
+
+        return self._run("ID", ident)
+
+    def enable_utf8(self) -> defer.Deferred:
+        """``ENABLE UTF8=ACCEPT`` when ``ENABLE`` and ``UTF8=ACCEPT`` (or
+        ``ONLY``) are offered: whether it got enabled."""
+        caps = self.capabilities or {}
+        utf8 = {bytes(v).upper() for v in (caps.get(b"UTF8") or [])}
+        if b"ENABLE" not in caps or not utf8 & {b"ACCEPT", b"ONLY"}:
+            return defer.succeed(False)
+
+        def enable() -> bool:
+            self.utf8_accept = True
+            return True
+
+        return self._run("ENABLE", enable)
 
     def examine_folder(self, name: str) -> defer.Deferred:
         return self._open_folder("EXAMINE", name, writable=False)
@@ -366,6 +395,7 @@ class FakeIMAPSession(Protocol):
         ``FolderIMAPClient._open_folder``)."""
 
         def open_() -> dict:
+            self._scripted_failure(verb)
             folder = self.mailbox.folders.get(name)
             if folder is None:
                 self.selected = None
@@ -383,62 +413,8 @@ class FakeIMAPSession(Protocol):
 
         return self._run(verb, open_)
 
-    def _writable(self, command: str) -> FakeFolder:
-        folder = self._folder()
-        if not self.read_write:
-            raise CommandFailed(None, f"{command} NO: Mailbox is read-only.")
-        failure = self.mailbox.write_failure(command)
-        if failure is not None:
-            code, text = failure
-            raise CommandFailed(code, f"{command} NO: {text}")
-        return folder
-
-    def uid_store_flags(self, uids: Iterable[int], flags: Iterable[str]) -> defer.Deferred:
-        wanted, names = [int(u) for u in uids], list(flags)
-
-        def store() -> None:
-            if not self.read_write:
-                self._folder()
-                return  # as Dovecot: OK, and an EXAMINEd folder's flags stay
-            folder = self._writable("UID STORE")
-            self.mailbox.store_flags(folder.name, wanted, names)
-
-        return self._run("UID STORE", store, soft=True)
-
-    def _copy_to(self, command: str, uids: Iterable[int], target: str, move: bool) -> Any:
-        wanted = [int(u) for u in uids]
-
-        def run() -> None:
-            folder = self._writable(command)
-            if target not in self.mailbox.folders:
-                raise CommandFailed("TRYCREATE", f"{command} NO: Mailbox doesn't exist: {target}")
-            if move:
-                self.mailbox.move(folder.name, wanted, target)
-            else:
-                self.mailbox.copy(folder.name, wanted, target)
-
-        return self._run(command, run, soft=True)
-
-    def uid_move(self, uids: Iterable[int], folder: str) -> defer.Deferred:
-        if b"MOVE" not in (self.capabilities or {}):
-            return self._run("UID MOVE", _refuse("UID MOVE BAD: Unknown command"), soft=True)
-        return self._copy_to("UID MOVE", uids, folder, move=True)
-
-    def uid_copy(self, uids: Iterable[int], folder: str) -> defer.Deferred:
-        return self._copy_to("UID COPY", uids, folder, move=False)
-
-    def uid_expunge(self, uids: Iterable[int]) -> defer.Deferred:
-        wanted = [int(u) for u in uids]
-        if b"UIDPLUS" not in (self.capabilities or {}):
-            return self._run("UID EXPUNGE", _refuse("UID EXPUNGE BAD: Unknown command"), soft=True)
-
-        def expunge() -> None:
-            folder = self._writable("UID EXPUNGE")
-            self.mailbox.expunge(folder.name, wanted)
-
-        return self._run("UID EXPUNGE", expunge, soft=True)
-
     def uid_search_from(self, first_uid: int) -> defer.Deferred:
+        self.requests.append(("search", int(first_uid)))
         first = max(1, int(first_uid))
         return self._run(
             "UID SEARCH", lambda: sorted(u for u in self._folder().messages if u >= first)
@@ -464,8 +440,12 @@ class FakeIMAPSession(Protocol):
         wanted = [int(u) for u in uids]
         failure = self.mailbox.fetch_failure(folder.name, wanted)
         if failure is not None:
-            code, text = failure
-            raise CommandFailed(code, f"UID FETCH NO: {text}")
+            code, text, how = failure
+            if how == FETCH_DROP:
+                raise ServerCloses()
+            if how == FETCH_GARBLED:
+                raise ProtocolViolation("bad tagged answer to b'UID FETCH'")
+            raise refusal_error("UID FETCH", "NO", code, text)
         out = {u: shape(u, folder.messages[u]) for u in wanted if u in folder.messages}
         self.mailbox.fetched += [(kind, folder.name, u) for u in out]
         return out
@@ -480,6 +460,7 @@ class FakeIMAPSession(Protocol):
             }
 
         uids = list(uids)
+        self.requests.append(("meta", tuple(int(u) for u in uids)))
         return self._run("UID FETCH", lambda: self._fetch("meta", uids, meta))
 
     def fetch_sections(self, requests: dict) -> defer.Deferred:
@@ -504,6 +485,7 @@ class FakeIMAPSession(Protocol):
                 results.setdefault(uid, {}).update(got)
 
         def next_group(_ignored: Any, key: tuple, uids: list[int]) -> defer.Deferred:
+            self.requests.append(("sections", {uid: key for uid in uids}))
             return self._run("UID FETCH", lambda: group(key, uids))
 
         d: defer.Deferred = defer.succeed(None)
@@ -514,6 +496,7 @@ class FakeIMAPSession(Protocol):
 
     def fetch_full(self, uids: Iterable[int]) -> defer.Deferred:
         uids = list(uids)
+        self.requests.append(("full", tuple(int(u) for u in uids)))
         return self._run("UID FETCH", lambda: self._fetch("full", uids, lambda _u, m: m.raw))
 
     def idle(self, on_exists: Callable[[int], Any]) -> defer.Deferred:
@@ -558,10 +541,3 @@ class FakeIMAPSession(Protocol):
 
         self._logging_out = True
         return self._run("LOGOUT", bye)
-
-
-def _refuse(text: str) -> Callable[[], Any]:
-    def answer() -> Any:
-        raise CommandFailed(None, text)
-
-    return answer

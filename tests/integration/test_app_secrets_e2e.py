@@ -34,7 +34,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from imapsvc.oauth import REFRESH_MARGIN_S
-from imapsvc.secrets import password_name, refresh_token_name
+from imapsvc.sealed_secrets import password_name, refresh_token_name
 from tests.rig import mail
 from tests.rig import postgres as pg
 from tests.rig.dovecot import DEFAULT_PASSWORD, unique_user

@@ -14,13 +14,13 @@ from imapsvc import folder_state as S
 from imapsvc.folder import FolderOptions, FolderService
 from imapsvc.imap.errors import AuthenticationFailed
 from imapsvc.imap.tls import client_tls_options
-from imapsvc.model import Credentials
+from imapsvc.model import Credentials, Limits
 from imapsvc.store.memory import MemoryStore
 from imapsvc.supervisor import Supervisor
+from tests.folder_helpers import recording_pipeline
 from tests.integration.test_folder_dovecot import wait_for
 from tests.integration.test_protocol_dovecot import _TestClient
 from tests.rig.dovecot import DEFAULT_PASSWORD, get_dovecot, unique_user
-from tests.unit.test_folder import FakePipeline, FakeStore
 
 TIMEOUT = 20
 
@@ -165,7 +165,8 @@ class SupervisedTests(TestCase):
 
         def make_folder(provider, folder, hooks):
             svc = FolderService(
-                provider, folder, reactor, FakeStore(), FakePipeline(FakeStore()), credentials,
+                provider, folder, reactor, self.store, recording_pipeline(self.store, reactor,
+                                                                          Limits()), credentials,
                 "w1", options, hooks=hooks,
                 tls_factory=lambda host: client_tls_options(host, ca_file=self.dovecot.ca_file),
             )

@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SkipTest, TestCase
 
 from imapsvc import cli
-from imapsvc.secrets import SecretBox, SecretStore, generate_key, password_name
+from imapsvc.sealed_secrets import SecretBox, SecretStore, generate_key, password_name
 from imapsvc.store.postgres import PostgresStore
 from tests.rig import postgres as rig
 

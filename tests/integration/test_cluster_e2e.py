@@ -186,7 +186,7 @@ class ClusterTests(ServiceRigMixin, unittest.TestCase):
         import time
 
         from imapsvc.model import ProviderConfig
-        from imapsvc.secrets import SecretBox, password_name
+        from imapsvc.sealed_secrets import SecretBox, password_name
         from imapsvc.store.sqlite import SqliteOps
         from imapsvc.store.sqlite_schema import connect, ensure_schema
         from tests.rig.service import SECRET_KEY

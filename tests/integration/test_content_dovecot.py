@@ -14,12 +14,12 @@ from twisted.trial.unittest import TestCase
 from imapsvc.core.email_data import map_message
 from imapsvc.folder import FolderOptions, FolderService
 from imapsvc.imap.tls import client_tls_options
-from imapsvc.model import Credentials, FolderCursor, Limits, ProviderConfig
+from imapsvc.model import FolderCursor, Limits, ProviderConfig
+from tests.folder_helpers import PasswordSource, write_cursor
 from tests.integration import test_folder_dovecot as base
 from tests.rig import mail
 from tests.rig.dovecot import DEFAULT_PASSWORD
 from tests.unit.test_corpus import AUTOMATED, load, raw_message
-from tests.unit.test_folder import FakeCredentials
 
 NOW = datetime(2026, 2, 1, tzinfo=UTC)
 
@@ -30,7 +30,7 @@ def crlf(raw: bytes) -> bytes:
 
 class ContentDovecotTests(TestCase):
     timeout = 120
-    # The same Dovecot user, fake store and recording pipeline as the folder tests.
+    # The same Dovecot user, memory store and recording pipeline as the folder tests.
     setUp = base.FolderDovecotTests.setUp
 
     def service(self, limits=None):
@@ -43,10 +43,7 @@ class ContentDovecotTests(TestCase):
             port=self.dovecot.ports.imaps,
             username=self.user,
         )
-        creds = FakeCredentials()
-        creds.credentials = lambda p: defer.succeed(
-            Credentials("password", self.user, DEFAULT_PASSWORD)
-        )
+        creds = PasswordSource(DEFAULT_PASSWORD, self.user)
         svc = FolderService(
             provider,
             "INBOX",
@@ -69,10 +66,10 @@ class ContentDovecotTests(TestCase):
         uids = {}
         for name in names:
             uids[name] = mail.append(self.user, DEFAULT_PASSWORD, "INBOX", crlf(load(name)))
-        self.store.cursors["INBOX"] = FolderCursor(None, "0", None)
+        write_cursor(self.store, self.provider, FolderCursor(None, "0", None))
         self.service(limits)
         yield base.wait_for(lambda: set(uids.values()) <= set(self.pipeline.uids))
-        by_uid = {m.uid: m for b in self.pipeline.batches for m in b[0]}
+        by_uid = {m.uid: m for m in self.pipeline.messages}
         return {name: by_uid[uid] for name, uid in uids.items()}
 
     @defer.inlineCallbacks

@@ -30,10 +30,10 @@ from imapsvc import folder_state as S
 from imapsvc.folder import FolderOptions, FolderService
 from imapsvc.imap.tls import client_tls_options
 from imapsvc.model import Credentials, FolderCursor, ProviderConfig
+from tests.folder_helpers import memory_backend, read_cursor, write_cursor
 from tests.rig import mail
 from tests.rig.counting import ByteCounter, counting_protocol_factory, sections_by_uid
 from tests.rig.dovecot import DEFAULT_PASSWORD, get_dovecot, unique_user
-from tests.unit.test_folder import FakePipeline, FakeStore
 
 log = Logger()
 
@@ -78,6 +78,7 @@ def start_folder_service(
     provider_id: str = "p1",
     tenant: str = "t1",
     owner: str = "worker-1",
+    hooks: Any = None,
 ) -> FolderService:
     """A started :class:`FolderService` on the rig's implicit-TLS port
     (host ``localhost``), stopped by the test's cleanup."""
@@ -111,6 +112,7 @@ def start_folder_service(
         PasswordSource(user),
         owner,
         options,
+        hooks=hooks,
         protocol_factory=protocol_factory,
         tls_factory=lambda host: client_tls_options(host, ca_file=dovecot.ca_file),
     )
@@ -310,11 +312,11 @@ class BacklogTests(TestCase):
 
     def setUp(self) -> None:
         self.backlog = backlog()
-        self.store = FakeStore()
-        self.pipeline = FakePipeline(self.store)
+        self.store, self.provider, self.pipeline = memory_backend(reactor)
         self.counter = ByteCounter()
         # Rescan the whole folder.
-        self.store.cursors[self.backlog.folder] = FolderCursor(None, "0", None)
+        write_cursor(self.store, self.provider, FolderCursor(None, "0", None),
+                     self.backlog.folder)
 
     def _start(self, broken: tuple[str, ...] = ()) -> FolderService:
         options = FolderOptions(
@@ -337,12 +339,12 @@ class BacklogTests(TestCase):
         self.assertEqual(len(self.pipeline.uids), len(b.uids))
         self.assertEqual(self.pipeline.uids, b.uids)  # in UID order, each once
         self.assertEqual(b.uids, sorted(set(b.uids)))
-        cursor = self.store.cursors[b.folder]
+        cursor = read_cursor(self.store, self.provider, b.folder)
         self.assertEqual(cursor.last_uid, str(b.uids[-1]))
         self.assertEqual(cursor.uid_validity, str(b.uid_validity))
         self.assertEqual(svc.handed_off, len(b.uids))
         for batch in self.pipeline.batches:
-            messages, batch_cursor = batch[0], batch[1]
+            messages, batch_cursor = batch.messages, batch.cursor
             # The cursor stored with a batch is the batch's last UID.
             self.assertEqual(batch_cursor.last_uid, str(messages[-1].uid))
 
@@ -361,7 +363,7 @@ class BacklogTests(TestCase):
         self._assert_exactly_once_in_order(svc)
 
         by_uid = dict(zip(b.uids, b.messages))
-        for msg in (m for batch in self.pipeline.batches for m in batch[0]):
+        for msg in self.pipeline.messages:
             gen = by_uid[msg.uid]
             self.assertIsNone(msg.raw)
             self.assertEqual(msg.header, gen.header, f"UID {msg.uid}")
@@ -410,7 +412,7 @@ class BacklogTests(TestCase):
         self._assert_exactly_once_in_order(svc)
 
         by_uid = dict(zip(b.uids, b.messages))
-        for msg in (m for batch in self.pipeline.batches for m in batch[0]):
+        for msg in self.pipeline.messages:
             self.assertEqual(msg.raw, by_uid[msg.uid].raw, f"UID {msg.uid}")
             self.assertEqual(tuple(msg.parts), ())
             self.assertEqual(dict(msg.texts), {})
@@ -450,14 +452,12 @@ class IdleWindowTests(TestCase):
 
     def setUp(self) -> None:
         self.user = get_dovecot().add_user(unique_user("idlewin"))
-        self.store = FakeStore()
-        self.pipeline = FakePipeline(self.store)
+        self.store, self.provider, self.pipeline = memory_backend(reactor)
 
     @defer.inlineCallbacks
     def test_wake_before_continuation_syncs_again(self):
         hooks = _CallOnIdling(lambda: svc.wake())
-        svc = start_folder_service(self, self.user, self.store, self.pipeline)
-        svc.hooks = hooks
+        svc = start_folder_service(self, self.user, self.store, self.pipeline, hooks=hooks)
         yield wait_for(lambda: not hooks.armed, what="first IDLE")
         # The wake-up leaves IDLE and runs a second sync at once (not after
         # the IDLE restart, minutes later).
@@ -477,8 +477,7 @@ class IdleWindowTests(TestCase):
             d.addCallback(lambda _: stopped.append(reactor.seconds() - started))
 
         hooks = _CallOnIdling(stop)
-        svc = start_folder_service(self, self.user, self.store, self.pipeline)
-        svc.hooks = hooks
+        svc = start_folder_service(self, self.user, self.store, self.pipeline, hooks=hooks)
         yield wait_for(lambda: bool(stopped), timeout=15, what="service stopped")
         self.assertEqual(svc.state, S.STOPPED)
         # Not the shutdown timeout (10 s) followed by an abort.
@@ -549,8 +548,7 @@ class RestartCatchUpTests(TestCase):
         self.dovecot = get_dovecot()
         self.addCleanup(self._ensure_running)
         self.user = self.dovecot.add_user(unique_user("restart"))
-        self.store = FakeStore()
-        self.pipeline = FakePipeline(self.store)
+        self.store, self.provider, self.pipeline = memory_backend(reactor)
         self.counter = ByteCounter()
 
     def _ensure_running(self) -> None:
@@ -580,7 +578,7 @@ class RestartCatchUpTests(TestCase):
         )
         log.info("restart: caught up {s:.2f}s after the restart", s=reactor.seconds() - started)
         self.assertEqual(self.pipeline.uids, [before, after])
-        self.assertEqual(self.store.cursors["INBOX"].last_uid, str(after))
+        self.assertEqual(read_cursor(self.store, self.provider).last_uid, str(after))
         self.assertIn(S.BACKOFF, [t.new for t in svc.history])
         self.assertEqual(self.counter.connections, 2)
 

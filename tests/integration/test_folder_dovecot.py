@@ -1,6 +1,6 @@
 """The folder engine against a real Dovecot 2.3 (``tests.rig.dovecot``):
-real protocol, real TLS, the real reactor; a fake store and a recording
-pipeline."""
+real protocol, real TLS, the real reactor; the memory store and the real
+pipeline, recording what it committed."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from twisted.trial.unittest import TestCase
 from imapsvc import folder_state as S
 from imapsvc.folder import FolderOptions, FolderService
 from imapsvc.imap.tls import client_tls_options
-from imapsvc.model import Credentials, FolderCursor, ProviderConfig
+from imapsvc.model import FolderCursor, ProviderConfig
+from tests.folder_helpers import PasswordSource, memory_backend, write_cursor
 from tests.rig import mail
 from tests.rig.dovecot import DEFAULT_PASSWORD, get_dovecot, unique_user
-from tests.unit.test_folder import FakeCredentials, FakePipeline, FakeStore
 
 
 @defer.inlineCallbacks
@@ -33,8 +33,7 @@ class FolderDovecotTests(TestCase):
     def setUp(self):
         self.dovecot = get_dovecot()
         self.user = self.dovecot.add_user(unique_user("folder"))
-        self.store = FakeStore()
-        self.pipeline = FakePipeline(self.store)
+        self.store, self.provider, self.pipeline = memory_backend(reactor)
 
     def service(self, folder="INBOX", **options):
         provider = ProviderConfig(
@@ -46,10 +45,7 @@ class FolderDovecotTests(TestCase):
             port=self.dovecot.ports.imaps,
             username=self.user,
         )
-        creds = FakeCredentials()
-        creds.credentials = lambda p: defer.succeed(
-            Credentials("password", self.user, DEFAULT_PASSWORD)
-        )
+        creds = PasswordSource(DEFAULT_PASSWORD, self.user)
         svc = FolderService(
             provider,
             folder,
@@ -76,14 +72,14 @@ class FolderDovecotTests(TestCase):
         yield wait_for(lambda: uid in self.pipeline.uids, timeout=5)
         self.assertLess(reactor.seconds() - start, 1.5)
         self.assertEqual(mail.flags(self.user, DEFAULT_PASSWORD, "INBOX", uid), set())
-        msg = self.pipeline.batches[-1][0][-1]
+        msg = self.pipeline.messages[-1]
         self.assertIn(b"Subject: hi", msg.header)
 
     @defer.inlineCallbacks
     def test_non_ascii_folder_and_other_case(self):
         mail.create_folder(self.user, DEFAULT_PASSWORD, "Entwürfe")
         uid = mail.append(self.user, DEFAULT_PASSWORD, "Entwürfe", mail.make_message("x"))
-        self.store.cursors["Entw&APw-rfe"] = FolderCursor(None, "0", None)
+        write_cursor(self.store, self.provider, FolderCursor(None, "0", None), "Entw&APw-rfe")
         svc = self.service(folder="ENTWÜRFE")
         yield wait_for(lambda: uid in self.pipeline.uids)
         self.assertEqual(svc.server_name, "Entw&APw-rfe")

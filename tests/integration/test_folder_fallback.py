@@ -9,13 +9,14 @@ sections it asked for prove what crossed the connection.
 
 from __future__ import annotations
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from imapsvc import folder_state as S
 from imapsvc.core.plan import TEXT_NOT_DOWNLOADED
 from imapsvc.folder import FolderOptions
 from imapsvc.model import FolderCursor, Limits
+from tests.folder_helpers import memory_backend, read_cursor, write_cursor
 from tests.integration.test_folder_backlog import (
     make_generated,
     start_folder_service,
@@ -24,7 +25,6 @@ from tests.integration.test_folder_backlog import (
 from tests.rig import mail
 from tests.rig.counting import ByteCounter, sections_by_uid
 from tests.rig.dovecot import DEFAULT_PASSWORD, get_dovecot, unique_user
-from tests.unit.test_folder import FakePipeline, FakeStore
 
 RAW_CAP = 200_000
 
@@ -50,10 +50,9 @@ class FallbackPathTests(TestCase):
 
     def setUp(self) -> None:
         self.user = get_dovecot().add_user(unique_user("fallback"))
-        self.store = FakeStore()
-        self.pipeline = FakePipeline(self.store)
+        self.store, self.provider, self.pipeline = memory_backend(reactor)
         self.counter = ByteCounter()
-        self.store.cursors["INBOX"] = FolderCursor(None, "0", None)
+        write_cursor(self.store, self.provider, FolderCursor(None, "0", None))
 
     @defer.inlineCallbacks
     def test_whole_messages_exact_and_big_one_header_only(self):
@@ -89,9 +88,9 @@ class FallbackPathTests(TestCase):
             what="all messages handed off",
         )
         self.assertEqual(self.pipeline.uids, uids)
-        self.assertEqual(self.store.cursors["INBOX"].last_uid, str(uids[-1]))
+        self.assertEqual(read_cursor(self.store, self.provider).last_uid, str(uids[-1]))
 
-        handed = {m.uid: m for batch in self.pipeline.batches for m in batch[0]}
+        handed = {m.uid: m for m in self.pipeline.messages}
         for uid, raw in zip(uids, raws):
             msg = handed[uid]
             self.assertEqual(msg.size, len(raw))

@@ -401,7 +401,7 @@ class SettingsTests(TestCase):
     def test_example_secret_cannot_start_the_service(self) -> None:
         """The placeholder key is refused at start-up, naming the variable
         and not echoing the value."""
-        from imapsvc.secrets import generate_key
+        from imapsvc.sealed_secrets import generate_key
 
         real = {
             "IMAPSVC_SECRET_KEY": generate_key(),
@@ -418,7 +418,7 @@ class SettingsTests(TestCase):
             self.assertNotIn(self.m.example_secret[env], message)
 
     def test_configmap_with_real_secrets_loads(self) -> None:
-        from imapsvc.secrets import generate_key
+        from imapsvc.sealed_secrets import generate_key
 
         environ = {
             **self.m.config,

@@ -24,7 +24,7 @@ from twisted.trial import unittest
 
 from imapsvc.core import oauth_state as o
 from imapsvc.oauth import REFRESH_MARGIN_S, access_token_name
-from imapsvc.secrets import SecretBox, refresh_token_name
+from imapsvc.sealed_secrets import SecretBox, refresh_token_name
 from tests.rig import mail
 from tests.rig import postgres as pg
 from tests.rig.dovecot import DEFAULT_PASSWORD, unique_user

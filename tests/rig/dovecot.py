@@ -48,6 +48,7 @@ from tests.rig.tls import TLSFiles, make_tls_files
 
 DOVECOT = "/usr/sbin/dovecot"
 DOVEADM = "/usr/bin/doveadm"
+IMAP_ZLIB_PLUGIN = "/usr/lib/dovecot/modules/lib30_imap_zlib_plugin.so"
 MAIL_USER = "vmail"
 DEFAULT_PASSWORD = "secret"
 DOMAIN = "example.com"
@@ -285,6 +286,10 @@ def _common_config(
         if imap_client_limit
         else ""
     )
+    # COMPRESS=DEFLATE (RFC 4978) where Debian's dovecot-imapd ships the plugin.
+    imap_plugins = (
+        "\n  mail_plugins = $mail_plugins imap_zlib" if os.path.exists(IMAP_ZLIB_PLUGIN) else ""
+    )
     return f"""\
 # Written by tests/rig/dovecot.py for one test run. Not the system config.
 instance_name = {instance_name}
@@ -376,7 +381,7 @@ service auth {{
   client_limit = 3000
 }}
 protocol imap {{
-  mail_max_userip_connections = 500
+  mail_max_userip_connections = 500{imap_plugins}
 }}
 """
 

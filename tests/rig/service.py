@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from twisted.internet import defer, reactor, task
 
-from imapsvc.secrets import SecretBox, generate_key, password_name
+from imapsvc.sealed_secrets import SecretBox, generate_key, password_name
 from tests.rig import postgres as pg
 
 SECRET_KEY = generate_key()
@@ -254,7 +254,7 @@ def set_secret(dsn: str, tenant: str, name: str, value: str) -> None:
 
 def set_oauth_client_secret(dsn: str, tenant: str, pid: str, secret: str) -> None:
     """Store the provider's OAuth client secret, sealed, under its CONTRACT name."""
-    from imapsvc.secrets import client_secret_name
+    from imapsvc.sealed_secrets import client_secret_name
 
     set_secret(dsn, tenant, client_secret_name(pid), secret)
 

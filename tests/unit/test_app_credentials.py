@@ -16,13 +16,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from imapsvc import oauth
-from imapsvc.secret_chain import (
-    CredentialsMissing,
-    EnvSecrets,
-    FilesystemSecrets,
-    SecretChain,
-)
-from imapsvc.secrets import (
+from imapsvc.sealed_secrets import (
     SEALED_TEXT_PREFIX,
     SecretBox,
     SecretStore,
@@ -30,6 +24,12 @@ from imapsvc.secrets import (
     generate_key,
     password_name,
     refresh_token_name,
+)
+from imapsvc.secret_chain import (
+    CredentialsMissing,
+    EnvSecrets,
+    FilesystemSecrets,
+    SecretChain,
 )
 from imapsvc.store.memory import MemoryStore
 from tests.unit.test_oauth_flow import TokenEndpoint

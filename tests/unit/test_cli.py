@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from imapsvc import cli
 from imapsvc.model import FolderCursor
-from imapsvc.secrets import SecretBox, generate_key, password_name, refresh_token_name
+from imapsvc.sealed_secrets import SecretBox, generate_key, password_name, refresh_token_name
 from imapsvc.store.sqlite import SqliteOps
 from imapsvc.store.sqlite_schema import connect
 

@@ -12,8 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imapsvc import folder_state as S
 from imapsvc.secret_chain import CredentialsMissing
+from tests.folder_helpers import FolderRig, PasswordSource
 from tests.unit import test_supervisor as supervisor_tests
-from tests.unit.test_folder import Rig, auth_error
 from tests.unit.test_supervisor import T1
 
 MISSING = CredentialsMissing(
@@ -36,19 +36,32 @@ class Hooks:
         self.events.append(("credentials_missing", text))
 
 
-class FolderTests(SynchronousTestCase):
-    def rig(self):
-        r = Rig()
-        r.hooks = Hooks()
-        r.svc.hooks = r.hooks
+class ForgettingSource(PasswordSource):
+    """A credential source whose cache the folder can drop."""
+
+    def __init__(self, missing=False):
+        super().__init__()
+        self.missing = missing
         self.forgotten = []
-        r.creds.invalidate = lambda tenant, pid: self.forgotten.append((tenant, pid))
-        self.addCleanup(lambda: r.svc.running and r.svc.stopService())
+
+    def credentials(self, provider, force_refresh=False):
+        if self.missing:
+            self.calls += 1
+            return defer.fail(MISSING)
+        return super().credentials(provider, force_refresh)
+
+    def invalidate(self, tenant, pid):
+        self.forgotten.append((tenant, pid))
+
+
+class FolderTests(SynchronousTestCase):
+    def rig(self, missing=False):
+        r = FolderRig(hooks=Hooks(), credentials=ForgettingSource(missing))
+        self.addCleanup(r.stop)
         return r
 
     def test_missing_credentials_wait_for_discovery_without_auth_failure(self):
-        r = self.rig()
-        r.creds.credentials = lambda provider: defer.fail(MISSING)
+        r = self.rig(missing=True)
         r.start()
         self.assertEqual(r.svc.state, S.NEEDS_REAUTH)
         kinds = [e[0] for e in r.hooks.events]
@@ -56,17 +69,18 @@ class FolderTests(SynchronousTestCase):
         self.assertNotIn("auth_failed", kinds)
         self.assertIn("imap_password_p1", r.svc.last_error)
         self.assertIn("filesystem /run/secrets/tenants/t1/x", r.svc.last_error)
+        self.assertEqual(r.mailbox.logins, [])
         # No reconnect storm: the supervisor's discovery pass retries it.
         r.reactor.advance(3600)
         self.assertEqual(r.factory.connect_calls, 1)
-        self.assertEqual(self.forgotten, [("t1", "p1")])
+        self.assertEqual(r.creds.forgotten, [("t1", "p1")])
 
     def test_server_refusal_drops_cached_credentials(self):
         r = self.rig()
-        r.server.auth_error = auth_error()
+        r.mailbox.refuse_logins(times=None)
         r.start()
         self.assertEqual(r.svc.state, S.NEEDS_REAUTH)
-        self.assertEqual(self.forgotten, [("t1", "p1")])
+        self.assertEqual(r.creds.forgotten, [("t1", "p1")])
         self.assertIn(("auth_failed", "AUTHENTICATIONFAILED"), r.hooks.events)
 
 

@@ -1,419 +1,66 @@
-"""Unit tests of :class:`imapsvc.folder.FolderService` with a scripted fake
-a protocol object with the ``FolderIMAPClient`` API, a store, a pipeline and
-a credential source. No sockets."""
+"""Unit tests of :class:`imapsvc.folder.FolderService` on verified fakes only
+(:mod:`tests.folder_helpers`): the fake IMAP session (checked against the real
+client by ``tests/session_contract.py``), the memory store and the real
+pipeline. Fake clock, no sockets."""
 
 from __future__ import annotations
 
+import errno
+
+import attr
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectBindError
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 
-from imapsvc.imap.errors import AuthenticationFailed, ConnectionGone
-from imapsvc.model import BatchResult, BodyPart, Credentials
+from imapsvc import folder_state as S
+from imapsvc.folder import TOKEN_RETRY_S, FolderOptions
+from imapsvc.model import Credentials, FolderCursor
+from imapsvc.oauth import REFRESH_MARGIN_S
+from imapsvc.testing import FakeMailbox, section_bytes, split_header
+from tests.folder_helpers import OPTIONS, PASSWORD, USER, FolderRig, message
 
-IDLE_CAPS = {b"IMAP4rev1": None, b"IDLE": None, b"AUTH": [b"PLAIN"]}
-NO_IDLE_CAPS = {b"IMAP4rev1": None}
+NO_IDLE = ("IMAP4rev1", "AUTH=PLAIN")
 
 
-def simple_parser(struct):
-    """Test BODYSTRUCTURE parser: ``("text", n)`` -> one text part of n
-    bytes plus an attachment; anything else is unusable."""
-    if isinstance(struct, tuple) and struct[0] == "text":
-        return [
-            BodyPart("1", "text/plain", {}, "7bit", struct[1], struct[1], is_body_text=True),
-            BodyPart("2", "application/pdf", {}, "base64", 5000, 3700, disposition="attachment"),
-        ]
-    return None
+def mailbox(**kw):
+    kw.setdefault("accounts", {USER: PASSWORD})
+    kw.setdefault("uidvalidity", 7)
+    return FakeMailbox(**kw)
 
 
-class FakeServer:
-    def __init__(self, uidvalidity=7, caps=IDLE_CAPS, folders=("INBOX",)):
-        self.uidvalidity = uidvalidity
-        self.caps = caps
-        self.folders = list(folders)
-        self.messages: dict[int, dict] = {}
-        self.uidnext = 1
-        self.auth_error = None
-        #: Errors for the next logins, one each, before ``auth_error``.
-        self.auth_errors: list = []
-        #: ``(credentials, keyword arguments)`` of every login.
-        self.logins: list = []
-        self.search_extra_highest = True
-        self.commands: list[tuple] = []
-        self.protos: list[FakeProto] = []
+def with_options(**changes):
+    return attr.evolve(OPTIONS, **changes)
 
-    def add(self, count=1, struct=("text", 10), size=100, notify=True):
-        for _ in range(count):
-            uid = self.uidnext
-            self.uidnext += 1
-            self.messages[uid] = {
-                "size": size,
-                "internaldate": "01-Jan-2026 10:00:00 +0000",
-                "bodystructure": struct,
-                "header": b"Subject: m%d\r\n\r\n" % uid,
-                "body": b"body of %d" % uid,
-            }
-        for p in self.protos if notify else ():
-            if not p.transport.closed:
-                p.last_exists = len(self.messages)
-            if p.idling and p.on_exists is not None:
-                p.on_exists(len(self.messages))
 
-    def recreate(self):
-        """Delete and recreate the folder: new UIDVALIDITY, UIDs from 1."""
-        self.uidvalidity += 1
-        self.messages.clear()
-        self.uidnext = 1
-
-
-class FakeTransport:
-    def __init__(self, proto):
-        self.proto = proto
-        self.closed = False
-        self.keepalive = None
-
-    def setTcpKeepAlive(self, on):
-        self.keepalive = on
-
-    def loseConnection(self):
-        if not self.closed:
-            self.closed = True
-            self.proto.connection_lost()
-
-    abortConnection = loseConnection
-
-
-class FakeProto:
-    def __init__(self, server: FakeServer, connector=None):
-        self.server = server
-        self.greeted = defer.Deferred()
-        self.idling = False
-        self.on_exists = None
-        self.on_bye = None
-        self.transport = FakeTransport(self)
-        self.pending: list[defer.Deferred] = []
-        self.done_calls = 0
-        self.logged_out = False
-        self.factory = None
-        self.connector = connector
-        self.hold = set()  # command names whose Deferreds the test fires
-        self.hold_done = False  # DONE's answer waits for finish_idle()
-        self.last_exists = None  # as FolderIMAPClient: last EXISTS, any command
-
-    def _reply(self, name, value, *args):
-        self.server.commands.append((name,) + args)
-        if self.transport.closed:
-            return defer.fail(ConnectionGone("closed"))
-        d = defer.Deferred()
-        self.pending.append(d)
-        if name not in self.hold:
-            self.pending.remove(d)
-            if isinstance(value, Exception):
-                d.errback(value)
-            else:
-                d.callback(value)
-        else:
-            d.value_to_send = value
-        return d
-
-    def release(self):
-        for d in list(self.pending):
-            self.pending.remove(d)
-            d.callback(d.value_to_send)
-
-    def connection_lost(self):
-        self.idling = False
-        for d in list(self.pending):
-            self.pending.remove(d)
-            d.errback(ConnectionGone("connection lost"))
-        if self.factory is not None:
-            self.factory.clientConnectionLost(self.connector, Failure(ConnectionDone()))
-
-    # -- the FolderIMAPClient API --
-    def start_tls(self, ctx):
-        return self._reply("STARTTLS", None)
-
-    def authenticate_with(self, creds, **kwargs):
-        self.server.logins.append((creds, kwargs))
-        error = self.server.auth_errors.pop(0) if self.server.auth_errors else None
-        error = error or self.server.auth_error
-        if error is not None:
-            return self._reply("LOGIN", error, creds.username)
-        return self._reply("LOGIN", dict(self.server.caps), creds.username)
-
-    def list_folders(self):
-        return self._reply("LIST", [((), "/", f) for f in self.server.folders])
-
-    def examine_folder(self, name):
-        s = self.server
-        return self._reply(
-            "EXAMINE",
-            {"uidvalidity": s.uidvalidity, "uidnext": s.uidnext, "exists": len(s.messages)},
-            name,
-        )
-
-    def uid_search_from(self, first):
-        uids = sorted(u for u in self.server.messages if u >= first)
-        if not uids and self.server.search_extra_highest and self.server.messages:
-            uids = [max(self.server.messages)]  # "n:*" matches the highest UID
-        return self._reply("SEARCH", uids, first)
-
-    def fetch_meta(self, uids):
-        m = self.server.messages
-        out = {
-            u: {k: m[u][k] for k in ("size", "internaldate", "bodystructure", "header")}
-            for u in uids
-            if u in m
-        }
-        return self._reply("FETCH_META", out, tuple(uids))
-
-    def fetch_sections(self, requests):
-        out = {}
-        for uid, secs in requests.items():
-            body = self.server.messages[uid]["body"]
-            out[uid] = {s: body if n is None else body[:n] for s, n in secs}
-        return self._reply("FETCH_SECTIONS", out, {u: tuple(s) for u, s in requests.items()})
-
-    def fetch_full(self, uids):
-        m = self.server.messages
-        out = {u: m[u]["header"] + m[u]["body"] for u in uids if u in m}
-        return self._reply("FETCH_FULL", out, tuple(uids))
-
-    def idle(self, on_exists):
-        self.server.commands.append(("IDLE",))
-        self.idling = True
-        self.on_exists = on_exists
-        self._idle_d = defer.Deferred()
-        self.pending.append(self._idle_d)
-        return self._idle_d
-
-    @property
-    def idle_ending(self):
-        """DONE is out and its answer not in (IIMAPSession.idle_ending)."""
-        return not self.idling and getattr(self, "_idle_d", None) in self.pending
-
-    def done(self):
-        self.done_calls += 1
-        assert self.idling, "DONE outside IDLE"
-        self.idling = False
-        if not self.hold_done:
-            self.finish_idle()
-
-    def finish_idle(self):
-        """The server's tagged OK to DONE."""
-        self.pending.remove(self._idle_d)
-        self._idle_d.callback(None)
-
-    def logout(self):
-        self.logged_out = True
-        return self._reply("LOGOUT", None)
-
-
-class FakeStore:
-    def __init__(self):
-        self.cursors = {}
-        self.capabilities = []
-
-    def read_cursor(self, tenant, provider_id, folder):
-        return defer.succeed(self.cursors.get(folder))
-
-    def save_capabilities(self, tenant, provider_id, caps, owner=None):
-        self.capabilities.append(list(caps))
-        return defer.succeed(None)
-
-    def write_cursor(self, tenant, provider_id, folder, cursor, owner):
-        self.cursors[folder] = cursor
-        return defer.succeed(None)
-
-
-class FakePipeline:
-    """Records batches; writes the cursor into the store like the real one.
-    ``fail_with`` makes the next batch fail; ``hold`` keeps batches pending."""
-
-    def __init__(self, store: FakeStore):
-        self.store = store
-        self.batches = []
-        self.fail_with = None
-        self.hold = False
-        self.pending = []
-
-    @property
-    def uids(self):
-        return [m.uid for b in self.batches for m in b[0]]
-
-    def handle_batch(self, provider, folder, owner, messages, cursor):
-        if self.fail_with is not None:
-            err, self.fail_with = self.fail_with, None
-            return defer.fail(err)
-        d = defer.Deferred()
-
-        def commit(_):
-            self.batches.append((list(messages), cursor, folder, owner))
-            self.store.cursors[folder] = cursor
-            return BatchResult(tuple("published" for _ in messages))
-
-        d.addCallback(commit)
-        if self.hold:
-            self.pending.append(d)
-        else:
-            d.callback(None)
-        return d
-
-    def release(self):
-        pending, self.pending = self.pending, []
-        for d in pending:
-            d.callback(None)
-
-
-class FakeCredentials:
-    def __init__(self):
-        self.calls = 0
-
-    def credentials(self, provider):
-        self.calls += 1
-        return defer.succeed(Credentials("password", provider.username, "s3cret-pw"))
-
-
-class RecordingHooks:
-    def __init__(self):
-        self.events = []
-
-    def state_changed(self, state, reason="", error=None):
-        self.events.append(("state", state))
-
-    def auth_failed(self, code, text=""):
-        self.events.append(("auth_failed", code))
-
-    def logged_in(self):
-        self.events.append(("logged_in",))
-
-    def synced(self):
-        self.events.append(("synced",))
-
-    def lease_lost(self):
-        self.events.append(("lease_lost",))
-
-
-def auth_error():
-    return AuthenticationFailed("AUTHENTICATIONFAILED", "Authentication failed.")
-
-
-# ---------------------------------------------------------------------------
-# tests
-
-from twisted.internet.testing import MemoryReactorClock  # noqa: E402
-from twisted.trial.unittest import SynchronousTestCase  # noqa: E402
-
-from imapsvc import folder_state as S  # noqa: E402
-from imapsvc.folder import FolderOptions, FolderService  # noqa: E402
-from imapsvc.imap.errors import Throttled  # noqa: E402
-from imapsvc.interfaces import LeaseLost  # noqa: E402
-from imapsvc.model import FolderCursor, Limits, ProviderConfig  # noqa: E402
-
-PROVIDER = ProviderConfig(
-    tenant="t1",
-    provider_id="p1",
-    provider_name="Support",
-    mailbox="support@example.com",
-    host="imap.example.com",
-    port=993,
-    username="support@example.com",
-)
-
-OPTIONS = FolderOptions(
-    max_emails_per_sync=5,
-    poll_interval_ms=30000,
-    idle_restart_ms=600000,
-    idle_keepalive_ms=240000,
-    timer_jitter_pct=0.1,
-    startup_stagger_ms=2000,
-    reconnect_base_ms=2000,
-    reconnect_max_ms=60000,
-    reconnect_jitter_pct=0.5,
-    fetch_chunk=200,
-    limits=Limits(max_raw_mime_bytes=10000, max_text_part_bytes=100),
-)
-
-
-class Rig:
-    """One FolderService wired to the fakes."""
-
-    def __init__(self, server=None, options=OPTIONS, provider=PROVIDER, folder="INBOX"):
-        self.server = server or FakeServer()
-        self.reactor = MemoryReactorClock()
-        self.store = FakeStore()
-        self.pipeline = FakePipeline(self.store)
-        self.creds = FakeCredentials()
-        self.hooks = RecordingHooks()
-        self.svc = FolderService(
-            provider,
-            folder,
-            self.reactor,
-            self.store,
-            self.pipeline,
-            self.creds,
-            "worker-1",
-            options,
-            hooks=self.hooks,
-            protocol_factory=self._proto,
-            tls_factory=lambda host: None,
-            parser=simple_parser,
-            rand=lambda: 0.5,
-        )
-        self.factory = self.svc.factory
-
-    def _proto(self):
-        p = FakeProto(self.server, self.reactor.connectors[-1])
-        self.server.protos.append(p)
-        return p
-
-    @property
-    def proto(self):
-        return self.server.protos[-1]
-
-    def start(self):
-        self.svc.startService()
-        self.reactor.advance(1.0)  # stagger: 2000 ms * 0.5
-        return self.accept()
-
-    def accept(self):
-        """The pending connection attempt succeeds and the server greets."""
-        proto = self.factory.buildProtocol(None)
-        proto.greeted.callback(dict(self.server.caps))
-        return proto
-
-    def reconnect_after(self, delay):
-        before = self.factory.connect_calls
-        self.reactor.advance(delay)
-        assert self.factory.connect_calls == before + 1, "no reconnect attempt"
-        self.factory.startedConnecting(self.reactor.connectors[-1])
-        return self.accept()
-
-    def states(self):
-        return [t.new for t in self.svc.history]
-
-
-class FolderServiceTests(SynchronousTestCase):
+class RigTestCase(SynchronousTestCase):
     def rig(self, **kw):
-        rig = Rig(**kw)
+        rig = FolderRig(**kw)
         self.addCleanup(self._stop, rig)
         return rig
 
     def _stop(self, rig):
-        if rig.svc.running:
-            rig.svc.stopService()
-        self.assertEqual(rig.svc.invalid_transitions, 0, rig.states())
+        rig.stop()
+        self.assertEqual(getattr(rig.svc, "invalid_transitions", 0), 0, rig.states())
         self.assertEqual(rig.reactor.getDelayedCalls(), [])
 
+    def requests(self, rig, *kinds):
+        """What every session searched and fetched (``kinds`` only)."""
+        out = [r for s in rig.sessions for r in s.requests]
+        return [r for r in out if not kinds or r[0] in kinds]
+
+
+class FolderServiceTests(RigTestCase):
     # -- where a sync starts --------------------------------------------------
 
     def test_no_cursor_takes_recent_window(self):
         r = self.rig()
-        r.server.add(10)
+        r.add(10)
         r.start()
-        self.assertEqual(r.pipeline.uids, [6, 7, 8, 9, 10])
-        self.assertEqual(r.store.cursors["INBOX"].last_uid, "10")
-        self.assertEqual(r.store.cursors["INBOX"].uid_validity, "7")
+        self.assertEqual(r.uids, [6, 7, 8, 9, 10])
+        self.assertEqual(r.cursor().last_uid, "10")
+        self.assertEqual(r.cursor().uid_validity, "7")
         self.assertEqual(r.svc.state, S.IDLING)
 
     def test_empty_first_sync_stores_cursor_so_a_burst_is_not_skipped(self):
@@ -421,193 +68,213 @@ class FolderServiceTests(SynchronousTestCase):
         # next sync would take the window again and skip the burst's head.
         r = self.rig()
         r.start()
-        self.assertEqual(r.store.cursors["INBOX"].last_uid, "0")
-        self.assertEqual(r.store.cursors["INBOX"].uid_validity, "7")
-        r.server.add(8)
-        self.assertEqual(r.pipeline.uids, list(range(1, 9)))
+        self.assertEqual(r.cursor().last_uid, "0")
+        self.assertEqual(r.cursor().uid_validity, "7")
+        r.add(8)
+        self.assertEqual(r.uids, list(range(1, 9)))
 
     def test_uidvalidity_reset_on_empty_folder_is_stored(self):
         r = self.rig()
-        r.store.cursors["INBOX"] = FolderCursor("6", "4242", None)
-        r.server.add(3)
-        r.server.messages.clear()
+        r.set_cursor(FolderCursor("6", "4242", None))
+        r.add(3)
+        r.mailbox.expunge("INBOX", [1, 2, 3], only_deleted=False)
         r.start()
-        self.assertEqual(r.store.cursors["INBOX"].uid_validity, "7")
-        self.assertEqual(r.store.cursors["INBOX"].last_uid, "0")
+        self.assertEqual(r.cursor().uid_validity, "7")
+        self.assertEqual(r.cursor().last_uid, "0")
 
     def test_resume_at_n_plus_one(self):
         r = self.rig()
-        r.server.add(10)
-        r.store.cursors["INBOX"] = FolderCursor("7", "3", None)
+        r.add(10)
+        r.set_cursor(FolderCursor("7", "3", None))
         r.start()
-        self.assertIn(("SEARCH", 4), r.server.commands)
-        self.assertEqual(r.pipeline.uids, [4, 5, 6, 7, 8, 9, 10])
+        self.assertIn(("search", 4), self.requests(r, "search"))
+        self.assertEqual(r.uids, [4, 5, 6, 7, 8, 9, 10])
 
     def test_zero_rescans_everything(self):
         r = self.rig()
-        r.server.add(8)
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.add(8)
+        r.set_cursor(FolderCursor("7", "0", None))
         r.start()
-        self.assertEqual(r.pipeline.uids, list(range(1, 9)))
+        self.assertEqual(r.uids, list(range(1, 9)))
 
     def test_uidvalidity_change_resets_to_window(self):
         r = self.rig()
-        r.server.add(10)
-        r.store.cursors["INBOX"] = FolderCursor("6", "4242", None)
+        r.add(10)
+        r.set_cursor(FolderCursor("6", "4242", None))
         r.start()
-        self.assertEqual(r.pipeline.uids, [6, 7, 8, 9, 10])
-        self.assertEqual(r.store.cursors["INBOX"].uid_validity, "7")
+        self.assertEqual(r.uids, [6, 7, 8, 9, 10])
+        self.assertEqual(r.cursor().uid_validity, "7")
 
-    def test_highest_uid_below_start_is_dropped(self):
+    def test_recreated_folder_starts_again_from_its_window(self):
         r = self.rig()
-        r.server.add(5)
-        r.store.cursors["INBOX"] = FolderCursor("7", "5", None)
+        r.add(3)
         r.start()
-        self.assertIn(("SEARCH", 6), r.server.commands)
-        self.assertEqual(r.pipeline.uids, [])
+        self.assertEqual(r.uids, [1, 2, 3])
+        r.mailbox.recreate()
+        r.add(2)
+        r.drop()
+        r.reconnect_after(r.factory.delay)
+        self.assertEqual(r.cursor().uid_validity, str(r.mailbox.folders["INBOX"].uidvalidity))
+        self.assertEqual([(m.uid_validity, m.uid) for m in r.pipeline.messages][3:],
+                         [("8", 1), ("8", 2)])
+
+    def test_nothing_at_or_above_the_start_fetches_nothing(self):
+        r = self.rig()
+        r.add(5)
+        r.set_cursor(FolderCursor("7", "5", None))
+        r.start()
+        self.assertIn(("search", 6), self.requests(r, "search"))
+        self.assertEqual(self.requests(r, "meta", "sections", "full"), [])
+        self.assertEqual(r.uids, [])
 
     def test_cursor_read_at_every_sync(self):
         r = self.rig()
-        r.server.add(3)
-        r.store.cursors["INBOX"] = FolderCursor("7", "3", None)
+        r.add(3)
+        r.set_cursor(FolderCursor("7", "3", None))
         r.start()
-        self.assertEqual(r.pipeline.uids, [])
+        self.assertEqual(r.uids, [])
         # An operator's "rescan" lands in the store while we idle.
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.set_cursor(FolderCursor("7", "0", None))
         r.svc.wake()
-        self.assertEqual(r.pipeline.uids, [1, 2, 3])
+        self.assertEqual(r.uids, [1, 2, 3])
 
     # -- batches ----------------------------------------------------------------
 
     def test_backlog_drains_in_chunks(self):
-        r = self.rig(options=FolderOptions(**{**_opts(), "fetch_chunk": 200}))
-        r.server.add(450)
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r = self.rig()
+        r.add(450)
+        r.set_cursor(FolderCursor("7", "0", None))
         r.start()
-        self.assertEqual(r.pipeline.uids, list(range(1, 451)))
-        self.assertEqual([b[1].last_uid for b in r.pipeline.batches], ["200", "400", "450"])
-        self.assertEqual([len(b[0]) for b in r.pipeline.batches], [200, 200, 50])
-        self.assertTrue(all(b[3] == "worker-1" for b in r.pipeline.batches))
+        self.assertEqual(r.uids, list(range(1, 451)))
+        batches = r.pipeline.batches
+        self.assertEqual([b.cursor.last_uid for b in batches], ["200", "400", "450"])
+        self.assertEqual([len(b.messages) for b in batches], [200, 200, 50])
+        self.assertTrue(all(b.owner == "worker-1" for b in batches))
+        self.assertEqual(len(r.store.ledger_rows(*r.provider.key)), 450)
 
     def test_next_chunk_fetched_while_the_previous_is_committed(self):
-        r = self.rig(options=FolderOptions(**{**_opts(), "fetch_chunk": 200}))
-        r.server.add(450)
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r = self.rig()
+        r.add(450)
+        r.set_cursor(FolderCursor("7", "0", None))
         r.pipeline.hold = True
         r.start()
-        metas = [c for c in r.server.commands if c[0] == "FETCH_META"]
+        metas = self.requests(r, "meta")
         # Chunk 1 is with the pipeline, chunk 2 is already read; not chunk 3.
         self.assertEqual([m[1][0] for m in metas], [1, 201])
         self.assertEqual(r.pipeline.batches, [])
         r.pipeline.hold = False
         r.pipeline.release()
-        self.assertEqual(r.pipeline.uids, list(range(1, 451)))
-        self.assertEqual([b[1].last_uid for b in r.pipeline.batches], ["200", "400", "450"])
+        self.assertEqual(r.uids, list(range(1, 451)))
+        self.assertEqual([b.cursor.last_uid for b in r.pipeline.batches], ["200", "400", "450"])
 
     def test_read_ahead_chunk_is_prepared_while_the_previous_commits(self):
-        r = self.rig(options=FolderOptions(**{**_opts(), "fetch_chunk": 200}))
-        r.server.add(450)
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
-        prepared = []
-        r.pipeline.prepare = lambda provider, folder, messages: prepared.append(
-            (folder, [m.uid for m in messages]))
+        r = self.rig()
+        r.add(450)
+        r.set_cursor(FolderCursor("7", "0", None))
         r.pipeline.hold = True
         r.start()
         # Chunk 1 is with the pipeline; chunk 2, read ahead, is being mapped.
+        prepared = r.pipeline.prepared
         self.assertEqual([(f, u[0], len(u)) for f, u in prepared], [("INBOX", 201, 200)])
         r.pipeline.hold = False
         r.pipeline.release()
         self.assertEqual([(f, u[0], len(u)) for f, u in prepared],
                          [("INBOX", 201, 200), ("INBOX", 401, 50)])
-        self.assertEqual(r.pipeline.uids, list(range(1, 451)))
+        self.assertEqual(r.uids, list(range(1, 451)))
 
     def test_failed_batch_with_a_chunk_read_ahead_keeps_the_cursor(self):
-        r = self.rig(options=FolderOptions(**{**_opts(), "fetch_chunk": 200}))
-        r.server.add(450)
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
-        r.pipeline.fail_with = RuntimeError("db down")
+        r = self.rig()
+        r.add(450)
+        r.set_cursor(FolderCursor("7", "0", None))
+        r.pipeline.fail_next(RuntimeError("db down"))
         r.start()
-        self.assertEqual(r.store.cursors["INBOX"].last_uid, "0")
+        self.assertEqual(r.cursor().last_uid, "0")
         self.assertEqual(r.pipeline.batches, [])
+        self.assertEqual(r.store.ledger_rows(*r.provider.key), [])
         self.flushLoggedErrors(RuntimeError)
 
     def test_structure_path_fetches_text_only(self):
         r = self.rig()
-        r.server.add(1, struct=("text", 10))
-        r.server.add(1, struct=("text", 500))  # above the 100-byte text cap
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        small = message(1, b"short text")
+        big = message(2, b"y" * 500)  # above the 100-byte text cap
+        r.mailbox.append(small)
+        r.mailbox.append(big)
+        r.set_cursor(FolderCursor("7", "0", None))
         r.start()
-        fetches = [c for c in r.server.commands if c[0].startswith("FETCH_")]
         self.assertEqual(
-            fetches,
-            [("FETCH_META", (1, 2)), ("FETCH_SECTIONS", {1: (("1", None),), 2: (("1", 100),)})],
+            self.requests(r, "meta", "sections", "full"),
+            [("meta", (1, 2)), ("sections", {1: (("1", None),)}),
+             ("sections", {2: (("1", 100),)})],
         )
-        m1, m2 = r.pipeline.batches[0][0]
-        self.assertEqual(dict(m1.texts), {"1": b"body of 1"})
+        m1, m2 = r.pipeline.batches[0].messages
+        self.assertEqual(dict(m1.texts), {"1": b"short text"})
+        self.assertEqual(dict(m2.texts), {"1": b"y" * 100})
         self.assertEqual(tuple(m2.truncated), ("1",))
-        self.assertEqual(m1.internal_date, "2026-01-01T10:00:00.000Z")
-        self.assertEqual(m1.header, b"Subject: m1\r\n\r\n")
+        self.assertEqual(m1.internal_date, "2026-01-10T12:00:00.000Z")
+        self.assertEqual(m1.header, split_header(small)[0])
         self.assertEqual((m1.mailbox, m1.uid_validity), ("INBOX", "7"))
         self.assertIsNone(m1.raw)
+        self.assertEqual(r.mailbox.fetched.count(("full", "INBOX", 1)), 0)
 
     def test_fallback_fetches_whole_message_within_cap(self):
         r = self.rig()
-        r.server.add(1, struct=None, size=100)
-        r.server.add(1, struct="garbage", size=20000)  # above the 10000-byte raw cap
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        small = message(1)
+        r.mailbox.append(small, bodystructure="garbage")
+        r.mailbox.append(message(2, b"z" * 20000), bodystructure="garbage")  # above the cap
+        r.set_cursor(FolderCursor("7", "0", None))
         r.start()
-        fetches = [c for c in r.server.commands if c[0].startswith("FETCH_")]
-        self.assertEqual(fetches, [("FETCH_META", (1, 2)), ("FETCH_FULL", (1,))])
-        m1, m2 = r.pipeline.batches[0][0]
-        self.assertEqual(m1.raw, b"Subject: m1\r\n\r\nbody of 1")
+        self.assertEqual(self.requests(r, "meta", "sections", "full"),
+                         [("meta", (1, 2)), ("full", (1,))])
+        m1, m2 = r.pipeline.batches[0].messages
+        self.assertEqual(m1.raw, small)
         self.assertIsNone(m2.raw)
         self.assertEqual(tuple(m2.truncated), ("TEXT",))
-        self.assertEqual(r.store.cursors["INBOX"].last_uid, "2")
+        self.assertEqual(r.cursor().last_uid, "2")
 
     def test_broken_bodystructure_host_uses_fallback(self):
-        r = self.rig(
-            options=FolderOptions(**{**_opts(), "broken_bodystructure_hosts": ("example.com",)})
-        )
-        r.server.add(1)
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r = self.rig(options=with_options(broken_bodystructure_hosts=("example.com",)))
+        r.add(1)
+        r.set_cursor(FolderCursor("7", "0", None))
         r.start()
-        self.assertIn(("FETCH_FULL", (1,)), r.server.commands)
-        self.assertFalse([c for c in r.server.commands if c[0] == "FETCH_SECTIONS"])
+        self.assertEqual(self.requests(r, "meta", "sections", "full"),
+                         [("meta", (1,)), ("full", (1,))])
+        self.assertEqual(r.pipeline.messages[0].raw, r.mailbox.folders["INBOX"].messages[1].raw)
 
     # -- failures ---------------------------------------------------------------
 
     def test_pipeline_failure_keeps_cursor_and_reconnects(self):
         r = self.rig()
-        r.server.add(3)
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
-        r.pipeline.fail_with = RuntimeError("database down")
-        r.start()
-        self.assertEqual(r.store.cursors["INBOX"], FolderCursor("7", "0", None))
+        r.add(3)
+        r.set_cursor(FolderCursor("7", "0", None))
+        r.pipeline.fail_next(RuntimeError("database down"))
+        first = r.start()
+        self.assertEqual(r.cursor(), FolderCursor("7", "0", None))
         self.assertEqual(r.svc.state, S.BACKOFF)
         self.assertIn("database down", r.svc.last_error)
-        self.assertTrue(r.proto.transport.closed)
+        self.assertTrue(first.transport.closed)
         # base 2 s, jitter 0.5, rand 0.5 -> 1.5 s, plus the lost session's
         # spread: stagger 2 s * 0.5
         r.reconnect_after(2.5)
-        self.assertEqual(r.pipeline.uids, [1, 2, 3])
-        self.assertEqual(r.store.cursors["INBOX"].last_uid, "3")
+        self.assertEqual(r.uids, [1, 2, 3])
+        self.assertEqual(r.cursor().last_uid, "3")
 
     def test_lease_lost_stops(self):
         r = self.rig()
-        r.server.add(3)
-        r.pipeline.fail_with = LeaseLost()
         r.start()
+        self.assertEqual(r.cursor().last_uid, "0")
+        r.store.expire_lease(*r.provider.key)
+        r.add(3)  # EXISTS while idling: the batch is refused by the store's fence
         self.assertEqual(r.svc.state, S.STOPPED)
         self.assertIn(("lease_lost",), r.hooks.events)
         calls = r.factory.connect_calls
         r.reactor.advance(3600)
         self.assertEqual(r.factory.connect_calls, calls)
-        self.assertEqual(r.store.cursors, {})
+        self.assertEqual(r.cursor().last_uid, "0")
+        self.assertEqual(r.store.ledger_rows(*r.provider.key), [])
 
     def test_auth_failure_needs_reauth_without_retry(self):
-        server = FakeServer()
-        server.auth_error = auth_error()
-        r = self.rig(server=server)
+        r = self.rig()
+        r.mailbox.refuse_logins(times=None)
         r.start()
         self.assertEqual(r.svc.state, S.NEEDS_REAUTH)
         self.assertEqual(r.hooks.events.count(("auth_failed", "AUTHENTICATIONFAILED")), 1)
@@ -615,38 +282,33 @@ class FolderServiceTests(SynchronousTestCase):
         r.reactor.advance(24 * 3600)
         self.assertEqual(r.factory.connect_calls, 1)
         self.assertEqual(r.creds.calls, 1)
+        self.assertEqual(len(r.mailbox.logins), 1)
         # The supervisor asks for a new attempt (credentials fixed).
-        server.auth_error = None
+        r.mailbox.accept_logins()
         r.svc.reconnect()
         r.reactor.advance(0)
-        r.factory.startedConnecting(r.reactor.connectors[-1])
         r.accept()
         self.assertEqual(r.svc.state, S.IDLING)
 
     def test_secret_not_in_logs_or_errors(self):
-        from twisted.logger import globalLogPublisher
-
         seen = []
         globalLogPublisher.addObserver(seen.append)
         self.addCleanup(globalLogPublisher.removeObserver, seen.append)
-        server = FakeServer()
-        server.auth_error = auth_error()
-        r = self.rig(server=server)
+        r = self.rig()
+        r.mailbox.refuse_logins(times=None)
         r.start()
-        from twisted.logger import formatEvent
-
         text = " ".join(formatEvent(e) + repr(e) for e in seen) + repr(r.svc.snapshot())
-        self.assertNotIn("s3cret-pw", text)
+        self.assertIn("AUTHENTICATIONFAILED", text)
+        self.assertNotIn(PASSWORD, text)
 
     def test_backoff_grows_with_jitter_and_resets_after_sync(self):
         r = self.rig()
         r.start()
         delays = []
-        r.proto.transport.loseConnection()
+        r.drop()
         delays.append(r.factory.delay)
         r.reactor.advance(r.factory.delay)
-        # the next attempt is refused
-        r.factory.clientConnectionFailed(r.reactor.connectors[-1], Failure(RuntimeError("x")))
+        r.refuse(Failure(RuntimeError("x")))  # the next attempt is refused
         delays.append(r.factory.delay)
         r.reconnect_after(r.factory.delay)
         # rand=0.5, jitter 0.5: d*(0.75) for d = 2, 4 -> 1.5, 3.0 (the first,
@@ -659,21 +321,16 @@ class FolderServiceTests(SynchronousTestCase):
     def test_backoff_caps_at_max(self):
         r = self.rig()
         r.start()
-        r.proto.transport.loseConnection()
+        r.drop()
         seen = [r.factory.delay]
         for _ in range(8):
             r.reactor.advance(r.factory.delay)
-            r.factory.clientConnectionFailed(r.reactor.connectors[-1], Failure(RuntimeError("x")))
+            r.refuse(Failure(RuntimeError("x")))
             seen.append(r.factory.delay)
         self.assertEqual(seen, [2.5, 3.0, 6.0, 12.0, 24.0, 45.0, 45.0, 45.0, 45.0])
         self.assertEqual(r.svc.state, S.BACKOFF)
 
     def test_out_of_descriptors_backs_off_and_warns_once(self):
-        import errno
-
-        from twisted.internet.error import ConnectBindError
-        from twisted.logger import LogLevel, globalLogPublisher
-
         seen = []
         globalLogPublisher.addObserver(seen.append)
         self.addCleanup(globalLogPublisher.removeObserver, seen.append)
@@ -691,7 +348,7 @@ class FolderServiceTests(SynchronousTestCase):
         r.reactor.advance(1.0)
         delays = []
         for _ in range(5):
-            r.factory.clientConnectionFailed(r.reactor.connectors[-1], emfile())
+            r.refuse(emfile())
             delays.append(r.factory.delay)
             r.reactor.advance(r.factory.delay)
         # exponential back-off, not a tight loop (2, 4, 8, 16, 32 s * 0.75)
@@ -701,39 +358,36 @@ class FolderServiceTests(SynchronousTestCase):
         self.assertEqual(r.svc.state, S.BACKOFF)
         self.assertIn("Too many open files", r.svc.last_error)
         # a working connect re-arms the warning for the next exhaustion
-        r.factory.startedConnecting(r.reactor.connectors[-1])
         r.accept()
         self.assertEqual(r.svc.state, S.IDLING)
-        r.proto.transport.loseConnection()
+        r.drop()
         r.reactor.advance(r.factory.delay)
-        r.factory.clientConnectionFailed(r.reactor.connectors[-1], emfile())
+        r.refuse(emfile())
         r.reactor.advance(r.factory.delay)
-        r.factory.clientConnectionFailed(r.reactor.connectors[-1], emfile())
+        r.refuse(emfile())
         self.assertEqual(len(warnings()), 2)
 
     def test_throttled_delay_honoured(self):
-        server = FakeServer()
-        r = self.rig(server=server)
+        # The close takes a reactor turn, as on a socket: the folder reads
+        # the server's hint before the connection's end schedules the retry.
+        r = self.rig(lazy_close=True)
         r.start()
-        r.proto.hold.add("EXAMINE")
+        r.mailbox.fail_command(
+            "EXAMINE", None, "Request is throttled. Suggested Backoff Time: 12345 milliseconds")
         r.svc.wake()
-        d = r.proto.pending[-1]
-        r.proto.pending.remove(d)
-        d.errback(Throttled(12.345, "Request is throttled."))
+        r.reactor.advance(0)
         self.assertEqual(r.factory.delay, 12.345)
         self.assertEqual(r.svc.state, S.BACKOFF)
         r.reconnect_after(12.345)
+        self.assertEqual(r.svc.state, S.IDLING)
 
     def test_bye_is_a_normal_reconnect(self):
-        from twisted.logger import LogLevel, globalLogPublisher
-
         seen = []
         globalLogPublisher.addObserver(seen.append)
         self.addCleanup(globalLogPublisher.removeObserver, seen.append)
         r = self.rig()
         r.start()
-        r.proto.on_bye("Server shutting down")
-        r.proto.transport.loseConnection()
+        r.drop(bye="Server shutting down")
         self.assertEqual(r.svc.state, S.BACKOFF)
         # an announced close is expected: nothing at warning or above
         self.assertEqual([e for e in seen if e["log_level"] >= LogLevel.warn], [])
@@ -748,55 +402,55 @@ class FolderServiceTests(SynchronousTestCase):
         self.assertEqual(r.factory.delay, 60.0)
 
     def test_folder_resolved_case_insensitively(self):
-        server = FakeServer(folders=("INBOX", "Entw&APw-rfe"))
-        r = self.rig(server=server, folder="ENTWÜRFE")
-        server.add(1)
-        r.start()
+        r = self.rig(mailbox=mailbox(folders=("INBOX", "Entw&APw-rfe")), folder="ENTWÜRFE")
+        r.add(1, folder="Entw&APw-rfe")
+        session = r.start()
         self.assertEqual(r.svc.server_name, "Entw&APw-rfe")
-        self.assertEqual(r.pipeline.batches[0][2], "Entw&APw-rfe")
-        self.assertIn(("EXAMINE", "Entw&APw-rfe"), server.commands)
+        self.assertEqual(r.pipeline.batches[0].folder, "Entw&APw-rfe")
+        self.assertEqual(session.selected, "Entw&APw-rfe")
+        self.assertEqual(r.mailbox.fetched[0][1], "Entw&APw-rfe")
 
     # -- waking up ---------------------------------------------------------------
 
     def test_exists_while_idling_syncs_at_once(self):
         r = self.rig()
-        r.start()
-        self.assertTrue(r.proto.idling)
-        r.server.add(1)
-        self.assertEqual(r.proto.done_calls, 1)
-        self.assertEqual(r.pipeline.uids, [1])
-        self.assertTrue(r.proto.idling)
+        session = r.start()
+        self.assertTrue(session.idling)
+        r.add(1)
+        self.assertEqual(session.commands.count("DONE"), 1)
+        self.assertEqual(r.uids, [1])
+        self.assertTrue(session.idling)
         self.assertEqual(r.svc.state, S.IDLING)
 
     def test_wake_during_sync_runs_one_more(self):
         r = self.rig()
-        r.server.add(1)
+        r.add(1)
         r.pipeline.hold = True
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.set_cursor(FolderCursor("7", "0", None))
         r.start()
         self.assertEqual(r.svc.state, S.SYNCING)
-        r.server.add(1)  # no IDLE running: no EXISTS callback
+        r.add(1)  # no IDLE running: no EXISTS callback
         r.svc.wake()
         r.svc.wake()
-        self.assertEqual(len([c for c in r.server.commands if c[0] == "SEARCH"]), 1)
+        self.assertEqual(len(self.requests(r, "search")), 1)
         r.pipeline.hold = False
         r.pipeline.release()
-        self.assertEqual(r.pipeline.uids, [1, 2])
-        self.assertEqual(len([c for c in r.server.commands if c[0] == "SEARCH"]), 2)
+        self.assertEqual(r.uids, [1, 2])
+        self.assertEqual(len(self.requests(r, "search")), 2)
         self.assertEqual(r.svc.state, S.IDLING)
 
     def test_exists_during_sync_syncs_again_before_idle(self):
         # The server announced new mail in an untagged EXISTS during a FETCH;
         # IDLE will not repeat it, so the folder must not go idle yet.
         r = self.rig()
-        r.server.add(1)
+        r.add(1)
         r.pipeline.hold = True
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.set_cursor(FolderCursor("7", "0", None))
         r.start()
-        r.server.add(1)
+        r.add(1)
         r.pipeline.hold = False
         r.pipeline.release()
-        self.assertEqual(r.pipeline.uids, [1, 2])
+        self.assertEqual(r.uids, [1, 2])
         self.assertEqual(r.svc.state, S.IDLING)
 
     def test_credential_source_auth_failure_needs_reauth(self):
@@ -804,66 +458,77 @@ class FolderServiceTests(SynchronousTestCase):
             auth_failure = True
             code = "missing_credentials"
 
-        r = self.rig()
-        r.creds.credentials = lambda provider: defer.fail(NoPassword("no password stored"))
-        r.start()
+        class NoSource:
+            calls = 0
+
+            def credentials(self, provider, force_refresh=False):
+                self.calls += 1
+                return defer.fail(NoPassword("no password stored"))
+
+        r = self.rig(credentials=NoSource())
+        r.svc.startService()
+        r.reactor.advance(1.0)
+        r.accept()
         self.assertEqual(r.svc.state, S.NEEDS_REAUTH)
         self.assertEqual(r.hooks.events.count(("auth_failed", "missing_credentials")), 1)
+        self.assertEqual(r.mailbox.logins, [])
         r.reactor.advance(3600)
         self.assertEqual(r.factory.connect_calls, 1)
 
     def test_idle_restart_timer(self):
         r = self.rig()
-        r.start()
-        idles = lambda: len([c for c in r.server.commands if c[0] == "IDLE"])  # noqa: E731
-        examines = lambda: len([c for c in r.server.commands if c[0] == "EXAMINE"])  # noqa: E731
-        self.assertEqual((idles(), examines()), (1, 1))
+        session = r.start()
+
+        def counts():
+            return tuple(session.commands.count(c) for c in ("DONE", "IDLE", "EXAMINE"))
+
+        self.assertEqual(counts(), (0, 1, 1))
         # Keep-alive: 240 s (+/- 10 %, rand 0.5 -> 240 s): DONE and IDLE again, no sync.
         r.reactor.advance(239.9)
-        self.assertEqual(r.proto.done_calls, 0)
+        self.assertEqual(counts(), (0, 1, 1))
         r.reactor.advance(0.1)
-        self.assertEqual(r.proto.done_calls, 1)
-        self.assertEqual((idles(), examines()), (2, 1))
+        self.assertEqual(counts(), (1, 2, 1))
         self.assertEqual(r.svc.idle_keepalives, 1)
-        self.assertTrue(r.proto.idling)
+        self.assertTrue(session.idling)
         r.reactor.advance(240)
-        self.assertEqual((r.proto.done_calls, idles(), examines()), (2, 3, 1))
+        self.assertEqual(counts(), (2, 3, 1))
         # The restart (600 s) counts from the first IDLE, across keep-alives,
         # and syncs before idling again.
         r.reactor.advance(119.9)
-        self.assertEqual(r.proto.done_calls, 2)
+        self.assertEqual(counts(), (2, 3, 1))
         r.reactor.advance(0.1)
-        self.assertEqual((r.proto.done_calls, idles(), examines()), (3, 4, 2))
-        self.assertTrue(r.proto.idling)
+        self.assertEqual(counts(), (3, 4, 2))
+        self.assertTrue(session.idling)
         self.assertEqual(r.svc.snapshot()["idleKeepalives"], 2)
 
     def test_wake_during_keepalive_done_syncs(self):
-        r = self.rig()
-        r.start()
-        r.proto.hold_done = True
+        r = self.rig(at_once=False)
+        session = r.start()
+        session.flush()
+        syncs = r.svc.sync_count
         r.reactor.advance(240)
-        self.assertEqual(r.proto.done_calls, 1)
+        self.assertEqual(session.commands[-1], "DONE")
         # An admin resync arrives before the server answered the keep-alive's DONE.
-        r.server.add(1, notify=False)
         r.svc.wake()
-        r.proto.finish_idle()
-        self.assertEqual(r.pipeline.uids, [1])
+        session.flush()
+        self.assertEqual(r.svc.sync_count, syncs + 1)
+        self.assertEqual(session.commands.count("EXAMINE"), 2)
         self.assertEqual(r.svc.state, S.IDLING)
 
     def test_poll_without_idle(self):
-        r = self.rig(server=FakeServer(caps=NO_IDLE_CAPS))
-        r.start()
+        r = self.rig(mailbox=mailbox(capabilities=NO_IDLE))
+        session = r.start()
         self.assertEqual(r.svc.state, S.SELECTED)
-        self.assertFalse([c for c in r.server.commands if c[0] == "IDLE"])
-        r.server.add(2)
+        self.assertNotIn("IDLE", session.commands)
+        r.add(2)
         # 30 s, jitter +/- 0.1, rand 0.5 -> 30 s
         r.reactor.advance(29.9)
-        self.assertEqual(r.pipeline.uids, [])
+        self.assertEqual(r.uids, [])
         r.reactor.advance(0.1)
-        self.assertEqual(r.pipeline.uids, [1, 2])
-        r.server.add(1)
+        self.assertEqual(r.uids, [1, 2])
+        r.add(1)
         r.svc.wake()
-        self.assertEqual(r.pipeline.uids, [1, 2, 3])
+        self.assertEqual(r.uids, [1, 2, 3])
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -878,46 +543,61 @@ class FolderServiceTests(SynchronousTestCase):
         r.accept()
 
     def test_capabilities_saved_sorted_once_per_login(self):
-        r = self.rig()
+        r = self.rig(mailbox=mailbox(capabilities=("IMAP4rev1", "IDLE", "AUTH=PLAIN")))
+
+        def saved():
+            return r.store.provider_row(*r.provider.key)["server_capabilities"]
+
         r.start()
-        self.assertEqual(r.store.capabilities, [["AUTH=PLAIN", "IDLE", "IMAP4REV1"]])
-        r.server.add(1)
-        self.assertEqual(len(r.store.capabilities), 1)
+        self.assertEqual(saved(), ("AUTH=PLAIN", "IDLE", "IMAP4REV1"))
+        # Only a login saves them: a sync on the same session does not.
+        r.mailbox.capability_words.append("MOVE")
+        r.add(1)
+        self.assertEqual(saved(), ("AUTH=PLAIN", "IDLE", "IMAP4REV1"))
+        r.drop()
+        r.reconnect_after(r.factory.delay)
+        self.assertEqual(saved(), ("AUTH=PLAIN", "IDLE", "IMAP4REV1", "MOVE"))
 
     def test_keepalive_set(self):
         r = self.rig()
-        proto = r.start()
-        self.assertEqual(proto.transport.keepalive, 1)
+        session = r.start()
+        self.assertIs(session.transport.keepalive, True)
 
     def test_stop_leaves_idle_and_logs_out(self):
-        r = self.rig()
-        proto = r.start()
+        r = self.rig(at_once=False)
+        session = r.start()
+        session.flush()
         d = r.svc.stopService()
-        self.assertEqual(proto.done_calls, 1)
-        self.assertTrue(proto.logged_out)
-        self.assertTrue(proto.transport.closed)
+        self.assertNoResult(d)
+        session.flush()
+        self.assertEqual(session.commands[-2:], ["DONE", "LOGOUT"])
+        self.assertTrue(session.transport.closed)
         self.successResultOf(d)
         self.assertEqual(r.svc.state, S.STOPPED)
         r.reactor.advance(3600)
         self.assertEqual(r.factory.connect_calls, 1)
 
     def test_stop_is_bounded(self):
-        r = self.rig()
-        proto = r.start()
-        proto.hold.add("LOGOUT")
-        proto.transport.loseConnection = lambda: None  # a peer that never closes
+        r = self.rig(at_once=False)
+        session = r.start()
+        session.flush()
+        transport = session.transport
+        close = type(transport).loseConnection
+        transport.loseConnection = lambda: None  # a peer that never closes
         aborted = []
-        proto.transport.abortConnection = lambda: (aborted.append(1), proto.connection_lost())
-        d = r.svc.stopService()
+        transport.abortConnection = lambda: (aborted.append(1), close(transport))
+        d = r.svc.stopService()  # the server answers nothing any more
         self.assertNoResult(d)
-        r.reactor.advance(10)
+        r.reactor.advance(9.9)
+        self.assertNoResult(d)
+        r.reactor.advance(0.1)
         self.assertEqual(aborted, [1])
         self.successResultOf(d)
         self.assertEqual(r.svc.state, S.STOPPED)
 
     def test_snapshot(self):
         r = self.rig()
-        r.server.add(6)
+        r.add(6)
         r.start()
         snap = r.svc.snapshot()
         self.assertEqual(snap["state"], S.IDLING)
@@ -929,43 +609,34 @@ class FolderServiceTests(SynchronousTestCase):
 
     def test_snapshot_counters_for_metrics(self):
         r = self.rig()
-        r.server.add(6)
+        r.add(6)
         r.start()
         snap = r.svc.snapshot()
         # Window of 5 from UIDNEXT 7: header + text bytes of UIDs 2..6 only.
+        messages = r.mailbox.folders["INBOX"].messages
         fetched = sum(
-            len(r.server.messages[u]["header"]) + len(r.server.messages[u]["body"])
+            len(messages[u].header) + len(section_bytes(messages[u].raw, "1"))
             for u in range(2, 7)
         )
         self.assertEqual(snap["bytesFetched"], fetched)
         self.assertEqual((snap["uidNext"], snap["lag"]), (7, 0))
-        r.server.add(2)  # EXISTS while idling
+        r.add(2)  # one EXISTS while idling
         snap = r.svc.snapshot()
         self.assertEqual(snap["idleWakeups"], 1)
         self.assertEqual(snap["lag"], 0)
-        r.proto.on_bye("Server shutting down")
-        r.proto.transport.loseConnection()
+        r.drop(bye="Server shutting down")
         self.assertEqual(r.svc.snapshot()["reconnects"], {"bye": 1})
         r.reconnect_after(2.5)
-        r.proto.transport.loseConnection()
+        r.drop()
         self.assertEqual(r.svc.snapshot()["reconnects"], {"bye": 1, "connection_lost": 1})
-
-
-def _opts():
-    import attr
-
-    return attr.asdict(OPTIONS, recurse=False)
 
 
 # -- OAuth2 refresh-ahead -------------------------------------------------------
 
-from imapsvc.folder import TOKEN_RETRY_S  # noqa: E402
-from imapsvc.oauth import REFRESH_MARGIN_S  # noqa: E402
 
-
-class FakeOAuthCredentials:
-    """A credential source handing out XOAUTH2 tokens: each login gets a new
-    token valid ``lifetime`` seconds (as a refresh would)."""
+class OAuthSource:
+    """XOAUTH2 tokens: each login gets a new token valid ``lifetime``
+    seconds (as a refresh would)."""
 
     def __init__(self, clock, lifetime):
         self.clock = clock
@@ -973,7 +644,7 @@ class FakeOAuthCredentials:
         self.calls = 0
         self.expiry = None
 
-    def credentials(self, provider):
+    def credentials(self, provider, force_refresh=False):
         self.calls += 1
         self.expiry = self.clock.seconds() + self.lifetime
         return defer.succeed(Credentials("xoauth2", provider.username, f"token-{self.calls}"))
@@ -982,75 +653,83 @@ class FakeOAuthCredentials:
         return self.expiry
 
 
-class RefreshAheadTests(SynchronousTestCase):
+class RefreshAheadTests(RigTestCase):
     LIFETIME = REFRESH_MARGIN_S + 100
 
-    def rig(self, lifetime=LIFETIME, **kw):
-        rig = Rig(**kw)
-        rig.creds = FakeOAuthCredentials(rig.reactor, lifetime)
-        rig.svc.credentials = rig.creds
-        self.addCleanup(FolderServiceTests._stop, self, rig)
+    def oauth_rig(self, lifetime=LIFETIME, **kw):
+        kw.setdefault("mailbox", mailbox(accounts=None))
+        rig = FolderRig(**kw)
+        rig.creds.clock = rig.reactor
+        rig.creds.lifetime = lifetime
+        self.addCleanup(self._stop, rig)
         return rig
+
+    def rig(self, lifetime=LIFETIME, **kw):
+        return self.oauth_rig(lifetime, credentials=OAuthSource(None, lifetime), **kw)
 
     def reconnected(self, rig, attempts=2):
         """The reconnect was scheduled with no delay (the clock already ran
         it, or runs it now): let it succeed."""
         rig.reactor.advance(0)
         self.assertEqual(rig.factory.connect_calls, attempts)
-        rig.factory.startedConnecting(rig.reactor.connectors[-1])
         return rig.accept()
 
     def logouts(self, rig):
-        return len([c for c in rig.server.commands if c[0] == "LOGOUT"])
+        return len(rig.commands("LOGOUT"))
 
     def test_idle_ends_and_reconnects_at_expiry_minus_margin(self):
         r = self.rig()
         first = r.start()
         self.assertEqual(r.svc.state, S.IDLING)
         self.assertEqual(r.creds.calls, 1)
+        self.assertEqual(r.mailbox.logins[0][0], "xoauth2")
         r.reactor.advance(99.9)
-        self.assertEqual(first.done_calls, 0)
+        self.assertNotIn("DONE", first.commands)
         self.assertFalse(first.transport.closed)
         r.reactor.advance(0.1)
         # IDLE ended with DONE, LOGOUT, connection closed, no new sync on it.
-        self.assertEqual(first.done_calls, 1)
-        self.assertEqual(self.logouts(r), 1)
+        self.assertEqual(first.commands[-2:], ["DONE", "LOGOUT"])
         self.assertTrue(first.transport.closed)
         self.assertEqual(r.svc.state, S.BACKOFF)
         self.assertEqual(r.svc.history[-1].reason, "reconnecting with a refreshed access token")
         self.assertIsNone(r.svc.history[-1].error)
         # Mail arriving between the sessions is picked up by the next one.
-        r.server.add(2)
+        r.add(2)
         second = self.reconnected(r)
         self.assertIsNot(second, first)
         self.assertEqual(r.creds.calls, 2)
         self.assertEqual(r.svc.state, S.IDLING)
-        self.assertEqual(r.pipeline.uids, [1, 2])
-        # The new token gets its own timer, one only.
-        due = r.reactor.seconds() + 100
-        timers = [c for c in r.reactor.getDelayedCalls() if c.func == r.svc._token_expiring]
-        self.assertEqual([c.getTime() for c in timers], [due])
+        self.assertEqual(r.uids, [1, 2])
+        # The new token gets its own timer, at its own due time.
+        r.reactor.advance(99.9)
+        self.assertEqual(self.logouts(r), 1)
+        r.reactor.advance(0.1)
+        self.assertEqual(self.logouts(r), 2)
+        self.reconnected(r, attempts=3)
 
     def test_due_during_sync_finishes_the_sync_then_reconnects(self):
         r = self.rig()
-        r.start()
+        first = r.start()
         r.pipeline.hold = True
-        r.server.add(3)  # EXISTS while idling: a sync starts and holds
+        r.add(3)  # EXISTS while idling: a sync starts and holds
         self.assertEqual(r.svc.state, S.SYNCING)
         r.reactor.advance(100)
         self.assertEqual(self.logouts(r), 0, "the sync in progress is not cut off")
         r.pipeline.hold = False
         r.pipeline.release()
-        self.assertEqual(r.pipeline.uids, [1, 2, 3])
-        self.assertEqual(r.store.cursors["INBOX"].last_uid, "3")
+        self.assertEqual(r.uids, [1, 2, 3])
+        self.assertEqual(r.cursor().last_uid, "3")
         self.assertEqual(self.logouts(r), 1)
-        self.assertFalse([c for c in r.server.commands[-3:] if c[0] == "IDLE"])
+        # No IDLE after that sync: straight to LOGOUT.
+        self.assertEqual(first.commands.count("IDLE"), 1)
+        self.assertEqual(first.commands[-1], "LOGOUT")
         self.reconnected(r)
         self.assertEqual(r.creds.calls, 2)
-        self.assertEqual(r.pipeline.uids, [1, 2, 3])
+        self.assertEqual(r.uids, [1, 2, 3])
 
     def test_poll_wait_ends_early(self):
-        r = self.rig(server=FakeServer(caps=NO_IDLE_CAPS), lifetime=REFRESH_MARGIN_S + 10)
+        r = self.rig(lifetime=REFRESH_MARGIN_S + 10,
+                     mailbox=mailbox(accounts=None, capabilities=("IMAP4rev1", "AUTH=XOAUTH2")))
         r.start()
         self.assertEqual(r.svc.state, S.SELECTED)
         r.reactor.advance(10)
@@ -1059,8 +738,8 @@ class RefreshAheadTests(SynchronousTestCase):
         self.assertEqual(r.creds.calls, 2)
 
     def test_password_login_schedules_nothing(self):
-        r = Rig()
-        self.addCleanup(FolderServiceTests._stop, self, r)
+        r = FolderRig()
+        self.addCleanup(self._stop, r)
         r.creds.token_expiry = lambda provider: r.reactor.seconds() + 400
         r.start()
         # Only the IDLE restart and keep-alive timers.
@@ -1085,12 +764,10 @@ class RefreshAheadTests(SynchronousTestCase):
 
     def test_timer_cancelled_on_disconnect(self):
         r = self.rig()
-        first = r.start()
+        r.start()
         r.reactor.advance(50)
-        first.transport.loseConnection()  # the server dropped us
+        r.drop()  # the server dropped us
         self.assertEqual(r.svc.state, S.BACKOFF)
-        timers = [c for c in r.reactor.getDelayedCalls() if c.func == r.svc._token_expiring]
-        self.assertEqual(timers, [])
         # back-off 2 s, jitter 0.5, rand 0.5 -> 1.5 s; + stagger spread 1.0
         r.reconnect_after(2.5)
         self.assertEqual(r.creds.calls, 2)
@@ -1112,3 +789,9 @@ class RefreshAheadTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(r.reactor.getDelayedCalls(), [])
         self.assertEqual(r.creds.calls, 1)
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_options_evolve(self):
+        self.assertEqual(with_options(fetch_chunk=7).fetch_chunk, 7)
+        self.assertEqual(FolderOptions().oauth_auth_mechanism, "auto")

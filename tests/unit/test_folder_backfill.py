@@ -101,7 +101,7 @@ class BackfillTests(SynchronousTestCase):
         # Not moved past 5: a restart would otherwise resume at 6 and take
         # the old UID 6 the date window left out.
         self.assertIsNone(world.cursor())
-        world.mailbox._fetch_failures.clear()
+        world.mailbox.heal_fetch()
         world.reactor.advance(120)
         world.connect(svc)
         self.assertEqual(world.recorded_uids(), [4, 5, 7])

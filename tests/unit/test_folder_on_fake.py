@@ -7,24 +7,22 @@ here one by one."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
-from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from imapsvc import folder_state as S
 from imapsvc.deferreds import synchronous_runner
 from imapsvc.folder import FolderOptions, FolderService
-from imapsvc.interfaces import ICredentialSource, IFolderHooks, IIMAPSession
-from imapsvc.model import Credentials, Limits
+from imapsvc.interfaces import IIMAPSession
+from imapsvc.model import Limits
 from imapsvc.pipeline import Pipeline
 from imapsvc.store.memory import MemoryStore
 from imapsvc.testing import FakeIMAPSession, FakeMailbox
+from tests.folder_helpers import PASSWORD, USER, PasswordSource, RecordingHooks
 
-USER, PASSWORD = "support@example.com", "s3cret-pw"
 OWNER = "worker-1"
 
 OPTIONS = FolderOptions(
@@ -45,33 +43,6 @@ def mail(n: int) -> bytes:
         b"Date: Sat, 10 Jan 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\n"
         b"Content-Type: text/plain; charset=utf-8\r\n\r\nPrinter %d is on fire.\r\n" % (n, n, n, n)
     )
-
-
-@implementer(ICredentialSource)
-class PasswordSource:
-    def credentials(self, provider: Any, force_refresh: bool = False) -> defer.Deferred:
-        return defer.succeed(Credentials("password", provider.username, PASSWORD))
-
-
-@implementer(IFolderHooks)
-class RecordingHooks:
-    def __init__(self) -> None:
-        self.events: list[tuple] = []
-
-    def state_changed(self, state: str, reason: str = "", error: Optional[str] = None) -> None:
-        self.events.append(("state", state))
-
-    def auth_failed(self, code: str, text: str = "") -> None:
-        self.events.append(("auth_failed", code))
-
-    def logged_in(self) -> None:
-        self.events.append(("logged_in",))
-
-    def synced(self) -> None:
-        self.events.append(("synced",))
-
-    def lease_lost(self) -> None:
-        self.events.append(("lease_lost",))
 
 
 class World:

@@ -19,7 +19,7 @@ from zope.interface import directlyProvides
 from imapsvc import folder_state as S
 from imapsvc.folder import FolderOptions, FolderService
 from imapsvc.imap.protocol import FolderIMAPClient
-from tests.unit.test_folder import PROVIDER, FakeCredentials, FakePipeline, FakeStore
+from tests.folder_helpers import PasswordSource, leased_store, recording_pipeline
 
 _TAGGED = re.compile(rb"^([0-9A-F]{4}) (.*)$")  # Twisted tags: 4 hex digits
 
@@ -85,9 +85,11 @@ class _WireRig(SynchronousTestCase):
 
     def setUp(self):
         self.reactor = MemoryReactorClock()
-        store = FakeStore()
+        store, provider = leased_store(self.reactor, host="imap.example.com",
+                                       username="support@example.com")
+        pipeline = recording_pipeline(store, self.reactor, self.options.limits)
         self.svc = FolderService(
-            PROVIDER, "INBOX", self.reactor, store, FakePipeline(store), FakeCredentials(),
+            provider, "INBOX", self.reactor, store, pipeline, PasswordSource(),
             "worker-1", self.options, protocol_factory=self.make_client,
             tls_factory=lambda host: None, rand=lambda: self.rand,
         )
@@ -115,8 +117,8 @@ class _WireRig(SynchronousTestCase):
     def stop(self):
         d = self.svc.stopService()
         self.server.pump()
-        if not self.client._closed:
-            self.client.connectionLost(None)
+        # The StringTransport only records the close: deliver it.
+        self.client.connectionLost(_done())
         self.svc.factory.clientConnectionLost(self.reactor.connectors[-1], _done())
         self.successResultOf(d)
         self.assertEqual(self.reactor.getDelayedCalls(), [])

@@ -131,6 +131,22 @@ class BudgetBackpressureTests(SynchronousTestCase):
             self.a.dataReceived(b"* OK Still here %d\r\n" % n)
         self.assertEqual(self.budget.used, 0)
 
+    def test_bytes_after_a_literal_are_charged_once(self):
+        """The rest of a read after a literal costs what it costs when it
+        arrives in a read of its own (it was once charged twice)."""
+        head = b"* 1 FETCH (UID 1 BODY[] {3}\r\nabc"
+        tail = b" FLAGS ())\r\n* 2 EXISTS\r\n"
+        da = self.later(self.a.fetch_full([1]))
+        db = self.later(self.b.fetch_full([1]))
+        self.a.dataReceived(head + tail)
+        self.b.dataReceived(head)
+        self.b.dataReceived(tail)
+        self.assertEqual(self.budget.held(self.a), self.budget.held(self.b))
+        for client, d in ((self.a, da), (self.b, db)):
+            client.dataReceived(b"0001 OK done\r\n")
+            self.assertEqual(self.successResultOf(d), {1: b"abc"})
+        self.assertEqual(self.budget.used, 0)
+
     def test_partial_line_is_charged(self):
         self.later(self.a.noop())
         self.a.dataReceived(b"* 1 EXISTS" + b" x" * 100)

@@ -8,7 +8,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imapsvc.imap import extensions as X
 from imapsvc.imap.errors import CommandFailed
-from tests.unit import test_folder as tf
+from imapsvc.testing import FakeMailbox
+from tests.folder_helpers import OPTIONS, PASSWORD, USER, FolderRig
 from tests.unit.test_imap_protocol import ClientTestCase, sent
 
 ID_GREETING = b"* OK [CAPABILITY IMAP4rev1 SASL-IR ID ENABLE IDLE LITERAL+ AUTH=PLAIN] ready\r\n"
@@ -170,50 +171,39 @@ class Utf8ProtocolTests(ClientTestCase):
         self.successResultOf(d)
 
 
-class IdFakeProto(tf.FakeProto):
-    def send_id(self, fields):
-        return self._reply("ID", {"name": "FakeServer"}, tuple(fields))
-
-    def enable_utf8(self):
-        return self._reply("ENABLE", True)
-
-
-class IdRig(tf.Rig):
-    def _proto(self):
-        p = IdFakeProto(self.server, self.reactor.connectors[-1])
-        self.server.protos.append(p)
-        return p
+IDLE_CAPS = ("IMAP4rev1", "IDLE", "AUTH=PLAIN")
 
 
 class IdFolderTests(SynchronousTestCase):
-    _stop = tf.FolderServiceTests._stop
-
-    def id_rig(self, caps, options=tf.OPTIONS):
-        rig = IdRig(server=tf.FakeServer(caps=caps), options=options)
-        self.addCleanup(self._stop, rig)
+    def id_rig(self, caps, options=OPTIONS):
+        rig = FolderRig(mailbox=FakeMailbox(capabilities=caps, accounts={USER: PASSWORD}),
+                        options=options)
+        self.addCleanup(rig.stop)
         return rig
 
     def test_id_after_login_before_the_mailbox(self) -> None:
-        r = self.id_rig({**tf.IDLE_CAPS, b"ID": None})
-        r.start()
-        names = [c[0] for c in r.server.commands]
-        self.assertEqual(names[:3], ["LOGIN", "ID", "LIST"])
-        self.assertEqual(r.server.commands[1][1], X.client_id_fields())
+        r = self.id_rig(IDLE_CAPS + ("ID",))
+        session = r.start()
+        self.assertEqual(session.commands[:3], ["LOGIN", "ID", "LIST"])
+        self.assertEqual(r.mailbox.client_ids, [dict(X.client_id_fields())])
 
     def test_no_id_when_not_offered(self) -> None:
-        r = self.id_rig(dict(tf.IDLE_CAPS))
-        r.start()
-        self.assertNotIn("ID", [c[0] for c in r.server.commands])
-        self.assertEqual([c[0] for c in r.server.commands][:2], ["LOGIN", "LIST"])
+        r = self.id_rig(IDLE_CAPS)
+        session = r.start()
+        self.assertNotIn("ID", session.commands)
+        self.assertEqual(session.commands[:2], ["LOGIN", "LIST"])
+        self.assertEqual(r.mailbox.client_ids, [])
 
     def test_enable_utf8_only_when_configured(self) -> None:
-        caps = {**tf.IDLE_CAPS, b"ID": None, b"ENABLE": None, b"UTF8": [b"ACCEPT"]}
-        r = self.id_rig(caps, options=attr.evolve(tf.OPTIONS, enable_utf8=True))
-        r.start()
-        self.assertEqual([c[0] for c in r.server.commands][:4], ["LOGIN", "ID", "ENABLE", "LIST"])
+        caps = IDLE_CAPS + ("ID", "ENABLE", "UTF8=ACCEPT")
+        r = self.id_rig(caps, options=attr.evolve(OPTIONS, enable_utf8=True))
+        session = r.start()
+        self.assertEqual(session.commands[:4], ["LOGIN", "ID", "ENABLE", "LIST"])
+        self.assertTrue(session.utf8_accept)
         r = self.id_rig(caps)
-        r.start()
-        self.assertNotIn("ENABLE", [c[0] for c in r.server.commands])
+        session = r.start()
+        self.assertNotIn("ENABLE", session.commands)
+        self.assertFalse(session.utf8_accept)
 
     def test_setting_reaches_the_folder_options(self) -> None:
         from imapsvc.config import load_settings

@@ -121,3 +121,58 @@ class IdleTests(ClientTestCase):
         client.done()
         client.dataReceived(b"0001 OK Idle completed.\r\n")
         self.successResultOf(d)
+
+
+class IdleEndingStateTests(ClientTestCase):
+    """The IDLE-ending state is the protocol's, read through two read-only
+    properties (the folder asks them instead of keeping its own copy)."""
+
+    def test_done_before_the_continuation_is_ending_but_not_sent(self):
+        client, transport, clock = self.connect()
+        self.assertFalse(client.idle_ending)
+        d = client.idle(lambda n: None)
+        self.assertFalse(client.idle_ending)
+        client.done()
+        self.assertEqual(sent(transport), b"0001 IDLE\r\n")
+        self.assertTrue(client.idle_ending)
+        self.assertFalse(client.idle_done_sent)
+        client.dataReceived(b"+ idling\r\n")
+        self.assertEqual(sent(transport), b"DONE\r\n")
+        self.assertTrue(client.idle_done_sent)
+        client.dataReceived(b"0001 OK Idle completed.\r\n")
+        self.successResultOf(d)
+        self.assertFalse(client.idle_ending)
+        self.assertFalse(client.idle_done_sent)
+
+    def test_a_new_idle_starts_with_nothing_sent(self):
+        client, transport, clock = self.connect()
+        d = client.idle(lambda n: None)
+        client.dataReceived(b"+ idling\r\n")
+        client.done()
+        self.assertTrue(client.idle_done_sent)
+        client.dataReceived(b"0001 OK Idle completed.\r\n")
+        self.successResultOf(d)
+        d = client.idle(lambda n: None)
+        client.dataReceived(b"+ idling\r\n")
+        self.assertFalse(client.idle_ending)
+        self.assertEqual(sent(transport), b"0001 IDLE\r\nDONE\r\n0002 IDLE\r\n")
+        client.done()
+        client.dataReceived(b"0002 OK Idle completed.\r\n")
+        self.successResultOf(d)
+
+    def test_read_only(self):
+        client, transport, clock = self.connect()
+        with self.assertRaises(AttributeError):
+            client.idle_done_sent = True  # type: ignore[misc]
+        with self.assertRaises(AttributeError):
+            client.idle_ending = True  # type: ignore[misc]
+
+    def test_connection_lost_while_ending(self):
+        client, transport, clock = self.connect()
+        d = client.idle(lambda n: None)
+        client.dataReceived(b"+ idling\r\n")
+        client.done()
+        client.connectionLost(None)
+        self.failureResultOf(d)
+        self.assertFalse(client.idle_ending)
+        self.assertFalse(client.idle_done_sent)

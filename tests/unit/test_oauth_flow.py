@@ -13,7 +13,7 @@ from twisted.web.resource import Resource
 
 from imapsvc import oauth
 from imapsvc.core import oauth_state as o
-from imapsvc.secrets import (
+from imapsvc.sealed_secrets import (
     SecretBox,
     SecretStore,
     client_secret_name,

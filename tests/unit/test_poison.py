@@ -1,10 +1,9 @@
 """Poison messages and provider quarantine (issue 11, item 2), on the folder
-engine with a fake server, the in-memory store (which passes the store
-contract) and a fake clock."""
+engine with verified fakes (tests/folder_helpers.py: the fake IMAP session,
+the memory store, the real pipeline) and a fake clock."""
 
 from __future__ import annotations
 
-from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from imapsvc import folder_state as S
@@ -12,81 +11,47 @@ from imapsvc.core import poison
 from imapsvc.imap.errors import CommandFailed, ConnectionGone, ProtocolViolation
 from imapsvc.model import FolderCursor
 from imapsvc.store.memory import MemoryStore
-from tests.unit.test_folder import OPTIONS, PROVIDER, FakeProto, FakeServer, Rig
+from imapsvc.testing.mailbox import FETCH_DROP, FETCH_GARBLED, FETCH_NO
+from tests.folder_helpers import OPTIONS, FolderRig
 
 
-class PoisonServer(FakeServer):
-    """Answers NO (and the client drops the connection, as FolderIMAPClient
-    does) to any FETCH that includes one of ``poison``."""
+class PoisonRig(FolderRig):
+    """A folder whose server fails every FETCH naming a UID of ``poison``
+    (``how``: NO, a garbled answer, or a dropped connection)."""
 
     def __init__(self, **kw):
-        super().__init__(**kw)
-        self.poison: set[int] = set()
-        self.error = lambda: CommandFailed(None, "UID FETCH NO: message is corrupted")
+        super().__init__(lazy_close=True, **kw)
+        self.how = FETCH_NO
+        self._poison: set[int] = set()
 
+    @property
+    def poison(self):
+        return self._poison
 
-class PoisonProto(FakeProto):
-    def fetch_meta(self, uids):
-        if self.server.poison & set(uids):
-            d = self._reply("FETCH_META", self.server.error(), tuple(uids))
-            self.transport.loseConnection()
-            return d
-        return super().fetch_meta(uids)
+    @poison.setter
+    def poison(self, uids):
+        self.mailbox.heal_fetch()
+        self._poison = set(uids)
+        for uid in self._poison:
+            self.mailbox.fail_fetch(uid, "SERVERBUG", "message is corrupted", how=self.how)
 
+    def start(self):
+        session = super().start()
+        self.reactor.advance(0)
+        return session
 
-class StoreBackedFake(MemoryStore):
-    """The memory store as the folder's store; the fake pipeline writes
-    cursors through ``cursors`` like before."""
-
-    def __init__(self, clock):
-        super().__init__(clock)
-        self.cursors: dict = {}
-        self.capabilities: list = []
-        self.provider = self.add_provider(PROVIDER)
-
-    def read_cursor(self, tenant, provider_id, folder):
-        return defer.succeed(self.cursors.get(folder))
-
-    def write_cursor(self, tenant, provider_id, folder, cursor, owner):
-        self.cursors[folder] = cursor
-        return defer.succeed(None)
-
-    def save_capabilities(self, tenant, provider_id, caps):
-        return defer.succeed(None)
-
-    def record_batch(self, tenant, provider_id, folder, owner, records, cursor):
-        # Unfenced here (no lease in this rig); the cursor goes where the
-        # folder reads it.
-        self._providers[(tenant, provider_id)]["lease_owner"] = owner
-        self.acquire_lease(tenant, provider_id, owner, 60000)
-        d = MemoryStore.record_batch(self, tenant, provider_id, folder, owner, records, cursor)
-        if cursor is not None:
-            self.cursors[folder] = cursor
-        return d
-
-
-class PoisonRig(Rig):
-    def __init__(self, options=OPTIONS):
-        server = PoisonServer()
-        super().__init__(server=server, options=options)
-        self.store = StoreBackedFake(self.reactor)
-        self.svc.store = self.store
-        self.pipeline.store = self.store
-
-    def _proto(self):
-        p = PoisonProto(self.server, self.reactor.connectors[-1])
-        self.server.protos.append(p)
-        return p
+    def list_poison(self):
+        return self.store.list_poison().result
 
 
 def reconnect(r):
     """Let the back-off run out (at most 100 s) and accept the new connection."""
     for _ in range(100):
-        before = r.factory.connect_calls
         r.reactor.advance(1)
-        if r.factory.connect_calls > before:
-            r.factory.startedConnecting(r.reactor.connectors[-1])
-            return r.accept()
+        if r.attempt_pending:
+            session = r.accept()
+            r.reactor.advance(0)
+            return session
     raise AssertionError("no reconnect within 100 s")
 
 
@@ -97,61 +62,63 @@ class PoisonTests(SynchronousTestCase):
         return rig
 
     def _stop(self, rig):
-        if rig.svc.running:
-            rig.svc.stopService()
+        rig.stop()
 
     def reconnect(self, r):
         return reconnect(r)
 
     def test_no_on_fetch_of_one_uid_is_skipped_after_k_failures(self):
         r = self.rig()
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
-        r.server.add(6)
-        r.server.poison = {3}
+        r.set_cursor(FolderCursor("7", "0", None))
+        r.add(6)
+        r.poison = {3}
         r.start()
         # The chunk 1..6 failed: its UIDs become suspects, nothing counted yet.
-        self.assertEqual(r.pipeline.uids, [])
-        self.assertEqual(r.store.list_poison().result, [])
+        self.assertEqual(r.uids, [])
+        self.assertEqual(r.list_poison(), [])
         # Next session: one UID per command; 1 and 2 go through, 3 fails.
         self.reconnect(r)
-        self.assertEqual(r.pipeline.uids, [1, 2])
-        self.assertEqual(r.store.cursors["INBOX"].last_uid, "2")
+        self.assertEqual(r.uids, [1, 2])
+        self.assertEqual(r.cursor().last_uid, "2")
         for attempt in (2, 3):
-            [entry] = r.store.list_poison().result
+            [entry] = r.list_poison()
             self.assertEqual((entry.uid, entry.failures, entry.skipped_at),
                              (3, attempt - 1, None))
             self.reconnect(r)
         # Third failure: skipped in the ledger with its reason, cursor past it.
-        [entry] = r.store.list_poison().result
+        [entry] = r.list_poison()
         self.assertEqual((entry.uid, entry.failures), (3, 3))
         self.assertIsNotNone(entry.skipped_at)
-        ledger = r.store.ledger_rows(PROVIDER.tenant, PROVIDER.provider_id)
+        ledger = r.store.ledger_rows(*r.provider.key)
         [row] = [x for x in ledger if x["uid"] == 3]
         self.assertEqual(row["outcome"], "skipped")
         self.assertTrue(row["reason"].startswith("poison: CommandFailed"), row["reason"])
-        self.assertEqual(r.store.cursors["INBOX"].last_uid, "3")
+        self.assertEqual(r.cursor().last_uid, "3")
         self.assertEqual(r.svc.poison_skipped, 1)
         # The folder goes on with the next UIDs.
         self.reconnect(r)
-        self.assertEqual(r.pipeline.uids, [1, 2, 4, 5, 6])
+        self.assertEqual(r.uids, [1, 2, 4, 5, 6])
         self.assertEqual(r.svc.state, S.IDLING)
-        r.server.add(1)
-        self.assertEqual(r.pipeline.uids, [1, 2, 4, 5, 6, 7])
+        r.add(1)
+        self.assertEqual(r.uids, [1, 2, 4, 5, 6, 7])
 
     def test_suspect_fetched_after_all_is_forgotten(self):
         r = self.rig()
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
-        r.server.add(4)
-        r.server.poison = {3}
+        r.set_cursor(FolderCursor("7", "0", None))
+        r.add(4)
+        r.poison = {3}
         r.start()  # chunk 1..4 fails: suspects
         self.reconnect(r)  # 1, 2 recorded; 3 fails once (counted)
-        [entry] = r.store.list_poison().result
+        [entry] = r.list_poison()
         self.assertEqual((entry.uid, entry.failures), (3, 1))
-        r.server.poison = set()  # the server can read it now
+        r.poison = set()  # the server can read it now
         self.reconnect(r)
-        self.assertEqual(r.pipeline.uids, [1, 2, 3, 4])
-        self.assertEqual(r.store.list_poison().result, [])
-        self.assertEqual(r.svc._suspects, {"7": set()})
+        self.assertEqual(r.uids, [1, 2, 3, 4])
+        self.assertEqual(r.list_poison(), [])
+        # No suspects left: new mail is fetched in one chunk again.
+        r.add(2)
+        metas = [q for q in r.session.requests if q[0] == "meta"]
+        self.assertEqual(metas[-1], ("meta", (5, 6)))
 
     def test_options_from_settings(self):
         from imapsvc.config import Settings
@@ -168,44 +135,37 @@ class PoisonTests(SynchronousTestCase):
         # The count is in the store: a restart (or another replica) goes on
         # counting instead of starting from zero.
         r = self.rig()
-        r.store.note_message_failure(PROVIDER.tenant, PROVIDER.provider_id, "INBOX", "7", 1,
-                                     "CommandFailed")
-        r.store.note_message_failure(PROVIDER.tenant, PROVIDER.provider_id, "INBOX", "7", 1,
-                                     "CommandFailed")
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
-        r.server.add(1)
-        r.server.poison = {1}
+        r.store.note_message_failure(*r.provider.key, "INBOX", "7", 1, "CommandFailed")
+        r.store.note_message_failure(*r.provider.key, "INBOX", "7", 1, "CommandFailed")
+        r.set_cursor(FolderCursor("7", "0", None))
+        r.add(1)
+        r.poison = {1}
         r.start()  # a first failure only makes UID 1 a suspect
-        self.assertEqual(r.store.list_poison().result[0].failures, 2)
+        self.assertEqual(r.list_poison()[0].failures, 2)
         self.reconnect(r)  # fetched alone (nothing else to probe): third failure, skipped
-        [entry] = r.store.list_poison().result
+        [entry] = r.list_poison()
         self.assertEqual(entry.failures, 3)
         self.assertIsNotNone(entry.skipped_at)
-        self.assertEqual(r.store.cursors["INBOX"].last_uid, "1")
+        self.assertEqual(r.cursor().last_uid, "1")
 
     def test_lost_connection_does_not_count(self):
         r = self.rig()
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
-        r.server.add(1)
-        r.server.poison = {1}
-        r.server.error = lambda: ConnectionGone("network")
+        r.set_cursor(FolderCursor("7", "0", None))
+        r.add(1)
+        r.how = FETCH_DROP  # the network, not the message
+        r.poison = {1}
         r.start()
-        self.assertEqual(r.store.list_poison().result, [])
+        self.assertEqual(r.svc.state, S.BACKOFF)
+        reconnect(r)
+        self.assertEqual(r.list_poison(), [])
 
     def test_quarantine_after_repeated_protocol_violations(self):
         r = self.rig()
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
-        r.server.add(1)
-
-        # Every session dies with a protocol violation outside any message.
-        original = PoisonProto.list_folders
-
-        def bad_list(proto):
-            # The session fails first; the folder then closes the connection.
-            return defer.fail(ProtocolViolation("server line longer than 16777216 bytes"))
-
-        PoisonProto.list_folders = bad_list
-        self.addCleanup(setattr, PoisonProto, "list_folders", original)
+        r.set_cursor(FolderCursor("7", "0", None))
+        r.add(1)
+        # Every session dies with a protocol violation outside any message
+        # (an unreadable answer to LIST): three sessions in a row.
+        r.mailbox.fail_command("LIST", times=3, how=FETCH_GARBLED)
         r.start()
         self.reconnect(r)
         self.assertIsNone(r.svc.quarantined_until)
@@ -219,14 +179,12 @@ class PoisonTests(SynchronousTestCase):
         r.reactor.advance(OPTIONS.quarantine_ms / 1000.0 * 0.49)
         self.assertEqual(r.factory.connect_calls, before)
         self.assertTrue(r.svc.quarantined())
-        PoisonProto.list_folders = original
         r.reactor.advance(OPTIONS.quarantine_ms / 1000.0 * 0.6)
         self.assertFalse(r.svc.quarantined())
         self.assertIsNone(r.svc.snapshot()["quarantinedUntil"])
         self.assertEqual(r.factory.connect_calls, before + 1)
-        r.factory.startedConnecting(r.reactor.connectors[-1])
         r.accept()
-        self.assertEqual(r.pipeline.uids, [1])
+        self.assertEqual(r.uids, [1])
         self.assertIsNone(r.svc.quarantined_until)
         self.assertEqual(r.svc.violations, 0)
 
@@ -236,33 +194,33 @@ class OutageTests(SynchronousTestCase):
         # An outage, not poison: every FETCH is refused, the probe included,
         # so no message is ever counted, let alone skipped.
         r = PoisonRig()
-        self.addCleanup(lambda: r.svc.running and r.svc.stopService())
-        r.store.cursors["INBOX"] = FolderCursor("7", "2", None)
-        r.server.add(5)
-        r.server.poison = set(range(1, 6))
+        self.addCleanup(r.stop)
+        r.set_cursor(FolderCursor("7", "2", None))
+        r.add(5)
+        r.poison = set(range(1, 6))
         r.start()
         for _ in range(10):
             reconnect(r)
-        self.assertEqual(r.store.list_poison().result, [])
+        self.assertEqual(r.list_poison(), [])
         self.assertEqual(r.svc.poison_skipped, 0)
-        self.assertEqual(r.store.cursors["INBOX"].last_uid, "2")
+        self.assertEqual(r.cursor().last_uid, "2")
         # The probe is the last recorded message (UID 2), then the suspect.
-        fetched = [c[1] for c in r.server.commands if c[0] == "FETCH_META"]
+        fetched = [q[1] for s in r.sessions for q in s.requests if q[0] == "meta"]
         self.assertEqual(fetched[:3], [(3, 4, 5), (2,), (2,)])
         # The outage ends: everything arrives.
-        r.server.poison = set()
+        r.poison = set()
         reconnect(r)
-        self.assertEqual(r.pipeline.uids, [3, 4, 5])
+        self.assertEqual(r.uids, [3, 4, 5])
 
     def test_poison_counted_once_other_messages_are_delivered(self):
         r = PoisonRig()
-        self.addCleanup(lambda: r.svc.running and r.svc.stopService())
-        r.store.cursors["INBOX"] = FolderCursor("7", "2", None)
-        r.server.add(5)
-        r.server.poison = {3}
+        self.addCleanup(r.stop)
+        r.set_cursor(FolderCursor("7", "2", None))
+        r.add(5)
+        r.poison = {3}
         r.start()
         reconnect(r)  # probe UID 2 works: UID 3's failure counts
-        [entry] = r.store.list_poison().result
+        [entry] = r.list_poison()
         self.assertEqual((entry.uid, entry.failures), (3, 1))
 
 
@@ -350,29 +308,29 @@ class MemoryLimitTests(SynchronousTestCase):
 class ViolatingServerTests(SynchronousTestCase):
     def test_one_bad_message_is_skipped_without_quarantine(self):
         r = PoisonRig()
-        self.addCleanup(lambda: r.svc.running and r.svc.stopService())
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
-        r.server.add(3)
-        r.server.poison = {2}
-        r.server.error = lambda: ProtocolViolation("literal of 999999999 bytes exceeds the limit")
+        self.addCleanup(r.stop)
+        r.set_cursor(FolderCursor("7", "0", None))
+        r.add(3)
+        r.how = FETCH_GARBLED
+        r.poison = {2}
         r.start()
         for _ in range(4):
             reconnect(r)
-        self.assertEqual(r.pipeline.uids, [1, 3])
+        self.assertEqual(r.uids, [1, 3])
         self.assertEqual(r.svc.poison_skipped, 1)
         self.assertIsNone(r.svc.quarantined_until)
 
     def test_server_violating_on_every_message_is_quarantined(self):
         r = PoisonRig()
-        self.addCleanup(lambda: r.svc.running and r.svc.stopService())
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
-        r.server.add(6)
-        r.server.poison = set(range(1, 7))
-        r.server.error = lambda: ProtocolViolation("literal of 999999999 bytes exceeds the limit")
+        self.addCleanup(r.stop)
+        r.set_cursor(FolderCursor("7", "0", None))
+        r.add(6)
+        r.how = FETCH_GARBLED
+        r.poison = set(range(1, 7))
         r.start()
         while not r.svc.quarantined():
             reconnect(r)
         # Three messages skipped (one count each), then the server is left alone.
         self.assertEqual(r.svc.poison_skipped, OPTIONS.quarantine_after)
-        self.assertEqual(r.pipeline.uids, [])
+        self.assertEqual(r.uids, [])
         self.assertIn("quarantined until", r.svc.last_error)

@@ -26,7 +26,7 @@ from imapsvc.imap.protocol import FolderIMAPClient
 from imapsvc.model import FolderCursor, Limits, ProviderConfig
 from imapsvc.pipeline import Pipeline
 from imapsvc.store.memory import MemoryStore
-from tests.unit.test_folder import FakeCredentials
+from tests.folder_helpers import PasswordSource
 
 TENANT = "8a0c7c1e-1111-4d5e-9f00-0000000000cc"
 PID = "8a0c7c1e-2222-4d5e-9f00-0000000000dd"
@@ -132,7 +132,7 @@ class Wire:
         self.pipeline = Pipeline(self.store, lambda: None, self.reactor, options.limits,
                                  10**9, synchronous_runner)
         self.svc = FolderService(
-            self.provider, "INBOX", self.reactor, self.store, self.pipeline, FakeCredentials(),
+            self.provider, "INBOX", self.reactor, self.store, self.pipeline, PasswordSource(),
             OWNER, options, protocol_factory=self._client, tls_factory=lambda host: None)
         self.clients: list[tuple[FolderIMAPClient, StringTransport]] = []
 

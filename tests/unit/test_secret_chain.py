@@ -12,6 +12,15 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from imapsvc.sealed_secrets import (
+    SEALED_TEXT_PREFIX,
+    TEXT_PLAINTEXT,
+    TEXT_SEALED,
+    TEXT_UNOPENABLE,
+    SecretBox,
+    classify_text,
+    generate_key,
+)
 from imapsvc.secret_chain import (
     OWN_STORE,
     CredentialsMissing,
@@ -24,15 +33,6 @@ from imapsvc.secret_chain import (
     lookup_app_secret_sync,
 )
 from imapsvc.secret_providers import parse_kv2
-from imapsvc.secrets import (
-    SEALED_TEXT_PREFIX,
-    TEXT_PLAINTEXT,
-    TEXT_SEALED,
-    TEXT_UNOPENABLE,
-    SecretBox,
-    classify_text,
-    generate_key,
-)
 
 T = "11111111-1111-1111-1111-111111111111"
 P = "22222222-2222-2222-2222-222222222222"

@@ -14,7 +14,7 @@ from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
 
-from imapsvc import logging as imapsvc_logging
+from imapsvc import log_output as imapsvc_logging
 from imapsvc import tap
 from imapsvc.config import CONTRACT_VARIABLES, SETTINGS, Settings
 
@@ -81,7 +81,7 @@ class OptionsTests(TestCase):
         options.parent = parent  # type: ignore[attr-defined]
         options.environ = {"IMAPSVC_LOG_FORMAT": "text"}
         options.parseOptions([])
-        self.assertEqual(parent["logger"], "imapsvc.logging.twistd_observer")
+        self.assertEqual(parent["logger"], "imapsvc.log_output.twistd_observer")
         self.assertEqual(imapsvc_logging._twistd_target, {"format": "text", "logfile": "-"})
 
     def test_explicit_logger_respected(self) -> None:

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from imapsvc.core import oauth_state as o
 from imapsvc.metrics import ServiceCollector, make_registry
 from imapsvc.oauth import OAuthFlow
-from imapsvc.secrets import SecretBox, SecretStore, generate_key
+from imapsvc.sealed_secrets import SecretBox, SecretStore, generate_key
 from imapsvc.sink.memory import MemorySink
 from imapsvc.store.memory import MemoryStore
 from imapsvc.web import WebApp

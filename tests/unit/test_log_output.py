@@ -10,7 +10,7 @@ from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from imapsvc.logging import (
+from imapsvc.log_output import (
     MASK,
     is_sensitive_key,
     json_observer_for,

@@ -8,8 +8,8 @@ payloads, bearer headers, OAuth query parameters, URL passwords).
 
 Two observer factories for ``twistd --logger``, both writing to stdout:
 
-- ``twistd --logger imapsvc.logging.json_observer``: one JSON object a line.
-- ``twistd --logger imapsvc.logging.text_observer``: Twisted's text format.
+- ``twistd --logger imapsvc.log_output.json_observer``: one JSON object a line.
+- ``twistd --logger imapsvc.log_output.text_observer``: Twisted's text format.
 
 Without ``--logger``, ``twistd imapsvc`` picks one of them by
 ``IMAPSVC_LOG_FORMAT`` (see :mod:`imapsvc.tap`).
@@ -305,12 +305,12 @@ def text_observer_for(out: IO[str]) -> RedactingObserver:
 
 
 def json_observer() -> RedactingObserver:
-    """Factory for ``twistd --logger imapsvc.logging.json_observer`` (stdout)."""
+    """Factory for ``twistd --logger imapsvc.log_output.json_observer`` (stdout)."""
     return json_observer_for(sys.stdout)
 
 
 def text_observer() -> RedactingObserver:
-    """Factory for ``twistd --logger imapsvc.logging.text_observer`` (stdout)."""
+    """Factory for ``twistd --logger imapsvc.log_output.text_observer`` (stdout)."""
     return text_observer_for(sys.stdout)
 
 

@@ -31,7 +31,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from imapsvc.interfaces import ISecretStore
+from imapsvc.interfaces import ICiphertextStore, ISecretStore
 
 VERSION = b"v1"
 _KEY_ID_LEN = 8
@@ -198,7 +198,7 @@ class SecretStore:
 
     log = Logger()
 
-    def __init__(self, store, box: SecretBox, secrets_dir: Optional[str] = None):
+    def __init__(self, store: ICiphertextStore, box: SecretBox, secrets_dir: Optional[str] = None):
         self._store = store
         self._box = box
         self._dir = Path(secrets_dir) if secrets_dir else None

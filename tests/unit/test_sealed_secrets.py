@@ -7,8 +7,8 @@ import tempfile
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from imapsvc import secrets
-from imapsvc.secrets import SecretBox, SecretDecryptError, SecretKeyError, SecretStore
+from imapsvc import sealed_secrets as secrets
+from imapsvc.sealed_secrets import SecretBox, SecretDecryptError, SecretKeyError, SecretStore
 from imapsvc.store.memory import MemoryStore
 
 T = "11111111-1111-1111-1111-111111111111"
