@@ -1,159 +1,157 @@
 """What a folder asks of the store when its session drops and comes back (a
 server restart drops every folder at once): the cursor is resumed from what
 the folder knows the store holds, the capabilities are written only when
-they changed; an operator's reconnect reads the store again."""
+they changed; an operator's reconnect reads the store again. And the
+connect gate: a folder's slot is held until its folder is found. On the
+verified fakes of :mod:`tests.folder_helpers`."""
 
 from __future__ import annotations
 
+import collections
+
+import attr
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from imapsvc.imap.connect_gate import ConnectGate
 from imapsvc.model import FolderCursor
-from tests.unit.test_folder import IDLE_CAPS, FakeStore, Rig
+from tests.folder_helpers import OPTIONS, FolderRig
 
 
-class CountingStore(FakeStore):
-    def __init__(self):
-        super().__init__()
-        self.reads = 0
+def counted(rig):
+    """Count the folder's store calls by name (wrapping the memory store's)."""
+    calls = collections.Counter()
+    for name in ("read_cursor", "read_backfill", "save_capabilities"):
+        method = getattr(rig.store, name)
 
-    def read_cursor(self, tenant, provider_id, folder):
-        self.reads += 1
-        return super().read_cursor(tenant, provider_id, folder)
+        def wrapper(*args, _name=name, _method=method, **kwargs):
+            calls[_name] += 1
+            return _method(*args, **kwargs)
 
-
-def rig_with_counting_store(test):
-    rig = Rig()
-    store = CountingStore()
-    rig.store = rig.svc.store = rig.pipeline.store = store
-    test.addCleanup(lambda: rig.svc.running and rig.svc.stopService())
-    return rig
+        setattr(rig.store, name, wrapper)
+    return calls
 
 
 class ReconnectTests(SynchronousTestCase):
-    def drop(self, rig):
-        rig.proto.transport.loseConnection()
+    def rig(self, **kw):
+        rig = FolderRig(**kw)
+        self.addCleanup(rig.stop)
+        return rig
+
+    def drop_and_return(self, rig):
+        rig.drop(bye="restarting")
         # lost session: 1.5 s back-off + 1 s stagger spread (rand 0.5)
         return rig.reconnect_after(2.5)
 
     def test_lost_session_resumes_from_the_known_cursor(self):
-        r = rig_with_counting_store(self)
-        r.server.add(3)
-        r.store.cursors["INBOX"] = FolderCursor("7", "1", None)
+        r = self.rig()
+        r.add(3)
+        r.set_cursor(FolderCursor("7", "1", None))
+        calls = counted(r)
         r.start()
-        self.assertEqual((r.pipeline.uids, r.store.reads), ([2, 3], 1))
-        r.server.add(2, notify=False)  # arrives while the server restarts
-        self.drop(r)
-        self.assertEqual(r.store.reads, 1)  # not read again
-        self.assertEqual(r.pipeline.uids, [2, 3, 4, 5])
-        self.assertIn(("SEARCH", 4), r.server.commands)
+        self.assertEqual((r.uids, calls["read_cursor"], calls["read_backfill"]), ([2, 3], 1, 1))
+        r.mailbox.append(b"Subject: a\r\n\r\nx\r\n", announce=False)  # while it restarts
+        r.mailbox.append(b"Subject: b\r\n\r\ny\r\n", announce=False)
+        self.drop_and_return(r)
+        self.assertEqual((calls["read_cursor"], calls["read_backfill"]), (1, 1))  # not read
+        self.assertEqual(r.uids, [2, 3, 4, 5])
         # a wake-up while connected reads the store as before
         r.svc.wake()
-        self.assertEqual(r.store.reads, 2)
+        self.assertEqual(calls["read_cursor"], 2)
+
+    def test_empty_folder_cursor_zero_is_known_too(self):
+        # An empty folder's stored cursor is '0' (a rescan from UID 1): the
+        # same plan whether read or known.
+        r = self.rig()
+        calls = counted(r)
+        r.start()
+        self.drop_and_return(r)
+        self.assertEqual(calls["read_cursor"], 1)
+        self.assertEqual(r.cursor().last_uid, "0")
+        r.add(2)
+        self.assertEqual(r.uids, [1, 2])
 
     def test_uncommitted_batch_is_not_trusted(self):
-        r = rig_with_counting_store(self)
-        r.server.add(3)
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
-        r.pipeline.fail_with = RuntimeError("database down")
+        r = self.rig()
+        r.add(3)
+        r.set_cursor(FolderCursor("7", "0", None))
+        calls = counted(r)
+        r.pipeline.fail_next(RuntimeError("database down"))
         r.start()
-        self.drop(r)  # the batch may or may not have committed: read again
-        self.assertEqual(r.store.reads, 2)
-        self.assertEqual(r.pipeline.uids, [1, 2, 3])
+        r.reconnect_after(2.5)  # the batch may have committed or not: read again
+        self.assertEqual(calls["read_cursor"], 2)
+        self.assertEqual(r.uids, [1, 2, 3])
 
     def test_operator_reconnect_reads_the_store(self):
-        r = rig_with_counting_store(self)
-        r.server.add(3)
-        r.store.cursors["INBOX"] = FolderCursor("7", "3", None)
+        r = self.rig()
+        r.add(3)
+        r.set_cursor(FolderCursor("7", "3", None))
+        calls = counted(r)
         r.start()
         # an operator resets the cursor offline, then asks for a reconnect
-        r.store.cursors["INBOX"] = FolderCursor("7", "0", None)
+        r.set_cursor(FolderCursor("7", "0", None))
         r.svc.reconnect()
-        r.reactor.advance(0)
-        r.factory.startedConnecting(r.reactor.connectors[-1])
-        r.accept()
-        self.assertEqual(r.store.reads, 2)
-        self.assertEqual(r.pipeline.uids, [1, 2, 3])
+        r.reconnect_after(0)
+        self.assertEqual(calls["read_cursor"], 2)
+        self.assertEqual(r.uids, [1, 2, 3])
         # the next lost session trusts memory again
-        self.drop(r)
-        self.assertEqual(r.store.reads, 2)
+        self.drop_and_return(r)
+        self.assertEqual(calls["read_cursor"], 2)
 
     def test_new_uidvalidity_after_reconnect_reads_the_store(self):
-        r = rig_with_counting_store(self)
-        r.server.add(3)
-        r.store.cursors["INBOX"] = FolderCursor("7", "3", None)
+        r = self.rig()
+        r.add(3)
+        r.set_cursor(FolderCursor("7", "3", None))
+        calls = counted(r)
         r.start()
-        r.server.recreate()
-        r.server.add(2, notify=False)
-        self.drop(r)
+        r.mailbox.recreate()
+        self.drop_and_return(r)
         # not a plain resume: the store's dates decide the new start
-        self.assertEqual(r.store.reads, 2)
-        self.assertEqual(r.store.cursors["INBOX"].uid_validity, "8")
+        self.assertEqual(calls["read_cursor"], 2)
+        self.assertNotEqual(r.cursor().uid_validity, "7")
 
     def test_capabilities_written_only_when_changed(self):
-        r = rig_with_counting_store(self)
+        r = self.rig()
+        calls = counted(r)
         r.start()
-        self.drop(r)
-        self.drop(r)
-        self.assertEqual(len(r.store.capabilities), 1)
-        r.server.caps = {**IDLE_CAPS, b"ID": None}
-        self.drop(r)
-        self.assertEqual(len(r.store.capabilities), 2)
-        self.assertIn("ID", r.store.capabilities[-1])
+        self.drop_and_return(r)
+        self.drop_and_return(r)
+        self.assertEqual(calls["save_capabilities"], 1)
+        r.mailbox.capability_words.append("XFOO")
+        self.drop_and_return(r)
+        self.assertEqual(calls["save_capabilities"], 2)
 
     def test_failed_capabilities_write_is_retried_at_the_next_login(self):
-        r = rig_with_counting_store(self)
+        r = self.rig()
+        calls = counted(r)
         save = r.store.save_capabilities
         r.store.save_capabilities = lambda *a, **k: defer.fail(RuntimeError("db away"))
         r.start()
         r.store.save_capabilities = save
-        self.drop(r)
-        self.assertEqual(len(r.store.capabilities), 1)
+        self.drop_and_return(r)
+        self.assertEqual(calls["save_capabilities"], 1)
+        self.flushLoggedErrors(RuntimeError)
 
 
 class ConnectGateTests(SynchronousTestCase):
     def test_slot_held_until_the_folder_is_found(self):
-        import attr
-        from twisted.internet.task import Clock
-
-        from imapsvc.imap.connect_gate import ConnectGate
-        from tests.unit.test_folder import OPTIONS
-
         gate = ConnectGate(1, Clock())
         options = attr.evolve(OPTIONS, connect_gate=gate)
-        a, b = Rig(options=options), Rig(options=options)
-        for rig in (a, b):
-            self.addCleanup(lambda r=rig: r.svc.running and r.svc.stopService())
-        build = a.factory.protocol_factory
-
-        def holding_list():
-            proto = build()
-            proto.hold = {"LIST"}
-            return proto
-
-        a.factory.protocol_factory = holding_list
-        a.start()
+        a, b = FolderRig(options=options), FolderRig(options=options)
+        for rig in (b, a):
+            self.addCleanup(rig.stop)
+        a.svc.startService()
+        a.reactor.advance(1.0)
         b.svc.startService()
         b.reactor.advance(1.0)
-        # a is logged in but has not found its folder: b waits for the slot
-        self.assertEqual((a.factory.connect_calls, b.factory.connect_calls), (1, 0))
+        # a connects; b waits for the slot until a has found its folder
+        self.assertTrue(a.attempt_pending)
+        self.assertFalse(b.attempt_pending)
         self.assertEqual(gate.waiting, 1)
-        a.proto.release()
-        self.assertEqual(b.factory.connect_calls, 1)
+        a.accept()
+        self.assertEqual(a.svc.state, "Idling")
+        self.assertTrue(b.attempt_pending)
         b.accept()
         self.assertEqual((gate.active, gate.waiting), (0, 0))
         self.assertEqual(b.svc.state, "Idling")
-
-
-class EmptyFolderReconnectTests(SynchronousTestCase):
-    def test_empty_folder_cursor_zero_is_known_too(self):
-        # An empty folder's stored cursor is '0' (a rescan from UID 1): the
-        # same plan whether read or known, so nothing is read after a drop.
-        r = rig_with_counting_store(self)
-        r.start()
-        self.assertEqual(r.store.cursors["INBOX"].last_uid, "0")
-        r.proto.transport.loseConnection()
-        r.reconnect_after(2.5)
-        self.assertEqual(r.store.reads, 1)
-        r.server.add(2)
-        self.assertEqual(r.pipeline.uids, [1, 2])
