@@ -359,15 +359,12 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
             self._check()
             if enabled:
                 self.log.info("{label}: UTF8=ACCEPT enabled", label=self.label)
-        listing = yield proto.list_folders()
-        self._check()
         if self.folder_filter.strip() == WILDCARD:
+            listing = yield proto.list_folders()
+            self._check()
             yield self._watch_every_folder(proto, listing)
             return
-        name = resolve_folder(self.folder_filter, listing)
-        # The whole LIST (every folder of the account) would otherwise stay
-        # in this frame per idling folder: O(folders^2) per account.
-        del listing
+        name = yield self._find_folder(proto)
         if name is None:
             raise FolderNotFound(f"no selectable folder matches {self.folder_filter!r}")
         self.server_name = name
@@ -392,6 +389,24 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
                 yield self._idle(proto)
             else:
                 yield self._poll()
+
+    @defer.inlineCallbacks
+    def _find_folder(self, proto: Any):  # type: ignore[no-untyped-def]
+        """The server's name of the configured folder, or ``None``. A
+        reconnect lists the name found before (one LIST line instead of the
+        account's every folder, hundreds in a shared mailbox, per folder in
+        a reconnect storm); the whole list when that is gone."""
+        if self.server_name is not None:
+            listing = yield proto.list_folders(self.server_name)
+            self._check()
+            name = resolve_folder(self.folder_filter, listing)
+            if name is not None:
+                return name
+        # Not kept: the whole LIST would stay referenced per idling folder
+        # (O(folders^2) per account).
+        listing = yield proto.list_folders()
+        self._check()
+        return resolve_folder(self.folder_filter, listing)
 
     @defer.inlineCallbacks
     def _watch_every_folder(self, proto: Any, listing: Any):  # type: ignore[no-untyped-def]

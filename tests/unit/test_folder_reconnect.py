@@ -155,3 +155,40 @@ class ConnectGateTests(SynchronousTestCase):
         b.accept()
         self.assertEqual((gate.active, gate.waiting), (0, 0))
         self.assertEqual(b.svc.state, "Idling")
+
+
+class ListTests(SynchronousTestCase):
+    def rig(self, patterns, **kw):
+        from imapsvc.testing import FakeIMAPSession
+
+        class Recording(FakeIMAPSession):
+            def list_folders(self, pattern="*"):
+                patterns.append(pattern)
+                return super().list_folders(pattern)
+
+        rig = FolderRig(session_factory=lambda box: Recording(box, tls=True), **kw)
+        self.addCleanup(rig.stop)
+        for name in ("Sales", "Support", "Support/Old"):
+            rig.mailbox.add_folder(name)
+        return rig
+
+    def test_reconnect_lists_only_the_known_folder(self):
+        patterns = []
+        r = self.rig(patterns, folder="support")
+        r.start()
+        r.drop(bye="restarting")
+        r.reconnect_after(2.5)
+        self.assertEqual(patterns, ["*", "Support"])
+        self.assertEqual(r.svc.state, "Idling")
+        self.assertEqual(r.svc.server_name, "Support")
+
+    def test_folder_gone_since_lists_everything(self):
+        patterns = []
+        r = self.rig(patterns, folder="Support")
+        r.start()
+        del r.mailbox.folders["Support"]
+        r.drop(bye="restarting")
+        r.reconnect_after(2.5)
+        self.assertEqual(patterns, ["*", "Support", "*"])
+        self.assertEqual(r.svc.state, "Backoff")
+        self.assertIn("FolderNotFound", r.svc.last_error)
