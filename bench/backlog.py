@@ -161,7 +161,7 @@ def add_provider(dsn: str, box: Any, env: dict[str, Any], cursor: Optional[dict]
 
     from imapsvc.model import ProviderConfig
     from imapsvc.sealed_secrets import password_name
-    from imapsvc.store.admin_sync import PostgresAdmin
+    from imapsvc.store.admin_postgres import PostgresAdmin
 
     security = env["security"]
     config = ProviderConfig(

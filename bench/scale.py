@@ -235,7 +235,7 @@ def setup_database(args: argparse.Namespace, dovecot: Any, per_provider: int,
     from imapsvc.config import load_settings
     from imapsvc.model import ProviderConfig
     from imapsvc.sealed_secrets import SecretBox, generate_key, password_name
-    from imapsvc.store.admin_sync import PostgresAdmin
+    from imapsvc.store.admin_postgres import PostgresAdmin
     from imapsvc.store.migrate import apply_migrations
 
     dsn = scratch_database("imapsvc_bench_scale")
