@@ -308,6 +308,31 @@ def set_write_back(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def set_oauth_delegate(ctx: Context, args: argparse.Namespace) -> int:
+    """``imap_provider_options.oauth_delegate`` (schema/0009): the account
+    that consents for a Microsoft 365 shared mailbox."""
+    tenant = parse_uuid(args.tenant, "--tenant")
+    provider_id = parse_uuid(args.provider, "--provider")
+    text = args.delegate.strip()
+    delegate: Optional[str] = None
+    if text.lower() != "none":
+        local, at, domain = text.partition("@")
+        if not (local and at and domain) or any(c.isspace() or ord(c) < 32 for c in text):
+            raise InputError("--delegate: an e-mail address, or 'none'")
+        delegate = text
+    store = ctx.open_store(False)
+    try:
+        store.set_oauth_delegate(tenant, provider_id, delegate)
+    finally:
+        store.close()
+    if delegate is None:
+        ctx.out.write(f"provider {provider_id}: the mailbox's own user gives the OAuth consent\n")
+    else:
+        ctx.out.write(f"provider {provider_id}: {delegate} gives the OAuth consent; the login "
+                      "name stays the provider's username\n")
+    return 0
+
+
 def remove(ctx: Context, args: argparse.Namespace) -> int:
     tenant, provider_id = parse_target(args)
     store = ctx.open_store(False)
@@ -456,6 +481,14 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser,
     p.add_argument("--mode", required=True,
                    help="none | seen | delete | move:<folder> | default")
     p.set_defaults(provider_run=set_write_back)
+
+    p = sub.add_parser("set-oauth-delegate",
+                       help="shared mailbox: the account that gives the OAuth consent (its "
+                       "token logs in as the provider's username)", parents=[parent])
+    ident(p)
+    p.add_argument("--delegate", required=True,
+                   help="the delegate's address, or 'none' (the mailbox's own user)")
+    p.set_defaults(provider_run=set_oauth_delegate)
 
     p = sub.add_parser("remove", help="delete a provider and its secrets", parents=[parent])
     ident(p)

@@ -105,6 +105,7 @@ class Settings:
     broken_bodystructure_hosts: tuple[str, ...] = _default("IMAP_BROKEN_BODYSTRUCTURE_HOSTS")
     enable_utf8: bool = _default("IMAP_ENABLE_UTF8")
     compress: str = _default("IMAP_COMPRESS")
+    modseq: str = _default("IMAP_MODSEQ")
     auth_failure_pause_after: int = _default("IMAP_AUTH_FAILURE_PAUSE_AFTER")
     oauth_auth_mechanism: str = _default("IMAP_OAUTH_AUTH_MECHANISM")
     write_back: str = _default("IMAP_WRITE_BACK")
@@ -227,7 +228,9 @@ def _mask_url_password(url: str) -> str:
     return parts._replace(netloc=f"{user}:{MASK}@{hostport}").geturl()
 
 
-def _read_secret_file(directory: str, env: str) -> Optional[str]:
+def read_secret_file(directory: str, env: str) -> Optional[str]:
+    """The secret ``env`` as a file in ``directory`` (``IMAPSVC_SECRETS_DIR``),
+    stripped; ``None`` when there is no such file."""
     path = os.path.join(directory, env)
     try:
         with open(path, encoding="utf-8") as f:
@@ -279,7 +282,7 @@ def load_settings(
     for setting in SETTINGS:
         text = raw(setting)
         if text is None and secrets_dir and setting is not secrets_setting:
-            text = _read_secret_file(secrets_dir, setting.env) or None
+            text = read_secret_file(secrets_dir, setting.env) or None
         values[setting.name] = _parse_one(setting, text)
     settings = Settings(**values)
     _check_relations(settings)

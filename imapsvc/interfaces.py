@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from zope.interface import Attribute, Interface
 
+# The folder's seams live in their own module; named here like every seam.
+from imapsvc.session_interfaces import IConnectionEvents as IConnectionEvents
+from imapsvc.session_interfaces import IFolderHooks as IFolderHooks
+from imapsvc.session_interfaces import IIMAPSession as IIMAPSession
+
 
 class LeaseLost(Exception):
     """A fenced write was refused: this worker no longer holds the provider's
@@ -59,6 +64,11 @@ class IProviderStore(Interface):
         validated by the caller (:func:`imapsvc.core.write_back.parse_mode`).
         :rtype: Deferred[bool]: ``False`` when the provider is unknown."""
 
+    def set_oauth_delegate(tenant, provider_id, delegate):
+        """Store the account that consents for a shared mailbox
+        (``imap_provider_options.oauth_delegate``; ``None`` clears it).
+        :rtype: Deferred[bool]: ``False`` when the provider is unknown."""
+
     def record_auth_failure(tenant, provider_id, code, pause_after):
         """Count one authentication failure; when the count reaches
         ``pause_after`` pause the provider (``inbound_paused_at`` = now,
@@ -93,6 +103,16 @@ class ICursorStore(Interface):
         :raises LeaseLost: (in the Deferred) when ``owner`` does not hold a
             live lease.
         """
+
+    def read_modseq(tenant, provider_id, folder):
+        """The folder's stored HIGHESTMODSEQ (RFC 7162, schema/0010) with the
+        UIDVALIDITY it belongs to.
+        :rtype: Deferred[Optional[tuple[str, int]]]"""
+
+    def save_modseq(tenant, provider_id, folder, uid_validity, modseq, owner):
+        """Store (``modseq`` ``None``: forget) the HIGHESTMODSEQ a committed
+        sync pass saw, fenced by the lease like a cursor.
+        :raises LeaseLost:"""
 
     def reset_cursors(tenant, provider_id, folder=None):
         """Resync: drop the cursor of ``folder`` (or of every folder), so the
@@ -407,207 +427,3 @@ class IAdmin(Interface):
 
     def status():
         """This replica's providers and folders, redacted. :rtype: dict"""
-
-
-class IIMAPSession(Interface):
-    """One IMAP connection as the folder engine (:mod:`imapsvc.folder`)
-    drives it: greeting, TLS, login, LIST, EXAMINE, UID SEARCH, UID FETCH,
-    IDLE, LOGOUT; with write-back SELECT, UID STORE/MOVE/COPY/EXPUNGE.
-    :class:`imapsvc.imap.protocol.FolderIMAPClient` is the real one,
-    :class:`imapsvc.testing.FakeIMAPSession` the in-memory one; both pass
-    ``tests/session_contract.py``.
-
-    Capability dicts have Twisted's shape: ``{b"IDLE": None, b"AUTH":
-    [b"PLAIN"]}``. Commands run one at a time in submission order. A command
-    the server refuses (NO/BAD) fails with an
-    :class:`imapsvc.imap.errors.IMAPError` subclass and ends the session:
-    every later command fails with
-    :class:`~imapsvc.imap.errors.ConnectionGone`. Errors never carry secrets.
-    """
-
-    greeted = Attribute(
-        "Deferred firing with the capability dict once the server greeted "
-        "(failing when it refused or went away first)"
-    )
-    capabilities = Attribute("the latest capability dict, or None before the greeting")
-    last_exists = Attribute(
-        "the last '* n EXISTS' count seen during any command (int), or None"
-    )
-    on_bye = Attribute(
-        "callable(text) or None: called once when the server says BYE outside LOGOUT"
-    )
-    idle_ending = Attribute(
-        "read-only bool: done() was called for the IDLE still running (DONE is "
-        "out, or follows the server's '+'); False outside IDLE. The session is "
-        "the one place that knows whether an IDLE is ending"
-    )
-    transport = Attribute(
-        "the connection's transport: the engine closes the session with "
-        "its loseConnection()/abortConnection()"
-    )
-
-    def start_tls(context_factory):
-        """``STARTTLS`` and ``CAPABILITY`` over TLS.
-
-        :rtype: Deferred[dict]: the capabilities after the upgrade.
-        :raises TLSRequired: the server does not offer STARTTLS (nothing sent).
-        """
-
-    def authenticate_with(credentials, oauth_mechanism=None, host=None, port=None):
-        """Log in with :class:`imapsvc.model.Credentials` (LOGIN, or
-        AUTHENTICATE XOAUTH2/OAUTHBEARER for a token).
-
-        :param oauth_mechanism: ``auto``/``xoauth2``/``oauthbearer``: picks the
-            SASL mechanism for a token from the server's ``AUTH=``; ``None``
-            uses ``credentials.mechanism``.
-        :param host: the server's host and ``port`` (OAUTHBEARER's keys).
-        :rtype: Deferred[dict]: the capabilities after login.
-        :raises AuthenticationFailed: the server refused the credentials
-            (``.code`` is its response code, e.g. ``"AUTHENTICATIONFAILED"``).
-        :raises AuthenticationUnavailable: it answered without refusing them.
-        """
-
-    def list_folders(pattern="*"):
-        """``LIST "" pattern`` (a mailbox name, modified UTF-7; ``*`` and
-        ``%`` are LIST wildcards).
-
-        :rtype: Deferred[list[tuple[tuple[str, ...], Optional[str], str]]]:
-            ``(flags, delimiter, name)``, names as the server spells them.
-        """
-
-    def examine_folder(name):
-        """``EXAMINE name`` (read-only).
-
-        :rtype: Deferred[dict]: ``{"uidvalidity": int, "uidnext":
-            Optional[int], "exists": int, "read_only": bool}``.
-        :raises CommandFailed: no such folder.
-        """
-
-    def select_folder(name):
-        """``SELECT name`` (read-write): only with write-back on.
-
-        :rtype: Deferred[dict]: as :meth:`examine_folder`.
-        :raises CommandFailed: no such folder.
-        """
-
-    def uid_store_flags(uids, flags):
-        """``UID STORE uids +FLAGS.SILENT (flags)``.
-
-        :rtype: Deferred[None]. :raises CommandFailed: ``NO``/``BAD``
-            (the session stays usable).
-        """
-
-    def uid_move(uids, folder):
-        """``UID MOVE uids folder`` (RFC 6851; only when MOVE is offered).
-
-        :rtype: Deferred[None]. :raises CommandFailed: refused (session kept).
-        """
-
-    def uid_copy(uids, folder):
-        """``UID COPY uids folder``.
-
-        :rtype: Deferred[None]. :raises CommandFailed: refused (session kept).
-        """
-
-    def uid_expunge(uids):
-        """``UID EXPUNGE uids`` (RFC 4315; only when UIDPLUS is offered).
-
-        :rtype: Deferred[None]. :raises CommandFailed: refused (session kept).
-        """
-
-    def uid_search_from(first_uid):
-        """``UID SEARCH UID first:*``.
-
-        :rtype: Deferred[list[int]]: sorted UIDs ``>= first_uid``.
-        """
-
-    def uid_search_since(since):
-        """``UID SEARCH SINCE since`` (``since``: RFC 3501 date, ``1-Jan-2026``).
-
-        :rtype: Deferred[list[int]]: sorted UIDs whose INTERNALDATE (its day,
-            time and zone disregarded) is on or after ``since``.
-        """
-
-    def fetch_meta(uids):
-        """Size, INTERNALDATE, BODYSTRUCTURE and header of each UID.
-
-        :rtype: Deferred[dict[int, dict]]: ``{uid: {"size": int,
-            "internaldate": Optional[str], "bodystructure": nested list of
-            str/None or None, "header": bytes}}``; UIDs gone from the folder
-            are absent.
-        :raises CommandFailed: the server answered NO/BAD.
-        """
-
-    def fetch_sections(requests):
-        """``BODY.PEEK[section]<0.N>`` per UID.
-
-        :param requests: ``{uid: [(section, length or None), ...]}``.
-        :rtype: Deferred[dict[int, dict[str, bytes]]]: exact bytes keyed by
-            the requested section (``length`` caps them).
-        """
-
-    def fetch_full(uids):
-        """``BODY.PEEK[]``.
-
-        :rtype: Deferred[dict[int, bytes]]: each message's exact bytes.
-        """
-
-    def idle(on_exists):
-        """``IDLE``: ``on_exists(n)`` for every ``* n EXISTS`` meanwhile.
-
-        :rtype: Deferred[None]: fires once the server ended IDLE (after
-            :meth:`done`).
-        """
-
-    def done():
-        """End IDLE: ``DONE`` once, also when called before the server
-        accepted IDLE. Returns nothing; a no-op outside IDLE."""
-
-    def logout():
-        """``LOGOUT``, then close. :rtype: Deferred[None]"""
-
-
-class IFolderHooks(Interface):
-    """What a folder (:class:`imapsvc.folder.FolderService`) reports to its
-    provider (:class:`imapsvc.supervisor.FolderHooks`). Every method is
-    called from the reactor and must not raise."""
-
-    def state_changed(state, reason="", error=None):
-        """The folder entered ``state`` (a name of :mod:`imapsvc.core.folder_machine`)
-        because of ``reason``; ``error`` is its secret-free last error."""
-
-    def auth_failed(code, text=""):
-        """The server refused the login (``code`` like
-        ``"AUTHENTICATIONFAILED"``); the folder stopped reconnecting."""
-
-    def logged_in():
-        """A login succeeded."""
-
-    def synced():
-        """A sync pass completed."""
-
-    def lease_lost():
-        """A fenced write found the provider's lease gone; the folder stopped."""
-
-
-class IConnectionEvents(Interface):
-    """What a folder's reconnecting factory
-    (:class:`imapsvc.imap.factory.FolderClientFactory`) reports to the folder
-    (:class:`imapsvc.folder.FolderService`). Events go this one way; the
-    folder in turn only commands the factory (start, stop, next delay)."""
-
-    def factory_connecting():
-        """A connection attempt starts."""
-
-    def factory_protocol(protocol):
-        """A session (an :class:`IIMAPSession`) was built for a new
-        connection, not yet greeted."""
-
-    def factory_connection_ended(reason, connected):
-        """The attempt failed (``connected=False``) or an established
-        connection was lost (a ``Failure``). Called before the retry is
-        scheduled, so the folder may stop the factory or set its next delay."""
-
-    def factory_retry_scheduled(delay):
-        """The next attempt is due in ``delay`` seconds."""
-

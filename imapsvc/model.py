@@ -102,6 +102,9 @@ class ProviderConfig:
     #: ``imap_provider_options.write_back`` (issue 13 item 3): ``none``,
     #: ``seen``, ``delete``, ``move:<folder>``; ``None``: IMAP_WRITE_BACK.
     write_back: Optional[str] = None
+    #: ``imap_provider_options.oauth_delegate`` (schema/0009): the account
+    #: that consents for a shared mailbox; the login name stays ``username``.
+    oauth_delegate: Optional[str] = None
     #: Set by a store when the row could not be read faithfully (say, a
     #: ``folder_filters`` that is not a list of strings): the supervisor
     #: marks such a provider ``error`` with this reason instead of running it.

@@ -223,15 +223,17 @@ class OAuthFlow:
             scopes,
             bound,
             claims.challenge,
-            login_hint=provider.username or None,
+            login_hint=o.consenting_account(provider) or None,
         )
         return url, o.binding_cookie_name(claims.nonce), secret
 
     def _check_identity(self, provider: ProviderConfig, tokens: dict) -> None:
-        """Consent given for another mailbox than the row's ``username``
-        (where the provider says whose it is): nothing is stored."""
+        """Consent given by another account than the one expected (the row's
+        ``username``, or the shared mailbox's ``oauth_delegate``), where the
+        provider says whose it is: nothing is stored. The login name is never
+        taken from the token: a shared mailbox logs in as ``username``."""
         identity = o.granted_identity(tokens)
-        if not o.identity_matches(identity, provider.username):
+        if not o.identity_matches(identity, o.consenting_account(provider)):
             self.log.warn(
                 "OAuth consent for {tenant}/{provider} was given for another account",
                 tenant=provider.tenant, provider=provider.provider_id,

@@ -161,6 +161,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IMAP_COMPRESS", choice("auto", "off", "always"), "auto",
             "COMPRESS=DEFLATE (RFC 4978) after login when the server offers it: auto (only "
             "when the server's address is not loopback or private), off, or always", _C),
+    Setting("IMAP_MODSEQ", choice("condstore", "qresync", "off"), "condstore",
+            "mod-sequences (RFC 7162) when the server offers them, so a pass that finds "
+            "nothing new skips its UID SEARCH: condstore (EXAMINE ... (CONDSTORE), no "
+            "extra command), qresync (ENABLE QRESYNC once per connection, then EXAMINE "
+            "... (QRESYNC (uidvalidity modseq))), off", _C),
     Setting("IMAP_AUTH_FAILURE_PAUSE_AFTER", positive_int, 3,
             "pause a provider after this many consecutive authentication failures", _C),
     Setting("IMAP_OAUTH_AUTH_MECHANISM", choice("auto", "xoauth2", "oauthbearer"), "auto",

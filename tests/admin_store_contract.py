@@ -132,6 +132,7 @@ class AdminStoreContractMixin:
             lambda: self.admin.request_backfill(tenant, pid, None, date(2026, 1, 2)),
             lambda: self.admin.set_first_sync_since_days(tenant, pid, 3),
             lambda: self.admin.set_write_back(tenant, pid, "seen"),
+            lambda: self.admin.set_oauth_delegate(tenant, pid, "a@b.c"),
             lambda: self.admin.clear_auth_pause(tenant, pid),
         ]
         for call in calls:
@@ -181,6 +182,16 @@ class AdminStoreContractMixin:
                          "move:Done")
         self.admin.set_write_back(p.tenant, p.provider_id, None)
         self.assertIsNone(self.admin.get_provider(p.tenant, p.provider_id).write_back)
+
+    def test_oauth_delegate_beside_write_back(self) -> None:
+        p = self.added()
+        self.admin.set_write_back(p.tenant, p.provider_id, "seen")
+        self.admin.set_oauth_delegate(p.tenant, p.provider_id, "alice@example.com")
+        got = self.admin.get_provider(p.tenant, p.provider_id)
+        self.assertEqual((got.write_back, got.oauth_delegate), ("seen", "alice@example.com"))
+        self.admin.set_oauth_delegate(p.tenant, p.provider_id, None)
+        got = self.admin.get_provider(p.tenant, p.provider_id)
+        self.assertEqual((got.write_back, got.oauth_delegate), ("seen", None))
 
     # -- authentication pause -------------------------------------------------------
 

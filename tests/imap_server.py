@@ -2,7 +2,7 @@
 speaking real IMAP bytes: LOGIN, AUTHENTICATE (XOAUTH2/OAUTHBEARER, with or
 without SASL-IR), CAPABILITY, NOOP, LIST, EXAMINE, SELECT, UID SEARCH, UID FETCH
 (literals for header, sections and whole messages), UID STORE, UID MOVE,
-UID COPY, UID EXPUNGE (write-back), IDLE/DONE, ID, ENABLE, LOGOUT;
+UID COPY, UID EXPUNGE (write-back), IDLE/DONE, ID, ENABLE, COMPRESS DEFLATE, LOGOUT;
 literals in commands, synchronising or LITERAL+. It honours the mailbox's
 scripted failures the way a real server shows them (``NO [code]`` to a login
 or a FETCH, a dropped connection), so the real client can be checked
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import re
+import zlib
 from typing import Any, Optional
 
 from twisted.protocols.basic import LineReceiver
@@ -71,6 +72,9 @@ class ScriptedIMAPServer(LineReceiver):
         self._idling: Optional[bytes] = None
         self._authenticating: Optional[tuple[bytes, str]] = None
         self._pending_exists: Optional[int] = None
+        #: Raw deflate both ways once COMPRESS DEFLATE was answered OK.
+        self._deflater: Any = None
+        self._inflater: Any = None
 
     # -- connection
 
@@ -99,7 +103,15 @@ class ScriptedIMAPServer(LineReceiver):
         return " ".join(self.mailbox.capability_words).encode("ascii")
 
     def _send(self, line: bytes) -> None:
-        self.transport.write(line + b"\r\n")
+        data = line + b"\r\n"
+        if self._deflater is not None:
+            data = self._deflater.compress(data) + self._deflater.flush(zlib.Z_SYNC_FLUSH)
+        self.transport.write(data)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._inflater is not None:
+            data = self._inflater.decompress(data)
+        super().dataReceived(data)
 
     def _tagged(self, tag: bytes, line: bytes) -> None:
         if self._pending_exists is not None:
@@ -217,6 +229,18 @@ class ScriptedIMAPServer(LineReceiver):
         if "UTF8=ACCEPT" in words and offered & {"UTF8=ACCEPT", "UTF8=ONLY"}:
             self._send(b"* ENABLED UTF8=ACCEPT")
         self._tagged(tag, b"OK Enabled.")
+
+    def do_COMPRESS(self, tag: bytes, args: list) -> None:  # noqa: N802
+        offered = {w.upper() for w in self.mailbox.capability_words}
+        if "COMPRESS=DEFLATE" not in offered:
+            self._tagged(tag, b"BAD Unknown command")
+            return
+        if self._refused(tag, "COMPRESS"):
+            return
+        self._tagged(tag, b"OK DEFLATE active")
+        self.mailbox.compressions += 1
+        self._deflater = zlib.compressobj(wbits=-15)
+        self._inflater = zlib.decompressobj(wbits=-15)
 
     def do_LOGIN(self, tag: bytes, args: list) -> None:  # noqa: N802
         if len(args) != 2:

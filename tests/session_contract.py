@@ -261,6 +261,47 @@ class SessionContractMixin:
             self.assertIs(self.result(session.enable_utf8()), False)  # type: ignore[attr-defined]
             self.assertFalse(session.utf8_accept)  # type: ignore[attr-defined]
 
+    # -- COMPRESS=DEFLATE (RFC 4978) -------------------------------------------------
+
+    COMPRESS_CAPS = ("IMAP4rev1", "IDLE", "COMPRESS=DEFLATE", "AUTH=PLAIN")
+
+    def test_compress_always_when_offered_and_the_session_still_works(self) -> None:
+        mailbox = self.mailbox(capabilities=self.COMPRESS_CAPS)
+        mailbox.append(AWKWARD)
+        session = self.logged_in(mailbox, folder=None)
+        self.assertFalse(session.compressing)  # type: ignore[attr-defined]
+        self.assertIs(self.result(session.maybe_compress("always")), True)  # type: ignore[attr-defined]
+        self.assertTrue(session.compressing)  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.compressions, 1)  # type: ignore[attr-defined]
+        # Asked again: already on, nothing sent.
+        self.assertIs(self.result(session.maybe_compress("always")), True)  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.compressions, 1)  # type: ignore[attr-defined]
+        self.result(session.examine_folder("INBOX"))
+        self.assertEqual(self.result(session.fetch_full([1])), {1: AWKWARD})  # type: ignore[attr-defined]
+
+    def test_compress_not_asked_for(self) -> None:
+        # off never; not offered never; auto not towards the session's
+        # private-network peer (both transports' default address).
+        for caps, mode in (
+            (self.COMPRESS_CAPS, "off"),
+            (self.COMPRESS_CAPS, "auto"),
+            (("IMAP4rev1", "IDLE", "AUTH=PLAIN"), "always"),
+        ):
+            mailbox = self.mailbox(capabilities=caps)
+            session = self.logged_in(mailbox, folder=None)
+            self.assertIs(self.result(session.maybe_compress(mode)), False)  # type: ignore[attr-defined]
+            self.assertFalse(session.compressing)  # type: ignore[attr-defined]
+            self.assertEqual(mailbox.compressions, 0)  # type: ignore[attr-defined]
+
+    def test_compress_refused_keeps_the_session(self) -> None:
+        mailbox = self.mailbox(capabilities=self.COMPRESS_CAPS)
+        mailbox.fail_command("COMPRESS", code=None, text="not now")
+        session = self.logged_in(mailbox, folder=None)
+        self.assertIs(self.result(session.maybe_compress("always")), False)  # type: ignore[attr-defined]
+        self.assertFalse(session.compressing)  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.compressions, 0)  # type: ignore[attr-defined]
+        self.assertEqual(self.result(session.examine_folder("INBOX"))["read_only"], True)  # type: ignore[index]
+
     # -- folders --------------------------------------------------------------------
 
     def test_refused_list(self) -> None:

@@ -597,6 +597,50 @@ class StoreContractMixin:
         self.assertFalse((yield self.store.set_write_back(p.tenant, new_id(), "seen")))
 
     @defer.inlineCallbacks
+    def test_modseq_is_kept_per_folder_and_fenced(self) -> Any:
+        # schema/0010 (CONDSTORE/QRESYNC): the largest mod-sequence fits.
+        p = yield self.leased()
+        self.assertIsNone((yield self.store.read_modseq(p.tenant, p.provider_id, "INBOX")))
+        yield self.store.save_modseq(p.tenant, p.provider_id, "INBOX", "1735234567",
+                                     2**63 - 1, "worker-a")
+        yield self.store.save_modseq(p.tenant, p.provider_id, "Sent", "7", 12, "worker-a")
+        self.assertEqual((yield self.store.read_modseq(p.tenant, p.provider_id, "INBOX")),
+                         ("1735234567", 2**63 - 1))
+        yield self.store.save_modseq(p.tenant, p.provider_id, "INBOX", "1735234568", 5,
+                                     "worker-a")
+        self.assertEqual((yield self.store.read_modseq(p.tenant, p.provider_id, "INBOX")),
+                         ("1735234568", 5))
+        # Another owner's write is refused and changes nothing.
+        yield self.assertFailure(self.store.save_modseq(
+            p.tenant, p.provider_id, "INBOX", "1", 9, "worker-b"), LeaseLost)
+        self.assertEqual((yield self.store.read_modseq(p.tenant, p.provider_id, "INBOX")),
+                         ("1735234568", 5))
+        # None forgets it (NOMODSEQ); the other folder keeps its own.
+        yield self.store.save_modseq(p.tenant, p.provider_id, "INBOX", "1", None, "worker-a")
+        self.assertIsNone((yield self.store.read_modseq(p.tenant, p.provider_id, "INBOX")))
+        self.assertEqual((yield self.store.read_modseq(p.tenant, p.provider_id, "Sent")),
+                         ("7", 12))
+        self.assertIsNone((yield self.store.read_modseq(new_id(), p.provider_id, "Sent")))
+
+    @defer.inlineCallbacks
+    def test_oauth_delegate_option_beside_write_back(self) -> Any:
+        p = yield self.provider()
+        self.assertIsNone((yield self.store.get_provider(p.tenant, p.provider_id)).oauth_delegate)
+        yield self.store.set_write_back(p.tenant, p.provider_id, "seen")
+        self.assertTrue((yield self.store.set_oauth_delegate(p.tenant, p.provider_id,
+                                                             "alice@example.com")))
+        got = yield self.store.get_provider(p.tenant, p.provider_id)
+        # Each setter leaves the other option as it was.
+        self.assertEqual((got.write_back, got.oauth_delegate), ("seen", "alice@example.com"))
+        yield self.store.set_write_back(p.tenant, p.provider_id, None)
+        active = yield self.store.list_active_providers(p.tenant)
+        self.assertEqual([c.oauth_delegate for c in active if c.provider_id == p.provider_id],
+                         ["alice@example.com"])
+        yield self.store.set_oauth_delegate(p.tenant, p.provider_id, None)
+        self.assertIsNone((yield self.store.get_provider(p.tenant, p.provider_id)).oauth_delegate)
+        self.assertFalse((yield self.store.set_oauth_delegate(new_id(), p.provider_id, "a@b.c")))
+
+    @defer.inlineCallbacks
     def test_recorded_uids(self) -> Any:
         p = yield self.leased()
         yield self.store.record_batch(

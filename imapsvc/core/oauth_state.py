@@ -315,6 +315,14 @@ def granted_identity(tokens: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
+def consenting_account(provider: Any) -> str:
+    """Who signs in to give the consent: for a Microsoft 365 shared mailbox
+    the delegate (``oauth_delegate``), whose token then opens the mailbox
+    named by ``username``; otherwise the mailbox's own ``username``."""
+    delegate = (getattr(provider, "oauth_delegate", None) or "").strip()
+    return delegate or str(provider.username or "")
+
+
 def identity_matches(identity: Optional[str], username: Optional[str]) -> bool:
     """True unless both are known e-mail addresses and differ (case-insensitive):
     consent given for another mailbox than the row's ``username``."""

@@ -15,6 +15,10 @@ class FolderNotFound(Exception):
     """No selectable folder on the server matches the configured filter."""
 
 
+class Stopping(Exception):
+    """The folder is stopping: the pass and the session loop end quietly."""
+
+
 @attr.s(frozen=True, auto_attribs=True)
 class FolderOptions:
     """The settings one folder needs (explicit values, no global settings).
@@ -45,6 +49,8 @@ class FolderOptions:
     oauth_auth_mechanism: str = MECH_AUTO
     #: ``IMAP_ENABLE_UTF8``: ``ENABLE UTF8=ACCEPT`` when offered (RFC 6855).
     enable_utf8: bool = False
+    #: ``IMAP_MODSEQ``: CONDSTORE/QRESYNC use (``condstore``, ``qresync``, ``off``).
+    modseq: str = "condstore"
     #: ``IMAP_COMPRESS``: COMPRESS=DEFLATE after login (auto/off/always).
     compress: str = "auto"
     #: Per-connection byte caps (:class:`imapsvc.core.wire_caps.WireCaps`);

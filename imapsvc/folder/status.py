@@ -38,6 +38,8 @@ class FolderStatusView(FolderBase):
             ),
             "uidNext": self.uid_next,
             "poisonSkipped": self.poison_skipped,
+            "modseq": {"mode": self.sync.modseq.mode,
+                       "searchesSkipped": self.sync.modseq.skipped},
             "quarantinedUntil": self.quarantined_until if self.quarantined() else None,
             "quarantines": self.quarantines,
             "lag": self.lag(),

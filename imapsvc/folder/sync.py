@@ -7,14 +7,15 @@ into suspects, fetched one by one after a probe, counted and skipped at
 ``poison_after``) and a pending backfill. The pass only drives the session
 (:class:`~imapsvc.interfaces.IIMAPSession`), the pipeline and the store; it
 tells the lifecycle (:mod:`imapsvc.folder.service`) what happened through
-its returned :class:`SyncResult` and its counters, and asks it one thing:
-``check()``, which raises once the folder is stopping.
+its returned :class:`SyncResult` and its counters. Nothing calls back
+into the lifecycle: it sets :attr:`SyncPass.stopping` when the folder
+stops, and the pass ends at its next step by raising :class:`Stopping`.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import attr
 from twisted.internet import defer
@@ -30,7 +31,8 @@ from imapsvc.core.cursor import (
     since_days_ago,
 )
 from imapsvc.core.folders import WILDCARD
-from imapsvc.folder.options import FolderOptions
+from imapsvc.folder.modseq import ModseqShortcut
+from imapsvc.folder.options import FolderOptions, Stopping
 from imapsvc.folder.write_back import WriteBackRunner
 from imapsvc.imap.responses import sorted_unique_from
 from imapsvc.interfaces import IMessagePipeline, IStore
@@ -49,8 +51,6 @@ class SyncPass:
     """The sync passes of one watched folder, and what they keep between
     passes and connections: the cursor, the counters for ``/status``, the
     suspect UIDs of failed chunks, the write-back state.
-
-    :param check: raises when the folder is stopping (ends the pass).
     """
 
     log = Logger()
@@ -66,7 +66,6 @@ class SyncPass:
         options: FolderOptions,
         parser: Any,
         label: str,
-        check: Callable[[], None],
     ) -> None:
         self.provider = provider
         self.folder_filter = folder_filter
@@ -80,8 +79,9 @@ class SyncPass:
             provider.host, options.broken_bodystructure_hosts
         )
         self.label = label
-        self.check = check
-        self.write_back = WriteBackRunner(store, label, check)
+        self.write_back = WriteBackRunner(store, label)
+        #: CONDSTORE/QRESYNC (RFC 7162): skips a pass's UID SEARCH when nothing changed.
+        self.modseq = ModseqShortcut(store, provider.tenant, provider.provider_id, owner, label)
         self.cursor: Optional[FolderCursor] = None
         self.uid_next: Optional[int] = None
         self.sync_count = 0
@@ -118,6 +118,21 @@ class SyncPass:
         """Read cursor and backfill state from the store at the next pass."""
         self._resume_known = set()
 
+    @property
+    def stopping(self) -> bool:
+        """Set by the lifecycle (from its machine) when the folder stops;
+        handed down to write-back, which checks it itself."""
+        return self.write_back.stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self.write_back.stopping = value
+
+    def check(self) -> None:
+        """End the pass (raise :class:`Stopping`) once the folder stops."""
+        if self.stopping:
+            raise Stopping()
+
     def new_session(self) -> None:
         """A new connection: whether a FETCH worked in it (evidence for the
         poison path that the server delivers messages), or nothing could be
@@ -134,15 +149,12 @@ class SyncPass:
         self.sync_count += 1
         look_again = False
         write_back = self.write_back.mode(self.provider.write_back, self.options.write_back)
-        if write_back.enabled:
-            # Write-back needs the folder read-write; nothing else differs.
-            info = yield proto.select_folder(name)
-        else:
-            info = yield proto.examine_folder(name)
+        # Write-back needs the folder read-write (SELECT); nothing else differs.
+        info = yield self.modseq.open(proto, name, select=write_back.enabled)
         self.check()
         # EXISTS that arrives during this sync's commands is not an IDLE
         # event: remember where we started so the loop can sync again.
-        self.exists_at_start = getattr(proto, "last_exists", None)
+        self.exists_at_start = proto.last_exists
         self.uid_next = info.get("uidnext")
         tenant, pid = self.provider.tenant, self.provider.provider_id
         start = None
@@ -188,7 +200,7 @@ class SyncPass:
             )
             look_again = look_again or expunged
         uids: Any = []
-        if start.search_range:
+        if start.search_range and not self.modseq.skip_search(info, start):
             uids = yield proto.uid_search_from(start.first_uid)
             self.check()
         # Sorted, unique, > last_uid; stays a compact UidArray (8 bytes a UID).
@@ -290,6 +302,7 @@ class SyncPass:
                 "{label}: backfill since {since} done ({count} messages read)",
                 label=self.label, since=backfill[1].isoformat(), count=len(uids),
             )
+        yield self.modseq.committed(name, info)
         return SyncResult(look_again=look_again)
 
     def _remember(self, name: str, cursor: Optional[FolderCursor]) -> None:

@@ -14,7 +14,7 @@ from twisted.internet import defer
 
 from imapsvc.core.cursor import is_imap_date
 from imapsvc.core.folders import decode_mutf7, encode_mutf7
-from imapsvc.imap import responses
+from imapsvc.imap import condstore, responses
 from imapsvc.imap.connection import Command
 from imapsvc.imap.errors import ProtocolViolation
 from imapsvc.imap.reader import ResponseReader
@@ -71,10 +71,16 @@ class MailboxCommands(ResponseReader):
         answered ``[READ-WRITE]``."""
         return self._open_folder(b"SELECT", name)
 
-    def _open_folder(self, verb: bytes, name: str) -> defer.Deferred[dict[str, Any]]:
+    def _open_folder(self, verb: bytes, name: str,
+                     parameters: bytes = b"") -> defer.Deferred[dict[str, Any]]:
         """EXAMINE or SELECT ``name``: the answer's UIDVALIDITY, UIDNEXT and
-        EXISTS, and whether the server granted write access."""
-        cmd = Command(verb, self._arguments(verb, [self._wire_name(name)]))
+        EXISTS, whether the server granted write access, and with
+        ``parameters`` (RFC 7162, :mod:`imapsvc.imap.condstore`) its
+        mod-sequence state as ``modseq``."""
+        chunks = self._arguments(verb, [self._wire_name(name)])
+        if parameters:
+            chunks[-1] += parameters
+        cmd = Command(verb, chunks)
         what = verb.decode("ascii")
 
         def done(cmd: Command, code: Optional[str]) -> dict[str, Any]:
@@ -89,12 +95,15 @@ class MailboxCommands(ResponseReader):
             if found["uidvalidity"] is None:
                 raise ProtocolViolation(f"{what} answer without UIDVALIDITY")
             self.state = "selected"
-            return {
+            answer: dict[str, Any] = {
                 "uidvalidity": found["uidvalidity"],
                 "uidnext": found["uidnext"],
                 "exists": cmd.exists or 0,
                 "read_only": code != "READ-WRITE",
             }
+            if parameters:
+                answer["modseq"] = condstore.open_state(cmd.codes, cmd.untagged)
+            return answer
 
         cmd.on_ok = done
         return self._submit(cmd)

@@ -18,7 +18,7 @@ from twisted.mail.imap4 import IMAP4Client
 from twisted.python.failure import Failure
 
 from imapsvc.core.auth import is_refusal
-from imapsvc.imap import responses
+from imapsvc.imap import condstore, responses
 from imapsvc.imap.compress import INFLATE_PIECE, CompressionError, DeflateStreams
 from imapsvc.imap.connection import Caps, Command, IMAPConnection
 from imapsvc.imap.errors import (
@@ -265,6 +265,9 @@ class ResponseReader(IMAPConnection):
             self.capabilities = caps
             if cmd is not None:
                 cmd.untagged.append((keyword, caps))
+        elif keyword == "VANISHED" and cmd is not None and not literals:
+            # RFC 7162 3.2.10: parsed as ranges (bounded); ValueError drops.
+            cmd.untagged.append((keyword, condstore.parse_vanished(rest)))
         elif keyword in ("LIST", "FLAGS", "ID", "ENABLED") and cmd is not None:
             tokens = responses.tokenize(texts, literals)
             cmd.untagged.append((keyword, tokens[1:]))

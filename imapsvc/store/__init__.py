@@ -17,6 +17,11 @@ import orjson
 from imapsvc.core.event import StreamEntry, encode_fields
 from imapsvc.model import ProviderConfig
 
+#: The columns of ``imap_provider_options`` a store sets one at a time
+#: (schema/0007 write_back, schema/0009 oauth_delegate): the only names a
+#: store puts into an option statement.
+OPTION_COLUMNS = frozenset({"write_back", "oauth_delegate"})
+
 #: Longest ``config_error`` a store puts on an unreadable row.
 _ROW_ERROR_MAX = 300
 

@@ -8,7 +8,12 @@ from datetime import date
 from typing import Any, Iterator, Optional
 
 from imapsvc.model import PoisonMessage, ProviderConfig
-from imapsvc.store import backfill_folders, provider_or_invalid, sorted_capabilities
+from imapsvc.store import (
+    OPTION_COLUMNS,
+    backfill_folders,
+    provider_or_invalid,
+    sorted_capabilities,
+)
 from imapsvc.store.admin_sync import AdminError, AdminStore, integrity_message, missing
 from imapsvc.store.pg_base import (
     LIST_POISON_SQL,
@@ -161,16 +166,25 @@ class PostgresAdmin(AdminStore):
             raise missing(tenant, provider_id)
 
     def set_write_back(self, tenant: str, provider_id: str, mode: Optional[str]) -> None:
+        self._set_option(tenant, provider_id, "write_back", mode)
+
+    def set_oauth_delegate(self, tenant: str, provider_id: str,
+                           delegate: Optional[str]) -> None:
+        self._set_option(tenant, provider_id, "oauth_delegate", delegate)
+
+    def _set_option(self, tenant: str, provider_id: str, column: str,
+                    value: Optional[str]) -> None:
+        assert column in OPTION_COLUMNS, column  # a name in SQL, never user input
         with self._errors(), self.conn, self.conn.cursor() as cur:
             cur.execute("SELECT 1 FROM email_providers WHERE tenant = %s AND id = %s",
                         (tenant, provider_id))
             if cur.fetchone() is None:
                 raise missing(tenant, provider_id)
             cur.execute(
-                "INSERT INTO imap_provider_options (tenant, provider_id, write_back, updated_at)"
+                f"INSERT INTO imap_provider_options (tenant, provider_id, {column}, updated_at)"
                 " VALUES (%s, %s, %s, now()) ON CONFLICT (tenant, provider_id) DO UPDATE"
-                " SET write_back = excluded.write_back, updated_at = now()",
-                (tenant, provider_id, mode))
+                f" SET {column} = excluded.{column}, updated_at = now()",
+                (tenant, provider_id, value))
             # Read with the provider row: the next discovery pass applies it.
             cur.execute("UPDATE imap_email_provider_config SET updated_at = now()"
                         " WHERE tenant = %s AND email_provider_id = %s", (tenant, provider_id))

@@ -86,6 +86,12 @@ class AdminStore:
         default). :raises NotFound:"""
         raise NotImplementedError
 
+    def set_oauth_delegate(self, tenant: str, provider_id: str,
+                           delegate: Optional[str]) -> None:
+        """``imap_provider_options.oauth_delegate`` (``None``: the mailbox's
+        own user consents). :raises NotFound:"""
+        raise NotImplementedError
+
     def clear_auth_pause(self, tenant: str, provider_id: str) -> bool:
         """New credentials were stored: reset the authentication-failure
         counters and lift an ``auth_failure`` pause (never a ``manual`` or
@@ -200,6 +206,11 @@ class SqliteAdmin(AdminStore):
 
     def set_write_back(self, tenant: str, provider_id: str, mode: Optional[str]) -> None:
         if not self._guard(self.ops.set_write_back, tenant, provider_id, mode):
+            raise missing(tenant, provider_id)
+
+    def set_oauth_delegate(self, tenant: str, provider_id: str,
+                           delegate: Optional[str]) -> None:
+        if not self._guard(self.ops.set_oauth_delegate, tenant, provider_id, delegate):
             raise missing(tenant, provider_id)
 
     def clear_auth_pause(self, tenant: str, provider_id: str) -> bool:

@@ -63,6 +63,8 @@ class MemoryBase:
         self._failures: dict[tuple[str, str, str, str, int], dict[str, Any]] = {}
         self._first_sync: dict[tuple[str, str], Optional[int]] = {}
         self._backfill: dict[tuple[str, str, str], date] = {}
+        #: (tenant, provider, folder) -> (uid_validity, HIGHESTMODSEQ), schema/0010.
+        self._modseqs: dict[tuple[str, str, str], tuple[str, int]] = {}
 
     def now(self) -> datetime:
         """The store's clock as an aware UTC datetime."""

@@ -41,6 +41,22 @@ class MemoryProviders(MemoryBase):
         return row["folder_state"].get(folder)
 
     @deferred
+    def read_modseq(self, tenant: str, provider_id: str,
+                    folder: str) -> Optional[tuple[str, int]]:
+        return self._modseqs.get((tenant, provider_id, folder))
+
+    @deferred
+    def save_modseq(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
+                    modseq: Optional[int], owner: str) -> None:
+        row = self._row(tenant, provider_id)
+        if not self._holds(row, owner):
+            raise LeaseLost(f"{tenant}/{provider_id}")
+        if modseq is None:
+            self._modseqs.pop((tenant, provider_id, folder), None)
+        else:
+            self._modseqs[(tenant, provider_id, folder)] = (str(uid_validity), int(modseq))
+
+    @deferred
     def write_cursor(self, tenant: str, provider_id: str, folder: str, cursor: FolderCursor,
                      owner: str) -> None:
         row = self._row(tenant, provider_id)
@@ -104,6 +120,16 @@ class MemoryProviders(MemoryBase):
         if row is None:
             return False
         row["write_back"] = mode
+        row["updated_at"] = self.now()
+        return True
+
+    @deferred
+    def set_oauth_delegate(self, tenant: str, provider_id: str,
+                           delegate: Optional[str]) -> bool:
+        row = self._row(tenant, provider_id)
+        if row is None:
+            return False
+        row["oauth_delegate"] = delegate
         row["updated_at"] = self.now()
         return True
 

@@ -41,6 +41,7 @@ TENANT_TABLES = (
     "imap_provider_backfill",
     "imap_folder_backfill",
     "imap_provider_options",
+    "imap_folder_modseq",
 )
 
 _BOOTSTRAP = """

@@ -12,7 +12,12 @@ from twisted.internet import defer
 
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import BackfillState, FolderCursor
-from imapsvc.store import backfill_folders, provider_or_invalid, sorted_capabilities
+from imapsvc.store import (
+    OPTION_COLUMNS,
+    backfill_folders,
+    provider_or_invalid,
+    sorted_capabilities,
+)
 from imapsvc.store.pg_base import (
     LOCK_LEASE,
     PROVIDER_SELECT,
@@ -54,6 +59,37 @@ class PgProviders(PgBase):
         if not rows or not isinstance(rows[0][0], dict):
             return None
         return FolderCursor.from_json(rows[0][0])
+
+    @defer.inlineCallbacks
+    def read_modseq(self, tenant: str, provider_id: str, folder: str) -> Any:
+        rows = yield self._query(
+            "SELECT uid_validity, highest_modseq FROM imap_folder_modseq"
+            " WHERE tenant = %s AND provider_id = %s AND folder = %s",
+            (tenant, provider_id, folder))
+        return (str(rows[0][0]), int(rows[0][1])) if rows else None
+
+    def save_modseq(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
+                    modseq: Optional[int], owner: str) -> defer.Deferred:
+        @defer.inlineCallbacks
+        def run(cur: Any) -> Any:
+            yield cur.execute(LOCK_LEASE, (tenant, provider_id, owner))
+            if not cur.fetchall():
+                raise LeaseLost(f"{tenant}/{provider_id}")
+            if modseq is None:
+                yield cur.execute(
+                    "DELETE FROM imap_folder_modseq"
+                    " WHERE tenant = %s AND provider_id = %s AND folder = %s",
+                    (tenant, provider_id, folder))
+                return
+            yield cur.execute(
+                "INSERT INTO imap_folder_modseq (tenant, provider_id, folder, uid_validity,"
+                " highest_modseq, updated_at) VALUES (%s, %s, %s, %s, %s, now())"
+                " ON CONFLICT (tenant, provider_id, folder) DO UPDATE SET"
+                " uid_validity = excluded.uid_validity,"
+                " highest_modseq = excluded.highest_modseq, updated_at = now()",
+                (tenant, provider_id, folder, str(uid_validity), int(modseq)))
+
+        return self._interact(run)
 
     def write_cursor(self, tenant: str, provider_id: str, folder: str, cursor: FolderCursor,
                      owner: str) -> defer.Deferred:
@@ -137,6 +173,16 @@ class PgProviders(PgBase):
 
     def set_write_back(self, tenant: str, provider_id: str,
                        mode: Optional[str]) -> defer.Deferred:
+        return self._set_option(tenant, provider_id, "write_back", mode)
+
+    def set_oauth_delegate(self, tenant: str, provider_id: str,
+                           delegate: Optional[str]) -> defer.Deferred:
+        return self._set_option(tenant, provider_id, "oauth_delegate", delegate)
+
+    def _set_option(self, tenant: str, provider_id: str, column: str,
+                    value: Optional[str]) -> defer.Deferred:
+        assert column in OPTION_COLUMNS, column  # a name in SQL, never user input
+
         @defer.inlineCallbacks
         def run(cur: Any) -> Any:
             yield cur.execute("SELECT 1 FROM email_providers WHERE tenant = %s AND id = %s",
@@ -144,10 +190,10 @@ class PgProviders(PgBase):
             if not cur.fetchall():
                 return False
             yield cur.execute(
-                "INSERT INTO imap_provider_options (tenant, provider_id, write_back, updated_at)"
+                f"INSERT INTO imap_provider_options (tenant, provider_id, {column}, updated_at)"
                 " VALUES (%s, %s, %s, now()) ON CONFLICT (tenant, provider_id) DO UPDATE"
-                " SET write_back = excluded.write_back, updated_at = now()",
-                (tenant, provider_id, mode))
+                f" SET {column} = excluded.{column}, updated_at = now()",
+                (tenant, provider_id, value))
             # The option is read with the provider row: the next discovery pass
             # sees it (the NOTIFY trigger ignores updated_at-only updates).
             yield cur.execute(

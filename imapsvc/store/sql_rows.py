@@ -25,8 +25,8 @@ PROVIDER_FIELDS = (
     "lease_owner", "lease_expires_at",
     "status", "is_active", "inbound_paused_at", "inbound_auth_failure_count",
     "updated_at", "oauth_client_secret", "refresh_token",
-    # imap_provider_options (schema/0007), last so the other columns keep their place.
-    "write_back",
+    # imap_provider_options (schema/0007, 0009), last so the other columns keep their place.
+    "write_back", "oauth_delegate",
 )
 
 #: Fields from ``email_providers p``; the rest are ``imap_email_provider_config c``
@@ -38,6 +38,7 @@ _EXPRESSIONS = {
     # The later of the two rows' changes: {latest} is GREATEST or max.
     "updated_at": "{latest}(p.updated_at, c.updated_at)",
     "write_back": "o.write_back",
+    "oauth_delegate": "o.oauth_delegate",
 }
 
 PROVIDER_FROM = """
@@ -134,6 +135,7 @@ def provider_config(values: Mapping[str, Any]) -> ProviderConfig:
         oauth_client_secret=v["oauth_client_secret"] or None,
         refresh_token=v["refresh_token"] or None,
         write_back=v.get("write_back"),
+        oauth_delegate=v.get("oauth_delegate") or None,
     )
 
 

@@ -10,7 +10,12 @@ from typing import Any, Optional, Sequence
 
 from imapsvc.interfaces import LeaseLost
 from imapsvc.model import BackfillState, FolderCursor, ProviderConfig
-from imapsvc.store import backfill_folders, provider_or_invalid, sorted_capabilities
+from imapsvc.store import (
+    OPTION_COLUMNS,
+    backfill_folders,
+    provider_or_invalid,
+    sorted_capabilities,
+)
 from imapsvc.store.sql_rows import RESET_AUTH_FAILURES, qmark
 from imapsvc.store.sqlite_base import (
     PROVIDER_SELECT,
@@ -110,6 +115,33 @@ class SqliteProviders(SqliteBase):
     def read_cursor(self, tenant: str, provider_id: str, folder: str) -> Optional[FolderCursor]:
         row = self._config_columns(self.conn.cursor(), tenant, provider_id, "folder_state")
         return None if row is None else cursors_from_json(row[0]).get(folder)
+
+    def read_modseq(self, tenant: str, provider_id: str,
+                    folder: str) -> Optional[tuple[str, int]]:
+        rows = self._all(
+            "SELECT uid_validity, highest_modseq FROM imap_folder_modseq"
+            " WHERE tenant = ? AND provider_id = ? AND folder = ?", (tenant, provider_id, folder))
+        return (str(rows[0][0]), int(rows[0][1])) if rows else None
+
+    def save_modseq(self, tenant: str, provider_id: str, folder: str, uid_validity: str,
+                    modseq: Optional[int], owner: str) -> None:
+        def run(cur: sqlite3.Cursor) -> None:
+            if not self._holds(cur, tenant, provider_id, owner):
+                raise LeaseLost(f"{tenant}/{provider_id}")
+            if modseq is None:
+                cur.execute("DELETE FROM imap_folder_modseq"
+                            " WHERE tenant = ? AND provider_id = ? AND folder = ?",
+                            (tenant, provider_id, folder))
+                return
+            cur.execute(
+                "INSERT INTO imap_folder_modseq (tenant, provider_id, folder, uid_validity,"
+                " highest_modseq, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (tenant, provider_id, folder) DO UPDATE SET"
+                " uid_validity = excluded.uid_validity,"
+                " highest_modseq = excluded.highest_modseq, updated_at = excluded.updated_at",
+                (tenant, provider_id, folder, str(uid_validity), int(modseq), self.now()))
+
+        self._transaction(run)
 
     def write_cursor(self, tenant: str, provider_id: str, folder: str, cursor: FolderCursor,
                      owner: str) -> None:
@@ -212,14 +244,24 @@ class SqliteProviders(SqliteBase):
             (tenant, provider_id, *folders, since.isoformat())))
 
     def set_write_back(self, tenant: str, provider_id: str, mode: Optional[str]) -> bool:
+        return self._set_option(tenant, provider_id, "write_back", mode)
+
+    def set_oauth_delegate(self, tenant: str, provider_id: str,
+                           delegate: Optional[str]) -> bool:
+        return self._set_option(tenant, provider_id, "oauth_delegate", delegate)
+
+    def _set_option(self, tenant: str, provider_id: str, column: str,
+                    value: Optional[str]) -> bool:
+        assert column in OPTION_COLUMNS, column  # a name in SQL, never user input
+
         def run(cur: sqlite3.Cursor) -> bool:
             if not self._exists(cur, tenant, provider_id):
                 return False
             cur.execute(
-                "INSERT INTO imap_provider_options (tenant, provider_id, write_back, updated_at)"
+                f"INSERT INTO imap_provider_options (tenant, provider_id, {column}, updated_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (tenant, provider_id) DO UPDATE"
-                " SET write_back = excluded.write_back, updated_at = excluded.updated_at",
-                (tenant, provider_id, mode, self.now()))
+                f" SET {column} = excluded.{column}, updated_at = excluded.updated_at",
+                (tenant, provider_id, value, self.now()))
             # Read with the provider row: the next discovery pass applies it.
             cur.execute("UPDATE imap_email_provider_config SET updated_at = ?"
                         " WHERE tenant = ? AND email_provider_id = ?",

@@ -24,8 +24,15 @@ import sqlite3
 #: Bumped with every change below; stored in ``PRAGMA user_version``.
 # 2: cluster tables (schema/0004); 3: message failures (schema/0005) and
 # 4: backfill (schema/0008), both merged on main meanwhile; 5: provider
-# options (schema/0007, write-back).
-SCHEMA_VERSION = 5
+# options (schema/0007, write-back); 6: imap_provider_options.oauth_delegate
+# (schema/0009); 7: imap_folder_modseq (schema/0010, CONDSTORE/QRESYNC).
+SCHEMA_VERSION = 7
+
+#: Columns added to a table after it first shipped: ``CREATE TABLE IF NOT
+#: EXISTS`` leaves an older file's table as it was, so these are added to it.
+_ADDED_COLUMNS = (
+    ("imap_provider_options", "oauth_delegate", "TEXT"),
+)
 
 
 class SchemaTooNew(Exception):
@@ -235,8 +242,21 @@ CREATE TABLE IF NOT EXISTS imap_provider_options (
     tenant TEXT NOT NULL,
     provider_id TEXT NOT NULL,
     write_back TEXT,
+    oauth_delegate TEXT,
     updated_at TEXT NOT NULL,
     PRIMARY KEY (tenant, provider_id),
+    FOREIGN KEY (provider_id, tenant) REFERENCES email_providers (id, tenant) ON DELETE CASCADE
+);
+
+-- schema/0010: the HIGHESTMODSEQ of a folder's last committed sync pass.
+CREATE TABLE IF NOT EXISTS imap_folder_modseq (
+    tenant TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    uid_validity TEXT NOT NULL,
+    highest_modseq INTEGER NOT NULL CHECK (highest_modseq > 0),
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, provider_id, folder),
     FOREIGN KEY (provider_id, tenant) REFERENCES email_providers (id, tenant) ON DELETE CASCADE
 );
 
@@ -303,6 +323,10 @@ def ensure_schema(conn: sqlite3.Connection) -> bool:
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        for table, column, kind in _ADDED_COLUMNS:
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -95,6 +95,8 @@ class FakeMailbox:
         #: ``ID`` fields it was sent, one dict per ``ID``.
         self.server_id: dict[str, str] = {"name": "FakeMailbox"}
         self.client_ids: list[dict[str, str]] = []
+        #: Sessions that switched to COMPRESS=DEFLATE (RFC 4978).
+        self.compressions = 0
         self._write_failures: dict[str, tuple[Optional[str], str, Optional[int], str]] = {}
         #: ``(kind, folder, uid)`` of every message part a fake session
         #: handed out: kind ``meta``, ``sections`` or ``full``.

@@ -41,7 +41,7 @@ def insert_provider(dsn: str, **kwargs: Any) -> ProviderConfig:
     provider["id"] = config.provider_id
     provider["tenant"] = config.tenant
     skip = set(_PROVIDER_COLUMNS) | {"tenant", "provider_id", "updated_at", "key", "config_error",
-                                     "write_back"}
+                                     "write_back", "oauth_delegate"}
     cfg = {k: v for k, v in values.items() if k not in skip}
     cfg["email_provider_id"] = config.provider_id
     cfg["tenant"] = config.tenant
@@ -52,9 +52,12 @@ def insert_provider(dsn: str, **kwargs: Any) -> ProviderConfig:
         columns = ", ".join(row)
         marks = ", ".join(["%s"] * len(row))
         rig.execute(dsn, f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(row.values()))
-    if config.write_back is not None:  # imapsvc's own option table (schema/0007)
-        rig.execute(dsn, "INSERT INTO imap_provider_options (tenant, provider_id, write_back)"
-                    " VALUES (%s, %s, %s)", [config.tenant, config.provider_id, config.write_back])
+    if config.write_back is not None or config.oauth_delegate is not None:
+        # imapsvc's own option table (schema/0007, 0009)
+        rig.execute(dsn, "INSERT INTO imap_provider_options"
+                    " (tenant, provider_id, write_back, oauth_delegate) VALUES (%s, %s, %s, %s)",
+                    [config.tenant, config.provider_id, config.write_back,
+                     config.oauth_delegate])
     return config
 
 

@@ -35,6 +35,17 @@ def s256(verifier: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
+def _id_token(account: str) -> str:
+    """An unsigned-looking JWT naming ``account``: the service reads only the
+    payload of an id_token that came straight from the token endpoint."""
+    def part(data: dict[str, Any]) -> str:
+        raw = json.dumps(data).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    claims = {"preferred_username": account, "upn": account, "sub": "opaque-subject"}
+    return part({"alg": "RS256", "typ": "JWT"}) + "." + part(claims) + ".c2ln"
+
+
 def _with_query(url: str, params: dict[str, str]) -> str:
     parts = urlsplit(url)
     query = parts.query + ("&" if parts.query else "") + urlencode(params)
@@ -105,6 +116,10 @@ class OAuthServer:
     :ivar authorize_requests: the query parameters of every authorize request.
     :ivar access_tokens: every access token issued, in order.
     :ivar refresh_tokens: every refresh token issued, in order.
+    :ivar signed_in_as: when set, token responses carry an OpenID Connect
+        ``id_token`` naming this account (``preferred_username`` and
+        ``upn``, as Microsoft sends them), which may differ from the
+        ``username`` the access tokens open (a shared mailbox's delegate).
     """
 
     def __init__(
@@ -115,6 +130,7 @@ class OAuthServer:
         self.client_secret = client_secret
         self.username = username
         self.expires_in = 3600
+        self.signed_in_as: Optional[str] = None
         self._lock = threading.Lock()
         self._codes: dict[str, dict[str, str]] = {}
         self._live_refresh: set[str] = set()
@@ -268,13 +284,16 @@ class OAuthServer:
             self.grants.append(grant)
             expires_in = self.expires_in
         self.introspection.add_token(access, self.username)
-        return 200, {
+        body: dict[str, Any] = {
             "access_token": access,
             "token_type": "Bearer",
             "expires_in": expires_in,
             "refresh_token": refresh,
             "scope": "imap",
         }
+        if self.signed_in_as:
+            body["id_token"] = _id_token(self.signed_in_as)
+        return 200, body
 
     def _refuse(self, grant: str, error: str, status: int = 400) -> tuple[int, dict[str, Any]]:
         self.refused.append((grant, error))

@@ -241,6 +241,30 @@ class ProviderTests(CliTestBase):
                               "--provider", str(uuid.uuid4()), "--mode", "seen")
         self.assert_one_line_error(result, "has no provider")
 
+    def test_set_oauth_delegate(self) -> None:
+        pid = self.add()
+        self.run_cli("provider", "set-write-back", "--tenant", self.tenant, "--provider", pid,
+                     "--mode", "seen")
+        status, out, _ = self.run_cli("provider", "set-oauth-delegate", "--tenant",
+                                      self.tenant, "--provider", pid,
+                                      "--delegate", " alice@example.com ")
+        self.assertEqual(status, 0)
+        self.assertIn("alice@example.com gives the OAuth consent", out)
+        # One options row: the delegate is set beside the write-back mode.
+        self.assertEqual(self.rows("SELECT write_back, oauth_delegate FROM imap_provider_options"),
+                         [("seen", "alice@example.com")])
+        self.run_cli("provider", "set-oauth-delegate", "--tenant", self.tenant,
+                     "--provider", pid, "--delegate", "none")
+        self.assertEqual(self.rows("SELECT oauth_delegate FROM imap_provider_options"), [(None,)])
+        for bad in ("alice", "@example.com", "a b@example.com"):
+            result = self.run_cli("provider", "set-oauth-delegate", "--tenant", self.tenant,
+                                  "--provider", pid, "--delegate", bad)
+            self.assert_one_line_error(result, "--delegate")
+            self.assertEqual(result[0], 2)
+        result = self.run_cli("provider", "set-oauth-delegate", "--tenant", self.tenant,
+                              "--provider", str(uuid.uuid4()), "--delegate", "a@b.c")
+        self.assert_one_line_error(result, "has no provider")
+
     def test_unknown_provider(self) -> None:
         self.add()
         other = str(uuid.uuid4())

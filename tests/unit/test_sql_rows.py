@@ -41,7 +41,7 @@ class ProviderSelectTests(SynchronousTestCase):
         self.assertEqual(columns[:2], ["p.tenant", "p.id"])
         self.assertEqual(columns[PROVIDER_FIELDS.index("updated_at")],
                          "GREATEST(p.updated_at, c.updated_at)")
-        self.assertEqual(columns[-1].strip(), "o.write_back")
+        self.assertEqual([c.strip() for c in columns[-2:]], ["o.write_back", "o.oauth_delegate"])
         self.assertIn("c.folder_state", columns)
         self.assertIn("p.inbound_paused_at", columns)
 
@@ -67,9 +67,14 @@ class ProviderConfigTests(SynchronousTestCase):
         self.assertIsNone(config.oauth_client_secret)
         self.assertEqual(config.write_back, "seen")
 
-    def test_a_row_without_the_options_column(self) -> None:
-        config = provider_config(provider_values(row(write_back="seen")[:-1]))
+    def test_a_row_without_the_options_columns(self) -> None:
+        config = provider_config(provider_values(row(write_back="seen")[:-2]))
         self.assertIsNone(config.write_back)
+        config = provider_config(provider_values(row(write_back="seen", oauth_delegate="a@b.c")))
+        self.assertEqual((config.write_back, config.oauth_delegate), ("seen", "a@b.c"))
+        # schema/0007 without 0009: the delegate reads as absent.
+        config = provider_config(provider_values(row(write_back="seen")[:-1]))
+        self.assertEqual((config.write_back, config.oauth_delegate), ("seen", None))
 
     def test_unreadable_port_raises(self) -> None:
         with self.assertRaises((TypeError, ValueError)):

@@ -177,6 +177,28 @@ class SqliteStoreExtrasTests(SqliteStoreTestBase):
         self.assertEqual((yield again.get_provider(p.tenant, p.provider_id)).write_back, "seen")
 
     @defer.inlineCallbacks
+    def test_version_five_file_gains_the_oauth_delegate_column(self) -> Any:
+        # schema/0009: the options table of a version 5 file has no
+        # oauth_delegate; opening it adds the column and keeps the rows.
+        yield self.store.stop()
+        conn = sqlite3.connect(self.path)
+        p = ProviderConfig(tenant=new_id(), provider_id=new_id(), provider_name="S",
+                           mailbox="support@example.com", host="h", port=993)
+        conn.execute("ALTER TABLE imap_provider_options DROP COLUMN oauth_delegate")
+        conn.execute("PRAGMA user_version=5")
+        conn.close()
+        again = SqliteStore(self.path, reactor)
+        yield again.start()
+        self.addCleanup(again.stop)
+        again.ops.insert_provider(p)
+        self.assertTrue((yield again.set_write_back(p.tenant, p.provider_id, "seen")))
+        self.assertTrue((yield again.set_oauth_delegate(p.tenant, p.provider_id,
+                                                        "alice@example.com")))
+        got = yield again.get_provider(p.tenant, p.provider_id)
+        self.assertEqual((got.write_back, got.oauth_delegate), ("seen", "alice@example.com"))
+        self.assertFalse((yield again.set_oauth_delegate(p.tenant, new_id(), "a@b.c")))
+
+    @defer.inlineCallbacks
     def test_newer_schema_refused(self) -> Any:
         path = self.mktemp()
         conn = sqlite3.connect(path)
