@@ -307,7 +307,9 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
 
     def _on_bye(self, text: Any) -> None:
         self.attempt.said_bye()
-        self.log.info("{label}: server said BYE ({text})", label=self.label, text=text)
+        # Named in the "session ended" line: one line per lost session, not
+        # three (a server restart ends every session at once).
+        self.log.debug("{label}: server said BYE ({text})", label=self.label, text=text)
 
     @defer.inlineCallbacks
     def _session(self, proto: Any):  # type: ignore[no-untyped-def]

@@ -192,3 +192,25 @@ class ListTests(SynchronousTestCase):
         self.assertEqual(patterns, ["*", "Support", "*"])
         self.assertEqual(r.svc.state, "Backoff")
         self.assertIn("FolderNotFound", r.svc.last_error)
+
+
+class QuietReconnectTests(SynchronousTestCase):
+    def test_a_bye_ends_the_session_in_one_line(self):
+        from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+        lines = []
+
+        def observe(event):
+            if event.get("log_level") in (LogLevel.info, LogLevel.warn, LogLevel.error):
+                lines.append(formatEvent(event))
+
+        r = FolderRig()
+        self.addCleanup(r.stop)
+        r.start()
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        r.drop(bye="server shutting down")
+        about_bye = [line for line in lines if "BYE" in line]
+        self.assertEqual(len(about_bye), 1, lines)
+        self.assertIn("session ended after BYE", about_bye[0])
+        self.assertFalse([line for line in lines if "session failed" in line])
