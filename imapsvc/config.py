@@ -112,6 +112,7 @@ class Settings:
     max_emails_per_sync: int = _default("IMAP_MAX_EMAILS_PER_SYNC")
     first_sync_since_days: int = _default("IMAP_FIRST_SYNC_SINCE_DAYS")
     max_connections_per_tenant: int = _default("IMAP_MAX_CONNECTIONS_PER_TENANT")
+    gmail_connection_budget: int = _default("IMAP_GMAIL_CONNECTION_BUDGET")
     max_folders: int = _default("IMAP_MAX_FOLDERS")
     connect_concurrency: int = _default("IMAP_CONNECT_CONCURRENCY")
     max_attachment_bytes: int = _default("IMAP_MAX_ATTACHMENT_BYTES")

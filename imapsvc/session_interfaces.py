@@ -118,6 +118,23 @@ class IIMAPSession(Interface):
         :raises CommandFailed: no such folder.
         """
 
+    def status_folder(name):
+        """``STATUS name (UIDNEXT UIDVALIDITY MESSAGES)``, without selecting
+        it (the shared polling connection of a provider over its connection
+        budget).
+
+        :rtype: Deferred[dict]: ``{"uidnext", "uidvalidity", "messages"}``,
+            each an ``int`` or ``None`` when the server left it out.
+        :raises CommandFailed: no such folder (the session goes on).
+        """
+
+    def unselect():
+        """``UNSELECT`` (RFC 3691) when the server offers it; nothing
+        otherwise.
+
+        :rtype: Deferred[bool]: whether it was sent.
+        """
+
     def select_folder(name):
         """``SELECT name`` (read-write): only with write-back on.
 

@@ -1,8 +1,9 @@
 """A small, well-behaved IMAP server over a :class:`imapsvc.testing.FakeMailbox`,
 speaking real IMAP bytes: LOGIN, AUTHENTICATE (XOAUTH2/OAUTHBEARER, with or
-without SASL-IR), CAPABILITY, NOOP, LIST, EXAMINE, SELECT, UID SEARCH, UID FETCH
-(literals for header, sections and whole messages), UID STORE, UID MOVE,
-UID COPY, UID EXPUNGE (write-back), IDLE/DONE, ID, ENABLE, COMPRESS DEFLATE, LOGOUT;
+without SASL-IR), CAPABILITY, NOOP, LIST, EXAMINE, SELECT, UNSELECT, STATUS, UID SEARCH,
+UID FETCH (literals for header, sections and whole messages; X-GM-MSGID when asked),
+UID STORE, UID MOVE, UID COPY, UID EXPUNGE (write-back), IDLE/DONE, ID, ENABLE,
+COMPRESS DEFLATE, LOGOUT;
 literals in commands, synchronising or LITERAL+. It honours the mailbox's
 scripted failures the way a real server shows them (``NO [code]`` to a login
 or a FETCH, a dropped connection), so the real client can be checked
@@ -310,6 +311,38 @@ class ScriptedIMAPServer(LineReceiver):
         else:
             self._tagged(tag, b"OK [READ-ONLY] Examine completed.")
 
+    def do_UNSELECT(self, tag: bytes, args: list) -> None:  # noqa: N802
+        if "UNSELECT" not in self.mailbox.capability_words:
+            self._tagged(tag, b"BAD Unknown command")
+            return
+        if self.selected is None:
+            self._tagged(tag, b"BAD No mailbox selected")
+            return
+        self.selected = None
+        self._tagged(tag, b"OK Returned to authenticated state.")
+
+    def do_STATUS(self, tag: bytes, args: list) -> None:  # noqa: N802
+        name = responses.as_bytes(args[0]).decode("utf-8") if args else ""
+        folder = self.mailbox.folders.get(name)
+        if folder is None or len(args) < 2 or not isinstance(args[1], list):
+            self._tagged(tag, b"NO [NONEXISTENT] Mailbox doesn't exist: " + name.encode())
+            return
+        self.mailbox.status_calls.append(name)
+        values = {
+            "MESSAGES": len(folder.messages),
+            "RECENT": 0,
+            "UIDNEXT": folder.uidnext,
+            "UIDVALIDITY": folder.uidvalidity,
+            "UNSEEN": sum(1 for m in folder.messages.values() if "\\Seen" not in m.flags),
+        }
+        out = []
+        for item in args[1]:
+            key = responses.as_bytes(item).decode("ascii").upper()
+            if key in values:
+                out.append(b"%s %d" % (key.encode("ascii"), values[key]))
+        self._send(b"* STATUS " + _quote(name) + b" (" + b" ".join(out) + b")")
+        self._tagged(tag, b"OK Status completed.")
+
     def do_SELECT(self, tag: bytes, args: list) -> None:  # noqa: N802
         self.do_EXAMINE(tag, args, select=True)
 
@@ -440,6 +473,8 @@ class ScriptedIMAPServer(LineReceiver):
                 out.append(b'INTERNALDATE "' + message.internaldate.encode("ascii") + b'"')
             if "BODYSTRUCTURE" in items:
                 out.append(b"BODYSTRUCTURE " + render(message.bodystructure))
+            if "X-GM-MSGID" in items and message.gm_msgid is not None:
+                out.append(b"X-GM-MSGID " + message.gm_msgid.encode("ascii"))
             for match in _SECTION.finditer(items):
                 section, origin, length = match.group(1), match.group(2), match.group(3)
                 data = section_bytes(message.raw, section)

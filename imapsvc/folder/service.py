@@ -351,10 +351,11 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
                 self.log.info("{label}: UTF8=ACCEPT enabled", label=self.label)
         yield self.sync.modseq.enable(proto, self.options.modseq)
         self._check()
-        if self.folder_filter.strip() == WILDCARD:
+        watch_many = self._watch_many()
+        if watch_many is not None:
             listing = yield proto.list_folders()
             self._check()
-            yield self._watch_every_folder(proto, listing)
+            yield watch_many(proto, listing)
             return
         name = yield self._find_folder(proto)
         if name is None:
@@ -381,6 +382,12 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
                 yield self._idle(proto)
             else:
                 yield self._poll()
+
+    def _watch_many(self) -> Optional[Callable[[Any, Any], defer.Deferred]]:
+        """The loop of a connection that watches several folders (polled),
+        or ``None`` for one folder that idles. Overridden by the shared
+        polling connection (``imapsvc.shared_poll``)."""
+        return self._watch_every_folder if self.folder_filter.strip() == WILDCARD else None
 
     @defer.inlineCallbacks
     def _find_folder(self, proto: Any):  # type: ignore[no-untyped-def]

@@ -103,6 +103,9 @@ class SyncPass:
         self._stored: dict[str, FolderCursor] = {}
         #: Names whose next pass may start from ``_stored`` (session_lost).
         self._resume_known: set[str] = set()
+        #: Server name -> its configured filter, when one connection watches
+        #: several configured folders (the shared poller).
+        self.filter_of: dict[str, str] = {}
 
     def session_lost(self) -> None:
         """The session dropped (not an operator's reconnect): the first pass
@@ -314,7 +317,9 @@ class SyncPass:
     def _backfill_keys(self, name: str) -> list[str]:
         # A request names the server's spelling or the configured filter
         # (not "*": each folder it finds goes by its own name).
-        keys = [name] if self.folder_filter.strip() == WILDCARD else [name, self.folder_filter]
+        # The shared poller (imapsvc.shared_poll) names each folder's filter.
+        configured = self.filter_of.get(name, self.folder_filter)
+        keys = [name] if configured.strip() == WILDCARD else [name, configured]
         return list(dict.fromkeys(keys))
 
     @defer.inlineCallbacks

@@ -16,7 +16,8 @@ The class is assembled from modules of one concern each:
 budget, writing), :mod:`~imapsvc.imap.reader` (lines, literals and the
 dispatch of responses), :mod:`~imapsvc.imap.auth_commands` (STARTTLS,
 login, ID, ENABLE), :mod:`~imapsvc.imap.mailbox_commands` (LIST,
-EXAMINE/SELECT, SEARCH, write-back), :mod:`~imapsvc.imap.fetch_commands`
+EXAMINE/SELECT, SEARCH, write-back), :mod:`~imapsvc.imap.status` (STATUS,
+UNSELECT: the Gmail budget's shared poller), :mod:`~imapsvc.imap.fetch_commands`
 (UID FETCH); IDLE is here.
 
 Rules every method follows:
@@ -42,13 +43,14 @@ from imapsvc.imap.condstore_commands import CondstoreCommands
 from imapsvc.imap.connection import Caps, Command, IMAPConnection
 from imapsvc.imap.fetch_commands import FetchCommands
 from imapsvc.imap.reader import MAX_STATUS_LINES
+from imapsvc.imap.status import StatusCommands
 from imapsvc.interfaces import IIMAPSession
 
 __all__ = ["Caps", "FolderIMAPClient", "MAX_STATUS_LINES"]
 
 
 @implementer(IIMAPSession)
-class FolderIMAPClient(AuthCommands, CondstoreCommands, FetchCommands):
+class FolderIMAPClient(AuthCommands, CondstoreCommands, StatusCommands, FetchCommands):
     """IMAP client for one folder connection: the
     :class:`~imapsvc.interfaces.IIMAPSession` of the folder engine.
 

@@ -16,6 +16,7 @@ from zope.interface import implementer
 
 from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism
 from imapsvc.core.cursor import internaldate_day, is_imap_date, parse_since
+from imapsvc.core.gmail import offers_gmail
 from imapsvc.imap.compress import COMPRESS_AUTO, offers_deflate, peer_host_of, worth_compressing
 from imapsvc.imap.errors import (
     CleartextRefused,
@@ -36,6 +37,7 @@ from imapsvc.testing.mailbox import (
     FakeMessage,
 )
 from imapsvc.testing.mime import section_bytes
+from imapsvc.testing.status import FakeStatus
 from imapsvc.testing.wire import FakeSessionTransport, ServerCloses, refusal_error
 from imapsvc.testing.write_back import FakeWriteBack
 
@@ -54,7 +56,7 @@ class _Command:
 
 
 @implementer(IIMAPSession)
-class FakeIMAPSession(FakeWriteBack, Protocol):
+class FakeIMAPSession(FakeWriteBack, FakeStatus, Protocol):
     """An :class:`~imapsvc.interfaces.IIMAPSession` over a :class:`FakeMailbox`.
 
     Commands run one at a time in submission order; one sent while IDLE is
@@ -479,13 +481,18 @@ class FakeIMAPSession(FakeWriteBack, Protocol):
         return out
 
     def fetch_meta(self, uids: Iterable[int]) -> defer.Deferred:
+        gmail = offers_gmail(self.mailbox.capability_words)
+
         def meta(uid: int, m: FakeMessage) -> dict:
-            return {
+            out = {
                 "size": len(m.raw),
                 "internaldate": m.internaldate,
                 "bodystructure": m.bodystructure,
                 "header": m.header,
             }
+            if gmail:  # as the real client: asked for only when offered
+                out["gm_msgid"] = m.gm_msgid
+            return out
 
         uids = list(uids)
         self.requests.append(("meta", tuple(int(u) for u in uids)))
