@@ -153,3 +153,12 @@ class ModseqContractMixin:
         self.result(session.enable_condstore())
         f = self.failure(session.examine_modseq("Nope", None), CommandFailed)
         self.assertEqual(f.value.code, "NONEXISTENT")
+
+    def test_refused_enable_utf8_keeps_the_session(self) -> None:
+        # The same scripted ENABLE refusal, for UTF8=ACCEPT (advisory too).
+        mailbox = self.modseq_mailbox(("IMAP4rev1", "ENABLE", "UTF8=ACCEPT", "AUTH=PLAIN"))
+        mailbox.fail_command("ENABLE", code=None, text="not now")
+        session = self.logged_in(mailbox, folder=None)
+        self.assertEqual(self.result(session.enable_utf8()), False)
+        self.assertEqual(session.utf8_accept, False)
+        self.assertEqual(self.result(session.examine_folder("INBOX"))["exists"], 3)

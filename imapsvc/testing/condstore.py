@@ -2,8 +2,9 @@
 ``EXAMINE name (CONDSTORE)`` and ``EXAMINE name (QRESYNC (v m))`` over a
 :class:`~imapsvc.testing.mailbox.FakeFolder` (shared with the tests'
 scripted server), and the fake session's ``enable_condstore`` and
-``examine_modseq``, answered as :class:`~imapsvc.imap.protocol.FolderIMAPClient`
-shapes them (``tests/session_contract_modseq.py`` checks both).
+``examine_modseq`` (with ``enable_utf8``: the same ENABLE), answered as
+:class:`~imapsvc.imap.protocol.FolderIMAPClient` shapes them
+(``tests/session_contract_modseq.py`` checks both).
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ def uid_set(uids: Iterable[int]) -> bytes:
     return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in ranges)
 
 
-class FakeModseq:
-    """Mixed into :class:`~imapsvc.testing.session.FakeIMAPSession`.
+class FakeEnable:
+    """Mixed into :class:`~imapsvc.testing.session.FakeIMAPSession`: ENABLE
+    (UTF8=ACCEPT, QRESYNC) and EXAMINE/SELECT with mod-sequence parameters.
 
     :ivar modseq_mode: ``QRESYNC``, ``CONDSTORE`` or ``None`` (set by
         :meth:`enable_condstore`, as the real client's).
@@ -76,6 +78,7 @@ class FakeModseq:
 
     mailbox: Any
     capabilities: Any
+    utf8_accept: bool
     modseq_mode: Optional[str] = None
 
     def _run(self, name: str, answer: Callable[[], Any], soft: bool = False) -> defer.Deferred:
@@ -84,6 +87,21 @@ class FakeModseq:
     def _open_folder(self, verb: str, name: str, writable: bool,
                      parameters: bytes = b"") -> defer.Deferred:
         raise NotImplementedError
+
+    def enable_utf8(self) -> defer.Deferred:
+        """``ENABLE UTF8=ACCEPT`` when ``ENABLE`` and ``UTF8=ACCEPT`` (or
+        ``ONLY``) are offered: whether it got enabled."""
+        caps = self.capabilities or {}
+        utf8 = {bytes(v).upper() for v in (caps.get(b"UTF8") or [])}
+        if b"ENABLE" not in caps or not utf8 & {b"ACCEPT", b"ONLY"}:
+            return defer.succeed(False)
+
+        def enable() -> bool:
+            # A scripted refusal: advisory, as the real client takes it.
+            self.utf8_accept = self.mailbox.command_failure("ENABLE") is None
+            return self.utf8_accept
+
+        return self._run("ENABLE", enable)
 
     def enable_condstore(self, qresync: bool = True) -> defer.Deferred:
         """The mode to use after login; ``ENABLE QRESYNC`` only when asked
