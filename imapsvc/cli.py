@@ -109,6 +109,20 @@ def _migrate_sqlite(path: str, out: TextIO) -> int:
     return 0
 
 
+def _migrate_help() -> str:
+    """Both stores' options: Postgres's own parser knows only its URL."""
+    parser = argparse.ArgumentParser(
+        prog="python -m imapsvc migrate",
+        description="Create or upgrade the schema: the numbered migrations of schema/ on "
+        "Postgres, else the SQLite file. Safe to run again.",
+    )
+    parser.add_argument("--database-url", help="PostgreSQL URL (default $DATABASE_URL)")
+    parser.add_argument("--sqlite-path",
+                        help="with no database URL: this SQLite file "
+                        "(default $IMAPSVC_SQLITE_PATH)")
+    return parser.format_help()
+
+
 def _migrate_argv(argv: Sequence[str], environ: Mapping[str, str], out: TextIO,
                   err: TextIO) -> int:
     """``migrate`` as the first word: Postgres options belong to
@@ -117,7 +131,10 @@ def _migrate_argv(argv: Sequence[str], environ: Mapping[str, str], out: TextIO,
     peek.add_argument("--database-url")
     peek.add_argument("--sqlite-path")
     known, _ = peek.parse_known_args(list(argv))
-    if "-h" in argv or "--help" in argv or known.database_url:
+    if "-h" in argv or "--help" in argv:
+        out.write(_migrate_help())
+        return 0
+    if known.database_url:
         return _migrate_postgres(argv, err)
     url = environ.get("DATABASE_URL", "").strip()
     if not url and environ.get("DB_HOST", "").strip() and not known.sqlite_path:

@@ -358,6 +358,20 @@ class ProviderTests(CliTestBase):
         status, out, _ = self.run_cli("provider", "list")
         self.assertEqual((status, out), (0, "no providers\n"))
 
+    def test_migrate_into_a_missing_folder_names_the_folder(self) -> None:
+        folder = os.path.abspath(os.path.join(self.dir, "nowhere"))
+        self.environ["IMAPSVC_SQLITE_PATH"] = os.path.join(folder, "x.sqlite3")
+        result = self.run_cli("migrate")
+        self.assertEqual(result[0], 1)
+        self.assert_one_line_error(result, f"no folder {folder}")
+
+    def test_migrate_help_shows_both_stores(self) -> None:
+        status, out, _ = self.run_cli("migrate", "--help")
+        self.assertEqual(status, 0)
+        for fragment in ("python -m imapsvc migrate", "--database-url", "--sqlite-path"):
+            self.assertIn(fragment, out)
+        self.assertFalse(os.path.exists(self.db), "--help changes nothing")
+
     def test_oauth2_needs_its_urls_and_client_id(self) -> None:
         result = self.run_cli("provider", "add", "--tenant", self.tenant, "--mailbox", "o@x.com",
                               "--host", "h", "--username", "u", "--auth", "oauth2",
