@@ -19,6 +19,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from imapsvc.core.cluster import deployment_status, next_write_delay
+from imapsvc.core.gmail import MODE_SHARED_POLL
 from imapsvc.deferreds import start_loop
 from imapsvc.interfaces import IClusterStore, LeaseLost
 from imapsvc.log_output import redact
@@ -50,6 +51,9 @@ def folder_counters(snapshot: dict) -> dict:
     cursor = snapshot.get("cursor")
     if cursor:
         out["lastUid"] = cursor.get("last_uid")
+    if snapshot.get("mode") == MODE_SHARED_POLL:
+        # Gmail's budget: polled with STATUS on the provider's shared connection.
+        out["mode"] = MODE_SHARED_POLL
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -112,6 +112,7 @@ class Settings:
     max_emails_per_sync: int = _default("IMAP_MAX_EMAILS_PER_SYNC")
     first_sync_since_days: int = _default("IMAP_FIRST_SYNC_SINCE_DAYS")
     max_connections_per_tenant: int = _default("IMAP_MAX_CONNECTIONS_PER_TENANT")
+    gmail_connection_budget: int = _default("IMAP_GMAIL_CONNECTION_BUDGET")
     max_folders: int = _default("IMAP_MAX_FOLDERS")
     max_attachment_bytes: int = _default("IMAP_MAX_ATTACHMENT_BYTES")
     max_total_attachment_bytes: int = _default("IMAP_MAX_TOTAL_ATTACHMENT_BYTES")
@@ -227,7 +228,9 @@ def _mask_url_password(url: str) -> str:
     return parts._replace(netloc=f"{user}:{MASK}@{hostport}").geturl()
 
 
-def _read_secret_file(directory: str, env: str) -> Optional[str]:
+def read_secret_file(directory: str, env: str) -> Optional[str]:
+    """The secret ``env`` as a file in ``directory`` (``IMAPSVC_SECRETS_DIR``),
+    stripped; ``None`` when there is no such file."""
     path = os.path.join(directory, env)
     try:
         with open(path, encoding="utf-8") as f:
@@ -279,7 +282,7 @@ def load_settings(
     for setting in SETTINGS:
         text = raw(setting)
         if text is None and secrets_dir and setting is not secrets_setting:
-            text = _read_secret_file(secrets_dir, setting.env) or None
+            text = read_secret_file(secrets_dir, setting.env) or None
         values[setting.name] = _parse_one(setting, text)
     settings = Settings(**values)
     _check_relations(settings)

@@ -47,6 +47,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def connection_budget(text: str) -> int:
+    value = _int(text)
+    if value < 0 or value == 1:
+        raise InvalidValue("must be 0 (off) or at least 2 (one shared connection and one more)")
+    return value
+
+
 def fraction(text: str) -> float:
     try:
         value = float(text.strip())

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 import attr
 
 from imapsvc.core.folders import unique_folders
+from imapsvc.core.gmail import is_gmail
 
 #: ``email_providers.status`` values.
 STATUS_CONNECTED = "connected"
@@ -133,6 +134,9 @@ class ProviderConfig:
             self.auth_type,
             self.username,
             self.folder_filters,
+            # Gmail's connection budget changes how folders are connected:
+            # learning it from a login's capabilities restarts the provider.
+            is_gmail(self.host, self.server_capabilities),
         )
 
 
@@ -141,7 +145,8 @@ class MessageRecord:
     """The durable outcome of one fetched message, written by
     :meth:`IStore.record_batch` in the same transaction as the cursor.
 
-    :ivar dedupe_key: ``imap:<mailbox>:<uidvalidity>:<uid>``, unique per provider.
+    :ivar dedupe_key: ``imap:<mailbox>:<uidvalidity>:<uid>`` (or
+        ``gmail:<X-GM-MSGID>`` for a Gmail message), unique per provider.
     :ivar message_id_key: the normalised Message-ID (lower-cased, brackets
         kept), unique per provider when not ``None``.
     :ivar outcome: :data:`OUTCOME_PUBLISHED` or :data:`OUTCOME_SKIPPED` as the
@@ -278,6 +283,9 @@ class FetchedMessage:
     #: :data:`RAW_MIME_SECTION`) -> ``{"storageKey", "sha256", "size"}``.
     #: The pipeline fills it and drops ``contents`` before mapping.
     stored: Mapping[str, Mapping[str, Any]] = attr.Factory(dict)
+    #: Gmail (``X-GM-EXT-1``): the message's ``X-GM-MSGID`` (decimal), the
+    #: same in every folder (label) that shows it; ``None`` elsewhere.
+    gm_msgid: Optional[str] = None
 
 
 @attr.s(frozen=True, auto_attribs=True)

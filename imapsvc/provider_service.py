@@ -23,6 +23,7 @@ from imapsvc.deferreds import fire_and_forget
 from imapsvc.interfaces import IFolderHooks
 from imapsvc.log_output import redact
 from imapsvc.model import FolderStatus, ProviderConfig
+from imapsvc.shared_poll import SHARED_LABEL, SharedHooks, budget_split, folder_snapshot
 
 if TYPE_CHECKING:
     from imapsvc.supervisor import Supervisor
@@ -82,12 +83,26 @@ class ProviderService(service.MultiService):
         self.waiting: dict[str, str] = dict(waiting or {})
         self.folder_since: dict[str, float] = {}
         self.folder_synced_at: dict[str, float] = {}
-        for folder in provider.folders if folders is None else folders:
+        # Gmail's connection budget: folders past it share one polling
+        # connection (imapsvc.shared_poll) instead of one each.
+        own, shared = budget_split(supervisor, provider,
+                                   provider.folders if folders is None else folders)
+        for folder in own:
             child = make_folder(provider, folder, FolderHooks(self, folder))
             child.setName(folder)
             child.setServiceParent(self)
             self.folders[folder] = child
             self.folder_states[folder] = (DISCONNECTED, None)
+        if shared:
+            hooks = SharedHooks(shared, lambda folder: FolderHooks(self, folder))
+            make_shared = supervisor.make_shared_poller
+            assert make_shared is not None  # budget_split checked it
+            child = make_shared(provider, shared, hooks)
+            child.setName(SHARED_LABEL)
+            child.setServiceParent(self)
+            for folder in shared:  # one child, shown (and reported) per folder
+                self.folders[folder] = child
+                self.folder_states[folder] = (DISCONNECTED, None)
         for folder, error in self.waiting.items():
             self.folder_states[folder] = (WAITING, error)
 
@@ -127,8 +142,7 @@ class ProviderService(service.MultiService):
             return
         from imapsvc.cluster_status import folder_counters, utc
 
-        child = self.folders[folder]
-        snap = child.snapshot() if hasattr(child, "snapshot") else {}
+        snap = folder_snapshot(self.folders[folder], folder)
         state, error = self.folder_states.get(folder, (DISCONNECTED, None))
         since = self.folder_since.get(folder)
         synced = self.folder_synced_at.get(folder)
@@ -216,18 +230,18 @@ class ProviderService(service.MultiService):
     def update(self, provider: ProviderConfig) -> None:
         """Settings changed that need no new connection (credentials, caps)."""
         self.provider = provider
-        for child in self.folders.values():
+        for child in list(self):
             if hasattr(child, "update_provider"):
                 child.update_provider(provider)
 
     def reconnect(self) -> None:
-        for child in self.folders.values():
+        for child in list(self):  # the shared poller once, not per folder
             child.reconnect()
 
     def snapshot(self) -> dict:
         folders = {}
         for name, child in self.folders.items():
-            snap = child.snapshot() if hasattr(child, "snapshot") else {}
+            snap = folder_snapshot(child, name)
             state, error = self.folder_states.get(name, (DISCONNECTED, None))
             snap.setdefault("state", state)
             snap.setdefault("last_error", error)

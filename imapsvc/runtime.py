@@ -164,6 +164,7 @@ class Runtime(service.MultiService):
         from imapsvc.oauth import CredentialSource, OAuthFlow
         from imapsvc.pipeline import Pipeline
         from imapsvc.sealed_secrets import SecretBox, SecretStore
+        from imapsvc.shared_poll import SharedPollService
         from imapsvc.sink.relay import Relay
         from imapsvc.supervisor import Supervisor
 
@@ -254,6 +255,13 @@ class Runtime(service.MultiService):
                 s.worker_id, options, hooks=hooks, tls_factory=tls, resolve=resolve,
             )
 
+        def make_shared_poller(provider, folders, hooks):
+            # Gmail folders past IMAP_GMAIL_CONNECTION_BUDGET: one connection.
+            return SharedPollService(
+                provider, folders, reactor, self.store, self.pipeline, self.credentials,
+                s.worker_id, options, hooks=hooks, tls_factory=tls, resolve=resolve,
+            )
+
         def on_auto_paused(provider, count, code):
             now = _utcnow(reactor)
             event_id, fields = build_auto_paused_entry(
@@ -296,6 +304,8 @@ class Runtime(service.MultiService):
                 oauth_mechanism=s.oauth_auth_mechanism,
             ),
             reporter=self.reporter,
+            gmail_connection_budget=s.gmail_connection_budget or None,
+            make_shared_poller=make_shared_poller,
         )
         # Admin actions go to the replica that owns the provider.
         self.admin_requests = AdminRequests(

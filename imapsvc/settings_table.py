@@ -17,6 +17,7 @@ from imapsvc.config_parsers import (
     choice,
     cidr_or_host,
     comma_list,
+    connection_budget,
     default_worker_id,
     existing_dir,
     existing_file,
@@ -185,6 +186,10 @@ SETTINGS: tuple[Setting, ...] = (
             "value (provider set-first-sync) wins", _P),
     Setting("IMAP_MAX_CONNECTIONS_PER_TENANT", positive_int, 5,
             "IMAP connections one tenant may hold at once", _P),
+    Setting("IMAP_GMAIL_CONNECTION_BUDGET", connection_budget, 15,
+            "IMAP connections one Gmail provider (X-GM-EXT-1, or imap.gmail.com) holds at most; "
+            "past it, budget - 1 folders idle and the rest are polled with STATUS on one shared "
+            "connection every IMAP_POLL_INTERVAL_MS; 0 = off (at least 2 otherwise)", _P),
     Setting("IMAP_MAX_FOLDERS", non_negative_int, 0,
             "folders (IMAP connections) one replica holds at most; 0: as many as the open-file "
             "limit allows after its reserve (docs/performance.md)", _P),

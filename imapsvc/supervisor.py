@@ -75,6 +75,8 @@ class Supervisor(AdminActions, service.MultiService):
         reporter: Any = None,
         folder_capacity: Optional[int] = None,
         open_files_limit: Optional[int] = None,
+        gmail_connection_budget: Optional[int] = None,
+        make_shared_poller: Optional[Callable[..., service.IService]] = None,
     ):
         super().__init__()
         self.setName("supervisor")
@@ -118,6 +120,11 @@ class Supervisor(AdminActions, service.MultiService):
         #: unlimited) and the open-file limit it was computed from.
         self.folder_capacity = folder_capacity
         self.open_files_limit = open_files_limit
+        #: Gmail: connections one provider may hold, and the builder of the
+        #: shared polling connection for its folders past that budget
+        #: (``(provider, folders, hooks)``; see imapsvc.shared_poll).
+        self.gmail_connection_budget = gmail_connection_budget
+        self.make_shared_poller = make_shared_poller
         #: ``imapsvc.core.lag.LagStats`` of the reactor, shown in /status.
         self.lag_stats: Any = None
 

@@ -1,8 +1,9 @@
 """A small, well-behaved IMAP server over a :class:`imapsvc.testing.FakeMailbox`,
 speaking real IMAP bytes: LOGIN, AUTHENTICATE (XOAUTH2/OAUTHBEARER, with or
-without SASL-IR), CAPABILITY, NOOP, LIST, EXAMINE, SELECT, UID SEARCH, UID FETCH
-(literals for header, sections and whole messages), UID STORE, UID MOVE,
-UID COPY, UID EXPUNGE (write-back), IDLE/DONE, ID, ENABLE, LOGOUT;
+without SASL-IR), CAPABILITY, NOOP, LIST, EXAMINE, SELECT, UNSELECT, STATUS, UID SEARCH,
+UID FETCH (literals for header, sections and whole messages; X-GM-MSGID when asked),
+UID STORE, UID MOVE, UID COPY, UID EXPUNGE (write-back), IDLE/DONE, ID, ENABLE,
+COMPRESS DEFLATE, LOGOUT;
 literals in commands, synchronising or LITERAL+. It honours the mailbox's
 scripted failures the way a real server shows them (``NO [code]`` to a login
 or a FETCH, a dropped connection), so the real client can be checked
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import re
+import zlib
 from typing import Any, Optional
 
 from twisted.protocols.basic import LineReceiver
@@ -70,6 +72,9 @@ class ScriptedIMAPServer(LineReceiver):
         self._idling: Optional[bytes] = None
         self._authenticating: Optional[tuple[bytes, str]] = None
         self._pending_exists: Optional[int] = None
+        #: Raw deflate both ways once COMPRESS DEFLATE was answered OK.
+        self._deflater: Any = None
+        self._inflater: Any = None
 
     # -- connection
 
@@ -98,7 +103,15 @@ class ScriptedIMAPServer(LineReceiver):
         return " ".join(self.mailbox.capability_words).encode("ascii")
 
     def _send(self, line: bytes) -> None:
-        self.transport.write(line + b"\r\n")
+        data = line + b"\r\n"
+        if self._deflater is not None:
+            data = self._deflater.compress(data) + self._deflater.flush(zlib.Z_SYNC_FLUSH)
+        self.transport.write(data)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._inflater is not None:
+            data = self._inflater.decompress(data)
+        super().dataReceived(data)
 
     def _tagged(self, tag: bytes, line: bytes) -> None:
         if self._pending_exists is not None:
@@ -217,6 +230,18 @@ class ScriptedIMAPServer(LineReceiver):
             self._send(b"* ENABLED UTF8=ACCEPT")
         self._tagged(tag, b"OK Enabled.")
 
+    def do_COMPRESS(self, tag: bytes, args: list) -> None:  # noqa: N802
+        offered = {w.upper() for w in self.mailbox.capability_words}
+        if "COMPRESS=DEFLATE" not in offered:
+            self._tagged(tag, b"BAD Unknown command")
+            return
+        if self._refused(tag, "COMPRESS"):
+            return
+        self._tagged(tag, b"OK DEFLATE active")
+        self.mailbox.compressions += 1
+        self._deflater = zlib.compressobj(wbits=-15)
+        self._inflater = zlib.decompressobj(wbits=-15)
+
     def do_LOGIN(self, tag: bytes, args: list) -> None:  # noqa: N802
         if len(args) != 2:
             self._tagged(tag, b"BAD LOGIN needs two arguments")
@@ -280,6 +305,38 @@ class ScriptedIMAPServer(LineReceiver):
             self._tagged(tag, b"OK [READ-WRITE] Select completed.")
         else:
             self._tagged(tag, b"OK [READ-ONLY] Examine completed.")
+
+    def do_UNSELECT(self, tag: bytes, args: list) -> None:  # noqa: N802
+        if "UNSELECT" not in self.mailbox.capability_words:
+            self._tagged(tag, b"BAD Unknown command")
+            return
+        if self.selected is None:
+            self._tagged(tag, b"BAD No mailbox selected")
+            return
+        self.selected = None
+        self._tagged(tag, b"OK Returned to authenticated state.")
+
+    def do_STATUS(self, tag: bytes, args: list) -> None:  # noqa: N802
+        name = responses.as_bytes(args[0]).decode("utf-8") if args else ""
+        folder = self.mailbox.folders.get(name)
+        if folder is None or len(args) < 2 or not isinstance(args[1], list):
+            self._tagged(tag, b"NO [NONEXISTENT] Mailbox doesn't exist: " + name.encode())
+            return
+        self.mailbox.status_calls.append(name)
+        values = {
+            "MESSAGES": len(folder.messages),
+            "RECENT": 0,
+            "UIDNEXT": folder.uidnext,
+            "UIDVALIDITY": folder.uidvalidity,
+            "UNSEEN": sum(1 for m in folder.messages.values() if "\\Seen" not in m.flags),
+        }
+        out = []
+        for item in args[1]:
+            key = responses.as_bytes(item).decode("ascii").upper()
+            if key in values:
+                out.append(b"%s %d" % (key.encode("ascii"), values[key]))
+        self._send(b"* STATUS " + _quote(name) + b" (" + b" ".join(out) + b")")
+        self._tagged(tag, b"OK Status completed.")
 
     def do_SELECT(self, tag: bytes, args: list) -> None:  # noqa: N802
         self.do_EXAMINE(tag, args, select=True)
@@ -411,6 +468,8 @@ class ScriptedIMAPServer(LineReceiver):
                 out.append(b'INTERNALDATE "' + message.internaldate.encode("ascii") + b'"')
             if "BODYSTRUCTURE" in items:
                 out.append(b"BODYSTRUCTURE " + render(message.bodystructure))
+            if "X-GM-MSGID" in items and message.gm_msgid is not None:
+                out.append(b"X-GM-MSGID " + message.gm_msgid.encode("ascii"))
             for match in _SECTION.finditer(items):
                 section, origin, length = match.group(1), match.group(2), match.group(3)
                 data = section_bytes(message.raw, section)

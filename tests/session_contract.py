@@ -261,6 +261,47 @@ class SessionContractMixin:
             self.assertIs(self.result(session.enable_utf8()), False)  # type: ignore[attr-defined]
             self.assertFalse(session.utf8_accept)  # type: ignore[attr-defined]
 
+    # -- COMPRESS=DEFLATE (RFC 4978) -------------------------------------------------
+
+    COMPRESS_CAPS = ("IMAP4rev1", "IDLE", "COMPRESS=DEFLATE", "AUTH=PLAIN")
+
+    def test_compress_always_when_offered_and_the_session_still_works(self) -> None:
+        mailbox = self.mailbox(capabilities=self.COMPRESS_CAPS)
+        mailbox.append(AWKWARD)
+        session = self.logged_in(mailbox, folder=None)
+        self.assertFalse(session.compressing)  # type: ignore[attr-defined]
+        self.assertIs(self.result(session.maybe_compress("always")), True)  # type: ignore[attr-defined]
+        self.assertTrue(session.compressing)  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.compressions, 1)  # type: ignore[attr-defined]
+        # Asked again: already on, nothing sent.
+        self.assertIs(self.result(session.maybe_compress("always")), True)  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.compressions, 1)  # type: ignore[attr-defined]
+        self.result(session.examine_folder("INBOX"))
+        self.assertEqual(self.result(session.fetch_full([1])), {1: AWKWARD})  # type: ignore[attr-defined]
+
+    def test_compress_not_asked_for(self) -> None:
+        # off never; not offered never; auto not towards the session's
+        # private-network peer (both transports' default address).
+        for caps, mode in (
+            (self.COMPRESS_CAPS, "off"),
+            (self.COMPRESS_CAPS, "auto"),
+            (("IMAP4rev1", "IDLE", "AUTH=PLAIN"), "always"),
+        ):
+            mailbox = self.mailbox(capabilities=caps)
+            session = self.logged_in(mailbox, folder=None)
+            self.assertIs(self.result(session.maybe_compress(mode)), False)  # type: ignore[attr-defined]
+            self.assertFalse(session.compressing)  # type: ignore[attr-defined]
+            self.assertEqual(mailbox.compressions, 0)  # type: ignore[attr-defined]
+
+    def test_compress_refused_keeps_the_session(self) -> None:
+        mailbox = self.mailbox(capabilities=self.COMPRESS_CAPS)
+        mailbox.fail_command("COMPRESS", code=None, text="not now")
+        session = self.logged_in(mailbox, folder=None)
+        self.assertIs(self.result(session.maybe_compress("always")), False)  # type: ignore[attr-defined]
+        self.assertFalse(session.compressing)  # type: ignore[attr-defined]
+        self.assertEqual(mailbox.compressions, 0)  # type: ignore[attr-defined]
+        self.assertEqual(self.result(session.examine_folder("INBOX"))["read_only"], True)  # type: ignore[index]
+
     # -- folders --------------------------------------------------------------------
 
     def test_refused_list(self) -> None:
@@ -472,6 +513,53 @@ class SessionContractMixin:
             [(p.section, p.content_type) for p in parts],
             [("1.1", "text/plain"), ("1.2", "text/html"), ("2", "application/pdf")],
         )
+
+    def test_fetch_meta_gives_x_gm_msgid_when_gmail(self) -> None:
+        # Gmail (X-GM-EXT-1): one X-GM-MSGID for the copies in two labels.
+        caps = ("IMAP4rev1", "IDLE", "AUTH=PLAIN", "X-GM-EXT-1")
+        mailbox = self.mailbox(capabilities=caps, folders=("INBOX", "Work"))
+        mailbox.append(plain(1), gm_msgid="1789012345678901234")
+        mailbox.append(plain(2), gm_msgid="18446744073709551615")  # 2**64 - 1
+        mailbox.append(plain(1), folder="Work", gm_msgid="1789012345678901234")
+        session = self.logged_in(mailbox)
+        meta = self.result(session.fetch_meta([1, 2]))
+        self.assertEqual(meta[1]["gm_msgid"], "1789012345678901234")  # type: ignore[attr-defined]
+        self.assertEqual(meta[2]["gm_msgid"], "18446744073709551615")  # type: ignore[attr-defined]
+        self.result(session.examine_folder("Work"))
+        meta = self.result(session.fetch_meta([1]))
+        self.assertEqual(meta[1]["gm_msgid"], "1789012345678901234")  # type: ignore[attr-defined]
+
+    def test_status_answers_without_selecting(self) -> None:
+        mailbox = self.mailbox(folders=("INBOX", "Support Queue"))
+        for n in range(3):
+            mailbox.append(plain(n), folder="Support Queue")
+        session = self.logged_in(mailbox)
+        info = self.result(session.status_folder("Support Queue"))
+        self.assertEqual(  # type: ignore[attr-defined]
+            info,
+            {"uidnext": 4, "uidvalidity": mailbox.folders["Support Queue"].uidvalidity,
+             "messages": 3},
+        )
+        self.assertEqual(mailbox.status_calls, ["Support Queue"])  # type: ignore[attr-defined]
+        # INBOX stays selected: its search still answers.
+        self.assertEqual(self.result(session.uid_search_from(1)), [])  # type: ignore[attr-defined]
+
+    def test_unselect_when_offered(self) -> None:
+        mailbox = self.mailbox(capabilities=("IMAP4rev1", "AUTH=PLAIN", "UNSELECT"))
+        session = self.logged_in(mailbox)
+        self.assertTrue(self.result(session.unselect()))  # type: ignore[attr-defined]
+        # Nothing selected any more: a search is refused (and ends the session).
+        self.failure(session.uid_search_from(1), CommandFailed)
+        plain_server = self.logged_in(self.mailbox())
+        self.assertFalse(self.result(plain_server.unselect()))  # type: ignore[attr-defined]
+        self.assertEqual(self.result(plain_server.uid_search_from(1)), [])  # type: ignore[attr-defined]
+
+    def test_status_of_a_missing_folder_fails_softly(self) -> None:
+        session = self.logged_in(self.mailbox())
+        f = self.failure(session.status_folder("Nope"), CommandFailed)
+        self.assertEqual(f.value.code, "NONEXISTENT")  # type: ignore[attr-defined]
+        # The session goes on.
+        self.assertIn("uidnext", self.result(session.status_folder("INBOX")))  # type: ignore[attr-defined]
 
     def test_fetch_sections_gives_exact_bytes_by_uid(self) -> None:
         mailbox = self.mailbox()

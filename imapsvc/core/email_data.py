@@ -93,7 +93,8 @@ class MappedMessage:
     :ivar email_data: the contract's ``emailData`` object (JSON-ready).
     :ivar message_id_key: normalised Message-ID for the ledger, or ``None``
         (absent, garbage or synthetic id).
-    :ivar dedupe_key: ``imap:<mailbox>:<uidvalidity>:<uid>``.
+    :ivar dedupe_key: ``imap:<mailbox>:<uidvalidity>:<uid>``, or
+        ``gmail:<X-GM-MSGID>`` (see :func:`imapsvc.core.ledger.dedupe_key`).
     :ivar skip_reason: why the message must not be published, or ``None``.
     """
 
@@ -332,7 +333,7 @@ def map_message(
     A message that cannot be parsed at all still yields what could be read,
     plus an ``ingressSkipReasons`` entry of type ``parse_error``.
     """
-    dedupe = ledger.dedupe_key(msg.mailbox, msg.uid_validity, msg.uid)
+    dedupe = ledger.dedupe_key(msg.mailbox, msg.uid_validity, msg.uid, msg.gm_msgid)
     try:
         return _map(msg, tenant, provider_id, fetched_at, limits, dedupe)
     except Exception as exc:  # a bug or an input we did not foresee

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
+from imapsvc.core.gmail import gmail_dedupe_key
 from imapsvc.model import OUTCOME_PUBLISHED, OUTCOME_SKIPPED, MessageRecord
 
 _MSGID_RE = re.compile(r"<([^<>\s]+)>")
@@ -16,9 +17,15 @@ _BARE_RE = re.compile(r"^[\x21-\x7e]+@[\x21-\x7e]+$")
 MAX_MESSAGE_ID_CHARS = 998
 
 
-def dedupe_key(mailbox: str, uid_validity: str | int, uid: int) -> str:
+def dedupe_key(
+    mailbox: str, uid_validity: str | int, uid: int, gm_msgid: Optional[str] = None
+) -> str:
     """``imap:<mailbox>:<uidvalidity>:<uid>``: one message in one folder
-    incarnation."""
+    incarnation. A Gmail message with its ``X-GM-MSGID`` is
+    ``gmail:<msgid>`` instead: one message of the account, in whichever
+    folders (labels) it shows (:mod:`imapsvc.core.gmail`)."""
+    if gm_msgid:
+        return gmail_dedupe_key(gm_msgid)
     return f"imap:{mailbox}:{uid_validity}:{uid}"
 
 

@@ -265,6 +265,7 @@ def build_message(
         size=plan.size,
         internal_date=internaldate_to_iso(meta.get("internaldate")),
         header=header,
+        gm_msgid=meta.get("gm_msgid"),
     )
     if plan.kind == KIND_FULL:
         return FetchedMessage(raw=raw if raw is not None else b"", **common)

@@ -17,13 +17,11 @@ from twisted.logger import Logger
 
 from imapsvc.core import folder_machine as M
 from imapsvc.core.backoff import Rand
-from imapsvc.folder.options import FolderOptions
+from imapsvc.folder.options import FolderOptions, Stopping
 from imapsvc.folder.sync import SyncPass
 from imapsvc.model import ProviderConfig
 
-
-class Stopping(Exception):
-    """The service is stopping: end the session loop quietly."""
+__all__ = ["FolderBase", "Stopping"]
 
 
 class FolderBase(service.Service):
@@ -96,7 +94,7 @@ class FolderBase(service.Service):
         """
         proto = self._proto
         # The session owns whether DONE is out for its IDLE (one place).
-        done_sent = bool(getattr(proto, "idle_ending", False)) if proto is not None else False
+        done_sent = bool(proto.idle_ending) if proto is not None else False
         old = self.machine
         try:
             new, actions = M.step(old, M.Event(name, why, done_sent))
@@ -110,6 +108,7 @@ class FolderBase(service.Service):
         if error is not None:
             self.last_error = error
         self.machine = new
+        self.sync.stopping = new.stopping  # the pass reads it; no callback
         for action in actions:
             if action == M.ENTERED:
                 self._entered(old.state, new.state, reason, error)
@@ -153,10 +152,9 @@ class FolderBase(service.Service):
             self.log.failure("{label}: hook {hook} failed", label=self.label, hook=name)
 
     def _check(self) -> None:
-        if self.machine.stopping:
-            raise Stopping()
+        self.sync.check()  # raises Stopping once the machine is stopping
 
     def _lose(self, proto: Any) -> None:
-        transport = getattr(proto, "transport", None)
+        transport = proto.transport
         if transport is not None:
             transport.loseConnection()

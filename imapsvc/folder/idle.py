@@ -61,7 +61,7 @@ class IdleWaits(FolderBase):
                     if self._keepalive_timer is not None and self._keepalive_timer.active():
                         self._keepalive_timer.cancel()
                     self._keepalive_timer = None
-                changed = getattr(proto, "last_exists", None) != self.sync.exists_at_start
+                changed = proto.last_exists != self.sync.exists_at_start
                 if not M.idle_again(self.machine, changed):
                     return
                 # Nothing announced and nothing asked: idle on at once.

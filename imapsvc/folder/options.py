@@ -15,6 +15,10 @@ class FolderNotFound(Exception):
     """No selectable folder on the server matches the configured filter."""
 
 
+class Stopping(Exception):
+    """The folder is stopping: the pass and the session loop end quietly."""
+
+
 @attr.s(frozen=True, auto_attribs=True)
 class FolderOptions:
     """The settings one folder needs (explicit values, no global settings).

@@ -4,14 +4,14 @@ repeated protocol violations, and how a failed session ends."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.python.failure import Failure
 
 from imapsvc.core import folder_machine as M
-from imapsvc.core.auth import OAUTH_MECHANISMS
+from imapsvc.core.session_attempt import BYE, SessionAttempt
 from imapsvc.folder.base import FolderBase, Stopping
 from imapsvc.folder.options import FolderNotFound, describe
 from imapsvc.interfaces import LeaseLost
@@ -39,12 +39,7 @@ class SessionRecovery(FolderBase):
     violations: int
     quarantines: int
     _token_timer: Any
-    _reconnect_reason: Optional[str]
-    _session_error: Optional[str]
-    _login_mechanism: Optional[str]
-    _token_retry_used: bool
-    _force_token_refresh: bool
-    _refusal: Optional[Exception]
+    attempt: SessionAttempt
 
     # -- OAuth2 refresh-ahead ----------------------------------------------------
 
@@ -111,7 +106,7 @@ class SessionRecovery(FolderBase):
         self.quarantined_until = self.reactor.seconds() + delay
         self.quarantines += 1
         self.factory.set_next_delay(delay, capped=False)
-        self._reconnect_reason = "quarantine"
+        self.attempt.quarantined()
         until = datetime.fromtimestamp(self.quarantined_until, tz=UTC).strftime(
             "%Y-%m-%dT%H:%M:%SZ"
         )
@@ -125,19 +120,22 @@ class SessionRecovery(FolderBase):
     def _login_credentials(self):  # type: ignore[no-untyped-def]
         """This login's credentials; after the server refused an access
         token, a freshly refreshed one (once)."""
-        if not self._force_token_refresh:
+        if not self.attempt.force_token_refresh:
             creds = yield self.credentials.credentials(self.provider)
             return creds
         try:
             creds = yield self.credentials.credentials(self.provider, force_refresh=True)
         except Exception as e:
-            if getattr(e, "code", None) in NO_REFRESH_CODES and self._refusal is not None:
-                # No refresh token to get a new access token with: the
-                # server's refusal of the one we have stands.
-                self._force_token_refresh = False
-                raise self._refusal from e
+            # No refresh token to get a new access token with: the server's
+            # refusal of the one we have stands.
+            refusal = (
+                self.attempt.refusal_stands()
+                if getattr(e, "code", None) in NO_REFRESH_CODES else None
+            )
+            if refusal is not None:
+                raise refusal from e
             raise  # e.g. token endpoint unreachable: retried, forced again
-        self._force_token_refresh = False
+        self.attempt.token_refreshed()
         return creds
 
     def _forget_credentials(self) -> None:
@@ -163,11 +161,11 @@ class SessionRecovery(FolderBase):
         if not failure.check(errors.ConnectionGone, ConnectionDone, ConnectionLost):
             # Named by the error class (secret-free) for the reconnect metric;
             # a plain lost connection is counted as such when it ends.
-            self._reconnect_reason = self._reconnect_reason or type(err).__name__
+            self.attempt.cause(type(err).__name__)
         text = describe(err)
         self.last_error = text
         if current:
-            self._session_error = text
+            self.attempt.failed(text)
         if failure.check(CredentialsMissing):
             # Found nowhere: a configuration problem, not a refusal. Wait for
             # the supervisor's next discovery pass (which retries the login)
@@ -177,22 +175,15 @@ class SessionRecovery(FolderBase):
             text = describe(err, limit=2000)
             self.last_error = text
             if current:
-                self._session_error = text
+                self.attempt.failed(text)
             self._forget_credentials()
             self.factory.stopTrying()
             self._fire(M.REAUTH, "credentials missing", error=text)
             self._hook("credentials_missing", text)
-        elif (
-            failure.check(errors.AuthenticationFailed)
-            and self._login_mechanism in OAUTH_MECHANISMS
-            and not self._token_retry_used
-        ):
+        elif failure.check(errors.AuthenticationFailed) and self.attempt.retry_refused_token(err):
             # The token may have been revoked or rotated before its expiry:
             # one forced refresh and one retry before the refusal counts.
-            self._token_retry_used = True
             self._forget_credentials()
-            self._force_token_refresh = True
-            self._refusal = err
             self._fire(M.PLAN_RECONNECT, why=M.TOKEN_REFUSED)
             self.factory.set_next_delay(0)
             self.log.info(
@@ -224,7 +215,7 @@ class SessionRecovery(FolderBase):
                 if self.violations >= self.options.quarantine_after:
                     text = self._quarantine(text)
                     if current:
-                        self._session_error = text
+                        self.attempt.failed(text)
             if self.quarantined():
                 pass  # the quarantine delay is already set
             elif failure.check(errors.Throttled) and err.retry_after is not None:
@@ -237,7 +228,7 @@ class SessionRecovery(FolderBase):
             ):
                 # Configuration problems: do not hammer the server.
                 self.factory.set_next_delay(self.options.reconnect_max_ms / 1000.0)
-            if self._reconnect_reason == "bye" and failure.check(
+            if self.attempt.reconnect_reason == BYE and failure.check(
                 errors.ConnectionGone, ConnectionDone, ConnectionLost
             ):
                 # The server said BYE and closed (a restart, a shutdown): an

@@ -35,6 +35,7 @@ from imapsvc.core.folders import (
     expand_wildcard,
     resolve_folder,
 )
+from imapsvc.core.session_attempt import SessionAttempt
 from imapsvc.folder.base import Stopping
 from imapsvc.folder.idle import IdleWaits
 from imapsvc.folder.options import (
@@ -110,11 +111,13 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         #: ``store``, ``pipeline`` and ``options`` are kept there.
         self.sync = SyncPass(
             provider, folder_filter, reactor, store, pipeline, owner, options or FolderOptions(),
-            P.default_parser() if parser == "default" else parser, self.label, self._check,
+            P.default_parser() if parser == "default" else parser, self.label,
         )
         self._tls_factory = tls_factory or default_tls(self.options)
         self.last_error: Optional[str] = None
-        self._session_error: Optional[str] = None
+        #: Recovery's bookkeeping across sessions (token retry, this
+        #: session's error, why its connection ends, the fd warning).
+        self.attempt = SessionAttempt()
         self.history: collections.deque[M.Transition] = collections.deque(maxlen=HISTORY_SIZE)
         #: Transitions the machine refused (each raised IllegalTransition).
         self.invalid_transitions = 0
@@ -123,7 +126,6 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         # Counters for /metrics (scraped through snapshot()).
         self.idle_wakeups = 0
         self.reconnects: collections.Counter[str] = collections.Counter()
-        self._reconnect_reason: Optional[str] = None
         #: Sessions in a row (no successful sync between) ended by a
         #: protocol-limit violation not caused by one message, plus messages
         #: skipped as poison for one; at ``quarantine_after`` the provider is
@@ -139,15 +141,7 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         self._poll_timer: Any = None
         self._poll_wait: Optional[defer.Deferred] = None
         self._token_timer: Any = None
-        # OAuth2: a refused access token gets one forced refresh and one
-        # retry before the refusal counts (see _session_failed).
-        self._login_mechanism: Optional[str] = None
-        self._token_retry_used = False
-        self._force_token_refresh = False
-        self._refusal: Optional[Exception] = None
         self._closed_waiters: list[defer.Deferred] = []
-        #: Out of descriptors was logged (once until the next connect).
-        self._fd_warned = False
         tls_creator = self._tls_factory(provider.host) if provider.secure else None
         timeout_ms = provider.connection_timeout_ms or self.options.connection_timeout_ms
         self.factory = FolderClientFactory(
@@ -213,7 +207,7 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
 
         def on_timeout(result: Any, _t: float) -> None:
             self.log.warn("{label}: connection did not close in time; aborting", label=self.label)
-            transport = getattr(proto, "transport", None)
+            transport = proto.transport
             if transport is not None and hasattr(transport, "abortConnection"):
                 transport.abortConnection()
 
@@ -246,8 +240,7 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
 
     def factory_protocol(self, proto: Any) -> None:
         self._proto = proto
-        self._fd_warned = False
-        self._session_error = None
+        self.attempt.connected()
         self.sync.new_session()
         self._fire(M.SESSION)
         proto.on_bye = self._on_bye
@@ -269,9 +262,11 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         self._fire(M.CONNECTION_ENDED)
         if self.machine.stopping or self.state in (M.NEEDS_REAUTH, M.STOPPED):
             return
-        cause, self._reconnect_reason = self._reconnect_reason, None
+        # This connection's own error: what its session failed with, else
+        # why it ended (a refused connect). Not an older session's error,
+        # which would otherwise stick in last_error through an outage.
+        cause, error = self.attempt.connection_ended()
         if planned is not None:
-            self._session_error = None
             self.reconnects[planned] += 1
             self._fire(M.BACKED_OFF, _PLANNED[planned])
             return
@@ -280,18 +275,13 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
             # EMFILE/ENFILE: backs off like any failed connect; one warning
             # until a connect works again, not one per attempt.
             cause = cause or "fd_exhausted"
-            if not self._fd_warned:
-                self._fd_warned = True
+            if self.attempt.warn_fd_exhaustion():
                 self.log.warn(
                     "{label}: out of file descriptors ({error}); backing off. Raise the"
                     " open-file limit or run fewer folders per replica",
                     label=self.label, error=describe(reason.value),
                 )
         self.reconnects[cause or what.replace(" ", "_")] += 1
-        # This connection's own error: what its session failed with, else
-        # why it ended (a refused connect). Not an older session's error,
-        # which would otherwise stick in last_error through an outage.
-        error, self._session_error = self._session_error, None
         self._fire(M.BACKED_OFF, what, error=error or describe(reason.value))
 
     def factory_retry_scheduled(self, delay: float) -> None:
@@ -303,7 +293,7 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         self.log.failure("{label}: folder engine bug", failure, label=self.label)
 
     def _on_bye(self, text: Any) -> None:
-        self._reconnect_reason = "bye"
+        self.attempt.said_bye()
         self.log.info("{label}: server said BYE ({text})", label=self.label, text=text)
 
     @defer.inlineCallbacks
@@ -314,14 +304,14 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         yield greeted
         self._check()
         if self.keepalive:
-            set_keepalive(getattr(proto, "transport", None), self.log)
+            set_keepalive(proto.transport, self.log)
         if not self.provider.secure and self.provider.allow_starttls:
             yield proto.start_tls(self._tls_factory(self.provider.host))
             self._check()
         self._fire(M.GREETED, "greeted")
         creds = yield self._login_credentials()
         self._check()
-        self._login_mechanism = getattr(creds, "mechanism", None)
+        self.attempt.logging_in(getattr(creds, "mechanism", None))
         caps = yield proto.authenticate_with(
             creds,
             oauth_mechanism=self.options.oauth_auth_mechanism,
@@ -329,8 +319,7 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
             port=self.provider.port,
         )
         self._check()
-        self._token_retry_used = False
-        self._refusal = None
+        self.attempt.logged_in()
         self._schedule_token_refresh(creds)
         self._hook("logged_in")
         self.capabilities = caps_names(caps)
@@ -349,10 +338,9 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
                 "{label}: saving capabilities failed: {err}", label=self.label, err=f.value
             )
         )
-        if hasattr(proto, "maybe_compress"):  # the real session; not every fake
-            yield proto.maybe_compress(self.options.compress)
+        yield proto.maybe_compress(self.options.compress)
         yield self._send_id(proto)
-        if self.options.enable_utf8 and getattr(proto, "enable_utf8", None) is not None:
+        if self.options.enable_utf8:
             enabled = yield proto.enable_utf8()
             self._check()
             if enabled:
@@ -361,8 +349,9 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         self._check()
         listing = yield proto.list_folders()
         self._check()
-        if self.folder_filter.strip() == WILDCARD:
-            yield self._watch_every_folder(proto, listing)
+        watch_many = self._watch_many()
+        if watch_many is not None:
+            yield watch_many(proto, listing)
             return
         name = resolve_folder(self.folder_filter, listing)
         # The whole LIST (every folder of the account) would otherwise stay
@@ -384,7 +373,7 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
             self._hook("synced")
             if self.machine.wake_pending or self.machine.token_refresh_due:
                 continue
-            if getattr(proto, "last_exists", None) != self.sync.exists_at_start:
+            if proto.last_exists != self.sync.exists_at_start:
                 # New mail was announced while we were fetching; IDLE would
                 # not report it again, so it would wait for the IDLE restart.
                 continue
@@ -392,6 +381,12 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
                 yield self._idle(proto)
             else:
                 yield self._poll()
+
+    def _watch_many(self) -> Optional[Callable[[Any, Any], defer.Deferred]]:
+        """The loop of a connection that watches several folders (polled),
+        or ``None`` for one folder that idles. Overridden by the shared
+        polling connection (``imapsvc.shared_poll``)."""
+        return self._watch_every_folder if self.folder_filter.strip() == WILDCARD else None
 
     @defer.inlineCallbacks
     def _watch_every_folder(self, proto: Any, listing: Any):  # type: ignore[no-untyped-def]
@@ -423,10 +418,9 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
     @defer.inlineCallbacks
     def _send_id(self, proto: Any):  # type: ignore[no-untyped-def]
         """RFC 2971 ``ID`` after login, when offered (imapsvc.imap.extensions)."""
-        send_id = getattr(proto, "send_id", None)
-        if send_id is None or "ID" not in self.capabilities:
+        if "ID" not in self.capabilities:
             return
-        server_id = yield send_id(client_id_fields())
+        server_id = yield proto.send_id(client_id_fields())
         self._check()
         if server_id:
             self.log.info(

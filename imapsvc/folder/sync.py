@@ -7,14 +7,15 @@ into suspects, fetched one by one after a probe, counted and skipped at
 ``poison_after``) and a pending backfill. The pass only drives the session
 (:class:`~imapsvc.interfaces.IIMAPSession`), the pipeline and the store; it
 tells the lifecycle (:mod:`imapsvc.folder.service`) what happened through
-its returned :class:`SyncResult` and its counters, and asks it one thing:
-``check()``, which raises once the folder is stopping.
+its returned :class:`SyncResult` and its counters. Nothing calls back
+into the lifecycle: it sets :attr:`SyncPass.stopping` when the folder
+stops, and the pass ends at its next step by raising :class:`Stopping`.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import attr
 from twisted.internet import defer
@@ -25,7 +26,7 @@ from imapsvc.core import poison
 from imapsvc.core.cursor import REASON_RESUME, advance, compute_start, since_days_ago
 from imapsvc.core.folders import WILDCARD
 from imapsvc.folder.modseq import ModseqShortcut
-from imapsvc.folder.options import FolderOptions
+from imapsvc.folder.options import FolderOptions, Stopping
 from imapsvc.folder.write_back import WriteBackRunner
 from imapsvc.imap.responses import sorted_unique_from
 from imapsvc.interfaces import IMessagePipeline, IStore
@@ -44,8 +45,6 @@ class SyncPass:
     """The sync passes of one watched folder, and what they keep between
     passes and connections: the cursor, the counters for ``/status``, the
     suspect UIDs of failed chunks, the write-back state.
-
-    :param check: raises when the folder is stopping (ends the pass).
     """
 
     log = Logger()
@@ -61,7 +60,6 @@ class SyncPass:
         options: FolderOptions,
         parser: Any,
         label: str,
-        check: Callable[[], None],
     ) -> None:
         self.provider = provider
         self.folder_filter = folder_filter
@@ -75,8 +73,7 @@ class SyncPass:
             provider.host, options.broken_bodystructure_hosts
         )
         self.label = label
-        self.check = check
-        self.write_back = WriteBackRunner(store, label, check)
+        self.write_back = WriteBackRunner(store, label)
         #: CONDSTORE/QRESYNC (RFC 7162): skips a pass's UID SEARCH when nothing changed.
         self.modseq = ModseqShortcut(store, provider.tenant, provider.provider_id, owner, label)
         self.cursor: Optional[FolderCursor] = None
@@ -94,6 +91,24 @@ class SyncPass:
         self.suspects: dict[str, set[int]] = {}
         self._fetched_ok = False
         self._nothing_to_probe = False
+        #: Server name -> its configured filter, when one connection watches
+        #: several configured folders (the shared poller).
+        self.filter_of: dict[str, str] = {}
+
+    @property
+    def stopping(self) -> bool:
+        """Set by the lifecycle (from its machine) when the folder stops;
+        handed down to write-back, which checks it itself."""
+        return self.write_back.stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self.write_back.stopping = value
+
+    def check(self) -> None:
+        """End the pass (raise :class:`Stopping`) once the folder stops."""
+        if self.stopping:
+            raise Stopping()
 
     def new_session(self) -> None:
         """A new connection: whether a FETCH worked in it (evidence for the
@@ -116,7 +131,7 @@ class SyncPass:
         self.check()
         # EXISTS that arrives during this sync's commands is not an IDLE
         # event: remember where we started so the loop can sync again.
-        self.exists_at_start = getattr(proto, "last_exists", None)
+        self.exists_at_start = proto.last_exists
         self.uid_next = info.get("uidnext")
         tenant, pid = self.provider.tenant, self.provider.provider_id
         # Read at every sync so an operator's resync is seen by this worker.
@@ -250,7 +265,9 @@ class SyncPass:
     def _backfill_keys(self, name: str) -> list[str]:
         # A request names the server's spelling or the configured filter
         # (not "*": each folder it finds goes by its own name).
-        keys = [name] if self.folder_filter.strip() == WILDCARD else [name, self.folder_filter]
+        # The shared poller (imapsvc.shared_poll) names each folder's filter.
+        configured = self.filter_of.get(name, self.folder_filter)
+        keys = [name] if configured.strip() == WILDCARD else [name, configured]
         return list(dict.fromkeys(keys))
 
     @defer.inlineCallbacks

@@ -7,14 +7,14 @@ sweep window) are pure code in :mod:`imapsvc.core.write_back`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from imapsvc.core import write_back as WB
 from imapsvc.core.folders import encode_mutf7
-from imapsvc.folder.options import describe
+from imapsvc.folder.options import Stopping, describe
 from imapsvc.interfaces import ILedgerStore
 from imapsvc.log_output import redact
 
@@ -23,21 +23,25 @@ class WriteBackRunner:
     """One folder's write-back: its counters for ``/status`` and
     ``/metrics``, the UIDs whose write-back failed (by UIDVALIDITY, retried
     at the next sync while this process runs) and the once-per-start sweep.
-
-    :param check: raises when the folder is stopping (ends the sync).
+    The sync pass sets :attr:`stopping` when the folder stops; :meth:`check`
+    then ends the sync.
     """
 
     log = Logger()
 
-    def __init__(self, store: ILedgerStore, label: str, check: Callable[[], None]) -> None:
+    def __init__(self, store: ILedgerStore, label: str) -> None:
         self.store = store
         self.label = label
-        self.check = check
+        self.stopping = False
         self.applied = 0
         self.failed = 0
         self.error: Optional[str] = None
         self.pending: dict[str, set[int]] = {}
         self.swept = False
+
+    def check(self) -> None:
+        if self.stopping:
+            raise Stopping()
 
     def mode(self, provider_mode: Any, default: str) -> WB.WriteBack:
         """The provider's option, else IMAP_WRITE_BACK; an unusable value

@@ -20,6 +20,7 @@ from imapsvc.imap.compress import (
     COMPRESS_AUTO,
     DeflateStreams,
     offers_deflate,
+    peer_host_of,
     worth_compressing,
 )
 from imapsvc.imap.connection import Caps, Command
@@ -245,15 +246,9 @@ class AuthCommands(ResponseReader):
             return defer.succeed(True)
         if not offers_deflate(self.capabilities) or self.state not in ("auth", "selected"):
             return defer.succeed(False)
-        if not worth_compressing(mode, self._peer_host()):
+        if not worth_compressing(mode, peer_host_of(self.transport)):
             return defer.succeed(False)
         cmd = Command(b"COMPRESS", [b"COMPRESS DEFLATE"], kind="advisory")
         cmd.on_ok = lambda cmd, code: self._start_inflating(DeflateStreams())
         return self._submit(cmd).addCallback(lambda _: self._deflate is not None)
-
-    def _peer_host(self) -> Optional[str]:
-        """The connected server's IP address, or ``None`` when unknown."""
-        get_peer = getattr(self.transport, "getPeer", None)
-        host = getattr(get_peer(), "host", None) if get_peer is not None else None
-        return host if isinstance(host, str) else None
 

@@ -133,3 +133,11 @@ def worth_compressing(mode: str, peer_host: Optional[str]) -> bool:
     except ValueError:
         return True
     return refused_reason(address) not in ("loopback", "private", "link-local")
+
+
+def peer_host_of(transport: object) -> Optional[str]:
+    """The IP address a transport is connected to (its ``getPeer().host``),
+    or ``None`` when it has none: what :func:`worth_compressing` weighs."""
+    get_peer = getattr(transport, "getPeer", None)
+    host = getattr(get_peer(), "host", None) if get_peer is not None else None
+    return host if isinstance(host, str) else None

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from twisted.internet import defer
 
+from imapsvc.core.gmail import GMAIL_CAPABILITY, parse_msgid
 from imapsvc.imap import responses
 from imapsvc.imap.connection import Command
 from imapsvc.imap.reader import ResponseReader
@@ -47,10 +48,16 @@ class FetchCommands(ResponseReader):
 
     def fetch_meta(self, uids: Sequence[int]) -> defer.Deferred[ByUid]:
         """Size, INTERNALDATE, BODYSTRUCTURE and exact header bytes, keyed by
-        UID: ``{uid: {"size", "internaldate", "bodystructure", "header"}}``.
+        UID: ``{uid: {"size", "internaldate", "bodystructure", "header"}}``,
+        plus ``"gm_msgid"`` when the server offers X-GM-EXT-1.
         ``bodystructure`` is a nested list of ``str``/``None`` or ``None``."""
+        # Gmail: X-GM-MSGID, the message's identity across labels (core.gmail).
+        gmail = GMAIL_CAPABILITY.encode("ascii") in (self.capabilities or {})
         d = self._uid_fetch(
-            uids, b"(UID RFC822.SIZE INTERNALDATE BODYSTRUCTURE BODY.PEEK[HEADER])"
+            uids,
+            b"(UID RFC822.SIZE INTERNALDATE BODYSTRUCTURE "
+            + (b"X-GM-MSGID " if gmail else b"")
+            + b"BODY.PEEK[HEADER])",
         )
 
         def shape(by_uid: ByUid) -> ByUid:
@@ -68,6 +75,8 @@ class FetchCommands(ResponseReader):
                     else None,
                     "header": sections.get(("HEADER", None), b""),
                 }
+                if gmail:
+                    out[uid]["gm_msgid"] = parse_msgid(pairs.get("X-GM-MSGID"))
             return out
 
         d.addCallback(shape)

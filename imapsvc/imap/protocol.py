@@ -16,7 +16,8 @@ The class is assembled from modules of one concern each:
 budget, writing), :mod:`~imapsvc.imap.reader` (lines, literals and the
 dispatch of responses), :mod:`~imapsvc.imap.auth_commands` (STARTTLS,
 login, ID, ENABLE), :mod:`~imapsvc.imap.mailbox_commands` (LIST,
-EXAMINE/SELECT, SEARCH, write-back), :mod:`~imapsvc.imap.fetch_commands`
+EXAMINE/SELECT, SEARCH, write-back), :mod:`~imapsvc.imap.status` (STATUS,
+UNSELECT: the Gmail budget's shared poller), :mod:`~imapsvc.imap.fetch_commands`
 (UID FETCH); IDLE is here.
 
 Rules every method follows:
@@ -42,52 +43,25 @@ from imapsvc.imap.condstore_commands import CondstoreCommands
 from imapsvc.imap.connection import Caps, Command, IMAPConnection
 from imapsvc.imap.fetch_commands import FetchCommands
 from imapsvc.imap.reader import MAX_STATUS_LINES
+from imapsvc.imap.status import StatusCommands
 from imapsvc.interfaces import IIMAPSession
 
 __all__ = ["Caps", "FolderIMAPClient", "MAX_STATUS_LINES"]
 
 
 @implementer(IIMAPSession)
-class FolderIMAPClient(AuthCommands, CondstoreCommands, FetchCommands):
-    """IMAP client for one folder connection.
+class FolderIMAPClient(AuthCommands, CondstoreCommands, StatusCommands, FetchCommands):
+    """IMAP client for one folder connection: the
+    :class:`~imapsvc.interfaces.IIMAPSession` of the folder engine.
 
-    :param clock: ``IReactorTime`` used for every deadline.
-    :param command_timeout: seconds of silence after which an outstanding
-        command (or a missing greeting) drops the connection.
-    :param contextFactory: kept for ``IMAP4Client`` compatibility; TLS is
-        started only by :meth:`start_tls` with an explicit creator.
-    :param inactivity_timeout: seconds without any byte from the server
-        after which the connection is dropped (``None``: off). Must exceed the
-        server's keepalive interval (Dovecot: 2 minutes) and the IDLE
-        re-issue interval for servers that send no keepalive.
-    :param caps: :class:`~imapsvc.core.wire_caps.WireCaps` derived from the
-        settings; ``None`` keeps the class defaults.
-    :param budget: the process-wide :class:`~imapsvc.imap.budget.ByteBudget`
-        (``None``: no budget). Over budget, reading pauses (backpressure);
-        command deadlines and the watchdog are suspended while paused.
-
-    :ivar greeted: fires with the capability dict after the greeting (a
-        ``CAPABILITY`` is issued when the greeting carries none).
-    :ivar capabilities: the latest capability dict (Twisted's shape:
-        ``{b"IDLE": None, b"AUTH": [b"XOAUTH2"]}``) or ``None``.
-    :ivar on_bye: ``callable(text)`` called once when the server says BYE
-        outside LOGOUT; a normal reason to reconnect, not an error.
-    :ivar idling: ``True`` between the server's ``+`` to IDLE and DONE.
-    :ivar last_exists: the last ``* n EXISTS`` seen, whatever the command.
+    Its parameters (clock, deadlines, watchdog, caps, byte budget) and its
+    state (``greeted``, ``capabilities``, ``on_bye``, ``idling``,
+    ``last_exists``) are :class:`~imapsvc.imap.connection.IMAPConnection`'s;
+    the commands come from the mixins above.
     """
 
-    def __init__(
-        self,
-        clock: Any,
-        command_timeout: float,
-        contextFactory: Any = None,
-        inactivity_timeout: Optional[float] = None,
-        caps: Any = None,
-        budget: Any = None,
-    ) -> None:
-        IMAPConnection.__init__(
-            self, clock, command_timeout, contextFactory, inactivity_timeout, caps, budget
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        IMAPConnection.__init__(self, *args, **kwargs)  # its parameters, as they are
         # The state of ending IDLE lives here only; the folder reads it
         # through :attr:`idle_ending` and :attr:`idle_done_sent`.
         self._idle_cmd: Optional[Command] = None

@@ -268,7 +268,7 @@ class ResponseReader(IMAPConnection):
         elif keyword == "VANISHED" and cmd is not None and not literals:
             # RFC 7162 3.2.10: parsed as ranges (bounded); ValueError drops.
             cmd.untagged.append((keyword, condstore.parse_vanished(rest)))
-        elif keyword in ("LIST", "FLAGS", "ID", "ENABLED") and cmd is not None:
+        elif keyword in ("LIST", "FLAGS", "ID", "ENABLED", "STATUS") and cmd is not None:
             tokens = responses.tokenize(texts, literals)
             cmd.untagged.append((keyword, tokens[1:]))
 

@@ -62,11 +62,11 @@ def from_settings(settings: Any, reactor: Any, environ: Optional[dict[str, str]]
         if getattr(settings, "secrets_dir", ""):
             # Like imapsvc's own settings: an unset variable is read from the
             # file of that name in IMAPSVC_SECRETS_DIR (a mounted Secret).
-            from imapsvc.config import _read_secret_file
+            from imapsvc.config import read_secret_file
 
             for name in AWS_VARIABLES:
                 if not env.get(name):
-                    value = _read_secret_file(settings.secrets_dir, name)
+                    value = read_secret_file(settings.secrets_dir, name)
                     if value:
                         env[name] = value
         creds = credentials_from_env(env)

@@ -45,6 +45,9 @@ class FakeMessage:
     internaldate: str = DEFAULT_INTERNALDATE
     bodystructure: Any = None
     flags: set[str] = attr.Factory(set)
+    #: Gmail's X-GM-MSGID (decimal): the same in every folder (label) that
+    #: shows this message; sent only when the server offers X-GM-EXT-1.
+    gm_msgid: Optional[str] = None
 
     def __attrs_post_init__(self) -> None:
         if self.bodystructure is None:
@@ -95,6 +98,8 @@ class FakeMailbox:
         #: ``ID`` fields it was sent, one dict per ``ID``.
         self.server_id: dict[str, str] = {"name": "FakeMailbox"}
         self.client_ids: list[dict[str, str]] = []
+        #: Sessions that switched to COMPRESS=DEFLATE (RFC 4978).
+        self.compressions = 0
         self._write_failures: dict[str, tuple[Optional[str], str, Optional[int], str]] = {}
         #: ``(kind, folder, uid)`` of every message part a fake session
         #: handed out: kind ``meta``, ``sections`` or ``full``.
@@ -102,6 +107,8 @@ class FakeMailbox:
         #: Live sessions (fake or scripted-server side): told about new mail
         #: with ``exists_changed(folder, count)`` and ``server_drop()``.
         self.sessions: list[Any] = []
+        #: Folders named by every STATUS command, in order.
+        self.status_calls: list[str] = []
 
     # -- content
 
@@ -124,6 +131,7 @@ class FakeMailbox:
         folder: str = "INBOX",
         internaldate: str = DEFAULT_INTERNALDATE,
         bodystructure: Any = None,
+        gm_msgid: Optional[str] = None,
         announce: bool = True,
     ) -> int:
         """Deliver a message; sessions that selected ``folder`` hear
@@ -133,7 +141,7 @@ class FakeMailbox:
         box = self.folders[folder]
         uid = box.uidnext
         box.uidnext += 1
-        box.messages[uid] = FakeMessage(raw, internaldate, bodystructure)
+        box.messages[uid] = FakeMessage(raw, internaldate, bodystructure, gm_msgid=gm_msgid)
         if announce:
             self.announce(folder)
         return uid
@@ -176,7 +184,8 @@ class FakeMailbox:
                 continue
             new = dest.uidnext
             dest.uidnext += 1
-            dest.messages[new] = FakeMessage(m.raw, m.internaldate, m.bodystructure, set(m.flags))
+            dest.messages[new] = FakeMessage(m.raw, m.internaldate, m.bodystructure, set(m.flags),
+                                             gm_msgid=m.gm_msgid)
             out.append(new)
         if out:
             for session in list(self.sessions):

@@ -15,6 +15,8 @@ from zope.interface import implementer
 
 from imapsvc.core.auth import OAUTH_MECHANISMS, choose_oauth_mechanism
 from imapsvc.core.cursor import internaldate_day, is_imap_date, parse_since
+from imapsvc.core.gmail import offers_gmail
+from imapsvc.imap.compress import COMPRESS_AUTO, offers_deflate, peer_host_of, worth_compressing
 from imapsvc.imap.errors import (
     CleartextRefused,
     CommandFailed,
@@ -34,6 +36,7 @@ from imapsvc.testing.mailbox import (
     FakeMessage,
 )
 from imapsvc.testing.mime import section_bytes
+from imapsvc.testing.status import FakeStatus
 from imapsvc.testing.wire import FakeSessionTransport, ServerCloses, refusal_error
 from imapsvc.testing.write_back import FakeWriteBack
 
@@ -52,7 +55,7 @@ class _Command:
 
 
 @implementer(IIMAPSession)
-class FakeIMAPSession(FakeWriteBack, Protocol):
+class FakeIMAPSession(FakeWriteBack, FakeStatus, Protocol):
     """An :class:`~imapsvc.interfaces.IIMAPSession` over a :class:`FakeMailbox`.
 
     Commands run one at a time in submission order; one sent while IDLE is
@@ -82,6 +85,9 @@ class FakeIMAPSession(FakeWriteBack, Protocol):
         self.idling = False
         self.auth_mechanism: Optional[str] = None
         self.utf8_accept = False
+        #: COMPRESS=DEFLATE in force (recorded only: the fake moves no bytes).
+        self.compressing = False
+        self._logged_in = False
         self.commands: list[str] = []
         #: What searches and fetches asked for, one entry per command:
         #: ``("search", first_uid)``, ``("meta", uids)``, ``("full", uids)``,
@@ -338,6 +344,7 @@ class FakeIMAPSession(FakeWriteBack, Protocol):
                 code, text, status = refusal
                 raise refusal_error(name, status, code, text, auth=True)
             self.capabilities = self.mailbox.capabilities()
+            self._logged_in = True
             return self.capabilities
 
         return self._run(name, login)
@@ -383,6 +390,25 @@ class FakeIMAPSession(FakeWriteBack, Protocol):
             return True
 
         return self._run("ENABLE", enable)
+
+    def maybe_compress(self, mode: str = COMPRESS_AUTO) -> defer.Deferred:
+        """``COMPRESS DEFLATE`` when ``mode``, the server's offer and the
+        peer's address allow it, as the real client decides; a scripted
+        refusal (``mailbox.fail_command("COMPRESS")``) fires ``False``."""
+        if self.compressing:
+            return defer.succeed(True)
+        if not offers_deflate(self.capabilities) or not self._logged_in:
+            return defer.succeed(False)
+        if not worth_compressing(mode, peer_host_of(self.transport)):
+            return defer.succeed(False)
+
+        def compress() -> bool:
+            if self.mailbox.command_failure("COMPRESS") is None:
+                self.compressing = True
+                self.mailbox.compressions += 1
+            return self.compressing
+
+        return self._run("COMPRESS", compress)
 
     def examine_folder(self, name: str) -> defer.Deferred:
         return self._open_folder("EXAMINE", name, writable=False)
@@ -451,13 +477,18 @@ class FakeIMAPSession(FakeWriteBack, Protocol):
         return out
 
     def fetch_meta(self, uids: Iterable[int]) -> defer.Deferred:
+        gmail = offers_gmail(self.mailbox.capability_words)
+
         def meta(uid: int, m: FakeMessage) -> dict:
-            return {
+            out = {
                 "size": len(m.raw),
                 "internaldate": m.internaldate,
                 "bodystructure": m.bodystructure,
                 "header": m.header,
             }
+            if gmail:  # as the real client: asked for only when offered
+                out["gm_msgid"] = m.gm_msgid
+            return out
 
         uids = list(uids)
         self.requests.append(("meta", tuple(int(u) for u in uids)))

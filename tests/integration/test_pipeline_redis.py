@@ -217,4 +217,4 @@ def _host_port(url: str) -> tuple[str, int]:
 
 def _delete(url: str, stream: str) -> None:
     with SyncRedis(*_host_port(url)) as r:
-        r.command("DEL", stream)
+        r.delete(stream)

@@ -9,7 +9,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.trial.unittest import TestCase
 
-from imapsvc.imap.errors import AuthenticationFailed
+from imapsvc.imap.errors import AuthenticationFailed, CommandFailed
 from imapsvc.imap.protocol import FolderIMAPClient
 from imapsvc.imap.tls import client_tls_options
 from imapsvc.model import Credentials
@@ -130,6 +130,30 @@ class DovecotProtocolTests(TestCase):
         self.assertEqual(full, {uid: MULTIPART})
         flags = mail.flags(self.user, DEFAULT_PASSWORD, "INBOX", uid)
         self.assertNotIn("\\Seen", str(flags))
+
+    @defer.inlineCallbacks
+    def test_status_of_another_folder(self):
+        # The Gmail budget's shared poller: STATUS without selecting.
+        # The rig takes Unicode names; the client the server's spelling (modified UTF-7).
+        mail.create_folder(self.user, DEFAULT_PASSWORD, "Gesch\u00e4ft")
+        for n in range(2):
+            mail.append(self.user, DEFAULT_PASSWORD, "Gesch\u00e4ft", b"Subject: %d\r\n\r\n" % n)
+        client, _, _ = yield self.login()
+        yield client.examine_folder("INBOX")
+        info = yield client.status_folder("Gesch&AOQ-ft")
+        self.assertEqual(info["uidnext"], 3)
+        self.assertEqual(info["messages"], 2)
+        self.assertGreater(info["uidvalidity"], 0)
+        missing = client.status_folder("Nope")
+        yield self.assertFailure(missing, CommandFailed)
+        # INBOX is still selected and the session goes on.
+        uids = yield client.uid_search_from(1)
+        self.assertEqual(list(uids), [])
+        # Dovecot offers UNSELECT: the poller leaves a folder with it.
+        left = yield client.unselect()
+        self.assertTrue(left)
+        info = yield client.status_folder("INBOX")
+        self.assertEqual(info["messages"], 0)
 
     @defer.inlineCallbacks
     def test_idle_wakes_on_append(self):

@@ -27,7 +27,7 @@ class RedisSinkContractTests(SinkContractMixin, unittest.TestCase):
 
     def make_sink(self, **kwargs: Any) -> RedisStreamSink:
         stream = unique_stream("contract")
-        self.addCleanup(self.redis.command, "DEL", stream)
+        self.addCleanup(self.redis.delete, stream)
         sink = RedisStreamSink(reactor, self.url, stream, timeout_s=5.0, **kwargs)
         sink.start()
         self.addCleanup(sink.stop)
@@ -40,7 +40,7 @@ class RedisSinkContractTests(SinkContractMixin, unittest.TestCase):
     def test_maxlen_trims_approximately(self) -> Any:
         sink = self.make_sink(maxlen=10)
         yield sink.publish([entry(i) for i in range(1000)])
-        length = self.redis.command("XLEN", sink.stream)
+        length = self.redis.xlen(sink.stream)
         self.assertLess(length, 1000)
         self.assertGreaterEqual(length, 10)
 
@@ -48,7 +48,7 @@ class RedisSinkContractTests(SinkContractMixin, unittest.TestCase):
     def test_no_maxlen_keeps_everything(self) -> Any:
         sink = self.make_sink()
         yield sink.publish([entry(i) for i in range(1000)])
-        self.assertEqual(self.redis.command("XLEN", sink.stream), 1000)
+        self.assertEqual(self.redis.xlen(sink.stream), 1000)
 
 
 class XaddArgsTests(unittest.TestCase):

@@ -168,7 +168,7 @@ class AofRedis:
     def answers(self) -> bool:
         try:
             with SyncRedis("127.0.0.1", self.port, timeout=1.0) as r:
-                return bool(r.command("PING") == "PONG")
+                return bool(r.ping())
         except (OSError, RespError):
             return False
 

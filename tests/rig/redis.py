@@ -7,8 +7,8 @@
   key a test makes starts with it and the whole prefix is deleted at exit.
 - :class:`PrivateRedis` runs a throwaway ``redis-server`` on a free port that a
   test may stop and start again (the honest "Redis went down" test).
-- :class:`SyncRedis` is a tiny blocking RESP client for setting up and
-  checking (a few local commands; never used by the code under test).
+- :class:`SyncRedis` is redis-py's blocking client for setting up and
+  checking (never used by the code under test).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import tempfile
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
+import redis
 from twisted.internet import defer, task
 from twisted.trial.unittest import SkipTest
 
@@ -30,86 +31,29 @@ from twisted.trial.unittest import SkipTest
 PREFIX = f"imapsvc-test:{secrets.token_hex(6)}:"
 
 
-class RespError(Exception):
-    """An error reply."""
+#: What redis-py raises for an error reply or a connection it lost (its
+#: connection errors are not OSError).
+RespError = redis.RedisError
 
 
-class SyncRedis:
-    """A minimal blocking Redis client (RESP2) for test setup/verification."""
+class SyncRedis(redis.Redis):
+    """redis-py's blocking client with text replies, for test setup and
+    checking (never used by the code under test). ``xrange(stream)`` gives
+    ``[(id, {field: value})]`` in order."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 6379, timeout: float = 5.0) -> None:
-        self._sock = socket.create_connection((host, port), timeout=timeout)
-        self._buf = b""
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self) -> SyncRedis:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def command(self, *args: Any) -> Any:
-        out = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        self._sock.sendall(b"".join(out))
-        return self._read()
-
-    def _line(self) -> bytes:
-        while b"\r\n" not in self._buf:
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("Redis closed the connection")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\r\n", 1)
-        return line
-
-    def _exact(self, n: int) -> bytes:
-        while len(self._buf) < n + 2:
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("Redis closed the connection")
-            self._buf += chunk
-        data, self._buf = self._buf[:n], self._buf[n + 2 :]
-        return data
-
-    def _read(self) -> Any:
-        line = self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RespError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            return None if n < 0 else self._exact(n).decode("utf-8")
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self._read() for _ in range(n)]
-        raise RespError(f"unexpected reply {line!r}")
-
-    # conveniences
-    def xrange(self, stream: str) -> list[tuple[str, dict[str, str]]]:
-        """Every entry of ``stream`` as ``(id, fields)``, in order."""
-        out = []
-        for entry_id, flat in self.command("XRANGE", stream, "-", "+"):
-            out.append((entry_id, dict(zip(flat[::2], flat[1::2]))))
-        return out
+        super().__init__(
+            host=host,
+            port=port,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            decode_responses=True,
+        )
 
     def delete_prefix(self, prefix: str) -> int:
-        deleted = 0
-        cursor = "0"
-        while True:
-            cursor, keys = self.command("SCAN", cursor, "MATCH", prefix + "*", "COUNT", 500)
-            if keys:
-                deleted += self.command("DEL", *keys)
-            if cursor == "0":
-                return deleted
+        """Delete every key starting with ``prefix``; how many there were."""
+        keys = list(self.scan_iter(match=prefix + "*", count=500))
+        return sum(int(self.delete(*keys[i : i + 500])) for i in range(0, len(keys), 500))
 
 
 def shared_redis_url() -> str:
@@ -140,8 +84,7 @@ def shared_redis() -> str:
     global _cleanup_registered
     try:
         with SyncRedis(*_host_port(shared_redis_url()), timeout=2.0) as r:
-            if r.command("PING") != "PONG":
-                raise OSError("no PONG")
+            r.ping()
     except (OSError, RespError) as e:
         message = f"Redis at {shared_redis_url()} is unreachable: {e}"
         if os.environ.get("CI"):
@@ -216,7 +159,7 @@ class PrivateRedis:
                 raise RuntimeError(f"redis-server exited with {self._proc.returncode}")
             try:
                 with SyncRedis("127.0.0.1", self.port, timeout=1.0) as r:
-                    if r.command("PING") == "PONG":
+                    if r.ping():
                         return
             except (OSError, RespError):
                 pass

@@ -189,6 +189,21 @@ class IdFolderTests(SynchronousTestCase):
         self.assertNotIn("ENABLE", session.commands)
         self.assertFalse(session.utf8_accept)
 
+    def test_compress_after_login_as_configured(self) -> None:
+        # The fake's peer is a private address: auto leaves the session
+        # plain there, always compresses before anything else is sent.
+        caps = IDLE_CAPS + ("ID", "COMPRESS=DEFLATE")
+        r = self.id_rig(caps, options=attr.evolve(OPTIONS, compress="always"))
+        session = r.start()
+        self.assertEqual(session.commands[:4], ["LOGIN", "COMPRESS", "ID", "LIST"])
+        self.assertTrue(session.compressing)
+        self.assertEqual(r.mailbox.compressions, 1)
+        for mode in ("auto", "off"):
+            r = self.id_rig(caps, options=attr.evolve(OPTIONS, compress=mode))
+            session = r.start()
+            self.assertNotIn("COMPRESS", session.commands)
+            self.assertFalse(session.compressing)
+
     def test_setting_reaches_the_folder_options(self) -> None:
         from imapsvc.config import load_settings
         from imapsvc.folder import FolderOptions

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import address, task
 from twisted.internet.interfaces import ISSLTransport
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,6 +20,8 @@ from imapsvc.testing import FakeIMAPSession, FakeMailbox, section_bytes
 from tests.imap_server import ScriptedIMAPServer
 from tests.session_contract import MULTIPART, PASSWORD, USER, SessionContractMixin
 
+PRIVATE_PEER = address.IPv4Address("TCP", "192.168.1.1", 993)
+
 
 class RealSessionContractTests(SessionContractMixin, SynchronousTestCase):
     """FolderIMAPClient <-> ScriptedIMAPServer over iosim, a fake clock."""
@@ -29,7 +31,8 @@ class RealSessionContractTests(SessionContractMixin, SynchronousTestCase):
         client = FolderIMAPClient(self.clock, 60.0, inactivity_timeout=300.0)
         self.server = ScriptedIMAPServer(mailbox)
         server_io = iosim.FakeTransport(self.server, isServer=True)
-        client_io = iosim.FakeTransport(client, isServer=False)
+        # The peer the fake session's transport reports: a private address.
+        client_io = iosim.FakeTransport(client, isServer=False, peerAddress=PRIVATE_PEER)
         if tls:
             alsoProvides(client_io, ISSLTransport)  # as over implicit TLS
         self.pump = iosim.connect(
@@ -116,6 +119,6 @@ class SectionTests(SynchronousTestCase):
 
 class FolderHooksInterfaceTests(SynchronousTestCase):
     def test_supervisor_folder_hooks_provide_the_interface(self) -> None:
-        from imapsvc.supervisor import FolderHooks
+        from imapsvc.provider_service import FolderHooks
 
         self.assertTrue(verifyObject(IFolderHooks, FolderHooks(object(), "INBOX")))  # type: ignore[arg-type]
