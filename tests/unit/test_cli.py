@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import urllib.error
 import uuid
 from typing import Any, Optional
@@ -371,6 +372,21 @@ class ProviderTests(CliTestBase):
         for fragment in ("python -m imapsvc migrate", "--database-url", "--sqlite-path"):
             self.assertIn(fragment, out)
         self.assertFalse(os.path.exists(self.db), "--help changes nothing")
+
+    def test_migrate_help_after_global_options(self) -> None:
+        printed = io.StringIO()
+        self.patch(sys, "stdout", printed)  # argparse prints --help there
+        status, _, err = self.run_cli("--database-url", "postgresql://db/x", "migrate", "--help")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("--sqlite-path", printed.getvalue())
+
+    def test_migrate_after_global_sqlite_path(self) -> None:
+        other = os.path.join(self.dir, "other.sqlite3")
+        status, out, _ = self.run_cli("--sqlite-path", other, "migrate")
+        self.assertEqual(status, 0)
+        self.assertIn(other, out)
+        self.assertTrue(os.path.exists(other))
+        self.assertFalse(os.path.exists(self.db))
 
     def test_oauth2_needs_its_urls_and_client_id(self) -> None:
         result = self.run_cli("provider", "add", "--tenant", self.tenant, "--mailbox", "o@x.com",
