@@ -102,8 +102,9 @@ class IIMAPSession(Interface):
         :rtype: Deferred[bool]: whether it got enabled (:attr:`utf8_accept`).
         """
 
-    def list_folders():
-        """``LIST "" "*"``.
+    def list_folders(pattern="*"):
+        """``LIST "" pattern`` (a mailbox name, modified UTF-7; ``*`` and
+        ``%`` are LIST wildcards).
 
         :rtype: Deferred[list[tuple[tuple[str, ...], Optional[str], str]]]:
             ``(flags, delimiter, name)``, names as the server spells them.

@@ -25,6 +25,7 @@ from imapsvc.core.cursor import internaldate_day, parse_since
 from imapsvc.imap import responses
 from imapsvc.testing import FakeFolder, FakeMailbox, section_bytes
 from imapsvc.testing.mailbox import FETCH_DROP, FETCH_GARBLED
+from imapsvc.testing.session import list_pattern
 
 _LITERAL = re.compile(rb"\{(\d+)(\+?)\}$")
 _SECTION = re.compile(r"BODY(?:\.PEEK)?\[([^\]]*)\](?:<(\d+)\.(\d+)>)?", re.I)
@@ -278,7 +279,11 @@ class ScriptedIMAPServer(LineReceiver):
     def do_LIST(self, tag: bytes, args: list) -> None:  # noqa: N802
         if self._refused(tag, "LIST"):
             return
+        pattern = responses.as_bytes(args[1]).decode("utf-8") if len(args) > 1 else "*"
+        matches = list_pattern(pattern)
         for folder in self.mailbox.folders.values():
+            if not matches(folder.name, folder.delimiter):
+                continue
             flags = " ".join(folder.flags).encode("ascii")
             delimiter = b"NIL" if folder.delimiter is None else _quote(folder.delimiter)
             self._send(b"* LIST (" + flags + b") " + delimiter + b" " + _quote(folder.name))

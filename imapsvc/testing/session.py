@@ -6,6 +6,7 @@ checks both).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet import defer
@@ -357,10 +358,13 @@ class FakeIMAPSession(FakeWriteBack, FakeStatus, Protocol):
                 raise ProtocolViolation(f"bad tagged answer to {command.encode()!r}")
             raise refusal_error(command, "NO", code, text)
 
-    def list_folders(self) -> defer.Deferred:
+    def list_folders(self, pattern: str = "*") -> defer.Deferred:
+        matches = list_pattern(pattern)
+
         def listing() -> list:
             self._scripted_failure("LIST")
-            return [(tuple(f.flags), f.delimiter, f.name) for f in self.mailbox.folders.values()]
+            return [(tuple(f.flags), f.delimiter, f.name) for f in self.mailbox.folders.values()
+                    if matches(f.name, f.delimiter)]
 
         return self._run("LIST", listing)
 
@@ -572,3 +576,20 @@ class FakeIMAPSession(FakeWriteBack, FakeStatus, Protocol):
 
         self._logging_out = True
         return self._run("LOGOUT", bye)
+
+
+def list_pattern(pattern: str) -> Callable[[str, Optional[str]], bool]:
+    """``(name, delimiter) -> bool``: what ``LIST "" pattern`` lists (RFC
+    3501 6.3.8): ``*`` matches anything, ``%`` anything but the hierarchy
+    delimiter, ``INBOX`` in any case."""
+
+    def matches(name: str, delimiter: Optional[str]) -> bool:
+        if name.upper() == "INBOX" and pattern.upper() == "INBOX":
+            return True
+        level = f"[^{re.escape(delimiter)}]*" if delimiter else ".*"
+        regex = "".join(
+            ".*" if c == "*" else level if c == "%" else re.escape(c) for c in pattern
+        )
+        return re.fullmatch(regex, name) is not None
+
+    return matches
