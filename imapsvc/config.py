@@ -437,7 +437,7 @@ def settings_markdown() -> str:
     lines = [
         "# Settings",
         "",
-        "Generated from `imapsvc/config.py` by `python -m imapsvc config --markdown`;",
+        "Generated from `imapsvc/settings_table.py` by `python -m imapsvc config --markdown`;",
         "do not edit by hand.",
         "",
         "Every setting is an environment variable and a `twistd imapsvc` option",
