@@ -124,20 +124,20 @@ def result_line(messages: int, seconds: float, nbytes: int) -> str:
 # -- set-up (synchronous, not timed) ------------------------------------------
 
 
-def scratch_database() -> str:
-    """Drop, recreate and migrate the scratch database; return its DSN."""
+def scratch_database(name: str = SCRATCH_DB) -> str:
+    """Drop and recreate the scratch database ``name``; return its DSN."""
     import psycopg2
 
     admin = psycopg2.connect(ADMIN_DSN)
     admin.autocommit = True
     try:
         with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)")
-            cur.execute(f"CREATE DATABASE {SCRATCH_DB}")
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            cur.execute(f"CREATE DATABASE {name}")
     finally:
         admin.close()
     parts = urlsplit(ADMIN_DSN)
-    return urlunsplit(parts._replace(path="/" + SCRATCH_DB))
+    return urlunsplit(parts._replace(path="/" + name))
 
 
 def reset_tenant(dsn: str) -> None:
@@ -161,7 +161,7 @@ def add_provider(dsn: str, box: Any, env: dict[str, Any], cursor: Optional[dict]
 
     from imapsvc.model import ProviderConfig
     from imapsvc.sealed_secrets import password_name
-    from imapsvc.store.admin_sync import PostgresAdmin
+    from imapsvc.store.admin_postgres import PostgresAdmin
 
     security = env["security"]
     config = ProviderConfig(

@@ -88,7 +88,7 @@ def fill(dovecot: Any, users: int, messages: int) -> None:
 def setup_database(dovecot: Any, users: int) -> tuple[str, str]:
     from imapsvc.model import ProviderConfig
     from imapsvc.sealed_secrets import SecretBox, generate_key, password_name
-    from imapsvc.store.admin_sync import PostgresAdmin
+    from imapsvc.store.admin_postgres import PostgresAdmin
     from imapsvc.store.migrate import apply_migrations
 
     dsn = scratch_database()

@@ -20,6 +20,20 @@ line; everything else goes to stderr):
   ``storm_warn_lines`` the service's log events at error/critical and at
   warning level meanwhile (``error_lines``: the whole run).
 
+CPU and lag per phase, since wall-clock times are noisy on a shared machine:
+``start_cpu_s`` / ``storm_cpu_s`` are this process's CPU seconds (all
+threads) from the start (the restart) until all folders idle;
+``storm_kill_cpu_s`` / ``storm_lost_s`` cover the restart until every folder
+has seen its session end; ``*_stalls_100`` / ``*_stalls_250`` count reactor
+lag samples over 100 / 250 ms and ``*_top_stalls`` lists the largest few as
+``[seconds into the phase, lag ms]``. ``--storms K`` restarts Dovecot K times
+(``storm_runs`` has each; the flat ``storm_*`` keys are the medians).
+``BENCH_PYSPY=PREFIX`` records each phase with ``py-spy record -r 100
+--nonblocking --threads -f raw`` into ``PREFIX-start.txt``,
+``PREFIX-storm1-kill.txt`` (until every session has ended),
+``PREFIX-storm1.txt`` (the reconnects), ... (py-spy on ``PATH`` or beside
+the interpreter).
+
 Set-up, not timed: a private rig Dovecot (``tests/rig/dovecot.py``) with
 ``service imap { client_limit = --client-limit; service_count = 0 }`` (0 =
 one process per connection, which past ~128 idlers makes Dovecot fall back to
@@ -36,12 +50,17 @@ spreads the start-up and the first reconnect after the storm.
 from __future__ import annotations
 
 import argparse
+import collections
 import imaplib
 import json
 import os
 import random
 import resource
+import shutil
+import signal
 import ssl
+import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -89,6 +108,93 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+class PhaseMeter:
+    """CPU seconds and reactor lag of one phase (the start-up, one storm)."""
+
+    def __init__(self) -> None:
+        self.start()
+
+    def start(self) -> None:
+        self.t0 = time.time()
+        self.cpu0 = cpu_seconds()
+        self.sys0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+        self.max_lag = 0.0
+        self.over_100 = 0
+        self.over_250 = 0
+        self.stalls: list[tuple[float, float]] = []
+
+    def record(self, lag: float) -> None:
+        self.max_lag = max(self.max_lag, lag)
+        if lag > 0.1:
+            self.over_100 += 1
+            # when the stall ended, seconds into the phase
+            self.stalls.append((round(time.time() - self.t0, 2), round(lag * 1000, 1)))
+        if lag > 0.25:
+            self.over_250 += 1
+
+    def cpu(self) -> float:
+        return round(cpu_seconds() - self.cpu0, 2)
+
+    def sys_cpu(self) -> float:
+        """The kernel's share of :meth:`cpu` (sockets, TLS records, epoll)."""
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_stime - self.sys0, 2)
+
+    def figures(self, prefix: str) -> dict[str, Any]:
+        top = sorted(self.stalls, key=lambda s: -s[1])[:5]
+        return {
+            f"{prefix}_max_lag_ms": round(self.max_lag * 1000, 1),
+            f"{prefix}_stalls_100": self.over_100,
+            f"{prefix}_stalls_250": self.over_250,
+            f"{prefix}_top_stalls": [list(s) for s in top],
+        }
+
+
+def count_store_calls(store: Any) -> collections.Counter[str]:
+    """Count the calls of every public store operation (each is one or more
+    database round trips)."""
+    counts: collections.Counter[str] = collections.Counter()
+    for name in dir(type(store)):
+        if name.startswith("_") or not callable(getattr(store, name, None)):
+            continue
+        method = getattr(store, name)
+
+        def counted(*args: Any, _name: str = name, _method: Any = method, **kwargs: Any) -> Any:
+            counts[_name] += 1
+            return _method(*args, **kwargs)
+
+        setattr(store, name, counted)
+    return counts
+
+
+class Profiler:
+    """``py-spy record`` of this process during one phase (``BENCH_PYSPY``)."""
+
+    def __init__(self, prefix: Optional[str]) -> None:
+        self.prefix = prefix
+        self.proc: Optional[subprocess.Popen] = None
+        here = os.path.join(os.path.dirname(sys.executable), "py-spy")
+        self.exe = here if os.path.exists(here) else shutil.which("py-spy")
+
+    def start(self, phase: str) -> None:
+        if not self.prefix or not self.exe:
+            return
+        self.proc = subprocess.Popen(
+            [self.exe, "record", "--pid", str(os.getpid()), "-r", "100", "--nonblocking",
+             "--threads", "-f", "raw", "-o", f"{self.prefix}-{phase}.txt"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def percentile(ordered: list[float], p: float) -> Optional[float]:
     from bench.idle_latency import percentile as nearest_rank
 
@@ -129,10 +235,10 @@ def setup_database(args: argparse.Namespace, dovecot: Any, per_provider: int,
     from imapsvc.config import load_settings
     from imapsvc.model import ProviderConfig
     from imapsvc.sealed_secrets import SecretBox, generate_key, password_name
-    from imapsvc.store.admin_sync import PostgresAdmin
+    from imapsvc.store.admin_postgres import PostgresAdmin
     from imapsvc.store.migrate import apply_migrations
 
-    dsn = scratch_database()
+    dsn = scratch_database("imapsvc_bench_scale")
     apply_migrations(dsn, out=sys.stderr)
     key = generate_key()
     box = SecretBox.from_setting(key)
@@ -230,6 +336,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--pushes", type=int, default=40)
     ap.add_argument("--push-interval-ms", type=int, default=250)
     ap.add_argument("--no-storm", action="store_true")
+    ap.add_argument("--storms", type=int, default=1, help="Dovecot restarts, one after another")
+    ap.add_argument("--storm-pause", type=float, default=5.0,
+                    help="s between storms, after all idle")
     ap.add_argument("--timeout", type=float, default=600.0, help="per phase, s")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
@@ -270,16 +379,18 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
     globalLogPublisher.addObserver(counter)
     rss_before = rss_mb()
     runtime = Runtime(settings, reactor)
+    store_calls = count_store_calls(runtime.store)
     apply_parse_processes(runtime, settings)
     watch = _Watch(reactor)
     runtime.supervisor._make_folder = watch.wrap_make_folder(runtime.supervisor._make_folder)
     stats = runtime.lag_meter.stats
-    phase_max = {"lag": 0.0}
+    phase = PhaseMeter()
+    profiler = Profiler(os.environ.get("BENCH_PYSPY"))
     record = stats.record
 
     def record_and_track(lag: float) -> None:
         record(lag)
-        phase_max["lag"] = max(phase_max["lag"], lag)
+        phase.record(lag)
 
     stats.record = record_and_track  # type: ignore[method-assign]
 
@@ -329,14 +440,75 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
             yield sleep(0.25)
 
     @defer.inlineCallbacks
+    def storm(number: int) -> Any:
+        """Restart Dovecot once; the figures of this storm."""
+        before = {id(f): sum(f.reconnects.values()) for f in watch.folders}
+        reasons0: collections.Counter[str] = collections.Counter()
+        for f in watch.folders:
+            reasons0.update(f.reconnects)
+        errors0, warns0 = counter.errors, counter.warnings
+        calls0 = collections.Counter(store_calls)
+        res: dict[str, Any] = {}
+        profiler.start(f"storm{number}-kill")
+        phase.start()
+        t1 = phase.t0
+        restarted = threads.deferToThread(dovecot.restart)
+        restarted.addCallback(lambda _: res.setdefault("restart_s", round(time.time() - t1, 2)))
+
+        def all_lost() -> bool:
+            if "lost_s" not in res and all(
+                sum(f.reconnects.values()) > before[id(f)] for f in watch.folders
+            ):
+                res["lost_s"] = round(time.time() - t1, 2)
+                res["kill_cpu_s"] = phase.cpu()
+                profiler.stop()
+                profiler.start(f"storm{number}")
+            return "lost_s" in res
+
+        def all_back() -> bool:
+            all_lost()
+            return "lost_s" in res and all(f.state == "Idling" for f in watch.folders)
+
+        yield wait_for(all_back, "all folders idling again")
+        res["to_idle_s"] = round(time.time() - t1, 1)
+        res["cpu_s"] = phase.cpu()
+        res["sys_cpu_s"] = phase.sys_cpu()
+        profiler.stop()
+        yield restarted
+        res.update({k[len("storm_"):]: v for k, v in phase.figures("storm").items()})
+        reasons: collections.Counter[str] = collections.Counter()
+        for f in watch.folders:
+            reasons.update(f.reconnects)
+        reasons.subtract(reasons0)
+        # why sessions ended: one "bye"/"connection_lost" each, plus one
+        # per failed attempt (a refused connect while Dovecot was down)
+        res["reconnect_reasons"] = {k: v for k, v in sorted(reasons.items()) if v}
+        calls = collections.Counter(store_calls)
+        calls.subtract(calls0)
+        # store operations called from the restart until all idle
+        res["store_calls"] = {k: v for k, v in sorted(calls.items()) if v}
+        res["error_lines"] = counter.errors - errors0
+        res["warn_lines"] = counter.warnings - warns0
+        _err(f"storm {number}: all idle again after {res['to_idle_s']}s, "
+             f"{res['cpu_s']} CPU s, max lag {res['max_lag_ms']} ms")
+        return res
+
+    @defer.inlineCallbacks
     def drive() -> Any:
-        t0 = time.time()
+        profiler.start("start")
+        phase.start()
+        t0 = phase.t0
         runtime.startService()
         yield wait_for(lambda: len(watch.folders) == args.folders and idling() == args.folders,
                        "all folders idling")
         out["start_to_idle_s"] = round(time.time() - t0, 1)
-        out["start_max_lag_ms"] = round(phase_max["lag"] * 1000, 1)
-        _err(f"all {args.folders} idling after {out['start_to_idle_s']}s")
+        out["start_cpu_s"] = phase.cpu()
+        out["start_sys_cpu_s"] = phase.sys_cpu()
+        out["start_store_calls"] = {k: v for k, v in sorted(store_calls.items()) if v}
+        profiler.stop()
+        out.update(phase.figures("start"))
+        _err(f"all {args.folders} idling after {out['start_to_idle_s']}s, "
+             f"{out['start_cpu_s']} CPU s")
         yield sleep(args.settle)
         c0, w0 = cpu_seconds(), time.time()
         yield sleep(args.idle_seconds)
@@ -385,25 +557,18 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
         _err(f"push p50 {out['push_p50_ms']} p95 {out['push_p95_ms']} ms")
 
         if not args.no_storm:
-            before = {id(f): sum(f.reconnects.values()) for f in watch.folders}
-            errors0, warns0 = counter.errors, counter.warnings
-            phase_max["lag"] = 0.0
-            t1 = time.time()
-            yield threads.deferToThread(dovecot.restart)
-            out["dovecot_restart_s"] = round(time.time() - t1, 1)
-
-            def all_back() -> bool:
-                return all(
-                    f.state == "Idling" and sum(f.reconnects.values()) > before[id(f)]
-                    for f in watch.folders
-                )
-
-            yield wait_for(all_back, "all folders idling again")
-            out["storm_to_idle_s"] = round(time.time() - t1, 1)
-            out["storm_max_lag_ms"] = round(phase_max["lag"] * 1000, 1)
-            out["storm_error_lines"] = counter.errors - errors0
-            out["storm_warn_lines"] = counter.warnings - warns0
-            _err(f"storm: all idle again after {out['storm_to_idle_s']}s")
+            runs = []
+            for number in range(1, args.storms + 1):
+                if number > 1:
+                    yield sleep(args.storm_pause)
+                runs.append((yield storm(number)))
+            out["storm_runs"] = runs
+            for key in runs[0]:
+                values = [r[key] for r in runs]
+                if all(isinstance(v, (int, float)) for v in values):
+                    out[f"storm_{key}"] = statistics.median(values)
+                else:
+                    out[f"storm_{key}"] = values[0] if len(values) == 1 else values
         out["max_lag_ms"] = round(stats.max * 1000, 1)
         out["error_lines"] = counter.errors
         out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)

@@ -456,6 +456,9 @@ class Demo:
 
     def stop(self) -> None:
         """Stop twistd, then the tail, then Dovecot; safe to call at any point."""
+        if self.twistd is None and self.tail is None and self.dovecot is None \
+                and self._lock_fd is None:
+            return  # refused before starting anything (another demo runs): nothing to stop
         say("stopping: twistd, events tail, Dovecot")
         self._stop_process(self.twistd, grace=20)
         self._stop_process(self.tail, grace=5)

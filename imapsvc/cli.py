@@ -109,6 +109,27 @@ def _migrate_sqlite(path: str, out: TextIO) -> int:
     return 0
 
 
+MIGRATE_DESCRIPTION = ("Create or upgrade the schema: the numbered migrations of schema/ on "
+                       "Postgres, else the SQLite file. Safe to run again.")
+
+
+def _add_migrate_options(parser: argparse.ArgumentParser) -> None:
+    """Both stores' options, for ``--help`` (Postgres's own parser knows only
+    its URL). SUPPRESS: the global options' values are not overwritten."""
+    parser.add_argument("--database-url", default=argparse.SUPPRESS,
+                        help="PostgreSQL URL (default $DATABASE_URL)")
+    parser.add_argument("--sqlite-path", default=argparse.SUPPRESS,
+                        help="with no database URL: this SQLite file "
+                        "(default $IMAPSVC_SQLITE_PATH)")
+
+
+def _migrate_help() -> str:
+    parser = argparse.ArgumentParser(prog="python -m imapsvc migrate",
+                                     description=MIGRATE_DESCRIPTION)
+    _add_migrate_options(parser)
+    return parser.format_help()
+
+
 def _migrate_argv(argv: Sequence[str], environ: Mapping[str, str], out: TextIO,
                   err: TextIO) -> int:
     """``migrate`` as the first word: Postgres options belong to
@@ -117,7 +138,10 @@ def _migrate_argv(argv: Sequence[str], environ: Mapping[str, str], out: TextIO,
     peek.add_argument("--database-url")
     peek.add_argument("--sqlite-path")
     known, _ = peek.parse_known_args(list(argv))
-    if "-h" in argv or "--help" in argv or known.database_url:
+    if "-h" in argv or "--help" in argv:
+        out.write(_migrate_help())
+        return 0
+    if known.database_url:
         return _migrate_postgres(argv, err)
     url = environ.get("DATABASE_URL", "").strip()
     if not url and environ.get("DB_HOST", "").strip() and not known.sqlite_path:
@@ -186,11 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="command", required=True,
                                      parser_class=_Parser)
-    commands.add_parser(
+    migrate = commands.add_parser(
         "migrate",
         help="create or upgrade the schema (Postgres migrations, or the SQLite file)",
-        add_help=False,
+        description=MIGRATE_DESCRIPTION,
     )
+    _add_migrate_options(migrate)
     config = commands.add_parser(
         "config", help="print the effective settings (secrets masked) from the environment"
     )

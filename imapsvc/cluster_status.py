@@ -7,12 +7,18 @@ folders to the store at most once per ``interval_s`` (the first change after
 a quiet spell at once, later ones coalesced). Writes are fenced by the
 provider's lease: a replica that lost the lease writes nothing. A heartbeat
 row says the replica is alive; one silent for two lease TTLs is shown as gone.
+
+A folder may hand over a builder instead of its status
+(:meth:`StatusReporter.folder_dirty`): it is called only when the write is
+due, so a folder changing state several times between writes (every
+session of a reconnect storm goes through five or six states) costs one
+status, not one per change.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
@@ -26,6 +32,8 @@ from imapsvc.log_output import redact
 from imapsvc.model import FolderStatus
 
 Key = tuple[str, str]
+#: A folder's status, or what builds it when the write is due.
+Pending = Union[FolderStatus, Callable[[], FolderStatus]]
 
 
 def utc(seconds: float) -> datetime:
@@ -81,7 +89,7 @@ class StatusReporter:
         self.lease_ttl_s = lease_ttl_s
         self.tenants = tenants
         self._info = info or (lambda: {})
-        self._pending: dict[Key, dict[str, FolderStatus]] = {}
+        self._pending: dict[Key, dict[str, Pending]] = {}
         self._last_write: dict[Key, float] = {}
         self._calls: dict[Key, Any] = {}
         self._writing: dict[Key, defer.Deferred] = {}
@@ -119,8 +127,26 @@ class StatusReporter:
 
     def folder_changed(self, key: Key, status: FolderStatus) -> None:
         """Remember the folder's latest state; write it when the throttle allows."""
-        self._pending.setdefault(key, {})[status.folder] = status
+        self.folder_dirty(key, status.folder, status)
+
+    def folder_dirty(self, key: Key, folder: str, status: Pending) -> None:
+        """The folder changed: write ``status`` (or what the builder returns
+        then) when the throttle allows."""
+        self._pending.setdefault(key, {})[folder] = status
         self._schedule(key)
+
+    def _build(self, key: Key, pending: dict[str, Pending]) -> dict[str, FolderStatus]:
+        out = {}
+        for folder, status in pending.items():
+            if callable(status):
+                try:
+                    status = status()
+                except Exception:
+                    self.log.failure("status of {tenant}/{provider} {folder} failed",
+                                     tenant=key[0], provider=key[1], folder=folder)
+                    continue
+            out[folder] = status
+        return out
 
     def forget(self, key: Key) -> None:
         """The provider stopped here: nothing more to write for it."""
@@ -139,7 +165,7 @@ class StatusReporter:
 
     def _write(self, key: Key) -> None:
         self._calls.pop(key, None)
-        batch = self._pending.pop(key, None)
+        batch = self._build(key, self._pending.pop(key, {}))
         if not batch:
             return
         self._last_write[key] = self.clock.seconds()
@@ -161,8 +187,8 @@ class StatusReporter:
                           tenant=key[0], provider=key[1], err=f.getErrorMessage())
             # Keep what failed unless something newer arrived meanwhile.
             pending = self._pending.setdefault(key, {})
-            for folder, st in batch.items():
-                pending.setdefault(folder, st)
+            for folder, built in batch.items():
+                pending.setdefault(folder, built)
 
         def done(_: Any) -> None:
             self._writing.pop(key, None)

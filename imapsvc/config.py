@@ -114,6 +114,7 @@ class Settings:
     max_connections_per_tenant: int = _default("IMAP_MAX_CONNECTIONS_PER_TENANT")
     gmail_connection_budget: int = _default("IMAP_GMAIL_CONNECTION_BUDGET")
     max_folders: int = _default("IMAP_MAX_FOLDERS")
+    connect_concurrency: int = _default("IMAP_CONNECT_CONCURRENCY")
     max_attachment_bytes: int = _default("IMAP_MAX_ATTACHMENT_BYTES")
     max_total_attachment_bytes: int = _default("IMAP_MAX_TOTAL_ATTACHMENT_BYTES")
     max_attachment_count: int = _default("IMAP_MAX_ATTACHMENT_COUNT")
@@ -436,7 +437,7 @@ def settings_markdown() -> str:
     lines = [
         "# Settings",
         "",
-        "Generated from `imapsvc/config.py` by `python -m imapsvc config --markdown`;",
+        "Generated from `imapsvc/settings_table.py` by `python -m imapsvc config --markdown`;",
         "do not edit by hand.",
         "",
         "Every setting is an environment variable and a `twistd imapsvc` option",

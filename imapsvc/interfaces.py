@@ -211,7 +211,7 @@ class ILedgerStore(Interface):
 
 
 class IOutboxStore(Interface):
-    """The outbox as the relay reads it (CONTRACT section 7: events leave
+    """The outbox as the relay reads it (CONTRACT section 2: events leave
     only through it, in commit order)."""
 
     def add_outbox(tenant, provider_id, event_id, fields):

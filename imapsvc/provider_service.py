@@ -17,6 +17,7 @@ from twisted.application import service
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from imapsvc.core.cluster import next_write_delay
 from imapsvc.core.discovery import aggregate_status
 from imapsvc.core.folder_machine import DISCONNECTED, NEEDS_REAUTH, WAITING
 from imapsvc.deferreds import fire_and_forget
@@ -27,6 +28,11 @@ from imapsvc.shared_poll import SHARED_LABEL, SharedHooks, budget_split, folder_
 
 if TYPE_CHECKING:
     from imapsvc.supervisor import Supervisor
+
+#: Provider status writes are at most this far apart (the first change after
+#: a quiet spell goes out in the next reactor turn): in a reconnect storm the
+#: status message changes with every folder that comes back.
+STATUS_WRITE_INTERVAL_S = 2.0
 
 
 @implementer(IFolderHooks)
@@ -75,6 +81,8 @@ class ProviderService(service.MultiService):
         self.folder_states: dict[str, tuple[str, Optional[str]]] = {}
         self.folders: dict[str, Any] = {}
         self._status_written: Optional[tuple[str, Optional[str]]] = None
+        self._status_call: Any = None
+        self._status_at: Optional[float] = None
         self._auth_failure_counted = False
         self._credentials_missing_logged = False
         self._last_sync_written = None
@@ -112,9 +120,29 @@ class ProviderService(service.MultiService):
         if self.folder_states.get(folder, (None,))[0] != state:
             self.folder_since[folder] = self.supervisor.clock.seconds()
         self.folder_states[folder] = (state, error)
+        if self._status_call is None and self.running:
+            # Aggregated once per turn and throttled: a server restart ends
+            # the sessions of hundreds of folders in one turn, and each
+            # change would otherwise sort every folder and maybe write twice.
+            clock = self.supervisor.clock
+            delay = next_write_delay(self._status_at, clock.seconds(), STATUS_WRITE_INTERVAL_S)
+            self._status_call = clock.callLater(delay, self._write_status)
+        self.report(folder)
+
+    def stopService(self) -> Any:
+        call, self._status_call = self._status_call, None
+        if call is not None and call.active():
+            call.cancel()
+        return super().stopService()
+
+    def _write_status(self) -> None:
+        """The provider row's ``status``/``error_message`` (and ``last_error``)
+        from its folders' states, when they changed."""
+        self._status_call = None
         status = aggregate_status(self.folder_states)
         if status != self._status_written and self.running:
             self._status_written = status
+            self._status_at = self.supervisor.clock.seconds()
             tenant, pid = self.provider.key
             # Fenced: a replica that lost the lease must not overwrite the
             # new owner's status.
@@ -133,27 +161,31 @@ class ProviderService(service.MultiService):
                     self.log,
                     "provider last_error write failed",
                 )
-        self.report(folder)
 
     def report(self, folder: str) -> None:
-        """Hand the folder's state to the cluster status reporter (throttled there)."""
+        """Tell the cluster status reporter the folder changed; it builds the
+        folder's status when its throttled write is due."""
         reporter = self.supervisor.reporter
         if reporter is None or not self.running or folder not in self.folders:
             return
+        reporter.folder_dirty(self.provider.key, folder, lambda: self._folder_status(folder))
+
+    def _folder_status(self, folder: str) -> FolderStatus:
         from imapsvc.cluster_status import folder_counters, utc
 
-        snap = folder_snapshot(self.folders[folder], folder)
+        child = self.folders.get(folder)
+        snap = folder_snapshot(child, folder) if child is not None else {}
         state, error = self.folder_states.get(folder, (DISCONNECTED, None))
         since = self.folder_since.get(folder)
         synced = self.folder_synced_at.get(folder)
-        reporter.folder_changed(self.provider.key, FolderStatus(
+        return FolderStatus(
             folder=folder,
             state=state,
             since=None if since is None else utc(since),
             last_sync_at=None if synced is None else utc(synced),
             last_error=redact(error) if error else None,
             counters=folder_counters(snap),
-        ))
+        )
 
     def auth_failed(self, folder: str, code: str) -> None:
         # Several folders of one provider failing in the same attempt are one

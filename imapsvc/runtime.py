@@ -244,7 +244,12 @@ class Runtime(service.MultiService):
         options = FolderOptions.from_settings(s)
         # One budget for every IMAP connection of this process (issue 11).
         self.imap_budget = build_budget(s)
-        options = attr.evolve(options, budget=self.imap_budget)
+        # One gate too: at most IMAP_CONNECT_CONCURRENCY sessions being set up
+        # at once (a server restart reconnects every folder together).
+        from imapsvc.imap.connect_gate import ConnectGate
+
+        self.connect_gate = ConnectGate(s.connect_concurrency, self.reactor)
+        options = attr.evolve(options, budget=self.imap_budget, connect_gate=self.connect_gate)
 
         # One OpenSSL context per host, not per folder (RSS per folder).
         tls = SharedClientTLS(options.tls_ca_file, options.tls_insecure)
@@ -314,6 +319,7 @@ class Runtime(service.MultiService):
             stale_s=max(60.0, lease_ttl_s),
         )
         self.supervisor.imap_budget = self.imap_budget
+        self.supervisor.connect_gate = self.connect_gate
         self.oauth = None
         if self.box is not None and s.public_base_url:
             self.oauth = OAuthFlow(

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapsvc.interfaces import ISecretStore
@@ -95,6 +96,8 @@ class SecretChain:
         self._clock = clock
         self._cache_s = cache_s
         self._cache: dict[tuple[str, str], tuple[float, Optional[tuple[str, str]]]] = {}
+        #: Lookups under way: the Deferreds waiting for each one's answer.
+        self._finding: dict[tuple[str, str], list[defer.Deferred[Any]]] = {}
 
     @property
     def writable(self) -> bool:
@@ -105,19 +108,41 @@ class SecretChain:
         out = [OWN_STORE] if self.own is not None else []
         return out + [p.where(tenant, name) for p in self.providers]
 
-    @defer.inlineCallbacks
-    def find(self, tenant: str, name: str):  # type: ignore[no-untyped-def]
+    def find(self, tenant: str, name: str) -> defer.Deferred[Optional[tuple[str, str]]]:
         """``(value, source)`` of the first place holding ``name``, or
-        ``None``.
+        ``None``. Lookups of one name while one is under way share its
+        answer: the folders of a provider log in together (a reconnect
+        storm), and each would otherwise read the same secret.
 
         :raises SecretBackendUnavailable: found nowhere, and a provider could
             not answer (it might have held it: not "missing").
         """
         key = (tenant, name)
-        now = self._clock.seconds()
         hit = self._cache.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        if hit is not None and hit[0] > self._clock.seconds():
+            return defer.succeed(hit[1])
+        d: defer.Deferred[Optional[tuple[str, str]]] = defer.Deferred()
+        waiters = self._finding.get(key)
+        if waiters is not None:
+            waiters.append(d)
+            return d
+        waiters = self._finding[key] = [d]
+        self._lookup(tenant, name).addBoth(self._found, key, waiters)
+        return d
+
+    def _found(self, result: Any, key: tuple[str, str], waiters: list[defer.Deferred[Any]]) -> None:
+        if self._finding.get(key) is waiters:
+            del self._finding[key]
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+    @defer.inlineCallbacks
+    def _lookup(self, tenant: str, name: str):  # type: ignore[no-untyped-def]
+        key = (tenant, name)
+        now = self._clock.seconds()
         found: Optional[tuple[str, str]] = None
         if self.own is not None:
             value = yield self.own.get(tenant, name)
@@ -162,9 +187,13 @@ class SecretChain:
     def invalidate(self, tenant: str, provider_id: Optional[str] = None) -> None:
         """Forget cached answers of a tenant (of one provider's secrets when
         ``provider_id`` is given): the next lookup reads them again."""
-        for key in list(self._cache):
-            if key[0] == tenant and (provider_id is None or key[1].endswith("_" + provider_id)):
-                del self._cache[key]
+        for cached in (self._cache, self._finding):
+            for key in list(cached):
+                if key[0] == tenant and (
+                    provider_id is None or key[1].endswith("_" + provider_id)
+                ):
+                    # a lookup under way answers those already waiting only
+                    del cached[key]
 
     @defer.inlineCallbacks
     def put(self, tenant: str, name: str, value: str):  # type: ignore[no-untyped-def]
@@ -175,6 +204,7 @@ class SecretChain:
         :raises NoSecretStore: nowhere to write.
         """
         self._cache.pop((tenant, name), None)
+        self._finding.pop((tenant, name), None)
         if self.writer is not None:
             try:
                 yield self.writer.put(tenant, name, value)

@@ -11,7 +11,8 @@ from zope.interface import Attribute, Interface
 class IIMAPSession(Interface):
     """One IMAP connection as the folder engine (:mod:`imapsvc.folder`)
     drives it: greeting, TLS, login, LIST, EXAMINE, UID SEARCH, UID FETCH,
-    IDLE, LOGOUT; with write-back SELECT, UID STORE/MOVE/COPY/EXPUNGE.
+    IDLE, LOGOUT; with write-back SELECT, UID STORE/MOVE/COPY/EXPUNGE; with
+    CONDSTORE/QRESYNC (RFC 7162) ENABLE and EXAMINE/SELECT with parameters.
     :class:`imapsvc.imap.protocol.FolderIMAPClient` is the real one,
     :class:`imapsvc.testing.FakeIMAPSession` the in-memory one; both pass
     ``tests/session_contract.py``.
@@ -50,6 +51,10 @@ class IIMAPSession(Interface):
     compressing = Attribute(
         "read-only bool: COMPRESS=DEFLATE is in force both ways (after "
         "maybe_compress() fired True)"
+    )
+    modseq_mode = Attribute(
+        "read-only: 'QRESYNC', 'CONDSTORE' or None, the mod-sequence mode in "
+        "effect (set by enable_condstore(); None before)"
     )
 
     def start_tls(context_factory):
@@ -102,8 +107,36 @@ class IIMAPSession(Interface):
         :rtype: Deferred[bool]: whether it got enabled (:attr:`utf8_accept`).
         """
 
-    def list_folders():
-        """``LIST "" "*"``.
+    def enable_condstore(qresync=True):
+        """Pick the mod-sequence mode after login (RFC 7162,
+        :mod:`imapsvc.imap.condstore`): ``ENABLE QRESYNC`` when ``qresync``
+        and the server offers ``ENABLE`` and ``QRESYNC``; else CONDSTORE
+        when offered, which needs no command (opening a folder with
+        ``(CONDSTORE)`` enables it); else nothing is sent.
+
+        :rtype: Deferred[Optional[str]]: the mode now in effect
+            (:attr:`modseq_mode`): ``"QRESYNC"``, ``"CONDSTORE"`` (also when
+            the server confirmed only CONDSTORE) or ``None`` (not offered, or
+            ENABLE refused: a refusal keeps the session).
+        """
+
+    def examine_modseq(name, known=None, select=False):
+        """``EXAMINE name`` (``SELECT`` when ``select``) with the parameters
+        of :attr:`modseq_mode`: ``(QRESYNC (uidvalidity modseq))`` when
+        QRESYNC is in effect and ``known`` (a
+        :class:`~imapsvc.imap.condstore.KnownState`) holds a mod-sequence,
+        else ``(CONDSTORE)``; none without a mode.
+
+        :rtype: Deferred[dict]: as :meth:`examine_folder`; with a mode also
+            ``"modseq"``: an :class:`~imapsvc.imap.condstore.OpenState`
+            (HIGHESTMODSEQ, NOMODSEQ, how many UIDs ``VANISHED (EARLIER)``
+            named).
+        :raises CommandFailed: no such folder.
+        """
+
+    def list_folders(pattern="*"):
+        """``LIST "" pattern`` (a mailbox name, modified UTF-7; ``*`` and
+        ``%`` are LIST wildcards).
 
         :rtype: Deferred[list[tuple[tuple[str, ...], Optional[str], str]]]:
             ``(flags, delimiter, name)``, names as the server spells them.

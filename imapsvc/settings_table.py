@@ -194,6 +194,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IMAP_MAX_FOLDERS", non_negative_int, 0,
             "folders (IMAP connections) one replica holds at most; 0: as many as the open-file "
             "limit allows after its reserve (docs/performance.md)", _P),
+    Setting("IMAP_CONNECT_CONCURRENCY", non_negative_int, 32,
+            "IMAP sessions being set up at once (connect, TLS, login, finding the folder), per "
+            "replica; the others wait their turn; 0: no limit (docs/performance.md)", _P),
     Setting("IMAP_MAX_ATTACHMENT_BYTES", positive_int, 10 * MIB,
             "largest single attachment reported as accepted", _P),
     Setting("IMAP_MAX_TOTAL_ATTACHMENT_BYTES", positive_int, 25 * MIB,

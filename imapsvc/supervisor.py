@@ -129,6 +129,8 @@ class Supervisor(AdminActions, service.MultiService):
         self.make_shared_poller = make_shared_poller
         #: ``imapsvc.core.lag.LagStats`` of the reactor, shown in /status.
         self.lag_stats: Any = None
+        #: The process-wide IMAP ConnectGate, shown in /status (set by the runtime).
+        self.connect_gate: Any = None
 
     # -- lifecycle ------------------------------------------------------------
 

@@ -35,6 +35,7 @@ class AdminActions:
     folder_capacity: Optional[int]
     open_files_limit: Optional[int]
     lag_stats: Any
+    connect_gate: Any
     _test_connection: Optional[Callable[[ProviderConfig], defer.Deferred[Any]]]
 
     def drop_provider(self, key: Key, reason: str, release: bool = True) -> Any:
@@ -134,6 +135,7 @@ class AdminActions:
                                    for svc in self.providers.values()),
             },
             "reactorLag": self.lag_stats.snapshot() if self.lag_stats is not None else None,
+            "connectGate": self.connect_gate.snapshot() if self.connect_gate is not None else None,
             "providers": [svc.snapshot() for _, svc in sorted(self.providers.items())],
             "waiting": [
                 {"tenant": k[0], "providerId": k[1], "reason": why}

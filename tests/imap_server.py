@@ -4,7 +4,10 @@ without SASL-IR), CAPABILITY, NOOP, LIST, EXAMINE, SELECT, UNSELECT, STATUS, UID
 UID FETCH (literals for header, sections and whole messages; X-GM-MSGID when asked),
 UID STORE, UID MOVE, UID COPY, UID EXPUNGE (write-back), IDLE/DONE, ID, ENABLE,
 COMPRESS DEFLATE, LOGOUT;
-literals in commands, synchronising or LITERAL+. It honours the mailbox's
+literals in commands, synchronising or LITERAL+; CONDSTORE and QRESYNC (RFC
+7162: ``ENABLE QRESYNC``, ``EXAMINE name (CONDSTORE)`` and ``(QRESYNC (v
+m))`` answered with HIGHESTMODSEQ or NOMODSEQ, VANISHED (EARLIER) and the
+changed messages' flags) when the mailbox offers them. It honours the mailbox's
 scripted failures the way a real server shows them (``NO [code]`` to a login
 or a FETCH, a dropped connection), so the real client can be checked
 against the fake session (``tests/session_contract.py``).
@@ -24,7 +27,9 @@ from twisted.protocols.basic import LineReceiver
 from imapsvc.core.cursor import internaldate_day, parse_since
 from imapsvc.imap import responses
 from imapsvc.testing import FakeFolder, FakeMailbox, section_bytes
+from imapsvc.testing.condstore import modseq_answer, uid_set
 from imapsvc.testing.mailbox import FETCH_DROP, FETCH_GARBLED
+from imapsvc.testing.session import list_pattern
 
 _LITERAL = re.compile(rb"\{(\d+)(\+?)\}$")
 _SECTION = re.compile(r"BODY(?:\.PEEK)?\[([^\]]*)\](?:<(\d+)\.(\d+)>)?", re.I)
@@ -72,6 +77,9 @@ class ScriptedIMAPServer(LineReceiver):
         self._idling: Optional[bytes] = None
         self._authenticating: Optional[tuple[bytes, str]] = None
         self._pending_exists: Optional[int] = None
+        #: RFC 7162: enabled by ENABLE, or CONDSTORE by an EXAMINE parameter.
+        self.condstore_on = False
+        self.qresync_on = False
         #: Raw deflate both ways once COMPRESS DEFLATE was answered OK.
         self._deflater: Any = None
         self._inflater: Any = None
@@ -226,8 +234,18 @@ class ScriptedIMAPServer(LineReceiver):
         if "ENABLE" not in offered:
             self._tagged(tag, b"BAD Unknown command")
             return
+        if self._refused(tag, "ENABLE"):
+            return
+        enabled = []
         if "UTF8=ACCEPT" in words and offered & {"UTF8=ACCEPT", "UTF8=ONLY"}:
-            self._send(b"* ENABLED UTF8=ACCEPT")
+            enabled.append(b"UTF8=ACCEPT")
+        for extension in ("CONDSTORE", "QRESYNC"):
+            if extension in words and extension in offered:
+                enabled.append(extension.encode("ascii"))
+                self.condstore_on = True  # QRESYNC implies it (RFC 7162 3.2.3)
+                self.qresync_on = self.qresync_on or extension == "QRESYNC"
+        if enabled:
+            self._send(b"* ENABLED " + b" ".join(enabled))
         self._tagged(tag, b"OK Enabled.")
 
     def do_COMPRESS(self, tag: bytes, args: list) -> None:  # noqa: N802
@@ -278,7 +296,11 @@ class ScriptedIMAPServer(LineReceiver):
     def do_LIST(self, tag: bytes, args: list) -> None:  # noqa: N802
         if self._refused(tag, "LIST"):
             return
+        pattern = responses.as_bytes(args[1]).decode("utf-8") if len(args) > 1 else "*"
+        matches = list_pattern(pattern)
         for folder in self.mailbox.folders.values():
+            if not matches(folder.name, folder.delimiter):
+                continue
             flags = " ".join(folder.flags).encode("ascii")
             delimiter = b"NIL" if folder.delimiter is None else _quote(folder.delimiter)
             self._send(b"* LIST (" + flags + b") " + delimiter + b" " + _quote(folder.name))
@@ -287,6 +309,11 @@ class ScriptedIMAPServer(LineReceiver):
     def do_EXAMINE(self, tag: bytes, args: list, select: bool = False) -> None:  # noqa: N802
         name = responses.as_bytes(args[0]).decode("utf-8") if args else ""
         if self._refused(tag, "SELECT" if select else "EXAMINE"):
+            return
+        try:
+            since = self._modseq_parameters(args[1:])
+        except ValueError as error:
+            self._tagged(tag, b"BAD " + str(error).encode("ascii"))
             return
         folder = self.mailbox.folders.get(name)
         self.read_write = select
@@ -301,10 +328,48 @@ class ScriptedIMAPServer(LineReceiver):
         self._send(b"* 0 RECENT")
         self._send(b"* OK [UIDVALIDITY %d] UIDs valid" % folder.uidvalidity)
         self._send(b"* OK [UIDNEXT %d] Predicted next UID" % folder.uidnext)
+        if self.condstore_on:
+            self._send_modseq(folder, since)
         if select:
             self._tagged(tag, b"OK [READ-WRITE] Select completed.")
         else:
             self._tagged(tag, b"OK [READ-ONLY] Examine completed.")
+
+    def _modseq_parameters(self, params: list) -> Optional[tuple[int, int]]:
+        """``(CONDSTORE)`` or ``(QRESYNC (uidvalidity modseq))`` after the
+        name: turns CONDSTORE on; the QRESYNC pair, if any.
+        :raises ValueError: what the server answers BAD to."""
+        if not params:
+            return None
+        offered = {w.upper() for w in self.mailbox.capability_words}
+        words = params[0] if isinstance(params[0], list) else []
+        head = responses.as_bytes(words[0]).upper() if words else b""
+        if head == b"CONDSTORE" and len(words) == 1 and offered & {"CONDSTORE", "QRESYNC"}:
+            self.condstore_on = True
+            return None
+        if head == b"QRESYNC" and len(words) == 2 and isinstance(words[1], list):
+            if not self.qresync_on:
+                raise ValueError("QRESYNC not enabled")
+            pair = [responses.as_bytes(t) for t in words[1][:2]]
+            if len(pair) == 2 and all(p.isdigit() for p in pair):
+                return int(pair[0]), int(pair[1])
+        raise ValueError("Unknown select parameter")
+
+    def _send_modseq(self, folder: FakeFolder, since: Optional[tuple[int, int]]) -> None:
+        answer = modseq_answer(folder, since)
+        if answer.highest_modseq is None:
+            self._send(b"* OK [NOMODSEQ] Sorry, this mailbox format doesn't support"
+                       b" modsequences")
+            return
+        self._send(b"* OK [HIGHESTMODSEQ %d] Highest" % answer.highest_modseq)
+        if answer.vanished:
+            self._send(b"* VANISHED (EARLIER) " + uid_set(answer.vanished))
+        order = sorted(folder.messages)
+        for uid in answer.changed:
+            message = folder.messages[uid]
+            flags = " ".join(sorted(message.flags)).encode("ascii")
+            self._send(b"* %d FETCH (UID %d FLAGS (%s) MODSEQ (%d))"
+                       % (order.index(uid) + 1, uid, flags, message.modseq))
 
     def do_UNSELECT(self, tag: bytes, args: list) -> None:  # noqa: N802
         if "UNSELECT" not in self.mailbox.capability_words:

@@ -337,6 +337,17 @@ class SessionContractMixin:
             [(("\\HasNoChildren",), "/", "INBOX"), (("\\HasNoChildren",), "/", "Support Queue")],
         )
 
+    def test_list_one_folder_by_name(self) -> None:
+        mailbox = self.mailbox(folders=("INBOX", "Support Queue", "Support"))
+        session = self.logged_in(mailbox, folder=None)
+        listing = self.result(session.list_folders("Support Queue"))
+        self.assertEqual(  # type: ignore[attr-defined]
+            listing, [(("\\HasNoChildren",), "/", "Support Queue")]
+        )
+        listing = self.result(session.list_folders("inbox"))
+        self.assertEqual([e[2] for e in listing], ["INBOX"])  # type: ignore[attr-defined]
+        self.assertEqual(self.result(session.list_folders("Gone")), [])  # type: ignore[attr-defined]
+
     def test_examine_answers(self) -> None:
         mailbox = self.mailbox()
         for n in range(3):

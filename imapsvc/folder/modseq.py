@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from imapsvc.core.cursor import REASON_RESUME
 from imapsvc.imap import condstore as C
+from imapsvc.session_interfaces import IIMAPSession
 
 
 class ModseqShortcut:
@@ -53,30 +54,25 @@ class ModseqShortcut:
         self._known: Optional[C.KnownState] = None
         self._state: Optional[C.OpenState] = None
 
-    @property
-    def _store_ok(self) -> bool:
-        return callable(getattr(self.store, "read_modseq", None))
-
     @defer.inlineCallbacks
-    def enable(self, proto: Any, setting: str = "condstore"):  # type: ignore[no-untyped-def]
+    def enable(self, proto: IIMAPSession, setting: str = "condstore"):  # type: ignore[no-untyped-def]
         """After login (and after ENABLE UTF8=ACCEPT): the mode of
         ``IMAP_MODSEQ`` when the server offers it."""
         self.mode = None
-        enable = getattr(proto, "enable_condstore", None)
-        if enable is None or not self._store_ok or setting == "off":
+        if setting == "off":
             return None
-        self.mode = yield enable(qresync=setting == "qresync")
+        self.mode = yield proto.enable_condstore(qresync=setting == "qresync")
         if self.mode is not None:
             self.log.info("{label}: {mode} enabled", label=self.label, mode=self.mode)
         return self.mode
 
     @defer.inlineCallbacks
-    def open(self, proto: Any, name: str, select: bool):  # type: ignore[no-untyped-def]
+    def open(self, proto: IIMAPSession, name: str, select: bool):  # type: ignore[no-untyped-def]
         """EXAMINE (or SELECT) ``name``, with mod-sequence parameters when a
         mode is enabled: the answer dict of the session."""
         self._known = None
         self._state = None
-        if self.mode is None or getattr(proto, "modseq_mode", None) is None:
+        if self.mode is None or proto.modseq_mode is None:
             info = yield (proto.select_folder(name) if select else proto.examine_folder(name))
             return info
         stored = yield self.store.read_modseq(self.tenant, self.provider_id, name)

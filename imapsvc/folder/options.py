@@ -58,6 +58,9 @@ class FolderOptions:
     wire_caps: Any = None
     #: The process-wide :class:`imapsvc.imap.budget.ByteBudget` (or ``None``).
     budget: Any = attr.ib(default=None, eq=False)
+    #: The process-wide :class:`imapsvc.imap.connect_gate.ConnectGate` (or
+    #: ``None``: no limit on sessions being set up at once).
+    connect_gate: Any = attr.ib(default=None, eq=False)
     #: Failed fetches of one UID before it is skipped as poison.
     poison_after: int = 3
     #: Sessions in a row ended by a protocol-limit violation before the
@@ -74,7 +77,7 @@ class FolderOptions:
         """Build from an :class:`imapsvc.config.Settings`-like object."""
         from imapsvc.core.wire_caps import derive_caps
 
-        skip = ("limits", "fetch_bytes", "wire_caps", "budget")
+        skip = ("limits", "fetch_bytes", "wire_caps", "budget", "connect_gate")
         names = [f.name for f in attr.fields(cls) if f.name not in skip]
         values = {n: getattr(settings, n) for n in names if hasattr(settings, n)}
         if hasattr(settings, "fetch_chunk"):

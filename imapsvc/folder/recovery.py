@@ -233,7 +233,9 @@ class SessionRecovery(FolderBase):
             ):
                 # The server said BYE and closed (a restart, a shutdown): an
                 # expected reconnect, not a warning per folder in a storm.
-                self.log.info("{label}: session ended: {error}", label=self.label, error=text)
+                self.log.info("{label}: session ended after BYE ({bye}): {error}",
+                              label=self.label, bye=getattr(proto, "bye_text", None),
+                              error=text)
             else:
                 self.log.warn("{label}: session failed: {error}", label=self.label, error=text)
         if current:

@@ -123,6 +123,12 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         self.invalid_transitions = 0
         self.server_name: Optional[str] = None
         self.capabilities: list[str] = []
+        #: What the store holds as this provider's capabilities, as far as
+        #: this folder knows (saved by it): not written again when equal.
+        self._capabilities_saved: Optional[list[str]] = None
+        #: An operator's reconnect is under way: the next session reads the
+        #: cursor from the store (``SyncPass.reload``).
+        self._reload_pending = False
         # Counters for /metrics (scraped through snapshot()).
         self.idle_wakeups = 0
         self.reconnects: collections.Counter[str] = collections.Counter()
@@ -159,6 +165,7 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
             rand=self.rand,
             label=self.label,
             resolve=resolve,  # tenant hosts: checked addresses only (imapsvc.egress)
+            gate=self.options.connect_gate,
         )
 
     # -- identity and status ---------------------------------------------------
@@ -220,7 +227,9 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         the connection if any and connect again at once."""
         if self.machine.stopping:
             return
+        self.sync.reload()
         if self._proto is not None:
+            self._reload_pending = True
             self.factory.set_next_delay(0)
             self._lose(self._proto)
         elif self.state in (M.NEEDS_REAUTH, M.STOPPED, M.DISCONNECTED):
@@ -259,6 +268,10 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
             if not w.called:
                 w.callback(None)
         planned = self.machine.planned_reconnect
+        if self._reload_pending:
+            self._reload_pending = False
+        else:
+            self.sync.session_lost()
         self._fire(M.CONNECTION_ENDED)
         if self.machine.stopping or self.state in (M.NEEDS_REAUTH, M.STOPPED):
             return
@@ -294,7 +307,9 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
 
     def _on_bye(self, text: Any) -> None:
         self.attempt.said_bye()
-        self.log.info("{label}: server said BYE ({text})", label=self.label, text=text)
+        # Named in the "session ended" line: one line per lost session, not
+        # three (a server restart ends every session at once).
+        self.log.debug("{label}: server said BYE ({text})", label=self.label, text=text)
 
     @defer.inlineCallbacks
     def _session(self, proto: Any):  # type: ignore[no-untyped-def]
@@ -326,18 +341,7 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         # This generator lives as long as the session: what it no longer
         # needs must not stay referenced (thousands of idling folders).
         del caps
-        d = defer.maybeDeferred(
-            self.store.save_capabilities,
-            self.provider.tenant,
-            self.provider.provider_id,
-            self.capabilities,
-            owner=self.owner,  # fenced by the lease, like cursor writes
-        )
-        d.addErrback(
-            lambda f: self.log.warn(
-                "{label}: saving capabilities failed: {err}", label=self.label, err=f.value
-            )
-        )
+        self._save_capabilities()
         yield proto.maybe_compress(self.options.compress)
         yield self._send_id(proto)
         if self.options.enable_utf8:
@@ -347,16 +351,13 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
                 self.log.info("{label}: UTF8=ACCEPT enabled", label=self.label)
         yield self.sync.modseq.enable(proto, self.options.modseq)
         self._check()
-        listing = yield proto.list_folders()
-        self._check()
         watch_many = self._watch_many()
         if watch_many is not None:
+            listing = yield proto.list_folders()
+            self._check()
             yield watch_many(proto, listing)
             return
-        name = resolve_folder(self.folder_filter, listing)
-        # The whole LIST (every folder of the account) would otherwise stay
-        # in this frame per idling folder: O(folders^2) per account.
-        del listing
+        name = yield self._find_folder(proto)
         if name is None:
             raise FolderNotFound(f"no selectable folder matches {self.folder_filter!r}")
         self.server_name = name
@@ -389,6 +390,24 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
         return self._watch_every_folder if self.folder_filter.strip() == WILDCARD else None
 
     @defer.inlineCallbacks
+    def _find_folder(self, proto: Any):  # type: ignore[no-untyped-def]
+        """The server's name of the configured folder, or ``None``. A
+        reconnect lists the name found before (one LIST line instead of the
+        account's every folder, hundreds in a shared mailbox, per folder in
+        a reconnect storm); the whole list when that is gone."""
+        if self.server_name is not None:
+            listing = yield proto.list_folders(self.server_name)
+            self._check()
+            name = resolve_folder(self.folder_filter, listing)
+            if name is not None:
+                return name
+        # Not kept: the whole LIST would stay referenced per idling folder
+        # (O(folders^2) per account).
+        listing = yield proto.list_folders()
+        self._check()
+        return resolve_folder(self.folder_filter, listing)
+
+    @defer.inlineCallbacks
     def _watch_every_folder(self, proto: Any, listing: Any):  # type: ignore[no-untyped-def]
         """The ``*`` filter (opt-in): every selectable folder but the
         SPECIAL-USE ones (``core.folders.expand_wildcard``) on this one
@@ -415,6 +434,27 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
             if not self.machine.wake_pending and not self.machine.token_refresh_due:
                 yield self._poll()
 
+    def _save_capabilities(self) -> None:
+        """Write the capabilities when they differ from what this folder
+        saved last (a reconnect to the same server: nothing to write)."""
+        caps = self.capabilities
+        if caps == self._capabilities_saved:
+            return
+        d = defer.maybeDeferred(
+            self.store.save_capabilities,
+            self.provider.tenant,
+            self.provider.provider_id,
+            caps,
+            owner=self.owner,  # fenced by the lease, like cursor writes
+        )
+
+        def saved(_: Any) -> None:
+            self._capabilities_saved = caps
+
+        d.addCallbacks(saved, lambda f: self.log.warn(
+            "{label}: saving capabilities failed: {err}", label=self.label, err=f.value
+        ))
+
     @defer.inlineCallbacks
     def _send_id(self, proto: Any):  # type: ignore[no-untyped-def]
         """RFC 2971 ``ID`` after login, when offered (imapsvc.imap.extensions)."""
@@ -432,6 +472,10 @@ class FolderService(FolderStatusView, IdleWaits, SessionRecovery):
 
     @defer.inlineCallbacks
     def _sync(self, proto: Any, name: str):  # type: ignore[no-untyped-def]
+        # Logged in and the folder found: the costly part of setting a
+        # session up is done, its connect-gate slot goes to the next folder
+        # (not held through a backlog; once per session is enough).
+        self.factory.session_ready()
         self._fire(M.SYNC, "sync")
         result = yield self.sync.run(proto, name, self.capabilities)
         if result.look_again:

@@ -23,7 +23,13 @@ from twisted.logger import Logger
 
 from imapsvc.core import plan as P
 from imapsvc.core import poison
-from imapsvc.core.cursor import REASON_RESUME, advance, compute_start, since_days_ago
+from imapsvc.core.cursor import (
+    REASON_RESCAN,
+    REASON_RESUME,
+    advance,
+    compute_start,
+    since_days_ago,
+)
 from imapsvc.core.folders import WILDCARD
 from imapsvc.folder.modseq import ModseqShortcut
 from imapsvc.folder.options import FolderOptions, Stopping
@@ -91,9 +97,29 @@ class SyncPass:
         self.suspects: dict[str, set[int]] = {}
         self._fetched_ok = False
         self._nothing_to_probe = False
+        #: Per server folder name, the cursor the store holds as far as this
+        #: folder knows (read at a pass, or written by it and committed);
+        #: absent when unsure.
+        self._stored: dict[str, FolderCursor] = {}
+        #: Names whose next pass may start from ``_stored`` (session_lost).
+        self._resume_known: set[str] = set()
         #: Server name -> its configured filter, when one connection watches
         #: several configured folders (the shared poller).
         self.filter_of: dict[str, str] = {}
+
+    def session_lost(self) -> None:
+        """The session dropped (not an operator's reconnect): the first pass
+        of the next one resumes from the cursor this folder knows the store
+        holds instead of reading it again. Cursor writes are fenced by this
+        replica's lease, so nobody else moved it; a server restart drops
+        every folder at once, and a read per folder is load the database
+        does not need then. An operator's reconnect (:meth:`reload`) reads
+        the store again: a backfill request or a reset comes that way."""
+        self._resume_known = set(self._stored)
+
+    def reload(self) -> None:
+        """Read cursor and backfill state from the store at the next pass."""
+        self._resume_known = set()
 
     @property
     def stopping(self) -> bool:
@@ -134,14 +160,31 @@ class SyncPass:
         self.exists_at_start = proto.last_exists
         self.uid_next = info.get("uidnext")
         tenant, pid = self.provider.tenant, self.provider.provider_id
-        # Read at every sync so an operator's resync is seen by this worker.
-        stored = yield self.store.read_cursor(tenant, pid, name)
-        self.check()
-        backfill = yield self._read_backfill(name)
-        start = compute_start(
-            stored, info["uidvalidity"], info.get("uidnext"), self.options.max_emails_per_sync,
-            first_sync_since=backfill[0], backfill_since=backfill[1],
-        )
+        start = None
+        known_cursor = self._stored.get(name)
+        if name in self._resume_known and known_cursor is not None:
+            known = compute_start(
+                known_cursor, info["uidvalidity"], info.get("uidnext"),
+                self.options.max_emails_per_sync,
+            )
+            if known.reason in (REASON_RESUME, REASON_RESCAN):
+                # Back after a lost session: nothing to read (see session_lost);
+                # other plans take the stored dates (a first sync by date).
+                stored, start, backfill = known_cursor, known, (None, None)
+        self._resume_known.discard(name)
+        if start is None:
+            # Read at every other pass so an operator's resync is seen by
+            # this worker; anything but a plain resume needs the stored
+            # dates too (a first sync by date, a backfill request).
+            stored = yield self.store.read_cursor(tenant, pid, name)
+            self.check()
+            self._remember(name, stored)
+            backfill = yield self._read_backfill(name)
+            start = compute_start(
+                stored, info["uidvalidity"], info.get("uidnext"),
+                self.options.max_emails_per_sync,
+                first_sync_since=backfill[0], backfill_since=backfill[1],
+            )
         if start.reason != REASON_RESUME:
             self.log.info(
                 "{label}: starting at UID {first} ({reason}: {detail})",
@@ -180,6 +223,7 @@ class SyncPass:
             # stored: otherwise the next sync computes the recent window
             # again from a higher UIDNEXT and skips what arrived meanwhile.
             yield self.store.write_cursor(tenant, pid, name, start.cursor, self.owner)
+            self._remember(name, start.cursor)
             self.check()
         suspects = self.suspects.get(validity)
         if suspects:
@@ -223,9 +267,11 @@ class SyncPass:
                 write, after = None, cursor
             try:
                 if messages:
+                    before = self._stored.pop(name, None)  # unsure until committed
                     yield self.pipeline.handle_batch(
                         self.provider, name, self.owner, messages, write
                     )
+                    self._remember(name, write if write is not None else before)
                     self.handed_off += len(messages)
                     if write_back.enabled:
                         # Only now: the batch (ledger, outbox, cursor) is committed.
@@ -261,6 +307,12 @@ class SyncPass:
             )
         yield self.modseq.committed(name, info)
         return SyncResult(look_again=look_again)
+
+    def _remember(self, name: str, cursor: Optional[FolderCursor]) -> None:
+        if cursor is None:
+            self._stored.pop(name, None)
+        else:
+            self._stored[name] = cursor
 
     def _backfill_keys(self, name: str) -> list[str]:
         # A request names the server's spelling or the configured filter
@@ -307,6 +359,7 @@ class SyncPass:
         as poison at ``poison_after``. Marks ``exc`` as the message's doing,
         so it does not count towards the provider's quarantine."""
         exc.imapsvc_poison = True  # type: ignore[attr-defined]
+        self._stored.pop(name, None)  # a skip moves the cursor: read it next time
         tenant, pid = self.provider.tenant, self.provider.provider_id
         suspects = self.suspects.setdefault(validity, set())
         if len(chunk) > 1 or int(chunk[0]) not in suspects:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Optional
 
+from twisted.internet import defer
 from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -24,6 +25,7 @@ from imapsvc.core.backoff import (
     reconnect_delay,
     startup_stagger,
 )
+from imapsvc.imap.connect_gate import ConnectGate, GateSlot
 
 #: What the factory reports to (the folder service): the methods of
 #: :class:`imapsvc.interfaces.IConnectionEvents`.
@@ -74,6 +76,9 @@ class FolderClientFactory(ReconnectingClientFactory):
         TLS, or ``None`` for a plain (maybe later STARTTLS) connection.
     :param connect_timeout: seconds for the TCP connect.
     :param rand: ``() -> float in [0, 1)`` for jitter and stagger.
+    :param gate: the process-wide :class:`ConnectGate`: every attempt waits
+        for a slot before it connects and holds it until the owner calls
+        :meth:`session_ready` or the connection ends.
     """
 
     log = Logger()
@@ -96,6 +101,7 @@ class FolderClientFactory(ReconnectingClientFactory):
         rand: Optional[Rand] = None,
         label: str = "",
         resolve: Optional[Callable[[str, int], Any]] = None,
+        gate: Optional[ConnectGate] = None,
     ) -> None:
         self.owner = owner
         self.reactor = reactor
@@ -121,6 +127,9 @@ class FolderClientFactory(ReconnectingClientFactory):
         #: connect to (tenant hosts may not reach private ranges); resolved
         #: again on every attempt. ``None`` connects to ``host`` directly.
         self.resolve = resolve
+        self.gate = gate
+        self._slot: Optional[GateSlot] = None
+        self._gate_wait: Optional[defer.Deferred[Any]] = None
 
     # -- starting and stopping ----------------------------------------------
 
@@ -133,6 +142,7 @@ class FolderClientFactory(ReconnectingClientFactory):
         self.retries = 0
         delay = startup_stagger(self.startup_stagger_ms, self.rand) if stagger else 0.0
         self._cancel_pending()
+        self._leave_gate()
         self._callID = self.clock.callLater(delay, self._first_connect)
         return delay
 
@@ -140,6 +150,44 @@ class FolderClientFactory(ReconnectingClientFactory):
         self._callID = None
         if not self.continueTrying:
             return
+        self._through_gate(self._connect_fresh)
+
+    def _through_gate(self, connect: Callable[[], None]) -> None:
+        """``connect()`` once the gate has a slot for this attempt."""
+        self._release_slot()  # a new attempt: the last one's slot goes back
+        if self.gate is None:
+            connect()
+            return
+        d = self._gate_wait = self.gate.acquire()
+        d.addCallback(self._gate_open, connect)
+        d.addErrback(lambda f: f.trap(defer.CancelledError))  # stopped while waiting
+
+    def _gate_open(self, slot: GateSlot, connect: Callable[[], None]) -> None:
+        self._gate_wait = None
+        if not self.continueTrying:
+            slot.release()
+            return
+        self._slot = slot
+        connect()
+
+    def _release_slot(self) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.release()
+
+    def _leave_gate(self) -> None:
+        """Stop waiting for a slot and give back the one held."""
+        waiting, self._gate_wait = self._gate_wait, None
+        if waiting is not None:
+            waiting.cancel()
+        self._release_slot()
+
+    def session_ready(self) -> None:
+        """The owner's session is set up (idling or polling): its gate slot
+        goes to the next folder waiting to connect."""
+        self._release_slot()
+
+    def _connect_fresh(self) -> None:
         factory: Any = self
         if self.tls_creator is not None:
             factory = TLSMemoryBIOFactory(self.tls_creator, True, self)
@@ -164,6 +212,7 @@ class FolderClientFactory(ReconnectingClientFactory):
         # Refused or unresolvable: a failed attempt like a refused connect,
         # with the same back-off (the name may be fixed or the DNS may heal).
         self._resolving = None
+        self._release_slot()
         if not self.continueTrying:
             return
         self._connected = False
@@ -180,6 +229,7 @@ class FolderClientFactory(ReconnectingClientFactory):
         cancelled, a connection in progress is abandoned."""
         self._cancel_pending()
         self.continueTrying = 0
+        self._leave_gate()
         if self.connector is not None and not self._connected:
             try:
                 self.connector.stopConnecting()
@@ -219,11 +269,13 @@ class FolderClientFactory(ReconnectingClientFactory):
         return proto
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self._release_slot()
         self._connected = False
         self.owner.factory_connection_ended(reason, False)
         self.retry(connector)
 
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
+        self._release_slot()
         self._connected = False
         self.owner.factory_connection_ended(reason, True)
         self.retry(connector, lost=True)
@@ -267,8 +319,12 @@ class FolderClientFactory(ReconnectingClientFactory):
                 # A fresh lookup and check on every attempt.
                 self._first_connect()
                 return
-            self.connect_calls += 1
-            connector.connect()
+
+            def connect() -> None:
+                self.connect_calls += 1
+                connector.connect()
+
+            self._through_gate(connect)
 
         self._cancel_pending()
         self._callID = self.clock.callLater(delay, reconnector)

@@ -28,10 +28,15 @@ class MailboxCommands(ResponseReader):
     """LIST, EXAMINE/SELECT, UID SEARCH and write-back for
     :class:`~imapsvc.imap.protocol.FolderIMAPClient`."""
 
-    def list_folders(self) -> defer.Deferred[list[FolderEntry]]:
-        """``LIST "" "*"`` -> ``[(flags, delimiter, name)]``, names as the
-        server spells them (modified UTF-7)."""
-        cmd = Command(b"LIST", [b'LIST "" "*"'])
+    def list_folders(self, pattern: str = "*") -> defer.Deferred[list[FolderEntry]]:
+        """``LIST "" pattern`` -> ``[(flags, delimiter, name)]``, names as the
+        server spells them (modified UTF-7). ``pattern`` is a mailbox name
+        (modified UTF-7) whose ``*`` and ``%`` match as LIST wildcards: a
+        folder's own name lists that folder, not the account's hundreds."""
+        if pattern == "*":
+            cmd = Command(b"LIST", [b'LIST "" "*"'])
+        else:
+            cmd = Command(b"LIST", self._arguments(b'LIST ""', [self._wire_name(pattern)]))
 
         def done(cmd: Command, code: Optional[str]) -> list[FolderEntry]:
             out: list[FolderEntry] = []

@@ -331,7 +331,8 @@ class ResponseReader(IMAPConnection):
         self.bye_text = text
         if self._logging_out:
             return
-        log.info("IMAP server said BYE: {text}", text=text)
+        # debug: the folder names it in its own line ("session ended after BYE")
+        log.debug("IMAP server said BYE: {text}", text=text)
         if self.on_bye is not None:
             try:
                 self.on_bye(text)

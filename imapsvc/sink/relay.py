@@ -134,6 +134,7 @@ class Relay(Service):
         self._in_run = False
         self._again = False
         self._retry_call: Any = None
+        self._stats_pending = False
         self._timer: Optional[LoopingCall] = None
         # (first run number that may satisfy it, Deferred[bool])
         self._flush_waiters: list[tuple[int, defer.Deferred[bool]]] = []
@@ -353,15 +354,25 @@ class Relay(Service):
         self._refresh_backlog()
 
     def _refresh_backlog(self) -> None:
+        if self._stats_pending:
+            # The last query still waits for the store (a pool busy with a
+            # reconnect storm): one more a second would only queue behind it.
+            return
+
         def got(stats: Any) -> None:
             count, age = stats
             self.stats["backlog"] = count
             self.stats["oldest_age_s"] = age
 
+        def settled(result: Any) -> Any:
+            self._stats_pending = False
+            return result
+
+        self._stats_pending = True
         d = with_deadline(
             defer.maybeDeferred(self._store.outbox_stats),
             max(self._interval_s, 1.0) * 5,
             self._clock,
             "outbox stats",
         )
-        fire_and_forget(d.addCallback(got), _log, "outbox stats")
+        fire_and_forget(d.addBoth(settled).addCallback(got), _log, "outbox stats")

@@ -145,6 +145,10 @@ class SqliteAdmin(AdminStore):
             raise AdminError(
                 f"no SQLite database at {path} (IMAPSVC_SQLITE_PATH): "
                 "run `python -m imapsvc migrate` or `provider add` first")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            # SQLite's own words here are "unable to open database file".
+            raise AdminError(f"cannot create the SQLite database {path}: no folder {folder}")
         try:
             self.conn = connect(path)
         except sqlite3.Error as e:

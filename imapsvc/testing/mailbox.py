@@ -1,6 +1,7 @@
-"""An IMAP server's state for the fakes: folders with a UIDVALIDITY,
-messages kept as exact bytes under their UID (with flags, which only the
-opt-in write-back changes: fetching only peeks), and scripted failures (a
+"""An IMAP server's state for the fakes: folders with a UIDVALIDITY and a
+HIGHESTMODSEQ (RFC 7162), messages kept as exact bytes under their UID
+(with flags, which only the opt-in write-back changes: fetching only
+peeks), and scripted failures (a
 refused login with a code, NO to a FETCH that names a UID, NO to a
 write-back command, a dropped connection). Shared by every session
 connected to it: :class:`~imapsvc.testing.session.FakeIMAPSession` and the
@@ -48,6 +49,8 @@ class FakeMessage:
     #: Gmail's X-GM-MSGID (decimal): the same in every folder (label) that
     #: shows this message; sent only when the server offers X-GM-EXT-1.
     gm_msgid: Optional[str] = None
+    #: The mod-sequence of its last change (RFC 7162), set by the folder.
+    modseq: int = 0
 
     def __attrs_post_init__(self) -> None:
         if self.bodystructure is None:
@@ -60,12 +63,33 @@ class FakeMessage:
 
 @attr.s(auto_attribs=True)
 class FakeFolder:
+    """One folder. Every change (a message added, flags changed, messages
+    expunged) takes the next mod-sequence: :attr:`highest_modseq` moves as
+    on a CONDSTORE server, and :attr:`expunged` keeps the mod-sequence each
+    UID vanished at (what ``VANISHED (EARLIER)`` reports)."""
+
     name: str
     uidvalidity: int
     delimiter: Optional[str] = "/"
     flags: tuple[str, ...] = ("\\HasNoChildren",)
     messages: dict[int, FakeMessage] = attr.Factory(dict)
     uidnext: int = 1
+    highest_modseq: int = 1
+    #: The folder keeps no mod-sequences: its EXAMINE answers ``[NOMODSEQ]``.
+    nomodseq: bool = False
+    expunged: dict[int, int] = attr.Factory(dict)
+
+    def next_modseq(self) -> int:
+        self.highest_modseq += 1
+        return self.highest_modseq
+
+    def vanished_since(self, modseq: int) -> list[int]:
+        """UIDs expunged after mod-sequence ``modseq``, sorted."""
+        return sorted(uid for uid, when in self.expunged.items() if when > modseq)
+
+    def changed_since(self, modseq: int) -> list[int]:
+        """UIDs of the messages changed (or added) after ``modseq``, sorted."""
+        return sorted(uid for uid, m in self.messages.items() if m.modseq > modseq)
 
 
 class FakeMailbox:
@@ -141,7 +165,8 @@ class FakeMailbox:
         box = self.folders[folder]
         uid = box.uidnext
         box.uidnext += 1
-        box.messages[uid] = FakeMessage(raw, internaldate, bodystructure, gm_msgid=gm_msgid)
+        box.messages[uid] = FakeMessage(raw, internaldate, bodystructure, gm_msgid=gm_msgid,
+                                        modseq=box.next_modseq())
         if announce:
             self.announce(folder)
         return uid
@@ -157,6 +182,11 @@ class FakeMailbox:
         old = self.folders[folder]
         return self.add_folder(folder, delimiter=old.delimiter)
 
+    def set_nomodseq(self, nomodseq: bool = True, folder: str = "INBOX") -> None:
+        """From now on ``folder`` answers ``[NOMODSEQ]`` (or, set back,
+        ``[HIGHESTMODSEQ n]`` again)."""
+        self.folders[folder].nomodseq = nomodseq
+
     def uids(self, folder: str = "INBOX") -> list[int]:
         return sorted(self.folders[folder].messages)
 
@@ -166,11 +196,15 @@ class FakeMailbox:
     # -- write-back (shared by the fake session and the scripted server)
 
     def store_flags(self, folder: str, uids: Iterable[int], flags: Iterable[str]) -> None:
-        """``+FLAGS``: UIDs that are gone are ignored, as on a server."""
+        """``+FLAGS``: UIDs that are gone are ignored, as on a server; a
+        message whose flags change takes a new mod-sequence."""
         box = self.folders[folder]
+        wanted = set(flags)
         for uid in uids:
-            if uid in box.messages:
-                box.messages[uid].flags.update(flags)
+            m = box.messages.get(uid)
+            if m is not None and not wanted <= m.flags:
+                m.flags.update(wanted)
+                m.modseq = box.next_modseq()
 
     def copy(self, folder: str, uids: Iterable[int], target: str) -> list[int]:
         """Copy (new UIDs in ``target``, flags kept but ``\\Recent``);
@@ -185,7 +219,7 @@ class FakeMailbox:
             new = dest.uidnext
             dest.uidnext += 1
             dest.messages[new] = FakeMessage(m.raw, m.internaldate, m.bodystructure, set(m.flags),
-                                             gm_msgid=m.gm_msgid)
+                                             gm_msgid=m.gm_msgid, modseq=dest.next_modseq())
             out.append(new)
         if out:
             for session in list(self.sessions):
@@ -193,16 +227,21 @@ class FakeMailbox:
         return out
 
     def expunge(self, folder: str, uids: Iterable[int], only_deleted: bool = True) -> list[int]:
-        """Remove messages; :return: their sequence numbers as ``* n
-        EXPUNGE`` reports them, one after the other (each shifts the rest)."""
+        """Remove messages (at one new mod-sequence); :return: their
+        sequence numbers as ``* n EXPUNGE`` reports them, one after the
+        other (each shifts the rest)."""
         box = self.folders[folder]
-        gone = []
+        gone, removed = [], []
         for uid in sorted(set(uids), reverse=True):
             m = box.messages.get(uid)
             if m is None or (only_deleted and "\\Deleted" not in m.flags):
                 continue
             gone.append(sorted(box.messages).index(uid) + 1)
             del box.messages[uid]
+            removed.append(uid)
+        if removed:
+            modseq = box.next_modseq()
+            box.expunged.update((uid, modseq) for uid in removed)
         return gone
 
     def move(self, folder: str, uids: Iterable[int], target: str) -> list[int]:

@@ -6,6 +6,7 @@ checks both).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet import defer
@@ -27,6 +28,7 @@ from imapsvc.imap.errors import (
     TLSRequired,
 )
 from imapsvc.interfaces import IIMAPSession
+from imapsvc.testing.condstore import FakeEnable, open_state
 from imapsvc.testing.mailbox import (
     FETCH_DROP,
     FETCH_GARBLED,
@@ -55,7 +57,7 @@ class _Command:
 
 
 @implementer(IIMAPSession)
-class FakeIMAPSession(FakeWriteBack, FakeStatus, Protocol):
+class FakeIMAPSession(FakeWriteBack, FakeStatus, FakeEnable, Protocol):
     """An :class:`~imapsvc.interfaces.IIMAPSession` over a :class:`FakeMailbox`.
 
     Commands run one at a time in submission order; one sent while IDLE is
@@ -71,6 +73,8 @@ class FakeIMAPSession(FakeWriteBack, FakeStatus, Protocol):
 
     :ivar commands: the commands sent, in order (``"LOGIN"``, ``"EXAMINE"``,
         ``"UID FETCH"``, ``"IDLE"``, ``"DONE"``, ...).
+    :ivar opened: ``(verb, name, parameters)`` of every EXAMINE/SELECT,
+        ``parameters`` as on the wire (``"(QRESYNC (7 12))"``, ``""``).
     """
 
     def __init__(self, mailbox: FakeMailbox, tls: bool = True, at_once: bool = True) -> None:
@@ -94,6 +98,7 @@ class FakeIMAPSession(FakeWriteBack, FakeStatus, Protocol):
         #: ``("sections", {uid: ((section, length), ...)})``.
         self.requests: list[tuple[str, Any]] = []
         self.selected: Optional[str] = None
+        self.opened: list[tuple[str, str, str]] = []
         #: SELECTed (write-back) rather than EXAMINEd.
         self.read_write = False
         self._closed = False
@@ -357,10 +362,13 @@ class FakeIMAPSession(FakeWriteBack, FakeStatus, Protocol):
                 raise ProtocolViolation(f"bad tagged answer to {command.encode()!r}")
             raise refusal_error(command, "NO", code, text)
 
-    def list_folders(self) -> defer.Deferred:
+    def list_folders(self, pattern: str = "*") -> defer.Deferred:
+        matches = list_pattern(pattern)
+
         def listing() -> list:
             self._scripted_failure("LIST")
-            return [(tuple(f.flags), f.delimiter, f.name) for f in self.mailbox.folders.values()]
+            return [(tuple(f.flags), f.delimiter, f.name) for f in self.mailbox.folders.values()
+                    if matches(f.name, f.delimiter)]
 
         return self._run("LIST", listing)
 
@@ -376,20 +384,6 @@ class FakeIMAPSession(FakeWriteBack, FakeStatus, Protocol):
             return dict(self.mailbox.server_id)
 
         return self._run("ID", ident)
-
-    def enable_utf8(self) -> defer.Deferred:
-        """``ENABLE UTF8=ACCEPT`` when ``ENABLE`` and ``UTF8=ACCEPT`` (or
-        ``ONLY``) are offered: whether it got enabled."""
-        caps = self.capabilities or {}
-        utf8 = {bytes(v).upper() for v in (caps.get(b"UTF8") or [])}
-        if b"ENABLE" not in caps or not utf8 & {b"ACCEPT", b"ONLY"}:
-            return defer.succeed(False)
-
-        def enable() -> bool:
-            self.utf8_accept = True
-            return True
-
-        return self._run("ENABLE", enable)
 
     def maybe_compress(self, mode: str = COMPRESS_AUTO) -> defer.Deferred:
         """``COMPRESS DEFLATE`` when ``mode``, the server's offer and the
@@ -416,11 +410,13 @@ class FakeIMAPSession(FakeWriteBack, FakeStatus, Protocol):
     def select_folder(self, name: str) -> defer.Deferred:
         return self._open_folder("SELECT", name, writable=True)
 
-    def _open_folder(self, verb: str, name: str, writable: bool) -> defer.Deferred:
-        """EXAMINE or SELECT: the answer the real client shapes (see
-        ``FolderIMAPClient._open_folder``)."""
+    def _open_folder(self, verb: str, name: str, writable: bool,
+                     parameters: bytes = b"") -> defer.Deferred:
+        """EXAMINE or SELECT (with mod-sequence ``parameters``): the answer
+        the real client shapes (see ``FolderIMAPClient._open_folder``)."""
 
         def open_() -> dict:
+            self.opened.append((verb, name, parameters.decode("ascii").strip()))
             self._scripted_failure(verb)
             folder = self.mailbox.folders.get(name)
             if folder is None:
@@ -430,12 +426,15 @@ class FakeIMAPSession(FakeWriteBack, FakeStatus, Protocol):
             self.read_write = writable
             self._pending_exists = None
             self.last_exists = len(folder.messages)
-            return {
+            answer = {
                 "uidvalidity": folder.uidvalidity,
                 "uidnext": folder.uidnext,
                 "exists": len(folder.messages),
                 "read_only": not writable,
             }
+            if parameters:
+                answer["modseq"] = open_state(folder, parameters)
+            return answer
 
         return self._run(verb, open_)
 
@@ -572,3 +571,20 @@ class FakeIMAPSession(FakeWriteBack, FakeStatus, Protocol):
 
         self._logging_out = True
         return self._run("LOGOUT", bye)
+
+
+def list_pattern(pattern: str) -> Callable[[str, Optional[str]], bool]:
+    """``(name, delimiter) -> bool``: what ``LIST "" pattern`` lists (RFC
+    3501 6.3.8): ``*`` matches anything, ``%`` anything but the hierarchy
+    delimiter, ``INBOX`` in any case."""
+
+    def matches(name: str, delimiter: Optional[str]) -> bool:
+        if name.upper() == "INBOX" and pattern.upper() == "INBOX":
+            return True
+        level = f"[^{re.escape(delimiter)}]*" if delimiter else ".*"
+        regex = "".join(
+            ".*" if c == "*" else level if c == "%" else re.escape(c) for c in pattern
+        )
+        return re.fullmatch(regex, name) is not None
+
+    return matches

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import urllib.error
 import uuid
 from typing import Any, Optional
@@ -357,6 +358,35 @@ class ProviderTests(CliTestBase):
         self.run_cli("migrate")
         status, out, _ = self.run_cli("provider", "list")
         self.assertEqual((status, out), (0, "no providers\n"))
+
+    def test_migrate_into_a_missing_folder_names_the_folder(self) -> None:
+        folder = os.path.abspath(os.path.join(self.dir, "nowhere"))
+        self.environ["IMAPSVC_SQLITE_PATH"] = os.path.join(folder, "x.sqlite3")
+        result = self.run_cli("migrate")
+        self.assertEqual(result[0], 1)
+        self.assert_one_line_error(result, f"no folder {folder}")
+
+    def test_migrate_help_shows_both_stores(self) -> None:
+        status, out, _ = self.run_cli("migrate", "--help")
+        self.assertEqual(status, 0)
+        for fragment in ("python -m imapsvc migrate", "--database-url", "--sqlite-path"):
+            self.assertIn(fragment, out)
+        self.assertFalse(os.path.exists(self.db), "--help changes nothing")
+
+    def test_migrate_help_after_global_options(self) -> None:
+        printed = io.StringIO()
+        self.patch(sys, "stdout", printed)  # argparse prints --help there
+        status, _, err = self.run_cli("--database-url", "postgresql://db/x", "migrate", "--help")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("--sqlite-path", printed.getvalue())
+
+    def test_migrate_after_global_sqlite_path(self) -> None:
+        other = os.path.join(self.dir, "other.sqlite3")
+        status, out, _ = self.run_cli("--sqlite-path", other, "migrate")
+        self.assertEqual(status, 0)
+        self.assertIn(other, out)
+        self.assertTrue(os.path.exists(other))
+        self.assertFalse(os.path.exists(self.db))
 
     def test_oauth2_needs_its_urls_and_client_id(self) -> None:
         result = self.run_cli("provider", "add", "--tenant", self.tenant, "--mailbox", "o@x.com",

@@ -65,6 +65,38 @@ class ReporterTests(unittest.TestCase):
         self.clock.advance(60)
         self.assertEqual(len(self.store.status_writes), 2)  # nothing changed: nothing written
 
+    def test_builder_called_only_when_the_write_is_due(self):
+        built = []
+
+        def builder(folder):
+            def build():
+                built.append(folder)
+                return FolderStatus(folder, state[folder])
+            return build
+
+        state = {"INBOX": "Connecting", "Sent": "Connecting"}
+        self.rep.folder_dirty((T, P), "INBOX", builder("INBOX"))
+        self.clock.advance(0)
+        self.assertEqual(built, ["INBOX"])
+        for name in ("Authenticating", "Selected", "Syncing", "Idling"):
+            state["INBOX"] = state["Sent"] = name
+            self.rep.folder_dirty((T, P), "INBOX", builder("INBOX"))
+            self.rep.folder_dirty((T, P), "Sent", builder("Sent"))
+        self.assertEqual(built, ["INBOX"])  # nothing built between writes
+        self.clock.advance(5)
+        self.assertEqual(sorted(built), ["INBOX", "INBOX", "Sent"])
+        self.assertEqual(self.store.status_writes[1], [("INBOX", "Idling"), ("Sent", "Idling")])
+
+    def test_failing_builder_leaves_out_only_its_folder(self):
+        def broken():
+            raise RuntimeError("snapshot bug")
+
+        self.rep.folder_dirty((T, P), "INBOX", broken)
+        self.change("Sent", "Idling")
+        self.clock.advance(0)
+        self.assertEqual(self.store.status_writes, [[("Sent", "Idling")]])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_lost_lease_writes_nothing_more(self):
         self.store.expire_lease(T, P)
         self.change("INBOX", "Idling")

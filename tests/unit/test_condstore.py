@@ -318,15 +318,12 @@ class ShortcutTests(SynchronousTestCase):
         self.assertFalse(self.pass_(proto))
         self.assertIsNone(self.successResultOf(self.store.read_modseq("t", "p", "INBOX")))
 
-    def test_off_and_stores_without_the_table(self):
+    def test_off(self):
         proto = FakeProto("QRESYNC", self.answer())
         self.assertIsNone(self.successResultOf(self.shortcut.enable(proto, "off")))
         self.assertEqual(proto.calls, [])
         self.assertFalse(self.pass_(proto))
         self.assertEqual(proto.calls, [("examine", "INBOX")])
-        bare = ModseqShortcut(object(), "t", "p", "w", "label")
-        self.assertIsNone(self.successResultOf(bare.enable(proto, "qresync")))
-        self.assertEqual(len(proto.calls), 1)
 
     def test_qresync_setting_asks_for_it(self):
         proto = FakeProto("QRESYNC", self.answer())

@@ -35,6 +35,22 @@ class IdCommandTests(SynchronousTestCase):
         self.assertEqual(fields["name"], "imapsvc")
         self.assertTrue(fields["version"])
 
+    def test_version_read_once(self) -> None:
+        # importlib.metadata scans sys.path: once per process, not per login
+        import importlib.metadata
+
+        calls = []
+
+        def version(name: str) -> str:
+            calls.append(name)
+            return "9.9"
+
+        self.patch(importlib.metadata, "version", version)
+        X.package_version.cache_clear()
+        self.addCleanup(X.package_version.cache_clear)
+        self.assertEqual([X.client_id_fields()[1][1] for _ in range(3)], ["9.9"] * 3)
+        self.assertEqual(calls, ["imapsvc"])
+
     def test_parse(self) -> None:
         self.assertEqual(X.parse_id([["name", "Dovecot", "x", None]]), {"name": "Dovecot", "x": ""})
         self.assertIsNone(X.parse_id([None]))

@@ -193,6 +193,32 @@ class RelayTests(unittest.TestCase):
         self.assertEqual(relay.stats["errors"], 8)
         self.assertIn("SinkDown", relay.stats["last_error"])
 
+    def test_one_outbox_stats_query_at_a_time(self) -> None:
+        # A busy store: the backlog query of each tick would queue behind the
+        # last one; at most one is out, and the deadline frees the next.
+        calls: list[defer.Deferred[Any]] = []
+
+        def slow_stats() -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            calls.append(d)
+            return d
+
+        self.store.outbox_stats = slow_stats  # type: ignore[attr-defined]
+        relay = self.relay(interval_s=1.0)
+        relay.startService()
+        for _ in range(20):
+            self.clock.advance(1.0)
+        # one query per 5 s deadline (plus the tick that waits for it), not
+        # one per tick; a deadline hit is a warning, not an error
+        self.assertIn(len(calls), (3, 4))
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+        asked = len(calls)
+        calls[-1].callback((7, 3.0))
+        self.assertEqual(relay.stats["backlog"], 7)
+        self.clock.advance(1.0)
+        self.assertEqual(len(calls), asked + 1)  # answered: the next tick asks again
+        calls[-1].callback((0, None))
+
     def test_ingestion_continues_and_backlog_grows_while_down(self) -> None:
         relay = self.relay(max_backoff_s=2.0)
         relay.startService()

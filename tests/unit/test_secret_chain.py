@@ -200,6 +200,38 @@ class ChainTests(unittest.TestCase):
         uncached.get(T, PW)
         self.assertEqual(len(fs2.calls), 2)
 
+    def test_lookups_under_way_are_shared(self):
+        # The folders of a provider log in together: one read of the secret.
+        answers = []
+
+        def get(tenant, name):
+            answers.append(defer.Deferred())
+            return answers[-1]
+
+        vault = Recording("vault")
+        vault.get = get
+        chain = self.chain(None, vault)
+        first, second = chain.get(T, PW), chain.get(T, PW)
+        self.assertNoResult(first)
+        self.assertEqual(len(answers), 1)
+        chain.invalidate(T, P)  # the answer under way may be stale now
+        third = chain.get(T, PW)
+        self.assertEqual(len(answers), 2)
+        answers[0].callback("v1")
+        answers[1].callback("v2")
+        self.assertEqual([self.successResultOf(d) for d in (first, second, third)],
+                         ["v1", "v1", "v2"])
+
+    def test_shared_lookup_failure_reaches_every_waiter(self):
+        slow = defer.Deferred()
+        vault = Recording("vault")
+        vault.get = lambda tenant, name: slow
+        chain = self.chain(None, vault)
+        waiting = [chain.get(T, PW), chain.get(T, PW)]
+        slow.errback(SecretBackendUnavailable("vault: down"))
+        for d in waiting:
+            self.failureResultOf(d, SecretBackendUnavailable)
+
     def test_invalidate_drops_only_that_providers_names(self):
         other = "imap_password_33333333-3333-3333-3333-333333333333"
         fs = Recording("filesystem", {(T, PW): "a", (T, other): "b"})

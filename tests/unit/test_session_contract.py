@@ -13,17 +13,19 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import alsoProvides
 from zope.interface.verify import verifyObject
 
+from imapsvc.imap.condstore import KnownState
 from imapsvc.imap.protocol import FolderIMAPClient
 from imapsvc.interfaces import IFolderHooks
 from imapsvc.model import Credentials
 from imapsvc.testing import FakeIMAPSession, FakeMailbox, section_bytes
 from tests.imap_server import ScriptedIMAPServer
 from tests.session_contract import MULTIPART, PASSWORD, USER, SessionContractMixin
+from tests.session_contract_modseq import QRESYNC_CAPS, ModseqContractMixin
 
 PRIVATE_PEER = address.IPv4Address("TCP", "192.168.1.1", 993)
 
 
-class RealSessionContractTests(SessionContractMixin, SynchronousTestCase):
+class RealSessionContractTests(SessionContractMixin, ModseqContractMixin, SynchronousTestCase):
     """FolderIMAPClient <-> ScriptedIMAPServer over iosim, a fake clock."""
 
     def open_session(self, mailbox: FakeMailbox, tls: bool = True) -> Any:
@@ -56,6 +58,18 @@ class RealSessionContractTests(SessionContractMixin, SynchronousTestCase):
         self.logged_in(self.mailbox(), folder=None)
         self.assertIn(b'0001 LOGIN "support@example.com" "pa\\"ss w\\\\rd"', self.server.received)
 
+    def test_qresync_bytes_on_the_wire(self) -> None:
+        mailbox = self.mailbox(capabilities=QRESYNC_CAPS)
+        mailbox.append(MULTIPART)
+        session = self.logged_in(mailbox, folder=None)
+        self.result(session.enable_condstore())
+        validity = mailbox.folders["INBOX"].uidvalidity
+        self.result(session.examine_modseq("INBOX", KnownState(str(validity), 2)))
+        self.result(session.examine_modseq("INBOX", None))
+        self.assertEqual(self.server.received[-3:], [
+            b"0002 ENABLE QRESYNC", b'0003 EXAMINE "INBOX" (QRESYNC (%d 2))' % validity,
+            b'0004 EXAMINE "INBOX" (CONDSTORE)'])
+
 
     def test_fetches_only_peek(self) -> None:
         # Nothing the client fetches may set \Seen on the server.
@@ -73,15 +87,27 @@ class RealSessionContractTests(SessionContractMixin, SynchronousTestCase):
             self.assertEqual(line.count(b"BODY.PEEK["), max(1, line.count(b"[")))
 
 
-class FakeSessionContractTests(SessionContractMixin, SynchronousTestCase):
+class FakeSessionContractTests(SessionContractMixin, ModseqContractMixin, SynchronousTestCase):
     def open_session(self, mailbox: FakeMailbox, tls: bool = True) -> Any:
         return FakeIMAPSession(mailbox, tls=tls).connect()
 
     def settle(self) -> None:
         pass
 
+    def test_opened_records_the_parameters(self) -> None:
+        mailbox = self.mailbox(capabilities=QRESYNC_CAPS)
+        session = self.logged_in(mailbox, folder=None)
+        self.result(session.enable_condstore())
+        validity = mailbox.folders["INBOX"].uidvalidity
+        self.result(session.examine_modseq("INBOX", KnownState(str(validity), 2), select=True))
+        self.result(session.examine_folder("INBOX"))
+        self.assertEqual(session.opened, [("SELECT", "INBOX", f"(QRESYNC ({validity} 2))"),
+                                          ("EXAMINE", "INBOX", "")])
+        self.assertEqual(session.commands[-3:], ["ENABLE", "SELECT", "EXAMINE"])
 
-class StepByStepFakeSessionContractTests(SessionContractMixin, SynchronousTestCase):
+
+class StepByStepFakeSessionContractTests(SessionContractMixin, ModseqContractMixin,
+                                          SynchronousTestCase):
     """The fake whose server turns wait for flush(), like bytes to pump."""
 
     def open_session(self, mailbox: FakeMailbox, tls: bool = True) -> Any:

@@ -13,6 +13,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from imapsvc.model import FolderCursor
+from imapsvc.provider_service import STATUS_WRITE_INTERVAL_S
 from imapsvc.store.memory import MemoryStore
 from imapsvc.supervisor import Supervisor
 
@@ -211,16 +212,19 @@ class SupervisorTests(unittest.TestCase):
         row = lambda: self.store.provider_row(T1, "p1")  # noqa: E731
         self.assertIsNone(row()["last_error"])
         svc.folder_state_changed("B", "Backoff", "FolderNotFound: no folder 'B'")
+        self.clock.advance(0)  # written once per reactor turn
         self.assertEqual(row()["last_error"], "B: FolderNotFound: no folder 'B'")
         self.assertEqual((row()["status"], row()["error_message"]),
                          ("error", "B: FolderNotFound: no folder 'B'"))
         # Reconnecting: the last cause stays visible.
         svc.folder_state_changed("B", "Connecting", None)
+        self.clock.advance(STATUS_WRITE_INTERVAL_S)  # writes are throttled
         self.assertEqual(row()["status"], "disconnected")
         self.assertEqual(row()["last_error"], "B: FolderNotFound: no folder 'B'")
         # Every folder connected: cleared.
         svc.folder_state_changed("INBOX", "Idling", None)
         svc.folder_state_changed("B", "Idling", None)
+        self.clock.advance(STATUS_WRITE_INTERVAL_S)
         self.assertEqual((row()["status"], row()["error_message"], row()["last_error"]),
                          ("connected", None, None))
 
@@ -263,11 +267,30 @@ class SupervisorTests(unittest.TestCase):
         self.store.set_provider_status = spy
         svc = sup.providers[(T1, "p1")]
         svc.folder_state_changed("INBOX", "Idling", None)
+        self.clock.advance(0)  # the first change: in the next reactor turn
+        self.assertEqual(writes, [("disconnected", None)])
         svc.folder_state_changed("B", "Syncing", None)
+        self.clock.advance(1)
+        self.assertEqual(len(writes), 1)  # at most one write per interval
         svc.folder_state_changed("B", "Idling", None)
         svc.folder_state_changed("INBOX", "Syncing", None)
+        self.clock.advance(STATUS_WRITE_INTERVAL_S - 1)
         self.assertEqual(writes, [("disconnected", None), ("connected", None)])
         self.assertEqual(self.store.provider_row(T1, "p1")["status"], "connected")
+        # A server restart ends every session, the folders come back one by
+        # one: aggregated and written with what holds when the write is due.
+        self.clock.advance(60)
+        svc.folder_state_changed("INBOX", "Backoff", "ConnectionDone: bye")
+        svc.folder_state_changed("B", "Backoff", "ConnectionDone: bye")
+        svc.folder_state_changed("INBOX", "Connecting", None)
+        self.assertEqual(len(writes), 2)
+        self.clock.advance(0)
+        self.assertEqual(writes[2:], [("error", "B: ConnectionDone: bye")])
+        svc.folder_state_changed("INBOX", "Idling", None)
+        svc.folder_state_changed("B", "Connecting", None)
+        svc.folder_state_changed("B", "Idling", None)
+        self.clock.advance(60)
+        self.assertEqual(writes[3:], [("connected", None)])
 
     def test_status_errors_are_redacted(self):
         self.add("p1")
@@ -488,6 +511,7 @@ class BadRowTests(unittest.TestCase):
         self.assertIn((T1, "p3"), sup.providers)
         self.assertEqual(sup.status()["invalid"], [])
         sup.providers[(T1, "p3")].folder_state_changed("INBOX", "Connecting", None)
+        self.clock.advance(0)  # written once per reactor turn
         self.assertEqual(self.store.provider_row(T1, "p3")["error_message"], None)
         # Broken again: reported again.
         self.store.update_provider(T1, "p3", port=0)
