@@ -18,6 +18,7 @@ from twisted.mail.imap4 import IMAP4Client
 from twisted.python.failure import Failure
 
 from imapsvc.core.auth import is_refusal
+from imapsvc.core.search_check import search_text_too_long
 from imapsvc.imap import condstore, responses
 from imapsvc.imap.compress import INFLATE_PIECE, CompressionError, DeflateStreams
 from imapsvc.imap.connection import Caps, Command, IMAPConnection
@@ -258,6 +259,10 @@ class ResponseReader(IMAPConnection):
             return
         keyword = word.upper().decode("latin-1")
         if keyword == "SEARCH":
+            too_long = search_text_too_long(len(rest), self.last_exists)
+            if too_long is not None:
+                self._drop(ProtocolViolation(too_long))
+                return
             if cmd is not None and not literals:
                 cmd.untagged.append((keyword, responses.parse_search(rest)))
         elif keyword == "CAPABILITY":
