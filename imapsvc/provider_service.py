@@ -130,9 +130,14 @@ class ProviderService(service.MultiService):
         self.report(folder)
 
     def stopService(self) -> Any:
-        call, self._status_call = self._status_call, None
+        call = self._status_call
         if call is not None and call.active():
+            # Write what is pending now rather than drop it: a provider the
+            # supervisor restarts on every discovery pass (credentials
+            # missing) would otherwise never show its error.
             call.cancel()
+            self._write_status()
+        self._status_call = None
         return super().stopService()
 
     def _write_status(self) -> None:

@@ -292,6 +292,22 @@ class SupervisorTests(unittest.TestCase):
         self.clock.advance(60)
         self.assertEqual(writes[3:], [("connected", None)])
 
+    def test_pending_status_is_written_when_the_provider_stops(self):
+        # A provider restarted before its throttled write is due (credentials
+        # missing: every discovery pass restarts it) must still show why.
+        self.add("p1")
+        sup = self.make_supervisor()
+        self.clock.advance(0)
+        svc = sup.providers[(T1, "p1")]
+        svc.folder_state_changed("INBOX", "Idling", None)
+        self.clock.advance(0)
+        svc.folder_state_changed("INBOX", "NeedsReauth", "credentials missing: password")
+        self.assertEqual(self.store.provider_row(T1, "p1")["status"], "connected")
+        svc.stopService()
+        row = self.store.provider_row(T1, "p1")
+        self.assertEqual(row["status"], "error")
+        self.assertIn("credentials missing", row["error_message"])
+
     def test_status_errors_are_redacted(self):
         self.add("p1")
         sup = self.make_supervisor()
