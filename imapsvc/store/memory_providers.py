@@ -116,20 +116,20 @@ class MemoryProviders(MemoryBase):
 
     @deferred
     def set_write_back(self, tenant: str, provider_id: str, mode: Optional[str]) -> bool:
-        row = self._row(tenant, provider_id)
-        if row is None:
-            return False
-        row["write_back"] = mode
-        row["updated_at"] = self.now()
-        return True
+        return self._set_option(tenant, provider_id, "write_back", mode)
 
     @deferred
     def set_oauth_delegate(self, tenant: str, provider_id: str,
                            delegate: Optional[str]) -> bool:
+        return self._set_option(tenant, provider_id, "oauth_delegate", delegate)
+
+    def _set_option(self, tenant: str, provider_id: str, column: str,
+                    value: Optional[str]) -> bool:
+        # One per-provider option, as the SQL stores' _set_option.
         row = self._row(tenant, provider_id)
         if row is None:
             return False
-        row["oauth_delegate"] = delegate
+        row[column] = value
         row["updated_at"] = self.now()
         return True
 
