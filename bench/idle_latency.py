@@ -119,6 +119,28 @@ def folder_end(conn: imaplib.IMAP4, folder: str) -> dict[str, str]:
     return {"uid_validity": validity.group(1), "last_uid": str(int(uidnext.group(1)) - 1)}
 
 
+def time_publishes(runtime: Any, run_id: str, published: dict[int, float]) -> None:
+    """Wrap the runtime's sink so each probe of ``run_id`` records, in
+    ``published``, when its XADD was acknowledged (probe number -> time)."""
+    publish = runtime.sink.publish
+
+    def timed_publish(entries: Any) -> Any:
+        entries = list(entries)
+        d = publish(entries)
+
+        def acked(result: Any) -> Any:
+            now = time.time()
+            for _event_id, fields in entries:
+                m = _PROBE.search(fields.get("payload_json", ""))
+                if m and m.group(1) == run_id:
+                    published.setdefault(int(m.group(2)), now)
+            return result
+
+        return d.addCallback(acked)
+
+    runtime.sink.publish = timed_publish
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=50)
@@ -155,23 +177,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     watch.on_state = on_state
     appended: dict[int, float] = {}
     published: dict[int, float] = {}
-    publish = runtime.sink.publish
-
-    def timed_publish(entries: Any) -> Any:
-        entries = list(entries)
-        d = publish(entries)
-
-        def acked(result: Any) -> Any:
-            now = time.time()
-            for _event_id, fields in entries:
-                m = _PROBE.search(fields.get("payload_json", ""))
-                if m and m.group(1) == run_id:
-                    published.setdefault(int(m.group(2)), now)
-            return result
-
-        return d.addCallback(acked)
-
-    runtime.sink.publish = timed_publish
+    time_publishes(runtime, run_id, published)
     outcome: dict[str, Any] = {}
 
     def append_one(i: int) -> None:

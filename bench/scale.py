@@ -365,7 +365,7 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
     from twisted.logger import globalLogPublisher
 
     from bench.backlog import _Watch, apply_parse_processes
-    from bench.idle_latency import _PROBE, probe
+    from bench.idle_latency import probe, time_publishes
     from imapsvc.runtime import Runtime
 
     start_logging()
@@ -397,23 +397,7 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
     appended: dict[int, float] = {}
     published: dict[int, float] = {}
     run_id = uuid.uuid4().hex[:8]
-    publish = runtime.sink.publish
-
-    def timed_publish(entries: Any) -> Any:
-        entries = list(entries)
-        d = publish(entries)
-
-        def acked(result: Any) -> Any:
-            now = time.time()
-            for _event_id, fields in entries:
-                m = _PROBE.search(fields.get("payload_json", ""))
-                if m and m.group(1) == run_id:
-                    published.setdefault(int(m.group(2)), now)
-            return result
-
-        return d.addCallback(acked)
-
-    runtime.sink.publish = timed_publish
+    time_publishes(runtime, run_id, published)
     out: dict[str, Any] = {
         "folders": args.folders,
         "providers": args.providers,
