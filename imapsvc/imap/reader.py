@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Optional
 
 from twisted.logger import Logger
-from twisted.mail.imap4 import IMAP4Client
 from twisted.python.failure import Failure
 
 from imapsvc.core.auth import is_refusal
@@ -30,6 +29,7 @@ from imapsvc.imap.errors import (
     ProtocolViolation,
     Throttled,
 )
+from imapsvc.imap.lines import LinearLineReader
 from imapsvc.imap.responses import ResponseParseError
 
 log = Logger()
@@ -40,7 +40,7 @@ log = Logger()
 MAX_STATUS_LINES = 1000
 
 
-class ResponseReader(IMAPConnection):
+class ResponseReader(LinearLineReader, IMAPConnection):
     """Splits the server's bytes into responses and hands each to the
     command in flight (:class:`~imapsvc.imap.connection.Command`)."""
 
@@ -70,7 +70,7 @@ class ResponseReader(IMAPConnection):
         if self.budget is not None:
             # Charged before parsing: what this read brings is in memory now.
             self.budget.charge(self, len(data))
-        IMAP4Client.dataReceived(self, data)
+        self._receive(data)
 
     def _start_inflating(self, streams: DeflateStreams) -> None:
         """From now on the server's bytes are deflated (COMPRESS's tagged OK
@@ -160,22 +160,19 @@ class ResponseReader(IMAPConnection):
             if cmd is None or cmd is not before or cmd.kind == "idle":
                 self._release_budget()
 
-    def rawDataReceived(self, data: bytes) -> None:
+    def _literal_bytes(self, data: bytes, pos: int) -> int:
         if self._closed:
-            return
-        take = data[: self._literal_left]
-        rest = data[len(take) :]
+            return len(data) - pos
+        take = data[pos : pos + self._literal_left]
         self._literal_chunks.append(take)
         self._literal_left -= len(take)
         if self._literal_left == 0:
             self._literals.append(b"".join(self._literal_chunks))
             self._literal_chunks = []
             # Unlike Twisted we keep the bytes after the literal as they are:
-            # a CRLF right there ends the response. They are already counted
-            # (and inflated): straight back to the line reader.
-            self.setLineMode()  # type: ignore[no-untyped-call]  # Twisted's, untyped
-            if rest:
-                IMAP4Client.dataReceived(self, rest)
+            # a CRLF right there ends the response.
+            self.setLineMode()
+        return len(take)
 
     def _dispatch(self, texts: list[bytes], literals: list[bytes]) -> None:
         tag, _, first = texts[0].partition(b" ")
