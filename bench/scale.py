@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import imaplib
 import json
 import os
@@ -113,8 +114,27 @@ class PhaseMeter:
 
     def __init__(self) -> None:
         self.start()
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict) -> None:
+        """Times the cyclic collector's passes: a full pass over a heap of
+        thousands of sessions is a reactor stall no profile names."""
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+            return
+        took = time.perf_counter() - self._gc_t0
+        generation = info.get("generation", 0)
+        self.gc_seconds[generation] += took
+        self.gc_runs[generation] += 1
+        self.gc_max = max(self.gc_max, took)
+        if generation == 2 and os.environ.get("BENCH_GC_LOG"):
+            _err(f"gc gen2 {took * 1000:.1f} ms, {info.get('collected')} collected, "
+                 f"{len(gc.get_objects())} tracked")
 
     def start(self) -> None:
+        self.gc_seconds = [0.0, 0.0, 0.0]
+        self.gc_runs = [0, 0, 0]
+        self.gc_max = 0.0
         self.t0 = time.time()
         self.cpu0 = cpu_seconds()
         self.sys0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
@@ -146,6 +166,9 @@ class PhaseMeter:
             f"{prefix}_stalls_100": self.over_100,
             f"{prefix}_stalls_250": self.over_250,
             f"{prefix}_top_stalls": [list(s) for s in top],
+            f"{prefix}_gc_runs": list(self.gc_runs),
+            f"{prefix}_gc_s": [round(x, 3) for x in self.gc_seconds],
+            f"{prefix}_gc_max_ms": round(self.gc_max * 1000, 1),
         }
 
 
@@ -434,6 +457,11 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
         calls0 = collections.Counter(store_calls)
         res: dict[str, Any] = {}
         profiler.start(f"storm{number}-kill")
+        garbage_census = bool(os.environ.get("BENCH_GC_GARBAGE"))
+        if garbage_census:
+            # What the lost sessions leave to the cyclic collector.
+            gc.collect()
+            gc.disable()
         phase.start()
         t1 = phase.t0
         restarted = threads.deferToThread(dovecot.restart)
@@ -473,6 +501,16 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
         res["store_calls"] = {k: v for k, v in sorted(calls.items()) if v}
         res["error_lines"] = counter.errors - errors0
         res["warn_lines"] = counter.warnings - warns0
+        if garbage_census:
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            kinds = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+            _err(f"cyclic garbage of the storm: {len(gc.garbage)} objects")
+            for name, count in kinds.most_common(40):
+                _err(f"garbage {count:>8} {name}")
+            gc.garbage.clear()
+            gc.set_debug(0)
+            gc.enable()
         _err(f"storm {number}: all idle again after {res['to_idle_s']}s, "
              f"{res['cpu_s']} CPU s, max lag {res['max_lag_ms']} ms")
         return res
@@ -505,6 +543,30 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
         )
         out["idle_max_lag_ms"] = round(stats.window_max() * 1000, 1)
         out["rss_after_malloc_trim_mb"] = trimmed_rss_mb()
+        tracked = gc.get_objects()
+        out["gc_tracked_objects"] = len(tracked)
+        out["gc_tracked_per_folder"] = round(len(tracked) / args.folders, 1)
+        if os.environ.get("BENCH_GC_TYPES"):
+            kinds = collections.Counter(type(o).__qualname__ for o in tracked)
+            for name, count in kinds.most_common(int(os.environ["BENCH_GC_TYPES"])):
+                _err(f"gc-tracked {count:>9} {name}")
+            funcs = collections.Counter(
+                getattr(getattr(o, "__func__", o), "__qualname__", "?")
+                for o in tracked if type(o).__name__ in ("function", "method"))
+            for name, count in funcs.most_common(30):
+                _err(f"gc-func {count:>9} {name}")
+        if os.environ.get("BENCH_GC_TYPES"):
+            sized = []
+            for o in tracked:
+                try:
+                    sized.append((len(o), type(o).__qualname__, repr(o)[:120]))
+                except Exception:
+                    pass
+            sized.sort(reverse=True)
+            for n, name, text in sized[:25]:
+                _err(f"gc-large {n:>9} {name} {text}")
+            _err(f"gc-refs total {sum(len(gc.get_referents(o)) for o in tracked)}")
+        del tracked
         _err(f"idle: {out['cpu_idle_pct']}% CPU, {out['rss_idle_mb']} MiB")
         if os.environ.get("BENCH_TRACEMALLOC"):
             import tracemalloc

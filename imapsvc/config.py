@@ -114,6 +114,7 @@ class Settings:
     max_connections_per_tenant: int = _default("IMAP_MAX_CONNECTIONS_PER_TENANT")
     gmail_connection_budget: int = _default("IMAP_GMAIL_CONNECTION_BUDGET")
     max_folders: int = _default("IMAP_MAX_FOLDERS")
+    gc_full_pass_ms: int = _default("IMAP_GC_FULL_PASS_MS")
     connect_concurrency: int = _default("IMAP_CONNECT_CONCURRENCY")
     max_attachment_bytes: int = _default("IMAP_MAX_ATTACHMENT_BYTES")
     max_total_attachment_bytes: int = _default("IMAP_MAX_TOTAL_ATTACHMENT_BYTES")

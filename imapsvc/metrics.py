@@ -39,6 +39,7 @@ class ServiceCollector(Collector):
         pipeline_stats: Optional[Callable[[], dict]] = None,
         detailed: bool = True,
         lag_stats: Any = None,
+        gc_policy: Any = None,
     ):
         self._status = status
         self._relay = relay_stats
@@ -47,6 +48,7 @@ class ServiceCollector(Collector):
         # ids and folder names are not for unauthenticated scrapers.
         self._detailed = detailed
         self._lag = lag_stats
+        self._gc = gc_policy
 
     def collect(self) -> Iterable[Any]:
         status = self._status() or {}
@@ -177,6 +179,24 @@ class ServiceCollector(Collector):
         yield from self._capacity(status.get("capacity") or {})
         if self._lag is not None:
             yield from self._reactor_lag(self._lag)
+        if self._gc is not None:
+            yield from self._collector(self._gc)
+
+    @staticmethod
+    def _collector(policy: Any) -> Iterable[Any]:
+        """The cyclic collector's frozen set (imapsvc/gc_policy.py): it
+        should follow the folder count; growing beyond it between full
+        passes means lost sessions leave cycles behind."""
+        frozen = GaugeMetricFamily(
+            "imapsvc_gc_frozen_objects", "Objects kept out of the cyclic collector's passes"
+        )
+        frozen.add_metric([], policy.frozen())
+        yield frozen
+        passes = CounterMetricFamily(
+            "imapsvc_gc_full_passes", "Scheduled full passes of the cyclic collector"
+        )
+        passes.add_metric([], policy.full_passes)
+        yield passes
 
     @staticmethod
     def _capacity(cap: dict) -> Iterable[Any]:

@@ -147,6 +147,11 @@ class Runtime(service.MultiService):
             self.open_files_limit, self.fd_reserve, settings.max_folders
         )
         self.lag_meter = ReactorLagMeter(reactor)
+        from imapsvc.gc_policy import CollectorPolicy
+
+        self.gc_policy: Optional[CollectorPolicy] = None
+        if settings.gc_full_pass_ms:
+            self.gc_policy = CollectorPolicy(reactor, settings.gc_full_pass_ms / 1000.0)
         self._build(http)
         self._boot: Optional[defer.Deferred] = None
         self._listener: Any = None
@@ -343,6 +348,8 @@ class Runtime(service.MultiService):
         # Children are started by _start_rest once the store answers.
         service.Service.startService(self)
         self.lag_meter.startService()
+        if self.gc_policy is not None:
+            self.gc_policy.startService()
         if self.folder_capacity is not None:
             log.info(
                 "open-file limit {limit}: {reserve} reserved, room for {capacity} folders",
@@ -411,6 +418,8 @@ class Runtime(service.MultiService):
         service.Service.stopService(self)
         if self.lag_meter.running:
             self.lag_meter.stopService()
+        if self.gc_policy is not None and self.gc_policy.running:
+            self.gc_policy.stopService()
         bound = self.settings.shutdown_timeout_ms / 1000.0
         if self.cleanup.running:
             self.cleanup.stop()
@@ -498,6 +507,7 @@ def build_web(settings: Any, reactor: Any, runtime: Runtime) -> Any:
                 lambda: runtime.pipeline.stats,
                 detailed=detailed,
                 lag_stats=runtime.lag_meter.stats,
+                gc_policy=runtime.gc_policy,
             )
         )
 

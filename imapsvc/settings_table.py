@@ -194,6 +194,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IMAP_MAX_FOLDERS", non_negative_int, 0,
             "folders (IMAP connections) one replica holds at most; 0: as many as the open-file "
             "limit allows after its reserve (docs/performance.md)", _P),
+    Setting("IMAP_GC_FULL_PASS_MS", non_negative_int, 900000,
+            "how often Python's cyclic collector walks every object; in between, the survivors "
+            "of each full pass are frozen out of its passes, which keeps its pauses of the "
+            "reactor short at thousands of folders (docs/performance.md); 0: CPython's default "
+            "collector", _P),
     Setting("IMAP_CONNECT_CONCURRENCY", non_negative_int, 32,
             "IMAP sessions being set up at once (connect, TLS, login, finding the folder), per "
             "replica; the others wait their turn; 0: no limit (docs/performance.md)", _P),
