@@ -115,6 +115,7 @@ class Settings:
     gmail_connection_budget: int = _default("IMAP_GMAIL_CONNECTION_BUDGET")
     max_folders: int = _default("IMAP_MAX_FOLDERS")
     gc_full_pass_ms: int = _default("IMAP_GC_FULL_PASS_MS")
+    reactor_events_per_turn: int = _default("IMAP_REACTOR_EVENTS_PER_TURN")
     connect_concurrency: int = _default("IMAP_CONNECT_CONCURRENCY")
     max_attachment_bytes: int = _default("IMAP_MAX_ATTACHMENT_BYTES")
     max_total_attachment_bytes: int = _default("IMAP_MAX_TOTAL_ATTACHMENT_BYTES")

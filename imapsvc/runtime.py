@@ -154,6 +154,7 @@ class Runtime(service.MultiService):
             self.gc_policy = CollectorPolicy(reactor, settings.gc_full_pass_ms / 1000.0)
         self._build(http)
         self._boot: Optional[defer.Deferred] = None
+        self._turns_bounded = False
         self._listener: Any = None
         self._admin_listener: Any = None
         self._store_started = False
@@ -350,6 +351,10 @@ class Runtime(service.MultiService):
         self.lag_meter.startService()
         if self.gc_policy is not None:
             self.gc_policy.startService()
+        from imapsvc.reactor_turns import bound_events_per_turn
+
+        self._turns_bounded = bound_events_per_turn(
+            self.reactor, self.settings.reactor_events_per_turn)
         if self.folder_capacity is not None:
             log.info(
                 "open-file limit {limit}: {reserve} reserved, room for {capacity} folders",
@@ -420,6 +425,11 @@ class Runtime(service.MultiService):
             self.lag_meter.stopService()
         if self.gc_policy is not None and self.gc_policy.running:
             self.gc_policy.stopService()
+        if self._turns_bounded:
+            from imapsvc.reactor_turns import unbound
+
+            unbound(self.reactor)
+            self._turns_bounded = False
         bound = self.settings.shutdown_timeout_ms / 1000.0
         if self.cleanup.running:
             self.cleanup.stop()

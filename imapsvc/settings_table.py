@@ -199,6 +199,10 @@ SETTINGS: tuple[Setting, ...] = (
             "of each full pass are frozen out of its passes, which keeps its pauses of the "
             "reactor short at thousands of folders (docs/performance.md); 0: CPython's default "
             "collector", _P),
+    Setting("IMAP_REACTOR_EVENTS_PER_TURN", non_negative_int, 64,
+            "ready sockets the reactor handles before it runs its timers again, so that a "
+            "server ending a thousand sessions at once does not stall every folder "
+            "(docs/performance.md); 0: all of them, as Twisted does", _P),
     Setting("IMAP_CONNECT_CONCURRENCY", non_negative_int, 32,
             "IMAP sessions being set up at once (connect, TLS, login, finding the folder), per "
             "replica; the others wait their turn; 0: no limit (docs/performance.md)", _P),
