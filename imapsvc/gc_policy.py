@@ -10,10 +10,14 @@ What survived a full pass is, almost all of it, what stays: modules, classes,
 the folders and their sessions. Right after each full pass those survivors are
 frozen (``gc.freeze()``): later passes walk only what was made since. Frozen
 objects that later end up as cyclic garbage (a lost session leaves a few
-dozen) are not collected while frozen, so every ``IMAP_GC_FULL_PASS_MS`` the
-frozen set is handed back and walked once (one full pass at a known time,
-instead of several at random moments of a storm), and its survivors are frozen
-again. That bounds what frozen garbage can hold to one interval's worth.
+dozen) are not collected while frozen. A frozen object that is freed by its
+reference count leaves the frozen set, so the set grows only by what became
+live (more folders) or what was lost in cycles: every ``IMAP_GC_FULL_PASS_MS``
+the policy looks at its size, and when it grew by more than a tenth since the
+last full pass, hands it back and walks everything once (one full pass at a
+known, usually calm moment, instead of several at random moments of a storm),
+then freezes the survivors again. A replica whose folders just idle never pays
+for it; one that lost sessions pays once, within one interval.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 log = Logger(namespace="imapsvc.gc_policy")
+
+#: How much the frozen set may grow between full passes.
+GROWTH = 1.1
 
 
 class CollectorPolicy(service.Service):
@@ -43,7 +50,10 @@ class CollectorPolicy(service.Service):
         self.freezes = 0
         self.full_passes = 0
         self._freeze_pending = False
-        self._loop = LoopingCall(self.full_pass)
+        #: The frozen set's size after the last full pass (None: none yet).
+        self._baseline: int | None = None
+        self._measure_baseline = False
+        self._loop = LoopingCall(self._check)
         self._loop.clock = reactor
 
     def startService(self) -> None:
@@ -64,10 +74,16 @@ class CollectorPolicy(service.Service):
     def frozen(self) -> int:
         return int(self.gc.get_freeze_count())
 
+    def _check(self) -> None:
+        if self._baseline is not None and self.frozen() <= self._baseline * GROWTH:
+            return
+        self.full_pass()
+
     def full_pass(self) -> None:
         """Hand the frozen objects back and collect everything once; the
         callback then freezes the survivors."""
         self.full_passes += 1
+        self._measure_baseline = True
         self.gc.unfreeze()
         self.gc.collect(2)
 
@@ -85,3 +101,6 @@ class CollectorPolicy(service.Service):
             return
         self.gc.freeze()
         self.freezes += 1
+        if self._measure_baseline:
+            self._measure_baseline = False
+            self._baseline = self.frozen()

@@ -195,10 +195,10 @@ SETTINGS: tuple[Setting, ...] = (
             "folders (IMAP connections) one replica holds at most; 0: as many as the open-file "
             "limit allows after its reserve (docs/performance.md)", _P),
     Setting("IMAP_GC_FULL_PASS_MS", non_negative_int, 900000,
-            "how often Python's cyclic collector walks every object; in between, the survivors "
-            "of each full pass are frozen out of its passes, which keeps its pauses of the "
-            "reactor short at thousands of folders (docs/performance.md); 0: CPython's default "
-            "collector", _P),
+            "Python's cyclic collector leaves out (freezes) what survived its last full pass, "
+            "which keeps its pauses of the reactor short at thousands of folders; this often "
+            "the frozen set is looked at, and walked once more if it grew by more than a tenth "
+            "(docs/performance.md); 0: CPython's default collector", _P),
     Setting("IMAP_REACTOR_EVENTS_PER_TURN", non_negative_int, 64,
             "ready sockets the reactor handles before it runs its timers again, so that a "
             "server ending a thousand sessions at once does not stall every folder "

@@ -23,6 +23,8 @@ class FakeCollector:
         self.callbacks: list[Any] = []
         self.calls: list[str] = []
         self.frozen = 0
+        #: What a freeze freezes.
+        self.live = 100
 
     def collect(self, generation: int = 2) -> int:
         self.calls.append(f"collect({generation})")
@@ -37,7 +39,7 @@ class FakeCollector:
 
     def freeze(self) -> None:
         self.calls.append("freeze")
-        self.frozen = 100
+        self.frozen = self.live
 
     def unfreeze(self) -> None:
         self.calls.append("unfreeze")
@@ -97,14 +99,41 @@ class CollectorPolicyTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(self.gc.calls.count("freeze"), 1)
 
-    def test_the_frozen_set_is_walked_again_every_interval(self):
+    def test_a_frozen_set_that_grew_is_walked_again_at_the_next_check(self):
         self.start()
         self.clock.advance(0)
         del self.gc.calls[:]
+        # Sessions lost in cycles while frozen: the set grew by 20%.
+        self.gc.live = 120
+        self.gc.run_callbacks(2)
         self.clock.advance(899)
-        self.assertEqual(self.gc.calls, [])
+        self.assertEqual(self.gc.calls, ["freeze"])
         self.clock.advance(1)
-        self.assertEqual(self.gc.calls, ["unfreeze", "collect(2)", "freeze"])
+        self.assertEqual(self.gc.calls, ["freeze", "unfreeze", "collect(2)", "freeze"])
+        self.assertEqual(self.policy.full_passes, 2)
+
+    def test_a_steady_frozen_set_is_left_alone(self):
+        self.start()
+        self.clock.advance(0)
+        del self.gc.calls[:]
+        self.gc.live = 110  # within a tenth
+        self.gc.run_callbacks(2)
+        self.clock.advance(900 * 4)
+        self.assertEqual(self.gc.calls, ["freeze"])
+        self.assertEqual(self.policy.full_passes, 1)
+
+    def test_the_baseline_is_what_the_last_full_pass_left(self):
+        self.start()
+        self.clock.advance(0)
+        self.gc.live = 200
+        self.clock.advance(1)
+        self.gc.run_callbacks(2)
+        self.clock.advance(899)
+        self.assertEqual(self.policy.full_passes, 2)
+        # 200 is the new baseline: 210 later is no growth worth a pass.
+        self.gc.live = 210
+        self.gc.run_callbacks(2)
+        self.clock.advance(900)
         self.assertEqual(self.policy.full_passes, 2)
 
     def test_stop_thaws_and_lets_go_of_the_collector(self):
