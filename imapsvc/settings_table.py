@@ -219,7 +219,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IMAP_EXPAND_TNEF", boolean, False,
             "list the files inside winmail.dat (TNEF) parts as attachments; fetches such a "
             "part when it is within IMAP_MAX_ATTACHMENT_BYTES", _P),
-    Setting("IMAP_FETCH_CHUNK", positive_int, 100,
+    Setting("IMAP_FETCH_CHUNK", positive_int, 50,
             "UIDs per UID FETCH command", _P),
     Setting("IMAP_ATTACHMENT_FETCH_CHUNK", positive_int, 2,
             "UIDs per UID FETCH command in IMAP_ATTACHMENT_MODE inline and store (caps "

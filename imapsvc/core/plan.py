@@ -19,10 +19,11 @@ import attr
 from imapsvc.core.tnef import wants_tnef_bytes
 from imapsvc.model import BodyPart, FetchedMessage, Limits
 
-#: Default ``IMAP_FETCH_CHUNK``: UIDs per metadata FETCH. 100 keeps peak memory at about
-#: 0.4 of the reference pipeline for a few percent less throughput than 200
-#: (docs/performance.md, sessions 3 to 5).
-DEFAULT_FETCH_CHUNK = 100
+#: Default ``IMAP_FETCH_CHUNK``: UIDs per metadata FETCH. Two chunks are in memory at
+#: once (one committed while the next is fetched): 50 keeps the mixed corpus's peak at
+#: about 0.42 of the reference pipeline's, where 100 sat at 0.49-0.50, for 5-10% less
+#: throughput there and none measurable on small mail (docs/performance.md, session 7).
+DEFAULT_FETCH_CHUNK = 50
 #: Default byte budget of one body FETCH (sum of expected literal sizes).
 DEFAULT_FETCH_BYTES = 8 * 1024 * 1024
 

@@ -55,7 +55,7 @@ class SettingsTests(TestCase):
         self.assertEqual(s.object_store_prefix, "mail/in")
 
     def test_content_modes_cap_the_fetch_chunk(self) -> None:
-        self.assertEqual(FolderOptions.from_settings(Settings()).fetch_chunk, 100)
+        self.assertEqual(FolderOptions.from_settings(Settings()).fetch_chunk, 50)
         inline = Settings(attachment_mode="inline", attachment_fetch_chunk=3)
         self.assertEqual(FolderOptions.from_settings(inline).fetch_chunk, 3)
         self.assertEqual(FolderOptions.from_settings(inline).limits.attachment_mode, "inline")
