@@ -53,6 +53,22 @@ class ModseqShortcut:
         self.mode: Optional[str] = None
         self._known: Optional[C.KnownState] = None
         self._state: Optional[C.OpenState] = None
+        #: Per folder name, what the store holds as far as this folder knows
+        #: (read at an open, or written by it); absent when unsure.
+        self._stored: dict[str, Optional[C.KnownState]] = {}
+        #: Names whose next open may use ``_stored`` without a read.
+        self._trusted: set[str] = set()
+
+    def session_lost(self) -> None:
+        """The session dropped: the next open of each folder uses what this
+        folder knows the store holds, as the cursor does (saves are fenced
+        by this replica's lease, so nobody else changed it); a server
+        restart then costs the database no read per folder."""
+        self._trusted = set(self._stored)
+
+    def reload(self) -> None:
+        """The next open reads the store (an operator's reconnect)."""
+        self._trusted = set()
 
     @defer.inlineCallbacks
     def enable(self, proto: IIMAPSession, setting: str = "condstore"):  # type: ignore[no-untyped-def]
@@ -75,9 +91,14 @@ class ModseqShortcut:
         if self.mode is None or proto.modseq_mode is None:
             info = yield (proto.select_folder(name) if select else proto.examine_folder(name))
             return info
-        stored = yield self.store.read_modseq(self.tenant, self.provider_id, name)
-        if stored is not None:
-            self._known = C.KnownState(str(stored[0]), int(stored[1]))
+        if name in self._trusted:
+            self._trusted.discard(name)
+            self._known = self._stored[name]
+        else:
+            stored = yield self.store.read_modseq(self.tenant, self.provider_id, name)
+            if stored is not None:
+                self._known = C.KnownState(str(stored[0]), int(stored[1]))
+            self._stored[name] = self._known
         info = yield proto.examine_modseq(name, self._known, select=select)
         state = info.get("modseq")
         self._state = state if isinstance(state, C.OpenState) else None
@@ -114,6 +135,9 @@ class ModseqShortcut:
             return
         if known is not None and known.uid_validity == validity and known.modseq == value:
             return
+        # Unsure of what the store holds until the save is confirmed.
+        self._stored.pop(name, None)
         yield self.store.save_modseq(self.tenant, self.provider_id, name, validity, value,
                                      self.owner)
         self._known = None if value is None else C.KnownState(validity, value)
+        self._stored[name] = self._known

@@ -116,10 +116,12 @@ class SyncPass:
         does not need then. An operator's reconnect (:meth:`reload`) reads
         the store again: a backfill request or a reset comes that way."""
         self._resume_known = set(self._stored)
+        self.modseq.session_lost()
 
     def reload(self) -> None:
         """Read cursor and backfill state from the store at the next pass."""
         self._resume_known = set()
+        self.modseq.reload()
 
     @property
     def stopping(self) -> bool:

@@ -86,7 +86,10 @@ class FolderModseqTests(RigTestCase):
         highest = r.mailbox.folders["INBOX"].highest_modseq
         r.store.save_modseq(r.provider.tenant, r.provider.provider_id, "INBOX", "6", highest,
                             OWNER)
-        self.assertIn("UID SEARCH", self.reconnect(r))
+        # An operator's reconnect reads the store (a lost session would not).
+        r.svc.reconnect()
+        r.reconnect_after(0)
+        self.assertIn("UID SEARCH", r.session.commands)
         self.assertEqual(self.skipped(r), 0)
         self.assertEqual(self.stored(r), ("7", highest))
         self.assertEqual(self.reconnect(r), QUIET)
@@ -162,3 +165,54 @@ class FolderModseqTests(RigTestCase):
         self.assertIn("UID SEARCH", self.reconnect(r))
         self.assertEqual(self.reconnect(r), ["LOGIN", "LIST", "SELECT", "IDLE"])
         self.assertEqual(r.uids, [1, 2])
+
+
+class ModseqStoreReadTests(RigTestCase):
+    """A lost session costs the database no read of the stored
+    HIGHESTMODSEQ: the folder knows what it read or wrote."""
+
+    rig_of = FolderModseqTests.modseq_rig
+    reconnect = FolderModseqTests.reconnect
+
+    def counted(self, r):
+        calls = []
+        read = r.store.read_modseq
+
+        def counting(*args):
+            calls.append(args[-1])
+            return read(*args)
+
+        r.store.read_modseq = counting
+        return calls
+
+    def test_lost_sessions_read_nothing_operator_reconnect_reads(self):
+        r = self.rig_of()
+        reads = self.counted(r)
+        self.assertEqual(self.reconnect(r), QUIET)
+        self.assertIn("UID FETCH", self.reconnect(r, lambda: r.add(1)))
+        self.assertEqual(self.reconnect(r), QUIET)
+        self.assertEqual(reads, [])
+        r.svc.reconnect()
+        r.reconnect_after(0)
+        self.assertEqual(reads, ["INBOX"])
+        self.assertEqual(r.session.commands, QUIET)
+
+    def test_a_failed_save_is_read_again(self):
+        r = self.rig_of()
+        reads = self.counted(r)
+        save = r.store.save_modseq
+
+        def failing(*args):
+            r.store.save_modseq = save
+            raise RuntimeError("database down")
+
+        r.store.save_modseq = failing
+        r.drop()
+        r.add(1)
+        r.reconnect_after(r.factory.delay)  # the pass fails at the save
+        self.assertNotEqual(r.svc.state, S.IDLING)
+        r.reconnect_after(r.factory.delay)
+        self.assertEqual(r.svc.state, S.IDLING)
+        self.assertEqual(reads, ["INBOX"])
+        self.assertEqual(self.reconnect(r), QUIET)
+        self.assertEqual(reads, ["INBOX"])
