@@ -26,6 +26,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from imapsvc.core.cursor import REASON_RESUME
+from imapsvc.core.known_store import KnownStore
 from imapsvc.imap import condstore as C
 from imapsvc.session_interfaces import IIMAPSession
 
@@ -54,21 +55,17 @@ class ModseqShortcut:
         self._known: Optional[C.KnownState] = None
         self._state: Optional[C.OpenState] = None
         #: Per folder name, what the store holds as far as this folder knows
-        #: (read at an open, or written by it); absent when unsure.
-        self._stored: dict[str, Optional[C.KnownState]] = {}
-        #: Names whose next open may use ``_stored`` without a read.
-        self._trusted: set[str] = set()
+        #: (read at an open, or written by it; ``None``: nothing stored).
+        self._stored: KnownStore[Optional[C.KnownState]] = KnownStore()
 
     def session_lost(self) -> None:
         """The session dropped: the next open of each folder uses what this
-        folder knows the store holds, as the cursor does (saves are fenced
-        by this replica's lease, so nobody else changed it); a server
-        restart then costs the database no read per folder."""
-        self._trusted = set(self._stored)
+        folder knows the store holds, as the cursor does."""
+        self._stored.session_lost()
 
     def reload(self) -> None:
         """The next open reads the store (an operator's reconnect)."""
-        self._trusted = set()
+        self._stored.reload()
 
     @defer.inlineCallbacks
     def enable(self, proto: IIMAPSession, setting: str = "condstore"):  # type: ignore[no-untyped-def]
@@ -91,14 +88,13 @@ class ModseqShortcut:
         if self.mode is None or proto.modseq_mode is None:
             info = yield (proto.select_folder(name) if select else proto.examine_folder(name))
             return info
-        if name in self._trusted:
-            self._trusted.discard(name)
-            self._known = self._stored[name]
+        if self._stored.take_trusted(name):
+            self._known = self._stored.value(name)
         else:
             stored = yield self.store.read_modseq(self.tenant, self.provider_id, name)
             if stored is not None:
                 self._known = C.KnownState(str(stored[0]), int(stored[1]))
-            self._stored[name] = self._known
+            self._stored.remember(name, self._known)
         info = yield proto.examine_modseq(name, self._known, select=select)
         state = info.get("modseq")
         self._state = state if isinstance(state, C.OpenState) else None
@@ -136,8 +132,8 @@ class ModseqShortcut:
         if known is not None and known.uid_validity == validity and known.modseq == value:
             return
         # Unsure of what the store holds until the save is confirmed.
-        self._stored.pop(name, None)
+        self._stored.forget(name)
         yield self.store.save_modseq(self.tenant, self.provider_id, name, validity, value,
                                      self.owner)
         self._known = None if value is None else C.KnownState(validity, value)
-        self._stored[name] = self._known
+        self._stored.remember(name, self._known)

@@ -31,6 +31,7 @@ from imapsvc.core.cursor import (
     since_days_ago,
 )
 from imapsvc.core.folders import WILDCARD
+from imapsvc.core.known_store import KnownStore
 from imapsvc.folder.modseq import ModseqShortcut
 from imapsvc.folder.options import FolderOptions, Stopping
 from imapsvc.folder.write_back import WriteBackRunner
@@ -98,11 +99,8 @@ class SyncPass:
         self._fetched_ok = False
         self._nothing_to_probe = False
         #: Per server folder name, the cursor the store holds as far as this
-        #: folder knows (read at a pass, or written by it and committed);
-        #: absent when unsure.
-        self._stored: dict[str, FolderCursor] = {}
-        #: Names whose next pass may start from ``_stored`` (session_lost).
-        self._resume_known: set[str] = set()
+        #: folder knows (read at a pass, or written by it and committed).
+        self._cursors: KnownStore[FolderCursor] = KnownStore()
         #: Server name -> its configured filter, when one connection watches
         #: several configured folders (the shared poller).
         self.filter_of: dict[str, str] = {}
@@ -115,12 +113,12 @@ class SyncPass:
         every folder at once, and a read per folder is load the database
         does not need then. An operator's reconnect (:meth:`reload`) reads
         the store again: a backfill request or a reset comes that way."""
-        self._resume_known = set(self._stored)
+        self._cursors.session_lost()
         self.modseq.session_lost()
 
     def reload(self) -> None:
         """Read cursor and backfill state from the store at the next pass."""
-        self._resume_known = set()
+        self._cursors.reload()
         self.modseq.reload()
 
     @property
@@ -163,8 +161,8 @@ class SyncPass:
         self.uid_next = info.get("uidnext")
         tenant, pid = self.provider.tenant, self.provider.provider_id
         start = None
-        known_cursor = self._stored.get(name)
-        if name in self._resume_known and known_cursor is not None:
+        known_cursor = self._cursors.value(name)
+        if self._cursors.take_trusted(name) and known_cursor is not None:
             known = compute_start(
                 known_cursor, info["uidvalidity"], info.get("uidnext"),
                 self.options.max_emails_per_sync,
@@ -173,7 +171,6 @@ class SyncPass:
                 # Back after a lost session: nothing to read (see session_lost);
                 # other plans take the stored dates (a first sync by date).
                 stored, start, backfill = known_cursor, known, (None, None)
-        self._resume_known.discard(name)
         if start is None:
             # Read at every other pass so an operator's resync is seen by
             # this worker; anything but a plain resume needs the stored
@@ -269,7 +266,7 @@ class SyncPass:
                 write, after = None, cursor
             try:
                 if messages:
-                    before = self._stored.pop(name, None)  # unsure until committed
+                    before = self._cursors.forget(name)  # unsure until committed
                     yield self.pipeline.handle_batch(
                         self.provider, name, self.owner, messages, write
                     )
@@ -312,9 +309,9 @@ class SyncPass:
 
     def _remember(self, name: str, cursor: Optional[FolderCursor]) -> None:
         if cursor is None:
-            self._stored.pop(name, None)
+            self._cursors.forget(name)
         else:
-            self._stored[name] = cursor
+            self._cursors.remember(name, cursor)
 
     def _backfill_keys(self, name: str) -> list[str]:
         # A request names the server's spelling or the configured filter
@@ -361,7 +358,7 @@ class SyncPass:
         as poison at ``poison_after``. Marks ``exc`` as the message's doing,
         so it does not count towards the provider's quarantine."""
         exc.imapsvc_poison = True  # type: ignore[attr-defined]
-        self._stored.pop(name, None)  # a skip moves the cursor: read it next time
+        self._cursors.forget(name)  # a skip moves the cursor: read it next time
         tenant, pid = self.provider.tenant, self.provider.provider_id
         suspects = self.suspects.setdefault(validity, set())
         if len(chunk) > 1 or int(chunk[0]) not in suspects:
