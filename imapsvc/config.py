@@ -134,6 +134,7 @@ class Settings:
     parse_processes: int = _default("IMAP_PARSE_PROCESSES")
     ledger_retention_days: int = _default("IMAP_LEDGER_RETENTION_DAYS")
     event_stream_maxlen: int = _default("IMAP_EVENT_STREAM_MAXLEN")
+    event_dedupe_window_ms: int = _default("IMAP_EVENT_DEDUPE_WINDOW_MS")
     attachment_mode: str = _default("IMAP_ATTACHMENT_MODE")
     store_raw_mime: bool = _default("IMAP_STORE_RAW_MIME")
     object_store_url: str = attr.ib(default=_default("IMAP_OBJECT_STORE_URL"), repr=False)

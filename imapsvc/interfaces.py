@@ -355,12 +355,16 @@ class ISink(Interface):
     """Where stream entries go: a Redis stream, or a JSON Lines file."""
 
     def publish(entries):
-        """Append entries in order.
+        """Append entries in order, each at most once within the sink's
+        dedupe window: an entry whose ``event_id`` the sink already took
+        within it is not appended again (a re-publish after a crash or a
+        lease change), and its first stream id is answered for it.
 
         :param entries: a list of ``(event_id, fields)`` with ``fields`` a
             mapping of flat strings.
-        :rtype: Deferred[None]: fires when every entry is durably appended;
-            fails (and may have appended a prefix) otherwise.
+        :rtype: Deferred[list[str]]: the stream ids, in order, once every
+            entry is durably appended; fails (and may have appended a prefix)
+            otherwise.
         """
 
     def ping():

@@ -165,6 +165,12 @@ class ServiceCollector(Collector):
         )
         published.add_metric([], _num(relay.get("published")))
         yield published
+        dedup = CounterMetricFamily(
+            "imapsvc_events_deduplicated",
+            "Re-published entries the stream already held within its dedupe window",
+        )
+        dedup.add_metric([], _num(relay.get("deduplicated")))
+        yield dedup
         errors = CounterMetricFamily("imapsvc_relay_errors", "Failed relay runs")
         errors.add_metric([], _num(relay.get("errors")))
         yield errors

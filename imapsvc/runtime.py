@@ -86,10 +86,12 @@ def build_sink(settings: Any, reactor: Any) -> Any:
             settings.event_stream,
             timeout_s=settings.redis_timeout_ms / 1000.0,
             maxlen=settings.event_stream_maxlen,
+            dedupe_window_ms=settings.event_dedupe_window_ms,
         )
     from imapsvc.sink.jsonl import JsonLinesSink
 
-    return JsonLinesSink(settings.events_file, stream=settings.event_stream, clock=reactor)
+    return JsonLinesSink(settings.events_file, stream=settings.event_stream, clock=reactor,
+                         dedupe_window_ms=settings.event_dedupe_window_ms)
 
 
 def build_secret_chain(settings: Any, reactor: Any, http: Any, own: Any) -> Any:
@@ -513,7 +515,8 @@ def build_web(settings: Any, reactor: Any, runtime: Runtime) -> Any:
         return make_registry(
             ServiceCollector(
                 runtime.supervisor.status,
-                lambda: runtime.relay.stats,
+                lambda: dict(runtime.relay.stats,
+                             deduplicated=getattr(runtime.sink, "skipped", 0)),
                 lambda: runtime.pipeline.stats,
                 detailed=detailed,
                 lag_stats=runtime.lag_meter.stats,

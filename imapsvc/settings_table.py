@@ -247,6 +247,10 @@ SETTINGS: tuple[Setting, ...] = (
             "keep dedupe ledger rows this many days", _P),
     Setting("IMAP_EVENT_STREAM_MAXLEN", non_negative_int, 0,
             "XADD MAXLEN ~ N; 0 keeps every entry (trimming drops unread events)", _P),
+    Setting("IMAP_EVENT_DEDUPE_WINDOW_MS", non_negative_int, 86_400_000,
+            "how long the stream remembers an event_id it took, so an event re-published "
+            "after a crash or a lease change is not appended twice; 0: plain XADD "
+            "(at-least-once)", _P),
     # Attachment content (CONTRACT 2)
     Setting("IMAP_ATTACHMENT_MODE", choice("metadata", "inline", "store"), "metadata",
             "attachment content: metadata (none), inline (base64 `content` in the event) or "

@@ -105,14 +105,35 @@ class SinkContractMixin:
         self.assertEqual(got, [])
 
     @defer.inlineCallbacks
-    def test_republish_appends_again_with_the_same_event_id(self) -> Any:
-        # At-least-once: the sink does not dedupe, the consumer does (by event_id).
+    def test_republish_within_the_window_is_not_appended_again(self) -> Any:
+        # The relay is at-least-once (a crash between the append and
+        # ``published_at`` publishes the row again); the sink takes an event
+        # once and answers the first stream id for the second publish.
         sink = yield self.make_sink()
-        yield sink.publish([entry(5)])
-        yield sink.publish([entry(5)])
+        first = yield sink.publish([entry(5)])
+        second = yield sink.publish([entry(4), entry(5), entry(6)])
         got = yield self.read_back(sink)
-        self.assertEqual([f["event_id"] for _, f in got], [entry(5)[0]] * 2)
-        self.assertNotEqual(got[0][0], got[1][0])
+        self.assertEqual([f["event_id"] for _, f in got], [entry(n)[0] for n in (5, 4, 6)])
+        self.assertEqual(second[1], first[0])
+        self.assertEqual([second[0], second[2]], [i for i, _ in got[1:]])
+
+    @defer.inlineCallbacks
+    def test_prefix_of_a_failed_batch_is_not_appended_twice(self) -> Any:
+        # A batch that failed after a prefix was appended is published again
+        # whole: only the rest is appended.
+        sink = yield self.make_sink()
+        yield sink.publish([entry(1), entry(2)])
+        yield sink.publish([entry(1), entry(2), entry(3)])
+        got = yield self.read_back(sink)
+        self.assertEqual([f["event_id"] for _, f in got], [entry(n)[0] for n in (1, 2, 3)])
+
+    @defer.inlineCallbacks
+    def test_one_event_twice_in_a_batch_is_appended_once(self) -> Any:
+        sink = yield self.make_sink()
+        ids = yield sink.publish([entry(8), entry(8)])
+        got = yield self.read_back(sink)
+        self.assertEqual([f["event_id"] for _, f in got], [entry(8)[0]])
+        self.assertEqual(ids, [got[0][0]] * 2)
 
     @defer.inlineCallbacks
     def test_non_string_field_fails_and_writes_nothing(self) -> Any:

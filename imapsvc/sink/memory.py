@@ -1,12 +1,14 @@
 """An in-memory :class:`~imapsvc.interfaces.ISink` for tests.
 
-It passes the same contract tests as the Redis and JSON Lines sinks, and it
+It passes the same contract tests as the Redis and JSON Lines sinks (an
+event it took within the dedupe window is not appended again), and it
 can be told to fail (Redis down) or to hold publishes until released (a slow
 Redis), so the relay's retry and coalescing can be tested with a fake clock.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping, Optional, Sequence
 
 from twisted.internet import defer
@@ -23,12 +25,24 @@ class SinkDown(Exception):
 class MemorySink:
     """Appends ``(stream_id, event_id, fields)`` to :attr:`entries`.
 
+    :param clock: ``IReactorTime`` for the dedupe window (default: the
+        wall clock).
+    :param dedupe_window_ms: how long an event id is remembered; 0 appends
+        every publish.
+
     :ivar entries: everything appended so far, in order.
+    :ivar skipped_ids: event ids a publish offered again within the window.
     :ivar calls: how many times :meth:`publish` was called.
     """
 
-    def __init__(self, stream: str = "workflow:events:global") -> None:
+    def __init__(self, stream: str = "workflow:events:global", clock: Optional[Any] = None,
+                 dedupe_window_ms: int = 86_400_000) -> None:
         self.stream = stream
+        self._now = clock.seconds if clock is not None else time.time
+        self._window_s = dedupe_window_ms / 1000.0
+        # event id -> (stream id, when it was appended)
+        self._seen: dict[str, tuple[str, float]] = {}
+        self.skipped_ids: list[str] = []
         self.entries: list[tuple[str, str, dict[str, str]]] = []
         self.calls = 0
         self._failure: Optional[BaseException] = None
@@ -62,6 +76,11 @@ class MemorySink:
             d.callback(None)
 
     @property
+    def skipped(self) -> int:
+        """Entries not appended again (as the Redis sink counts them)."""
+        return len(self.skipped_ids)
+
+    @property
     def event_ids(self) -> list[str]:
         return [event_id for _, event_id, _ in self.entries]
 
@@ -87,11 +106,19 @@ class MemorySink:
         if self._failure is not None:
             limit = min(limit, self._fail_after or 0)
         ids = []
+        now = self._now()
         for event_id, fields in batch[:limit]:
+            known = self._seen.get(event_id)
+            if self._window_s and known is not None and now - known[1] < self._window_s:
+                self.skipped_ids.append(event_id)
+                ids.append(known[0])
+                continue
             self._seq += 1
             stream_id = f"0-{self._seq}"
             self.entries.append((stream_id, event_id, fields))
             ids.append(stream_id)
+            if self._window_s:
+                self._seen[event_id] = (stream_id, now)
         if self._failure is not None:
             raise self._failure
         return ids

@@ -1,7 +1,13 @@
 """The production sink: one ``XADD`` per entry to a Redis stream (txredisapi).
 
-txredisapi has no stream commands, so entries go out through
-``execute_command("XADD", stream, [MAXLEN ~ n], "*", k1, v1, ...)``. A batch
+txredisapi has no stream commands, so entries go out as RESP bytes built here:
+``XADD stream [MAXLEN ~ n] * k1 v1 ...``, or, with a dedupe window (the
+default), a small Lua script (:data:`PUBLISH_ONCE`) that appends the entry
+only when the stream has not taken its ``event_id`` within the window. The
+relay is at-least-once (a crash between the XADD and the outbox's
+``published_at`` publishes the row again, from this replica or the one that
+takes its lease); the script makes that second publish a no-op, so the
+workflow worker never sees the event twice. A batch
 is written on one connection without waiting for replies in between (Redis
 pipelining: the protocol writes each command as it is issued), so entries are
 appended in order and a batch of 500 costs one round trip, not 500. (txredisapi
@@ -16,6 +22,7 @@ not pile up on a socket that stopped answering.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Mapping, Optional, Sequence
 from urllib.parse import unquote, urlsplit
 
@@ -90,6 +97,75 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
+#: Append an entry unless the stream took its event id within the window.
+#: KEYS: the stream, the event's dedupe key; ARGV: the window in ms, MAXLEN
+#: ("0": none), then the fields. Answers ``{stream id, 1}`` when appended and
+#: ``{first stream id, 0}`` when the event was there already. The check, the
+#: XADD and the key are one atomic step in Redis, so neither a crash of the
+#: service between them nor a second replica can split them; the key is set
+#: only after the XADD succeeded, so a failed XADD never hides an event.
+PUBLISH_ONCE = b"""\
+local seen = redis.call('GET', KEYS[2])
+if seen then return {seen, 0} end
+local id
+if ARGV[2] ~= '0' then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+else
+  id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+end
+redis.call('SET', KEYS[2], id, 'PX', ARGV[1])
+return {id, 1}
+"""
+PUBLISH_ONCE_SHA = hashlib.sha1(PUBLISH_ONCE).hexdigest()
+
+
+def dedupe_key(stream: str, event_id: str) -> str:
+    """The key that remembers ``event_id`` was appended to ``stream`` (pure).
+    Beside the stream, under its name, so its keys are found with it."""
+    return f"{stream}:published:{event_id}"
+
+
+def script_load_command() -> bytes:
+    """``SCRIPT LOAD`` of :data:`PUBLISH_ONCE` (pure). Sent ahead of every
+    batch in the same write: it costs Redis a hash lookup, and a Redis that
+    restarted (or flushed its scripts) never answers ``NOSCRIPT``."""
+    return b"".join([b"*3\r\n", _bulk(b"SCRIPT"), _bulk(b"LOAD"), _bulk(PUBLISH_ONCE)])
+
+
+def _field_bulks(fields: Mapping[str, str]) -> tuple[int, list[bytes]]:
+    """The fields of one entry as RESP bulks, and how many arguments they are.
+
+    :raises TypeError: a non-string field. :raises ValueError: no field.
+    """
+    entry = fields if isinstance(fields, StreamEntry) else None
+    items = entry.head() if entry is not None else fields
+    if not items and entry is None:
+        raise ValueError("a stream entry needs at least one field")
+    parts: list[bytes] = []
+    for key, value in items.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError("stream fields must be strings")
+        parts.append(_bulk(key.encode("utf-8")))
+        parts.append(_bulk(value.encode("utf-8")))
+    if entry is not None:
+        parts.append(_bulk(b"payload_json"))
+        parts.append(_bulk(entry.wire_payload()))
+    return len(parts), parts
+
+
+def publish_once_command(stream: str, event_id: str, fields: Mapping[str, str],
+                         window_ms: int, maxlen: int = 0) -> bytes:
+    """One ``EVALSHA`` of :data:`PUBLISH_ONCE` as RESP bytes (pure).
+
+    :raises TypeError: a non-string field. :raises ValueError: no field.
+    """
+    count, bulks = _field_bulks(fields)
+    head = [b"EVALSHA", PUBLISH_ONCE_SHA.encode("ascii"), b"2", stream.encode("utf-8"),
+            dedupe_key(stream, event_id).encode("utf-8"), b"%d" % window_ms,
+            b"%d" % max(0, maxlen)]
+    return b"".join([b"*%d\r\n" % (len(head) + count), *map(_bulk, head), *bulks])
+
+
 def xadd_command(stream: str, fields: Mapping[str, str], maxlen: int = 0) -> bytes:
     """One ``XADD`` as RESP bytes, ready for the socket (pure). A
     :class:`~imapsvc.core.event.StreamEntry` goes out with its payload bytes
@@ -99,23 +175,9 @@ def xadd_command(stream: str, fields: Mapping[str, str], maxlen: int = 0) -> byt
     :raises ValueError: no field.
     """
     head = xadd_args(stream, {}, maxlen, allow_empty=True)
-    entry = fields if isinstance(fields, StreamEntry) else None
-    items = entry.head() if entry is not None else fields
-    if not items and entry is None:
-        raise ValueError("a stream entry needs at least one field")
-    pairs: list[tuple[bytes, bytes]] = []
-    for key, value in items.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError("stream fields must be strings")
-        pairs.append((key.encode("utf-8"), value.encode("utf-8")))
-    if entry is not None:
-        pairs.append((b"payload_json", entry.wire_payload()))
-    parts = [b"*%d\r\n" % (len(head) + 2 * len(pairs))]
-    parts += [_bulk(arg.encode("utf-8")) for arg in head]
-    for name, data in pairs:
-        parts.append(_bulk(name))
-        parts.append(_bulk(data))
-    return b"".join(parts)
+    count, bulks = _field_bulks(fields)
+    return b"".join([b"*%d\r\n" % (len(head) + count),
+                     *(_bulk(arg.encode("utf-8")) for arg in head), *bulks])
 
 
 def xadd_args(stream: str, fields: Mapping[str, str], maxlen: int = 0,
@@ -147,6 +209,9 @@ class RedisStreamSink:
     :param maxlen: ``MAXLEN ~ maxlen`` when > 0; off by default because
         trimming drops entries nobody has read yet.
     :param reconnect_max_s: the longest pause between reconnection attempts.
+    :param dedupe_window_ms: how long the stream remembers an ``event_id``
+        it took (:data:`PUBLISH_ONCE`); 0 appends with plain ``XADD``, and a
+        re-published event is appended again.
     :param factory: for tests: a connection source in place of the
         ``txredisapi.RedisFactory`` that :meth:`start` would create (it needs
         ``getConnection(peek=True)`` and ``disconnect()``).
@@ -161,8 +226,14 @@ class RedisStreamSink:
         maxlen: int = 0,
         reconnect_max_s: float = 5.0,
         factory: Optional[Any] = None,
+        dedupe_window_ms: int = 86_400_000,
     ) -> None:
+        if dedupe_window_ms < 0:
+            raise ValueError("dedupe_window_ms must not be negative")
         self._reactor = reactor
+        self._window_ms = dedupe_window_ms
+        #: Entries not appended because the stream already held their event.
+        self.skipped = 0
         self._address = parse_redis_url(url)
         self.stream = stream
         self._timeout_s = timeout_s
@@ -218,7 +289,9 @@ class RedisStreamSink:
     def publish(
         self, entries: Sequence[tuple[str, Mapping[str, str]]]
     ) -> defer.Deferred[list[str]]:
-        """XADD every entry, pipelined on one connection, in order.
+        """XADD every entry, pipelined on one connection, in order; with a
+        dedupe window, an entry whose event the stream took within it is
+        not appended again (its first stream id is returned).
 
         :return: Deferred of the stream ids, in order; fails with
             :class:`SinkUnavailable` (a prefix may have been appended).
@@ -228,7 +301,15 @@ class RedisStreamSink:
         if self._factory is None:
             return defer.fail(SinkUnavailable("Redis sink is not started"))
         try:
-            commands = [xadd_command(self.stream, fields, self._maxlen) for _, fields in entries]
+            if self._window_ms:
+                commands = [script_load_command()]
+                commands += [
+                    publish_once_command(self.stream, event_id, fields, self._window_ms,
+                                         self._maxlen)
+                    for event_id, fields in entries]
+            else:
+                commands = [xadd_command(self.stream, fields, self._maxlen)
+                            for _, fields in entries]
         except (TypeError, ValueError) as e:
             return defer.fail(e)
         sent_on: list[Any] = []
@@ -249,8 +330,24 @@ class RedisStreamSink:
                 failure = failure.value.subFailure
             raise SinkUnavailable(f"XADD to {self.stream!r} failed: {_describe(failure)}")
 
-        d.addCallbacks(lambda ids: [_text(i) for i in ids], failed)
+        d.addCallbacks(self._stream_ids, failed, callbackArgs=(entries,))
         return d
+
+    def _stream_ids(self, replies: list[Any],
+                    entries: Sequence[tuple[str, Mapping[str, str]]]) -> list[str]:
+        if not self._window_ms:
+            return [_text(i) for i in replies]
+        ids = []
+        for (event_id, _), reply in zip(entries, replies[1:]):
+            stream_id, appended = reply
+            if not int(appended):
+                self.skipped += 1
+                _log.info(
+                    "Stream {stream} already holds event {event_id} as {stream_id}"
+                    " (published before a crash or a lease change); not appended again",
+                    stream=self.stream, event_id=event_id, stream_id=_text(stream_id))
+            ids.append(_text(stream_id))
+        return ids
 
     def ping(self) -> defer.Deferred[Any]:
         """``PING`` with a deadline; fails with :class:`SinkUnavailable`."""

@@ -3,7 +3,9 @@
 Delivery is at-least-once. A row is marked published only after the sink
 acknowledged it, so a crash (or a failed ``mark_published``) between the two
 publishes the row again later, with the same ``event_id`` (the id is in the
-row, decided when the message was recorded); consumers deduplicate by it.
+row, decided when the message was recorded). The sink takes an event once
+within its dedupe window (``IMAP_EVENT_DEDUPE_WINDOW_MS``), so the stream gets
+no copy; with the window off, consumers deduplicate by the id.
 
 Scheduling:
 

@@ -1,7 +1,9 @@
 """End to end below the IMAP layer: pipeline -> outbox (MemoryStore) -> relay
 -> a real Redis stream. Covers the exact field layout, a Redis outage while
 messages keep being recorded (none lost, none duplicated), and a crash
-between XADD and mark_published (re-published with the same event_id)."""
+between XADD and mark_published (re-published with the same event_id, which
+the stream's dedupe window takes once; with the window off it is appended
+twice)."""
 
 from __future__ import annotations
 
@@ -60,8 +62,11 @@ class PipelineToRedisTests(unittest.TestCase):
         taken = yield self.store.acquire_lease(T, P, OWNER, 600_000)
         self.assertTrue(taken)
 
-    def wire(self, url: str, stream: str, store: Any = None) -> tuple[Pipeline, Relay]:
-        sink = RedisStreamSink(reactor, url, stream, timeout_s=0.5, reconnect_max_s=0.2)
+    def wire(self, url: str, stream: str, store: Any = None,
+             **sink_options: Any) -> tuple[Pipeline, Relay]:
+        sink = RedisStreamSink(reactor, url, stream, timeout_s=0.5, reconnect_max_s=0.2,
+                               **sink_options)
+        self.sink = sink
         sink.start()
         self.addCleanup(sink.stop)
         relay = Relay(
@@ -162,12 +167,31 @@ class PipelineToRedisTests(unittest.TestCase):
         self.assertEqual(relay.stats["published"], 200)
 
     @defer.inlineCallbacks
-    def test_crash_between_xadd_and_mark_republishes_same_event_id(self) -> Any:
+    def test_crash_between_xadd_and_mark_is_taken_once(self) -> Any:
         url = shared_redis()
         stream = unique_stream("crash")
         self.addCleanup(lambda: _delete(url, stream))
         flaky = MarkFailsOnce(self.store)
         pipeline, relay = self.wire(url, stream, store=flaky)
+        yield pipeline.handle_batch(
+            self.provider, "INBOX", OWNER, [fetched(uid) for uid in range(1, 6)], None
+        )
+        yield self.drain(relay)
+        with SyncRedis(*_host_port(url)) as r:
+            entries = r.xrange(stream)
+        ids = [f["event_id"] for _, f in entries]
+        self.assertEqual(len(ids), 5, "the batch went out twice and was taken once")
+        self.assertEqual(len(set(ids)), 5)
+        self.assertEqual(self.sink.skipped, 5)
+
+    @defer.inlineCallbacks
+    def test_crash_between_xadd_and_mark_republishes_same_event_id(self) -> Any:
+        # With the window off: at-least-once, identical copies.
+        url = shared_redis()
+        stream = unique_stream("crash")
+        self.addCleanup(lambda: _delete(url, stream))
+        flaky = MarkFailsOnce(self.store)
+        pipeline, relay = self.wire(url, stream, store=flaky, dedupe_window_ms=0)
         yield pipeline.handle_batch(
             self.provider, "INBOX", OWNER, [fetched(uid) for uid in range(1, 6)], None
         )
@@ -217,4 +241,4 @@ def _host_port(url: str) -> tuple[str, int]:
 
 def _delete(url: str, stream: str) -> None:
     with SyncRedis(*_host_port(url)) as r:
-        r.delete(stream)
+        r.delete_prefix(stream)  # the stream and its dedupe keys

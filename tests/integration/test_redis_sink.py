@@ -8,7 +8,14 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from imapsvc.sink.redis_stream import RedisStreamSink, SinkUnavailable, xadd_args
+from imapsvc.sink.redis_stream import (
+    PUBLISH_ONCE,
+    PUBLISH_ONCE_SHA,
+    RedisStreamSink,
+    SinkUnavailable,
+    dedupe_key,
+    xadd_args,
+)
 from tests.rig.redis import PrivateRedis, SyncRedis, free_port, shared_redis, unique_stream
 from tests.sink_contract import SinkContractMixin, entry
 
@@ -49,6 +56,90 @@ class RedisSinkContractTests(SinkContractMixin, unittest.TestCase):
         sink = self.make_sink()
         yield sink.publish([entry(i) for i in range(1000)])
         self.assertEqual(self.redis.xlen(sink.stream), 1000)
+
+    @defer.inlineCallbacks
+    def test_maxlen_with_plain_xadd(self) -> Any:
+        sink = self.make_sink(maxlen=10, dedupe_window_ms=0)
+        yield sink.publish([entry(i) for i in range(1000)])
+        self.assertLess(self.redis.xlen(sink.stream), 1000)
+
+
+class RedisDedupeTests(unittest.TestCase):
+    """The dedupe script against a real Redis."""
+
+    def setUp(self) -> None:
+        self.url = shared_redis()
+        self.redis = SyncRedis(*_host_port(self.url))
+        self.addCleanup(self.redis.close)
+
+    def make_sink(self, **kwargs: Any) -> RedisStreamSink:
+        stream = unique_stream("dedupe")
+        self.addCleanup(self.redis.delete_prefix, stream)
+        sink = RedisStreamSink(reactor, self.url, stream, timeout_s=5.0, **kwargs)
+        sink.start()
+        self.addCleanup(sink.stop)
+        return sink
+
+    def event_ids(self, sink: RedisStreamSink) -> list[str]:
+        return [f["event_id"] for _, f in self.redis.xrange(sink.stream)]
+
+    def test_script_sha_is_what_redis_computes(self) -> None:
+        self.assertEqual(self.redis.script_load(PUBLISH_ONCE), PUBLISH_ONCE_SHA)
+
+    @defer.inlineCallbacks
+    def test_key_holds_the_stream_id_for_the_window(self) -> Any:
+        sink = self.make_sink(dedupe_window_ms=60_000)
+        [stream_id] = yield sink.publish([entry(1)])
+        key = dedupe_key(sink.stream, entry(1)[0])
+        self.assertEqual(self.redis.get(key), stream_id)
+        ttl = self.redis.pttl(key)
+        self.assertGreater(ttl, 50_000)
+        self.assertLessEqual(ttl, 60_000)
+
+    @defer.inlineCallbacks
+    def test_republish_counts_skipped_and_keeps_one_entry(self) -> Any:
+        sink = self.make_sink()
+        yield sink.publish([entry(1), entry(2)])
+        yield sink.publish([entry(2), entry(3)])
+        self.assertEqual(self.event_ids(sink), [entry(n)[0] for n in (1, 2, 3)])
+        self.assertEqual(sink.skipped, 1)
+
+    @defer.inlineCallbacks
+    def test_appended_again_once_the_window_passed(self) -> Any:
+        sink = self.make_sink()
+        yield sink.publish([entry(1)])
+        # What expiry does, without waiting for it.
+        self.redis.delete(dedupe_key(sink.stream, entry(1)[0]))
+        yield sink.publish([entry(1)])
+        self.assertEqual(self.event_ids(sink), [entry(1)[0]] * 2)
+
+    @defer.inlineCallbacks
+    def test_window_zero_is_plain_xadd(self) -> Any:
+        sink = self.make_sink(dedupe_window_ms=0)
+        yield sink.publish([entry(1)])
+        yield sink.publish([entry(1)])
+        self.assertEqual(self.event_ids(sink), [entry(1)[0]] * 2)
+        self.assertIsNone(self.redis.get(dedupe_key(sink.stream, entry(1)[0])))
+
+    @defer.inlineCallbacks
+    def test_a_failed_xadd_leaves_no_key(self) -> Any:
+        # The stream's key holds a string: XADD fails inside the script, and
+        # the event must not be remembered as taken.
+        sink = self.make_sink()
+        self.redis.set(sink.stream, "not a stream")
+        yield self.assertFailure(sink.publish([entry(1)]), SinkUnavailable)
+        self.assertIsNone(self.redis.get(dedupe_key(sink.stream, entry(1)[0])))
+        self.redis.delete(sink.stream)
+        yield sink.publish([entry(1)])
+        self.assertEqual(self.event_ids(sink), [entry(1)[0]])
+
+    @defer.inlineCallbacks
+    def test_flushed_script_cache_is_loaded_again(self) -> Any:
+        sink = self.make_sink()
+        yield sink.publish([entry(1)])
+        self.redis.script_flush()
+        yield sink.publish([entry(2)])
+        self.assertEqual(self.event_ids(sink), [entry(1)[0], entry(2)[0]])
 
 
 class XaddArgsTests(unittest.TestCase):
@@ -125,8 +216,8 @@ class _FakeFactory:
         return defer.succeed(None)
 
 
-class RedisSinkWireTests(unittest.TestCase):
-    """Byte level, on a string transport and a fake clock (no Redis needed)."""
+class _WireMixin:
+    """A sink on a string transport and a fake clock (no Redis needed)."""
 
     def setUp(self) -> None:
         import txredisapi
@@ -141,7 +232,13 @@ class RedisSinkWireTests(unittest.TestCase):
         self.proto.makeConnection(self.transport)
         self.factory = _FakeFactory(self.proto)
 
+
+class RedisSinkWireTests(_WireMixin, unittest.TestCase):
+    """Byte level, plain XADD."""
+
     def sink(self, factory: Any = None, **kwargs: Any) -> RedisStreamSink:
+        # Plain XADD here; the dedupe script's bytes are DedupeWireTests'.
+        kwargs.setdefault("dedupe_window_ms", 0)
         return RedisStreamSink(
             self.clock,
             "redis://127.0.0.1:1",
@@ -227,3 +324,64 @@ class RedisSinkWireTests(unittest.TestCase):
         )
         self.assertNotIn("s3cret", repr(sink))
         self.assertIn("redis://redis.example:6380/2", repr(sink))
+
+
+class DedupeWireTests(_WireMixin, unittest.TestCase):
+    """The dedupe script's bytes and replies."""
+
+    def sink(self, factory: Any = None, **kwargs: Any) -> RedisStreamSink:
+        kwargs.setdefault("dedupe_window_ms", 1000)
+        return RedisStreamSink(self.clock, "redis://127.0.0.1:1", "s", timeout_s=2.0,
+                               factory=factory or self.factory, **kwargs)
+
+    def test_error_reply_fails_the_batch(self) -> None:
+        d = self.sink().publish([entry(1)])
+        self.proto.dataReceived(b"$40\r\n" + PUBLISH_ONCE_SHA.encode() + b"\r\n"
+                                b"-WRONGTYPE Operation against a key\r\n")
+        for _ in range(3):
+            self.clock.advance(0)
+        failure = self.failureResultOf(d, SinkUnavailable)
+        self.assertIn("WRONGTYPE", str(failure.value))
+
+    def test_script_load_then_one_evalsha_per_entry_in_one_write(self) -> None:
+        from imapsvc.sink.redis_stream import script_load_command
+
+        writes: list[list[bytes]] = []
+        sequence = self.transport.writeSequence
+        self.transport.writeSequence = (  # type: ignore[method-assign]
+            lambda data: (writes.append(list(data)), sequence(data)))
+        self.sink(maxlen=5).publish([("e", {"event_id": "e"}), ("f", {"event_id": "f"})])
+        self.assertEqual(len(writes), 1)
+        sha = PUBLISH_ONCE_SHA.encode()
+        self.assertEqual(
+            self.transport.value(),
+            script_load_command()
+            + b"*9\r\n$7\r\nEVALSHA\r\n$40\r\n" + sha + b"\r\n$1\r\n2\r\n$1\r\ns\r\n"
+            b"$13\r\ns:published:e\r\n$4\r\n1000\r\n$1\r\n5\r\n$8\r\nevent_id\r\n$1\r\ne\r\n"
+            b"*9\r\n$7\r\nEVALSHA\r\n$40\r\n" + sha + b"\r\n$1\r\n2\r\n$1\r\ns\r\n"
+            b"$13\r\ns:published:f\r\n$4\r\n1000\r\n$1\r\n5\r\n$8\r\nevent_id\r\n$1\r\nf\r\n",
+        )
+        self.assertTrue(script_load_command().startswith(b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n"))
+        self.assertIn(PUBLISH_ONCE, script_load_command())
+
+    def test_payload_bytes_go_out_as_they_are(self) -> None:
+        from imapsvc.core.event import StreamEntry
+
+        payload = '{"s":"caf\u00e9"}'.encode()
+        self.sink().publish([("e", StreamEntry({"event_id": "e"}, payload))])
+        self.assertTrue(self.transport.value().endswith(
+            b"$12\r\npayload_json\r\n$%d\r\n%s\r\n" % (len(payload), payload)))
+
+    def test_replies_give_ids_and_count_what_was_there(self) -> None:
+        sink = self.sink()
+        d = sink.publish([entry(1), entry(2)])
+        self.proto.dataReceived(
+            b"$40\r\n" + PUBLISH_ONCE_SHA.encode() + b"\r\n"
+            b"*2\r\n$3\r\n1-0\r\n:1\r\n*2\r\n$3\r\n0-7\r\n:0\r\n")
+        for _ in range(4):
+            self.clock.advance(0)
+        self.assertEqual(self.successResultOf(d), ["1-0", "0-7"])
+        self.assertEqual(sink.skipped, 1)
+
+    def test_negative_window_refused(self) -> None:
+        self.assertRaises(ValueError, self.sink, dedupe_window_ms=-1)

@@ -213,7 +213,9 @@ class ReplicaTests(ServiceRigMixin, unittest.TestCase):
         }
         self.assertEqual(set(by_id), outbox_ids)
         # Each relay publishes only rows of providers it leases (or that
-        # nobody leases), so no event_id reaches the stream twice.
+        # nobody leases), and a row that a XADDed but did not mark before the kill
+        # (published again by b) is taken once by the stream's dedupe
+        # window: no event_id reaches the stream twice.
         self.assertEqual(len(fields), 12, [f["event_id"] for f in fields])
 
     # -- 2. deactivate / reactivate ------------------------------------------

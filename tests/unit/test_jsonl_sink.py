@@ -105,3 +105,79 @@ class JsonLinesRestartTests(unittest.TestCase):
         self.assertEqual([e["fields"]["event_id"] for e in read_entries(self.path)], [entry(1)[0]])
         ids = self.successResultOf(s.publish([entry(3)]))
         self.assertEqual(ids, ["1700000000000-1"], "the failed batch's ids are reused")
+
+    def test_a_failed_write_is_not_remembered_as_taken(self) -> None:
+        s = self.sink()
+        self.patch(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "full")))
+        self.failureResultOf(s.publish([entry(2)]), OSError)
+        self.patch(os, "fsync", lambda fd: None)
+        self.successResultOf(s.publish([entry(2)]))
+        self.assertEqual([e["fields"]["event_id"] for e in read_entries(self.path)], [entry(2)[0]])
+
+
+class JsonLinesDedupeTests(unittest.TestCase):
+    """The dedupe window, driven by a fake clock, across restarts."""
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+
+    def sink(self, window_ms: int = 60_000) -> JsonLinesSink:
+        s = JsonLinesSink(self.path, stream="s", clock=self.clock, dedupe_window_ms=window_ms)
+        self.successResultOf(s.start())
+        self.addCleanup(s.stop)
+        return s
+
+    def event_ids(self) -> list[str]:
+        return [e["fields"]["event_id"] for e in read_entries(self.path) if "fields" in e]
+
+    def test_restart_remembers_the_recent_events_of_the_file(self) -> None:
+        s = self.sink()
+        first = self.successResultOf(s.publish([entry(1), entry(2)]))
+        self.successResultOf(s.stop())
+        self.clock.advance(30)
+        s2 = self.sink()
+        ids = self.successResultOf(s2.publish([entry(2), entry(3)]))
+        self.assertEqual(self.event_ids(), [entry(n)[0] for n in (1, 2, 3)])
+        self.assertEqual(ids[0], first[1])
+        self.assertEqual(s2.skipped, 1)
+
+    def test_restart_forgets_what_is_older_than_the_window(self) -> None:
+        s = self.sink()
+        self.successResultOf(s.publish([entry(1)]))
+        self.clock.advance(61)
+        self.successResultOf(s.publish([entry(2)]))
+        self.successResultOf(s.stop())
+        s2 = self.sink()
+        self.successResultOf(s2.publish([entry(1), entry(2)]))
+        self.assertEqual(self.event_ids(), [entry(n)[0] for n in (1, 2, 1)])
+
+    def test_appended_again_once_the_window_passed(self) -> None:
+        s = self.sink()
+        self.successResultOf(s.publish([entry(1)]))
+        self.clock.advance(59)
+        self.successResultOf(s.publish([entry(1)]))
+        self.assertEqual(self.event_ids(), [entry(1)[0]])
+        self.clock.advance(2)
+        self.successResultOf(s.publish([entry(1)]))
+        self.assertEqual(self.event_ids(), [entry(1)[0]] * 2)
+
+    def test_window_zero_appends_every_publish(self) -> None:
+        s = self.sink(window_ms=0)
+        self.successResultOf(s.publish([entry(1)]))
+        self.successResultOf(s.publish([entry(1)]))
+        self.assertEqual(self.event_ids(), [entry(1)[0]] * 2)
+
+    def test_long_lines_and_foreign_lines_are_read_back(self) -> None:
+        # Lines longer than the read block, and a line that is not ours.
+        big = entry(1, payload_json=json.dumps({"x": "y" * 200_000}))
+        s = self.sink()
+        self.successResultOf(s.publish([big, entry(2)]))
+        self.successResultOf(s.stop())
+        with open(self.path, "ab") as f:
+            f.write(b'{"not": "an entry"}\n')
+        s2 = self.sink()
+        self.successResultOf(s2.publish([big, entry(2), entry(3)]))
+        self.assertEqual(self.event_ids(), [entry(n)[0] for n in (1, 2)] + [entry(3)[0]])

@@ -36,3 +36,23 @@ class MemorySinkControlTests(unittest.TestCase):
         self.assertEqual(sink.entries, [])
         sink.release()
         self.assertEqual(len(self.successResultOf(d)), 1)
+
+    def test_dedupe_window_follows_the_clock(self) -> None:
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        sink = MemorySink(clock=clock, dedupe_window_ms=10_000)
+        first = self.successResultOf(sink.publish([entry(1)]))
+        clock.advance(9.9)
+        self.assertEqual(self.successResultOf(sink.publish([entry(1)])), first)
+        self.assertEqual(sink.skipped_ids, [entry(1)[0]])
+        self.assertEqual(sink.skipped, 1)
+        clock.advance(0.2)
+        self.successResultOf(sink.publish([entry(1)]))
+        self.assertEqual(sink.event_ids, [entry(1)[0]] * 2)
+
+    def test_window_zero_appends_every_publish(self) -> None:
+        sink = MemorySink(dedupe_window_ms=0)
+        self.successResultOf(sink.publish([entry(1)]))
+        self.successResultOf(sink.publish([entry(1)]))
+        self.assertEqual(sink.event_ids, [entry(1)[0]] * 2)
