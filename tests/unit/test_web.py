@@ -76,7 +76,7 @@ class WebTests(unittest.TestCase):
             registry=make_registry(
                 ServiceCollector(
                     self.admin.status,
-                    lambda: {"backlog": 4},
+                    lambda: {"backlog": 4, "deduplicated": 3},
                     lambda: {"published": 5, "skipped": 1, "duplicates": 2},
                     detailed=False,
                 )
@@ -84,7 +84,7 @@ class WebTests(unittest.TestCase):
             detailed_registry=make_registry(
                 ServiceCollector(
                     self.admin.status,
-                    lambda: {"backlog": 4},
+                    lambda: {"backlog": 4, "deduplicated": 3},
                     lambda: {"published": 5, "skipped": 1, "duplicates": 2},
                 )
             ),
@@ -160,6 +160,7 @@ class WebTests(unittest.TestCase):
         self.assertIn(f'tenant="{T}"', text)
         self.assertIn("imapsvc_leases_held 1.0", text)
         self.assertIn("imapsvc_outbox_backlog 4.0", text)
+        self.assertIn("imapsvc_events_deduplicated_total 3.0", text)
         self.assertIn('imapsvc_folder_cursor_lag{folder="INBOX"', text)
         self.assertIn('reason="bye"', text)
         self.assertIn('imapsvc_messages_total{outcome="duplicate"} 2.0', text)
