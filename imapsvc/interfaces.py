@@ -218,10 +218,13 @@ class IOutboxStore(Interface):
         """Queue one stream entry that belongs to no message (e.g.
         ``INBOUND_EMAIL_PROVIDER_AUTO_PAUSED``)."""
 
-    def fetch_outbox(limit, owner=None):
+    def fetch_outbox(limit, owner=None, tenants=()):
         """The oldest unpublished outbox rows, in commit order. With
         ``owner``: only rows of providers that ``owner`` leases or that no
-        worker holds a live lease for (released, expired, deleted).
+        worker holds a live lease for (released, expired, deleted). With
+        ``tenants`` (UUID strings; empty: every tenant): only their rows, so
+        a replica serving some tenants (``IMAPSVC_TENANTS``) never publishes
+        another's rows to its stream.
 
         :rtype: Deferred[list[imapsvc.model.OutboxRow]]
         """

@@ -210,7 +210,8 @@ class Runtime(service.MultiService):
             self.store, self.secrets, self.box, tenant_http, reactor,
             allow_http_loopback=s.oauth_allow_http_loopback, owner=s.worker_id,
         )
-        self.relay = Relay(self.store, self.sink, reactor, owner=s.worker_id)
+        self.relay = Relay(self.store, self.sink, reactor, owner=s.worker_id,
+                           tenants=s.tenants)
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="imapsvc-parse")
         # -- parse process pool (IMAP_PARSE_PROCESSES; docs/performance.md) --
         from imapsvc.malloc_arenas import limit_arenas

@@ -301,7 +301,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IMAPSVC_EVENTS_FILE", string, "events.jsonl",
             "JSON Lines file of the embedded sink (when REDIS_URL is empty)", _W),
     Setting("IMAPSVC_TENANTS", comma_list(tenant_uuid), (),
-            "comma list of tenant UUIDs to serve; empty serves all", _W),
+            "comma list of tenant UUIDs to serve: their providers are leased and only their "
+            "outbox rows relayed; empty serves all", _W),
     Setting("IMAPSVC_WORKER_ID", worker_id, default_worker_id,
             "this replica's lease owner name", _W, shown_default="<hostname>-<pid>"),
     # Secrets

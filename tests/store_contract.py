@@ -461,6 +461,32 @@ class StoreContractMixin:
                          [mine.key, theirs.key, orphan.key])
 
     @defer.inlineCallbacks
+    def test_fetch_outbox_for_tenants_leaves_the_others(self) -> Any:
+        # An unleased provider's rows go to any relay, but only one serving
+        # its tenant (IMAPSVC_TENANTS) when the relay names tenants.
+        first = yield self.provider()
+        second = yield self.provider()
+        third = yield self.provider()
+        for p in (first, second, third):
+            yield self.store.add_outbox(p.tenant, p.provider_id, new_id(), {"k": "v"})
+
+        def tenants(rows: Any) -> list[str]:
+            return [r.tenant for r in rows]
+
+        self.assertEqual(tenants((yield self.store.fetch_outbox(100, "worker-a", ()))),
+                         [first.tenant, second.tenant, third.tenant])
+        self.assertEqual(
+            tenants((yield self.store.fetch_outbox(100, "worker-a",
+                                                   (third.tenant, first.tenant)))),
+            [first.tenant, third.tenant])
+        self.assertEqual(
+            tenants((yield self.store.fetch_outbox(100, None, (second.tenant,)))),
+            [second.tenant])
+        self.assertEqual(
+            tenants((yield self.store.fetch_outbox(1, "worker-a", (third.tenant,)))),
+            [third.tenant])
+
+    @defer.inlineCallbacks
     def test_record_batch_duplicates(self) -> Any:
         p = yield self.leased()
         yield self.store.record_batch(

@@ -82,6 +82,9 @@ class Relay(Service):
     :param base_backoff_s: the first retry delay.
     :param max_memory_rows: offered rows held in memory at most; beyond it
         the relay reads the outbox instead.
+    :param owner: this replica's lease owner name: rows of providers another
+        replica leases are left to it.
+    :param tenants: ``IMAPSVC_TENANTS``; when not empty only their rows.
 
     :ivar stats: counters for metrics: ``published`` (entries acknowledged
         by the sink), ``errors`` (failed runs), ``backlog`` and
@@ -103,6 +106,7 @@ class Relay(Service):
         base_backoff_s: float = 0.5,
         max_memory_rows: int = 10_000,
         owner: Optional[str] = None,
+        tenants: Sequence[str] = (),
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -112,6 +116,9 @@ class Relay(Service):
         # With several replicas each relays only the rows of providers it
         # leases (or that nobody leases): two relays never XADD one row.
         self._owner = owner
+        # A replica that serves some tenants relays only their rows: another
+        # tenant group's rows belong on its own replicas' stream.
+        self._tenants = tuple(sorted(tenants))
         self._batch_size = batch_size
         self._interval_s = interval_s
         self._max_backoff_s = max_backoff_s
@@ -253,7 +260,10 @@ class Relay(Service):
     @defer.inlineCallbacks
     def _drain(self) -> Any:
         while True:
-            if self._owner is None:
+            if self._tenants:
+                rows = yield self._store.fetch_outbox(self._batch_size, self._owner,
+                                                      self._tenants)
+            elif self._owner is None:
                 rows = yield self._store.fetch_outbox(self._batch_size)
             else:
                 rows = yield self._store.fetch_outbox(self._batch_size, self._owner)

@@ -78,8 +78,13 @@ class MemoryLedger(MemoryBase):
         self._append_outbox(tenant, provider_id, event_id, fields)
 
     @deferred
-    def fetch_outbox(self, limit: int, owner: Optional[str] = None) -> list[OutboxRow]:
+    def fetch_outbox(self, limit: int, owner: Optional[str] = None,
+                     tenants: Sequence[str] = ()) -> list[OutboxRow]:
+        wanted = frozenset(tenants)
+
         def relayable(r: dict[str, Any]) -> bool:
+            if wanted and r["tenant"] not in wanted:
+                return False
             if owner is None:
                 return True
             row = self._row(r["tenant"], r["provider_id"])

@@ -118,7 +118,8 @@ class PgLedger(PgBase):
         ).addCallback(lambda _: None)
 
     @defer.inlineCallbacks
-    def fetch_outbox(self, limit: int, owner: Optional[str] = None) -> Any:
+    def fetch_outbox(self, limit: int, owner: Optional[str] = None,
+                     tenants: Sequence[str] = ()) -> Any:
         # With an owner: rows of providers it leases, or that nobody holds a
         # live lease for (released, expired, deleted). Rows another replica
         # is relaying right now are left to it, so two relays never XADD the
@@ -132,8 +133,9 @@ class PgLedger(PgBase):
             "   OR c.email_provider_id IS NULL OR c.lease_owner IS NULL"
             "   OR c.lease_owner = %s OR c.lease_expires_at IS NULL"
             "   OR c.lease_expires_at <= now())"
+            " AND (%s::text[] = '{}' OR o.tenant::text = ANY(%s::text[]))"
             " ORDER BY o.id LIMIT %s",
-            (owner, owner, int(limit)))
+            (owner, owner, list(tenants), list(tenants), int(limit)))
         # Rows written before schema 0006 have only the jsonb ``fields``.
         return [OutboxRow(int(i), str(t), str(p), e,
                           f if entry is None else outbox_fields(entry, payload), c)

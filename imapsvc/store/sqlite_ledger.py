@@ -80,9 +80,12 @@ class SqliteLedger(SqliteBase):
              encode_fields({str(k): str(v) for k, v in fields.items()}).decode("utf-8"),
              self.now()))
 
-    def fetch_outbox(self, limit: int, owner: Optional[str] = None) -> list[OutboxRow]:
+    def fetch_outbox(self, limit: int, owner: Optional[str] = None,
+                     tenants: Sequence[str] = ()) -> list[OutboxRow]:
         # Same rule as Postgres: with an owner, skip rows of providers that
         # another worker holds a live lease for.
+        wanted = sorted(set(tenants))
+        only = f" AND o.tenant IN ({','.join('?' * len(wanted))})" if wanted else ""
         rows = self._all(
             "SELECT o.id, o.tenant, o.provider_id, o.event_id, o.fields, o.created_at"
             " FROM imap_event_outbox o LEFT JOIN imap_email_provider_config c"
@@ -90,8 +93,8 @@ class SqliteLedger(SqliteBase):
             " WHERE o.published_at IS NULL AND (? IS NULL"
             "   OR c.email_provider_id IS NULL OR c.lease_owner IS NULL"
             "   OR c.lease_owner = ? OR c.lease_expires_at IS NULL"
-            "   OR c.lease_expires_at <= ?)"
-            " ORDER BY o.id LIMIT ?", (owner, owner, self.now(), int(limit)))
+            "   OR c.lease_expires_at <= ?)" + only +  # noqa: S608 (marks only)
+            " ORDER BY o.id LIMIT ?", (owner, owner, self.now(), *wanted, int(limit)))
         return [OutboxRow(int(i), t, p, e, json.loads(f), from_ts(c))  # type: ignore[arg-type]
                 for i, t, p, e, f, c in rows]
 

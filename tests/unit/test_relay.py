@@ -31,11 +31,11 @@ class FlakyStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    def fetch_outbox(self, limit: int, owner: Any = None) -> Any:
+    def fetch_outbox(self, limit: int, owner: Any = None, tenants: Any = ()) -> Any:
         if self.fetch_failures:
             self.fetch_failures -= 1
             return defer.fail(ConnectionError("store down"))
-        snapshot = self._store.fetch_outbox(limit, owner)  # taken now, delivered later
+        snapshot = self._store.fetch_outbox(limit, owner, tenants)  # taken now, delivered later
         if not self.hold_fetch:
             return snapshot
         gate: defer.Deferred[Any] = defer.Deferred()
@@ -86,6 +86,16 @@ class RelayTests(unittest.TestCase):
 
     def pending(self) -> int:
         return len(self.successResultOf(self.memstore.fetch_outbox(10_000)))
+
+    def test_relay_for_some_tenants_leaves_the_others_rows(self) -> None:
+        other = "33333333-3333-4333-8333-333333333333"
+        mine = self.add(1)
+        theirs, fields = entry(2)
+        self.successResultOf(self.memstore.add_outbox(other, P, theirs, fields))
+        relay = self.relay(owner="w", tenants=(T,))
+        relay.startService()
+        self.assertEqual(self.sink.event_ids, mine)
+        self.assertEqual(self.pending(), 1, "the other tenant's row waits for its replicas")
 
     def test_wake_publishes_oldest_first_and_marks_published(self) -> None:
         relay = self.relay()
