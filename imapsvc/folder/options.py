@@ -7,8 +7,16 @@ from typing import Any, Callable, Optional
 import attr
 
 from imapsvc.core import plan as P
-from imapsvc.core.auth import MECH_AUTO
 from imapsvc.model import Limits
+from imapsvc.settings_table import SETTINGS
+
+#: The settings table's defaults by attribute name: a folder built without
+#: settings (tests, tools) behaves as the service does by default.
+_DEFAULTS = {s.name: s.default for s in SETTINGS}
+
+
+def _d(name: str) -> Any:
+    return _DEFAULTS[name]
 
 
 class FolderNotFound(Exception):
@@ -26,33 +34,33 @@ class FolderOptions:
     Durations in milliseconds, as configured (CONTRACT section 5).
     """
 
-    max_emails_per_sync: int = 5
-    poll_interval_ms: int = 30000
-    idle_restart_ms: int = 1500000
-    idle_keepalive_ms: int = 240000
-    timer_jitter_pct: float = 0.1
-    startup_stagger_ms: int = 2000
-    reconnect_base_ms: int = 2000
-    reconnect_max_ms: int = 60000
-    reconnect_jitter_pct: float = 0.5
-    connection_timeout_ms: int = 10000
-    socket_keepalive: bool = True
-    command_timeout_ms: int = 60000
-    inactivity_timeout_ms: int = 300000
-    shutdown_timeout_ms: int = 10000
-    fetch_chunk: int = P.DEFAULT_FETCH_CHUNK
+    max_emails_per_sync: int = _d("max_emails_per_sync")
+    poll_interval_ms: int = _d("poll_interval_ms")
+    idle_restart_ms: int = _d("idle_restart_ms")
+    idle_keepalive_ms: int = _d("idle_keepalive_ms")
+    timer_jitter_pct: float = _d("timer_jitter_pct")
+    startup_stagger_ms: int = _d("startup_stagger_ms")
+    reconnect_base_ms: int = _d("reconnect_base_ms")
+    reconnect_max_ms: int = _d("reconnect_max_ms")
+    reconnect_jitter_pct: float = _d("reconnect_jitter_pct")
+    connection_timeout_ms: int = _d("connection_timeout_ms")
+    socket_keepalive: bool = _d("socket_keepalive")
+    command_timeout_ms: int = _d("command_timeout_ms")
+    inactivity_timeout_ms: int = _d("inactivity_timeout_ms")
+    shutdown_timeout_ms: int = _d("shutdown_timeout_ms")
+    fetch_chunk: int = _d("fetch_chunk")
     fetch_bytes: int = P.DEFAULT_FETCH_BYTES
     limits: Limits = attr.Factory(Limits)
-    broken_bodystructure_hosts: tuple[str, ...] = ()
+    broken_bodystructure_hosts: tuple[str, ...] = _d("broken_bodystructure_hosts")
     tls_ca_file: Optional[str] = None
-    tls_insecure: bool = False
-    oauth_auth_mechanism: str = MECH_AUTO
+    tls_insecure: bool = _d("tls_insecure")
+    oauth_auth_mechanism: str = _d("oauth_auth_mechanism")
     #: ``IMAP_ENABLE_UTF8``: ``ENABLE UTF8=ACCEPT`` when offered (RFC 6855).
-    enable_utf8: bool = False
+    enable_utf8: bool = _d("enable_utf8")
     #: ``IMAP_MODSEQ``: CONDSTORE/QRESYNC use (``condstore``, ``qresync``, ``off``).
-    modseq: str = "condstore"
+    modseq: str = _d("modseq")
     #: ``IMAP_COMPRESS``: COMPRESS=DEFLATE after login (auto/off/always).
-    compress: str = "auto"
+    compress: str = _d("compress")
     #: Per-connection byte caps (:class:`imapsvc.core.wire_caps.WireCaps`);
     #: ``None`` keeps the protocol's defaults.
     wire_caps: Any = None
@@ -62,15 +70,15 @@ class FolderOptions:
     #: ``None``: no limit on sessions being set up at once).
     connect_gate: Any = attr.ib(default=None, eq=False)
     #: Failed fetches of one UID before it is skipped as poison.
-    poison_after: int = 3
+    poison_after: int = _d("poison_after")
     #: Sessions in a row ended by a protocol-limit violation before the
     #: provider is quarantined, and for how long.
-    quarantine_after: int = 3
-    quarantine_ms: int = 6 * 3600 * 1000
+    quarantine_after: int = _d("quarantine_after")
+    quarantine_ms: int = _d("quarantine_ms")
     #: ``IMAP_FIRST_SYNC_SINCE_DAYS``: a first sync by date (0: the window).
-    first_sync_since_days: int = 0
+    first_sync_since_days: int = _d("first_sync_since_days")
     #: ``IMAP_WRITE_BACK``: the mode of providers without their own option.
-    write_back: str = "none"
+    write_back: str = _d("write_back")
 
     @classmethod
     def from_settings(cls, settings: Any) -> FolderOptions:

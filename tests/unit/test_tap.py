@@ -176,6 +176,13 @@ class SinkChoiceTests(TestCase):
         )
         self.assertIsInstance(sink, RedisStreamSink)
         self.assertEqual(sink.stream, "workflow:events:global")
+        self.assertEqual(sink._window_ms, 86_400_000)
+
+    def test_dedupe_window_reaches_both_sinks(self) -> None:
+        for settings in (Settings(redis_url="redis://cache:6379/0", event_dedupe_window_ms=0),
+                         Settings(events_file="x.jsonl", event_dedupe_window_ms=0)):
+            sink = tap.make_sink(settings, MemoryReactorClock())
+            self.assertEqual(sink._window_ms, 0, type(sink).__name__)
 
     def test_jsonl_by_default(self) -> None:
         from imapsvc.sink.jsonl import JsonLinesSink
