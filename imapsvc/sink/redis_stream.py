@@ -2,8 +2,9 @@
 
 txredisapi has no stream commands, so entries go out as RESP bytes built here:
 ``XADD stream [MAXLEN ~ n] * k1 v1 ...``, or, with a dedupe window (the
-default), a small Lua script (:data:`PUBLISH_ONCE`) that appends the entry
-only when the stream has not taken its ``event_id`` within the window. The
+default), one call of a small Lua script (:data:`PUBLISH_ONCE`) per batch
+that appends each entry only when the stream has not taken its ``event_id``
+within the window. The
 relay is at-least-once (a crash between the XADD and the outbox's
 ``published_at`` publishes the row again, from this replica or the one that
 takes its lease); the script makes that second publish a no-op, so the
@@ -97,24 +98,38 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-#: Append an entry unless the stream took its event id within the window.
-#: KEYS: the stream, the event's dedupe key; ARGV: the window in ms, MAXLEN
-#: ("0": none), then the fields. Answers ``{stream id, 1}`` when appended and
-#: ``{first stream id, 0}`` when the event was there already. The check, the
-#: XADD and the key are one atomic step in Redis, so neither a crash of the
-#: service between them nor a second replica can split them; the key is set
-#: only after the XADD succeeded, so a failed XADD never hides an event.
+#: Append each entry of a batch unless the stream took its event id within
+#: the window. KEYS: the stream, then one dedupe key per entry; ARGV: the
+#: window in ms, MAXLEN ("0": none), then per entry its argument count and
+#: its fields. Answers, per entry, its stream id and 1 when appended, or the
+#: first stream id and 0 when the event was there already. Each entry's
+#: check, XADD and key are one step of one script, so neither a crash of the
+#: service nor a second replica can come between them; the key is set only
+#: after the XADD succeeded, so a failed XADD never hides an event (a script
+#: that fails part-way keeps the entries before, as a failed pipeline did).
 PUBLISH_ONCE = b"""\
-local seen = redis.call('GET', KEYS[2])
-if seen then return {seen, 0} end
-local id
-if ARGV[2] ~= '0' then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
-else
-  id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+local window, maxlen = ARGV[1], ARGV[2]
+local out, a = {}, 3
+for i = 2, #KEYS do
+  local n = tonumber(ARGV[a])
+  local seen = redis.call('GET', KEYS[i])
+  if seen then
+    out[#out + 1] = seen
+    out[#out + 1] = 0
+  else
+    local id
+    if maxlen ~= '0' then
+      id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, a + 1, a + n))
+    else
+      id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, a + 1, a + n))
+    end
+    redis.call('SET', KEYS[i], id, 'PX', window)
+    out[#out + 1] = id
+    out[#out + 1] = 1
+  end
+  a = a + n + 1
 end
-redis.call('SET', KEYS[2], id, 'PX', ARGV[1])
-return {id, 1}
+return out
 """
 PUBLISH_ONCE_SHA = hashlib.sha1(PUBLISH_ONCE).hexdigest()
 
@@ -153,17 +168,23 @@ def _field_bulks(fields: Mapping[str, str]) -> tuple[int, list[bytes]]:
     return len(parts), parts
 
 
-def publish_once_command(stream: str, event_id: str, fields: Mapping[str, str],
+def publish_once_command(stream: str, entries: Sequence[tuple[str, Mapping[str, str]]],
                          window_ms: int, maxlen: int = 0) -> bytes:
-    """One ``EVALSHA`` of :data:`PUBLISH_ONCE` as RESP bytes (pure).
+    """One ``EVALSHA`` of :data:`PUBLISH_ONCE` for a whole batch, as RESP
+    bytes (pure): one command and one reply instead of one per entry.
 
     :raises TypeError: a non-string field. :raises ValueError: no field.
     """
-    count, bulks = _field_bulks(fields)
-    head = [b"EVALSHA", PUBLISH_ONCE_SHA.encode("ascii"), b"2", stream.encode("utf-8"),
-            dedupe_key(stream, event_id).encode("utf-8"), b"%d" % window_ms,
-            b"%d" % max(0, maxlen)]
-    return b"".join([b"*%d\r\n" % (len(head) + count), *map(_bulk, head), *bulks])
+    keys = [_bulk(stream.encode("utf-8"))]
+    args = [_bulk(b"%d" % window_ms), _bulk(b"%d" % max(0, maxlen))]
+    for event_id, fields in entries:
+        keys.append(_bulk(dedupe_key(stream, event_id).encode("utf-8")))
+        count, bulks = _field_bulks(fields)
+        args.append(_bulk(b"%d" % count))
+        args += bulks
+    head = [_bulk(b"EVALSHA"), _bulk(PUBLISH_ONCE_SHA.encode("ascii")),
+            _bulk(b"%d" % len(keys))]
+    return b"".join([b"*%d\r\n" % (len(head) + len(keys) + len(args)), *head, *keys, *args])
 
 
 def xadd_command(stream: str, fields: Mapping[str, str], maxlen: int = 0) -> bytes:
@@ -302,11 +323,9 @@ class RedisStreamSink:
             return defer.fail(SinkUnavailable("Redis sink is not started"))
         try:
             if self._window_ms:
-                commands = [script_load_command()]
-                commands += [
-                    publish_once_command(self.stream, event_id, fields, self._window_ms,
-                                         self._maxlen)
-                    for event_id, fields in entries]
+                commands = [script_load_command(),
+                            publish_once_command(self.stream, entries, self._window_ms,
+                                                 self._maxlen)]
             else:
                 commands = [xadd_command(self.stream, fields, self._maxlen)
                             for _, fields in entries]
@@ -338,8 +357,9 @@ class RedisStreamSink:
         if not self._window_ms:
             return [_text(i) for i in replies]
         ids = []
-        for (event_id, _), reply in zip(entries, replies[1:]):
-            stream_id, appended = reply
+        flat = replies[1]
+        for n, (event_id, _) in enumerate(entries):
+            stream_id, appended = flat[2 * n], flat[2 * n + 1]
             if not int(appended):
                 self.skipped += 1
                 _log.info(

@@ -343,7 +343,7 @@ class DedupeWireTests(_WireMixin, unittest.TestCase):
         failure = self.failureResultOf(d, SinkUnavailable)
         self.assertIn("WRONGTYPE", str(failure.value))
 
-    def test_script_load_then_one_evalsha_per_entry_in_one_write(self) -> None:
+    def test_script_load_then_one_evalsha_per_batch_in_one_write(self) -> None:
         from imapsvc.sink.redis_stream import script_load_command
 
         writes: list[list[bytes]] = []
@@ -356,10 +356,12 @@ class DedupeWireTests(_WireMixin, unittest.TestCase):
         self.assertEqual(
             self.transport.value(),
             script_load_command()
-            + b"*9\r\n$7\r\nEVALSHA\r\n$40\r\n" + sha + b"\r\n$1\r\n2\r\n$1\r\ns\r\n"
-            b"$13\r\ns:published:e\r\n$4\r\n1000\r\n$1\r\n5\r\n$8\r\nevent_id\r\n$1\r\ne\r\n"
-            b"*9\r\n$7\r\nEVALSHA\r\n$40\r\n" + sha + b"\r\n$1\r\n2\r\n$1\r\ns\r\n"
-            b"$13\r\ns:published:f\r\n$4\r\n1000\r\n$1\r\n5\r\n$8\r\nevent_id\r\n$1\r\nf\r\n",
+            # EVALSHA sha 3 | s s:published:e s:published:f | 1000 5 | 2 event_id e | 2 event_id f
+            + b"*14\r\n$7\r\nEVALSHA\r\n$40\r\n" + sha + b"\r\n$1\r\n3\r\n"
+            b"$1\r\ns\r\n$13\r\ns:published:e\r\n$13\r\ns:published:f\r\n"
+            b"$4\r\n1000\r\n$1\r\n5\r\n"
+            b"$1\r\n2\r\n$8\r\nevent_id\r\n$1\r\ne\r\n"
+            b"$1\r\n2\r\n$8\r\nevent_id\r\n$1\r\nf\r\n",
         )
         self.assertTrue(script_load_command().startswith(b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n"))
         self.assertIn(PUBLISH_ONCE, script_load_command())
@@ -377,7 +379,7 @@ class DedupeWireTests(_WireMixin, unittest.TestCase):
         d = sink.publish([entry(1), entry(2)])
         self.proto.dataReceived(
             b"$40\r\n" + PUBLISH_ONCE_SHA.encode() + b"\r\n"
-            b"*2\r\n$3\r\n1-0\r\n:1\r\n*2\r\n$3\r\n0-7\r\n:0\r\n")
+            b"*4\r\n$3\r\n1-0\r\n:1\r\n$3\r\n0-7\r\n:0\r\n")
         for _ in range(4):
             self.clock.advance(0)
         self.assertEqual(self.successResultOf(d), ["1-0", "0-7"])
