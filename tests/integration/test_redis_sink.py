@@ -134,6 +134,17 @@ class RedisDedupeTests(unittest.TestCase):
         self.assertEqual(self.event_ids(sink), [entry(1)[0]])
 
     @defer.inlineCallbacks
+    def test_big_payloads_round_trip(self) -> Any:
+        from imapsvc.core.event import StreamEntry
+
+        payloads = [b'{"n":%d,"t":"%s"}' % (n, b"\xc3\xa9" * (n * 40_000)) for n in range(3)]
+        sink = self.make_sink()
+        yield sink.publish([(f"e{n}", StreamEntry({"event_id": f"e{n}"}, p))
+                            for n, p in enumerate(payloads)])
+        got = [f["payload_json"].encode() for _, f in self.redis.xrange(sink.stream)]
+        self.assertEqual(got, payloads)
+
+    @defer.inlineCallbacks
     def test_flushed_script_cache_is_loaded_again(self) -> Any:
         sink = self.make_sink()
         yield sink.publish([entry(1)])
@@ -272,7 +283,7 @@ class RedisSinkWireTests(_WireMixin, unittest.TestCase):
         self.transport.writeSequence = (  # type: ignore[method-assign]
             lambda data: (writes.append(list(data)), sequence(data)))
         self.sink().publish([entry(1), entry(2), entry(3)])
-        self.assertEqual([len(w) for w in writes], [3])
+        self.assertEqual(len(writes), 1)
         self.assertEqual(self.transport.value().count(b"$4\r\nXADD\r\n"), 3)
 
     def test_encoded_entry_goes_out_with_its_payload_bytes(self) -> None:
@@ -369,10 +380,25 @@ class DedupeWireTests(_WireMixin, unittest.TestCase):
     def test_payload_bytes_go_out_as_they_are(self) -> None:
         from imapsvc.core.event import StreamEntry
 
-        payload = '{"s":"caf\u00e9"}'.encode()
-        self.sink().publish([("e", StreamEntry({"event_id": "e"}, payload))])
-        self.assertTrue(self.transport.value().endswith(
-            b"$12\r\npayload_json\r\n$%d\r\n%s\r\n" % (len(payload), payload)))
+        # Small payloads are copied into their bulk; big ones are written as
+        # they are, between their length line and CRLF: same bytes.
+        for payload in ('{"s":"caf\u00e9"}'.encode(), b'{"t":"' + b"x" * 5000 + b'"}'):
+            self.transport.clear()
+            self.sink().publish([("e", StreamEntry({"event_id": "e"}, payload))])
+            self.assertTrue(self.transport.value().endswith(
+                b"$12\r\npayload_json\r\n$%d\r\n%s\r\n" % (len(payload), payload)))
+
+    def test_big_payload_is_not_copied_before_the_transport(self) -> None:
+        from imapsvc.core.event import StreamEntry
+
+        payload = b'{"t":"' + b"x" * 5000 + b'"}'
+        writes: list[list[bytes]] = []
+        sequence = self.transport.writeSequence
+        self.transport.writeSequence = (  # type: ignore[method-assign]
+            lambda data: (writes.append(list(data)), sequence(data)))
+        entry_ = StreamEntry({"event_id": "e"}, payload)
+        self.sink().publish([("e", entry_)])
+        self.assertTrue(any(piece is entry_.wire_payload() for piece in writes[0]))
 
     def test_replies_give_ids_and_count_what_was_there(self) -> None:
         sink = self.sink()
@@ -387,3 +413,43 @@ class DedupeWireTests(_WireMixin, unittest.TestCase):
 
     def test_negative_window_refused(self) -> None:
         self.assertRaises(ValueError, self.sink, dedupe_window_ms=-1)
+
+
+class ScriptGroupsTests(unittest.TestCase):
+    def test_groups_by_count_and_by_payload_bytes(self) -> None:
+        from imapsvc.core.event import StreamEntry
+        from imapsvc.sink.redis_stream import (
+            SCRIPT_GROUP_BYTES,
+            SCRIPT_GROUP_ENTRIES,
+            script_groups,
+        )
+
+        small = [entry(n) for n in range(2 * SCRIPT_GROUP_ENTRIES + 1)]
+        groups = script_groups(small)
+        self.assertEqual([len(g) for g in groups],
+                         [SCRIPT_GROUP_ENTRIES, SCRIPT_GROUP_ENTRIES, 1])
+        self.assertEqual([e for g in groups for e in g], small)
+        big = StreamEntry({"event_id": "b"}, b"x" * SCRIPT_GROUP_BYTES)
+        mixed = [entry(1), ("b", big), entry(2)]
+        self.assertEqual([len(g) for g in script_groups(mixed)], [2, 1])
+        self.assertEqual(script_groups([]), [])
+
+    def test_replies_of_several_groups_line_up_with_the_entries(self) -> None:
+        from imapsvc.sink.redis_stream import SCRIPT_GROUP_ENTRIES
+
+        wire = _WireMixin()
+        wire.setUp()
+        sink = RedisStreamSink(wire.clock, "redis://127.0.0.1:1", "s", timeout_s=2.0,
+                               factory=wire.factory)
+        count = SCRIPT_GROUP_ENTRIES + 1
+        d = sink.publish([entry(n) for n in range(count)])
+        self.assertEqual(wire.transport.value().count(b"$7\r\nEVALSHA\r\n"), 2)
+        first = b"".join(b"$3\r\n1-%d\r\n:1\r\n" % n for n in range(count - 1))
+        wire.proto.dataReceived(
+            b"$40\r\n" + PUBLISH_ONCE_SHA.encode() + b"\r\n"
+            + b"*%d\r\n" % (2 * (count - 1)) + first + b"*2\r\n$3\r\n0-9\r\n:0\r\n")
+        for _ in range(5):
+            wire.clock.advance(0)
+        self.assertEqual(self.successResultOf(d),
+                         [f"1-{n}" for n in range(count - 1)] + ["0-9"])
+        self.assertEqual(sink.skipped, 1)
