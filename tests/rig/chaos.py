@@ -10,9 +10,9 @@ and counts, per Message-ID, what reached the stream:
 
 - ``missing``: appended, never published (must be 0: a lost customer request);
 - ``duplicates``: one message under two event_ids (must be 0: two tickets);
-- ``republished``: the same event_id added twice (at-least-once delivery after a
-  kill between XADD and its acknowledgement; the worker drops them by event_id;
-  counted and reported, never hidden);
+- ``republished``: the same event_id added twice (must be 0: a replica killed
+  between XADD and marking the row makes the next owner publish it again, and
+  the stream's dedupe window, ``IMAP_EVENT_DEDUPE_WINDOW_MS``, takes it once);
 - ``seen``: messages the service marked ``\\Seen`` (must be 0: it only peeks).
 
 Used by ``tests/integration/test_chaos.py`` (:data:`SHORT`, in CI) and by
