@@ -408,7 +408,11 @@ class RedisStreamSink:
                 sent_on[0].transport.abortConnection()
             if failure.check(defer.FirstError):
                 failure = failure.value.subFailure
-            raise SinkUnavailable(f"XADD to {self.stream!r} failed: {_describe(failure)}")
+            text = _describe(failure)
+            if self._window_ms and _refuses_scripts(text):
+                text += (" (this Redis refuses the dedupe script: allow SCRIPT LOAD and EVALSHA,"
+                         " or set IMAP_EVENT_DEDUPE_WINDOW_MS=0 for plain XADD)")
+            raise SinkUnavailable(f"XADD to {self.stream!r} failed: {text}")
 
         d.addCallbacks(self._stream_ids, failed, callbackArgs=(entries,))
         return d
@@ -459,6 +463,13 @@ def _pipeline(conn: Any, pieces: list[bytes], replies: int) -> list[defer.Deferr
     queue = conn.replyQueue
     conn.transport.writeSequence(pieces)
     return [queue.get().addCallback(conn.handle_reply) for _ in range(replies)]
+
+
+def _refuses_scripts(error: str) -> bool:
+    """Whether a Redis error says scripts are not allowed here (an ACL, a
+    managed Redis without Lua) rather than that Redis is down."""
+    upper = error.upper()
+    return "NOPERM" in upper or "UNKNOWN COMMAND" in upper or "NOSCRIPT" in upper
 
 
 def _text(value: Any) -> str:

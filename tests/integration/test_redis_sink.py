@@ -354,6 +354,22 @@ class DedupeWireTests(_WireMixin, unittest.TestCase):
         failure = self.failureResultOf(d, SinkUnavailable)
         self.assertIn("WRONGTYPE", str(failure.value))
 
+    def test_a_redis_without_scripts_gets_a_hint(self) -> None:
+        d = self.sink().publish([entry(1)])
+        self.proto.dataReceived(
+            b"-NOPERM User imapsvc has no permissions to run the 'script|load' command\r\n"
+            b"-NOPERM User imapsvc has no permissions to run the 'evalsha' command\r\n")
+        for _ in range(3):
+            self.clock.advance(0)
+        failure = self.failureResultOf(d, SinkUnavailable)
+        self.assertIn("IMAP_EVENT_DEDUPE_WINDOW_MS=0", str(failure.value))
+
+    def test_no_hint_when_redis_is_merely_down(self) -> None:
+        d = self.sink().publish([entry(1)])
+        self.clock.advance(2.1)
+        failure = self.failureResultOf(d, SinkUnavailable)
+        self.assertNotIn("IMAP_EVENT_DEDUPE_WINDOW_MS", str(failure.value))
+
     def test_script_load_then_one_evalsha_per_batch_in_one_write(self) -> None:
         from imapsvc.sink.redis_stream import script_load_command
 
