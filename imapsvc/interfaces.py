@@ -232,9 +232,10 @@ class IOutboxStore(Interface):
     def mark_published(ids):
         """Mark outbox rows as published (idempotent)."""
 
-    def outbox_stats():
+    def outbox_stats(tenants=()):
         """:rtype: Deferred[tuple[int, Optional[float]]]: backlog count and
-        age in seconds of the oldest unpublished row."""
+        age in seconds of the oldest unpublished row (of ``tenants`` only,
+        when given, as :meth:`fetch_outbox`)."""
 
 
 class IPoisonStore(Interface):

@@ -576,6 +576,13 @@ class StoreContractMixin:
         yield self.store.mark_published([first.id])
         count, _age = yield self.store.outbox_stats()
         self.assertEqual(count, 1)
+        # Per tenant (a replica serving IMAPSVC_TENANTS counts only theirs).
+        other = yield self.provider()
+        yield self.store.add_outbox(other.tenant, other.provider_id, "e3", {"a": "3"})
+        self.assertEqual((yield self.store.outbox_stats((other.tenant,)))[0], 1)
+        self.assertEqual((yield self.store.outbox_stats((p.tenant,)))[0], 1)
+        self.assertEqual((yield self.store.outbox_stats((p.tenant, other.tenant)))[0], 2)
+        self.assertEqual((yield self.store.outbox_stats(()))[0], 2)
 
     @defer.inlineCallbacks
     def test_purge_ledger(self) -> Any:

@@ -382,7 +382,8 @@ class Relay(Service):
 
         self._stats_pending = True
         d = with_deadline(
-            defer.maybeDeferred(self._store.outbox_stats),
+            defer.maybeDeferred(self._store.outbox_stats, *((self._tenants,)
+                                                             if self._tenants else ())),
             max(self._interval_s, 1.0) * 5,
             self._clock,
             "outbox stats",

@@ -108,8 +108,10 @@ class MemoryLedger(MemoryBase):
                 r["published_at"] = self.now()
 
     @deferred
-    def outbox_stats(self) -> tuple[int, Optional[float]]:
-        pending = [r for r in self._outbox if r["published_at"] is None]
+    def outbox_stats(self, tenants: Sequence[str] = ()) -> tuple[int, Optional[float]]:
+        wanted = frozenset(tenants)
+        pending = [r for r in self._outbox if r["published_at"] is None
+                   and (not wanted or r["tenant"] in wanted)]
         if not pending:
             return (0, None)
         oldest = min(r["created_at"] for r in pending)

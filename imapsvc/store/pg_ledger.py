@@ -152,10 +152,12 @@ class PgLedger(PgBase):
         ).addCallback(lambda _: None)
 
     @defer.inlineCallbacks
-    def outbox_stats(self) -> Any:
+    def outbox_stats(self, tenants: Sequence[str] = ()) -> Any:
+        wanted = list(tenants)
         rows = yield self._query(
             "SELECT count(*), EXTRACT(EPOCH FROM (now() - min(created_at)))"
-            " FROM imap_event_outbox WHERE published_at IS NULL")
+            " FROM imap_event_outbox WHERE published_at IS NULL"
+            " AND (%s::text[] = '{}' OR tenant::text = ANY(%s::text[]))", (wanted, wanted))
         count, age = rows[0]
         return (int(count), None if age is None else max(0.0, float(age)))
 

@@ -115,10 +115,12 @@ class SqliteLedger(SqliteBase):
 
         self._transaction(run)
 
-    def outbox_stats(self) -> tuple[int, Optional[float]]:
+    def outbox_stats(self, tenants: Sequence[str] = ()) -> tuple[int, Optional[float]]:
+        wanted = sorted(set(tenants))
+        only = f" AND tenant IN ({','.join('?' * len(wanted))})" if wanted else ""
         count, oldest = self._all(
-            "SELECT count(*), min(created_at) FROM imap_event_outbox"
-            " WHERE published_at IS NULL")[0]
+            "SELECT count(*), min(created_at) FROM imap_event_outbox"  # noqa: S608 (marks only)
+            " WHERE published_at IS NULL" + only, tuple(wanted))[0]
         if not count:
             return (0, None)
         age = self._seconds() - from_ts(oldest).timestamp()  # type: ignore[union-attr]

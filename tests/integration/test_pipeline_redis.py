@@ -167,18 +167,23 @@ class PipelineToRedisTests(unittest.TestCase):
         self.assertEqual(relay.stats["published"], 200)
 
     @defer.inlineCallbacks
-    def test_crash_between_xadd_and_mark_is_taken_once(self) -> Any:
+    def crash_between_xadd_and_mark(self, **sink_options: Any) -> Any:
+        """Five messages whose first mark_published fails (the process
+        "dies" after the XADD); what the stream holds once drained."""
         url = shared_redis()
         stream = unique_stream("crash")
         self.addCleanup(lambda: _delete(url, stream))
-        flaky = MarkFailsOnce(self.store)
-        pipeline, relay = self.wire(url, stream, store=flaky)
+        pipeline, relay = self.wire(url, stream, store=MarkFailsOnce(self.store), **sink_options)
         yield pipeline.handle_batch(
             self.provider, "INBOX", OWNER, [fetched(uid) for uid in range(1, 6)], None
         )
         yield self.drain(relay)
         with SyncRedis(*_host_port(url)) as r:
-            entries = r.xrange(stream)
+            return r.xrange(stream)
+
+    @defer.inlineCallbacks
+    def test_crash_between_xadd_and_mark_is_taken_once(self) -> Any:
+        entries = yield self.crash_between_xadd_and_mark()
         ids = [f["event_id"] for _, f in entries]
         self.assertEqual(len(ids), 5, "the batch went out twice and was taken once")
         self.assertEqual(len(set(ids)), 5)
@@ -187,17 +192,7 @@ class PipelineToRedisTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_crash_between_xadd_and_mark_republishes_same_event_id(self) -> Any:
         # With the window off: at-least-once, identical copies.
-        url = shared_redis()
-        stream = unique_stream("crash")
-        self.addCleanup(lambda: _delete(url, stream))
-        flaky = MarkFailsOnce(self.store)
-        pipeline, relay = self.wire(url, stream, store=flaky, dedupe_window_ms=0)
-        yield pipeline.handle_batch(
-            self.provider, "INBOX", OWNER, [fetched(uid) for uid in range(1, 6)], None
-        )
-        yield self.drain(relay)
-        with SyncRedis(*_host_port(url)) as r:
-            entries = r.xrange(stream)
+        entries = yield self.crash_between_xadd_and_mark(dedupe_window_ms=0)
         ids = [f["event_id"] for _, f in entries]
         self.assertEqual(len(ids), 10, "the batch went out twice")
         self.assertEqual(ids[:5], ids[5:])

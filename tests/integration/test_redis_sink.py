@@ -26,19 +26,28 @@ def _host_port(url: str) -> tuple[str, int]:
     return host, int(port or 6379)
 
 
-class RedisSinkContractTests(SinkContractMixin, unittest.TestCase):
+class _SharedRedisMixin:
+    """Sinks on the shared Redis, each on a stream of its own that goes
+    (with its dedupe keys) at clean-up."""
+
+    label = "stream"
+
     def setUp(self) -> None:
         self.url = shared_redis()
         self.redis = SyncRedis(*_host_port(self.url))
-        self.addCleanup(self.redis.close)
+        self.addCleanup(self.redis.close)  # type: ignore[attr-defined]
 
     def make_sink(self, **kwargs: Any) -> RedisStreamSink:
-        stream = unique_stream("contract")
-        self.addCleanup(self.redis.delete, stream)
+        stream = unique_stream(self.label)
+        self.addCleanup(self.redis.delete_prefix, stream)  # type: ignore[attr-defined]
         sink = RedisStreamSink(reactor, self.url, stream, timeout_s=5.0, **kwargs)
         sink.start()
-        self.addCleanup(sink.stop)
+        self.addCleanup(sink.stop)  # type: ignore[attr-defined]
         return sink
+
+
+class RedisSinkContractTests(_SharedRedisMixin, SinkContractMixin, unittest.TestCase):
+    label = "contract"
 
     def read_back(self, sink: RedisStreamSink) -> list[tuple[str, dict[str, str]]]:
         return self.redis.xrange(sink.stream)
@@ -64,21 +73,10 @@ class RedisSinkContractTests(SinkContractMixin, unittest.TestCase):
         self.assertLess(self.redis.xlen(sink.stream), 1000)
 
 
-class RedisDedupeTests(unittest.TestCase):
+class RedisDedupeTests(_SharedRedisMixin, unittest.TestCase):
     """The dedupe script against a real Redis."""
 
-    def setUp(self) -> None:
-        self.url = shared_redis()
-        self.redis = SyncRedis(*_host_port(self.url))
-        self.addCleanup(self.redis.close)
-
-    def make_sink(self, **kwargs: Any) -> RedisStreamSink:
-        stream = unique_stream("dedupe")
-        self.addCleanup(self.redis.delete_prefix, stream)
-        sink = RedisStreamSink(reactor, self.url, stream, timeout_s=5.0, **kwargs)
-        sink.start()
-        self.addCleanup(sink.stop)
-        return sink
+    label = "dedupe"
 
     def event_ids(self, sink: RedisStreamSink) -> list[str]:
         return [f["event_id"] for _, f in self.redis.xrange(sink.stream)]

@@ -588,7 +588,8 @@ class FolderServiceTests(RigTestCase):
         transport.abortConnection = lambda: (aborted.append(1), close(transport))
         d = r.svc.stopService()  # the server answers nothing any more
         self.assertNoResult(d)
-        r.reactor.advance(9.9)
+        bound = r.svc.options.shutdown_timeout_ms / 1000.0
+        r.reactor.advance(bound - 0.1)
         self.assertNoResult(d)
         r.reactor.advance(0.1)
         self.assertEqual(aborted, [1])

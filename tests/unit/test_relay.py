@@ -96,6 +96,8 @@ class RelayTests(unittest.TestCase):
         relay.startService()
         self.assertEqual(self.sink.event_ids, mine)
         self.assertEqual(self.pending(), 1, "the other tenant's row waits for its replicas")
+        self.clock.advance(1.0)  # the timer refreshes the backlog: this replica's tenants only
+        self.assertEqual(relay.stats["backlog"], 0)
 
     def test_wake_publishes_oldest_first_and_marks_published(self) -> None:
         relay = self.relay()
