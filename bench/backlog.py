@@ -240,7 +240,7 @@ class _Watch:
         self.messages = 0
         self.bytes = 0
         self.last_commit: Optional[float] = None
-        self.synced = None  # a Deferred, set by run()
+        self.synced: Optional[Any] = None  # a Deferred, set by run()
         self.folders: list[Any] = []
         #: called with each folder state name (``"Idling"``, ...)
         self.on_state: Optional[Any] = None
@@ -433,7 +433,8 @@ def run(env: dict[str, Any], settings: Any) -> tuple[int, float, int]:
     runtime = Runtime(settings, reactor)
     apply_parse_processes(runtime, settings)
     watch = _Watch(reactor)
-    watch.synced = defer.Deferred()
+    synced: defer.Deferred[None] = defer.Deferred()
+    watch.synced = synced
     runtime.supervisor._make_folder = watch.wrap_make_folder(runtime.supervisor._make_folder)
     watch.wrap_pipeline(runtime.pipeline)
     outcome: dict[str, Any] = {}
@@ -441,7 +442,7 @@ def run(env: dict[str, Any], settings: Any) -> tuple[int, float, int]:
     @defer.inlineCallbacks
     def drive() -> Any:
         runtime.startService()
-        yield watch.synced.addTimeout(env["timeout_s"], reactor)
+        yield synced.addTimeout(env["timeout_s"], reactor)
         # Everything is committed; publish what is left and note when the
         # last XADD was acknowledged (and its rows marked published).
         flushed = yield runtime.relay.flush(timeout_s=120.0)

@@ -113,6 +113,7 @@ class PhaseMeter:
     """CPU seconds and reactor lag of one phase (the start-up, one storm)."""
 
     def __init__(self) -> None:
+        self.gc_max = 0.0
         self.start()
         gc.callbacks.append(self._gc)
 

@@ -403,9 +403,20 @@ class ChaosRun:
             add_provider(self.pg.url, user, DEFAULT_PASSWORD, self.dovecot.ports.imaps,
                          tenant=tenant, folders=("INBOX", extra), cursor=cursor)
 
+    def _note_appended(self, at: float, message_id: str) -> None:
+        self.appended[message_id] = at
+
+    def _seen_total(self) -> int:
+        assert self.dovecot is not None
+        return sum(seen_count(self.dovecot, u, f) for u, f in self.folders)
+
     def set_up(self) -> defer.Deferred[None]:
+        def redis_answers(_: Any) -> Any:
+            assert self.redis is not None
+            return _wait_until(self.reactor, self.redis.answers, 20, "Redis")
+
         d = threads.deferToThread(self._set_up_blocking)
-        d.addCallback(lambda _: _wait_until(self.reactor, self.redis.answers, 20, "Redis"))
+        d.addCallback(redis_answers)
         return d
 
     def tear_down(self) -> defer.Deferred[None]:
@@ -498,7 +509,7 @@ class ChaosRun:
             raw = mail.make_message(subject=f"chaos {i}", message_id=message_id)
             appender = self.appenders[i % len(self.appenders)]
             d = threads.deferToThread(appender.append, raw)
-            d.addCallback(lambda at, m=message_id: self.appended.__setitem__(m, at))
+            d.addCallback(self._note_appended, message_id)
             pending.append(d)
         yield defer.gatherResults(pending, consumeErrors=True)
 
@@ -543,8 +554,7 @@ class ChaosRun:
             settle_s = self.reactor.seconds() - appended_at
             entries = yield threads.deferToThread(self._stream)
             figures = count_events(entries, self.appended)
-            seen = yield threads.deferToThread(
-                lambda: sum(seen_count(self.dovecot, u, f) for u, f in self.folders))
+            seen = yield threads.deferToThread(self._seen_total)
             figures.update(
                 seed=self.seed,
                 plan=attr.asdict(self.plan),

@@ -55,7 +55,7 @@ def encode_mailbox(name: str) -> str:
     return '"' + encoded.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _check(result: tuple[str, list[object]], what: str) -> list[object]:
+def _check(result: tuple[str, Any], what: str) -> Any:
     typ, data = result
     if typ != "OK":
         raise MailError(f"{what} failed: {typ} {data!r}")

@@ -317,5 +317,5 @@ class ServiceRigMixin:
         env.update(overrides)
         return env
 
-    def entries(self) -> list:
+    def entries(self) -> Any:
         return self.redis.xrange(self.stream)
