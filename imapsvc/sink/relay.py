@@ -40,7 +40,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from imapsvc.deferreds import fire_and_forget, with_deadline
+from imapsvc.deferreds import DeadlineExceeded, fire_and_forget, with_deadline
 from imapsvc.interfaces import IOutboxStore
 
 _log = Logger()
@@ -380,12 +380,22 @@ class Relay(Service):
             self._stats_pending = False
             return result
 
+        def busy(failure: Failure) -> None:
+            # A store too busy to count (thousands of folders starting, a
+            # reconnect storm) is not a fault: the figure waits a tick. An
+            # outage shows in the relay's own runs, which warn.
+            failure.trap(DeadlineExceeded)
+            _log.info("Outbox backlog not refreshed: the store did not answer within"
+                      " {timeout:.0f}s", timeout=timeout)
+
         self._stats_pending = True
+        timeout = max(self._interval_s, 1.0) * 5
         d = with_deadline(
             defer.maybeDeferred(self._store.outbox_stats, *((self._tenants,)
                                                              if self._tenants else ())),
-            max(self._interval_s, 1.0) * 5,
+            timeout,
             self._clock,
             "outbox stats",
         )
-        fire_and_forget(d.addBoth(settled).addCallback(got), _log, "outbox stats")
+        d.addBoth(settled).addCallbacks(got, busy)
+        fire_and_forget(d, _log, "outbox stats")

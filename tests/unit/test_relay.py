@@ -218,12 +218,23 @@ class RelayTests(unittest.TestCase):
         self.store.outbox_stats = slow_stats  # type: ignore[attr-defined]
         relay = self.relay(interval_s=1.0)
         relay.startService()
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         for _ in range(20):
             self.clock.advance(1.0)
         # one query per 5 s deadline (plus the tick that waits for it), not
-        # one per tick; a deadline hit is a warning, not an error
+        # one per tick; a deadline hit is an info line, not a warning
         self.assertIn(len(calls), (3, 4))
         self.assertEqual(len(self.flushLoggedErrors()), 0)
+        stats_lines = [e for e in events
+                       if "Outbox backlog not refreshed" in e.get("log_format", "")]
+        self.assertTrue(stats_lines)
+        self.assertEqual({e["log_level"].name for e in stats_lines}, {"info"})
+        self.assertFalse([e for e in events if e["log_level"].name in ("warn", "error", "critical")
+                          and "outbox stats" in str(e.get("what", ""))])
         asked = len(calls)
         calls[-1].callback((7, 3.0))
         self.assertEqual(relay.stats["backlog"], 7)
