@@ -18,7 +18,7 @@ line; everything else goes to stderr):
   and is in IDLE again, ``storm_max_lag_ms`` the largest reactor lag
   (:mod:`imapsvc.reactor_lag`) meanwhile, ``storm_error_lines`` /
   ``storm_warn_lines`` the service's log events at error/critical and at
-  warning level meanwhile (``error_lines``: the whole run).
+  warning level meanwhile (``error_lines`` / ``warn_lines``: the whole run).
 
 CPU and lag per phase, since wall-clock times are noisy on a shared machine:
 ``start_cpu_s`` / ``storm_cpu_s`` are this process's CPU seconds (all
@@ -618,6 +618,7 @@ def run(args: argparse.Namespace, settings: Any, dovecot: Any, per_provider: int
                     out[f"storm_{key}"] = values[0] if len(values) == 1 else values
         out["max_lag_ms"] = round(stats.max * 1000, 1)
         out["error_lines"] = counter.errors
+        out["warn_lines"] = counter.warnings
         out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
     def finished(result: Any) -> None:

@@ -103,6 +103,21 @@ class RedisDedupeTests(_SharedRedisMixin, unittest.TestCase):
         self.assertEqual(sink.skipped, 1)
 
     @defer.inlineCallbacks
+    def test_two_replicas_publishing_the_same_rows_at_once(self) -> Any:
+        # A lease changing hands: the old owner's relay and the new one's
+        # publish the same rows at the same time, on two connections.
+        first = self.make_sink()
+        second = RedisStreamSink(reactor, self.url, first.stream, timeout_s=5.0)
+        second.start()
+        self.addCleanup(second.stop)
+        batch = [entry(n) for n in range(50)]
+        ids = yield defer.gatherResults([first.publish(batch), second.publish(batch[::-1])])
+        self.assertEqual(sorted(self.event_ids(first)), sorted(e for e, _ in batch))
+        self.assertEqual(first.skipped + second.skipped, 50)
+        # Both were told the one stream id each event has.
+        self.assertEqual(ids[0], ids[1][::-1])
+
+    @defer.inlineCallbacks
     def test_appended_again_once_the_window_passed(self) -> Any:
         sink = self.make_sink()
         yield sink.publish([entry(1)])
