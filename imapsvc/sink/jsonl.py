@@ -236,6 +236,8 @@ class JsonLinesSink:
         except BaseException:
             self._last = saved
             raise
+        if self._window_ms:
+            self.skipped += len(ids) - len(fresh)
         if not lines:
             return ids
         data = ("\n".join(lines) + "\n").encode("utf-8")
@@ -255,7 +257,6 @@ class JsonLinesSink:
                 _log.failure("Could not cut a failed write off {path}", path=self.path)
             raise
         if self._window_ms:
-            self.skipped += len(ids) - len(fresh)
             ms = self._last[0]
             for event_id, stream_id in fresh.items():
                 self._seen[event_id] = stream_id

@@ -2,13 +2,12 @@
 
 txredisapi has no stream commands, so entries go out as RESP bytes built here:
 ``XADD stream [MAXLEN ~ n] * k1 v1 ...``, or, with a dedupe window (the
-default), one call of a small Lua script (:data:`PUBLISH_ONCE`) per batch
-that appends each entry only when the stream has not taken its ``event_id``
-within the window. The
-relay is at-least-once (a crash between the XADD and the outbox's
-``published_at`` publishes the row again, from this replica or the one that
-takes its lease); the script makes that second publish a no-op, so the
-workflow worker never sees the event twice. A batch
+default), calls of a small Lua script (:data:`PUBLISH_ONCE`), one per group
+of entries, that append each entry only when the stream has not taken its
+``event_id`` within the window. The relay is at-least-once (a crash between
+the XADD and the outbox's ``published_at`` publishes the row again, from this
+replica or the one that takes its lease); the script makes that second
+publish a no-op, so the workflow worker never sees the event twice. A batch
 is written on one connection without waiting for replies in between (Redis
 pipelining: the protocol writes each command as it is issued), so entries are
 appended in order and a batch of 500 costs one round trip, not 500. (txredisapi
@@ -146,11 +145,14 @@ def dedupe_key(stream: str, event_id: str) -> str:
     return f"{stream}:published:{event_id}"
 
 
+_SCRIPT_LOAD = b"".join([b"*3\r\n", _bulk(b"SCRIPT"), _bulk(b"LOAD"), _bulk(PUBLISH_ONCE)])
+
+
 def script_load_command() -> bytes:
-    """``SCRIPT LOAD`` of :data:`PUBLISH_ONCE` (pure). Sent ahead of every
-    batch in the same write: it costs Redis a hash lookup, and a Redis that
-    restarted (or flushed its scripts) never answers ``NOSCRIPT``."""
-    return b"".join([b"*3\r\n", _bulk(b"SCRIPT"), _bulk(b"LOAD"), _bulk(PUBLISH_ONCE)])
+    """``SCRIPT LOAD`` of :data:`PUBLISH_ONCE` (built once). Sent ahead of
+    every batch in the same write: it costs Redis a hash lookup, and a Redis
+    that restarted (or flushed its scripts) never answers ``NOSCRIPT``."""
+    return _SCRIPT_LOAD
 
 
 def _field_bulks(fields: Mapping[str, str]) -> tuple[int, list[bytes]]:
@@ -210,17 +212,11 @@ def _payload_size(fields: Mapping[str, str]) -> int:
     return len(fields.get("payload_json", ""))
 
 
-def publish_once_command(stream: str, entries: Sequence[tuple[str, Mapping[str, str]]],
-                         window_ms: int, maxlen: int = 0) -> bytes:
-    """One ``EVALSHA`` of :data:`PUBLISH_ONCE` for a whole batch, as RESP
-    bytes (pure): one command and one reply instead of one per entry."""
-    return b"".join(publish_once_pieces(stream, entries, window_ms, maxlen))
-
-
 def publish_once_pieces(stream: str, entries: Sequence[tuple[str, Mapping[str, str]]],
                         window_ms: int, maxlen: int = 0) -> list[bytes]:
-    """:func:`publish_once_command` as the pieces that, joined, are the
-    command (pure): what the sink hands to ``writeSequence``.
+    """One ``EVALSHA`` of :data:`PUBLISH_ONCE` for a group of entries, as the
+    RESP pieces that, joined, are the command (pure): what the sink hands to
+    ``writeSequence``, one reply for the group.
 
     :raises TypeError: a non-string field. :raises ValueError: no field.
     """

@@ -260,13 +260,7 @@ class Relay(Service):
     @defer.inlineCallbacks
     def _drain(self) -> Any:
         while True:
-            if self._tenants:
-                rows = yield self._store.fetch_outbox(self._batch_size, self._owner,
-                                                      self._tenants)
-            elif self._owner is None:
-                rows = yield self._store.fetch_outbox(self._batch_size)
-            else:
-                rows = yield self._store.fetch_outbox(self._batch_size, self._owner)
+            rows = yield self._store.fetch_outbox(self._batch_size, self._owner, self._tenants)
             if not rows:
                 self.stats["backlog"] = 0
                 self.stats["oldest_age_s"] = None
@@ -391,8 +385,7 @@ class Relay(Service):
         self._stats_pending = True
         timeout = max(self._interval_s, 1.0) * 5
         d = with_deadline(
-            defer.maybeDeferred(self._store.outbox_stats, *((self._tenants,)
-                                                             if self._tenants else ())),
+            defer.maybeDeferred(self._store.outbox_stats, self._tenants),
             timeout,
             self._clock,
             "outbox stats",

@@ -29,6 +29,10 @@ from imapsvc.store.pg_base import (
     retry_poison_statements,
 )
 
+#: Rows of the given tenants only; an empty array means every tenant. Takes
+#: the tenant array twice.
+_FOR_TENANTS = " AND (%s::text[] = '{{}}' OR {column}::text = ANY(%s::text[]))"
+
 
 class PgLedger(PgBase):
     """Ledger, outbox and message failures."""
@@ -133,7 +137,7 @@ class PgLedger(PgBase):
             "   OR c.email_provider_id IS NULL OR c.lease_owner IS NULL"
             "   OR c.lease_owner = %s OR c.lease_expires_at IS NULL"
             "   OR c.lease_expires_at <= now())"
-            " AND (%s::text[] = '{}' OR o.tenant::text = ANY(%s::text[]))"
+            + _FOR_TENANTS.format(column="o.tenant") +
             " ORDER BY o.id LIMIT %s",
             (owner, owner, list(tenants), list(tenants), int(limit)))
         # Rows written before schema 0006 have only the jsonb ``fields``.
@@ -157,7 +161,7 @@ class PgLedger(PgBase):
         rows = yield self._query(
             "SELECT count(*), EXTRACT(EPOCH FROM (now() - min(created_at)))"
             " FROM imap_event_outbox WHERE published_at IS NULL"
-            " AND (%s::text[] = '{}' OR tenant::text = ANY(%s::text[]))", (wanted, wanted))
+            + _FOR_TENANTS.format(column="tenant"), (wanted, wanted))
         count, age = rows[0]
         return (int(count), None if age is None else max(0.0, float(age)))
 

@@ -22,6 +22,14 @@ from imapsvc.model import (
 from imapsvc.store.sqlite_base import SqliteBase, from_ts, json_load, ts_seconds
 
 
+def _tenant_filter(column: str, tenants: Sequence[str]) -> tuple[str, list[str]]:
+    """``AND <column> IN (?, ...)`` and its parameters; nothing for no tenants."""
+    wanted = sorted(set(tenants))
+    if not wanted:
+        return "", []
+    return f" AND {column} IN ({','.join('?' * len(wanted))})", wanted
+
+
 class SqliteLedger(SqliteBase):
     """Ledger, outbox and message failures."""
 
@@ -84,8 +92,7 @@ class SqliteLedger(SqliteBase):
                      tenants: Sequence[str] = ()) -> list[OutboxRow]:
         # Same rule as Postgres: with an owner, skip rows of providers that
         # another worker holds a live lease for.
-        wanted = sorted(set(tenants))
-        only = f" AND o.tenant IN ({','.join('?' * len(wanted))})" if wanted else ""
+        only, wanted = _tenant_filter("o.tenant", tenants)
         rows = self._all(
             "SELECT o.id, o.tenant, o.provider_id, o.event_id, o.fields, o.created_at"
             " FROM imap_event_outbox o LEFT JOIN imap_email_provider_config c"
@@ -116,8 +123,7 @@ class SqliteLedger(SqliteBase):
         self._transaction(run)
 
     def outbox_stats(self, tenants: Sequence[str] = ()) -> tuple[int, Optional[float]]:
-        wanted = sorted(set(tenants))
-        only = f" AND tenant IN ({','.join('?' * len(wanted))})" if wanted else ""
+        only, wanted = _tenant_filter("tenant", tenants)
         count, oldest = self._all(
             "SELECT count(*), min(created_at) FROM imap_event_outbox"  # noqa: S608 (marks only)
             " WHERE published_at IS NULL" + only, tuple(wanted))[0]

@@ -164,6 +164,13 @@ class JsonLinesDedupeTests(unittest.TestCase):
         self.successResultOf(s.publish([entry(1)]))
         self.assertEqual(self.event_ids(), [entry(1)[0]] * 2)
 
+    def test_a_batch_taken_before_whole_is_counted_skipped(self) -> None:
+        s = self.sink()
+        first = self.successResultOf(s.publish([entry(1), entry(2)]))
+        self.assertEqual(self.successResultOf(s.publish([entry(1), entry(2)])), first)
+        self.assertEqual(s.skipped, 2)
+        self.assertEqual(self.event_ids(), [entry(1)[0], entry(2)[0]])
+
     def test_window_zero_appends_every_publish(self) -> None:
         s = self.sink(window_ms=0)
         self.successResultOf(s.publish([entry(1)]))

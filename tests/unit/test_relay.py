@@ -210,7 +210,7 @@ class RelayTests(unittest.TestCase):
         # last one; at most one is out, and the deadline frees the next.
         calls: list[defer.Deferred[Any]] = []
 
-        def slow_stats() -> defer.Deferred[Any]:
+        def slow_stats(tenants: Any = ()) -> defer.Deferred[Any]:
             d: defer.Deferred[Any] = defer.Deferred()
             calls.append(d)
             return d
@@ -421,9 +421,9 @@ class RelayMemoryPathTests(unittest.TestCase):
         calls: list[int] = []
         original = self.store.fetch_outbox
 
-        def counted(limit: int) -> Any:
+        def counted(limit: int, *args: Any) -> Any:
             calls.append(limit)
-            return original(limit)
+            return original(limit, *args)
 
         self.store.fetch_outbox = counted  # type: ignore[method-assign]
         return calls
